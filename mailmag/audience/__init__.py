@@ -1,0 +1,1 @@
+"""Who receives the magazine: subscribers, consent, bounces."""

@@ -1,0 +1,322 @@
+"""Configuration: one TOML file, environment overrides, secrets from the environment only.
+
+Every setting is declared once below, as a dataclass field with its default; the loader,
+the environment overrides and the test that keeps `config.example.toml` complete all read
+these declarations. Relative paths in a file are resolved against that file's directory
+(so cron and systemd may start mailmag from anywhere); built-in defaults against the
+current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mailmag.errors import ConfigError
+
+ENV_CONFIG = "MAILMAG_CONFIG"
+ENV_SECRET_KEY = "MAILMAG_SECRET_KEY"
+ENV_SMTP_PASSWORD = "MAILMAG_SMTP_PASSWORD"
+DEFAULT_FILE = "mailmag.toml"
+PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _key(name: str) -> dict[str, Any]:
+    """Field metadata for a TOML key that is not a valid Python name (``from``)."""
+    return {"key": name}
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    base_url: str = "http://127.0.0.1:8025"
+    timezone: str = "Asia/Tokyo"
+    language: str = "ja"
+    templates_dir: str = ""
+    demo: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///mailmag.db"
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    from_: str = field(default="news@example.jp", metadata=_key("from"))
+    name: str = "中国地域産学官コラボレーション会議 事務局"
+    postal_address: str = "〒730-0000 広島県広島市中区（住所を設定してください）"
+    contact: str = "office@example.jp"
+    list_id: str = "news.example.jp"
+    list_name: str = "中国地域産学官コラボレーション会議 メールマガジン"
+    unsubscribe_mailto: str = ""
+    bounce_address: str = ""
+    feedback_id: str = ""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    transport: str = "file"
+    host: str = "127.0.0.1"
+    port: int = 587
+    security: str = "starttls"
+    username: str = ""
+    timeout_seconds: float = 30.0
+    max_connections: int = 4
+    rate_per_second: float = 10.0
+    rate_per_hour: int = 0
+    messages_per_connection: int = 1000
+    file_dir: str = "outbox"
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    backoff_seconds: int = 300
+    max_backoff_seconds: int = 4000
+    lifetime_seconds: int = 5 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    lease_seconds: int = 300
+    batch_size: int = 200
+    max_lease_expiries: int = 3
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    selector: str = ""
+    private_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `source` is the file it came from, if any."""
+
+    mailmag: GeneralConfig = field(default_factory=GeneralConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    sender: SenderConfig = field(default_factory=SenderConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    secret_key: str = field(default="", repr=False, metadata={"secret": True})
+    smtp_password: str = field(default="", repr=False, metadata={"secret": True})
+    source: Path | None = field(default=None, metadata={"secret": True})
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.mailmag.timezone)
+
+    @property
+    def templates_path(self) -> Path:
+        return Path(self.mailmag.templates_dir or PACKAGE_TEMPLATES)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or secrets replaced (tests and `demo` use it)."""
+        return dataclasses.replace(self, **sections)
+
+
+_PATH_KEYS = {("mailmag", "templates_dir"), ("smtp", "file_dir"), ("dkim", "private_key_file")}
+_CHOICES = {
+    ("mailmag", "language"): ("ja", "en"),
+    ("smtp", "transport"): ("smtp", "file", "memory"),
+    ("smtp", "security"): ("none", "starttls", "tls"),
+}
+
+
+def sections() -> dict[str, type]:
+    """Section name → its dataclass, in declaration order."""
+    return {
+        f.name: typing.get_type_hints(Config)[f.name]
+        for f in dataclasses.fields(Config)
+        if not f.metadata.get("secret")
+    }
+
+
+def section_keys(section_cls: type) -> dict[str, dataclasses.Field]:
+    """TOML key → dataclass field of one section."""
+    return {f.metadata.get("key", f.name): f for f in dataclasses.fields(section_cls)}
+
+
+def find_config_file(explicit: str | os.PathLike | None) -> Path | None:
+    """--config, else $MAILMAG_CONFIG, else ./mailmag.toml if present, else None."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    default = Path(DEFAULT_FILE)
+    return default if default.exists() else None
+
+
+def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the configuration the CLI contract describes; raise ConfigError naming the fix."""
+    env = dict(os.environ) if env is None else env
+    file = find_config_file(path)
+    data: dict[str, Any] = {}
+    text = ""
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    base_dir = file.resolve().parent if file is not None else None
+    built = {
+        name: _build_section(name, cls, data.pop(name, {}), env, file, text, base_dir)
+        for name, cls in sections().items()
+    }
+    if data:
+        unknown = next(iter(data))
+        raise ConfigError(
+            f"{_where(file, text, unknown, None)}unknown section [{unknown}]; "
+            f"known sections are {', '.join(sections())}"
+        )
+    config = Config(
+        **built,
+        secret_key=env.get(ENV_SECRET_KEY, ""),
+        smtp_password=env.get(ENV_SMTP_PASSWORD, ""),
+        source=file,
+    )
+    _check(config, file)
+    return config
+
+
+def _build_section(
+    name: str,
+    cls: type,
+    values: Any,
+    env: dict[str, str],
+    file: Path | None,
+    text: str,
+    base_dir: Path | None,
+) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{_where(file, text, name, None)}[{name}] must be a table")
+    keys = section_keys(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in keys:
+            hint = " (secrets come from the environment only)" if "password" in key else ""
+            raise ConfigError(
+                f"{_where(file, text, name, key)}unknown key '{key}' in [{name}]{hint}; "
+                f"known keys are {', '.join(keys)}"
+            )
+        f = keys[key]
+        value = _coerce(value, hints[f.name], f"{_where(file, text, name, key)}[{name}] {key}")
+        if (name, key) in _PATH_KEYS and value and base_dir is not None:
+            value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
+        kwargs[f.name] = value
+    for key, f in keys.items():
+        env_name = f"MAILMAG_{name}_{key}".upper()
+        if env_name in env:
+            kwargs[f.name] = _coerce_env(env[env_name], hints[f.name], env_name)
+    if name == "database" and "url" in kwargs and base_dir is not None:
+        kwargs["url"] = _resolve_sqlite(kwargs["url"], base_dir)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    expected = _base_type(hint)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{where} must be a list of strings")
+    if type(value) is not expected:
+        raise ConfigError(f"{where} must be {_type_name(expected)}, not {value!r}")
+    return value
+
+
+def _coerce_env(raw: str, hint: Any, env_name: str) -> Any:
+    expected = _base_type(hint)
+    try:
+        if expected is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if expected is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        return expected(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"environment variable {env_name} must be {_type_name(expected)}, not {raw!r}"
+        ) from exc
+
+
+def _base_type(hint: Any) -> type:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return list
+    if origin in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _type_name(t: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        t, t.__name__
+    )
+
+
+def _resolve_sqlite(url: str, base_dir: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != prefix and not url[len(prefix) :].startswith("/"):
+        rest = url[len(prefix) :]
+        if not rest.startswith(":memory:"):
+            return prefix + str(base_dir / rest)
+    return url
+
+
+def _where(file: Path | None, text: str, section: str, key: str | None) -> str:
+    """'FILE:LINE: ' for a section or key, best effort (tomllib does not keep positions)."""
+    if file is None:
+        return ""
+    line = _line_of(text, section, key)
+    return f"{file}:{line}: " if line else f"{file}: "
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\]]+?)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if key is None and current == section:
+                return number
+            continue
+        if key is not None and current == section and re.match(rf"^\"?{re.escape(key)}\"?\s*=", stripped):
+            return number
+    return None
+
+
+def _check(config: Config, file: Path | None) -> None:
+    where = f"{file}: " if file else ""
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ConfigError(
+                f"{where}[{section}] {key} must be one of {', '.join(allowed)}, not {value!r}"
+            )
+    try:
+        config.zone  # noqa: B018 - validates the zone name
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}[mailmag] timezone {config.mailmag.timezone!r} is not a known time zone "
+            "(use a name such as Asia/Tokyo)"
+        ) from exc
+    if not config.mailmag.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}[mailmag] base_url must start with http:// or https://")

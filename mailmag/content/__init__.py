@@ -1,0 +1,1 @@
+"""What is sent: organizations, items, issues and their rendering."""

@@ -1,0 +1,120 @@
+"""The database: engine (SQLite pragmas), one unit of work per call, create or migrate.
+
+A fresh database is created from the models and stamped with Alembic's head; an existing
+one is upgraded to head (GNU Mailman's `database/factory.py` does the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailmag.errors import DatabaseError
+from mailmag.models import Base
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        # Writers that read first (the outbox claim) ask for IMMEDIATE: taking the write
+        # lock up front avoids the SQLITE_BUSY that a deferred read→write upgrade gets.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One transaction: commit if the block ends normally, roll back if it raises."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def init_db(engine: Engine) -> str:
+    """Create or upgrade the schema; idempotent. Returns what was done, for the CLI to say."""
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    cfg = alembic_config(engine)
+    if "alembic_version" not in tables:
+        if tables & set(Base.metadata.tables):
+            raise DatabaseError(
+                f"the database {engine.url!r} holds mailmag tables but no migration stamp; "
+                "restore a backup or use an empty database"
+            )
+        Base.metadata.create_all(engine)
+        command.stamp(cfg, "head")
+        return "created"
+    before = current_revision(engine)
+    command.upgrade(cfg, "head")
+    return "upgraded" if current_revision(engine) != before else "up to date"
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise DatabaseError unless the database is initialised and at the newest revision."""
+    try:
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
+    if revision is None:
+        raise DatabaseError("the database is not initialised: run `mailmag init`")
+    if revision != head_revision():
+        raise DatabaseError("the database schema is older than this mailmag: run `mailmag init`")

@@ -1,0 +1,1 @@
+"""How it leaves: the outbox, messages, transports, dispatch and tokens."""

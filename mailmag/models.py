@@ -1,0 +1,305 @@
+"""The database schema: SQLAlchemy 2.x typed models, the same on SQLite and PostgreSQL.
+
+Times are stored in UTC (`UTCDateTime` makes every value timezone-aware on the way out).
+Each stateful table has ONE status column; the allowed values are listed beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime on both SQLite (naive text) and PostgreSQL (timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
+
+
+# --- audience -------------------------------------------------------------------------------
+
+SUBSCRIBER_STATUSES = ("pending", "active", "unsubscribed", "bounced")
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # Lower-cased whole address: duplicates are detected case-insensitively.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    organization: Mapped[str] = mapped_column(String(200), default="")
+    lang: Mapped[str] = mapped_column(String(8), default="ja")
+    topics: Mapped[list[str]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    confirmed_at: Mapped[dt.datetime | None]
+
+    consents: Mapped[list[ConsentEvent]] = relationship(back_populates="subscriber")
+
+
+class ConsentEvent(Base):
+    """One opt-in or opt-out, kept forever (also after `remove --forget`, then without PII)."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # opt_in | confirm | opt_out | forget
+    channel: Mapped[str] = mapped_column(String(16))  # cli | import | web | one-click | mailto | bounce | complaint
+    source: Mapped[str] = mapped_column(Text, default="")
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    wording_version: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    subscriber: Mapped[Subscriber | None] = relationship(back_populates="consents")
+
+
+class Suppression(Base):
+    """An address never to be mailed again, kept as a hash so it survives `--forget`."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))  # forgotten | bounced | complaint
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BounceEvent(Base):
+    """A bounce, complaint or mailto unsubscribe read from a mailbox, or a 5xx during dispatch."""
+
+    __tablename__ = "bounce_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))  # hard | soft | complaint | unsubscribe
+    code: Mapped[str] = mapped_column(String(16), default="")
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    # What makes processing idempotent: the report's Message-ID (or a digest of it).
+    source_key: Mapped[str] = mapped_column(String(255), unique=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+# --- content --------------------------------------------------------------------------------
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    short_name: Mapped[str] = mapped_column(String(100), default="")
+    contact: Mapped[str] = mapped_column(String(320), default="")
+    # Bumped by `orgs token --rotate`: signed links carrying an older version stop working.
+    token_version: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    items: Mapped[list[Item]] = relationship(back_populates="org")
+
+
+ITEM_KINDS = ("meeting", "event", "exhibitors", "news")
+ITEM_STATUSES = ("submitted", "approved", "rejected", "published")
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text, default="")  # Markdown, normalized
+    date: Mapped[dt.date | None] = mapped_column(Date)  # meeting / event date
+    end_date: Mapped[dt.date | None] = mapped_column(Date)
+    time_text: Mapped[str] = mapped_column(String(100), default="")  # "13:30〜17:00"
+    venue: Mapped[str] = mapped_column(String(300), default="")
+    url: Mapped[str] = mapped_column(String(2000), default="")
+    deadline: Mapped[dt.date | None] = mapped_column(Date)
+    fee: Mapped[str] = mapped_column(String(200), default="")
+    event_name: Mapped[str] = mapped_column(String(300), default="")  # exhibitors: which event
+    how_to_apply: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="submitted", index=True)
+    reject_reason: Mapped[str] = mapped_column(Text, default="")
+    channel: Mapped[str] = mapped_column(String(16), default="cli")  # cli | file | web
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    org: Mapped[Org] = relationship(back_populates="items")
+
+
+ISSUE_STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
+
+
+class Issue(Base):
+    __tablename__ = "issues"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int] = mapped_column(unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    topic: Mapped[str | None] = mapped_column(String(64))  # None: every subscriber
+    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    scheduled_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    rendered_at: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None]  # when the send started (audience frozen)
+
+    entries: Mapped[list[IssueItem]] = relationship(
+        back_populates="issue", order_by="IssueItem.position", cascade="all, delete-orphan"
+    )
+    renderings: Mapped[list[Rendering]] = relationship(
+        back_populates="issue", cascade="all, delete-orphan"
+    )
+
+
+class IssueItem(Base):
+    __tablename__ = "issue_items"
+    __table_args__ = (UniqueConstraint("issue_id", "item_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    position: Mapped[int] = mapped_column(default=0)
+
+    issue: Mapped[Issue] = relationship(back_populates="entries")
+    item: Mapped[Item] = relationship()
+
+
+class Rendering(Base):
+    """An issue rendered once per language, frozen: what was previewed is what is sent."""
+
+    __tablename__ = "renderings"
+    __table_args__ = (UniqueConstraint("issue_id", "lang"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    lang: Mapped[str] = mapped_column(String(8))
+    subject: Mapped[str] = mapped_column(String(500))
+    html: Mapped[str] = mapped_column(Text)  # CSS inlined, with per-recipient placeholders
+    text: Mapped[str] = mapped_column(Text)
+    rendered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    issue: Mapped[Issue] = relationship(back_populates="renderings")
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "dead", "cancelled")
+
+
+class Delivery(Base):
+    """One recipient of one issue: the outbox row that is the source of truth."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))  # frozen with the audience
+    lang: Mapped[str] = mapped_column(String(8), default="ja")
+    message_id: Mapped[str] = mapped_column(String(255))  # fixed at enqueue, reused on retries
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[dt.datetime | None]
+    lease_expiries: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_reply: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]
+
+
+# --- scheduling -----------------------------------------------------------------------------
+
+
+class AutoSchedule(Base):
+    """A recurring automatic issue (`schedule add --cron`); its APScheduler job shares the id."""
+
+    __tablename__ = "auto_schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class JobRun(Base):
+    """What a scheduled job did when it fired, or that it was missed: never silently dropped."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(191), index=True)
+    scheduled_for: Mapped[dt.datetime]
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | skipped | missed | failed
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("job_id", "scheduled_for"),)
+
+
+# --- web ------------------------------------------------------------------------------------
+
+
+class SubscribeAttempt(Base):
+    """A confirmation mail asked for on the public form: the per-address and per-IP limits."""
+
+    __tablename__ = "subscribe_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
+    ip: Mapped[str] = mapped_column(String(64), index=True)
+    mailed: Mapped[bool] = mapped_column(default=False)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -1,0 +1,39 @@
+"""Per-recipient values in a frozen rendering: placeholders put in once, substituted per mail.
+
+The composer writes these markers where a recipient's value belongs; premailer, lxml and
+the text wrapper leave them alone (ASCII letters and underscores only). The dispatcher
+substitutes them with `substitute`, HTML-escaping in the HTML part. Nothing per recipient
+goes through Jinja2 or premailer.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Mapping
+
+PLACEHOLDERS = {
+    "name": "__MM_NAME__",
+    "email": "__MM_EMAIL__",
+    "unsubscribe_url": "__MM_UNSUBSCRIBE_URL__",
+    "preferences_url": "__MM_PREFERENCES_URL__",
+}
+_PATTERN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+_BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
+
+
+def substitute(template: str, values: Mapping[str, str], *, escape: bool) -> str:
+    """Replace every placeholder in one pass; `escape` for HTML. Unknown keys stay empty."""
+    if escape:
+        values = {k: html.escape(v, quote=True) for k, v in values.items()}
+    return _PATTERN.sub(lambda m: values.get(_BY_MARKER[m.group(0)], ""), template)
+
+
+def sample_values(base_url: str) -> dict[str, str]:
+    """What `issues preview` shows in place of a recipient."""
+    return {
+        "name": "山田 太郎",
+        "email": "yamada@example.jp",
+        "unsubscribe_url": base_url.rstrip("/") + "/u/SAMPLE-TOKEN",
+        "preferences_url": base_url.rstrip("/") + "/p/SAMPLE-TOKEN",
+    }

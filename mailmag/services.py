@@ -1,0 +1,57 @@
+"""The one place that builds what the CLI, the scheduler and the web app share.
+
+`Services` holds the configuration and lazily builds the engine, the session factory and
+the template environment. Nothing here is global: each front makes its own instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailmag import db
+from mailmag.config import Config
+from mailmag.errors import ConfigError
+
+INSECURE_DEMO_KEY = "mailmag-demo-key-not-secret"
+
+
+class Services:
+    """Configuration plus the shared collaborators built from it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @cached_property
+    def engine(self) -> Engine:
+        return db.make_engine(self.config.database.url)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.make_session_factory(self.engine)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One unit of work, committed in one place."""
+        with db.unit_of_work(self.sessions) as session:
+            yield session
+
+    @property
+    def secret_key(self) -> str:
+        """The signing key for links; demo mode alone may run without one."""
+        if self.config.secret_key:
+            return self.config.secret_key
+        if self.config.mailmag.demo:
+            return INSECURE_DEMO_KEY
+        raise ConfigError(
+            "MAILMAG_SECRET_KEY is not set: export a long random value, e.g. "
+            "`export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`"
+        )
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()

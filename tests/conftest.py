@@ -1,0 +1,150 @@
+"""Shared fixtures: one per collaborator (database, config, services, CLI runner).
+
+Database tests run twice, on SQLite and on the PostgreSQL at 127.0.0.1:5432 (database
+`test`), each test in a schema of its own. PostgreSQL tests are skipped only when no server
+answers, and `.ci/run` starts one first.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from mailmag import db
+from mailmag.cli import cli
+from mailmag.config import Config, DatabaseConfig, GeneralConfig, SmtpConfig
+from mailmag.services import Services
+
+PG_ADMIN_URL = os.environ.get(
+    "MAILMAG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+SECRET = "test-secret-key-0123456789"
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "000_db6e2a05c29aba8f.txt"
+TESTS = Path(__file__).resolve().parent
+
+
+def _pg_available() -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    return _pg_available()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a private PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mailmag.db'}"
+        return
+    _require_pg(pg_available)
+    yield from _pg_schema_url()
+
+
+def _require_pg(available: bool) -> None:
+    """Skip without PostgreSQL, except in CI (which starts one): there it is a failure."""
+    if not available:
+        if os.environ.get("CI"):
+            pytest.fail("no PostgreSQL at 127.0.0.1:5432, and CI must test on it")
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432")
+
+
+@pytest.fixture
+def pg_url(pg_available: bool) -> Iterator[str]:
+    """A PostgreSQL-only database URL, for tests of multi-process behaviour."""
+    _require_pg(pg_available)
+    yield from _pg_schema_url()
+
+
+def _pg_schema_url() -> Iterator[str]:
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as c:
+            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def config(db_url: str, tmp_path: Path) -> Config:
+    return Config(
+        mailmag=GeneralConfig(base_url="https://news.example.jp"),
+        database=DatabaseConfig(url=db_url),
+        smtp=SmtpConfig(transport="file", file_dir=str(tmp_path / "outbox")),
+        secret_key=SECRET,
+    )
+
+
+@pytest.fixture
+def services(config: Config) -> Iterator[Services]:
+    services = Services(config)
+    db.init_db(services.engine)
+    yield services
+    services.close()
+
+
+@pytest.fixture
+def session(services: Services):  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        yield session
+
+
+@pytest.fixture
+def config_file(db_url: str, tmp_path: Path) -> Path:
+    """A real configuration file for CLI tests, pointing at the test database."""
+    path = tmp_path / "mailmag.toml"
+    path.write_text(
+        f'[mailmag]\nbase_url = "https://news.example.jp"\n\n'
+        f'[database]\nurl = "{db_url}"\n\n'
+        f'[smtp]\ntransport = "file"\nfile_dir = "{tmp_path / "outbox"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+class Mailmag:
+    """Runs `mailmag --config FILE …` in-process and returns click's Result."""
+
+    def __init__(self, config_file: Path) -> None:
+        self.config_file = config_file
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None, env: dict | None = None) -> Result:
+        return self.runner.invoke(
+            cli, ["--config", str(self.config_file), *args], input=input,
+            env={"MAILMAG_SECRET_KEY": SECRET, **(env or {})}, catch_exceptions=False,
+        )
+
+    def ok(self, *args: str, **kwargs) -> Result:  # type: ignore[no-untyped-def]
+        result = self(*args, **kwargs)
+        assert result.exit_code == 0, result.output + result.stderr
+        return result
+
+
+@pytest.fixture
+def mailmag(config_file: Path) -> Mailmag:
+    """The CLI on an initialised database."""
+    runner = Mailmag(config_file)
+    runner.ok("init")
+    return runner
+
+
+@pytest.fixture
+def reference_text() -> str:
+    return REFERENCE.read_text(encoding="utf-8")
