@@ -146,12 +146,12 @@ def section_keys(section_cls: type) -> dict[str, dataclasses.Field]:
     return {f.metadata.get("key", f.name): f for f in dataclasses.fields(section_cls)}
 
 
-def find_config_file(explicit: str | os.PathLike | None) -> Path | None:
+def find_config_file(explicit: str | os.PathLike | None, env: dict[str, str]) -> Path | None:
     """--config, else $MAILMAG_CONFIG, else ./mailmag.toml if present, else None."""
     if explicit:
         return Path(explicit)
-    if os.environ.get(ENV_CONFIG):
-        return Path(os.environ[ENV_CONFIG])
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
     default = Path(DEFAULT_FILE)
     return default if default.exists() else None
 
@@ -159,7 +159,7 @@ def find_config_file(explicit: str | os.PathLike | None) -> Path | None:
 def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the configuration the CLI contract describes; raise ConfigError naming the fix."""
     env = dict(os.environ) if env is None else env
-    file = find_config_file(path)
+    file = find_config_file(path, env)
     data: dict[str, Any] = {}
     text = ""
     if file is not None:
