@@ -87,7 +87,8 @@ class ConsentEvent(Base):
     )
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
     action: Mapped[str] = mapped_column(String(16))  # opt_in | confirm | opt_out | forget
-    channel: Mapped[str] = mapped_column(String(16))  # cli | import | web | one-click | mailto | bounce | complaint
+    # cli | import | web | one-click | mailto | bounce | complaint
+    channel: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(Text, default="")
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(Text)
