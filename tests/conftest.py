@@ -148,3 +148,37 @@ def mailmag(config_file: Path) -> Mailmag:
 @pytest.fixture
 def reference_text() -> str:
     return REFERENCE.read_text(encoding="utf-8")
+
+
+# -- SMTP: a real aiosmtpd server on loopback with injectable faults (tests/smtp_server.py) --
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A throwaway CA and server certificates for 127.0.0.1, made once per test session."""
+    from smtp_server import TlsFiles
+
+    return TlsFiles.create(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def make_smtp_server(tls_files):  # type: ignore[no-untyped-def]
+    """make_smtp_server(tls="none"|"starttls"|"implicit", trusted=True, users={"user": "pw"}) → started."""
+    from smtp_server import SmtpServer
+
+    servers = []
+
+    def make(**kwargs):  # type: ignore[no-untyped-def]
+        server = SmtpServer(tls_files=tls_files, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(make_smtp_server):  # type: ignore[no-untyped-def]
+    """A plain SMTP server on 127.0.0.1: .messages, .fail_rcpt(), .fail_next(), .drop(), .smtp_config()."""
+    return make_smtp_server()
