@@ -309,3 +309,9 @@ def sent_since(session: Session, since: dt.datetime) -> int:
     return session.scalar(
         select(func.count()).select_from(Delivery).where(Delivery.status == "sent", Delivery.sent_at >= since)
     ) or 0
+
+
+def send_issue(session: Session, issue: Issue, config) -> int:  # type: ignore[no-untyped-def]
+    """`issues send`: freeze the audience now with the configured sender domain and language."""
+    domain = config.sender.from_.rpartition("@")[2].lower()
+    return start_sending(session, issue, domain, config.mailmag.language)

@@ -1,0 +1,239 @@
+"""The worker: K threads, each with one persistent connection, draining the outbox.
+
+Each thread claims a batch (committed before any SMTP I/O), then per delivery: waits for
+the rate limiter, personalizes the frozen rendering, sends, and commits the result before
+the next message. So a crash can leave at most one message per connection in the
+ambiguous window (accepted by the relay, result not yet committed); its lease expires and
+it is sent again — at-least-once, as Postfix does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailmag.audience import bounces
+from mailmag.delivery import messages, outbox
+from mailmag.delivery.ratelimit import RateLimiter
+from mailmag.delivery.transports import (
+    Connection,
+    PermanentFailure,
+    TemporaryFailure,
+    Transport,
+)
+from mailmag.errors import TransportError
+from mailmag.models import Issue, Rendering, utcnow
+from mailmag.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Stats:
+    """What one run did, summed over its threads."""
+
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def add(self, field: str) -> None:
+        with self.lock:
+            setattr(self, field, getattr(self, field) + 1)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Skeletons:
+    """Per-issue message skeletons, prepared once per (issue, language) and shared by threads."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.dkim = messages.load_dkim(services.config)
+        self._cache: dict[tuple[int, str], messages.Skeleton] = {}
+        self._lock = threading.Lock()
+
+    def get(self, issue_id: int, lang: str) -> messages.Skeleton:
+        key = (issue_id, lang)
+        skeleton = self._cache.get(key)
+        if skeleton is not None:
+            return skeleton
+        with self._lock, self.services.session() as session:
+            if key not in self._cache:
+                rendering = session.scalar(
+                    select(Rendering).where(Rendering.issue_id == issue_id, Rendering.lang == lang)
+                )
+                number = session.scalar(select(Issue.number).where(Issue.id == issue_id))
+                self._cache[key] = messages.prepare(rendering, number, self.services.config, dkim=self.dkim)
+            return self._cache[key]
+
+
+class Dispatcher:
+    """Drains the outbox through `transport` with `concurrency` connections."""
+
+    def __init__(
+        self,
+        services: Services,
+        transport: Transport,
+        *,
+        concurrency: int | None = None,
+        owner: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        config = services.config
+        self.services = services
+        self.transport = transport
+        self.concurrency = concurrency or config.smtp.max_connections
+        self.owner = owner or worker_id()
+        self.progress = progress
+        self.clock = clock
+        self.secret = services.secret_key
+        self.skeletons = Skeletons(services)
+        self.limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour)
+        # Claims read then write: on SQLite they take the write lock up front.
+        self.claim_sessions: sessionmaker[Session] = sessionmaker(
+            services.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        )
+        self.stop = threading.Event()
+        self.stats = Stats()
+        self.error: BaseException | None = None
+
+    def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
+        """Send until stopped (or, with `once`, until nothing is due). Raises TransportError."""
+        self._prime_hourly_limit()
+        threads = [
+            threading.Thread(target=self._thread_main, args=(once, poll_seconds), name=f"send-{i}")
+            for i in range(self.concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.stats
+
+    def _prime_hourly_limit(self) -> None:
+        """The hourly limit counts what was sent in the last hour, also before a restart."""
+        if self.limiter.per_hour:
+            with self.services.session() as session:
+                self.limiter.prime(outbox.sent_since(session, self.clock() - dt.timedelta(hours=1)))
+
+    def _thread_main(self, once: bool, poll_seconds: float) -> None:
+        connection = self.transport.connect()
+        try:
+            while not self.stop.is_set():
+                batch = self._claim()
+                if not batch:
+                    if once and not self._anything_due():
+                        return
+                    self.stop.wait(poll_seconds if not once else 0.2)
+                    continue
+                self._send_batch(connection, batch)
+        except TransportError as exc:
+            self.error = exc
+            self.stop.set()
+        except BaseException as exc:  # a bug: stop everything, leave leases to expire
+            log.exception("worker thread crashed")
+            self.error = exc
+            self.stop.set()
+        finally:
+            connection.close()
+
+    def _claim(self) -> list[outbox.Claimed]:
+        config = self.services.config.dispatch
+        now = self.clock()
+        with self.claim_sessions.begin() as session:
+            outbox.expire_leases(session, now, config.max_lease_expiries)
+            claimed = outbox.claim(session, self.owner, config.batch_size, now, config.lease_seconds)
+        with self.services.session() as session:
+            outbox.complete_issues(session)
+        return claimed
+
+    def _anything_due(self) -> bool:
+        with self.services.session() as session:
+            return outbox.due_count(session, self.clock()) > 0
+
+    def _send_batch(self, connection: Connection, batch: list[outbox.Claimed]) -> None:
+        for index, delivery in enumerate(batch):
+            if self.stop.is_set():
+                self._release(batch[index:])
+                return
+            try:
+                renewed = self._send_one(connection, delivery)
+            except TransportError:
+                self._release(batch[index:])  # the relay refuses us: nothing here was tried
+                raise
+            if not renewed:
+                # 421 or a dropped connection: the rest of this batch waits for a new session.
+                self._release(batch[index + 1 :], delay=30)
+                return
+
+    def _send_one(self, connection: Connection, delivery: outbox.Claimed) -> bool:
+        """Send one delivery and commit its result; False when the connection must be renewed."""
+        skeleton = self.skeletons.get(delivery.issue_id, delivery.lang)
+        envelope_from, data = messages.personalize(
+            skeleton,
+            messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
+                               delivery.message_id),
+            self.secret,
+        )
+        self.limiter.acquire(self.stop)
+        try:
+            reply = connection.send(envelope_from, delivery.email, data)
+        except TemporaryFailure as failure:
+            self._defer(delivery, failure)
+            return not failure.reconnect
+        except PermanentFailure as failure:
+            self._fail(delivery, failure)
+            return True
+        with self.services.session() as session:
+            outbox.mark_sent(session, delivery.id, self.owner, reply.reply, self.clock())
+        self.stats.add("sent")
+        if self.progress:
+            self.progress(1)
+        return True
+
+    def _defer(self, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
+        now = self.clock()
+        age = (now - delivery.created_at).total_seconds()
+        retry = self.services.config.retry
+        reply = ("ambiguous: " if failure.ambiguous else "") + str(failure)
+        with self.services.session() as session:
+            if age >= retry.lifetime_seconds or (
+                failure.ambiguous and delivery.last_reply.startswith("ambiguous")
+            ):
+                outbox.mark_failed(session, delivery.id, self.owner, f"gave up: {reply}")
+                self.stats.add("failed")
+                return
+            if failure.ambiguous:
+                log.warning("delivery %s: connection lost after the final dot; retrying once", delivery.id)
+            at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
+            outbox.mark_retry(session, delivery.id, self.owner, reply, at)
+        self.stats.add("deferred")
+
+    def _fail(self, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
+        with self.services.session() as session:
+            if outbox.mark_failed(session, delivery.id, self.owner, str(failure)) and not failure.blocked:
+                bounces.record_smtp_rejection(session, delivery.id, delivery.subscriber_id, failure)
+        self.stats.add("failed")
+        if self.progress:
+            self.progress(1)
+
+    def _release(self, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:
+        at = self.clock() + dt.timedelta(seconds=delay) if delay else None
+        with self.services.session() as session:
+            for delivery in deliveries:
+                outbox.release(session, delivery.id, self.owner, at)

@@ -1,0 +1,225 @@
+"""The worker against a real aiosmtpd server: exactly once, through faults, within limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+from email.header import decode_header, make_header
+
+import pytest
+from sqlalchemy import func, select
+
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.delivery import outbox
+from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.ratelimit import RateLimiter
+from mailmag.delivery.transports import make_transport
+from mailmag.errors import TransportError
+from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
+from mailmag.personalize import PLACEHOLDERS
+from mailmag.services import Services
+
+HTML = f"<html><body><p>{PLACEHOLDERS['name']} 様</p><a href=\"{PLACEHOLDERS['unsubscribe_url']}\">配信停止</a></body></html>"
+TEXT = f"{PLACEHOLDERS['name']} 様\n配信停止: {PLACEHOLDERS['unsubscribe_url']}\n"
+
+
+def prepare_send(services: Services, n: int, subject: str = "【第1号】産学官連携のお知らせ") -> Issue:
+    """n active subscribers and issue 1, enqueued (as `issues send` leaves it)."""
+    with services.session() as session:
+        for i in range(n):
+            subscribers.add(session, subscribers.parse_address(f"user{i}@example.jp"),
+                            Consent("cli"), name=f"利用者{i}")
+        issue = Issue(number=1, title="第1号")
+        session.add(issue)
+        session.flush()
+        session.add(Rendering(issue_id=issue.id, lang="ja", subject=subject, html=HTML, text=TEXT))
+        session.flush()
+        session.refresh(issue)
+        outbox.send_issue(session, issue, services.config)
+        return issue
+
+
+@pytest.fixture
+def smtp_services(config, smtp_server):  # type: ignore[no-untyped-def]
+    from mailmag import db
+
+    services = Services(smtp_server.configure(config, rate_per_second=0.0))
+    db.init_db(services.engine)
+    yield services
+    services.close()
+
+
+def run_worker(services: Services, *, concurrency: int = 2, clock=utcnow) -> Dispatcher:  # type: ignore[no-untyped-def]
+    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=concurrency, clock=clock)
+    dispatcher.run(once=True)
+    return dispatcher
+
+
+def counts(services: Services, issue: Issue) -> outbox.Counts:
+    with services.session() as session:
+        return outbox.counts(session, issue.id)
+
+
+def test_every_subscriber_gets_the_issue_exactly_once(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 25)
+    dispatcher = run_worker(smtp_services, concurrency=3)
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(25))
+    assert dispatcher.stats.sent == 25
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.pending, c.failed) == (25, 0, 0)
+    with smtp_services.session() as session:
+        assert session.get(Issue, issue.id).status == "sent"
+    # Connections are reused: 3 threads, 3 sessions, not 25.
+    assert smtp_server.sessions <= 3
+
+
+def test_the_message_is_personal_and_its_subject_japanese(smtp_services, smtp_server):
+    prepare_send(smtp_services, 1)
+    run_worker(smtp_services)
+    (received,) = smtp_server.messages
+    message = email.message_from_bytes(received.data, policy=email.policy.compat32)
+    assert str(make_header(decode_header(message["Subject"]))) == "【第1号】産学官連携のお知らせ"
+    text = message.get_payload()[0].get_payload(decode=True).decode("utf-8")
+    assert text.startswith("利用者0 様")
+    assert "https://news.example.jp/u/" in text
+    assert received.envelope_from.startswith("bounces+")
+    with smtp_services.session() as session:
+        assert message["Message-ID"] == session.scalar(select(Delivery.message_id))
+
+
+def test_4xx_defers_then_the_retry_delivers(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 3)
+    smtp_server.fail_rcpt("user1@example.jp", 451, "4.3.0 try again later", times=1)
+    run_worker(smtp_services)
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.queued) == (2, 1)
+    with smtp_services.session() as session:
+        row = session.scalar(select(Delivery).where(Delivery.email == "user1@example.jp"))
+        assert row.last_reply.startswith("451")
+        # Postfix-like backoff: the first retry waits backoff_seconds (300 s by default).
+        assert row.next_attempt_at - utcnow() > dt.timedelta(seconds=250)
+    later = utcnow() + dt.timedelta(minutes=6)
+    run_worker(smtp_services, clock=lambda: later)
+    assert counts(smtp_services, issue).sent == 3
+    assert sorted(smtp_server.recipients()).count("user1@example.jp") == 1
+
+
+def test_550_fails_the_recipient_and_suppresses_the_address(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 2)
+    smtp_server.fail_rcpt("user0@example.jp", 550, "5.1.1 no such user")
+    run_worker(smtp_services)
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.failed) == (1, 1)
+    with smtp_services.session() as session:
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "user0@example.jp"))
+        assert subscriber.status == "bounced"
+        assert "550" in subscriber.status_reason
+        assert session.scalar(select(func.count()).select_from(BounceEvent)) == 1
+
+
+def test_policy_block_fails_without_blaming_the_address(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.fail_rcpt("user0@example.jp", 554, "5.7.1 message rejected as spam")
+    run_worker(smtp_services)
+    assert counts(smtp_services, issue).failed == 1
+    with smtp_services.session() as session:
+        assert session.scalar(select(Subscriber.status)) == "active"
+        assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+
+
+def test_421_defers_the_rest_of_the_connection_and_nothing_is_lost(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 6)
+    smtp_server.fail_next("rcpt", 421, "4.7.0 too many messages, closing", after=2)
+    run_worker(smtp_services, concurrency=1)
+    first = counts(smtp_services, issue)
+    assert first.sent == 2 and first.queued == 4 and first.failed == 0
+    later = utcnow() + dt.timedelta(minutes=10)
+    run_worker(smtp_services, concurrency=1, clock=lambda: later)
+    assert counts(smtp_services, issue).sent == 6
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(6))
+
+
+def test_drop_after_the_final_dot_is_retried_once(smtp_services, smtp_server):
+    """At-least-once: the relay kept the message but we could not know; it goes again."""
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.drop("after_data")
+    run_worker(smtp_services)
+    with smtp_services.session() as session:
+        assert session.scalar(select(Delivery.last_reply)).startswith("ambiguous")
+    later = utcnow() + dt.timedelta(minutes=10)
+    run_worker(smtp_services, clock=lambda: later)
+    assert counts(smtp_services, issue).sent == 1
+    assert smtp_server.recipients() == ["user0@example.jp", "user0@example.jp"]
+
+
+def test_second_ambiguous_drop_gives_up(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.drop("after_data", times=2)
+    run_worker(smtp_services)
+    later = utcnow() + dt.timedelta(minutes=10)
+    run_worker(smtp_services, clock=lambda: later)
+    c = counts(smtp_services, issue)
+    assert (c.failed, c.pending) == (1, 0)
+
+
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "data", "data_end"])
+def test_connection_dropped_at_each_stage_is_retried_not_lost(smtp_services, smtp_server, stage):
+    issue = prepare_send(smtp_services, 3)
+    smtp_server.drop(stage, after=1)
+    run_worker(smtp_services, concurrency=1)
+    later = utcnow() + dt.timedelta(minutes=10)
+    run_worker(smtp_services, concurrency=1, clock=lambda: later)
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.pending, c.failed) == (3, 0, 0)
+    assert sorted(set(smtp_server.recipients())) == [f"user{i}@example.jp" for i in range(3)]
+
+
+def test_relay_refusing_the_sender_stops_the_run_and_keeps_everything_queued(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 4)
+    smtp_server.fail_next("mail", 553, "5.7.1 sender not allowed", times=None)
+    with pytest.raises(TransportError, match="refused the sender"):
+        run_worker(smtp_services)
+    c = counts(smtp_services, issue)
+    assert (c.queued, c.sending, c.failed, c.sent) == (4, 0, 0, 0)
+    with smtp_services.session() as session:
+        assert set(session.scalars(select(Delivery.attempts))) == {0}
+
+
+def test_give_up_after_the_lifetime(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.fail_rcpt("user0@example.jp", 450, "4.2.0 mailbox busy")
+    lifetime = smtp_services.config.retry.lifetime_seconds
+    later = utcnow() + dt.timedelta(seconds=lifetime + 60)
+    run_worker(smtp_services, clock=lambda: later)
+    c = counts(smtp_services, issue)
+    assert (c.failed, c.pending) == (1, 0)
+
+
+def test_rate_limiter_never_exceeds_the_limit_in_any_window():
+    now = [0.0]
+    limiter = RateLimiter(5, 12, clock=lambda: now[0])
+    times = []
+
+    def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    import mailmag.delivery.ratelimit as ratelimit
+
+    original = ratelimit.time.sleep
+    ratelimit.time.sleep = fake_sleep
+    try:
+        for _ in range(12):
+            limiter.acquire()
+            times.append(now[0])
+    finally:
+        ratelimit.time.sleep = original
+    for start in times:
+        assert sum(1 for t in times if start <= t < start + 1.0) <= 5
+    assert sum(1 for t in times if t < 3600) == 12
+    # The thirteenth message waits for the hourly window to move on.
+    limiter_hour = RateLimiter(0, 3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter_hour.acquire()
+    assert max(w.wait_time(now[0]) for w in limiter_hour.windows) == pytest.approx(3600)
