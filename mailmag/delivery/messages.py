@@ -1,0 +1,389 @@
+"""Every message mailmag sends: RFC 2047 headers, base64 MIME parts, VERP envelope, DKIM last.
+
+The work is split in two. `prepare` runs once per issue and language: it encodes the fixed
+headers and splits the frozen rendering around the personalize.PLACEHOLDERS markers.
+`personalize` runs per recipient: it joins the pieces with the recipient's values, base64s
+each part, writes the few per-recipient header lines by hand and signs. No `EmailMessage`
+is built per recipient, and none ever folds a header: CPython's folding mangles Japanese
+(gh-92081, gh-144156), so mailmag.delivery.headers writes every encoded-word itself.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import email.utils
+import html
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+import dkim as dkimpy
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+from mailmag import links
+from mailmag.config import Config
+from mailmag.delivery import tokens
+from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
+from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
+from mailmag.delivery.headers import format_address as format_address
+from mailmag.errors import ConfigError, InvalidInput
+from mailmag.personalize import PLACEHOLDERS
+
+CRLF = b"\r\n"
+# RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Headers named
+# twice are over-signed, so a relay cannot add a second one without breaking the signature.
+SIGNED_HEADERS = (
+    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Archive", "Archived-At",
+    "Precedence", "Feedback-ID",
+)
+OVERSIGNED = ("From", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post")
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+_MARKERS = re.compile("(" + "|".join(re.escape(m) for m in PLACEHOLDERS.values()) + ")")
+_KEY_OF = {marker: key for key, marker in PLACEHOLDERS.items()}
+
+
+class RenderingLike(Protocol):
+    """What prepare reads from a models.Rendering row."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    selector: bytes
+    domain: bytes
+    private_key: bytes
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """A constant stretch of a part, base64-encoded ahead for each of the 3 possible alignments."""
+
+    raw: bytes
+    ends: tuple[int, int, int]  # after k bytes carried in: raw[(3-k)%3 : ends[k]] is encoded
+    encoded: tuple[bytes, bytes, bytes]
+
+    @classmethod
+    def of(cls, raw: bytes) -> _Literal:
+        starts = [(3 - carry) % 3 for carry in range(3)]
+        ends = tuple(start + max(len(raw) - start, 0) // 3 * 3 for start in starts)
+        encoded = tuple(_base64(raw[start:end]) for start, end in zip(starts, ends, strict=True))
+        return cls(raw, ends, encoded)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Body:
+    """One part's body, split around the placeholders and mostly base64-encoded already.
+
+    Base64 maps 3 bytes to 4 characters, so a constant stretch encodes the same whatever
+    came before it once the stream is at a multiple of 3: per recipient only the values
+    and the few bytes around them are encoded. Lines end at each seam, so some are shorter
+    than 76 characters (RFC 2045 sets a maximum, not a length); none has padding inside.
+    """
+
+    literals: tuple[_Literal, ...]
+    keys: tuple[str, ...]
+
+    @classmethod
+    def split(cls, template: str) -> _Body:
+        pieces = _MARKERS.split(template)
+        return cls(tuple(_Literal.of(_crlf(p)) for p in pieces[::2]), tuple(_KEY_OF[m] for m in pieces[1::2]))
+
+    def encode(self, values: Mapping[str, bytes]) -> list[bytes]:
+        """Pieces of base64(literal0 + value1 + literal1 + …), in lines of at most 76 characters."""
+        out: list[bytes] = []
+        pending = b""
+        for i, literal in enumerate(self.literals):
+            if i:
+                pending += values[self.keys[i - 1]]
+            carry = len(pending) % 3
+            head = (3 - carry) % 3
+            if len(literal.raw) < head + 3:
+                pending += literal.raw
+                continue
+            out += (_base64(pending + literal.raw[:head]), literal.encoded[carry])
+            pending = literal.raw[literal.ends[carry] :]
+        out.append(_base64(pending))
+        return out
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """One issue's message minus the recipient: built by prepare, shared by every thread."""
+
+    from_line: bytes
+    subject_line: bytes
+    fixed_lines: bytes  # MIME-Version, Content-Type, List-*, Precedence, Feedback-ID
+    text: _Body
+    html: _Body
+    seams: tuple[bytes, bytes, bytes]  # before the text part, before the html part, the end
+    mailto: str
+    base_url: str
+    bounce_local: str
+    bounce_domain: str
+    zone: ZoneInfo
+    signed: tuple[bytes, ...]
+    dkim: DkimKey | None
+
+
+def _crlf(text: str) -> bytes:
+    """UTF-8 with CRLF line breaks, the canonical form of text/* before base64 (RFC 2046)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode()
+
+
+def _line(name: str, value: str) -> bytes:
+    return f"{name}: {value}\r\n".encode()
+
+
+# --- configuration derived once --------------------------------------------------------
+
+def sender_domain(config: Config) -> str:
+    """The From address's domain: Message-IDs, DKIM d= and the default bounce address use it."""
+    local, _, domain = config.sender.from_.rpartition("@")
+    if not local or not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", domain):
+        raise ConfigError(f"[sender] from {config.sender.from_!r} is not an address like news@example.jp")
+    return domain.lower()
+
+
+def bounce_address(config: Config) -> str:
+    """The plain envelope sender ([sender] bounce_address, default bounces@<from domain>)."""
+    address = config.sender.bounce_address or f"bounces@{sender_domain(config)}"
+    try:
+        ascii_address(address, "[sender] bounce_address")
+    except InvalidInput as exc:
+        raise ConfigError(f"[sender] bounce_address {address!r} must look like bounces@example.jp") from exc
+    return address
+
+
+def make_message_id(config: Config) -> str:
+    """A new '<…@from-domain>', made once per delivery and reused on every retry."""
+    return f"<mm.{secrets.token_hex(12)}@{sender_domain(config)}>"
+
+
+def verp_address(config: Config, secret: str, delivery_id: int) -> str:
+    """bounces+<id>-<hmac>@domain: a bounce to it names its delivery, unforgeably."""
+    local, _, domain = bounce_address(config).rpartition("@")
+    return f"{local}+{tokens.verp_tag(secret, delivery_id)}@{domain}"
+
+
+def parse_verp(config: Config, secret: str, address: str) -> int | None:
+    """The delivery id in a bounce's recipient address, or None if foreign or forged."""
+    local, _, domain = bounce_address(config).rpartition("@")
+    got_local, _, got_domain = address.strip().strip("<>").rpartition("@")
+    prefix = f"{local}+".lower()
+    if got_domain.lower() != domain.lower() or not got_local.lower().startswith(prefix):
+        return None
+    return tokens.read_verp_tag(secret, got_local[len(prefix) :].lower())
+
+
+def load_dkim(config: Config) -> DkimKey | None:
+    """The DKIM key, read once; None when [dkim] is empty, ConfigError when it is half set or bad."""
+    selector, path = config.dkim.selector, config.dkim.private_key_file
+    where = f"[dkim] private_key_file {path}"
+    if not selector and not path:
+        return None
+    if not selector or not path:
+        raise ConfigError("[dkim] needs both selector and private_key_file (or neither, to not sign)")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
+        raise ConfigError(f"[dkim] selector {selector!r} must be a DNS label such as mailmag2026")
+    try:
+        pem = Path(path).read_bytes().replace(b"\r\n", b"\n")  # dkimpy's PEM reader wants LF
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
+    try:
+        parse_pem_private_key(pem)
+    except (UnparsableKeyError, ValueError, IndexError) as exc:
+        raise ConfigError(f"{where} is not a PEM RSA private key (make one with dknewkey)") from exc
+    return DkimKey(selector.encode(), sender_domain(config).encode(), pem)
+
+
+# --- per issue -------------------------------------------------------------------------
+
+def prepare(
+    rendering: RenderingLike, issue_number: int, config: Config, dkim: DkimKey | None = None
+) -> Skeleton:
+    """Everything about an issue's messages that does not depend on the recipient."""
+    base_url = config.mailmag.base_url.rstrip("/")
+    if not re.fullmatch(r"https?://[\x21-\x7e]+", base_url):
+        raise ConfigError("[mailmag] base_url must be an http(s) URL without spaces or line breaks")
+    mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{sender_domain(config)}"
+    ascii_address(mailto, "[sender] unsubscribe_mailto")
+    boundary = f"=_mailmag_{secrets.token_hex(12)}"
+    fixed = _fixed_headers(config, base_url, issue_number, boundary)
+    present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed))
+    bounce_local, _, bounce_domain = bounce_address(config).rpartition("@")
+    return Skeleton(
+        from_line=_line("From", format_address(config.sender.name, config.sender.from_, header="From")),
+        subject_line=_line("Subject", encode_header(rendering.subject)),
+        fixed_lines=b"".join(_line(name, value) for name, value in fixed),
+        text=_Body.split(rendering.text),
+        html=_Body.split(rendering.html),
+        seams=_seams(boundary.encode()),
+        mailto=f"<mailto:{mailto}?subject=unsubscribe>",
+        base_url=base_url,
+        bounce_local=bounce_local,
+        bounce_domain=bounce_domain,
+        zone=config.zone,
+        signed=_signed_list(present),
+        dkim=dkim,
+    )
+
+
+def _fixed_headers(config: Config, base_url: str, issue_number: int, boundary: str) -> list[tuple[str, str]]:
+    """The header lines every recipient of an issue gets as they are."""
+    sender = config.sender
+    if not DOT_ATOM.fullmatch(sender.list_id):
+        raise ConfigError(f"[sender] list_id {sender.list_id!r} must be a label such as news.example.jp")
+    fixed = [
+        ("List-Id", _list_id(sender.list_name, sender.list_id)),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ("List-Archive", f"<{links.archive_url(base_url)}>"),
+        ("Archived-At", f"<{links.archive_url(base_url, issue_number)}>"),
+        ("Precedence", "bulk"),
+    ]
+    if sender.feedback_id:
+        if not re.fullmatch(r"[\x21-\x7e]+", sender.feedback_id):
+            raise ConfigError("[sender] feedback_id must be ASCII without spaces, e.g. newsletter:council")
+        # Gmail reads Feedback-ID as fields ending with the sender's id: the issue is the campaign.
+        fixed.append(("Feedback-ID", f"{issue_number}:{sender.feedback_id}"))
+    return [*fixed, ("MIME-Version", "1.0"), ("Content-Type", _alternative(boundary))]
+
+
+def _list_id(name: str, label: str) -> str:
+    """RFC 2919: the magazine's name as a phrase, then <list_id>."""
+    return angle(phrase(name, "List-Id"), label, "List-Id") if name else f"<{label}>"
+
+
+def _signed_list(present: tuple[str, ...]) -> tuple[bytes, ...]:
+    names = [n for n in SIGNED_HEADERS if n in present]
+    return tuple(n.lower().encode() for n in [*names, *(n for n in OVERSIGNED if n in present)])
+
+
+# --- per recipient ---------------------------------------------------------------------
+
+def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[str, bytes]:
+    """(envelope sender, message bytes with CRLF line ends), DKIM-signed if a key is set."""
+    if not _MESSAGE_ID.fullmatch(recipient.message_id):
+        raise InvalidInput(f"Message-ID {recipient.message_id!r} is not of the form <id@domain>")
+    values = {
+        "name": recipient.name,
+        "email": recipient.email,
+        "unsubscribe_url": links.unsubscribe_url(skeleton.base_url, secret, recipient.subscriber_id),
+        "preferences_url": links.preferences_url(skeleton.base_url, secret, recipient.subscriber_id),
+    }
+    unsubscribe = f"<{values['unsubscribe_url']}>, {skeleton.mailto}"
+    if len(unsubscribe) + 18 > 998:  # one line unless RFC 5322's hard limit forces a fold
+        unsubscribe = unsubscribe.replace(", ", ",\r\n ", 1)
+    data = b"".join((
+        skeleton.from_line,
+        _line("To", format_address(recipient.name, recipient.email)),
+        skeleton.subject_line,
+        _line("Date", email.utils.format_datetime(dt.datetime.now(skeleton.zone))),
+        _line("Message-ID", recipient.message_id),
+        _line("List-Unsubscribe", unsubscribe),
+        skeleton.fixed_lines,
+        skeleton.seams[0],
+        *skeleton.text.encode({k: v.encode() for k, v in values.items()}),
+        skeleton.seams[1],
+        *skeleton.html.encode({k: html.escape(v, quote=True).encode() for k, v in values.items()}),
+        skeleton.seams[2],
+    ))
+    tag = tokens.verp_tag(secret, recipient.delivery_id)
+    envelope_from = f"{skeleton.bounce_local}+{tag}@{skeleton.bounce_domain}"
+    return envelope_from, _sign(data, skeleton.dkim, skeleton.signed)
+
+
+def _part_head(content_type: bytes) -> bytes:
+    return b"Content-Type: " + content_type + b'; charset="utf-8"\r\nContent-Transfer-Encoding: base64\r\n'
+
+
+def _alternative(boundary: str) -> str:
+    return f'multipart/alternative;\r\n boundary="{boundary}"'  # folded: the line would pass 76
+
+
+def _seams(boundary: bytes) -> tuple[bytes, bytes, bytes]:
+    """What goes between the header block, the two base64 parts and the end."""
+    return (
+        CRLF + b"--" + boundary + CRLF + _part_head(b"text/plain") + CRLF,
+        b"--" + boundary + CRLF + _part_head(b"text/html") + CRLF,
+        b"--" + boundary + b"--" + CRLF,
+    )
+
+
+def _base64(data: bytes) -> bytes:
+    """Base64 in lines of 76 characters, each ending CRLF; never 8bit, no line starts with a dot."""
+    if not data:
+        return b""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return CRLF.join([encoded[i : i + LINE_MAX] for i in range(0, len(encoded), LINE_MAX)]) + CRLF
+
+
+def _sign(data: bytes, key: DkimKey | None, signed: tuple[bytes, ...]) -> bytes:
+    """DKIM as the very last step: nothing may touch the bytes after this."""
+    if key is None:
+        return data
+    signature = dkimpy.sign(
+        data, key.selector, key.domain, key.private_key,
+        canonicalize=(b"relaxed", b"simple"), include_headers=list(signed),
+    )
+    return signature + data
+
+
+# --- one-off mail (double opt-in confirmation, `issues test`) --------------------------
+
+def build_simple(
+    config: Config,
+    to_email: str,
+    to_name: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    dkim: DkimKey | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    """A single message with the same encoder and rules; send it from bounce_address(config)."""
+    lines = [
+        ("From", format_address(config.sender.name, config.sender.from_, header="From")),
+        ("To", format_address(to_name, to_email)),
+        ("Subject", encode_header(subject)),
+        ("Date", email.utils.format_datetime(dt.datetime.now(config.zone))),
+        ("Message-ID", message_id or make_message_id(config)),
+    ]
+    for name, value in (headers or {}).items():
+        if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name) or name.lower() in {n.lower() for n, _ in lines}:
+            raise ValueError(f"header name {name!r} is not allowed here")
+        check(value, name)
+        lines.append((name, value if is_plain(value) else encode_header(value, header=name)))
+    if message_id is not None and not _MESSAGE_ID.fullmatch(message_id):
+        raise InvalidInput(f"Message-ID {message_id!r} is not of the form <id@domain>")
+    text_body = _crlf(text)
+    if html is None:
+        lines += [("MIME-Version", "1.0"), ("Content-Type", 'text/plain; charset="utf-8"'),
+                  ("Content-Transfer-Encoding", "base64")]
+        body = _base64(text_body)
+    else:
+        boundary = f"=_mailmag_{secrets.token_hex(12)}"
+        lines += [("MIME-Version", "1.0"), ("Content-Type", _alternative(boundary))]
+        before_text, before_html, end = _seams(boundary.encode())
+        body = before_text[2:] + _base64(text_body) + before_html + _base64(_crlf(html)) + end
+    data = b"".join(_line(name, value) for name, value in lines) + CRLF + body
+    return _sign(data, dkim, _signed_list(tuple(name for name, _ in lines)))
