@@ -1,0 +1,63 @@
+"""`mailmag worker`: deliver the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+
+import click
+
+from mailmag.cli.common import AppContext, pass_app
+from mailmag.delivery import outbox
+from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.transports import make_transport
+from mailmag.models import utcnow
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Exit when nothing is due instead of waiting for more.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None,
+              help="SMTP connections (default: [smtp] max_connections).")
+@pass_app
+def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
+    """Deliver queued messages; several workers may share one queue."""
+    services = app.ready_services()
+    with _progress(services, once) as progress:
+        dispatcher = Dispatcher(services, make_transport(services.config),
+                                concurrency=concurrency, progress=progress)
+        with _stop_on_signals(dispatcher):
+            stats = dispatcher.run(once=once)
+    click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
+    """SIGINT/SIGTERM: finish the message in flight, hand the rest of the batch back."""
+
+    def stop(signum: int, _frame: object) -> None:
+        click.echo(f"stopping ({signal.Signals(signum).name}): finishing messages in flight", err=True)
+        dispatcher.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _progress(services, once: bool):  # type: ignore[no-untyped-def]
+    """A progress bar on a terminal for `--once`; nothing for scripts and services."""
+    if not (once and sys.stderr.isatty()):
+        yield None
+        return
+    with services.session() as session:
+        total = outbox.due_count(session, utcnow())
+    with click.progressbar(length=total, label="sending", file=sys.stderr) as bar:
+        yield bar.update
+
+
+commands = [worker]

@@ -1,0 +1,177 @@
+"""Real `mailmag worker` processes: SIGKILL at each point, and two workers on one queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailmag import db
+from mailmag.config import load_config
+from mailmag.delivery import outbox
+from mailmag.models import Delivery
+from mailmag.services import Services
+from test_dispatch import prepare_send
+
+from conftest import SECRET
+
+
+def write_config(path: Path, db_url: str, port: int, lease_seconds: int = 1) -> Path:
+    path.write_text(
+        f'[mailmag]\nbase_url = "https://news.example.jp"\n'
+        f'[database]\nurl = "{db_url}"\n'
+        f'[smtp]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+        f"rate_per_second = 0.0\ntimeout_seconds = 30.0\n"
+        f"[dispatch]\nlease_seconds = {lease_seconds}\nbatch_size = 20\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def start_worker(config: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailmag", "--config", str(config), "worker", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    _STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def _reap_workers() -> Iterator[None]:
+    """No worker outlives its test, whatever the test's outcome."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def setup(tmp_path, db_url, smtp_server):  # type: ignore[no-untyped-def]
+    path = write_config(tmp_path / "mailmag.toml", db_url, smtp_server.port)
+    services = Services(load_config(path, env={"MAILMAG_SECRET_KEY": SECRET}))
+    db.init_db(services.engine)
+    yield path, services
+    services.close()
+
+
+def states(services: Services) -> dict[str, int]:
+    with services.session() as session:
+        return {s: n for s, n in vars(outbox.counts(session, 1)).items()}
+
+
+def finish(config: Path, services: Services) -> None:
+    """A fresh worker after the dead one's leases expired drains the queue."""
+    time.sleep(1.1)  # lease_seconds = 1 in write_config
+    done = subprocess.run(
+        [sys.executable, "-m", "mailmag", "--config", str(config), "worker", "--once"],
+        env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("stage", ["ehlo", "data_end"])
+def test_worker_killed_after_claim_or_during_data_loses_nobody(setup, smtp_server, stage):
+    config, services = setup
+    prepare_send(services, 5)
+    smtp_server.stall(stage)
+    worker = start_worker(config, "--once", "--concurrency", "1")
+    wait_for(lambda: states(services)["sending"] == 5)
+    time.sleep(0.3)  # let it reach the stalled stage
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    smtp_server.clear_faults()
+    finish(config, services)
+    final = states(services)
+    assert (final["sent"], final["queued"], final["sending"]) == (5, 0, 0)
+    assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(5)]
+    with services.session() as session:
+        assert sorted(session.scalars(select(Delivery.lease_expiries))) == [1] * 5
+
+
+@contextmanager
+def result_writes_blocked(db_url: str) -> Iterator[None]:
+    """Hold a lock that makes the worker's result commit wait (the window after the 250)."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    import psycopg
+
+    schema = db_url.rpartition("%3D")[2]
+    with psycopg.connect(f"host=127.0.0.1 user=postgres dbname=test options=-csearch_path={schema}") as conn:
+        conn.execute("SELECT id FROM deliveries FOR UPDATE")
+        yield
+        conn.rollback()
+
+
+def test_worker_killed_after_the_250_before_the_commit_resends_only_that_message(
+    setup, smtp_server, db_url
+):
+    """The documented window: the relay has the message, our row does not say so yet."""
+    config, services = setup
+    prepare_send(services, 4)
+    worker = start_worker(config, "--once", "--concurrency", "1")
+    wait_for(lambda: states(services)["sending"] == 4)
+    with result_writes_blocked(db_url):
+        # The first message may already be recorded; wait until one more is accepted by the
+        # relay while its result cannot be committed, then kill the worker.
+        accepted = len(smtp_server.messages)
+        wait_for(lambda: len(smtp_server.messages) >= accepted + 1)
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finish(config, services)
+    final = states(services)
+    assert (final["sent"], final["pending"] if "pending" in final else final["queued"]) == (4, 0)
+    recipients = smtp_server.recipients()
+    assert sorted(set(recipients)) == [f"user{i}@example.jp" for i in range(4)]
+    # At most one message per connection is sent twice: the one in the window.
+    assert len(recipients) - 4 <= 1
+
+
+def test_two_workers_share_one_queue_without_a_duplicate(tmp_path, pg_url, smtp_server):
+    config = write_config(tmp_path / "mailmag.toml", pg_url, smtp_server.port, lease_seconds=300)
+    services = Services(load_config(config, env={"MAILMAG_SECRET_KEY": SECRET}))
+    db.init_db(services.engine)
+    try:
+        prepare_send(services, 120)
+        workers = [start_worker(config, "--once", "--concurrency", "2") for _ in range(2)]
+        outputs = [w.communicate(timeout=120) for w in workers]
+        assert all(w.returncode == 0 for w in workers), outputs
+        recipients = smtp_server.recipients()
+        assert len(recipients) == len(set(recipients)) == 120
+        assert states(services)["sent"] == 120
+        # Both processes did part of the work.
+        sent_by = [int(out.split()[1].rstrip(",")) for out, _ in outputs]
+        assert sum(sent_by) == 120
+    finally:
+        services.close()
