@@ -1,0 +1,370 @@
+"""Items that member orgs submit: validation per kind, normalization on the way in, and review.
+
+Status flow: submitted → approved | rejected → published (when an issue holding it is sent).
+Editing an approved or rejected item sends it back to submitted; a published item is frozen.
+Bodies and how_to_apply are Markdown; `markup.to_html` is the only way they become HTML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailmag import text_ja
+from mailmag.content import dates, orgs
+from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
+from mailmag.models import ITEM_KINDS, ITEM_STATUSES, Item, Org
+
+KIND_LABELS = {"meeting": "会議報告", "event": "イベント案内", "exhibitors": "出展者募集", "news": "お知らせ"}
+_KIND_ALIASES = {
+    **{label: kind for kind, label in KIND_LABELS.items()},
+    "トピックス": "news", "topics": "news", "イベント": "event", "出展募集": "exhibitors",
+}
+
+# Model attribute → the name people type (CLI option without --, front-matter key).
+FIELD_NAMES = {
+    "title": "title", "body": "body", "date": "date", "end_date": "end_date", "time_text": "time",
+    "venue": "venue", "url": "url", "deadline": "deadline", "fee": "fee", "event_name": "event",
+    "how_to_apply": "how_to_apply",
+}
+_ALIASES = {
+    **{typed: attr for attr, typed in FIELD_NAMES.items()},
+    "place": "venue", "end-date": "end_date", "how-to-apply": "how_to_apply", "time_text": "time_text",
+    "event_name": "event_name",
+}
+_ONE_LINE_LIMITS = {"title": 300, "venue": 300, "time_text": 100, "fee": 200, "event_name": 300}
+_BLOCKS = ("body", "how_to_apply")
+_DATES = ("date", "end_date", "deadline")
+
+_REQUIRED = {
+    "meeting": ("title", "date", "venue", "body"),
+    "event": ("title", "date", "venue"),
+    "exhibitors": ("title", "event_name", "deadline", "how_to_apply"),
+    "news": ("title", "body"),
+}
+_OPTIONAL = {
+    "meeting": ("end_date", "time_text", "url"),
+    "event": ("end_date", "time_text", "url", "deadline", "fee", "body"),
+    "exhibitors": ("date", "end_date", "venue", "url", "body"),
+    "news": ("date", "url"),
+}
+_LINE_BREAKS = ("\r", "\n", "\v", "\f", "\x85", "\u2028", "\u2029")
+
+
+def parse_kind(raw: str) -> str:
+    """meeting | event | exhibitors | news, also from the Japanese labels (会議報告 …)."""
+    value = (raw or "").strip()
+    kind = _KIND_ALIASES.get(value, value.lower())
+    if kind not in ITEM_KINDS:
+        raise InvalidInput(f"unknown kind {raw!r}: use meeting, event, exhibitors or news")
+    return kind
+
+
+def required_fields(kind: str) -> tuple[str, ...]:
+    """The model attributes an item of this kind must have."""
+    return _REQUIRED[parse_kind(kind)]
+
+
+def allowed_fields(kind: str) -> tuple[str, ...]:
+    kind = parse_kind(kind)
+    return _REQUIRED[kind] + _OPTIONAL[kind]
+
+
+def _names(attrs: Iterable[str]) -> str:
+    return ", ".join(FIELD_NAMES[a] for a in attrs)
+
+
+def _resolve(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed names and aliases → model attributes; None means not given."""
+    resolved: dict[str, Any] = {}
+    for key, value in fields.items():
+        attr = _ALIASES.get(key)
+        if attr is None:
+            raise InvalidInput(f"unknown field {key!r}; the fields are: {', '.join(FIELD_NAMES.values())}")
+        if value is not None:
+            resolved[attr] = value
+    return resolved
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(attr: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidInput(f"{FIELD_NAMES[attr]} must be text, not {type(value).__name__}")
+    return str(value)
+
+
+def _one_line(attr: str, raw: Any) -> str:
+    raw = _text(attr, raw)
+    if attr == "title" and any(mark in raw for mark in _LINE_BREAKS):
+        raise InvalidInput("the title must be one line (it becomes the mail subject)")
+    value = text_ja.normalize_line(raw)
+    if len(value) > _ONE_LINE_LIMITS[attr]:
+        raise InvalidInput(f"{FIELD_NAMES[attr]} is longer than {_ONE_LINE_LIMITS[attr]} characters")
+    return value
+
+
+def _block(attr: str, raw: Any) -> str:
+    lines = text_ja.normalize(_text(attr, raw)).split("\n")
+    return "\n".join(line.rstrip() for line in lines).strip("\n")
+
+
+def parse_url(raw: Any) -> str:
+    """An http(s) link as pasted; anything else would be a dead or dangerous link in the mail."""
+    value = text_ja.normalize_line(_text("url", raw))
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise InvalidInput(f"url {value!r} is not an http:// or https:// address")
+    if len(value) > 2000:
+        raise InvalidInput("url is longer than 2000 characters")
+    return value
+
+
+def _date(attr: str, raw: Any, today: dt.date | None) -> dt.date:
+    if not isinstance(raw, str | dt.date):
+        raise InvalidInput(f"{FIELD_NAMES[attr]} must be a date, not {type(raw).__name__}")
+    try:
+        return dates.parse_date(raw, today)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{FIELD_NAMES[attr]}: {exc}") from None
+
+
+def _dates(given: dict[str, Any], today: dt.date | None) -> dict[str, dt.date | None]:
+    """date (possibly a range '11/22〜23'), end_date and deadline as dates."""
+    out: dict[str, dt.date | None] = {}
+    if "date" in given and isinstance(given["date"], str) and dates.is_range(given["date"]):
+        if "end_date" in given:
+            raise InvalidInput("date is a range and end_date is given too: give the end only once")
+        try:
+            out["date"], out["end_date"] = dates.parse_range(given["date"], today)
+        except InvalidInput as exc:
+            raise InvalidInput(f"date: {exc}") from None
+    for attr in _DATES:
+        if attr in given and attr not in out:
+            out[attr] = _date(attr, given[attr], today)
+    start, end = out.get("date"), out.get("end_date")
+    if end is not None and start is not None and end < start:
+        raise InvalidInput(f"end_date {end.isoformat()} is before date {start.isoformat()}")
+    if end is not None and start is None:
+        raise InvalidInput("end_date is given without date")
+    return out
+
+
+def _require(kind: str, missing: list[str]) -> None:
+    if missing:
+        raise InvalidInput(
+            f"missing {_names(missing)}: {kind} items ({KIND_LABELS[kind]}) need {_names(_REQUIRED[kind])}"
+        )
+
+
+def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None) -> dict[str, Any]:
+    """Every model field of an item of `kind`, validated and normalized; InvalidInput names the problem."""
+    kind = parse_kind(kind)
+    given = {a: v for a, v in _resolve(fields).items() if not _is_empty(v)}
+    stray = [a for a in given if a not in allowed_fields(kind)]
+    if stray:
+        raise InvalidInput(
+            f"{_names(stray)} does not apply to {kind} items ({KIND_LABELS[kind]}); "
+            f"they take: {_names(allowed_fields(kind))}"
+        )
+    _require(kind, [a for a in _REQUIRED[kind] if a not in given])
+    values: dict[str, Any] = {attr: "" for attr in FIELD_NAMES}
+    values.update({attr: None for attr in _DATES})
+    for attr, raw in given.items():
+        if attr in _ONE_LINE_LIMITS:
+            values[attr] = _one_line(attr, raw)
+        elif attr in _BLOCKS:
+            values[attr] = _block(attr, raw)
+        elif attr == "url":
+            values[attr] = parse_url(raw)
+    values.update(_dates(given, today))
+    # Normalization can empty a value (a title of zero-width spaces): that is still missing.
+    _require(kind, [a for a in _REQUIRED[kind] if values[a] in ("", None)])
+    return values
+
+
+def submit(session: Session, org: Org | str, kind: str, fields: Mapping[str, Any],
+           channel: str = "cli", today: dt.date | None = None) -> Item:
+    """Store a new item as submitted; nothing is stored if any field is not acceptable."""
+    if not isinstance(org, Org):
+        org = orgs.get(session, org)
+    kind = parse_kind(kind)
+    item = Item(org=org, kind=kind, status="submitted", channel=channel, **clean(kind, fields, today))
+    session.add(item)
+    session.flush()
+    return item
+
+
+def get(session: Session, item_id: int) -> Item:
+    item = session.get(Item, item_id)
+    if item is None:
+        raise NotFound(f"no item with the id {item_id} (see mailmag items list)")
+    return item
+
+
+def listing(session: Session, status: str | None = None, org: str | None = None,
+            kind: str | None = None) -> list[Item]:
+    """Items oldest first, optionally of one status, org (code) and kind."""
+    query = select(Item).order_by(Item.id)
+    if status is not None:
+        if status not in ITEM_STATUSES:
+            raise InvalidInput(f"unknown status {status!r}: use {', '.join(ITEM_STATUSES)}")
+        query = query.where(Item.status == status)
+    if org is not None:
+        query = query.where(Item.org_id == orgs.get(session, org).id)
+    if kind is not None:
+        query = query.where(Item.kind == parse_kind(kind))
+    return list(session.scalars(query))
+
+
+def _stored(item: Item) -> dict[str, Any]:
+    return {attr: getattr(item, attr) for attr in FIELD_NAMES}
+
+
+def update(session: Session, item: Item, fields: Mapping[str, Any], today: dt.date | None = None) -> Item:
+    """Change fields ('' clears one); an approved or rejected item goes back to submitted."""
+    if item.status == "published":
+        raise StateError(f"item {item.id} was published in an issue and can no longer be edited")
+    new = _resolve(fields)
+    merged = {**_stored(item), **new}
+    if isinstance(new.get("date"), str) and dates.is_range(new["date"]) and "end_date" not in new:
+        merged.pop("end_date")  # the range given now replaces the stored end
+    for attr, value in clean(item.kind, merged, today).items():
+        setattr(item, attr, value)
+    if item.status in ("approved", "rejected"):
+        item.status, item.reject_reason = "submitted", ""
+    session.flush()
+    return item
+
+
+def _fetch_all(session: Session, ids: Sequence[int]) -> list[Item]:
+    """All the items, or NotFound before anything changes."""
+    found = [session.get(Item, i) for i in dict.fromkeys(ids)]
+    missing = [str(i) for i, item in zip(dict.fromkeys(ids), found, strict=True) if item is None]
+    if missing:
+        raise NotFound(f"no item with the id {', '.join(missing)} (see mailmag items list); nothing changed")
+    return [item for item in found if item is not None]
+
+
+def approve(session: Session, ids: Sequence[int]) -> list[Item]:
+    """Approve submitted (or earlier rejected) items; all or none. Already approved ones stay so."""
+    items = _fetch_all(session, ids)
+    published = [str(i.id) for i in items if i.status == "published"]
+    if published:
+        raise StateError(f"item {', '.join(published)} is already published; nothing changed")
+    for item in items:
+        item.status, item.reject_reason = "approved", ""
+    session.flush()
+    return items
+
+
+def reject(session: Session, item_id: int, reason: str) -> Item:
+    """Reject an item with a reason the submitting org will read."""
+    reason = text_ja.normalize(reason or "").strip()
+    if not reason:
+        raise InvalidInput("give a reason for the rejection (--reason): the org sees it")
+    item = get(session, item_id)
+    if item.status == "published":
+        raise StateError(f"item {item.id} is already published and cannot be rejected")
+    item.status, item.reject_reason = "rejected", reason
+    session.flush()
+    return item
+
+
+def mark_published(session: Session, items: Iterable[Item]) -> None:
+    """Called when an issue holding these items is sent."""
+    for item in items:
+        if item.status not in ("approved", "published"):
+            raise StateError(f"item {item.id} is {item.status}, not approved: it cannot be published")
+        item.status = "published"
+    session.flush()
+
+
+# --- files: Markdown with TOML front matter between +++ lines ------------------------------
+
+
+def read_text(path: str | Path) -> str:
+    """A text file as UTF-8 (BOM allowed), else CP932 as Windows editors save it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    for encoding in ("utf-8-sig", "cp932"):
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" not in text:
+            return text
+    raise InvalidInput(f"cannot read {path}: it is not UTF-8 or Shift_JIS text")
+
+
+def _split_front_matter(path: str | Path, text: str) -> tuple[str, str]:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if start is None or lines[start].strip() != "+++":
+        found = "YAML (---)" if start is not None and lines[start].strip() == "---" else "no front matter"
+        raise InvalidInput(f"{path}: expected TOML front matter between +++ lines at the top, found {found}")
+    for end in range(start + 1, len(lines)):
+        if lines[end].strip() == "+++":
+            return "\n".join(lines[start + 1:end]), "\n".join(lines[end + 1:])
+    raise InvalidInput(f"{path}: the front matter has no closing +++ line")
+
+
+def _from_toml(value: Any) -> Any:
+    """TOML types → what clean() takes: a datetime is a date plus a start time."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.time):
+        return value.strftime("%H:%M")
+    return value
+
+
+def parse_file(path: str | Path) -> dict[str, Any]:
+    """The front-matter keys of a Markdown item file plus 'body' (the Markdown after it)."""
+    front, body = _split_front_matter(path, read_text(path))
+    try:
+        data = tomllib.loads(front)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: the front matter is not valid TOML ({exc})") from None
+    if "body" in data:
+        raise InvalidInput(f"{path}: write the body below the closing +++, not as a body key")
+    fields = {key: _from_toml(value) for key, value in data.items()}
+    if isinstance(data.get("date"), dt.datetime) and "time" not in data:
+        fields["time"] = data["date"].strftime("%H:%M")
+    fields["body"] = body
+    return fields
+
+
+def _prepare(session: Session, path: str | Path, today: dt.date | None) -> tuple[Org, str, dict[str, Any]]:
+    fields = parse_file(path)
+    org_code, kind = fields.pop("org", None), fields.pop("kind", None)
+    if not isinstance(org_code, str) or not isinstance(kind, str):
+        raise InvalidInput(f"{path}: the front matter needs org = \"CODE\" and kind = \"meeting|event|…\"")
+    kind = parse_kind(kind)
+    return orgs.get(session, org_code), kind, clean(kind, fields, today)
+
+
+def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | None = None) -> list[Item]:
+    """Store one item per file; every file is checked first, and one bad file stores nothing."""
+    prepared = []
+    for path in paths:
+        try:
+            prepared.append(_prepare(session, path, today))
+        except MailmagError as exc:
+            message = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}"
+            raise type(exc)(message) from None
+    items = [Item(org=org, kind=kind, status="submitted", channel="file", **values)
+             for org, kind, values in prepared]
+    session.add_all(items)
+    session.flush()
+    return items

@@ -1,0 +1,100 @@
+"""Item bodies: Markdown (markdown-it-py) to HTML, always sanitized with nh3 before it can reach an issue."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from functools import cache
+
+import nh3
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+ALLOWED_TAGS = frozenset({
+    "p", "br", "ul", "ol", "li", "strong", "em", "b", "i", "a", "h3", "h4", "blockquote",
+    "table", "thead", "tbody", "tr", "th", "td", "hr", "code", "pre",
+})
+ALLOWED_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "ol": {"start"},
+    "th": {"style", "colspan", "rowspan"},
+    "td": {"style", "colspan", "rowspan"},
+}
+URL_SCHEMES = frozenset({"http", "https", "mailto"})
+
+# Item headings sit under the issue's own h1/h2 (issue title, item title): # → h3, ## and deeper → h4.
+_HEADING_LEVEL = {"h1": "h3", "h2": "h4", "h3": "h4", "h4": "h4", "h5": "h4", "h6": "h4"}
+
+
+@cache
+def _markdown() -> MarkdownIt:
+    # html=True: pasted HTML fragments go through, and nh3 decides what survives of them.
+    return MarkdownIt("commonmark", {"html": True}).enable("table")
+
+
+@cache
+def _cleaner() -> nh3.Cleaner:
+    return nh3.Cleaner(
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags={"script", "style"},
+        attributes={tag: set(attrs) for tag, attrs in ALLOWED_ATTRIBUTES.items()},
+        url_schemes=set(URL_SCHEMES),
+        # A relative link means nothing in a mail; drop it instead of sending a broken href.
+        url_relative="deny",
+        filter_style_properties={"text-align"},
+        link_rel="noopener noreferrer",
+    )
+
+
+def _is_wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
+def _join_japanese_lines(children: list[Token]) -> None:
+    """Drop a soft break between two Japanese characters: a browser would show it as a stray space."""
+    for index, token in enumerate(children):
+        if token.type != "softbreak" or index == 0 or index + 1 == len(children):
+            continue
+        before, after = children[index - 1], children[index + 1]
+        if (before.type == after.type == "text" and before.content and after.content
+                and _is_wide(before.content[-1]) and _is_wide(after.content[0])):
+            token.type, token.tag = "text", ""
+            token.content = ""
+
+
+def _tokens(markdown: str) -> list[Token]:
+    tokens = _markdown().parse(markdown)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = _HEADING_LEVEL[token.tag]
+        elif token.type == "inline" and token.children:
+            _join_japanese_lines(token.children)
+    return tokens
+
+
+def sanitize(fragment: str) -> str:
+    """Sanitize an HTML fragment: only the allowed tags, http/https/mailto links, no scripts or handlers."""
+    return _cleaner().clean(fragment)
+
+
+def to_html(markdown: str) -> str:
+    """Render an item's Markdown body to sanitized HTML (the one way item HTML reaches an issue)."""
+    md = _markdown()
+    return sanitize(md.renderer.render(_tokens(markdown), md.options, {}))
+
+
+_PARAGRAPH_END = re.compile(r"</(p|h3|h4|blockquote|pre|table|ul|ol)>|<hr\s*/?>")
+_LINE_END = re.compile(r"</(li|tr)>|<br\s*/?>")
+_TAG = re.compile(r"<[^>]+>")
+
+
+def to_text(markdown: str) -> str:
+    """A plain-text preview of the body as the HTML shows it (for `items show`, not the mail's text part)."""
+    rendered = re.sub(r">\n+<", "><", to_html(markdown))
+    rendered = _PARAGRAPH_END.sub("\n\n", rendered)
+    rendered = _LINE_END.sub("\n", rendered)
+    rendered = re.sub(r"</t[hd]>", " ", rendered.replace("<li>", "・"))
+    text = html.unescape(_TAG.sub("", rendered))
+    lines = [line.rstrip() for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -1,0 +1,76 @@
+"""Item Markdown → HTML: what may reach a subscriber's mail reader, and what never does."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailmag.content.markup import to_html, to_text
+
+
+@pytest.mark.parametrize("hostile", [
+    "<script>alert(1)</script>",
+    "<SCRIPT SRC=https://evil.example/x.js></SCRIPT>",
+    '<img src="x" onerror="alert(1)">',
+    '<p onclick="alert(1)">click</p>',
+    '<a href="javascript:alert(1)">link</a>',
+    '<a href="JaVaScRiPt:alert(1)">link</a>',
+    '<a href="jav&#x61;script:alert(1)">link</a>',
+    "[link](javascript:alert(1))",
+    '<iframe src="https://evil.example/"></iframe>',
+    '<object data="https://evil.example/x.swf"></object>',
+    '<svg onload="alert(1)"></svg>',
+    '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">x</a>',
+    '<style>body{background:url("javascript:alert(1)")}</style>',
+    '<form action="https://evil.example/"><input name="password"></form>',
+])
+def test_nothing_executable_survives(hostile):
+    html = to_html(f"お知らせ\n\n{hostile}\n")
+    lowered = html.lower()
+    # Markdown that is not a valid link stays visible as inert text; no attribute may carry a script.
+    for forbidden in ("<script", "onerror", "onclick", "onload", 'href="javascript', "<iframe", "<object",
+                      "<svg", 'href="data', "<style", "<form", "<input", "alert(1)</", "src="):
+        assert forbidden not in lowered, html
+    assert "<p>お知らせ</p>" in html
+
+
+def test_links_keep_http_https_mailto_and_get_rel():
+    html = to_html("[詳細](https://example.jp/a) [旧](http://example.jp/b) [連絡](mailto:office@example.jp) "
+                   "[ftp](ftp://example.jp/c) [相対](/relative)")
+    assert '<a href="https://example.jp/a" rel="noopener noreferrer">詳細</a>' in html
+    assert '<a href="http://example.jp/b" rel="noopener noreferrer">旧</a>' in html
+    assert '<a href="mailto:office@example.jp" rel="noopener noreferrer">連絡</a>' in html
+    # A link that would not work in a mail keeps its words and loses its href.
+    assert 'href="ftp:' not in html and 'href="/relative"' not in html
+    assert "ftp" in html and "相対" in html
+
+
+def test_allowed_structure_survives():
+    markdown = (
+        "# 協議事項\n\n## 報告\n\n**重要** と *強調*\n\n- 一\n- 二\n\n1. 第一\n\n> 引用\n\n---\n\n"
+        "`code`\n\n```\npre\n```\n\n| 機関 | 予定 |\n|---|---:|\n| 広島大学 | 7月 |\n"
+    )
+    html = to_html(markdown)
+    # Item headings sit below the issue's and the item's own: # → h3, ## → h4.
+    for fragment in ("<h3>協議事項</h3>", "<h4>報告</h4>", "<strong>重要</strong>", "<em>強調</em>",
+                     "<ul>", "<li>一</li>", "<ol>", "<blockquote>", "<hr>", "<code>code</code>",
+                     "<pre><code>pre\n</code></pre>", "<table>", "<th>機関</th>",
+                     '<td style="text-align:right">7月</td>'):
+        assert fragment in html, fragment
+
+
+def test_images_and_unknown_tags_are_dropped_but_their_text_kept():
+    html = to_html('<div class="x"><span style="color:red">本文</span><img src="https://example.jp/a.png"></div>')
+    assert "本文" in html
+    assert "<div" not in html and "<span" not in html and "<img" not in html and "style=" not in html
+
+
+def test_line_breaks_inside_japanese_sentences_do_not_become_spaces():
+    html = to_html("中国地域産学官コラボレーション会議の事務局として，参加機関の取り\n組みを支援する。\n"
+                   "English words\nstay apart.")
+    assert "取り組みを支援する。" in html
+    assert "English words\nstay apart." in html
+
+
+def test_preview_text():
+    text = to_text("# 協議事項\n\n- 一\n- [二](https://example.jp) &amp; 三\n\n本文<script>x()</script>")
+    assert text == "協議事項\n\n・一\n・二 & 三\n\n本文"
