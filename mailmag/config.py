@@ -62,11 +62,23 @@ class SenderConfig:
 
 
 @dataclass(frozen=True)
+class ComposeConfig:
+    title_template: str = "{list_name} 第{number}号"
+    subject_template: str = "【第{number}号】{headline}"
+    title_template_en: str = "{list_name} No. {number}"
+    subject_template_en: str = "[No. {number}] {headline}"
+    kind_order: list[str] = field(default_factory=lambda: ["meeting", "event", "exhibitors", "news"])
+    wrap_width: int = 70
+    html_size_limit_kb: int = 102
+
+
+@dataclass(frozen=True)
 class SmtpConfig:
     transport: str = "file"
     host: str = "127.0.0.1"
     port: int = 587
     security: str = "starttls"
+    ca_file: str = ""
     username: str = ""
     timeout_seconds: float = 30.0
     max_connections: int = 4
@@ -97,16 +109,50 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    consent_wording_version: str = "1"
+    confirm_hours: int = 72
+    confirm_per_address_per_day: int = 1
+    subscribe_per_ip_per_hour: int = 10
+    purge_pending_after_hours: int = 168
+    topics: list[str] = field(default_factory=lambda: ["events|イベント案内|Events", "news|お知らせ|News"])
+    trusted_proxy: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    poll_seconds: float = 30.0
+    grace_seconds: int = 3600
+    min_items: int = 1
+    send_window_enabled: bool = False
+    send_window_days: list[str] = field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+    send_window_start: str = "09:00"
+    send_window_end: str = "18:00"
+    skip_holidays: bool = True
+    year_end_break: list[str] = field(default_factory=lambda: ["12-29", "01-03"])
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    soft_threshold: int = 3
+    soft_window_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from, if any."""
 
     mailmag: GeneralConfig = field(default_factory=GeneralConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     sender: SenderConfig = field(default_factory=SenderConfig)
+    compose: ComposeConfig = field(default_factory=ComposeConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
     secret_key: str = field(default="", repr=False, metadata={"secret": True})
     smtp_password: str = field(default="", repr=False, metadata={"secret": True})
     source: Path | None = field(default=None, metadata={"secret": True})
@@ -124,7 +170,9 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-_PATH_KEYS = {("mailmag", "templates_dir"), ("smtp", "file_dir"), ("dkim", "private_key_file")}
+_PATH_KEYS = {
+    ("mailmag", "templates_dir"), ("smtp", "file_dir"), ("smtp", "ca_file"), ("dkim", "private_key_file"),
+}
 _CHOICES = {
     ("mailmag", "language"): ("ja", "en"),
     ("smtp", "transport"): ("smtp", "file", "memory"),

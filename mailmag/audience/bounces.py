@@ -1,24 +1,329 @@
-"""Bounces: hard ones suppress the address at once, soft ones count (more rules follow)."""
+"""Bounces, complaints and mailto unsubscribes: hard bounces suppress at once, soft ones count.
+
+    mailbox message ──reports.read──▶ Reading ──match──▶ subscriber (+ delivery) ──record──▶
+        hard        → suppress(): status bounced, consent opt-out (bounce), suppression, queued cancelled
+        soft        → counted; soft_threshold deliveries within soft_window_days → suppress()
+        complaint   → unsubscribed (reason complaint) + suppression, consent channel complaint
+        unsubscribe → unsubscribed, consent channel mailto
+
+A report maps to its delivery by our VERP envelope address first (a forged tag is refused,
+never trusted), then by the Message-ID of the returned original, then by the address it names.
+Mailboxes are only read: each report is recorded once under its source_key, so processing the
+same mailbox again changes nothing.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
+import mailbox
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailmag.audience import subscribers
-from mailmag.models import BounceEvent, Subscriber
+from mailmag.audience import reports, subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.config import Config
+from mailmag.delivery import messages
+from mailmag.delivery.outbox import cancel_for_subscriber
+from mailmag.errors import ConfigError, InvalidInput, NotFound
+from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
+
+log = logging.getLogger(__name__)
+
+COUNTERS = {"hard": "hard", "soft": "soft", "complaint": "complaints", "unsubscribe": "unsubscribes"}
+_OUR_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+@[^>\s]+>$")
+OUT = ("bounced", "unsubscribed")
+CLOCK_SKEW = dt.timedelta(minutes=10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One report recorded: who, what, how it was matched and what it did."""
+
+    key: str
+    kind: str
+    email: str
+    code: str
+    matched_by: str  # verp | message-id | address | sender
+    action: str
+
+
+@dataclasses.dataclass
+class Report:
+    """What one `process_mailbox` run did; unmatched and unreadable messages stay for a person."""
+
+    hard: int = 0
+    soft: int = 0
+    complaints: int = 0
+    unsubscribes: int = 0
+    duplicates: int = 0
+    events: list[Event] = dataclasses.field(default_factory=list)
+    unmatched: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"hard {self.hard}, soft {self.soft}, complaints {self.complaints}, "
+            f"unsubscribes {self.unsubscribes}, duplicates {self.duplicates}, "
+            f"unmatched {len(self.unmatched)}, unreadable {len(self.unreadable)}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = {name: getattr(self, name) for name in (*COUNTERS.values(), "duplicates")}
+        return {
+            **counts,
+            "events": [dataclasses.asdict(e) for e in self.events],
+            "unmatched": [{"message": k, "reason": r} for k, r in self.unmatched],
+            "unreadable": [{"message": k, "reason": r} for k, r in self.unreadable],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Match:
+    subscriber: Subscriber
+    delivery_id: int | None
+    by: str
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def suppress(session: Session, subscriber: Subscriber, reason: str) -> bool:
+    """The hard-bounce rule, the one place an address is suppressed for bouncing: status
+    bounced with the reason, an opt-out in the consent log, a hashed suppression, queued
+    deliveries cancelled. False if the subscriber was already out."""
+    if subscriber.status in OUT:
+        return False
+    subscriber.status, subscriber.status_reason = "bounced", reason[:500]
+    subscribers.record(session, subscriber, "opt_out", Consent("bounce", reason[:200]))
+    _add_suppression(session, subscriber, "bounced")
+    cancel_for_subscriber(session, subscriber.id)
+    return True
 
 
 def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure) -> None:  # type: ignore[no-untyped-def]
     """A 5xx at RCPT or DATA during dispatch counts as a hard bounce: suppress the address."""
-    session.add(
-        BounceEvent(
-            subscriber_id=subscriber_id, delivery_id=delivery_id, kind="hard",
-            code=str(failure.code), diagnostic=failure.reply[:1000],
-            source_key=f"smtp:{delivery_id}",
+    key = f"smtp:{delivery_id}"
+    if _seen(session, key):
+        return
+    reply = " ".join(str(failure.reply).split())
+    session.add(BounceEvent(subscriber_id=subscriber_id, delivery_id=delivery_id, kind="hard",
+                            code=str(failure.code), diagnostic=reply[:1000], source_key=key))
+    subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
+    if subscriber is not None:
+        suppress(session, subscriber, f"rejected when sent: {failure.code} {reply}")
+
+
+def _soft(session: Session, subscriber: Subscriber, event: BounceEvent, config: Config) -> str:
+    """Count soft bounces, one per delivery, since the subscriber last opted in: `soft_threshold`
+    of them within any `soft_window_days` suppresses the address, in whatever order they come."""
+    if subscriber.status in OUT:
+        return f"already {subscriber.status}"
+    window = dt.timedelta(days=config.bounces.soft_window_days)
+    threshold = config.bounces.soft_threshold
+    opted_in = session.scalar(
+        select(func.max(ConsentEvent.at)).where(
+            ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action.in_(("opt_in", "confirm"))
         )
     )
-    subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
-    if subscriber is not None and subscriber.status == "active":
-        subscriber.status = "bounced"
-        subscriber.status_reason = f"SMTP {failure.code}: {failure.reply[:200]}"
-        subscribers.record(session, subscriber, "opt_out", subscribers.Consent("bounce", str(failure)[:200]))
+    query = select(BounceEvent.id, BounceEvent.delivery_id, BounceEvent.at).where(
+        BounceEvent.subscriber_id == subscriber.id, BounceEvent.kind == "soft",
+        BounceEvent.at >= event.at - window, BounceEvent.at <= event.at + window,
+    )
+    if opted_in is not None:  # a report's Date has second precision and another server's clock
+        query = query.where(BounceEvent.at >= opted_in - CLOCK_SKEW)
+    first: dict[object, dt.datetime] = {}
+    for row in session.execute(query):
+        key = row.delivery_id or f"event {row.id}"
+        first[key] = min(row.at, first.get(key, row.at))
+    times = sorted(first.values())
+    most = max((sum(1 for t in times[i:] if t - start <= window) for i, start in enumerate(times)), default=0)
+    if most >= threshold:
+        reason = f"{most} soft bounces within {config.bounces.soft_window_days} days (last {event.code})"
+        suppress(session, subscriber, f"{reason}: {event.diagnostic}")
+        return "suppressed"
+    return f"counted ({most} of {threshold} within {config.bounces.soft_window_days} days)"
+
+
+def _complaint(session: Session, subscriber: Subscriber, source: str) -> str:
+    """A spam complaint: never mail again unless they subscribe anew (a suppression stays)."""
+    changed = subscribers.unsubscribe(session, subscriber, Consent("complaint", source[:200]),
+                                      reason=f"complaint: {source}"[:500])
+    _add_suppression(session, subscriber, "complaint")
+    return "unsubscribed" if changed else "already unsubscribed"
+
+
+def _add_suppression(session: Session, subscriber: Subscriber, reason: str) -> None:
+    digest = subscribers.email_hash(subscriber.email_key)
+    if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
+        session.add(Suppression(email_hash=digest, reason=reason))
+
+
+def _seen(session: Session, key: str) -> bool:
+    return session.scalar(select(BounceEvent.id).where(BounceEvent.source_key == key)) is not None
+
+
+# --- processing a mailbox -------------------------------------------------------------------
+
+
+def process_mailbox(
+    session: Session, path: str | Path, config: Config, secret: str, now: dt.datetime | None = None
+) -> Report:
+    """Read every message of a Maildir or mbox, record what it reports; never change the mailbox."""
+    if config.bounces.soft_threshold < 1 or config.bounces.soft_window_days < 1:
+        raise ConfigError("[bounces] soft_threshold and soft_window_days must be at least 1")
+    box, name = open_mailbox(Path(path))
+    report = Report()
+    now = now or utcnow()
+    try:
+        for key in sorted(box.keys()):
+            reading = _read(box, key, name(key), unsubscribe_address(config), report)
+            if reading is not None:
+                _process(session, name(key), reading, config, secret, now, report)
+    finally:
+        box.close()
+    return report
+
+
+def _read(
+    box: mailbox.Mailbox, key: Any, where: str, unsubscribe: str, report: Report
+) -> reports.Reading | None:
+    try:
+        return reports.read(box.get_bytes(key), unsubscribe)
+    except (OSError, mailbox.Error, reports.Unreadable) as exc:
+        report.unreadable.append((where, str(exc) or type(exc).__name__))
+    except Exception as exc:  # one malformed message must not stop the others
+        log.warning("bounce message %s could not be read", where, exc_info=True)
+        report.unreadable.append((where, f"could not be read: {type(exc).__name__}: {exc}"))
+    return None
+
+
+def _process(session: Session, where: str, reading: reports.Reading, config: Config, secret: str,
+             now: dt.datetime, report: Report) -> None:
+    if reading.kind == "other":
+        why = reading.detail or "not a bounce report, complaint or unsubscribe request"
+        report.unmatched.append((where, f"{why} ({reading.label})"))
+        return
+    if _seen(session, reading.source_key):
+        report.duplicates += 1
+        return
+    found = _match(session, reading, config, secret)
+    if isinstance(found, str):
+        report.unmatched.append((where, f"{reading.kind}: {found} ({reading.label})"))
+        return
+    at = min(reading.at or now, now)
+    event = BounceEvent(
+        subscriber_id=found.subscriber.id, delivery_id=found.delivery_id, kind=reading.kind,
+        code=reading.failures[0].code if reading.failures else "", diagnostic=reading.detail[:1000],
+        source_key=reading.source_key, at=at,
+    )
+    session.add(event)
+    session.flush()
+    action = _apply(session, found.subscriber, event, reading, config)
+    setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
+    report.events.append(Event(where, reading.kind, found.subscriber.email, event.code, found.by, action))
+
+
+def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
+           config: Config) -> str:
+    if reading.kind == "hard":
+        reason = f"hard bounce {event.code or '(no status code)'}: {event.diagnostic}"
+        return "suppressed" if suppress(session, subscriber, reason) else f"already {subscriber.status}"
+    if reading.kind == "soft":
+        return _soft(session, subscriber, event, config)
+    if reading.kind == "complaint":
+        return _complaint(session, subscriber, reading.detail)
+    consent = Consent("mailto", f"{reading.detail} ({reading.source_key})"[:200])
+    changed = subscribers.unsubscribe(session, subscriber, consent)
+    return "unsubscribed" if changed else "already unsubscribed"
+
+
+# --- matching a report to a delivery and subscriber -----------------------------------------
+
+
+def _match(session: Session, reading: reports.Reading, config: Config, secret: str) -> _Match | str:
+    """VERP, then the original Message-ID, then the named address; a reason string if none."""
+    if reading.kind == "unsubscribe":
+        subscriber = _by_address(session, reading.recipients[0])
+        return _Match(subscriber, None, "sender") if subscriber else (
+            f"{reading.recipients[0]} is not a subscriber")
+    forged = None
+    for address in reading.envelope:
+        delivery_id = verp_delivery_id(config, secret, address)
+        if delivery_id is False:
+            forged = address
+        elif delivery_id is not None and (delivery := session.get(Delivery, delivery_id)):
+            return _from_delivery(session, delivery, "verp")
+    if forged:
+        return f"the VERP tag of {forged} is not signed with this secret key (forged or made with an old key)"
+    for message_id in reading.original_ids:
+        if delivery := _by_message_id(session, message_id):
+            return _from_delivery(session, delivery, "message-id")
+    for address in reading.recipients:
+        if subscriber := _by_address(session, address):
+            return _Match(subscriber, None, "address")
+    named = ", ".join(reading.recipients) or "no address"
+    return f"no delivery or subscriber matches it (it names {named})"
+
+
+def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | str:
+    subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
+    if subscriber is None:
+        return f"delivery {delivery.id}'s subscriber was erased (remove --forget)"
+    return _Match(subscriber, delivery.id, by)
+
+
+def _by_message_id(session: Session, message_id: str) -> Delivery | None:
+    """Enqueue makes <mm.ISSUE.SUBSCRIBER.NONCE@domain>: look it up by the indexed parts."""
+    parsed = _OUR_MESSAGE_ID.match(message_id)
+    if parsed is None:  # not the enqueue format: a plain (unindexed) look-up for ours only
+        query = select(Delivery).where(Delivery.message_id == message_id)
+        return session.scalar(query.limit(1)) if message_id.startswith("<mm.") else None
+    number, subscriber_id = int(parsed.group(1)), int(parsed.group(2))
+    return session.scalar(
+        select(Delivery).join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.number == number, Delivery.subscriber_id == subscriber_id,
+               Delivery.message_id == message_id)
+    )
+
+
+def _by_address(session: Session, address: str) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == address.strip().lower()))
+
+
+def unsubscribe_address(config: Config) -> str:
+    """[sender] unsubscribe_mailto (without mailto: or ?subject), else unsubscribe@<from domain>."""
+    value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
+    return (value or f"unsubscribe@{messages.sender_domain(config)}").lower()
+
+
+def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:
+    """The delivery a VERP address names; None if the address is not a VERP address of ours;
+    False if it looks like one but its tag is forged (never trusted)."""
+    delivery_id = messages.parse_verp(config, secret, address)
+    if delivery_id is not None:
+        return delivery_id
+    local, _, domain = messages.bounce_address(config).lower().rpartition("@")
+    ours = address.lower().endswith(f"@{domain}") and address.lower().startswith(f"{local}+")
+    return False if ours else None
+
+
+def open_mailbox(path: Path) -> tuple[mailbox.Mailbox, Callable[[Any], str]]:
+    """A Maildir (a folder with cur, new, tmp) or an mbox file, read-only; and how to name a key."""
+    if path.is_dir():
+        if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
+            raise InvalidInput(f"{path} is a folder but not a Maildir (it needs cur, new and tmp)")
+        return mailbox.Maildir(path, factory=None, create=False), str
+    if not path.exists():
+        raise NotFound(f"no mailbox at {path}: give a Maildir folder or an mbox file")
+    with path.open("rb") as file:
+        start = file.read(5)
+    if start and start != b"From ":
+        raise InvalidInput(f"{path} is not an mbox file (it must start with a 'From ' line)")
+    return mailbox.mbox(path, factory=None, create=False), lambda key: f"#{key + 1}"
