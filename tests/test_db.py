@@ -1,0 +1,56 @@
+"""`mailmag init` and the migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import Mailmag
+from sqlalchemy import inspect
+
+from mailmag import db
+from mailmag.models import Base
+
+
+def test_init_creates_the_schema_stamped_at_head(config_file, db_url):
+    result = Mailmag(config_file).ok("init")
+    assert result.stdout.startswith("database created: ")
+    engine = db.make_engine(db_url)
+    try:
+        assert db.current_revision(engine) == db.head_revision()
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_init_twice_says_up_to_date_and_keeps_the_data(mailmag):
+    mailmag.ok("subscribers", "add", "taro@example.jp")
+    result = mailmag.ok("init")
+    assert result.stdout.startswith("database up to date: ")
+    assert "taro@example.jp" in mailmag.ok("subscribers", "list").stdout
+
+
+def test_a_command_on_an_uninitialised_database_says_run_init(config_file, db_url):
+    cli = Mailmag(config_file)
+    for args in (["subscribers", "list"], ["subscribers", "add", "taro@example.jp"]):
+        result = cli(*args)
+        assert result.exit_code == 1
+        assert result.stderr == "Error: the database is not initialised: run `mailmag init`\n"
+    engine = db.make_engine(db_url)
+    try:
+        assert inspect(engine).get_table_names() == []  # the command created nothing
+    finally:
+        engine.dispose()
+
+
+def test_the_migration_chain_from_empty_yields_exactly_the_models(db_url):
+    """Guards model changes: a column added to models.py without a migration fails here."""
+    engine = db.make_engine(db_url)
+    try:
+        command.upgrade(db.alembic_config(engine), "head")
+        with engine.connect() as conn:
+            differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert differences == []
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
