@@ -1,0 +1,102 @@
+"""`mailmag issues …`: compose, render again, preview and list issues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag.content import issues
+from mailmag.models import Issue
+
+
+@click.group(name="issues")
+def group() -> None:
+    """Compose, preview and send issues of the mail magazine."""
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def as_dict(issue: Issue) -> dict:
+    return {
+        "number": issue.number, "title": issue.title, "status": issue.status,
+        "items": [entry.item_id for entry in issue.entries],
+        "langs": sorted(r.lang for r in issue.renderings),
+        "created_at": issue.created_at, "rendered_at": issue.rendered_at,
+        "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at,
+    }
+
+
+@group.command()
+@click.option("--title", default=None, help="Title of the issue (default: [compose] title_template).")
+@click.option("--item", "item_ids", type=int, multiple=True,
+              help="An item to include; repeatable (default: every approved item not yet in an issue).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def new(app: AppContext, title: str | None, item_ids: tuple[int, ...], as_json: bool) -> None:
+    """Compose a draft issue from approved items and render it once (HTML and text)."""
+    with app.ready_services().session() as session:
+        composed = issues.compose(session, app.config, title=title, item_ids=item_ids)
+        document = as_dict(composed.issue)
+    _print_warnings(composed.warnings)
+    if as_json:
+        print_json({key: document[key] for key in ("number", "title", "items", "status", "langs")})
+        return
+    click.echo(f"composed issue {document['number']} 「{document['title']}」 with "
+               f"{len(document['items'])} items; check it with: mailmag issues preview {document['number']}")
+
+
+@group.command(name="render")
+@click.argument("number", type=int)
+@pass_app
+def render_(app: AppContext, number: int) -> None:
+    """Render a draft or scheduled issue again from its items' current text."""
+    with app.ready_services().session() as session:
+        composed = issues.rerender(session, app.config, number)
+        langs = ", ".join(sorted(r.lang for r in composed.issue.renderings))
+    _print_warnings(composed.warnings)
+    click.echo(f"rendered issue {number} again ({langs})")
+
+
+@group.command()
+@click.argument("number", type=int)
+@click.option("--format", "fmt", type=click.Choice(issues.FORMATS), default=None,
+              help="html or text (default: html for an -o FILE ending in .html, else text).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: standard output).")
+@click.option("--lang", type=click.Choice(["ja", "en"]), default=None, help="Edition to show.")
+@pass_app
+def preview(app: AppContext, number: int, fmt: str | None, output: Path | None, lang: str | None) -> None:
+    """Show an issue as subscribers get it, with a sample recipient's links filled in."""
+    if fmt is None:
+        fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "text"
+    with app.ready_services().session() as session:
+        shown = issues.preview(session, app.config, number, fmt, lang)
+    if output is None:
+        click.echo(shown, nl=not shown.endswith("\n"))
+        return
+    output.write_text(shown, encoding="utf-8")
+    click.echo(f"wrote issue {number} ({fmt}) to {output}", err=True)
+
+
+@group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def list_(app: AppContext, as_json: bool) -> None:
+    """List issues, newest first."""
+    with app.ready_services().session() as session:
+        rows = [as_dict(issue) for issue in issues.listing(session)]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['number']}\t{row['status']}\t{len(row['items'])} items\t"
+                   f"{local_time(row['rendered_at'], app.config)}\t{row['title']}")
+    click.echo(f"{len(rows)} issues", err=True)
+
+
+commands = [group]

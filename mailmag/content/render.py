@@ -1,0 +1,405 @@
+"""Rendering an issue: Jinja2, then premailer, once per issue and language; item Markdown as plain text.
+
+Templates (the secretariat edits them) live in `config.templates_path`: `issue.html.j2` and
+`issue.txt.j2` make the Japanese edition; `issue.en.html.j2` and `issue.en.txt.j2`, when
+present, an English one. HTML templates are autoescaped; text templates are not (plain text
+has no entities). Per-recipient values are the `personalize.PLACEHOLDERS` markers, exposed as
+`recipient.*`: nothing per recipient goes through Jinja2 or premailer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import html
+import logging
+import re
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import lxml.html
+import premailer
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markupsafe import Markup
+
+from mailmag import links, personalize, text_ja
+from mailmag.config import Config
+from mailmag.content import markup
+from mailmag.content.items import KIND_LABELS
+from mailmag.errors import ComplianceError, ConfigError
+from mailmag.models import Item
+
+KIND_LABELS_EN = {"meeting": "Meeting reports", "event": "Events", "exhibitors": "Calls for exhibitors",
+                  "news": "News"}
+LANGS = ("ja", "en")
+_HEADLINE_MORE = {"ja": " ほか", "en": " and more"}
+
+
+@dataclass(frozen=True)
+class IssueSpec:
+    """What an issue is made of, in order; `title` None means the configured title template."""
+
+    number: int
+    title: str | None
+    date: dt.date
+    items: Sequence[Item]
+
+
+@dataclass(frozen=True)
+class Edition:
+    """One language's frozen rendering: the final HTML (CSS inlined) and the wrapped text."""
+
+    lang: str
+    title: str
+    subject: str
+    html: str
+    text: str
+
+
+# --- the environment ------------------------------------------------------------------------
+
+
+def make_environment(templates_path: Path) -> jinja2.Environment:
+    """The Jinja2 environment for issue templates, with the date, Markdown and text filters."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_path)),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2"), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        date=_date, date_range=_date_range,
+        date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en,
+        date_range_ja=text_ja.format_date_range_ja, date_range_en=text_ja.format_date_range_en,
+        markdown=lambda source: Markup(markup.to_html(source or "")),
+        markdown_text=markdown_to_text,
+        width=text_ja.display_width,
+    )
+    env.globals.update(
+        recipient=types.SimpleNamespace(**personalize.PLACEHOLDERS),
+        rule=text_ja.rule,
+    )
+    return env
+
+
+@jinja2.pass_context
+def _date(context: jinja2.runtime.Context, value: dt.date | None) -> str:
+    """2026年12月1日（火） in a Japanese template, Tue, December 1, 2026 in an English one."""
+    english = context.get("lang") == "en"
+    return (text_ja.format_date_en if english else text_ja.format_date_ja)(value)
+
+
+@jinja2.pass_context
+def _date_range(context: jinja2.runtime.Context, start: dt.date | None, end: dt.date | None = None) -> str:
+    english = context.get("lang") == "en"
+    return (text_ja.format_date_range_en if english else text_ja.format_date_range_ja)(start, end)
+
+
+def template_names(lang: str) -> tuple[str, str]:
+    """The HTML and text template of one language's edition."""
+    suffix = "" if lang == "ja" else f".{lang}"
+    return f"issue{suffix}.html.j2", f"issue{suffix}.txt.j2"
+
+
+def available_langs(env: jinja2.Environment) -> list[str]:
+    """ja always; another language when both of its templates exist (one alone is a mistake)."""
+    present = set(env.list_templates())
+    langs = []
+    for lang in LANGS:
+        found = [name for name in template_names(lang) if name in present]
+        if lang == "ja" or len(found) == 2:
+            langs.append(lang)
+        elif found:
+            missing = next(n for n in template_names(lang) if n not in present)
+            raise ConfigError(f"{found[0]} exists but {missing} does not: add both templates or neither")
+    return langs
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def inline_css(document: str) -> str:
+    """premailer: CSS into style attributes; media queries and :hover stay in a <style> block.
+
+    No base_url, so hrefs (and the placeholders in them) are left exactly as written.
+    """
+    return premailer.Premailer(
+        document,
+        keep_style_tags=False,  # leftover rules (@media, :hover) are kept; the rest is inlined
+        strip_important=False,
+        disable_validation=True,
+        remove_classes=False,
+        allow_network=False,
+        cssutils_logging_level=logging.CRITICAL,
+    ).transform()
+
+
+def render_issue(env: jinja2.Environment, config: Config, spec: IssueSpec) -> list[Edition]:
+    """Every edition of an issue: Jinja2 then premailer exactly once per language."""
+    check_sender(config)
+    return [render_edition(env, config, spec, lang) for lang in available_langs(env)]
+
+
+def render_edition(env: jinja2.Environment, config: Config, spec: IssueSpec, lang: str) -> Edition:
+    context = issue_context(config, spec, lang)
+    html_name, text_name = template_names(lang)
+    document = _render(env, html_name, context)
+    text = _render(env, text_name, context)
+    check_compliance(config, html_name, _visible_text(document), document)
+    check_compliance(config, text_name, text, text)
+    text = re.sub(r"\n{3,}", "\n\n", text_ja.wrap_text(text, config.compose.wrap_width))
+    text = "\n".join(line.rstrip() for line in text.strip("\n").split("\n")) + "\n"
+    issue = context["issue"]
+    return Edition(lang, issue.title, issue.subject, inline_css(document), text)
+
+
+def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(
+            f"template {exc.name} not found in {env.loader.searchpath[0]}: "  # type: ignore[union-attr]
+            "copy it from mailmag's templates/ folder or fix [mailmag] templates_dir"
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{exc.filename or exc.name}:{exc.lineno}: {exc.message}") from exc
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(f"template {name}: {exc.message}; check the names it uses") from exc
+
+
+# --- the context ----------------------------------------------------------------------------
+
+
+def issue_context(config: Config, spec: IssueSpec, lang: str) -> dict[str, Any]:
+    """What the templates see. Everything here is the same for every recipient."""
+    labels = KIND_LABELS_EN if lang == "en" else KIND_LABELS
+    views = [_item_view(item, position, labels) for position, item in enumerate(spec.items, start=1)]
+    title, subject = titles(config, spec, lang)
+    sections = [
+        types.SimpleNamespace(kind=kind, label=labels[kind], items=[v for v in views if v.kind == kind])
+        for kind in dict.fromkeys(v.kind for v in views)
+    ]
+    base = config.mailmag.base_url
+    return {
+        "lang": lang,
+        "issue": types.SimpleNamespace(
+            number=spec.number, title=title, subject=subject, date=spec.date, custom_title=spec.title,
+            preheader="／".join(v.title for v in views),
+        ),
+        "sections": sections,
+        "items": views,
+        "sender": config.sender,
+        "list_name": config.sender.list_name,
+        "archive_url": links.archive_url(base, spec.number),
+        "archive_index_url": links.archive_url(base),
+        "subscribe_url": links.subscribe_url(base),
+        "width": config.compose.wrap_width,
+    }
+
+
+def _item_view(item: Item, position: int, labels: dict[str, str]) -> types.SimpleNamespace:
+    fields = ("id", "kind", "title", "body", "date", "end_date", "time_text", "venue", "url",
+              "deadline", "fee", "event_name", "how_to_apply")
+    return types.SimpleNamespace(
+        **{name: getattr(item, name) for name in fields},
+        number=position, label=labels.get(item.kind, item.kind), anchor=f"item-{item.id}",
+        org=item.org.name, org_short=item.org.short_name or item.org.name,
+    )
+
+
+def titles(config: Config, spec: IssueSpec, lang: str) -> tuple[str, str]:
+    """The issue's title and its mail subject, from the [compose] templates."""
+    compose = config.compose
+    english = lang == "en"
+    fields = {"list_name": config.sender.list_name, "number": spec.number}
+    title = spec.title or _format("title_template_en" if english else "title_template",
+                                  compose.title_template_en if english else compose.title_template, fields)
+    headline = spec.items[0].title if spec.items else title
+    if len(spec.items) > 1:
+        headline += _HEADLINE_MORE[lang]
+    subject = _format("subject_template_en" if english else "subject_template",
+                      compose.subject_template_en if english else compose.subject_template,
+                      {**fields, "title": title, "headline": headline})
+    return title, " ".join(subject.split())
+
+
+def _format(key: str, template: str, fields: dict[str, Any]) -> str:
+    try:
+        return template.format_map(fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"[compose] {key} {template!r} cannot be filled ({exc}); "
+            f"use only {', '.join('{' + f + '}' for f in fields)}"
+        ) from exc
+
+
+# --- 特定電子メール法 ------------------------------------------------------------------------
+
+_SENDER_FIELDS = {
+    "name": "the sender's name",
+    "postal_address": "the sender's postal address",
+    "contact": "a contact for enquiries",
+}
+
+
+def check_sender(config: Config) -> None:
+    """Refuse to render without the sender data every issue must show."""
+    for key, what in _SENDER_FIELDS.items():
+        if not getattr(config.sender, key).strip():
+            raise ComplianceError(
+                f"[sender] {key} is empty: set {what} in the configuration "
+                "(特定電子メール法 requires it in every issue)"
+            )
+
+
+def check_compliance(config: Config, template: str, shown: str, source: str) -> None:
+    """Refuse a template whose output lacks the sender data or the unsubscribe link."""
+    collapsed = " ".join(shown.split())
+    missing = [what for key, what in _SENDER_FIELDS.items()
+               if " ".join(getattr(config.sender, key).split()) not in collapsed]
+    if personalize.PLACEHOLDERS["unsubscribe_url"] not in source:
+        missing.append("the unsubscribe link (recipient.unsubscribe_url)")
+    if missing:
+        listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        raise ComplianceError(
+            f"template {template} does not show {listed}, which 特定電子メール法 requires in every "
+            "issue: add them to its footer"
+        )
+
+
+def _visible_text(document: str) -> str:
+    root = lxml.html.document_fromstring(document)
+    body = root.find("body")
+    return (body if body is not None else root).text_content()
+
+
+# --- Markdown to plain text -----------------------------------------------------------------
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    return MarkdownIt("commonmark").enable("table")
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def markdown_to_text(source: str | None) -> str:
+    """An item's Markdown body as plain text: paragraphs, ・ bullets, links as 'text (URL)'."""
+    writer = _TextWriter()
+    for token in _markdown().parse(source or ""):
+        writer.feed(token)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(writer.lines)).strip("\n")
+
+
+class _TextWriter:
+    """Turns markdown-it's block tokens into lines of plain text."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.lists: list[list[int | None]] = []  # per open list: the next number, None for bullets
+        self.marker = ""
+        self.quote = 0
+        self.heading = False
+        self.row: list[str] | None = None
+
+    def feed(self, token: Token) -> None:
+        kind = token.type
+        if kind in ("bullet_list_open", "ordered_list_open"):
+            self.lists.append([int(token.attrGet("start") or 1) if kind == "ordered_list_open" else None])
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            self.lists.pop()
+            if not self.lists:
+                self.lines.append("")
+        elif kind == "list_item_open":
+            counter = self.lists[-1]
+            self.marker = "  " * (len(self.lists) - 1) + ("・" if counter[0] is None else f"{counter[0]}. ")
+            if counter[0] is not None:
+                counter[0] += 1
+        elif kind == "inline":
+            self._inline(_inline_text(token.children or []))
+        elif kind in ("paragraph_close", "heading_close") and not token.hidden:
+            self.heading = False
+            self.lines.append("")
+        else:
+            self._block(token)
+
+    def _block(self, token: Token) -> None:
+        kind = token.type
+        if kind == "heading_open":
+            self.heading = True
+        elif kind in ("blockquote_open", "blockquote_close"):
+            self.quote += 1 if kind == "blockquote_open" else -1
+        elif kind in ("fence", "code_block"):
+            self.lines.extend([*token.content.rstrip("\n").split("\n"), ""])
+        elif kind == "html_block":
+            text = html.unescape(_TAG.sub("", token.content)).strip()
+            self.lines.extend([text, ""] if text else [])
+        elif kind == "hr":
+            self.lines.extend(["", ""])
+        elif kind == "tr_open":
+            self.row = []
+        elif kind == "tr_close":
+            self.lines.append(" | ".join(self.row or []))
+            self.row = None
+        elif kind == "table_close":
+            self.lines.append("")
+
+    def _inline(self, text: str) -> None:
+        if self.row is not None:
+            self.row.append(text.replace("\n", " "))
+            return
+        parts = text.split("\n")
+        if self.heading:
+            parts[0] = f"【{parts[0]}"
+            parts[-1] += "】"
+        if self.lists:
+            first = self.marker or "  " * len(self.lists)
+            self.lines.append(first + parts[0])
+            self.lines.extend("  " * len(self.lists) + part for part in parts[1:])
+            self.marker = ""
+            return
+        self.lines.extend("> " * self.quote + part for part in parts)
+
+
+def _inline_text(children: list[Token]) -> str:
+    parts: list[str] = []
+    hrefs: list[tuple[str, int]] = []
+    for child in children:
+        kind = child.type
+        if kind in ("text", "text_special", "code_inline"):
+            parts.append(child.content)
+        elif kind == "softbreak":
+            parts.append("\x00")
+        elif kind == "hardbreak":
+            parts.append("\n")
+        elif kind == "image":
+            parts.append(child.content)
+        elif kind == "link_open":
+            hrefs.append((str(child.attrGet("href") or ""), len(parts)))
+        elif kind == "link_close" and hrefs:
+            href, start = hrefs.pop()
+            label = "".join(parts[start:])
+            shown = href.removeprefix("mailto:")
+            if href and label.strip() not in (href, shown):
+                parts.append(f" ({shown})")
+    return _soft_breaks("".join(parts))
+
+
+def _soft_breaks(text: str) -> str:
+    """A Markdown soft break: nothing between two Japanese characters, else a space."""
+    def join(match: re.Match[str]) -> str:
+        before, after = match.group(1), match.group(2)
+        wide = text_ja.char_width(before) == 2 and text_ja.char_width(after) == 2
+        return before + ("" if wide else " ") + after
+
+    text = re.sub("(.)\x00(.)", join, text)
+    return text.replace("\x00", "")
+
