@@ -1,0 +1,141 @@
+"""`mailmag schedule add|list|remove` (automatic issues) and `mailmag run` (scheduler + worker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag.config import Config
+from mailmag.models import utcnow
+from mailmag.scheduling import jobs
+from mailmag.scheduling.node import Node
+from mailmag.scheduling.when import cron_trigger, next_fire_time
+
+
+@click.group()
+def schedule() -> None:
+    """Automatic issues: composed from the approved items and sent on a crontab schedule."""
+
+
+@schedule.command("add")
+@click.option("--cron", required=True,
+              help='Crontab line in [mailmag] timezone: minute hour day month weekday, e.g. "0 9 1,15 * *".')
+@click.option("--name", default=None, help="A label for `schedule list` (default: the crontab line).")
+@click.option("--json", "as_json", is_flag=True, help="Print the schedule as JSON.")
+@pass_app
+def add(app: AppContext, cron: str, name: str | None, as_json: bool) -> None:
+    """Compose and send an issue at each moment of CRON (skipped when nothing is approved)."""
+    services = app.ready_services()
+    with services.session() as session:
+        added = jobs.add_auto(session, cron, name, services.config)
+        upcoming = _next(added.cron, services.config)
+        info = _as_dict(jobs.AutoInfo(added.id, added.name, added.cron, upcoming, None), services.config)
+    if as_json:
+        print_json(info)
+        return
+    click.echo(f"automatic issue {info['id']} added: {info['cron']} "
+               f"(next: {local_time(_next(cron, services.config), services.config)})")
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def list_(app: AppContext, as_json: bool) -> None:
+    """Automatic issues with their next moment and what their last one did."""
+    services = app.ready_services()
+    config = services.config
+    with services.session() as session:
+        infos = jobs.list_auto(session, config, utcnow())
+    if as_json:
+        print_json([_as_dict(info, config) for info in infos])
+        return
+    if not infos:
+        click.echo('no automatic issues; add one with `mailmag schedule add --cron "0 9 1,15 * *"`')
+    for info in infos:
+        last = info.last_run
+        done = "never run" if last is None else (
+            f"{last.outcome} {local_time(last.scheduled_for, config)}: {last.detail}")
+        click.echo(f"{info.id}  {info.name}  [{info.cron}]  next {local_time(info.next_run, config)}  "
+                   f"last {done}")
+
+
+@schedule.command("remove")
+@click.argument("schedule_id", metavar="ID", type=int)
+@pass_app
+def remove(app: AppContext, schedule_id: int) -> None:
+    """Stop an automatic issue (items and issues already made stay)."""
+    services = app.ready_services()
+    with services.session() as session:
+        name = jobs.remove_auto(session, schedule_id)
+    click.echo(f"automatic issue {schedule_id} removed ({name})")
+
+
+def _next(cron: str, config: Config) -> dt.datetime | None:
+    return next_fire_time(cron_trigger(cron, config.zone), utcnow())
+
+
+def _as_dict(info: jobs.AutoInfo, config: Config) -> dict[str, Any]:
+    """JSON times are ISO 8601 in the configured zone (the same instant as the stored UTC)."""
+    def local(value: dt.datetime | None) -> str | None:
+        return value.astimezone(config.zone).isoformat() if value else None
+
+    last = info.last_run
+    return {
+        "id": info.id, "name": info.name, "cron": info.cron, "next_run": local(info.next_run),
+        "last_run": None if last is None else {
+            "scheduled_for": local(last.scheduled_for), "outcome": last.outcome, "detail": last.detail,
+            "at": local(last.at),
+        },
+    }
+
+
+@click.command()
+@click.option("--no-scheduler", is_flag=True, help="Only deliver; never run the scheduler on this node.")
+@click.option("--no-worker", is_flag=True, help="Only run the scheduler; another process delivers.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=None,
+              help="SMTP connections (default: [smtp] max_connections).")
+@pass_app
+def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int | None) -> None:
+    """Scheduler and delivery worker in one process, until SIGINT or SIGTERM."""
+    if no_scheduler and no_worker:
+        raise click.UsageError("--no-scheduler and --no-worker together leave nothing to run")
+    services = app.ready_services()
+    _log_to_stderr()
+    node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency)
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("mailmag").info("%s: stopping after the jobs and messages in flight",
+                                          signal.Signals(signum).name)
+        node.stop.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        node.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("stopped", err=True)
+
+
+def _log_to_stderr() -> None:
+    """`run` is a service: what it does goes to stderr (journald), one line per event."""
+    root = logging.getLogger("mailmag")
+    if any(getattr(h, "mailmag_run", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.mailmag_run = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # APScheduler's INFO is one line per job run; keep its warnings and errors.
+    logging.getLogger("apscheduler").addHandler(handler)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+commands = [schedule, run]

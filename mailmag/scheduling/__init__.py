@@ -1,0 +1,1 @@
+"""When things happen: timed sends, automatic issues, send windows, and `mailmag run`."""

@@ -1,0 +1,327 @@
+"""Timed sends and automatic issues: the database rows are the truth, firing is idempotent.
+
+A timed send is an Issue with status "scheduled" and its `scheduled_at`; an automatic issue
+is an AutoSchedule with a crontab line. Whatever fires them (the scheduler's exact-time job,
+the periodic poll, a second node) goes through `_once`: the JobRun row for (job, moment) is
+inserted in the same transaction as the work, so its UNIQUE pair lets one caller win and
+the others find it done. A moment that passed longer than `[schedule] grace_seconds` ago
+is recorded as "missed" instead of fired: never dropped silently, never fired twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailmag.config import Config
+from mailmag.content import issues
+from mailmag.delivery import outbox
+from mailmag.errors import MailmagError, NotFound, StateError
+from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, utcnow
+from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
+from mailmag.services import Services
+
+log = logging.getLogger(__name__)
+
+# Moments handled per schedule and call; a longer backlog continues at the next poll.
+_BACKLOG_LIMIT = 500
+
+Action = Callable[[Session], tuple[str, str] | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fired:
+    """What one firing did: outcome is sent | skipped | missed | failed."""
+
+    job_id: str
+    scheduled_for: dt.datetime
+    outcome: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoInfo:
+    """An automatic issue as `schedule list` shows it."""
+
+    id: int
+    name: str
+    cron: str
+    next_run: dt.datetime | None
+    last_run: JobRun | None
+
+
+def send_job_id(number: int) -> str:
+    return f"send-issue-{number}"
+
+
+def auto_job_id(schedule_id: int) -> str:
+    return f"auto-{schedule_id}"
+
+
+# --- timed sends ------------------------------------------------------------------------------
+
+
+def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.datetime | None = None) -> None:
+    """`issues send N --at …`: the issue waits as "scheduled" (a scheduled one is moved)."""
+    now = now or utcnow()
+    if issue.status not in ("draft", "scheduled"):
+        raise StateError(f"issue {issue.number} is {issue.status}; only a draft issue can be scheduled")
+    if not issue.renderings:
+        raise StateError(f"issue {issue.number} is not rendered: run `mailmag issues render {issue.number}`")
+    if when <= now:
+        raise StateError(f"issue {issue.number} cannot be scheduled in the past: give a later time")
+    issue.status, issue.scheduled_at = "scheduled", when
+
+
+def unschedule_send(session: Session, issue: Issue) -> None:
+    """`issues cancel N` of a scheduled issue: it becomes a draft again."""
+    if issue.status != "scheduled":
+        raise StateError(f"issue {issue.number} is {issue.status}, not scheduled")
+    issue.status, issue.scheduled_at = "draft", None
+
+
+def last_send_run(session: Session, issue: Issue) -> JobRun | None:
+    """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`."""
+    return session.scalar(
+        select(JobRun).where(JobRun.job_id == send_job_id(issue.number)).order_by(JobRun.scheduled_for.desc())
+    )
+
+
+def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
+    """Send every scheduled issue whose time has come; one that is too late becomes a draft."""
+    with services.session() as session:
+        due = session.execute(
+            select(Issue.id, Issue.number, Issue.scheduled_at)
+            .where(Issue.status == "scheduled", Issue.scheduled_at <= now)
+            .order_by(Issue.scheduled_at)
+        ).all()
+    results = []
+    for issue_id, number, at in due:
+        action = _send_action(services.config, issue_id, at, now)
+        fired = _once(services, send_job_id(number), at, action, on_failure=_back_to_draft(issue_id))
+        if fired is not None:
+            results.append(fired)
+    return results
+
+
+def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetime) -> Action:
+    grace = config.schedule.grace_seconds
+
+    def action(session: Session) -> tuple[str, str] | None:
+        issue = session.scalar(select(Issue).where(Issue.id == issue_id).with_for_update())
+        if issue is None or issue.status != "scheduled" or issue.scheduled_at != at:
+            return None  # unscheduled or moved since we looked: not a firing
+        if (now - at).total_seconds() > grace:
+            issue.status, issue.scheduled_at = "draft", None
+            return "missed", (
+                f"issue {issue.number} was due at {shown(at, config.zone)} but mailmag run was not "
+                f"running until {shown(now, config.zone)} (more than grace_seconds = {grace}): "
+                f"not sent, it is a draft again; send it with `mailmag issues send {issue.number}`"
+            )
+        added = outbox.send_issue(session, issue, config)
+        return "sent", f"issue {issue.number} due at {shown(at, config.zone)}: {added} recipients queued"
+
+    return action
+
+
+def _back_to_draft(issue_id: int) -> Callable[[Session], None]:
+    def undo(session: Session) -> None:
+        issue = session.get(Issue, issue_id)
+        if issue is not None and issue.status == "scheduled":
+            issue.status, issue.scheduled_at = "draft", None
+
+    return undo
+
+
+# --- automatic issues -------------------------------------------------------------------------
+
+
+def add_auto(session: Session, cron: str, name: str | None, config: Config) -> AutoSchedule:
+    """`schedule add --cron …`; the crontab line is checked here, once."""
+    cron = " ".join(cron.split())
+    cron_trigger(cron, config.zone)
+    schedule = AutoSchedule(name=(name or "").strip() or cron, cron=cron)
+    session.add(schedule)
+    session.flush()
+    return schedule
+
+
+def remove_auto(session: Session, schedule_id: int) -> str:
+    """`schedule remove ID`, returning its name; the running scheduler drops its job at its next poll."""
+    # Write first, read nothing before: on SQLite a read-then-write transaction fails at once
+    # ("database is locked") whenever `mailmag run` is writing.
+    name = session.scalar(
+        delete(AutoSchedule).where(AutoSchedule.id == schedule_id).returning(AutoSchedule.name)
+    )
+    if name is None:
+        raise NotFound(f"no automatic issue with id {schedule_id}: see `mailmag schedule list`")
+    # SQLite may give the next schedule this id again: it must not inherit this history.
+    session.execute(delete(JobRun).where(JobRun.job_id == auto_job_id(schedule_id)))
+    return name
+
+
+def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoInfo]:
+    result = []
+    for schedule in session.scalars(select(AutoSchedule).order_by(AutoSchedule.id)):
+        last = session.scalar(
+            select(JobRun).where(JobRun.job_id == auto_job_id(schedule.id))
+            .order_by(JobRun.scheduled_for.desc())
+        )
+        upcoming = next_fire_time(cron_trigger(schedule.cron, config.zone), now)
+        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last))
+    return result
+
+
+def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None = None) -> list[Fired]:
+    """Every moment of each automatic issue (or just one) due since it was last handled.
+
+    The moments since the last recorded run (or since the schedule was added) are walked
+    oldest first: within the grace period each composes and sends, older ones are "missed".
+    """
+    with services.session() as session:
+        query = select(AutoSchedule).order_by(AutoSchedule.id)
+        if schedule_id is not None:
+            query = query.where(AutoSchedule.id == schedule_id)
+        schedules = list(session.scalars(query))
+        cursors = {s.id: _cursor(session, s) for s in schedules}
+    results = []
+    for schedule in schedules:
+        trigger = cron_trigger(schedule.cron, services.config.zone)
+        for count, moment in enumerate(fire_times(trigger, cursors[schedule.id], now)):
+            if count >= _BACKLOG_LIMIT:
+                break
+            fired = fire_auto(services, schedule.id, moment, now)
+            if fired is not None:
+                results.append(fired)
+    return results
+
+
+def _cursor(session: Session, schedule: AutoSchedule) -> dt.datetime:
+    job_id = auto_job_id(schedule.id)
+    last = session.scalar(select(func.max(JobRun.scheduled_for)).where(JobRun.job_id == job_id))
+    return max(last, schedule.created_at) if last else schedule.created_at
+
+
+def fire_auto(
+    services: Services, schedule_id: int, scheduled_for: dt.datetime, now: dt.datetime
+) -> Fired | None:
+    """One moment of an automatic issue: compose from the approved items and send, or say why not."""
+    config = services.config
+    grace = config.schedule.grace_seconds
+
+    def action(session: Session) -> tuple[str, str] | None:
+        if session.get(AutoSchedule, schedule_id) is None:
+            return None  # removed meanwhile
+        if (now - scheduled_for).total_seconds() > grace:
+            return "missed", (
+                f"due at {shown(scheduled_for, config.zone)} while mailmag run was not running "
+                f"(more than grace_seconds = {grace} before {shown(now, config.zone)}): "
+                "no issue composed; the approved items wait for the next one"
+            )
+        return _compose_and_send(session, config)
+
+    return _once(services, auto_job_id(schedule_id), scheduled_for, action)
+
+
+def _compose_and_send(session: Session, config: Config) -> tuple[str, str]:
+    waiting = approved_waiting(session)
+    minimum = max(config.schedule.min_items, 1)
+    if waiting < minimum:
+        return "skipped", (
+            f"{waiting} approved item(s) not yet in an issue, fewer than [schedule] min_items = "
+            f"{minimum}: no issue composed"
+        )
+    composed = issues.compose(session, config)
+    issue = composed.issue
+    added = outbox.send_issue(session, issue, config)
+    detail = f"issue {issue.number} composed from {len(issue.entries)} items: {added} recipients queued"
+    if composed.warnings:
+        detail += "; to look at: " + "; ".join(composed.warnings)
+    return "sent", detail
+
+
+def approved_waiting(session: Session) -> int:
+    """Approved items in no live issue: what `issues.compose` would take by default."""
+    in_issues = select(IssueItem.item_id).join(Issue).where(Issue.status != "cancelled")
+    return session.scalar(
+        select(func.count()).select_from(Item).where(Item.status == "approved", Item.id.not_in(in_issues))
+    ) or 0
+
+
+# --- at most once -----------------------------------------------------------------------------
+
+
+def _once(
+    services: Services,
+    job_id: str,
+    scheduled_for: dt.datetime,
+    action: Action,
+    on_failure: Callable[[Session], None] | None = None,
+) -> Fired | None:
+    """Run `action` for (job_id, scheduled_for) unless some process already did; record the outcome.
+
+    None when another caller won, or the action found nothing to do. A MailmagError (or a bug)
+    is recorded as "failed" so it is not retried forever; a database outage is not recorded
+    and propagates, so the next poll tries again.
+    """
+    # On SQLite take the write lock first: a read-then-write transaction could not upgrade.
+    engine = services.engine.execution_options(sqlite_begin="IMMEDIATE")
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    run = JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail="")
+    session = sessions()
+    try:
+        session.add(run)
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            return None  # another scheduler or poll got there first
+        result = action(session)
+        if result is None:
+            session.rollback()
+            return None
+        run.outcome, run.detail = result
+        session.commit()
+    except OperationalError:
+        session.rollback()
+        raise
+    except Exception as exc:
+        session.rollback()
+        detail = str(exc) if isinstance(exc, MailmagError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, MailmagError):
+            log.exception("%s for %s crashed", job_id, scheduled_for)
+        return _record_failure(sessions, job_id, scheduled_for, detail, on_failure)
+    finally:
+        session.close()
+    return _logged(Fired(job_id, scheduled_for, run.outcome, run.detail))
+
+
+def _record_failure(
+    sessions: sessionmaker[Session],
+    job_id: str,
+    scheduled_for: dt.datetime,
+    detail: str,
+    on_failure: Callable[[Session], None] | None,
+) -> Fired | None:
+    try:
+        with sessions.begin() as session:
+            session.add(JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail=detail))
+            session.flush()
+            if on_failure is not None:
+                on_failure(session)
+    except IntegrityError:
+        return None
+    return _logged(Fired(job_id, scheduled_for, "failed", detail))
+
+
+def _logged(fired: Fired) -> Fired:
+    level = logging.INFO if fired.outcome in ("sent", "skipped") else logging.WARNING
+    log.log(level, "%s %s: %s", fired.job_id, fired.outcome, fired.detail)
+    return fired
+

@@ -1,0 +1,288 @@
+"""`mailmag run`: the scheduler (on one node at a time) and the delivery workers, until stopped.
+
+The scheduler is APScheduler 3 with its jobs in our database (table `apscheduler_jobs`, made
+by APScheduler): one cron job per automatic issue, so its next moment survives restarts,
+plus a poll every `[schedule] poll_seconds` (in memory) that fires due timed sends and
+catches up automatic issues; the main loop keeps the stored jobs in step with `schedule
+add/remove`. The stored jobs name module-level functions and carry only a schedule id;
+they find this process's services through `_node`, set while `run` runs.
+
+APScheduler 3 job stores must not be shared by two live schedulers, so the scheduler runs
+only on the node holding the scheduler lock: a PostgreSQL advisory lock (released by the
+server when its holder dies, so a standby node takes over), or on SQLite a lock file next
+to the database (one machine). Every node delivers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from mailmag import db
+from mailmag.config import Config
+from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.transports import make_transport
+from mailmag.errors import ConfigError, TransportError
+from mailmag.models import AutoSchedule, utcnow
+from mailmag.scheduling import jobs, window
+from mailmag.scheduling.when import cron_trigger
+from mailmag.services import Services
+
+log = logging.getLogger(__name__)
+
+JOB_TABLE = "apscheduler_jobs"
+RETRY_SECONDS = 60.0  # after the relay refused us or the database went away
+_node: Node | None = None
+
+
+def poll_job() -> None:
+    """Every poll: fire due timed sends, catch up automatic issues."""
+    services = _current().services
+    now = utcnow()
+    jobs.fire_due_sends(services, now)
+    jobs.fire_due_autos(services, now)
+
+
+def auto_job(schedule_id: int) -> None:
+    """The stored cron job of one automatic issue; stored as 'mailmag.scheduling.node:auto_job'."""
+    jobs.fire_due_autos(_current().services, utcnow(), schedule_id)
+
+
+def _current() -> Node:
+    if _node is None:
+        raise RuntimeError("a scheduler job ran outside `mailmag run`")
+    return _node
+
+
+class SchedulerLock(Protocol):
+    def acquire(self) -> bool: ...
+
+    def held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class AdvisoryLock:
+    """A PostgreSQL session advisory lock on a connection kept for as long as it is held.
+
+    The key includes the schema, so two magazines in two schemas of one database each get
+    their own scheduler.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def acquire(self) -> bool:
+        connection = self.engine.connect()
+        got = connection.execute(
+            text("SELECT pg_try_advisory_lock(hashtext('mailmag-scheduler:' || current_schema()))")
+        ).scalar()
+        connection.commit()  # the lock belongs to the session, not to this transaction
+        if got:
+            self.connection = connection
+        else:
+            connection.close()
+        return bool(got)
+
+    def held(self) -> bool:
+        """False when the connection (and with it the lock) was lost."""
+        if self.connection is None:
+            return False
+        try:
+            self.connection.execute(text("SELECT 1"))
+            self.connection.commit()
+            return True
+        except DBAPIError:
+            self.release()
+            return False
+
+    def release(self) -> None:
+        if self.connection is not None:
+            # Closing the server session is what surely releases the lock.
+            with contextlib.suppress(DBAPIError):
+                self.connection.invalidate()
+                self.connection.close()
+            self.connection = None
+
+
+class FileLock:
+    """SQLite: one scheduler per database file, among the processes of one machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = None
+
+    def acquire(self) -> bool:
+        file = self.path.open("a")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        self.file = file
+        return True
+
+    def held(self) -> bool:
+        return self.file is not None
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # closing drops the lock
+            self.file = None
+
+
+def scheduler_lock(engine: Engine) -> SchedulerLock:
+    if engine.dialect.name == "postgresql":
+        return AdvisoryLock(engine)
+    database = engine.url.database or ""
+    if database in ("", ":memory:"):
+        return FileLock(Path(".mailmag-scheduler.lock"))
+    return FileLock(Path(database + ".scheduler.lock"))
+
+
+def check_settings(config: Config) -> None:
+    """[schedule] mistakes fail at start, not at 9:00 on the 1st."""
+    settings = config.schedule
+    if settings.poll_seconds <= 0:
+        raise ConfigError("[schedule] poll_seconds must be more than 0")
+    if settings.grace_seconds < 2 * settings.poll_seconds:
+        # A send found by a poll up to poll_seconds late must still be within grace.
+        raise ConfigError("[schedule] grace_seconds must be at least twice poll_seconds")
+    window.window_settings(config)
+
+
+class Node:
+    """One `mailmag run` process: delivers, and runs the scheduler while it holds the lock."""
+
+    def __init__(self, services: Services, *, scheduler: bool = True, worker: bool = True,
+                 concurrency: int | None = None) -> None:
+        self.services = services
+        self.scheduler_enabled = scheduler
+        self.worker_enabled = worker
+        self.concurrency = concurrency
+        self.stop = threading.Event()
+        self.lock = scheduler_lock(services.engine)
+        self.error: BaseException | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._standby_logged = False
+
+    def run(self) -> None:
+        """Until `stop` is set (SIGINT/SIGTERM); then finish jobs and messages in flight."""
+        global _node
+        check_settings(self.services.config)
+        if self.worker_enabled:
+            self.services.secret_key  # noqa: B018 - no key, no links: fail before starting
+        _node = self
+        worker = threading.Thread(target=self._work, name="worker")
+        if self.worker_enabled:
+            worker.start()
+        try:
+            while not self.stop.is_set():
+                if self.scheduler_enabled:
+                    try:
+                        self._tend_scheduler()
+                    except OperationalError as exc:  # the database is away: deliveries wait, so do we
+                        log.error("database error, trying again at the next poll: %s", exc.orig)
+                self.stop.wait(self.services.config.schedule.poll_seconds)
+        finally:
+            self.stop.set()
+            if self._dispatcher is not None:  # both wind down at once: messages, then jobs in flight
+                self._dispatcher.stop.set()
+            self._stop_scheduler()
+            if worker.is_alive():
+                worker.join()
+            _node = None
+        if self.error is not None:
+            raise self.error
+
+    def _tend_scheduler(self) -> None:
+        if self._scheduler is None:
+            if not self.lock.acquire():
+                if not self._standby_logged:
+                    log.info("scheduler standby: another node runs it; taking over if it stops")
+                    self._standby_logged = True
+                return
+            self._start_scheduler()
+            log.info("scheduler started: this node fires timed sends and automatic issues")
+            self._standby_logged = False
+        elif not self.lock.held():
+            log.error("scheduler lock lost (database connection dropped): scheduler stopped, retrying")
+            self._stop_scheduler()
+            return
+        # Here, not in a job: APScheduler's shutdown() waits for running jobs while holding
+        # the lock that get_jobs()/add_job() need, so a job touching the scheduler deadlocks it.
+        self.sync_jobs()
+
+    def _start_scheduler(self) -> None:
+        config = self.services.config
+        store = SQLAlchemyJobStore(engine=db.make_engine(config.database.url), tablename=JOB_TABLE)
+        scheduler = BackgroundScheduler(
+            jobstores={"default": store, "local": MemoryJobStore()},
+            # One thread: firings run one after another, in order.
+            executors={"default": ThreadPoolExecutor(1)},
+            # Always run a late job: jobs.py decides between firing and reporting it missed.
+            job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
+            timezone=config.zone,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        scheduler.add_job(poll_job, "interval", seconds=config.schedule.poll_seconds, id="poll",
+                          jobstore="local", next_run_time=utcnow())
+
+    def _stop_scheduler(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+            log.info("scheduler stopped")
+        self.lock.release()
+
+    def sync_jobs(self) -> None:
+        """One stored cron job per automatic issue; a changed or removed schedule's job goes."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        zone = self.services.config.zone
+        with self.services.session() as session:
+            wanted = {jobs.auto_job_id(id_): (id_, cron) for id_, cron in
+                      session.execute(select(AutoSchedule.id, AutoSchedule.cron))}
+        stored = {job.id: job for job in scheduler.get_jobs(jobstore="default")}
+        for job_id, job in list(stored.items()):
+            if job_id not in wanted or str(job.trigger) != str(cron_trigger(wanted[job_id][1], zone)):
+                scheduler.remove_job(job_id, jobstore="default")
+                stored.pop(job_id)
+        for job_id, (schedule_id, cron) in wanted.items():
+            if job_id not in stored:
+                scheduler.add_job("mailmag.scheduling.node:auto_job", cron_trigger(cron, zone),
+                                  args=[schedule_id], id=job_id, name=job_id, jobstore="default")
+
+    def _work(self) -> None:
+        """Deliver until stopped; a relay that refuses us or a database away: try again after a pause."""
+        config = self.services.config
+        while not self.stop.is_set():
+            try:
+                dispatcher = Dispatcher(self.services, make_transport(config), concurrency=self.concurrency)
+                self._dispatcher = dispatcher
+                if self.stop.is_set():  # stopped while this dispatcher was being built
+                    return
+                dispatcher.run(poll_seconds=min(2.0, config.schedule.poll_seconds))
+                return
+            except (TransportError, OperationalError) as exc:
+                log.error("%s; delivering again in %d seconds", exc, RETRY_SECONDS)
+                self.stop.wait(RETRY_SECONDS)
+            except BaseException as exc:
+                self.error = exc
+                self.stop.set()
+                return

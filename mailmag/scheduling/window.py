@@ -1,0 +1,121 @@
+"""Send windows: deliver only on working days and hours, skipping 祝日 and the year-end break.
+
+All rules are read in the configured zone ([mailmag] timezone); callers pass and get back
+aware datetimes. With `[schedule] send_window_enabled = false` the window is always open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+
+import jpholiday
+
+from mailmag.config import Config
+from mailmag.errors import ConfigError
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SEARCH_DAYS = 400  # longer than any break: a window that never opens is a configuration error
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The [schedule] send-window settings, parsed and checked once."""
+
+    weekdays: frozenset[int]
+    start: dt.time
+    end: dt.time
+    skip_holidays: bool
+    year_end_break: tuple[tuple[int, int], tuple[int, int]] | None
+
+
+def window_settings(config: Config) -> Window:
+    """Parse the window settings; ConfigError naming the key when one is wrong."""
+    settings = config.schedule
+    days = [day.strip().lower()[:3] for day in settings.send_window_days]
+    if not days or any(day not in DAYS for day in days):
+        raise ConfigError(
+            f"[schedule] send_window_days must list days such as \"mon\", \"tue\" … \"sun\", "
+            f"not {settings.send_window_days!r}"
+        )
+    start = _time(settings.send_window_start, "send_window_start")
+    end = _time(settings.send_window_end, "send_window_end")
+    if start >= end:
+        raise ConfigError("[schedule] send_window_start must be earlier than send_window_end")
+    return Window(
+        weekdays=frozenset(DAYS.index(day) for day in days),
+        start=start,
+        end=end,
+        skip_holidays=settings.skip_holidays,
+        year_end_break=_break(settings.year_end_break),
+    )
+
+
+def _time(value: str, key: str) -> dt.time:
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+    if not match or int(match[1]) > 24 or int(match[2]) > 59 or (int(match[1]) == 24 and int(match[2])):
+        raise ConfigError(f"[schedule] {key} must be a time such as \"09:00\", not {value!r}")
+    hour, minute = int(match[1]), int(match[2])
+    # "24:00" closes the window at midnight.
+    return dt.time.max if hour == 24 else dt.time(hour, minute)
+
+
+def _break(value: list[str]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if not value:
+        return None
+    problem = ConfigError(
+        f"[schedule] year_end_break must be two \"MM-DD\" days such as [\"12-29\", \"01-03\"], not {value!r}"
+    )
+    if len(value) != 2:
+        raise problem
+    days = []
+    for text in value:
+        match = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
+        if not match:
+            raise problem
+        try:
+            dt.date(2024, int(match[1]), int(match[2]))  # a leap year: 02-29 is a real day
+        except ValueError as exc:
+            raise problem from exc
+        days.append((int(match[1]), int(match[2])))
+    return days[0], days[1]
+
+
+def is_sending_day(day: dt.date, window: Window) -> bool:
+    """A listed weekday that is not a public holiday nor inside the year-end break."""
+    if day.weekday() not in window.weekdays:
+        return False
+    if window.skip_holidays and jpholiday.is_holiday(day):
+        return False
+    if window.year_end_break is not None:
+        first, last = window.year_end_break
+        key = (day.month, day.day)
+        # The break may wrap around new year (12-29 … 01-03) or not (08-13 … 08-16).
+        inside = first <= key <= last if first <= last else key >= first or key <= last
+        if inside:
+            return False
+    return True
+
+
+def window_open(now: dt.datetime, config: Config) -> bool:
+    """May a message go out at `now` (aware)?"""
+    if not config.schedule.send_window_enabled:
+        return True
+    window = window_settings(config)
+    local = now.astimezone(config.zone)
+    return is_sending_day(local.date(), window) and window.start <= local.time() < window.end
+
+
+def next_window_start(now: dt.datetime, config: Config) -> dt.datetime:
+    """`now` if the window is open, else when it next opens (aware, in the configured zone)."""
+    if window_open(now, config):
+        return now
+    window = window_settings(config)
+    local = now.astimezone(config.zone)
+    for offset in range(_SEARCH_DAYS):
+        day = local.date() + dt.timedelta(days=offset)
+        opens = dt.datetime.combine(day, window.start, tzinfo=config.zone)
+        if is_sending_day(day, window) and (offset > 0 or local < opens):
+            return opens
+    raise ConfigError("[schedule] the send window never opens: check send_window_days and year_end_break")

@@ -1,0 +1,208 @@
+"""`mailmag run` as real processes: timed sends into aiosmtpd, restarts, missed jobs, two nodes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from test_schedule import add_subscribers, approve_news, draft_issue
+
+from mailmag import db
+from mailmag.config import load_config
+from mailmag.content import issues
+from mailmag.models import Issue, JobRun, utcnow
+from mailmag.scheduling import jobs
+from mailmag.services import Services
+
+pytestmark = pytest.mark.slow  # each test starts one or two `mailmag run` processes
+
+SECRET = "test-secret-key-0123456789"
+DEADLINE = 30.0
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Run:
+    """One `mailmag run` process; its log (stderr) goes to a file the test reads."""
+
+    def __init__(self, config_file: Path, log: Path) -> None:
+        self.log = log
+        env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET, "PYTHONFAULTHANDLER": "1"}
+        with log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailmag", "--config", str(config_file), "run"],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for(self, line: str) -> None:
+        wait_until(lambda: line in self.text() or self.process.poll() is not None, f"'{line}' in the log")
+        assert line in self.text(), self.text()
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops it: a clean exit."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack
+            self.process.wait()
+            raise AssertionError(f"`mailmag run` did not stop on SIGTERM:\n{self.text()}") from None
+
+
+@pytest.fixture
+def start_run(tmp_path: Path) -> Iterator[Callable[[Path], Run]]:
+    runs: list[Run] = []
+
+    def start(config_file: Path) -> Run:
+        run = Run(config_file, tmp_path / f"run{len(runs) + 1}.log")
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+            run.process.wait()
+
+
+def configure(tmp_path: Path, db_url: str, smtp_port: int, grace_seconds: int = 3600
+              ) -> tuple[Path, Services]:
+    """A configuration file for `run` (aiosmtpd relay, fast polls) and services on its database."""
+    path = tmp_path / "mailmag.toml"
+    path.write_text(
+        f'[mailmag]\nbase_url = "https://news.example.jp"\n\n[database]\nurl = "{db_url}"\n\n'
+        f'[smtp]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n'
+        f'timeout_seconds = 5.0\n\n[schedule]\npoll_seconds = 0.5\ngrace_seconds = {grace_seconds}\n',
+        encoding="utf-8",
+    )
+    services = Services(load_config(path, env={"MAILMAG_SECRET_KEY": SECRET}))
+    db.init_db(services.engine)
+    return path, services
+
+
+@pytest.fixture
+def node(tmp_path: Path, db_url: str, smtp_server) -> Iterator[tuple[Path, Services]]:  # type: ignore[no-untyped-def]
+    path, services = configure(tmp_path, db_url, smtp_server.port)
+    yield path, services
+    services.close()
+
+
+def schedule_in(services: Services, number: int, seconds: float) -> None:
+    with services.session() as session:
+        # `run` is writing too: on SQLite a read-then-write transaction must take the lock first.
+        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+        jobs.schedule_send(session, issues.get(session, number), utcnow() + dt.timedelta(seconds=seconds))
+
+
+def status(services: Services, number: int) -> str | None:
+    with services.session() as session:
+        return session.scalar(select(Issue.status).where(Issue.number == number))
+
+
+def runs(services: Services) -> list[tuple[str, str]]:
+    with services.session() as session:
+        rows = session.execute(select(JobRun.job_id, JobRun.outcome).order_by(JobRun.id))
+        return [tuple(row) for row in rows]
+
+
+def test_a_timed_send_a_few_seconds_ahead_fires_once_and_delivers(node, smtp_server, start_run):
+    config_file, services = node
+    add_subscribers(services, 3)
+    number = draft_issue(services)
+    run = start_run(config_file)
+    run.wait_for("scheduler started")
+    schedule_in(services, number, 1.5)
+    wait_until(lambda: status(services, number) == "sent", "the issue to be sent")
+    assert run.stop() == 0
+    assert sorted(smtp_server.recipients()) == [f"member{i}@example.jp" for i in range(3)]
+    assert runs(services) == [(f"send-issue-{number}", "sent")]
+    assert "scheduler stopped" in run.text()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL: the two-node test
+def test_a_send_scheduled_before_a_restart_fires_after_it(node, smtp_server, start_run):
+    config_file, services = node
+    add_subscribers(services, 2)
+    number = draft_issue(services)
+    first = start_run(config_file)
+    first.wait_for("scheduler started")
+    schedule_in(services, number, 3)
+    assert first.stop() == 0
+    assert status(services, number) == "scheduled" and smtp_server.messages == []
+    second = start_run(config_file)
+    wait_until(lambda: status(services, number) == "sent", "the issue to be sent")
+    assert second.stop() == 0
+    assert sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"]
+    assert runs(services) == [(f"send-issue-{number}", "sent")]
+
+
+def test_what_came_due_while_run_was_down_fires_within_grace_else_is_reported_missed(
+    tmp_path, db_url, smtp_server, start_run
+):
+    config_file, services = configure(tmp_path, db_url, smtp_server.port, grace_seconds=90)
+    add_subscribers(services, 2)
+    recent, old = draft_issue(services), draft_issue(services)
+    approve_news(services, 2)  # for the automatic issue
+    with services.session() as session:  # scheduled, then `run` stayed down past the moments
+        for number, late in ((recent, 60), (old, 7200)):
+            session.execute(update(Issue).where(Issue.number == number)
+                            .values(status="scheduled", scheduled_at=utcnow() - dt.timedelta(seconds=late)))
+        schedule = jobs.add_auto(session, "* * * * *", "毎分", services.config)
+        schedule.created_at = utcnow() - dt.timedelta(minutes=4)
+    run = start_run(config_file)
+    wait_until(lambda: [status(services, n) for n in (recent, old, 3)] == ["sent", "draft", "sent"],
+               "the recent send and the automatic issue to go out, the old send to be a draft again")
+    assert run.stop() == 0
+    outcomes = runs(services)
+    assert [o for o in outcomes if o[0].startswith("send")] == [  # oldest moment first
+        (f"send-issue-{old}", "missed"), (f"send-issue-{recent}", "sent")]
+    auto = [outcome for job, outcome in outcomes if job == f"auto-{schedule.id}"]
+    # Minutes more than 90 s old are reported missed; the first one within grace composes and
+    # sends issue 3; a later one (nothing approved is left) is skipped.
+    first_sent = auto.index("sent")
+    assert first_sent >= 2 and set(auto[:first_sent]) == {"missed"}
+    assert set(auto[first_sent + 1:]) <= {"skipped"}
+    assert f"send-issue-{old} missed: issue {old} was due at" in run.text()
+    # Issue 1 and issue 3 went to both subscribers, issue 2 to no one.
+    assert len(smtp_server.messages) == 4 and len(set(smtp_server.recipients())) == 2
+    services.close()
+
+
+def test_two_nodes_on_postgresql_fire_once_and_a_standby_takes_over(tmp_path, pg_url, smtp_server, start_run):
+    config_file, services = configure(tmp_path, pg_url, smtp_server.port)
+    add_subscribers(services, 3)
+    first_issue, second_issue = draft_issue(services), draft_issue(services)
+    leader = start_run(config_file)
+    leader.wait_for("scheduler started")
+    standby = start_run(config_file)
+    standby.wait_for("scheduler standby")
+    schedule_in(services, first_issue, 1)
+    wait_until(lambda: status(services, first_issue) == "sent", "the first issue to be sent")
+    leader.process.kill()  # dies without a word: its database session, and the lock, go with it
+    leader.process.wait()
+    standby.wait_for("scheduler started")
+    schedule_in(services, second_issue, 1)
+    wait_until(lambda: status(services, second_issue) == "sent", "the second issue to be sent")
+    assert standby.stop() == 0
+    assert runs(services) == [(f"send-issue-{first_issue}", "sent"), (f"send-issue-{second_issue}", "sent")]
+    # Each subscriber got each issue once, whichever node delivered it.
+    assert len(smtp_server.recipients()) == 6
+    assert len(set(smtp_server.recipients())) == 3
+    services.close()

@@ -1,0 +1,397 @@
+"""Timed sends, automatic issues and send windows, on SQLite and PostgreSQL, with explicit clocks."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import func, select
+
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.config import Config, ScheduleConfig
+from mailmag.content import issues, items, orgs
+from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
+from mailmag.models import AutoSchedule, Delivery, Issue, JobRun, Rendering
+from mailmag.scheduling import jobs
+from mailmag.scheduling.when import cron_trigger, next_fire_time, parse_when
+from mailmag.scheduling.window import next_window_start, window_open
+from mailmag.services import Services
+
+JST = ZoneInfo("Asia/Tokyo")
+NOW = dt.datetime(2026, 11, 20, 1, 0, tzinfo=dt.UTC)  # Fri 2026-11-20 10:00 JST
+
+
+def jst(*args: int) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=JST).astimezone(dt.UTC)
+
+
+def with_schedule(services: Services, **settings) -> Services:  # type: ignore[no-untyped-def]
+    """The same database with other [schedule] settings."""
+    config = services.config.replace(schedule=dataclasses.replace(services.config.schedule, **settings))
+    other = Services(config)
+    other.__dict__["engine"] = services.engine  # share the engine (and the test's database)
+    return other
+
+
+def add_subscribers(services: Services, n: int) -> None:
+    with services.session() as session:
+        for i in range(n):
+            address = subscribers.parse_address(f"member{i}@example.jp")
+            subscribers.add(session, address, Consent("cli", "test"))
+
+
+def approve_news(services: Services, n: int) -> list[int]:
+    with services.session() as session:
+        org = session.scalar(select(orgs.Org).where(orgs.Org.code == "collabo")) or orgs.add(
+            session, "collabo", "中国地域産学官コラボレーションセンター")
+        added = [items.submit(session, org, "news", {"title": f"お知らせ{i}", "body": f"本文{i}です。"})
+                 for i in range(n)]
+        items.approve(session, [item.id for item in added])
+        return [item.id for item in added]
+
+
+def draft_issue(services: Services) -> int:
+    approve_news(services, 1)
+    with services.session() as session:
+        return issues.compose(session, services.config).issue.number
+
+
+def scheduled_issue(services: Services, at: dt.datetime) -> int:
+    number = draft_issue(services)
+    with services.session() as session:
+        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(hours=1))
+    return number
+
+
+def state(services: Services, number: int) -> tuple[str, int, list[tuple[str, str]]]:
+    """The issue's status, its deliveries, and the job runs recorded for it."""
+    with services.session() as session:
+        issue = issues.get(session, number)
+        deliveries = session.scalar(select(func.count()).where(Delivery.issue_id == issue.id))
+        runs = session.execute(select(JobRun.job_id, JobRun.outcome).order_by(JobRun.id)).all()
+        return issue.status, deliveries, [tuple(r) for r in runs]
+
+
+# --- typing a moment ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-12-01 09:00", jst(2026, 12, 1, 9, 0)),
+        ("2026-12-01T09:00:30", jst(2026, 12, 1, 9, 0, 30)),
+        ("2026-12-01 09:00+00:00", dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)),
+        ("2026-12-01T00:00Z", dt.datetime(2026, 12, 1, 0, 0, tzinfo=dt.UTC)),
+        ("２０２６－１２－０１　０９：００", jst(2026, 12, 1, 9, 0)),
+        ("2026/12/1 9:05", jst(2026, 12, 1, 9, 5)),
+    ],
+)
+def test_a_typed_moment_is_read_in_the_configured_zone(text, expected):
+    assert parse_when(text, JST, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2026-11-20 09:59",
+         "2026-11-20 09:59 JST is in the past (it is now 2026-11-20 10:00 JST): give a later time"),
+        ("2026-12-01", "cannot read '2026-12-01' as a date and time: use 'YYYY-MM-DD HH:MM'"),
+        ("2026-02-30 09:00", "'2026-02-30 09:00' is not a real date and time"),
+        ("next friday", "cannot read 'next friday' as a date and time"),
+    ],
+)
+def test_a_moment_in_the_past_or_unreadable_is_refused(text, message):
+    with pytest.raises(InvalidInput) as caught:
+        parse_when(text, JST, NOW)
+    assert str(caught.value).startswith(message)
+
+
+# --- timed sends --------------------------------------------------------------------------------
+
+
+def test_schedule_then_cancel_moves_the_issue_between_draft_and_scheduled(services):
+    number = draft_issue(services)
+    at = jst(2026, 12, 1, 9, 0)
+    with services.session() as session:
+        jobs.schedule_send(session, issues.get(session, number), at, now=NOW)
+    with services.session() as session:
+        issue = issues.get(session, number)
+        assert (issue.status, issue.scheduled_at) == ("scheduled", at)
+        jobs.unschedule_send(session, issue)
+    assert jobs.fire_due_sends(services, at + dt.timedelta(seconds=1)) == []
+    assert state(services, number) == ("draft", 0, [])
+
+
+def test_only_a_draft_can_be_scheduled_and_only_a_scheduled_issue_unscheduled(services):
+    number = draft_issue(services)
+    with services.session() as session:
+        issue = issues.get(session, number)
+        with pytest.raises(StateError, match=f"issue {number} is draft, not scheduled"):
+            jobs.unschedule_send(session, issue)
+        with pytest.raises(StateError, match="cannot be scheduled in the past"):
+            jobs.schedule_send(session, issue, NOW - dt.timedelta(seconds=1), now=NOW)
+        issue.status = "sent"
+        with pytest.raises(StateError, match=f"issue {number} is sent; only a draft issue can be scheduled"):
+            jobs.schedule_send(session, issue, NOW + dt.timedelta(hours=1), now=NOW)
+        assert issue.scheduled_at is None
+
+
+def test_a_due_send_fires_once(services):
+    add_subscribers(services, 3)
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    assert jobs.fire_due_sends(services, at - dt.timedelta(seconds=1)) == []
+    assert state(services, number) == ("scheduled", 0, [])
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
+    assert (fired.outcome, fired.detail) == (
+        "sent", f"issue {number} due at 2026-12-01 09:00 JST: 3 recipients queued")
+    assert jobs.fire_due_sends(services, at + dt.timedelta(seconds=10)) == []
+    assert state(services, number) == ("sending", 3, [(f"send-issue-{number}", "sent")])
+
+
+@pytest.mark.parametrize(("late", "expected"),
+                         [(3599, ("sending", 2, "sent")), (3601, ("draft", 0, "missed"))])
+def test_a_send_whose_time_passed_fires_within_the_grace_period_else_is_missed(services, late, expected):
+    add_subscribers(services, 2)
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=late))
+    status, deliveries, runs = state(services, number)
+    assert (status, deliveries, runs[0][1]) == expected
+    assert len(runs) == 1
+    if fired.outcome == "missed":
+        assert fired.detail == (
+            f"issue {number} was due at 2026-12-01 09:00 JST but mailmag run was not running until "
+            f"2026-12-01 10:00 JST (more than grace_seconds = 3600): not sent, it is a draft again; "
+            f"send it with `mailmag issues send {number}`"
+        )
+        with services.session() as session:
+            assert jobs.last_send_run(session, issues.get(session, number)).outcome == "missed"
+
+
+def test_a_send_that_cannot_go_out_is_recorded_as_failed_and_back_to_draft(services):
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    with services.session() as session:
+        session.execute(Rendering.__table__.delete())
+    (fired,) = jobs.fire_due_sends(services, at)
+    assert (fired.outcome, fired.detail) == ("failed", f"issue {number} is not rendered: run "
+                                                       f"`mailmag issues render {number}`")
+    assert state(services, number) == ("draft", 0, [(f"send-issue-{number}", "failed")])
+    assert jobs.fire_due_sends(services, at + dt.timedelta(minutes=1)) == []
+
+
+def test_two_pollers_at_the_same_moment_send_once(services):
+    add_subscribers(services, 3)
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    results: list[list[jobs.Fired]] = []
+    start = threading.Barrier(2)
+
+    def poll() -> None:
+        start.wait()
+        results.append(jobs.fire_due_sends(services, at + dt.timedelta(seconds=1)))
+
+    threads = [threading.Thread(target=poll) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(len(r) for r in results) == [0, 1]
+    assert state(services, number) == ("sending", 3, [(f"send-issue-{number}", "sent")])
+
+
+# --- automatic issues ---------------------------------------------------------------------------
+
+
+def add_auto(services: Services, cron: str, created: dt.datetime) -> int:
+    with services.session() as session:
+        schedule = jobs.add_auto(session, cron, None, services.config)
+        schedule.created_at = created
+        return schedule.id
+
+
+def issue_count(services: Services) -> int:
+    with services.session() as session:
+        return session.scalar(select(func.count()).select_from(Issue))
+
+
+def test_crontab_weekdays_count_from_sunday():
+    monday_9 = next_fire_time(cron_trigger("0 9 * * 1", JST), NOW)
+    assert monday_9 == jst(2026, 11, 23, 9, 0)
+    assert next_fire_time(cron_trigger("30 8 * * 0", JST), NOW) == jst(2026, 11, 22, 8, 30)
+    assert next_fire_time(cron_trigger("0 9 1,15 * *", JST), NOW) == jst(2026, 12, 1, 9, 0)
+
+
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("0 9 * *", "invalid cron expression '0 9 * *': give five fields, minute hour day month weekday"),
+        ("0 25 * * *", "invalid cron expression '0 25 * * *': Error validating expression '25'"),
+        ("0 9 1 * 1",
+         "invalid cron expression '0 9 1 * 1': restrict the day of month or the weekday, not both"),
+        ("0 9 * * 8", "invalid weekday field '8' in the cron expression: use 0-7 or sun-sat"),
+    ],
+)
+def test_a_bad_crontab_line_is_refused_and_nothing_is_added(services, cron, message):
+    with services.session() as session, pytest.raises(InvalidInput) as caught:
+        jobs.add_auto(session, cron, None, services.config)
+    assert str(caught.value).startswith(message)
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(AutoSchedule)) == 0
+
+
+def test_an_automatic_issue_is_composed_from_the_approved_items_and_sent(services):
+    add_subscribers(services, 2)
+    item_ids = approve_news(services, 2)
+    schedule_id = add_auto(services, "0 9 1,15 * *", jst(2026, 11, 20, 8, 0))
+    (fired,) = jobs.fire_due_autos(services, jst(2026, 12, 1, 9, 0, 5))
+    assert (fired.job_id, fired.scheduled_for) == (f"auto-{schedule_id}", jst(2026, 12, 1, 9))
+    assert fired.outcome == "sent"
+    assert fired.detail.startswith("issue 1 composed from 2 items: 2 recipients queued")
+    with services.session() as session:
+        issue = issues.get(session, 1)
+        assert issue.status == "sending"
+        assert [entry.item_id for entry in issue.entries] == item_ids
+    assert jobs.fire_due_autos(services, jst(2026, 12, 1, 9, 1)) == []
+    assert issue_count(services) == 1
+
+
+@pytest.mark.parametrize(("approved", "min_items"), [(0, 1), (2, 3)])
+def test_an_automatic_issue_with_too_few_approved_items_is_skipped_with_the_reason(
+    services, approved, min_items
+):
+    services = with_schedule(services, min_items=min_items)
+    approve_news(services, approved)
+    add_auto(services, "0 9 1,15 * *", jst(2026, 11, 20, 8, 0))
+    (fired,) = jobs.fire_due_autos(services, jst(2026, 12, 1, 9, 0, 5))
+    assert (fired.outcome, fired.detail) == (
+        "skipped",
+        f"{approved} approved item(s) not yet in an issue, fewer than [schedule] min_items = {min_items}: "
+        "no issue composed",
+    )
+    assert issue_count(services) == 0
+
+
+def test_moments_passed_while_down_are_each_reported_and_the_latest_fires_within_grace(services):
+    approve_news(services, 1)
+    schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))
+    fired = jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 30))
+    assert [(f.scheduled_for, f.outcome) for f in fired] == [
+        (jst(2026, 11, 20, 9), "missed"), (jst(2026, 11, 21, 9), "missed"), (jst(2026, 11, 22, 9), "missed"),
+        (jst(2026, 11, 23, 9), "sent"),
+    ]
+    assert fired[0].detail.startswith("due at 2026-11-20 09:00 JST while mailmag run was not running")
+    assert jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 31)) == []
+    with services.session() as session:
+        (info,) = jobs.list_auto(session, services.config, jst(2026, 11, 23, 9, 31))
+        assert (info.id, info.cron, info.next_run) == (schedule_id, "0 9 * * *", jst(2026, 11, 24, 9))
+        assert (info.last_run.outcome, info.last_run.scheduled_for) == ("sent", jst(2026, 11, 23, 9))
+
+
+def test_a_removed_automatic_issue_no_longer_fires(services):
+    approve_news(services, 1)
+    schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))
+    with services.session() as session:
+        jobs.remove_auto(session, schedule_id)
+    assert jobs.fire_due_autos(services, jst(2026, 11, 20, 9, 1)) == []
+    assert issue_count(services) == 0
+    with services.session() as session, pytest.raises(NotFound) as caught:
+        jobs.remove_auto(session, schedule_id)
+    assert str(caught.value) == f"no automatic issue with id {schedule_id}: see `mailmag schedule list`"
+
+
+# --- send windows -------------------------------------------------------------------------------
+
+
+def windowed(**settings) -> Config:  # type: ignore[no-untyped-def]
+    return Config(schedule=ScheduleConfig(send_window_enabled=True, **settings))
+
+
+@pytest.mark.parametrize(
+    ("now", "opens"),
+    [
+        (jst(2026, 11, 20, 10, 0), jst(2026, 11, 20, 10, 0)),  # Friday morning: open now
+        (jst(2026, 11, 20, 3, 0), jst(2026, 11, 20, 9, 0)),  # 3 a.m.: waits for 9:00
+        (jst(2026, 11, 20, 18, 0), jst(2026, 11, 24, 9, 0)),  # Fri evening → Mon 23rd is 勤労感謝の日
+        (jst(2026, 11, 3, 12, 0), jst(2026, 11, 4, 9, 0)),  # 文化の日
+        (jst(2026, 12, 28, 18, 30), jst(2027, 1, 4, 9, 0)),  # the year-end break
+    ],
+)
+def test_deliveries_wait_for_the_send_window(now, opens):
+    config = windowed()
+    assert window_open(now, config) is (now == opens)
+    assert next_window_start(now, config) == opens
+    assert window_open(now, Config()) is True  # no window configured: always open
+
+
+def test_a_window_without_holidays_or_break_opens_on_those_days():
+    config = windowed(skip_holidays=False, year_end_break=[], send_window_days=["mon"],
+                      send_window_start="08:30", send_window_end="24:00")
+    assert next_window_start(jst(2026, 12, 28, 7, 0), config) == jst(2026, 12, 28, 8, 30)
+    assert window_open(jst(2026, 11, 23, 23, 59), config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"send_window_start": "9am"},
+         "[schedule] send_window_start must be a time such as \"09:00\", not '9am'"),
+        ({"send_window_start": "18:00", "send_window_end": "09:00"},
+         "[schedule] send_window_start must be earlier than send_window_end"),
+        ({"send_window_days": ["monday", "funday"]}, "[schedule] send_window_days must list days"),
+        ({"year_end_break": ["12-32", "01-03"]}, "[schedule] year_end_break must be two \"MM-DD\" days"),
+    ],
+)
+def test_a_bad_window_setting_is_named(settings, message):
+    with pytest.raises(ConfigError) as caught:
+        window_open(NOW, windowed(**settings))
+    assert str(caught.value).startswith(message)
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def test_schedule_add_list_remove(mailmag):
+    added = mailmag.ok("schedule", "add", "--cron", "0 9 1,15 * *", "--name", "定期号")
+    assert added.output.startswith("automatic issue 1 added: 0 9 1,15 * * (next: ")
+    assert added.output.rstrip().endswith(" 09:00 JST)")
+    (listed,) = json.loads(mailmag.ok("schedule", "list", "--json").output)
+    assert listed["id"] == 1 and listed["name"] == "定期号" and listed["cron"] == "0 9 1,15 * *"
+    assert listed["next_run"].endswith("T09:00:00+09:00") and listed["last_run"] is None
+    assert mailmag.ok("schedule", "remove", "1").output == "automatic issue 1 removed (定期号)\n"
+    assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
+    assert "no automatic issues" in mailmag.ok("schedule", "list").output
+
+
+def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
+    bad = mailmag("schedule", "add", "--cron", "0 9 * * 8")
+    assert bad.exit_code == 1
+    assert bad.stderr == "Error: invalid weekday field '8' in the cron expression: use 0-7 or sun-sat\n"
+    missing = mailmag("schedule", "remove", "7")
+    assert (missing.exit_code, missing.stderr) == (
+        1, "Error: no automatic issue with id 7: see `mailmag schedule list`\n")
+    assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
+    neither = mailmag("run", "--no-scheduler", "--no-worker")
+    assert neither.exit_code == 2 and "leave nothing to run" in neither.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"poll_seconds": 0.0}, "[schedule] poll_seconds must be more than 0"),
+        ({"grace_seconds": 30}, "[schedule] grace_seconds must be at least twice poll_seconds"),
+        ({"send_window_enabled": True, "send_window_end": "8:00"},
+         "[schedule] send_window_start must be earlier than send_window_end"),
+    ],
+)
+def test_run_refuses_to_start_with_bad_schedule_settings(mailmag, config_file, settings, message):
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    config_file.write_text(config_file.read_text() + "\n[schedule]\n" + "\n".join(lines) + "\n")
+    result = mailmag("run")
+    assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
