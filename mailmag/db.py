@@ -47,9 +47,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-        # Writers that read first (the outbox claim) ask for IMMEDIATE: taking the write
-        # lock up front avoids the SQLITE_BUSY that a deferred read→write upgrade gets.
-        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        # IMMEDIATE takes the write lock up front. A DEFERRED transaction that reads and
+        # then writes fails at once with SQLITE_BUSY when another connection wrote in
+        # between (WAL cannot upgrade a stale snapshot, and busy_timeout does not help).
+        # Readers are never blocked; read-only work may ask for sqlite_begin="DEFERRED".
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 

@@ -21,7 +21,10 @@ from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, 
 from mailmag.personalize import PLACEHOLDERS
 from mailmag.services import Services
 
-HTML = f"<html><body><p>{PLACEHOLDERS['name']} 様</p><a href=\"{PLACEHOLDERS['unsubscribe_url']}\">配信停止</a></body></html>"
+HTML = (
+    f"<html><body><p>{PLACEHOLDERS['name']} 様</p>"
+    f"<a href=\"{PLACEHOLDERS['unsubscribe_url']}\">配信停止</a></body></html>"
+)
 TEXT = f"{PLACEHOLDERS['name']} 様\n配信停止: {PLACEHOLDERS['unsubscribe_url']}\n"
 
 
@@ -223,3 +226,19 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     for _ in range(3):
         limiter_hour.acquire()
     assert max(w.wait_time(now[0]) for w in limiter_hour.windows) == pytest.approx(3600)
+
+
+def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server):
+    """With a window, a delivery queued at 3 a.m. JST waits; at 10:00 on a weekday it goes."""
+    from mailmag.config import ScheduleConfig
+
+    services = Services(smtp_services.config.replace(schedule=ScheduleConfig(send_window_enabled=True)))
+    issue = prepare_send(services, 2)
+    night = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC) - dt.timedelta(hours=9)  # Tue 03:00 JST
+    run_worker(services, clock=lambda: night)
+    assert smtp_server.recipients() == []
+    assert counts(services, issue).queued == 2
+    morning = night + dt.timedelta(hours=7)  # Tue 10:00 JST
+    run_worker(services, clock=lambda: morning)
+    assert counts(services, issue).sent == 2
+    services.close()

@@ -13,16 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import SECRET
 from sqlalchemy import select
+from test_dispatch import prepare_send
 
 from mailmag import db
 from mailmag.config import load_config
 from mailmag.delivery import outbox
 from mailmag.models import Delivery
 from mailmag.services import Services
-from test_dispatch import prepare_send
-
-from conftest import SECRET
 
 
 def write_config(path: Path, db_url: str, port: int, lease_seconds: int = 1) -> Path:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from mailmag import schedule
+from mailmag.audience import subscribers
 from mailmag.cli.common import AppContext, local_time, pass_app, print_json
 from mailmag.content import issues
-from mailmag.models import Issue
+from mailmag.delivery import dispatch, outbox
+from mailmag.delivery.transports import make_transport
+from mailmag.models import Issue, utcnow
 
 
 @click.group(name="issues")
@@ -97,6 +102,101 @@ def list_(app: AppContext, as_json: bool) -> None:
         click.echo(f"{row['number']}\t{row['status']}\t{len(row['items'])} items\t"
                    f"{local_time(row['rendered_at'], app.config)}\t{row['title']}")
     click.echo(f"{len(rows)} issues", err=True)
+
+
+@group.command()
+@click.argument("number", type=int)
+@click.option("--at", "at", default=None, metavar='"YYYY-MM-DD HH:MM"',
+              help="Send later, at this time in [mailmag] timezone (ISO 8601; an offset is optional).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_app
+def send(app: AppContext, number: int, at: str | None, yes: bool) -> None:
+    """Send an issue to its subscribers now, or schedule it with --at."""
+    services = app.ready_services()
+    with services.session() as session:
+        issue = issues.get(session, number)
+        if at is not None:
+            when = schedule.parse_when(at, app.config.zone, utcnow())
+            schedule.schedule_send(session, issue, when)
+            click.echo(f"issue {number} scheduled for {local_time(when, app.config)}; "
+                       "`mailmag run` sends it then")
+            return
+        audience = outbox.audience_count(session, issue)
+        _confirm(yes, f"Send issue {number} 「{issue.title}」 to {audience} subscribers now?")
+        queued = outbox.send_issue(session, issue, app.config)
+    click.echo(f"issue {number}: {queued} messages queued; `mailmag worker` (or `mailmag run`) delivers them")
+
+
+def _confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError("add --yes to send without a confirmation question")
+    click.confirm(question, abort=True)
+
+
+@group.command(name="test")
+@click.argument("number", type=int)
+@click.option("--to", "addresses", multiple=True, required=True, help="A test recipient; repeatable.")
+@click.option("--lang", type=click.Choice(["ja", "en"]), default=None, help="Edition to send.")
+@pass_app
+def test_(app: AppContext, number: int, addresses: tuple[str, ...], lang: str | None) -> None:
+    """Send the real message of an issue now to test addresses (not through the outbox)."""
+    services = app.ready_services()
+    valid = [subscribers.parse_address(a).email for a in addresses]
+    with services.session() as session:
+        issue = issues.get(session, number)
+        results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
+    for address, outcome in results:
+        click.echo(f"{address}: {outcome}")
+    if any(outcome.startswith("not sent") for _, outcome in results):
+        raise click.exceptions.Exit(1)
+
+
+@group.command()
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def status(app: AppContext, number: int, as_json: bool) -> None:
+    """Show how far the sending of an issue has come (counted from delivery states)."""
+    with app.ready_services().session() as session:
+        issue = issues.get(session, number)
+        counts = outbox.counts(session, issue.id)
+        missed = schedule.last_send_run(session, issue)
+        document = {
+            "number": number, "status": issue.status, "total": counts.total, "sent": counts.sent,
+            "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
+            "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
+            "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at,
+            "last_timed_send": (
+                None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
+            ),
+        }
+    if as_json:
+        print_json(document)
+        return
+    when = f", scheduled for {local_time(issue.scheduled_at, app.config)}" if issue.scheduled_at else ""
+    click.echo(f"issue {number}: {issue.status}{when}")
+    click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
+               f", dead {counts.dead}, cancelled {counts.cancelled}")
+    if missed is not None and missed.outcome != "sent":
+        click.echo(f"last timed send: {missed.outcome}: {missed.detail}")
+
+
+@group.command()
+@click.argument("number", type=int)
+@pass_app
+def cancel(app: AppContext, number: int) -> None:
+    """Unschedule a scheduled issue, or stop the messages of a send still queued."""
+    with app.ready_services().session() as session:
+        issue = issues.get(session, number)
+        if issue.status == "scheduled":
+            schedule.unschedule_send(session, issue)
+            message = f"issue {number} unscheduled; it is a draft again"
+        else:
+            stopped = outbox.cancel_issue(session, issue)
+            message = f"issue {number} cancelled; {stopped} queued messages will not be sent"
+    click.echo(message)
 
 
 commands = [group]

@@ -9,6 +9,7 @@ it is sent again — at-least-once, as Postfix does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -18,9 +19,10 @@ import threading
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
+from mailmag import schedule
 from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
@@ -30,7 +32,7 @@ from mailmag.delivery.transports import (
     TemporaryFailure,
     Transport,
 )
-from mailmag.errors import TransportError
+from mailmag.errors import StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
 
@@ -102,9 +104,11 @@ class Dispatcher:
         self.secret = services.secret_key
         self.skeletons = Skeletons(services)
         self.limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour)
-        # Claims read then write: on SQLite they take the write lock up front.
-        self.claim_sessions: sessionmaker[Session] = sessionmaker(
-            services.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        # SQLite has one writer at a time and its busy handler sleeps a millisecond or more
+        # before trying again; our own threads queue on a lock instead, which wakes at once.
+        sqlite = services.engine.dialect.name == "sqlite"
+        self.write_lock: contextlib.AbstractContextManager = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
         )
         self.stop = threading.Event()
         self.stats = Stats()
@@ -135,6 +139,11 @@ class Dispatcher:
         connection = self.transport.connect()
         try:
             while not self.stop.is_set():
+                if not schedule.window_open(self.clock(), self.services.config):
+                    if once:
+                        return  # queued deliveries wait for the send window
+                    self.stop.wait(poll_seconds)
+                    continue
                 batch = self._claim()
                 if not batch:
                     if once and not self._anything_due():
@@ -155,7 +164,7 @@ class Dispatcher:
     def _claim(self) -> list[outbox.Claimed]:
         config = self.services.config.dispatch
         now = self.clock()
-        with self.claim_sessions.begin() as session:
+        with self.services.session() as session:
             outbox.expire_leases(session, now, config.max_lease_expiries)
             claimed = outbox.claim(session, self.owner, config.batch_size, now, config.lease_seconds)
         with self.services.session() as session:
@@ -167,12 +176,18 @@ class Dispatcher:
             return outbox.due_count(session, self.clock()) > 0
 
     def _send_batch(self, connection: Connection, batch: list[outbox.Claimed]) -> None:
+        # One database connection per batch for the per-message results: a pool checkout and
+        # an ORM session per message cost more than building and sending the message.
+        with self.services.engine.connect() as results:
+            self._send_each(connection, batch, results)
+
+    def _send_each(self, connection: Connection, batch: list[outbox.Claimed], results: DbConnection) -> None:
         for index, delivery in enumerate(batch):
             if self.stop.is_set():
                 self._release(batch[index:])
                 return
             try:
-                renewed = self._send_one(connection, delivery)
+                renewed = self._send_one(connection, delivery, results)
             except TransportError:
                 self._release(batch[index:])  # the relay refuses us: nothing here was tried
                 raise
@@ -181,7 +196,7 @@ class Dispatcher:
                 self._release(batch[index + 1 :], delay=30)
                 return
 
-    def _send_one(self, connection: Connection, delivery: outbox.Claimed) -> bool:
+    def _send_one(self, connection: Connection, delivery: outbox.Claimed, results: DbConnection) -> bool:
         """Send one delivery and commit its result; False when the connection must be renewed."""
         skeleton = self.skeletons.get(delivery.issue_id, delivery.lang)
         envelope_from, data = messages.personalize(
@@ -199,8 +214,8 @@ class Dispatcher:
         except PermanentFailure as failure:
             self._fail(delivery, failure)
             return True
-        with self.services.session() as session:
-            outbox.mark_sent(session, delivery.id, self.owner, reply.reply, self.clock())
+        with self.write_lock, results.begin():  # committed before this connection's next message
+            outbox.mark_sent(results, delivery.id, self.owner, reply.reply, self.clock())
         self.stats.add("sent")
         if self.progress:
             self.progress(1)
@@ -237,3 +252,31 @@ class Dispatcher:
         with self.services.session() as session:
             for delivery in deliveries:
                 outbox.release(session, delivery.id, self.owner, at)
+
+
+def send_test(services: Services, transport: Transport, issue: Issue, addresses: list[str],
+              lang: str | None = None) -> list[tuple[str, str]]:
+    """`issues test`: the real message of `issue`, sent now to `addresses`, outside the outbox.
+
+    The links in it are a recipient's links for subscriber 0, which matches nobody: a test
+    reader clicking "unsubscribe" changes nothing. Returns (address, outcome) pairs.
+    """
+    config = services.config
+    lang = lang or config.mailmag.language
+    rendering = next((r for r in issue.renderings if r.lang == lang), None)
+    if rendering is None:
+        raise StateError(f"issue {issue.number} has no '{lang}' edition")
+    skeleton = messages.prepare(rendering, issue.number, config, dkim=messages.load_dkim(config))
+    connection = transport.connect()
+    results = []
+    try:
+        for address in addresses:
+            recipient = messages.Recipient(0, 0, address, "", messages.make_message_id(config))
+            envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
+            try:
+                results.append((address, connection.send(envelope_from, address, data).reply))
+            except (TemporaryFailure, PermanentFailure) as failure:
+                results.append((address, f"not sent: {failure}"))
+    finally:
+        connection.close()
+    return results

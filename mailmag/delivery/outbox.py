@@ -16,9 +16,11 @@ import datetime as dt
 import secrets
 
 from sqlalchemy import (
+    Connection,
     String,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     func,
@@ -84,7 +86,9 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     """
     langs = set(session.scalars(select(Rendering.lang).where(Rendering.issue_id == issue.id)))
     if default_lang not in langs:
-        raise StateError(f"issue {issue.number} has no '{default_lang}' rendering: run `mailmag issues render`")
+        raise StateError(
+            f"issue {issue.number} has no '{default_lang}' rendering: run `mailmag issues render`"
+        )
     nonce = secrets.token_hex(4)
     message_id = (
         literal(f"<mm.{issue.number}.")
@@ -205,8 +209,24 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
     return session.execute(update(Delivery).where(_held(delivery_id, owner)).values(**values)).rowcount == 1
 
 
-def mark_sent(session: Session, delivery_id: int, owner: str, reply: str, now: dt.datetime) -> bool:
-    return _finish(session, delivery_id, owner, status="sent", last_reply=reply[:500], sent_at=now)
+# The hot path, once per message: one statement built at import, on the table rather than the
+# ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery.
+_DELIVERIES = Delivery.__table__
+_MARK_SENT = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status == "sending",
+           _DELIVERIES.c.lease_owner == bindparam("owner"))
+    .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
+            lease_owner=None, lease_expires_at=None)
+)
+
+
+def mark_sent(
+    db: Session | Connection, delivery_id: int, owner: str, reply: str, now: dt.datetime
+) -> bool:
+    """Sent, if `owner` still holds the lease; works on a Session or a plain Connection."""
+    params = {"delivery_id": delivery_id, "owner": owner, "reply": reply[:500], "now": now}
+    return db.execute(_MARK_SENT, params).rowcount == 1
 
 
 def mark_failed(session: Session, delivery_id: int, owner: str, reply: str) -> bool:
@@ -243,7 +263,9 @@ def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
 def start_sending(session: Session, issue: Issue, domain: str, default_lang: str) -> int:
     """Freeze the audience and open the issue for workers; its items become published."""
     if issue.status not in ("draft", "scheduled"):
-        raise StateError(f"issue {issue.number} is {issue.status}; only a draft or scheduled issue can be sent")
+        raise StateError(
+            f"issue {issue.number} is {issue.status}; only a draft or scheduled issue can be sent"
+        )
     if not issue.renderings:
         raise StateError(f"issue {issue.number} is not rendered: run `mailmag issues render {issue.number}`")
     added = enqueue(session, issue, domain, default_lang)
@@ -315,3 +337,11 @@ def send_issue(session: Session, issue: Issue, config) -> int:  # type: ignore[n
     """`issues send`: freeze the audience now with the configured sender domain and language."""
     domain = config.sender.from_.rpartition("@")[2].lower()
     return start_sending(session, issue, domain, config.mailmag.language)
+
+
+def audience_count(session: Session, issue: Issue) -> int:
+    """How many subscribers `send_issue` would queue now (for the confirmation question)."""
+    return session.scalar(
+        select(func.count()).select_from(Subscriber)
+        .where(Subscriber.status == "active", *_topic_filter(issue.topic))
+    ) or 0

@@ -1,0 +1,87 @@
+"""The secretariat's whole path from the shell: compose, test, send, deliver, status, cancel."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+
+import pytest
+
+
+@pytest.fixture
+def composed(mailmag):  # type: ignore[no-untyped-def]
+    """Two subscribers and issue 1 holding one approved event."""
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    item = json.loads(mailmag.ok(
+        "items", "submit", "--org", "cef", "--kind", "event", "--title", "産学官連携シンポジウム",
+        "--date", "2027-09-10", "--venue", "島根県松江市", "--url", "https://example.jp/sympo", "--json",
+    ).stdout)
+    mailmag.ok("items", "approve", str(item["id"]))
+    for address in ("a@example.jp", "b@example.jp"):
+        mailmag.ok("subscribers", "add", address)
+    assert json.loads(mailmag.ok("issues", "new", "--json").stdout)["number"] == 1
+    return mailmag
+
+
+def status(mailmag) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(mailmag.ok("issues", "status", "1", "--json").stdout)
+
+
+def test_send_then_worker_delivers_each_subscriber_once(composed, tmp_path):
+    result = composed.ok("issues", "send", "1", "--yes")
+    assert "2 messages queued" in result.stdout
+    before = status(composed)
+    assert {k: before[k] for k in ("number", "status", "total", "sent", "failed", "pending")} == {
+        "number": 1, "status": "sending", "total": 2, "sent": 0, "failed": 0, "pending": 2}
+    assert composed.ok("worker", "--once").stdout.strip() == "sent 2, failed 0, deferred 0"
+    after = status(composed)
+    assert (after["status"], after["sent"], after["pending"]) == ("sent", 2, 0)
+    files = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 2
+    recipients = {email.message_from_bytes(f.read_bytes(), policy=email.policy.default)["To"] for f in files}
+    assert recipients == {"a@example.jp", "b@example.jp"}
+    # The item is published: it will not be offered to the next issue.
+    item = json.loads(composed.ok("items", "list", "--json").stdout)[0]
+    assert item["status"] == "published"
+
+
+def test_send_twice_is_refused_and_queues_nothing_more(composed):
+    composed.ok("issues", "send", "1", "--yes")
+    again = composed("issues", "send", "1", "--yes")
+    assert again.exit_code == 1
+    assert again.stderr.strip() == "Error: issue 1 is sending; only a draft or scheduled issue can be sent"
+    assert status(composed)["total"] == 2
+
+
+def test_send_without_yes_from_a_script_asks_for_it_and_queues_nothing(composed):
+    result = composed("issues", "send", "1")
+    assert result.exit_code == 2
+    assert "add --yes" in result.stderr
+    assert status(composed)["total"] == 0
+
+
+def test_test_send_reaches_only_the_test_addresses(composed, smtp_server, config_file):
+    text = config_file.read_text().replace('transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                           f'port = {smtp_server.port}\nsecurity = "none"')
+    config_file.write_text(text)
+    result = composed.ok("issues", "test", "1", "--to", "editor@example.jp")
+    assert result.stdout.startswith("editor@example.jp: 250")
+    assert smtp_server.recipients() == ["editor@example.jp"]
+    message = email.message_from_bytes(smtp_server.messages[0].data, policy=email.policy.default)
+    assert "産学官連携シンポジウム" in str(message["Subject"])
+    assert status(composed)["total"] == 0 and status(composed)["status"] == "draft"
+
+
+def test_cancel_stops_the_queue(composed):
+    composed.ok("issues", "send", "1", "--yes")
+    assert "2 queued messages will not be sent" in composed.ok("issues", "cancel", "1").stdout
+    assert composed.ok("worker", "--once").stdout.strip() == "sent 0, failed 0, deferred 0"
+    after = status(composed)
+    assert (after["status"], after["cancelled"], after["sent"]) == ("cancelled", 2, 0)
+
+
+def test_unknown_issue_is_one_line_error(mailmag):
+    result = mailmag("issues", "status", "9")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
