@@ -10,7 +10,7 @@ from mailmag.cli.common import AppContext
 from mailmag.errors import MailmagError
 
 # One module per command group; each exposes `commands`, a list of click commands.
-COMMAND_MODULES = ("setup", "subscribers")
+COMMAND_MODULES = ("worker", "setup", "subscribers", "orgs", "items", "bounces", "issues", "schedule", "web")
 
 
 class MailmagGroup(click.Group):

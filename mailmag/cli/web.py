@@ -1,0 +1,52 @@
+"""`mailmag serve` (the web app, with waitress) and `mailmag purge-pending`."""
+
+from __future__ import annotations
+
+import click
+
+from mailmag.cli.common import AppContext, pass_app, print_json
+from mailmag.web import create_app, purge
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8025, show_default=True, help="Port (0: any free one).")
+@click.option("--threads", type=int, default=8, show_default=True, help="Requests served at once.")
+@pass_app
+def serve(app: AppContext, host: str, port: int, threads: int) -> None:
+    """Serve the web app: unsubscribe, preferences, subscribe, archive, org forms."""
+    import waitress.server
+
+    services = app.ready_services()
+    web_app = create_app(services)  # refuses to start without MAILMAG_SECRET_KEY (unless demo)
+    web = services.config.web
+    options = {"trusted_proxy": web.trusted_proxy, "trusted_proxy_count": 1,
+               "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}} if web.trusted_proxy else {}
+    server = waitress.server.create_server(web_app, host=host, port=port, threads=threads,
+                                           ident="mailmag", **options)
+    stop = purge.start(services)
+    click.echo(f"serving on http://{host}:{server.effective_port}/ "
+               f"(links in mail use {services.config.mailmag.base_url})", err=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        server.close()
+        web_app.extensions["mailmag"].mailer.close()
+
+
+@click.command(name="purge-pending")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def purge_pending(app: AppContext, as_json: bool) -> None:
+    """Delete subscribers who never confirmed ([web] purge_pending_after_hours)."""
+    purged = purge.purge_once(app.ready_services())
+    if as_json:
+        print_json({"purged": purged})
+    else:
+        click.echo(f"purged {purged} unconfirmed subscribers")
+
+
+commands = [serve, purge_pending]

@@ -1,0 +1,152 @@
+"""The web app subscribers and member organizations use; `create_app` builds it, `mailmag serve` runs it.
+
+Blueprints: subscription (unsubscribe, one-click, preferences, subscribe, confirm), archive
+(issues, Atom, iCalendar) and submit (org forms). Views parse, call one domain function in
+one unit of work, and render a template from templates/web/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import jinja2
+from flask import Flask, current_app, g, render_template, request
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+
+from mailmag import text_ja
+from mailmag.audience import consent
+from mailmag.config import PACKAGE_TEMPLATES, Config, load_config
+from mailmag.errors import ConfigError, NotFound
+from mailmag.services import Services
+from mailmag.web import security
+from mailmag.web.i18n import Catalog, pick_lang
+from mailmag.web.mailer import Mailer
+
+
+@dataclasses.dataclass
+class WebState:
+    """What the views share, built once by create_app (app.extensions["mailmag"])."""
+
+    services: Services
+    secret: str
+    catalog: Catalog
+    topics: list[consent.Topic]
+    wording: dict[str, str]  # lang → the consent wording of the configured version
+    mailer: Mailer
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    def wording_source(self, lang: str) -> str:
+        """What the consent log keeps about the wording shown: version, language, digest."""
+        digest = hashlib.sha256(self.wording[lang].encode("utf-8")).hexdigest()[:16]
+        return f"subscribe form, wording {self.config.web.consent_wording_version} ({lang}) sha256:{digest}"
+
+
+def state() -> WebState:
+    return current_app.extensions["mailmag"]
+
+
+def page_lang() -> str:
+    return g.get("lang") or state().config.mailmag.language
+
+
+def _(text_: str, **values: object) -> str:
+    """The page text in the page's language (templates call it)."""
+    return state().catalog.translate(page_lang(), text_, **values)
+
+
+def template_dirs(config: Config) -> list[Path]:
+    """The operator's templates_dir/web first (if set), then the shipped templates/web."""
+    dirs = [config.templates_path / "web", PACKAGE_TEMPLATES / "web"]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def _first(dirs: list[Path], name: str) -> Path:
+    """The operator's version of a file or folder if they made one, else the shipped one."""
+    return next((d / name for d in dirs if (d / name).exists()), PACKAGE_TEMPLATES / "web" / name)
+
+
+def _wording(dirs: list[Path], version: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for lang in ("ja", "en"):
+        for folder in dirs:
+            path = folder / "consent" / f"{version}.{lang}.txt"
+            if path.is_file():
+                found[lang] = path.read_text(encoding="utf-8").strip()
+                break
+    if "ja" not in found:
+        raise ConfigError(
+            f"[web] consent_wording_version {version!r} has no wording file consent/{version}.ja.txt "
+            "in the templates: add it (keep the files of earlier versions)"
+        )
+    found.setdefault("en", found["ja"])
+    return found
+
+
+def create_app(services: Services | None = None, config: Config | None = None) -> Flask:
+    """The Flask app for `services` (or for `config`, or the configuration file)."""
+    services = services or Services(config or load_config())
+    config = services.config
+    secret = services.secret_key  # refuses to serve without MAILMAG_SECRET_KEY outside demo mode
+    dirs = template_dirs(config)
+    loader = jinja2.FileSystemLoader([str(d) for d in dirs])
+    app = Flask(__name__, static_folder=str(_first(dirs, "static")), template_folder=None)
+    # Flask escapes only *.html; our page templates are *.html.j2.
+    app.jinja_options = {**Flask.jinja_options, "autoescape": jinja2.select_autoescape(["html.j2"]),
+                         "undefined": jinja2.StrictUndefined}
+    app.jinja_loader = loader  # type: ignore[assignment]
+    app.extensions["mailmag"] = WebState(
+        services=services, secret=secret,
+        catalog=Catalog.load(_first(dirs, "messages.en.toml")),
+        topics=consent.parse_topics_setting(config.web.topics),
+        wording=_wording(dirs, config.web.consent_wording_version),
+        mailer=Mailer(services, secret, loader),
+    )
+    security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"))
+    app.jinja_env.globals.update(_=_, page_lang=page_lang, sender=config.sender,
+                                 date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en)
+    _register(app)
+    return app
+
+
+def _register(app: Flask) -> None:
+    from mailmag.web import archive, submit, subscription
+
+    for module in (subscription, archive, submit):
+        app.register_blueprint(module.bp)
+    app.add_url_rule("/healthz", "healthz", _healthz)
+    app.add_url_rule("/", "home", _home)
+    app.register_error_handler(NotFound, _not_found)
+    app.register_error_handler(HTTPException, _http_error)
+
+
+def _healthz() -> tuple[str, int, dict[str, str]]:
+    """200 'ok' when the database answers; for load balancers and monitoring."""
+    try:
+        with state().services.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:
+        return "database unavailable\n", 503, {"Content-Type": "text/plain; charset=utf-8"}
+    return "ok\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def _home():  # type: ignore[no-untyped-def]
+    from flask import redirect, url_for
+
+    return redirect(url_for("archive.index"))
+
+
+def _not_found(_error: NotFound):  # type: ignore[no-untyped-def]
+    return render_template("error.html.j2", status=404, reason=""), 404
+
+
+def _http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+    status = error.code or 500
+    g.setdefault("lang", pick_lang(request.args.get("lang"), default=state().config.mailmag.language))
+    reason = "csrf" if error.description == "csrf" else ""
+    return render_template("error.html.j2", status=status, reason=reason), status

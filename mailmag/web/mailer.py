@@ -1,0 +1,102 @@
+"""The subscribe form's mails, sent by one background thread so no answer ever waits for SMTP.
+
+The form's answer must not reveal whether an address was already on the list, also not by
+its timing: the request only decides which mail to send (consent.request_subscription) and
+hands it over here. A mail that cannot be sent is logged and its attempt stops counting
+against the address's daily limit, so the person can simply try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import jinja2
+
+from mailmag import links
+from mailmag.audience import consent
+from mailmag.delivery import messages, transports
+from mailmag.services import Services
+from mailmag.web import units
+
+log = logging.getLogger("mailmag.web")
+
+
+class Mailer:
+    """A queue of consent.Mail and the thread that renders, builds and sends them."""
+
+    def __init__(self, services: Services, secret: str, templates: jinja2.BaseLoader) -> None:
+        self.services = services
+        self.secret = secret
+        self.env = jinja2.Environment(loader=templates, undefined=jinja2.StrictUndefined,
+                                      keep_trailing_newline=True, autoescape=False)
+        self.queue: queue.Queue[consent.Mail | None] = queue.Queue()  # None: stop
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, mail: consent.Mail) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mailmag-web-mailer", daemon=True)
+                self._thread.start()
+        self.queue.put(mail)
+
+    def wait(self) -> None:
+        """Until every submitted mail was sent or given up (tests and shutdown)."""
+        self.queue.join()
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self.queue.put(None)
+            thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            mail = self.queue.get()
+            try:
+                if mail is None:
+                    return
+                self._deliver(mail)
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, mail: consent.Mail) -> None:
+        try:
+            self.send(mail)
+        except Exception:  # the thread must survive a relay or template failure
+            log.exception("could not send the %s mail of subscribe attempt %s", mail.kind, mail.attempt_id)
+            try:
+                with units.writing(self.services) as session:
+                    consent.mail_failed(session, mail.attempt_id)
+            except Exception:
+                log.exception("could not release subscribe attempt %s", mail.attempt_id)
+
+    def render(self, mail: consent.Mail) -> tuple[str, str]:
+        """(subject, text): templates/web/mail/<kind>.<lang>.txt.j2, first line the subject."""
+        config = self.services.config
+        base_url = config.mailmag.base_url
+        if mail.kind == "confirm":
+            link = links.confirm_url(base_url, self.secret, mail.subscriber_id)
+        else:
+            link = links.preferences_url(base_url, self.secret, mail.subscriber_id)
+        text = self.env.get_template(f"mail/{mail.kind}.{mail.lang}.txt.j2").render(
+            link=link, email=mail.email, hours=config.web.confirm_hours,
+            sender=config.sender, subscribe_url=links.subscribe_url(base_url),
+        )
+        subject, _, body = text.partition("\n")
+        return subject.strip(), body.lstrip("\n")
+
+    def send(self, mail: consent.Mail) -> None:
+        config = self.services.config
+        subject, text = self.render(mail)
+        # No name from the form reaches the mail: a stranger typed it (confirmation-mail spam).
+        data = messages.build_simple(config, mail.email, "", subject, text,
+                                     dkim=messages.load_dkim(config))
+        connection = transports.make_transport(config).connect()
+        try:
+            connection.send(messages.bounce_address(config), mail.email, data)
+        finally:
+            connection.close()

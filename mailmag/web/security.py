@@ -1,0 +1,92 @@
+"""CSRF tokens, security headers (a strict CSP: the pages need no script), the client's address.
+
+CSRF: a random value kept in the signed session cookie (SameSite=Lax, HttpOnly) and echoed in
+every state-changing form; a POST without the pair is refused with 400 before anything is
+read or stored. The RFC 8058 one-click POST is the one exception (mail providers send it
+without cookies); the secret unsubscribe token in its URL is what authorizes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from flask import Flask, Response, abort, g, request, session
+
+SESSION_KEY = "csrf"
+FIELD = "csrf_token"
+
+# The pages need no script and no inline style; forms post to this site only.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+# The archive's web version is the issue's own HTML, whose CSS premailer inlined into style
+# attributes: those are allowed there, script still is not, images may come from https.
+ISSUE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+# Pages reached through a secret link: never cached, never passed on in a Referer.
+PRIVATE_PREFIXES = ("/u/", "/p/", "/confirm/", "/submit/")
+
+
+def session_key(secret: str) -> str:
+    """Flask's cookie-signing key, derived so it is never the key that signs links."""
+    return hmac.new(secret.encode(), b"mailmag/web-session", hashlib.sha256).hexdigest()
+
+
+def csrf_token() -> str:
+    """The form token of this browser session (made on first use)."""
+    if SESSION_KEY not in session:
+        session[SESSION_KEY] = secrets.token_urlsafe(32)
+    return session[SESSION_KEY]
+
+
+def check_csrf() -> None:
+    """Abort with 400 unless the form carries this session's token."""
+    expected = session.get(SESSION_KEY)
+    given = request.form.get(FIELD, "")
+    if not expected or not hmac.compare_digest(str(expected), given):
+        abort(400, description="csrf")
+
+
+def client_ip() -> str:
+    """The client's address (behind a proxy, waitress's trusted_proxy has already rewritten it)."""
+    return (request.remote_addr or "")[:64]
+
+
+def user_agent() -> str:
+    return request.headers.get("User-Agent", "")[:500]
+
+
+def use_issue_csp() -> None:
+    g.csp = ISSUE_CSP
+
+
+def _headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", g.get("csp", PAGE_CSP))
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if request.path.startswith(PRIVATE_PREFIXES) or request.method == "POST":
+        headers["Cache-Control"] = "no-store"
+    return response
+
+
+def init_app(app: Flask, secret: str, secure_cookie: bool) -> None:
+    app.config.update(
+        SECRET_KEY=session_key(secret),
+        SESSION_COOKIE_NAME="mailmag_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookie,
+        MAX_CONTENT_LENGTH=256 * 1024,  # the largest form (an item body) is far smaller
+    )
+    app.after_request(_headers)
+    app.jinja_env.globals["csrf_token"] = csrf_token

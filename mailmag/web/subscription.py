@@ -1,0 +1,214 @@
+"""Unsubscribe (page + RFC 8058 one-click), preferences, the public subscribe form, confirmation.
+
+A GET or HEAD never changes anything: mail scanners and link previewers fetch every link
+in a mail (phpList mass-unsubscribed its users that way, their issue #1082). State changes
+only on POST: a form with this session's CSRF token, or the one-click body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, abort, g, render_template, request
+from sqlalchemy.orm import Session
+
+from mailmag import links
+from mailmag.audience import consent, subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.delivery import tokens
+from mailmag.errors import InvalidEmail, InvalidInput, NotFound, TokenError
+from mailmag.models import Subscriber
+from mailmag.web import security, state, units
+from mailmag.web.i18n import pick_lang
+
+bp = Blueprint("subscription", __name__)
+
+
+def _subscriber_id(purpose: str, token: str, max_age: int | None = None) -> int:
+    """The subscriber id a link carries; NotFound for a tampered or foreign token."""
+    try:
+        payload = tokens.read(state().secret, purpose, token, max_age=max_age)
+    except TokenError:
+        raise NotFound("this link is not valid") from None
+    if not isinstance(payload, dict) or type(payload.get("s")) is not int:
+        raise NotFound("this link is not valid")
+    return payload["s"]
+
+
+def _consent(channel: str, source: str = "", wording: str | None = None) -> Consent:
+    return Consent(channel, source, security.client_ip(), security.user_agent(), wording)
+
+
+def _links(subscriber: Subscriber) -> dict[str, str]:
+    base, secret = state().config.mailmag.base_url, state().secret
+    return {"unsubscribe_url": links.unsubscribe_url(base, secret, subscriber.id),
+            "preferences_url": links.preferences_url(base, secret, subscriber.id)}
+
+
+def _page(template: str, subscriber: Subscriber | None, status: int = 200, **context: Any) -> Any:
+    g.lang = pick_lang(subscriber.lang if subscriber else None, default=state().config.mailmag.language)
+    extra = _links(subscriber) if subscriber is not None else {}
+    return render_template(template, subscriber=subscriber, topics=state().topics, **extra, **context), status
+
+
+# --- unsubscribe ---------------------------------------------------------------------------
+
+
+@bp.get("/u/<token>")
+def unsubscribe_page(token: str) -> Any:
+    """Who is unsubscribed from what, and one button. Changes nothing (GET and HEAD)."""
+    subscriber_id = _subscriber_id("unsubscribe", token)
+    with state().services.session() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        if subscriber is None or subscriber.status == "unsubscribed":
+            return _page("unsubscribed.html.j2", subscriber, already=True)
+        return _page("unsubscribe.html.j2", subscriber)
+
+
+@bp.post("/u/<token>")
+def unsubscribe(token: str) -> Any:
+    """RFC 8058 one-click (no page, cookie or redirect; repeatable) or the page's button."""
+    subscriber_id = _subscriber_id("unsubscribe", token)
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    if not one_click:
+        security.check_csrf()
+    channel = "one-click" if one_click else "web"
+    with units.writing(state().services) as session:  # committed before the answer is sent
+        subscriber = session.get(Subscriber, subscriber_id)
+        changed = subscriber is not None and subscribers.unsubscribe(
+            session, subscriber, _consent(channel, "unsubscribe link"))
+    if one_click:
+        return Response("unsubscribed\n", 200, content_type="text/plain; charset=utf-8")
+    return _page("unsubscribed.html.j2", subscriber, already=not changed)
+
+
+# --- preferences ---------------------------------------------------------------------------
+
+
+@bp.get("/p/<token>")
+def preferences_page(token: str) -> Any:
+    with state().services.session() as session:
+        return _page("preferences.html.j2", _known(session, "preferences", token), saved=False,
+                     resubscribed=False)
+
+
+@bp.post("/p/<token>")
+def preferences(token: str) -> Any:
+    """Save language and topics; resubscribe when asked (the link proves the mailbox)."""
+    security.check_csrf()
+    with units.writing(state().services) as session:
+        subscriber = _known(session, "preferences", token)
+        try:
+            topics = consent.choose_topics(request.form.getlist("topic"), state().topics)
+            lang = subscribers.parse_lang(request.form.get("lang"))
+        except InvalidInput:
+            abort(400)
+        consent.update_preferences(session, subscriber, lang, topics)
+        resubscribed = request.form.get("action") == "resubscribe" and consent.resubscribe(
+            session, subscriber, _consent("web", "preferences page"))
+        return _page("preferences.html.j2", subscriber, saved=True, resubscribed=resubscribed)
+
+
+def _known(session: Session, purpose: str, token: str, max_age: int | None = None) -> Subscriber:
+    subscriber = session.get(Subscriber, _subscriber_id(purpose, token, max_age))
+    if subscriber is None:  # forgotten (remove --forget) since the link was made
+        raise NotFound("this link is not valid")
+    return subscriber
+
+
+# --- confirm (double opt-in) ---------------------------------------------------------------
+
+
+def _confirm_age() -> int:
+    return state().config.web.confirm_hours * 3600
+
+
+def _confirmable(session: Session, token: str) -> tuple[Subscriber, bool]:
+    """The subscriber of a confirmation link and whether the link is still within its time."""
+    subscriber = _known(session, "confirm", token)  # NotFound unless authentic
+    try:
+        tokens.read(state().secret, "confirm", token, max_age=_confirm_age())
+    except TokenError:
+        return subscriber, False
+    return subscriber, True
+
+
+@bp.get("/confirm/<token>")
+def confirm_page(token: str) -> Any:
+    """A page with one button: only its POST confirms (link scanners fetch the GET)."""
+    with state().services.session() as session:
+        subscriber, fresh = _confirmable(session, token)
+        return _confirm_answer(subscriber, fresh, "confirm.html.j2")
+
+
+@bp.post("/confirm/<token>")
+def confirm(token: str) -> Any:
+    security.check_csrf()
+    with units.writing(state().services) as session:
+        subscriber, fresh = _confirmable(session, token)
+        if fresh and subscriber.status == "pending":
+            wording = state().config.web.consent_wording_version
+            consent.confirm(session, subscriber, _consent("web", "confirmation link", wording))
+        return _confirm_answer(subscriber, fresh, "confirmed.html.j2")
+
+
+def _confirm_answer(subscriber: Subscriber, fresh: bool, template: str) -> Any:
+    if subscriber.status == "active":
+        return _page("confirmed.html.j2", subscriber, already=template == "confirm.html.j2")
+    if subscriber.status != "pending":
+        raise NotFound("this link is not valid")
+    if not fresh:
+        return _page("expired.html.j2", subscriber, 410, hours=state().config.web.confirm_hours,
+                     subscribe_url=links.subscribe_url(state().config.mailmag.base_url))
+    return _page(template, subscriber)
+
+
+# --- subscribe -----------------------------------------------------------------------------
+
+
+def _form_lang() -> str:
+    return pick_lang(request.values.get("lang"), default=state().config.mailmag.language)
+
+
+def _form(status: int = 200, error: str = "", **values: Any) -> Any:
+    g.lang = lang = _form_lang()
+    return render_template(
+        "subscribe.html.j2", topics=state().topics, wording=state().wording[lang], error=error,
+        values={"email": "", "name": "", "organization": "", "topics": [], **values},
+    ), status
+
+
+@bp.get("/subscribe")
+def subscribe_page() -> Any:
+    return _form()
+
+
+@bp.post("/subscribe")
+def subscribe() -> Any:
+    """Double opt-in. The answer is the same whatever happens to the address (no enumeration)."""
+    security.check_csrf()
+    form = request.form
+    lang = _form_lang()
+    values = {key: form.get(key, "").strip()[:200] for key in ("email", "name", "organization")}
+    values["topics"] = form.getlist("topic")
+    try:
+        address = subscribers.parse_address(values["email"])
+        topics = consent.choose_topics(values["topics"], state().topics)
+    except InvalidEmail:
+        return _form(400, "email", **values)
+    except InvalidInput:
+        abort(400)
+    if form.get("agree") != "yes":
+        return _form(400, "agree", **values)
+    web = state().config.web
+    with units.writing(state().services) as session:
+        mail = consent.request_subscription(
+            session, address, _consent("web", state().wording_source(lang), web.consent_wording_version),
+            limits=consent.Limits(web.confirm_per_address_per_day, web.subscribe_per_ip_per_hour),
+            name=values["name"], organization=values["organization"], lang=lang, topics=topics,
+            bot=bool(form.get("website")),  # the honeypot field people never see
+        )
+    if mail is not None:
+        state().mailer.submit(mail)  # after the commit: the mail's link must find the subscriber
+    g.lang = lang
+    return render_template("check_mail.html.j2", email=address.email, hours=web.confirm_hours)

@@ -1,0 +1,150 @@
+"""The app as a whole: the secret key, security headers, templates, languages, `mailmag serve`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SECRET
+from web_support import Client, one_click
+
+from mailmag import links
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.config import PACKAGE_TEMPLATES, GeneralConfig, WebConfig
+from mailmag.errors import ConfigError
+from mailmag.services import Services
+from mailmag.web import create_app
+from mailmag.web.i18n import Catalog
+
+pytest_plugins = ["web_fixtures"]
+WEB_TEMPLATES = PACKAGE_TEMPLATES / "web"
+
+
+def test_without_a_secret_key_the_app_refuses_to_start(config):
+    with pytest.raises(ConfigError, match="MAILMAG_SECRET_KEY is not set: export"):
+        create_app(Services(config.replace(secret_key="")))
+
+
+def test_demo_mode_runs_without_a_secret_key(config):
+    demo = config.replace(secret_key="", mailmag=GeneralConfig(base_url="http://127.0.0.1:8025", demo=True))
+    assert create_app(Services(demo)).test_client().get("/subscribe").status_code == 200
+
+
+def test_a_missing_consent_wording_version_is_a_clear_error(config):
+    with pytest.raises(ConfigError, match=r"version '9' has no wording file consent/9\.ja\.txt"):
+        create_app(Services(config.replace(web=WebConfig(consent_wording_version="9"))))
+
+
+def test_a_bad_topic_setting_is_a_clear_error(config):
+    with pytest.raises(ConfigError, match=r"\[web\] topics entry 'イベント': the code must be"):
+        create_app(Services(config.replace(web=WebConfig(topics=["イベント"]))))
+
+
+def test_pages_carry_a_strict_csp_and_no_referrer(live, web_services):
+    with web_services.session() as session:
+        _, subscriber = subscribers.add(session, subscribers.parse_address("a@example.jp"), Consent("cli"))
+    for path in ("/subscribe", "/archive/", links.unsubscribe_url("https://x", SECRET, subscriber.id)):
+        reply = Client(live.url).get(path)
+        csp = reply.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "style-src 'self'" in csp and "form-action 'self'" in csp
+        assert "script-src" not in csp and "unsafe-inline" not in csp
+        assert reply.headers["Referrer-Policy"] == "no-referrer"
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
+        assert reply.headers["X-Frame-Options"] == "DENY"
+    assert "no-store" in Client(live.url).get(
+        links.unsubscribe_url("https://x", SECRET, subscriber.id)).headers["Cache-Control"]
+
+
+def test_the_session_cookie_is_httponly_and_samesite(live):
+    cookie = Client(live.url).get("/subscribe").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie  # base_url is https
+
+
+def test_templates_need_no_inline_script_or_style():
+    for path in WEB_TEMPLATES.glob("*.html.j2"):
+        text = path.read_text(encoding="utf-8")
+        assert "<script" not in text and "<style" not in text and "style=" not in text, path.name
+        assert not re.search(r"\son[a-z]+=", text), path.name  # no onclick= handlers
+
+
+def test_every_page_text_has_its_english():
+    catalog = Catalog.load(WEB_TEMPLATES / "messages.en.toml")
+    used = set()
+    for path in WEB_TEMPLATES.glob("*.html.j2"):
+        used |= set(re.findall(r'_\("([^"]+)"', path.read_text(encoding="utf-8")))
+    assert used - set(catalog.english) == set()
+    assert set(catalog.english) - used == set()  # no stale entries either
+
+
+def test_mail_templates_exist_in_both_languages():
+    for kind in ("confirm", "known"):
+        for lang in ("ja", "en"):
+            assert (WEB_TEMPLATES / "mail" / f"{kind}.{lang}.txt.j2").is_file()
+
+
+def test_an_english_subscriber_sees_english_pages(live, web_services):
+    with web_services.session() as session:
+        _, subscriber = subscribers.add(session, subscribers.parse_address("en@example.jp"), Consent("cli"),
+                                        lang="en")
+    page = Client(live.url).get(links.unsubscribe_url("https://x", SECRET, subscriber.id))
+    assert '<html lang="en">' in page.text and "This stops" in page.text
+    assert "Unsubscribe</button>" in page.text
+
+
+def test_an_operator_template_overrides_the_shipped_one(config, tmp_path):
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "check_mail.html.j2").write_text("custom {{ email }}", encoding="utf-8")
+    general = GeneralConfig(base_url="https://news.example.jp", templates_dir=str(tmp_path))
+    custom = config.replace(mailmag=general)
+    app = create_app(Services(custom))
+    assert app.jinja_env.get_template("check_mail.html.j2").render(email="x") == "custom x"
+    assert app.jinja_env.get_template("subscribe.html.j2") is not None  # the rest is the shipped set
+
+
+def test_healthz(live):
+    reply = Client(live.url).get("/healthz")
+    assert (reply.status, reply.text) == (200, "ok\n")
+
+
+def test_unknown_pages_and_methods(live):
+    assert Client(live.url).get("/nope").status == 404
+    assert Client(live.url).request("PUT", "/subscribe").status == 405
+
+
+def test_serve_refuses_without_a_secret_key(mailmag):
+    result = mailmag("serve", "--port", "0", env={"MAILMAG_SECRET_KEY": ""})
+    assert result.exit_code == 1
+    assert "MAILMAG_SECRET_KEY is not set" in result.stderr
+
+
+def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_path):
+    mailmag.ok("subscribers", "add", "serve@example.jp")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailmag", "--config", str(config_file), "serve", "--port", "0"],
+        stderr=subprocess.PIPE, text=True, env={"MAILMAG_SECRET_KEY": SECRET, "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        line = process.stderr.readline()
+        match = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
+        assert match, line
+        url = match.group(1)
+        assert Client(url).get("/healthz").status == 200
+        reply = one_click(url, links.unsubscribe_url("https://news.example.jp", SECRET, 1))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log = process.stderr.read()
+        process.stderr.close()
+    assert reply.status == 200, log
+    listed = mailmag.ok("subscribers", "list", "--json").output
+    assert '"status": "unsubscribed"' in listed
+
+
+def test_purge_pending_command(mailmag):
+    mailmag.ok("subscribers", "add", "wait@example.jp", "--pending")
+    assert mailmag.ok("purge-pending").output.strip() == "purged 0 unconfirmed subscribers"

@@ -1,0 +1,98 @@
+"""Member organizations' submission forms over real HTTP: submit, review state, rotated links."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SECRET
+from sqlalchemy import select
+from web_support import Client
+
+from mailmag import links
+from mailmag.content import orgs
+from mailmag.delivery import tokens
+from mailmag.models import Item, Org
+
+pytest_plugins = ["web_fixtures"]
+BASE = "https://news.example.jp"
+EVENT = {"kind": "event", "title": "産学連携フォーラム２０２６", "date": "2026-06-10", "time": "13:30〜17:00",
+         "venue": "広島国際会議場", "url": "https://example.jp/forum", "fee": "無料",
+         "body": "ご参加ください。"}
+
+
+@pytest.fixture
+def org_id(web_services) -> int:  # type: ignore[no-untyped-def]
+    with web_services.session() as session:
+        return orgs.add(session, "hiroshima-u", "広島大学").id
+
+
+def link(services, org_id: int) -> str:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        return orgs.submission_link(BASE, SECRET, session.get(Org, org_id))
+
+
+def stored(services) -> list[Item]:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        return list(session.scalars(select(Item).order_by(Item.id)))
+
+
+def test_the_link_opens_the_kinds_then_the_form_of_one_kind(live, web_services, org_id):
+    client = Client(live.url)
+    page = client.get(link(web_services, org_id))
+    assert page.status == 200 and "広島大学 様専用の投稿フォーム" in page.text
+    for label in ("会議報告", "イベント案内", "出展者募集", "お知らせ"):
+        assert label in page.text
+    form = client.get(link(web_services, org_id) + "?kind=event")
+    assert 'name="venue"' in form.text and 'name="how_to_apply"' not in form.text
+    assert page.headers["Referrer-Policy"] == "no-referrer" and page.headers["Cache-Control"] == "no-store"
+
+
+def test_a_submission_lands_as_submitted_for_review(live, web_services, org_id):
+    path = link(web_services, org_id)
+    reply = Client(live.url).submit(path, EVENT, page=path + "?kind=event")
+    assert reply.status == 200 and "投稿を受け付けました" in reply.text and "フォーラム２０２６" in reply.text
+    [item] = stored(web_services)
+    assert (item.org_id, item.kind, item.status, item.channel) == (org_id, "event", "submitted", "web")
+    assert (item.title, item.venue) == ("産学連携フォーラム２０２６", "広島国際会議場")
+    assert item.time_text == "13:30〜17:00"
+    assert item.date.isoformat() == "2026-06-10"
+
+
+def test_missing_fields_show_the_form_again_and_store_nothing(live, web_services, org_id):
+    path = link(web_services, org_id)
+    reply = Client(live.url).submit(path, {**EVENT, "venue": " ", "title": ""}, page=path + "?kind=event")
+    assert reply.status == 400 and "次の項目を入力してください: タイトル、会場" in reply.text
+    assert "https://example.jp/forum" in reply.text  # what was typed is kept
+    bad_date = Client(live.url).submit(path, {**EVENT, "date": "2026-13-40"}, page=path + "?kind=event")
+    assert bad_date.status == 400 and "入力内容を確認してください" in bad_date.text
+    assert stored(web_services) == []
+
+
+def test_input_is_escaped_on_the_pages(live, web_services, org_id):
+    path = link(web_services, org_id)
+    reply = Client(live.url).submit(path, {**EVENT, "title": "<script>alert(1)</script>"},
+                                    page=path + "?kind=event")
+    assert "<script>" not in reply.text and "&lt;script&gt;" in reply.text
+
+
+def test_a_post_without_csrf_token_is_refused(live, web_services, org_id):
+    path = link(web_services, org_id)
+    client = Client(live.url)
+    client.get(path)
+    assert client.post(path, EVENT).status == 400
+    assert stored(web_services) == []
+
+
+def test_a_rotated_wrong_or_foreign_link_is_404(live, web_services, org_id):
+    old = link(web_services, org_id)
+    client = Client(live.url)
+    token = client.get(old + "?kind=event").csrf()
+    with web_services.session() as session:
+        orgs.rotate_token(session, session.get(Org, org_id))
+    for path in (old, links.submit_url(BASE, SECRET, 999, 1),
+                 f"/submit/{tokens.make(SECRET, 'unsubscribe', {'o': org_id, 'v': 2})}"):
+        page = client.get(path)
+        assert page.status == 404 and "広島大学" not in page.text
+    assert client.post(old, {**EVENT, "csrf_token": token}).status == 404
+    assert stored(web_services) == []
+    new = link(web_services, org_id)
+    assert new != old and Client(live.url).submit(new, EVENT, page=new + "?kind=event").status == 200

@@ -1,0 +1,215 @@
+"""The public subscribe form and double opt-in, over real HTTP with mail caught by aiosmtpd."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import SECRET
+from itsdangerous import TimestampSigner
+from sqlalchemy import select
+from web_support import Client, LiveServer, Reply, counts, link_in, mail_text, make_services
+
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.config import WebConfig
+from mailmag.delivery import tokens
+from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber
+from mailmag.web import create_app
+
+pytest_plugins = ["web_fixtures"]
+FORM = {"agree": "yes", "lang": "ja"}
+
+
+def subscribe(live: LiveServer, email: str, **form: str | list[str]) -> tuple[Client, Reply]:
+    client = Client(live.url)
+    reply = client.submit("/subscribe", {**FORM, "email": email, **form})
+    return client, reply
+
+
+def sent(app, smtp_server) -> list:  # type: ignore[no-untyped-def]
+    app.extensions["mailmag"].mailer.wait()
+    return list(smtp_server.messages)
+
+
+def subscriber(services, email: str) -> Subscriber | None:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        return session.scalar(select(Subscriber).where(Subscriber.email_key == email.lower()))
+
+
+def attempts(services) -> list[tuple[str, bool]]:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        rows = session.scalars(select(SubscribeAttempt).order_by(SubscribeAttempt.id)).all()
+        return [(row.ip, row.mailed) for row in rows]
+
+
+def test_a_new_address_becomes_pending_and_gets_a_confirmation_mail(mail_live, mail_app, mail_services,
+                                                                      smtp_server):
+    _, reply = subscribe(mail_live, "suzuki@example.jp", name="鈴木 花子", topic=["events"])
+    assert reply.status == 200 and "お申し込みを受け付けました" in reply.text
+    stored = subscriber(mail_services, "suzuki@example.jp")
+    assert (stored.status, stored.name, stored.topics) == ("pending", "鈴木 花子", ["events"])
+    [message] = sent(mail_app, smtp_server)
+    assert message.recipients == ("suzuki@example.jp",)
+    assert "/confirm/" in link_in(message.data, "confirm")
+    assert "鈴木" not in mail_text(message.data)  # what a stranger typed never reaches the mail
+    with mail_services.session() as session:
+        [event] = session.scalars(select(ConsentEvent)).all()
+        assert (event.action, event.channel, event.ip, event.user_agent, event.wording_version) == (
+            "opt_in", "web", "127.0.0.1", "test-browser/1.0", "1")
+        assert event.source.startswith("subscribe form, wording 1 (ja) sha256:")
+
+
+def test_the_answer_is_the_same_for_new_and_known_addresses(mail_live, mail_app, mail_services, smtp_server):
+    with mail_services.session() as session:
+        subscribers.add(session, subscribers.parse_address("known1@example.jp"), Consent("cli"))
+    _, new = subscribe(mail_live, "fresh1@example.jp")
+    _, known = subscribe(mail_live, "known1@example.jp")
+    assert new.status == known.status == 200
+    assert new.body.replace(b"fresh1@", b"X@") == known.body.replace(b"known1@", b"X@")
+    assert {k: v for k, v in new.headers.items() if k != "Date"} == {
+        k: v for k, v in known.headers.items() if k != "Date"}
+    messages = sent(mail_app, smtp_server)
+    assert sorted(m.recipients[0] for m in messages) == ["fresh1@example.jp", "known1@example.jp"]
+    by_rcpt = {m.recipients[0]: m.data for m in messages}
+    link_in(by_rcpt["fresh1@example.jp"], "confirm")
+    link_in(by_rcpt["known1@example.jp"], "p")  # the owner gets their preferences link instead
+    assert subscriber(mail_services, "known1@example.jp").status == "active"  # unchanged
+
+
+def test_one_confirmation_mail_per_address_per_day(mail_live, mail_app, mail_services, smtp_server):
+    _, first = subscribe(mail_live, "twice@example.jp")
+    _, second = subscribe(mail_live, "Twice@Example.jp")
+    assert first.body == second.body.replace(b"Twice", b"twice")
+    assert len(sent(mail_app, smtp_server)) == 1
+    assert attempts(mail_services) == [("127.0.0.1", True), ("127.0.0.1", False)]
+
+
+def test_the_per_ip_limit_stops_subscription_bombing(config, smtp_server):
+    limited = smtp_server.configure(config).replace(web=WebConfig(subscribe_per_ip_per_hour=3))
+    services = make_services(limited)
+    app = create_app(services)
+    live = LiveServer(app)
+    try:
+        replies = [subscribe(live, f"victim{n}@example.jp")[1] for n in range(4)]
+        assert len({r.body.replace(f"victim{n}".encode(), b"X") for n, r in enumerate(replies)}) == 1
+        assert len(sent(app, smtp_server)) == 3
+        assert subscriber(services, "victim3@example.jp") is None
+        assert [mailed for _, mailed in attempts(services)] == [True, True, True, False]
+    finally:
+        live.close()
+        app.extensions["mailmag"].mailer.close()
+        services.close()
+
+
+def test_a_filled_honeypot_gets_the_same_answer_and_no_mail(mail_live, mail_app, mail_services, smtp_server):
+    _, human = subscribe(mail_live, "human@example.jp")
+    _, bot = subscribe(mail_live, "robot@example.jp", website="http://spam.example")
+    assert bot.status == 200 and human.body.replace(b"human@", b"X@") == bot.body.replace(b"robot@", b"X@")
+    assert [m.recipients for m in sent(mail_app, smtp_server)] == [("human@example.jp",)]
+    assert subscriber(mail_services, "robot@example.jp") is None
+
+
+def test_missing_or_foreign_csrf_token_is_refused_and_nothing_is_stored(mail_live, mail_app, mail_services,
+                                                                        smtp_server):
+    before = counts(mail_services)
+    client = Client(mail_live.url)
+    client.get("/subscribe")
+    reply = client.post("/subscribe", {**FORM, "email": "csrf@example.jp"})
+    assert reply.status == 400 and "フォームの有効期限が切れました" in reply.text
+    other = Client(mail_live.url).get("/subscribe").csrf()
+    assert client.post("/subscribe", {**FORM, "email": "csrf@example.jp", "csrf_token": other}).status == 400
+    cookieless = Client(mail_live.url, cookies=False)
+    token = cookieless.get("/subscribe").csrf()
+    form = {**FORM, "email": "csrf@example.jp", "csrf_token": token}
+    assert cookieless.post("/subscribe", form).status == 400
+    assert counts(mail_services) == before and sent(mail_app, smtp_server) == []
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ({"email": "not-an-address"}, "メールアドレスの形式が正しくありません"),
+    ({"email": "ok@example.jp", "agree": ""}, "同意が必要です"),
+])
+def test_bad_input_shows_the_form_again_and_stores_nothing(mail_live, mail_app, mail_services, smtp_server,
+                                                           form, message):
+    before = counts(mail_services)
+    _, reply = subscribe(mail_live, **form)
+    assert reply.status == 400 and message in reply.text
+    assert 'name="email"' in reply.text  # the form, with what was typed
+    assert counts(mail_services) == before and sent(mail_app, smtp_server) == []
+
+
+def test_the_english_form_sends_an_english_mail(mail_live, mail_app, mail_services, smtp_server):
+    page = Client(mail_live.url).get("/subscribe?lang=en")
+    assert '<html lang="en">' in page.text and "E-mail address" in page.text and "How we use" in page.text
+    _, reply = subscribe(mail_live, "smith@example.jp", lang="en")
+    assert "Thank you for subscribing" in reply.text
+    [message] = sent(mail_app, smtp_server)
+    assert "The link is valid for 72 hours" in mail_text(message.data)
+    assert subscriber(mail_services, "smith@example.jp").lang == "en"
+
+
+def test_confirm_get_changes_nothing_and_only_the_button_confirms(mail_live, mail_app, mail_services,
+                                                                   smtp_server):
+    subscribe(mail_live, "confirm@example.jp")
+    [message] = sent(mail_app, smtp_server)
+    link = link_in(message.data, "confirm")
+    visitor = Client(mail_live.url, user_agent="Mozilla/5.0 (iPhone)")
+    page = visitor.get(link)
+    assert page.status == 200 and "登録を完了する" in page.text and "confirm@example.jp" in page.text
+    assert visitor.head(link).status == 200
+    assert subscriber(mail_services, "confirm@example.jp").status == "pending"
+    reply = visitor.post(link, {"csrf_token": page.csrf()})
+    assert reply.status == 200 and "登録が完了しました" in reply.text
+    stored = subscriber(mail_services, "confirm@example.jp")
+    assert stored.status == "active" and stored.confirmed_at is not None
+    with mail_services.session() as session:
+        event = session.scalars(select(ConsentEvent).where(ConsentEvent.action == "confirm")).one()
+        assert (event.channel, event.ip, event.user_agent, event.wording_version) == (
+            "web", "127.0.0.1", "Mozilla/5.0 (iPhone)", "1")
+    assert "すでに完了" in visitor.get(link).text
+
+
+def test_confirm_without_csrf_token_is_refused(mail_live, mail_app, mail_services, smtp_server):
+    subscribe(mail_live, "nocsrf@example.jp")
+    link = link_in(sent(mail_app, smtp_server)[0].data, "confirm")
+    assert Client(mail_live.url).post(link, {}).status == 400
+    assert subscriber(mail_services, "nocsrf@example.jp").status == "pending"
+
+
+class _PastSigner(TimestampSigner):
+    def get_timestamp(self) -> int:
+        return int(time.time()) - 73 * 3600
+
+
+def test_an_expired_confirmation_link_says_so_and_the_subscriber_stays_pending(mail_live, mail_services):
+    client, _ = subscribe(mail_live, "late@example.jp")
+    pending = subscriber(mail_services, "late@example.jp")
+    serializer = tokens._serializer(SECRET, "confirm")
+    serializer.signer = _PastSigner
+    path = f"/confirm/{serializer.dumps({'s': pending.id})}"
+    page = client.get(path)
+    assert page.status == 410 and "リンクの有効期限が切れています" in page.text and "/subscribe" in page.text
+    token = client.get("/subscribe").csrf()
+    assert client.post(path, {"csrf_token": token}).status == 410
+    assert subscriber(mail_services, "late@example.jp").status == "pending"
+
+
+def test_a_tampered_or_foreign_confirmation_link_is_404(mail_live, mail_services):
+    subscribe(mail_live, "tamper@example.jp")
+    pending = subscriber(mail_services, "tamper@example.jp")
+    for token in (tokens.make(SECRET, "unsubscribe", {"s": pending.id}),
+                  tokens.make(SECRET, "confirm", {"s": pending.id})[:-3] + "AAA",
+                  tokens.make(SECRET, "confirm", {"s": "1"})):
+        assert Client(mail_live.url).get(f"/confirm/{token}").status == 404
+    assert subscriber(mail_services, "tamper@example.jp").status == "pending"
+
+
+def test_a_failed_mail_does_not_count_against_the_address(mail_live, mail_app, mail_services, smtp_server):
+    smtp_server.fail_next("rcpt", 550, "5.1.1 no such user")
+    subscribe(mail_live, "retry@example.jp")
+    assert sent(mail_app, smtp_server) == []
+    assert attempts(mail_services) == [("127.0.0.1", False)]
+    subscribe(mail_live, "retry@example.jp")  # the person tries again: this time it arrives
+    assert [m.recipients for m in sent(mail_app, smtp_server)] == [("retry@example.jp",)]
+

@@ -1,0 +1,172 @@
+"""Unsubscribe links over real HTTP: the page, the button, RFC 8058 one-click, bad tokens, preferences."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SECRET
+from sqlalchemy import select
+from web_support import Client, one_click
+
+from mailmag import links
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.delivery import outbox, tokens
+from mailmag.models import ConsentEvent, Delivery, Issue, Rendering, Subscriber
+
+pytest_plugins = ["web_fixtures"]
+BASE = "https://news.example.jp"
+
+
+@pytest.fixture
+def reader(web_services):  # type: ignore[no-untyped-def]
+    """An active subscriber with a queued delivery of issue 1 (the send is under way)."""
+    with web_services.session() as session:
+        _, subscriber = subscribers.add(session, subscribers.parse_address("yamada@example.jp"),
+                                        Consent("cli"), name="山田 太郎", topics=["events"])
+        subscribers.add(session, subscribers.parse_address("sato@example.jp"), Consent("cli"))
+        issue = Issue(number=1, title="第1号")
+        issue.renderings.append(Rendering(lang="ja", subject="第1号", html="<p>x</p>", text="x"))
+        session.add(issue)
+        session.flush()
+        outbox.start_sending(session, issue, "example.jp", "ja")
+        return subscriber.id
+
+
+def state(services, subscriber_id: int) -> dict:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+        events = session.scalars(select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber_id)
+                                 .order_by(ConsentEvent.id)).all()
+        deliveries = session.scalars(select(Delivery.status).where(Delivery.subscriber_id == subscriber_id))
+        return {"status": subscriber.status, "lang": subscriber.lang, "topics": subscriber.topics,
+                "events": [(e.action, e.channel) for e in events], "deliveries": list(deliveries)}
+
+
+def unsubscribe_path(subscriber_id: int) -> str:
+    return links.unsubscribe_url(BASE, SECRET, subscriber_id)
+
+
+def test_one_click_post_unsubscribes_without_page_cookie_or_redirect(live, web_services, reader):
+    reply = one_click(live.url, unsubscribe_path(reader))
+    assert reply.status == 200
+    assert reply.headers.get("Set-Cookie") is None and reply.headers.get("Location") is None
+    after = state(web_services, reader)
+    assert after["status"] == "unsubscribed"
+    assert after["events"] == [("opt_in", "cli"), ("opt_out", "one-click")]
+    assert after["deliveries"] == ["cancelled"]  # the queued issue will not reach them
+
+
+def test_one_click_can_be_repeated_and_records_one_opt_out(live, web_services, reader):
+    assert one_click(live.url, unsubscribe_path(reader)).status == 200
+    assert one_click(live.url, unsubscribe_path(reader)).status == 200
+    assert state(web_services, reader)["events"] == [("opt_in", "cli"), ("opt_out", "one-click")]
+
+
+def test_get_and_head_show_the_page_and_change_nothing(live, web_services, reader):
+    before = state(web_services, reader)
+    client = Client(live.url)
+    page = client.get(unsubscribe_path(reader))
+    assert page.status == 200
+    assert "yamada@example.jp" in page.text and "会議 メールマガジン」の配信を停止" in page.text
+    assert page.text.count("<button") == 1
+    head = client.head(unsubscribe_path(reader))
+    assert head.status == 200 and head.body == b""
+    assert state(web_services, reader) == before
+
+
+def test_the_button_unsubscribes_with_the_form(live, web_services, reader):
+    client = Client(live.url)
+    reply = client.submit(unsubscribe_path(reader), {})
+    assert reply.status == 200
+    assert "配信を停止しました" in reply.text and "yamada@example.jp" in reply.text
+    after = state(web_services, reader)
+    assert after["status"] == "unsubscribed" and after["events"][-1] == ("opt_out", "web")
+    assert after["deliveries"] == ["cancelled"]
+    again = client.get(unsubscribe_path(reader))
+    assert "配信は停止されています" in again.text
+
+
+def test_a_form_post_without_csrf_token_is_refused(live, web_services, reader):
+    before = state(web_services, reader)
+    client = Client(live.url)
+    client.get(unsubscribe_path(reader))  # has a session, but sends no token
+    reply = client.post(unsubscribe_path(reader), {"confirm": "yes"})
+    assert reply.status == 400 and "フォームの有効期限が切れました" in reply.text
+    stranger = Client(live.url)  # a token from another visitor's session
+    token = stranger.get(unsubscribe_path(reader)).csrf()
+    assert client.post(unsubscribe_path(reader), {"csrf_token": token}).status == 400
+    assert state(web_services, reader) == before
+
+
+def _flip(token: str, at: int) -> str:
+    return token[:at] + ("A" if token[at] != "A" else "B") + token[at + 1:]
+
+
+def test_a_tampered_token_is_404_and_changes_nothing(live, web_services, reader):
+    token = unsubscribe_path(reader).rsplit("/", 1)[1]
+    before = state(web_services, reader)
+    for where in (0, 12, len(token) - 3):  # payload, timestamp, signature (not its padding bits)
+        path = f"/u/{_flip(token, where)}"
+        assert Client(live.url).get(path).status == 404
+        assert one_click(live.url, path).status == 404
+    assert state(web_services, reader) == before
+
+
+def test_a_token_made_for_another_purpose_or_key_is_404(live, web_services, reader):
+    before = state(web_services, reader)
+    foreign = [
+        tokens.make(SECRET, "preferences", {"s": reader}),
+        tokens.make(SECRET, "confirm", {"s": reader}),
+        tokens.make("another-installation-key", "unsubscribe", {"s": reader}),
+    ]
+    for token in foreign:
+        assert one_click(live.url, f"/u/{token}").status == 404
+        page = Client(live.url).get(f"/u/{token}")
+        assert page.status == 404 and "ページが見つかりません" in page.text
+    assert state(web_services, reader) == before
+
+
+def test_one_click_for_a_forgotten_subscriber_still_answers_200(live, web_services, reader):
+    with web_services.session() as session:
+        subscribers.forget(session, session.get(Subscriber, reader), Consent("cli"))
+    assert one_click(live.url, unsubscribe_path(reader)).status == 200
+    page = Client(live.url).get(unsubscribe_path(reader))
+    assert page.status == 200 and "お送りしません" in page.text
+
+
+def test_preferences_change_topics_and_language(live, web_services, reader):
+    path = links.preferences_url(BASE, SECRET, reader)
+    client = Client(live.url)
+    page = client.get(path)
+    assert 'value="events" checked' in page.text and 'value="news">' in page.text
+    reply = client.post(path, {"csrf_token": page.csrf(), "topic": ["news"], "lang": "en", "action": "save"})
+    assert reply.status == 200
+    assert "Saved." in reply.text and '<html lang="en">' in reply.text  # now shown in English
+    after = state(web_services, reader)
+    assert (after["lang"], after["topics"], after["status"]) == ("en", ["news"], "active")
+    client.submit(path, {"lang": "en", "action": "save"})  # no topic: every issue
+    assert state(web_services, reader)["topics"] == []
+
+
+def test_preferences_resubscribe_after_an_unsubscribe(live, web_services, reader):
+    one_click(live.url, unsubscribe_path(reader))
+    path = links.preferences_url(BASE, SECRET, reader)
+    client = Client(live.url)
+    page = client.get(path)
+    assert "配信停止中" in page.text and "配信を再開する" in page.text
+    reply = client.post(path, {"csrf_token": page.csrf(), "lang": "ja", "topic": "events",
+                               "action": "resubscribe"})
+    assert "配信を再開しました" in reply.text
+    after = state(web_services, reader)
+    assert after["status"] == "active" and after["events"][-1] == ("opt_in", "web")
+
+
+def test_preferences_reject_bad_input_and_missing_csrf(live, web_services, reader):
+    path = links.preferences_url(BASE, SECRET, reader)
+    before = state(web_services, reader)
+    client = Client(live.url)
+    assert client.post(path, {"lang": "en"}).status == 400
+    assert client.submit(path, {"lang": "fr"}).status == 400
+    assert client.submit(path, {"lang": "ja", "topic": "cooking"}).status == 400
+    assert Client(live.url).get(f"/p/{_flip(path.rsplit('/', 1)[1], 5)}").status == 404
+    assert state(web_services, reader) == before
