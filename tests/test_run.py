@@ -106,8 +106,6 @@ def node(tmp_path: Path, db_url: str, smtp_server) -> Iterator[tuple[Path, Servi
 
 def schedule_in(services: Services, number: int, seconds: float) -> None:
     with services.session() as session:
-        # `run` is writing too: on SQLite a read-then-write transaction must take the lock first.
-        session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
         jobs.schedule_send(session, issues.get(session, number), utcnow() + dt.timedelta(seconds=seconds))
 
 

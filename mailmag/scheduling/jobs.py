@@ -270,11 +270,8 @@ def _once(
     is recorded as "failed" so it is not retried forever; a database outage is not recorded
     and propagates, so the next poll tries again.
     """
-    # On SQLite take the write lock first: a read-then-write transaction could not upgrade.
-    engine = services.engine.execution_options(sqlite_begin="IMMEDIATE")
-    sessions = sessionmaker(engine, expire_on_commit=False)
     run = JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail="")
-    session = sessions()
+    session = services.sessions()
     try:
         session.add(run)
         try:
@@ -296,7 +293,7 @@ def _once(
         detail = str(exc) if isinstance(exc, MailmagError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, MailmagError):
             log.exception("%s for %s crashed", job_id, scheduled_for)
-        return _record_failure(sessions, job_id, scheduled_for, detail, on_failure)
+        return _record_failure(services.sessions, job_id, scheduled_for, detail, on_failure)
     finally:
         session.close()
     return _logged(Fired(job_id, scheduled_for, run.outcome, run.detail))

@@ -18,7 +18,6 @@ from mailmag import links
 from mailmag.audience import consent
 from mailmag.delivery import messages, transports
 from mailmag.services import Services
-from mailmag.web import units
 
 log = logging.getLogger("mailmag.web")
 
@@ -69,7 +68,7 @@ class Mailer:
         except Exception:  # the thread must survive a relay or template failure
             log.exception("could not send the %s mail of subscribe attempt %s", mail.kind, mail.attempt_id)
             try:
-                with units.writing(self.services) as session:
+                with self.services.session() as session:
                     consent.mail_failed(session, mail.attempt_id)
             except Exception:
                 log.exception("could not release subscribe attempt %s", mail.attempt_id)

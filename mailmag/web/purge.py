@@ -7,7 +7,6 @@ import threading
 
 from mailmag.audience import consent
 from mailmag.services import Services
-from mailmag.web import units
 
 log = logging.getLogger("mailmag.web")
 INTERVAL_SECONDS = 3600
@@ -15,7 +14,7 @@ INTERVAL_SECONDS = 3600
 
 def purge_once(services: Services) -> int:
     """One purge in one unit of work; returns the pending subscribers deleted."""
-    with units.writing(services) as session:
+    with services.session() as session:
         return consent.purge_pending(session, services.config.web.purge_pending_after_hours)
 
 

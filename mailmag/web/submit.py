@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from mailmag.content import items, orgs
 from mailmag.errors import InvalidInput
 from mailmag.models import ITEM_KINDS, Org
-from mailmag.web import security, state, units
+from mailmag.web import security, state
 
 bp = Blueprint("submit", __name__)
 
@@ -68,7 +68,7 @@ def form(token: str) -> Any:
 @bp.post("/submit/<token>")
 def submit(token: str) -> Any:
     """Store the item as submitted (one unit of work); the form comes back with what was wrong."""
-    with units.writing(state().services) as session:
+    with state().services.session() as session:
         org = _org(session, token)
         security.check_csrf()
         kind = request.form.get("kind", "")

@@ -18,7 +18,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.delivery import tokens
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound, TokenError
 from mailmag.models import Subscriber
-from mailmag.web import security, state, units
+from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
 
 bp = Blueprint("subscription", __name__)
@@ -73,7 +73,7 @@ def unsubscribe(token: str) -> Any:
     if not one_click:
         security.check_csrf()
     channel = "one-click" if one_click else "web"
-    with units.writing(state().services) as session:  # committed before the answer is sent
+    with state().services.session() as session:  # committed before the answer is sent
         subscriber = session.get(Subscriber, subscriber_id)
         changed = subscriber is not None and subscribers.unsubscribe(
             session, subscriber, _consent(channel, "unsubscribe link"))
@@ -96,7 +96,7 @@ def preferences_page(token: str) -> Any:
 def preferences(token: str) -> Any:
     """Save language and topics; resubscribe when asked (the link proves the mailbox)."""
     security.check_csrf()
-    with units.writing(state().services) as session:
+    with state().services.session() as session:
         subscriber = _known(session, "preferences", token)
         try:
             topics = consent.choose_topics(request.form.getlist("topic"), state().topics)
@@ -144,7 +144,7 @@ def confirm_page(token: str) -> Any:
 @bp.post("/confirm/<token>")
 def confirm(token: str) -> Any:
     security.check_csrf()
-    with units.writing(state().services) as session:
+    with state().services.session() as session:
         subscriber, fresh = _confirmable(session, token)
         if fresh and subscriber.status == "pending":
             wording = state().config.web.consent_wording_version
@@ -201,7 +201,7 @@ def subscribe() -> Any:
     if form.get("agree") != "yes":
         return _form(400, "agree", **values)
     web = state().config.web
-    with units.writing(state().services) as session:
+    with state().services.session() as session:
         mail = consent.request_subscription(
             session, address, _consent("web", state().wording_source(lang), web.consent_wording_version),
             limits=consent.Limits(web.confirm_per_address_per_day, web.subscribe_per_ip_per_hour),
