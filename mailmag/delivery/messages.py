@@ -17,17 +17,16 @@ import html
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import dkim as dkimpy
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from mailmag import links
 from mailmag.config import Config
-from mailmag.delivery import tokens
+from mailmag.delivery import dkim, tokens
 from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
 from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
 from mailmag.delivery.headers import format_address as format_address
@@ -69,7 +68,8 @@ class Recipient:
 class DkimKey:
     selector: bytes
     domain: bytes
-    private_key: bytes
+    private_key: bytes  # the PEM text, as read
+    rsa: RSAPrivateKey = field(compare=False, repr=False)  # parsed once, used for every message
 
 
 @dataclass(frozen=True)
@@ -204,14 +204,14 @@ def load_dkim(config: Config) -> DkimKey | None:
     if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
         raise ConfigError(f"[dkim] selector {selector!r} must be a DNS label such as mailmag2026")
     try:
-        pem = Path(path).read_bytes().replace(b"\r\n", b"\n")  # dkimpy's PEM reader wants LF
+        pem = Path(path).read_bytes().replace(b"\r\n", b"\n")  # a PEM saved on Windows loads too
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
     try:
-        parse_pem_private_key(pem)
-    except (UnparsableKeyError, ValueError, IndexError) as exc:
+        key = dkim.load_private_key(pem)
+    except dkim.InvalidKey as exc:
         raise ConfigError(f"{where} is not a PEM RSA private key (make one with dknewkey)") from exc
-    return DkimKey(selector.encode(), sender_domain(config).encode(), pem)
+    return DkimKey(selector.encode(), sender_domain(config).encode(), pem, key)
 
 
 # --- per issue -------------------------------------------------------------------------
@@ -339,11 +339,7 @@ def _sign(data: bytes, key: DkimKey | None, signed: tuple[bytes, ...]) -> bytes:
     """DKIM as the very last step: nothing may touch the bytes after this."""
     if key is None:
         return data
-    signature = dkimpy.sign(
-        data, key.selector, key.domain, key.private_key,
-        canonicalize=(b"relaxed", b"simple"), include_headers=list(signed),
-    )
-    return signature + data
+    return dkim.sign(data, key.selector, key.domain, key.rsa, signed) + data
 
 
 # --- one-off mail (double opt-in confirmation, `issues test`) --------------------------

@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -104,7 +105,13 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     columns = ["issue_id", "subscriber_id", "email", "lang", "message_id", "status",
                "next_attempt_at", "created_at"]
     statement = _insert_ignoring_duplicates(session).from_select(columns, audience)
-    return session.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
+    added = session.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
+    if added and session.get_bind().dialect.name == "postgresql":
+        # Statistics taken before this bulk insert say the queue is empty; planning with them,
+        # each claim sorts the whole list instead of reading one batch off the due index (0.5 s
+        # a claim at 1M rows). ANALYZE samples ~30 000 rows once per send (a tenth of a second).
+        session.execute(text("ANALYZE deliveries"))
+    return added
 
 
 def _topic_filter(topic: str | None) -> list:

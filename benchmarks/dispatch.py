@@ -1,0 +1,296 @@
+"""Dispatch benchmark: mailmag's worker against the loopback ceiling and a naive sender, in one run.
+
+    .venv/bin/python benchmarks/dispatch.py                     # 20 000 subscribers, SQLite
+    .venv/bin/python benchmarks/dispatch.py --db postgresql     # the same on PostgreSQL
+    .venv/bin/python benchmarks/dispatch.py --dkim              # every message DKIM-signed (2048-bit)
+    .venv/bin/python benchmarks/dispatch.py -n 2000 --naive 50  # a quick run
+
+Creates N subscribers in a temporary database, composes a ~30 KB Japanese issue from the demo
+items, enqueues it and runs `Dispatcher(concurrency=K).run(once=True)` into a loopback SMTP sink,
+with the state of every message committed as in production. In the same run it measures:
+
+- the ceiling: plain smtplib, K threads each on one persistent connection, sending a pre-built
+  message of the same size to the same sink (the fastest a Python sender goes on this machine);
+- the naive sender: per recipient Jinja2 + premailer + EmailMessage + a new SMTP connection.
+
+Each of the three runs in a fresh process, so CPU time and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import smtplib
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+# --- the three measured senders, each run in a fresh process -------------------------------------
+
+
+def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_key: str) -> dict[str, Any]:
+    """mailmag's own worker, as `mailmag worker --once` runs it, timed from first claim to last commit."""
+    from mailmag.delivery.dispatch import Dispatcher
+    from mailmag.delivery.transports import make_transport
+
+    config = common.make_config(db_url, port, concurrency=concurrency, batch_size=batch_size,
+                                dkim_key=dkim_key)
+    services = common.open_services(config)
+    dispatcher = Dispatcher(services, make_transport(config), concurrency=concurrency)
+    before = common.Usage.now()
+    started = time.perf_counter()
+    stats = dispatcher.run(once=True)
+    seconds = time.perf_counter() - started
+    after = common.Usage.now()
+    services.close()
+    return {"sent": stats.sent, "failed": stats.failed, "deferred": stats.deferred, "seconds": seconds,
+            "cpu": after.cpu - before.cpu, "peak_rss_mb": after.peak_rss_mb}
+
+
+def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool = False) -> dict[str, Any]:
+    """Plain smtplib: `threads` threads, one persistent connection each, one pre-built message.
+
+    `raw`: the same commands without `sendmail`'s per-message work (its dot-stuffing regex
+    over the whole message): MAIL, RCPT, DATA and the pre-built bytes, stuffed once. Nothing
+    is done per message at all, so this is the loopback's real ceiling for a Python sender.
+    """
+    per_thread = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    errors: list[BaseException] = []
+    stuffed = re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+
+    def send(smtp: smtplib.SMTP, recipient: str) -> None:
+        if not raw:
+            smtp.sendmail("bounces@example.jp", [recipient], message)
+            return
+        for verb, arg, ok in (("mail", "FROM:<bounces@example.jp>", 250), ("rcpt", f"TO:<{recipient}>", 250),
+                              ("data", "", 354)):
+            code, reply = smtp.docmd(verb, arg)
+            if code != ok:
+                raise smtplib.SMTPResponseException(code, reply)
+        smtp.send(stuffed)
+        code, reply = smtp.getreply()
+        if code != 250:
+            raise smtplib.SMTPResponseException(code, reply)
+
+    def blast(thread: int, n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port) as smtp:
+                smtp.ehlo()
+                for i in range(n):
+                    send(smtp, f"r{thread}.{i}@example.jp")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=blast, args=(i, n)) for i, n in enumerate(per_thread)]
+    before = common.Usage.now()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    seconds = time.perf_counter() - started
+    after = common.Usage.now()
+    if errors:
+        raise errors[0]
+    return measured(count, seconds, before, after)
+
+
+def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
+    """What most scripts do: render and inline per recipient, build an EmailMessage, connect, send."""
+    import datetime as dt
+    from email.message import EmailMessage
+    from email.utils import formataddr, make_msgid
+
+    from sqlalchemy import select
+
+    from mailmag import links, personalize
+    from mailmag.content import issues, render
+    from mailmag.models import Subscriber
+
+    config = common.make_config(db_url, port)
+    services = common.open_services(config)
+    with services.session() as session:
+        issue = issues.get(session, 1)
+        spec = render.IssueSpec(1, None, dt.date(2027, 4, 1), [entry.item for entry in issue.entries])
+        env = render.make_environment(config.templates_path)
+        recipients = session.execute(select(Subscriber.id, Subscriber.email, Subscriber.name)
+                                     .order_by(Subscriber.id).limit(count)).all()
+        before = common.Usage.now()
+        started = time.perf_counter()
+        for subscriber_id, email, name in recipients:
+            edition = render.render_edition(env, config, spec, "ja")  # Jinja2 (html + text) + premailer
+            base = config.mailmag.base_url
+            values = {"name": name, "email": email,
+                      "unsubscribe_url": links.unsubscribe_url(base, common.SECRET, subscriber_id),
+                      "preferences_url": links.preferences_url(base, common.SECRET, subscriber_id)}
+            message = EmailMessage()
+            message["From"] = formataddr((config.sender.name, config.sender.from_))
+            message["To"] = formataddr((name, email))
+            message["Subject"] = edition.subject
+            message["Message-ID"] = make_msgid(domain="example.jp")
+            message["List-Unsubscribe"] = f"<{values['unsubscribe_url']}>"
+            message.set_content(personalize.substitute(edition.text, values, escape=False))
+            message.add_alternative(personalize.substitute(edition.html, values, escape=True), subtype="html")
+            with smtplib.SMTP("127.0.0.1", port) as smtp:
+                smtp.send_message(message, from_addr="bounces@example.jp", to_addrs=[email])
+        seconds = time.perf_counter() - started
+        after = common.Usage.now()
+    services.close()
+    return measured(count, seconds, before, after)
+
+
+# --- set-up and report ---------------------------------------------------------------------------
+
+
+def sample_message(services: Any) -> bytes:
+    """One personalized message of the issue, as the worker builds it: the ceiling sends its size."""
+    from sqlalchemy import select
+
+    from mailmag.delivery import messages
+    from mailmag.models import Delivery, Issue, Rendering, Subscriber
+
+    with services.session() as session:
+        rendering = session.scalar(select(Rendering).where(Rendering.lang == "ja"))
+        number = session.scalar(select(Issue.number).where(Issue.id == rendering.issue_id))
+        skeleton = messages.prepare(rendering, number, services.config,
+                                    dkim=messages.load_dkim(services.config))
+        row = session.execute(select(Delivery.id, Delivery.subscriber_id, Delivery.email, Subscriber.name,
+                                     Delivery.message_id).join(Subscriber).limit(1)).one()
+    return messages.personalize(skeleton, messages.Recipient(*row), common.SECRET)[1]
+
+
+def prepare(db_url: str, args: argparse.Namespace, dkim_key: str) -> dict[str, Any]:
+    """Subscribers, the issue, its composition time, and the timed enqueue (`issues send`)."""
+    from mailmag.content import issues
+    from mailmag.delivery import outbox
+
+    services = common.open_services(common.make_config(db_url, dkim_key=dkim_key), init=True)
+    setup_seconds = common.add_subscribers(services, args.subscribers)
+    _number, html_bytes = common.compose_issue(services)
+    compose_seconds = common.compose_time(services)
+    with services.session() as session:
+        issue = issues.get(session, 1)
+        started = time.perf_counter()
+        queued = outbox.send_issue(session, issue, services.config)
+        session.commit()
+        enqueue_seconds = time.perf_counter() - started
+    message = sample_message(services)
+    services.close()
+    return {"setup_seconds": setup_seconds, "html_bytes": html_bytes, "compose_seconds": compose_seconds,
+            "queued": queued, "enqueue_seconds": enqueue_seconds, "message": message}
+
+
+def verify(db_url: str, expected: int) -> dict[str, int]:
+    """Every delivery sent exactly once, per the outbox: status sent and claimed once."""
+    from sqlalchemy import func, select
+
+    from mailmag.models import Delivery
+
+    services = common.open_services(common.make_config(db_url))
+    with services.session() as session:
+        rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        by_status = dict(rows)
+        retried = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.attempts != 1))
+    services.close()
+    if by_status.get("sent") != expected or retried:
+        raise SystemExit(f"the outbox does not show {expected} messages sent once each: {by_status}, "
+                         f"{retried} with attempts != 1")
+    return by_status
+
+
+def measured(count: int, seconds: float, before: common.Usage, after: common.Usage) -> dict[str, Any]:
+    cpu = after.cpu - before.cpu
+    return {"sent": count, "seconds": seconds, "cpu": cpu, "peak_rss_mb": after.peak_rss_mb}
+
+
+def rate(result: dict[str, Any]) -> float:
+    return result["sent"] / result["seconds"]
+
+
+def cpu_us(result: dict[str, Any]) -> float:
+    return result["cpu"] / result["sent"] * 1e6
+
+
+def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any], mailmag: dict[str, Any],
+           ceilings: list[dict[str, Any]], raw: list[dict[str, Any]], naive: dict[str, Any],
+           header: str) -> dict[str, Any]:
+    ceiling, raw_ceiling = max(ceilings, key=rate), max(raw, key=rate)
+    k = args.concurrency
+    lines = [
+        header,
+        f"issue: {prepared['html_bytes'] / 1024:.1f} KB HTML, {len(prepared['message']) / 1024:.1f} KB per "
+        f"message{' (DKIM-signed, RSA 2048)' if args.dkim else ''}; subscribers: {args.subscribers:,} "
+        f"(created in {prepared['setup_seconds']:.1f} s, not measured)",
+        f"compose (Jinja2 + premailer, ja + en, best of 5)   {prepared['compose_seconds'] * 1000:8.0f} ms",
+        f"enqueue {prepared['queued']:,} recipients (INSERT…SELECT)     "
+        f"{prepared['enqueue_seconds']:8.2f} s",
+        f"mailmag worker, {k} connections      {rate(mailmag):8.0f} msg/s   {mailmag['seconds']:6.2f} s   "
+        f"CPU {cpu_us(mailmag):5.0f} µs/msg   peak RSS {mailmag['peak_rss_mb']:.0f} MB",
+        *(f"ceiling, smtplib × {k} threads ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
+          f"CPU {cpu_us(c):5.0f} µs/msg   peak RSS {c['peak_rss_mb']:.0f} MB"
+          for when, c in zip(("before", "after"), ceilings, strict=False)),
+        *(f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
+          f"CPU {cpu_us(c):5.0f} µs/msg"
+          for when, c in zip(("before", "after"), raw, strict=False)),
+        f"naive sender, {naive['sent']} recipients       {rate(naive):8.1f} msg/s   "
+        f"{naive['seconds']:6.2f} s   CPU {cpu_us(naive):5.0f} µs/msg",
+        f"mailmag / ceiling (faster of the two) = {rate(mailmag) / rate(ceiling):.2f}   (target ≥ 0.7)",
+        f"mailmag / raw ceiling = {rate(mailmag) / rate(raw_ceiling):.2f}   (no target: see README)",
+        f"mailmag / naive = {rate(mailmag) / rate(naive):.0f}×   (target ≥ 20×)",
+        f"{common.load()} at the end",
+    ]
+    print("\n".join(lines), flush=True)
+    return {
+        "db": args.db, "sink": sink.name, "subscribers": args.subscribers, "concurrency": k,
+        "dkim": args.dkim,
+        "html_bytes": prepared["html_bytes"], "message_bytes": len(prepared["message"]),
+        "compose_seconds": prepared["compose_seconds"], "enqueue_seconds": prepared["enqueue_seconds"],
+        "mailmag": mailmag, "ceilings": ceilings, "raw_ceilings": raw, "naive": naive,
+        "ratio_ceiling": rate(mailmag) / rate(ceiling),
+        "ratio_raw_ceiling": rate(mailmag) / rate(raw_ceiling), "ratio_naive": rate(mailmag) / rate(naive),
+        "report": "\n".join(lines),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", "--subscribers", type=int, default=20_000)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("-k", "--concurrency", type=int, default=4, help="SMTP connections (threads)")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--naive", type=int, default=300, help="recipients for the naive sender")
+    parser.add_argument("--dkim", action="store_true", help="sign every message (2048-bit RSA)")
+    parser.add_argument("--sink", choices=("smtp-sink", "aiosmtpd"), default="smtp-sink")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mailmag-bench-") as folder, \
+            common.temp_database(args.db) as db_url, common.Sink(args.sink) as sink:
+        header = common.header("benchmarks/dispatch.py", args.db, sink)
+        print("running…", common.load(), flush=True)
+        dkim_key = common.make_dkim_key(Path(folder)) if args.dkim else ""
+        prepared = prepare(db_url, args, dkim_key)
+        message, k, n = prepared["message"], args.concurrency, prepared["queued"]
+        ceilings = [common.in_fresh_process(run_ceiling, sink.port, message, n, k)]
+        raw = [common.in_fresh_process(run_ceiling, sink.port, message, n, k, True)]
+        before = sink.messages()
+        mailmag = common.in_fresh_process(run_mailmag, db_url, sink.port, k, args.batch_size, dkim_key)
+        received = common.wait_for_sink(sink, before + n) - before
+        ceilings.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k))
+        raw.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k, True))
+        naive = common.in_fresh_process(run_naive, db_url, sink.port, min(args.naive, n))
+        verify(db_url, n)
+        if received != n:
+            raise SystemExit(f"the sink received {received} messages from mailmag, not {n}")
+        results = report(args, sink, prepared, mailmag, ceilings, raw, naive, header)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
