@@ -10,7 +10,8 @@ from mailmag.cli.common import AppContext
 from mailmag.errors import MailmagError
 
 # One module per command group; each exposes `commands`, a list of click commands.
-COMMAND_MODULES = ("worker", "setup", "subscribers", "orgs", "items", "bounces", "issues", "schedule", "web")
+COMMAND_MODULES = ("worker", "setup", "subscribers", "orgs", "items", "bounces", "issues", "schedule", "web",
+                   "demo", "doctor")
 
 
 class MailmagGroup(click.Group):
