@@ -85,3 +85,23 @@ def test_unknown_issue_is_one_line_error(mailmag):
     result = mailmag("issues", "status", "9")
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_send_at_schedules_and_cancel_unschedules(composed):
+    result = composed.ok("issues", "send", "1", "--at", "2030-12-02 09:00")
+    assert result.stdout.startswith("issue 1 scheduled for 2030-12-02 09:00 JST")
+    scheduled = status(composed)
+    assert (scheduled["status"], scheduled["total"]) == ("scheduled", 0)
+    assert scheduled["scheduled_at"].startswith("2030-12-02T00:00:00")  # stored in UTC
+    listed = json.loads(composed.ok("issues", "list", "--json").stdout)
+    assert listed[0]["status"] == "scheduled"
+    assert "unscheduled" in composed.ok("issues", "cancel", "1").stdout
+    after = status(composed)
+    assert (after["status"], after["scheduled_at"], after["total"]) == ("draft", None, 0)
+
+
+def test_send_at_in_the_past_is_refused_and_nothing_changes(composed):
+    result = composed("issues", "send", "1", "--at", "2020-01-01 09:00")
+    assert result.exit_code == 1
+    assert "is in the past" in result.stderr
+    assert status(composed)["status"] == "draft"

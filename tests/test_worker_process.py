@@ -189,3 +189,25 @@ def test_two_workers_share_one_queue_without_a_duplicate(tmp_path, pg_url, smtp_
         assert sum(sent_by) == 120
     finally:
         services.close()
+
+
+def test_sigterm_finishes_the_message_in_flight_and_hands_the_rest_back(setup, smtp_server):
+    """A clean stop: nothing stays leased, nothing is lost, the worker exits 0."""
+    config, services = setup
+    text = config.read_text().replace("rate_per_second = 0.0", "rate_per_second = 1.0")
+    config.write_text(text)
+    prepare_send(services, 5)
+    worker = start_worker(config, "--concurrency", "1")  # not --once: it would wait for more
+    wait_for(lambda: len(smtp_server.messages) >= 1)
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert "stopping (SIGTERM)" in err
+    final = states(services)
+    assert final["sending"] == 0
+    assert final["sent"] == len(smtp_server.messages) >= 1
+    assert final["sent"] + final["queued"] == 5
+    with services.session() as session:
+        # Handed back, not counted as an attempt: the next worker starts them afresh.
+        queued = session.scalars(select(Delivery.attempts).where(Delivery.status == "queued")).all()
+        assert set(queued) <= {0}

@@ -216,7 +216,9 @@ class Dispatcher:
                                delivery.message_id),
             self.secret,
         )
-        self.limiter.acquire(self.stop)
+        if not self.limiter.acquire(self.stop):
+            self._release([delivery])  # stopped while waiting for the rate limit: not sent
+            return True
         try:
             reply = connection.send(envelope_from, delivery.email, data)
         except TemporaryFailure as failure:
