@@ -207,6 +207,7 @@ def test_sigterm_finishes_the_message_in_flight_and_hands_the_rest_back(setup, s
     assert final["sending"] == 0
     assert final["sent"] == len(smtp_server.messages) >= 1
     assert final["sent"] + final["queued"] == 5
+    assert out.strip() == f"sent {final['sent']}, failed 0, deferred 0"
     with services.session() as session:
         # Handed back, not counted as an attempt: the next worker starts them afresh.
         queued = session.scalars(select(Delivery.attempts).where(Delivery.status == "queued")).all()
