@@ -242,3 +242,45 @@ def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server):
     run_worker(services, clock=lambda: morning)
     assert counts(services, issue).sent == 2
     services.close()
+
+
+def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server):
+    """At 2 msg/s with a 2 s lease, a second worker arriving after the lease must not find
+    rows the first is still sending (it would take them over and both would send them)."""
+    import threading
+    import time
+
+    from mailmag.config import DispatchConfig, SmtpConfig
+
+    config = smtp_services.config
+    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": 2.0})
+    services = Services(config.replace(smtp=smtp, dispatch=DispatchConfig(lease_seconds=2)))
+    issue = prepare_send(services, 8)
+    first = threading.Thread(target=run_worker, args=(services,), kwargs={"concurrency": 1})
+    first.start()
+    time.sleep(2.5)  # the first worker's first lease has expired by now
+    run_worker(services, concurrency=1)
+    first.join()
+    run_worker(services, concurrency=1)  # whatever was handed back
+    assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(8)]
+    assert counts(services, issue).sent == 8
+    services.close()
+
+
+def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 3)
+    with smtp_services.session() as session:
+        # As if written by an older version or by hand: a line break cannot enter a header.
+        session.execute(
+            Subscriber.__table__.update().where(Subscriber.email == "user1@example.jp")
+            .values(name="山田\n太郎")
+        )
+    run_worker(smtp_services)
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.failed, c.pending) == (2, 1, 0)
+    with smtp_services.session() as session:
+        row = session.scalar(select(Delivery).where(Delivery.email == "user1@example.jp"))
+        assert row.last_reply.startswith("cannot build the message")
+        # Not the address's fault: it stays subscribed.
+        assert session.scalar(select(Subscriber.status).where(Subscriber.id == row.subscriber_id)) == "active"
+    assert "user1@example.jp" not in smtp_server.recipients()

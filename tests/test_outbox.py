@@ -185,3 +185,25 @@ def test_enqueue_100k_rows_in_one_statement(session):
     issue = make_issue(session)
     assert outbox.start_sending(session, issue, "example.jp", "ja") == 20_000
     assert session.scalar(select(func.count(func.distinct(Delivery.message_id)))) == 20_000
+
+
+def test_opt_out_takes_back_a_claimed_delivery(session):
+    subs = add_subscribers(session, 2)
+    issue = make_issue(session)
+    outbox.start_sending(session, issue, "example.jp", "ja")
+    claimed = outbox.claim(session, "w", 2, utcnow(), 300)
+    subscribers.unsubscribe(session, subs[0], Consent("one-click"))
+    # The worker's periodic check no longer finds the row among what it holds.
+    assert outbox.held(session, [c.id for c in claimed], "w") == {
+        c.id for c in claimed if c.subscriber_id == subs[1].id}
+    assert outbox.counts(session, issue.id).cancelled == 1
+
+
+def test_completion_never_overwrites_a_cancellation(session):
+    add_subscribers(session, 1)
+    issue = make_issue(session)
+    outbox.start_sending(session, issue, "example.jp", "ja")
+    outbox.cancel_issue(session, issue)
+    assert outbox.complete_issues(session) == []
+    session.refresh(issue)
+    assert issue.status == "cancelled"

@@ -105,3 +105,11 @@ def test_send_at_in_the_past_is_refused_and_nothing_changes(composed):
     assert result.exit_code == 1
     assert "is in the past" in result.stderr
     assert status(composed)["status"] == "draft"
+
+
+def test_send_with_a_malformed_sender_is_refused_before_anything_is_queued(composed, config_file):
+    config_file.write_text(config_file.read_text() + '\n[sender]\nfrom = "news"\n')
+    result = composed("issues", "send", "1", "--yes")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == ("Error: [sender] from 'news' is not an address like news@example.jp")
+    assert status(composed)["total"] == 0 and status(composed)["status"] == "draft"

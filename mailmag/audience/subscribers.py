@@ -121,8 +121,8 @@ def parse_topics(raw: str | Iterable[str] | None) -> list[str]:
 
 
 def check_text(field: str, value: str) -> str:
-    """A name or organization as stored: stripped, at most MAX_TEXT characters."""
-    value = value.strip()
+    """A name or organization as stored: one line (it goes into mail headers), at most MAX_TEXT."""
+    value = " ".join(value.split())  # an Excel cell with Alt+Enter holds a line break
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"the {field} is {len(value)} characters long (at most {MAX_TEXT})")
     return value

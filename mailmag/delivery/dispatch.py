@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -32,11 +33,13 @@ from mailmag.delivery.transports import (
     TemporaryFailure,
     Transport,
 )
-from mailmag.errors import StateError, TransportError
+from mailmag.errors import InvalidInput, MailmagError, StateError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
+# How often a sending thread asks which of its claimed rows it still holds (opt-outs, leases).
+HELD_CHECK_SECONDS = 0.5
 
 
 @dataclasses.dataclass
@@ -110,12 +113,21 @@ class Dispatcher:
         self.write_lock: contextlib.AbstractContextManager = (
             threading.Lock() if sqlite else contextlib.nullcontext()
         )
+        # Claim no more than a thread may send, at the rate limit, in half its lease.
+        self.batch_size = config.dispatch.batch_size
+        if config.smtp.rate_per_second > 0:
+            share = config.smtp.rate_per_second * config.dispatch.lease_seconds / 2 / self.concurrency
+            self.batch_size = max(1, min(self.batch_size, int(share)))
         self.stop = threading.Event()
         self.stats = Stats()
         self.error: BaseException | None = None
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
-        """Send until stopped (or, with `once`, until nothing is due). Raises TransportError."""
+        """Send until stopped (or, with `once`, until nothing is due).
+
+        Raises MailmagError when the relay refuses us or the configuration is wrong; every
+        unsent claim has been handed back by then.
+        """
         self._prime_hourly_limit()
         # One connection per thread for the `sent` results, held for a batch, in a pool of its
         # own: sharing the services' pool, threads holding one each could wait forever for a
@@ -158,7 +170,7 @@ class Dispatcher:
                     self.stop.wait(poll_seconds if not once else 0.2)
                     continue
                 self._send_batch(connection, batch)
-        except TransportError as exc:
+        except MailmagError as exc:  # the relay refuses us, or the configuration is wrong
             self.error = exc
             self.stop.set()
         except BaseException as exc:  # a bug: stop everything, leave leases to expire
@@ -173,7 +185,7 @@ class Dispatcher:
         now = self.clock()
         with self.services.session() as session:
             outbox.expire_leases(session, now, config.max_lease_expiries)
-            claimed = outbox.claim(session, self.owner, config.batch_size, now, config.lease_seconds)
+            claimed = outbox.claim(session, self.owner, self.batch_size, now, config.lease_seconds)
         with self.services.session() as session:
             outbox.complete_issues(session)
         return claimed
@@ -193,31 +205,44 @@ class Dispatcher:
             self._send_each(connection, batch, results)
 
     def _send_each(self, connection: Connection, batch: list[outbox.Claimed], results: DbConnection) -> None:
+        # A batch never outlives its lease: past the deadline another worker may take its rows.
+        deadline = time.monotonic() + self.services.config.dispatch.lease_seconds * 0.8
+        held, checked = {d.id for d in batch}, time.monotonic()
         for index, delivery in enumerate(batch):
-            if self.stop.is_set():
+            if self.stop.is_set() or time.monotonic() > deadline:
                 self._release(batch[index:])
                 return
+            if time.monotonic() - checked > HELD_CHECK_SECONDS:
+                # An opt-out (or a lost lease) takes a claimed row away: do not send it.
+                with self.services.session() as session:
+                    held = outbox.held(session, [d.id for d in batch[index:]], self.owner)
+                checked = time.monotonic()
+            if delivery.id not in held:
+                continue
             try:
-                renewed = self._send_one(connection, delivery, results)
-            except TransportError:
-                self._release(batch[index:])  # the relay refuses us: nothing here was tried
+                renewed = self._send_one(connection, delivery, results, deadline)
+            except MailmagError:
+                self._release(batch[index:])  # the relay or the configuration refuses: stop
                 raise
             if not renewed:
                 # 421 or a dropped connection: the rest of this batch waits for a new session.
                 self._release(batch[index + 1 :], delay=30)
                 return
 
-    def _send_one(self, connection: Connection, delivery: outbox.Claimed, results: DbConnection) -> bool:
+    def _send_one(
+        self, connection: Connection, delivery: outbox.Claimed, results: DbConnection, deadline: float
+    ) -> bool:
         """Send one delivery and commit its result; False when the connection must be renewed."""
         skeleton = self.skeletons.get(delivery.issue_id, delivery.lang)
-        envelope_from, data = messages.personalize(
-            skeleton,
-            messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
-                               delivery.message_id),
-            self.secret,
-        )
-        if not self.limiter.acquire(self.stop):
-            self._release([delivery])  # stopped while waiting for the rate limit: not sent
+        recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
+                                       delivery.message_id)
+        try:
+            envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
+        except InvalidInput as exc:  # e.g. a line break in a name: this recipient only
+            self._fail(delivery, PermanentFailure(0, f"cannot build the message: {exc}", blocked=True))
+            return True
+        if not self.limiter.acquire(self.stop) or time.monotonic() > deadline:
+            self._release([delivery])  # stopped, or the lease ran out while waiting: not sent
             return True
         try:
             reply = connection.send(envelope_from, delivery.email, data)

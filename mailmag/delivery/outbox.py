@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from mailmag.delivery import messages
 from mailmag.errors import InvalidInput, StateError
 from mailmag.models import (
     Delivery,
@@ -262,11 +263,16 @@ def retry_delay(config_retry, age_seconds: float) -> float:  # type: ignore[no-u
 
 
 def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
-    """An opt-out takes effect at once: queued deliveries to this subscriber are cancelled."""
+    """An opt-out takes effect at once: queued and claimed deliveries to them are cancelled.
+
+    A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending, so a
+    claimed row is dropped too; only a message already being transmitted still goes.
+    """
     result = session.execute(
         update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "queued")
-        .values(status="cancelled", last_reply="subscriber opted out")
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(PENDING))
+        .values(status="cancelled", last_reply="subscriber opted out", lease_owner=None,
+                lease_expires_at=None)
     )
     return result.rowcount
 
@@ -299,16 +305,28 @@ def cancel_issue(session: Session, issue: Issue) -> int:
 
 
 def complete_issues(session: Session) -> list[int]:
-    """Issues whose every delivery reached a final state become 'sent'; returns their numbers."""
+    """Issues whose every delivery reached a final state become 'sent'; returns their numbers.
+
+    One conditional UPDATE, so an `issues cancel` committed meanwhile is never overwritten.
+    """
     unfinished = (
         select(Delivery.id)
         .where(Delivery.issue_id == Issue.id, Delivery.status.in_(PENDING))
         .exists()
     )
-    done = list(session.scalars(select(Issue).where(Issue.status == "sending", ~unfinished)))
-    for issue in done:
-        issue.status = "sent"
-    return [issue.number for issue in done]
+    done = session.execute(
+        update(Issue).where(Issue.status == "sending", ~unfinished).values(status="sent")
+        .returning(Issue.number)
+    ).scalars().all()
+    return sorted(done)
+
+
+def held(session: Session, ids: list[int], owner: str) -> set[int]:
+    """Which of `ids` `owner` still holds: an opt-out or an expired lease takes a row away."""
+    return set(session.scalars(
+        select(Delivery.id).where(Delivery.id.in_(ids), Delivery.status == "sending",
+                                  Delivery.lease_owner == owner)
+    ))
 
 
 def counts(session: Session, issue_id: int) -> Counts:
@@ -346,8 +364,7 @@ def sent_since(session: Session, since: dt.datetime) -> int:
 
 def send_issue(session: Session, issue: Issue, config) -> int:  # type: ignore[no-untyped-def]
     """`issues send`: freeze the audience now with the configured sender domain and language."""
-    domain = config.sender.from_.rpartition("@")[2].lower()
-    return start_sending(session, issue, domain, config.mailmag.language)
+    return start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
 
 
 def audience_count(session: Session, issue: Issue) -> int:
