@@ -122,8 +122,10 @@ def send(app: AppContext, number: int, at: str | None, yes: bool) -> None:
                        "`mailmag run` sends it then")
             return
         audience = outbox.audience_count(session, issue)
-        _confirm(yes, f"Send issue {number} 「{issue.title}」 to {audience} subscribers now?")
-        queued = outbox.send_issue(session, issue, app.config)
+        question = f"Send issue {number} 「{issue.title}」 to {audience} subscribers now?"
+    _confirm(yes, question)  # outside any transaction: SQLite would hold its write lock meanwhile
+    with services.session() as session:
+        queued = outbox.send_issue(session, issues.get(session, number), app.config)
     click.echo(f"issue {number}: {queued} messages queued; `mailmag worker` (or `mailmag run`) delivers them")
 
 
@@ -146,7 +148,8 @@ def test_(app: AppContext, number: int, addresses: tuple[str, ...], lang: str | 
     valid = [subscribers.parse_address(a).email for a in addresses]
     with services.session() as session:
         issue = issues.get(session, number)
-        results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
+        issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
+    results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
     for address, outcome in results:
         click.echo(f"{address}: {outcome}")
     if any(outcome.startswith("not sent") for _, outcome in results):
