@@ -55,7 +55,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # IMMEDIATE takes the write lock up front. A DEFERRED transaction that reads and
         # then writes fails at once with SQLITE_BUSY when another connection wrote in
         # between (WAL cannot upgrade a stale snapshot, and busy_timeout does not help).
-        # Readers are never blocked; read-only work may ask for sqlite_begin="DEFERRED".
+        # Work that only reads uses Services.read_session (DEFERRED): in WAL it never waits.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         # Straight to the driver: a worker begins one transaction per message it sends, and
         # exec_driver_sql's execution context costs more than the UPDATE that follows.

@@ -40,6 +40,17 @@ class Services:
         with db.unit_of_work(self.sessions) as session:
             yield session
 
+    @cached_property
+    def read_engine(self) -> Engine:
+        """The engine for work that only reads: on SQLite it begins DEFERRED, taking no write lock."""
+        return self.engine.execution_options(sqlite_begin="DEFERRED")
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A unit of work that only reads (pages, listings): in WAL mode it never waits for writers."""
+        with db.unit_of_work(db.make_session_factory(self.read_engine)) as session:
+            yield session
+
     @property
     def secret_key(self) -> str:
         """The signing key for links; demo mode alone may run without one."""

@@ -148,3 +148,25 @@ def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_pat
 def test_purge_pending_command(mailmag):
     mailmag.ok("subscribers", "add", "wait@example.jp", "--pending")
     assert mailmag.ok("purge-pending").output.strip() == "purged 0 unconfirmed subscribers"
+
+
+def test_pages_that_only_read_do_not_wait_for_a_writer(app, web_services, db_url):
+    """A long write (a 100 000-row import) must not stall the archive or an unsubscribe page."""
+    import sqlite3
+
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL readers never wait for writers")
+    with web_services.session() as session:
+        subscriber_id = subscribers.add(session, subscribers.parse_address("r@example.jp"),
+                                        subscribers.Consent("cli"))[1].id
+    writer = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=1)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        client = app.test_client()
+        assert client.get("/archive/").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        page = links.unsubscribe_url("http://localhost", web_services.secret_key, subscriber_id)
+        assert client.get(page.removeprefix("http://localhost")).status_code == 200
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

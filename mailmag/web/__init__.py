@@ -128,7 +128,7 @@ def _register(app: Flask) -> None:
 def _healthz() -> tuple[str, int, dict[str, str]]:
     """200 'ok' when the database answers; for load balancers and monitoring."""
     try:
-        with state().services.engine.connect() as connection:
+        with state().services.read_engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception:
         return "database unavailable\n", 503, {"Content-Type": "text/plain; charset=utf-8"}

@@ -51,7 +51,7 @@ def _when(issue: Issue) -> dt.datetime:
 def index() -> Any:
     g.lang = lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
     zone = state().config.zone
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         rows = [
             {"number": i.number, "title": (r.subject if (r := _rendering(i, lang)) else i.title),
              "date": _when(i).astimezone(zone).date()}
@@ -64,7 +64,7 @@ def index() -> Any:
 def issue(number: int) -> Any:
     """The issue as mailed, without anything personal (the page's CSP allows its inline CSS)."""
     lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         found = session.scalar(select(Issue).where(Issue.number == number, Issue.status.in_(PUBLIC)))
         rendering = _rendering(found, lang) if found is not None else None
         if rendering is None:
@@ -92,7 +92,7 @@ def atom() -> Response:
     feed.link(href=links.archive_url(base), rel="alternate")
     feed.link(href=base.rstrip("/") + "/feed.atom", rel="self")
     feed.language(config.mailmag.language)
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         issues = _issues(session, FEED_SIZE)
         for issue in reversed(issues):  # feedgen puts the last added entry first
             rendering = _rendering(issue, config.mailmag.language)
@@ -116,7 +116,7 @@ def events() -> Response:
     calendar.add("version", "2.0")
     calendar.add("x-wr-calname", config.sender.list_name)
     calendar.add("x-wr-timezone", config.mailmag.timezone)
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         for item, number in _published_events(session):
             calendar.add_component(_vevent(item, number))
     calendar.add_missing_timezones()

@@ -58,7 +58,7 @@ def _page(template: str, subscriber: Subscriber | None, status: int = 200, **con
 def unsubscribe_page(token: str) -> Any:
     """Who is unsubscribed from what, and one button. Changes nothing (GET and HEAD)."""
     subscriber_id = _subscriber_id("unsubscribe", token)
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         subscriber = session.get(Subscriber, subscriber_id)
         if subscriber is None or subscriber.status == "unsubscribed":
             return _page("unsubscribed.html.j2", subscriber, already=True)
@@ -87,7 +87,7 @@ def unsubscribe(token: str) -> Any:
 
 @bp.get("/p/<token>")
 def preferences_page(token: str) -> Any:
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         return _page("preferences.html.j2", _known(session, "preferences", token), saved=False,
                      resubscribed=False)
 
@@ -136,7 +136,7 @@ def _confirmable(session: Session, token: str) -> tuple[Subscriber, bool]:
 @bp.get("/confirm/<token>")
 def confirm_page(token: str) -> Any:
     """A page with one button: only its POST confirms (link scanners fetch the GET)."""
-    with state().services.session() as session:
+    with state().services.read_session() as session:
         subscriber, fresh = _confirmable(session, token)
         return _confirm_answer(subscriber, fresh, "confirm.html.j2")
 
