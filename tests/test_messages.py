@@ -437,3 +437,14 @@ if __name__ == "__main__":
 
     key = Path(sys.argv[1]) if len(sys.argv) > 1 else None
     print(f"personalize: {benchmark(300 if key else 3000, key):.0f} µs/message{' with DKIM' if key else ''}")
+
+
+def test_unsubscribe_mailto_written_as_a_link_is_read_the_same_by_mail_and_bounces():
+    """'mailto:u@x?subject=…' in the configuration must neither break sending nor bounce matching."""
+    from mailmag.config import Config, SenderConfig
+    from mailmag.delivery import messages as m
+
+    config = Config(sender=SenderConfig(unsubscribe_mailto="mailto:Stop@Example.JP?subject=unsubscribe"))
+    assert m.unsubscribe_address(config) == "Stop@Example.JP"
+    config = Config(sender=SenderConfig(from_="news@example.jp"))
+    assert m.unsubscribe_address(config) == "unsubscribe@example.jp"

@@ -183,7 +183,7 @@ def process_mailbox(
     now = now or utcnow()
     try:
         for key in sorted(box.keys()):
-            reading = _read(box, key, name(key), unsubscribe_address(config), report)
+            reading = _read(box, key, name(key), messages.unsubscribe_address(config).lower(), report)
             if reading is not None:
                 _process(session, name(key), reading, config, secret, now, report)
     finally:
@@ -295,12 +295,6 @@ def _by_message_id(session: Session, message_id: str) -> Delivery | None:
 
 def _by_address(session: Session, address: str) -> Subscriber | None:
     return session.scalar(select(Subscriber).where(Subscriber.email_key == address.strip().lower()))
-
-
-def unsubscribe_address(config: Config) -> str:
-    """[sender] unsubscribe_mailto (without mailto: or ?subject), else unsubscribe@<from domain>."""
-    value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
-    return (value or f"unsubscribe@{messages.sender_domain(config)}").lower()
 
 
 def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.errors import InvalidEmail, InvalidInput, NotFound, StateError
+from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import (
     SUBSCRIBER_STATUSES,
     BounceEvent,
@@ -270,8 +270,3 @@ def listing(session: Session, status: str | None = None) -> list[Subscriber]:
     if status:
         query = query.where(Subscriber.status == status)
     return list(session.scalars(query))
-
-
-def require_status(subscriber: Subscriber, *allowed: str) -> None:
-    if subscriber.status not in allowed:
-        raise StateError(f"{subscriber.email} is {subscriber.status}")

@@ -162,6 +162,13 @@ def sender_domain(config: Config) -> str:
     return domain.lower()
 
 
+def unsubscribe_address(config: Config) -> str:
+    """Where mailto: unsubscribe requests go: [sender] unsubscribe_mailto (a written 'mailto:' and
+    '?subject=…' are dropped), else unsubscribe@<from domain>. Bounce processing reads the same."""
+    value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
+    return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto")
+
+
 def bounce_address(config: Config) -> str:
     """The plain envelope sender ([sender] bounce_address, default bounces@<from domain>)."""
     address = config.sender.bounce_address or f"bounces@{sender_domain(config)}"
@@ -223,8 +230,7 @@ def prepare(
     base_url = config.mailmag.base_url.rstrip("/")
     if not re.fullmatch(r"https?://[\x21-\x7e]+", base_url):
         raise ConfigError("[mailmag] base_url must be an http(s) URL without spaces or line breaks")
-    mailto = config.sender.unsubscribe_mailto or f"unsubscribe@{sender_domain(config)}"
-    ascii_address(mailto, "[sender] unsubscribe_mailto")
+    mailto = unsubscribe_address(config)
     boundary = f"=_mailmag_{secrets.token_hex(12)}"
     fixed = _fixed_headers(config, base_url, issue_number, boundary)
     present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed))

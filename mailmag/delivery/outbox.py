@@ -24,7 +24,6 @@ from sqlalchemy import (
     case,
     cast,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -34,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailmag.delivery import messages
-from mailmag.errors import InvalidInput, StateError
+from mailmag.errors import DatabaseError, InvalidInput, StateError
 from mailmag.models import (
     Delivery,
     Issue,
@@ -135,7 +134,7 @@ def _insert_ignoring_duplicates(session: Session):  # type: ignore[no-untyped-de
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(Delivery).on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    return insert(Delivery)
+    raise DatabaseError(f"mailmag runs on SQLite or PostgreSQL, not {dialect}")
 
 
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
@@ -344,14 +343,6 @@ def due_count(session: Session, now: dt.datetime) -> int:
         .select_from(Delivery)
         .join(Issue, Issue.id == Delivery.issue_id)
         .where(Issue.status == "sending", Delivery.status == "queued", Delivery.next_attempt_at <= now)
-    ) or 0
-
-
-def pending_count(session: Session) -> int:
-    """Deliveries not yet final (queued or leased), due or not."""
-    return session.scalar(
-        select(func.count()).select_from(Delivery).join(Issue, Issue.id == Delivery.issue_id)
-        .where(Issue.status == "sending", Delivery.status.in_(PENDING))
     ) or 0
 
 

@@ -16,7 +16,6 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from mailmag.errors import TokenError
 
 PURPOSES = ("unsubscribe", "preferences", "confirm", "org-submit")
-CONFIRM_MAX_AGE = 72 * 3600
 
 
 def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
