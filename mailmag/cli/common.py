@@ -11,6 +11,7 @@ import click
 
 from mailmag import db
 from mailmag.config import Config, load_config
+from mailmag.scheduling.when import shown
 from mailmag.services import Services
 
 
@@ -55,6 +56,4 @@ def _default(value: Any) -> Any:
 
 def local_time(value: dt.datetime | None, config: Config) -> str:
     """A stored UTC time shown in the configured zone, e.g. '2026-12-01 09:00 JST'."""
-    if value is None:
-        return "-"
-    return value.astimezone(config.zone).strftime("%Y-%m-%d %H:%M %Z")
+    return "-" if value is None else shown(value, config.zone)

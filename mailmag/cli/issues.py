@@ -192,14 +192,11 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
 def cancel(app: AppContext, number: int) -> None:
     """Unschedule a scheduled issue, or stop the messages of a send still queued."""
     with app.ready_services().session() as session:
-        issue = issues.get(session, number)
-        if issue.status == "scheduled":
-            schedule.unschedule_send(session, issue)
-            message = f"issue {number} unscheduled; it is a draft again"
-        else:
-            stopped = outbox.cancel_issue(session, issue)
-            message = f"issue {number} cancelled; {stopped} queued messages will not be sent"
-    click.echo(message)
+        stopped = schedule.cancel(session, issues.get(session, number))
+    if stopped is None:
+        click.echo(f"issue {number} unscheduled; it is a draft again")
+    else:
+        click.echo(f"issue {number} cancelled; {stopped} queued messages will not be sent")
 
 
 commands = [group]

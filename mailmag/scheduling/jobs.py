@@ -86,6 +86,15 @@ def unschedule_send(session: Session, issue: Issue) -> None:
     issue.status, issue.scheduled_at = "draft", None
 
 
+def cancel(session: Session, issue: Issue) -> int | None:
+    """`issues cancel`: a scheduled issue becomes a draft again (None); one being sent stops
+    what is still queued (returns how many messages will not go)."""
+    if issue.status == "scheduled":
+        unschedule_send(session, issue)
+        return None
+    return outbox.cancel_issue(session, issue)
+
+
 def last_send_run(session: Session, issue: Issue) -> JobRun | None:
     """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`."""
     return session.scalar(
