@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REFERENCE
 
 import mailmag
 from mailmag.content import items, orgs
@@ -123,7 +124,7 @@ def test_add_files_of_every_kind(council, tmp_path):
 
 
 def test_the_reference_article_enters_as_a_meeting_and_comes_out_normalized(council, reference_text):
-    article = Path(__file__).resolve().parents[2] / "shared" / "reference" / "000_db6e2a05c29aba8f.txt"
+    article = REFERENCE
     assert KANGXI.search(reference_text)
     council.ok("items", "submit", "--org", "cef", "--kind", "meeting", "--title", "『企画会議』の概要",
                "--date", "2012年5⽉24⽇（⽊）", "--venue", "中国経済連合会の会議室",

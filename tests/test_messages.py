@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dkim
 import pytest
-from conftest import SECRET
+from conftest import REFERENCE, SECRET
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
@@ -419,7 +419,7 @@ def test_test_send_with_html_and_extra_headers():
 
 def benchmark(count: int = 3000, dkim_key: Path | None = None) -> float:
     """personalize() µs per message on a ~30 KB Japanese issue (text ~28 KB + HTML ~31 KB)."""
-    article = Path(__file__).resolve().parents[2].joinpath("shared/reference/000_db6e2a05c29aba8f.txt")
+    article = REFERENCE
     rendering = _rendering((article.read_text(encoding="utf-8") * 5)[:10000])
     config = _config()
     if dkim_key:
