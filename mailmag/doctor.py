@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
 import ipaddress
 import os
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from mailmag import db
+from mailmag import clock, db
 from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages
@@ -152,7 +151,7 @@ def _templates(config: Config) -> list[Finding]:
     """Render a sample issue: compose would refuse the same templates for the same reasons."""
     sample = Item(org=Org(code="sample", name="サンプル機関"), kind="news", status="approved",
                   **items.clean("news", {"title": "サンプル記事", "body": "本文です。"}))
-    spec = render.IssueSpec(0, None, dt.date.today(), [sample])
+    spec = render.IssueSpec(0, None, clock.today(config.zone), [sample])
     env = render.make_environment(config.templates_path)
     editions = render.render_issue(env, config, spec)
     langs = ", ".join(e.lang for e in editions)

@@ -22,9 +22,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mailmag import clock
+
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """Now, aware UTC: mailmag.clock's reading, so tests that move the clock move this too."""
+    return clock.now()
 
 
 class UTCDateTime(TypeDecorator):

@@ -3,16 +3,22 @@
 Database tests run twice, on SQLite and on the PostgreSQL at 127.0.0.1:5432 (database
 `test`), each test in a schema of its own. PostgreSQL tests are skipped only when no server
 answers, and `.ci/run` starts one first.
+
+MAILMAG_TEST_CLOCK=2031-01-01 (or a full ISO time) runs the whole session with the wall clock
+moved there and ticking: in this process through time-machine, in the `mailmag` processes the
+tests start through tests/clocked.py. No test may depend on the real date.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import time_machine
 from click.testing import CliRunner, Result
 
 from mailmag import db
@@ -27,6 +33,34 @@ SECRET = "test-secret-key-0123456789"
 # The reference article ships inside the package: a clone holds everything the tests read.
 REFERENCE = Path(__file__).resolve().parents[1] / "mailmag" / "data" / "reference_article.txt"
 TESTS = Path(__file__).resolve().parent
+
+
+CLOCK_VARIABLE = "MAILMAG_TEST_CLOCK"
+_travel: list[time_machine.travel] = []
+
+
+def moved_clock(text: str) -> dt.datetime:
+    """MAILMAG_TEST_CLOCK's moment: a date alone is 00:00 UTC (09:00 in Japan) that day."""
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started before collection, so test modules' import-time readings see the moved clock too.
+    text = os.environ.get(CLOCK_VARIABLE)
+    if text:
+        _travel.append(time_machine.travel(moved_clock(text), tick=True))
+        _travel[0].start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _travel:
+        _travel.pop().stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    text = os.environ.get(CLOCK_VARIABLE)
+    return f"wall clock moved to {moved_clock(text).isoformat()} ({CLOCK_VARIABLE})" if text else ""
 
 
 def _pg_available() -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from clocked import mailmag_command
 
 from mailmag import demo
 from mailmag.cli import cli
@@ -163,14 +164,14 @@ def test_a_real_process_runs_the_demo_offline_and_serves_its_archive(tmp_path):
     assert "network access is disabled" in probe.stderr  # the guard is in force
 
     folder = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mailmag", "demo", "--dir", str(folder)], env=offline,
+    done = subprocess.run(mailmag_command("demo", "--dir", str(folder)), env=offline,
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "20 sent, 0 failed" in done.stdout
     assert "demo/issue-1.html" in done.stdout  # relative to the folder it was started in
 
     config = str(folder / "mailmag.toml")
-    command = [sys.executable, "-m", "mailmag", "--config", config, "serve", "--port", "0"]
+    command = mailmag_command("--config", config, "serve", "--port", "0")
     serve = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
         assert serve.stderr is not None

@@ -8,6 +8,7 @@ import email.policy
 from email.header import decode_header, make_header
 
 import pytest
+import time_machine
 from sqlalchemy import func, select
 
 from mailmag.audience import subscribers
@@ -229,19 +230,29 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
 
 
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server):
-    """With a window, a delivery queued at 3 a.m. JST waits; at 10:00 on a weekday it goes."""
+    """With a window, a delivery due at 3 a.m. JST waits; at 10:00 on a sending day it goes."""
     from mailmag.config import ScheduleConfig
+    from mailmag.schedule import window_open
 
     services = Services(smtp_services.config.replace(schedule=ScheduleConfig(send_window_enabled=True)))
-    issue = prepare_send(services, 2)
-    night = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC) - dt.timedelta(hours=9)  # Tue 03:00 JST
-    run_worker(services, clock=lambda: night)
-    assert smtp_server.recipients() == []
-    assert counts(services, issue).queued == 2
-    morning = night + dt.timedelta(hours=7)  # Tue 10:00 JST
-    run_worker(services, clock=lambda: morning)
-    assert counts(services, issue).sent == 2
-    services.close()
+    try:
+        zone, day = services.config.zone, utcnow().astimezone(services.config.zone).date()
+        morning = dt.datetime.combine(day, dt.time(10, 0), tzinfo=zone)
+        while morning <= utcnow() or not window_open(morning, services.config):
+            morning += dt.timedelta(days=1)  # the next weekday that is no holiday, from whenever this runs
+        night = morning - dt.timedelta(hours=7)  # 03:00 JST the same day
+        with time_machine.travel(night - dt.timedelta(minutes=5), tick=False):
+            issue = prepare_send(services, 2)
+        with services.session() as session:
+            assert outbox.due_count(session, night) == 2  # due: only the window can hold it back
+        run_worker(services, clock=lambda: night)
+        assert smtp_server.recipients() == []
+        assert counts(services, issue).queued == 2
+        run_worker(services, clock=lambda: morning)
+        assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user1@example.jp"]
+        assert counts(services, issue).sent == 2
+    finally:
+        services.close()
 
 
 def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server):

@@ -6,10 +6,10 @@ import json
 import os
 import pty
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clocked import mailmag_command
 from dbstate import count, rows, snapshot
 
 from mailmag.audience.subscribers import email_hash
@@ -273,8 +273,8 @@ def test_progress_bar_on_a_terminal(mailmag, config_file):
     controller, terminal = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "mailmag", "--config", str(config_file), "subscribers", "import",
-             str(SAMPLES / "sample-en.csv")],
+            mailmag_command("--config", str(config_file), "subscribers", "import",
+            str(SAMPLES / "sample-en.csv")),
             stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, timeout=60, check=True,
         )
         os.close(terminal)

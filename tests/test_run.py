@@ -6,12 +6,12 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from clocked import mailmag_command
 from sqlalchemy import select, update
 from test_schedule import add_subscribers, approve_news, draft_issue
 
@@ -44,7 +44,7 @@ class Run:
         env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET, "PYTHONFAULTHANDLER": "1"}
         with log.open("wb") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailmag", "--config", str(config_file), "run"],
+                mailmag_command("--config", str(config_file), "run"),
                 stdout=subprocess.DEVNULL, stderr=stderr, env=env,
             )
 

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from mailmag.models import utcnow
+
 
 @pytest.fixture
 def composed(mailmag):  # type: ignore[no-untyped-def]
@@ -88,11 +90,12 @@ def test_unknown_issue_is_one_line_error(mailmag):
 
 
 def test_send_at_schedules_and_cancel_unschedules(composed):
-    result = composed.ok("issues", "send", "1", "--at", "2030-12-02 09:00")
-    assert result.stdout.startswith("issue 1 scheduled for 2030-12-02 09:00 JST")
+    year = utcnow().year + 1  # always ahead, whatever the date the suite runs on
+    result = composed.ok("issues", "send", "1", "--at", f"{year}-12-02 09:00")
+    assert result.stdout.startswith(f"issue 1 scheduled for {year}-12-02 09:00 JST")
     scheduled = status(composed)
     assert (scheduled["status"], scheduled["total"]) == ("scheduled", 0)
-    assert scheduled["scheduled_at"].startswith("2030-12-02T00:00:00")  # stored in UTC
+    assert scheduled["scheduled_at"].startswith(f"{year}-12-02T00:00:00")  # stored in UTC
     listed = json.loads(composed.ok("issues", "list", "--json").stdout)
     assert listed[0]["status"] == "scheduled"
     assert "unscheduled" in composed.ok("issues", "cancel", "1").stdout

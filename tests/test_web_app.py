@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from clocked import mailmag_command
 from conftest import SECRET
 from web_support import Client, one_click
 
@@ -124,7 +124,7 @@ def test_serve_refuses_without_a_secret_key(mailmag):
 def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_path):
     mailmag.ok("subscribers", "add", "serve@example.jp")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailmag", "--config", str(config_file), "serve", "--port", "0"],
+        mailmag_command("--config", str(config_file), "serve", "--port", "0"),
         stderr=subprocess.PIPE, text=True, env={"MAILMAG_SECRET_KEY": SECRET, "PATH": "/usr/bin:/bin"},
         cwd=Path(__file__).resolve().parents[1],
     )

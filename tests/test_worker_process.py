@@ -6,7 +6,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from clocked import mailmag_command
 from conftest import SECRET
 from sqlalchemy import select
 from test_dispatch import prepare_send
@@ -43,7 +43,7 @@ _STARTED: list[subprocess.Popen] = []
 def start_worker(config: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailmag", "--config", str(config), "worker", *args],
+        mailmag_command("--config", str(config), "worker", *args),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     _STARTED.append(process)
@@ -87,7 +87,7 @@ def finish(config: Path, services: Services) -> None:
     """A fresh worker after the dead one's leases expired drains the queue."""
     time.sleep(1.1)  # lease_seconds = 1 in write_config
     done = subprocess.run(
-        [sys.executable, "-m", "mailmag", "--config", str(config), "worker", "--once"],
+        mailmag_command("--config", str(config), "worker", "--once"),
         env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

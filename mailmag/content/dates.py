@@ -13,6 +13,7 @@ import unicodedata
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from mailmag import clock
 from mailmag.errors import InvalidInput
 from mailmag.text_ja import WEEKDAYS_JA
 
@@ -55,7 +56,7 @@ _END_WITHOUT_MONTH = re.compile("(?P<day>\\d{1,2})日?")
 
 
 def today_in(zone: ZoneInfo = DEFAULT_ZONE) -> dt.date:
-    return dt.datetime.now(zone).date()
+    return clock.today(zone)
 
 
 def _clean(text: str) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailmag import personalize, text_ja
+from mailmag import clock, personalize, text_ja
 from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render
@@ -51,7 +51,7 @@ def listing(session: Session) -> list[Issue]:
 def compose(session: Session, config: Config, *, title: str | None = None,
             item_ids: Sequence[int] = (), today: dt.date | None = None) -> Composed:
     """A new draft issue from the given items, or every approved item not yet in an issue."""
-    today = today or dt.datetime.now(config.zone).date()
+    today = today or clock.today(config.zone)
     chosen, warnings = _chosen_items(session, item_ids)
     ordered = order_items(chosen, config.compose.kind_order, keep_given=bool(item_ids))
     number = (session.scalar(select(func.max(Issue.number))) or 0) + 1
@@ -74,7 +74,7 @@ def compose(session: Session, config: Config, *, title: str | None = None,
 
 def rerender(session: Session, config: Config, number: int, *, today: dt.date | None = None) -> Composed:
     """Render a draft or scheduled issue again from its items' current text."""
-    today = today or dt.datetime.now(config.zone).date()
+    today = today or clock.today(config.zone)
     issue = get(session, number)
     if issue.status not in RENDERABLE:
         raise StateError(f"issue {number} is {issue.status}: only a draft or scheduled issue can be rendered")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
 from collections.abc import Sequence
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+from mailmag import clock
 
 _WSP = re.compile(rb"[ \t]+")
 _FOLD_AT = 76  # the signature header is folded so no line passes RFC 5322's 78
@@ -55,7 +56,7 @@ def sign(
     body_hash = base64.b64encode(hashlib.sha256(_simple_body(body)).digest())
     tags = [
         b"v=1", b"a=rsa-sha256", b"c=relaxed/simple", b"d=" + domain, b"q=dns/txt", b"s=" + selector,
-        b"t=%d" % (timestamp if timestamp is not None else int(time.time())),
+        b"t=%d" % (timestamp if timestamp is not None else clock.timestamp()),
         b"h=" + b" : ".join(include_headers), b"bh=" + body_hash, b"b=",
     ]
     value = b"; ".join(tags)

@@ -11,7 +11,6 @@ is built per recipient, and none ever folds a header: CPython's folding mangles 
 from __future__ import annotations
 
 import binascii
-import datetime as dt
 import email.utils
 import html
 import re
@@ -24,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from mailmag import links
+from mailmag import clock, links
 from mailmag.config import Config
 from mailmag.delivery import dkim, tokens
 from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
@@ -301,7 +300,7 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         skeleton.from_line,
         _line("To", format_address(recipient.name, recipient.email)),
         skeleton.subject_line,
-        _line("Date", email.utils.format_datetime(dt.datetime.now(skeleton.zone))),
+        _line("Date", email.utils.format_datetime(clock.local_now(skeleton.zone))),
         _line("Message-ID", recipient.message_id),
         _line("List-Unsubscribe", unsubscribe),
         skeleton.fixed_lines,
@@ -367,7 +366,7 @@ def build_simple(
         ("From", format_address(config.sender.name, config.sender.from_, header="From")),
         ("To", format_address(to_name, to_email)),
         ("Subject", encode_header(subject)),
-        ("Date", email.utils.format_datetime(dt.datetime.now(config.zone))),
+        ("Date", email.utils.format_datetime(clock.local_now(config.zone))),
         ("Message-ID", message_id or make_message_id(config)),
     ]
     for name, value in (headers or {}).items():

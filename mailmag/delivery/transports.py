@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import itertools
 import os
 import threading
@@ -25,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from mailmag import clock
 from mailmag.config import Config
 from mailmag.errors import ConfigError, MailmagError, TransportError
 
@@ -121,7 +121,7 @@ class FileTransport:
         return FileConnection(self)
 
     def write(self, envelope_from: str, recipient: str, message: bytes) -> Path:
-        now = dt.datetime.now(dt.UTC)
+        now = clock.now()
         name = f"{now:%Y%m%dT%H%M%S.%fZ}-{self._unique}-{next(self._counter):06d}.eml"
         envelope = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode()
         final = self.directory / name
