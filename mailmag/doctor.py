@@ -264,13 +264,17 @@ def _dmarc(config: Config, domain: str) -> DnsRecord:
 def _public_key(pem: bytes) -> tuple[bytes, int]:
     """The DER SubjectPublicKeyInfo DKIM publishes (p=), and the key's size in bits."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     try:
         private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError("[dkim] private_key_file is not an unencrypted PEM RSA private key: "
                           f"make one with {MAKE_DKIM_KEY}") from exc
+    if not isinstance(private, rsa.RSAPrivateKey):
+        raise ConfigError("[dkim] private_key_file holds a key that is not RSA (DKIM here signs rsa-sha256): "
+                          f"make one with {MAKE_DKIM_KEY}")
     public = private.public_key()
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return der, public.key_size  # type: ignore[union-attr]
+    return der, public.key_size
 

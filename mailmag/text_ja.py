@@ -94,7 +94,6 @@ _ATOM = re.compile(
     "|.",
     re.S,
 )
-_LEAD = re.compile("[ \u3000]*")
 # A list marker or numbering: wrapped lines hang under the text that follows it.
 _MARKER = re.compile(r"(?:[・•◆◇■□●○◎※→▶▷★☆]|[-*+] |[（(]\d{1,2}[）)]|\d{1,2}[.．)] ?|[①-⑳])")
 # "日時：" after an indent: wrapped lines hang under the value.
@@ -158,7 +157,7 @@ def _phrase_starts(text: str) -> set[int]:
 
 
 @functools.cache
-def _budoux_parser():  # type: ignore[no-untyped-def]
+def _budoux_parser():
     import budoux
 
     return budoux.load_default_japanese_parser()
@@ -237,7 +236,7 @@ def wrap_line(line: str, width: int = 70, *, hanging: str | None = None, phrases
     wrapped lines start with `hanging` (default: under a list marker's text, or the indent).
     """
     line = strip_zero_width(line).rstrip(" ")
-    lead = _LEAD.match(line).group()
+    lead = line[: len(line) - len(line.lstrip(" \u3000"))]  # spaces, ASCII or 全角
     rest = line[len(lead):]
     if hanging is None:
         hanging = _hanging_indent(lead, rest)

@@ -107,7 +107,7 @@ def suppress(session: Session, subscriber: Subscriber, reason: str) -> bool:
     return True
 
 
-def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure) -> None:  # type: ignore[no-untyped-def]
+def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure) -> None:
     """A 5xx at RCPT or DATA during dispatch counts as a hard bounce: suppress the address."""
     key = f"smtp:{delivery_id}"
     if _seen(session, key):

@@ -130,12 +130,12 @@ def _over_limits(session: Session, address: Address, ip: str, limits: Limits, no
             SubscribeAttempt.email_hash == address.hash, SubscribeAttempt.mailed.is_(True),
             SubscribeAttempt.at > now - dt.timedelta(days=1),
         )
-    )
+    ) or 0
     from_ip = session.scalar(
         select(func.count()).select_from(SubscribeAttempt).where(
             SubscribeAttempt.ip == ip, SubscribeAttempt.at > now - dt.timedelta(hours=1),
         )
-    )
+    ) or 0
     return bool(mailed_today >= limits.per_address_per_day or from_ip >= limits.per_ip_per_hour)
 
 

@@ -8,9 +8,9 @@ import io
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailmag.audience import subscribers
@@ -257,7 +257,7 @@ def _flush(
 def _insert(session: Session, batch: list[Row], consent: Consent) -> None:
     """New subscribers, then their opt-in records: two executemany statements and one read."""
     now = utcnow()
-    session.execute(insert(Subscriber.__table__), [
+    session.execute(insert(cast(Table, Subscriber.__table__)), [
         dict(email=r.address.email, email_key=r.address.key, name=r.name, organization=r.organization,
              lang=r.lang or "ja", topics=r.topics, status="active", status_reason="",
              created_at=now, updated_at=now, confirmed_at=now)
@@ -266,7 +266,7 @@ def _insert(session: Session, batch: list[Row], consent: Consent) -> None:
     keys = [r.address.key for r in batch]
     query = select(Subscriber.email_key, Subscriber.id).where(Subscriber.email_key.in_(keys))
     ids = {key: id_ for key, id_ in session.execute(query)}
-    session.execute(insert(ConsentEvent.__table__), [
+    session.execute(insert(cast(Table, ConsentEvent.__table__)), [
         dict(subscriber_id=ids[r.address.key], email_hash=r.address.hash, action="opt_in",
              channel=consent.channel, source=consent.source, ip=consent.ip, at=now)
         for r in batch

@@ -20,6 +20,7 @@ from email.header import Header, decode_header
 from email.iterators import typed_subpart_iterator
 from email.message import Message
 from email.parser import HeaderParser
+from typing import Any
 
 from flufl.bounce import all_failures
 
@@ -70,7 +71,7 @@ def read(data: bytes, unsubscribe_address: str) -> Reading:
     """Classify one message; raise Unreadable if it is not mail or its MIME is broken."""
     msg = email.message_from_bytes(data)
     _check_structure(msg)
-    base = {
+    base: dict[str, Any] = {
         "source_key": source_key(msg, data), "label": label(msg), "at": _date(msg),
         "envelope": _envelope(msg), "original_ids": _original_ids(msg),
     }
@@ -128,7 +129,7 @@ def dsn_failures(msg: Message) -> list[Failure]:
     """The failed or delayed recipients of every message/delivery-status part."""
     failures = []
     for part in typed_subpart_iterator(msg, "message", "delivery-status"):
-        for block in _blocks(part):  # type: ignore[arg-type]
+        for block in _blocks(part):
             action = str(block.get("Action", "")).strip().lower()
             diagnostic = " ".join(str(block.get("Diagnostic-Code", "")).split())
             code = status_code(str(block.get("Status", ""))) or status_code(diagnostic)
@@ -163,7 +164,7 @@ def classify(action: str, code: str) -> str | None:
 def _blocks(part: Message) -> list[Message]:
     payload = part.get_payload()
     if isinstance(payload, list):
-        return payload
+        return [p for p in payload if isinstance(p, Message)]
     text = str(payload).replace("\r\n", "\n")
     return [HeaderParser().parsestr(chunk) for chunk in text.split("\n\n") if chunk.strip()]
 
@@ -197,9 +198,9 @@ def heuristic_failures(msg: Message) -> list[Failure]:
 def _plain_text(msg: Message) -> str:
     parts = []
     for part in typed_subpart_iterator(msg, "text", "plain"):
-        payload = part.get_payload(decode=True)  # type: ignore[union-attr]
+        payload = part.get_payload(decode=True)
         if isinstance(payload, bytes):
-            parts.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))  # type: ignore[union-attr]
+            parts.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
     return "\n".join(parts)
 
 
@@ -208,7 +209,7 @@ def _plain_text(msg: Message) -> str:
 
 def _complaint(msg: Message, base: dict) -> Reading:
     fields = next((b for p in typed_subpart_iterator(msg, "message", "feedback-report")
-                   for b in _blocks(p)), Message())  # type: ignore[arg-type]
+                   for b in _blocks(p)), Message())
     feedback_type = str(fields.get("Feedback-Type", "abuse")).strip().lower()
     if feedback_type == "not-spam":
         return Reading(kind="other", detail="a not-spam feedback report", **base)
@@ -259,11 +260,13 @@ def _original_ids(msg: Message) -> tuple[str, ...]:
 
 def _embedded_headers(msg: Message) -> list[Message]:
     """The headers of the returned original (message/rfc822 or text/rfc822-headers parts)."""
-    found = []
+    found: list[Message] = []
     for part in msg.walk():
         kind = part.get_content_type()
         if kind == "message/rfc822" and isinstance(part.get_payload(), list) and part.get_payload():
-            found.append(part.get_payload(0))
+            inner = part.get_payload(0)
+            if isinstance(inner, Message):
+                found.append(inner)
         elif kind == "text/rfc822-headers":
             payload = part.get_payload(decode=True)
             if isinstance(payload, bytes):

@@ -123,13 +123,16 @@ def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int |
     click.echo("stopped", err=True)
 
 
+class _RunHandler(logging.StreamHandler):
+    """`run`'s own stderr handler: added once however often `run` starts in one process."""
+
+
 def _log_to_stderr() -> None:
     """`run` is a service: what it does goes to stderr (journald), one line per event."""
     root = logging.getLogger("mailmag")
-    if any(getattr(h, "mailmag_run", False) for h in root.handlers):
+    if any(isinstance(h, _RunHandler) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.mailmag_run = True  # type: ignore[attr-defined]
+    handler = _RunHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -111,7 +111,7 @@ def _progress(file: Path) -> Iterator[Callable[[int], None] | None]:
         return
     with click.progressbar(length=rows, label="importing", file=sys.stderr) as bar:
         yield bar.update
-        bar.update(bar.length - bar.pos)  # blank and invalid lines were not counted
+        bar.update(rows - bar.pos)  # blank and invalid lines were not counted
 
 
 def _print_report(report: imports.ImportReport) -> None:

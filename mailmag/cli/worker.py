@@ -49,7 +49,7 @@ def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _progress(services, once: bool):  # type: ignore[no-untyped-def]
+def _progress(services, once: bool):
     """A progress bar on a terminal for `--once`; nothing for scripts and services."""
     if not (once and sys.stderr.isatty()):
         yield None

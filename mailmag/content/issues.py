@@ -143,7 +143,7 @@ def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item]
     return chosen, _already_in_issues(session, chosen)
 
 
-def _items_in_live_issues():  # type: ignore[no-untyped-def]
+def _items_in_live_issues():
     return select(IssueItem.item_id).join(Issue).where(Issue.status != "cancelled")
 
 

@@ -160,12 +160,17 @@ def render_edition(env: jinja2.Environment, config: Config, spec: IssueSpec, lan
     return Edition(lang, issue.title, issue.subject, inline_css(document), text)
 
 
+def _folder(env: jinja2.Environment) -> str:
+    loader = env.loader
+    return loader.searchpath[0] if isinstance(loader, jinja2.FileSystemLoader) else "the templates folder"
+
+
 def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
     try:
         return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:
         raise ConfigError(
-            f"template {exc.name} not found in {env.loader.searchpath[0]}: "  # type: ignore[union-attr]
+            f"template {exc.name} not found in {_folder(env)}: "
             "copy it from mailmag's templates/ folder or fix [mailmag] templates_dir"
         ) from exc
     except jinja2.TemplateSyntaxError as exc:

@@ -80,6 +80,8 @@ class Skeletons:
                     select(Rendering).where(Rendering.issue_id == issue_id, Rendering.lang == lang)
                 )
                 number = session.scalar(select(Issue.number).where(Issue.id == issue_id))
+                if rendering is None or number is None:
+                    raise StateError(f"issue {issue_id} has no {lang} rendering to send")
                 self._cache[key] = messages.prepare(rendering, number, self.services.config, dkim=self.dkim)
             return self._cache[key]
 

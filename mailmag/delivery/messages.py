@@ -76,15 +76,15 @@ class _Literal:
     """A constant stretch of a part, base64-encoded ahead for each of the 3 possible alignments."""
 
     raw: bytes
-    ends: tuple[int, int, int]  # after k bytes carried in: raw[(3-k)%3 : ends[k]] is encoded
-    encoded: tuple[bytes, bytes, bytes]
+    ends: tuple[int, ...]  # three: after k bytes carried in: raw[(3-k)%3 : ends[k]] is encoded
+    encoded: tuple[bytes, ...]  # three, one per alignment
 
     @classmethod
     def of(cls, raw: bytes) -> _Literal:
         starts = [(3 - carry) % 3 for carry in range(3)]
         ends = tuple(start + max(len(raw) - start, 0) // 3 * 3 for start in starts)
         encoded = tuple(_base64(raw[start:end]) for start, end in zip(starts, ends, strict=True))
-        return cls(raw, ends, encoded)  # type: ignore[arg-type]
+        return cls(raw, ends, encoded)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+import typing
 
 from sqlalchemy import (
     Connection,
     String,
+    Table,
     Text,
     and_,
     bindparam,
@@ -32,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from mailmag.db import rowcount
 from mailmag.delivery import messages
 from mailmag.errors import DatabaseError, InvalidInput, StateError
 from mailmag.models import (
@@ -105,7 +108,7 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     columns = ["issue_id", "subscriber_id", "email", "lang", "message_id", "status",
                "next_attempt_at", "created_at"]
     statement = _insert_ignoring_duplicates(session).from_select(columns, audience)
-    added = session.execute(statement, execution_options={"preserve_rowcount": True}).rowcount
+    added = rowcount(session.execute(statement, execution_options={"preserve_rowcount": True}))
     if added and session.get_bind().dialect.name == "postgresql":
         # Statistics taken before this bulk insert say the queue is empty; planning with them,
         # each claim sorts the whole list instead of reading one batch off the due index (0.5 s
@@ -124,7 +127,7 @@ def _topic_filter(topic: str | None) -> list:
     return [or_(topics_text == "[]", topics_text.like(f'%"{topic}"%'))]
 
 
-def _insert_ignoring_duplicates(session: Session):  # type: ignore[no-untyped-def]
+def _insert_ignoring_duplicates(session: Session):
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -140,19 +143,19 @@ def _insert_ignoring_duplicates(session: Session):  # type: ignore[no-untyped-de
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     """Leases of dead workers expire: the row is queued again, or dead after too many."""
     expired = and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
-    dead = session.execute(
+    dead = rowcount(session.execute(
         update(Delivery)
         .where(expired, Delivery.lease_expiries + 1 >= max_expiries)
         .values(status="dead", lease_owner=None, lease_expires_at=None,
                 lease_expiries=Delivery.lease_expiries + 1,
                 last_reply="lease expired too often: a worker died while sending it")
-    ).rowcount
-    requeued = session.execute(
+    ))
+    requeued = rowcount(session.execute(
         update(Delivery)
         .where(expired)
         .values(status="queued", lease_owner=None, lease_expires_at=None,
                 lease_expiries=Delivery.lease_expiries + 1, next_attempt_at=now)
-    ).rowcount
+    ))
     return dead + requeued
 
 
@@ -207,22 +210,22 @@ def _load_claimed(session: Session, ids: list[int]) -> list[Claimed]:
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
     )
-    return [Claimed(*row) for row in session.execute(query)]
+    return [Claimed(**row._asdict()) for row in session.execute(query)]
 
 
-def _held(delivery_id: int, owner: str):  # type: ignore[no-untyped-def]
+def _held(delivery_id: int, owner: str):
     return and_(Delivery.id == delivery_id, Delivery.status == "sending", Delivery.lease_owner == owner)
 
 
 def _finish(session: Session, delivery_id: int, owner: str, **values: object) -> bool:
     """Write a result only while `owner` still holds the lease; False if it lost it."""
     values = {"lease_owner": None, "lease_expires_at": None, **values}
-    return session.execute(update(Delivery).where(_held(delivery_id, owner)).values(**values)).rowcount == 1
+    return rowcount(session.execute(update(Delivery).where(_held(delivery_id, owner)).values(**values))) == 1
 
 
 # The hot path, once per message: one statement built at import, on the table rather than the
 # ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery.
-_DELIVERIES = Delivery.__table__
+_DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
 _MARK_SENT = (
     update(_DELIVERIES)
     .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status == "sending",
@@ -237,7 +240,7 @@ def mark_sent(
 ) -> bool:
     """Sent, if `owner` still holds the lease; works on a Session or a plain Connection."""
     params = {"delivery_id": delivery_id, "owner": owner, "reply": reply[:500], "now": now}
-    return db.execute(_MARK_SENT, params).rowcount == 1
+    return rowcount(db.execute(_MARK_SENT, params)) == 1
 
 
 def mark_failed(session: Session, delivery_id: int, owner: str, reply: str) -> bool:
@@ -256,7 +259,7 @@ def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | No
     return _finish(session, delivery_id, owner, **values)
 
 
-def retry_delay(config_retry, age_seconds: float) -> float:  # type: ignore[no-untyped-def]
+def retry_delay(config_retry, age_seconds: float) -> float:
     """Postfix-like: the delay grows with the message's age, between the two bounds."""
     return min(max(config_retry.backoff_seconds, age_seconds), config_retry.max_backoff_seconds)
 
@@ -273,7 +276,7 @@ def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
         .values(status="cancelled", last_reply="subscriber opted out", lease_owner=None,
                 lease_expires_at=None)
     )
-    return result.rowcount
+    return rowcount(result)
 
 
 def start_sending(session: Session, issue: Issue, domain: str, default_lang: str) -> int:
@@ -296,11 +299,11 @@ def cancel_issue(session: Session, issue: Issue) -> int:
     if issue.status in ("sent", "cancelled"):
         raise StateError(f"issue {issue.number} is already {issue.status}")
     issue.status = "cancelled"
-    return session.execute(
+    return rowcount(session.execute(
         update(Delivery)
         .where(Delivery.issue_id == issue.id, Delivery.status == "queued")
         .values(status="cancelled", last_reply="issue cancelled")
-    ).rowcount
+    ))
 
 
 def complete_issues(session: Session) -> list[int]:
@@ -353,7 +356,7 @@ def sent_since(session: Session, since: dt.datetime) -> int:
     ) or 0
 
 
-def send_issue(session: Session, issue: Issue, config) -> int:  # type: ignore[no-untyped-def]
+def send_issue(session: Session, issue: Issue, config) -> int:
     """`issues send`: freeze the audience now with the configured sender domain and language."""
     return start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 
 
 class Window:
@@ -24,9 +25,12 @@ class Window:
 class RateLimiter:
     """Messages per second and per hour (0 = unlimited), shared by a worker's threads."""
 
-    def __init__(self, per_second: float, per_hour: int, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
+        # clock and sleep are arguments so tests can run an hour of limits in no time.
         self.per_hour = per_hour
         self.clock = clock
+        self.sleep = sleep
         self.windows: list[Window] = []
         if per_second > 0:
             # A fractional rate (0.5/s) becomes one message per 1/rate seconds.
@@ -58,4 +62,4 @@ class RateLimiter:
                 if stop.wait(wait):
                     return False
             else:
-                time.sleep(wait)
+                self.sleep(wait)

@@ -42,7 +42,7 @@ _LINE_DOT = re.compile(rb"\n\.")
 def is_policy_refusal(reply: str) -> bool:
     """True for an enhanced status code 5.7.x (policy, spam, reputation): not the address's fault."""
     match = _ENHANCED.match(reply)
-    return bool(match) and match.group(1) == "5" and match.group(2) == "7"
+    return match is not None and match.group(1) == "5" and match.group(2) == "7"
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
@@ -260,11 +260,12 @@ class SmtpConnection:
                 f'[smtp] security = "none" would send the password for {config.username} unencrypted '
                 f'to {config.host}; use security = "starttls" (port 587) or "tls" (port 465)'
             )
-        kwargs = {"local_hostname": self._transport.local_hostname, "timeout": config.timeout_seconds}
+        hostname, timeout = self._transport.local_hostname, config.timeout_seconds
         try:
             if config.security == "tls":
-                return smtplib.SMTP_SSL(config.host, config.port, context=context, **kwargs)
-            return smtplib.SMTP(config.host, config.port, **kwargs)
+                return smtplib.SMTP_SSL(config.host, config.port, local_hostname=hostname, timeout=timeout,
+                                        context=context)
+            return smtplib.SMTP(config.host, config.port, local_hostname=hostname, timeout=timeout)
         except smtplib.SMTPConnectError as exc:
             self._refused_session("greeted us with", exc.smtp_code, exc.smtp_error)
             raise  # unreachable: _refused_session raises

@@ -112,6 +112,7 @@ def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
         ).all()
     results = []
     for issue_id, number, at in due:
+        assert at is not None  # the WHERE above: scheduled_at <= now
         action = _send_action(services.config, issue_id, at, now)
         fired = _once(services, send_job_id(number), at, action, on_failure=_back_to_draft(issue_id))
         if fired is not None:

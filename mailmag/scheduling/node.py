@@ -20,7 +20,7 @@ import fcntl
 import logging
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -122,7 +122,7 @@ class FileLock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = None
+        self.file: TextIO | None = None
 
     def acquire(self) -> bool:
         file = self.path.open("a")

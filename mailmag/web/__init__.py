@@ -99,7 +99,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     # Flask escapes only *.html; our page templates are *.html.j2.
     app.jinja_options = {**Flask.jinja_options, "autoescape": jinja2.select_autoescape(["html.j2"]),
                          "undefined": jinja2.StrictUndefined}
-    app.jinja_loader = loader  # type: ignore[assignment]
+    app.jinja_loader = loader
     app.extensions["mailmag"] = WebState(
         services=services, secret=secret,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
@@ -135,17 +135,17 @@ def _healthz() -> tuple[str, int, dict[str, str]]:
     return "ok\n", 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 
-def _home():  # type: ignore[no-untyped-def]
+def _home():
     from flask import redirect, url_for
 
     return redirect(url_for("archive.index"))
 
 
-def _not_found(_error: NotFound):  # type: ignore[no-untyped-def]
+def _not_found(_error: NotFound):
     return render_template("error.html.j2", status=404, reason=""), 404
 
 
-def _http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+def _http_error(error: HTTPException):
     status = error.code or 500
     g.setdefault("lang", pick_lang(request.args.get("lang"), default=state().config.mailmag.language))
     reason = "csrf" if error.description == "csrf" else ""

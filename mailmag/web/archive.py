@@ -147,6 +147,7 @@ def _vevent(item: Item, number: int) -> icalendar.Event:
     event.add("uid", f"item-{item.id}@{config.sender.list_id}")
     event.add("dtstamp", item.updated_at)
     event.add("summary", item.title)
+    assert item.date is not None  # _published_events selects dated events only
     start, end = _span(item.date, item.end_date, item.time_text, config.zone)
     event.add("dtstart", start)
     if end is not None:

@@ -189,7 +189,8 @@ def subscribe() -> Any:
     security.check_csrf()
     form = request.form
     lang = _form_lang()
-    values = {key: form.get(key, "").strip()[:200] for key in ("email", "name", "organization")}
+    values: dict[str, Any] = {
+        key: form.get(key, "").strip()[:200] for key in ("email", "name", "organization")}
     values["topics"] = form.getlist("topic")
     try:
         address = subscribers.parse_address(values["email"])
