@@ -198,6 +198,7 @@ class SmtpServer:
         self.messages: list[Received] = []
         self.commands: list[str] = []  # every SMTP verb received, in order ("EHLO", "MAIL", …)
         self.sessions = 0
+        self.stalled = threading.Event()  # set when a stall() fault holds a session: a race test waits on it
         self._faults: list[_Fault] = []
         self._live: set[SMTP] = set()  # open server-side sessions, closed by stop()
         self._lock = threading.Lock()
@@ -311,6 +312,8 @@ class SmtpServer:
             return fault.reply
         if smtp.transport is not None and not fault.stall:
             smtp.transport.abort()  # no reply, no TLS goodbye: as if the cable were pulled
+        if fault.stall:
+            self.stalled.set()
         await asyncio.sleep(3600)  # connection_lost() cancels this task
         return None
 

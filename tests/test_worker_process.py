@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -100,7 +100,7 @@ def test_worker_killed_after_claim_or_during_data_loses_nobody(setup, smtp_serve
     smtp_server.stall(stage)
     worker = start_worker(config, "--once", "--concurrency", "1")
     wait_for(lambda: states(services)["sending"] == 5)
-    time.sleep(0.3)  # let it reach the stalled stage
+    assert smtp_server.stalled.wait(30)  # the worker is inside the stalled stage: kill it there
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     smtp_server.clear_faults()
@@ -113,13 +113,18 @@ def test_worker_killed_after_claim_or_during_data_loses_nobody(setup, smtp_serve
 
 
 @contextmanager
-def result_writes_blocked(db_url: str) -> Iterator[None]:
-    """Hold a lock that makes the worker's result commit wait (the window after the 250)."""
+def result_writes_blocked(db_url: str) -> Iterator[Callable[[], bool]]:
+    """Hold a lock that makes the worker's result commit wait (the window after the 250).
+
+    Yields `waiting()`: True once the worker is seen waiting on the lock. PostgreSQL shows it
+    (pg_blocking_pids); SQLite's busy wait cannot be seen from outside, so there it is True at
+    once and the test checks afterwards that no result was written.
+    """
     if db_url.startswith("sqlite"):
         conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
+            yield lambda: True
         finally:
             conn.execute("ROLLBACK")
             conn.close()
@@ -129,7 +134,15 @@ def result_writes_blocked(db_url: str) -> Iterator[None]:
     schema = db_url.rpartition("%3D")[2]
     with psycopg.connect(f"host=127.0.0.1 user=postgres dbname=test options=-csearch_path={schema}") as conn:
         conn.execute("SELECT id FROM deliveries FOR UPDATE")
-        yield
+        holder = conn.info.backend_pid
+
+        def waiting() -> bool:
+            with psycopg.connect("host=127.0.0.1 user=postgres dbname=test") as probe:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+                row = probe.execute(query, (holder,)).fetchone()
+                return bool(row and row[0])
+
+        yield waiting
         # A killed client's backend would still run its waiting UPDATE once the lock is free
         # (in autocommit that commits it): end that backend too, as a crashed machine would.
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -157,11 +170,12 @@ def test_worker_killed_after_the_250_before_the_commit_resends_only_that_message
     smtp_server._store = store_then_wait
     worker = start_worker(config, "--once", "--concurrency", "1")
     assert stored.wait(30)
-    with result_writes_blocked(db_url):
+    with result_writes_blocked(db_url) as waiting:
         proceed.set()  # the 250 goes out; the worker's commit of "sent" now waits on the lock
-        time.sleep(0.5)
+        wait_for(waiting)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+    assert states(services)["sent"] == 0  # the relay has message 1, our rows do not say so: the window
     finish(config, services)
     final = states(services)
     assert (final["sent"], final["queued"], final["sending"]) == (4, 0, 0)
