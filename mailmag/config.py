@@ -10,11 +10,13 @@ current directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,39 @@ def _key(name: str) -> dict[str, Any]:
     return {"key": name}
 
 
+# The allowed values of a setting, declared beside its type and default as field metadata;
+# load_config refuses anything else as one `FILE:LINE:` error.
+def at_least(low: float, high: float | None = None) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+def more_than(low: float) -> dict[str, Any]:
+    return {"above": low}
+
+
+def one_of(*allowed: str) -> dict[str, Any]:
+    return {"choices": allowed}
+
+
+def broken_rule(value: Any, rule: Mapping[str, Any]) -> str | None:
+    """What `value` fails of its field's rule ("must be at least 1"), or None if it is allowed."""
+    if "choices" in rule and value not in rule["choices"]:
+        return f"must be one of {', '.join(rule['choices'])}"
+    if "above" in rule and not value > rule["above"]:
+        return f"must be more than {rule['above']}"
+    low, high = rule.get("min"), rule.get("max")
+    if low is not None and high is not None and not low <= value <= high:
+        return f"must be from {low} to {high}"
+    if low is not None and value < low:
+        return f"must be at least {low}"
+    return None
+
+
 @dataclass(frozen=True)
 class GeneralConfig:
     base_url: str = "http://127.0.0.1:8025"
     timezone: str = "Asia/Tokyo"
-    language: str = "ja"
+    language: str = field(default="ja", metadata=one_of("ja", "en"))
     templates_dir: str = ""
     demo: bool = False
 
@@ -68,38 +98,38 @@ class ComposeConfig:
     title_template_en: str = "{list_name} No. {number}"
     subject_template_en: str = "[No. {number}] {headline}"
     kind_order: list[str] = field(default_factory=lambda: ["meeting", "event", "exhibitors", "news"])
-    wrap_width: int = 70
-    html_size_limit_kb: int = 102
+    wrap_width: int = field(default=70, metadata=at_least(20, 998))
+    html_size_limit_kb: int = field(default=102, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    transport: str = "file"
+    transport: str = field(default="file", metadata=one_of("smtp", "file", "memory"))
     host: str = "127.0.0.1"
-    port: int = 587
-    security: str = "starttls"
+    port: int = field(default=587, metadata=at_least(1, 65535))
+    security: str = field(default="starttls", metadata=one_of("none", "starttls", "tls"))
     ca_file: str = ""
     username: str = ""
-    timeout_seconds: float = 30.0
-    max_connections: int = 4
-    rate_per_second: float = 10.0
-    rate_per_hour: int = 0
-    messages_per_connection: int = 1000
+    timeout_seconds: float = field(default=30.0, metadata=more_than(0))
+    max_connections: int = field(default=4, metadata=at_least(1))
+    rate_per_second: float = field(default=10.0, metadata=at_least(0))
+    rate_per_hour: int = field(default=0, metadata=at_least(0))
+    messages_per_connection: int = field(default=1000, metadata=at_least(1))
     file_dir: str = "outbox"
 
 
 @dataclass(frozen=True)
 class RetryConfig:
-    backoff_seconds: int = 300
-    max_backoff_seconds: int = 4000
-    lifetime_seconds: int = 5 * 24 * 3600
+    backoff_seconds: int = field(default=300, metadata=at_least(1))
+    max_backoff_seconds: int = field(default=4000, metadata=at_least(1))
+    lifetime_seconds: int = field(default=5 * 24 * 3600, metadata=at_least(60))
 
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    lease_seconds: int = 300
-    batch_size: int = 200
-    max_lease_expiries: int = 3
+    lease_seconds: int = field(default=300, metadata=at_least(1))
+    batch_size: int = field(default=200, metadata=at_least(1))
+    max_lease_expiries: int = field(default=3, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -111,19 +141,19 @@ class DkimConfig:
 @dataclass(frozen=True)
 class WebConfig:
     consent_wording_version: str = "1"
-    confirm_hours: int = 72
-    confirm_per_address_per_day: int = 1
-    subscribe_per_ip_per_hour: int = 10
-    purge_pending_after_hours: int = 168
+    confirm_hours: int = field(default=72, metadata=at_least(1))
+    confirm_per_address_per_day: int = field(default=1, metadata=at_least(1))
+    subscribe_per_ip_per_hour: int = field(default=10, metadata=at_least(1))
+    purge_pending_after_hours: int = field(default=168, metadata=at_least(1))
     topics: list[str] = field(default_factory=lambda: ["events|イベント案内|Events", "news|お知らせ|News"])
     trusted_proxy: str = ""
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    poll_seconds: float = 30.0
-    grace_seconds: int = 3600
-    min_items: int = 1
+    poll_seconds: float = field(default=30.0, metadata=more_than(0))
+    grace_seconds: int = field(default=3600, metadata=at_least(0))
+    min_items: int = field(default=1, metadata=at_least(0))
     send_window_enabled: bool = False
     send_window_days: list[str] = field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
     send_window_start: str = "09:00"
@@ -134,8 +164,8 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    soft_threshold: int = 3
-    soft_window_days: int = 30
+    soft_threshold: int = field(default=3, metadata=at_least(1))
+    soft_window_days: int = field(default=30, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -173,11 +203,6 @@ class Config:
 _PATH_KEYS = {
     ("mailmag", "templates_dir"), ("smtp", "file_dir"), ("smtp", "ca_file"), ("dkim", "private_key_file"),
 }
-_CHOICES = {
-    ("mailmag", "language"): ("ja", "en"),
-    ("smtp", "transport"): ("smtp", "file", "memory"),
-    ("smtp", "security"): ("none", "starttls", "tls"),
-}
 
 
 def sections() -> dict[str, type]:
@@ -207,6 +232,7 @@ def find_config_file(explicit: str | os.PathLike | None, env: dict[str, str]) ->
 def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
     """Read the configuration the CLI contract describes; raise ConfigError naming the fix."""
     env = dict(os.environ) if env is None else env
+    _check_env_names(env)
     file = find_config_file(path, env)
     data: dict[str, Any] = {}
     text = ""
@@ -240,6 +266,22 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
     return config
 
 
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A misspelled override (MAILMAG_SMTP_PROT) is an error, not a setting silently left alone."""
+    known = {ENV_CONFIG, ENV_SECRET_KEY, ENV_SMTP_PASSWORD} | {
+        f"MAILMAG_{name}_{key}".upper() for name, cls in sections().items() for key in section_keys(cls)
+    }
+    for name in sorted(env):
+        if not name.startswith("MAILMAG_") or name in known:
+            continue
+        section = name.removeprefix("MAILMAG_").split("_", 1)[0].lower()
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if section in sections() or close:
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"environment variable {name} is not a setting: {hint}fix its name or unset it "
+                              "(overrides are MAILMAG_SECTION_KEY for the keys in config.example.toml)")
+
+
 def _build_section(
     name: str,
     cls: type,
@@ -262,7 +304,9 @@ def _build_section(
                 f"known keys are {', '.join(keys)}"
             )
         f = keys[key]
-        value = _coerce(value, hints[f.name], f"{_where(file, text, name, key)}[{name}] {key}")
+        where = f"{_where(file, text, name, key)}[{name}] {key}"
+        value = _coerce(value, hints[f.name], where)
+        _check_rule(value, f, where)
         if (name, key) in _PATH_KEYS and value and base_dir is not None:
             value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
         kwargs[f.name] = value
@@ -270,9 +314,16 @@ def _build_section(
         env_name = f"MAILMAG_{name}_{key}".upper()
         if env_name in env:
             kwargs[f.name] = _coerce_env(env[env_name], hints[f.name], env_name)
+            _check_rule(kwargs[f.name], f, f"environment variable {env_name}")
     if name == "database" and "url" in kwargs and base_dir is not None:
         kwargs["url"] = _resolve_sqlite(kwargs["url"], base_dir)
     return cls(**kwargs)
+
+
+def _check_rule(value: Any, f: dataclasses.Field, where: str) -> None:
+    problem = broken_rule(value, f.metadata)
+    if problem:
+        raise ConfigError(f"{where} {problem}, not {value!r}")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -353,12 +404,6 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
 
 def _check(config: Config, file: Path | None) -> None:
     where = f"{file}: " if file else ""
-    for (section, key), allowed in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in allowed:
-            raise ConfigError(
-                f"{where}[{section}] {key} must be one of {', '.join(allowed)}, not {value!r}"
-            )
     try:
         config.zone  # noqa: B018 - validates the zone name
     except (ZoneInfoNotFoundError, ValueError) as exc:

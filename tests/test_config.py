@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailmag.config import Config, load_config, section_keys, sections
+from mailmag.config import Config, broken_rule, load_config, section_keys, sections
 from mailmag.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
@@ -80,3 +80,72 @@ def test_bad_env_value_is_named():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot read configuration file .*nope\.toml"):
         load_config(tmp_path / "nope.toml", env={})
+
+
+def _ruled_fields():  # type: ignore[no-untyped-def]
+    for name, cls in sections().items():
+        for key, f in section_keys(cls).items():
+            if {"min", "above", "choices"} & set(f.metadata):
+                yield name, key, f
+
+
+def test_every_number_has_a_range_and_every_default_keeps_its_own_rule():
+    ruled = {(name, key) for name, key, _ in _ruled_fields()}
+    for name, cls in sections().items():
+        for key, f in section_keys(cls).items():
+            if f.type in ("int", "float"):
+                assert (name, key) in ruled, f"[{name}] {key} has no range"
+    defaults = Config()
+    for name, _key, f in _ruled_fields():
+        assert broken_rule(getattr(getattr(defaults, name), f.name), f.metadata) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[smtp]\nhost = \"relay\"\nmax_connections = 0\n",
+         r"^.*m\.toml:3: \[smtp\] max_connections must be at least 1, not 0$"),
+        ("[smtp]\nport = 70000\n", r"m\.toml:2: \[smtp\] port must be from 1 to 65535, not 70000$"),
+        ("[smtp]\ntimeout_seconds = 0\n",
+         r"m\.toml:2: \[smtp\] timeout_seconds must be more than 0, not 0\.0$"),
+        ("[dispatch]\nbatch_size = -5\n", r"m\.toml:2: \[dispatch\] batch_size must be at least 1, not -5$"),
+        ("[mailmag]\nlanguage = \"fr\"\n",
+         r"m\.toml:2: \[mailmag\] language must be one of ja, en, not 'fr'$"),
+    ],
+)
+def test_a_value_out_of_range_is_one_error_naming_file_and_line(tmp_path, text, message):
+    path = tmp_path / "m.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, env={})
+
+
+def test_an_override_out_of_range_is_named():
+    expected = r"^environment variable MAILMAG_SMTP_MAX_CONNECTIONS must be at least 1, not 0$"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, env={"MAILMAG_SMTP_MAX_CONNECTIONS": "0"})
+
+
+@pytest.mark.parametrize(("name", "suggestion"), [
+    ("MAILMAG_SMTP_PROT", "MAILMAG_SMTP_PORT"),
+    ("MAILMAG_SMPT_HOST", "MAILMAG_SMTP_HOST"),
+    ("MAILMAG_SECRET_KY", "MAILMAG_SECRET_KEY"),
+    ("MAILMAG_DATABASE_URI", "MAILMAG_DATABASE_URL"),
+])
+def test_a_misspelled_override_is_reported_not_ignored(name, suggestion):
+    expected = rf"^environment variable {name} is not a setting: did you mean {suggestion}\?"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, env={name: "25"})
+
+
+def test_other_mailmag_variables_are_left_alone():
+    load_config(None, env={"MAILMAG_TEST_PG": "x", "MAILMAG_SCREENSHOTS": "/tmp"})
+
+
+def test_the_worker_refuses_zero_connections_as_one_line(mailmag, config_file):
+    text = config_file.read_text().replace('transport = "file"', 'transport = "file"\nmax_connections = 0')
+    config_file.write_text(text, encoding="utf-8")
+    result = mailmag("worker", "--once")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {config_file}:") and result.stderr.count("\n") == 1
+    assert "[smtp] max_connections must be at least 1, not 0" in result.stderr

@@ -384,7 +384,7 @@ def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"poll_seconds": 0.0}, "[schedule] poll_seconds must be more than 0"),
+        ({"poll_seconds": 0.0}, "[schedule] poll_seconds must be more than 0, not 0.0"),
         ({"grace_seconds": 30}, "[schedule] grace_seconds must be at least twice poll_seconds"),
         ({"send_window_enabled": True, "send_window_end": "8:00"},
          "[schedule] send_window_start must be earlier than send_window_end"),
@@ -394,4 +394,6 @@ def test_run_refuses_to_start_with_bad_schedule_settings(mailmag, config_file, s
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     config_file.write_text(config_file.read_text() + "\n[schedule]\n" + "\n".join(lines) + "\n")
     result = mailmag("run")
-    assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.endswith(f" {message}\n")
+    assert len(result.stderr.splitlines()) == 1

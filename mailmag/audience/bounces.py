@@ -31,7 +31,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.errors import ConfigError, InvalidInput, NotFound
+from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,6 @@ def process_mailbox(
     session: Session, path: str | Path, config: Config, secret: str, now: dt.datetime | None = None
 ) -> Report:
     """Read every message of a Maildir or mbox, record what it reports; never change the mailbox."""
-    if config.bounces.soft_threshold < 1 or config.bounces.soft_window_days < 1:
-        raise ConfigError("[bounces] soft_threshold and soft_window_days must be at least 1")
     box, name = open_mailbox(Path(path))
     report = Report()
     now = now or utcnow()

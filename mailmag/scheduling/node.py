@@ -154,9 +154,7 @@ def scheduler_lock(engine: Engine) -> SchedulerLock:
 
 def check_settings(config: Config) -> None:
     """[schedule] mistakes fail at start, not at 9:00 on the 1st."""
-    settings = config.schedule
-    if settings.poll_seconds <= 0:
-        raise ConfigError("[schedule] poll_seconds must be more than 0")
+    settings = config.schedule  # each value's own range is checked by load_config
     if settings.grace_seconds < 2 * settings.poll_seconds:
         # A send found by a poll up to poll_seconds late must still be within grace.
         raise ConfigError("[schedule] grace_seconds must be at least twice poll_seconds")
