@@ -28,7 +28,11 @@ ENV_CONFIG = "MAILMAG_CONFIG"
 ENV_SECRET_KEY = "MAILMAG_SECRET_KEY"
 ENV_SMTP_PASSWORD = "MAILMAG_SMTP_PASSWORD"
 DEFAULT_FILE = "mailmag.toml"
-PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# The templates shipped with mailmag: inside an installed package (the build copies them there),
+# else the repository's templates/ folder beside it (a clone, an editable install).
+_INSTALLED_TEMPLATES = Path(__file__).resolve().parent / "templates"
+PACKAGE_TEMPLATES = (_INSTALLED_TEMPLATES if _INSTALLED_TEMPLATES.is_dir()
+                     else Path(__file__).resolve().parent.parent / "templates")
 
 
 def _key(name: str) -> dict[str, Any]:

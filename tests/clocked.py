@@ -23,12 +23,12 @@ def offset_seconds() -> float:
     return time.time() - time_machine.escape_hatch.time.time()
 
 
-def mailmag_command(*args: str) -> list[str]:
+def mailmag_command(*args: str, python: str = sys.executable) -> list[str]:
     """argv that runs `mailmag ARGS` in a new process on the same clock as this test."""
     offset = offset_seconds()
     if offset == 0.0:
-        return [sys.executable, "-m", "mailmag", *args]
-    return [sys.executable, str(Path(__file__).resolve()), f"{offset:.6f}", *args]
+        return [python, "-m", "mailmag", *args]
+    return [python, str(Path(__file__).resolve()), f"{offset:.6f}", *args]
 
 
 def _main() -> None:
