@@ -78,6 +78,11 @@ def pg_available() -> bool:
     return _pg_available()
 
 
+# For a rule that does not touch the database (parsing, wording, refusals before any SQL):
+# run it on SQLite only, not once per database. `@one_database` above the test.
+one_database = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool) -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file, or a private PostgreSQL schema."""

@@ -364,7 +364,10 @@ def _certificate(name: str, issuer: tuple[Any, Any] | None, leaf: bool | None = 
     is_ca = issuer is None and not leaf
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     issuer_key, issuer_cert = issuer or (key, None)
-    now = dt.datetime.now(dt.UTC)
+    # OpenSSL checks validity against the machine's real clock, which a test's moved clock is not.
+    import time_machine
+
+    now = time_machine.escape_hatch.datetime.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

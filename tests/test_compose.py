@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import one_database
 from issue_fixtures import TODAY, add_reference_items
 from sqlalchemy import func, select
 
@@ -143,6 +144,7 @@ def test_render_refuses_an_issue_already_sent(session, config, reference_items):
         ("name", r"^\[sender\] name is empty: set the sender's name"),
     ],
 )
+@one_database  # a rule of the input, not of the database
 def test_compose_refuses_a_configuration_without_sender_data(session, config, reference_items, field,
                                                              message):
     broken = config.replace(sender=dataclasses.replace(config.sender, **{field: " "}))

@@ -153,6 +153,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.mark.slow  # real demo and serve processes
 def test_a_real_process_runs_the_demo_offline_and_serves_its_archive(tmp_path):
     guard = tmp_path / "guard"
     guard.mkdir()

@@ -245,6 +245,7 @@ def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server):
         services.close()
 
 
+@pytest.mark.slow  # seconds of real leases at 2 msg/s
 def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server):
     """At 2 msg/s with a 2 s lease, a second worker arriving after the lease must not find
     rows the first is still sending (it would take them over and both would send them)."""

@@ -40,6 +40,7 @@ def test_twenty_threads_whose_every_message_is_deferred_finish_the_run(many_thre
     assert (counts.queued, counts.sending, counts.sent) == (60, 0, 0)
 
 
+@pytest.mark.slow  # twenty sending threads
 def test_twenty_threads_send_every_message_once(many_threads, smtp_server):
     issue = prepare_send(many_threads, 60)
     stats = Dispatcher(many_threads, make_transport(many_threads.config), concurrency=THREADS).run(once=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from clocked import mailmag_command
+from conftest import one_database
 from dbstate import count, rows, snapshot
 
 from mailmag.audience.subscribers import email_hash
@@ -65,6 +66,7 @@ def test_sample_en_with_english_headers(mailmag):
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp932"])
+@one_database  # a rule of the input, not of the database
 def test_auto_detects_each_encoding(mailmag, tmp_path, encoding):
     path = _csv(tmp_path, f"{JA_HEADER}\ntaro@example.jp,山田 太郎,広島大学,ja,\n", encoding)
     assert mailmag.ok("subscribers", "import", str(path)).stdout.startswith("added 1,")
@@ -133,6 +135,7 @@ def test_bad_rows_are_reported_and_skipped_the_rest_lands(mailmag, tmp_path, db_
     ],
     ids=["latin1", "utf16", "xlsx", "no-email-column", "no-header", "empty", "bom-and-blank-lines"],
 )
+@one_database  # a rule of the input, not of the database
 def test_unreadable_files_are_one_line_errors(mailmag, tmp_path, db_url, content, message):
     mailmag.ok("subscribers", "add", "keep@example.jp")
     before = snapshot(db_url)

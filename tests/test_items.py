@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REFERENCE
+from conftest import REFERENCE, one_database
 
 import mailmag
 from mailmag.content import items, orgs
@@ -258,6 +258,7 @@ def test_show_prints_fields_and_a_preview(council):
     (["--org", "cef", "--kind", "news", "--title", "t", "--body-file", "/nonexistent/body.md"],
      "cannot read /nonexistent/body.md: No such file or directory"),
 ])
+@one_database  # a rule of the input, not of the database
 def test_bad_submissions(council, args, message):
     assert refused(council, "items", "submit", *args) == message
 
@@ -295,6 +296,7 @@ FILE_CASES = {
 
 
 @pytest.mark.parametrize("case", list(FILE_CASES))
+@one_database  # a rule of the input, not of the database
 def test_bad_files_store_nothing_even_beside_good_ones(council, tmp_path, case):
     text, message = FILE_CASES[case]
     good = write(tmp_path, "good.md", '+++\norg = "cef"\nkind = "news"\ntitle = "良い記事"\n+++\n本文\n')
@@ -332,6 +334,7 @@ def test_a_shift_jis_file_from_a_windows_editor_is_read(council, tmp_path):
     (["edit", "1"], "nothing to change: give at least one field option (see --help)"),
     (["list", "--status", "draft"], "unknown status 'draft': use submitted, approved, rejected, published"),
 ])
+@one_database  # a rule of the input, not of the database
 def test_bad_review_commands_change_nothing(council, args, message):
     council.ok("items", "submit", "--org", "cef", "--kind", "event", *SUBMISSIONS["event"])
     council.ok("items", "approve", "1")

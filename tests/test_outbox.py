@@ -174,6 +174,7 @@ def test_cancel_stops_what_is_queued(session):
         outbox.cancel_issue(session, issue)
 
 
+@pytest.mark.slow  # 100 000 rows
 def test_enqueue_100k_rows_in_one_statement(session):
     """Not a timing test: proves the audience is frozen with set-based SQL at scale."""
     from sqlalchemy import insert

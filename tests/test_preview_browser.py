@@ -15,7 +15,7 @@ from mailmag.config import Config, DatabaseConfig, GeneralConfig
 from mailmag.content import issues
 from mailmag.services import Services
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -9,6 +9,7 @@ import threading
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import one_database
 from sqlalchemy import func, select
 
 from mailmag.audience import subscribers
@@ -238,6 +239,7 @@ def test_crontab_weekdays_count_from_sunday():
         ("0 9 * * 8", "invalid weekday field '8' in the cron expression: use 0-7 or sun-sat"),
     ],
 )
+@one_database  # a rule of the input, not of the database
 def test_a_bad_crontab_line_is_refused_and_nothing_is_added(services, cron, message):
     with services.session() as session, pytest.raises(InvalidInput) as caught:
         jobs.add_auto(session, cron, None, services.config)
@@ -390,6 +392,7 @@ def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
          "[schedule] send_window_start must be earlier than send_window_end"),
     ],
 )
+@one_database  # a rule of the input, not of the database
 def test_run_refuses_to_start_with_bad_schedule_settings(mailmag, config_file, settings, message):
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     config_file.write_text(config_file.read_text() + "\n[schedule]\n" + "\n".join(lines) + "\n")

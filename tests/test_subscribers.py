@@ -59,6 +59,7 @@ _ADDRESS_CHARS = "abcXYZ09.-_+@!#'`~é"
 @settings(max_examples=400, deadline=None)
 @given(st.text(alphabet=_ADDRESS_CHARS, max_size=30)
        | st.from_regex(r"[a-z0-9.+-]{1,12}@[a-z0-9.-]{1,12}\.[a-z]{1,4}", fullmatch=True))
+@pytest.mark.slow  # many hypothesis examples
 def test_the_fast_path_agrees_with_email_validator(text):
     """The regex that skips email-validator for plain addresses never accepts what it refuses."""
     try:

@@ -121,6 +121,7 @@ def test_serve_refuses_without_a_secret_key(mailmag):
     assert "MAILMAG_SECRET_KEY is not set" in result.stderr
 
 
+@pytest.mark.slow  # a real `mailmag serve` process
 def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_path):
     mailmag.ok("subscribers", "add", "serve@example.jp")
     process = subprocess.Popen(

@@ -37,6 +37,8 @@ def write_config(path: Path, db_url: str, port: int, lease_seconds: int = 1) -> 
     return path
 
 
+pytestmark = pytest.mark.slow  # real worker processes, killed and restarted
+
 _STARTED: list[subprocess.Popen] = []
 
 
