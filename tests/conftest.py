@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,6 +137,24 @@ def services(config: Config) -> Iterator[Services]:
     db.init_db(services.engine)
     yield services
     services.close()
+
+
+@pytest.fixture
+def owned_services() -> Iterator[Callable[[Config], Services]]:
+    """owned_services(config) → Services whose engine is disposed after the test, pass or fail.
+
+    A psycopg connection left open warns (ResourceWarning) when collected, in whatever later
+    test that happens: under filterwarnings = error that test fails. So a test never owns one.
+    """
+    made: list[Services] = []
+
+    def make(config: Config) -> Services:
+        made.append(Services(config))
+        return made[-1]
+
+    yield make
+    for services in made:
+        services.close()
 
 
 @pytest.fixture

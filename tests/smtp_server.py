@@ -367,7 +367,8 @@ def _certificate(name: str, issuer: tuple[Any, Any] | None, leaf: bool | None = 
     # OpenSSL checks validity against the machine's real clock, which a test's moved clock is not.
     import time_machine
 
-    now = time_machine.escape_hatch.datetime.datetime.now(dt.UTC)
+    hatch = time_machine.escape_hatch
+    now = (hatch.datetime.datetime if hatch.is_travelling() else dt.datetime).now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -219,34 +219,31 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     assert times[12] == pytest.approx(3600)
 
 
-def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server):
+def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):
     """With a window, a delivery due at 3 a.m. JST waits; at 10:00 on a sending day it goes."""
     from mailmag.config import ScheduleConfig
     from mailmag.schedule import window_open
 
-    services = Services(smtp_services.config.replace(schedule=ScheduleConfig(send_window_enabled=True)))
-    try:
-        zone, day = services.config.zone, utcnow().astimezone(services.config.zone).date()
-        morning = dt.datetime.combine(day, dt.time(10, 0), tzinfo=zone)
-        while morning <= utcnow() or not window_open(morning, services.config):
-            morning += dt.timedelta(days=1)  # the next weekday that is no holiday, from whenever this runs
-        night = morning - dt.timedelta(hours=7)  # 03:00 JST the same day
-        with time_machine.travel(night - dt.timedelta(minutes=5), tick=False):
-            issue = prepare_send(services, 2)
-        with services.session() as session:
-            assert outbox.due_count(session, night) == 2  # due: only the window can hold it back
-        run_worker(services, clock=lambda: night)
-        assert smtp_server.recipients() == []
-        assert counts(services, issue).queued == 2
-        run_worker(services, clock=lambda: morning)
-        assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user1@example.jp"]
-        assert counts(services, issue).sent == 2
-    finally:
-        services.close()
+    services = owned_services(smtp_services.config.replace(schedule=ScheduleConfig(send_window_enabled=True)))
+    zone, day = services.config.zone, utcnow().astimezone(services.config.zone).date()
+    morning = dt.datetime.combine(day, dt.time(10, 0), tzinfo=zone)
+    while morning <= utcnow() or not window_open(morning, services.config):
+        morning += dt.timedelta(days=1)  # the next weekday that is no holiday, from whenever this runs
+    night = morning - dt.timedelta(hours=7)  # 03:00 JST the same day
+    with time_machine.travel(night - dt.timedelta(minutes=5), tick=False):
+        issue = prepare_send(services, 2)
+    with services.session() as session:
+        assert outbox.due_count(session, night) == 2  # due: only the window can hold it back
+    run_worker(services, clock=lambda: night)
+    assert smtp_server.recipients() == []
+    assert counts(services, issue).queued == 2
+    run_worker(services, clock=lambda: morning)
+    assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user1@example.jp"]
+    assert counts(services, issue).sent == 2
 
 
 @pytest.mark.slow  # seconds of real leases at 2 msg/s
-def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server):
+def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server, owned_services):
     """At 2 msg/s with a 2 s lease, a second worker arriving after the lease must not find
     rows the first is still sending (it would take them over and both would send them)."""
     import threading
@@ -256,25 +253,22 @@ def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server):
 
     config = smtp_services.config
     smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": 2.0})
-    services = Services(config.replace(smtp=smtp, dispatch=DispatchConfig(lease_seconds=2)))
-    try:
-        issue = prepare_send(services, 8)
-        first = threading.Thread(target=run_worker, args=(services,), kwargs={"concurrency": 1})
-        claimed = time.monotonic()
-        first.start()
-        while time.monotonic() < claimed + 2.2:  # the first worker's first lease has expired by now
-            time.sleep(0.1)
-        # The race this test is about: the first worker still sending when the second arrives.
-        # 8 messages at 2/s take 3.5 s at least, so a slow machine only widens the overlap.
-        overlapped = first.is_alive() and len(smtp_server.recipients()) < 8
-        run_worker(services, concurrency=1)
-        first.join()
-        run_worker(services, concurrency=1)  # whatever was handed back
-        assert overlapped
-        assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(8)]
-        assert counts(services, issue).sent == 8
-    finally:
-        services.close()
+    services = owned_services(config.replace(smtp=smtp, dispatch=DispatchConfig(lease_seconds=2)))
+    issue = prepare_send(services, 8)
+    first = threading.Thread(target=run_worker, args=(services,), kwargs={"concurrency": 1})
+    claimed = time.monotonic()
+    first.start()
+    while time.monotonic() < claimed + 2.2:  # the first worker's first lease has expired by now
+        time.sleep(0.1)
+    # The race this test is about: the first worker still sending when the second arrives.
+    # 8 messages at 2/s take 3.5 s at least, so a slow machine only widens the overlap.
+    overlapped = first.is_alive() and len(smtp_server.recipients()) < 8
+    run_worker(services, concurrency=1)
+    first.join()
+    run_worker(services, concurrency=1)  # whatever was handed back
+    assert overlapped
+    assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(8)]
+    assert counts(services, issue).sent == 8
 
 
 def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):

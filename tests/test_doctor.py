@@ -49,8 +49,10 @@ class Installation:
         }
         self.write()
         services = Services(load_config(self.path, env={}))
-        db.init_db(services.engine)
-        services.close()
+        try:
+            db.init_db(services.engine)
+        finally:
+            services.close()
 
     @property
     def path(self) -> Path:
@@ -224,8 +226,10 @@ def test_an_uninitialised_database_is_named_and_left_alone(tmp_path, make_smtp_s
         assert not Path(db_url.removeprefix("sqlite:///")).exists()  # doctor does not create it
     else:
         services = Services(load_config(installation.path, env={}))
-        assert db.current_revision(services.engine) is None
-        services.close()
+        try:
+            assert db.current_revision(services.engine) is None
+        finally:
+            services.close()
 
 
 def test_an_unreadable_configuration_is_one_problem(tmp_path):

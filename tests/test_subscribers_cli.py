@@ -123,10 +123,12 @@ def test_list_bounced_shows_why(mailmag, db_url):
     mailmag.ok("subscribers", "add", "taro@example.jp", "--name", "山田 太郎")
     mailmag.ok("subscribers", "add", "hanako@example.jp")
     engine = make_engine(db_url)
-    with engine.begin() as conn:  # what the bounce processor leaves behind
-        conn.execute(text("UPDATE subscribers SET status = 'bounced', status_reason = "
-                          "'550 5.1.1 user unknown (3 hard bounces)' WHERE email = 'taro@example.jp'"))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:  # what the bounce processor leaves behind
+            conn.execute(text("UPDATE subscribers SET status = 'bounced', status_reason = "
+                              "'550 5.1.1 user unknown (3 hard bounces)' WHERE email = 'taro@example.jp'"))
+    finally:
+        engine.dispose()
     result = mailmag.ok("subscribers", "list", "--status", "bounced")
     (line,) = result.stdout.splitlines()
     assert line.startswith(

@@ -16,7 +16,6 @@ from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import PACKAGE_TEMPLATES, GeneralConfig, WebConfig
 from mailmag.errors import ConfigError
-from mailmag.services import Services
 from mailmag.web import create_app
 from mailmag.web.i18n import Catalog
 
@@ -24,24 +23,24 @@ pytest_plugins = ["web_fixtures"]
 WEB_TEMPLATES = PACKAGE_TEMPLATES / "web"
 
 
-def test_without_a_secret_key_the_app_refuses_to_start(config):
+def test_without_a_secret_key_the_app_refuses_to_start(config, owned_services):
     with pytest.raises(ConfigError, match="MAILMAG_SECRET_KEY is not set: export"):
-        create_app(Services(config.replace(secret_key="")))
+        create_app(owned_services(config.replace(secret_key="")))
 
 
-def test_demo_mode_runs_without_a_secret_key(config):
+def test_demo_mode_runs_without_a_secret_key(config, owned_services):
     demo = config.replace(secret_key="", mailmag=GeneralConfig(base_url="http://127.0.0.1:8025", demo=True))
-    assert create_app(Services(demo)).test_client().get("/subscribe").status_code == 200
+    assert create_app(owned_services(demo)).test_client().get("/subscribe").status_code == 200
 
 
-def test_a_missing_consent_wording_version_is_a_clear_error(config):
+def test_a_missing_consent_wording_version_is_a_clear_error(config, owned_services):
     with pytest.raises(ConfigError, match=r"version '9' has no wording file consent/9\.ja\.txt"):
-        create_app(Services(config.replace(web=WebConfig(consent_wording_version="9"))))
+        create_app(owned_services(config.replace(web=WebConfig(consent_wording_version="9"))))
 
 
-def test_a_bad_topic_setting_is_a_clear_error(config):
+def test_a_bad_topic_setting_is_a_clear_error(config, owned_services):
     with pytest.raises(ConfigError, match=r"\[web\] topics entry 'イベント': the code must be"):
-        create_app(Services(config.replace(web=WebConfig(topics=["イベント"]))))
+        create_app(owned_services(config.replace(web=WebConfig(topics=["イベント"]))))
 
 
 def test_pages_carry_a_strict_csp_and_no_referrer(live, web_services):
@@ -95,12 +94,12 @@ def test_an_english_subscriber_sees_english_pages(live, web_services):
     assert "Unsubscribe</button>" in page.text
 
 
-def test_an_operator_template_overrides_the_shipped_one(config, tmp_path):
+def test_an_operator_template_overrides_the_shipped_one(config, tmp_path, owned_services):
     (tmp_path / "web").mkdir()
     (tmp_path / "web" / "check_mail.html.j2").write_text("custom {{ email }}", encoding="utf-8")
     general = GeneralConfig(base_url="https://news.example.jp", templates_dir=str(tmp_path))
     custom = config.replace(mailmag=general)
-    app = create_app(Services(custom))
+    app = create_app(owned_services(custom))
     assert app.jinja_env.get_template("check_mail.html.j2").render(email="x") == "custom x"
     assert app.jinja_env.get_template("subscribe.html.j2") is not None  # the rest is the shipped set
 
