@@ -8,13 +8,14 @@ import json
 import re
 import shutil
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import one_database
 from issue_fixtures import TODAY, add_reference_items
 from sqlalchemy import func, select
 
-from mailmag import personalize
+from mailmag import clock, personalize
 from mailmag.config import PACKAGE_TEMPLATES, ComposeConfig
 from mailmag.content import issues, render
 from mailmag.content import items as items_mod
@@ -255,7 +256,7 @@ def test_sections_follow_the_configured_kind_order(session, config, reference_it
 
 
 def _submit(mailmag, title: str, url: str) -> int:
-    when = (dt.date.today() + dt.timedelta(days=60)).isoformat()
+    when = (clock.today(ZoneInfo("Asia/Tokyo")) + dt.timedelta(days=60)).isoformat()
     result = mailmag.ok("items", "submit", "--org", "meti", "--kind", "event", "--title", title,
                         "--date", when, "--venue", "広島市", "--url", url, "--json")
     item_id = json.loads(result.stdout)["id"]

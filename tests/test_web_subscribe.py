@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from conftest import SECRET
 from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from web_support import Client, LiveServer, Reply, counts, link_in, mail_text, make_services
 
+from mailmag import clock
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import WebConfig
@@ -179,7 +178,7 @@ def test_confirm_without_csrf_token_is_refused(mail_live, mail_app, mail_service
 
 class _PastSigner(TimestampSigner):
     def get_timestamp(self) -> int:
-        return int(time.time()) - 73 * 3600
+        return clock.timestamp() - 73 * 3600
 
 
 def test_an_expired_confirmation_link_says_so_and_the_subscriber_stays_pending(mail_live, mail_services):
