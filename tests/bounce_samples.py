@@ -13,11 +13,13 @@ import email.header
 import email.utils
 import random
 
+from mailmag import clock
+
 ISSUE_SUBJECT = "=?UTF-8?B?44CQ56ysMeWPt+OAkeS8muitsOWgseWRig==?="  # 【第1号】会議報告
 
 
 def _date(date: dt.datetime | None) -> str:
-    return email.utils.format_datetime(date or dt.datetime.now(dt.UTC))
+    return email.utils.format_datetime(date or clock.now())
 
 
 def _id_header(message_id: str | None, domain: str) -> str:

@@ -21,7 +21,7 @@ from mailmag.delivery.transports import PermanentFailure
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Subscriber, Suppression, utcnow
 
-NOW = dt.datetime.now(dt.UTC)
+NOW = utcnow()
 
 
 # --- helpers --------------------------------------------------------------------------------
