@@ -6,6 +6,7 @@ import ast
 import datetime as dt
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import time_machine
@@ -75,3 +76,32 @@ def test_a_process_the_tests_start_runs_on_the_tests_clock(mailmag, config_file)
     listed = json.loads(mailmag.ok("subscribers", "list", "--json").stdout)
     assert [s["email"] for s in listed] == ["far@example.jp"]
     assert listed[0]["created_at"].startswith("2031-01-01T")
+
+
+PROBE = '''
+import datetime as dt
+import subprocess
+import sys
+
+from clocked import mailmag_command
+
+from mailmag.models import utcnow
+
+
+def test_probe():
+    assert utcnow().date() >= dt.date(2031, 1, 1)
+    command = mailmag_command("--help")
+    assert command[1].endswith("clocked.py") and float(command[2]) > 3 * 365 * 86400
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+'''
+
+
+def test_the_ci_clock_moves_the_whole_session_and_the_processes_it_starts(tmp_path):
+    (tmp_path / "test_probe.py").write_text(PROBE, encoding="utf-8")
+    tests = str(Path(__file__).resolve().parent)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": tests, "MAILMAG_TEST_CLOCK": "2031-01-01"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:randomly",
+                           "-p", "no:cacheprovider", str(tmp_path / "test_probe.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "wall clock moved to 2031-01-01T00:00:00+00:00" in done.stdout
