@@ -59,6 +59,7 @@ class SenderConfig:
     unsubscribe_mailto: str = ""
     bounce_address: str = ""
     feedback_id: str = ""
+    reply_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class SmtpConfig:
     rate_per_hour: int = 0
     messages_per_connection: int = 1000
     file_dir: str = "outbox"
+    helo_name: str = ""
 
 
 @dataclass(frozen=True)

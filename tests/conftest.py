@@ -24,7 +24,7 @@ PG_ADMIN_URL = os.environ.get(
     "MAILMAG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 SECRET = "test-secret-key-0123456789"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "000_db6e2a05c29aba8f.txt"
+REFERENCE = Path(__file__).resolve().parents[1] / "mailmag" / "data" / "reference_article.txt"
 TESTS = Path(__file__).resolve().parent
 
 
