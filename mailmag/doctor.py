@@ -108,7 +108,7 @@ def _sender(config: Config) -> list[Finding]:
 def _links(config: Config) -> list[Finding]:
     """Links in mail (unsubscribe above all) must reach `mailmag serve` from the subscribers' side."""
     note = messages.one_click_note(config)
-    return _reach(config) + ([Finding("one-click", WARNING, note)] if note else [])
+    return _reach(config) + ([Finding("one click", WARNING, note)] if note else [])
 
 
 def _reach(config: Config) -> list[Finding]:
