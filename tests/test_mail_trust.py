@@ -15,6 +15,7 @@ from conftest import SECRET
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailmag import text_ja
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig, SmtpConfig
 from mailmag.delivery import messages, smtp
 from mailmag.delivery.transports import make_transport
@@ -228,3 +229,36 @@ def test_a_machine_with_a_real_name_helos_as_itself(smtp_server, monkeypatch):
 def test_a_helo_name_that_is_no_host_name_is_refused():
     with pytest.raises(ConfigError, match=r"^\[smtp\] helo_name 'mail host' must be a host name"):
         make_transport(_config().replace(smtp=SmtpConfig(transport="smtp", helo_name="mail host")))
+
+
+# --- characters that render poorly ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("written", "suggested"), [
+    ("①", "1"), ("⑳", "20"), ("⑴", "(1)"), ("㈱", "(株)"), ("㊤", "上"), ("㌔", "キロ"), ("㍻", "平成"),
+    ("Ⅲ", "III"), ("№", "No"), ("℡", "TEL"), ("ｶﾞｲﾄﾞ", "ガイド"), ("ﾊﾟﾝﾌ", "パンフ"), ("㎡", "m²"),
+])
+def test_poorly_rendered_characters_get_the_form_to_use_instead(written, suggested):
+    assert text_ja.poor_characters(f"会場{written}です") == [(written, suggested)]
+    assert text_ja.suggest_display(f"会場{written}です") == f"会場{suggested}です"
+
+
+def test_what_renders_well_is_left_alone():
+    assert text_ja.poor_characters("全角ＡＢＣ１２３ カタカナ ひらがな 漢字 ※→「」（）〜 ~ m² 5,000円") == []
+
+
+def test_compose_warns_about_them_and_offers_the_normalized_form(mailmag):
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    mailmag.ok("items", "submit", "--org", "cef", "--kind", "event", "--title", "①㈱テスト説明会",
+               "--date", "2030-09-10", "--venue", "ｶﾝﾌｧﾚﾝｽﾙｰﾑ", "--body", "広さは100㎡、会場まで1㌔です。")
+    mailmag.ok("items", "approve", "1")
+    result = mailmag.ok("issues", "new")
+    warnings = [line for line in result.stderr.splitlines() if "show poorly" in line]
+    assert warnings == [
+        "warning: item 1 「①㈱テスト説明会」: the title has characters some mail clients show poorly "
+        "(① → 1, ㈱ → (株)); normalized: 「1(株)テスト説明会」",
+        "warning: item 1 「①㈱テスト説明会」: the venue has characters some mail clients show poorly "
+        "(ｶﾝﾌｧﾚﾝｽﾙｰﾑ → カンファレンスルーム); normalized: 「カンファレンスルーム」",
+        "warning: item 1 「①㈱テスト説明会」: the body has characters some mail clients show poorly "
+        "(㎡ → m², ㌔ → キロ)",
+    ]
