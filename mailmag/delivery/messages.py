@@ -34,7 +34,6 @@ from mailmag.errors import ConfigError, InvalidInput
 from mailmag.personalize import PLACEHOLDERS
 
 CRLF = b"\r\n"
-MAX_LINE = 78  # RFC 5322's "SHOULD": re-serializers refold longer header lines
 # RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Every name
 # is over-signed (RFC 6376 §8.15): h= lists it once more than the message holds it, so a
 # replayed copy with one more Reply-To, Cc, To, Content-Type… (or one that was absent) fails.
@@ -354,16 +353,14 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
 
 
 def list_unsubscribe(url: str, mailto: str) -> str:
-    """The List-Unsubscribe line (RFC 2369), folded between its URIs to keep lines within 78.
+    """The List-Unsubscribe line (RFC 2369), folded between its URIs.
 
-    A longer line is refolded by re-serializers (Python's email.policy.default turns it into
-    encoded-words), which breaks the link and the DKIM signature. A URI is never split, so
-    the https one goes on a line of its own when it does not fit beside the name; that line
-    is within 78 as long as the URL has at most 74 characters.
+    One long line is refolded by re-serializers (Python's email.policy.default turns it into
+    encoded-words), which breaks the link and the DKIM signature; folded, every line is within
+    78 as long as the https URL has at most 57 characters. A URI is never split, and the https
+    one stays on the first line: naive parsers expect the value to start with '<'.
     """
-    first = f"<{url}>,"
-    fold = " " if len("List-Unsubscribe: ") + len(first) <= MAX_LINE else "\r\n "
-    return f"List-Unsubscribe:{fold}{first}\r\n {mailto}\r\n"
+    return f"List-Unsubscribe: <{url}>,\r\n {mailto}\r\n"
 
 
 def _part_head(content_type: bytes) -> bytes:
