@@ -147,3 +147,18 @@ def test_subscribers_add_says_a_non_ascii_address_needs_smtputf8(mailmag):
     result = mailmag.ok("subscribers", "add", "ユーザー@example.jp")
     assert result.stdout.strip() == "added ユーザー@example.jp"
     assert "relay that offers SMTPUTF8" in result.stderr
+
+
+def test_a_mailto_unsubscribe_from_the_quoted_form_finds_the_legacy_subscriber(session, config, tmp_path):
+    import bounce_samples as samples
+    from test_bounces import process, write_maildir
+
+    from mailmag.audience import subscribers
+    from mailmag.audience.subscribers import Consent
+
+    subscribers.add(session, parse_address("taro..yamada.@docomo.ne.jp"), Consent("cli"))
+    box = write_maildir(tmp_path / "Maildir", [samples.mailto_unsubscribe('"taro..yamada."@docomo.ne.jp')])
+    report = process(session, config, box)
+    assert (report.unsubscribes, report.unmatched) == (1, [])
+    session.expire_all()
+    assert subscribers.get(session, "taro..yamada.@docomo.ne.jp").status == "unsubscribed"
