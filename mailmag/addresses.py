@@ -35,11 +35,12 @@ DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _LEGACY = re.compile(rf'"?([A-Za-z0-9!#$%&\'*+/=?^_`{{|}}~.-]{{1,64}})"?@{_DOMAIN}')
 CARRIER_DOMAINS = ("docomo.ne.jp", "ezweb.ne.jp", "au.com")  # and their subdomains (biz.ezweb.ne.jp)
 _SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_USE_DEEP = any("." in name for name in _SPECIAL_USE)  # none today: the TLD test suffices
 # C0 and C1 controls and DEL: never part of an address, a name or any other stored cell.
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Address:
     """A validated address: `email` as stored (domain lower-cased), `key` for uniqueness."""
 
@@ -88,8 +89,8 @@ def _plain_address(cleaned: str) -> Address | None:
     match = _PLAIN.fullmatch(cleaned)
     if match is None or len(cleaned) > 254 or len(match[1]) > 64 or "--" in match[2]:
         return None
-    labels = match[2].lower().split(".")
-    if any(".".join(labels[i:]) in _SPECIAL_USE for i in range(len(labels))):
+    domain = match[2].lower()
+    if domain.rpartition(".")[2] in _SPECIAL_USE or (_SPECIAL_USE_DEEP and _special_use(domain)):
         return None
     return _stored(match[1], match[2])
 
@@ -103,6 +104,11 @@ def _legacy_address(cleaned: str) -> Address | None:
     if not any(domain == d or domain.endswith("." + d) for d in CARRIER_DOMAINS):
         return None
     return _stored(match[1], domain)
+
+
+def _special_use(domain: str) -> bool:
+    labels = domain.split(".")
+    return any(".".join(labels[i:]) in _SPECIAL_USE for i in range(len(labels)))
 
 
 def is_legacy(email: str) -> bool:
