@@ -98,6 +98,7 @@ def _configuration(config: Config) -> Finding:
 def _sender(config: Config) -> list[Finding]:
     domain = messages.sender_domain(config)
     messages.bounce_address(config)
+    messages.reply_to(config)
     render.check_sender(config)
     if PLACEHOLDER_ADDRESS in config.sender.postal_address:
         return [Finding("sender", PROBLEM, "[sender] postal_address is still the placeholder: set the "
@@ -107,8 +108,11 @@ def _sender(config: Config) -> list[Finding]:
 
 def _links(config: Config) -> list[Finding]:
     """Links in mail (unsubscribe above all) must reach `mailmag serve` from the subscribers' side."""
+    reach = _reach(config)
     note = messages.one_click_note(config)
-    return _reach(config) + ([Finding("one click", WARNING, note)] if note else [])
+    if note is None or any(f.status == PROBLEM for f in reach):  # one fix at a time
+        return reach
+    return [*reach, Finding("one click", WARNING, note)]
 
 
 def _reach(config: Config) -> list[Finding]:

@@ -114,8 +114,9 @@ def _smtputf8_setup(mailmag, tmp_path) -> None:  # type: ignore[no-untyped-def]
     csv_file = tmp_path / "members.csv"
     csv_file.write_text("メールアドレス\r\nユーザー@example.jp\r\nascii@example.jp\r\n", encoding="utf-8")
     result = mailmag.ok("subscribers", "import", str(csv_file))
-    assert "line 2: note: ユーザー@example.jp has non-ASCII characters before the @: it can be delivered " \
-           "only through a relay that offers SMTPUTF8" in result.stdout
+    assert result.stdout.splitlines()[0].startswith("added 2, updated 0, unchanged 0, invalid 0")
+    assert "note: line 2: ユーザー@example.jp has non-ASCII characters before the @: it can be delivered " \
+           "only through a relay that offers SMTPUTF8" in result.stderr
     _compose(mailmag)
 
 

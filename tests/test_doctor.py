@@ -268,3 +268,12 @@ def test_an_http_base_url_says_mail_carries_no_one_click_header(installation):
     lines = _lines(installation.doctor())
     assert lines["one click"].startswith("warning [mailmag] base_url http://news.example.jp is not https, so "
                                          "the mail carries no one-click unsubscribe header (RFC 8058")
+
+
+def test_a_bad_reply_to_is_a_sender_problem(installation):
+    installation.sections["sender"]["reply_to"] = "office at example"
+    installation.write()
+    result = installation.doctor()
+    assert result.exit_code == 1
+    assert _lines(result)["sender"] == ("problem [sender] reply_to 'office at example' must be an address "
+                                        "like office@example.jp")

@@ -124,7 +124,7 @@ def _print_report(report: imports.ImportReport) -> None:
     for line, reason in report.suppressed:
         click.echo(f"line {line}: skipped: {reason}")
     for line, email in report.needs_smtputf8:
-        click.echo(f"line {line}: note: {smtputf8_note(email)}")
+        click.echo(f"note: line {line}: {smtputf8_note(email)}", err=True)  # stdout lines are invalid rows
     if report.ignored_columns:
         click.echo(f"ignored columns: {', '.join(report.ignored_columns)}", err=True)
 

@@ -296,12 +296,12 @@ def one_click_note(config: Config) -> str | None:
 def _from_lines(config: Config) -> bytes:
     """From, and Reply-To when [sender] reply_to is set."""
     sender = config.sender
-    reply_to = _reply_to(config)
+    replies = reply_to(config)
     from_line = _line("From", format_address(sender.name, sender.from_, header="From"))
-    return from_line + (_line("Reply-To", reply_to) if reply_to else b"")
+    return from_line + (_line("Reply-To", replies) if replies else b"")
 
 
-def _reply_to(config: Config) -> str:
+def reply_to(config: Config) -> str:
     """The Reply-To value ([sender] reply_to), or "" when replies go to From."""
     if not config.sender.reply_to:
         return ""
@@ -412,7 +412,7 @@ def build_simple(
     """A single message with the same encoder and rules; send it from bounce_address(config)."""
     lines = [
         ("From", format_address(config.sender.name, config.sender.from_, header="From")),
-        *([("Reply-To", _reply_to(config))] if config.sender.reply_to else []),
+        *([("Reply-To", reply_to(config))] if config.sender.reply_to else []),
         ("To", format_address(to_name, to_email, utf8=True)),
         ("Subject", encode_header(subject)),
         ("Date", email.utils.format_datetime(dt.datetime.now(config.zone))),
