@@ -93,6 +93,7 @@ class SenderConfig:
     unsubscribe_mailto: str = ""
     bounce_address: str = ""
     feedback_id: str = ""
+    reply_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class SmtpConfig:
     rate_per_hour: int = field(default=0, metadata=at_least(0))
     messages_per_connection: int = field(default=1000, metadata=at_least(1))
     file_dir: str = "outbox"
+    helo_name: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages
 from mailmag.delivery.smtp import _is_loopback as is_loopback
+from mailmag.delivery.smtp import helo_name
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org
@@ -96,6 +97,7 @@ def _configuration(config: Config) -> Finding:
 def _sender(config: Config) -> list[Finding]:
     domain = messages.sender_domain(config)
     messages.bounce_address(config)
+    messages.reply_to(config)
     render.check_sender(config)
     if PLACEHOLDER_ADDRESS in config.sender.postal_address:
         return [Finding("sender", PROBLEM, "[sender] postal_address is still the placeholder: set the "
@@ -105,6 +107,14 @@ def _sender(config: Config) -> list[Finding]:
 
 def _links(config: Config) -> list[Finding]:
     """Links in mail (unsubscribe above all) must reach `mailmag serve` from the subscribers' side."""
+    reach = _reach(config)
+    note = messages.one_click_note(config)
+    if note is None or any(f.status == PROBLEM for f in reach):  # one fix at a time
+        return reach
+    return [*reach, Finding("one click", WARNING, note)]
+
+
+def _reach(config: Config) -> list[Finding]:
     base = config.mailmag.base_url
     if config.smtp.transport != "smtp":
         return [Finding("links", OK, f"links in mail start with {base}")]
@@ -177,6 +187,19 @@ def _relay(config: Config) -> list[Finding]:
     return [Finding("smtp relay", OK, f"{smtp.host}:{smtp.port} answers: EHLO, {steps}{auth} (nothing sent)")]
 
 
+def _helo(config: Config) -> list[Finding]:
+    """The EHLO name receivers see where the relay's hop is not authenticated."""
+    if config.smtp.transport != "smtp":
+        return []
+    name = helo_name(config.smtp, config.sender.from_)
+    source = "[smtp] helo_name" if config.smtp.helo_name else "derived (set [smtp] helo_name to choose)"
+    if "." not in name:
+        return [Finding("helo", WARNING, f"EHLO name {name!r} has no dot, which receivers score as spam "
+                        "(SpamAssassin FSL_HELO_NON_FQDN_1); set [smtp] helo_name to this machine's "
+                        "public host name, e.g. mail.example.jp")]
+    return [Finding("helo", OK, f"EHLO as {name}, {source}")]
+
+
 def _creatable(folder: Path) -> list[str]:
     """The file transport makes its folder on the first message: can it?"""
     parent = next((p for p in folder.absolute().parents if p.exists()), Path("/"))
@@ -204,7 +227,7 @@ def _dkim(config: Config) -> list[Finding]:
 
 _CHECKS: list[tuple[str, Callable[[Config], list[Finding]]]] = [
     ("sender", _sender), ("links", _links), ("secret key", _secret_key), ("database", _database),
-    ("templates", _templates), ("smtp relay", _relay), ("dkim", _dkim),
+    ("templates", _templates), ("smtp relay", _relay), ("helo", _helo), ("dkim", _dkim),
 ]
 
 

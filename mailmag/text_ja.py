@@ -46,6 +46,38 @@ def normalize_line(text: str) -> str:
     return " ".join(normalize(text).split("\n")).strip()
 
 
+# --- characters that render poorly -----------------------------------------------------------
+
+# Compatibility characters that old phones, some webmail fonts and screen readers show as
+# tofu, as a different character or not at all: circled and parenthesized numbers (①, ⑴),
+# Roman numerals (Ⅲ), enclosed and squared CJK (㈱, ㊤, ㌔, ㍻, ㎡), №, ℡ and half-width
+# katakana. compose warns about them and offers what NFKC makes of them, except where NFKC
+# loses meaning (㎡ → m2): there the override says what a writer would type.
+_POOR = re.compile(
+    "[\uff61-\uff9f]+"  # half-width katakana and punctuation, as runs: ｶﾞ is one character
+    "|[\u2116\u2121\u2160-\u2188\u2460-\u24ff\u3200-\u33ff]"
+)
+_POOR_OVERRIDES = {"㎡": "m²", "㎥": "m³", "㎠": "cm²", "㎤": "cm³", "㎟": "mm²"}
+
+
+def poor_characters(text: str) -> list[tuple[str, str]]:
+    """(as written, suggested) for each distinct run of poorly rendered characters, in order."""
+    found: dict[str, str] = {}
+    for match in _POOR.finditer(text):
+        chars = match.group(0)
+        if chars not in found:
+            suggested = _POOR_OVERRIDES.get(chars) or unicodedata.normalize("NFKC", chars)
+            if suggested != chars:
+                found[chars] = suggested
+    return list(found.items())
+
+
+def suggest_display(text: str) -> str:
+    """`text` with every poorly rendered character replaced by its suggestion."""
+    return _POOR.sub(lambda m: _POOR_OVERRIDES.get(m.group(0)) or unicodedata.normalize("NFKC", m.group(0)),
+                     text)
+
+
 # --- display width --------------------------------------------------------------------------
 
 # Characters a browser or BudouX may leave behind that must never reach a plain-text mail.

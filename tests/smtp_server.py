@@ -47,6 +47,8 @@ class Received:
     data: bytes
     session: int  # 1 for the first connection of the test, 2 for the next…
     login: str | None  # the AUTH user, if the client logged in
+    helo: str = ""  # the name the client gave in EHLO/HELO
+    mail_options: tuple[str, ...] = ()  # MAIL FROM parameters (SIZE=…, SMTPUTF8)
 
 
 @dataclasses.dataclass
@@ -109,6 +111,7 @@ class _FaultySMTP(SMTP):
     def _logged(self, name: str, method: Any) -> Any:
         async def run(arg: str | None) -> None:
             self._server.commands.append(name)
+            self._server.command_lines.append(f"{name} {arg}" if arg else name)
             await method(arg)
 
         return run
@@ -197,6 +200,7 @@ class SmtpServer:
         self.tls, self.tls_files, self.users = tls, tls_files, dict(users or {})
         self.messages: list[Received] = []
         self.commands: list[str] = []  # every SMTP verb received, in order ("EHLO", "MAIL", …)
+        self.command_lines: list[str] = []  # the same with their arguments as sent ("RCPT TO:<…>")
         self.sessions = 0
         self.stalled = threading.Event()  # set when a stall() fault holds a session: a race test waits on it
         self._faults: list[_Fault] = []
@@ -229,6 +233,7 @@ class SmtpServer:
         self._controller.start()
         self.sessions = 0  # the controller's own start-up probe is not a test's session
         self.commands.clear()
+        self.command_lines.clear()
         return self
 
     def stop(self) -> None:
@@ -337,7 +342,8 @@ class SmtpServer:
         data = envelope.original_content or b""
         with self._lock:
             self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), data,
-                                          getattr(smtp, "session_number", 0), login))
+                                          getattr(smtp, "session_number", 0), login,
+                                          session.host_name or "", tuple(envelope.mail_options)))
             return len(self.messages)
 
     def _authenticate(self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str,

@@ -94,7 +94,7 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     assert result.exit_code == 0, result.output
     lines = _lines(result)
     assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "templates",
-                          "smtp relay", "dkim"}
+                          "smtp relay", "helo", "dkim"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
     assert lines["smtp relay"] == (f"ok 127.0.0.1:{port} answers: EHLO, STARTTLS with a verified "
@@ -251,3 +251,33 @@ def test_a_demo_installation_passes_with_warnings(tmp_path):
     assert lines["configuration"].startswith("warning ") and "set demo = false" in lines["configuration"]
     assert lines["secret key"] == "warning MAILMAG_SECRET_KEY is not set; demo mode uses a public key"
     assert lines["smtp relay"].startswith('warning [smtp] transport is "file"')
+
+
+def test_an_ehlo_name_without_a_dot_is_a_warning_naming_the_setting(installation):
+    installation.sections["smtp"]["helo_name"] = "mailhost"
+    installation.write()
+    result = installation.doctor()
+    assert result.exit_code == 0, result.output
+    assert _lines(result)["helo"] == (
+        "warning EHLO name 'mailhost' has no dot, which receivers score as spam (SpamAssassin "
+        "FSL_HELO_NON_FQDN_1); set [smtp] helo_name to this machine's public host name, e.g. mail.example.jp")
+    installation.sections["smtp"]["helo_name"] = "mail.example.jp"
+    installation.write()
+    assert _lines(installation.doctor())["helo"] == "ok EHLO as mail.example.jp, [smtp] helo_name"
+
+
+def test_an_http_base_url_says_mail_carries_no_one_click_header(installation):
+    installation.sections["mailmag"]["base_url"] = "http://news.example.jp"
+    installation.write()
+    lines = _lines(installation.doctor())
+    assert lines["one click"].startswith("warning [mailmag] base_url http://news.example.jp is not https, so "
+                                         "the mail carries no one-click unsubscribe header (RFC 8058")
+
+
+def test_a_bad_reply_to_is_a_sender_problem(installation):
+    installation.sections["sender"]["reply_to"] = "office at example"
+    installation.write()
+    result = installation.doctor()
+    assert result.exit_code == 1
+    assert _lines(result)["sender"] == ("problem [sender] reply_to 'office at example' must be an address "
+                                        "like office@example.jp")

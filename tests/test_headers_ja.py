@@ -197,11 +197,16 @@ def test_long_address_moves_to_its_own_line():
 
 
 def test_addresses_japanese_carriers_idn_and_refusals():
-    assert format_address("", "taro..yamada.@docomo.ne.jp") == "taro..yamada.@docomo.ne.jp"
+    # Pre-2009 docomo/au local parts break the dot-atom rule: written quoted (RFC 5322 §3.4.1).
+    assert format_address("", "taro..yamada.@docomo.ne.jp") == '"taro..yamada."@docomo.ne.jp'
+    assert format_address("太郎", ".taro@ezweb.ne.jp") == '=?UTF-8?B?5aSq6YOO?= <".taro"@ezweb.ne.jp>'
     assert format_address("", "info@例え.jp") == "info@xn--r8jz45g.jp"
-    for bad in ["山田@example.jp", "no-at-sign", "a b@example.jp", "<a@example.jp>", "a@exa mple.jp"]:
+    assert format_address("", "ユーザー@example.jp", utf8=True) == "ユーザー@example.jp"  # RFC 6532
+    bad = ["山田@example.jp", "no-at-sign", "a b@example.jp", "<a@example.jp>", "a@exa mple.jp",
+           "taro..yamada@example.jp"]  # the relaxed dot rule is for the carriers' domains only
+    for address in bad:
         with pytest.raises(InvalidInput, match="is not a plain ASCII e-mail address"):
-            format_address("山田", bad)
+            format_address("山田", address)
 
 
 @pytest.mark.parametrize("evil", ["件名\r\nBcc: victim@example.com", "件名\nX: y", "件名\rX", "件名\x00"])

@@ -112,22 +112,21 @@ def test_every_header_a_receiver_looks_at(sent):
     assert all(len(values) == 1 for values in raw.values())
 
 
-def test_list_unsubscribe_is_one_line_with_a_working_https_link_and_a_mailto(sent):
+def test_list_unsubscribe_is_folded_between_a_working_https_link_and_a_mailto(sent):
     _, data, _ = sent
-    (line,) = [line for line in data.split(b"\r\n") if line.startswith(b"List-Unsubscribe:")]
-    match = re.fullmatch(
-        rb"List-Unsubscribe: <https://news\.example\.jp/u/([\w.-]+)>, "
-        rb"<mailto:unsubscribe@example\.jp\?subject=unsubscribe>",
-        line,
+    match = re.search(
+        rb"\r\nList-Unsubscribe: <https://news\.example\.jp/u/([\w.-]+)>,\r\n "
+        rb"<mailto:unsubscribe@example\.jp\?subject=unsubscribe>\r\n(?! )",
+        data,
     )
-    assert match, line
+    assert match, data[:1500]
     assert tokens.read(SECRET, "unsubscribe", match.group(1).decode()) == {"s": 7}
 
 
 def test_unsubscribe_mailto_follows_the_configuration(rendering):
     skeleton = messages.prepare(rendering, 12, _config(unsubscribe_mailto="optout@lists.example.jp"))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
-    assert b", <mailto:optout@lists.example.jp?subject=unsubscribe>\r\n" in data
+    assert b",\r\n <mailto:optout@lists.example.jp?subject=unsubscribe>\r\n" in data
     assert b"Feedback-ID" not in data
 
 
@@ -157,7 +156,9 @@ def test_on_the_wire_crlf_only_lines_within_76_and_no_8bit(sent):
     assert b"\n" not in data.replace(b"\r\n", b"")
     assert data.isascii()
     for line in data.split(b"\r\n"):
-        assert len(line) <= 76 or line.startswith(b"List-Unsubscribe:"), line
+        # An https unsubscribe URL is never split (see tests/test_mail_trust.py for the folding).
+        assert len(line) <= 76 or re.fullmatch(rb"List-Unsubscribe: <https://news\.example\.jp/u/[\w.-]+>,",
+                                               line), line
         assert not line.startswith(b".")
 
 
@@ -335,7 +336,7 @@ def test_dkim_signature_verifies_and_covers_the_one_click_headers(rendering, dki
 def test_dkim_fails_once_list_unsubscribe_is_tampered_with(rendering, dkim_config, dns):
     skeleton = messages.prepare(rendering, 12, dkim_config, dkim=messages.load_dkim(dkim_config))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
-    tampered = re.sub(rb"(List-Unsubscribe: <https://)news\.example\.jp", rb"\1evil.example", data)
+    tampered = re.sub(rb"(List-Unsubscribe:\s+<https://)news\.example\.jp", rb"\1evil.example", data)
     assert tampered != data
     assert not dkim.verify(tampered, dnsfunc=dns)
     added = data.replace(b"\r\nFrom: ", b"\r\nList-Unsubscribe: <https://evil.example/u/x>\r\nFrom: ", 1)
@@ -445,6 +446,6 @@ def test_unsubscribe_mailto_written_as_a_link_is_read_the_same_by_mail_and_bounc
     from mailmag.delivery import messages as m
 
     config = Config(sender=SenderConfig(unsubscribe_mailto="mailto:Stop@Example.JP?subject=unsubscribe"))
-    assert m.unsubscribe_address(config) == "Stop@Example.JP"
+    assert m.unsubscribe_address(config) == "Stop@example.jp"  # the one address rule lower-cases domains
     config = Config(sender=SenderConfig(from_="news@example.jp"))
     assert m.unsubscribe_address(config) == "unsubscribe@example.jp"

@@ -26,12 +26,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailmag.addresses import parse_address
 from mailmag.audience import reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.errors import InvalidInput, NotFound
+from mailmag.errors import ConfigError, InvalidEmail, InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,12 @@ def _by_message_id(session: Session, message_id: str) -> Delivery | None:
 
 
 def _by_address(session: Session, address: str) -> Subscriber | None:
-    return session.scalar(select(Subscriber).where(Subscriber.email_key == address.strip().lower()))
+    """By the one address rule, so '"taro..yamada."@docomo.ne.jp' finds taro..yamada.@docomo.ne.jp."""
+    try:
+        key = parse_address(address).key
+    except InvalidEmail:
+        key = address.strip().lower()
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == key))
 
 
 def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:

@@ -29,6 +29,13 @@ CP932_EQUIVALENTS = str.maketrans({
     "\u00a3": "\uffe1", "\u00ac": "\uffe2", "\u2014": "\u2015",
 })
 
+# OWASP's CSV injection rule: a cell starting with one of these is a formula to Excel (or
+# LibreOffice), so an export prefixes it with an apostrophe, which shows the value as text.
+# A value that starts with an apostrophe already gets a second one, so `unguard` (applied
+# by the import) gives back exactly what was stored.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+GUARD = "'"
+
 _EXPORTED = (Subscriber.email, Subscriber.name, Subscriber.organization, Subscriber.lang,
              Subscriber.topics, Subscriber.status, Subscriber.created_at)
 
@@ -61,8 +68,18 @@ def _subscriber_line(values: Sequence[Any], zone: dt.tzinfo) -> str:
 
 def _csv_line(values: Iterable[str]) -> str:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow(values)
+    csv.writer(out, lineterminator="\r\n").writerow(guard(v) for v in values)
     return out.getvalue()
+
+
+def guard(value: str) -> str:
+    """A cell Excel shows as text, never runs: '=SUM(…)' becomes "'=SUM(…)"."""
+    return GUARD + value if value.startswith((*FORMULA_START, GUARD)) else value
+
+
+def unguard(value: str) -> str:
+    """What `guard` wrote, read back: one leading apostrophe before a formula start or another apostrophe."""
+    return value[1:] if value.startswith(GUARD) and value[1:2] in (*FORMULA_START, GUARD) else value
 
 
 def _unencodable(lines: list[str], codec: str) -> InvalidInput:

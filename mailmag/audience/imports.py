@@ -14,6 +14,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailmag.audience import subscribers
+from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
 from mailmag.errors import InvalidInput, MailmagError
 from mailmag.models import ConsentEvent, Subscriber, Suppression, utcnow
@@ -22,6 +23,8 @@ ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
 BATCH = 1000
 SAVE_AS_CSV = "save it from Excel as 'CSV UTF-8 (コンマ区切り)' and import that file"
 
+COLUMN_NAMES = {"email": "e-mail address", "name": "name", "organization": "organization",
+                "lang": "language", "topics": "topics"}
 # Column name (NFKC, case-insensitive, spaces and underscores ignored) → field.
 HEADERS = {
     "email": "email", "e-mail": "email", "mail": "email", "emailaddress": "email",
@@ -56,6 +59,7 @@ class ImportReport:
     invalid: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     suppressed: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
+    needs_smtputf8: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         return (
@@ -97,8 +101,13 @@ def _refuse_other_formats(data: bytes) -> None:
     """What people pick by mistake instead of CSV gets its own message naming the fix."""
     if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
         raise InvalidInput(f"the file is an Excel workbook, not CSV: {SAVE_AS_CSV}")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data[:4096]):
         raise InvalidInput(f"the file is UTF-16 (Excel's 'Unicode テキスト'), not CSV: {SAVE_AS_CSV}")
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a BOM: every other byte of its ASCII is NUL (a stray NUL in a cell is not)."""
+    return len(head) >= 8 and head.count(b"\x00") * 4 >= len(head)
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -110,7 +119,10 @@ def parse_rows(text: str, report: ImportReport) -> Iterator[Row]:
     first_line = text.lstrip("\r\n").split("\n", 1)[0]
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next((r for r in reader if any(v.strip() for v in r)), None)
+    try:
+        header = next((r for r in reader if any(v.strip() for v in r)), None)
+    except csv.Error as exc:
+        raise _unreadable(reader.line_num or 1, exc) from exc
     if header is None:
         raise InvalidInput("the file is empty: the first row must name the columns, e.g. メールアドレス,氏名")
     columns = _map_header(header, report)
@@ -122,7 +134,7 @@ def parse_rows(text: str, report: ImportReport) -> Iterator[Row]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise InvalidInput(f"line {line}: the CSV cannot be read ({exc})") from exc
+            raise _unreadable(line, exc) from exc
         if not any(v.strip() for v in values):
             continue
         try:
@@ -134,7 +146,19 @@ def parse_rows(text: str, report: ImportReport) -> Iterator[Row]:
             report.invalid.append((line, f"{row.address.email} repeats line {seen[row.address.key]}"))
             continue
         seen[row.address.key] = line
+        if row.address.needs_smtputf8:
+            report.needs_smtputf8.append((line, row.address.email))
         yield row
+
+
+def _unreadable(line: int, exc: csv.Error) -> InvalidInput:
+    """One line for a CSV the csv module gives up on: nothing is imported."""
+    if "field larger than field limit" in str(exc):
+        return InvalidInput(
+            f"line {line}: a cell is longer than {csv.field_size_limit()} characters, so this is not a "
+            f"subscriber list (a missing closing quote \" makes the rest of the file one cell); {SAVE_AS_CSV}"
+        )
+    return InvalidInput(f"line {line}: the CSV cannot be read ({exc}); {SAVE_AS_CSV}")
 
 
 def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
@@ -159,7 +183,9 @@ def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
 def _parse_row(line: int, columns: dict[str, int], values: list[str]) -> Row:
     def cell(field: str) -> str:
         index = columns.get(field)
-        return values[index].strip() if index is not None and index < len(values) else ""
+        value = values[index] if index is not None and index < len(values) else ""
+        subscribers.refuse_controls(COLUMN_NAMES[field], value)
+        return unguard(value).strip()
 
     return Row(
         line=line,

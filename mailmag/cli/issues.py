@@ -11,7 +11,7 @@ from mailmag import schedule
 from mailmag.audience import subscribers
 from mailmag.cli.common import AppContext, local_time, pass_app, print_json
 from mailmag.content import issues
-from mailmag.delivery import dispatch, outbox
+from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.models import Issue, utcnow
 
@@ -113,6 +113,9 @@ def list_(app: AppContext, as_json: bool) -> None:
 def send(app: AppContext, number: int, at: str | None, yes: bool) -> None:
     """Send an issue to its subscribers now, or schedule it with --at."""
     services = app.ready_services()
+    note = messages.one_click_note(app.config)
+    if note:
+        click.echo(f"note: {note}", err=True)
     with services.session() as session:
         issue = issues.get(session, number)
         if at is not None:

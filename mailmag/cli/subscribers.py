@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mailmag.addresses import smtputf8_note
 from mailmag.audience import exports, imports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.cli.common import AppContext, local_time, pass_app, print_json
@@ -56,6 +57,8 @@ def add(app: AppContext, email: str, name: str, organization: str, lang: str | N
             )
         stored = subscriber.email
     click.echo(f"{outcome} {stored}")
+    if address.needs_smtputf8:
+        click.echo(f"note: {smtputf8_note(address.email)}", err=True)
 
 
 @group.command(name="import")
@@ -120,6 +123,8 @@ def _print_report(report: imports.ImportReport) -> None:
         click.echo(f"line {line}: {reason}")
     for line, reason in report.suppressed:
         click.echo(f"line {line}: skipped: {reason}")
+    for line, email in report.needs_smtputf8:
+        click.echo(f"note: line {line}: {smtputf8_note(email)}", err=True)  # stdout lines are invalid rows
     if report.ignored_columns:
         click.echo(f"ignored columns: {', '.join(report.ignored_columns)}", err=True)
 

@@ -192,6 +192,7 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
           today: dt.date) -> list[str]:
     """What compose lets through but the secretariat should look at before sending."""
     warnings = [w for item in ordered for w in _item_warnings(item, today)]
+    warnings += _character_warnings(ordered, editions)
     limit = config.compose.html_size_limit_kb
     sample = personalize.sample_values(config.mailmag.base_url)
     for edition in editions:
@@ -216,6 +217,35 @@ def _item_warnings(item: Item, today: dt.date) -> list[str]:
     if item.kind in ("event", "exhibitors") and item.deadline is not None and item.deadline < today:
         warnings.append(f"{name}: the deadline {text_ja.format_date_ja(item.deadline)} has passed")
     return warnings
+
+
+# Item fields that reach the mail, and whether a warning quotes the whole normalized value.
+_TEXT_FIELDS = {"title": True, "event_name": True, "venue": True, "time_text": True, "fee": True,
+                "body": False, "how_to_apply": False}
+
+
+def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Edition]) -> list[str]:
+    """Characters that render poorly (①, ㈱, ㌔, ｶﾅ …), each with the form to use instead."""
+    warnings, seen = [], set()
+    for item in ordered:
+        for attr, quote in _TEXT_FIELDS.items():
+            value = getattr(item, attr) or ""
+            pairs = text_ja.poor_characters(value)
+            seen.update(chars for chars, _ in pairs)
+            if pairs:
+                where = f"item {item.id} 「{item.title}」: the {attr.replace('_', ' ')}"
+                warnings.append(_poor_warning(where, value, pairs, quote))
+    for edition in editions:
+        pairs = [p for p in text_ja.poor_characters(edition.subject) if p[0] not in seen]
+        if pairs:
+            warnings.append(_poor_warning(f"the {edition.lang} subject", edition.subject, pairs, True))
+    return warnings
+
+
+def _poor_warning(where: str, value: str, pairs: list[tuple[str, str]], quote: bool) -> str:
+    shown = ", ".join(f"{chars} → {better}" for chars, better in pairs)
+    offer = f"; normalized: 「{text_ja.suggest_display(value)}」" if quote else ""
+    return f"{where} has characters some mail clients show poorly ({shown}){offer}"
 
 
 def _insecure_links(item: Item) -> list[str]:

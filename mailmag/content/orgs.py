@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailmag import links, text_ja
-from mailmag.audience.subscribers import parse_address
+from mailmag.addresses import parse_address
 from mailmag.delivery import tokens
 from mailmag.errors import InvalidInput, NotFound, TokenError
 from mailmag.models import Item, Org

@@ -14,7 +14,9 @@ import binascii
 import re
 import unicodedata
 
-from mailmag.errors import InvalidInput
+from mailmag.addresses import DOT_ATOM as DOT_ATOM
+from mailmag.addresses import addr_spec, parse_address
+from mailmag.errors import InvalidEmail, InvalidInput
 
 LINE_MAX = 76  # RFC 2045 body lines and RFC 2047 lines holding encoded-words
 WORD_MAX = 75  # RFC 2047 encoded-word
@@ -23,10 +25,8 @@ _UNSAFE = re.compile("[\r\n\0]")
 _RAW_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOM_PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
-DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
-# Dots anywhere in the local part: old Japanese mobile addresses (taro..yamada.@docomo.ne.jp)
-# break RFC 5322's dot-atom, yet relays deliver them, so they are written as they are.
-_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# An address as stored: no spaces, brackets or quotes around it (mailmag.addresses decides the rest).
+_STORED = re.compile(r'[^\s<>()\[\],;:"@\\]+@[^\s<>()\[\],;:"@\\]+')
 
 
 def check(value: str, what: str) -> None:
@@ -55,9 +55,12 @@ def encode_header(text: str, *, header: str = "Subject") -> str:
     return folded if folded is not None else FOLD.join(_encoded_words(text, room))
 
 
-def format_address(name: str, address: str, *, header: str = "To") -> str:
-    """'name <address>' with the name as an atom, a quoted string or encoded-words."""
-    address = ascii_address(address, f"{header} address")
+def format_address(name: str, address: str, *, header: str = "To", utf8: bool = False) -> str:
+    """'name <address>' with the name as an atom, a quoted string or encoded-words.
+
+    utf8=True lets a non-ASCII local part through as UTF-8 (RFC 6532; sent only with SMTPUTF8).
+    """
+    address = ascii_address(address, f"{header} address", utf8=utf8)
     return angle(phrase(name, header), address, header) if name else address
 
 
@@ -78,19 +81,24 @@ def angle(phrase: str, inner: str, header: str) -> str:
     return f"{phrase}{' ' if last + len(inner) + 3 <= LINE_MAX else FOLD}<{inner}>"
 
 
-def ascii_address(address: str, what: str) -> str:
-    """A dot-atom addr-spec; an internationalized domain becomes A-labels (we never send SMTPUTF8)."""
+def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
+    """The addr-spec to write for a stored address, valid by mailmag.addresses' one rule.
+
+    An internationalized domain becomes A-labels; a legacy carrier local part is quoted
+    ("taro..yamada."@docomo.ne.jp); a non-ASCII local part is refused unless `utf8`.
+    """
     check(address, what)
-    local, at, domain = address.strip().rpartition("@")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode()
-        except UnicodeError as exc:
-            raise InvalidInput(f"{what} {address!r} has a domain that cannot be encoded") from exc
-    result = f"{local}{at}{domain}"
-    if not _ADDRESS.fullmatch(result):
-        raise InvalidInput(f"{what} {address!r} is not a plain ASCII e-mail address")
-    return result
+    kind = "valid" if utf8 else "plain ASCII"
+    address = address.strip()
+    try:
+        if not _STORED.fullmatch(address):
+            raise InvalidEmail(address)
+        parsed = parse_address(address)
+        if parsed.needs_smtputf8 and not utf8:
+            raise InvalidEmail(address)
+        return addr_spec(parsed.email)
+    except InvalidEmail as exc:
+        raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address") from exc
 
 
 def _fold_ascii(text: str, room: int) -> str | None:

@@ -33,14 +33,16 @@ from mailmag.errors import ConfigError, InvalidInput
 from mailmag.personalize import PLACEHOLDERS
 
 CRLF = b"\r\n"
-# RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Headers named
-# twice are over-signed, so a relay cannot add a second one without breaking the signature.
+# RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Every name
+# is over-signed (RFC 6376 §8.15): h= lists it once more than the message holds it, so a
+# replayed copy with one more Reply-To, Cc, To, Content-Type… (or one that was absent) fails.
 SIGNED_HEADERS = (
-    "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
-    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Archive", "Archived-At",
-    "Precedence", "Feedback-ID",
+    "From", "Reply-To", "Sender", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To",
+    "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+    "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "List-Archive", "List-Post",
+    "List-Help", "List-Subscribe", "List-Owner", "Archived-At", "Precedence", "Feedback-ID",
 )
-OVERSIGNED = ("From", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post")
+ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
 _MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
 _MARKERS = re.compile("(" + "|".join(re.escape(m) for m in PLACEHOLDERS.values()) + ")")
 _KEY_OF = {marker: key for key, marker in PLACEHOLDERS.items()}
@@ -232,10 +234,11 @@ def prepare(
     mailto = unsubscribe_address(config)
     boundary = f"=_mailmag_{secrets.token_hex(12)}"
     fixed = _fixed_headers(config, base_url, issue_number, boundary)
-    present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed))
+    present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed),
+               *(("Reply-To",) if config.sender.reply_to else ()))
     bounce_local, _, bounce_domain = bounce_address(config).rpartition("@")
     return Skeleton(
-        from_line=_line("From", format_address(config.sender.name, config.sender.from_, header="From")),
+        from_line=_from_lines(config),
         subject_line=_line("Subject", encode_header(rendering.subject)),
         fixed_lines=b"".join(_line(name, value) for name, value in fixed),
         text=_Body.split(rendering.text),
@@ -258,7 +261,7 @@ def _fixed_headers(config: Config, base_url: str, issue_number: int, boundary: s
         raise ConfigError(f"[sender] list_id {sender.list_id!r} must be a label such as news.example.jp")
     fixed = [
         ("List-Id", _list_id(sender.list_name, sender.list_id)),
-        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        *([ONE_CLICK] if one_click(base_url) else []),
         ("List-Archive", f"<{links.archive_url(base_url)}>"),
         ("Archived-At", f"<{links.archive_url(base_url, issue_number)}>"),
         ("Precedence", "bulk"),
@@ -276,9 +279,45 @@ def _list_id(name: str, label: str) -> str:
     return angle(phrase(name, "List-Id"), label, "List-Id") if name else f"<{label}>"
 
 
+def one_click(base_url: str) -> bool:
+    """RFC 8058 one-click unsubscribe is offered only over https (List-Unsubscribe-Post)."""
+    return base_url.lower().startswith("https://")
+
+
+def one_click_note(config: Config) -> str | None:
+    """Why mail from this configuration carries no one-click header, or None when it does."""
+    if one_click(config.mailmag.base_url):
+        return None
+    return (f"[mailmag] base_url {config.mailmag.base_url} is not https, so the mail carries no one-click "
+            "unsubscribe header (RFC 8058 requires https; Gmail and Yahoo expect it from bulk senders)")
+
+
+def _from_lines(config: Config) -> bytes:
+    """From, and Reply-To when [sender] reply_to is set."""
+    sender = config.sender
+    replies = reply_to(config)
+    from_line = _line("From", format_address(sender.name, sender.from_, header="From"))
+    return from_line + (_line("Reply-To", replies) if replies else b"")
+
+
+def reply_to(config: Config) -> str:
+    """The Reply-To value ([sender] reply_to), or "" when replies go to From."""
+    if not config.sender.reply_to:
+        return ""
+    try:
+        return format_address("", config.sender.reply_to, header="Reply-To")
+    except InvalidInput as exc:
+        raise ConfigError(f"[sender] reply_to {config.sender.reply_to!r} must be an address like "
+                          "office@example.jp") from exc
+
+
 def _signed_list(present: tuple[str, ...]) -> tuple[bytes, ...]:
-    names = [n for n in SIGNED_HEADERS if n in present]
-    return tuple(n.lower().encode() for n in [*names, *(n for n in OVERSIGNED if n in present)])
+    """Each signed name once more than `present` holds it (over-signing, RFC 6376 §5.4.2)."""
+    counts = {name.lower(): 0 for name in SIGNED_HEADERS}
+    for name in present:
+        if name.lower() in counts:
+            counts[name.lower()] += 1
+    return tuple(name.encode() for name, count in counts.items() for _ in range(count + 1))
 
 
 # --- per recipient ---------------------------------------------------------------------
@@ -293,16 +332,13 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         "unsubscribe_url": links.unsubscribe_url(skeleton.base_url, secret, recipient.subscriber_id),
         "preferences_url": links.preferences_url(skeleton.base_url, secret, recipient.subscriber_id),
     }
-    unsubscribe = f"<{values['unsubscribe_url']}>, {skeleton.mailto}"
-    if len(unsubscribe) + 18 > 998:  # one line unless RFC 5322's hard limit forces a fold
-        unsubscribe = unsubscribe.replace(", ", ",\r\n ", 1)
     data = b"".join((
         skeleton.from_line,
-        _line("To", format_address(recipient.name, recipient.email)),
+        _line("To", format_address(recipient.name, recipient.email, utf8=True)),
         skeleton.subject_line,
         _line("Date", email.utils.format_datetime(clock.local_now(skeleton.zone))),
         _line("Message-ID", recipient.message_id),
-        _line("List-Unsubscribe", unsubscribe),
+        list_unsubscribe(values["unsubscribe_url"], skeleton.mailto).encode(),
         skeleton.fixed_lines,
         skeleton.seams[0],
         *skeleton.text.encode({k: v.encode() for k, v in values.items()}),
@@ -313,6 +349,17 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
     tag = tokens.verp_tag(secret, recipient.delivery_id)
     envelope_from = f"{skeleton.bounce_local}+{tag}@{skeleton.bounce_domain}"
     return envelope_from, _sign(data, skeleton.dkim, skeleton.signed)
+
+
+def list_unsubscribe(url: str, mailto: str) -> str:
+    """The List-Unsubscribe line (RFC 2369), folded between its URIs.
+
+    One long line is refolded by re-serializers (Python's email.policy.default turns it into
+    encoded-words), which breaks the link and the DKIM signature; folded, every line is within
+    78 as long as the https URL has at most 57 characters. A URI is never split, and the https
+    one stays on the first line: naive parsers expect the value to start with '<'.
+    """
+    return f"List-Unsubscribe: <{url}>,\r\n {mailto}\r\n"
 
 
 def _part_head(content_type: bytes) -> bytes:
@@ -364,7 +411,8 @@ def build_simple(
     """A single message with the same encoder and rules; send it from bounce_address(config)."""
     lines = [
         ("From", format_address(config.sender.name, config.sender.from_, header="From")),
-        ("To", format_address(to_name, to_email)),
+        *([("Reply-To", reply_to(config))] if config.sender.reply_to else []),
+        ("To", format_address(to_name, to_email, utf8=True)),
         ("Subject", encode_header(subject)),
         ("Date", email.utils.format_datetime(clock.local_now(config.zone))),
         ("Message-ID", message_id or make_message_id(config)),

@@ -30,6 +30,7 @@ import smtplib
 import socket
 import ssl
 
+from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
 from mailmag.delivery.transports import PermanentFailure, Sent, TemporaryFailure
 from mailmag.errors import ConfigError, MailmagError, TransportError
@@ -37,6 +38,7 @@ from mailmag.errors import ConfigError, MailmagError, TransportError
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
 _LINE_DOT = re.compile(rb"\n\.")
+_HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
 def is_policy_refusal(reply: str) -> bool:
@@ -58,6 +60,24 @@ def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
         ) from exc
 
 
+def helo_name(config: SmtpConfig, sender_from: str = "") -> str:
+    """The EHLO name: [smtp] helo_name; else this machine's FQDN when it has a dot; else the From domain.
+
+    socket.getfqdn() is "localhost" on many hosts, which receivers score as spam
+    (SpamAssassin HELO_LOCALHOST, FSL_HELO_NON_FQDN_1); the From domain is at least a real name.
+    """
+    if config.helo_name:
+        if not _HELO.fullmatch(config.helo_name):
+            raise ConfigError(f"[smtp] helo_name {config.helo_name!r} must be a host name such as "
+                              "mail.example.jp (ASCII letters, digits, dots and hyphens)")
+        return config.helo_name
+    fqdn = socket.getfqdn()  # may ask DNS: called once per transport
+    if "." in fqdn and not fqdn.lower().startswith("localhost") and _HELO.fullmatch(fqdn):
+        return fqdn
+    domain = sender_from.rpartition("@")[2].lower()
+    return domain if _HELO.fullmatch(domain) else fqdn
+
+
 class _Stale(Exception):
     """A reused session was closed by the relay before MAIL FROM was accepted."""
 
@@ -65,11 +85,11 @@ class _Stale(Exception):
 class SmtpTransport:
     """Opens `SmtpConnection`s to the relay in `config`; AUTH uses `password` when a username is set."""
 
-    def __init__(self, config: SmtpConfig, password: str = "") -> None:
+    def __init__(self, config: SmtpConfig, password: str = "", helo: str | None = None) -> None:
         self.config = config
         self.password = password
         self.context = tls_context(config)  # built once: loading the CA store costs milliseconds
-        self.local_hostname = socket.getfqdn()  # once, not per connection: it may ask DNS
+        self.local_hostname = helo or helo_name(config)  # once, not per connection: it may ask DNS
 
     def connect(self) -> SmtpConnection:
         return SmtpConnection(self)
@@ -136,6 +156,7 @@ class SmtpConnection:
 
     def _transaction(self, envelope_from: str, recipient: str, message: bytes, reused: bool) -> Sent:
         self._count += 1
+        recipient = addr_spec(recipient)  # quoted legacy local part, A-label domain
         options = f" SIZE={len(message)}" if self._size else ""
         if not (recipient.isascii() and envelope_from.isascii()):
             options += self._smtputf8(envelope_from, recipient)
@@ -350,7 +371,7 @@ class SmtpConnection:
         )
 
 
-def check_relay(config: SmtpConfig, password: str) -> list[str]:
+def check_relay(config: SmtpConfig, password: str, helo: str | None = None) -> list[str]:
     """Connect, EHLO, STARTTLS and AUTH without sending; one line per problem, naming the fix."""
     problems = []
     if config.security == "none" and not _is_loopback(config.host):
@@ -359,7 +380,7 @@ def check_relay(config: SmtpConfig, password: str) -> list[str]:
             'use "starttls" or "tls" unless the relay runs on this machine'
         )
     try:
-        connection = SmtpTransport(config, password).connect()
+        connection = SmtpTransport(config, password, helo).connect()
         connection.open()
         connection.close()
     except MailmagError as exc:

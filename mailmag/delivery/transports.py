@@ -78,9 +78,9 @@ def make_transport(config: Config) -> Transport:
     """The transport `[smtp] transport` names: "smtp", "file" or "memory"."""
     kind = config.smtp.transport
     if kind == "smtp":
-        from mailmag.delivery.smtp import SmtpTransport
+        from mailmag.delivery.smtp import SmtpTransport, helo_name
 
-        return SmtpTransport(config.smtp, config.smtp_password)
+        return SmtpTransport(config.smtp, config.smtp_password, helo_name(config.smtp, config.sender.from_))
     if kind == "file":
         return FileTransport(config.smtp.file_dir)
     if kind == "memory":
@@ -92,8 +92,9 @@ def check_relay(config: Config) -> list[str]:
     """Problems that would stop sending (for `mailmag doctor`), one line each naming the fix."""
     if config.smtp.transport == "smtp":
         from mailmag.delivery.smtp import check_relay as check_smtp
+        from mailmag.delivery.smtp import helo_name
 
-        return check_smtp(config.smtp, config.smtp_password)
+        return check_smtp(config.smtp, config.smtp_password, helo_name(config.smtp, config.sender.from_))
     if config.smtp.transport == "file":
         try:
             FileTransport(config.smtp.file_dir).connect().check()
