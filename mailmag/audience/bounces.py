@@ -32,7 +32,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.errors import ConfigError, InvalidEmail, InvalidInput, NotFound
+from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
 
 log = logging.getLogger(__name__)
