@@ -171,7 +171,7 @@ def _oracle(minutes, hours, weekdays, zone: ZoneInfo, after: dt.datetime, until:
     def reading(instant: dt.datetime) -> dt.datetime:
         return instant.astimezone(zone).replace(tzinfo=None)
 
-    instant = (after - dt.timedelta(days=2)).replace(second=0, microsecond=0)
+    instant = (after - dt.timedelta(hours=3)).replace(second=0, microsecond=0)  # longer than any fold here
     highest = reading(instant)
     result = []
     while instant < until:
@@ -189,10 +189,10 @@ def _oracle(minutes, hours, weekdays, zone: ZoneInfo, after: dt.datetime, until:
     return result
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     place=st.sampled_from(TRANSITIONS),
-    offset=st.integers(-36 * 60, 24 * 60),
+    offset=st.integers(-28 * 60, 2 * 60),  # the change falls inside the 30 hours, or `after` is just past it
     second=st.integers(0, 59),
     minutes=_values(0, 59, 3),
     hours=_values(0, 23, 3),
@@ -204,7 +204,7 @@ def test_firings_are_the_first_instants_the_wall_clock_reaches_each_named_moment
     zone_name, near = place
     zone = ZoneInfo(zone_name)
     after = near + dt.timedelta(minutes=offset, seconds=second)
-    until = after + dt.timedelta(hours=40)
+    until = after + dt.timedelta(hours=30)
     cron = f"{_field(minutes)} {_field(hours)} * * {_field(weekdays)}"
     moments = bounded(fire_times(cron_trigger(cron, zone), after, until))
     assert all(a < b for a, b in itertools.pairwise(moments))
