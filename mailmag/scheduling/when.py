@@ -1,4 +1,4 @@
-"""Times people type: `--at` moments and crontab expressions, read in the configured zone."""
+"""Times people type: `--at` moments and crontab lines, read in the configured zone; when a line fires."""
 
 from __future__ import annotations
 
