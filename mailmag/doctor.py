@@ -26,7 +26,8 @@ from mailmag.delivery.smtp import _is_loopback as is_loopback
 from mailmag.delivery.smtp import helo_name
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
-from mailmag.models import Item, Org
+from mailmag.models import Item, Org, utcnow
+from mailmag.scheduling import window
 from mailmag.services import Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -225,9 +226,15 @@ def _dkim(config: Config) -> list[Finding]:
     return [Finding("dkim", OK, f"signing as d={key.domain.decode()} s={selector} with a {bits}-bit RSA key")]
 
 
+def _send_window(config: Config) -> list[Finding]:
+    """When mail may leave: queued messages wait, unexplained, while the window is closed."""
+    return [Finding("send window", OK, window.summary(utcnow(), config))]
+
+
 _CHECKS: list[tuple[str, Callable[[Config], list[Finding]]]] = [
     ("sender", _sender), ("links", _links), ("secret key", _secret_key), ("database", _database),
     ("templates", _templates), ("smtp relay", _relay), ("helo", _helo), ("dkim", _dkim),
+    ("send window", _send_window),
 ]
 
 

@@ -15,9 +15,16 @@ from mailmag.scheduling.jobs import (
     unschedule_send,
 )
 from mailmag.scheduling.when import parse_when
-from mailmag.scheduling.window import next_window_start, window_open
+from mailmag.scheduling.window import (
+    next_window_open,
+    next_window_start,
+    waiting_for_window,
+    waiting_note,
+    window_open,
+)
 
 __all__ = [
     "add_auto", "cancel", "fire_auto", "fire_due_autos", "fire_due_sends", "last_send_run", "list_auto",
-    "next_window_start", "parse_when", "remove_auto", "schedule_send", "unschedule_send", "window_open",
+    "next_window_open", "next_window_start", "parse_when", "remove_auto", "schedule_send", "unschedule_send",
+    "waiting_for_window", "waiting_note", "window_open",
 ]

@@ -94,7 +94,7 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     assert result.exit_code == 0, result.output
     lines = _lines(result)
     assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "templates",
-                          "smtp relay", "helo", "dkim"}
+                          "smtp relay", "helo", "dkim", "send window"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
     assert lines["smtp relay"] == (f"ok 127.0.0.1:{port} answers: EHLO, STARTTLS with a verified "

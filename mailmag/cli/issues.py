@@ -93,14 +93,19 @@ def preview(app: AppContext, number: int, fmt: str | None, output: Path | None, 
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
     """List issues, newest first."""
+    now = utcnow()
     with app.ready_services().session() as session:
-        rows = [as_dict(issue) for issue in issues.listing(session)]
+        pending = outbox.pending_by_issue(session)
+        rows = [as_dict(issue) | {"waiting_for_window": schedule.waiting_for_window(
+            pending.get(issue.id, 0), now, app.config)} for issue in issues.listing(session)]
     if as_json:
         print_json(rows)
         return
     for row in rows:
+        waiting = row["waiting_for_window"]
+        note = f"\t{schedule.waiting_note(waiting, app.config)}" if waiting else ""
         click.echo(f"{row['number']}\t{row['status']}\t{len(row['items'])} items\t"
-                   f"{local_time(row['rendered_at'], app.config)}\t{row['title']}")
+                   f"{local_time(row['rendered_at'], app.config)}\t{row['title']}{note}")
     click.echo(f"{len(rows)} issues", err=True)
 
 
@@ -169,11 +174,12 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
         issue = issues.get(session, number)
         counts = outbox.counts(session, issue.id)
         missed = schedule.last_send_run(session, issue)
+        waiting = schedule.waiting_for_window(counts.pending, utcnow(), app.config)
         document = {
             "number": number, "status": issue.status, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
-            "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at,
+            "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
             ),
@@ -185,6 +191,8 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
     click.echo(f"issue {number}: {issue.status}{when}")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
+    if waiting is not None:
+        click.echo(schedule.waiting_note(waiting, app.config))
     if missed is not None and missed.outcome != "sent":
         click.echo(f"last timed send: {missed.outcome}: {missed.detail}")
 

@@ -339,6 +339,15 @@ def counts(session: Session, issue_id: int) -> Counts:
     return Counts(total=sum(by_status.values()), **by_status)
 
 
+def pending_by_issue(session: Session) -> dict[int, int]:
+    """Messages not yet handed to the relay (queued or being sent), per issue id; `issues list`."""
+    rows = session.execute(
+        select(Delivery.issue_id, func.count()).where(Delivery.status.in_(("queued", "sending")))
+        .group_by(Delivery.issue_id)
+    )
+    return {issue_id: n for issue_id, n in rows}
+
+
 def due_count(session: Session, now: dt.datetime) -> int:
     """Deliveries a worker could claim now (what `worker --once` waits for)."""
     return session.scalar(

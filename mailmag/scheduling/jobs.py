@@ -6,6 +6,10 @@ the periodic poll, a second node) goes through `_once`: the JobRun row for (job,
 inserted in the same transaction as the work, so its UNIQUE pair lets one caller win and
 the others find it done. A moment that passed longer than `[schedule] grace_seconds` ago
 is recorded as "missed" instead of fired: never dropped silently, never fired twice.
+A firing that loses a race to another writer (the same issue number taken at the same
+moment by `issues new`, a serialization failure) is the system's problem, not the
+operator's: it tries again at once, and if it keeps losing, the moment stays unrecorded
+so the next poll fires it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailmag.config import Config
@@ -31,13 +35,17 @@ log = logging.getLogger(__name__)
 
 # Moments handled per schedule and call; a longer backlog continues at the next poll.
 _BACKLOG_LIMIT = 500
+# Attempts of one firing within one poll when a concurrent writer wins a race.
+ATTEMPTS = 3
+_UNIQUE_VIOLATION, _RETRYABLE_SQLSTATES = "23505", ("40001", "40P01")  # + serialization, deadlock
 
 Action = Callable[[Session], tuple[str, str] | None]
 
 
 @dataclasses.dataclass(frozen=True)
 class Fired:
-    """What one firing did: outcome is sent | skipped | missed | failed."""
+    """What one firing did: outcome is sent | skipped | missed | failed, or deferred (lost a race
+    every time: not recorded, the next poll fires the moment again)."""
 
     job_id: str
     scheduled_for: dt.datetime
@@ -209,6 +217,8 @@ def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None
             fired = fire_auto(services, schedule.id, moment, now)
             if fired is not None:
                 results.append(fired)
+                if fired.outcome == "deferred":
+                    break  # later moments wait: the cursor must not pass this one
     return results
 
 
@@ -278,8 +288,37 @@ def _once(
 
     None when another caller won, or the action found nothing to do. A MailmagError (or a bug)
     is recorded as "failed" so it is not retried forever; a database outage is not recorded
-    and propagates, so the next poll tries again.
+    and propagates, so the next poll tries again. An action that loses a race is tried
+    again from the start, up to ATTEMPTS times, then left for the next poll ("deferred").
     """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _attempt(services, job_id, scheduled_for, action, on_failure)
+        except _LostRace as race:
+            lost = race.reason
+            log.info("%s for %s lost a race (attempt %d of %d): %s", job_id, scheduled_for, attempt,
+                     ATTEMPTS, lost)
+    zone = services.config.zone
+    return _logged(Fired(job_id, scheduled_for, "deferred", (
+        f"due at {shown(scheduled_for, zone)}: lost a race with another change {ATTEMPTS} times "
+        f"({lost}); the next poll tries again")))
+
+
+class _LostRace(Exception):
+    """The action collided with a concurrent writer; starting again will see its work."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _attempt(
+    services: Services,
+    job_id: str,
+    scheduled_for: dt.datetime,
+    action: Action,
+    on_failure: Callable[[Session], None] | None,
+) -> Fired | None:
     run = JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail="")
     session = services.sessions()
     try:
@@ -295,11 +334,13 @@ def _once(
             return None
         run.outcome, run.detail = result
         session.commit()
-    except OperationalError:
-        session.rollback()
-        raise
     except Exception as exc:
         session.rollback()
+        race = _race(exc)
+        if race is not None:
+            raise _LostRace(str(race.orig).splitlines()[0]) from exc
+        if isinstance(exc, OperationalError):
+            raise
         detail = str(exc) if isinstance(exc, MailmagError) else f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, MailmagError):
             log.exception("%s for %s crashed", job_id, scheduled_for)
@@ -307,6 +348,26 @@ def _once(
     finally:
         session.close()
     return _logged(Fired(job_id, scheduled_for, run.outcome, run.detail))
+
+
+def _race(exc: BaseException) -> DBAPIError | None:
+    """The database error by which a concurrent writer caused `exc`, if it did: a unique key taken
+    meanwhile, a serialization failure or a deadlock, raised as such or behind a domain error
+    (compose's "composed at the same moment elsewhere"). Other integrity errors are bugs."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError):
+            code = getattr(seen.orig, "sqlstate", None)
+            if code in _RETRYABLE_SQLSTATES or (isinstance(seen, IntegrityError) and _unique(seen, code)):
+                return seen
+        seen = seen.__cause__
+    return None
+
+
+def _unique(error: IntegrityError, sqlstate: str | None) -> bool:
+    if sqlstate is not None:
+        return sqlstate == _UNIQUE_VIOLATION
+    return "UNIQUE constraint failed" in str(error.orig)  # SQLite
 
 
 def _record_failure(

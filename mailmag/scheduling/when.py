@@ -1,4 +1,4 @@
-"""Times people type: `--at` moments and crontab expressions, read in the configured zone."""
+"""Times people type: `--at` moments and crontab lines, read in the configured zone; when a line fires."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 from mailmag.errors import InvalidInput
@@ -60,8 +61,8 @@ def _offset(text: str | None) -> dt.tzinfo | None:
     return dt.timezone(-delta if text[0] == "-" else delta)
 
 
-def cron_trigger(expression: str, zone: ZoneInfo) -> CronTrigger:
-    """A crontab line ('0 9 1,15 * *': minute hour day month weekday) as an APScheduler trigger.
+def cron_trigger(expression: str, zone: ZoneInfo) -> Crontab:
+    """A crontab line ('0 9 1,15 * *': minute hour day month weekday) read in `zone`.
 
     Weekdays count as in crontab (0 or 7 = Sunday), not as APScheduler 3 does (0 = Monday).
     Crontab fires when EITHER a restricted day of month OR weekday matches, APScheduler when
@@ -73,14 +74,19 @@ def cron_trigger(expression: str, zone: ZoneInfo) -> CronTrigger:
             f"invalid cron expression {expression!r}: give five fields, minute hour day month "
             "weekday, e.g. \"0 9 1,15 * *\" (09:00 on the 1st and 15th)"
         )
-    minute, hour, day, month, weekday = fields
-    if day != "*" and weekday != "*":
+    if fields[2] != "*" and fields[4] != "*":
         raise InvalidInput(
             f"invalid cron expression {expression!r}: restrict the day of month or the weekday, not both"
         )
+    return Crontab(" ".join(fields), zone)
+
+
+def _calendar(expression: str) -> CronTrigger:
+    """The wall-clock readings a crontab line names, as a trigger in a zone without DST (UTC)."""
+    minute, hour, day, month, weekday = expression.split()
     try:
         return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=_weekdays(weekday), timezone=zone)
+                           day_of_week=_weekdays(weekday), timezone=dt.UTC)
     except ValueError as exc:
         raise InvalidInput(f"invalid cron expression {expression!r}: {exc}") from exc
 
@@ -114,15 +120,89 @@ def _weekday_number(token: str, field: str) -> int:
     raise InvalidInput(f"invalid weekday field {field!r} in the cron expression: use 0-7 or sun-sat")
 
 
-def fire_times(trigger: CronTrigger, after: dt.datetime, until: dt.datetime) -> Iterator[dt.datetime]:
-    """The trigger's moments in (after, until], oldest first, as aware UTC."""
-    tick = dt.timedelta(microseconds=1)  # the trigger rounds up to whole seconds
-    moment = trigger.get_next_fire_time(None, after + tick)
+class Crontab(BaseTrigger):
+    """A crontab line read in a zone: one firing per wall-clock moment it names, on absolute instants.
+
+    Clocks that go back repeat an hour: a moment in it fires at its first occurrence only
+    (`30 1 * * *` fires at 01:30 EDT, not again at 01:30 EST), and no firing ever comes
+    before an earlier one. Clocks that go forward skip an hour: a moment in it fires once at
+    the instant the clocks jump, as Vixie cron runs the jobs of a skipped hour at once
+    (`30 2 * * *` fires at 03:00 EDT on the day New York springs forward); moments that
+    land on the same instant fire once. So firings strictly increase, and a firing is
+    exactly the first instant at which the wall clock has reached a named moment.
+    It is also the APScheduler trigger of `mailmag run`'s stored jobs.
+    """
+
+    def __init__(self, expression: str, zone: ZoneInfo) -> None:
+        self.expression, self.zone = expression, zone
+        self._readings = _calendar(expression)
+
+    def next_after(self, instant: dt.datetime) -> dt.datetime | None:
+        """The first firing strictly after `instant` (aware), as aware UTC; None if there is none."""
+        reading = instant.astimezone(self.zone).replace(tzinfo=None)
+        candidate = self._readings.get_next_fire_time(None, _as_utc(reading) + _TICK)
+        while candidate is not None:
+            firing = _first_instant(candidate.replace(tzinfo=None), self.zone)
+            # In the repeated hour, readings just after `instant`'s were first reached before it.
+            if firing > instant:
+                return firing
+            candidate = self._readings.get_next_fire_time(None, candidate + _TICK)
+        return None
+
+    def get_next_fire_time(self, previous_fire_time: dt.datetime | None,
+                           now: dt.datetime) -> dt.datetime | None:
+        """APScheduler: the firing after the previous one, or the first at or after `now`."""
+        after = previous_fire_time if previous_fire_time is not None else now - _TICK
+        firing = self.next_after(after)
+        return firing.astimezone(self.zone) if firing else None
+
+    def __str__(self) -> str:
+        return f"crontab[{self.expression}] in {self.zone.key}"
+
+    def __repr__(self) -> str:
+        return f"<Crontab {self.expression!r} {self.zone.key}>"
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"version": 1, "expression": self.expression, "zone": self.zone.key}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(str(state["expression"]), ZoneInfo(str(state["zone"])))  # type: ignore[misc]
+
+
+_TICK = dt.timedelta(microseconds=1)  # the calendar rounds up to whole seconds
+
+
+def _as_utc(reading: dt.datetime) -> dt.datetime:
+    return reading.replace(tzinfo=dt.UTC)
+
+
+def _first_instant(reading: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    """The first instant (aware UTC) at which the wall clock in `zone` shows `reading` or later."""
+    # PEP 495: fold=0 is the earlier instant of a repeated reading, the later one in a gap.
+    early = reading.replace(tzinfo=zone, fold=0).astimezone(dt.UTC)
+    if early.astimezone(zone).replace(tzinfo=None) == reading:
+        return early
+    # A skipped reading: the clocks jumped over it somewhere in (fold=1's instant, fold=0's].
+    # Offsets change on whole seconds, so halve that span in seconds.
+    low = reading.replace(tzinfo=zone, fold=1).astimezone(dt.UTC)
+    high = early
+    while high - low > dt.timedelta(seconds=1):
+        middle = low + dt.timedelta(seconds=(high - low) // dt.timedelta(seconds=2))
+        if middle.astimezone(zone).replace(tzinfo=None) >= reading:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def fire_times(trigger: Crontab, after: dt.datetime, until: dt.datetime) -> Iterator[dt.datetime]:
+    """The trigger's firings in (after, until], oldest first, as aware UTC."""
+    moment = trigger.next_after(after)
     while moment is not None and moment <= until:
-        yield moment.astimezone(dt.UTC)
-        moment = trigger.get_next_fire_time(None, moment + tick)
+        yield moment
+        moment = trigger.next_after(moment)
 
 
-def next_fire_time(trigger: CronTrigger, now: dt.datetime) -> dt.datetime | None:
-    moment = trigger.get_next_fire_time(None, now)
-    return moment.astimezone(dt.UTC) if moment else None
+def next_fire_time(trigger: Crontab, now: dt.datetime) -> dt.datetime | None:
+    """The first firing at or after `now`, as aware UTC."""
+    return trigger.next_after(now - _TICK)

@@ -1,0 +1,197 @@
+"""A firing that loses a race to another writer tries again; it is never the operator's failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SECRET
+from sqlalchemy import select, text
+from test_schedule import add_auto, add_subscribers, approve_news, issue_count
+
+from mailmag import db
+from mailmag.config import load_config
+from mailmag.content import issues
+from mailmag.models import Issue, JobRun, utcnow
+from mailmag.scheduling import jobs
+from mailmag.scheduling.when import cron_trigger, next_fire_time
+from mailmag.services import Services
+
+# The firing process: the scheduler's due-firings function, the clock given on the command line.
+FIRE = """
+import datetime as dt, json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from mailmag.config import load_config
+from mailmag.scheduling import jobs
+from mailmag.services import Services
+services = Services(load_config(sys.argv[1]))
+fired = jobs.fire_due_autos(services, dt.datetime.fromisoformat(sys.argv[2]))
+print(json.dumps([[f.outcome, f.detail] for f in fired]))
+"""
+
+
+def recorded(services: Services) -> list[tuple[dt.datetime, str, str]]:
+    with services.session() as session:
+        return [tuple(row) for row in session.execute(
+            select(JobRun.scheduled_for, JobRun.outcome, JobRun.detail).order_by(JobRun.id))]
+
+
+def issues_and_items(services: Services) -> list[tuple[int, str, list[int]]]:
+    with services.session() as session:
+        return [(i.number, i.status, [e.item_id for e in i.entries])
+                for i in session.scalars(select(Issue).order_by(Issue.number))]
+
+
+def wait_until_blocked_by(services: Services, backend: int, process: subprocess.Popen) -> None:
+    """Until some other session waits for a lock `backend` holds (the firing's INSERT of the number)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with services.engine.connect() as connection:
+            waiting = connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+                {"pid": backend},
+            ).scalar()
+        if waiting:
+            return
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the firing process never reached the issue number"
+        time.sleep(0.05)
+
+
+def test_a_firing_that_races_issues_new_for_the_number_tries_again_and_sends(tmp_path: Path, pg_url: str):
+    """Two processes on PostgreSQL: the secretariat composes issue 1 from item 1 while the automatic
+    firing composes from every approved item; the firing loses the number, starts again, and
+    sends issue 2 from what is left."""
+    path = tmp_path / "mailmag.toml"
+    path.write_text(f'[mailmag]\nbase_url = "https://news.example.jp"\n[database]\nurl = "{pg_url}"\n'
+                    f'[smtp]\ntransport = "file"\nfile_dir = "{tmp_path / "outbox"}"\n', encoding="utf-8")
+    services = Services(load_config(path, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        db.init_db(services.engine)
+        add_subscribers(services, 2)
+        first, second = approve_news(services, 2)
+        created = utcnow()
+        add_auto(services, "* * * * *", created)
+        moment = next_fire_time(cron_trigger("* * * * *", services.config.zone), created)
+        rival = services.sessions()  # `issues new --item 1`, caught between its INSERT and its COMMIT
+        issues.compose(rival, services.config, item_ids=[first])
+        backend = rival.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        firing = subprocess.Popen(
+            [sys.executable, "-c", FIRE, str(path), (moment + dt.timedelta(seconds=5)).isoformat()],
+            env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until_blocked_by(services, backend, firing)
+            rival.commit()
+            rival.close()
+            out, err = firing.communicate(timeout=60)
+        finally:
+            if firing.poll() is None:
+                firing.kill()
+                firing.communicate()
+        assert firing.returncode == 0, err
+        assert json.loads(out) == [["sent", "issue 2 composed from 1 items: 2 recipients queued"]]
+        assert recorded(services) == [(moment, "sent", "issue 2 composed from 1 items: 2 recipients queued")]
+        assert issues_and_items(services) == [(1, "draft", [first]), (2, "sending", [second])]
+        assert "lost a race (attempt 1 of 3)" in err
+        assert jobs.fire_due_autos(services, moment + dt.timedelta(seconds=10)) == []
+    finally:
+        services.close()
+
+
+def _colliding_compose(calls: list[int]):  # type: ignore[no-untyped-def]
+    """Stands in for compose while another writer keeps taking the number: a real unique violation."""
+    def compose_and_send(session, config):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        session.add(Issue(number=1, title="同じ号番号", status="draft"))
+        session.flush()
+
+    return compose_and_send
+
+
+def test_a_firing_that_keeps_losing_is_left_unrecorded_for_the_next_poll(services, monkeypatch):
+    approve_news(services, 2)
+    with services.session() as session:
+        issues.compose(session, services.config, item_ids=[1])  # issue 1 exists: every INSERT of 1 collides
+    at = dt.datetime(2027, 1, 4, 0, 0, tzinfo=dt.UTC)
+    add_auto(services, "0 * * * *", at - dt.timedelta(hours=2, minutes=30))
+    calls: list[int] = []
+    monkeypatch.setattr(jobs, "_compose_and_send", _colliding_compose(calls))
+    fired = jobs.fire_due_autos(services, at + dt.timedelta(seconds=5))
+    # The walk stops at the moment that lost: the hour after it waits, the cursor does not pass it.
+    assert [(f.scheduled_for, f.outcome) for f in fired] == [
+        (at - dt.timedelta(hours=2), "missed"), (at - dt.timedelta(hours=1), "missed"), (at, "deferred")]
+    assert fired[-1].detail.startswith(
+        "due at 2027-01-04 09:00 JST: lost a race with another change 3 times (")
+    assert fired[-1].detail.endswith("); the next poll tries again")
+    assert "run the command again" not in fired[-1].detail
+    assert len(calls) == jobs.ATTEMPTS
+    assert [outcome for _, outcome, _ in recorded(services)] == ["missed", "missed"]
+    assert issue_count(services) == 1
+    monkeypatch.undo()  # the other writer is done
+    (again,) = jobs.fire_due_autos(services, at + dt.timedelta(seconds=40))
+    assert (again.scheduled_for, again.outcome) == (at, "sent")
+    assert again.detail.startswith("issue 2 composed from 1 items")
+    assert [outcome for _, outcome, _ in recorded(services)] == ["missed", "missed", "sent"]
+
+
+def test_an_integrity_error_that_is_no_race_is_recorded_as_failed_once(services, monkeypatch):
+    """A NOT NULL violation is a bug: trying again would not help, so it is not retried."""
+    calls: list[int] = []
+
+    def broken(session, config):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        session.add(Issue(number=None, title="番号なし", status="draft"))
+        session.flush()
+
+    monkeypatch.setattr(jobs, "_compose_and_send", broken)
+    at = dt.datetime(2027, 1, 4, 0, 0, tzinfo=dt.UTC)
+    add_auto(services, "0 * * * *", at - dt.timedelta(minutes=30))
+    (fired,) = jobs.fire_due_autos(services, at + dt.timedelta(seconds=5))
+    assert fired.outcome == "failed" and fired.detail.startswith("IntegrityError: ")
+    assert len(calls) == 1
+    assert [outcome for _, outcome, _ in recorded(services)] == ["failed"]
+
+
+@pytest.mark.parametrize("attempts_lost", [1, 3])
+def test_a_timed_send_that_loses_a_race_stays_scheduled_until_it_wins(services, monkeypatch, attempts_lost):
+    from mailmag.delivery import outbox
+
+    add_subscribers(services, 2)
+    approve_news(services, 1)
+    at = dt.datetime(2027, 1, 4, 0, 0, tzinfo=dt.UTC)
+    with services.session() as session:
+        issue = issues.compose(session, services.config).issue
+        number = issue.number
+        jobs.schedule_send(session, issue, at, now=at - dt.timedelta(hours=1))
+    real_send = outbox.send_issue
+    calls: list[int] = []
+
+    def send_issue(session, issue, config):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) <= attempts_lost:  # another writer takes the issue's unique key meanwhile
+            session.add(Issue(number=number, title="同じ号番号", status="draft"))
+            session.flush()
+        return real_send(session, issue, config)
+
+    monkeypatch.setattr(outbox, "send_issue", send_issue)
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
+    if attempts_lost < jobs.ATTEMPTS:
+        assert (fired.outcome, fired.detail) == ("sent", f"issue {number} due at 2027-01-04 09:00 JST: "
+                                                         "2 recipients queued")
+        assert len(calls) == attempts_lost + 1
+        return
+    assert fired.outcome == "deferred"
+    assert recorded(services) == []
+    with services.session() as session:
+        assert issues.get(session, number).status == "scheduled"
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=35))
+    assert fired.outcome == "sent"
+    assert [outcome for _, outcome, _ in recorded(services)] == ["sent"]
