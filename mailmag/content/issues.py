@@ -226,7 +226,8 @@ _TEXT_FIELDS = {"title": True, "event_name": True, "venue": True, "time_text": T
 
 def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Edition]) -> list[str]:
     """Characters that render poorly (①, ㈱, ㌔, ｶﾅ …), each with the form to use instead."""
-    warnings, seen = [], set()
+    warnings: list[str] = []
+    seen: set[str] = set()
     for item in ordered:
         for attr, quote in _TEXT_FIELDS.items():
             value = getattr(item, attr) or ""
