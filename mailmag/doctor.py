@@ -30,7 +30,6 @@ from mailmag.models import Item, Org
 from mailmag.services import Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
-PLACEHOLDER_ADDRESS = "住所を設定してください"  # in the shipped default postal_address
 MIN_SECRET_LENGTH = 32
 MAKE_SECRET = "export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 MAKE_DKIM_KEY = "openssl genrsa -out dkim.pem 2048"
@@ -98,9 +97,7 @@ def _sender(config: Config) -> list[Finding]:
     domain = messages.sender_domain(config)
     messages.bounce_address(config)
     render.check_sender(config)
-    if PLACEHOLDER_ADDRESS in config.sender.postal_address:
-        return [Finding("sender", PROBLEM, "[sender] postal_address is still the placeholder: set the "
-                        "secretariat's postal address (特定電子メール法 requires it in every issue)")]
+    render.check_real_sender(config)
     return [Finding("sender", OK, f"{config.sender.name} <{config.sender.from_}>, domain {domain}")]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mailmag.scheduling.jobs import (
     add_auto,
-    cancel,
     fire_auto,
     fire_due_autos,
     fire_due_sends,
@@ -18,6 +17,6 @@ from mailmag.scheduling.when import parse_when
 from mailmag.scheduling.window import next_window_start, window_open
 
 __all__ = [
-    "add_auto", "cancel", "fire_auto", "fire_due_autos", "fire_due_sends", "last_send_run", "list_auto",
+    "add_auto", "fire_auto", "fire_due_autos", "fire_due_sends", "last_send_run", "list_auto",
     "next_window_start", "parse_when", "remove_auto", "schedule_send", "unschedule_send", "window_open",
 ]

@@ -17,15 +17,20 @@ from click.testing import CliRunner, Result
 
 from mailmag import db
 from mailmag.cli import cli
-from mailmag.config import Config, DatabaseConfig, GeneralConfig, SmtpConfig
+from mailmag.config import Config, DatabaseConfig, GeneralConfig, SenderConfig, SmtpConfig
 from mailmag.services import Services
 
 PG_ADMIN_URL = os.environ.get(
     "MAILMAG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 SECRET = "test-secret-key-0123456789"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "000_db6e2a05c29aba8f.txt"
+REFERENCE = Path(__file__).resolve().parents[1] / "mailmag" / "data" / "reference_article.txt"
 TESTS = Path(__file__).resolve().parent
+# A sender that is not config.example.toml's placeholders (compose and send refuse those).
+SENDER = SenderConfig(from_="magazine@example.jp", postal_address="〒730-0011 広島県広島市中区基町10-52",
+                      contact="jimukyoku@example.jp")
+SENDER_TOML = (f'[sender]\nfrom = "{SENDER.from_}"\npostal_address = "{SENDER.postal_address}"\n'
+               f'contact = "{SENDER.contact}"\n')
 
 
 def _pg_available() -> bool:
@@ -86,6 +91,7 @@ def config(db_url: str, tmp_path: Path) -> Config:
     return Config(
         mailmag=GeneralConfig(base_url="https://news.example.jp"),
         database=DatabaseConfig(url=db_url),
+        sender=SENDER,
         smtp=SmtpConfig(transport="file", file_dir=str(tmp_path / "outbox")),
         secret_key=SECRET,
     )
@@ -111,7 +117,7 @@ def config_file(db_url: str, tmp_path: Path) -> Path:
     path = tmp_path / "mailmag.toml"
     path.write_text(
         f'[mailmag]\nbase_url = "https://news.example.jp"\n\n'
-        f'[database]\nurl = "{db_url}"\n\n'
+        f'[database]\nurl = "{db_url}"\n\n{SENDER_TOML}\n'
         f'[smtp]\ntransport = "file"\nfile_dir = "{tmp_path / "outbox"}"\n',
         encoding="utf-8",
     )

@@ -58,13 +58,14 @@ def approve_news(services: Services, n: int) -> list[int]:
 def draft_issue(services: Services) -> int:
     approve_news(services, 1)
     with services.session() as session:
-        return issues.compose(session, services.config).issue.number
+        return issues.compose(session, services.config).issue.id
 
 
 def scheduled_issue(services: Services, at: dt.datetime) -> int:
     number = draft_issue(services)
     with services.session() as session:
-        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(hours=1))
+        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(hours=1),
+                           config=services.config, allow_empty=True)
     return number
 
 
@@ -118,7 +119,7 @@ def test_schedule_then_cancel_moves_the_issue_between_draft_and_scheduled(servic
     number = draft_issue(services)
     at = jst(2026, 12, 1, 9, 0)
     with services.session() as session:
-        jobs.schedule_send(session, issues.get(session, number), at, now=NOW)
+        jobs.schedule_send(session, issues.get(session, number), at, now=NOW, config=services.config, allow_empty=True)
     with services.session() as session:
         issue = issues.get(session, number)
         assert (issue.status, issue.scheduled_at) == ("scheduled", at)
@@ -134,10 +135,10 @@ def test_only_a_draft_can_be_scheduled_and_only_a_scheduled_issue_unscheduled(se
         with pytest.raises(StateError, match=f"issue {number} is draft, not scheduled"):
             jobs.unschedule_send(session, issue)
         with pytest.raises(StateError, match="cannot be scheduled in the past"):
-            jobs.schedule_send(session, issue, NOW - dt.timedelta(seconds=1), now=NOW)
+            jobs.schedule_send(session, issue, NOW - dt.timedelta(seconds=1), now=NOW, config=services.config, allow_empty=True)
         issue.status = "sent"
-        with pytest.raises(StateError, match=f"issue {number} is sent; only a draft issue can be scheduled"):
-            jobs.schedule_send(session, issue, NOW + dt.timedelta(hours=1), now=NOW)
+        with pytest.raises(StateError, match=f"issue {number} is sent; only a draft or scheduled issue can be sent"):
+            jobs.schedule_send(session, issue, NOW + dt.timedelta(hours=1), now=NOW, config=services.config, allow_empty=True)
         assert issue.scheduled_at is None
 
 
@@ -149,7 +150,7 @@ def test_a_due_send_fires_once(services):
     assert state(services, number) == ("scheduled", 0, [])
     (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
     assert (fired.outcome, fired.detail) == (
-        "sent", f"issue {number} due at 2026-12-01 09:00 JST: 3 recipients queued")
+        "sent", f"issue {number} (第1号) due at 2026-12-01 09:00 JST: 3 recipients queued")
     assert jobs.fire_due_sends(services, at + dt.timedelta(seconds=10)) == []
     assert state(services, number) == ("sending", 3, [(f"send-issue-{number}", "sent")])
 
@@ -253,7 +254,7 @@ def test_an_automatic_issue_is_composed_from_the_approved_items_and_sent(service
     (fired,) = jobs.fire_due_autos(services, jst(2026, 12, 1, 9, 0, 5))
     assert (fired.job_id, fired.scheduled_for) == (f"auto-{schedule_id}", jst(2026, 12, 1, 9))
     assert fired.outcome == "sent"
-    assert fired.detail.startswith("issue 1 composed from 2 items: 2 recipients queued")
+    assert fired.detail.startswith("issue 1 (第1号) composed from 2 items: 2 recipients queued")
     with services.session() as session:
         issue = issues.get(session, 1)
         assert issue.status == "sending"
@@ -279,6 +280,7 @@ def test_an_automatic_issue_with_too_few_approved_items_is_skipped_with_the_reas
 
 
 def test_moments_passed_while_down_are_each_reported_and_the_latest_fires_within_grace(services):
+    add_subscribers(services, 1)
     approve_news(services, 1)
     schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))
     fired = jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 30))

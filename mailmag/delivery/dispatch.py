@@ -303,8 +303,9 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     lang = lang or config.mailmag.language
     rendering = next((r for r in issue.renderings if r.lang == lang), None)
     if rendering is None:
-        raise StateError(f"issue {issue.number} has no '{lang}' edition")
-    skeleton = messages.prepare(rendering, issue.number, config, dkim=messages.load_dkim(config))
+        raise StateError(f"issue {issue.id} has no '{lang}' edition")
+    number = issue.number if issue.number is not None else issue.rendered_number  # a draft's: as shown
+    skeleton = messages.prepare(rendering, number or 0, config, dkim=messages.load_dkim(config))
     connection = transport.connect()
     results = []
     try:
