@@ -164,7 +164,7 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
         added_items = items.add_files(session, sorted((DATA / "demo_items").glob("*.md")))
         items.approve(session, [item.id for item in added_items])
         consent = Consent("import", "sample subscribers of mailmag demo")
-        report = imports.import_file(session, csv_path, consent)
+        report = imports.import_file(session, csv_path, consent, topics=config.topics)
         composed = issues.compose(session, config, today=ISSUE_DATE)
         issue = composed.issue
         html_path, text_path = folder / f"issue-{issue.id}.html", folder / f"issue-{issue.id}.txt"

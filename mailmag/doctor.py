@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from mailmag import db
+from mailmag import db, topics
 from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages
@@ -137,12 +137,27 @@ def _database(config: Config) -> list[Finding]:
     try:
         db.check_schema(services.engine)
         revision = db.current_revision(services.engine)
+        with services.read_session() as session:
+            unknown = topics.unknown_in_use(session, config.topics)
     except DatabaseError as exc:
         fix = "" if "mailmag init" in str(exc) else "; check [database] url and that the server runs"
         return [Finding("database", PROBLEM, f"{exc}{fix}")]
     finally:
         services.close()
-    return [Finding("database", OK, f"{shown} at revision {revision} (current)")]
+    return [Finding("database", OK, f"{shown} at revision {revision} (current)"),
+            *_topic_findings(config, unknown)]
+
+
+def _topic_findings(config: Config, unknown: dict[str, int]) -> list[Finding]:
+    """Stored topic codes [web] topics does not offer: those subscribers get only issues for everyone."""
+    known = topics.known(config.topics)
+    if not unknown:
+        return [Finding("topics", OK, f"subscribers and issues use only the configured topics ({known})")]
+    listed = ", ".join(f"{code!r} ({count} subscriber{'s' if count != 1 else ''})"
+                       for code, count in sorted(unknown.items()))
+    return [Finding("topics", PROBLEM, f"the database holds topic codes [web] topics does not offer: "
+                    f"{listed}; add them to [web] topics, or change them to {known} (mailmag "
+                    "subscribers import with a corrected topic column updates them)")]
 
 
 def _templates(config: Config) -> list[Finding]:

@@ -8,10 +8,15 @@ wherever it enters (the command line, an import, the web forms, the configuratio
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Sequence
 
+from sqlalchemy import Text, cast, func, select
+from sqlalchemy.orm import Session
+
 from mailmag.errors import ConfigError, InvalidInput
+from mailmag.models import AutoSchedule, Issue, Subscriber
 
 _CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -67,6 +72,24 @@ def check_code(code: str | None, offered: Sequence[Topic]) -> str | None:
     if code is None:
         return None
     return check_codes([code.strip()], offered)[0]
+
+
+def unknown_in_use(session: Session, offered: Sequence[Topic]) -> dict[str, int]:
+    """Codes stored on subscribers (how many each) or on issues and automatic issues that
+    [web] topics does not offer: data from before the codes were checked, or a removed topic."""
+    codes = {t.code for t in offered}
+    found: dict[str, int] = {}
+    stored_text = cast(Subscriber.topics, Text)
+    combos = session.execute(select(stored_text, func.count()).group_by(stored_text))
+    for stored, count in combos:
+        for code in json.loads(stored or "[]"):
+            if code not in codes:
+                found[code] = found.get(code, 0) + count
+    for model in (Issue, AutoSchedule):
+        for code in session.scalars(select(model.topic).where(model.topic.is_not(None)).distinct()):
+            if code not in codes:
+                found.setdefault(code, 0)
+    return found
 
 
 def describe(code: str | None, offered: Sequence[Topic], lang: str = "ja") -> str:

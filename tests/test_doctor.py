@@ -92,7 +92,7 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     result = installation.doctor()
     assert result.exit_code == 0, result.output
     lines = _lines(result)
-    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "templates",
+    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "topics", "templates",
                           "smtp relay", "dkim"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
