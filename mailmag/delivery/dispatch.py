@@ -23,7 +23,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 
-from mailmag import db, schedule
+from mailmag import db, links, schedule
 from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
@@ -310,7 +310,8 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     results = []
     try:
         for address in addresses:
-            recipient = messages.Recipient(0, 0, address, "", messages.make_message_id(config))
+            recipient = messages.Recipient(0, links.TEST_SUBSCRIBER_ID, address, "",
+                                           messages.make_message_id(config))
             envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
             try:
                 results.append((address, connection.send(envelope_from, address, data).reply))
