@@ -161,7 +161,7 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
     csv_path.write_text("\ufeff" + SUBSCRIBERS_CSV, encoding="utf-8")  # with a BOM, as Excel saves it
     with services.session() as session:
         added_orgs = orgs.add_file(session, DATA / "demo_orgs.toml")
-        added_items = items.add_files(session, sorted((DATA / "demo_items").glob("*.md")))
+        added_items = items.add_files(session, sorted((DATA / "demo_items").glob("*.md"))).items
         items.approve(session, [item.id for item in added_items])
         consent = Consent("import", "sample subscribers of mailmag demo")
         report = imports.import_file(session, csv_path, consent, topics=config.topics)

@@ -54,6 +54,7 @@ class AutoInfo:
     cron: str
     next_run: dt.datetime | None
     last_run: JobRun | None
+    topic: str | None = None
 
 
 def send_job_id(issue_id: int) -> str:
@@ -183,7 +184,7 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
             .order_by(JobRun.scheduled_for.desc())
         )
         upcoming = next_fire_time(cron_trigger(schedule.cron, config.zone), now)
-        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last))
+        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic))
     return result
 
 
