@@ -115,7 +115,8 @@ def test_running_it_again_starts_over(tmp_path):
     assert "20 subscribers" in again.stdout and "20 sent, 0 failed" in again.stdout
     assert len(_messages(folder)) == 20
     listed = _mailmag(folder / "mailmag.toml", "issues", "list").stdout.splitlines()
-    assert len(listed) == 1 and re.fullmatch(r"1\t第1号\tsent\t[-0-9]+ [0-9:]+ JST\t5 items\tall\t.+第1号", listed[0])
+    assert len(listed) == 1
+    assert re.fullmatch(r"1\t第1号\tsent\t[-0-9]+ [0-9:]+ JST\t5 items\tall\t.+第1号", listed[0])
     assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"  # only the demo's own files go
 
 

@@ -42,8 +42,8 @@ class Installation:
         self.sections = {
             "mailmag": {"base_url": "https://news.example.jp"},
             "database": {"url": "sqlite:///mailmag.db"},
-            "sender": {"from": "magazine@example.jp", "postal_address": "〒730-0000 広島県広島市中区サンプル町1-2-3",
-                       "contact": "jimukyoku@example.jp"},
+            "sender": {"from": "magazine@example.jp", "contact": "jimukyoku@example.jp",
+                       "postal_address": "〒730-0000 広島県広島市中区サンプル町1-2-3"},
             "smtp": {"transport": "smtp", "host": "127.0.0.1", "port": server.port, "security": "starttls",
                      "ca_file": str(server.tls_files.ca), "username": "news", "timeout_seconds": 5.0},
             "dkim": {"selector": "mm2026", "private_key_file": "dkim.pem"},
@@ -182,7 +182,7 @@ def _template_without_footer(i: Installation) -> None:
     (_relay_down, "smtp relay", "cannot connect to the relay 127.0.0.1:"),
     (_bad_dkim_key, "dkim", "is not a PEM RSA private key (make one with dknewkey)"),
     (_wrong_password, "smtp relay", "rejected the login of news: 535"),
-    (_placeholder_address, "sender", "[sender] postal_address still holds the example value of config.example.toml: set the"),
+    (_placeholder_address, "sender", "[sender] postal_address still holds the example value"),
     (_local_links, "links", "base_url is http://127.0.0.1:8025: subscribers cannot open the unsubscribe"),
     (_template_without_footer, "templates", "does not show the sender's name, the sender's postal address,"),
 ])

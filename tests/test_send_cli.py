@@ -51,7 +51,8 @@ def test_send_twice_is_refused_and_queues_nothing_more(composed):
     composed.ok("issues", "send", "1", "--yes")
     again = composed("issues", "send", "1", "--yes")
     assert again.exit_code == 1
-    assert again.stderr.strip() == "Error: issue 1 (第1号) is sending; only a draft or scheduled issue can be sent"
+    assert again.stderr.strip() == ("Error: issue 1 (第1号) is sending; only a draft or scheduled issue can "
+                                    "be sent")
     assert status(composed)["total"] == 2
 
 
