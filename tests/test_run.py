@@ -206,3 +206,17 @@ def test_two_nodes_on_postgresql_fire_once_and_a_standby_takes_over(tmp_path, pg
     assert len(smtp_server.recipients()) == 6
     assert len(set(smtp_server.recipients())) == 3
     services.close()
+
+
+def test_the_sqlite_scheduler_lock_file_goes_when_run_stops(tmp_path, smtp_server, start_run):
+    config_file, services = configure(tmp_path, f"sqlite:///{tmp_path / 'mailmag.db'}", smtp_server.port)
+    lock = tmp_path / "mailmag.db.scheduler.lock"
+    run = start_run(config_file)
+    run.wait_for("scheduler started")
+    assert lock.exists()  # held while it runs
+    assert run.stop() == 0
+    assert not lock.exists()  # no mailmag.db.scheduler.lock left beside the database
+    again = start_run(config_file)  # and the next run takes the scheduler as before
+    again.wait_for("scheduler started")
+    assert again.stop() == 0 and not lock.exists()
+    services.close()

@@ -163,10 +163,15 @@ def send(app: AppContext, issue_id: int, at: str | None, yes: bool, allow_empty:
                "`mailmag worker` (or `mailmag run`) delivers them")
 
 
+def _interactive() -> bool:
+    """A person at a terminal can answer the question; cron and scripts pass --yes."""
+    return sys.stdin.isatty()
+
+
 def _confirm(yes: bool, question: str) -> None:
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not _interactive():
         raise click.UsageError("add --yes to send without a confirmation question")
     click.confirm(question, abort=True)
 
