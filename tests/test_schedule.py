@@ -364,14 +364,16 @@ def test_a_bad_window_setting_is_named(settings, message):
 
 def test_schedule_add_list_remove(mailmag):
     added = mailmag.ok("schedule", "add", "--cron", "0 9 1,15 * *", "--name", "定期号")
-    assert added.output.startswith("automatic issue 1 added: 0 9 1,15 * * (next: ")
+    assert added.output.startswith("automatic issue 1 added: 0 9 1,15 * * for every subscriber (next: ")
     assert added.output.rstrip().endswith(" 09:00 JST)")
     (listed,) = json.loads(mailmag.ok("schedule", "list", "--json").output)
     assert listed["id"] == 1 and listed["name"] == "定期号" and listed["cron"] == "0 9 1,15 * *"
-    assert listed["next_run"].endswith("T09:00:00+09:00") and listed["last_run"] is None
+    assert listed["next_run"].endswith("T00:00:00Z") and listed["last_run"] is None  # 09:00 JST, in UTC
     assert mailmag.ok("schedule", "remove", "1").output == "automatic issue 1 removed (定期号)\n"
     assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
-    assert "no automatic issues" in mailmag.ok("schedule", "list").output
+    empty = mailmag.ok("schedule", "list")
+    assert (empty.stdout, empty.stderr) == ("", "0 automatic issues\nadd one with `mailmag schedule add --cron "
+                                                "\"0 9 1,15 * *\"`\n")
 
 
 def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
