@@ -372,8 +372,8 @@ def test_schedule_add_list_remove(mailmag):
     assert mailmag.ok("schedule", "remove", "1").output == "automatic issue 1 removed (定期号)\n"
     assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
     empty = mailmag.ok("schedule", "list")
-    assert (empty.stdout, empty.stderr) == ("", "0 automatic issues\nadd one with `mailmag schedule add --cron "
-                                                "\"0 9 1,15 * *\"`\n")
+    assert (empty.stdout, empty.stderr) == (
+        "", "0 automatic issues\nadd one with `mailmag schedule add --cron \"0 9 1,15 * *\"`\n")
 
 
 def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
