@@ -6,8 +6,10 @@ import datetime as dt
 from urllib.parse import urlsplit
 
 import pytest
-from web_support import Client, link_in, one_click
+from conftest import SECRET
+from web_support import Client, counts, link_in, one_click
 
+from mailmag import links
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import issues, items, orgs
@@ -62,3 +64,18 @@ def test_the_archive_footer_says_how_to_unsubscribe_instead_of_an_empty_address(
     with web_services.session() as session:
         html = issues.preview(session, web_services.config, composed, "html")
     assert "配信先：yamada@example.jp" in html and "/u/SAMPLE-TOKEN" in html
+
+
+def test_the_forms_refuse_a_topic_not_offered_and_name_the_topics(live, web_services, composed):
+    before = counts(web_services)
+    client = Client(live.url)
+    reply = client.submit("/subscribe", {"email": "new@example.jp", "agree": "yes", "topic": "evnets"})
+    assert reply.status == 400 and "そのテーマはありません。選べるテーマ：events, news" in reply.text
+    assert counts(web_services) == before
+    with web_services.session() as session:
+        reader = session.query(Subscriber).one()
+        path = _path(links.preferences_url(web_services.config.mailmag.base_url, SECRET, reader.id))
+    reply = client.submit(path, {"lang": "ja", "topic": "event"})
+    assert reply.status == 400 and "選べるテーマ：events, news" in reply.text
+    with web_services.session() as session:
+        assert session.query(Subscriber).one().topics == []

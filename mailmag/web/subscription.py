@@ -114,6 +114,10 @@ def preferences(token: str) -> Any:
         subscriber = _known(session, "preferences", token)
         try:
             topics = consent.choose_topics(request.form.getlist("topic"), state().topics)
+        except InvalidInput:  # only a hand-made form sends one: say which topics there are
+            return _page("preferences.html.j2", subscriber, 400, saved=False, resubscribed=False,
+                         error="topic")
+        try:
             lang = subscribers.parse_lang(request.form.get("lang"))
         except InvalidInput:
             abort(400)
@@ -210,8 +214,8 @@ def subscribe() -> Any:
         topics = consent.choose_topics(values["topics"], state().topics)
     except InvalidEmail:
         return _form(400, "email", **values)
-    except InvalidInput:
-        abort(400)
+    except InvalidInput:  # only a hand-made form sends a topic not offered: say which there are
+        return _form(400, "topic", **{**values, "topics": []})
     if form.get("agree") != "yes":
         return _form(400, "agree", **values)
     web = state().config.web
