@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from mailmag import db, topics
-from mailmag.config import ENV_SECRET_KEY, Config, load_config
+from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages
 from mailmag.delivery.smtp import _is_loopback as is_loopback
@@ -86,7 +86,7 @@ def check(config: Config) -> Report:
 
 
 def _configuration(config: Config) -> Finding:
-    where = f"loaded from {config.source}" if config.source else "no file: the built-in defaults"
+    where = f"loaded from {config.source}" if config.source else describe_search()
     if config.mailmag.demo:
         return Finding("configuration", WARNING, f"{where}; demo = true signs links with a public key: "
                        "set demo = false (and MAILMAG_SECRET_KEY) before real subscribers get mail")

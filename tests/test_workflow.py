@@ -7,12 +7,14 @@ transport, the archive over HTTP, and the rows left in the database.
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import json
 import re
 import threading
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -23,7 +25,7 @@ from mailmag.cli import cli
 from mailmag.config import Config, WebConfig, load_config
 from mailmag.content import issues
 from mailmag.errors import ConfigError
-from mailmag.models import utcnow
+from mailmag.models import JobRun, utcnow
 from mailmag.services import Services
 
 EVENT = ("items", "submit", "--org", "cef", "--kind", "event", "--venue", "島根県松江市")
@@ -31,7 +33,7 @@ EVENT = ("items", "submit", "--org", "cef", "--kind", "event", "--venue", "島�
 
 def _future_date(days: int) -> str:
     """A date `days` from now, as ISO (tests never hard-code a date that will one day be past)."""
-    return (utcnow() + __import__("datetime").timedelta(days=days)).date().isoformat()
+    return (utcnow() + dt.timedelta(days=days)).date().isoformat()
 
 
 def _event(mailmag: Mailmag, title: str) -> int:
@@ -408,15 +410,13 @@ def test_the_confirmation_question_names_the_recipients_and_the_topic(council, m
 
 @pytest.mark.parametrize("form", ["{y}年{m}月{d}日 9:00", "{iso} 09:00", "R{r}.{m}.{d} 9:00", "{m}/{d} 9:00"])
 def test_send_at_reads_the_date_forms_of_items(council, form):
-    import datetime as dt
-
     day = (utcnow() + dt.timedelta(days=40)).date()
     typed = form.format(y=day.year, m=day.month, d=day.day, iso=day.isoformat(), r=day.year - 2018)
     _event(council, "予約")
     council.ok("issues", "new")
     council.ok("issues", "send", "1", "--at", typed)
     status = _status(council, 1)
-    expected = dt.datetime.combine(day, dt.time(9, 0), tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
+    expected = dt.datetime.combine(day, dt.time(9, 0), tzinfo=ZoneInfo("Asia/Tokyo"))
     assert (status["status"], status["scheduled_at"]) == (
         "scheduled",
         expected.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
@@ -507,3 +507,31 @@ def test_adding_the_same_item_file_twice_stores_one_item(council, tmp_path):
 
 def test_config_topics_property_is_the_parsed_setting():
     assert [t.code for t in Config().topics] == ["events", "news"]
+
+
+def test_the_migration_takes_the_numbers_of_unsent_issues_back(db_url):
+    """An installation from before: drafts had numbers; only the sent ones keep theirs."""
+    from alembic import command
+    from sqlalchemy import insert
+
+    from mailmag import db
+
+    engine = db.make_engine(db_url)
+    try:
+        command.upgrade(db.alembic_config(engine), "0002")
+        with engine.begin() as conn:
+            for issue_id, number, status in ((1, 1, "sent"), (2, 3, "draft"), (3, 2, "scheduled")):
+                conn.execute(text("INSERT INTO issues (id, number, title, status, created_at) "
+                                  "VALUES (:i, :n, 't', :s, CURRENT_TIMESTAMP)"),
+                             {"i": issue_id, "n": number, "s": status})
+            conn.execute(insert(JobRun.__table__),
+                         [{"job_id": "send-issue-2", "scheduled_for": utcnow(), "outcome": "missed",
+                           "detail": "", "at": utcnow()}])
+        command.upgrade(db.alembic_config(engine), "head")
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, number, rendered_number FROM issues ORDER BY id")).all()
+            runs = conn.execute(text("SELECT job_id FROM job_runs")).scalars().all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, 1, 1), (2, None, 3), (3, None, 2)]
+    assert runs == ["send-issue-3"]  # issue 3 (then numbered 2) keeps its timed send's history
