@@ -108,10 +108,10 @@ def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None
 
 def _audience_note(issue: Issue, reached: int, app: AppContext) -> str:
     to = topics.describe(issue.topic, app.config.topics)
-    if issue.number is None:
+    if issue.status in issues.RENDERABLE:
         return (f"issue {issue.id} goes to {to}: {plural(reached, 'subscriber')} now; its number "
                 f"(shown as 第{issue.rendered_number}号) is given when it is sent")
-    return f"issue {issue.id} is 第{issue.number}号, {issue.status}, for {to}"
+    return f"{issues.label(issue)} is {issue.status}, for {to}"
 
 
 @group.command(name="list")
