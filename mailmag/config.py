@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mailmag import topics as topics_mod
 from mailmag.errors import ConfigError
 
 ENV_CONFIG = "MAILMAG_CONFIG"
@@ -94,6 +95,20 @@ class SenderConfig:
     bounce_address: str = ""
     feedback_id: str = ""
     reply_to: str = ""
+
+    def placeholders(self) -> list[str]:
+        """The keys still holding the example values shipped in config.example.toml (and the
+        built-in defaults): an issue must not go out with them (特定電子メール法)."""
+        shipped = SenderConfig()
+        found = [key for key, attr in (("from", "from_"), ("contact", "contact"))
+                 if getattr(self, attr).strip().lower() == getattr(shipped, attr)]
+        if PLACEHOLDER_ADDRESS_MARK in self.postal_address:
+            found.insert(1, "postal_address")
+        return found
+
+
+# In the shipped postal_address: a real address never says "set the address".
+PLACEHOLDER_ADDRESS_MARK = "住所を設定してください"
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,11 @@ class Config:
         return ZoneInfo(self.mailmag.timezone)
 
     @property
+    def topics(self) -> list[topics_mod.Topic]:
+        """The topics of [web] topics (checked when the configuration is loaded)."""
+        return topics_mod.parse_setting(self.web.topics)
+
+    @property
     def templates_path(self) -> Path:
         return Path(self.mailmag.templates_dir or PACKAGE_TEMPLATES)
 
@@ -233,6 +253,15 @@ def find_config_file(explicit: str | os.PathLike | None, env: dict[str, str]) ->
         return Path(env[ENV_CONFIG])
     default = Path(DEFAULT_FILE)
     return default if default.exists() else None
+
+
+def describe_search(env: dict[str, str] | None = None) -> str:
+    """What was looked for when no configuration file was found, and what is used instead."""
+    env = dict(os.environ) if env is None else env
+    state = "empty" if ENV_CONFIG in env else "not set"
+    looked = f"${ENV_CONFIG} ({state}) and {Path(DEFAULT_FILE).absolute()}"
+    return (f"no configuration file (looked for --config, {looked}): using the built-in defaults "
+            f"(database {DatabaseConfig().url}, file transport into ./{SmtpConfig().file_dir}/)")
 
 
 def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
@@ -417,5 +446,9 @@ def _check(config: Config, file: Path | None) -> None:
             f"{where}[mailmag] timezone {config.mailmag.timezone!r} is not a known time zone "
             "(use a name such as Asia/Tokyo)"
         ) from exc
+    try:
+        config.topics  # noqa: B018 - validates the topic codes
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}[mailmag] base_url must start with http:// or https://")

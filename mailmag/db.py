@@ -123,8 +123,23 @@ def init_db(engine: Engine) -> str:
     return "upgraded" if current_revision(engine) != before else "up to date"
 
 
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite database (None for PostgreSQL or an in-memory database)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
 def check_schema(engine: Engine) -> None:
-    """Raise DatabaseError unless the database is initialised and at the newest revision."""
+    """Raise DatabaseError unless the database is initialised and at the newest revision.
+
+    A SQLite file that does not exist is not created by looking (only `mailmag init` makes it).
+    """
+    missing = sqlite_file(engine)
+    if missing is not None and not missing.exists():
+        raise DatabaseError(f"the database {missing} does not exist: run `mailmag init` here, or point "
+                            "--config (or [database] url) at the installation")
     try:
         revision = current_revision(engine)
     except OperationalError as exc:

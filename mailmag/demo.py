@@ -21,7 +21,6 @@ from mailmag.audience import imports
 from mailmag.audience.subscribers import Consent
 from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import issues, items, orgs
-from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import InvalidInput
@@ -46,10 +45,10 @@ demo = true
 url = "sqlite:///mailmag.db"
 
 [sender]
-from = "news@example.jp"
+from = "magazine@example.jp"
 name = "中国地域産学官コラボレーション会議 事務局"
 postal_address = "〒730-0000 広島県広島市中区サンプル町1-2-3（デモ用の住所）"
-contact = "office@example.jp"
+contact = "jimukyoku@example.jp"
 list_id = "news.example.jp"
 
 [smtp]
@@ -100,6 +99,7 @@ class DemoResult:
     orgs: int
     items: int
     subscribers: int
+    issue_id: int
     issue_number: int
     issue_title: str
     subject: str
@@ -161,16 +161,16 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
     csv_path.write_text("\ufeff" + SUBSCRIBERS_CSV, encoding="utf-8")  # with a BOM, as Excel saves it
     with services.session() as session:
         added_orgs = orgs.add_file(session, DATA / "demo_orgs.toml")
-        added_items = items.add_files(session, sorted((DATA / "demo_items").glob("*.md")))
+        added_items = items.add_files(session, sorted((DATA / "demo_items").glob("*.md"))).items
         items.approve(session, [item.id for item in added_items])
         consent = Consent("import", "sample subscribers of mailmag demo")
-        report = imports.import_file(session, csv_path, consent)
+        report = imports.import_file(session, csv_path, consent, topics=config.topics)
         composed = issues.compose(session, config, today=ISSUE_DATE)
         issue = composed.issue
-        html_path, text_path = folder / f"issue-{issue.number}.html", folder / f"issue-{issue.number}.txt"
-        html_path.write_text(issues.preview(session, config, issue.number, "html"), encoding="utf-8")
-        text_path.write_text(issues.preview(session, config, issue.number, "text"), encoding="utf-8")
-        outbox.send_issue(session, issue, config)
+        html_path, text_path = folder / f"issue-{issue.id}.html", folder / f"issue-{issue.id}.txt"
+        html_path.write_text(issues.preview(session, config, issue.id, "html"), encoding="utf-8")
+        text_path.write_text(issues.preview(session, config, issue.id, "text"), encoding="utf-8")
+        issues.start_sending(session, config, issue, today=ISSUE_DATE)
         subject = next(r.subject for r in issue.renderings if r.lang == "ja")
     stats = Dispatcher(services, make_transport(config)).run(once=True)
     outbox_dir = Path(config.smtp.file_dir)
@@ -178,7 +178,8 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
         directory=folder, config_file=folder / "mailmag.toml", outbox=outbox_dir, preview_html=html_path,
         preview_text=text_path, subscribers_csv=csv_path, base_url=config.mailmag.base_url,
         orgs=len(added_orgs), items=len(added_items), subscribers=report.added,
-        issue_number=issue.number, issue_title=issue.title, subject=subject, sent=stats.sent,
+        issue_id=issue.id, issue_number=issue.number or 0, issue_title=issue.title, subject=subject,
+        sent=stats.sent,
         failed=stats.failed, messages=sorted(outbox_dir.glob("*.eml")), warnings=composed.warnings,
     )
 
@@ -186,12 +187,13 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
 def next_steps(result: DemoResult) -> list[tuple[list[str], str]]:
     """Commands to try on the demo (arguments after `mailmag`), each with what it shows."""
     config = ["--config", str(result.config_file)]
-    number = str(result.issue_number)
+    number = str(result.issue_id)
     return [
         ([*config, "issues", "preview", number], "the issue as plain text (add -o issue.html for HTML)"),
         ([*config, "issues", "status", number], "how far the sending came"),
         ([*config, "subscribers", "list"], f"the {result.subscribers} sample subscribers"),
         ([*config, "items", "list"], "the items, now published"),
         ([*config, "orgs", "token", "cef"], "the private submission link of 中国経済連合会"),
-        ([*config, "serve"], f"the web app: open {result.base_url}/archive/{number} (Ctrl-C stops it)"),
+        ([*config, "serve"],
+         f"the web app: open {result.base_url}/archive/{result.issue_number} (Ctrl-C stops it)"),
     ]

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from mailmag import clock, db
-from mailmag.config import ENV_SECRET_KEY, Config, load_config
+from mailmag import clock, db, topics
+from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages
 from mailmag.delivery.smtp import _is_loopback as is_loopback
@@ -31,7 +31,6 @@ from mailmag.scheduling import window
 from mailmag.services import Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
-PLACEHOLDER_ADDRESS = "住所を設定してください"  # in the shipped default postal_address
 MIN_SECRET_LENGTH = 32
 MAKE_SECRET = "export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 MAKE_DKIM_KEY = "openssl genrsa -out dkim.pem 2048"
@@ -88,7 +87,7 @@ def check(config: Config) -> Report:
 
 
 def _configuration(config: Config) -> Finding:
-    where = f"loaded from {config.source}" if config.source else "no file: the built-in defaults"
+    where = f"loaded from {config.source}" if config.source else describe_search()
     if config.mailmag.demo:
         return Finding("configuration", WARNING, f"{where}; demo = true signs links with a public key: "
                        "set demo = false (and MAILMAG_SECRET_KEY) before real subscribers get mail")
@@ -100,9 +99,7 @@ def _sender(config: Config) -> list[Finding]:
     messages.bounce_address(config)
     messages.reply_to(config)
     render.check_sender(config)
-    if PLACEHOLDER_ADDRESS in config.sender.postal_address:
-        return [Finding("sender", PROBLEM, "[sender] postal_address is still the placeholder: set the "
-                        "secretariat's postal address (特定電子メール法 requires it in every issue)")]
+    render.check_real_sender(config)
     return [Finding("sender", OK, f"{config.sender.name} <{config.sender.from_}>, domain {domain}")]
 
 
@@ -150,12 +147,27 @@ def _database(config: Config) -> list[Finding]:
     try:
         db.check_schema(services.engine)
         revision = db.current_revision(services.engine)
+        with services.read_session() as session:
+            unknown = topics.unknown_in_use(session, config.topics)
     except DatabaseError as exc:
         fix = "" if "mailmag init" in str(exc) else "; check [database] url and that the server runs"
         return [Finding("database", PROBLEM, f"{exc}{fix}")]
     finally:
         services.close()
-    return [Finding("database", OK, f"{shown} at revision {revision} (current)")]
+    return [Finding("database", OK, f"{shown} at revision {revision} (current)"),
+            *_topic_findings(config, unknown)]
+
+
+def _topic_findings(config: Config, unknown: dict[str, int]) -> list[Finding]:
+    """Stored topic codes [web] topics does not offer: those subscribers get only issues for everyone."""
+    known = topics.known(config.topics)
+    if not unknown:
+        return [Finding("topics", OK, f"subscribers and issues use only the configured topics ({known})")]
+    listed = ", ".join(f"{code!r} ({count} subscriber{'s' if count != 1 else ''})"
+                       for code, count in sorted(unknown.items()))
+    return [Finding("topics", PROBLEM, f"the database holds topic codes [web] topics does not offer: "
+                    f"{listed}; add them to [web] topics, or change them to {known} (mailmag "
+                    "subscribers import with a corrected topic column updates them)")]
 
 
 def _templates(config: Config) -> list[Finding]:

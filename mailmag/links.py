@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from mailmag.delivery import tokens
 
+# The subscriber id in the links of an `issues test` mail: no subscriber has it, and the web
+# app answers such a link with a page saying it is a test link.
+TEST_SUBSCRIBER_ID = 0
+
 
 def _join(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + path

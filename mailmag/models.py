@@ -184,8 +184,14 @@ ISSUE_STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
 class Issue(Base):
     __tablename__ = "issues"
 
+    # `id` addresses an issue in every command; `number` is the public 第N号, given when its
+    # sending starts (None for a draft, a scheduled issue, or a cancelled one that sent nothing),
+    # so the archive counts what was sent, without gaps.
     id: Mapped[int] = mapped_column(primary_key=True)
-    number: Mapped[int] = mapped_column(unique=True)
+    number: Mapped[int | None] = mapped_column(unique=True)
+    # The number the stored renderings show (the next free one when rendered): starting the send
+    # renders again only if the number it gets is another one.
+    rendered_number: Mapped[int | None]
     title: Mapped[str] = mapped_column(String(300))
     topic: Mapped[str | None] = mapped_column(String(64))  # None: every subscriber
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
@@ -279,7 +285,13 @@ class AutoSchedule(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     cron: Mapped[str] = mapped_column(String(100))
+    topic: Mapped[str | None] = mapped_column(String(64))  # the issues it makes go to this topic
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+def timed_send_job_id(issue_id: int) -> str:
+    """The JobRun job_id of an issue's timed send (`issues send ID --at …`)."""
+    return f"send-issue-{issue_id}"
 
 
 class JobRun(Base):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from mailmag.scheduling.jobs import (
     add_auto,
-    cancel,
     fire_auto,
     fire_due_autos,
     fire_due_sends,
@@ -24,7 +23,7 @@ from mailmag.scheduling.window import (
 )
 
 __all__ = [
-    "add_auto", "cancel", "fire_auto", "fire_due_autos", "fire_due_sends", "last_send_run", "list_auto",
+    "add_auto", "fire_auto", "fire_due_autos", "fire_due_sends", "last_send_run", "list_auto",
     "next_window_open", "next_window_start", "parse_when", "remove_auto", "schedule_send", "unschedule_send",
     "waiting_for_window", "waiting_note", "window_open",
 ]

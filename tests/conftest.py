@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 
 from mailmag import db
 from mailmag.cli import cli
-from mailmag.config import Config, DatabaseConfig, GeneralConfig, SmtpConfig
+from mailmag.config import Config, DatabaseConfig, GeneralConfig, SenderConfig, SmtpConfig
 from mailmag.services import Services
 
 PG_ADMIN_URL = os.environ.get(
@@ -33,6 +33,11 @@ SECRET = "test-secret-key-0123456789"
 # The reference article ships inside the package: a clone holds everything the tests read.
 REFERENCE = Path(__file__).resolve().parents[1] / "mailmag" / "data" / "reference_article.txt"
 TESTS = Path(__file__).resolve().parent
+# A sender that is not config.example.toml's placeholders (compose and send refuse those).
+SENDER = SenderConfig(from_="magazine@example.jp", postal_address="〒730-0011 広島県広島市中区基町10-52",
+                      contact="jimukyoku@example.jp")
+SENDER_TOML = (f'[sender]\nfrom = "{SENDER.from_}"\npostal_address = "{SENDER.postal_address}"\n'
+               f'contact = "{SENDER.contact}"\n')
 
 
 CLOCK_VARIABLE = "MAILMAG_TEST_CLOCK"
@@ -126,6 +131,7 @@ def config(db_url: str, tmp_path: Path) -> Config:
     return Config(
         mailmag=GeneralConfig(base_url="https://news.example.jp"),
         database=DatabaseConfig(url=db_url),
+        sender=SENDER,
         smtp=SmtpConfig(transport="file", file_dir=str(tmp_path / "outbox")),
         secret_key=SECRET,
     )
@@ -169,7 +175,7 @@ def config_file(db_url: str, tmp_path: Path) -> Path:
     path = tmp_path / "mailmag.toml"
     path.write_text(
         f'[mailmag]\nbase_url = "https://news.example.jp"\n\n'
-        f'[database]\nurl = "{db_url}"\n\n'
+        f'[database]\nurl = "{db_url}"\n\n{SENDER_TOML}\n'
         f'[smtp]\ntransport = "file"\nfile_dir = "{tmp_path / "outbox"}"\n',
         encoding="utf-8",
     )

@@ -43,7 +43,7 @@ def test_the_reference_issue_renders_both_parts_in_both_languages(session, confi
     composed = issues.compose(session, config, today=TODAY)
     issue = composed.issue
     assert composed.warnings == []
-    assert (issue.number, issue.status) == (1, "draft")
+    assert (issue.id, issue.number, issue.rendered_number, issue.status) == (1, None, 1, "draft")
     assert issue.title == "中国地域産学官コラボレーション会議 メールマガジン 第1号"
     assert [e.item.kind for e in issue.entries] == ["meeting", "event", "event", "exhibitors"]
     ja = _renderings(issue)["ja"]
@@ -232,8 +232,8 @@ def test_default_takes_approved_items_not_yet_in_an_issue(session, config, refer
     session.add(late)
     session.flush()
     second = issues.compose(session, config, today=TODAY).issue
-    assert (second.number, [e.item_id for e in second.entries]) == (2, [late.id])
-    assert [i.number for i in issues.listing(session)] == [2, 1]
+    assert (second.id, [e.item_id for e in second.entries]) == (2, [late.id])
+    assert [i.id for i in issues.listing(session)] == [2, 1]
 
 
 def test_named_items_must_be_approved(session, config, reference_items):
@@ -269,13 +269,13 @@ def test_cli_new_list_preview_render(mailmag, tmp_path):
     item_id = _submit(mailmag, "ひろしま講演会", "http://example.jp/lecture")
     new = mailmag.ok("issues", "new", "--json")
     document = json.loads(new.stdout)
-    assert (document["number"], document["items"]) == (1, [item_id])
+    assert (document["id"], document["number"], document["items"]) == (1, None, [item_id])
     assert document["title"] == "中国地域産学官コラボレーション会議 メールマガジン 第1号"
     assert new.stderr == (f"warning: item {item_id} 「ひろしま講演会」 links to http://example.jp/lecture, "
                           "which is not https\n")
     listed = json.loads(mailmag.ok("issues", "list", "--json").stdout)
-    assert [(i["number"], i["status"], i["items"], i["langs"]) for i in listed] == [(1, "draft", [item_id],
-                                                                                      ["en", "ja"])]
+    assert [(i["id"], i["number"], i["status"], i["items"], i["langs"]) for i in listed] == [
+        (1, None, "draft", [item_id], ["en", "ja"])]
     page = tmp_path / "preview.html"
     mailmag.ok("issues", "preview", "1", "-o", str(page))
     assert "https://news.example.jp/u/SAMPLE-TOKEN" in page.read_text(encoding="utf-8")
@@ -292,7 +292,7 @@ def test_cli_errors_are_one_line_and_change_nothing(mailmag):
                               "approve some with mailmag items approve ID, or name items with --item\n")
     missing = mailmag("issues", "preview", "9")
     assert missing.exit_code == 1
-    assert missing.stderr == "Error: issue 9 does not exist (see mailmag issues list)\n"
+    assert missing.stderr == "Error: no issue with the id 9 (see mailmag issues list)\n"
     assert json.loads(mailmag.ok("issues", "list", "--json").stdout) == []
 
 

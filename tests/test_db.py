@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -32,10 +34,15 @@ def test_init_twice_says_up_to_date_and_keeps_the_data(mailmag):
 
 def test_a_command_on_an_uninitialised_database_says_run_init(config_file, db_url):
     cli = Mailmag(config_file)
-    for args in (["subscribers", "list"], ["subscribers", "add", "taro@example.jp"]):
+    file = Path(db_url.removeprefix("sqlite:///")) if db_url.startswith("sqlite") else None
+    expected = (f"Error: the database {file} does not exist: run `mailmag init` here, or point --config "
+                "(or [database] url) at the installation\n") if file else (
+                "Error: the database is not initialised: run `mailmag init`\n")
+    for args in (["subscribers", "list"], ["subscribers", "add", "taro@example.jp"], ["issues", "list"]):
         result = cli(*args)
         assert result.exit_code == 1
-        assert result.stderr == "Error: the database is not initialised: run `mailmag init`\n"
+        assert result.stderr == expected
+    assert file is None or not file.exists()  # saying so created no empty mailmag.db
     engine = db.make_engine(db_url)
     try:
         assert inspect(engine).get_table_names() == []  # the command created nothing

@@ -98,7 +98,9 @@ def test_the_commands_it_suggests_work(built):
     assert [args[:2] for args in suggested] == [["--config", str(folder / "mailmag.toml")]] * 6
     assert suggested[-1][2:] == ["serve"]  # served in the process test below
     outputs = {" ".join(args[2:]): _mailmag(Path(args[1]), *args[2:]).stdout for args in suggested[:-1]}
-    assert outputs["issues status 1"].startswith("issue 1: sent\ntotal 20, sent 20, failed 0")
+    assert outputs["issues status 1"].startswith("issue 1 (第1号): sent\naudience: 20 subscribers (every "
+                                                 "subscriber), frozen when sending started\n"
+                                                 "total 20, sent 20, failed 0")
     assert re.fullmatch(r"http://127\.0\.0\.1:8025/submit/\S+\n", outputs["orgs token cef"])
     assert len(outputs["subscribers list"].splitlines()) == 20
     assert outputs["items list"].count("\tpublished\t") == 5
@@ -114,7 +116,8 @@ def test_running_it_again_starts_over(tmp_path):
     assert "20 subscribers" in again.stdout and "20 sent, 0 failed" in again.stdout
     assert len(_messages(folder)) == 20
     listed = _mailmag(folder / "mailmag.toml", "issues", "list").stdout.splitlines()
-    assert len(listed) == 1 and listed[0].startswith("1\tsent\t5 items")
+    assert len(listed) == 1
+    assert re.fullmatch(r"1\t第1号\tsent\t[-0-9]+ [0-9:]+ JST\t5 items\tall\t.+第1号", listed[0])
     assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"  # only the demo's own files go
 
 

@@ -41,7 +41,7 @@ def prepare_send(services: Services, n: int, subject: str = "【第1号】産学
         session.add(Rendering(issue_id=issue.id, lang="ja", subject=subject, html=HTML, text=TEXT))
         session.flush()
         session.refresh(issue)
-        outbox.send_issue(session, issue, services.config)
+        outbox.start_sending(session, issue, "example.jp", "ja")
         return issue
 
 

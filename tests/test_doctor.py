@@ -42,7 +42,8 @@ class Installation:
         self.sections = {
             "mailmag": {"base_url": "https://news.example.jp"},
             "database": {"url": "sqlite:///mailmag.db"},
-            "sender": {"postal_address": "〒730-0000 広島県広島市中区サンプル町1-2-3"},
+            "sender": {"from": "magazine@example.jp", "contact": "jimukyoku@example.jp",
+                       "postal_address": "〒730-0000 広島県広島市中区サンプル町1-2-3"},
             "smtp": {"transport": "smtp", "host": "127.0.0.1", "port": server.port, "security": "starttls",
                      "ca_file": str(server.tls_files.ca), "username": "news", "timeout_seconds": 5.0},
             "dkim": {"selector": "mm2026", "private_key_file": "dkim.pem"},
@@ -93,7 +94,7 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     result = installation.doctor()
     assert result.exit_code == 0, result.output
     lines = _lines(result)
-    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "templates",
+    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "topics", "templates",
                           "smtp relay", "helo", "dkim", "send window"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
@@ -103,7 +104,7 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     assert installation.server.messages == [] and "MAIL" not in installation.server.commands
     assert 'example.jp. IN TXT "v=spf1 mx -all"' in result.stdout
     assert 'mm2026._domainkey.example.jp. IN TXT "v=DKIM1; k=rsa; p=MII' in result.stdout
-    assert '_dmarc.example.jp. IN TXT "v=DMARC1; p=none; rua=mailto:office@example.jp"' in result.stdout
+    assert '_dmarc.example.jp. IN TXT "v=DMARC1; p=none; rua=mailto:jimukyoku@example.jp"' in result.stdout
     assert result.stderr == "\nno problems\n"
 
 
@@ -183,7 +184,7 @@ def _template_without_footer(i: Installation) -> None:
     (_relay_down, "smtp relay", "cannot connect to the relay 127.0.0.1:"),
     (_bad_dkim_key, "dkim", "is not a PEM RSA private key (make one with dknewkey)"),
     (_wrong_password, "smtp relay", "rejected the login of news: 535"),
-    (_placeholder_address, "sender", "[sender] postal_address is still the placeholder: set the secretariat"),
+    (_placeholder_address, "sender", "[sender] postal_address still holds the example value"),
     (_local_links, "links", "base_url is http://127.0.0.1:8025: subscribers cannot open the unsubscribe"),
     (_template_without_footer, "templates", "does not show the sender's name, the sender's postal address,"),
 ])

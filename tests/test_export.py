@@ -18,7 +18,7 @@ def _parse(data: bytes, encoding: str) -> list[list[str]]:
 
 def _fill(mailmag) -> None:
     mailmag.ok("subscribers", "add", "taro@example.jp", "--name", "山田 太郎", "--org", "広島大学",
-               "--topic", "event", "--topic", "news")
+               "--topic", "events", "--topic", "news")
     mailmag.ok("subscribers", "add", "john@example.com", "--name", "John, Jr.", "--lang", "en")
     mailmag.ok("subscribers", "add", "gone@example.jp")
     mailmag.ok("subscribers", "remove", "gone@example.jp")
@@ -32,7 +32,7 @@ def test_default_is_utf8_with_bom_japanese_headers_crlf_on_stdout(mailmag):
     table = _parse(data, "utf-8-sig")
     assert table[0] == ["メールアドレス", "氏名", "所属", "言語", "配信カテゴリ", "状態", "登録日時"]
     assert [r[:6] for r in table[1:]] == [
-        ["taro@example.jp", "山田 太郎", "広島大学", "ja", "event;news", "active"],
+        ["taro@example.jp", "山田 太郎", "広島大学", "ja", "events;news", "active"],
         ["john@example.com", "John, Jr.", "", "en", "", "active"],
         ["gone@example.jp", "", "", "ja", "", "unsubscribed"],
     ]

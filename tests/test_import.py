@@ -44,7 +44,7 @@ def test_sample_utf8_repairs_fullwidth_at_and_reports_the_bad_row(mailmag):
     assert listed["sato.hanako@example.jp"]["name"] == "佐藤 花子"  # written with ＠
     assert listed["suzuki.ichiro@example.co.jp"]["lang"] == "ja"  # 日本語, spaces around the address
     assert listed["nakamura.sakura@example.jp"]["lang"] == "en"  # 英語
-    assert listed["kobayashi.sho@example.lg.jp"]["topics"] == ["event", "exhibitors"]
+    assert listed["kobayashi.sho@example.lg.jp"]["topics"] == ["events"]
     assert listed["john.smith@example.com"]["organization"] == "Example Corporation"
 
 
@@ -61,7 +61,7 @@ def test_sample_en_with_english_headers(mailmag):
     result = mailmag.ok("subscribers", "import", str(SAMPLES / "sample-en.csv"))
     assert result.stdout == "added 3, updated 0, unchanged 0, invalid 0, suppressed 0\n"
     lee = _listed(mailmag)["lee.minji@example.com"]
-    assert (lee["lang"], lee["topics"], lee["organization"]) == ("en", ["event", "news"],
+    assert (lee["lang"], lee["topics"], lee["organization"]) == ("en", ["events", "news"],
                                                                  "Sample Institute of Technology")
 
 
@@ -209,14 +209,14 @@ def test_changed_details_update_and_empty_cells_keep_what_is_stored(mailmag, tmp
     mailmag.ok("subscribers", "add", "hanako@example.jp", "--name", "佐藤 花子")
     mailmag.ok("subscribers", "add", "misaki@example.jp", "--name", "田中 美咲")
     path = _csv(tmp_path, f"{JA_HEADER}\nTARO@example.jp,,岡山大学,,\n"
-                "hanako@example.jp,佐藤 花子,,英語,event、news\nmisaki@example.jp,田中 美咲,,,\n")
+                "hanako@example.jp,佐藤 花子,,英語,events、news\nmisaki@example.jp,田中 美咲,,,\n")
     result = mailmag.ok("subscribers", "import", str(path))
     assert result.stdout == "added 0, updated 2, unchanged 1, invalid 0, suppressed 0\n"
     listed = _listed(mailmag)
     taro, hanako = listed["taro@example.jp"], listed["hanako@example.jp"]
     assert (taro["name"], taro["organization"], taro["lang"], taro["topics"]) == (
         "山田 太郎", "岡山大学", "en", ["news"])
-    assert (hanako["name"], hanako["lang"], hanako["topics"]) == ("佐藤 花子", "en", ["event", "news"])
+    assert (hanako["name"], hanako["lang"], hanako["topics"]) == ("佐藤 花子", "en", ["events", "news"])
     assert count(db_url, "consent_events") == 3  # an update is not a new opt-in
 
 

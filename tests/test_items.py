@@ -152,7 +152,7 @@ def test_the_reference_article_enters_as_a_meeting_and_comes_out_normalized(coun
 def test_the_demo_items_load_through_add_files(services):
     with services.session() as session:
         orgs.add_file(session, Path(mailmag.__file__).parent / "data" / "demo_orgs.toml")
-        added = items.add_files(session, DEMO_ITEMS, today=dt.date(2026, 11, 28))
+        added = items.add_files(session, DEMO_ITEMS, today=dt.date(2026, 11, 28)).items
         summary = [(i.org.code, i.kind, i.date, i.end_date) for i in added]
     assert summary == [
         ("cef", "meeting", dt.date(2026, 11, 19), None),

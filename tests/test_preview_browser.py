@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SECRET
+from conftest import SECRET, SENDER
 from issue_fixtures import TODAY, add_reference_items
 
 from mailmag import db, personalize
@@ -38,7 +38,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return Config(mailmag=GeneralConfig(base_url="https://news.example.jp"),
+    return Config(mailmag=GeneralConfig(base_url="https://news.example.jp"), sender=SENDER,
                   database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'mailmag.db'}"), secret_key=SECRET)
 
 

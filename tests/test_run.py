@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from clocked import mailmag_command
+from conftest import SENDER_TOML
 from sqlalchemy import select, update
 from test_schedule import add_subscribers, approve_news, draft_issue
 
@@ -87,7 +88,7 @@ def configure(tmp_path: Path, db_url: str, smtp_port: int, grace_seconds: int = 
     """A configuration file for `run` (aiosmtpd relay, fast polls) and services on its database."""
     path = tmp_path / "mailmag.toml"
     path.write_text(
-        f'[mailmag]\nbase_url = "https://news.example.jp"\n\n[database]\nurl = "{db_url}"\n\n'
+        f'[mailmag]\nbase_url = "https://news.example.jp"\n\n[database]\nurl = "{db_url}"\n\n{SENDER_TOML}\n'
         f'[smtp]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_port}\nsecurity = "none"\n'
         f'timeout_seconds = 5.0\n\n[schedule]\npoll_seconds = 0.5\ngrace_seconds = {grace_seconds}\n',
         encoding="utf-8",
@@ -106,12 +107,13 @@ def node(tmp_path: Path, db_url: str, smtp_server) -> Iterator[tuple[Path, Servi
 
 def schedule_in(services: Services, number: int, seconds: float) -> None:
     with services.session() as session:
-        jobs.schedule_send(session, issues.get(session, number), utcnow() + dt.timedelta(seconds=seconds))
+        jobs.schedule_send(session, issues.get(session, number), utcnow() + dt.timedelta(seconds=seconds),
+                           config=services.config, allow_empty=True)
 
 
 def status(services: Services, number: int) -> str | None:
     with services.session() as session:
-        return session.scalar(select(Issue.status).where(Issue.number == number))
+        return session.scalar(select(Issue.status).where(Issue.id == number))
 
 
 def runs(services: Services) -> list[tuple[str, str]]:
@@ -160,7 +162,7 @@ def test_what_came_due_while_run_was_down_fires_within_grace_else_is_reported_mi
     approve_news(services, 2)  # for the automatic issue
     with services.session() as session:  # scheduled, then `run` stayed down past the moments
         for number, late in ((recent, 60), (old, 7200)):
-            session.execute(update(Issue).where(Issue.number == number)
+            session.execute(update(Issue).where(Issue.id == number)
                             .values(status="scheduled", scheduled_at=utcnow() - dt.timedelta(seconds=late)))
         schedule = jobs.add_auto(session, "* * * * *", "毎分", services.config)
         schedule.created_at = utcnow() - dt.timedelta(minutes=4)
@@ -203,4 +205,18 @@ def test_two_nodes_on_postgresql_fire_once_and_a_standby_takes_over(tmp_path, pg
     # Each subscriber got each issue once, whichever node delivered it.
     assert len(smtp_server.recipients()) == 6
     assert len(set(smtp_server.recipients())) == 3
+    services.close()
+
+
+def test_the_sqlite_scheduler_lock_file_goes_when_run_stops(tmp_path, smtp_server, start_run):
+    config_file, services = configure(tmp_path, f"sqlite:///{tmp_path / 'mailmag.db'}", smtp_server.port)
+    lock = tmp_path / "mailmag.db.scheduler.lock"
+    run = start_run(config_file)
+    run.wait_for("scheduler started")
+    assert lock.exists()  # held while it runs
+    assert run.stop() == 0
+    assert not lock.exists()  # no mailmag.db.scheduler.lock left beside the database
+    again = start_run(config_file)  # and the next run takes the scheduler as before
+    again.wait_for("scheduler started")
+    assert again.stop() == 0 and not lock.exists()
     services.close()

@@ -59,13 +59,14 @@ def approve_news(services: Services, n: int) -> list[int]:
 def draft_issue(services: Services) -> int:
     approve_news(services, 1)
     with services.session() as session:
-        return issues.compose(session, services.config).issue.number
+        return issues.compose(session, services.config).issue.id
 
 
 def scheduled_issue(services: Services, at: dt.datetime) -> int:
     number = draft_issue(services)
     with services.session() as session:
-        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(hours=1))
+        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(hours=1),
+                           config=services.config, allow_empty=True)
     return number
 
 
@@ -119,7 +120,8 @@ def test_schedule_then_cancel_moves_the_issue_between_draft_and_scheduled(servic
     number = draft_issue(services)
     at = jst(2026, 12, 1, 9, 0)
     with services.session() as session:
-        jobs.schedule_send(session, issues.get(session, number), at, now=NOW)
+        jobs.schedule_send(session, issues.get(session, number), at,
+                               now=NOW, config=services.config, allow_empty=True)
     with services.session() as session:
         issue = issues.get(session, number)
         assert (issue.status, issue.scheduled_at) == ("scheduled", at)
@@ -135,10 +137,12 @@ def test_only_a_draft_can_be_scheduled_and_only_a_scheduled_issue_unscheduled(se
         with pytest.raises(StateError, match=f"issue {number} is draft, not scheduled"):
             jobs.unschedule_send(session, issue)
         with pytest.raises(StateError, match="cannot be scheduled in the past"):
-            jobs.schedule_send(session, issue, NOW - dt.timedelta(seconds=1), now=NOW)
+            jobs.schedule_send(session, issue, NOW - dt.timedelta(seconds=1),
+                               now=NOW, config=services.config, allow_empty=True)
         issue.status = "sent"
-        with pytest.raises(StateError, match=f"issue {number} is sent; only a draft issue can be scheduled"):
-            jobs.schedule_send(session, issue, NOW + dt.timedelta(hours=1), now=NOW)
+        with pytest.raises(StateError, match=f"issue {number} is sent; only a draft or scheduled issue"):
+            jobs.schedule_send(session, issue, NOW + dt.timedelta(hours=1),
+                               now=NOW, config=services.config, allow_empty=True)
         assert issue.scheduled_at is None
 
 
@@ -150,7 +154,7 @@ def test_a_due_send_fires_once(services):
     assert state(services, number) == ("scheduled", 0, [])
     (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
     assert (fired.outcome, fired.detail) == (
-        "sent", f"issue {number} due at 2026-12-01 09:00 JST: 3 recipients queued")
+        "sent", f"issue {number} (第1号) due at 2026-12-01 09:00 JST: 3 recipients queued")
     assert jobs.fire_due_sends(services, at + dt.timedelta(seconds=10)) == []
     assert state(services, number) == ("sending", 3, [(f"send-issue-{number}", "sent")])
 
@@ -255,7 +259,7 @@ def test_an_automatic_issue_is_composed_from_the_approved_items_and_sent(service
     (fired,) = jobs.fire_due_autos(services, jst(2026, 12, 1, 9, 0, 5))
     assert (fired.job_id, fired.scheduled_for) == (f"auto-{schedule_id}", jst(2026, 12, 1, 9))
     assert fired.outcome == "sent"
-    assert fired.detail.startswith("issue 1 composed from 2 items: 2 recipients queued")
+    assert fired.detail.startswith("issue 1 (第1号) composed from 2 items: 2 recipients queued")
     with services.session() as session:
         issue = issues.get(session, 1)
         assert issue.status == "sending"
@@ -281,6 +285,7 @@ def test_an_automatic_issue_with_too_few_approved_items_is_skipped_with_the_reas
 
 
 def test_moments_passed_while_down_are_each_reported_and_the_latest_fires_within_grace(services):
+    add_subscribers(services, 1)
     approve_news(services, 1)
     schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))
     fired = jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 30))
@@ -361,14 +366,16 @@ def test_a_bad_window_setting_is_named(settings, message):
 
 def test_schedule_add_list_remove(mailmag):
     added = mailmag.ok("schedule", "add", "--cron", "0 9 1,15 * *", "--name", "定期号")
-    assert added.output.startswith("automatic issue 1 added: 0 9 1,15 * * (next: ")
+    assert added.output.startswith("automatic issue 1 added: 0 9 1,15 * * for every subscriber (next: ")
     assert added.output.rstrip().endswith(" 09:00 JST)")
     (listed,) = json.loads(mailmag.ok("schedule", "list", "--json").output)
     assert listed["id"] == 1 and listed["name"] == "定期号" and listed["cron"] == "0 9 1,15 * *"
-    assert listed["next_run"].endswith("T09:00:00+09:00") and listed["last_run"] is None
+    assert listed["next_run"].endswith("T00:00:00Z") and listed["last_run"] is None  # 09:00 JST, in UTC
     assert mailmag.ok("schedule", "remove", "1").output == "automatic issue 1 removed (定期号)\n"
     assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
-    assert "no automatic issues" in mailmag.ok("schedule", "list").output
+    empty = mailmag.ok("schedule", "list")
+    assert (empty.stdout, empty.stderr) == (
+        "", "0 automatic issues\nadd one with `mailmag schedule add --cron \"0 9 1,15 * *\"`\n")
 
 
 def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):

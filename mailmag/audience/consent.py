@@ -14,57 +14,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Sequence
 from typing import Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from mailmag import topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.errors import ConfigError, InvalidInput
+from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
-_TOPIC_CODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Topic:
-    """A topic offered on the forms: its code (Issue.topic) and its names."""
-
-    code: str
-    ja: str
-    en: str
-
-    def label(self, lang: str) -> str:
-        return self.en if lang == "en" else self.ja
-
-
-def parse_topics_setting(entries: Sequence[str]) -> list[Topic]:
-    """[web] topics entries "code|日本語|English" → Topics; ConfigError naming the bad one."""
-    topics = []
-    for entry in entries:
-        code, _, rest = entry.partition("|")
-        ja, _, en = rest.partition("|")
-        code = code.strip()
-        if not _TOPIC_CODE.fullmatch(code):
-            raise ConfigError(
-                f"[web] topics entry {entry!r}: the code must be letters, digits, - or _, "
-                'as in "events|イベント案内|Events"'
-            )
-        ja = ja.strip() or code
-        topics.append(Topic(code, ja, en.strip() or ja))
-    return topics
+# The topic rule lives in mailmag.topics; these names stay for the web views.
+Topic = topics.Topic
+parse_topics_setting = topics.parse_setting
 
 
 def choose_topics(raw: Sequence[str], offered: Sequence[Topic]) -> list[str]:
     """The topic codes a form sent, checked against those offered; sorted, no duplicates."""
-    codes = {t.code for t in offered}
-    unknown = [value for value in raw if value not in codes]
-    if unknown:
-        raise InvalidInput(f"unknown topic {unknown[0]!r}")
-    return sorted(set(raw))
+    return topics.check_codes(raw, offered)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,18 +6,20 @@ import csv
 import dataclasses
 import io
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
+from mailmag import topics as topics_mod
 from mailmag.audience import subscribers
 from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
 from mailmag.errors import InvalidInput, MailmagError
 from mailmag.models import ConsentEvent, Subscriber, Suppression, utcnow
+from mailmag.topics import Topic
 
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
 BATCH = 1000
@@ -114,8 +116,12 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def parse_rows(text: str, report: ImportReport) -> Iterator[Row]:
-    """Valid rows; invalid ones go to `report.invalid` as (line, reason)."""
+def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic] | None = None) -> Iterator[Row]:
+    """Valid rows; invalid ones go to `report.invalid` as (line, reason).
+
+    `topics`: the configured ones, which the topic column must name (None: not checked,
+    for callers that checked already).
+    """
     first_line = text.lstrip("\r\n").split("\n", 1)[0]
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -138,7 +144,7 @@ def parse_rows(text: str, report: ImportReport) -> Iterator[Row]:
         if not any(v.strip() for v in values):
             continue
         try:
-            row = _parse_row(line, columns, values)
+            row = _parse_row(line, columns, values, topics)
         except MailmagError as exc:
             report.invalid.append((line, str(exc)))
             continue
@@ -180,7 +186,7 @@ def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
     return columns
 
 
-def _parse_row(line: int, columns: dict[str, int], values: list[str]) -> Row:
+def _parse_row(line: int, columns: dict[str, int], values: list[str], offered: Sequence[Topic] | None) -> Row:
     def cell(field: str) -> str:
         index = columns.get(field)
         value = values[index] if index is not None and index < len(values) else ""
@@ -193,8 +199,13 @@ def _parse_row(line: int, columns: dict[str, int], values: list[str]) -> Row:
         name=subscribers.check_text("name", cell("name")),
         organization=subscribers.check_text("organization", cell("organization")),
         lang=subscribers.parse_lang(cell("lang")) if cell("lang") else "",
-        topics=subscribers.parse_topics(cell("topics")),
+        topics=_topics(cell("topics"), offered),
     )
+
+
+def _topics(raw: str, offered: Sequence[Topic] | None) -> list[str]:
+    chosen = subscribers.parse_topics(raw)
+    return chosen if offered is None else topics_mod.check_codes(chosen, offered)
 
 
 # --- landing --------------------------------------------------------------------------------
@@ -307,12 +318,16 @@ def import_file(
     encoding: str = "auto",
     resubscribe: bool = False,
     progress: Callable[[int], None] | None = None,
+    topics: Sequence[Topic] | None = None,
 ) -> ImportReport:
-    """Read and land one CSV file (the caller decides whether to commit: --strict, --dry-run)."""
+    """Read and land one CSV file (the caller decides whether to commit: --strict, --dry-run).
+
+    `topics`: the configured ones; a row naming another is invalid (line L: unknown topic …).
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
     report = ImportReport()
-    rows = parse_rows(decode(data, encoding), report)
+    rows = parse_rows(decode(data, encoding), report, topics)
     return import_rows(session, rows, report, consent, resubscribe=resubscribe, progress=progress)

@@ -1,4 +1,9 @@
-"""What every command shares: the lazily built services, JSON output, time display."""
+"""What every command shares: the lazily built services, JSON output, list rows, counts, time display.
+
+One format for every listing: one row per line, tab-separated columns, "-" for an empty
+value, and the count ("3 issues") on stderr, so `cut -f` and `sort` work on stdout.
+JSON times are ISO 8601 in UTC with a Z ("2026-12-01T00:00:00Z"); dates are YYYY-MM-DD.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 import click
 
 from mailmag import db
-from mailmag.config import Config, load_config
+from mailmag.config import Config, describe_search, load_config
 from mailmag.scheduling.when import shown
 from mailmag.services import Services
 
@@ -24,7 +29,10 @@ class AppContext:
 
     @cached_property
     def config(self) -> Config:
-        return load_config(self.config_path)
+        config = load_config(self.config_path)
+        if config.source is None:  # a command run in the wrong folder says so before anything else
+            click.echo(f"note: {describe_search()}", err=True)
+        return config
 
     @cached_property
     def services(self) -> Services:
@@ -49,9 +57,28 @@ def print_json(document: Any) -> None:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
+    if isinstance(value, dt.datetime):
+        return json_time(value)
+    if isinstance(value, dt.date):
         return value.isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_time(value: dt.datetime) -> str:
+    """The one convention for times in JSON: ISO 8601, UTC, whole seconds, 'Z'."""
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """'1 item', '2 items', '0 items'; `many` for irregular nouns."""
+    return f"{count} {noun if count == 1 else (many or noun + 's')}"
+
+
+def echo_rows(rows: list[list[Any]], noun: str, many: str | None = None) -> None:
+    """A listing: tab-separated columns on stdout ('-' for empty), the count on stderr."""
+    for row in rows:
+        click.echo("\t".join("-" if value in (None, "") else str(value) for value in row))
+    click.echo(plural(len(rows), noun, many), err=True)
 
 
 def local_time(value: dt.datetime | None, config: Config) -> str:

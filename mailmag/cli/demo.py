@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from mailmag import demo as demo_mod
-from mailmag.cli.common import AppContext, pass_app
+from mailmag.cli.common import AppContext, pass_app, plural
 
 
 @click.command()
@@ -27,7 +27,7 @@ def demo(app: AppContext, directory: Path) -> None:
         click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"sample council in {_shown(result.directory)}/: {result.orgs} member organizations, "
-        f"{result.items} items approved, {result.subscribers} subscribers"
+        f"{plural(result.items, 'item')} approved, {plural(result.subscribers, 'subscriber')}"
     )
     click.echo(f"issue {result.issue_number} 「{result.issue_title}」 composed and sent through the "
                f"file transport: {result.sent} sent, {result.failed} failed")

@@ -1,24 +1,33 @@
-"""`mailmag issues …`: compose, render again, preview and list issues."""
+"""`mailmag issues …`: compose, render again, preview, test, send, cancel, delete and list issues.
+
+Every command takes the issue's ID (what `issues new` prints and `issues list` shows first).
+The public number, 第N号, is given when the issue's sending starts, so the archive counts
+what was sent, without gaps; a draft has none yet.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mailmag import schedule
+from mailmag import schedule, topics
 from mailmag.audience import subscribers
-from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
 from mailmag.content import issues
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.models import Issue, utcnow
 
+_ID: dict[str, Any] = {"metavar": "ID", "type": int}
+
 
 @click.group(name="issues")
 def group() -> None:
-    """Compose, preview and send issues of the mail magazine."""
+    """Compose, preview and send issues of the mail magazine (each addressed by its ID)."""
 
 
 def _print_warnings(warnings: list[str]) -> None:
@@ -28,8 +37,8 @@ def _print_warnings(warnings: list[str]) -> None:
 
 def as_dict(issue: Issue) -> dict:
     return {
-        "number": issue.number, "title": issue.title, "status": issue.status,
-        "items": [entry.item_id for entry in issue.entries],
+        "id": issue.id, "number": issue.number, "title": issue.title, "status": issue.status,
+        "topic": issue.topic, "items": [entry.item_id for entry in issue.entries],
         "langs": sorted(r.lang for r in issue.renderings),
         "created_at": issue.created_at, "rendered_at": issue.rendered_at,
         "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at,
@@ -40,59 +49,79 @@ def as_dict(issue: Issue) -> dict:
 @click.option("--title", default=None, help="Title of the issue (default: [compose] title_template).")
 @click.option("--item", "item_ids", type=int, multiple=True,
               help="An item to include; repeatable (default: every approved item not yet in an issue).")
+@click.option("--topic", default=None,
+              help="Send only to subscribers of this topic ([web] topics) and those who chose none "
+                   "(default: every subscriber).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
-def new(app: AppContext, title: str | None, item_ids: tuple[int, ...], as_json: bool) -> None:
+def new(app: AppContext, title: str | None, item_ids: tuple[int, ...], topic: str | None,
+        as_json: bool) -> None:
     """Compose a draft issue from approved items and render it once (HTML and text)."""
     with app.ready_services().session() as session:
-        composed = issues.compose(session, app.config, title=title, item_ids=item_ids)
+        composed = issues.compose(session, app.config, title=title, item_ids=item_ids, topic=topic)
         document = as_dict(composed.issue)
+        reached = issues.audience(session, composed.issue)
     _print_warnings(composed.warnings)
     if as_json:
-        print_json({key: document[key] for key in ("number", "title", "items", "status", "langs")})
+        keys = ("id", "number", "title", "items", "status", "langs", "topic")
+        print_json({**{key: document[key] for key in keys}, "audience": reached})
         return
-    click.echo(f"composed issue {document['number']} 「{document['title']}」 with "
-               f"{len(document['items'])} items; check it with: mailmag issues preview {document['number']}")
+    to = topics.describe(document["topic"], app.config.topics)
+    click.echo(f"composed issue {document['id']} 「{document['title']}」 with "
+               f"{plural(len(document['items']), 'item')} for {to} ({plural(reached, 'subscriber')} now); "
+               f"check it with: mailmag issues preview {document['id']}")
 
 
 @group.command(name="render")
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @pass_app
-def render_(app: AppContext, number: int) -> None:
+def render_(app: AppContext, issue_id: int) -> None:
     """Render a draft or scheduled issue again from its items' current text."""
     with app.ready_services().session() as session:
-        composed = issues.rerender(session, app.config, number)
+        composed = issues.rerender(session, app.config, issue_id)
         langs = ", ".join(sorted(r.lang for r in composed.issue.renderings))
     _print_warnings(composed.warnings)
-    click.echo(f"rendered issue {number} again ({langs})")
+    click.echo(f"rendered issue {issue_id} again ({langs})")
 
 
 @group.command()
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @click.option("--format", "fmt", type=click.Choice(issues.FORMATS), default=None,
               help="html or text (default: html for an -o FILE ending in .html, else text).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File to write (default: standard output).")
 @click.option("--lang", type=click.Choice(["ja", "en"]), default=None, help="Edition to show.")
 @pass_app
-def preview(app: AppContext, number: int, fmt: str | None, output: Path | None, lang: str | None) -> None:
+def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None, lang: str | None) -> None:
     """Show an issue as subscribers get it, with a sample recipient's links filled in."""
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "text"
     with app.ready_services().session() as session:
-        shown = issues.preview(session, app.config, number, fmt, lang)
+        shown = issues.preview(session, app.config, issue_id, fmt, lang)
+        issue = issues.get(session, issue_id)
+        note = _audience_note(issue, issues.audience(session, issue), app)
     if output is None:
         click.echo(shown, nl=not shown.endswith("\n"))
-        return
-    output.write_text(shown, encoding="utf-8")
-    click.echo(f"wrote issue {number} ({fmt}) to {output}", err=True)
+    else:
+        output.write_text(shown, encoding="utf-8")
+        click.echo(f"wrote issue {issue_id} ({fmt}) to {output}", err=True)
+    click.echo(note, err=True)
+
+
+def _audience_note(issue: Issue, reached: int, app: AppContext) -> str:
+    to = topics.describe(issue.topic, app.config.topics)
+    if issue.status in issues.RENDERABLE:
+        return (f"issue {issue.id} goes to {to}: {plural(reached, 'subscriber')} now; its number "
+                f"(shown as 第{issue.rendered_number}号) is given when it is sent")
+    return f"{issues.label(issue)} is {issue.status}, for {to}"
 
 
 @group.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
-    """List issues, newest first."""
+    """List issues, newest first: ID, 第N号, status, when (sent, scheduled or rendered), items,
+    topic, title, and why its mail waits, when it waits for the send window."""
     now = utcnow()
     with app.ready_services().session() as session:
         pending = outbox.pending_by_issue(session)
@@ -101,62 +130,76 @@ def list_(app: AppContext, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    for row in rows:
-        waiting = row["waiting_for_window"]
-        note = f"\t{schedule.waiting_note(waiting, app.config)}" if waiting else ""
-        click.echo(f"{row['number']}\t{row['status']}\t{len(row['items'])} items\t"
-                   f"{local_time(row['rendered_at'], app.config)}\t{row['title']}{note}")
-    click.echo(f"{len(rows)} issues", err=True)
+    echo_rows([[row["id"], f"第{row['number']}号" if row["number"] else "", row["status"],
+                local_time(row["sent_at"] or row["scheduled_at"] or row["rendered_at"], app.config),
+                plural(len(row["items"]), "item"), row["topic"] or "all", row["title"],
+                *_waiting_column(row["waiting_for_window"], app)]
+               for row in rows], "issue")
+
+
+def _waiting_column(waiting: dt.datetime | None, app: AppContext) -> list[str]:
+    return [schedule.waiting_note(waiting, app.config)] if waiting else []
 
 
 @group.command()
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @click.option("--at", "at", default=None, metavar='"YYYY-MM-DD HH:MM"',
-              help="Send later, at this time in [mailmag] timezone (ISO 8601; an offset is optional).")
+              help="Send later, at this time in [mailmag] timezone: 2030-12-02 09:00, "
+                   "2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00 (a UTC offset is optional).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--allow-empty", is_flag=True,
+              help="Send even when no active subscriber matches (the issue still goes to the archive).")
 @pass_app
-def send(app: AppContext, number: int, at: str | None, yes: bool) -> None:
+def send(app: AppContext, issue_id: int, at: str | None, yes: bool, allow_empty: bool) -> None:
     """Send an issue to its subscribers now, or schedule it with --at."""
     services = app.ready_services()
     note = messages.one_click_note(app.config)
     if note:
         click.echo(f"note: {note}", err=True)
     with services.session() as session:
-        issue = issues.get(session, number)
+        issue = issues.get(session, issue_id)
         if at is not None:
             when = schedule.parse_when(at, app.config.zone, utcnow())
-            schedule.schedule_send(session, issue, when)
-            click.echo(f"issue {number} scheduled for {local_time(when, app.config)}; "
-                       "`mailmag run` sends it then")
+            reached = schedule.schedule_send(session, issue, when, config=app.config, allow_empty=allow_empty)
+            click.echo(f"issue {issue_id} scheduled for {local_time(when, app.config)} "
+                       f"({plural(reached, 'subscriber')} now); `mailmag run` sends it then")
             return
-        audience = outbox.audience_count(session, issue)
-        question = f"Send issue {number} 「{issue.title}」 to {audience} subscribers now?"
+        reached = issues.check_sendable(session, app.config, issue, allow_empty=allow_empty)
+        to = topics.describe(issue.topic, app.config.topics)
+        question = f"Send issue {issue_id} 「{issue.title}」 to {plural(reached, 'subscriber')} ({to}) now?"
     _confirm(yes, question)  # outside any transaction: SQLite would hold its write lock meanwhile
     with services.session() as session:
-        queued = outbox.send_issue(session, issues.get(session, number), app.config)
-    click.echo(f"issue {number}: {queued} messages queued; `mailmag worker` (or `mailmag run`) delivers them")
+        issue = issues.get(session, issue_id)
+        queued = issues.start_sending(session, app.config, issue, allow_empty=allow_empty)
+        number = issue.number
+    click.echo(f"issue {issue_id} is 第{number}号: {plural(queued, 'message')} queued; "
+               "`mailmag worker` (or `mailmag run`) delivers them")
+
+
+def _interactive() -> bool:
+    """A person at a terminal can answer the question; cron and scripts pass --yes."""
+    return sys.stdin.isatty()
 
 
 def _confirm(yes: bool, question: str) -> None:
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not _interactive():
         raise click.UsageError("add --yes to send without a confirmation question")
     click.confirm(question, abort=True)
 
 
 @group.command(name="test")
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @click.option("--to", "addresses", multiple=True, required=True, help="A test recipient; repeatable.")
 @click.option("--lang", type=click.Choice(["ja", "en"]), default=None, help="Edition to send.")
 @pass_app
-def test_(app: AppContext, number: int, addresses: tuple[str, ...], lang: str | None) -> None:
+def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str | None) -> None:
     """Send the real message of an issue now to test addresses (not through the outbox)."""
     services = app.ready_services()
     valid = [subscribers.parse_address(a).email for a in addresses]
     with services.session() as session:
-        issue = issues.get(session, number)
-        issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
+        issue = issues.test_ready(session, app.config, issue_id)
     results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
     for address, outcome in results:
         click.echo(f"{address}: {outcome}")
@@ -165,18 +208,20 @@ def test_(app: AppContext, number: int, addresses: tuple[str, ...], lang: str | 
 
 
 @group.command()
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
-def status(app: AppContext, number: int, as_json: bool) -> None:
-    """Show how far the sending of an issue has come (counted from delivery states)."""
+def status(app: AppContext, issue_id: int, as_json: bool) -> None:
+    """Show an issue's audience and how far its sending has come (counted from delivery states)."""
     with app.ready_services().session() as session:
-        issue = issues.get(session, number)
+        issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
         missed = schedule.last_send_run(session, issue)
         waiting = schedule.waiting_for_window(counts.pending, utcnow(), app.config)
+        reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
         document = {
-            "number": number, "status": issue.status, "total": counts.total, "sent": counts.sent,
+            "id": issue.id, "number": issue.number, "status": issue.status, "topic": issue.topic,
+            "audience": reached, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
@@ -188,7 +233,12 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
         print_json(document)
         return
     when = f", scheduled for {local_time(issue.scheduled_at, app.config)}" if issue.scheduled_at else ""
-    click.echo(f"issue {number}: {issue.status}{when}")
+    click.echo(f"{issues.label(issue)}: {issue.status}{when}")
+    to = topics.describe(issue.topic, app.config.topics)
+    if issue.status in issues.RENDERABLE:
+        click.echo(f"audience: {plural(reached, 'subscriber')} now ({to})")
+    else:
+        click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
     if waiting is not None:
@@ -198,16 +248,34 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
 
 
 @group.command()
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @pass_app
-def cancel(app: AppContext, number: int) -> None:
-    """Unschedule a scheduled issue, or stop the messages of a send still queued."""
+def cancel(app: AppContext, issue_id: int) -> None:
+    """Unschedule a scheduled issue (a draft again), or stop the messages of a send still queued."""
     with app.ready_services().session() as session:
-        stopped = schedule.cancel(session, issues.get(session, number))
-    if stopped is None:
-        click.echo(f"issue {number} unscheduled; it is a draft again")
+        done = issues.cancel(session, issue_id)
+        number = done.issue.number
+    if done.unscheduled:
+        click.echo(f"issue {issue_id} unscheduled; it is a draft again")
+    elif done.sent:
+        click.echo(f"issue {issue_id} (第{number}号) cancelled: {plural(done.sent, 'message')} went, "
+                   f"{plural(done.not_sent, 'queued message')} will not be sent; 第{number}号 stays in "
+                   "the archive")
     else:
-        click.echo(f"issue {number} cancelled; {stopped} queued messages will not be sent")
+        click.echo(f"issue {issue_id} cancelled before any message went: {plural(done.not_sent, 'message')} "
+                   f"not sent, no number used; {plural(done.items_returned, 'item')} approved again for the "
+                   "next issue")
+
+
+@group.command()
+@click.argument("issue_id", **_ID)
+@pass_app
+def delete(app: AppContext, issue_id: int) -> None:
+    """Delete a draft issue; its items stay approved, for the next issue."""
+    with app.ready_services().session() as session:
+        issue = issues.delete(session, issue_id)
+        count = len(issue.entries)
+    click.echo(f"deleted draft issue {issue_id}; its {plural(count, 'item')} wait for the next issue")
 
 
 commands = [group]

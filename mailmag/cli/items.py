@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from mailmag import text_ja
-from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, print_json
 from mailmag.content import dates, items, markup
 from mailmag.errors import InvalidInput
 from mailmag.models import ITEM_STATUSES, Item
@@ -56,9 +56,9 @@ def as_dict(item: Item) -> dict[str, Any]:
     }
 
 
-def _line(item: Item) -> str:
-    when = item.date.isoformat() if item.date else "-"
-    return f"{item.id}\t{item.status}\t{item.kind}\t{item.org.code}\t{when}\t{item.title}"
+def _row(item: Item) -> list[Any]:
+    return [item.id, item.status, item.kind, item.org.code, item.date.isoformat() if item.date else "",
+            item.title]
 
 
 @click.group(name="items")
@@ -93,12 +93,15 @@ def add(app: AppContext, files: tuple[str, ...], as_json: bool) -> None:
     """Submit items from Markdown FILES with TOML front matter (+++ … +++); one bad file stores none."""
     today = dates.today_in(app.config.zone)
     with app.ready_services().session() as session:
-        added = items.add_files(session, list(files), today=today)
+        done = items.add_files(session, list(files), today=today)
         if as_json:
-            print_json([as_dict(item) for item in added])
+            print_json([as_dict(item) for item in done.items])
             return
-        for item in added:
+        for item in done.items:
             click.echo(f"submitted item {item.id} ({item.kind}: {item.title})")
+        for path, item in done.already:
+            click.echo(f"{path}: already stored as item {item.id} ({item.status}); nothing added "
+                       f"(change it with mailmag items edit {item.id})")
 
 
 @group.command(name="list")
@@ -115,9 +118,7 @@ def list_(app: AppContext, status: str | None, org_code: str | None, kind: str |
         if as_json:
             print_json([as_dict(item) for item in rows])
             return
-        for item in rows:
-            click.echo(_line(item))
-        click.echo(f"{len(rows)} items", err=True)
+        echo_rows([_row(item) for item in rows], "item")
 
 
 @group.command()

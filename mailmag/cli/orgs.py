@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mailmag.cli.common import AppContext, pass_app, print_json
+from mailmag.cli.common import AppContext, echo_rows, pass_app, plural, print_json
 from mailmag.content import orgs
 
 
@@ -41,10 +41,8 @@ def list_(app: AppContext, as_json: bool) -> None:
                 for o in rows
             ])
             return
-        for o in rows:
-            click.echo(f"{o.code}\t{o.name}\t{o.short_name or '-'}\t{o.contact or '-'}\t"
-                       f"{counts.get(o.id, 0)} items")
-        click.echo(f"{len(rows)} orgs", err=True)
+        echo_rows([[o.code, o.name, o.short_name, o.contact, plural(counts.get(o.id, 0), "item")]
+                   for o in rows], "org")
 
 
 @group.command()

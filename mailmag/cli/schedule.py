@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag import topics
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, print_json
 from mailmag.config import Config
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
@@ -27,20 +28,25 @@ def schedule() -> None:
 @click.option("--cron", required=True,
               help='Crontab line in [mailmag] timezone: minute hour day month weekday, e.g. "0 9 1,15 * *".')
 @click.option("--name", default=None, help="A label for `schedule list` (default: the crontab line).")
+@click.option("--topic", default=None,
+              help="The issues go to this topic's subscribers ([web] topics) and those who chose none "
+                   "(default: every subscriber).")
 @click.option("--json", "as_json", is_flag=True, help="Print the schedule as JSON.")
 @pass_app
-def add(app: AppContext, cron: str, name: str | None, as_json: bool) -> None:
+def add(app: AppContext, cron: str, name: str | None, topic: str | None, as_json: bool) -> None:
     """Compose and send an issue at each moment of CRON (skipped when nothing is approved)."""
     services = app.ready_services()
     with services.session() as session:
-        added = jobs.add_auto(session, cron, name, services.config)
+        added = jobs.add_auto(session, cron, name, services.config, topic=topic)
         upcoming = _next(added.cron, services.config)
-        info = _as_dict(jobs.AutoInfo(added.id, added.name, added.cron, upcoming, None), services.config)
+        info = _as_dict(jobs.AutoInfo(added.id, added.name, added.cron, upcoming, None, added.topic),
+                        services.config)
     if as_json:
         print_json(info)
         return
-    click.echo(f"automatic issue {info['id']} added: {info['cron']} "
-               f"(next: {local_time(_next(cron, services.config), services.config)})")
+    click.echo(f"automatic issue {info['id']} added: {info['cron']} for "
+               f"{topics.describe(info['topic'], services.config.topics)} "
+               f"(next: {local_time(upcoming, services.config)})")
 
 
 @schedule.command("list")
@@ -55,14 +61,16 @@ def list_(app: AppContext, as_json: bool) -> None:
     if as_json:
         print_json([_as_dict(info, config) for info in infos])
         return
-    if not infos:
-        click.echo('no automatic issues; add one with `mailmag schedule add --cron "0 9 1,15 * *"`')
+    rows = []
     for info in infos:
         last = info.last_run
         done = "never run" if last is None else (
             f"{last.outcome} {local_time(last.scheduled_for, config)}: {last.detail}")
-        click.echo(f"{info.id}  {info.name}  [{info.cron}]  next {local_time(info.next_run, config)}  "
-                   f"last {done}")
+        rows.append([info.id, info.name, info.cron, info.topic or "all",
+                     f"next {local_time(info.next_run, config)}", f"last {done}"])
+    echo_rows(rows, "automatic issue")
+    if not infos:
+        click.echo('add one with `mailmag schedule add --cron "0 9 1,15 * *"`', err=True)
 
 
 @schedule.command("remove")
@@ -81,16 +89,13 @@ def _next(cron: str, config: Config) -> dt.datetime | None:
 
 
 def _as_dict(info: jobs.AutoInfo, config: Config) -> dict[str, Any]:
-    """JSON times are ISO 8601 in the configured zone (the same instant as the stored UTC)."""
-    def local(value: dt.datetime | None) -> str | None:
-        return value.astimezone(config.zone).isoformat() if value else None
-
+    """Times as every JSON document has them (ISO 8601 UTC with Z, see cli.common)."""
     last = info.last_run
     return {
-        "id": info.id, "name": info.name, "cron": info.cron, "next_run": local(info.next_run),
+        "id": info.id, "name": info.name, "cron": info.cron, "topic": info.topic, "next_run": info.next_run,
         "last_run": None if last is None else {
-            "scheduled_for": local(last.scheduled_for), "outcome": last.outcome, "detail": last.detail,
-            "at": local(last.at),
+            "scheduled_for": last.scheduled_for, "outcome": last.outcome, "detail": last.detail,
+            "at": last.at,
         },
     }
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
+from mailmag import topics as topics_mod
 from mailmag.addresses import smtputf8_note
 from mailmag.audience import exports, imports, subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.cli.common import AppContext, local_time, pass_app, print_json
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
 from mailmag.errors import InvalidInput, StateError
 from mailmag.models import SUBSCRIBER_STATUSES, Subscriber
 
@@ -28,7 +29,8 @@ def group() -> None:
 @click.option("--name", default="", help="Display name (氏名).")
 @click.option("--org", "organization", default="", help="Organization (所属).")
 @click.option("--lang", type=click.Choice(subscribers.LANGS), default=None, help="ja (default) or en.")
-@click.option("--topic", "topics", multiple=True, help="A topic to receive; repeatable.")
+@click.option("--topic", "topics", multiple=True,
+              help="A topic to receive ([web] topics); repeatable. None: every issue.")
 @click.option("--pending", is_flag=True, help="Add as pending (waits for double opt-in).")
 @click.option("--resubscribe", is_flag=True,
               help="Reactivate an unsubscribed, bounced or erased address (only if they asked again).")
@@ -39,10 +41,11 @@ def add(app: AppContext, email: str, name: str, organization: str, lang: str | N
         topics: tuple[str, ...], pending: bool, resubscribe: bool, source: str) -> None:
     """Add one subscriber (or update their details)."""
     address = subscribers.parse_address(email)
+    chosen = topics_mod.check_codes(subscribers.parse_topics(topics), app.config.topics)
     with app.ready_services().session() as session:
         outcome, subscriber = subscribers.add(
             session, address, Consent("cli", source), name=name, organization=organization,
-            lang=lang or "", topics=subscribers.parse_topics(topics), pending=pending,
+            lang=lang or "", topics=chosen, pending=pending,
             resubscribe=resubscribe,
         )
         if subscriber is None:
@@ -82,8 +85,8 @@ def import_(app: AppContext, file: Path, encoding: str, source: str | None, stri
     session = services.sessions()
     try:
         with _progress(file) as progress:
-            report = imports.import_file(session, file, consent, encoding=encoding,
-                                         resubscribe=resubscribe, progress=progress)
+            report = imports.import_file(session, file, consent, encoding=encoding, resubscribe=resubscribe,
+                                         progress=progress, topics=app.config.topics)
         refused = strict and bool(report.invalid)
         if dry_run or refused:
             session.rollback()
@@ -140,11 +143,9 @@ def list_(app: AppContext, status: str | None, as_json: bool) -> None:
     if as_json:
         print_json([_as_dict(s) for s in rows])
         return
-    for s in rows:
-        reason = f" ({s.status_reason})" if s.status_reason and s.status != "active" else ""
-        click.echo(f"{s.email}\t{s.name}\t{s.lang}\t{s.status}{reason}\t"
-                   f"{local_time(s.created_at, app.config)}")
-    click.echo(f"{len(rows)} subscribers", err=True)
+    echo_rows([[s.email, s.name, s.lang, ",".join(s.topics) or "all",
+                s.status + (f" ({s.status_reason})" if s.status_reason and s.status != "active" else ""),
+                local_time(s.created_at, app.config)] for s in rows], "subscriber")
 
 
 def _as_dict(s: Subscriber) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def export(app: AppContext, output: Path | None, encoding: str, header: str) -> 
         click.echo(data, nl=False)  # bytes: the BOM and the encoding reach a redirected file
         return
     exports.write_export(output, data)
-    click.echo(f"exported {count} subscribers to {output}", err=True)
+    click.echo(f"exported {plural(count, 'subscriber')} to {output}", err=True)
 
 
 @group.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mailmag.cli.common import AppContext, pass_app, print_json
+from mailmag.cli.common import AppContext, pass_app, plural, print_json
 from mailmag.web import create_app, purge
 
 
@@ -46,7 +46,7 @@ def purge_pending(app: AppContext, as_json: bool) -> None:
     if as_json:
         print_json({"purged": purged})
     else:
-        click.echo(f"purged {purged} unconfirmed subscribers")
+        click.echo(f"purged {plural(purged, 'unconfirmed subscriber')}")
 
 
 commands = [serve, purge_pending]

@@ -1,4 +1,5 @@
-"""Issues: compose from approved items, render once and freeze, re-render, preview, list.
+"""Issues: compose from approved items, render once and freeze, re-render, preview, list,
+delete a draft, start and cancel a send (the issue's state changes live here).
 
 An issue is rendered when it is composed and again only when asked (`issues render N`):
 the stored Renderings are exactly what `issues preview` shows and what the dispatcher sends,
@@ -13,19 +14,23 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailmag import clock, personalize, text_ja
+from mailmag import clock, personalize, text_ja, topics
 from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render
+from mailmag.delivery import messages, outbox
 from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
-from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, Rendering, utcnow
+from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
 
 RENDERABLE = ("draft", "scheduled")
 FORMATS = ("html", "text")
+# How often starting a send looks again for a free number when another process took it.
+NUMBER_ATTEMPTS = 5
 
 
 @dataclass
@@ -36,50 +41,88 @@ class Composed:
     warnings: list[str] = field(default_factory=list)
 
 
-def get(session: Session, number: int) -> Issue:
-    issue = session.scalar(select(Issue).where(Issue.number == number))
+@dataclass(frozen=True)
+class Cancelled:
+    """What `issues cancel` did: unscheduled (a draft again), or stopped with counts."""
+
+    issue: Issue
+    unscheduled: bool = False
+    not_sent: int = 0  # queued messages that will not go
+    sent: int = 0  # messages that went, or are leaving right now
+    items_returned: int = 0  # items approved again (the issue sent nothing)
+
+
+def get(session: Session, issue_id: int) -> Issue:
+    """An issue by its id (what every `issues` command takes; the 第N号 comes at send time)."""
+    issue = session.get(Issue, issue_id)
     if issue is None:
-        raise NotFound(f"issue {number} does not exist (see mailmag issues list)")
+        raise NotFound(f"no issue with the id {issue_id} (see mailmag issues list)")
     return issue
 
 
 def listing(session: Session) -> list[Issue]:
     """Every issue, newest first."""
-    return list(session.scalars(select(Issue).order_by(Issue.number.desc())))
+    return list(session.scalars(select(Issue).order_by(Issue.id.desc())))
+
+
+def next_number(session: Session) -> int:
+    """The 第N号 the next issue to start sending gets: numbers count what was sent, without gaps."""
+    return (session.scalar(select(func.max(Issue.number))) or 0) + 1
+
+
+def label(issue: Issue) -> str:
+    """How messages name an issue: 'issue 3 (第2号)', or 'issue 3' before it has a number."""
+    return f"issue {issue.id}" + (f" (第{issue.number}号)" if issue.number is not None else "")
 
 
 def compose(session: Session, config: Config, *, title: str | None = None,
-            item_ids: Sequence[int] = (), today: dt.date | None = None) -> Composed:
-    """A new draft issue from the given items, or every approved item not yet in an issue."""
+            item_ids: Sequence[int] = (), topic: str | None = None,
+            today: dt.date | None = None) -> Composed:
+    """A new draft issue from the given items, or every approved item not yet in an issue.
+
+    The draft has no number yet: it is rendered with the number it would get if it were sent
+    now, and rendered again at send time only if another issue took that number meanwhile.
+    """
     today = today or clock.today(config.zone)
+    render.check_real_sender(config)
+    topic = topics.check_code(topic, config.topics)
     chosen, warnings = _chosen_items(session, item_ids)
     ordered = order_items(chosen, config.compose.kind_order, keep_given=bool(item_ids))
-    number = (session.scalar(select(func.max(Issue.number))) or 0) + 1
+    number = next_number(session)
     custom = text_ja.normalize_line(title) if title is not None else None
     if custom is not None and not custom:
         raise InvalidInput("the --title is empty: give a title or leave the option out")
     editions = _render(config, render.IssueSpec(number, custom, today, ordered))
     now = utcnow()
-    issue = Issue(number=number, title=editions[0].title, status="draft", rendered_at=now)
+    issue = Issue(number=None, rendered_number=number, title=editions[0].title, topic=topic,
+                  status="draft", rendered_at=now)
     issue.entries = [IssueItem(item=item, position=i) for i, item in enumerate(ordered)]
     issue.renderings = [_rendering(edition, now) for edition in editions]
     session.add(issue)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise StateError(f"issue {number} was composed at the same moment elsewhere; run the command again") \
-            from exc
+    session.flush()
     return Composed(issue, warnings + check(config, ordered, editions, today))
 
 
-def rerender(session: Session, config: Config, number: int, *, today: dt.date | None = None) -> Composed:
+def rerender(session: Session, config: Config, issue_id: int, *, today: dt.date | None = None) -> Composed:
     """Render a draft or scheduled issue again from its items' current text."""
     today = today or clock.today(config.zone)
-    issue = get(session, number)
+    issue = get(session, issue_id)
     if issue.status not in RENDERABLE:
-        raise StateError(f"issue {number} is {issue.status}: only a draft or scheduled issue can be rendered")
+        raise StateError(f"{label(issue)} is {issue.status}: only a draft or scheduled issue can be rendered")
+    render.check_real_sender(config)
+    editions = _render_again(session, config, issue, next_number(session), today)
     ordered = [entry.item for entry in issue.entries]
-    default_title = render.titles(config, render.IssueSpec(number, None, today, ordered), "ja")[0]
+    unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
+                  for i in ordered if i.status not in ("approved", "published")]
+    return Composed(issue, unapproved + check(config, ordered, editions, today))
+
+
+def _render_again(session: Session, config: Config, issue: Issue, number: int,
+                  today: dt.date) -> list[render.Edition]:
+    """The renderings again with `number`; a custom title stays, a default one follows the number."""
+    ordered = [entry.item for entry in issue.entries]
+    shown = issue.rendered_number if issue.rendered_number is not None else number
+    default_title = render.titles(config, render.IssueSpec(shown, None, today, ordered), "ja")[0]
     custom = None if issue.title == default_title else issue.title
     editions = _render(config, render.IssueSpec(number, custom, today, ordered))
     now = utcnow()
@@ -93,30 +136,158 @@ def rerender(session: Session, config: Config, number: int, *, today: dt.date | 
             existing.rendered_at = now
     for stale in by_lang.values():  # an English template that was removed since
         issue.renderings.remove(stale)
-    issue.title, issue.rendered_at = editions[0].title, now
+    issue.title, issue.rendered_at, issue.rendered_number = editions[0].title, now, number
     session.flush()
-    unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
-                  for i in ordered if i.status not in ("approved", "published")]
-    return Composed(issue, unapproved + check(config, ordered, editions, today))
+    return editions
 
 
-def preview(session: Session, config: Config, number: int, fmt: str = "html", lang: str | None = None) -> str:
+def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
+            lang: str | None = None) -> str:
     """The stored rendering with a sample recipient's values in the placeholders."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown preview format {fmt!r}: use html or text")
-    issue = get(session, number)
+    issue = get(session, issue_id)
     renderings = {r.lang: r for r in issue.renderings}
     wanted = lang or (config.mailmag.language if config.mailmag.language in renderings else "ja")
     rendering = renderings.get(wanted)
     if rendering is None:
         raise NotFound(
-            f"issue {number} has no {wanted} edition: add templates/issue.{wanted}.html.j2 and "
-            f"issue.{wanted}.txt.j2, then run mailmag issues render {number}"
+            f"issue {issue_id} has no {wanted} edition: add templates/issue.{wanted}.html.j2 and "
+            f"issue.{wanted}.txt.j2, then run mailmag issues render {issue_id}"
         )
     values = personalize.sample_values(config.mailmag.base_url)
     if fmt == "html":
         return personalize.substitute(rendering.html, values, escape=True)
     return personalize.substitute(rendering.text, values, escape=False)
+
+
+def test_ready(session: Session, config: Config, issue_id: int) -> Issue:
+    """`issues test`: the issue with its renderings loaded (no transaction stays open during SMTP);
+    test mail goes out with the real sender data too."""
+    render.check_real_sender(config)
+    issue = get(session, issue_id)
+    issue.renderings  # noqa: B018 - loaded now
+    return issue
+
+
+def audience(session: Session, issue: Issue) -> int:
+    """Active subscribers the issue would reach now (its topic's, and those without topics)."""
+    return outbox.audience_count(session, issue)
+
+
+def delete(session: Session, issue_id: int) -> Issue:
+    """`issues delete`: a draft goes, with its renderings; its items stay approved for the next issue."""
+    issue = get(session, issue_id)
+    if issue.status != "draft":
+        fix = {"scheduled": f"unschedule it first (mailmag issues cancel {issue_id})"}.get(
+            issue.status, "only a draft can be deleted; sent and cancelled issues stay on record")
+        raise StateError(f"{label(issue)} is {issue.status}: {fix}")
+    # SQLite may give the next issue this id again: it must not inherit a timed send's history.
+    session.execute(sa_delete(JobRun).where(JobRun.job_id == timed_send_job_id(issue.id)))
+    session.delete(issue)
+    session.flush()
+    return issue
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False) -> int:
+    """The gates before subscribers see anything; returns the audience. Each refusal names the fix."""
+    if issue.status not in RENDERABLE:
+        raise StateError(f"{label(issue)} is {issue.status}; only a draft or scheduled issue can be sent")
+    if not issue.renderings:
+        raise StateError(f"{label(issue)} is not rendered: run `mailmag issues render {issue.id}`")
+    for entry in issue.entries:
+        item = entry.item
+        if item.status not in ("approved", "published"):
+            raise StateError(
+                f"item {item.id} 「{item.title}」 is {item.status}, not approved (edited since it was "
+                f"approved?): review it (mailmag items show {item.id}), approve it (mailmag items approve "
+                f"{item.id}) and render the issue again (mailmag issues render {issue.id}); nothing was sent"
+            )
+        if issue.rendered_at is not None and item.updated_at > issue.rendered_at:
+            raise StateError(
+                f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered: run "
+                f"`mailmag issues render {issue.id}` and look at the preview again; nothing was sent"
+            )
+    render.check_real_sender(config)
+    reached = audience(session, issue)
+    if reached == 0 and not allow_empty:
+        raise StateError(
+            f"no active subscriber matches {label(issue)} "
+            f"({topics.describe(issue.topic, config.topics)}): nothing was sent; add subscribers, or "
+            "pass --allow-empty to send it to nobody (it still goes to the archive)"
+        )
+    return reached
+
+
+def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False,
+                  today: dt.date | None = None) -> int:
+    """Sending starts: gates, the next 第N号, the audience frozen into the outbox, items published.
+
+    Returns the messages queued. Safe against another process starting a send at the same
+    moment: the number's UNIQUE constraint decides, and the loser takes the next one.
+    """
+    check_sendable(session, config, issue, allow_empty=allow_empty)
+    number = _take_number(session, issue)
+    if number != issue.rendered_number:
+        _render_again(session, config, issue, number, today or clock.today(config.zone))
+    added = outbox.start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
+    items_mod.mark_published(session, [entry.item for entry in issue.entries])
+    return added
+
+
+def _take_number(session: Session, issue: Issue) -> int:
+    for _ in range(NUMBER_ATTEMPTS):
+        number = next_number(session)
+        try:
+            with session.begin_nested():
+                issue.number = number
+                session.flush()
+        except IntegrityError:
+            continue  # another process took this number and committed: read the next one
+        return number
+    raise StateError(f"{label(issue)}: other issues kept taking the next number; run the command again")
+
+
+def cancel(session: Session, issue_id: int) -> Cancelled:
+    """`issues cancel`: a scheduled issue becomes a draft again; a send stops what is still queued.
+
+    What was sent stays sent and keeps its 第N号 (and its archive page). A send that reached
+    nobody gives its number back and its items become approved again, for the next issue.
+    """
+    issue = get(session, issue_id)
+    if issue.status == "scheduled":
+        issue.status, issue.scheduled_at = "draft", None
+        return Cancelled(issue, unscheduled=True)
+    if issue.status == "draft":
+        raise StateError(f"{label(issue)} is a draft: nothing is being sent; to drop it, run "
+                         f"mailmag issues delete {issue_id}")
+    not_sent = outbox.cancel_issue(session, issue)
+    counts = outbox.counts(session, issue.id)
+    went = counts.sent + counts.sending + counts.dead  # sending/dead: may have reached the relay
+    if went:
+        return Cancelled(issue, not_sent=not_sent, sent=went)
+    issue.number = None
+    returned = _items_back(session, issue)
+    session.flush()
+    return Cancelled(issue, not_sent=not_sent, items_returned=returned)
+
+
+def _items_back(session: Session, issue: Issue) -> int:
+    """Published items of an issue that reached nobody: approved again, unless another issue
+    went out with them."""
+    elsewhere = (select(IssueItem.item_id).join(Issue)
+                 .where(Issue.id != issue.id, Issue.number.is_not(None)))
+    kept = set(session.scalars(elsewhere))
+    returned = 0
+    for entry in issue.entries:
+        item = entry.item
+        if item.status == "published" and item.id not in kept:
+            item.status = "approved"
+            returned += 1
+    return returned
 
 
 # --- composing --------------------------------------------------------------------------------
@@ -148,12 +319,12 @@ def _items_in_live_issues():
 
 
 def _already_in_issues(session: Session, chosen: list[Item]) -> list[str]:
-    rows = session.execute(
-        select(IssueItem.item_id, Issue.number, Issue.status).join(Issue)
+    rows = session.scalars(
+        select(IssueItem).join(Issue)
         .where(Issue.status != "cancelled", IssueItem.item_id.in_([i.id for i in chosen]))
-        .order_by(Issue.number)
+        .order_by(Issue.id)
     )
-    return [f"item {item_id} is also in issue {number} ({status})" for item_id, number, status in rows]
+    return [f"item {entry.item_id} is also in {label(entry.issue)} ({entry.issue.status})" for entry in rows]
 
 
 def order_items(chosen: Sequence[Item], kind_order: Sequence[str], *, keep_given: bool) -> list[Item]:

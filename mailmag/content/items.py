@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -354,17 +355,44 @@ def _prepare(session: Session, path: str | Path, today: dt.date | None) -> tuple
     return orgs.get(session, org_code), kind, clean(kind, fields, today)
 
 
-def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | None = None) -> list[Item]:
-    """Store one item per file; every file is checked first, and one bad file stores nothing."""
+@dataclass(frozen=True)
+class FilesAdded:
+    """What `items add` did: the new items, and the files whose item was already stored."""
+
+    items: list[Item]
+    already: list[tuple[str, Item]]
+
+
+def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | None = None) -> FilesAdded:
+    """Store one item per file; every file is checked first, and one bad file stores nothing.
+
+    A file whose item is already stored (same org, kind and every field, in any status) adds
+    nothing: adding the same file twice, or a folder again, stores each item once.
+    """
     prepared = []
     for path in paths:
         try:
-            prepared.append(_prepare(session, path, today))
+            prepared.append((str(path), *_prepare(session, path, today)))
         except MailmagError as exc:
             message = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}"
             raise type(exc)(message) from None
-    items = [Item(org=org, kind=kind, status="submitted", channel="file", **values)
-             for org, kind, values in prepared]
-    session.add_all(items)
-    session.flush()
-    return items
+    added: list[Item] = []
+    already: list[tuple[str, Item]] = []
+    for path, org, kind, values in prepared:
+        same = _same_item(session, org, kind, values)
+        if same is not None:
+            already.append((path, same))
+            continue
+        item = Item(org=org, kind=kind, status="submitted", channel="file", **values)
+        session.add(item)
+        session.flush()  # the next file's look-up sees it
+        added.append(item)
+    return FilesAdded(added, already)
+
+
+def _same_item(session: Session, org: Org, kind: str, values: Mapping[str, Any]) -> Item | None:
+    candidates = session.scalars(
+        select(Item).where(Item.org_id == org.id, Item.kind == kind, Item.title == values["title"])
+        .order_by(Item.id)
+    )
+    return next((item for item in candidates if all(getattr(item, k) == v for k, v in values.items())), None)

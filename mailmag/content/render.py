@@ -264,6 +264,18 @@ def check_sender(config: Config) -> None:
             )
 
 
+def check_real_sender(config: Config) -> None:
+    """Refuse the example [sender] values config.example.toml ships: no issue goes out with them."""
+    keys = config.sender.placeholders()
+    if keys:
+        named = ", ".join(keys)
+        verb = "holds the example value" if len(keys) == 1 else "hold the example values"
+        raise ComplianceError(
+            f"[sender] {named} still {verb} of config.example.toml: set the "
+            "secretariat's own in mailmag.toml (特定電子メール法 requires the real sender in every issue)"
+        )
+
+
 def check_compliance(config: Config, template: str, shown: str, source: str) -> None:
     """Refuse a template whose output lacks the sender data or the unsubscribe link."""
     collapsed = " ".join(shown.split())

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 
-from mailmag import db, schedule
+from mailmag import db, links, schedule
 from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
@@ -305,13 +305,15 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     lang = lang or config.mailmag.language
     rendering = next((r for r in issue.renderings if r.lang == lang), None)
     if rendering is None:
-        raise StateError(f"issue {issue.number} has no '{lang}' edition")
-    skeleton = messages.prepare(rendering, issue.number, config, dkim=messages.load_dkim(config))
+        raise StateError(f"issue {issue.id} has no '{lang}' edition")
+    number = issue.number if issue.number is not None else issue.rendered_number  # a draft's: as shown
+    skeleton = messages.prepare(rendering, number or 0, config, dkim=messages.load_dkim(config))
     connection = transport.connect()
     results = []
     try:
         for address in addresses:
-            recipient = messages.Recipient(0, 0, address, "", messages.make_message_id(config))
+            recipient = messages.Recipient(0, links.TEST_SUBSCRIBER_ID, address, "",
+                                           messages.make_message_id(config))
             envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
             try:
                 results.append((address, connection.send(envelope_from, address, data).reply))

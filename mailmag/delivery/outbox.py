@@ -35,13 +35,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from mailmag.db import rowcount
-from mailmag.delivery import messages
 from mailmag.errors import DatabaseError, InvalidInput, StateError
 from mailmag.models import (
     Delivery,
     Issue,
-    IssueItem,
-    Item,
     Rendering,
     Subscriber,
     utcnow,
@@ -91,7 +88,7 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     langs = set(session.scalars(select(Rendering.lang).where(Rendering.issue_id == issue.id)))
     if default_lang not in langs:
         raise StateError(
-            f"issue {issue.number} has no '{default_lang}' rendering: run `mailmag issues render`"
+            f"issue {issue.id} has no '{default_lang}' rendering: run `mailmag issues render {issue.id}`"
         )
     nonce = secrets.token_hex(4)
     message_id = (
@@ -280,24 +277,23 @@ def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
 
 
 def start_sending(session: Session, issue: Issue, domain: str, default_lang: str) -> int:
-    """Freeze the audience and open the issue for workers; its items become published."""
+    """Freeze the audience and open the issue for workers (content.issues.start_sending checks
+    the gates, gives the number and publishes the items first)."""
     if issue.status not in ("draft", "scheduled"):
-        raise StateError(
-            f"issue {issue.number} is {issue.status}; only a draft or scheduled issue can be sent"
-        )
+        raise StateError(f"issue {issue.id} is {issue.status}; only a draft or scheduled issue can be sent")
+    if issue.number is None:
+        raise StateError(f"issue {issue.id} has no number yet: send it with `mailmag issues send {issue.id}`")
     if not issue.renderings:
-        raise StateError(f"issue {issue.number} is not rendered: run `mailmag issues render {issue.number}`")
+        raise StateError(f"issue {issue.id} is not rendered: run `mailmag issues render {issue.id}`")
     added = enqueue(session, issue, domain, default_lang)
     issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
-    item_ids = select(IssueItem.item_id).where(IssueItem.issue_id == issue.id)
-    session.execute(update(Item).where(Item.id.in_(item_ids)).values(status="published"))
     return added
 
 
 def cancel_issue(session: Session, issue: Issue) -> int:
     """Stop what is still queued; what is being sent right now finishes. Returns rows cancelled."""
     if issue.status in ("sent", "cancelled"):
-        raise StateError(f"issue {issue.number} is already {issue.status}")
+        raise StateError(f"issue {issue.id} is already {issue.status}")
     issue.status = "cancelled"
     return rowcount(session.execute(
         update(Delivery)
@@ -320,7 +316,7 @@ def complete_issues(session: Session) -> list[int]:
         update(Issue).where(Issue.status == "sending", ~unfinished).values(status="sent")
         .returning(Issue.number)
     ).scalars().all()
-    return sorted(done)
+    return sorted(number for number in done if number is not None)
 
 
 def held(session: Session, ids: list[int], owner: str) -> set[int]:
@@ -365,13 +361,8 @@ def sent_since(session: Session, since: dt.datetime) -> int:
     ) or 0
 
 
-def send_issue(session: Session, issue: Issue, config) -> int:
-    """`issues send`: freeze the audience now with the configured sender domain and language."""
-    return start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
-
-
 def audience_count(session: Session, issue: Issue) -> int:
-    """How many subscribers `send_issue` would queue now (for the confirmation question)."""
+    """How many subscribers a send would queue now (the confirmation question, `issues status`)."""
     return session.scalar(
         select(func.count()).select_from(Subscriber)
         .where(Subscriber.status == "active", *_topic_filter(issue.topic))

@@ -23,11 +23,11 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailmag import topics
 from mailmag.config import Config
 from mailmag.content import issues
-from mailmag.delivery import outbox
-from mailmag.errors import MailmagError, NotFound, StateError
-from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, utcnow
+from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
+from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
 from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
 from mailmag.services import Services
 
@@ -62,10 +62,11 @@ class AutoInfo:
     cron: str
     next_run: dt.datetime | None
     last_run: JobRun | None
+    topic: str | None = None
 
 
-def send_job_id(number: int) -> str:
-    return f"send-issue-{number}"
+def send_job_id(issue_id: int) -> str:
+    return timed_send_job_id(issue_id)
 
 
 def auto_job_id(schedule_id: int) -> str:
@@ -75,38 +76,32 @@ def auto_job_id(schedule_id: int) -> str:
 # --- timed sends ------------------------------------------------------------------------------
 
 
-def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.datetime | None = None) -> None:
-    """`issues send N --at …`: the issue waits as "scheduled" (a scheduled one is moved)."""
+def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.datetime | None = None, *,
+                  config: Config, allow_empty: bool = False) -> int:
+    """`issues send ID --at …`: the issue waits as "scheduled" (a scheduled one is moved).
+
+    The send gates run now, so a mistake shows while someone is at the keyboard; they run
+    again when it fires (an item may be edited meanwhile). Returns the audience as of now.
+    """
     now = now or utcnow()
-    if issue.status not in ("draft", "scheduled"):
-        raise StateError(f"issue {issue.number} is {issue.status}; only a draft issue can be scheduled")
-    if not issue.renderings:
-        raise StateError(f"issue {issue.number} is not rendered: run `mailmag issues render {issue.number}`")
+    reached = issues.check_sendable(session, config, issue, allow_empty=allow_empty)
     if when <= now:
-        raise StateError(f"issue {issue.number} cannot be scheduled in the past: give a later time")
+        raise StateError(f"issue {issue.id} cannot be scheduled in the past: give a later time")
     issue.status, issue.scheduled_at = "scheduled", when
+    return reached
 
 
 def unschedule_send(session: Session, issue: Issue) -> None:
     """`issues cancel N` of a scheduled issue: it becomes a draft again."""
     if issue.status != "scheduled":
-        raise StateError(f"issue {issue.number} is {issue.status}, not scheduled")
-    issue.status, issue.scheduled_at = "draft", None
-
-
-def cancel(session: Session, issue: Issue) -> int | None:
-    """`issues cancel`: a scheduled issue becomes a draft again (None); one being sent stops
-    what is still queued (returns how many messages will not go)."""
-    if issue.status == "scheduled":
-        unschedule_send(session, issue)
-        return None
-    return outbox.cancel_issue(session, issue)
+        raise StateError(f"issue {issue.id} is {issue.status}, not scheduled")
+    issues.cancel(session, issue.id)
 
 
 def last_send_run(session: Session, issue: Issue) -> JobRun | None:
     """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`."""
     return session.scalar(
-        select(JobRun).where(JobRun.job_id == send_job_id(issue.number)).order_by(JobRun.scheduled_for.desc())
+        select(JobRun).where(JobRun.job_id == send_job_id(issue.id)).order_by(JobRun.scheduled_for.desc())
     )
 
 
@@ -114,15 +109,15 @@ def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
     """Send every scheduled issue whose time has come; one that is too late becomes a draft."""
     with services.session() as session:
         due = session.execute(
-            select(Issue.id, Issue.number, Issue.scheduled_at)
+            select(Issue.id, Issue.scheduled_at)
             .where(Issue.status == "scheduled", Issue.scheduled_at <= now)
             .order_by(Issue.scheduled_at)
         ).all()
     results = []
-    for issue_id, number, at in due:
+    for issue_id, at in due:
         assert at is not None  # the WHERE above: scheduled_at <= now
         action = _send_action(services.config, issue_id, at, now)
-        fired = _once(services, send_job_id(number), at, action, on_failure=_back_to_draft(issue_id))
+        fired = _once(services, send_job_id(issue_id), at, action, on_failure=_back_to_draft(issue_id))
         if fired is not None:
             results.append(fired)
     return results
@@ -138,12 +133,14 @@ def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetim
         if (now - at).total_seconds() > grace:
             issue.status, issue.scheduled_at = "draft", None
             return "missed", (
-                f"issue {issue.number} was due at {shown(at, config.zone)} but mailmag run was not "
+                f"issue {issue.id} was due at {shown(at, config.zone)} but mailmag run was not "
                 f"running until {shown(now, config.zone)} (more than grace_seconds = {grace}): "
-                f"not sent, it is a draft again; send it with `mailmag issues send {issue.number}`"
+                f"not sent, it is a draft again; send it with `mailmag issues send {issue.id}`"
             )
-        added = outbox.send_issue(session, issue, config)
-        return "sent", f"issue {issue.number} due at {shown(at, config.zone)}: {added} recipients queued"
+        # The audience was checked when it was scheduled: an empty one now still goes to the archive.
+        added = issues.start_sending(session, config, issue, allow_empty=True)
+        return "sent", (f"issue {issue.id} (第{issue.number}号) due at {shown(at, config.zone)}: "
+                        f"{added} recipients queued")
 
     return action
 
@@ -160,11 +157,15 @@ def _back_to_draft(issue_id: int) -> Callable[[Session], None]:
 # --- automatic issues -------------------------------------------------------------------------
 
 
-def add_auto(session: Session, cron: str, name: str | None, config: Config) -> AutoSchedule:
-    """`schedule add --cron …`; the crontab line is checked here, once."""
+def add_auto(session: Session, cron: str, name: str | None, config: Config, topic: str | None = None,
+             now: dt.datetime | None = None) -> AutoSchedule:
+    """`schedule add --cron …`; the crontab line and the topic are checked here, once."""
     cron = " ".join(cron.split())
-    cron_trigger(cron, config.zone)
-    schedule = AutoSchedule(name=(name or "").strip() or cron, cron=cron)
+    if next_fire_time(cron_trigger(cron, config.zone), now or utcnow()) is None:
+        raise InvalidInput(f"the cron expression {cron!r} never fires (no such date, e.g. 31 February): "
+                           "check the day and month fields")
+    topic = topics.check_code(topic, config.topics)
+    schedule = AutoSchedule(name=(name or "").strip() or cron, cron=cron, topic=topic)
     session.add(schedule)
     session.flush()
     return schedule
@@ -192,7 +193,7 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
             .order_by(JobRun.scheduled_for.desc())
         )
         upcoming = next_fire_time(cron_trigger(schedule.cron, config.zone), now)
-        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last))
+        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic))
     return result
 
 
@@ -236,7 +237,8 @@ def fire_auto(
     grace = config.schedule.grace_seconds
 
     def action(session: Session) -> tuple[str, str] | None:
-        if session.get(AutoSchedule, schedule_id) is None:
+        auto = session.get(AutoSchedule, schedule_id)
+        if auto is None:
             return None  # removed meanwhile
         if (now - scheduled_for).total_seconds() > grace:
             return "missed", (
@@ -244,12 +246,12 @@ def fire_auto(
                 f"(more than grace_seconds = {grace} before {shown(now, config.zone)}): "
                 "no issue composed; the approved items wait for the next one"
             )
-        return _compose_and_send(session, config)
+        return _compose_and_send(session, config, auto.topic)
 
     return _once(services, auto_job_id(schedule_id), scheduled_for, action)
 
 
-def _compose_and_send(session: Session, config: Config) -> tuple[str, str]:
+def _compose_and_send(session: Session, config: Config, topic: str | None) -> tuple[str, str]:
     waiting = approved_waiting(session)
     minimum = max(config.schedule.min_items, 1)
     if waiting < minimum:
@@ -257,10 +259,15 @@ def _compose_and_send(session: Session, config: Config) -> tuple[str, str]:
             f"{waiting} approved item(s) not yet in an issue, fewer than [schedule] min_items = "
             f"{minimum}: no issue composed"
         )
-    composed = issues.compose(session, config)
+    composed = issues.compose(session, config, topic=topic)
     issue = composed.issue
-    added = outbox.send_issue(session, issue, config)
-    detail = f"issue {issue.number} composed from {len(issue.entries)} items: {added} recipients queued"
+    if issues.audience(session, issue) == 0:
+        session.delete(issue)
+        return "skipped", (f"no active subscriber matches {topics.describe(topic, config.topics)}: "
+                           "no issue composed; the approved items wait for the next one")
+    added = issues.start_sending(session, config, issue)
+    detail = (f"issue {issue.id} (第{issue.number}号) composed from {len(issue.entries)} items: "
+              f"{added} recipients queued")
     if composed.warnings:
         detail += "; to look at: " + "; ".join(composed.warnings)
     return "sent", detail

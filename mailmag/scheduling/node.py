@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -131,6 +132,15 @@ class FileLock:
         except BlockingIOError:
             file.close()
             return False
+        # The holder removes the file when it stops: a lock taken on a file already removed
+        # (opened just before) is no lock at all, so it counts only if the path is still this file.
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            file.close()
+            return False
         self.file = file
         return True
 
@@ -138,8 +148,10 @@ class FileLock:
         return self.file is not None
 
     def release(self) -> None:
+        """Remove the file while still holding the lock, then drop the lock by closing it."""
         if self.file is not None:
-            self.file.close()  # closing drops the lock
+            self.path.unlink(missing_ok=True)
+            self.file.close()
             self.file = None
 
 

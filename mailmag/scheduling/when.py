@@ -11,14 +11,18 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
+from mailmag.content import dates
 from mailmag.errors import InvalidInput
 
 _MOMENT = re.compile(
     r"(?P<y>\d{4})[-/](?P<mo>\d{1,2})[-/](?P<d>\d{1,2})[T ]+(?P<h>\d{1,2}):(?P<mi>\d{2})"
     r"(?::(?P<s>\d{2}))?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?"
 )
+# A date as items take it, then a time: 2030年12月2日 9:00, R12.12.2 9時, 12/2 9:30.
+_DATE_TIME = re.compile(r"(?P<date>.+?)\s*(?P<h>\d{1,2})(?::(?P<mi>\d{2})|時(?:(?P<mi_ja>\d{1,2})分)?)")
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_HELP = "use 'YYYY-MM-DD HH:MM' (seconds and a UTC offset such as +09:00 are optional)"
+_HELP = ("use 'YYYY-MM-DD HH:MM' (seconds and a UTC offset such as +09:00 are optional), or a date "
+         "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00")
 
 
 def shown(value: dt.datetime, zone: ZoneInfo) -> str:
@@ -33,20 +37,41 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
     """
     cleaned = unicodedata.normalize("NFKC", text).strip().replace("\u2212", "-")
     match = _MOMENT.fullmatch(cleaned)
-    if not match:
-        raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}")
-    parts = {key: int(value) for key, value in match.groupdict(default="0").items() if key != "tz"}
-    try:
-        value = dt.datetime(parts["y"], parts["mo"], parts["d"], parts["h"], parts["mi"], parts["s"],
-                            tzinfo=_offset(match["tz"]) or zone)
-    except ValueError as exc:
-        raise InvalidInput(f"{text!r} is not a real date and time ({exc}): {_HELP}") from exc
+    if match:
+        parts = {key: int(value) for key, value in match.groupdict(default="0").items() if key != "tz"}
+        try:
+            value = dt.datetime(parts["y"], parts["mo"], parts["d"], parts["h"], parts["mi"], parts["s"],
+                                tzinfo=_offset(match["tz"]) or zone)
+        except ValueError as exc:
+            raise InvalidInput(f"{text!r} is not a real date and time ({exc}): {_HELP}") from exc
+    else:
+        value = _item_date_and_time(text, cleaned, zone, now)
     value = value.astimezone(dt.UTC)
     if value <= now:
         raise InvalidInput(
             f"{shown(value, zone)} is in the past (it is now {shown(now, zone)}): give a later time"
         )
     return value
+
+
+def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
+    """A date in the forms items take (content.dates), then H:MM or H時M分, local to `zone`.
+
+    A date without a year is the next one to come: read from half a year ahead, the nearest
+    such date lies between yesterday and a year from now.
+    """
+    match = _DATE_TIME.fullmatch(cleaned)
+    if match is None:
+        raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}")
+    ahead = now.astimezone(zone).date() + dt.timedelta(days=182)
+    try:
+        day = dates.parse_date(match["date"], today=ahead)
+        at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0))
+    except ValueError as exc:
+        raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}") from exc
+    except InvalidInput as exc:
+        raise InvalidInput(f"cannot read {text!r} as a date and time ({exc})") from None
+    return dt.datetime.combine(day, at, tzinfo=zone)
 
 
 def _offset(text: str | None) -> dt.tzinfo | None:

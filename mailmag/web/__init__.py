@@ -103,7 +103,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     app.extensions["mailmag"] = WebState(
         services=services, secret=secret,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
-        topics=consent.parse_topics_setting(config.web.topics),
+        topics=config.topics,
         wording=_wording(dirs, config.web.consent_wording_version),
         mailer=Mailer(services, secret, loader),
     )

@@ -1,6 +1,7 @@
 """The public archive: sent issues (web versions without personal links), Atom, iCalendar of events.
 
-An issue is public once its send started (status sending or sent). Its web version is the
+An issue is public once its send started and it has its 第N号 (sending, sent, or cancelled
+after some of it went). Its web version is the
 frozen rendering with the per-recipient placeholders filled with nothing personal: no name,
 and the subscribe page where the mail has its unsubscribe and preferences links. The
 calendar lists the event items of those issues only: what is still under review or
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from html import escape
 from typing import Any
 
 import icalendar
@@ -26,14 +28,16 @@ from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
 
 bp = Blueprint("archive", __name__)
-PUBLIC = ("sending", "sent")
+# A 第N号 whose sending started: also a cancelled one that reached someone (it keeps its number;
+# one that reached nobody gave it back). Use with `Issue.number.is_not(None)`.
+PUBLIC = ("sending", "sent", "cancelled")
 FEED_SIZE = 50
 _TIMES = re.compile(r"(\d{1,2}):(\d{2})(?:\s*[〜~\-–—ー]\s*(\d{1,2}):(\d{2}))?")
 
 
 def _issues(session: Session, limit: int | None = None) -> list[Issue]:
-    query = (select(Issue).where(Issue.status.in_(PUBLIC)).order_by(Issue.number.desc())
-             .options(selectinload(Issue.renderings)))
+    query = (select(Issue).where(Issue.status.in_(PUBLIC), Issue.number.is_not(None))
+             .order_by(Issue.number.desc()).options(selectinload(Issue.renderings)))
     return list(session.scalars(query.limit(limit) if limit else query))
 
 
@@ -65,18 +69,39 @@ def issue(number: int) -> Any:
     """The issue as mailed, without anything personal (the page's CSP allows its inline CSS)."""
     lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
     with state().services.read_session() as session:
-        found = session.scalar(select(Issue).where(Issue.number == number, Issue.status.in_(PUBLIC)))
+        found = session.scalar(select(Issue).where(Issue.number == number, Issue.status.in_(PUBLIC),
+                                                   Issue.number.is_not(None)))
         rendering = _rendering(found, lang) if found is not None else None
         if rendering is None:
             abort(404)
-        page = web_version(rendering.html, state().config.mailmag.base_url)
+        config = state().config
+        page = web_version(rendering.html, config.mailmag.base_url, rendering.lang, config.sender.list_name)
     security.use_issue_csp()
     return Response(page, content_type="text/html; charset=utf-8")
 
 
-def web_version(html: str, base_url: str) -> str:
-    """A rendering's HTML for everyone: no name, no address, no personal link."""
+_PERSONAL = re.compile(r"<!-- mm:personal -->.*?<!-- /mm:personal -->", re.DOTALL)
+_ARCHIVE_NOTE = {
+    "ja": ('<p class="archive-note">このページは「{list}」のバックナンバーです。'
+           '配信停止と配信設定の変更は、お届けしたメールの末尾にあるリンクから行えます。'
+           '購読のお申し込みは<a href="{subscribe}">こちら</a>。</p>'),
+    "en": ('<p class="archive-note">This page is a past issue of {list}. To unsubscribe or change your '
+           'preferences, use the links at the end of the mail you received. '
+           'To subscribe, <a href="{subscribe}">use this form</a>.</p>'),
+}
+
+
+def web_version(html: str, base_url: str, lang: str, list_name: str) -> str:
+    """A rendering's HTML for everyone: no name, no address, no personal link.
+
+    The footer's recipient part (between mm:personal comments) becomes a note saying the
+    unsubscribe link is in the reader's own mail; templates without the markers still get
+    the subscribe page where the mail has its personal links.
+    """
     subscribe = links.subscribe_url(base_url)
+    note = _ARCHIVE_NOTE.get(lang, _ARCHIVE_NOTE["ja"]).format(
+        list=escape(list_name), subscribe=escape(subscribe))
+    html = _PERSONAL.sub(lambda _match: note, html)
     values = {"name": "", "email": "", "unsubscribe_url": subscribe, "preferences_url": subscribe}
     return personalize.substitute(html, values, escape=True)
 
@@ -130,13 +155,15 @@ def _published_events(session: Session) -> list[tuple[Item, int]]:
         select(Item, Issue.number)
         .join(IssueItem, IssueItem.item_id == Item.id)
         .join(Issue, Issue.id == IssueItem.issue_id)
-        .where(Item.kind == "event", Item.date.is_not(None), Issue.status.in_(PUBLIC))
+        .where(Item.kind == "event", Item.date.is_not(None), Issue.status.in_(PUBLIC),
+               Issue.number.is_not(None))
         .options(selectinload(Item.org))
         .order_by(Item.date, Item.id, Issue.number)
     ).all()
     first: dict[int, tuple[Item, int]] = {}
     for item, number in rows:
-        first.setdefault(item.id, (item, number))
+        if number is not None:  # the WHERE above: public issues have numbers
+            first.setdefault(item.id, (item, number))
     return list(first.values())
 
 

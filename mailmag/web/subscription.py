@@ -24,6 +24,10 @@ from mailmag.web.i18n import pick_lang
 bp = Blueprint("subscription", __name__)
 
 
+class _TestLink(Exception):
+    """The link is from an `issues test` mail: answered by a page saying so, nothing changes."""
+
+
 def _subscriber_id(purpose: str, token: str, max_age: int | None = None) -> int:
     """The subscriber id a link carries; NotFound for a tampered or foreign token."""
     try:
@@ -32,7 +36,17 @@ def _subscriber_id(purpose: str, token: str, max_age: int | None = None) -> int:
         raise NotFound("this link is not valid") from None
     if not isinstance(payload, dict) or type(payload.get("s")) is not int:
         raise NotFound("this link is not valid")
+    if payload["s"] == links.TEST_SUBSCRIBER_ID:
+        raise _TestLink(purpose)
     return payload["s"]
+
+
+@bp.errorhandler(_TestLink)
+def _test_link(error: _TestLink) -> Any:
+    """A test mail's unsubscribe or preferences link: a page, 200, and nothing changed."""
+    if request.method == "POST" and request.form.get("List-Unsubscribe") == "One-Click":
+        return Response("test link: nothing changed\n", 200, content_type="text/plain; charset=utf-8")
+    return _page("test_link.html.j2", None, purpose=str(error))
 
 
 def _consent(channel: str, source: str = "", wording: str | None = None) -> Consent:
@@ -100,6 +114,10 @@ def preferences(token: str) -> Any:
         subscriber = _known(session, "preferences", token)
         try:
             topics = consent.choose_topics(request.form.getlist("topic"), state().topics)
+        except InvalidInput:  # only a hand-made form sends one: say which topics there are
+            return _page("preferences.html.j2", subscriber, 400, saved=False, resubscribed=False,
+                         error="topic")
+        try:
             lang = subscribers.parse_lang(request.form.get("lang"))
         except InvalidInput:
             abort(400)
@@ -197,8 +215,8 @@ def subscribe() -> Any:
         topics = consent.choose_topics(values["topics"], state().topics)
     except InvalidEmail:
         return _form(400, "email", **values)
-    except InvalidInput:
-        abort(400)
+    except InvalidInput:  # only a hand-made form sends a topic not offered: say which there are
+        return _form(400, "topic", **{**values, "topics": []})
     if form.get("agree") != "yes":
         return _form(400, "agree", **values)
     web = state().config.web
