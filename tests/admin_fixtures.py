@@ -33,3 +33,18 @@ def console(console_services: Services) -> Iterator[LiveServer]:
     yield server
     server.close()
     app.extensions["mailmag"].mailer.close()
+
+
+@pytest.fixture
+def mail_console(config: Config, smtp_server,  # type: ignore[no-untyped-def]
+                 admin_settings: AdminConfig) -> Iterator[LiveServer]:
+    """The console of an app that sends through the aiosmtpd `smtp_server` (no rate limit)."""
+    services = make_services(smtp_server.configure(config, rate_per_second=0.0).replace(admin=admin_settings))
+    app = create_app(services)
+    server = LiveServer(app)
+    server.app = app  # type: ignore[attr-defined]
+    server.services = services  # type: ignore[attr-defined]
+    yield server
+    server.close()
+    app.extensions["mailmag"].mailer.close()
+    services.close()
