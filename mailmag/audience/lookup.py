@@ -1,12 +1,17 @@
-"""Finding subscribers for the console: search by address or name, one with its consent history."""
+"""For the console: find subscribers, one with its consent history, bounces, an import previewed."""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from mailmag.audience import imports
+from mailmag.audience.subscribers import Consent
 from mailmag.errors import NotFound
-from mailmag.models import ConsentEvent, Subscriber
+from mailmag.models import BounceEvent, ConsentEvent, Subscriber, Suppression
 
 
 def search(session: Session, text: str = "", limit: int = 200) -> list[Subscriber]:
@@ -33,3 +38,43 @@ def history(session: Session, subscriber_id: int) -> list[ConsentEvent]:
     return list(session.scalars(
         select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber_id).order_by(ConsentEvent.id)
     ))
+
+
+def recent_bounces(session: Session, limit: int = 200) -> list[tuple[BounceEvent, str]]:
+    """The latest bounces, complaints and mailto opt-outs, each with the subscriber's address."""
+    rows = session.execute(
+        select(BounceEvent, Subscriber.email)
+        .outerjoin(Subscriber, Subscriber.id == BounceEvent.subscriber_id)
+        .order_by(BounceEvent.at.desc(), BounceEvent.id.desc()).limit(limit)
+    )
+    return [(event, email or "") for event, email in rows]
+
+
+def suppressions(session: Session, limit: int = 200) -> list[Suppression]:
+    """Addresses never mailed again (kept as hashes), newest first."""
+    return list(session.scalars(select(Suppression).order_by(Suppression.id.desc()).limit(limit)))
+
+
+@dataclasses.dataclass
+class ImportPreview:
+    """What an import would do, found without keeping anything: the first rows and every refusal."""
+
+    first_rows: list[imports.Row]
+    report: imports.ImportReport
+
+
+def preview_import(session: Session, data: bytes, consent: Consent, *, encoding: str = "auto",
+                   shown: int = 10) -> ImportPreview:
+    """Run the import inside `session`; the caller rolls it back (preview) or commits (import)."""
+    report = imports.ImportReport()
+    first: list[imports.Row] = []
+
+    def keep_first(rows: Iterator[imports.Row]) -> Iterator[imports.Row]:
+        for row in rows:
+            if len(first) < shown:
+                first.append(row)
+            yield row
+
+    imports.import_rows(session, keep_first(imports.parse_rows(imports.decode(data, encoding), report)),
+                        report, consent)
+    return ImportPreview(first, report)

@@ -37,6 +37,8 @@ FRAME_CSP = (
     "base-uri 'none'; frame-ancestors 'self'; sandbox"
 )
 OPEN_ENDPOINTS = ("admin.login", "admin.login_post")
+# Requests larger than the app's form limit: a CSV upload (and its base64 copy in the confirmation).
+LARGE_BODIES = {"admin.people.import_csv": 12 * 1024 * 1024}
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -108,6 +110,8 @@ def _guard() -> Any:
         wanted = request.full_path if request.method == "GET" else url_for("admin.dashboard.index")
         return redirect(url_for("admin.login", next=wanted.rstrip("?")), 303)
     if request.method == "POST":
+        if request.endpoint in LARGE_BODIES:
+            request.max_content_length = LARGE_BODIES[request.endpoint]
         given = request.form.get(FIELD, "")
         if not security.hmac.compare_digest(viewer().csrf, given):
             abort(400, description="csrf")
@@ -141,8 +145,15 @@ def init_app(app: Flask) -> None:
 bp.register_error_handler(MailmagError, _mailmag_error)
 
 # The views: login and logout on bp itself, the rest as child blueprints (each module one).
-from mailmag.web.admin import auth, dashboard, issues_views, items_views, people_views  # noqa: E402
+from mailmag.web.admin import (  # noqa: E402
+    auth,
+    council_views,
+    dashboard,
+    issues_views,
+    items_views,
+    people_views,
+)
 
-for _child in (dashboard.bp, items_views.bp, issues_views.bp, people_views.bp):
+for _child in (dashboard.bp, items_views.bp, issues_views.bp, people_views.bp, council_views.bp):
     bp.register_blueprint(_child)
 del auth
