@@ -139,3 +139,22 @@ def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, consol
     assert reply.status == 409 and "approve it first" in reply.text
     with console_services.session() as session:
         assert session.scalar(select(func.count()).select_from(Issue)) == 0
+
+
+def test_a_topic_narrows_the_audience_the_confirmation_counts(console, console_services):
+    ids = seed_items(console_services, ["記事"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+        for address, topics in (("all@example.jp", []), ("events@example.jp", ["events"]),
+                                ("news@example.jp", ["news"])):
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli", "t"), topics=topics)
+    client = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    assert "3 人" in client.get(f"{issue_path}/send").text
+    assert client.post(f"{issue_path}/topic", {"csrf_token": token, "topic": "nonsense"}).status == 400
+    assert client.post(f"{issue_path}/topic", {"csrf_token": token, "topic": "events"}).status == 303
+    assert "2 人" in client.get(f"{issue_path}/send").text  # no-topic readers and events readers
+    with console_services.session() as session:
+        assert session.scalar(select(Issue.topic)) == "events"

@@ -28,7 +28,7 @@ def _password(from_stdin: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def _record(app: AppContext, session, action: str, detail: str) -> None:  # type: ignore[no-untyped-def]
+def _record(session, action: str, detail: str) -> None:  # type: ignore[no-untyped-def]
     audit.record(session, audit.CLI_ACTOR, action, detail)
 
 
@@ -49,7 +49,7 @@ def add(app: AppContext, name: str, email: str, role: str, with_totp: bool, pass
         if with_totp:
             accounts.set_totp(session, name)
             uri = accounts.totp_uri(admin, app.config.sender.list_id)
-        _record(app, session, "admin.add", f"{name} ({role}){' with TOTP' if with_totp else ''}")
+        _record(session, "admin.add", f"{name} ({role}){' with TOTP' if with_totp else ''}")
     click.echo(f"account {name} ({role}) added; log in at {app.config.mailmag.base_url.rstrip('/')}/admin/")
     if uri:
         click.echo(f"one-time code: add this to an authenticator app: {uri}")
@@ -78,7 +78,7 @@ def remove(app: AppContext, name: str) -> None:
     """Delete an account; its sessions end at once (the audit log keeps its name)."""
     with app.ready_services().session() as session:
         accounts.remove(session, name)
-        _record(app, session, "admin.remove", name)
+        _record(session, "admin.remove", name)
     click.echo(f"account {name} removed")
 
 
@@ -91,7 +91,7 @@ def reset_password(app: AppContext, name: str, password_stdin: bool) -> None:
     password = accounts.check_password(_password(password_stdin))
     with app.ready_services().session() as session:
         ended = accounts.reset_password(session, name, password)
-        _record(app, session, "admin.reset-password", name)
+        _record(session, "admin.reset-password", name)
     click.echo(f"password of {name} changed; {ended} sessions ended")
 
 
@@ -107,7 +107,7 @@ def totp(app: AppContext, name: str, off: bool) -> None:
         else:
             accounts.set_totp(session, name)
             uri = accounts.totp_uri(accounts.get(session, name), app.config.sender.list_id)
-        _record(app, session, "admin.totp-off" if off else "admin.totp", name)
+        _record(session, "admin.totp-off" if off else "admin.totp", name)
     click.echo(f"one-time code of {name} removed" if off
                else f"one-time code of {name}: add this to an authenticator app: {uri}")
 

@@ -8,6 +8,7 @@ are addressed by their database id here (the console's URLs), numbers being for 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -103,3 +104,13 @@ def approved_free(session: Session) -> list[Item]:
         select(Item).where(Item.status == "approved", Item.id.not_in(issues._items_in_live_issues()))
         .order_by(Item.id)
     ))
+
+
+def set_topic(session: Session, issue_id: int, topic: str | None, offered: Sequence[str]) -> Issue:
+    """Send the draft only to subscribers of `topic` (and those who chose no topic); None: everyone."""
+    issue = _draft(session, issue_id)
+    if topic is not None and topic not in offered:
+        raise InvalidInput(f"unknown topic {topic!r}: use one of {', '.join(offered)} ([web] topics)")
+    issue.topic = topic
+    session.flush()
+    return issue

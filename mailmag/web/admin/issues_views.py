@@ -56,7 +56,7 @@ def show(issue_id: int) -> Any:
             "admin/issue.html.j2", issue=issue, warnings=drafts.warnings(db, state().config, issue),
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
             audience=outbox.audience_count(db, issue), langs=sorted(r.lang for r in issue.renderings),
-            notice=request.args.get("notice", ""),
+            notice=request.args.get("notice", ""), topics=state().topics,
         )
 
 
@@ -99,6 +99,16 @@ def title(issue_id: int) -> Any:
     with state().services.session() as db:
         drafts.retitle(db, state().config, issue_id, given)
         act(db, "issue.title", f"issue id {issue_id}: {given}")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/topic")
+@needs("compose")
+def topic(issue_id: int) -> Any:
+    chosen = request.form.get("topic", "") or None
+    with state().services.session() as db:
+        drafts.set_topic(db, issue_id, chosen, [t.code for t in state().topics])
+        act(db, "issue.topic", f"issue id {issue_id}: {chosen or 'everyone'}")
     return _back(issue_id)
 
 
