@@ -305,3 +305,37 @@ def test_stored_markup_from_orgs_and_subscribers_is_shown_as_text_everywhere(con
         reply = client.get(frame)
         assert "<script>alert" not in reply.text and "<img src=x" not in reply.text, frame
         assert "sandbox" in reply.headers["Content-Security-Policy"]
+
+
+def test_the_console_speaks_english_when_asked_and_remembers_it(console, console_services):
+    add_admin(console_services, "alice", "owner")
+    client = Client(console.url)
+    assert "ワンタイムコード" in client.get("/admin/login").text
+    english = client.get("/admin/login?lang=en").text
+    assert "Account name" in english and 'lang="en"' in english
+    assert login(client, "alice").status == 303
+    assert "Items waiting for review" in client.get("/admin/").text
+
+
+def test_a_login_sweeps_old_attempts_and_expired_sessions(console, console_services):
+    stale = utcnow() - dt.timedelta(days=3)
+    with console_services.session() as session:
+        admin = accounts.add(session, "alice", "a@example.jp", "owner", PASSWORD)
+        session.add(LoginAttempt(name="someone", ip="192.0.2.1", ok=False, at=stale))
+        session.add(AdminSession(token_hash="0" * 64, admin_id=admin.id, csrf="x", created_at=stale,
+                                 last_seen_at=stale))
+    assert login(Client(console.url), "alice").status == 303
+    with console_services.session() as session:
+        old = select(func.count()).select_from(LoginAttempt).where(LoginAttempt.name == "someone")
+        assert session.scalar(old) == 0
+        assert session.scalar(select(func.count()).select_from(AdminSession)) == 1  # the new one only
+
+
+def test_removing_an_account_ends_its_sessions_and_keeps_its_audit_entries(console, console_services):
+    client = logged_in(console.url, console_services, "ed", "editor")
+    with console_services.session() as session:
+        accounts.remove(session, "ed")
+    assert client.get("/admin/items/").status == 303
+    with console_services.session() as session:
+        assert session.scalar(select(func.count()).select_from(AdminSession)) == 0
+        assert session.scalar(select(AuditEntry.actor).where(AuditEntry.action == "login")) == "ed"

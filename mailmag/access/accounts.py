@@ -98,6 +98,7 @@ def remove(session: Session, name: str) -> None:
     """Delete the account and end its sessions (its audit entries keep its name)."""
     admin = get(session, name)
     _guard_last_owner(session, admin)
+    end_sessions(session, admin.id)  # explicit: not every SQLite connection enforces foreign keys
     session.delete(admin)
     session.flush()
 

@@ -81,6 +81,7 @@ def authenticate(session: Session, policy: AdminConfig, name: str, password: str
     if not good or admin is None:
         raise AccessDenied(REFUSED)
     session.add(LoginAttempt(name=name, ip=ip, ok=True, at=now))
+    sweep(session, policy, now)
     return admin
 
 
@@ -127,8 +128,12 @@ def end(session: Session, token: str) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def forget_old_attempts(session: Session, policy: AdminConfig, now: dt.datetime | None = None) -> int:
-    """Login attempts older than any throttle window are of no further use."""
-    cutoff = (now or utcnow()) - dt.timedelta(minutes=policy.lockout_minutes, days=1)
-    result = session.execute(delete(LoginAttempt).where(LoginAttempt.at < cutoff))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+def sweep(session: Session, policy: AdminConfig, now: dt.datetime) -> None:
+    """Forget what no rule looks at any more: old login attempts, sessions past their age.
+
+    Runs at each successful login, so the tables stay small without a job of their own.
+    """
+    session.execute(delete(LoginAttempt).where(
+        LoginAttempt.at < now - dt.timedelta(minutes=policy.lockout_minutes, days=1)))
+    session.execute(delete(AdminSession).where(
+        AdminSession.created_at < now - dt.timedelta(hours=policy.session_max_hours)))
