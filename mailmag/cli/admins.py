@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from typing import Any
 
 import click
 
@@ -121,8 +122,9 @@ def audit_(app: AppContext, since: str | None, limit: int | None, as_json: bool)
     """Export the audit log: who did what in the console (or to accounts), when, from where."""
     start = parse_when(since, app.config.zone, _EPOCH) if since else None
     with app.ready_services().session() as session:
-        rows = [{"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail, "ip": e.ip}
-                for e in audit.listing(session, since=start, limit=limit)]
+        rows: list[dict[str, Any]] = [
+            {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail, "ip": e.ip}
+            for e in audit.listing(session, since=start, limit=limit)]
     if as_json:
         print_json(rows)
         return

@@ -41,7 +41,7 @@ OPEN_ENDPOINTS = ("admin.login", "admin.login_post")
 # Requests larger than the app's form limit: a CSV upload (and its base64 copy in the confirmation).
 LARGE_BODIES = {"admin.people.import_csv": 12 * 1024 * 1024}
 
-bp = Blueprint("admin", __name__, url_prefix="/admin")
+bp: Blueprint = Blueprint("admin", __name__, url_prefix="/admin")
 
 
 @dataclasses.dataclass(frozen=True)

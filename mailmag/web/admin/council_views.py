@@ -14,7 +14,7 @@ from mailmag.models import utcnow
 from mailmag.web import state
 from mailmag.web.admin import act, needs
 
-bp = Blueprint("council", __name__)
+bp: Blueprint = Blueprint("council", __name__)
 
 
 @bp.get("/orgs/")

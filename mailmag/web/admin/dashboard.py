@@ -14,7 +14,7 @@ from mailmag.models import utcnow
 from mailmag.web import state
 from mailmag.web.admin import needs
 
-bp = Blueprint("dashboard", __name__)
+bp: Blueprint = Blueprint("dashboard", __name__)
 
 
 @bp.get("/")
@@ -22,7 +22,8 @@ def index() -> Any:
     config = state().config
     with state().services.read_session() as db:
         listed = issues.listing(db)
-        scheduled = sorted((i for i in listed if i.status == "scheduled"), key=lambda i: i.scheduled_at)
+        scheduled = sorted((i for i in listed if i.status == "scheduled" and i.scheduled_at is not None),
+                           key=lambda i: i.scheduled_at or utcnow())
         last = next((i for i in listed if i.status in ("sending", "sent")), None)
         return render_template(
             "admin/dashboard.html.j2", waiting=len(drafts.in_review(db)), scheduled=scheduled,

@@ -15,11 +15,13 @@ from mailmag.models import utcnow
 from mailmag.web import state
 from mailmag.web.admin import FRAME_CSP, act, needs, viewer
 
-bp = Blueprint("issues", __name__, url_prefix="/issues")
+bp: Blueprint = Blueprint("issues", __name__, url_prefix="/issues")
 
 
-def _back(issue_id: int, **args: str) -> Any:
-    return redirect(url_for(".show", issue_id=issue_id, **args), 303)
+def _back(issue_id: int, notice: str = "") -> Any:
+    if notice:
+        return redirect(url_for(".show", issue_id=issue_id, notice=notice), 303)
+    return redirect(url_for(".show", issue_id=issue_id), 303)
 
 
 @bp.get("/")

@@ -12,7 +12,7 @@ from mailmag.web import state
 from mailmag.web.admin import act, needs
 from mailmag.web.submit import FIELDS
 
-bp = Blueprint("items", __name__, url_prefix="/items")
+bp: Blueprint = Blueprint("items", __name__, url_prefix="/items")
 
 
 def _choice(name: str, allowed: tuple[str, ...] | list[str]) -> str | None:

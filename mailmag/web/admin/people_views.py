@@ -14,7 +14,7 @@ from mailmag.errors import InvalidInput
 from mailmag.web import security, state
 from mailmag.web.admin import act, needs, viewer
 
-bp = Blueprint("people", __name__, url_prefix="/subscribers")
+bp: Blueprint = Blueprint("people", __name__, url_prefix="/subscribers")
 # A CSV of this size holds tens of thousands of rows; larger lists go through `subscribers import`.
 UPLOAD_LIMIT = 8 * 1024 * 1024
 
