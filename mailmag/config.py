@@ -190,6 +190,18 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    enabled: bool = False
+    require_totp: bool = False
+    allowed_networks: list[str] = field(default_factory=list)
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
+    max_failed_logins: int = 10
+    max_failed_logins_per_ip: int = 30
+    lockout_minutes: int = 15
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from, if any."""
 
@@ -204,6 +216,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     secret_key: str = field(default="", repr=False, metadata={"secret": True})
     smtp_password: str = field(default="", repr=False, metadata={"secret": True})
     source: Path | None = field(default=None, metadata={"secret": True})

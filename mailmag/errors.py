@@ -9,6 +9,7 @@
     ├── StateError                the operation does not fit the object's state
     ├── ComplianceError           an issue would break 特定電子メール法 (missing sender data)
     ├── TokenError                a signed link was tampered with, foreign or expired
+    ├── AccessDenied              a console login refused, or an action the account's role lacks
     └── TransportError            the relay refuses us (connect, MAIL FROM, AUTH): stop the run
 """
 
@@ -49,6 +50,10 @@ class ComplianceError(MailmagError):
 
 class TokenError(MailmagError):
     """A signed token is invalid, foreign or expired."""
+
+
+class AccessDenied(MailmagError):
+    """A console login is refused, or the account's role does not allow the action."""
 
 
 class TransportError(MailmagError):

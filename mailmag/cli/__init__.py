@@ -11,6 +11,7 @@ from mailmag.errors import MailmagError
 
 # One module per command group; each exposes `commands`, a list of click commands.
 COMMAND_MODULES = ("worker", "setup", "subscribers", "orgs", "items", "bounces", "issues", "schedule", "web",
+                   "admins",
                    "demo", "doctor")
 
 

@@ -367,3 +367,13 @@ def audience_count(session: Session, issue: Issue) -> int:
         select(func.count()).select_from(Subscriber)
         .where(Subscriber.status == "active", *_topic_filter(issue.topic))
     ) or 0
+
+
+def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[str, str, str]]:
+    """(address, status, last reply) of an issue's failed and dead deliveries, for the console."""
+    rows = session.execute(
+        select(Delivery.email, Delivery.status, Delivery.last_reply)
+        .where(Delivery.issue_id == issue_id, Delivery.status.in_(("failed", "dead")))
+        .order_by(Delivery.id).limit(limit)
+    )
+    return [(email, status, reply) for email, status, reply in rows]

@@ -111,6 +111,10 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     app.jinja_env.globals.update(_=_, page_lang=page_lang, sender=config.sender,
                                  date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en)
     _register(app)
+    if config.admin.enabled:
+        from mailmag.web import admin
+
+        admin.init_app(app)
     return app
 
 

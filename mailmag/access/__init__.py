@@ -1,0 +1,1 @@
+"""Who may use the web console: accounts and roles, logins and sessions, the audit log."""

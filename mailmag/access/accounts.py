@@ -1,0 +1,167 @@
+"""Console accounts: Argon2 passwords, optional TOTP, and what each role may do.
+
+Roles nest: an editor reviews and edits items and composes drafts; a sender also tests,
+schedules, sends and cancels; an owner also manages admins, orgs and subscribers. This
+table is the one place that says so; the console asks `allows(role, permission)`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from mailmag.errors import AccessDenied, InvalidInput, NotFound, StateError
+from mailmag.models import ADMIN_ROLES, Admin, AdminSession, utcnow
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "editor": frozenset({"review", "compose"}),
+    "sender": frozenset({"review", "compose", "send"}),
+    "owner": frozenset({"review", "compose", "send", "manage"}),
+}
+MIN_PASSWORD = 10
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_hasher = PasswordHasher()
+# Verified against when the name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = _hasher.hash("mailmag: no such account")
+
+
+def allows(role: str, permission: str) -> bool:
+    return permission in PERMISSIONS.get(role, frozenset())
+
+
+def require(admin: Admin, permission: str) -> None:
+    """Raise AccessDenied unless the admin's role carries `permission`."""
+    if not allows(admin.role, permission):
+        raise AccessDenied(f"the {admin.role} role may not do this (it needs {permission})")
+
+
+def check_role(role: str) -> str:
+    if role not in ADMIN_ROLES:
+        raise InvalidInput(f"unknown role {role!r}: use {', '.join(ADMIN_ROLES)}")
+    return role
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidInput(f"the password is too short: use at least {MIN_PASSWORD} characters")
+    return password
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(check_password(password))
+
+
+def verify_password(admin: Admin | None, password: str) -> bool:
+    """True when the password is the admin's (always does the work of one verification)."""
+    try:
+        return _hasher.verify(admin.password_hash if admin else _DUMMY_HASH, password) and admin is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def get(session: Session, name: str) -> Admin:
+    admin = find(session, name)
+    if admin is None:
+        raise NotFound(f"there is no console account {name!r} (see mailmag admins list)")
+    return admin
+
+
+def find(session: Session, name: str) -> Admin | None:
+    return session.scalar(select(Admin).where(Admin.name == name))
+
+
+def listing(session: Session) -> Sequence[Admin]:
+    return session.scalars(select(Admin).order_by(Admin.name)).all()
+
+
+def add(session: Session, name: str, email: str, role: str, password: str) -> Admin:
+    """A new account; the name is what the person types at the login form."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"account name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    if find(session, name) is not None:
+        raise StateError(f"the account {name!r} exists already: pick another name, or reset its password")
+    if "@" not in email or any(c.isspace() for c in email):
+        raise InvalidInput(f"{email!r} is not an e-mail address: test sends go there")
+    admin = Admin(name=name, email=email, role=check_role(role), password_hash=hash_password(password))
+    session.add(admin)
+    session.flush()
+    return admin
+
+
+def remove(session: Session, name: str) -> None:
+    """Delete the account and end its sessions (its audit entries keep its name)."""
+    admin = get(session, name)
+    _guard_last_owner(session, admin)
+    end_sessions(session, admin.id)  # explicit: not every SQLite connection enforces foreign keys
+    session.delete(admin)
+    session.flush()
+
+
+def _guard_last_owner(session: Session, admin: Admin) -> None:
+    owners = [a for a in listing(session) if a.role == "owner"]
+    if admin.role == "owner" and len(owners) == 1:
+        raise StateError(f"{admin.name} is the last owner: add another owner before removing it")
+
+
+def reset_password(session: Session, name: str, password: str) -> int:
+    """A new password; every session of the account ends. Returns how many ended."""
+    admin = get(session, name)
+    admin.password_hash = hash_password(password)
+    admin.password_changed_at = utcnow()
+    return end_sessions(session, admin.id)
+
+
+def end_sessions(session: Session, admin_id: int) -> int:
+    result = session.execute(delete(AdminSession).where(AdminSession.admin_id == admin_id))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def set_totp(session: Session, name: str) -> str:
+    """A fresh TOTP secret for the account (the old one stops working); returns it."""
+    admin = get(session, name)
+    admin.totp_secret = pyotp.random_base32()
+    admin.totp_last_step = None
+    return admin.totp_secret
+
+
+def clear_totp(session: Session, name: str) -> None:
+    get(session, name).totp_secret = None
+
+
+def totp_uri(admin: Admin, issuer: str) -> str:
+    """The otpauth:// link an authenticator app reads (as a QR code or typed in)."""
+    if not admin.totp_secret:
+        raise StateError(f"{admin.name} has no one-time code set up: run mailmag admins totp {admin.name}")
+    return pyotp.TOTP(admin.totp_secret).provisioning_uri(name=admin.name, issuer_name=issuer)
+
+
+def verify_totp(admin: Admin, code: str, at_timestamp: float) -> bool:
+    """The code for now (or the step before or after, for clock drift), never one used before."""
+    if not admin.totp_secret:
+        return False
+    totp = pyotp.TOTP(admin.totp_secret)
+    step = int(at_timestamp // totp.interval)
+    for candidate in (step - 1, step, step + 1):
+        if admin.totp_last_step is not None and candidate <= admin.totp_last_step:
+            continue
+        if totp.verify(code.strip(), for_time=candidate * totp.interval):
+            admin.totp_last_step = candidate
+            return True
+    return False
+
+
+def needs_totp(admin: Admin, require_for_senders: bool) -> bool:
+    """Whether this login must give a one-time code."""
+    return bool(admin.totp_secret) or (require_for_senders and admin.role in ("owner", "sender"))
+
+
+def refuse_without_totp(admin: Admin, require_for_senders: bool) -> None:
+    if needs_totp(admin, require_for_senders) and not admin.totp_secret:
+        raise AccessDenied(f"{admin.role} accounts need a one-time code: ask an owner to run "
+                           f"`mailmag admins totp {admin.name}`")

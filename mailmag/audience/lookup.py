@@ -1,0 +1,80 @@
+"""For the console: find subscribers, one with its consent history, bounces, an import previewed."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from mailmag.audience import imports
+from mailmag.audience.subscribers import Consent
+from mailmag.errors import NotFound
+from mailmag.models import BounceEvent, ConsentEvent, Subscriber, Suppression
+
+
+def search(session: Session, text: str = "", limit: int = 200) -> list[Subscriber]:
+    """Subscribers whose address, name or organization contains `text` (newest first)."""
+    query = select(Subscriber).order_by(Subscriber.id.desc()).limit(limit)
+    text = text.strip()
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(or_(Subscriber.email_key.like(pattern.lower(), escape="\\"),
+                                Subscriber.name.like(pattern, escape="\\"),
+                                Subscriber.organization.like(pattern, escape="\\")))
+    return list(session.scalars(query))
+
+
+def by_id(session: Session, subscriber_id: int) -> Subscriber:
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise NotFound(f"no subscriber with the id {subscriber_id} (see mailmag subscribers list)")
+    return subscriber
+
+
+def history(session: Session, subscriber_id: int) -> list[ConsentEvent]:
+    """Every opt-in, confirmation and opt-out of the subscriber, oldest first."""
+    return list(session.scalars(
+        select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber_id).order_by(ConsentEvent.id)
+    ))
+
+
+def recent_bounces(session: Session, limit: int = 200) -> list[tuple[BounceEvent, str]]:
+    """The latest bounces, complaints and mailto opt-outs, each with the subscriber's address."""
+    rows = session.execute(
+        select(BounceEvent, Subscriber.email)
+        .outerjoin(Subscriber, Subscriber.id == BounceEvent.subscriber_id)
+        .order_by(BounceEvent.at.desc(), BounceEvent.id.desc()).limit(limit)
+    )
+    return [(event, email or "") for event, email in rows]
+
+
+def suppressions(session: Session, limit: int = 200) -> list[Suppression]:
+    """Addresses never mailed again (kept as hashes), newest first."""
+    return list(session.scalars(select(Suppression).order_by(Suppression.id.desc()).limit(limit)))
+
+
+@dataclasses.dataclass
+class ImportPreview:
+    """What an import would do, found without keeping anything: the first rows and every refusal."""
+
+    first_rows: list[imports.Row]
+    report: imports.ImportReport
+
+
+def preview_import(session: Session, data: bytes, consent: Consent, *, encoding: str = "auto",
+                   shown: int = 10) -> ImportPreview:
+    """Run the import inside `session`; the caller rolls it back (preview) or commits (import)."""
+    report = imports.ImportReport()
+    first: list[imports.Row] = []
+
+    def keep_first(rows: Iterator[imports.Row]) -> Iterator[imports.Row]:
+        for row in rows:
+            if len(first) < shown:
+                first.append(row)
+            yield row
+
+    imports.import_rows(session, keep_first(imports.parse_rows(imports.decode(data, encoding), report)),
+                        report, consent)
+    return ImportPreview(first, report)

@@ -1,0 +1,116 @@
+"""Changing a draft issue after it was composed: order, items, title; what to look at before sending.
+
+Each change renders the issue again (the stored renderings are what is previewed and sent),
+through `issues.rerender`, so the console and `issues render` give the same result. Issues
+are addressed by their database id here (the console's URLs), numbers being for the public.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailmag import personalize, text_ja
+from mailmag.config import Config
+from mailmag.content import issues, render
+from mailmag.errors import InvalidInput, NotFound, StateError
+from mailmag.models import Issue, Item, utcnow
+
+
+def by_id(session: Session, issue_id: int) -> Issue:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise NotFound(f"no issue with the id {issue_id} (see mailmag issues list)")
+    return issue
+
+
+def _draft(session: Session, issue_id: int) -> Issue:
+    issue = by_id(session, issue_id)
+    if issue.status != "draft":
+        raise StateError(f"issue {issue.number} is {issue.status}: only a draft can be changed "
+                         "(cancel the schedule first)")
+    return issue
+
+
+def move(session: Session, config: Config, issue_id: int, item_id: int, delta: int) -> issues.Composed:
+    """Move one item up (delta -1) or down (+1) in the issue, and render it again."""
+    issue = _draft(session, issue_id)
+    entries = list(issue.entries)
+    index = next((i for i, e in enumerate(entries) if e.item_id == item_id), None)
+    if index is None:
+        raise NotFound(f"item {item_id} is not in issue {issue.number}")
+    target = max(0, min(len(entries) - 1, index + delta))
+    entries.insert(target, entries.pop(index))
+    for position, entry in enumerate(entries):
+        entry.position = position
+    session.flush()
+    session.expire(issue, ["entries"])
+    return issues.rerender(session, config, issue.number)
+
+
+def drop(session: Session, config: Config, issue_id: int, item_id: int) -> issues.Composed:
+    """Take one item out of the issue (it stays approved for a later one), and render it again."""
+    issue = _draft(session, issue_id)
+    entry = next((e for e in issue.entries if e.item_id == item_id), None)
+    if entry is None:
+        raise NotFound(f"item {item_id} is not in issue {issue.number}")
+    if len(issue.entries) == 1:
+        raise StateError(f"item {item_id} is the last one in issue {issue.number}: an issue needs an item")
+    issue.entries.remove(entry)
+    session.flush()
+    return issues.rerender(session, config, issue.number)
+
+
+def retitle(session: Session, config: Config, issue_id: int, title: str) -> issues.Composed:
+    """A title of the secretariat's own for the issue, and render it again."""
+    issue = _draft(session, issue_id)
+    cleaned = text_ja.normalize_line(title)
+    if not cleaned:
+        raise InvalidInput("the title is empty: type a title")
+    issue.title = cleaned[:300]
+    session.flush()
+    return issues.rerender(session, config, issue.number)
+
+
+def warnings(session: Session, config: Config, issue: Issue, today: dt.date | None = None) -> list[str]:
+    """The composer's warnings for the issue as stored now (what `issues new` printed)."""
+    today = today or utcnow().astimezone(config.zone).date()
+    ordered = [entry.item for entry in issue.entries]
+    unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
+                  for i in ordered if i.status not in ("approved", "published")]
+    return unapproved + issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
+
+
+def item_preview(config: Config, item: Item, today: dt.date | None = None) -> str:
+    """One item as subscribers will see it: a one-item issue rendered, a sample reader's links in it."""
+    today = today or utcnow().astimezone(config.zone).date()
+    env = render.make_environment(config.templates_path)
+    edition = render.render_edition(env, config, render.IssueSpec(0, None, today, [item]), "ja")
+    sample = personalize.sample_values(config.mailmag.base_url)
+    return personalize.substitute(edition.html, sample, escape=True)
+
+
+def in_review(session: Session) -> list[Item]:
+    """Items waiting for the secretariat, oldest first."""
+    return list(session.scalars(select(Item).where(Item.status == "submitted").order_by(Item.id)))
+
+
+def approved_free(session: Session) -> list[Item]:
+    """Approved items in no live issue: what a new draft is composed from."""
+    return list(session.scalars(
+        select(Item).where(Item.status == "approved", Item.id.not_in(issues._items_in_live_issues()))
+        .order_by(Item.id)
+    ))
+
+
+def set_topic(session: Session, issue_id: int, topic: str | None, offered: Sequence[str]) -> Issue:
+    """Send the draft only to subscribers of `topic` (and those who chose no topic); None: everyone."""
+    issue = _draft(session, issue_id)
+    if topic is not None and topic not in offered:
+        raise InvalidInput(f"unknown topic {topic!r}: use one of {', '.join(offered)} ([web] topics)")
+    issue.topic = topic
+    session.flush()
+    return issue

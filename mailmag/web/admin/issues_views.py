@@ -1,0 +1,175 @@
+"""Issues: compose a draft, reorder and remove items, title, preview, test, send or schedule, status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from mailmag import schedule
+from mailmag.content import drafts, issues
+from mailmag.delivery import dispatch, outbox
+from mailmag.delivery.transports import make_transport
+from mailmag.errors import InvalidInput
+from mailmag.models import utcnow
+from mailmag.web import state
+from mailmag.web.admin import FRAME_CSP, act, needs, viewer
+
+bp: Blueprint = Blueprint("issues", __name__, url_prefix="/issues")
+
+
+def _back(issue_id: int, notice: str = "") -> Any:
+    if notice:
+        return redirect(url_for(".show", issue_id=issue_id, notice=notice), 303)
+    return redirect(url_for(".show", issue_id=issue_id), 303)
+
+
+@bp.get("/")
+@needs("compose")
+def index() -> Any:
+    with state().services.read_session() as db:
+        return render_template("admin/issues.html.j2", issues=issues.listing(db),
+                               approved=drafts.approved_free(db))
+
+
+@bp.post("/new")
+@needs("compose")
+def new() -> Any:
+    try:
+        ids = [int(v) for v in request.form.getlist("item")]
+    except ValueError as exc:
+        raise InvalidInput("an item id is not a number") from exc
+    if not ids:
+        raise InvalidInput("choose at least one approved item for the issue")
+    title = request.form.get("title", "").strip() or None
+    with state().services.session() as db:
+        composed = issues.compose(db, state().config, title=title, item_ids=ids)
+        act(db, "issue.compose", f"issue {composed.issue.number} (id {composed.issue.id}) items {ids}")
+        issue_id = composed.issue.id
+    return _back(issue_id)
+
+
+@bp.get("/<int:issue_id>")
+@needs("compose")
+def show(issue_id: int) -> Any:
+    with state().services.read_session() as db:
+        issue = drafts.by_id(db, issue_id)
+        return render_template(
+            "admin/issue.html.j2", issue=issue, warnings=drafts.warnings(db, state().config, issue),
+            counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
+            audience=outbox.audience_count(db, issue), langs=sorted(r.lang for r in issue.renderings),
+            notice=request.args.get("notice", ""), topics=state().topics,
+        )
+
+
+@bp.get("/<int:issue_id>/frame/<lang>")
+@needs("compose")
+def frame(issue_id: int, lang: str) -> Any:
+    """The stored rendering, for the sandboxed preview iframe."""
+    with state().services.read_session() as db:
+        number = drafts.by_id(db, issue_id).number
+        shown = issues.preview(db, state().config, number, "html", lang if lang in ("ja", "en") else None)
+    return shown, 200, {"Content-Security-Policy": FRAME_CSP, "X-Frame-Options": "SAMEORIGIN",
+                        "Content-Type": "text/html; charset=utf-8"}
+
+
+@bp.post("/<int:issue_id>/move")
+@needs("compose")
+def move(issue_id: int) -> Any:
+    item_id = _int(request.form.get("item", ""))
+    delta = -1 if request.form.get("direction") == "up" else 1
+    with state().services.session() as db:
+        drafts.move(db, state().config, issue_id, item_id, delta)
+        act(db, "issue.reorder", f"issue id {issue_id}: item {item_id} {'up' if delta < 0 else 'down'}")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/remove")
+@needs("compose")
+def remove(issue_id: int) -> Any:
+    item_id = _int(request.form.get("item", ""))
+    with state().services.session() as db:
+        drafts.drop(db, state().config, issue_id, item_id)
+        act(db, "issue.remove-item", f"issue id {issue_id}: item {item_id}")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/title")
+@needs("compose")
+def title(issue_id: int) -> Any:
+    given = request.form.get("title", "")
+    with state().services.session() as db:
+        drafts.retitle(db, state().config, issue_id, given)
+        act(db, "issue.title", f"issue id {issue_id}: {given}")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/topic")
+@needs("compose")
+def topic(issue_id: int) -> Any:
+    chosen = request.form.get("topic", "") or None
+    with state().services.session() as db:
+        drafts.set_topic(db, issue_id, chosen, [t.code for t in state().topics])
+        act(db, "issue.topic", f"issue id {issue_id}: {chosen or 'everyone'}")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/test")
+@needs("send")
+def test_send(issue_id: int) -> Any:
+    """The real message, now, to the logged-in admin's own address (not through the outbox)."""
+    services = state().services
+    lang = request.form.get("lang") if request.form.get("lang") in ("ja", "en") else None
+    with services.session() as db:
+        issue = drafts.by_id(db, issue_id)
+        issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
+        act(db, "issue.test", f"issue id {issue_id} to {viewer().email}")
+    results = dispatch.send_test(services, make_transport(services.config), issue, [viewer().email], lang)
+    return _back(issue_id, notice="; ".join(f"{address}: {outcome}" for address, outcome in results))
+
+
+@bp.get("/<int:issue_id>/send")
+@needs("send")
+def confirm(issue_id: int) -> Any:
+    """The confirmation: how many subscribers get it, now or at the time given."""
+    at = request.args.get("at", "").strip()
+    with state().services.read_session() as db:
+        issue = drafts.by_id(db, issue_id)
+        when = schedule.parse_when(at, state().config.zone, utcnow()) if at else None
+        return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
+                               audience=outbox.audience_count(db, issue))
+
+
+@bp.post("/<int:issue_id>/send")
+@needs("send")
+def send(issue_id: int) -> Any:
+    at = request.form.get("at", "").strip()
+    config = state().config
+    with state().services.session() as db:
+        issue = drafts.by_id(db, issue_id)
+        if at:
+            when = schedule.parse_when(at, config.zone, utcnow())
+            schedule.schedule_send(db, issue, when)
+            act(db, "issue.schedule", f"issue {issue.number} (id {issue_id}) at {when.isoformat()}")
+        else:
+            queued = outbox.send_issue(db, issue, config)
+            act(db, "issue.send", f"issue {issue.number} (id {issue_id}): {queued} messages queued")
+    return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/cancel")
+@needs("send")
+def cancel(issue_id: int) -> Any:
+    with state().services.session() as db:
+        issue = drafts.by_id(db, issue_id)
+        stopped = schedule.cancel(db, issue)
+        act(db, "issue.cancel", f"issue {issue.number} (id {issue_id})"
+            + ("" if stopped is None else f": {stopped} queued messages stopped"))
+    return _back(issue_id)
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{raw!r} is not an item id") from exc

@@ -1,0 +1,160 @@
+"""The secretariat's work in the console, over real HTTP: review, compose, preview, test, send."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+from admin_support import csrf_of, logged_in, seed_items
+from sqlalchemy import func, select
+from web_support import mail_text
+
+from mailmag.access import audit
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.content import items, orgs
+from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.transports import make_transport
+from mailmag.models import Delivery, Issue, Item, utcnow
+
+pytest_plugins = ["web_fixtures", "admin_fixtures"]
+
+
+def _item(services, item_id: int) -> Item:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        item = session.get(Item, item_id)
+        session.expunge(item)
+        return item
+
+
+def _readers(services, n: int) -> None:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        for i in range(n):
+            address = subscribers.parse_address(f"reader{i}@example.jp")
+            subscribers.add(session, address, Consent("cli", "test"))
+
+
+def test_review_queue_filters_approves_rejects_and_edits(console, console_services):
+    ids = seed_items(console_services, ["一つ目の記事", "二つ目の記事", "三つ目の記事"])
+    with console_services.session() as session:
+        other = orgs.add(session, "okayama-u", "岡山大学")
+        elsewhere = items.submit(session, other, "news", {"title": "岡山の記事", "body": "本文"}).id
+    client = logged_in(console.url, console_services, "alice", "editor")
+    queue = client.get("/admin/items/").text
+    assert all(title in queue for title in ("一つ目の記事", "二つ目の記事", "岡山の記事"))
+    only = client.get("/admin/items/?org=okayama-u&kind=news").text
+    assert "岡山の記事" in only and "一つ目の記事" not in only
+    page = client.get(f"/admin/items/{ids[0]}")
+    assert f'src="/admin/items/{ids[0]}/frame"' in page.text and 'sandbox=""' in page.text
+    assert "一つ目の記事" in client.get(f"/admin/items/{ids[0]}/frame").text
+    token = csrf_of(page)
+    assert client.post(f"/admin/items/{ids[0]}/approve", {"csrf_token": token}).status == 303
+    assert client.post(f"/admin/items/{ids[1]}/reject", {"csrf_token": token, "reason": ""}).status == 400
+    assert _item(console_services, ids[1]).status == "submitted"  # no reason, nothing changed
+    reason = {"csrf_token": token, "reason": "日付が未定です"}
+    assert client.post(f"/admin/items/{ids[1]}/reject", reason).status == 303
+    edited = client.post(f"/admin/items/{ids[2]}/edit", {"csrf_token": token, "title": "三つ目（修正）",
+                                                         "body": "直した本文"})
+    assert edited.status == 303
+    assert _item(console_services, ids[0]).status == "approved"
+    rejected = _item(console_services, ids[1])
+    assert (rejected.status, rejected.reject_reason) == ("rejected", "日付が未定です")
+    assert _item(console_services, ids[2]).title == "三つ目（修正）"
+    assert _item(console_services, elsewhere).status == "submitted"
+    with console_services.session() as session:
+        log = [(e.actor, e.action, e.ip) for e in audit.listing(session)]
+    assert log[:3] == [("alice", "item.edit", "127.0.0.1"), ("alice", "item.reject", "127.0.0.1"),
+                       ("alice", "item.approve", "127.0.0.1")]
+
+
+def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mail_console, smtp_server):
+    services = mail_console.services
+    ids = seed_items(services, ["会議の報告A", "会議の報告B", "会議の報告C"])
+    with services.session() as session:
+        items.approve(session, ids)
+    _readers(services, 3)
+    client = logged_in(mail_console.url, services, "sam", "sender", email="sam@example.jp")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(i) for i in ids]})
+    assert made.status == 303
+    issue_path = made.headers["Location"]
+    issue_id = int(issue_path.rsplit("/", 1)[1])
+    client.post(f"{issue_path}/move", {"csrf_token": token, "item": str(ids[2]), "direction": "up"})
+    client.post(f"{issue_path}/remove", {"csrf_token": token, "item": str(ids[0])})
+    client.post(f"{issue_path}/title", {"csrf_token": token, "title": "十二月号"})
+    frame = client.get(f"{issue_path}/frame/ja").text
+    assert frame.index("会議の報告C") < frame.index("会議の報告B") and "会議の報告A" not in frame
+    assert "十二月号" in frame
+    page = client.get(issue_path).text
+    assert 'class="preview phone"' in page and 'class="preview desktop"' in page
+    assert client.post(f"{issue_path}/test", {"csrf_token": token}).status == 303
+    assert [m.recipients for m in smtp_server.messages] == [("sam@example.jp",)]
+    assert "会議の報告C" in mail_text(smtp_server.messages[0].data)
+    later = (utcnow() + dt.timedelta(days=2)).astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M")
+    confirm = client.get(f"{issue_path}/send?at={later.replace(' ', '+')}")
+    assert "3 人" in confirm.text
+    client.post(f"{issue_path}/send", {"csrf_token": token, "at": later})
+    with services.session() as session:
+        assert session.get(Issue, issue_id).status == "scheduled"
+    client.post(f"{issue_path}/cancel", {"csrf_token": token})
+    with services.session() as session:
+        assert session.get(Issue, issue_id).status == "draft"
+    assert "3 人" in client.get(f"{issue_path}/send").text
+    client.post(f"{issue_path}/send", {"csrf_token": token})
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 3
+    Dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    progress = json.loads(client.get(f"/admin/issues/{issue_id}/progress.json").text)
+    assert progress == {"status": "sent", "total": 3, "sent": 3, "failed": 0, "pending": 0}
+    assert sorted(r for m in smtp_server.messages[1:] for r in m.recipients) == [
+        f"reader{i}@example.jp" for i in range(3)]
+    dashboard = client.get("/admin/").text
+    assert re.search(r'data-key="sent">3<', dashboard)
+
+
+def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
+    services = mail_console.services
+    ids = seed_items(services, ["記事"])
+    with services.session() as session:
+        items.approve(session, ids)
+    _readers(services, 2)
+    smtp_server.fail_rcpt("reader1@example.jp", 550, "5.1.1 no such user")
+    client = logged_in(mail_console.url, services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    client.post(f"{issue_path}/send", {"csrf_token": token})
+    Dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    page = client.get(issue_path).text
+    assert "reader1@example.jp" in page and "no such user" in page
+    assert "reader0@example.jp" not in page
+
+
+def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, console_services):
+    ids = seed_items(console_services, ["記事"])
+    client = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    reply = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    assert reply.status == 409 and "approve it first" in reply.text
+    with console_services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Issue)) == 0
+
+
+def test_a_topic_narrows_the_audience_the_confirmation_counts(console, console_services):
+    ids = seed_items(console_services, ["記事"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+        for address, topics in (("all@example.jp", []), ("events@example.jp", ["events"]),
+                                ("news@example.jp", ["news"])):
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli", "t"), topics=topics)
+    client = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    assert "3 人" in client.get(f"{issue_path}/send").text
+    assert client.post(f"{issue_path}/topic", {"csrf_token": token, "topic": "nonsense"}).status == 400
+    assert client.post(f"{issue_path}/topic", {"csrf_token": token, "topic": "events"}).status == 303
+    assert "2 人" in client.get(f"{issue_path}/send").text  # no-topic readers and events readers
+    with console_services.session() as session:
+        assert session.scalar(select(Issue.topic)) == "events"

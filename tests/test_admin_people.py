@@ -1,0 +1,121 @@
+"""The console's subscribers, orgs, schedules and bounces pages, over real HTTP."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from admin_support import csrf_of, logged_in
+from sqlalchemy import func, select
+from web_support import Client
+
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.models import AutoSchedule, BounceEvent, ConsentEvent, Org, Subscriber, Suppression
+
+pytest_plugins = ["web_fixtures", "admin_fixtures"]
+
+CSV = ("メールアドレス,氏名,所属\n"
+       "a@example.jp,青木,広島大学\n"
+       "not-an-address,誰か,\n"
+       "b@example.jp,馬場,岡山大学\n"
+       "a@example.jp,重複,\n").encode()
+
+
+def _upload(client: Client, token: str, data: bytes):  # type: ignore[no-untyped-def]
+    boundary = "mailmagtestboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"list.csv\"\r\n"
+            f"Content-Type: text/csv\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return client.request("POST", "/admin/subscribers/import", body,
+                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def _count(services, model) -> int:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_csv_import_previews_rows_and_errors_before_storing_anything(console, console_services):
+    client = logged_in(console.url, console_services, "owner", "owner")
+    token = csrf_of(client.get("/admin/subscribers/import"))
+    preview = _upload(client, token, CSV)
+    assert preview.status == 200
+    assert "青木" in preview.text and "馬場" in preview.text
+    assert re.search(r"3 行目.*not-an-address|3 行目", preview.text) and "5 行目" in preview.text
+    assert "added 2" in preview.text
+    assert _count(console_services, Subscriber) == 0 and _count(console_services, ConsentEvent) == 0
+    payload = re.search(r'name="payload" value="([^"]+)"', preview.text).group(1)
+    stored = client.post("/admin/subscribers/import", {"csrf_token": token, "payload": payload,
+                                                       "encoding": "auto", "confirm": "1"})
+    assert stored.status == 200 and "added 2" in stored.text
+    with console_services.session() as session:
+        emails = sorted(session.scalars(select(Subscriber.email)))
+        sources = set(session.scalars(select(ConsentEvent.source)))
+    assert emails == ["a@example.jp", "b@example.jp"]
+    assert sources == {"imported by owner in the console"}
+
+
+def test_unsubscribe_forget_search_and_export(console, console_services):
+    with console_services.session() as session:
+        for address, name in (("keep@example.jp", "残る人"), ("gone@example.jp", "消える人")):
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli", "test"), name=name)
+        ids = dict(session.execute(select(Subscriber.email, Subscriber.id)).all())
+    client = logged_in(console.url, console_services, "owner", "owner")
+    found = client.get("/admin/subscribers/?q=" + quote("残る")).text
+    assert "keep@example.jp" in found and "gone@example.jp" not in found
+    token = csrf_of(client.get(f"/admin/subscribers/{ids['keep@example.jp']}"))
+    client.post(f"/admin/subscribers/{ids['keep@example.jp']}/unsubscribe", {"csrf_token": token})
+    page = client.get(f"/admin/subscribers/{ids['keep@example.jp']}").text
+    assert 'id="subscriber-status">unsubscribed<' in page and "unsubscribed by owner in the console" in page
+    client.post(f"/admin/subscribers/{ids['gone@example.jp']}/forget", {"csrf_token": token})
+    exported = client.get("/admin/subscribers/export.csv")
+    assert exported.headers["Content-Disposition"].startswith("attachment")
+    text = exported.body.decode("utf-8-sig")
+    assert "keep@example.jp" in text and "gone@example.jp" not in text
+    assert _count(console_services, Suppression) == 1
+
+
+def test_orgs_add_show_and_rotate_the_submission_link(console, console_services):
+    client = logged_in(console.url, console_services, "owner", "owner")
+    token = csrf_of(client.get("/admin/orgs/"))
+    added = client.post("/admin/orgs/", {"csrf_token": token, "code": "kure-ct",
+                                         "name": "呉工業高等専門学校"})
+    assert added.status == 303 and added.headers["Location"] == "/admin/orgs/kure-ct"
+    link = re.search(r'id="submission-link">([^<]+)<', client.get("/admin/orgs/kure-ct").text).group(1)
+    form_path = link.replace("https://news.example.jp", "")
+    assert Client(console.url).get(form_path).status == 200
+    client.post("/admin/orgs/kure-ct/rotate", {"csrf_token": token})
+    assert Client(console.url).get(form_path).status == 404  # the old link stopped working
+    new_link = re.search(r'id="submission-link">([^<]+)<', client.get("/admin/orgs/kure-ct").text).group(1)
+    assert new_link != link
+    assert Client(console.url).get(new_link.replace("https://news.example.jp", "")).status == 200
+    bad = client.post("/admin/orgs/", {"csrf_token": token, "code": "Bad Code!", "name": "x"})
+    assert bad.status == 400 and _count(console_services, Org) == 1
+
+
+def test_schedules_list_add_remove_and_an_editor_only_reads_them(console, console_services):
+    sender = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(sender.get("/admin/schedules/"))
+    added = sender.post("/admin/schedules/", {"csrf_token": token, "cron": "0 9 1,15 * *", "name": "定期号"})
+    assert added.status == 303
+    assert sender.post("/admin/schedules/", {"csrf_token": token, "cron": "not a cron"}).status == 400
+    assert "定期号" in sender.get("/admin/schedules/").text and _count(console_services, AutoSchedule) == 1
+    editor = logged_in(console.url, console_services, "ed", "editor")
+    etoken = csrf_of(editor.get("/admin/schedules/"))
+    with console_services.session() as session:
+        schedule_id = session.scalar(select(AutoSchedule.id))
+    assert editor.post(f"/admin/schedules/{schedule_id}/remove", {"csrf_token": etoken}).status == 403
+    assert sender.post(f"/admin/schedules/{schedule_id}/remove", {"csrf_token": token}).status == 303
+    assert _count(console_services, AutoSchedule) == 0
+
+
+def test_bounces_page_shows_recent_bounces_and_suppressions(console, console_services):
+    with console_services.session() as session:
+        _, sub = subscribers.add(session, subscribers.parse_address("x@example.jp"), Consent("cli", "t"))
+        session.add(BounceEvent(subscriber_id=sub.id, kind="hard", code="5.1.1",
+                                diagnostic="user unknown", source_key="k1"))
+        session.add(Suppression(email_hash="ab" * 32, reason="bounced"))
+    client = logged_in(console.url, console_services, "owner", "owner")
+    page = client.get("/admin/bounces/").text
+    assert "x@example.jp" in page and "user unknown" in page and "bounced" in page

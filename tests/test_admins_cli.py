@@ -1,0 +1,65 @@
+"""`mailmag admins …`: accounts made at the terminal, passwords never shown, the audit log exported."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import create_engine, select
+
+from mailmag.access import accounts
+from mailmag.models import Admin
+
+PASSWORD = "a long enough password"
+
+
+def _hash_of(config_file, name: str) -> str:  # type: ignore[no-untyped-def]
+    import tomllib
+
+    url = tomllib.loads(config_file.read_text())["database"]["url"]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(Admin.password_hash).where(Admin.name == name)).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_add_list_reset_remove_and_audit(mailmag, config_file):
+    added = mailmag.ok("admins", "add", "alice", "--email", "alice@example.jp", "--role", "owner",
+                       "--password-stdin", input=PASSWORD + "\n")
+    assert PASSWORD not in added.output and "/admin/" in added.output
+    stored = _hash_of(config_file, "alice")
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    mailmag.ok("admins", "add", "bob", "--email", "bob@example.jp", "--role", "editor", "--totp",
+               "--password-stdin", input=PASSWORD + "\n")
+    listed = json.loads(mailmag.ok("admins", "list", "--json").stdout)
+    assert [(a["name"], a["role"], a["totp"]) for a in listed] == [
+        ("alice", "owner", False), ("bob", "editor", True)]
+    mailmag.ok("admins", "reset-password", "bob", "--password-stdin", input="another long one\n")
+    assert _hash_of(config_file, "bob") != stored
+    mailmag.ok("admins", "remove", "bob")
+    assert [a["name"] for a in json.loads(mailmag.ok("admins", "list", "--json").stdout)] == ["alice"]
+    log = json.loads(mailmag.ok("admins", "audit", "--json").stdout)
+    assert [e["action"] for e in log] == ["admin.remove", "admin.reset-password", "admin.add", "admin.add"]
+    assert all(PASSWORD not in json.dumps(e) for e in log)
+
+
+def test_bad_input_is_one_line_and_changes_nothing(mailmag):
+    add = ("admins", "add", "alice", "--email", "a@example.jp", "--role", "owner", "--password-stdin")
+    short = mailmag(*add, input="short\n")
+    assert short.exit_code == 1 and "at least" in short.stderr and "Traceback" not in short.output
+    bad_name = mailmag("admins", "add", "a b", *add[3:], input=PASSWORD + "\n")
+    assert bad_name.exit_code == 1 and "account name" in bad_name.stderr
+    assert json.loads(mailmag.ok("admins", "list", "--json").stdout) == []
+    mailmag.ok(*add, input=PASSWORD + "\n")
+    last = mailmag("admins", "remove", "alice")
+    assert last.exit_code == 1 and "last owner" in last.stderr
+    missing = mailmag("admins", "reset-password", "nobody", "--password-stdin", input=PASSWORD + "\n")
+    assert missing.exit_code == 1 and "no console account" in missing.stderr
+
+
+def test_passwords_are_argon2_and_checked(session):
+    admin = accounts.add(session, "carol", "c@example.jp", "sender", PASSWORD)
+    assert accounts.verify_password(admin, PASSWORD)
+    assert not accounts.verify_password(admin, PASSWORD + "x")
+    assert not accounts.verify_password(None, PASSWORD)
