@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit
 from mailmag.cli.common import AppContext, local_time, pass_app, print_json
@@ -29,7 +30,7 @@ def _password(from_stdin: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
-def _record(session, action: str, detail: str) -> None:  # type: ignore[no-untyped-def]
+def _record(session: Session, action: str, detail: str) -> None:
     audit.record(session, audit.CLI_ACTOR, action, detail)
 
 

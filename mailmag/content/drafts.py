@@ -30,7 +30,7 @@ def by_id(session: Session, issue_id: int) -> Issue:
 def _draft(session: Session, issue_id: int) -> Issue:
     issue = by_id(session, issue_id)
     if issue.status != "draft":
-        raise StateError(f"issue {issue.number} is {issue.status}: only a draft can be changed "
+        raise StateError(f"{issues.label(issue)} is {issue.status}: only a draft can be changed "
                          "(cancel the schedule first)")
     return issue
 
@@ -41,14 +41,14 @@ def move(session: Session, config: Config, issue_id: int, item_id: int, delta: i
     entries = list(issue.entries)
     index = next((i for i, e in enumerate(entries) if e.item_id == item_id), None)
     if index is None:
-        raise NotFound(f"item {item_id} is not in issue {issue.number}")
+        raise NotFound(f"item {item_id} is not in {issues.label(issue)}")
     target = max(0, min(len(entries) - 1, index + delta))
     entries.insert(target, entries.pop(index))
     for position, entry in enumerate(entries):
         entry.position = position
     session.flush()
     session.expire(issue, ["entries"])
-    return issues.rerender(session, config, issue.number)
+    return issues.rerender(session, config, issue.id)
 
 
 def drop(session: Session, config: Config, issue_id: int, item_id: int) -> issues.Composed:
@@ -56,12 +56,12 @@ def drop(session: Session, config: Config, issue_id: int, item_id: int) -> issue
     issue = _draft(session, issue_id)
     entry = next((e for e in issue.entries if e.item_id == item_id), None)
     if entry is None:
-        raise NotFound(f"item {item_id} is not in issue {issue.number}")
+        raise NotFound(f"item {item_id} is not in {issues.label(issue)}")
     if len(issue.entries) == 1:
-        raise StateError(f"item {item_id} is the last one in issue {issue.number}: an issue needs an item")
+        raise StateError(f"item {item_id} is the last one in {issues.label(issue)}: an issue needs an item")
     issue.entries.remove(entry)
     session.flush()
-    return issues.rerender(session, config, issue.number)
+    return issues.rerender(session, config, issue.id)
 
 
 def retitle(session: Session, config: Config, issue_id: int, title: str) -> issues.Composed:
@@ -72,7 +72,7 @@ def retitle(session: Session, config: Config, issue_id: int, title: str) -> issu
         raise InvalidInput("the title is empty: type a title")
     issue.title = cleaned[:300]
     session.flush()
-    return issues.rerender(session, config, issue.number)
+    return issues.rerender(session, config, issue.id)
 
 
 def warnings(session: Session, config: Config, issue: Issue, today: dt.date | None = None) -> list[str]:

@@ -44,7 +44,7 @@ def new() -> Any:
     title = request.form.get("title", "").strip() or None
     with state().services.session() as db:
         composed = issues.compose(db, state().config, title=title, item_ids=ids)
-        act(db, "issue.compose", f"issue {composed.issue.number} (id {composed.issue.id}) items {ids}")
+        act(db, "issue.compose", f"{issues.label(composed.issue)} items {ids}")
         issue_id = composed.issue.id
     return _back(issue_id)
 
@@ -67,8 +67,8 @@ def show(issue_id: int) -> Any:
 def frame(issue_id: int, lang: str) -> Any:
     """The stored rendering, for the sandboxed preview iframe."""
     with state().services.read_session() as db:
-        number = drafts.by_id(db, issue_id).number
-        shown = issues.preview(db, state().config, number, "html", lang if lang in ("ja", "en") else None)
+        issue = drafts.by_id(db, issue_id)
+        shown = issues.preview(db, state().config, issue.id, "html", lang if lang in ("ja", "en") else None)
     return shown, 200, {"Content-Security-Policy": FRAME_CSP, "X-Frame-Options": "SAMEORIGIN",
                         "Content-Type": "text/html; charset=utf-8"}
 
@@ -137,7 +137,7 @@ def confirm(issue_id: int) -> Any:
         issue = drafts.by_id(db, issue_id)
         when = schedule.parse_when(at, state().config.zone, utcnow()) if at else None
         return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
-                               audience=outbox.audience_count(db, issue))
+                               audience=issues.audience(db, issue))
 
 
 @bp.post("/<int:issue_id>/send")
@@ -149,11 +149,11 @@ def send(issue_id: int) -> Any:
         issue = drafts.by_id(db, issue_id)
         if at:
             when = schedule.parse_when(at, config.zone, utcnow())
-            schedule.schedule_send(db, issue, when)
-            act(db, "issue.schedule", f"issue {issue.number} (id {issue_id}) at {when.isoformat()}")
+            schedule.schedule_send(db, issue, when, config=config)
+            act(db, "issue.schedule", f"{issues.label(issue)} at {when.isoformat()}")
         else:
-            queued = outbox.send_issue(db, issue, config)
-            act(db, "issue.send", f"issue {issue.number} (id {issue_id}): {queued} messages queued")
+            queued = issues.start_sending(db, config, issue)
+            act(db, "issue.send", f"{issues.label(issue)}: {queued} messages queued")
     return _back(issue_id)
 
 
@@ -162,9 +162,10 @@ def send(issue_id: int) -> Any:
 def cancel(issue_id: int) -> Any:
     with state().services.session() as db:
         issue = drafts.by_id(db, issue_id)
-        stopped = schedule.cancel(db, issue)
-        act(db, "issue.cancel", f"issue {issue.number} (id {issue_id})"
-            + ("" if stopped is None else f": {stopped} queued messages stopped"))
+        done = issues.cancel(db, issue.id)
+        act(db, "issue.cancel", f"{issues.label(issue)}"
+            + (": a draft again" if done.unscheduled else
+               f": {done.sent} sent, {done.not_sent} queued messages stopped"))
     return _back(issue_id)
 
 
