@@ -46,6 +46,7 @@ class GeneralConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///mailmag.db"
+    busy_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class SmtpConfig:
     rate_per_hour: int = 0
     messages_per_connection: int = 1000
     file_dir: str = "outbox"
+    throttle_seconds: float = 30.0
+    retry_relay_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class DispatchConfig:
     lease_seconds: int = 300
     batch_size: int = 200
     max_lease_expiries: int = 3
+    refusals_to_stop: int = 5
+    database_retry_seconds: float = 1.0
+    database_max_retry_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
