@@ -71,6 +71,7 @@ class ComposeConfig:
     kind_order: list[str] = field(default_factory=lambda: ["meeting", "event", "exhibitors", "news"])
     wrap_width: int = 70
     html_size_limit_kb: int = 102
+    item_size_limit_kb: int = 100
 
 
 @dataclass(frozen=True)
