@@ -174,6 +174,7 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
             ),
+            "relay_waiting_since": issue.relay_waiting_since, "relay_error": issue.relay_error,
         }
     if as_json:
         print_json(document)
@@ -184,6 +185,9 @@ def status(app: AppContext, number: int, as_json: bool) -> None:
                f", dead {counts.dead}, cancelled {counts.cancelled}")
     if missed is not None and missed.outcome != "sent":
         click.echo(f"last timed send: {missed.outcome}: {missed.detail}")
+    if issue.relay_waiting_since is not None and issue.status == "sending":
+        click.echo(f"waiting for the relay since {local_time(issue.relay_waiting_since, app.config)}: "
+                   f"{issue.relay_error}")
 
 
 @group.command()
@@ -197,6 +201,18 @@ def cancel(app: AppContext, number: int) -> None:
         click.echo(f"issue {number} unscheduled; it is a draft again")
     else:
         click.echo(f"issue {number} cancelled; {stopped} queued messages will not be sent")
+
+
+@group.command()
+@click.argument("number", type=int)
+@click.option("--dead", is_flag=True, required=True,
+              help="Queue again the messages that went dead (their worker died while sending them).")
+@pass_app
+def retry(app: AppContext, number: int, dead: bool) -> None:
+    """Queue dead messages of an issue again; the worker sends them."""
+    with app.ready_services().session() as session:
+        requeued = outbox.retry_dead(session, issues.get(session, number), utcnow())
+    click.echo(f"issue {number}: {requeued} dead messages queued again; `mailmag worker` sends them")
 
 
 commands = [group]
