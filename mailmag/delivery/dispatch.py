@@ -311,6 +311,7 @@ class Dispatcher:
         self._relay_lock = threading.Lock()
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
+        self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
         """Send until stopped (or, with `once`, until nothing is due).
@@ -319,6 +320,7 @@ class Dispatcher:
         `once`) nothing could be sent because the relay was unreachable; every unsent claim
         has been handed back by then.
         """
+        self._once = once
         self.database.call(self._prime_hourly_limit)
         # One connection per thread for the `sent` results, held across messages, in a pool of its
         # own: sharing the services' pool, threads holding one each could wait forever for a
@@ -623,8 +625,9 @@ class Dispatcher:
             if self._relay_down:
                 return
             self._relay_down = True
-        log.error("sending stopped: %s; trying again every %s seconds", failure,
-                  self.services.config.smtp.retry_relay_seconds)
+        if not self._once:  # with --once the run ends, and says so in one line
+            log.error("sending stopped: %s; trying again every %s seconds", failure,
+                      self.services.config.smtp.retry_relay_seconds)
 
         def work() -> None:
             with self.services.session() as session:
