@@ -390,3 +390,23 @@ def test_a_full_mailbox_is_a_soft_bounce_and_an_unknown_user_a_hard_one(config, 
         assert kinds == ["hard", "soft"]
     finally:
         services.close()
+
+
+# -- 6. bounded work -----------------------------------------------------------------------
+
+
+def test_an_item_over_the_size_limit_is_refused_with_one_line_and_nothing_stored(mailmag: Mailmag, tmp_path):
+    mailmag.ok("orgs", "add", "chukeiren", "中国経済連合会")
+    body = tmp_path / "body.md"
+    body.write_text("本文です。" * 10_000, encoding="utf-8")  # 150 KB of UTF-8; the default limit is 100 KB
+    result = mailmag("items", "submit", "--org", "chukeiren", "--kind", "news", "--title", "長い記事",
+                     "--body-file", str(body))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: body is 146 KB; an item may hold at most 100 KB ([compose] item_size_limit_kb): "
+        "shorten it, or link to the full text"
+    )
+    assert mailmag.ok("items", "list", "--json").output.strip() == "[]"
+    body.write_text("本文です。" * 6_000, encoding="utf-8")  # 88 KB: accepted
+    mailmag.ok("items", "submit", "--org", "chukeiren", "--kind", "news", "--title", "長い記事",
+               "--body-file", str(body))

@@ -441,26 +441,30 @@ class Dispatcher:
             if delivery.id not in held:
                 continue
             try:
-                self._send_one(connection, owner, delivery)
+                throttled = self._send_one(connection, owner, delivery)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
-                if failure.code == 421:
-                    self._release(owner, [delivery])
-                    self._throttled()
-                    continue
                 self._release(owner, rest)
+                if failure.code == 421:
+                    self._throttled()
+                    return True
                 self._relay_unreachable(failure)
                 return False
             except MailmagError:
                 self._release(owner, rest)  # the relay or the configuration refuses: stop
                 raise
+            if throttled:  # 421: the rest of the batch goes to the other connections meanwhile
+                self._release(owner, batch[position + 1 :])
+                self._throttled()
+                return True
         return True
 
     def _held(self, owner: str, rest: list[outbox.Claimed]) -> set[int]:
         with self.services.session() as session:
             return outbox.held(session, [d.id for d in rest], owner)
 
-    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed) -> None:
-        """Send one delivery and record its result; raises TemporaryFailure when no session opened."""
+    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed) -> bool:
+        """Send one delivery and record its result; True after a 421. Raises TemporaryFailure
+        when no session could be opened (nothing was sent)."""
         skeleton = self.database.call(lambda: self.skeletons.get(delivery.issue_id, delivery.lang))
         recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
                                        delivery.message_id)
@@ -468,23 +472,22 @@ class Dispatcher:
             envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
         except InvalidInput as exc:  # e.g. a line break in a name: this recipient only
             self._fail(owner, delivery, PermanentFailure(0, f"cannot build the message: {exc}", blocked=True))
-            return
+            return False
         if not self.limiter.acquire(self.stop) or self.leases.running_out(owner):
             self._release(owner, [delivery])  # stopped, or the lease ran out while waiting: not sent
-            return
+            return False
         try:
             reply = connection.send(envelope_from, delivery.email, data)
         except TemporaryFailure as failure:
             if failure.no_session:
                 raise
             self._defer(owner, delivery, failure)
-            if failure.code == 421:
-                self._throttled()
-            return
+            return failure.code == 421
         except PermanentFailure as failure:
             self._fail(owner, delivery, failure)
-            return
+            return False
         self._sent(owner, delivery, reply.reply)
+        return False
 
     def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
         # Committed before this connection's next message; while the database is away, no next message.
@@ -615,7 +618,8 @@ class Dispatcher:
     # -- the relay's health ----------------------------------------------------------------------
 
     def _throttled(self) -> None:
-        """The relay said 421: one connection fewer for a while, and this one waits."""
+        """The relay said 421: one connection fewer for a while, and this one waits (its batch was
+        handed back for the others)."""
         self.throttle.refused()
         self.stop.wait(self.services.config.smtp.throttle_seconds)
 
