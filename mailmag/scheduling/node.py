@@ -31,8 +31,9 @@ from sqlalchemy.exc import DBAPIError
 
 from mailmag import db
 from mailmag.config import Config
-from mailmag.delivery.dispatch import DATABASE_AWAY, Dispatcher
+from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
+from mailmag.delivery.workstate import DATABASE_AWAY
 from mailmag.errors import ConfigError, DatabaseError, TransportError
 from mailmag.models import AutoSchedule, utcnow
 from mailmag.scheduling import jobs, window
