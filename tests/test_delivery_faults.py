@@ -410,3 +410,22 @@ def test_an_item_over_the_size_limit_is_refused_with_one_line_and_nothing_stored
     body.write_text("本文です。" * 6_000, encoding="utf-8")  # 88 KB: accepted
     mailmag.ok("items", "submit", "--org", "chukeiren", "--kind", "news", "--title", "長い記事",
                "--body-file", str(body))
+
+
+def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
+    from mailmag.delivery.workstate import Throttle
+
+    throttle = Throttle(3, pause=3600)
+    for _ in range(3):
+        throttle.refused()
+    assert throttle.limit == 1  # never below one
+    assert throttle.admits(0) and not throttle.admits(1)
+    throttle.accepted()  # as many accepted as connections open: one more
+    assert throttle.limit == 2
+    throttle.accepted()
+    throttle.accepted()
+    assert throttle.limit == 3
+    quiet = Throttle(2, pause=0.0)
+    quiet.refused()
+    # No 421 for `pause`: the connection left out comes back, even if its sibling sends nothing more.
+    assert quiet.admits(1)

@@ -154,7 +154,7 @@ class Dispatcher:
         self.stats = Stats()
         self.error: BaseException | None = None
         self.leases = Leases(config.dispatch.lease_seconds)
-        self.throttle = Throttle(self.concurrency)
+        self.throttle = Throttle(self.concurrency, config.smtp.throttle_seconds)
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
                                       config.dispatch.database_max_retry_seconds, self.stop)

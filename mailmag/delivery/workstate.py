@@ -57,20 +57,28 @@ class Leases:
 
 class Throttle:
     """Postfix's destination concurrency feedback: each 421 takes one connection away (never the
-    last); after as many accepted messages as connections are open, one comes back."""
+    last); after as many accepted messages as connections are open, one comes back. One comes
+    back too after `pause` seconds without a 421, so a connection left out never waits for
+    siblings that have nothing more to send."""
 
-    def __init__(self, most: int) -> None:
+    def __init__(self, most: int, pause: float) -> None:
         self.most = most
         self.limit = most
+        self.pause = pause
         self._credit = 0
+        self._changed = 0.0  # monotonic time of the last 421
         self._lock = threading.Lock()
 
     def admits(self, index: int) -> bool:
+        if index < self.limit:
+            return True
+        if time.monotonic() - self._changed >= self.pause:
+            self._grow("no 421 for a while")
         return index < self.limit
 
     def refused(self) -> None:
         with self._lock:
-            self._credit = 0
+            self._credit, self._changed = 0, time.monotonic()
             if self.limit > 1:
                 self.limit -= 1
                 log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
@@ -80,9 +88,15 @@ class Throttle:
             return
         with self._lock:
             self._credit += 1
-            if self._credit >= self.limit and self.limit < self.most:
-                self.limit, self._credit = self.limit + 1, 0
-                log.info("the relay accepts again: sending on %d connection(s)", self.limit)
+            enough = self._credit >= self.limit
+        if enough:
+            self._grow("the relay accepts again")
+
+    def _grow(self, why: str) -> None:
+        with self._lock:
+            if self.limit < self.most:
+                self.limit, self._credit, self._changed = self.limit + 1, 0, time.monotonic()
+                log.info("%s: sending on %d connection(s)", why, self.limit)
 
 
 class Refusals:
