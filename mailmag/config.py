@@ -81,6 +81,7 @@ class GeneralConfig:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = "sqlite:///mailmag.db"
+    busy_timeout_seconds: float = field(default=30.0, metadata=more_than(0))
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ComposeConfig:
     kind_order: list[str] = field(default_factory=lambda: ["meeting", "event", "exhibitors", "news"])
     wrap_width: int = field(default=70, metadata=at_least(20, 998))
     html_size_limit_kb: int = field(default=102, metadata=at_least(1))
+    item_size_limit_kb: int = field(default=100, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class SmtpConfig:
     messages_per_connection: int = field(default=1000, metadata=at_least(1))
     file_dir: str = "outbox"
     helo_name: str = ""
+    throttle_seconds: float = field(default=30.0, metadata=at_least(0))
+    retry_relay_seconds: float = field(default=60.0, metadata=more_than(0))
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,9 @@ class DispatchConfig:
     lease_seconds: int = field(default=300, metadata=at_least(1))
     batch_size: int = field(default=200, metadata=at_least(1))
     max_lease_expiries: int = field(default=3, metadata=at_least(1))
+    refusals_to_stop: int = field(default=5, metadata=at_least(1))
+    database_retry_seconds: float = field(default=1.0, metadata=more_than(0))
+    database_max_retry_seconds: float = field(default=30.0, metadata=more_than(0))
 
 
 @dataclass(frozen=True)

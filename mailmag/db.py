@@ -7,6 +7,7 @@ one is upgraded to head (GNU Mailman's `database/factory.py` does the same).
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,16 +26,16 @@ from mailmag.models import Base
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, pool_size: int | None = None) -> Engine:
-    """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout.
+def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0) -> Engine:
+    """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout (seconds).
 
     `pool_size`: exactly that many pooled connections, no overflow (for a caller whose threads
     each hold one at most); by default SQLAlchemy's pool of 5 plus 10 overflow.
     """
     pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **pool)
-        _configure_sqlite(engine)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pool)
+        _configure_sqlite(engine, busy_timeout)
         return engine
     return create_engine(url, pool_pre_ping=True, **pool)
 
@@ -44,7 +45,8 @@ def rowcount(result: Result[Any]) -> int:
     """Rows an INSERT, UPDATE or DELETE touched (Session.execute is typed as a plain Result)."""
     return cast(CursorResult[Any], result).rowcount
 
-def _configure_sqlite(engine: Engine) -> None:
+
+def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
@@ -52,7 +54,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -64,8 +66,13 @@ def _configure_sqlite(engine: Engine) -> None:
         # Work that only reads uses Services.read_session (DEFERRED): in WAL it never waits.
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         # Straight to the driver: a worker begins one transaction per message it sends, and
-        # exec_driver_sql's execution context costs more than the UPDATE that follows.
-        conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
+        # exec_driver_sql's execution context costs more than the UPDATE that follows. An error
+        # raised here bypasses SQLAlchemy's wrapping ("database is locked" after busy_timeout
+        # would escape every `except OperationalError`): wrap it as SQLAlchemy would.
+        try:
+            conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
+        except sqlite3.Error as exc:
+            raise OperationalError(f"BEGIN {mode}", None, exc) from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

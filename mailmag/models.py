@@ -199,6 +199,9 @@ class Issue(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     rendered_at: Mapped[dt.datetime | None]
     sent_at: Mapped[dt.datetime | None]  # when the send started (audience frozen)
+    # While a worker cannot reach the relay for this issue's deliveries: since when, and why.
+    relay_waiting_since: Mapped[dt.datetime | None]
+    relay_error: Mapped[str | None] = mapped_column(Text)
 
     entries: Mapped[list[IssueItem]] = relationship(
         back_populates="issue", order_by="IssueItem.position", cascade="all, delete-orphan"

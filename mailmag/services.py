@@ -28,7 +28,8 @@ class Services:
 
     @cached_property
     def engine(self) -> Engine:
-        return db.make_engine(self.config.database.url)
+        database = self.config.database
+        return db.make_engine(database.url, busy_timeout=database.busy_timeout_seconds)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -6,6 +6,7 @@
     server.fail_next("rcpt", 421, after=2)         # the third RCPT gets 421 (the server then hangs up)
     server.drop("after_data")                      # keep the next message, then close without a reply
     server.stall("rcpt")                           # say nothing: the client times out
+    server.delay("data_end", 0.3, times=None)      # answer every message 0.3 s after the dot
     server.messages, server.sessions, server.commands, server.port, server.smtp_config()
 
 Stages: "connect" (instead of the 220 banner), "ehlo", "mail", "rcpt", "data" (the DATA
@@ -59,6 +60,7 @@ class _Fault:
     after: int = 0  # let this many matching commands pass first
     address: str | None = None  # RCPT only: just this recipient
     stall: bool = False  # with reply None: say nothing and keep the connection open
+    delay: float = 0.0  # with reply None and no stall: wait this long, then answer as usual
 
 
 class _Handler:
@@ -268,6 +270,10 @@ class SmtpServer:
         """Say nothing at `stage` and keep the connection open, so the client times out."""
         self._add(_Fault(stage, None, times, after, stall=True))
 
+    def delay(self, stage: str, seconds: float, *, times: int | None = 1, after: int = 0) -> None:
+        """Wait `seconds` at `stage`, then go on as usual (a slow relay, not a broken one)."""
+        self._add(_Fault(stage, None, times, after, delay=seconds))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -315,6 +321,9 @@ class SmtpServer:
             return None
         if fault.reply is not None:
             return fault.reply
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+            return None
         if smtp.transport is not None and not fault.stall:
             smtp.transport.abort()  # no reply, no TLS goodbye: as if the cable were pulled
         if fault.stall:

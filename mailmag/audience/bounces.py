@@ -108,16 +108,25 @@ def suppress(session: Session, subscriber: Subscriber, reason: str) -> bool:
     return True
 
 
-def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure) -> None:
-    """A 5xx at RCPT or DATA during dispatch counts as a hard bounce: suppress the address."""
+def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure,
+                          config: Config | None = None) -> None:
+    """A refusal of the address during dispatch: a hard bounce suppresses it at once; a full
+    mailbox (`failure.kind` "mailbox", with `config`) counts as a soft bounce."""
     key = f"smtp:{delivery_id}"
     if _seen(session, key):
         return
     reply = " ".join(str(failure.reply).split())
-    session.add(BounceEvent(subscriber_id=subscriber_id, delivery_id=delivery_id, kind="hard",
-                            code=str(failure.code), diagnostic=reply[:1000], source_key=key))
+    soft = getattr(failure, "kind", "address") == "mailbox" and config is not None
+    event = BounceEvent(subscriber_id=subscriber_id, delivery_id=delivery_id, kind="soft" if soft else "hard",
+                        code=str(failure.code), diagnostic=reply[:1000], source_key=key)
+    session.add(event)
     subscriber = session.get(Subscriber, subscriber_id) if subscriber_id else None
-    if subscriber is not None:
+    if subscriber is None:
+        return
+    if soft and config is not None:
+        session.flush()
+        _soft(session, subscriber, event, config)
+    else:
         suppress(session, subscriber, f"rejected when sent: {failure.code} {reply}")
 
 

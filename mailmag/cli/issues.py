@@ -228,6 +228,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
             ),
+            "relay_waiting_since": issue.relay_waiting_since, "relay_error": issue.relay_error,
         }
     if as_json:
         print_json(document)
@@ -245,6 +246,9 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         click.echo(schedule.waiting_note(waiting, app.config))
     if missed is not None and missed.outcome != "sent":
         click.echo(f"last timed send: {missed.outcome}: {missed.detail}")
+    if issue.relay_waiting_since is not None and issue.status == "sending":
+        click.echo(f"waiting for the relay since {local_time(issue.relay_waiting_since, app.config)}: "
+                   f"{issue.relay_error}")
 
 
 @group.command()
@@ -276,6 +280,18 @@ def delete(app: AppContext, issue_id: int) -> None:
         issue = issues.delete(session, issue_id)
         count = len(issue.entries)
     click.echo(f"deleted draft issue {issue_id}; its {plural(count, 'item')} wait for the next issue")
+
+
+@group.command()
+@click.argument("number", type=int)
+@click.option("--dead", is_flag=True, required=True,
+              help="Queue again the messages that went dead (their worker died while sending them).")
+@pass_app
+def retry(app: AppContext, number: int, dead: bool) -> None:
+    """Queue dead messages of an issue again; the worker sends them."""
+    with app.ready_services().session() as session:
+        requeued = outbox.retry_dead(session, issues.get(session, number), utcnow())
+    click.echo(f"issue {number}: {requeued} dead messages queued again; `mailmag worker` sends them")
 
 
 commands = [group]

@@ -78,7 +78,8 @@ def submit(app: AppContext, org_code: str, kind: str, body_file: str | None, as_
     fields = _fields(body_file, **given)
     today = dates.today_in(app.config.zone)
     with app.ready_services().session() as session:
-        item = items.submit(session, org_code, kind, fields, channel="cli", today=today)
+        item = items.submit(session, org_code, kind, fields, channel="cli", today=today,
+                            limit_kb=app.config.compose.item_size_limit_kb)
         if as_json:
             print_json(as_dict(item))
         else:
@@ -93,7 +94,8 @@ def add(app: AppContext, files: tuple[str, ...], as_json: bool) -> None:
     """Submit items from Markdown FILES with TOML front matter (+++ … +++); one bad file stores none."""
     today = dates.today_in(app.config.zone)
     with app.ready_services().session() as session:
-        done = items.add_files(session, list(files), today=today)
+        done = items.add_files(session, list(files), today=today,
+                               limit_kb=app.config.compose.item_size_limit_kb)
         if as_json:
             print_json([as_dict(item) for item in done.items])
             return
@@ -162,7 +164,8 @@ def edit(app: AppContext, item_id: int, body_file: str | None, as_json: bool, **
         raise InvalidInput("nothing to change: give at least one field option (see --help)")
     today = dates.today_in(app.config.zone)
     with app.ready_services().session() as session:
-        item = items.update(session, items.get(session, item_id), fields, today=today)
+        item = items.update(session, items.get(session, item_id), fields, today=today,
+                            limit_kb=app.config.compose.item_size_limit_kb)
         if as_json:
             print_json(as_dict(item))
         else:

@@ -29,7 +29,10 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
                                 concurrency=concurrency, progress=progress)
         with _stop_on_signals(dispatcher):
             stats = dispatcher.run(once=once)
-    click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}")
+    lost = f", lost lease {stats.lost}" if stats.lost else ""
+    click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{lost}")
+    if stats.unreachable:
+        click.echo(f"warning: the relay could not be reached: {stats.unreachable}", err=True)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,9 @@ _OPTIONAL = {
     "exhibitors": ("date", "end_date", "venue", "url", "body"),
     "news": ("date", "url"),
 }
+# [compose] item_size_limit_kb's default: a body (or how to apply) larger than this is refused, so
+# composing stays quick (its cost grows with the text) and an issue stays readable.
+ITEM_SIZE_LIMIT_KB = 100
 _LINE_BREAKS = ("\r", "\n", "\v", "\f", "\x85", "\u2028", "\u2029")
 
 
@@ -114,8 +117,15 @@ def _one_line(attr: str, raw: Any) -> str:
     return value
 
 
-def _block(attr: str, raw: Any) -> str:
-    lines = text_ja.normalize(_text(attr, raw)).split("\n")
+def _block(attr: str, raw: Any, limit_kb: int) -> str:
+    text = _text(attr, raw)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit_kb * 1024:
+        raise InvalidInput(
+            f"{FIELD_NAMES[attr]} is {size / 1024:,.0f} KB; an item may hold at most {limit_kb} KB "
+            "([compose] item_size_limit_kb): shorten it, or link to the full text"
+        )
+    lines = text_ja.normalize(text).split("\n")
     return "\n".join(line.rstrip() for line in lines).strip("\n")
 
 
@@ -167,7 +177,8 @@ def _require(kind: str, missing: list[str]) -> None:
         )
 
 
-def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None) -> dict[str, Any]:
+def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None, *,
+          limit_kb: int = ITEM_SIZE_LIMIT_KB) -> dict[str, Any]:
     """Every model field of an item of `kind`, validated and normalized; InvalidInput names the problem."""
     kind = parse_kind(kind)
     given = {a: v for a, v in _resolve(fields).items() if not _is_empty(v)}
@@ -184,7 +195,7 @@ def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None) ->
         if attr in _ONE_LINE_LIMITS:
             values[attr] = _one_line(attr, raw)
         elif attr in _BLOCKS:
-            values[attr] = _block(attr, raw)
+            values[attr] = _block(attr, raw, limit_kb)
         elif attr == "url":
             values[attr] = parse_url(raw)
     values.update(_dates(given, today))
@@ -194,12 +205,13 @@ def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None) ->
 
 
 def submit(session: Session, org: Org | str, kind: str, fields: Mapping[str, Any],
-           channel: str = "cli", today: dt.date | None = None) -> Item:
+           channel: str = "cli", today: dt.date | None = None, *, limit_kb: int = ITEM_SIZE_LIMIT_KB) -> Item:
     """Store a new item as submitted; nothing is stored if any field is not acceptable."""
     if not isinstance(org, Org):
         org = orgs.get(session, org)
     kind = parse_kind(kind)
-    item = Item(org=org, kind=kind, status="submitted", channel=channel, **clean(kind, fields, today))
+    item = Item(org=org, kind=kind, status="submitted", channel=channel,
+                **clean(kind, fields, today, limit_kb=limit_kb))
     session.add(item)
     session.flush()
     return item
@@ -231,7 +243,8 @@ def _stored(item: Item) -> dict[str, Any]:
     return {attr: getattr(item, attr) for attr in FIELD_NAMES}
 
 
-def update(session: Session, item: Item, fields: Mapping[str, Any], today: dt.date | None = None) -> Item:
+def update(session: Session, item: Item, fields: Mapping[str, Any], today: dt.date | None = None, *,
+           limit_kb: int = ITEM_SIZE_LIMIT_KB) -> Item:
     """Change fields ('' clears one); an approved or rejected item goes back to submitted."""
     if item.status == "published":
         raise StateError(f"item {item.id} was published in an issue and can no longer be edited")
@@ -239,7 +252,7 @@ def update(session: Session, item: Item, fields: Mapping[str, Any], today: dt.da
     merged = {**_stored(item), **new}
     if isinstance(new.get("date"), str) and dates.is_range(new["date"]) and "end_date" not in new:
         merged.pop("end_date")  # the range given now replaces the stored end
-    for attr, value in clean(item.kind, merged, today).items():
+    for attr, value in clean(item.kind, merged, today, limit_kb=limit_kb).items():
         setattr(item, attr, value)
     if item.status in ("approved", "rejected"):
         item.status, item.reject_reason = "submitted", ""
@@ -346,13 +359,14 @@ def parse_file(path: str | Path) -> dict[str, Any]:
     return fields
 
 
-def _prepare(session: Session, path: str | Path, today: dt.date | None) -> tuple[Org, str, dict[str, Any]]:
+def _prepare(session: Session, path: str | Path, today: dt.date | None,
+             limit_kb: int) -> tuple[Org, str, dict[str, Any]]:
     fields = parse_file(path)
     org_code, kind = fields.pop("org", None), fields.pop("kind", None)
     if not isinstance(org_code, str) or not isinstance(kind, str):
         raise InvalidInput(f"{path}: the front matter needs org = \"CODE\" and kind = \"meeting|event|…\"")
     kind = parse_kind(kind)
-    return orgs.get(session, org_code), kind, clean(kind, fields, today)
+    return orgs.get(session, org_code), kind, clean(kind, fields, today, limit_kb=limit_kb)
 
 
 @dataclass(frozen=True)
@@ -363,7 +377,8 @@ class FilesAdded:
     already: list[tuple[str, Item]]
 
 
-def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | None = None) -> FilesAdded:
+def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | None = None, *,
+              limit_kb: int = ITEM_SIZE_LIMIT_KB) -> FilesAdded:
     """Store one item per file; every file is checked first, and one bad file stores nothing.
 
     A file whose item is already stored (same org, kind and every field, in any status) adds
@@ -372,7 +387,7 @@ def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | No
     prepared = []
     for path in paths:
         try:
-            prepared.append((str(path), *_prepare(session, path, today)))
+            prepared.append((str(path), *_prepare(session, path, today, limit_kb)))
         except MailmagError as exc:
             message = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}"
             raise type(exc)(message) from None

@@ -1,10 +1,27 @@
 """The worker: K threads, each with one persistent connection, draining the outbox.
 
-Each thread claims a batch (committed before any SMTP I/O), then per delivery: waits for
-the rate limiter, personalizes the frozen rendering, sends, and commits the result before
-the next message. So a crash can leave at most one message per connection in the
-ambiguous window (accepted by the relay, result not yet committed); its lease expires and
-it is sent again — at-least-once, as Postfix does.
+Each thread claims a batch under an owner of its own (committed before any SMTP I/O), then
+per delivery: waits for the rate limiter, personalizes the frozen rendering, sends, and
+commits the result before the next message. So a crash can leave at most one message per
+connection in the ambiguous window (accepted by the relay, result not yet committed); its
+lease expires and it is sent again — at-least-once, as Postfix does. What goes wrong, and
+what happens then:
+
+    4xx, or a dropped connection    that message is deferred; the connection reopens and
+                                    the batch goes on
+    421                             that message is deferred and its connection waits
+                                    [smtp] throttle_seconds; each 421 takes one connection
+                                    away, and they come back as messages are accepted
+    the relay cannot be reached     the batch goes back untouched; sending pauses for
+                                    [smtp] retry_relay_seconds (`--once`: the run ends), and
+                                    the issues show "waiting for the relay since …"
+    "relay access denied", or       the run stops with one line naming the problem; those
+      [dispatch] refusals_to_stop     messages go back to the queue, nobody is failed
+      refusals in a row that are
+      not the recipients' fault
+    the database away or locked     no new message until the result in hand is recorded;
+                                    tried again with backoff ([dispatch] database_retry_*)
+    a slow message                  a keeper thread renews the leases of every held claim
 """
 
 from __future__ import annotations
@@ -12,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
+import itertools
 import logging
 import os
 import socket
@@ -28,36 +47,49 @@ from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import (
+    ADDRESS,
+    MAILBOX,
+    MESSAGE,
+    POLICY,
+    RELAY,
     Connection,
     PermanentFailure,
     TemporaryFailure,
     Transport,
 )
-from mailmag.errors import InvalidInput, MailmagError, StateError
+from mailmag.delivery.workstate import DATABASE_AWAY, DatabaseGuard, Leases, Refusals, Throttle, reason
+from mailmag.errors import InvalidInput, MailmagError, StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
-# How often a sending thread asks which of its claimed rows it still holds (opt-outs, leases).
+# How often a sending thread asks which of its claimed rows it still holds (opt-outs).
 HELD_CHECK_SECONDS = 0.5
 
 
 @dataclasses.dataclass
 class Stats:
-    """What one run did, summed over its threads."""
+    """What one run did, summed over its threads.
+
+    `lost`: messages the relay accepted whose lease another worker had taken meanwhile (the
+    result was refused; the other worker may send it again). `unreachable`: why the relay
+    could not be reached, if it could not.
+    """
 
     sent: int = 0
     failed: int = 0
     deferred: int = 0
+    lost: int = 0
+    unreachable: str = ""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    def add(self, field: str) -> None:
+    def add(self, field: str, n: int = 1) -> None:
         with self.lock:
-            setattr(self, field, getattr(self, field) + 1)
+            setattr(self, field, getattr(self, field) + n)
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Skeletons:
@@ -123,31 +155,53 @@ class Dispatcher:
         self.stop = threading.Event()
         self.stats = Stats()
         self.error: BaseException | None = None
+        self.leases = Leases(config.dispatch.lease_seconds)
+        self.throttle = Throttle(self.concurrency, config.smtp.throttle_seconds)
+        self.refusals = Refusals(config.dispatch.refusals_to_stop)
+        self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
+                                      config.dispatch.database_max_retry_seconds, self.stop)
+        self._claims = itertools.count(1)
+        self._results = threading.local()
+        self._relay_lock = threading.Lock()
+        self._relay_down = False
+        self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
+        self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
         """Send until stopped (or, with `once`, until nothing is due).
 
-        Raises MailmagError when the relay refuses us or the configuration is wrong; every
-        unsent claim has been handed back by then.
+        Raises MailmagError when the relay refuses us, the configuration is wrong, or (with
+        `once`) nothing could be sent because the relay was unreachable; every unsent claim
+        has been handed back by then.
         """
-        self._prime_hourly_limit()
-        # One connection per thread for the `sent` results, held for a batch, in a pool of its
+        self._once = once
+        self.database.call(self._prime_hourly_limit)
+        # One connection per thread for the `sent` results, held across messages, in a pool of its
         # own: sharing the services' pool, threads holding one each could wait forever for a
         # second (a deferral's session) once there are more threads than that pool holds.
-        self.results_engine = db.make_engine(self.services.config.database.url, pool_size=self.concurrency)
+        self.results_engine = db.make_engine(self.services.config.database.url, pool_size=self.concurrency,
+                                             busy_timeout=self.services.config.database.busy_timeout_seconds)
         threads = [
-            threading.Thread(target=self._thread_main, args=(once, poll_seconds), name=f"send-{i}")
-            for i in range(self.concurrency)
+            threading.Thread(target=self._thread_main, args=(index, once, poll_seconds), name=f"send-{index}")
+            for index in range(self.concurrency)
         ]
+        keeper_stop = threading.Event()
+        keeper = threading.Thread(target=self._keep_leases, args=(keeper_stop,), name="lease-keeper")
         try:
+            keeper.start()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
         finally:
+            keeper_stop.set()
+            keeper.join()
             self.results_engine.dispose()
         if self.error is not None:
             raise self.error
+        if once and self.stats.unreachable and not self.stats.sent:
+            raise TransportError(f"nothing was sent: {self.stats.unreachable}; the messages wait in the "
+                                 "queue: run the worker again once the relay answers")
         return self.stats
 
     def _prime_hourly_limit(self) -> None:
@@ -156,7 +210,9 @@ class Dispatcher:
             with self.services.session() as session:
                 self.limiter.prime(outbox.sent_since(session, self.clock() - dt.timedelta(hours=1)))
 
-    def _thread_main(self, once: bool, poll_seconds: float) -> None:
+    # -- one sending thread --------------------------------------------------------------------
+
+    def _thread_main(self, index: int, once: bool, poll_seconds: float) -> None:
         connection = self.transport.connect()
         try:
             while not self.stop.is_set():
@@ -165,14 +221,27 @@ class Dispatcher:
                         return  # queued deliveries wait for the send window
                     self.stop.wait(poll_seconds)
                     continue
-                batch = self._claim()
+                if not self.throttle.admits(index):  # the relay wants fewer connections
+                    connection.close()
+                    if once and not self._anything_due():
+                        return
+                    self.stop.wait(self.services.config.smtp.throttle_seconds)
+                    continue
+                owner, batch = self._claim()
                 if not batch:
                     if once and not self._anything_due():
                         return
                     self.stop.wait(poll_seconds if not once else 0.2)
                     continue
-                self._send_batch(connection, batch)
-        except MailmagError as exc:  # the relay refuses us, or the configuration is wrong
+                try:
+                    reachable = self._send_batch(index, connection, owner, batch)
+                finally:
+                    self.leases.drop(owner)
+                if not reachable:
+                    if once:
+                        return
+                    self.stop.wait(self.services.config.smtp.retry_relay_seconds)
+        except MailmagError as exc:  # the relay refuses us, the configuration is wrong, the database is away
             self.error = exc
             self.stop.set()
         except BaseException as exc:  # a bug: stop everything, leave leases to expire
@@ -181,117 +250,278 @@ class Dispatcher:
             self.stop.set()
         finally:
             connection.close()
+            self._close_results()
 
-    def _claim(self) -> list[outbox.Claimed]:
+    def _claim(self) -> tuple[str, list[outbox.Claimed]]:
+        """A batch under an owner of its own: no other claim, of this worker or another, shares it."""
+        owner = f"{self.owner}:{next(self._claims)}"
         config = self.services.config.dispatch
-        now = self.clock()
-        with self.services.session() as session:
-            outbox.expire_leases(session, now, config.max_lease_expiries)
-            claimed = outbox.claim(session, self.owner, self.batch_size, now, config.lease_seconds)
-        with self.services.session() as session:
-            outbox.complete_issues(session)
-        return claimed
+
+        def work() -> list[outbox.Claimed]:
+            now = self.clock()
+            self.leases.hold(owner, time.monotonic())
+            with self.services.session() as session:
+                outbox.expire_leases(session, now, config.max_lease_expiries)
+                claimed = outbox.claim(session, owner, self.batch_size, now, config.lease_seconds)
+            with self.services.session() as session:
+                outbox.complete_issues(session)
+            return claimed
+
+        batch = self.database.call(work)
+        if not batch:
+            self.leases.drop(owner)
+        return owner, batch
 
     def _anything_due(self) -> bool:
-        with self.services.session() as session:
-            return outbox.due_count(session, self.clock()) > 0
+        def work() -> bool:
+            with self.services.session() as session:
+                return outbox.due_count(session, self.clock()) > 0
 
-    def _send_batch(self, connection: Connection, batch: list[outbox.Claimed]) -> None:
-        # The `sent` results go through a connection held for the whole batch: a pool checkout
-        # and an ORM session per message cost more than building and sending the message.
-        with self.results_engine.connect() as results:
-            if results.dialect.name == "postgresql":
-                # The result is one UPDATE: in autocommit it is its own transaction, durable when
-                # it returns, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
-                results.execution_options(isolation_level="AUTOCOMMIT")
-            self._send_each(connection, batch, results)
+        return self.database.call(work)
 
-    def _send_each(self, connection: Connection, batch: list[outbox.Claimed], results: DbConnection) -> None:
-        # A batch never outlives its lease: past the deadline another worker may take its rows.
-        deadline = time.monotonic() + self.services.config.dispatch.lease_seconds * 0.8
+    def _send_batch(self, index: int, connection: Connection, owner: str,
+                    batch: list[outbox.Claimed]) -> bool:
+        """Send a batch in id order; False when the relay could not be reached (the rest handed back)."""
         held, checked = {d.id for d in batch}, time.monotonic()
-        for index, delivery in enumerate(batch):
-            if self.stop.is_set() or time.monotonic() > deadline:
-                self._release(batch[index:])
-                return
+        for position, delivery in enumerate(batch):
+            rest = batch[position:]
+            if self.stop.is_set() or self.leases.running_out(owner) or not self.throttle.admits(index):
+                self._release(owner, rest)
+                return True
             if time.monotonic() - checked > HELD_CHECK_SECONDS:
                 # An opt-out (or a lost lease) takes a claimed row away: do not send it.
-                with self.services.session() as session:
-                    held = outbox.held(session, [d.id for d in batch[index:]], self.owner)
+                held = self.database.call(functools.partial(self._held, owner, rest))
                 checked = time.monotonic()
             if delivery.id not in held:
                 continue
             try:
-                renewed = self._send_one(connection, delivery, results, deadline)
+                throttled = self._send_one(connection, owner, delivery)
+            except TemporaryFailure as failure:  # no session could be opened: nothing was sent
+                self._release(owner, rest)
+                if failure.code == 421:
+                    self._throttled()
+                    return True
+                self._relay_unreachable(failure)
+                return False
             except MailmagError:
-                self._release(batch[index:])  # the relay or the configuration refuses: stop
+                self._release(owner, rest)  # the relay or the configuration refuses: stop
                 raise
-            if not renewed:
-                # 421 or a dropped connection: the rest of this batch waits for a new session.
-                self._release(batch[index + 1 :], delay=30)
-                return
+            if throttled:  # 421: the rest of the batch goes to the other connections meanwhile
+                self._release(owner, batch[position + 1 :])
+                self._throttled()
+                return True
+        return True
 
-    def _send_one(
-        self, connection: Connection, delivery: outbox.Claimed, results: DbConnection, deadline: float
-    ) -> bool:
-        """Send one delivery and commit its result; False when the connection must be renewed."""
-        skeleton = self.skeletons.get(delivery.issue_id, delivery.lang)
+    def _held(self, owner: str, rest: list[outbox.Claimed]) -> set[int]:
+        with self.services.session() as session:
+            return outbox.held(session, [d.id for d in rest], owner)
+
+    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed) -> bool:
+        """Send one delivery and record its result; True after a 421. Raises TemporaryFailure
+        when no session could be opened (nothing was sent)."""
+        skeleton = self.database.call(lambda: self.skeletons.get(delivery.issue_id, delivery.lang))
         recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
                                        delivery.message_id)
         try:
             envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
         except InvalidInput as exc:  # e.g. a line break in a name: this recipient only
-            self._fail(delivery, PermanentFailure(0, f"cannot build the message: {exc}", blocked=True))
-            return True
-        if not self.limiter.acquire(self.stop) or time.monotonic() > deadline:
-            self._release([delivery])  # stopped, or the lease ran out while waiting: not sent
-            return True
+            self._fail(owner, delivery, PermanentFailure(0, f"cannot build the message: {exc}", blocked=True))
+            return False
+        if not self.limiter.acquire(self.stop) or self.leases.running_out(owner):
+            self._release(owner, [delivery])  # stopped, or the lease ran out while waiting: not sent
+            return False
         try:
             reply = connection.send(envelope_from, delivery.email, data)
         except TemporaryFailure as failure:
-            self._defer(delivery, failure)
-            return not failure.reconnect
+            if failure.no_session:
+                raise
+            self._defer(owner, delivery, failure)
+            return failure.code == 421
         except PermanentFailure as failure:
-            self._fail(delivery, failure)
-            return True
-        with self.write_lock, results.begin():  # committed before this connection's next message
-            outbox.mark_sent(results, delivery.id, self.owner, reply.reply, self.clock())
+            self._fail(owner, delivery, failure)
+            return False
+        self._sent(owner, delivery, reply.reply)
+        return False
+
+    def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
+        # Committed before this connection's next message; while the database is away, no next message.
+        if not self.database.call(lambda: self._record_sent(owner, delivery.id, reply)):
+            self._lost(delivery)
+            return
         self.stats.add("sent")
+        self.throttle.accepted()
+        self.refusals.accepted()
+        if not self._relay_confirmed or self._relay_down:
+            self._relay_reached()
         if self.progress:
             self.progress(1)
-        return True
 
-    def _defer(self, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
+    def _record_sent(self, owner: str, delivery_id: int, reply: str) -> bool:
+        results = self._results_connection()
+        try:
+            with self.write_lock, results.begin():
+                return outbox.mark_sent(results, delivery_id, owner, reply, self.clock())
+        except DATABASE_AWAY:
+            self._close_results()  # a connection the server ended, or mid-transaction: a fresh one next time
+            raise
+
+    def _results_connection(self) -> DbConnection:
+        """This thread's connection for `sent` results: a pool checkout and an ORM session per
+        message cost more than building and sending the message."""
+        results = getattr(self._results, "connection", None)
+        if results is None:
+            results = self.results_engine.connect()
+            if results.dialect.name == "postgresql":
+                # The result is one UPDATE: in autocommit it is its own transaction, durable when
+                # it returns, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
+                results.execution_options(isolation_level="AUTOCOMMIT")
+            self._results.connection = results
+        return results
+
+    def _close_results(self) -> None:
+        results = getattr(self._results, "connection", None)
+        self._results.connection = None
+        if results is not None:
+            with contextlib.suppress(Exception):
+                results.invalidate()
+            with contextlib.suppress(Exception):
+                results.close()
+
+    def _lost(self, delivery: outbox.Claimed) -> None:
+        self.stats.add("lost")
+        log.warning("delivery %s: the relay accepted it, but its lease had passed to another worker; "
+                    "the result was not recorded (it may be sent twice)", delivery.id)
+
+    def _defer(self, owner: str, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
         reply = ("ambiguous: " if failure.ambiguous else "") + str(failure)
-        with self.services.session() as session:
-            if age >= retry.lifetime_seconds or (
-                failure.ambiguous and delivery.last_reply.startswith("ambiguous")
-            ):
-                outbox.mark_failed(session, delivery.id, self.owner, f"gave up: {reply}")
-                self.stats.add("failed")
-                return
-            if failure.ambiguous:
-                log.warning("delivery %s: connection lost after the final dot; retrying once", delivery.id)
-            at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-            outbox.mark_retry(session, delivery.id, self.owner, reply, at)
-        self.stats.add("deferred")
+        again = failure.ambiguous and delivery.last_reply.startswith("ambiguous")
+        give_up = age >= retry.lifetime_seconds or again
+        if failure.ambiguous and not give_up:
+            log.warning("delivery %s: connection lost after the final dot; retrying once", delivery.id)
 
-    def _fail(self, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
-        with self.services.session() as session:
-            if outbox.mark_failed(session, delivery.id, self.owner, str(failure)) and not failure.blocked:
-                bounces.record_smtp_rejection(session, delivery.id, delivery.subscriber_id, failure)
+        def work() -> bool:
+            with self.services.session() as session:
+                if give_up:
+                    return outbox.mark_failed(session, delivery.id, owner, f"gave up: {reply}")
+                at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
+                return outbox.mark_retry(session, delivery.id, owner, reply, at)
+
+        if not self.database.call(work):
+            self._lost(delivery)
+            return
+        self.stats.add("failed" if give_up else "deferred")
+
+    def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
+        if failure.kind == RELAY:
+            self._release(owner, [delivery])
+            raise TransportError(
+                f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
+                "[smtp] host, username and the relay's rules for this client, then run the worker again"
+            )
+        config = self.services.config
+
+        def work() -> bool:
+            with self.services.session() as session:
+                if not outbox.mark_failed(session, delivery.id, owner, str(failure)):
+                    return False
+                if failure.kind in (ADDRESS, MAILBOX):
+                    bounces.record_smtp_rejection(session, delivery.id, delivery.subscriber_id, failure,
+                                                  config)
+                return True
+
+        if not self.database.call(work):
+            self._lost(delivery)
+            return
         self.stats.add("failed")
         if self.progress:
             self.progress(1)
+        if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind):
+            self._refused_too_often(failure)
 
-    def _release(self, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:
+    def _refused_too_often(self, failure: PermanentFailure) -> None:
+        """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
+        ids = self.refusals.take()
+
+        def work() -> int:
+            with self.services.session() as session:
+                return outbox.hand_back_failed(session, ids, self.clock())
+
+        handed_back = self.database.call(work)
+        self.stats.add("failed", -handed_back)
+        raise TransportError(
+            f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
+            f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem; "
+            "those messages are queued again and nobody was marked bounced: fix it, then run the worker again"
+        )
+
+    def _release(self, owner: str, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:
+        if not deliveries:
+            return
         at = self.clock() + dt.timedelta(seconds=delay) if delay else None
-        with self.services.session() as session:
-            for delivery in deliveries:
-                outbox.release(session, delivery.id, self.owner, at)
+
+        def work() -> None:
+            with self.services.session() as session:
+                for delivery in deliveries:
+                    outbox.release(session, delivery.id, owner, at)
+
+        self.database.call(work)
+
+    # -- the relay's health ----------------------------------------------------------------------
+
+    def _throttled(self) -> None:
+        """The relay said 421: one connection fewer for a while, and this one waits (its batch was
+        handed back for the others)."""
+        self.throttle.refused()
+        self.stop.wait(self.services.config.smtp.throttle_seconds)
+
+    def _relay_unreachable(self, failure: TemporaryFailure) -> None:
+        self.stats.unreachable = str(failure)
+        with self._relay_lock:
+            if self._relay_down:
+                return
+            self._relay_down = True
+        if not self._once:  # with --once the run ends, and says so in one line
+            log.error("sending stopped: %s; trying again every %s seconds", failure,
+                      self.services.config.smtp.retry_relay_seconds)
+
+        def work() -> None:
+            with self.services.session() as session:
+                outbox.relay_unreachable(session, self.clock(), str(failure))
+
+        self.database.call(work)
+
+    def _relay_reached(self) -> None:
+        with self._relay_lock:
+            was_down, self._relay_down, self._relay_confirmed = self._relay_down, False, True
+        if was_down:
+            log.warning("sending resumed: the relay answers again")
+
+        def work() -> None:
+            with self.services.session() as session:
+                outbox.relay_reached(session)
+
+        self.database.call(work)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def _keep_leases(self, done: threading.Event) -> None:
+        """Renew every held claim's lease a few times per lease, so a slow message never loses it."""
+        lease = self.services.config.dispatch.lease_seconds
+        while not done.wait(lease / 4):
+            owners = self.leases.owners()
+            if not owners:
+                continue
+            started = time.monotonic()
+            try:
+                with self.write_lock, self.services.session() as session:
+                    outbox.renew_leases(session, owners, self.clock(), lease)
+            except DATABASE_AWAY as exc:  # the sending threads wait for the database; so do we
+                log.debug("leases not renewed: %s", reason(exc))
+                continue
+            self.leases.renewed(owners, started)
 
 
 def send_test(services: Services, transport: Transport, issue: Issue, addresses: list[str],

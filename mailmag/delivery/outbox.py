@@ -2,11 +2,16 @@
 
     queued ──claim──▶ sending (leased: owner + expiry) ──▶ sent | failed
        ▲                  │ 4xx / drop: back to queued with next_attempt_at later
-       └── lease expired ─┘ (after max_lease_expiries: dead, for an operator to look at)
+       └── lease expired ─┘ (the row in flight: after max_lease_expiries, dead)
     queued ──opt-out / issues cancel──▶ cancelled
+    dead ──issues retry N --dead──▶ queued
 
 Progress is always counted from row states, never from a cursor. A claim is committed
 before any SMTP I/O; a result is written only while its writer still holds the lease.
+Every claim has an owner of its own, and its rows are sent in id order, each result
+committed before the next message: so of a dead claim's rows still `sending`, only the
+lowest id can have been in flight. Only that row counts toward giving up; the others go
+back to the queue untouched. A live worker renews the leases of the claims it still holds.
 """
 
 from __future__ import annotations
@@ -138,22 +143,70 @@ def _insert_ignoring_duplicates(session: Session):
 
 
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
-    """Leases of dead workers expire: the row is queued again, or dead after too many."""
+    """Leases of dead workers expire and their rows are queued again; returns rows requeued.
+
+    Only the row that may have been in flight (the lowest id still `sending` of each expired
+    claim) counts toward `max_expiries`; after that many it is dead, for an operator to look at.
+    """
     expired = and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
-    dead = rowcount(session.execute(
+    first_of_each = select(func.min(Delivery.id)).where(expired).group_by(Delivery.lease_owner)
+    in_flight = list(session.scalars(first_of_each))
+    if not in_flight:
+        return 0
+    counted = and_(expired, Delivery.id.in_(in_flight))
+    session.execute(
         update(Delivery)
-        .where(expired, Delivery.lease_expiries + 1 >= max_expiries)
+        .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
         .values(status="dead", lease_owner=None, lease_expires_at=None,
                 lease_expiries=Delivery.lease_expiries + 1,
                 last_reply="lease expired too often: a worker died while sending it")
-    ))
-    requeued = rowcount(session.execute(
+    )
+    session.execute(
+        update(Delivery).where(counted).values(lease_expiries=Delivery.lease_expiries + 1)
+    )
+    return rowcount(session.execute(
         update(Delivery)
         .where(expired)
-        .values(status="queued", lease_owner=None, lease_expires_at=None,
-                lease_expiries=Delivery.lease_expiries + 1, next_attempt_at=now)
+        .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now)
     ))
-    return dead + requeued
+
+
+def renew_leases(db: Session | Connection, owners: list[str], now: dt.datetime, lease_seconds: int) -> int:
+    """A live worker keeps the claims it still holds: one statement for all of them."""
+    if not owners:
+        return 0
+    return rowcount(db.execute(
+        update(_DELIVERIES)
+        .where(_DELIVERIES.c.status == "sending", _DELIVERIES.c.lease_owner.in_(owners))
+        .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+    ))
+
+
+def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
+    """`issues retry N --dead`: dead deliveries go back to the queue, counted afresh.
+
+    A `sent` issue with dead rows opens again so workers take them; returns rows requeued.
+    """
+    requeued = rowcount(session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue.id, Delivery.status == "dead")
+        .values(status="queued", lease_expiries=0, next_attempt_at=now,
+                last_reply="requeued by an operator after: " + Delivery.last_reply)
+    ))
+    if requeued and issue.status == "sent":
+        issue.status = "sending"
+    return requeued
+
+
+def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> int:
+    """Rows failed by a refusal that turned out to be the relay's or the content's: queued again."""
+    if not ids:
+        return 0
+    return rowcount(session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(ids), Delivery.status == "failed")
+        .values(status="queued", next_attempt_at=now, attempts=Delivery.attempts - 1)
+    ))
 
 
 def claim(
@@ -377,3 +430,19 @@ def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[st
         .order_by(Delivery.id).limit(limit)
     )
     return [(email, status, reply) for email, status, reply in rows]
+
+
+def relay_unreachable(session: Session, since: dt.datetime, error: str) -> None:
+    """Issues being sent show that they wait for the relay, since the first failed attempt."""
+    session.execute(
+        update(Issue).where(Issue.status == "sending")
+        .values(relay_waiting_since=func.coalesce(Issue.relay_waiting_since, since), relay_error=error[:500])
+    )
+
+
+def relay_reached(session: Session) -> None:
+    """The relay answers again: no issue waits for it any more."""
+    session.execute(
+        update(Issue).where(Issue.relay_waiting_since.is_not(None))
+        .values(relay_waiting_since=None, relay_error=None)
+    )

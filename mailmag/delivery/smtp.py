@@ -6,9 +6,12 @@ are classified (the issue's table):
 
     421 anywhere                          TemporaryFailure(reconnect=True); the session is closed
     other 4xx                             TemporaryFailure; RSET, the session stays
-    5xx at RCPT, DATA or after the dot    PermanentFailure (blocked=True for 5.7.x policy refusals)
+    5xx at RCPT, DATA or after the dot    PermanentFailure, its `kind` from the enhanced status
+                                          code (RFC 3463, `transports.classify_refusal`)
     5xx at connect, EHLO, STARTTLS,       TransportError: the relay refuses *us*, so the run stops
       AUTH or MAIL FROM
+    no session (refused, timeout, 4xx     TemporaryFailure(no_session=True): nothing was sent
+      or drop before MAIL FROM)
     drop or timeout before the final dot  TemporaryFailure(reconnect=True)
     drop after the final dot              TemporaryFailure(ambiguous=True, reconnect=True)
 
@@ -32,19 +35,12 @@ import ssl
 
 from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
-from mailmag.delivery.transports import PermanentFailure, Sent, TemporaryFailure
+from mailmag.delivery.transports import LOCAL, PermanentFailure, Sent, TemporaryFailure
 from mailmag.errors import ConfigError, MailmagError, TransportError
 
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
 _LINE_DOT = re.compile(rb"\n\.")
 _HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
-
-
-def is_policy_refusal(reply: str) -> bool:
-    """True for an enhanced status code 5.7.x (policy, spam, reputation): not the address's fault."""
-    match = _ENHANCED.match(reply)
-    return match is not None and match.group(1) == "5" and match.group(2) == "7"
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
@@ -116,12 +112,19 @@ class SmtpConnection:
             self.close()
         reused = self._smtp is not None
         if not reused:
-            self.open()
+            self._open_for_send()
         try:
             return self._transaction(envelope_from, recipient, message, reused)
         except _Stale:
-            self.open()
+            self._open_for_send()
             return self._transaction(envelope_from, recipient, message, False)
+
+    def _open_for_send(self) -> None:
+        try:
+            self.open()
+        except TemporaryFailure as failure:
+            failure.no_session = True  # refused, timed out or 4xx before MAIL FROM: nothing was sent
+            raise
 
     def open(self) -> None:
         """Connect, EHLO, STARTTLS and AUTH as configured (send() calls this when needed)."""
@@ -224,7 +227,7 @@ class SmtpConnection:
                     f"sender {envelope_from}; write the domains in [sender] from and bounce_address as xn--…"
                 )
             raise PermanentFailure(0, f"the relay {self._where} does not accept non-ASCII addresses "
-                                   f"(SMTPUTF8) such as {recipient}")
+                                   f"(SMTPUTF8) such as {recipient}", kind=LOCAL)
         self._smtp.command_encoding = "utf-8"
         return " SMTPUTF8"
 
@@ -236,7 +239,7 @@ class SmtpConnection:
         self._reset()
         if code < 500:
             raise TemporaryFailure(code, reply)
-        raise PermanentFailure(code, reply, blocked=is_policy_refusal(reply))
+        raise PermanentFailure(code, reply)
 
     def _refused_sender(self, envelope_from: str, code: int, reply: str, size: int) -> None:
         if code == 421 or not 400 <= code < 600:

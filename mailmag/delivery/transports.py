@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -44,20 +45,58 @@ class DeliveryFailure(Exception):
 
 
 class TemporaryFailure(DeliveryFailure):
-    """Retry later. `ambiguous` when the connection dropped after the final dot."""
+    """Retry later. `ambiguous` when the connection dropped after the final dot; `no_session`
+    when no session could be opened (nothing of this message reached the relay)."""
 
-    def __init__(self, code: int, reply: str, *, ambiguous: bool = False, reconnect: bool = False):
+    def __init__(self, code: int, reply: str, *, ambiguous: bool = False, reconnect: bool = False,
+                 no_session: bool = False):
         super().__init__(code, reply)
         self.ambiguous = ambiguous
         self.reconnect = reconnect
+        self.no_session = no_session
+
+
+# Whose fault a permanent refusal is, from its enhanced status code (RFC 3463):
+ADDRESS = "address"  # 5.1.x, or a bare 550/551/553: the address is bad; a hard bounce
+MAILBOX = "mailbox"  # 5.2.2 mailbox full, 5.4.x routing: a soft bounce, counted
+MESSAGE = "message"  # 5.2.3/5.3.x/5.5.x/5.6.x, a bare 552/554: the content or the system
+POLICY = "policy"  # 5.7.x: the relay's or the receiver's policy about us
+RELAY = "relay"  # "relay access denied": the relay refuses to carry our mail at all
+LOCAL = "local"  # mailmag could not build the message for this recipient
+SUBSCRIBERS_FAULT = (ADDRESS, MAILBOX)
+_ENHANCED = re.compile(r"^\s*5\.(\d{1,3})\.(\d{1,3})\b")
+_RELAY_DENIED = re.compile(r"relay(ing)?\b.*\b(denied|not permitted|not allowed|prohibited)|"
+                           r"(not permitted|unable) to relay", re.IGNORECASE)
+
+
+def classify_refusal(code: int, reply: str) -> str:
+    """ADDRESS, MAILBOX, MESSAGE, POLICY or RELAY for a 5xx reply to RCPT, DATA or the final dot."""
+    match = _ENHANCED.match(reply)
+    if match is None:
+        return ADDRESS if code in (550, 551, 553) else MESSAGE
+    subject, detail = int(match.group(1)), int(match.group(2))
+    if subject == 7:
+        return RELAY if _RELAY_DENIED.search(reply) else POLICY
+    if subject == 1 or (subject == 2 and detail not in (2, 3)):
+        return ADDRESS
+    if subject == 4 or (subject, detail) == (2, 2):
+        return MAILBOX
+    if subject == 0:  # 5.0.0: undefined; the basic code decides
+        return ADDRESS if code in (550, 551, 553) else MESSAGE
+    return MESSAGE
 
 
 class PermanentFailure(DeliveryFailure):
-    """Do not retry this recipient. `blocked` for 5.7.x policy refusals (not the address's fault)."""
+    """Do not retry this message. `kind` says whose fault it is (see `classify_refusal`);
+    `blocked` is true when it is not the subscriber's."""
 
-    def __init__(self, code: int, reply: str, *, blocked: bool = False) -> None:
+    def __init__(self, code: int, reply: str, *, blocked: bool = False, kind: str | None = None) -> None:
         super().__init__(code, reply)
-        self.blocked = blocked
+        self.kind = kind or (LOCAL if blocked else classify_refusal(code, reply))
+
+    @property
+    def blocked(self) -> bool:
+        return self.kind not in SUBSCRIBERS_FAULT
 
 
 class Connection(Protocol):

@@ -28,13 +28,14 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from mailmag import db
 from mailmag.config import Config
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import ConfigError, TransportError
+from mailmag.delivery.workstate import DATABASE_AWAY
+from mailmag.errors import ConfigError, DatabaseError, TransportError
 from mailmag.models import AutoSchedule, utcnow
 from mailmag.scheduling import jobs, window
 from mailmag.scheduling.when import cron_trigger
@@ -43,7 +44,6 @@ from mailmag.services import Services
 log = logging.getLogger(__name__)
 
 JOB_TABLE = "apscheduler_jobs"
-RETRY_SECONDS = 60.0  # after the relay refused us or the database went away
 _node: Node | None = None
 
 
@@ -204,8 +204,9 @@ class Node:
                 if self.scheduler_enabled:
                     try:
                         self._tend_scheduler()
-                    except OperationalError as exc:  # the database is away: deliveries wait, so do we
-                        log.error("database error, trying again at the next poll: %s", exc.orig)
+                    except DATABASE_AWAY as exc:  # the database is away or locked: deliveries wait, so do we
+                        log.error("database error, trying again at the next poll: %s",
+                                  getattr(exc, "orig", exc))
                 self.stop.wait(self.services.config.schedule.poll_seconds)
         finally:
             self.stop.set()
@@ -289,9 +290,10 @@ class Node:
                     return
                 dispatcher.run(poll_seconds=min(2.0, config.schedule.poll_seconds))
                 return
-            except (TransportError, OperationalError) as exc:
-                log.error("%s; delivering again in %d seconds", exc, RETRY_SECONDS)
-                self.stop.wait(RETRY_SECONDS)
+            except (TransportError, DatabaseError, *DATABASE_AWAY) as exc:
+                pause = config.smtp.retry_relay_seconds
+                log.error("%s; delivering again in %s seconds", exc, pause)
+                self.stop.wait(pause)
             except BaseException as exc:
                 self.error = exc
                 self.stop.set()

@@ -79,7 +79,8 @@ def submit(token: str) -> Any:
         if missing:
             return _form(org, token, kind, 400, values=given, missing=missing)
         try:
-            item = items.submit(session, org, kind, given, channel="web")
+            item = items.submit(session, org, kind, given, channel="web",
+                                limit_kb=state().services.config.compose.item_size_limit_kb)
         except InvalidInput as exc:
             session.rollback()
             return _form(org, token, kind, 400, values=given, error=str(exc))

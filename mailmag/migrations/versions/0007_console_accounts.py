@@ -11,7 +11,7 @@ from alembic import op
 import mailmag.models
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,182 @@
+"""What a worker keeps track of while it sends: its leases, the relay's feedback, the database's health.
+
+Each is shared by the sending threads of one `Dispatcher` and guarded by its own lock; the
+common path (a message accepted, the database answering) takes no lock at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from mailmag.delivery.transports import POLICY
+from mailmag.errors import DatabaseError
+
+log = logging.getLogger("mailmag.delivery.dispatch")  # one logger for everything the worker says
+# Errors that mean "the database is away or locked", not "this statement is wrong".
+DATABASE_AWAY = (OperationalError, InterfaceError, sqlite3.OperationalError)
+T = TypeVar("T")
+
+
+class Leases:
+    """The claims this worker holds, and when each lease was last set (monotonic seconds)."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+        self._set_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, owner: str, at: float) -> None:
+        with self._lock:
+            self._set_at[owner] = at
+
+    def drop(self, owner: str) -> None:
+        with self._lock:
+            self._set_at.pop(owner, None)
+
+    def owners(self) -> list[str]:
+        with self._lock:
+            return list(self._set_at)
+
+    def renewed(self, owners: list[str], at: float) -> None:
+        with self._lock:
+            for owner in owners:
+                if owner in self._set_at:
+                    self._set_at[owner] = at
+
+    def running_out(self, owner: str) -> bool:
+        """True when the lease may end before the next message is done: stop using it."""
+        return time.monotonic() > self._set_at.get(owner, 0.0) + self.lease_seconds * 0.8
+
+
+class Throttle:
+    """Postfix's destination concurrency feedback: each 421 takes one connection away (never the
+    last); after as many accepted messages as connections are open, one comes back. One comes
+    back too after `pause` seconds without a 421, so a connection left out never waits for
+    siblings that have nothing more to send."""
+
+    def __init__(self, most: int, pause: float) -> None:
+        self.most = most
+        self.limit = most
+        self.pause = pause
+        self._credit = 0
+        self._changed = 0.0  # monotonic time of the last 421
+        self._lock = threading.Lock()
+
+    def admits(self, index: int) -> bool:
+        if index < self.limit:
+            return True
+        if time.monotonic() - self._changed >= self.pause:
+            self._grow("no 421 for a while")
+        return index < self.limit
+
+    def refused(self) -> None:
+        with self._lock:
+            self._credit, self._changed = 0, time.monotonic()
+            if self.limit > 1:
+                self.limit -= 1
+                log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
+
+    def accepted(self) -> None:
+        if self.limit >= self.most:  # the common case, without the lock
+            return
+        with self._lock:
+            self._credit += 1
+            enough = self._credit >= self.limit
+        if enough:
+            self._grow("the relay accepts again")
+
+    def _grow(self, why: str) -> None:
+        with self._lock:
+            if self.limit < self.most:
+                self.limit, self._credit, self._changed = self.limit + 1, 0, time.monotonic()
+                log.info("%s: sending on %d connection(s)", why, self.limit)
+
+
+class Refusals:
+    """Refusals in a row that are not the recipients' fault; too many mean the content or the
+    relay is the problem. Policy refusals (5.7.x) count once per recipient domain."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.tripped = False
+        self._ids: list[int] = []
+        self._messages = 0
+        self._domains: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, delivery_id: int, email: str, kind: str) -> bool:
+        """Count one; True once the run must stop (and for every refusal after that)."""
+        with self._lock:
+            self._ids.append(delivery_id)
+            if kind == POLICY:
+                self._domains.add(email.rpartition("@")[2].lower())
+            else:
+                self._messages += 1
+            if self._messages + len(self._domains) >= self.limit:
+                self.tripped = True
+            return self.tripped
+
+    def accepted(self) -> None:
+        if self._ids and not self.tripped:
+            with self._lock:
+                self._ids, self._messages, self._domains = [], 0, set()
+
+    def take(self) -> list[int]:
+        """The rows refused in this streak, to hand back (each is taken once)."""
+        with self._lock:
+            ids, self._ids = self._ids, []
+            return ids
+
+
+class DatabaseGuard:
+    """Runs database work for the sending threads; while the database is away or locked, waits
+    with backoff and tries again. One log line when it goes away, one when it is back."""
+
+    def __init__(self, first: float, most: float, stop: threading.Event) -> None:
+        self.first, self.most, self.stop = max(first, 0.01), max(most, first), stop
+        self.away = False
+        self._lock = threading.Lock()
+
+    def call(self, work: Callable[[], T]) -> T:
+        delay = self.first
+        while True:
+            try:
+                result = work()
+            except DATABASE_AWAY as exc:
+                self._went_away(exc)
+                if self.stop.wait(delay):
+                    raise DatabaseError(
+                        f"stopped while the database was unavailable ({reason(exc)}); a message "
+                        "whose result could not be recorded is sent again when its lease expires"
+                    ) from exc
+                delay = min(delay * 2, self.most)
+                continue
+            if self.away:
+                self._came_back()
+            return result
+
+    def _went_away(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self.away:
+                self.away = True
+                log.error("database unavailable (%s): sending paused until results can be recorded",
+                          reason(exc))
+
+    def _came_back(self) -> None:
+        with self._lock:
+            if self.away:
+                self.away = False
+                log.warning("database available again: results recorded, sending resumed")
+
+
+def reason(exc: BaseException) -> str:
+    """The driver's message of a database error, on one line."""
+    original = getattr(exc, "orig", None) or exc
+    return " ".join(str(original).split())[:300]

@@ -1,0 +1,431 @@
+"""Nothing lost, nothing doubled, whatever fails: killed workers, the database, the relay.
+
+Real parts only: the aiosmtpd server of tests/smtp_server.py with its faults, real worker
+processes killed with SIGKILL, a second SQLite connection holding the write lock, PostgreSQL
+backends ended with pg_terminate_backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import SECRET, Mailmag
+from sqlalchemy import func, select, update
+from test_dispatch import counts, prepare_send
+from test_worker_process import _reap_workers, start_worker, wait_for  # noqa: F401 - the fixture reaps workers
+
+from mailmag import db
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
+from mailmag.config import DatabaseConfig, DispatchConfig, RetryConfig, load_config
+from mailmag.delivery import outbox
+from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.transports import make_transport
+from mailmag.errors import TransportError
+from mailmag.models import BounceEvent, Delivery, Issue, Subscriber, utcnow
+from mailmag.services import Services
+
+EVERYONE = [f"user{i}@example.jp" for i in range(40)]
+
+
+def make_services(config, smtp_server, *, dispatch: DispatchConfig | None = None,  # type: ignore[no-untyped-def]
+                  database: DatabaseConfig | None = None, **smtp) -> Services:
+    settings = {"rate_per_second": 0.0, "throttle_seconds": 0.1, "retry_relay_seconds": 0.2, **smtp}
+    config = smtp_server.configure(config, **settings).replace(
+        dispatch=dispatch or DispatchConfig(),
+        database=database or config.database,
+        retry=RetryConfig(backoff_seconds=1, max_backoff_seconds=2),
+    )
+    services = Services(config)
+    db.init_db(services.engine)
+    return services
+
+
+def run_once(services: Services, *, concurrency: int = 2, clock=utcnow) -> Dispatcher:  # type: ignore[no-untyped-def]
+    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=concurrency, clock=clock)
+    dispatcher.run(once=True)
+    return dispatcher
+
+
+def subscriber_states(services: Services) -> set[str]:
+    with services.session() as session:
+        return set(session.scalars(select(Subscriber.status)))
+
+
+# -- 1. crashes do not turn unsent rows into give-ups ------------------------------------------
+
+
+def write_config(path: Path, db_url: str, port: int) -> Path:
+    path.write_text(
+        f'[mailmag]\nbase_url = "https://news.example.jp"\n'
+        f'[database]\nurl = "{db_url}"\n'
+        f'[smtp]\ntransport = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+        f"rate_per_second = 0.0\ntimeout_seconds = 30.0\n"
+        f"[dispatch]\nlease_seconds = 1\nbatch_size = 100\nmax_lease_expiries = 3\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_worker_killed_three_times_holding_its_batch_leaves_nobody_dead(tmp_path, db_url, smtp_server):
+    config = write_config(tmp_path / "mailmag.toml", db_url, smtp_server.port)
+    services = Services(load_config(config, env={"MAILMAG_SECRET_KEY": SECRET}))
+    db.init_db(services.engine)
+    try:
+        issue = prepare_send(services, 30)
+        smtp_server.delay("data_end", 0.15, times=None)  # a slow relay: the kill lands mid-batch
+        for _ in range(3):
+            before = len(smtp_server.messages)
+            worker = start_worker(config, "--once", "--concurrency", "1")
+            wait_for(lambda before=before: len(smtp_server.messages) >= before + 2)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            time.sleep(1.2)  # its lease (1 s) expires
+        done = start_worker(config, "--once", "--concurrency", "1")
+        _, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err
+        c = counts(services, issue)
+        assert (c.sent, c.dead, c.pending, c.failed) == (30, 0, 0, 0)
+        recipients = smtp_server.recipients()
+        assert sorted(set(recipients)) == sorted(EVERYONE[:30])
+        assert len(recipients) - 30 <= 3  # at most the message in flight at each kill went twice
+        with services.session() as session:
+            assert session.scalar(select(func.sum(Delivery.lease_expiries))) <= 3
+    finally:
+        services.close()
+
+
+def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_file):
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        issue = prepare_send(services, 4)
+        with services.session() as session:
+            session.execute(update(Delivery).where(Delivery.id <= 3).values(
+                status="dead", lease_expiries=3, last_reply="lease expired too often"))
+            session.execute(update(Delivery).where(Delivery.id == 4).values(status="sent"))
+            assert outbox.complete_issues(session) == [1]
+        out = mailmag.ok("issues", "retry", "1", "--dead").output
+        assert out.strip() == "issue 1: 3 dead messages queued again; `mailmag worker` sends them"
+        c = counts(services, issue)
+        assert (c.queued, c.dead, c.sent) == (3, 0, 1)
+        mailmag.ok("worker", "--once")
+        assert counts(services, issue).sent == 4
+        with services.session() as session:
+            assert session.get(Issue, issue.id).status == "sent"
+    finally:
+        services.close()
+
+
+# -- 2. the database going away pauses sending; nothing lost, nothing doubled -------------------
+
+
+def _pg_app_url(db_url: str) -> tuple[str, str]:
+    name = f"mmfault{uuid.uuid4().hex[:10]}"
+    return f"{db_url}&application_name={name}", name
+
+
+def test_the_database_going_away_mid_run_pauses_sending_and_doubles_nothing(
+    config, smtp_server, db_url, caplog
+):
+    url, app_name = _pg_app_url(db_url) if db_url.startswith("postgresql") else (db_url, "")
+    services = make_services(
+        config, smtp_server, database=DatabaseConfig(url=url, busy_timeout_seconds=0.3),
+        dispatch=DispatchConfig(database_retry_seconds=0.2, database_max_retry_seconds=0.5),
+    )
+    issue = prepare_send(services, 12)
+    original_store = smtp_server._store
+    holder: list[sqlite3.Connection] = []
+
+    def store_then_lose_the_database(*args):  # type: ignore[no-untyped-def]
+        number = original_store(*args)
+        if number == 4:  # the relay has message 4; the worker is about to record it
+            if app_name:
+                import psycopg
+
+                with psycopg.connect("host=127.0.0.1 user=postgres dbname=test", autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                  " WHERE application_name = %s", (app_name,))
+            else:
+                lock = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None,
+                                       check_same_thread=False)
+                lock.execute("BEGIN IMMEDIATE")  # a backup or another process holds the write lock
+                holder.append(lock)
+                threading.Timer(2.0, lambda: (lock.execute("ROLLBACK"), lock.close())).start()
+        return number
+
+    smtp_server._store = store_then_lose_the_database
+    caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
+    try:
+        dispatcher = run_once(services, concurrency=1)
+        assert dispatcher.stats.sent == 12
+        assert sorted(smtp_server.recipients()) == sorted(EVERYONE[:12])  # nobody twice
+        c = counts(services, issue)
+        assert (c.sent, c.pending, c.failed, c.dead) == (12, 0, 0, 0)
+        if not app_name:  # the lock outlives several retries: one line when it goes, one when it is back
+            lines = [r.getMessage() for r in caplog.records]
+            assert sum("database unavailable" in line for line in lines) == 1
+            assert sum("database available again" in line for line in lines) == 1
+    finally:
+        services.close()
+
+
+# -- 3. a lease never runs out under a live worker ------------------------------------------
+
+
+def test_a_slow_message_keeps_its_lease_and_no_sibling_sends_it_again(config, smtp_server):
+    services = make_services(config, smtp_server, timeout_seconds=20.0,
+                             dispatch=DispatchConfig(lease_seconds=2, batch_size=3))
+    issue = prepare_send(services, 30)
+    smtp_server.delay("rcpt", 5.0)  # the first message stalls 5 s at RCPT: longer than the lease
+    smtp_server.delay("data_end", 0.1, times=None)  # the other thread is still busy by then
+    try:
+        dispatcher = run_once(services, concurrency=2)
+        recipients = smtp_server.recipients()
+        assert sorted(recipients) == sorted(EVERYONE[:30])  # each exactly once
+        assert (dispatcher.stats.sent, dispatcher.stats.lost) == (30, 0)
+        c = counts(services, issue)
+        assert (c.sent, c.dead, c.pending) == (30, 0, 0)
+        with services.session() as session:
+            assert session.scalar(select(func.sum(Delivery.lease_expiries))) == 0
+    finally:
+        services.close()
+
+
+def test_a_result_refused_because_the_lease_is_gone_is_counted_and_logged(config, smtp_server, caplog):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 3)
+    original_store = smtp_server._store
+
+    def store_then_take_the_lease(*args):  # type: ignore[no-untyped-def]
+        number = original_store(*args)
+        if number == 1:  # as if another worker had taken the row over meanwhile
+            engine = db.make_engine(services.config.database.url)
+            with engine.begin() as conn:
+                conn.execute(update(Delivery).where(Delivery.id == 1).values(lease_owner="someone-else"))
+            engine.dispose()
+        return number
+
+    smtp_server._store = store_then_take_the_lease
+    caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
+    try:
+        dispatcher = Dispatcher(services, make_transport(services.config), concurrency=1)
+        dispatcher.run(once=True)
+        assert (dispatcher.stats.sent, dispatcher.stats.lost) == (2, 1)
+        assert any("lease had passed to another worker" in r.getMessage() for r in caplog.records)
+        c = counts(services, issue)
+        assert (c.sent, c.sending) == (2, 1)  # the row stays with its new owner
+    finally:
+        services.close()
+
+
+# -- 4. one bad connection does not stall the run -------------------------------------------
+
+
+def test_a_fault_mix_defers_only_the_messages_it_hit(config, smtp_server):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 40)
+    for address in EVERYONE[0:3]:
+        smtp_server.fail_rcpt(address, 550, "5.1.1 no such user")
+    for address in EVERYONE[3:7]:
+        smtp_server.fail_rcpt(address, 451, "4.3.0 try again later", times=2)
+    for after in (5, 11, 17, 23):
+        smtp_server.drop("data_end", after=after)  # dropped before the reply: the relay kept nothing
+    smtp_server.fail_next("rcpt", 421, "4.7.0 too busy, closing", after=20)
+    start = utcnow()
+    try:
+        run_once(services, clock=lambda: start)  # the clock stands still: no retry is due yet
+        first = counts(services, issue)
+        # Only the messages hit were deferred (4 × 451, 4 drops, one 421); the rest went out at once.
+        assert (first.sent, first.failed, first.queued) == (28, 3, 9)
+        for round_ in range(1, 5):
+            later = start + dt.timedelta(seconds=10 * round_)
+            run_once(services, clock=lambda later=later: later)
+        final = counts(services, issue)
+        assert (final.sent, final.failed, final.pending, final.dead) == (37, 3, 0, 0)
+        recipients = smtp_server.recipients()
+        assert sorted(recipients) == sorted(EVERYONE[3:40])  # each once; no 550 address
+    finally:
+        services.close()
+
+
+def test_a_relay_that_refuses_to_relay_for_us_stops_the_run_and_fails_nobody(config, smtp_server):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 6)
+    smtp_server.fail_next("rcpt", 554, "5.7.1 <user0@example.jp>: Relay access denied", times=None)
+    try:
+        with pytest.raises(TransportError, match="refuses to relay our mail"):
+            run_once(services)
+        c = counts(services, issue)
+        assert (c.queued, c.sending, c.failed) == (6, 0, 0)
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
+def test_the_relay_unreachable_then_back_logs_once_each_way_and_sends_everything(config, smtp_server, caplog):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 8)
+    smtp_server.drop("connect", times=3)  # no banner: the relay cannot be reached, three times
+    caplog.set_level(logging.INFO, logger="mailmag.delivery.dispatch")
+    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=1)
+    thread = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.1})
+    thread.start()
+    try:
+        wait_for(lambda: counts(services, issue).sent == 8)
+        dispatcher.stop.set()
+        thread.join()
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum(line.startswith("sending stopped") for line in lines) == 1
+        assert sum(line.startswith("sending resumed") for line in lines) == 1
+        assert sorted(smtp_server.recipients()) == sorted(EVERYONE[:8])
+        with services.session() as session:
+            assert session.scalar(select(Issue.relay_waiting_since)) is None
+            assert set(session.scalars(select(Delivery.attempts))) == {1}  # the outage cost no attempt
+    finally:
+        dispatcher.stop.set()
+        thread.join()
+        services.close()
+
+
+def test_worker_once_fails_with_one_line_when_the_relay_is_unreachable(mailmag: Mailmag, config_file):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = config_file.read_text().replace(
+        'transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"')
+    config_file.write_text(text)
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        issue = prepare_send(services, 3)
+        result = mailmag("worker", "--once")
+        assert result.exit_code == 1
+        assert result.stderr.count("\n") == 1 and "nothing was sent" in result.stderr
+        assert "Traceback" not in result.stderr
+        c = counts(services, issue)
+        assert (c.queued, c.failed, c.sending) == (3, 0, 0)
+        with services.session() as session:
+            assert set(session.scalars(select(Delivery.attempts))) == {0}
+        status = mailmag.ok("issues", "status", "1").output
+        assert "waiting for the relay since" in status
+    finally:
+        services.close()
+
+
+# -- 5. the content's fault is not the subscriber's -------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "reply", "kind"), [
+    (550, "5.1.1 no such user", "address"),
+    (550, "no such user here", "address"),
+    (552, "5.2.2 mailbox full", "mailbox"),
+    (554, "5.6.0 content rejected", "message"),
+    (552, "5.3.4 message too big for system", "message"),
+    (552, "5.2.3 message length exceeds administrative limit", "message"),
+    (554, "5.7.1 message rejected as spam", "policy"),
+    (554, "5.7.1 <a@example.jp>: Relay access denied", "relay"),
+])
+def test_refusals_are_classified_by_their_enhanced_status_code(code, reply, kind):
+    from mailmag.delivery.transports import classify_refusal
+
+    assert classify_refusal(code, reply) == kind
+
+
+def test_content_refusals_stop_the_run_and_leave_the_subscribers_alone(config, smtp_server):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 20)
+    smtp_server.fail_next("data_end", 554, "5.6.0 content rejected", times=None)
+    try:
+        with pytest.raises(TransportError, match="content or the relay's policy is the problem"):
+            run_once(services)
+        c = counts(services, issue)
+        assert (c.queued, c.sending, c.failed, c.sent) == (20, 0, 0, 0)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+    finally:
+        services.close()
+
+
+def test_policy_refusals_from_many_domains_stop_the_run(config, smtp_server):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 0)
+    with services.session() as session:
+        for i in range(8):
+            subscribers.add(session, subscribers.parse_address(f"reader@d{i}.example.jp"), Consent("cli"))
+        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    smtp_server.fail_next("rcpt", 550, "5.7.1 sender IP on a block list", times=None)
+    try:
+        with pytest.raises(TransportError, match="not the recipients'"):
+            run_once(services)
+        c = counts(services, issue)
+        assert (c.queued, c.failed) == (8, 0)
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
+def test_a_full_mailbox_is_a_soft_bounce_and_an_unknown_user_a_hard_one(config, smtp_server):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 3)
+    smtp_server.fail_rcpt("user0@example.jp", 550, "5.1.1 no such user")
+    smtp_server.fail_rcpt("user1@example.jp", 552, "5.2.2 mailbox full")
+    try:
+        run_once(services)
+        c = counts(services, issue)
+        assert (c.sent, c.failed) == (1, 2)
+        with services.session() as session:
+            status = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
+            kinds = sorted(session.scalars(select(BounceEvent.kind)))
+        assert status == {"user0@example.jp": "bounced", "user1@example.jp": "active",
+                          "user2@example.jp": "active"}
+        assert kinds == ["hard", "soft"]
+    finally:
+        services.close()
+
+
+# -- 6. bounded work -----------------------------------------------------------------------
+
+
+def test_an_item_over_the_size_limit_is_refused_with_one_line_and_nothing_stored(mailmag: Mailmag, tmp_path):
+    mailmag.ok("orgs", "add", "chukeiren", "中国経済連合会")
+    body = tmp_path / "body.md"
+    body.write_text("本文です。" * 10_000, encoding="utf-8")  # 150 KB of UTF-8; the default limit is 100 KB
+    result = mailmag("items", "submit", "--org", "chukeiren", "--kind", "news", "--title", "長い記事",
+                     "--body-file", str(body))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: body is 146 KB; an item may hold at most 100 KB ([compose] item_size_limit_kb): "
+        "shorten it, or link to the full text"
+    )
+    assert mailmag.ok("items", "list", "--json").output.strip() == "[]"
+    body.write_text("本文です。" * 6_000, encoding="utf-8")  # 88 KB: accepted
+    mailmag.ok("items", "submit", "--org", "chukeiren", "--kind", "news", "--title", "長い記事",
+               "--body-file", str(body))
+
+
+def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
+    from mailmag.delivery.workstate import Throttle
+
+    throttle = Throttle(3, pause=3600)
+    for _ in range(3):
+        throttle.refused()
+    assert throttle.limit == 1  # never below one
+    assert throttle.admits(0) and not throttle.admits(1)
+    throttle.accepted()  # as many accepted as connections open: one more
+    assert throttle.limit == 2
+    throttle.accepted()
+    throttle.accepted()
+    assert throttle.limit == 3
+    quiet = Throttle(2, pause=0.0)
+    quiet.refused()
+    # No 421 for `pause`: the connection left out comes back, even if its sibling sends nothing more.
+    assert quiet.admits(1)
