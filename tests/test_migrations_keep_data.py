@@ -11,18 +11,20 @@ ROWS = [
     "INSERT INTO orgs (id, code, name, short_name, contact, token_version, created_at) "
     "VALUES (1, 'cef', '中国経済連合会', '中経連', 'a@example.jp', 1, CURRENT_TIMESTAMP)",
     "INSERT INTO items (id, org_id, kind, title, body, time_text, venue, url, fee, event_name, how_to_apply, "
-    "status, reject_reason, channel, created_at, updated_at) VALUES (1, 1, 'news', '会議報告', '本文', '', '', "
-    "'', '', '', '', 'published', '', 'cli', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
-    "INSERT INTO issues (id, number, title, status, created_at) VALUES (1, 1, '第1号', 'sending', CURRENT_TIMESTAMP)",
-    "INSERT INTO issues (id, number, title, status, created_at) VALUES (2, 2, '第2号', 'draft', CURRENT_TIMESTAMP)",
+    "status, reject_reason, channel, created_at, updated_at) VALUES (1, 1, 'news', '会議報告', "
+    "'本文', '', '', '', '', '', '', 'published', '', 'cli', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO issues (id, number, title, status, created_at) "
+    "VALUES (1, 1, '第1号', 'sending', CURRENT_TIMESTAMP)",
+    "INSERT INTO issues (id, number, title, status, created_at) "
+    "VALUES (2, 2, '第2号', 'draft', CURRENT_TIMESTAMP)",
     "INSERT INTO issue_items (issue_id, item_id, position) VALUES (1, 1, 0)",
     "INSERT INTO renderings (issue_id, lang, subject, html, text, rendered_at) "
     "VALUES (1, 'ja', '件名', '<p>本文</p>', '本文', CURRENT_TIMESTAMP)",
     "INSERT INTO subscribers (id, email, email_key, name, organization, lang, topics, status, status_reason, "
-    "created_at, updated_at) VALUES (1, 'taro@example.jp', 'taro@example.jp', '太郎', '', 'ja', '[]', 'active', "
-    "'', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
-    "INSERT INTO deliveries (issue_id, subscriber_id, email, lang, message_id, status, attempts, lease_expiries, "
-    "next_attempt_at, last_reply, created_at) VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', "
+    "created_at, updated_at) VALUES (1, 'taro@example.jp', 'taro@example.jp', '太郎', '', "
+    "'ja', '[]', 'active', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO deliveries (issue_id, subscriber_id, email, lang, message_id, status, attempts, "
+    "lease_expiries, next_attempt_at, last_reply, created_at) VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', "
     "'queued', 0, 0, CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
     "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
     "VALUES (1, 'h', 'opt_in', 'import', 'test', CURRENT_TIMESTAMP)",
