@@ -24,12 +24,13 @@ ROWS = [
     "created_at, updated_at) VALUES (1, 'taro@example.jp', 'taro@example.jp', '太郎', '', "
     "'ja', '[]', 'active', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
     "INSERT INTO deliveries (issue_id, subscriber_id, email, lang, message_id, status, attempts, "
-    "lease_expiries, next_attempt_at, last_reply, created_at) VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', "
-    "'queued', 0, 0, CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
+    "lease_expiries, next_attempt_at, last_reply, created_at) "
+    "VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', 'queued', 0, 0, CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
     "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
     "VALUES (1, 'h', 'opt_in', 'import', 'test', CURRENT_TIMESTAMP)",
 ]
-COUNTED = ("orgs", "items", "issues", "issue_items", "renderings", "subscribers", "deliveries", "consent_events")
+COUNTED = ("orgs", "items", "issues", "issue_items", "renderings", "subscribers", "deliveries",
+           "consent_events")
 
 
 def test_upgrading_from_the_first_release_keeps_every_row_and_link(db_url):
