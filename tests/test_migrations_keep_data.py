@@ -25,7 +25,8 @@ ROWS = [
     "'ja', '[]', 'active', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
     "INSERT INTO deliveries (issue_id, subscriber_id, email, lang, message_id, status, attempts, "
     "lease_expiries, next_attempt_at, last_reply, created_at) "
-    "VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', 'queued', 0, 0, CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
+    "VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', 'queued', 0, 0, "
+    "CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
     "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
     "VALUES (1, 'h', 'opt_in', 'import', 'test', CURRENT_TIMESTAMP)",
 ]
