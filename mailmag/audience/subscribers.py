@@ -10,10 +10,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailmag.delivery.outbox import cancel_for_subscriber
+from mailmag.delivery.tokens import PersonLink
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import (
     SUBSCRIBER_STATUSES,
@@ -137,6 +138,21 @@ def get(session: Session, raw_email: str) -> Subscriber:
             session, address) else ""
         raise NotFound(f"no subscriber with the address {address.email}{forgotten}")
     return subscriber
+
+
+def by_link(session: Session, link: PersonLink) -> Subscriber | None:
+    """The subscriber a signed link was made for, or None if that row is gone (purged,
+    forgotten) or its id now belongs to someone else: a link never acts on another person."""
+    subscriber = session.get(Subscriber, link.subscriber_id)
+    if subscriber is None or not link.fits(subscriber.link_key, subscriber.created_at):
+        return None
+    return subscriber
+
+
+def opt_out_count(session: Session, subscriber: Subscriber) -> int:
+    """How often this subscriber opted out: a confirmation link made before the last one is void."""
+    return session.scalar(select(func.count()).select_from(ConsentEvent).where(
+        ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action == "opt_out")) or 0
 
 
 def is_suppressed(session: Session, address: Address) -> bool:

@@ -235,7 +235,7 @@ class Dispatcher:
         """Send one delivery and commit its result; False when the connection must be renewed."""
         skeleton = self.skeletons.get(delivery.issue_id, delivery.lang)
         recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
-                                       delivery.message_id)
+                                       delivery.message_id, delivery.link_key)
         try:
             envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
         except InvalidInput as exc:  # e.g. a line break in a name: this recipient only

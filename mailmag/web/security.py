@@ -8,6 +8,7 @@ without cookies); the secret unsubscribe token in its URL is what authorizes it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -50,6 +51,27 @@ def check_csrf() -> None:
     given = request.form.get(FIELD, "")
     if not expected or not hmac.compare_digest(str(expected), given):
         abort(400, description="csrf")
+
+
+UNDO_KEY = "unsubscribed"
+
+
+def remember_unsubscribe(subscriber_id: int, at: dt.datetime) -> None:
+    """Note in this browser's signed session cookie who it unsubscribed and when (for undo)."""
+    session[UNDO_KEY] = {"s": subscriber_id, "at": at.timestamp()}
+
+
+def unsubscribed_at(subscriber_id: int) -> dt.datetime | None:
+    """When this browser session unsubscribed `subscriber_id`, or None if it did not."""
+    noted = session.get(UNDO_KEY)
+    if not isinstance(noted, dict) or noted.get("s") != subscriber_id:
+        return None
+    at = noted.get("at")
+    return dt.datetime.fromtimestamp(at, dt.UTC) if isinstance(at, int | float) else None
+
+
+def forget_unsubscribe() -> None:
+    session.pop(UNDO_KEY, None)
 
 
 def client_ip() -> str:
