@@ -27,12 +27,10 @@ from mailmag.delivery.smtp import _is_loopback as is_loopback
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org
-from mailmag.services import Services
+from mailmag.services import MAKE_SECRET, MIN_SECRET_LENGTH, Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 PLACEHOLDER_ADDRESS = "住所を設定してください"  # in the shipped default postal_address
-MIN_SECRET_LENGTH = 32
-MAKE_SECRET = "export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 MAKE_DKIM_KEY = "openssl genrsa -out dkim.pem 2048"
 
 

@@ -23,7 +23,7 @@ from mailmag.services import Services
 PG_ADMIN_URL = os.environ.get(
     "MAILMAG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-SECRET = "test-secret-key-0123456789"
+SECRET = "test-secret-key-0123456789-abcdefghijk"  # 32 or more: shorter keys are refused
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "000_db6e2a05c29aba8f.txt"
 TESTS = Path(__file__).resolve().parent
 

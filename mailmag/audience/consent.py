@@ -195,7 +195,8 @@ def _pending(
 ) -> Subscriber:
     """A new pending subscriber, or the pending one updated; each request is an opt_in record."""
     if existing is not None:
-        existing.name, existing.organization = name, organization
+        existing.name = subscribers.check_text("name", name)
+        existing.organization = subscribers.check_text("organization", organization)
         existing.lang, existing.topics = lang, list(topics)
         subscribers.record(session, existing, "opt_in", consent)
         return existing

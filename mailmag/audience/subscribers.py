@@ -13,6 +13,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from mailmag import text_ja
 from mailmag.delivery.outbox import cancel_for_subscriber
 from mailmag.delivery.tokens import PersonLink
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
@@ -123,7 +124,7 @@ def parse_topics(raw: str | Iterable[str] | None) -> list[str]:
 
 def check_text(field: str, value: str) -> str:
     """A name or organization as stored: one line (it goes into mail headers), at most MAX_TEXT."""
-    value = " ".join(value.split())  # an Excel cell with Alt+Enter holds a line break
+    value = " ".join(text_ja.strip_bidi(value).split())  # an Excel cell with Alt+Enter holds a line break
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"the {field} is {len(value)} characters long (at most {MAX_TEXT})")
     return value

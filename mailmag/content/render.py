@@ -229,7 +229,7 @@ def titles(config: Config, spec: IssueSpec, lang: str) -> tuple[str, str]:
     subject = _format("subject_template_en" if english else "subject_template",
                       compose.subject_template_en if english else compose.subject_template,
                       {**fields, "title": title, "headline": headline})
-    return title, " ".join(subject.split())
+    return text_ja.strip_bidi(title), " ".join(text_ja.strip_bidi(subject).split())
 
 
 def _format(key: str, template: str, fields: dict[str, Any]) -> str:

@@ -100,6 +100,11 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     app.jinja_options = {**Flask.jinja_options, "autoescape": jinja2.select_autoescape(["html.j2"]),
                          "undefined": jinja2.StrictUndefined}
     app.jinja_loader = loader  # type: ignore[assignment]
+    # Werkzeug answers /archive and //archive/ with a redirect to an absolute URL built from
+    # the request's Host header (an open redirect for whoever sets it). Routes match with or
+    # without the slash instead, and nothing is redirected.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
     app.extensions["mailmag"] = WebState(
         services=services, secret=secret,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),

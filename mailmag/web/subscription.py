@@ -8,6 +8,7 @@ only on POST: a form with this session's CSRF token, or the one-click body.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from flask import Blueprint, Response, abort, g, render_template, request
@@ -223,7 +224,17 @@ def subscribe_page() -> Any:
 
 @bp.post("/subscribe")
 def subscribe() -> Any:
-    """Double opt-in. The answer is the same whatever happens to the address (no enumeration)."""
+    """Double opt-in. The answer is the same whatever happens to the address (no enumeration),
+    and takes at least [web] subscribe_min_answer_ms, so neither does its timing: a new
+    address is written (a pending row) where a known one is only looked up."""
+    started = time.monotonic()
+    answer = _subscribe()
+    floor = state().config.web.subscribe_min_answer_ms / 1000
+    time.sleep(max(0.0, floor - (time.monotonic() - started)))
+    return answer
+
+
+def _subscribe() -> Any:
     security.check_csrf()
     form = request.form
     lang = _form_lang()
