@@ -112,7 +112,8 @@ def create_app(services: Services | None = None, config: Config | None = None) -
         wording=_wording(dirs, config.web.consent_wording_version),
         mailer=Mailer(services, secret, loader),
     )
-    security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"))
+    security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"),
+                      max_body=config.web.max_request_body_size)
     app.jinja_env.globals.update(_=_, page_lang=page_lang, sender=config.sender,
                                  date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en)
     _register(app)

@@ -101,14 +101,14 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask, secret: str, secure_cookie: bool) -> None:
+def init_app(app: Flask, secret: str, secure_cookie: bool, max_body: int) -> None:
     app.config.update(
         SECRET_KEY=session_key(secret),
         SESSION_COOKIE_NAME="mailmag_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookie,
-        MAX_CONTENT_LENGTH=256 * 1024,  # the largest form (an item body) is far smaller
+        MAX_CONTENT_LENGTH=max_body,  # [web] max_request_body_size, as waitress's own limit
     )
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token
