@@ -22,6 +22,7 @@ from mailmag.config import PACKAGE_TEMPLATES, Config, load_config
 from mailmag.errors import ConfigError, NotFound
 from mailmag.services import Services
 from mailmag.web import security
+from mailmag.web.cache import PageCache
 from mailmag.web.i18n import Catalog, pick_lang
 from mailmag.web.mailer import Mailer
 
@@ -36,6 +37,7 @@ class WebState:
     topics: list[consent.Topic]
     wording: dict[str, str]  # lang → the consent wording of the configured version
     mailer: Mailer
+    pages: PageCache = dataclasses.field(default_factory=PageCache)  # the listings' bodies, by tag
 
     @property
     def config(self) -> Config:

@@ -96,14 +96,32 @@ def _tag(*parts: object) -> str:
 # --- pages and feeds -----------------------------------------------------------------------
 
 
+def _public_state(session: Session) -> tuple[int, int | None, dt.datetime | None]:
+    """(count, latest number, latest send time) of the public issues: what the listings show."""
+    count, latest, modified = session.execute(
+        select(func.count(), func.max(Issue.number), func.max(Issue.sent_at))
+        .where(Issue.status.in_(PUBLIC))).one()
+    return count, latest, modified
+
+
 @bp.get("/archive/")
 def index() -> Any:
     g.lang = lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
     zone = state().config.zone
     with state().services.read_session() as session:
-        rows = [{"number": i.number, "title": i.title, "date": i.when.astimezone(zone).date()}
-                for i in _listed(session, lang)]
-    return render_template("archive.html.j2", issues=rows)
+        count, latest, modified = _public_state(session)
+        tag = _tag("archive", count, latest, modified, lang)
+        unchanged = _not_modified(tag, modified)
+        if unchanged is not None:
+            return unchanged
+
+        def page() -> bytes:
+            rows = [{"number": i.number, "title": i.title, "date": i.when.astimezone(zone).date()}
+                    for i in _listed(session, lang)]
+            return render_template("archive.html.j2", issues=rows).encode()
+
+        body = state().pages.get(tag, page)
+    return _validated(Response(body, content_type="text/html; charset=utf-8"), tag, modified)
 
 
 @bp.get("/archive/<int:number>")
@@ -138,16 +156,13 @@ def atom() -> Response:
     config = state().config
     size = config.web.feed_entries
     with state().services.read_session() as session:
-        count, latest, modified = session.execute(
-            select(func.count(), func.max(Issue.number), func.max(Issue.sent_at))
-            .where(Issue.status.in_(PUBLIC))).one()
+        count, latest, modified = _public_state(session)
         tag = _tag("feed", count, latest, modified, size, config.mailmag.language)
         unchanged = _not_modified(tag, modified)
         if unchanged is not None:
             return unchanged
-        listed = _listed(session, config.mailmag.language, size)
-    return _validated(Response(_feed(config, listed), content_type="application/atom+xml; charset=utf-8"),
-                      tag, modified)
+        body = state().pages.get(tag, lambda: _feed(config, _listed(session, config.mailmag.language, size)))
+    return _validated(Response(body, content_type="application/atom+xml; charset=utf-8"), tag, modified)
 
 
 def _feed(config: Any, listed: list[_Listed]) -> bytes:
@@ -186,17 +201,23 @@ def events() -> Response:
         unchanged = _not_modified(tag, modified)
         if unchanged is not None:
             return unchanged
-        calendar = icalendar.Calendar()
-        calendar.add("prodid", "-//mailmag//council events//JA")
-        calendar.add("version", "2.0")
-        calendar.add("x-wr-calname", config.sender.list_name)
-        calendar.add("x-wr-timezone", config.mailmag.timezone)
-        for item, number in _published_events(session, since, config.web.calendar_max_events):
-            calendar.add_component(_vevent(item, number))
-    calendar.add_missing_timezones()
-    response = Response(calendar.to_ical(), content_type="text/calendar; charset=utf-8",
+        body = state().pages.get(tag, lambda: _calendar(config, _published_events(
+            session, since, config.web.calendar_max_events)))
+    response = Response(body, content_type="text/calendar; charset=utf-8",
                         headers={"Content-Disposition": 'inline; filename="events.ics"'})
     return _validated(response, tag, modified)
+
+
+def _calendar(config: Any, events: list[tuple[Item, int]]) -> bytes:
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//mailmag//council events//JA")
+    calendar.add("version", "2.0")
+    calendar.add("x-wr-calname", config.sender.list_name)
+    calendar.add("x-wr-timezone", config.mailmag.timezone)
+    for item, number in events:
+        calendar.add_component(_vevent(item, number))
+    calendar.add_missing_timezones()
+    return calendar.to_ical()
 
 
 def _public_events(since: dt.date) -> tuple[Any, ...]:
