@@ -133,11 +133,11 @@ def preferences(token: str) -> Any:
         except InvalidInput:
             abort(400)
         consent.update_preferences(session, subscriber, lang, topics)
-        if request.form.get("action") == "resubscribe" and subscriber.status != "active":
+        asked = request.form.get("action") == "resubscribe" and subscriber.status != "active"
+        if asked:  # over a limit no mail goes out, and the page says the same (no enumeration)
             mail = consent.request_resubscription(
                 session, subscriber, _consent("web", "preferences page"), limits=_limits())
-        page = _page("preferences.html.j2", subscriber, saved=True, resubscribed=False,
-                     mailed=request.form.get("action") == "resubscribe" and subscriber.status != "active")
+        page = _page("preferences.html.j2", subscriber, saved=True, resubscribed=False, mailed=asked)
     if mail is not None:
         state().mailer.submit(mail)  # after the commit, as for the subscribe form
     return page
