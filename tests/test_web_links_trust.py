@@ -262,9 +262,14 @@ def test_the_migration_gives_every_existing_subscriber_a_key_of_its_own(db_url):
                     "status_reason, created_at, updated_at) "
                     "VALUES (:e, :e, '', '', 'ja', '[]', 'active', '', :t, :t)"),
                     {"e": f"s{n}@example.jp", "t": utcnow().replace(tzinfo=None)})
+            conn.execute(text(
+                "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
+                "VALUES (1, 'h', 'opt_in', 'cli', '', :t)"), {"t": utcnow().replace(tzinfo=None)})
         command.upgrade(db.alembic_config(engine), "head")
         with engine.connect() as conn:
             keys = conn.execute(text("SELECT link_key FROM subscribers")).scalars().all()
+            kept = conn.execute(text("SELECT subscriber_id FROM consent_events")).scalars().all()
         assert len(keys) == 2 and len(set(keys)) == 2 and all(len(k) >= 20 for k in keys)
+        assert kept == [1]  # the consent log still names its subscriber
     finally:
         engine.dispose()
