@@ -118,16 +118,17 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
         issue = issues.get(session, 1)
         spec = render.IssueSpec(1, None, dt.date(2027, 4, 1), [entry.item for entry in issue.entries])
         env = render.make_environment(config.templates_path)
-        recipients = session.execute(select(Subscriber.id, Subscriber.email, Subscriber.name)
+        columns = (Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.link_key)
+        recipients = session.execute(select(*columns)
                                      .order_by(Subscriber.id).limit(count)).all()
         before = common.Usage.now()
         started = time.perf_counter()
-        for subscriber_id, email, name in recipients:
+        for subscriber_id, email, name, key in recipients:
             edition = render.render_edition(env, config, spec, "ja")  # Jinja2 (html + text) + premailer
             base = config.mailmag.base_url
             values = {"name": name, "email": email,
-                      "unsubscribe_url": links.unsubscribe_url(base, common.SECRET, subscriber_id),
-                      "preferences_url": links.preferences_url(base, common.SECRET, subscriber_id)}
+                      "unsubscribe_url": links.unsubscribe_url(base, common.SECRET, subscriber_id, key),
+                      "preferences_url": links.preferences_url(base, common.SECRET, subscriber_id, key)}
             message = EmailMessage()
             message["From"] = formataddr((config.sender.name, config.sender.from_))
             message["To"] = formataddr((name, email))

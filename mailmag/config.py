@@ -175,6 +175,17 @@ class WebConfig:
     purge_pending_after_hours: int = field(default=168, metadata=at_least(1))
     topics: list[str] = field(default_factory=lambda: ["events|イベント案内|Events", "news|お知らせ|News"])
     trusted_proxy: str = ""
+    undo_minutes: int = 10
+    subscribe_min_answer_ms: int = 100
+    submit_items_per_hour: int = 10
+    submit_bytes_per_day: int = 2_000_000
+    feed_entries: int = 20
+    calendar_past_days: int = 90
+    calendar_max_events: int = 500
+    max_request_body_size: int = 262_144
+    connection_limit: int = 100
+    channel_timeout: int = 30
+    threads: int = 8
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,9 @@ from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org, utcnow
 from mailmag.scheduling import window
-from mailmag.services import Services
+from mailmag.services import MAKE_SECRET, MIN_SECRET_LENGTH, Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
-MIN_SECRET_LENGTH = 32
-MAKE_SECRET = "export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 MAKE_DKIM_KEY = "openssl genrsa -out dkim.pem 2048"
 
 

@@ -7,6 +7,7 @@
     ├── InvalidInput              a value a person typed or a file held is not acceptable
     │   └── InvalidEmail          an address that is not a deliverable address's syntax
     ├── StateError                the operation does not fit the object's state
+    ├── LimitExceeded             a submission link or form was used more than its limits allow
     ├── ComplianceError           an issue would break 特定電子メール法 (missing sender data)
     ├── TokenError                a signed link was tampered with, foreign or expired
     ├── AccessDenied              a console login refused, or an action the account's role lacks
@@ -42,6 +43,10 @@ class InvalidEmail(InvalidInput):
 
 class StateError(MailmagError):
     """The object's state does not allow the operation."""
+
+
+class LimitExceeded(MailmagError):
+    """More requests or bytes than a configured limit allows; try again later."""
 
 
 class ComplianceError(MailmagError):

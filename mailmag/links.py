@@ -13,17 +13,20 @@ def _join(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + path
 
 
-def unsubscribe_url(base_url: str, secret: str, subscriber_id: int) -> str:
+def unsubscribe_url(base_url: str, secret: str, subscriber_id: int, link_key: str) -> str:
     """GET shows a page with one button; POST (form or RFC 8058 one-click) unsubscribes."""
-    return _join(base_url, f"/u/{tokens.make(secret, 'unsubscribe', {'s': subscriber_id})}")
+    return _join(base_url, f"/u/{tokens.make_person(secret, 'unsubscribe', subscriber_id, link_key)}")
 
 
-def preferences_url(base_url: str, secret: str, subscriber_id: int) -> str:
-    return _join(base_url, f"/p/{tokens.make(secret, 'preferences', {'s': subscriber_id})}")
+def preferences_url(base_url: str, secret: str, subscriber_id: int, link_key: str) -> str:
+    return _join(base_url, f"/p/{tokens.make_person(secret, 'preferences', subscriber_id, link_key)}")
 
 
-def confirm_url(base_url: str, secret: str, subscriber_id: int) -> str:
-    return _join(base_url, f"/confirm/{tokens.make(secret, 'confirm', {'s': subscriber_id})}")
+def confirm_url(base_url: str, secret: str, subscriber_id: int, link_key: str, opt_outs: int = 0) -> str:
+    """`opt_outs`: the subscriber's opt-out count when the mail was made; an opt-out after it
+    voids the link (a confirmation mailed before an unsubscribe must not undo it)."""
+    token = tokens.make_person(secret, "confirm", subscriber_id, link_key, o=opt_outs)
+    return _join(base_url, f"/confirm/{token}")
 
 
 def submit_url(base_url: str, secret: str, org_id: int, token_version: int) -> str:

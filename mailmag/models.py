@@ -7,6 +7,7 @@ Each stateful table has ONE status column; the allowed values are listed beside 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +29,11 @@ from mailmag import clock
 def utcnow() -> dt.datetime:
     """Now, aware UTC: mailmag.clock's reading, so tests that move the clock move this too."""
     return clock.now()
+
+
+def new_link_key() -> str:
+    """A subscriber row's random link key (128 bits): never reused, gone with the row."""
+    return secrets.token_urlsafe(16)
 
 
 class UTCDateTime(TypeDecorator):
@@ -75,6 +81,8 @@ class Subscriber(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     confirmed_at: Mapped[dt.datetime | None]
+    # Random, carried by every link made for this row: an id SQLite reuses is not identity.
+    link_key: Mapped[str] = mapped_column(String(32), default=new_link_key)
 
     consents: Mapped[list[ConsentEvent]] = relationship(back_populates="subscriber")
 

@@ -19,6 +19,10 @@ PLACEHOLDERS = {
     "preferences_url": "__MM_PREFERENCES_URL__",
 }
 _PATTERN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+# What every marker starts with. In submitted text it becomes "__MM-" (visible, ASCII, kept
+# by every later step), so no item can reach a recipient's address or links (`neutralize`).
+_MARKER_START = "__MM_"
+NEUTRALIZED_START = "__MM-"
 _BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
 
 
@@ -27,6 +31,15 @@ def substitute(template: str, values: Mapping[str, str], *, escape: bool) -> str
     if escape:
         values = {k: html.escape(v, quote=True) for k, v in values.items()}
     return _PATTERN.sub(lambda m: values.get(_BY_MARKER[m.group(0)], ""), template)
+
+
+def neutralize(text: str) -> str:
+    """Submitted text (an item's fields, its rendered Markdown) with every marker broken:
+    only the templates may place per-recipient values. Run on what an item renders to, so
+    entities or escapes that decode to a marker are caught too."""
+    while _MARKER_START in text:  # until none is left, also one formed by a replacement
+        text = text.replace(_MARKER_START, NEUTRALIZED_START)
+    return text
 
 
 def sample_values(base_url: str) -> dict[str, str]:

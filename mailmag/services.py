@@ -18,6 +18,8 @@ from mailmag.config import Config
 from mailmag.errors import ConfigError
 
 INSECURE_DEMO_KEY = "mailmag-demo-key-not-secret"
+MIN_SECRET_LENGTH = 32  # characters; a shorter key could be guessed and links forged
+MAKE_SECRET = "export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
 
 
 class Services:
@@ -54,15 +56,18 @@ class Services:
 
     @property
     def secret_key(self) -> str:
-        """The signing key for links; demo mode alone may run without one."""
-        if self.config.secret_key:
-            return self.config.secret_key
-        if self.config.mailmag.demo:
+        """The signing key for links; demo mode alone may run without one, or with a short one.
+        Everything that signs a link (serve, worker, run, orgs token, issues test) reads it here."""
+        key, demo = self.config.secret_key, self.config.mailmag.demo
+        if not key and demo:
             return INSECURE_DEMO_KEY
-        raise ConfigError(
-            "MAILMAG_SECRET_KEY is not set: export a long random value, e.g. "
-            "`export MAILMAG_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`"
-        )
+        if not key:
+            raise ConfigError("MAILMAG_SECRET_KEY is not set: export a long random value, "
+                              f"e.g. `{MAKE_SECRET}`")
+        if len(key) < MIN_SECRET_LENGTH and not demo:
+            raise ConfigError(f"MAILMAG_SECRET_KEY has only {len(key)} characters, so links could be forged: "
+                              f"use {MIN_SECRET_LENGTH} or more, e.g. `{MAKE_SECRET}`")
+        return key
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -22,7 +22,11 @@ _SPACES = str.maketrans({"\u2003": "\u3000"})
 # letters and digits and half-width katakana stay exactly as the author wrote them.
 _IDEOGRAPH_LOOKALIKES = re.compile("[\u2e80-\u2eff\u2f00-\u2fdf\uf900-\ufaff\U0002f800-\U0002fa1f]")
 # Control characters other than tab and newline, zero-width spaces, BOMs, word joiners.
-_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff\u00ad]")
+# Bidirectional embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069) too: in a
+# title, name or subject they reorder what the reader sees ("Trojan Source" spoofing).
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_INVISIBLE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u2060\ufeff\u00ad{_BIDI}]")
+_BIDI_CONTROLS = re.compile(f"[{_BIDI}]")
 
 
 def _ideograph(match: re.Match[str]) -> str:
@@ -39,6 +43,11 @@ def normalize(text: str) -> str:
     text = _INVISIBLE.sub("", text)
     text = text.translate(_VERTICAL_FORMS).translate(_SPACES)
     return _IDEOGRAPH_LOOKALIKES.sub(_ideograph, text)
+
+
+def strip_bidi(text: str) -> str:
+    """Text without bidirectional control characters (names, subjects: what a reader is shown)."""
+    return _BIDI_CONTROLS.sub("", text)
 
 
 def normalize_line(text: str) -> str:

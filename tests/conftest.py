@@ -29,7 +29,7 @@ from mailmag.services import Services
 PG_ADMIN_URL = os.environ.get(
     "MAILMAG_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-SECRET = "test-secret-key-0123456789"
+SECRET = "test-secret-key-0123456789-abcdefghijk"  # 32 or more: shorter keys are refused
 # The reference article ships inside the package: a clone holds everything the tests read.
 REFERENCE = Path(__file__).resolve().parents[1] / "mailmag" / "data" / "reference_article.txt"
 TESTS = Path(__file__).resolve().parent

@@ -321,8 +321,8 @@ def test_mailto_request_unsubscribes_the_sender(session, config, tmp_path):
     report = process(session, config, box)
     assert report.unsubscribes == 1
     assert [r for _, r in report.unmatched] == [
-        "unsubscribe: stranger@example.com is not a subscriber "
-        "(from 山田 太郎 <stranger@example.com>, subject 'unsubscribe')"]
+        "unsubscribe: stranger@example.com is not a subscriber (a request without a tag must come "
+        "from the exact address) (from 山田 太郎 <stranger@example.com>, subject 'unsubscribe')"]
     assert subscriber(session, "user0@example.jp").status == "unsubscribed"
     channels = session.scalars(select(ConsentEvent.channel).where(ConsentEvent.action == "opt_out")).all()
     assert channels == ["mailto"]

@@ -61,7 +61,8 @@ def _rendering(article: str) -> Rendering:
 
 
 def _recipient(delivery_id: int = 41, subscriber_id: int = 7, **kw) -> messages.Recipient:
-    values = {"email": "taro@example.com", "name": "山田 太郎", "message_id": "<mm.12.7.beef@example.jp>"}
+    values = {"email": "taro@example.com", "name": "山田 太郎", "message_id": "<mm.12.7.beef@example.jp>",
+              "link_key": f"key-of-row-{subscriber_id}"}
     return messages.Recipient(delivery_id, subscriber_id, **{**values, **kw})
 
 
@@ -116,17 +117,21 @@ def test_list_unsubscribe_is_folded_between_a_working_https_link_and_a_mailto(se
     _, data, _ = sent
     match = re.search(
         rb"\r\nList-Unsubscribe: <https://news\.example\.jp/u/([\w.-]+)>,\r\n "
-        rb"<mailto:unsubscribe@example\.jp\?subject=unsubscribe>\r\n(?! )",
+        rb"<mailto:unsubscribe\+(7-[0-9a-f]{16})@example\.jp"
+        rb"\?subject=unsubscribe%20(7-[0-9a-f]{16})>\r\n(?! )",
         data,
     )
     assert match, data[:1500]
-    assert tokens.read(SECRET, "unsubscribe", match.group(1).decode()) == {"s": 7}
+    assert tokens.read(SECRET, "unsubscribe", match.group(1).decode()) == {"s": 7, "k": "key-of-row-7"}
+    tag = tokens.unsubscribe_tag(SECRET, 7, "key-of-row-7").encode()
+    assert match.group(2) == match.group(3) == tag  # signed for this row's key: unforgeable
 
 
 def test_unsubscribe_mailto_follows_the_configuration(rendering):
     skeleton = messages.prepare(rendering, 12, _config(unsubscribe_mailto="optout@lists.example.jp"))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
-    assert b",\r\n <mailto:optout@lists.example.jp?subject=unsubscribe>\r\n" in data
+    tag = tokens.unsubscribe_tag(SECRET, 7, "key-of-row-7")
+    assert f",\r\n <mailto:optout+{tag}@lists.example.jp?subject=unsubscribe%20{tag}>\r\n".encode() in data
     assert b"Feedback-ID" not in data
 
 
@@ -145,7 +150,8 @@ def test_multipart_alternative_plain_first_base64_utf8_bodies_equal_the_substitu
         "unsubscribe_url": re.search(r"配信停止: (\S+)", body).group(1),
         "preferences_url": re.search(r"配信設定: (\S+)", body).group(1),
     }
-    assert tokens.read(SECRET, "preferences", values["preferences_url"].rsplit("/", 1)[1]) == {"s": 7}
+    assert tokens.read(SECRET, "preferences", values["preferences_url"].rsplit("/", 1)[1]) == {
+        "s": 7, "k": "key-of-row-7"}
     crlf = lambda s: s.replace("\n", "\r\n")  # noqa: E731 - text/* is CRLF on the wire (RFC 2046)
     assert body == crlf(placeholders.substitute(rendering.text, values, escape=False))
     assert markup.get_content() == crlf(placeholders.substitute(rendering.html, values, escape=True))
@@ -212,7 +218,7 @@ def test_each_recipient_gets_only_their_own_address_links_and_id(rendering):
     assert b"taro@example.com" not in other and b"hanako@example.org" not in one
     assert "taro@example.com" not in parsed.get_body(("plain",)).get_content()
     unsubscribe = re.search(r"/u/([\w.-]+)>", parsed["List-Unsubscribe"]).group(1)
-    assert tokens.read(SECRET, "unsubscribe", unsubscribe) == {"s": 8}
+    assert tokens.read(SECRET, "unsubscribe", unsubscribe) == {"s": 8, "k": "key-of-row-8"}
 
 
 def test_a_retry_reuses_the_message_id_fixed_at_enqueue(rendering):

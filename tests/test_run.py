@@ -25,7 +25,7 @@ from mailmag.services import Services
 
 pytestmark = pytest.mark.slow  # each test starts one or two `mailmag run` processes
 
-SECRET = "test-secret-key-0123456789"
+SECRET = "test-secret-key-0123456789-abcdefghijk"
 DEADLINE = 30.0
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from clocked import mailmag_command
 from conftest import SECRET
-from web_support import Client, one_click
+from web_support import Client, key_of, one_click
 
 from mailmag import links
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.config import PACKAGE_TEMPLATES, GeneralConfig, WebConfig
+from mailmag.config import PACKAGE_TEMPLATES, GeneralConfig, WebConfig, load_config
 from mailmag.errors import ConfigError
+from mailmag.services import Services
 from mailmag.web import create_app
 from mailmag.web.i18n import Catalog
 
@@ -46,7 +47,8 @@ def test_a_bad_topic_setting_is_a_clear_error(config, owned_services):
 def test_pages_carry_a_strict_csp_and_no_referrer(live, web_services):
     with web_services.session() as session:
         _, subscriber = subscribers.add(session, subscribers.parse_address("a@example.jp"), Consent("cli"))
-    for path in ("/subscribe", "/archive/", links.unsubscribe_url("https://x", SECRET, subscriber.id)):
+    unsubscribe = links.unsubscribe_url("https://x", SECRET, subscriber.id, subscriber.link_key)
+    for path in ("/subscribe", "/archive/", unsubscribe):
         reply = Client(live.url).get(path)
         csp = reply.headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "style-src 'self'" in csp and "form-action 'self'" in csp
@@ -54,8 +56,7 @@ def test_pages_carry_a_strict_csp_and_no_referrer(live, web_services):
         assert reply.headers["Referrer-Policy"] == "no-referrer"
         assert reply.headers["X-Content-Type-Options"] == "nosniff"
         assert reply.headers["X-Frame-Options"] == "DENY"
-    assert "no-store" in Client(live.url).get(
-        links.unsubscribe_url("https://x", SECRET, subscriber.id)).headers["Cache-Control"]
+    assert "no-store" in Client(live.url).get(unsubscribe).headers["Cache-Control"]
 
 
 def test_the_session_cookie_is_httponly_and_samesite(live):
@@ -90,7 +91,8 @@ def test_an_english_subscriber_sees_english_pages(live, web_services):
     with web_services.session() as session:
         _, subscriber = subscribers.add(session, subscribers.parse_address("en@example.jp"), Consent("cli"),
                                         lang="en")
-    page = Client(live.url).get(links.unsubscribe_url("https://x", SECRET, subscriber.id))
+    page = Client(live.url).get(links.unsubscribe_url("https://x", SECRET, subscriber.id,
+                                                      subscriber.link_key))
     assert '<html lang="en">' in page.text and "This stops" in page.text
     assert "Unsubscribe</button>" in page.text
 
@@ -135,7 +137,7 @@ def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_pat
         assert match, line
         url = match.group(1)
         assert Client(url).get("/healthz").status == 200
-        reply = one_click(url, links.unsubscribe_url("https://news.example.jp", SECRET, 1))
+        reply = one_click(url, links.unsubscribe_url("https://news.example.jp", SECRET, 1, _key(config_file)))
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -144,6 +146,14 @@ def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_pat
     assert reply.status == 200, log
     listed = mailmag.ok("subscribers", "list", "--json").output
     assert '"status": "unsubscribed"' in listed
+
+
+def _key(config_file: Path) -> str:
+    services = Services(load_config(config_file))
+    try:
+        return key_of(services, 1)
+    finally:
+        services.close()
 
 
 def test_purge_pending_command(mailmag):
@@ -158,15 +168,16 @@ def test_pages_that_only_read_do_not_wait_for_a_writer(app, web_services, db_url
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL readers never wait for writers")
     with web_services.session() as session:
-        subscriber_id = subscribers.add(session, subscribers.parse_address("r@example.jp"),
-                                        subscribers.Consent("cli"))[1].id
+        subscriber = subscribers.add(session, subscribers.parse_address("r@example.jp"),
+                                     subscribers.Consent("cli"))[1]
+        subscriber_id, key = subscriber.id, subscriber.link_key
     writer = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None, timeout=1)
     writer.execute("BEGIN IMMEDIATE")
     try:
         client = app.test_client()
         assert client.get("/archive/").status_code == 200
         assert client.get("/healthz").status_code == 200
-        page = links.unsubscribe_url("http://localhost", web_services.secret_key, subscriber_id)
+        page = links.unsubscribe_url("http://localhost", web_services.secret_key, subscriber_id, key)
         assert client.get(page.removeprefix("http://localhost")).status_code == 200
     finally:
         writer.execute("ROLLBACK")

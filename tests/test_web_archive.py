@@ -11,12 +11,13 @@ import pytest
 from web_support import Client
 
 from mailmag.content import items, orgs
-from mailmag.models import Issue, IssueItem, Item, Rendering
+from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
 from mailmag.personalize import PLACEHOLDERS
 
 pytest_plugins = ["web_fixtures"]
 ATOM = "{http://www.w3.org/2005/Atom}"
 JST = ZoneInfo("Asia/Tokyo")
+YEAR = utcnow().year + 1  # the events are ahead, inside the calendar's window
 
 HTML = (
     '<html><head><style>@media (max-width:600px){{.x{{width:100%}}}}</style></head>'
@@ -40,12 +41,13 @@ def published(web_services):  # type: ignore[no-untyped-def]
     """Issue 1 sent (two events), issue 2 sending, issue 3 a draft (with an event not yet public)."""
     with web_services.session() as session:
         org = orgs.add(session, "hiroshima-u", "広島大学")
-        timed = items.submit(session, org, "event", {"title": "産学連携フォーラム", "date": "2026-06-10",
+        timed = items.submit(session, org, "event", {"title": "産学連携フォーラム", "date": f"{YEAR}-06-10",
                                                      "time": "13:30〜17:00", "venue": "広島国際会議場",
                                                      "url": "https://example.jp/forum"})
-        multi = items.submit(session, org, "event", {"title": "展示会", "date": "2026-07-01",
-                                                     "end_date": "2026-07-03", "venue": "ポートメッセなごや"})
-        secret = items.submit(session, org, "event", {"title": "未発表のイベント", "date": "2026-08-01",
+        multi = items.submit(session, org, "event", {"title": "展示会", "date": f"{YEAR}-07-01",
+                                                     "end_date": f"{YEAR}-07-03",
+                                                     "venue": "ポートメッセなごや"})
+        secret = items.submit(session, org, "event", {"title": "未発表のイベント", "date": f"{YEAR}-08-01",
                                                       "venue": "未定"})
         _issue(session, 1, "sent", "【第1号】産学連携フォーラムのご案内", [timed, multi])
         _issue(session, 2, "sending", "【第2号】お知らせ")
@@ -98,13 +100,13 @@ def test_icalendar_feed_has_the_published_events(live, published):
     events = {str(e["SUMMARY"]): e for e in calendar.walk("VEVENT")}
     assert sorted(events) == ["展示会", "産学連携フォーラム"]  # not the draft's event
     forum = events["産学連携フォーラム"]
-    assert forum.decoded("DTSTART") == dt.datetime(2026, 6, 10, 13, 30, tzinfo=JST)
-    assert forum.decoded("DTEND") == dt.datetime(2026, 6, 10, 17, 0, tzinfo=JST)
+    assert forum.decoded("DTSTART") == dt.datetime(YEAR, 6, 10, 13, 30, tzinfo=JST)
+    assert forum.decoded("DTEND") == dt.datetime(YEAR, 6, 10, 17, 0, tzinfo=JST)
     assert str(forum["LOCATION"]) == "広島国際会議場" and str(forum["URL"]) == "https://example.jp/forum"
     assert "https://news.example.jp/archive/1" in str(forum["DESCRIPTION"])
     assert "広島大学" in str(forum["DESCRIPTION"])
     fair = events["展示会"]  # three days, all day: DTEND is the day after (exclusive)
-    assert (fair.decoded("DTSTART"), fair.decoded("DTEND")) == (dt.date(2026, 7, 1), dt.date(2026, 7, 4))
+    assert (fair.decoded("DTSTART"), fair.decoded("DTEND")) == (dt.date(YEAR, 7, 1), dt.date(YEAR, 7, 4))
     assert calendar.walk("VTIMEZONE")[0]["TZID"] == "Asia/Tokyo"
     assert len({str(e["UID"]) for e in events.values()}) == 2
 

@@ -112,8 +112,9 @@ def test_subscribe_confirm_and_unsubscribe_in_a_real_browser(chromium, site, smt
     assert _status(site.services, "browser@example.jp") == "active"
 
     with site.services.session() as session:
-        subscriber_id = subscribers.get(session, "browser@example.jp").id
-    page.goto(links.unsubscribe_url(site.url, SECRET, subscriber_id))
+        subscriber = subscribers.get(session, "browser@example.jp")
+        subscriber_id, key = subscriber.id, subscriber.link_key
+    page.goto(links.unsubscribe_url(site.url, SECRET, subscriber_id, key))
     expect(page.locator(".address")).to_have_text("browser@example.jp")
     page.get_by_role("button", name="配信を停止する").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("配信を停止しました")

@@ -46,10 +46,11 @@ def test_a_known_address_is_not_changed_by_the_form(session):
     assert (stored.status, stored.name, stored.lang, stored.topics) == ("active", "本人", "en", [])
 
 
-def test_an_unsubscribed_address_gets_the_known_mail_and_stays_unsubscribed(session):
+def test_an_unsubscribed_address_gets_a_confirmation_mail_and_stays_unsubscribed(session):
     _, s = subscribers.add(session, subscribers.parse_address("u@example.jp"), Consent("cli"))
     subscribers.unsubscribe(session, s, Consent("web"))
-    assert ask(session, "u@example.jp").kind == "known"
+    mail = ask(session, "u@example.jp")
+    assert (mail.kind, mail.opt_outs, mail.link_key) == ("confirm", 1, s.link_key)
     assert subscribers.get(session, "u@example.jp").status == "unsubscribed"
 
 
@@ -66,13 +67,15 @@ def test_a_forgotten_address_stays_suppressed_until_its_owner_confirms(session):
     assert pending.status == "active"
 
 
-def test_resubscribe_from_preferences_for_unsubscribed_and_bounced(session):
-    for email, status in (("x@example.jp", "unsubscribed"), ("y@example.jp", "bounced")):
+def test_resubscribe_for_unsubscribed_and_bounced_needs_the_confirmation(session):
+    for n, (email, status) in enumerate((("x@example.jp", "unsubscribed"), ("y@example.jp", "bounced"))):
         _, s = subscribers.add(session, subscribers.parse_address(email), Consent("cli"))
         s.status = status
-        assert consent.resubscribe(session, s, WEB)
-        assert s.status == "active"
-        assert not consent.resubscribe(session, s, WEB)  # already active: nothing to do
+        mail = consent.request_resubscription(session, s, WEB, limits=LIMITS, now=NOW + dt.timedelta(hours=n))
+        assert mail.kind == "confirm" and s.status == status  # asking changes nothing
+        assert consent.confirm(session, s, WEB)
+        assert s.status == "active" and s.consents[-1].action == "confirm"
+        assert not consent.confirm(session, s, WEB)  # already active: nothing to do
 
 
 def test_update_preferences_rejects_an_unknown_language(session):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import SECRET
 from sqlalchemy import select
-from web_support import Client, one_click
+from web_support import Client, key_of, one_click
 
 from mailmag import links
 from mailmag.audience import subscribers
@@ -42,12 +42,12 @@ def state(services, subscriber_id: int) -> dict:  # type: ignore[no-untyped-def]
                 "events": [(e.action, e.channel) for e in events], "deliveries": list(deliveries)}
 
 
-def unsubscribe_path(subscriber_id: int) -> str:
-    return links.unsubscribe_url(BASE, SECRET, subscriber_id)
+def unsubscribe_path(services, subscriber_id: int) -> str:  # type: ignore[no-untyped-def]
+    return links.unsubscribe_url(BASE, SECRET, subscriber_id, key_of(services, subscriber_id))
 
 
 def test_one_click_post_unsubscribes_without_page_cookie_or_redirect(live, web_services, reader):
-    reply = one_click(live.url, unsubscribe_path(reader))
+    reply = one_click(live.url, unsubscribe_path(web_services, reader))
     assert reply.status == 200
     assert reply.headers.get("Set-Cookie") is None and reply.headers.get("Location") is None
     after = state(web_services, reader)
@@ -57,44 +57,44 @@ def test_one_click_post_unsubscribes_without_page_cookie_or_redirect(live, web_s
 
 
 def test_one_click_can_be_repeated_and_records_one_opt_out(live, web_services, reader):
-    assert one_click(live.url, unsubscribe_path(reader)).status == 200
-    assert one_click(live.url, unsubscribe_path(reader)).status == 200
+    assert one_click(live.url, unsubscribe_path(web_services, reader)).status == 200
+    assert one_click(live.url, unsubscribe_path(web_services, reader)).status == 200
     assert state(web_services, reader)["events"] == [("opt_in", "cli"), ("opt_out", "one-click")]
 
 
 def test_get_and_head_show_the_page_and_change_nothing(live, web_services, reader):
     before = state(web_services, reader)
     client = Client(live.url)
-    page = client.get(unsubscribe_path(reader))
+    page = client.get(unsubscribe_path(web_services, reader))
     assert page.status == 200
     assert "yamada@example.jp" in page.text and "会議 メールマガジン」の配信を停止" in page.text
     assert page.text.count("<button") == 1
-    head = client.head(unsubscribe_path(reader))
+    head = client.head(unsubscribe_path(web_services, reader))
     assert head.status == 200 and head.body == b""
     assert state(web_services, reader) == before
 
 
 def test_the_button_unsubscribes_with_the_form(live, web_services, reader):
     client = Client(live.url)
-    reply = client.submit(unsubscribe_path(reader), {})
+    reply = client.submit(unsubscribe_path(web_services, reader), {})
     assert reply.status == 200
     assert "配信を停止しました" in reply.text and "yamada@example.jp" in reply.text
     after = state(web_services, reader)
     assert after["status"] == "unsubscribed" and after["events"][-1] == ("opt_out", "web")
     assert after["deliveries"] == ["cancelled"]
-    again = client.get(unsubscribe_path(reader))
+    again = client.get(unsubscribe_path(web_services, reader))
     assert "配信は停止されています" in again.text
 
 
 def test_a_form_post_without_csrf_token_is_refused(live, web_services, reader):
     before = state(web_services, reader)
     client = Client(live.url)
-    client.get(unsubscribe_path(reader))  # has a session, but sends no token
-    reply = client.post(unsubscribe_path(reader), {"confirm": "yes"})
+    client.get(unsubscribe_path(web_services, reader))  # has a session, but sends no token
+    reply = client.post(unsubscribe_path(web_services, reader), {"confirm": "yes"})
     assert reply.status == 400 and "フォームの有効期限が切れました" in reply.text
     stranger = Client(live.url)  # a token from another visitor's session
-    token = stranger.get(unsubscribe_path(reader)).csrf()
-    assert client.post(unsubscribe_path(reader), {"csrf_token": token}).status == 400
+    token = stranger.get(unsubscribe_path(web_services, reader)).csrf()
+    assert client.post(unsubscribe_path(web_services, reader), {"csrf_token": token}).status == 400
     assert state(web_services, reader) == before
 
 
@@ -103,7 +103,7 @@ def _flip(token: str, at: int) -> str:
 
 
 def test_a_tampered_token_is_404_and_changes_nothing(live, web_services, reader):
-    token = unsubscribe_path(reader).rsplit("/", 1)[1]
+    token = unsubscribe_path(web_services, reader).rsplit("/", 1)[1]
     before = state(web_services, reader)
     for where in (0, 12, len(token) - 3):  # payload, timestamp, signature (not its padding bits)
         path = f"/u/{_flip(token, where)}"
@@ -127,15 +127,16 @@ def test_a_token_made_for_another_purpose_or_key_is_404(live, web_services, read
 
 
 def test_one_click_for_a_forgotten_subscriber_still_answers_200(live, web_services, reader):
+    path = unsubscribe_path(web_services, reader)
     with web_services.session() as session:
         subscribers.forget(session, session.get(Subscriber, reader), Consent("cli"))
-    assert one_click(live.url, unsubscribe_path(reader)).status == 200
-    page = Client(live.url).get(unsubscribe_path(reader))
+    assert one_click(live.url, path).status == 200
+    page = Client(live.url).get(path)
     assert page.status == 200 and "お送りしません" in page.text
 
 
 def test_preferences_change_topics_and_language(live, web_services, reader):
-    path = links.preferences_url(BASE, SECRET, reader)
+    path = links.preferences_url(BASE, SECRET, reader, key_of(web_services, reader))
     client = Client(live.url)
     page = client.get(path)
     assert 'value="events" checked' in page.text and 'value="news">' in page.text
@@ -149,20 +150,20 @@ def test_preferences_change_topics_and_language(live, web_services, reader):
 
 
 def test_preferences_resubscribe_after_an_unsubscribe(live, web_services, reader):
-    one_click(live.url, unsubscribe_path(reader))
-    path = links.preferences_url(BASE, SECRET, reader)
+    one_click(live.url, unsubscribe_path(web_services, reader))
+    path = links.preferences_url(BASE, SECRET, reader, key_of(web_services, reader))
     client = Client(live.url)
     page = client.get(path)
-    assert "配信停止中" in page.text and "配信を再開する" in page.text
+    assert "配信停止中" in page.text and "確認メールを受け取って配信を再開する" in page.text
+    before = state(web_services, reader)
     reply = client.post(path, {"csrf_token": page.csrf(), "lang": "ja", "topic": "events",
                                "action": "resubscribe"})
-    assert "配信を再開しました" in reply.text
-    after = state(web_services, reader)
-    assert after["status"] == "active" and after["events"][-1] == ("opt_in", "web")
+    assert "確認のメールをお送りします" in reply.text and "配信を再開しました" not in reply.text
+    assert state(web_services, reader) == before  # only the mailed confirmation link re-activates
 
 
 def test_preferences_reject_bad_input_and_missing_csrf(live, web_services, reader):
-    path = links.preferences_url(BASE, SECRET, reader)
+    path = links.preferences_url(BASE, SECRET, reader, key_of(web_services, reader))
     before = state(web_services, reader)
     client = Client(live.url)
     assert client.post(path, {"lang": "en"}).status == 400

@@ -141,6 +141,12 @@ def link_in(data: bytes, kind: str) -> str:
     return match.group(0)
 
 
+def key_of(services: Services, subscriber_id: int) -> str:
+    """A subscriber row's link key (every link made for the row carries it)."""
+    with services.session() as session:
+        return session.get(Subscriber, subscriber_id).link_key
+
+
 def make_services(config: Config) -> Services:
     services = Services(config)
     db.init_db(services.engine)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hmac
 import logging
 import mailbox
 import re
@@ -30,7 +31,7 @@ from mailmag.addresses import parse_address
 from mailmag.audience import reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
-from mailmag.delivery import messages
+from mailmag.delivery import messages, tokens
 from mailmag.delivery.outbox import cancel_for_subscriber
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
@@ -51,7 +52,7 @@ class Event:
     kind: str
     email: str
     code: str
-    matched_by: str  # verp | message-id | address | sender
+    matched_by: str  # verp | message-id | address | tag | sender (a mailto request without a tag)
     action: str
 
 
@@ -247,7 +248,8 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
         return _soft(session, subscriber, event, config)
     if reading.kind == "complaint":
         return _complaint(session, subscriber, reading.detail)
-    consent = Consent("mailto", f"{reading.detail} ({reading.source_key})"[:200])
+    how = "by its signed tag" if reading.tags else "without a tag, by its exact From"
+    consent = Consent("mailto", f"{reading.detail}, {how} ({reading.source_key})"[:200])
     changed = subscribers.unsubscribe(session, subscriber, consent)
     return "unsubscribed" if changed else "already unsubscribed"
 
@@ -258,9 +260,7 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
 def _match(session: Session, reading: reports.Reading, config: Config, secret: str) -> _Match | str:
     """VERP, then the original Message-ID, then the named address; a reason string if none."""
     if reading.kind == "unsubscribe":
-        subscriber = _by_address(session, reading.recipients[0])
-        return _Match(subscriber, None, "sender") if subscriber else (
-            f"{reading.recipients[0]} is not a subscriber")
+        return _unsubscriber(session, reading, secret)
     forged = None
     for address in reading.envelope:
         delivery_id = verp_delivery_id(config, secret, address)
@@ -278,6 +278,25 @@ def _match(session: Session, reading: reports.Reading, config: Config, secret: s
             return _Match(subscriber, None, "address")
     named = ", ".join(reading.recipients) or "no address"
     return f"no delivery or subscriber matches it (it names {named})"
+
+
+def _unsubscriber(session: Session, reading: reports.Reading, secret: str) -> _Match | str:
+    """Who a mailto unsubscribe is for: the subscriber its signed tag names, whatever its From
+    says (an alias, or a forgery). A request without a tag (a mail sent before tags, or typed
+    by hand) only for a From that is exactly a subscriber's address, matched as 'sender'."""
+    for tag in reading.tags:
+        subscriber_id = tokens.unsubscribe_tag_id(tag)
+        subscriber = session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
+        if subscriber is not None and hmac.compare_digest(
+                tokens.unsubscribe_tag(secret, subscriber.id, subscriber.link_key), tag):
+            return _Match(subscriber, None, "tag")
+    if reading.tags:
+        return (f"its tag {reading.tags[0]} is not signed for any subscriber (forged, made with "
+                "another key, or its subscriber was erased): nothing changed")
+    subscriber = _by_address(session, reading.recipients[0])
+    return _Match(subscriber, None, "sender") if subscriber else (
+        f"{reading.recipients[0]} is not a subscriber (a request without a tag must come from the "
+        "exact address)")
 
 
 def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | str:

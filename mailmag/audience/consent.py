@@ -4,16 +4,25 @@ The web app calls these, and so can the CLI and the scheduler. What happens to a
 never shows in the answer (no enumeration): the caller gets back the mail to send, if any,
 and says the same thing to the person in every case.
 
-    request ──▶ new or pending address ─▶ "confirm" mail (a signed link, 72 h)
-            ──▶ known address (active, unsubscribed, bounced) ─▶ "known" mail (preferences link)
-            ──▶ over a limit, or a bot (honeypot) ─▶ no mail
-    confirm ──▶ pending becomes active, the consent log says when, from where, which wording
+    request ──▶ new, pending or opted-out address ─▶ "confirm" mail (a signed link, 72 h)
+            ──▶ active address ─▶ "known" mail (preferences link)
+            ──▶ a bot (honeypot) ─▶ no mail;  over a limit ─▶ no mail, nothing stored
+    confirm ──▶ active; the consent log says when, from where, which wording
+
+Opting back in after an unsubscribe or a bounce is a new opt-in (特定電子メール法): it
+always goes through this confirmation mail, whoever asks (a preferences link may sit in a
+forwarded mail). The one shortcut is `undo_unsubscribe`, which the web app allows only
+in the browser session that unsubscribed, within minutes.
+
+The limits key on what a person cannot vary for free: the address without case, full-width
+forms or a +tag (`limit_key`), and for IPv6 the /64 a host is given (`limit_ip`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 from collections.abc import Sequence
 from typing import Literal
 
@@ -53,6 +62,8 @@ class Mail:
     subscriber_id: int
     email: str
     lang: str
+    link_key: str = ""  # the subscriber row's key: the mail's link is made for that row only
+    opt_outs: int = 0  # the row's opt-outs when asked: a later one voids the confirmation link
 
 
 def request_subscription(
@@ -70,33 +81,72 @@ def request_subscription(
 ) -> Mail | None:
     """Handle one subscribe form submission; returns the mail to send, or None.
 
-    Every request is recorded (SubscribeAttempt) so the limits hold across processes. A new
-    address becomes pending; an address already on the list is not changed (the form proves
-    nothing), its owner gets a mail with their preferences link instead.
+    Every request within the limits is recorded (SubscribeAttempt) so the limits hold across
+    processes; one over a limit stores nothing. A new address becomes pending; an address
+    already on the list is not changed (the form proves nothing): an active one's owner gets
+    their preferences link, an opted-out one a confirmation link.
     """
     now = now or utcnow()
-    ip = consent.ip or ""
-    attempt = SubscribeAttempt(email_hash=address.hash, ip=ip, mailed=False, at=now)
-    if bot or _over_limits(session, address, ip, limits, now):
-        session.add(attempt)
+    ip = limit_ip(consent.ip or "")
+    key_hash = subscribers.email_hash(limit_key(address))
+    if _over_limits(session, key_hash, ip, limits, now):
+        return None
+    attempt = SubscribeAttempt(email_hash=key_hash, ip=ip, mailed=False, at=now)
+    session.add(attempt)
+    if bot:
         session.flush()
         return None
     existing = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
+    kind: Literal["confirm", "known"] = "confirm"
     if existing is None or existing.status == "pending":
         subscriber = _pending(session, address, consent, existing, name, organization, lang, topics)
-        kind: Literal["confirm", "known"] = "confirm"
     else:
-        subscriber, kind = existing, "known"
+        subscriber = existing
+        kind = "known" if existing.status == "active" else "confirm"
     attempt.mailed = True
-    session.add(attempt)
     session.flush()
-    return Mail(kind, attempt.id, subscriber.id, subscriber.email, subscriber.lang)
+    return Mail(kind, attempt.id, subscriber.id, subscriber.email, subscriber.lang, subscriber.link_key,
+                subscribers.opt_out_count(session, subscriber))
 
 
-def _over_limits(session: Session, address: Address, ip: str, limits: Limits, now: dt.datetime) -> bool:
+def request_resubscription(session: Session, subscriber: Subscriber, consent: Consent, *, limits: Limits,
+                           now: dt.datetime | None = None) -> Mail | None:
+    """Someone on the preferences page asks to receive again: the same path and limits as the
+    form, so only a click in the confirmation mail sent to the address makes it happen."""
+    address = Address(subscriber.email, subscriber.email_key)
+    return request_subscription(session, address, consent, limits=limits, name=subscriber.name,
+                                organization=subscriber.organization, lang=subscriber.lang,
+                                topics=subscriber.topics, now=now)
+
+
+def limit_key(address: Address) -> str:
+    """The address as the limits see it: NFKC and lower case (parse_address did both) and
+    no +tag, which most providers deliver to the same mailbox; for Gmail no dots either."""
+    local, _, domain = address.key.rpartition("@")
+    local = local.split("+", 1)[0] or local
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
+def limit_ip(ip: str) -> str:
+    """The client as the per-IP limit sees it: an IPv4 address, or the /64 of an IPv6 one
+    (a host is handed a whole /64 and can pick a new address in it for each request)."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+def _over_limits(session: Session, key_hash: str, ip: str, limits: Limits, now: dt.datetime) -> bool:
     mailed_today = session.scalar(
         select(func.count()).select_from(SubscribeAttempt).where(
-            SubscribeAttempt.email_hash == address.hash, SubscribeAttempt.mailed.is_(True),
+            SubscribeAttempt.email_hash == key_hash, SubscribeAttempt.mailed.is_(True),
             SubscribeAttempt.at > now - dt.timedelta(days=1),
         )
     ) or 0
@@ -114,7 +164,8 @@ def _pending(
 ) -> Subscriber:
     """A new pending subscriber, or the pending one updated; each request is an opt_in record."""
     if existing is not None:
-        existing.name, existing.organization = name, organization
+        existing.name = subscribers.check_text("name", name)
+        existing.organization = subscribers.check_text("organization", organization)
         existing.lang, existing.topics = lang, list(topics)
         subscribers.record(session, existing, "opt_in", consent)
         return existing
@@ -139,11 +190,31 @@ def mail_failed(session: Session, attempt_id: int) -> None:
 
 
 def confirm(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
-    """Double opt-in completed: pending → active, and any old suppression lifted. False if not pending."""
-    if not subscribers.confirm(session, subscriber, consent):
+    """Double opt-in completed: pending, unsubscribed or bounced → active, any suppression
+    lifted, a `confirm` line in the consent log. False if it was active already."""
+    if subscriber.status == "active":
         return False
+    if subscriber.status != "pending":  # opting back in: the confirmation mail was the consent
+        subscriber.status, subscriber.status_reason = "pending", ""
+    subscribers.confirm(session, subscriber, consent)
     digest = subscribers.email_hash(subscriber.email_key)
     session.execute(delete(Suppression).where(Suppression.email_hash == digest))
+    return True
+
+
+def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: object) -> bool:
+    """Whether a confirmation link made when the subscriber had `opt_outs` opt-outs may still
+    confirm: not if they opted out since (a link mailed before an unsubscribe must not undo it)."""
+    return opt_outs == subscribers.opt_out_count(session, subscriber)
+
+
+def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
+    """Take back an unsubscribe just made (the caller checks who and how recently); the
+    consent log gets an opt_in saying so. False unless the subscriber is unsubscribed."""
+    if subscriber.status != "unsubscribed":
+        return False
+    subscriber.status, subscriber.status_reason = "active", ""
+    subscribers.record(session, subscriber, "opt_in", consent)
     return True
 
 
@@ -154,17 +225,6 @@ def update_preferences(session: Session, subscriber: Subscriber, lang: str, topi
     if (subscriber.lang, list(subscriber.topics)) == (lang, topics):
         return False
     subscriber.lang, subscriber.topics = lang, topics
-    return True
-
-
-def resubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
-    """An unsubscribed, bounced or pending subscriber asks (from a link mailed to them) to receive again."""
-    if subscriber.status == "active":
-        return False
-    if subscriber.status == "pending":
-        return confirm(session, subscriber, consent)
-    address = Address(subscriber.email, subscriber.email_key)
-    subscribers.add(session, address, consent, resubscribe=True)
     return True
 
 

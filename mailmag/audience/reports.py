@@ -65,6 +65,7 @@ class Reading:
     recipients: tuple[str, ...] = ()  # addresses the report names (the last resort)
     detail: str = ""
     via: str = ""  # which reader recognised it: dsn | flufl.bounce | arf | mailto
+    tags: tuple[str, ...] = ()  # mailto unsubscribe: the signed tags it carries (unchecked)
 
 
 def read(data: bytes, unsubscribe_address: str) -> Reading:
@@ -81,10 +82,10 @@ def read(data: bytes, unsubscribe_address: str) -> Reading:
     failures = dsn_failures(msg)
     if failures:
         return _bounce(failures, base, "dsn")
-    sender = _unsubscribe_sender(msg, unsubscribe_address)
+    sender, tags = _unsubscribe_request(msg, unsubscribe_address)
     if sender:
         return Reading(kind="unsubscribe", recipients=(sender,), detail=f"mail from {sender}",
-                       via="mailto", **base)
+                       via="mailto", tags=tags, **base)
     failures = heuristic_failures(msg)
     if failures:
         return _bounce(failures, base, "flufl.bounce")
@@ -223,16 +224,36 @@ def _complaint(msg: Message, base: dict) -> Reading:
                    detail=f"{feedback_type} report from {reporter}", via="arf", **base)
 
 
-def _unsubscribe_sender(msg: Message, unsubscribe_address: str) -> str:
-    """The sender of a request to unsubscribe (RFC 2369 mailto), or '' if it is none."""
+def _unsubscribe_request(msg: Message, unsubscribe_address: str) -> tuple[str, tuple[str, ...]]:
+    """(sender, tags) of a request to unsubscribe (RFC 2369 mailto), or ('', ()) if it is none.
+
+    Each recipient's mailto is unsubscribe+TAG@domain?subject=unsubscribe TAG: the tags are
+    read from where the request was delivered and from its subject (some relays drop the +).
+    """
     if str(msg.get("Auto-Submitted", "no")).strip().lower().startswith("auto-replied"):
-        return ""  # an out-of-office reply to the unsubscribe address is not a request
+        return "", ()  # an out-of-office reply to the unsubscribe address is not a request
     sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
     if not sender or sender.lower().startswith(("mailer-daemon@", "postmaster@")):
-        return ""
-    to_us = unsubscribe_address.lower() in _addresses(msg, *ENVELOPE_HEADERS, "Cc")
-    subject = unicodedata.normalize("NFKC", _decoded(msg.get("Subject", ""))).strip().lower()
-    return sender if to_us or subject in UNSUBSCRIBE_SUBJECTS else ""
+        return "", ()
+    local, _, domain = unsubscribe_address.lower().rpartition("@")
+    tags: list[str] = []
+    to_us = False
+    for address in _addresses(msg, *ENVELOPE_HEADERS, "Cc"):
+        got_local, _, got_domain = address.rpartition("@")
+        if got_domain == domain and got_local == local:
+            to_us = True
+        elif got_domain == domain and got_local.startswith(f"{local}+"):
+            to_us = True
+            tags.append(got_local[len(local) + 1 :])
+    words = unicodedata.normalize("NFKC", _decoded(msg.get("Subject", ""))).lower().split()
+    while words and words[0].rstrip(":") in ("re", "fw", "fwd"):
+        words = words[1:]
+    asked = bool(words) and words[0] in UNSUBSCRIBE_SUBJECTS
+    if asked:
+        tags += words[1:2]
+    if not (to_us or (asked and len(words) <= 2)):
+        return "", ()
+    return sender, tuple(dict.fromkeys(tags))
 
 
 # --- identifiers ----------------------------------------------------------------------------

@@ -8,12 +8,14 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from mailmag import text_ja
 from mailmag.addresses import CONTROL, Address, parse_address
 from mailmag.addresses import email_hash as email_hash
 from mailmag.delivery.outbox import cancel_for_subscriber
+from mailmag.delivery.tokens import PersonLink
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import (
     SUBSCRIBER_STATUSES,
@@ -68,7 +70,7 @@ def parse_topics(raw: str | Iterable[str] | None) -> list[str]:
 def check_text(field: str, value: str) -> str:
     """A name or organization as stored: one line (it goes into mail headers), at most MAX_TEXT."""
     refuse_controls(field, value)
-    value = " ".join(value.split())  # an Excel cell with Alt+Enter holds a line break
+    value = " ".join(text_ja.strip_bidi(value).split())  # an Excel cell with Alt+Enter holds a line break
     if len(value) > MAX_TEXT:
         raise InvalidInput(f"the {field} is {len(value)} characters long (at most {MAX_TEXT})")
     return value
@@ -90,6 +92,21 @@ def get(session: Session, raw_email: str) -> Subscriber:
             session, address) else ""
         raise NotFound(f"no subscriber with the address {address.email}{forgotten}")
     return subscriber
+
+
+def by_link(session: Session, link: PersonLink) -> Subscriber | None:
+    """The subscriber a signed link was made for, or None if that row is gone (purged,
+    forgotten) or its id now belongs to someone else: a link never acts on another person."""
+    subscriber = session.get(Subscriber, link.subscriber_id)
+    if subscriber is None or not link.fits(subscriber.link_key, subscriber.created_at):
+        return None
+    return subscriber
+
+
+def opt_out_count(session: Session, subscriber: Subscriber) -> int:
+    """How often this subscriber opted out: a confirmation link made before the last one is void."""
+    return session.scalar(select(func.count()).select_from(ConsentEvent).where(
+        ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action == "opt_out")) or 0
 
 
 def is_suppressed(session: Session, address: Address) -> bool:

@@ -11,10 +11,13 @@ from mailmag.web import create_app, purge
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8025, show_default=True, help="Port (0: any free one).")
-@click.option("--threads", type=int, default=8, show_default=True, help="Requests served at once.")
+@click.option("--threads", type=int, default=None, help="Requests served at once ([web] threads).")
 @pass_app
-def serve(app: AppContext, host: str, port: int, threads: int) -> None:
-    """Serve the web app: unsubscribe, preferences, subscribe, archive, org forms."""
+def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
+    """Serve the web app: unsubscribe, preferences, subscribe, archive, org forms.
+
+    waitress runs with the [web] limits: max_request_body_size (a larger body is refused
+    before it is read), connection_limit, channel_timeout and threads."""
     import waitress.server
 
     services = app.ready_services()
@@ -22,8 +25,10 @@ def serve(app: AppContext, host: str, port: int, threads: int) -> None:
     web = services.config.web
     options = {"trusted_proxy": web.trusted_proxy, "trusted_proxy_count": 1,
                "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}} if web.trusted_proxy else {}
-    server = waitress.server.create_server(web_app, host=host, port=port, threads=threads,
-                                           ident="mailmag", **options)
+    server = waitress.server.create_server(
+        web_app, host=host, port=port, threads=threads or web.threads, ident="mailmag",
+        max_request_body_size=web.max_request_body_size, connection_limit=web.connection_limit,
+        channel_timeout=web.channel_timeout, **options)
     stop = purge.start(services)
     click.echo(f"serving on http://{host}:{server.effective_port}/ "
                f"(links in mail use {services.config.mailmag.base_url})", err=True)

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailmag import text_ja
 from mailmag.content import dates, orgs
-from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
-from mailmag.models import ITEM_KINDS, ITEM_STATUSES, Item, Org
+from mailmag.errors import InvalidInput, LimitExceeded, MailmagError, NotFound, StateError
+from mailmag.models import ITEM_KINDS, ITEM_STATUSES, Item, Org, utcnow
 
 KIND_LABELS = {"meeting": "会議報告", "event": "イベント案内", "exhibitors": "出展者募集", "news": "お知らせ"}
 _KIND_ALIASES = {
@@ -215,6 +215,26 @@ def submit(session: Session, org: Org | str, kind: str, fields: Mapping[str, Any
     session.add(item)
     session.flush()
     return item
+
+
+def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, per_hour: int,
+                      bytes_per_day: int, now: dt.datetime | None = None) -> None:
+    """An org's submission link is a credential anyone holding it can use: at most `per_hour`
+    items an hour and `bytes_per_day` bytes of text a day through it; LimitExceeded if over."""
+    now = now or utcnow()
+    web = (Item.org_id == org.id, Item.channel == "web")
+    last_hour = session.scalar(select(func.count()).select_from(Item)
+                               .where(*web, Item.created_at > now - dt.timedelta(hours=1))) or 0
+    if last_hour >= per_hour:
+        raise LimitExceeded(f"this link has sent {last_hour} items in the last hour (at most {per_hour}): "
+                            "please try again later or ask the secretariat")
+    columns = [getattr(Item, attr) for attr in FIELD_NAMES if attr not in _DATES]
+    today = session.execute(select(*columns).where(*web, Item.created_at > now - dt.timedelta(days=1)))
+    used = sum(len((value or "").encode()) for row in today for value in row)
+    size = sum(len(str(value).encode()) for value in fields.values())
+    if used + size > bytes_per_day:
+        raise LimitExceeded(f"this link may send {bytes_per_day} bytes of text a day and has {used} sent: "
+                            "please shorten the text, try again tomorrow or ask the secretariat")
 
 
 def get(session: Session, item_id: int) -> Item:

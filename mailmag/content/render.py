@@ -78,8 +78,8 @@ def make_environment(templates_path: Path) -> jinja2.Environment:
         date=_date, date_range=_date_range,
         date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en,
         date_range_ja=text_ja.format_date_range_ja, date_range_en=text_ja.format_date_range_en,
-        markdown=lambda source: Markup(markup.to_html(source or "")),
-        markdown_text=markdown_to_text,
+        markdown=lambda source: Markup(personalize.neutralize(markup.to_html(source or ""))),
+        markdown_text=lambda source: personalize.neutralize(markdown_to_text(source)),
         width=text_ja.display_width,
     )
     env.globals.update(
@@ -210,12 +210,14 @@ def issue_context(config: Config, spec: IssueSpec, lang: str) -> dict[str, Any]:
 
 
 def _item_view(item: Item, position: int, labels: dict[str, str]) -> types.SimpleNamespace:
+    """An item as templates see it: its text can never hold a per-recipient marker."""
     fields = ("id", "kind", "title", "body", "date", "end_date", "time_text", "venue", "url",
               "deadline", "fee", "event_name", "how_to_apply")
+    safe = personalize.neutralize
     return types.SimpleNamespace(
-        **{name: getattr(item, name) for name in fields},
+        **{name: (safe(v) if isinstance(v := getattr(item, name), str) else v) for name in fields},
         number=position, label=labels.get(item.kind, item.kind), anchor=f"item-{item.id}",
-        org=item.org.name, org_short=item.org.short_name or item.org.name,
+        org=safe(item.org.name), org_short=safe(item.org.short_name or item.org.name),
     )
 
 
@@ -226,13 +228,13 @@ def titles(config: Config, spec: IssueSpec, lang: str) -> tuple[str, str]:
     fields = {"list_name": config.sender.list_name, "number": spec.number}
     title = spec.title or _format("title_template_en" if english else "title_template",
                                   compose.title_template_en if english else compose.title_template, fields)
-    headline = spec.items[0].title if spec.items else title
+    headline = personalize.neutralize(spec.items[0].title) if spec.items else title
     if len(spec.items) > 1:
         headline += _HEADLINE_MORE[lang]
     subject = _format("subject_template_en" if english else "subject_template",
                       compose.subject_template_en if english else compose.subject_template,
                       {**fields, "title": title, "headline": headline})
-    return title, " ".join(subject.split())
+    return text_ja.strip_bidi(title), " ".join(text_ja.strip_bidi(subject).split())
 
 
 def _format(key: str, template: str, fields: dict[str, Any]) -> str:

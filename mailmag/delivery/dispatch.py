@@ -321,7 +321,7 @@ class Dispatcher:
         when no session could be opened (nothing was sent)."""
         skeleton = self.database.call(lambda: self.skeletons.get(delivery.issue_id, delivery.lang))
         recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
-                                       delivery.message_id)
+                                       delivery.message_id, delivery.link_key)
         try:
             envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
         except InvalidInput as exc:  # e.g. a line break in a name: this recipient only

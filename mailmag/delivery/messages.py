@@ -63,6 +63,7 @@ class Recipient:
     email: str
     name: str
     message_id: str
+    link_key: str = ""  # the subscriber row's random key (tokens.make_person)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Skeleton:
     text: _Body
     html: _Body
     seams: tuple[bytes, bytes, bytes]  # before the text part, before the html part, the end
-    mailto: str
+    mailto: str  # the plain unsubscribe address; each recipient's carries their tag
     base_url: str
     bounce_local: str
     bounce_domain: str
@@ -168,6 +169,15 @@ def unsubscribe_address(config: Config) -> str:
     '?subject=…' are dropped), else unsubscribe@<from domain>. Bounce processing reads the same."""
     value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
     return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto")
+
+
+def unsubscribe_mailto(address: str, secret: str, recipient: Recipient) -> str:
+    """<mailto:unsubscribe+TAG@domain?subject=unsubscribe%20TAG>: the request names its
+    subscriber by the signed tag (in the address, and in the subject for relays that drop
+    '+' parts), never by its From, which an alias changes and anyone can forge."""
+    tag = tokens.unsubscribe_tag(secret, recipient.subscriber_id, recipient.link_key)
+    local, _, domain = address.rpartition("@")
+    return f"<mailto:{local}+{tag}@{domain}?subject=unsubscribe%20{tag}>"
 
 
 def bounce_address(config: Config) -> str:
@@ -244,7 +254,7 @@ def prepare(
         text=_Body.split(rendering.text),
         html=_Body.split(rendering.html),
         seams=_seams(boundary.encode()),
-        mailto=f"<mailto:{mailto}?subject=unsubscribe>",
+        mailto=mailto,
         base_url=base_url,
         bounce_local=bounce_local,
         bounce_domain=bounce_domain,
@@ -329,8 +339,10 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
     values = {
         "name": recipient.name,
         "email": recipient.email,
-        "unsubscribe_url": links.unsubscribe_url(skeleton.base_url, secret, recipient.subscriber_id),
-        "preferences_url": links.preferences_url(skeleton.base_url, secret, recipient.subscriber_id),
+        "unsubscribe_url": links.unsubscribe_url(skeleton.base_url, secret, recipient.subscriber_id,
+                                                 recipient.link_key),
+        "preferences_url": links.preferences_url(skeleton.base_url, secret, recipient.subscriber_id,
+                                                 recipient.link_key),
     }
     data = b"".join((
         skeleton.from_line,
@@ -338,7 +350,8 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         skeleton.subject_line,
         _line("Date", email.utils.format_datetime(clock.local_now(skeleton.zone))),
         _line("Message-ID", recipient.message_id),
-        list_unsubscribe(values["unsubscribe_url"], skeleton.mailto).encode(),
+        list_unsubscribe(values["unsubscribe_url"],
+                         unsubscribe_mailto(skeleton.mailto, secret, recipient)).encode(),
         skeleton.fixed_lines,
         skeleton.seams[0],
         *skeleton.text.encode({k: v.encode() for k, v in values.items()}),

@@ -66,6 +66,7 @@ class Claimed:
     attempts: int
     created_at: dt.datetime
     last_reply: str
+    link_key: str = ""  # the subscriber row's key, which every link in the mail carries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +256,7 @@ def _load_claimed(session: Session, ids: list[int]) -> list[Claimed]:
     query = (
         select(Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
                Subscriber.name, Delivery.lang, Delivery.message_id, Delivery.attempts,
-               Delivery.created_at, Delivery.last_reply)
+               Delivery.created_at, Delivery.last_reply, Subscriber.link_key)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)

@@ -22,6 +22,7 @@ from mailmag.config import PACKAGE_TEMPLATES, Config, load_config
 from mailmag.errors import ConfigError, NotFound
 from mailmag.services import Services
 from mailmag.web import security
+from mailmag.web.cache import PageCache
 from mailmag.web.i18n import Catalog, pick_lang
 from mailmag.web.mailer import Mailer
 
@@ -36,6 +37,7 @@ class WebState:
     topics: list[consent.Topic]
     wording: dict[str, str]  # lang → the consent wording of the configured version
     mailer: Mailer
+    pages: PageCache = dataclasses.field(default_factory=PageCache)  # the listings' bodies, by tag
 
     @property
     def config(self) -> Config:
@@ -100,6 +102,11 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     app.jinja_options = {**Flask.jinja_options, "autoescape": jinja2.select_autoescape(["html.j2"]),
                          "undefined": jinja2.StrictUndefined}
     app.jinja_loader = loader
+    # Werkzeug answers /archive and //archive/ with a redirect to an absolute URL built from
+    # the request's Host header (an open redirect for whoever sets it). Routes match with or
+    # without the slash instead, and nothing is redirected.
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
     app.extensions["mailmag"] = WebState(
         services=services, secret=secret,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
@@ -107,7 +114,8 @@ def create_app(services: Services | None = None, config: Config | None = None) -
         wording=_wording(dirs, config.web.consent_wording_version),
         mailer=Mailer(services, secret, loader),
     )
-    security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"))
+    security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"),
+                      max_body=config.web.max_request_body_size)
     app.jinja_env.globals.update(_=_, page_lang=page_lang, sender=config.sender,
                                  date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en)
     _register(app)

@@ -1,5 +1,10 @@
 """The public archive: sent issues (web versions without personal links), Atom, iCalendar of events.
 
+Public pages stay cheap whatever the archive's size: listings read only the columns they
+show (never a rendering's HTML), the feed and the calendar are bounded ([web] feed_entries,
+calendar_past_days, calendar_max_events) and answer If-None-Match / If-Modified-Since
+with 304 after one aggregate query.
+
 An issue is public once its send started and it has its 第N号 (sending, sent, or cancelled
 after some of it went). Its web version is the
 frozen rendering with the per-recipient placeholders filled with nothing personal: no name,
@@ -10,7 +15,9 @@ approved but unsent is not public yet.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import re
 import unicodedata
 from html import escape
@@ -19,36 +26,86 @@ from typing import Any
 import icalendar
 from feedgen.feed import FeedGenerator
 from flask import Blueprint, Response, abort, g, render_template, request
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from mailmag import links, personalize
-from mailmag.models import Issue, IssueItem, Item, Rendering
+from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
 from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
 
 bp = Blueprint("archive", __name__)
 # A 第N号 whose sending started: also a cancelled one that reached someone (it keeps its number;
-# one that reached nobody gave it back). Use with `Issue.number.is_not(None)`.
+# one that reached nobody gave it back): status in PUBLIC and a number.
 PUBLIC = ("sending", "sent", "cancelled")
-FEED_SIZE = 50
 _TIMES = re.compile(r"(\d{1,2}):(\d{2})(?:\s*[〜~\-–—ー]\s*(\d{1,2}):(\d{2}))?")
+MAX_NUMBER = 2**31 - 1  # the column's range: a larger number in a URL is simply not an issue
 
 
-def _issues(session: Session, limit: int | None = None) -> list[Issue]:
-    query = (select(Issue).where(Issue.status.in_(PUBLIC), Issue.number.is_not(None))
-             .order_by(Issue.number.desc()).options(selectinload(Issue.renderings)))
-    return list(session.scalars(query.limit(limit) if limit else query))
+@dataclasses.dataclass(frozen=True)
+class _Listed:
+    """What a listing shows of an issue: never its HTML or text (they are ~40 KB each)."""
+
+    number: int
+    title: str
+    when: dt.datetime
 
 
-def _rendering(issue: Issue, lang: str) -> Rendering | None:
-    by_lang = {r.lang: r for r in issue.renderings}
-    fallback = next(iter(by_lang.values()), None)
-    return by_lang.get(lang) or by_lang.get(state().config.mailmag.language) or fallback
+def _listed(session: Session, lang: str, limit: int | None = None) -> list[_Listed]:
+    """Public issues newest first, each with the subject of its `lang` rendering (or another)."""
+    query = (select(Issue.id, Issue.number, Issue.title, Issue.sent_at, Issue.rendered_at, Issue.created_at)
+             .where(Issue.status.in_(PUBLIC), Issue.number.is_not(None)).order_by(Issue.number.desc()))
+    rows = session.execute(query.limit(limit) if limit else query).all()
+    subjects: dict[int, dict[str, str]] = {}
+    if rows:
+        found = session.execute(select(Rendering.issue_id, Rendering.lang, Rendering.subject)
+                                .where(Rendering.issue_id.in_([r.id for r in rows])))
+        for issue_id, rendering_lang, subject in found:
+            subjects.setdefault(issue_id, {})[rendering_lang] = subject
+    default = state().config.mailmag.language
+    return [_Listed(r.number, _pick(subjects.get(r.id, {}), lang, default) or r.title,
+                    r.sent_at or r.rendered_at or r.created_at) for r in rows]
 
 
-def _when(issue: Issue) -> dt.datetime:
-    return issue.sent_at or issue.rendered_at or issue.created_at
+def _pick(by_lang: dict[str, Any], lang: str, default: str) -> Any:
+    """The value for `lang`, else for the default language, else any."""
+    return by_lang.get(lang) or by_lang.get(default) or next(iter(by_lang.values()), None)
+
+
+# --- conditional requests ------------------------------------------------------------------
+
+
+def _not_modified(tag: str, modified: dt.datetime | None) -> Response | None:
+    """A 304 when the client's copy (If-None-Match, else If-Modified-Since) is current."""
+    if request.if_none_match:
+        current = request.if_none_match.contains(tag)
+    else:
+        since = request.if_modified_since
+        current = since is not None and modified is not None and modified.replace(microsecond=0) <= since
+    return _validated(Response(status=304), tag, modified) if current else None
+
+
+def _validated(response: Response, tag: str, modified: dt.datetime | None) -> Response:
+    response.set_etag(tag)
+    if modified is not None:
+        response.last_modified = modified
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+def _tag(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+# --- pages and feeds -----------------------------------------------------------------------
+
+
+def _public_state(session: Session) -> tuple[int, int | None, dt.datetime | None]:
+    """(count, latest number, latest send time) of the public issues: what the listings show."""
+    count, latest, modified = session.execute(
+        select(func.count(), func.max(Issue.number), func.max(Issue.sent_at))
+        .where(Issue.status.in_(PUBLIC), Issue.number.is_not(None))).one()
+    return count, latest, modified
 
 
 @bp.get("/archive/")
@@ -56,26 +113,37 @@ def index() -> Any:
     g.lang = lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
     zone = state().config.zone
     with state().services.read_session() as session:
-        rows = [
-            {"number": i.number, "title": (r.subject if (r := _rendering(i, lang)) else i.title),
-             "date": _when(i).astimezone(zone).date()}
-            for i in _issues(session)
-        ]
-    return render_template("archive.html.j2", issues=rows)
+        count, latest, modified = _public_state(session)
+        tag = _tag("archive", count, latest, modified, lang)
+        unchanged = _not_modified(tag, modified)
+        if unchanged is not None:
+            return unchanged
+
+        def page() -> bytes:
+            rows = [{"number": i.number, "title": i.title, "date": i.when.astimezone(zone).date()}
+                    for i in _listed(session, lang)]
+            return render_template("archive.html.j2", issues=rows).encode()
+
+        body = state().pages.get(tag, page)
+    return _validated(Response(body, content_type="text/html; charset=utf-8"), tag, modified)
 
 
 @bp.get("/archive/<int:number>")
 def issue(number: int) -> Any:
     """The issue as mailed, without anything personal (the page's CSP allows its inline CSS)."""
+    if number > MAX_NUMBER:
+        abort(404)
     lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
     with state().services.read_session() as session:
-        found = session.scalar(select(Issue).where(Issue.number == number, Issue.status.in_(PUBLIC),
-                                                   Issue.number.is_not(None)))
-        rendering = _rendering(found, lang) if found is not None else None
-        if rendering is None:
+        found = dict(session.execute(
+            select(Rendering.lang, Rendering.id).join(Issue, Issue.id == Rendering.issue_id)
+            .where(Issue.number == number, Issue.status.in_(PUBLIC), Issue.number.is_not(None))).all())
+        shown = _pick({code: code for code in found}, lang, state().config.mailmag.language)
+        if shown is None:
             abort(404)
+        html = session.scalar(select(Rendering.html).where(Rendering.id == found[shown])) or ""
         config = state().config
-        page = web_version(rendering.html, config.mailmag.base_url, rendering.lang, config.sender.list_name)
+        page = web_version(html, config.mailmag.base_url, shown, config.sender.list_name)
     security.use_issue_csp()
     return Response(page, content_type="text/html; charset=utf-8")
 
@@ -108,7 +176,20 @@ def web_version(html: str, base_url: str, lang: str, list_name: str) -> str:
 
 @bp.get("/feed.atom")
 def atom() -> Response:
+    """The latest [web] feed_entries public issues; 304 for a reader whose copy is current."""
     config = state().config
+    size = config.web.feed_entries
+    with state().services.read_session() as session:
+        count, latest, modified = _public_state(session)
+        tag = _tag("feed", count, latest, modified, size, config.mailmag.language)
+        unchanged = _not_modified(tag, modified)
+        if unchanged is not None:
+            return unchanged
+        body = state().pages.get(tag, lambda: _feed(config, _listed(session, config.mailmag.language, size)))
+    return _validated(Response(body, content_type="application/atom+xml; charset=utf-8"), tag, modified)
+
+
+def _feed(config: Any, listed: list[_Listed]) -> bytes:
     base = config.mailmag.base_url
     feed = FeedGenerator()
     feed.id(links.archive_url(base))
@@ -117,54 +198,68 @@ def atom() -> Response:
     feed.link(href=links.archive_url(base), rel="alternate")
     feed.link(href=base.rstrip("/") + "/feed.atom", rel="self")
     feed.language(config.mailmag.language)
-    with state().services.read_session() as session:
-        issues = _issues(session, FEED_SIZE)
-        for issue in reversed(issues):  # feedgen puts the last added entry first
-            rendering = _rendering(issue, config.mailmag.language)
-            entry = feed.add_entry()
-            entry.id(links.archive_url(base, issue.number))
-            entry.title(rendering.subject if rendering else issue.title)
-            entry.link(href=links.archive_url(base, issue.number))
-            entry.updated(_when(issue))
-            entry.published(_when(issue))
-    if issues:
-        feed.updated(_when(issues[0]))
-    return Response(feed.atom_str(pretty=True), content_type="application/atom+xml; charset=utf-8")
+    for issue in reversed(listed):  # feedgen puts the last added entry first
+        entry = feed.add_entry()
+        entry.id(links.archive_url(base, issue.number))
+        entry.title(issue.title)
+        entry.link(href=links.archive_url(base, issue.number))
+        entry.updated(issue.when)
+        entry.published(issue.when)
+    if listed:
+        feed.updated(listed[0].when)
+    return feed.atom_str(pretty=True)
 
 
 @bp.get("/events.ics")
 def events() -> Response:
-    """The event items of the published issues, for subscribers' calendars."""
+    """The event items of the published issues from [web] calendar_past_days ago on, at most
+    [web] calendar_max_events of them, soonest first; 304 for a calendar whose copy is current."""
     config = state().config
+    since = utcnow().astimezone(config.zone).date() - dt.timedelta(days=config.web.calendar_past_days)
+    with state().services.read_session() as session:
+        count, modified, latest = session.execute(
+            select(func.count(Item.id.distinct()), func.max(Item.updated_at), func.max(Issue.number))
+            .select_from(Item).join(IssueItem, IssueItem.item_id == Item.id)
+            .join(Issue, Issue.id == IssueItem.issue_id).where(*_public_events(since))).one()
+        tag = _tag("ics", count, modified, latest, since, config.web.calendar_max_events)
+        unchanged = _not_modified(tag, modified)
+        if unchanged is not None:
+            return unchanged
+        body = state().pages.get(tag, lambda: _calendar(config, _published_events(
+            session, since, config.web.calendar_max_events)))
+    response = Response(body, content_type="text/calendar; charset=utf-8",
+                        headers={"Content-Disposition": 'inline; filename="events.ics"'})
+    return _validated(response, tag, modified)
+
+
+def _calendar(config: Any, events: list[tuple[Item, int]]) -> bytes:
     calendar = icalendar.Calendar()
     calendar.add("prodid", "-//mailmag//council events//JA")
     calendar.add("version", "2.0")
     calendar.add("x-wr-calname", config.sender.list_name)
     calendar.add("x-wr-timezone", config.mailmag.timezone)
-    with state().services.read_session() as session:
-        for item, number in _published_events(session):
-            calendar.add_component(_vevent(item, number))
+    for item, number in events:
+        calendar.add_component(_vevent(item, number))
     calendar.add_missing_timezones()
-    return Response(calendar.to_ical(), content_type="text/calendar; charset=utf-8",
-                    headers={"Content-Disposition": 'inline; filename="events.ics"'})
+    return calendar.to_ical()
 
 
-def _published_events(session: Session) -> list[tuple[Item, int]]:
-    """(event item, the first public issue that carried it), soonest first."""
+def _public_events(since: dt.date) -> tuple[Any, ...]:
+    return (Item.kind == "event", Item.date.is_not(None), Item.date >= since,
+            Issue.status.in_(PUBLIC), Issue.number.is_not(None))
+
+
+def _published_events(session: Session, since: dt.date, limit: int) -> list[tuple[Item, int]]:
+    """(event item, the first public issue that carried it), soonest first, at most `limit`."""
+    first_issue = func.min(Issue.number).label("number")
+    chosen = (select(Item.id, first_issue).join(IssueItem, IssueItem.item_id == Item.id)
+              .join(Issue, Issue.id == IssueItem.issue_id).where(*_public_events(since))
+              .group_by(Item.id, Item.date).order_by(Item.date, Item.id).limit(limit).subquery())
     rows = session.execute(
-        select(Item, Issue.number)
-        .join(IssueItem, IssueItem.item_id == Item.id)
-        .join(Issue, Issue.id == IssueItem.issue_id)
-        .where(Item.kind == "event", Item.date.is_not(None), Issue.status.in_(PUBLIC),
-               Issue.number.is_not(None))
-        .options(selectinload(Item.org))
-        .order_by(Item.date, Item.id, Issue.number)
+        select(Item, chosen.c.number).join(chosen, chosen.c.id == Item.id)
+        .options(selectinload(Item.org)).order_by(Item.date, Item.id)
     ).all()
-    first: dict[int, tuple[Item, int]] = {}
-    for item, number in rows:
-        if number is not None:  # the WHERE above: public issues have numbers
-            first.setdefault(item.id, (item, number))
-    return list(first.values())
+    return [(item, number) for item, number in rows]
 
 
 def _vevent(item: Item, number: int) -> icalendar.Event:

@@ -78,9 +78,9 @@ class Mailer:
         config = self.services.config
         base_url = config.mailmag.base_url
         if mail.kind == "confirm":
-            link = links.confirm_url(base_url, self.secret, mail.subscriber_id)
+            link = links.confirm_url(base_url, self.secret, mail.subscriber_id, mail.link_key, mail.opt_outs)
         else:
-            link = links.preferences_url(base_url, self.secret, mail.subscriber_id)
+            link = links.preferences_url(base_url, self.secret, mail.subscriber_id, mail.link_key)
         text = self.env.get_template(f"mail/{mail.kind}.{mail.lang}.txt.j2").render(
             link=link, email=mail.email, hours=config.web.confirm_hours,
             sender=config.sender, subscribe_url=links.subscribe_url(base_url),

@@ -8,6 +8,7 @@ without cookies); the secret unsubscribe token in its URL is what authorizes it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -52,6 +53,27 @@ def check_csrf() -> None:
         abort(400, description="csrf")
 
 
+UNDO_KEY = "unsubscribed"
+
+
+def remember_unsubscribe(subscriber_id: int, at: dt.datetime) -> None:
+    """Note in this browser's signed session cookie who it unsubscribed and when (for undo)."""
+    session[UNDO_KEY] = {"s": subscriber_id, "at": at.timestamp()}
+
+
+def unsubscribed_at(subscriber_id: int) -> dt.datetime | None:
+    """When this browser session unsubscribed `subscriber_id`, or None if it did not."""
+    noted = session.get(UNDO_KEY)
+    if not isinstance(noted, dict) or noted.get("s") != subscriber_id:
+        return None
+    at = noted.get("at")
+    return dt.datetime.fromtimestamp(at, dt.UTC) if isinstance(at, int | float) else None
+
+
+def forget_unsubscribe() -> None:
+    session.pop(UNDO_KEY, None)
+
+
 def client_ip() -> str:
     """The client's address (behind a proxy, waitress's trusted_proxy has already rewritten it)."""
     return (request.remote_addr or "")[:64]
@@ -79,14 +101,14 @@ def _headers(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask, secret: str, secure_cookie: bool) -> None:
+def init_app(app: Flask, secret: str, secure_cookie: bool, max_body: int) -> None:
     app.config.update(
         SECRET_KEY=session_key(secret),
         SESSION_COOKIE_NAME="mailmag_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookie,
-        MAX_CONTENT_LENGTH=256 * 1024,  # the largest form (an item body) is far smaller
+        MAX_CONTENT_LENGTH=max_body,  # [web] max_request_body_size, as waitress's own limit
     )
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

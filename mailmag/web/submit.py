@@ -12,7 +12,7 @@ from flask import Blueprint, abort, g, render_template, request
 from sqlalchemy.orm import Session
 
 from mailmag.content import items, orgs
-from mailmag.errors import InvalidInput
+from mailmag.errors import InvalidInput, LimitExceeded
 from mailmag.models import ITEM_KINDS, Org
 from mailmag.web import security, state
 
@@ -78,9 +78,14 @@ def submit(token: str) -> Any:
         missing = [f["label"] for f in _fields(kind) if f["required"] and not given[f["name"]].strip()]
         if missing:
             return _form(org, token, kind, 400, values=given, missing=missing)
+        web = state().config.web
         try:
+            items.check_link_limits(session, org, given, per_hour=web.submit_items_per_hour,
+                                    bytes_per_day=web.submit_bytes_per_day)
             item = items.submit(session, org, kind, given, channel="web",
                                 limit_kb=state().services.config.compose.item_size_limit_kb)
+        except LimitExceeded as exc:
+            return _form(org, token, kind, 429, values=given, error=str(exc))
         except InvalidInput as exc:
             session.rollback()
             return _form(org, token, kind, 400, values=given, error=str(exc))

@@ -7,6 +7,8 @@ only on POST: a form with this session's CSRF token, or the one-click body.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 from flask import Blueprint, Response, abort, g, render_template, request
@@ -17,7 +19,7 @@ from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.delivery import tokens
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound, TokenError
-from mailmag.models import Subscriber
+from mailmag.models import Subscriber, utcnow
 from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
 
@@ -28,17 +30,15 @@ class _TestLink(Exception):
     """The link is from an `issues test` mail: answered by a page saying so, nothing changes."""
 
 
-def _subscriber_id(purpose: str, token: str, max_age: int | None = None) -> int:
-    """The subscriber id a link carries; NotFound for a tampered or foreign token."""
+def _link(purpose: str, token: str, max_age: int | None = None) -> tokens.PersonLink:
+    """The subscriber row a link names; NotFound for a tampered, foreign or expired token."""
     try:
-        payload = tokens.read(state().secret, purpose, token, max_age=max_age)
+        link = tokens.read_person(state().secret, purpose, token, max_age=max_age)
     except TokenError:
         raise NotFound("this link is not valid") from None
-    if not isinstance(payload, dict) or type(payload.get("s")) is not int:
-        raise NotFound("this link is not valid")
-    if payload["s"] == links.TEST_SUBSCRIBER_ID:
+    if link.subscriber_id == links.TEST_SUBSCRIBER_ID:
         raise _TestLink(purpose)
-    return payload["s"]
+    return link
 
 
 @bp.errorhandler(_TestLink)
@@ -55,8 +55,8 @@ def _consent(channel: str, source: str = "", wording: str | None = None) -> Cons
 
 def _links(subscriber: Subscriber) -> dict[str, str]:
     base, secret = state().config.mailmag.base_url, state().secret
-    return {"unsubscribe_url": links.unsubscribe_url(base, secret, subscriber.id),
-            "preferences_url": links.preferences_url(base, secret, subscriber.id)}
+    return {"unsubscribe_url": links.unsubscribe_url(base, secret, subscriber.id, subscriber.link_key),
+            "preferences_url": links.preferences_url(base, secret, subscriber.id, subscriber.link_key)}
 
 
 def _page(template: str, subscriber: Subscriber | None, status: int = 200, **context: Any) -> Any:
@@ -71,29 +71,57 @@ def _page(template: str, subscriber: Subscriber | None, status: int = 200, **con
 @bp.get("/u/<token>")
 def unsubscribe_page(token: str) -> Any:
     """Who is unsubscribed from what, and one button. Changes nothing (GET and HEAD)."""
-    subscriber_id = _subscriber_id("unsubscribe", token)
+    link = _link("unsubscribe", token)
     with state().services.read_session() as session:
-        subscriber = session.get(Subscriber, subscriber_id)
+        subscriber = subscribers.by_link(session, link)  # None: forgotten, or the id is someone else's
         if subscriber is None or subscriber.status == "unsubscribed":
-            return _page("unsubscribed.html.j2", subscriber, already=True)
+            return _page("unsubscribed.html.j2", subscriber, already=True, undo=_can_undo(subscriber))
         return _page("unsubscribe.html.j2", subscriber)
 
 
 @bp.post("/u/<token>")
 def unsubscribe(token: str) -> Any:
     """RFC 8058 one-click (no page, cookie or redirect; repeatable) or the page's button."""
-    subscriber_id = _subscriber_id("unsubscribe", token)
+    link = _link("unsubscribe", token)
     one_click = request.form.get("List-Unsubscribe") == "One-Click"
     if not one_click:
         security.check_csrf()
     channel = "one-click" if one_click else "web"
     with state().services.session() as session:  # committed before the answer is sent
-        subscriber = session.get(Subscriber, subscriber_id)
+        subscriber = subscribers.by_link(session, link)
         changed = subscriber is not None and subscribers.unsubscribe(
             session, subscriber, _consent(channel, "unsubscribe link"))
     if one_click:
         return Response("unsubscribed\n", 200, content_type="text/plain; charset=utf-8")
-    return _page("unsubscribed.html.j2", subscriber, already=not changed)
+    if changed and subscriber is not None:
+        security.remember_unsubscribe(subscriber.id, utcnow())
+    return _page("unsubscribed.html.j2", subscriber, already=not changed, undo=_can_undo(subscriber))
+
+
+def _can_undo(subscriber: Subscriber | None) -> bool:
+    """Whether this browser session unsubscribed this person within [web] undo_minutes."""
+    if subscriber is None or subscriber.status != "unsubscribed":
+        return False
+    at = security.unsubscribed_at(subscriber.id)
+    window = dt.timedelta(minutes=state().config.web.undo_minutes)
+    return at is not None and dt.timedelta(0) <= utcnow() - at <= window
+
+
+@bp.post("/u/<token>/undo")
+def undo(token: str) -> Any:
+    """Take back an accidental unsubscribe: only in the browser session that made it, only
+    within minutes. Anything else needs a fresh confirmation mail (the preferences page)."""
+    security.check_csrf()
+    link = _link("unsubscribe", token)
+    with state().services.session() as session:
+        subscriber = subscribers.by_link(session, link)
+        if subscriber is None or not _can_undo(subscriber):
+            abort(403)
+        minutes = state().config.web.undo_minutes
+        consent.undo_unsubscribe(session, subscriber, _consent(
+            "web", f"undo within {minutes} minutes, in the browser session that unsubscribed"))
+        security.forget_unsubscribe()
+        return _page("preferences.html.j2", subscriber, saved=True, resubscribed=True, mailed=False)
 
 
 # --- preferences ---------------------------------------------------------------------------
@@ -103,13 +131,15 @@ def unsubscribe(token: str) -> Any:
 def preferences_page(token: str) -> Any:
     with state().services.read_session() as session:
         return _page("preferences.html.j2", _known(session, "preferences", token), saved=False,
-                     resubscribed=False)
+                     resubscribed=False, mailed=False)
 
 
 @bp.post("/p/<token>")
 def preferences(token: str) -> Any:
-    """Save language and topics; resubscribe when asked (the link proves the mailbox)."""
+    """Save language and topics. Receiving again is asked for here but never granted here:
+    the link may sit in a forwarded mail, so a fresh confirmation mail goes to the address."""
     security.check_csrf()
+    mail = None
     with state().services.session() as session:
         subscriber = _known(session, "preferences", token)
         try:
@@ -122,16 +152,26 @@ def preferences(token: str) -> Any:
         except InvalidInput:
             abort(400)
         consent.update_preferences(session, subscriber, lang, topics)
-        resubscribed = request.form.get("action") == "resubscribe" and consent.resubscribe(
-            session, subscriber, _consent("web", "preferences page"))
-        return _page("preferences.html.j2", subscriber, saved=True, resubscribed=resubscribed)
+        asked = request.form.get("action") == "resubscribe" and subscriber.status != "active"
+        if asked:  # over a limit no mail goes out, and the page says the same (no enumeration)
+            mail = consent.request_resubscription(
+                session, subscriber, _consent("web", "preferences page"), limits=_limits())
+        page = _page("preferences.html.j2", subscriber, saved=True, resubscribed=False, mailed=asked)
+    if mail is not None:
+        state().mailer.submit(mail)  # after the commit, as for the subscribe form
+    return page
 
 
 def _known(session: Session, purpose: str, token: str, max_age: int | None = None) -> Subscriber:
-    subscriber = session.get(Subscriber, _subscriber_id(purpose, token, max_age))
-    if subscriber is None:  # forgotten (remove --forget) since the link was made
-        raise NotFound("this link is not valid")
+    subscriber = subscribers.by_link(session, _link(purpose, token, max_age))
+    if subscriber is None:  # purged or forgotten since the link was made: never another person
+        raise NotFound("this link is no longer valid")
     return subscriber
+
+
+def _limits() -> consent.Limits:
+    web = state().config.web
+    return consent.Limits(web.confirm_per_address_per_day, web.subscribe_per_ip_per_hour)
 
 
 # --- confirm (double opt-in) ---------------------------------------------------------------
@@ -142,13 +182,15 @@ def _confirm_age() -> int:
 
 
 def _confirmable(session: Session, token: str) -> tuple[Subscriber, bool]:
-    """The subscriber of a confirmation link and whether the link is still within its time."""
-    subscriber = _known(session, "confirm", token)  # NotFound unless authentic
+    """The subscriber of a confirmation link and whether the link may still confirm: within
+    its time, and no opt-out since it was mailed (an unsubscribe is never undone by it)."""
+    link = _link("confirm", token)
+    subscriber = _known(session, "confirm", token)  # NotFound unless authentic and theirs
     try:
-        tokens.read(state().secret, "confirm", token, max_age=_confirm_age())
+        tokens.read_person(state().secret, "confirm", token, max_age=_confirm_age())
     except TokenError:
         return subscriber, False
-    return subscriber, True
+    return subscriber, consent.confirmation_current(session, subscriber, link.extra.get("o", 0))
 
 
 @bp.get("/confirm/<token>")
@@ -164,7 +206,7 @@ def confirm(token: str) -> Any:
     security.check_csrf()
     with state().services.session() as session:
         subscriber, fresh = _confirmable(session, token)
-        if fresh and subscriber.status == "pending":
+        if fresh and subscriber.status != "active":
             wording = state().config.web.consent_wording_version
             consent.confirm(session, subscriber, _consent("web", "confirmation link", wording))
         return _confirm_answer(subscriber, fresh, "confirmed.html.j2")
@@ -173,8 +215,6 @@ def confirm(token: str) -> Any:
 def _confirm_answer(subscriber: Subscriber, fresh: bool, template: str) -> Any:
     if subscriber.status == "active":
         return _page("confirmed.html.j2", subscriber, already=template == "confirm.html.j2")
-    if subscriber.status != "pending":
-        raise NotFound("this link is not valid")
     if not fresh:
         return _page("expired.html.j2", subscriber, 410, hours=state().config.web.confirm_hours,
                      subscribe_url=links.subscribe_url(state().config.mailmag.base_url))
@@ -203,7 +243,17 @@ def subscribe_page() -> Any:
 
 @bp.post("/subscribe")
 def subscribe() -> Any:
-    """Double opt-in. The answer is the same whatever happens to the address (no enumeration)."""
+    """Double opt-in. The answer is the same whatever happens to the address (no enumeration),
+    and takes at least [web] subscribe_min_answer_ms, so neither does its timing: a new
+    address is written (a pending row) where a known one is only looked up."""
+    started = time.monotonic()
+    answer = _subscribe()
+    floor = state().config.web.subscribe_min_answer_ms / 1000
+    time.sleep(max(0.0, floor - (time.monotonic() - started)))
+    return answer
+
+
+def _subscribe() -> Any:
     security.check_csrf()
     form = request.form
     lang = _form_lang()
@@ -223,7 +273,7 @@ def subscribe() -> Any:
     with state().services.session() as session:
         mail = consent.request_subscription(
             session, address, _consent("web", state().wording_source(lang), web.consent_wording_version),
-            limits=consent.Limits(web.confirm_per_address_per_day, web.subscribe_per_ip_per_hour),
+            limits=_limits(),
             name=values["name"], organization=values["organization"], lang=lang, topics=topics,
             bot=bool(form.get("website")),  # the honeypot field people never see
         )

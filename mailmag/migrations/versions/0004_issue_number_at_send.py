@@ -1,7 +1,7 @@
 """issues: the public number is given when sending starts; automatic issues get a topic
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 16:00:00
 
 Drafts and scheduled issues lose the number they were given when composed (it was never
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

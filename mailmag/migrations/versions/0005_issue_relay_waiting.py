@@ -1,7 +1,7 @@
 """issues: relay_waiting_since and relay_error, so `issues status` shows a relay outage
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-01 16:00:00
 """
 

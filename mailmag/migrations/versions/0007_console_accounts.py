@@ -1,7 +1,7 @@
 """console: admin accounts, their sessions, login attempts and the audit log
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0005
 Create Date: 2026-12-01 16:00:00
 """
 

