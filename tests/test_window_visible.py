@@ -17,6 +17,7 @@ from mailmag.scheduling.window import next_window_open, opening, summary, waitin
 
 JST = ZoneInfo("Asia/Tokyo")
 NOTE = "waiting for the send window; it opens at 2027-01-04 09:00 (月)"
+OPENS_JSON = "2027-01-04T00:00:00Z"  # the same opening in JSON: UTC with a Z
 
 
 def jst(*args: int) -> dt.datetime:
@@ -93,9 +94,10 @@ def at(monkeypatch, module: str, moment: dt.datetime) -> None:  # type: ignore[n
 def test_issues_status_says_the_mail_waits_for_the_window_and_when_it_opens(sending, monkeypatch):
     at(monkeypatch, "mailmag.cli.issues", jst(2027, 1, 2, 12, 0))
     shown = sending.ok("issues", "status", "1").stdout.splitlines()
-    assert shown == ["issue 1: sending", "total 3, sent 0, failed 0, pending 3, dead 0, cancelled 0", NOTE]
+    assert shown[0] == "issue 1 (第1号): sending" and shown[1].startswith("audience: 3 subscribers (")
+    assert shown[2:] == ["total 3, sent 0, failed 0, pending 3, dead 0, cancelled 0", NOTE]
     document = json.loads(sending.ok("issues", "status", "1", "--json").stdout)
-    assert (document["pending"], document["waiting_for_window"]) == (3, "2027-01-04T09:00:00+09:00")
+    assert (document["pending"], document["waiting_for_window"]) == (3, OPENS_JSON)
     # A draft has nothing waiting.
     assert NOTE not in sending.ok("issues", "status", "2").stdout
     assert json.loads(sending.ok("issues", "status", "2", "--json").stdout)["waiting_for_window"] is None
@@ -107,11 +109,12 @@ def test_issues_status_says_the_mail_waits_for_the_window_and_when_it_opens(send
 def test_issues_list_says_which_issue_waits_for_the_window(sending, monkeypatch):
     at(monkeypatch, "mailmag.cli.issues", jst(2027, 1, 2, 12, 0))
     rows = sending.ok("issues", "list").stdout.splitlines()
-    assert [row.split("\t")[:2] for row in rows] == [["2", "draft"], ["1", "sending"]]
+    # ID, 第N号, status: the draft has no number yet.
+    assert [row.split("\t")[:3] for row in rows] == [["2", "-", "draft"], ["1", "第1号", "sending"]]
     assert rows[1].endswith(f"\t{NOTE}") and "waiting" not in rows[0]
     listed = json.loads(sending.ok("issues", "list", "--json").stdout)
-    assert [(i["number"], i["waiting_for_window"]) for i in listed] == [
-        (2, None), (1, "2027-01-04T09:00:00+09:00")]
+    assert [(i["id"], i["number"], i["waiting_for_window"]) for i in listed] == [
+        (2, None, None), (1, 1, OPENS_JSON)]
 
 
 def test_doctor_prints_the_next_window(sending, monkeypatch):

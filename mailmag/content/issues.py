@@ -239,16 +239,21 @@ def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty
 
 
 def _take_number(session: Session, issue: Issue) -> int:
+    lost: IntegrityError | None = None
     for _ in range(NUMBER_ATTEMPTS):
         number = next_number(session)
         try:
             with session.begin_nested():
                 issue.number = number
                 session.flush()
-        except IntegrityError:
+        except IntegrityError as exc:
+            lost = exc
             continue  # another process took this number and committed: read the next one
         return number
-    raise StateError(f"{label(issue)}: other issues kept taking the next number; run the command again")
+    # Chained to the collision: an automatic firing (scheduling.jobs) sees it lost a race and
+    # tries again later instead of recording a failure for the operator.
+    raise StateError(f"{label(issue)}: other issues kept taking the next number; "
+                     "run the command again") from lost
 
 
 def cancel(session: Session, issue_id: int) -> Cancelled:
