@@ -175,17 +175,17 @@ class WebConfig:
     purge_pending_after_hours: int = field(default=168, metadata=at_least(1))
     topics: list[str] = field(default_factory=lambda: ["events|イベント案内|Events", "news|お知らせ|News"])
     trusted_proxy: str = ""
-    undo_minutes: int = 10
-    subscribe_min_answer_ms: int = 100
-    submit_items_per_hour: int = 10
-    submit_bytes_per_day: int = 2_000_000
-    feed_entries: int = 20
-    calendar_past_days: int = 90
-    calendar_max_events: int = 500
-    max_request_body_size: int = 262_144
-    connection_limit: int = 100
-    channel_timeout: int = 30
-    threads: int = 8
+    undo_minutes: int = field(default=10, metadata=at_least(0, 1440))
+    subscribe_min_answer_ms: int = field(default=100, metadata=at_least(0, 10_000))
+    submit_items_per_hour: int = field(default=10, metadata=at_least(1))
+    submit_bytes_per_day: int = field(default=2_000_000, metadata=at_least(1))
+    feed_entries: int = field(default=20, metadata=at_least(1, 1000))
+    calendar_past_days: int = field(default=90, metadata=at_least(0))
+    calendar_max_events: int = field(default=500, metadata=at_least(1, 100_000))
+    max_request_body_size: int = field(default=262_144, metadata=at_least(1024))
+    connection_limit: int = field(default=100, metadata=at_least(1))
+    channel_timeout: int = field(default=30, metadata=at_least(1))
+    threads: int = field(default=8, metadata=at_least(1, 256))
 
 
 @dataclass(frozen=True)
@@ -212,11 +212,11 @@ class AdminConfig:
     enabled: bool = False
     require_totp: bool = False
     allowed_networks: list[str] = field(default_factory=list)
-    session_idle_minutes: int = 30
-    session_max_hours: int = 12
-    max_failed_logins: int = 10
-    max_failed_logins_per_ip: int = 30
-    lockout_minutes: int = 15
+    session_idle_minutes: int = field(default=30, metadata=at_least(1))
+    session_max_hours: int = field(default=12, metadata=at_least(1))
+    max_failed_logins: int = field(default=10, metadata=at_least(1))
+    max_failed_logins_per_ip: int = field(default=30, metadata=at_least(1))
+    lockout_minutes: int = field(default=15, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
