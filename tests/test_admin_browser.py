@@ -10,7 +10,7 @@ import threading
 import pyotp
 import pytest
 from admin_support import PASSWORD, add_admin, seed_items
-from conftest import SECRET
+from conftest import SECRET, SENDER
 from test_web_browser import PHONE, _Site, chromium  # noqa: F401 - the fixture is used
 from web_support import make_services
 
@@ -31,7 +31,7 @@ def console_site(tmp_path, smtp_server):  # type: ignore[no-untyped-def]
     config = Config(
         mailmag=GeneralConfig(base_url=site.url), smtp=smtp_server.smtp_config(rate_per_second=0.0),
         secret_key=SECRET, database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'm.db'}"),
-        admin=AdminConfig(enabled=True, require_totp=True),
+        admin=AdminConfig(enabled=True, require_totp=True), sender=SENDER,
     )
     services = make_services(config)
     app = create_app(services)
