@@ -413,12 +413,25 @@ def _coerce_env(raw: str, hint: Any, env_name: str) -> Any:
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes")
         if expected is list:
-            return [part.strip() for part in raw.split(",") if part.strip()]
+            return _env_list(raw)
         return expected(raw)
     except ValueError as exc:
         raise ConfigError(
             f"environment variable {env_name} must be {_type_name(expected)}, not {raw!r}"
         ) from exc
+
+
+def _env_list(raw: str) -> list[str]:
+    """A list from the environment: as in the file (["mon", "tue"]), or comma-separated (mon,tue)."""
+    if raw.lstrip().startswith("["):
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(raw) from exc
+        if not all(isinstance(part, str) for part in value):
+            raise ValueError(raw)
+        return value
+    return [part.strip() for part in raw.split(",") if part.strip()]
 
 
 def _base_type(hint: Any) -> type:

@@ -109,6 +109,16 @@ def test_the_login_form_itself_needs_its_csrf_token(console, console_services):
     assert reply.status == 400 and COOKIE not in client.cookies
 
 
+def test_a_next_page_with_a_line_break_falls_back_to_the_dashboard(console, console_services):
+    add_admin(console_services, "alice", "owner")
+    client = Client(console.url)
+    token = csrf_of(client.get("/admin/login"))
+    reply = client.post("/admin/login", {"csrf_token": token, "name": "alice", "password": PASSWORD,
+                                         "next": "/admin/\r\nX-Injected: 1"})
+    assert reply.status == 303 and reply.headers["Location"] == "/admin/"
+    assert "X-Injected" not in reply.headers
+
+
 def test_an_editor_cannot_send_schedule_or_see_consent_history(console, console_services):
     [item_id] = seed_items(console_services, ["記事"])
     with console_services.session() as session:

@@ -149,3 +149,14 @@ def test_the_worker_refuses_zero_connections_as_one_line(mailmag, config_file):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {config_file}:") and result.stderr.count("\n") == 1
     assert "[smtp] max_connections must be at least 1, not 0" in result.stderr
+
+
+def test_a_list_from_the_environment_reads_as_in_the_file_or_comma_separated():
+    days = {"MAILMAG_SCHEDULE_SEND_WINDOW_DAYS": '["mon", "tue"]',
+            "MAILMAG_SCHEDULE_YEAR_END_BREAK": '["12-29","01-03"]'}
+    schedule = load_config(None, env=days).schedule
+    assert (schedule.send_window_days, schedule.year_end_break) == (["mon", "tue"], ["12-29", "01-03"])
+    comma = load_config(None, env={"MAILMAG_SCHEDULE_SEND_WINDOW_DAYS": "mon, tue"}).schedule
+    assert comma.send_window_days == ["mon", "tue"]
+    with pytest.raises(ConfigError, match="MAILMAG_SCHEDULE_SEND_WINDOW_DAYS"):
+        load_config(None, env={"MAILMAG_SCHEDULE_SEND_WINDOW_DAYS": '["mon", 3]'})

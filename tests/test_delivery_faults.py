@@ -429,3 +429,39 @@ def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
     quiet.refused()
     # No 421 for `pause`: the connection left out comes back, even if its sibling sends nothing more.
     assert quiet.admits(1)
+
+
+def test_cancel_stops_what_a_running_worker_has_claimed_and_counts_what_went(config, smtp_server):
+    """`issues cancel` while a worker holds the whole batch: only the message on the wire
+    goes on; the rest of the batch is dropped at the worker's next check, and what went is
+    recorded as sent (its 第N号 stays)."""
+    from mailmag.content import issues
+
+    services = make_services(config, smtp_server, dispatch=DispatchConfig(batch_size=20))
+    issue = prepare_send(services, 20)
+    smtp_server.delay("data_end", 0.2, times=None)  # a relay that takes its time per message
+    original_store = smtp_server._store
+    outcome = {}
+
+    def store_then_cancel(*args):  # type: ignore[no-untyped-def]
+        number = original_store(*args)
+        if number == 1:  # the secretariat cancels while the worker holds all 20
+            other = Services(services.config)
+            try:
+                with other.session() as session:
+                    outcome["done"] = issues.cancel(session, issue.id)
+            finally:
+                other.close()
+        return number
+
+    smtp_server._store = store_then_cancel
+    try:
+        run_once(services, concurrency=1)
+        went = len(smtp_server.recipients())
+        c = counts(services, issue)
+    finally:
+        services.close()
+    done = outcome["done"]
+    assert (done.in_flight, done.sent) == (20, 0)  # all claimed, the first on the wire, none recorded yet
+    assert went <= 1 + 3  # the one on the wire, and at most those before the next held check
+    assert (c.sent, c.cancelled, c.pending) == (went, 20 - went, 0)  # what went is recorded as sent

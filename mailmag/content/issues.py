@@ -47,8 +47,9 @@ class Cancelled:
 
     issue: Issue
     unscheduled: bool = False
-    not_sent: int = 0  # queued messages that will not go
-    sent: int = 0  # messages that went, or are leaving right now
+    not_sent: int = 0  # queued or claimed messages that will not go
+    sent: int = 0  # messages that went (sent, or dead: they may have reached the relay)
+    in_flight: int = 0  # claimed by a worker when cancelled: at most the one on the wire still goes
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
 
@@ -269,11 +270,12 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
     if issue.status == "draft":
         raise StateError(f"{label(issue)} is a draft: nothing is being sent; to drop it, run "
                          f"mailmag issues delete {issue_id}")
+    in_flight = outbox.counts(session, issue.id).sending
     not_sent = outbox.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
-    went = counts.sent + counts.sending + counts.dead  # sending/dead: may have reached the relay
-    if went:
-        return Cancelled(issue, not_sent=not_sent, sent=went)
+    went = counts.sent + counts.dead  # dead: may have reached the relay
+    if went or in_flight:  # a claimed message may be on the wire: the 第N号 stays
+        return Cancelled(issue, not_sent=not_sent, sent=went, in_flight=in_flight)
     issue.number = None
     returned = _items_back(session, issue)
     session.flush()

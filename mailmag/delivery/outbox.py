@@ -279,7 +279,8 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
 _DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
 _MARK_SENT = (
     update(_DELIVERIES)
-    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status == "sending",
+    # `cancelled` too: a message on the wire when its issue was cancelled did go (cancel_issue).
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(("sending", "cancelled")),
            _DELIVERIES.c.lease_owner == bindparam("owner"))
     .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
             lease_owner=None, lease_expires_at=None)
@@ -345,13 +346,18 @@ def start_sending(session: Session, issue: Issue, domain: str, default_lang: str
 
 
 def cancel_issue(session: Session, issue: Issue) -> int:
-    """Stop what is still queued; what is being sent right now finishes. Returns rows cancelled."""
+    """Stop what is queued and what workers have claimed but not sent. Returns rows cancelled.
+
+    A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending, so a
+    claimed row is dropped too; only a message already being transmitted still goes. Its
+    lease owner stays on the row, so that message can still record that it went (mark_sent).
+    """
     if issue.status in ("sent", "cancelled"):
         raise StateError(f"issue {issue.id} is already {issue.status}")
     issue.status = "cancelled"
     return rowcount(session.execute(
         update(Delivery)
-        .where(Delivery.issue_id == issue.id, Delivery.status == "queued")
+        .where(Delivery.issue_id == issue.id, Delivery.status.in_(PENDING))
         .values(status="cancelled", last_reply="issue cancelled")
     ))
 

@@ -15,7 +15,8 @@ from mailmag.web.admin import COOKIE, act, bp
 def _next_page() -> str:
     """Where to go after login: a console path only (never another site)."""
     wanted = request.values.get("next", "")
-    if wanted.startswith("/admin/") and not wanted.startswith("//") and "\\" not in wanted:
+    if (wanted.startswith("/admin/") and not wanted.startswith("//") and "\\" not in wanted
+            and wanted.isprintable()):  # a CR or LF would make the redirect itself fail
         return wanted
     return url_for("admin.dashboard.index")
 
