@@ -465,3 +465,23 @@ def test_cancel_stops_what_a_running_worker_has_claimed_and_counts_what_went(con
     assert (done.in_flight, done.sent) == (20, 0)  # all claimed, the first on the wire, none recorded yet
     assert went <= 1 + 3  # the one on the wire, and at most those before the next held check
     assert (c.sent, c.cancelled, c.pending) == (went, 20 - went, 0)  # what went is recorded as sent
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_worker_started_while_the_database_is_locked_waits_for_it(config_file, db_url):
+    """A backup holding SQLite's lock while the service (re)starts: the worker waits, then works."""
+    cli = Mailmag(config_file)
+    cli.ok("init")
+    path = db_url.removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        result = cli("worker", "--once", env={"MAILMAG_DATABASE_BUSY_TIMEOUT_SECONDS": "0.2",
+                                              "MAILMAG_DISPATCH_DATABASE_RETRY_SECONDS": "0.1"})
+    finally:
+        release.join()
+        holder.close()
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "sent 0, failed 0, deferred 0" in result.stdout

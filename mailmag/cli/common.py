@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from functools import cached_property
 from typing import Any
 
@@ -16,6 +17,7 @@ import click
 
 from mailmag import db
 from mailmag.config import Config, describe_search, load_config
+from mailmag.delivery.workstate import DatabaseGuard
 from mailmag.scheduling.when import shown
 from mailmag.services import Services
 
@@ -38,8 +40,17 @@ class AppContext:
     def services(self) -> Services:
         return Services(self.config)
 
-    def ready_services(self) -> Services:
-        """Services whose database is initialised and current (else a one-line error)."""
+    def ready_services(self, *, wait_for_database: bool = False) -> Services:
+        """Services whose database is initialised and current (else a one-line error).
+
+        `wait_for_database`: a service (worker, run) that starts while the database is locked
+        (a backup) or away (a restart) waits for it, as it does once it is running.
+        """
+        if wait_for_database:
+            dispatch = self.config.dispatch
+            guard = DatabaseGuard(dispatch.database_retry_seconds, dispatch.database_max_retry_seconds,
+                                  threading.Event())
+            guard.call(lambda: db.current_revision(self.services.engine))
         db.check_schema(self.services.engine)
         return self.services
 

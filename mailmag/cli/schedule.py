@@ -110,8 +110,8 @@ def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int |
     """Scheduler and delivery worker in one process, until SIGINT or SIGTERM."""
     if no_scheduler and no_worker:
         raise click.UsageError("--no-scheduler and --no-worker together leave nothing to run")
-    services = app.ready_services()
     _log_to_stderr()
+    services = app.ready_services(wait_for_database=True)
     node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency)
 
     def stop(signum: int, _frame: object) -> None:

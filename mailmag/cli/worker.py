@@ -23,7 +23,7 @@ from mailmag.models import utcnow
 @pass_app
 def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
     """Deliver queued messages; several workers may share one queue."""
-    services = app.ready_services()
+    services = app.ready_services(wait_for_database=True)
     with _progress(services, once) as progress:
         dispatcher = Dispatcher(services, make_transport(services.config),
                                 concurrency=concurrency, progress=progress)
