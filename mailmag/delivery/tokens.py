@@ -10,7 +10,7 @@ acts only on the row whose key it carries (`PersonLink.fits`). `make_person` is 
 place such a token is made, `read_person` the one place it is read.
 
 Unsubscribe and preferences links, which never expire, use a compact form,
-`<id>.<key digest>.<signature>` (about 30 characters): the https URL must fit the 78-column
+`<id>.<key digest>.<signature>` (31 characters for a 7-digit id): the https URL must fit the 78-column
 List-Unsubscribe line, or re-serializers such as Python's email.policy.default re-encode it
 and break the link and the DKIM signature. Links mailed in itsdangerous form keep working.
 """
@@ -31,7 +31,7 @@ from mailmag.errors import TokenError
 
 PURPOSES = ("unsubscribe", "preferences", "confirm", "org-submit")
 COMPACT = ("unsubscribe", "preferences")  # never expire, so they carry no timestamp
-_COMPACT = re.compile(r"(\d{1,18})\.([A-Za-z0-9_-]{8})\.([A-Za-z0-9_-]{16})")
+_COMPACT = re.compile(r"(\d{1,18})\.([A-Za-z0-9_-]{8})\.([A-Za-z0-9_-]{14})")
 
 
 def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
@@ -96,9 +96,10 @@ def _key_digest(link_key: str) -> str:
 
 
 def _compact_signature(secret: str, purpose: str, body: str) -> str:
-    """96 bits of HMAC-SHA256 over purpose and body: what makes the link unforgeable."""
+    """80 bits of HMAC-SHA256 over purpose and body: what makes the link unforgeable (each
+    guess costs a request; 80 rather than 96 bits keep a 7-digit id's URL within 57 characters)."""
     mac = hmac.new(secret.encode(), f"mailmag/{purpose}:{body}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac[:12]).decode()
+    return base64.urlsafe_b64encode(mac[:10]).decode().rstrip("=")
 
 
 def _read_compact(secret: str, purpose: str, token: str) -> PersonLink | None:
@@ -133,16 +134,45 @@ def read_person(secret: str, purpose: str, token: str, max_age: int | None = Non
     return PersonLink(payload["s"], key, signed, extra)
 
 
-def unsubscribe_tag(secret: str, subscriber_id: int, link_key: str) -> str:
-    """'<id>-<hmac>' for the mailto unsubscribe address: names one subscriber row unforgeably."""
+def _tag_mac(secret: str, subscriber_id: int, link_key: str) -> bytes:
+    """64 bits of HMAC-SHA256 naming one subscriber row: both tag forms carry these bits."""
     digest = hmac.new(secret.encode(), f"mailto:{subscriber_id}:{link_key}".encode(), hashlib.sha256)
-    return f"{subscriber_id}-{digest.hexdigest()[:16]}"
+    return digest.digest()[:8]
+
+
+def unsubscribe_tag(secret: str, subscriber_id: int, link_key: str) -> str:
+    """'<id>-<13 base32>' for the mailto unsubscribe subject: names one subscriber row unforgeably.
+
+    Lower-case base32, because mail clients and readers may change a subject's case; 13 rather
+    than 16 hex characters, so the mailto line of List-Unsubscribe fits in 78 columns."""
+    mac = base64.b32encode(_tag_mac(secret, subscriber_id, link_key)).decode().rstrip("=").lower()
+    return f"{subscriber_id}-{mac}"
 
 
 def unsubscribe_tag_id(tag: str) -> int | None:
-    """The subscriber id a mailto tag claims (not yet checked: see `unsubscribe_tag`)."""
+    """The subscriber id a mailto tag claims (not yet checked: see `unsubscribe_tag_fits`)."""
     head, _, rest = tag.partition("-")
-    return int(head) if head.isdigit() and len(head) < 19 and len(rest) == 16 else None
+    ok = head.isdigit() and len(head) < 19 and _tag_bits(rest) is not None
+    return int(head) if ok else None
+
+
+def unsubscribe_tag_fits(secret: str, tag: str, subscriber_id: int, link_key: str) -> bool:
+    """Whether a mailto tag was signed for this row: the current form, or '<id>-<16 hex>' in
+    mail sent before it (the same 64 bits, in hex)."""
+    head, _, rest = tag.partition("-")
+    bits = _tag_bits(rest)
+    return head == str(subscriber_id) and bits is not None and hmac.compare_digest(
+        bits, _tag_mac(secret, subscriber_id, link_key))
+
+
+def _tag_bits(mac: str) -> bytes | None:
+    """The 64 bits a tag's mac part spells (13 base32 or, in old mail, 16 hex), None if neither."""
+    mac = mac.lower()
+    if re.fullmatch(r"[0-9a-f]{16}", mac):
+        return bytes.fromhex(mac)
+    if re.fullmatch(r"[a-z2-7]{12}[acegikmoqsuwy246]", mac):  # the 13th character carries 4 bits
+        return base64.b32decode(mac.upper() + "===")
+    return None
 
 
 def verp_tag(secret: str, delivery_id: int) -> str:
