@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import mailbox
 from pathlib import Path
@@ -326,6 +328,48 @@ def test_mailto_request_unsubscribes_the_sender(session, config, tmp_path):
     assert subscriber(session, "user0@example.jp").status == "unsubscribed"
     channels = session.scalars(select(ConsentEvent.channel).where(ConsentEvent.action == "opt_out")).all()
     assert channels == ["mailto"]
+
+
+def _old_tag(row: Subscriber) -> str:
+    """The tag mail carried before the short form, made as the old code made it."""
+    digest = hmac.new(SECRET.encode(), f"mailto:{row.id}:{row.link_key}".encode(), hashlib.sha256)
+    return f"{row.id}-{digest.hexdigest()[:16]}"
+
+
+def test_mailto_tags_old_and_new_name_their_row_and_a_forged_one_changes_nothing(session, config, tmp_path):
+    add_subscribers(session, 4)
+    rows = [subscriber(session, f"user{i}@example.jp") for i in range(4)]
+    new = tokens.unsubscribe_tag(SECRET, rows[0].id, rows[0].link_key)
+    forged = new[:-3] + ("aaa" if not new.endswith("aaa") else "bbq")
+    box = write_maildir(tmp_path / "Maildir", [
+        # every From is a stranger's: only the tag can name the row
+        samples.mailto_unsubscribe("alias@example.com", subject=f"unsubscribe {new}", message_id="<n@x>"),
+        samples.mailto_unsubscribe("alias@example.com", to=f"unsubscribe+{_old_tag(rows[1])}@example.jp",
+                                   message_id="<o1@x>"),
+        samples.mailto_unsubscribe("alias@example.com", subject=f"unsubscribe {_old_tag(rows[2])}",
+                                   message_id="<o2@x>"),
+        samples.mailto_unsubscribe("user3@example.jp", subject=f"unsubscribe {forged}", message_id="<f@x>"),
+    ])
+    report = process(session, config, box)
+    assert report.unsubscribes == 3
+    assert [r for _, r in report.unmatched] == [
+        f"unsubscribe: its tag {forged} is not signed for any subscriber (forged, made with another key, "
+        "or its subscriber was erased): nothing changed (from 山田 太郎 <user3@example.jp>, subject "
+        f"'unsubscribe {forged}')"]
+    assert [subscriber(session, f"user{i}@example.jp").status for i in range(4)] == [
+        "unsubscribed", "unsubscribed", "unsubscribed", "active"]
+
+
+def test_the_short_tag_carries_the_old_tags_bits_and_fits_only_its_row(session):
+    add_subscribers(session, 2)
+    one, two = (subscriber(session, f"user{i}@example.jp") for i in range(2))
+    tag = tokens.unsubscribe_tag(SECRET, one.id, one.link_key)
+    assert len(tag) == len(str(one.id)) + 14 and tag == tag.lower()
+    assert tokens.unsubscribe_tag_fits(SECRET, _old_tag(one), one.id, one.link_key)
+    assert tokens.unsubscribe_tag_fits(SECRET, tag.upper(), one.id, one.link_key)  # a client's case
+    assert not tokens.unsubscribe_tag_fits(SECRET, tag, two.id, two.link_key)
+    assert not tokens.unsubscribe_tag_fits(SECRET, tag, one.id, two.link_key)  # id reused by another row
+    assert not tokens.unsubscribe_tag_fits("another secret", tag, one.id, one.link_key)
 
 
 # --- whole mailboxes: both formats, idempotence, unreadable messages ------------------------

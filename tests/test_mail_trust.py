@@ -15,12 +15,12 @@ from conftest import SECRET
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailmag import text_ja
+from mailmag import links, text_ja
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig, SmtpConfig
-from mailmag.delivery import messages, smtp
+from mailmag.delivery import messages, smtp, tokens
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import ConfigError
-from mailmag.models import Rendering
+from mailmag.models import Rendering, utcnow
 
 ROUND_TRIP = email.policy.default.clone(linesep="\r\n")
 
@@ -145,35 +145,44 @@ def test_issues_send_says_why_an_http_base_url_gets_no_one_click(mailmag, config
     assert "1 messages queued" in result.stdout or "1 message queued" in result.stdout
 
 
-def _short_links(monkeypatch: pytest.MonkeyPatch, length: int) -> str:
-    url = "https://news.example.jp/u/" + "t" * (length - 26)
-    monkeypatch.setattr(messages.links, "unsubscribe_url", lambda base, secret, sid: url)
-    return url
+BIG_ID = 1234567  # a 7-digit subscriber id: the longest a typical list reaches
 
 
-def test_list_unsubscribe_is_folded_between_uris_within_78_columns(monkeypatch):
-    url = _short_links(monkeypatch, 57)
-    data = _mail(_config())
-    assert f"\r\nList-Unsubscribe: <{url}>,\r\n <mailto:unsubscribe@example.jp?subject=unsubscribe>\r\n" \
-        in data.decode()
+def _real_mail(config: Config) -> bytes:
+    """A message personalized with the real link maker, for subscriber BIG_ID."""
+    skeleton = messages.prepare(RENDERING, 1, config, dkim=messages.load_dkim(config))
+    recipient = messages.Recipient(41, BIG_ID, "taro@example.com", "山田 太郎",
+                                   "<mm.1.7.beef@example.jp>", link_key="k" * 32)
+    return messages.personalize(skeleton, recipient, SECRET)[1]
+
+
+def test_list_unsubscribe_is_folded_between_uris_within_78_columns():
+    data = _real_mail(_config())
+    tag = tokens.unsubscribe_tag(SECRET, BIG_ID, "k" * 32)
+    url = links.unsubscribe_url("https://news.example.jp", SECRET, BIG_ID, "k" * 32)
+    mailto = f"<mailto:unsubscribe@example.jp?subject=unsubscribe%20{tag}>"
+    assert f"\r\nList-Unsubscribe: <{url}>,\r\n {mailto}\r\n" in data.decode()
     assert max(len(line) for line in _head(data).split(b"\r\n")) <= 78
 
 
-def test_a_policy_default_round_trip_keeps_the_link_and_the_signature(monkeypatch, key_file, dns):
+def test_a_policy_default_round_trip_keeps_the_link_and_the_signature(key_file, dns):
     """Every line within 78: email.policy.default passes the message on byte for byte.
 
     (A longer line is refolded, and an https URL that does not fit in 78 columns is turned
     into encoded-words: the link and the signature break. See list_unsubscribe.)
     """
-    url = _short_links(monkeypatch, 57)
-    data = _mail(_config(key_file))
+    data = _real_mail(_config(key_file))
+    assert max(len(line) for line in _head(data).split(b"\r\n")) <= 78
     parsed = email.message_from_bytes(data, policy=ROUND_TRIP)
     again = parsed.as_bytes(policy=ROUND_TRIP)
     assert again == data
     assert dkim.verify(again, dnsfunc=dns)
     reparsed = email.message_from_bytes(again, policy=email.policy.default)
-    assert re.findall(r"<([^>]+)>", str(reparsed["List-Unsubscribe"])) == [
-        url, "mailto:unsubscribe@example.jp?subject=unsubscribe"]
+    url, mailto = re.findall(r"<([^>]+)>", str(reparsed["List-Unsubscribe"]))
+    link = tokens.read_person(SECRET, "unsubscribe", url.removeprefix("https://news.example.jp/u/"))
+    assert link.subscriber_id == BIG_ID and link.fits("k" * 32, utcnow())
+    subject = mailto.removeprefix("mailto:unsubscribe@example.jp?subject=unsubscribe%20")
+    assert tokens.unsubscribe_tag_fits(SECRET, subject, BIG_ID, "k" * 32)
 
 
 def test_a_url_too_long_for_78_columns_is_never_split():

@@ -28,7 +28,7 @@ from mailmag import personalize as placeholders
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig
 from mailmag.delivery import messages, tokens
 from mailmag.errors import ConfigError, InvalidInput
-from mailmag.models import Rendering
+from mailmag.models import Rendering, utcnow
 
 BASE_URL = "https://news.example.jp"
 SUBJECT = "中国地域産学官コラボレーション会議 メールマガジン 第12号（2026年12月1日）"
@@ -58,6 +58,14 @@ def _rendering(article: str) -> Rendering:
         f'<a href="{MARK["preferences_url"]}">配信設定</a> ({MARK["email"]})</p>\n</body></html>\n'
     )
     return Rendering(lang="ja", subject=SUBJECT, html=html, text=text)
+
+
+def _names_row(purpose: str, token: str, subscriber_id: int, link_key: str) -> bool:
+    """Whether a link token names this row (its id and key) and no row with another key."""
+    link = tokens.read_person(SECRET, purpose, token)
+    created = utcnow()
+    return (link.subscriber_id == subscriber_id and link.fits(link_key, created)
+            and not link.fits(link_key + "-other", created))
 
 
 def _recipient(delivery_id: int = 41, subscriber_id: int = 7, **kw) -> messages.Recipient:
@@ -117,21 +125,20 @@ def test_list_unsubscribe_is_folded_between_a_working_https_link_and_a_mailto(se
     _, data, _ = sent
     match = re.search(
         rb"\r\nList-Unsubscribe: <https://news\.example\.jp/u/([\w.-]+)>,\r\n "
-        rb"<mailto:unsubscribe\+(7-[0-9a-f]{16})@example\.jp"
-        rb"\?subject=unsubscribe%20(7-[0-9a-f]{16})>\r\n(?! )",
+        rb"<mailto:unsubscribe@example\.jp\?subject=unsubscribe%20(7-[a-z2-7]{13})>\r\n(?! )",
         data,
     )
     assert match, data[:1500]
-    assert tokens.read(SECRET, "unsubscribe", match.group(1).decode()) == {"s": 7, "k": "key-of-row-7"}
+    assert _names_row("unsubscribe", match.group(1).decode(), 7, "key-of-row-7")
     tag = tokens.unsubscribe_tag(SECRET, 7, "key-of-row-7").encode()
-    assert match.group(2) == match.group(3) == tag  # signed for this row's key: unforgeable
+    assert match.group(2) == tag  # signed for this row's key: unforgeable
 
 
 def test_unsubscribe_mailto_follows_the_configuration(rendering):
     skeleton = messages.prepare(rendering, 12, _config(unsubscribe_mailto="optout@lists.example.jp"))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
     tag = tokens.unsubscribe_tag(SECRET, 7, "key-of-row-7")
-    assert f",\r\n <mailto:optout+{tag}@lists.example.jp?subject=unsubscribe%20{tag}>\r\n".encode() in data
+    assert f",\r\n <mailto:optout@lists.example.jp?subject=unsubscribe%20{tag}>\r\n".encode() in data
     assert b"Feedback-ID" not in data
 
 
@@ -150,8 +157,7 @@ def test_multipart_alternative_plain_first_base64_utf8_bodies_equal_the_substitu
         "unsubscribe_url": re.search(r"配信停止: (\S+)", body).group(1),
         "preferences_url": re.search(r"配信設定: (\S+)", body).group(1),
     }
-    assert tokens.read(SECRET, "preferences", values["preferences_url"].rsplit("/", 1)[1]) == {
-        "s": 7, "k": "key-of-row-7"}
+    assert _names_row("preferences", values["preferences_url"].rsplit("/", 1)[1], 7, "key-of-row-7")
     crlf = lambda s: s.replace("\n", "\r\n")  # noqa: E731 - text/* is CRLF on the wire (RFC 2046)
     assert body == crlf(placeholders.substitute(rendering.text, values, escape=False))
     assert markup.get_content() == crlf(placeholders.substitute(rendering.html, values, escape=True))
@@ -218,7 +224,7 @@ def test_each_recipient_gets_only_their_own_address_links_and_id(rendering):
     assert b"taro@example.com" not in other and b"hanako@example.org" not in one
     assert "taro@example.com" not in parsed.get_body(("plain",)).get_content()
     unsubscribe = re.search(r"/u/([\w.-]+)>", parsed["List-Unsubscribe"]).group(1)
-    assert tokens.read(SECRET, "unsubscribe", unsubscribe) == {"s": 8, "k": "key-of-row-8"}
+    assert _names_row("unsubscribe", unsubscribe, 8, "key-of-row-8")
 
 
 def test_a_retry_reuses_the_message_id_fixed_at_enqueue(rendering):

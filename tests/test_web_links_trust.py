@@ -6,6 +6,7 @@ Over real HTTP (waitress) with mail caught by aiosmtpd, and the CLI on the same 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 import pytest
@@ -146,6 +147,27 @@ def test_a_link_with_another_rows_key_is_refused(live, web_services, mailmag):
     forged = links.preferences_url(BASE, SECRET, x.id, "an-earlier-rows-key-0123")
     assert Client(live.url).get(forged).status == 404
     assert Client(live.url).get(links.preferences_url(BASE, SECRET, x.id, x.link_key)).status == 200
+
+
+def test_compact_links_refuse_a_forged_signature_and_a_wrong_purpose_and_old_links_still_work(
+        live, web_services, mailmag):
+    mailmag.ok("subscribers", "add", "x@example.jp")
+    x = row(web_services, "x@example.jp")
+    url = links.unsubscribe_url(BASE, SECRET, x.id, x.link_key)
+    token = url.rsplit("/", 1)[1]
+    assert re.fullmatch(rf"{x.id}\.[\w-]{{8}}\.[\w-]{{14}}", token)  # compact: fits List-Unsubscribe
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BA")
+    assert one_click(live.url, f"/u/{forged}").status == 404
+    assert Client(live.url).get(f"/p/{token}").status == 404  # an unsubscribe token is no preferences link
+    assert one_click(live.url, f"/u/{tokens.make_person('another key', 'unsubscribe', x.id, x.link_key)}"
+                     ).status == 404
+    assert row(web_services, "x@example.jp").status == "active"
+    # a link mailed before the compact form (itsdangerous, carrying the row's key) still works
+    mailed = tokens.make(SECRET, "preferences", {"s": x.id, "k": x.link_key})
+    assert Client(live.url).get(f"/p/{mailed}").status == 200
+    assert one_click(live.url, f"/u/{tokens.make(SECRET, 'unsubscribe', {'s': x.id, 'k': x.link_key})}"
+                     ).status == 200
+    assert row(web_services, "x@example.jp").status == "unsubscribed"
 
 
 # --- 2. opting back in needs fresh consent -------------------------------------------------

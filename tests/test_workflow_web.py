@@ -75,7 +75,7 @@ def test_the_forms_refuse_a_topic_not_offered_and_name_the_topics(live, web_serv
     with web_services.session() as session:
         reader = session.query(Subscriber).one()
         path = _path(links.preferences_url(web_services.config.mailmag.base_url, SECRET, reader.id,
-                                                   reader.link_key))
+                                           reader.link_key))
     reply = client.submit(path, {"lang": "ja", "topic": "event"})
     assert reply.status == 400 and "選べるテーマ：events, news" in reply.text
     with web_services.session() as session:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hmac
 import logging
 import mailbox
 import re
@@ -287,8 +286,8 @@ def _unsubscriber(session: Session, reading: reports.Reading, secret: str) -> _M
     for tag in reading.tags:
         subscriber_id = tokens.unsubscribe_tag_id(tag)
         subscriber = session.get(Subscriber, subscriber_id) if subscriber_id is not None else None
-        if subscriber is not None and hmac.compare_digest(
-                tokens.unsubscribe_tag(secret, subscriber.id, subscriber.link_key), tag):
+        if subscriber is not None and tokens.unsubscribe_tag_fits(
+                secret, tag, subscriber.id, subscriber.link_key):
             return _Match(subscriber, None, "tag")
     if reading.tags:
         return (f"its tag {reading.tags[0]} is not signed for any subscriber (forged, made with "

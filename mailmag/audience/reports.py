@@ -227,8 +227,9 @@ def _complaint(msg: Message, base: dict) -> Reading:
 def _unsubscribe_request(msg: Message, unsubscribe_address: str) -> tuple[str, tuple[str, ...]]:
     """(sender, tags) of a request to unsubscribe (RFC 2369 mailto), or ('', ()) if it is none.
 
-    Each recipient's mailto is unsubscribe+TAG@domain?subject=unsubscribe TAG: the tags are
-    read from where the request was delivered and from its subject (some relays drop the +).
+    Each recipient's mailto is unsubscribe@domain?subject=unsubscribe TAG (mail sent before
+    also carried unsubscribe+TAG@domain): the tags are read from the subject and from where
+    the request was delivered.
     """
     if str(msg.get("Auto-Submitted", "no")).strip().lower().startswith("auto-replied"):
         return "", ()  # an out-of-office reply to the unsubscribe address is not a request

@@ -172,12 +172,13 @@ def unsubscribe_address(config: Config) -> str:
 
 
 def unsubscribe_mailto(address: str, secret: str, recipient: Recipient) -> str:
-    """<mailto:unsubscribe+TAG@domain?subject=unsubscribe%20TAG>: the request names its
-    subscriber by the signed tag (in the address, and in the subject for relays that drop
-    '+' parts), never by its From, which an alias changes and anyone can forge."""
+    """<mailto:unsubscribe@domain?subject=unsubscribe%20TAG>: the request names its subscriber
+    by the signed tag, never by its From, which an alias changes and anyone can forge.
+
+    The tag is carried once, in the subject, which survives relays that drop '+' parts (an
+    address tag, as in older mail, would also push the line past 78 columns)."""
     tag = tokens.unsubscribe_tag(secret, recipient.subscriber_id, recipient.link_key)
-    local, _, domain = address.rpartition("@")
-    return f"<mailto:{local}+{tag}@{domain}?subject=unsubscribe%20{tag}>"
+    return f"<mailto:{address}?subject=unsubscribe%20{tag}>"
 
 
 def bounce_address(config: Config) -> str:
@@ -369,7 +370,8 @@ def list_unsubscribe(url: str, mailto: str) -> str:
 
     One long line is refolded by re-serializers (Python's email.policy.default turns it into
     encoded-words), which breaks the link and the DKIM signature; folded, every line is within
-    78 as long as the https URL has at most 57 characters. A URI is never split, and the https
+    78 as long as the https URL has at most 57 characters (a compact link under a short
+    base_url) and the mailto address at most 22 with a 7-digit id. A URI is never split, and the https
     one stays on the first line: naive parsers expect the value to start with '<'.
     """
     return f"List-Unsubscribe: <{url}>,\r\n {mailto}\r\n"

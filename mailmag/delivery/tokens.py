@@ -8,14 +8,21 @@ A subscriber's id alone is no identity: SQLite hands a deleted row's id to the n
 So every link made for a subscriber also carries that row's random `link_key`, and a link
 acts only on the row whose key it carries (`PersonLink.fits`). `make_person` is the one
 place such a token is made, `read_person` the one place it is read.
+
+Unsubscribe and preferences links, which never expire, use a compact form,
+`<id>.<key digest>.<signature>` (31 characters for a 7-digit id): the https URL must fit the 78-column
+List-Unsubscribe line, or re-serializers such as Python's email.policy.default re-encode it
+and break the link and the DKIM signature. Links mailed in itsdangerous form keep working.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import re
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -23,6 +30,8 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from mailmag.errors import TokenError
 
 PURPOSES = ("unsubscribe", "preferences", "confirm", "org-submit")
+COMPACT = ("unsubscribe", "preferences")  # never expire, so they carry no timestamp
+_COMPACT = re.compile(r"(\d{1,18})\.([A-Za-z0-9_-]{8})\.([A-Za-z0-9_-]{14})")
 
 
 def _serializer(secret: str, purpose: str) -> URLSafeTimedSerializer:
@@ -56,6 +65,7 @@ class PersonLink:
     key: str | None  # None: made before links carried keys (migration 0003)
     signed_at: dt.datetime
     extra: dict[str, Any]
+    key_digest: str | None = None  # compact links: the digest of the row's key instead of the key
 
     def fits(self, link_key: str, created_at: dt.datetime) -> bool:
         """Whether this link was made for the row with this key and creation time.
@@ -65,6 +75,8 @@ class PersonLink:
         created later than any link made for the deleted one. itsdangerous signs whole
         seconds, so "later" means a later second than the row's creation; a keyless link
         signed within that very second (a confirmation mail) is refused to be safe."""
+        if self.key_digest is not None:
+            return hmac.compare_digest(self.key_digest, _key_digest(link_key))
         if self.key is not None:
             return hmac.compare_digest(self.key, link_key)
         return self.signed_at > created_at
@@ -72,11 +84,41 @@ class PersonLink:
 
 def make_person(secret: str, purpose: str, subscriber_id: int, link_key: str, **extra: int) -> str:
     """A signed link token for one subscriber row (its id and key, plus small integers)."""
+    if purpose in COMPACT and not extra:
+        body = f"{subscriber_id}.{_key_digest(link_key)}"
+        return f"{body}.{_compact_signature(secret, purpose, body)}"
     return make(secret, purpose, {"s": subscriber_id, "k": link_key, **extra})
+
+
+def _key_digest(link_key: str) -> str:
+    """48 bits of the row's key: tells a row from one that took over its id (a 2^-48 chance)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(link_key.encode()).digest()[:6]).decode()
+
+
+def _compact_signature(secret: str, purpose: str, body: str) -> str:
+    """80 bits of HMAC-SHA256 over purpose and body: what makes the link unforgeable (each
+    guess costs a request; 80 rather than 96 bits keep a 7-digit id's URL within 57 characters)."""
+    mac = hmac.new(secret.encode(), f"mailmag/{purpose}:{body}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:10]).decode().rstrip("=")
+
+
+def _read_compact(secret: str, purpose: str, token: str) -> PersonLink | None:
+    """The compact form's subscriber, None if the token is not in that form; TokenError if forged."""
+    match = _COMPACT.fullmatch(token)
+    if match is None or purpose not in COMPACT:
+        return None
+    body = f"{match.group(1)}.{match.group(2)}"
+    if not hmac.compare_digest(match.group(3), _compact_signature(secret, purpose, body)):
+        raise TokenError("this link is not valid")
+    return PersonLink(int(match.group(1)), None, dt.datetime.min.replace(tzinfo=dt.UTC), {},
+                      key_digest=match.group(2))
 
 
 def read_person(secret: str, purpose: str, token: str, max_age: int | None = None) -> PersonLink:
     """The subscriber a link names; TokenError if tampered, foreign, expired or malformed."""
+    compact = _read_compact(secret, purpose, token)
+    if compact is not None:
+        return compact
     try:
         payload, signed = _serializer(secret, purpose).loads(token, max_age=max_age, return_timestamp=True)
     except SignatureExpired as exc:
@@ -92,16 +134,45 @@ def read_person(secret: str, purpose: str, token: str, max_age: int | None = Non
     return PersonLink(payload["s"], key, signed, extra)
 
 
-def unsubscribe_tag(secret: str, subscriber_id: int, link_key: str) -> str:
-    """'<id>-<hmac>' for the mailto unsubscribe address: names one subscriber row unforgeably."""
+def _tag_mac(secret: str, subscriber_id: int, link_key: str) -> bytes:
+    """64 bits of HMAC-SHA256 naming one subscriber row: both tag forms carry these bits."""
     digest = hmac.new(secret.encode(), f"mailto:{subscriber_id}:{link_key}".encode(), hashlib.sha256)
-    return f"{subscriber_id}-{digest.hexdigest()[:16]}"
+    return digest.digest()[:8]
+
+
+def unsubscribe_tag(secret: str, subscriber_id: int, link_key: str) -> str:
+    """'<id>-<13 base32>' for the mailto unsubscribe subject: names one subscriber row unforgeably.
+
+    Lower-case base32, because mail clients and readers may change a subject's case; 13 rather
+    than 16 hex characters, so the mailto line of List-Unsubscribe fits in 78 columns."""
+    mac = base64.b32encode(_tag_mac(secret, subscriber_id, link_key)).decode().rstrip("=").lower()
+    return f"{subscriber_id}-{mac}"
 
 
 def unsubscribe_tag_id(tag: str) -> int | None:
-    """The subscriber id a mailto tag claims (not yet checked: see `unsubscribe_tag`)."""
+    """The subscriber id a mailto tag claims (not yet checked: see `unsubscribe_tag_fits`)."""
     head, _, rest = tag.partition("-")
-    return int(head) if head.isdigit() and len(head) < 19 and len(rest) == 16 else None
+    ok = head.isdigit() and len(head) < 19 and _tag_bits(rest) is not None
+    return int(head) if ok else None
+
+
+def unsubscribe_tag_fits(secret: str, tag: str, subscriber_id: int, link_key: str) -> bool:
+    """Whether a mailto tag was signed for this row: the current form, or '<id>-<16 hex>' in
+    mail sent before it (the same 64 bits, in hex)."""
+    head, _, rest = tag.partition("-")
+    bits = _tag_bits(rest)
+    return head == str(subscriber_id) and bits is not None and hmac.compare_digest(
+        bits, _tag_mac(secret, subscriber_id, link_key))
+
+
+def _tag_bits(mac: str) -> bytes | None:
+    """The 64 bits a tag's mac part spells (13 base32 or, in old mail, 16 hex), None if neither."""
+    mac = mac.lower()
+    if re.fullmatch(r"[0-9a-f]{16}", mac):
+        return bytes.fromhex(mac)
+    if re.fullmatch(r"[a-z2-7]{12}[acegikmoqsuwy246]", mac):  # the 13th character carries 4 bits
+        return base64.b32decode(mac.upper() + "===")
+    return None
 
 
 def verp_tag(secret: str, delivery_id: int) -> str:
