@@ -163,12 +163,13 @@ def test_retry_waits_and_release_does_not_count_an_attempt(session):
     assert outbox.claim(session, "w", 5, now + dt.timedelta(minutes=6), 300)[0].id == a.id
 
 
-def test_cancel_stops_what_is_queued(session):
+def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):
     add_subscribers(session, 3)
     issue = make_issue(session)
     outbox.start_sending(session, issue, "example.jp", "ja")
-    outbox.claim(session, "w", 1, utcnow(), 300)
-    assert outbox.cancel_issue(session, issue) == 2
+    [claimed] = outbox.claim(session, "w", 1, utcnow(), 300)
+    assert outbox.cancel_issue(session, issue) == 3
+    assert outbox.held(session, [claimed.id], "w") == set()  # the worker's next check drops it
     assert outbox.claim(session, "w", 5, utcnow(), 300) == []
     with pytest.raises(StateError, match="already cancelled"):
         outbox.cancel_issue(session, issue)

@@ -262,9 +262,11 @@ def cancel(app: AppContext, issue_id: int) -> None:
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
     elif done.sent or done.in_flight:
+        held = (f", {done.in_flight} of them held by a worker (one already on the wire may still go)"
+                if done.in_flight else "")
         click.echo(f"issue {issue_id} (第{number}号) cancelled: {plural(done.sent, 'message')} went, "
-                   f"{plural(done.not_sent, 'message')} will not be sent (workers drop the "
-                   f"{done.in_flight} they held, except one on the wire); 第{number}号 stays in the archive")
+                   f"{plural(done.not_sent, 'queued message')} will not be sent{held}; 第{number}号 stays "
+                   "in the archive")
     else:
         click.echo(f"issue {issue_id} cancelled before any message went: {plural(done.not_sent, 'message')} "
                    f"not sent, no number used; {plural(done.items_returned, 'item')} approved again for the "
