@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clocked import offset_seconds
 from conftest import SECRET, SENDER_TOML
 from sqlalchemy import select, text
 from test_schedule import add_auto, add_subscribers, approve_news, issue_count
@@ -23,9 +24,12 @@ from mailmag.scheduling import jobs
 from mailmag.scheduling.when import cron_trigger, next_fire_time
 from mailmag.services import Services
 
-# The firing process: the scheduler's due-firings function, the clock given on the command line.
+# The firing process: the scheduler's due-firings function, the clock given on the command line,
+# and the wall clock moved as far as this test's (clocked.offset_seconds): items it compares
+# with what this process wrote must not look as if they came from the future.
 FIRE = """
-import datetime as dt, json, logging, sys
+import datetime as dt, json, logging, sys, time_machine
+time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=float(sys.argv[3])), tick=True).start()
 logging.basicConfig(level=logging.INFO)
 from mailmag.config import load_config
 from mailmag.scheduling import jobs
@@ -87,7 +91,8 @@ def test_a_firing_that_races_issues_send_for_the_number_takes_the_next_and_sends
         issues.start_sending(rival, services.config, issues.get(rival, draft))
         backend = rival.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
         firing = subprocess.Popen(
-            [sys.executable, "-c", FIRE, str(path), (moment + dt.timedelta(seconds=5)).isoformat()],
+            [sys.executable, "-c", FIRE, str(path), (moment + dt.timedelta(seconds=5)).isoformat(),
+             f"{offset_seconds():.6f}"],
             env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
