@@ -102,6 +102,7 @@ def test_a_firing_that_races_issues_send_for_the_number_takes_the_next_and_sends
             rival.close()
             out, err = firing.communicate(timeout=60)
         finally:
+            rival.close()  # also when the test fails: an open transaction would block the schema's DROP
             if firing.poll() is None:
                 firing.kill()
                 firing.communicate()
