@@ -11,8 +11,7 @@ import pyotp
 import pytest
 from admin_support import PASSWORD, add_admin, seed_items
 from conftest import SECRET, SENDER
-from test_web_browser import PHONE, _Site, chromium  # noqa: F401 - the fixture is used
-from web_support import make_services
+from test_web_browser import PHONE, chromium, served  # noqa: F401 - the fixture is used
 
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
@@ -20,27 +19,18 @@ from mailmag.config import AdminConfig, Config, DatabaseConfig, GeneralConfig
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.models import Issue, Item, utcnow
-from mailmag.web import create_app
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def console_site(tmp_path, smtp_server):  # type: ignore[no-untyped-def]
-    site = _Site()
-    config = Config(
-        mailmag=GeneralConfig(base_url=site.url), smtp=smtp_server.smtp_config(rate_per_second=0.0),
+    with served(lambda url: Config(
+        mailmag=GeneralConfig(base_url=url), smtp=smtp_server.smtp_config(rate_per_second=0.0),
         secret_key=SECRET, database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'm.db'}"),
         admin=AdminConfig(enabled=True, require_totp=True), sender=SENDER,
-    )
-    services = make_services(config)
-    app = create_app(services)
-    site.start(app)
-    site.services = services
-    yield site
-    site.close()
-    app.extensions["mailmag"].mailer.close()
-    services.close()
+    )) as site:
+        yield site
 
 
 def press(page, name: str) -> None:  # type: ignore[no-untyped-def]

@@ -3,9 +3,10 @@ from the mail aiosmtpd caught, unsubscribe by clicking, on a phone-sized screen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,21 +61,29 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-@pytest.fixture
-def site(tmp_path, smtp_server):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def served(make_config: Callable[[str], Config]) -> Iterator[_Site]:
+    """The web app on a loopback port, with the configuration made for that port's URL."""
     site = _Site()
-    config = Config(
-        mailmag=GeneralConfig(base_url=site.url), smtp=smtp_server.smtp_config(), secret_key=SECRET,
-        database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'm.db'}"),
-    )
-    services = make_services(config)
+    services = make_services(make_config(site.url))
     app = create_app(services)
     site.start(app)
     site.services = services
-    yield site
-    site.close()
-    app.extensions["mailmag"].mailer.close()
-    services.close()
+    try:
+        yield site
+    finally:
+        site.close()
+        app.extensions["mailmag"].mailer.close()
+        services.close()
+
+
+@pytest.fixture
+def site(tmp_path, smtp_server):  # type: ignore[no-untyped-def]
+    with served(lambda url: Config(
+        mailmag=GeneralConfig(base_url=url), smtp=smtp_server.smtp_config(), secret_key=SECRET,
+        database=DatabaseConfig(url=f"sqlite:///{tmp_path / 'm.db'}"),
+    )) as site:
+        yield site
 
 
 def _status(services, email: str) -> str:  # type: ignore[no-untyped-def]
