@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailmag.delivery import tokens
+from mailmag import tokens
 
 # The subscriber id in the links of an `issues test` mail: no subscriber has it, and the web
 # app answers such a link with a page saying it is a test link.

@@ -15,10 +15,11 @@ from conftest import SECRET
 from sqlalchemy import func, select, update
 from test_outbox import add_subscribers, make_issue
 
+from mailmag import tokens
 from mailmag.audience import bounces, reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import BouncesConfig
-from mailmag.delivery import outbox, tokens
+from mailmag.delivery import outbox
 from mailmag.delivery.transports import PermanentFailure
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Subscriber, Suppression, utcnow

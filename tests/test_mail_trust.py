@@ -15,9 +15,9 @@ from conftest import SECRET
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailmag import links, text_ja
+from mailmag import links, text_ja, tokens
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig, SmtpConfig
-from mailmag.delivery import messages, smtp, tokens
+from mailmag.delivery import messages, smtp
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import ConfigError
 from mailmag.models import Rendering, utcnow

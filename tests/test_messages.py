@@ -25,8 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailmag import personalize as placeholders
+from mailmag import tokens
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig
-from mailmag.delivery import messages, tokens
+from mailmag.delivery import messages
 from mailmag.errors import ConfigError, InvalidInput
 from mailmag.models import Rendering, utcnow
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import SECRET
 
 import mailmag
+from mailmag import tokens
 from mailmag.content import orgs
-from mailmag.delivery import tokens
 from mailmag.errors import NotFound
 from mailmag.models import Org
 

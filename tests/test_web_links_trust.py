@@ -15,10 +15,9 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select, update
 from web_support import Client, key_of, link_in, one_click
 
-from mailmag import links
+from mailmag import links, tokens
 from mailmag.audience import consent
 from mailmag.config import WebConfig
-from mailmag.delivery import tokens
 from mailmag.models import ConsentEvent, Subscriber, utcnow
 from mailmag.web import create_app
 

@@ -7,9 +7,8 @@ from conftest import SECRET
 from sqlalchemy import select
 from web_support import Client
 
-from mailmag import links
+from mailmag import links, tokens
 from mailmag.content import orgs
-from mailmag.delivery import tokens
 from mailmag.models import Item, Org
 
 pytest_plugins = ["web_fixtures"]

@@ -8,11 +8,10 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from web_support import Client, LiveServer, Reply, counts, link_in, mail_text, make_services
 
-from mailmag import clock
+from mailmag import clock, tokens
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import WebConfig
-from mailmag.delivery import tokens
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber
 from mailmag.web import create_app
 

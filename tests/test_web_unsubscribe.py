@@ -7,10 +7,10 @@ from conftest import SECRET
 from sqlalchemy import select
 from web_support import Client, key_of, one_click
 
-from mailmag import links
+from mailmag import links, tokens
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.delivery import outbox, tokens
+from mailmag.delivery import outbox
 from mailmag.models import ConsentEvent, Delivery, Issue, Rendering, Subscriber
 
 pytest_plugins = ["web_fixtures"]

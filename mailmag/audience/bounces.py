@@ -26,11 +26,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailmag import tokens
 from mailmag.addresses import parse_address
 from mailmag.audience import reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
-from mailmag.delivery import messages, tokens
+from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow

@@ -15,7 +15,6 @@ from mailmag import text_ja
 from mailmag.addresses import CONTROL, Address, parse_address
 from mailmag.addresses import email_hash as email_hash
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.delivery.tokens import PersonLink
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import (
     SUBSCRIBER_STATUSES,
@@ -26,6 +25,7 @@ from mailmag.models import (
     Suppression,
     utcnow,
 )
+from mailmag.tokens import PersonLink
 
 LANGS = ("ja", "en")
 # Statuses an import or `add` leaves alone unless the person asked again (--resubscribe).

@@ -9,9 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailmag import links, text_ja
+from mailmag import links, text_ja, tokens
 from mailmag.addresses import parse_address
-from mailmag.delivery import tokens
 from mailmag.errors import InvalidInput, NotFound, TokenError
 from mailmag.models import Item, Org
 

@@ -23,9 +23,9 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from mailmag import clock, links
+from mailmag import clock, links, tokens
 from mailmag.config import Config
-from mailmag.delivery import dkim, tokens
+from mailmag.delivery import dkim
 from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
 from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
 from mailmag.delivery.headers import format_address as format_address

@@ -14,10 +14,9 @@ from typing import Any
 from flask import Blueprint, Response, abort, g, render_template, request
 from sqlalchemy.orm import Session
 
-from mailmag import links
+from mailmag import links, tokens
 from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.delivery import tokens
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound, TokenError
 from mailmag.models import Subscriber, utcnow
 from mailmag.web import security, state
