@@ -21,13 +21,12 @@ from sqlalchemy.engine import make_url
 from mailmag import clock, db, topics
 from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
-from mailmag.delivery import messages
+from mailmag.delivery import messages, window
 from mailmag.delivery.smtp import _is_loopback as is_loopback
 from mailmag.delivery.smtp import helo_name
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org, utcnow
-from mailmag.scheduling import window
 from mailmag.services import MAKE_SECRET, MIN_SECRET_LENGTH, Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"

@@ -223,7 +223,7 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):
     """With a window, a delivery due at 3 a.m. JST waits; at 10:00 on a sending day it goes."""
     from mailmag.config import ScheduleConfig
-    from mailmag.schedule import window_open
+    from mailmag.delivery.window import window_open
 
     services = owned_services(smtp_services.config.replace(schedule=ScheduleConfig(send_window_enabled=True)))
     zone, day = services.config.zone, utcnow().astimezone(services.config.zone).date()

@@ -16,11 +16,11 @@ from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config, ScheduleConfig
 from mailmag.content import issues, items, orgs
+from mailmag.delivery.window import next_window_start, window_open
 from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
 from mailmag.models import AutoSchedule, Delivery, Issue, JobRun, Rendering
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import cron_trigger, next_fire_time, parse_when
-from mailmag.scheduling.window import next_window_start, window_open
 from mailmag.services import Services
 
 JST = ZoneInfo("Asia/Tokyo")

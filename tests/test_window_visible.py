@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mailmag.config import Config, ScheduleConfig
-from mailmag.scheduling.window import next_window_open, opening, summary, waiting_for_window
+from mailmag.delivery.window import next_window_open, opening, summary, waiting_for_window
 
 JST = ZoneInfo("Asia/Tokyo")
 NOTE = "waiting for the send window; it opens at 2027-01-04 09:00 (月)"

@@ -14,13 +14,16 @@ from typing import Any
 
 import click
 
-from mailmag import schedule, topics
+from mailmag import topics
 from mailmag.audience import subscribers
 from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
 from mailmag.content import issues
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
+from mailmag.delivery.window import waiting_for_window, waiting_note
 from mailmag.models import Issue, utcnow
+from mailmag.scheduling import jobs
+from mailmag.scheduling.when import parse_when
 
 _ID: dict[str, Any] = {"metavar": "ID", "type": int}
 
@@ -125,7 +128,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     now = utcnow()
     with app.ready_services().session() as session:
         pending = outbox.pending_by_issue(session)
-        rows = [as_dict(issue) | {"waiting_for_window": schedule.waiting_for_window(
+        rows = [as_dict(issue) | {"waiting_for_window": waiting_for_window(
             pending.get(issue.id, 0), now, app.config)} for issue in issues.listing(session)]
     if as_json:
         print_json(rows)
@@ -138,7 +141,7 @@ def list_(app: AppContext, as_json: bool) -> None:
 
 
 def _waiting_column(waiting: dt.datetime | None, app: AppContext) -> list[str]:
-    return [schedule.waiting_note(waiting, app.config)] if waiting else []
+    return [waiting_note(waiting, app.config)] if waiting else []
 
 
 @group.command()
@@ -159,8 +162,8 @@ def send(app: AppContext, issue_id: int, at: str | None, yes: bool, allow_empty:
     with services.session() as session:
         issue = issues.get(session, issue_id)
         if at is not None:
-            when = schedule.parse_when(at, app.config.zone, utcnow())
-            reached = schedule.schedule_send(session, issue, when, config=app.config, allow_empty=allow_empty)
+            when = parse_when(at, app.config.zone, utcnow())
+            reached = jobs.schedule_send(session, issue, when, config=app.config, allow_empty=allow_empty)
             click.echo(f"issue {issue_id} scheduled for {local_time(when, app.config)} "
                        f"({plural(reached, 'subscriber')} now); `mailmag run` sends it then")
             return
@@ -216,8 +219,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     with app.ready_services().session() as session:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
-        missed = schedule.last_send_run(session, issue)
-        waiting = schedule.waiting_for_window(counts.pending, utcnow(), app.config)
+        missed = jobs.last_send_run(session, issue)
+        waiting = waiting_for_window(counts.pending, utcnow(), app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
         document = {
             "id": issue.id, "number": issue.number, "status": issue.status, "topic": issue.topic,
@@ -243,7 +246,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
     if waiting is not None:
-        click.echo(schedule.waiting_note(waiting, app.config))
+        click.echo(waiting_note(waiting, app.config))
     if missed is not None and missed.outcome != "sent":
         click.echo(f"last timed send: {missed.outcome}: {missed.detail}")
     if issue.relay_waiting_since is not None and issue.status == "sending":

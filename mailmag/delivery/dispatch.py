@@ -42,7 +42,7 @@ from collections.abc import Callable
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 
-from mailmag import db, links, schedule
+from mailmag import db, links
 from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
@@ -57,6 +57,7 @@ from mailmag.delivery.transports import (
     TemporaryFailure,
     Transport,
 )
+from mailmag.delivery.window import window_open
 from mailmag.delivery.workstate import DATABASE_AWAY, DatabaseGuard, Leases, Refusals, Throttle, reason
 from mailmag.errors import InvalidInput, MailmagError, StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
@@ -216,7 +217,7 @@ class Dispatcher:
         connection = self.transport.connect()
         try:
             while not self.stop.is_set():
-                if not schedule.window_open(self.clock(), self.services.config):
+                if not window_open(self.clock(), self.services.config):
                     if once:
                         return  # queued deliveries wait for the send window
                     self.stop.wait(poll_seconds)

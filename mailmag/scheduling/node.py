@@ -32,12 +32,13 @@ from sqlalchemy.exc import DBAPIError
 
 from mailmag import db
 from mailmag.config import Config
+from mailmag.delivery import window
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import DATABASE_AWAY
 from mailmag.errors import ConfigError, DatabaseError, TransportError
 from mailmag.models import AutoSchedule, utcnow
-from mailmag.scheduling import jobs, window
+from mailmag.scheduling import jobs
 from mailmag.scheduling.when import cron_trigger
 from mailmag.services import Services
 

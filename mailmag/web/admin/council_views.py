@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from mailmag import schedule
 from mailmag.audience import lookup
 from mailmag.content import orgs
 from mailmag.errors import InvalidInput
 from mailmag.models import utcnow
+from mailmag.scheduling import jobs
 from mailmag.web import state
 from mailmag.web.admin import act, needs
 
@@ -59,7 +59,7 @@ def org_rotate(code: str) -> Any:
 def schedules() -> Any:
     with state().services.read_session() as db:
         return render_template("admin/schedules.html.j2",
-                               autos=schedule.list_auto(db, state().config, utcnow()))
+                               autos=jobs.list_auto(db, state().config, utcnow()))
 
 
 @bp.post("/schedules/")
@@ -69,7 +69,7 @@ def schedules_add() -> Any:
     if not cron.strip():
         raise InvalidInput("give the times as a crontab line, e.g. 0 9 1,15 * *")
     with state().services.session() as db:
-        added = schedule.add_auto(db, cron, request.form.get("name"), state().config)
+        added = jobs.add_auto(db, cron, request.form.get("name"), state().config)
         act(db, "schedule.add", f"{added.id} {added.cron} {added.name}")
     return redirect(url_for(".schedules"), 303)
 
@@ -78,7 +78,7 @@ def schedules_add() -> Any:
 @needs("send")
 def schedules_remove(schedule_id: int) -> Any:
     with state().services.session() as db:
-        name = schedule.remove_auto(db, schedule_id)
+        name = jobs.remove_auto(db, schedule_id)
         act(db, "schedule.remove", f"{schedule_id} {name}")
     return redirect(url_for(".schedules"), 303)
 

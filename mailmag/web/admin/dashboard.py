@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, render_template
 
-from mailmag import schedule
 from mailmag.access import audit
 from mailmag.content import drafts, issues
 from mailmag.delivery import outbox
 from mailmag.models import utcnow
+from mailmag.scheduling import jobs
 from mailmag.web import state
 from mailmag.web.admin import needs
 
@@ -27,7 +27,7 @@ def index() -> Any:
         last = next((i for i in listed if i.status in ("sending", "sent")), None)
         return render_template(
             "admin/dashboard.html.j2", waiting=len(drafts.in_review(db)), scheduled=scheduled,
-            autos=schedule.list_auto(db, config, utcnow()), last=last,
+            autos=jobs.list_auto(db, config, utcnow()), last=last,
             counts=outbox.counts(db, last.id) if last else None,
         )
 

@@ -6,12 +6,13 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from mailmag import schedule
 from mailmag.content import drafts, issues
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import InvalidInput
 from mailmag.models import utcnow
+from mailmag.scheduling import jobs
+from mailmag.scheduling.when import parse_when
 from mailmag.web import state
 from mailmag.web.admin import FRAME_CSP, act, needs, viewer
 
@@ -135,7 +136,7 @@ def confirm(issue_id: int) -> Any:
     at = request.args.get("at", "").strip()
     with state().services.read_session() as db:
         issue = drafts.by_id(db, issue_id)
-        when = schedule.parse_when(at, state().config.zone, utcnow()) if at else None
+        when = parse_when(at, state().config.zone, utcnow()) if at else None
         return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
                                audience=issues.audience(db, issue))
 
@@ -148,8 +149,8 @@ def send(issue_id: int) -> Any:
     with state().services.session() as db:
         issue = drafts.by_id(db, issue_id)
         if at:
-            when = schedule.parse_when(at, config.zone, utcnow())
-            schedule.schedule_send(db, issue, when, config=config)
+            when = parse_when(at, config.zone, utcnow())
+            jobs.schedule_send(db, issue, when, config=config)
             act(db, "issue.schedule", f"{issues.label(issue)} at {when.isoformat()}")
         else:
             queued = issues.start_sending(db, config, issue)
