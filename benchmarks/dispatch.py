@@ -108,7 +108,7 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
 
     from sqlalchemy import select
 
-    from mailmag import links, personalize
+    from mailmag import links, placeholders
     from mailmag.content import issues, render
     from mailmag.models import Subscriber
 
@@ -135,8 +135,8 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
             message["Subject"] = edition.subject
             message["Message-ID"] = make_msgid(domain="example.jp")
             message["List-Unsubscribe"] = f"<{values['unsubscribe_url']}>"
-            message.set_content(personalize.substitute(edition.text, values, escape=False))
-            message.add_alternative(personalize.substitute(edition.html, values, escape=True), subtype="html")
+            message.set_content(placeholders.substitute(edition.text, values, escape=False))
+            message.add_alternative(placeholders.substitute(edition.html, values, escape=True), subtype="html")
             with smtplib.SMTP("127.0.0.1", port) as smtp:
                 smtp.send_message(message, from_addr="bounces@example.jp", to_addrs=[email])
         seconds = time.perf_counter() - started

@@ -15,7 +15,7 @@ from conftest import one_database
 from issue_fixtures import TODAY, add_reference_items
 from sqlalchemy import func, select
 
-from mailmag import clock, personalize
+from mailmag import clock, placeholders
 from mailmag.config import PACKAGE_TEMPLATES, ComposeConfig
 from mailmag.content import issues, render
 from mailmag.content import items as items_mod
@@ -23,7 +23,7 @@ from mailmag.errors import ComplianceError, InvalidInput, StateError
 from mailmag.models import Issue, IssueItem, Item, Org, Rendering
 from mailmag.text_ja import display_width
 
-MARKERS = personalize.PLACEHOLDERS
+MARKERS = placeholders.PLACEHOLDERS
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_placeholders_survive_premailer_and_only_they_remain(session, config, re
 
 def test_preview_shows_a_sample_recipient(session, config, reference_items):
     issues.compose(session, config, today=TODAY)
-    sample = personalize.sample_values(config.mailmag.base_url)
+    sample = placeholders.sample_values(config.mailmag.base_url)
     page = issues.preview(session, config, 1, "html")
     text = issues.preview(session, config, 1, "text", lang="en")
     assert f'href="{sample["unsubscribe_url"]}"' in page and sample["email"] in page

@@ -19,7 +19,7 @@ from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
-from mailmag.personalize import PLACEHOLDERS
+from mailmag.placeholders import PLACEHOLDERS
 from mailmag.services import Services
 
 HTML = (

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmag import personalize as placeholders
+from mailmag import placeholders as placeholders
 from mailmag import tokens
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig
 from mailmag.delivery import messages

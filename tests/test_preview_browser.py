@@ -10,7 +10,7 @@ import pytest
 from conftest import SECRET, SENDER
 from issue_fixtures import TODAY, add_reference_items
 
-from mailmag import db, personalize
+from mailmag import db, placeholders
 from mailmag.config import Config, DatabaseConfig, GeneralConfig
 from mailmag.content import issues
 from mailmag.services import Services
@@ -95,7 +95,7 @@ def test_footer_shows_the_sender_and_the_unsubscribe_link(browser, preview, conf
         assert fact in shown, fact
     unsubscribe = footer.get_by_role("link", name="配信停止（受信拒否）の手続きはこちら")
     assert unsubscribe.is_visible()
-    sample = personalize.sample_values(config.mailmag.base_url)
+    sample = placeholders.sample_values(config.mailmag.base_url)
     assert unsubscribe.get_attribute("href") == sample["unsubscribe_url"]
     preferences = footer.get_by_role("link", name="配信設定のページ")
     assert preferences.get_attribute("href") == sample["preferences_url"]

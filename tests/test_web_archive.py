@@ -12,7 +12,7 @@ from web_support import Client
 
 from mailmag.content import items, orgs
 from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
-from mailmag.personalize import PLACEHOLDERS
+from mailmag.placeholders import PLACEHOLDERS
 
 pytest_plugins = ["web_fixtures"]
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailmag import personalize, text_ja
+from mailmag import placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import issues, render
 from mailmag.errors import InvalidInput, NotFound, StateError
@@ -89,8 +89,8 @@ def item_preview(config: Config, item: Item, today: dt.date | None = None) -> st
     today = today or utcnow().astimezone(config.zone).date()
     env = render.make_environment(config.templates_path)
     edition = render.render_edition(env, config, render.IssueSpec(0, None, today, [item]), "ja")
-    sample = personalize.sample_values(config.mailmag.base_url)
-    return personalize.substitute(edition.html, sample, escape=True)
+    sample = placeholders.sample_values(config.mailmag.base_url)
+    return placeholders.substitute(edition.html, sample, escape=True)
 
 
 def in_review(session: Session) -> list[Item]:

@@ -3,7 +3,7 @@ delete a draft, start and cancel a send (the issue's state changes live here).
 
 An issue is rendered when it is composed and again only when asked (`issues render N`):
 the stored Renderings are exactly what `issues preview` shows and what the dispatcher sends,
-with only the personalize placeholders left to fill in per recipient.
+with only the placeholders (mailmag.placeholders) left to fill in per recipient.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailmag import clock, personalize, text_ja, topics
+from mailmag import clock, placeholders, text_ja, topics
 from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render
@@ -156,10 +156,10 @@ def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
             f"issue {issue_id} has no {wanted} edition: add templates/issue.{wanted}.html.j2 and "
             f"issue.{wanted}.txt.j2, then run mailmag issues render {issue_id}"
         )
-    values = personalize.sample_values(config.mailmag.base_url)
+    values = placeholders.sample_values(config.mailmag.base_url)
     if fmt == "html":
-        return personalize.substitute(rendering.html, values, escape=True)
-    return personalize.substitute(rendering.text, values, escape=False)
+        return placeholders.substitute(rendering.html, values, escape=True)
+    return placeholders.substitute(rendering.text, values, escape=False)
 
 
 def test_ready(session: Session, config: Config, issue_id: int) -> Issue:
@@ -372,9 +372,9 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
     warnings = [w for item in ordered for w in _item_warnings(item, today)]
     warnings += _character_warnings(ordered, editions)
     limit = config.compose.html_size_limit_kb
-    sample = personalize.sample_values(config.mailmag.base_url)
+    sample = placeholders.sample_values(config.mailmag.base_url)
     for edition in editions:
-        size = len(personalize.substitute(edition.html, sample, escape=True).encode("utf-8"))
+        size = len(placeholders.substitute(edition.html, sample, escape=True).encode("utf-8"))
         if size > limit * 1024:
             warnings.append(
                 f"the {edition.lang} HTML is {size / 1024:.0f} KB, over {limit} KB: Gmail clips it "

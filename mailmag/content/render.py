@@ -3,7 +3,7 @@
 Templates (the secretariat edits them) live in `config.templates_path`: `issue.html.j2` and
 `issue.txt.j2` make the Japanese edition; `issue.en.html.j2` and `issue.en.txt.j2`, when
 present, an English one. HTML templates are autoescaped; text templates are not (plain text
-has no entities). Per-recipient values are the `personalize.PLACEHOLDERS` markers, exposed as
+has no entities). Per-recipient values are the `placeholders.PLACEHOLDERS` markers, exposed as
 `recipient.*`: nothing per recipient goes through Jinja2 or premailer.
 """
 
@@ -27,7 +27,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
-from mailmag import links, personalize, text_ja
+from mailmag import links, placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import markup
 from mailmag.content.items import KIND_LABELS
@@ -78,12 +78,12 @@ def make_environment(templates_path: Path) -> jinja2.Environment:
         date=_date, date_range=_date_range,
         date_ja=text_ja.format_date_ja, date_en=text_ja.format_date_en,
         date_range_ja=text_ja.format_date_range_ja, date_range_en=text_ja.format_date_range_en,
-        markdown=lambda source: Markup(personalize.neutralize(markup.to_html(source or ""))),
-        markdown_text=lambda source: personalize.neutralize(markdown_to_text(source)),
+        markdown=lambda source: Markup(placeholders.neutralize(markup.to_html(source or ""))),
+        markdown_text=lambda source: placeholders.neutralize(markdown_to_text(source)),
         width=text_ja.display_width,
     )
     env.globals.update(
-        recipient=types.SimpleNamespace(**personalize.PLACEHOLDERS),
+        recipient=types.SimpleNamespace(**placeholders.PLACEHOLDERS),
         rule=text_ja.rule,
     )
     return env
@@ -213,7 +213,7 @@ def _item_view(item: Item, position: int, labels: dict[str, str]) -> types.Simpl
     """An item as templates see it: its text can never hold a per-recipient marker."""
     fields = ("id", "kind", "title", "body", "date", "end_date", "time_text", "venue", "url",
               "deadline", "fee", "event_name", "how_to_apply")
-    safe = personalize.neutralize
+    safe = placeholders.neutralize
     return types.SimpleNamespace(
         **{name: (safe(v) if isinstance(v := getattr(item, name), str) else v) for name in fields},
         number=position, label=labels.get(item.kind, item.kind), anchor=f"item-{item.id}",
@@ -228,7 +228,7 @@ def titles(config: Config, spec: IssueSpec, lang: str) -> tuple[str, str]:
     fields = {"list_name": config.sender.list_name, "number": spec.number}
     title = spec.title or _format("title_template_en" if english else "title_template",
                                   compose.title_template_en if english else compose.title_template, fields)
-    headline = personalize.neutralize(spec.items[0].title) if spec.items else title
+    headline = placeholders.neutralize(spec.items[0].title) if spec.items else title
     if len(spec.items) > 1:
         headline += _HEADLINE_MORE[lang]
     subject = _format("subject_template_en" if english else "subject_template",
@@ -283,7 +283,7 @@ def check_compliance(config: Config, template: str, shown: str, source: str) -> 
     collapsed = " ".join(shown.split())
     missing = [what for key, what in _SENDER_FIELDS.items()
                if " ".join(getattr(config.sender, key).split()) not in collapsed]
-    if personalize.PLACEHOLDERS["unsubscribe_url"] not in source:
+    if placeholders.PLACEHOLDERS["unsubscribe_url"] not in source:
         missing.append("the unsubscribe link (recipient.unsubscribe_url)")
     if missing:
         listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]

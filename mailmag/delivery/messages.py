@@ -1,7 +1,7 @@
 """Every message mailmag sends: RFC 2047 headers, base64 MIME parts, VERP envelope, DKIM last.
 
 The work is split in two. `prepare` runs once per issue and language: it encodes the fixed
-headers and splits the frozen rendering around the personalize.PLACEHOLDERS markers.
+headers and splits the frozen rendering around the placeholders.PLACEHOLDERS markers.
 `personalize` runs per recipient: it joins the pieces with the recipient's values, base64s
 each part, writes the few per-recipient header lines by hand and signs. No `EmailMessage`
 is built per recipient, and none ever folds a header: CPython's folding mangles Japanese
@@ -30,7 +30,7 @@ from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, c
 from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
 from mailmag.delivery.headers import format_address as format_address
 from mailmag.errors import ConfigError, InvalidInput
-from mailmag.personalize import PLACEHOLDERS
+from mailmag.placeholders import PLACEHOLDERS
 
 CRLF = b"\r\n"
 # RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Every name

@@ -29,7 +29,7 @@ from flask import Blueprint, Response, abort, g, render_template, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from mailmag import links, personalize
+from mailmag import links, placeholders
 from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
 from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
@@ -171,7 +171,7 @@ def web_version(html: str, base_url: str, lang: str, list_name: str) -> str:
         list=escape(list_name), subscribe=escape(subscribe))
     html = _PERSONAL.sub(lambda _match: note, html)
     values = {"name": "", "email": "", "unsubscribe_url": subscribe, "preferences_url": subscribe}
-    return personalize.substitute(html, values, escape=True)
+    return placeholders.substitute(html, values, escape=True)
 
 
 @bp.get("/feed.atom")
