@@ -136,7 +136,8 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
             message["Message-ID"] = make_msgid(domain="example.jp")
             message["List-Unsubscribe"] = f"<{values['unsubscribe_url']}>"
             message.set_content(placeholders.substitute(edition.text, values, escape=False))
-            message.add_alternative(placeholders.substitute(edition.html, values, escape=True), subtype="html")
+            html = placeholders.substitute(edition.html, values, escape=True)
+            message.add_alternative(html, subtype="html")
             with smtplib.SMTP("127.0.0.1", port) as smtp:
                 smtp.send_message(message, from_addr="bounces@example.jp", to_addrs=[email])
         seconds = time.perf_counter() - started
