@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/dispatch.py -n 2000 --naive 50  # a quick run
 
 Creates N subscribers in a temporary database, composes a ~30 KB Japanese issue from the demo
-items, enqueues it and runs `Dispatcher(concurrency=K).run(once=True)` into a loopback SMTP sink,
+items, enqueues it and runs `make_dispatcher(concurrency=K).run(once=True)` into a loopback SMTP sink,
 with the state of every message committed as in production. In the same run it measures:
 
 - the ceiling: plain smtplib, K threads each on one persistent connection, sending a pre-built
@@ -35,13 +35,13 @@ import common
 
 def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_key: str) -> dict[str, Any]:
     """mailmag's own worker, as `mailmag worker --once` runs it, timed from first claim to last commit."""
-    from mailmag.delivery.dispatch import Dispatcher
     from mailmag.delivery.transports import make_transport
+    from mailmag.scheduling.sending import make_dispatcher
 
     config = common.make_config(db_url, port, concurrency=concurrency, batch_size=batch_size,
                                 dkim_key=dkim_key)
     services = common.open_services(config)
-    dispatcher = Dispatcher(services, make_transport(config), concurrency=concurrency)
+    dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency)
     before = common.Usage.now()
     started = time.perf_counter()
     stats = dispatcher.run(once=True)

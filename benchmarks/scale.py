@@ -64,6 +64,7 @@ def _time_claims(services: Any, issue_id: int, size: int) -> list[dict[str, floa
     """One batch claimed (and the completion check a worker runs with it) at the head, middle, tail."""
     from sqlalchemy import update
 
+    from mailmag.content import transitions
     from mailmag.delivery import outbox
     from mailmag.models import Delivery, utcnow
 
@@ -86,7 +87,7 @@ def _time_claims(services: Any, issue_id: int, size: int) -> list[dict[str, floa
         claim_seconds = time.perf_counter() - started
         started = time.perf_counter()
         with services.session() as session:
-            outbox.complete_issues(session)
+            transitions.complete_issues(session)
         complete_seconds = time.perf_counter() - started
         if len(claimed) != min(batch, size - done):
             raise SystemExit(f"claim at {point:.1%} returned {len(claimed)} rows")
@@ -96,11 +97,11 @@ def _time_claims(services: Any, issue_id: int, size: int) -> list[dict[str, floa
 
 
 def _drain(services: Any, concurrency: int) -> dict[str, Any]:
-    from mailmag.delivery.dispatch import Dispatcher
     from mailmag.delivery.transports import make_transport
+    from mailmag.scheduling.sending import make_dispatcher
 
     started = time.perf_counter()
-    stats = Dispatcher(services, make_transport(services.config), concurrency=concurrency).run(once=True)
+    stats = make_dispatcher(services, make_transport(services.config), concurrency=concurrency).run(once=True)
     return {"sent": stats.sent, "send_seconds": time.perf_counter() - started}
 
 

@@ -21,9 +21,9 @@ from mailmag.audience import imports
 from mailmag.audience.subscribers import Consent
 from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import issues, items, orgs
-from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import InvalidInput
+from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -172,7 +172,7 @@ def _build(folder: Path, config: Config, services: Services) -> DemoResult:
         text_path.write_text(issues.preview(session, config, issue.id, "text"), encoding="utf-8")
         issues.start_sending(session, config, issue, today=ISSUE_DATE)
         subject = next(r.subject for r in issue.renderings if r.lang == "ja")
-    stats = Dispatcher(services, make_transport(config)).run(once=True)
+    stats = make_dispatcher(services, make_transport(config)).run(once=True)
     outbox_dir = Path(config.smtp.file_dir)
     return DemoResult(
         directory=folder, config_file=folder / "mailmag.toml", outbox=outbox_dir, preview_html=html_path,

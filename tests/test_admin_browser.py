@@ -16,9 +16,9 @@ from test_web_browser import PHONE, chromium, served  # noqa: F401 - the fixture
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import AdminConfig, Config, DatabaseConfig, GeneralConfig
-from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.models import Issue, Item, utcnow
+from mailmag.scheduling.sending import make_dispatcher
 
 pytestmark = pytest.mark.browser
 
@@ -112,7 +112,7 @@ def test_a_secretariats_morning(chromium, console_site, smtp_server, tmp_path): 
     expect(page.locator("#confirm-text")).to_contain_text("2 人")
     press(page, "送信する")
     expect(page.locator("#issue-status")).to_have_text("sending")
-    worker = threading.Thread(target=lambda: Dispatcher(services, make_transport(services.config),
+    worker = threading.Thread(target=lambda: make_dispatcher(services, make_transport(services.config),
                                                         concurrency=1).run(once=True))
     worker.start()
     # The page's small script polls the progress: no reload here.

@@ -14,9 +14,9 @@ from mailmag.access import audit
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import items, orgs
-from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.models import Delivery, Issue, Item, utcnow
+from mailmag.scheduling.sending import make_dispatcher
 
 pytest_plugins = ["web_fixtures", "admin_fixtures"]
 
@@ -104,7 +104,7 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     client.post(f"{issue_path}/send", {"csrf_token": token})
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3
-    Dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
     progress = json.loads(client.get(f"/admin/issues/{issue_id}/progress.json").text)
     assert progress == {"status": "sent", "total": 3, "sent": 3, "failed": 0, "pending": 0}
     assert sorted(r for m in smtp_server.messages[1:] for r in m.recipients) == [
@@ -125,7 +125,7 @@ def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
     client.post(f"{issue_path}/send", {"csrf_token": token})
-    Dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
     page = client.get(issue_path).text
     assert "reader1@example.jp" in page and "no such user" in page
     assert "reader0@example.jp" not in page

@@ -19,7 +19,7 @@ from mailmag import tokens
 from mailmag.audience import bounces, reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import BouncesConfig
-from mailmag.delivery import outbox
+from mailmag.content import transitions
 from mailmag.delivery.transports import PermanentFailure
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Subscriber, Suppression, utcnow
@@ -39,7 +39,7 @@ def old_subscribers(session, n: int) -> list[Subscriber]:  # type: ignore[no-unt
 
 def send_issue(session, number: int) -> dict[str, Delivery]:  # type: ignore[no-untyped-def]
     """Start sending issue `number` to everyone active; its deliveries by address."""
-    outbox.start_sending(session, make_issue(session, number), "example.jp", "ja")
+    transitions.start_sending(session, make_issue(session, number), "example.jp", "ja")
     rows = session.scalars(select(Delivery).where(Delivery.issue_id == _issue_id(session, number)))
     return {d.email: d for d in rows}
 

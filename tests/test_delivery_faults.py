@@ -27,11 +27,13 @@ from mailmag import db
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import DatabaseConfig, DispatchConfig, RetryConfig, load_config
+from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Subscriber, utcnow
+from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
 EVERYONE = [f"user{i}@example.jp" for i in range(40)]
@@ -51,7 +53,8 @@ def make_services(config, smtp_server, *, dispatch: DispatchConfig | None = None
 
 
 def run_once(services: Services, *, concurrency: int = 2, clock=utcnow) -> Dispatcher:  # type: ignore[no-untyped-def]
-    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=concurrency, clock=clock)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=concurrency,
+                                 clock=clock)
     dispatcher.run(once=True)
     return dispatcher
 
@@ -112,7 +115,7 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
             session.execute(update(Delivery).where(Delivery.id <= 3).values(
                 status="dead", lease_expiries=3, last_reply="lease expired too often"))
             session.execute(update(Delivery).where(Delivery.id == 4).values(status="sent"))
-            assert outbox.complete_issues(session) == [1]
+            assert transitions.complete_issues(session) == [1]
         out = mailmag.ok("issues", "retry", "1", "--dead").output
         assert out.strip() == "issue 1: 3 dead messages queued again; `mailmag worker` sends them"
         c = counts(services, issue)
@@ -217,7 +220,7 @@ def test_a_result_refused_because_the_lease_is_gone_is_counted_and_logged(config
     smtp_server._store = store_then_take_the_lease
     caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
     try:
-        dispatcher = Dispatcher(services, make_transport(services.config), concurrency=1)
+        dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1)
         dispatcher.run(once=True)
         assert (dispatcher.stats.sent, dispatcher.stats.lost) == (2, 1)
         assert any("lease had passed to another worker" in r.getMessage() for r in caplog.records)
@@ -276,7 +279,7 @@ def test_the_relay_unreachable_then_back_logs_once_each_way_and_sends_everything
     issue = prepare_send(services, 8)
     smtp_server.drop("connect", times=3)  # no banner: the relay cannot be reached, three times
     caplog.set_level(logging.INFO, logger="mailmag.delivery.dispatch")
-    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=1)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1)
     thread = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 0.1})
     thread.start()
     try:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
+from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.ratelimit import RateLimiter
@@ -20,6 +21,7 @@ from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
 from mailmag.placeholders import PLACEHOLDERS
+from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
 HTML = (
@@ -41,7 +43,7 @@ def prepare_send(services: Services, n: int, subject: str = "【第1号】産学
         session.add(Rendering(issue_id=issue.id, lang="ja", subject=subject, html=HTML, text=TEXT))
         session.flush()
         session.refresh(issue)
-        outbox.start_sending(session, issue, "example.jp", "ja")
+        transitions.start_sending(session, issue, "example.jp", "ja")
         return issue
 
 
@@ -56,7 +58,8 @@ def smtp_services(config, smtp_server):  # type: ignore[no-untyped-def]
 
 
 def run_worker(services: Services, *, concurrency: int = 2, clock=utcnow) -> Dispatcher:  # type: ignore[no-untyped-def]
-    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=concurrency, clock=clock)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=concurrency,
+                                 clock=clock)
     dispatcher.run(once=True)
     return dispatcher
 

@@ -10,8 +10,8 @@ from test_dispatch import prepare_send
 from mailmag import db
 from mailmag.config import DispatchConfig
 from mailmag.delivery import outbox
-from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
+from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
 THREADS = 20
@@ -32,7 +32,7 @@ def test_twenty_threads_whose_every_message_is_deferred_finish_the_run(many_thre
     # session of the shared pool: drawing both from that pool, 15 threads could wait forever.
     issue = prepare_send(many_threads, 60)
     smtp_server.fail_next("rcpt", 451, "4.3.0 try again later", times=None)
-    dispatcher = Dispatcher(many_threads, make_transport(many_threads.config), concurrency=THREADS)
+    dispatcher = make_dispatcher(many_threads, make_transport(many_threads.config), concurrency=THREADS)
     stats = dispatcher.run(once=True)
     assert (stats.sent, stats.deferred) == (0, 60)
     with many_threads.session() as session:
@@ -43,7 +43,8 @@ def test_twenty_threads_whose_every_message_is_deferred_finish_the_run(many_thre
 @pytest.mark.slow  # twenty sending threads
 def test_twenty_threads_send_every_message_once(many_threads, smtp_server):
     issue = prepare_send(many_threads, 60)
-    stats = Dispatcher(many_threads, make_transport(many_threads.config), concurrency=THREADS).run(once=True)
+    transport = make_transport(many_threads.config)
+    stats = make_dispatcher(many_threads, transport, concurrency=THREADS).run(once=True)
     assert stats.sent == 60
     assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(60))
     with many_threads.session() as session:

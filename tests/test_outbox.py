@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
+from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.errors import StateError
 from mailmag.models import Delivery, Issue, Rendering, Subscriber, utcnow
@@ -42,14 +43,14 @@ def add_subscribers(session, n: int, **fields) -> list[Subscriber]:  # type: ign
 def test_send_freezes_the_audience_once(session):
     add_subscribers(session, 5)
     issue = make_issue(session)
-    assert outbox.start_sending(session, issue, "example.jp", "ja") == 5
+    assert transitions.start_sending(session, issue, "example.jp", "ja") == 5
     # A second enqueue adds nothing: the (issue, subscriber) pair is unique.
     assert outbox.enqueue(session, issue, "example.jp", "ja") == 0
     ids = session.scalars(select(Delivery.message_id)).all()
     assert len(ids) == len(set(ids)) == 5
     assert all(mid.startswith("<mm.1.") and mid.endswith("@example.jp>") for mid in ids)
     with pytest.raises(StateError, match="issue 1 is sending; only a draft or scheduled issue can be sent"):
-        outbox.start_sending(session, issue, "example.jp", "ja")
+        transitions.start_sending(session, issue, "example.jp", "ja")
 
 
 def test_audience_is_active_subscribers_matching_topic_and_language(session):
@@ -60,7 +61,7 @@ def test_audience_is_active_subscribers_matching_topic_and_language(session):
     subscribers.unsubscribe(session, gone, CLI)
     session.flush()
     issue = make_issue(session, topic="events", langs=("ja", "en"))
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     rows = {d.subscriber_id: d.lang for d in session.scalars(select(Delivery))}
     assert rows == {everyone.id: "ja", events_only.id: "ja", english.id: "en"}
 
@@ -68,13 +69,13 @@ def test_audience_is_active_subscribers_matching_topic_and_language(session):
 def test_language_without_rendering_falls_back_to_default(session):
     english = add_subscribers(session, 1, lang="en")[0]
     issue = make_issue(session, langs=("ja",))
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     assert session.scalar(select(Delivery.lang).where(Delivery.subscriber_id == english.id)) == "ja"
 
 
 def test_claim_leases_each_row_to_one_owner(session):
     add_subscribers(session, 5)
-    outbox.start_sending(session, make_issue(session), "example.jp", "ja")
+    transitions.start_sending(session, make_issue(session), "example.jp", "ja")
     now = utcnow()
     first = outbox.claim(session, "a", 3, now, 300)
     second = outbox.claim(session, "b", 3, now, 300)
@@ -87,7 +88,7 @@ def test_claim_leases_each_row_to_one_owner(session):
 def test_claim_cancels_rows_of_subscribers_no_longer_active(session):
     subs = add_subscribers(session, 2)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     subs[0].status = "bounced"  # e.g. a bounce processed while the send runs
     session.flush()
     claimed = outbox.claim(session, "a", 10, utcnow(), 300)
@@ -98,7 +99,7 @@ def test_claim_cancels_rows_of_subscribers_no_longer_active(session):
 def test_unsubscribe_cancels_queued_deliveries_at_once(session):
     subs = add_subscribers(session, 2)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     subscribers.unsubscribe(session, subs[0], Consent("one-click"))
     counts = outbox.counts(session, issue.id)
     assert (counts.queued, counts.cancelled) == (1, 1)
@@ -107,7 +108,7 @@ def test_unsubscribe_cancels_queued_deliveries_at_once(session):
 def test_result_written_only_while_holding_the_lease(session):
     add_subscribers(session, 1)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     (mine,) = outbox.claim(session, "a", 1, now, 1)
     # The lease expires; another worker takes the row over.
@@ -124,7 +125,7 @@ def test_result_written_only_while_holding_the_lease(session):
 def test_too_many_expired_leases_make_a_row_dead(session):
     add_subscribers(session, 1)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     for i in range(3):
         assert len(outbox.claim(session, f"w{i}", 1, now, 1)) == 1
@@ -138,13 +139,13 @@ def test_too_many_expired_leases_make_a_row_dead(session):
 def test_issue_completes_when_every_row_is_final(session):
     add_subscribers(session, 2)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     a, b = outbox.claim(session, "w", 2, now, 300)
     outbox.mark_sent(session, a.id, "w", "250 ok", now)
-    assert outbox.complete_issues(session) == []
+    assert transitions.complete_issues(session) == []
     outbox.mark_failed(session, b.id, "w", "550 no such user")
-    assert outbox.complete_issues(session) == [1]
+    assert transitions.complete_issues(session) == [1]
     assert issue.status == "sent"
     counts = outbox.counts(session, issue.id)
     assert (counts.total, counts.sent, counts.failed, counts.pending) == (2, 1, 1, 0)
@@ -153,7 +154,7 @@ def test_issue_completes_when_every_row_is_final(session):
 def test_retry_waits_and_release_does_not_count_an_attempt(session):
     add_subscribers(session, 2)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     a, b = outbox.claim(session, "w", 2, now, 300)
     outbox.mark_retry(session, a.id, "w", "451 try later", now + dt.timedelta(minutes=5))
@@ -166,13 +167,13 @@ def test_retry_waits_and_release_does_not_count_an_attempt(session):
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):
     add_subscribers(session, 3)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     [claimed] = outbox.claim(session, "w", 1, utcnow(), 300)
-    assert outbox.cancel_issue(session, issue) == 3
+    assert transitions.cancel_issue(session, issue) == 3
     assert outbox.held(session, [claimed.id], "w") == set()  # the worker's next check drops it
     assert outbox.claim(session, "w", 5, utcnow(), 300) == []
     with pytest.raises(StateError, match="already cancelled"):
-        outbox.cancel_issue(session, issue)
+        transitions.cancel_issue(session, issue)
 
 
 @pytest.mark.slow  # 100 000 rows
@@ -185,14 +186,14 @@ def test_enqueue_100k_rows_in_one_statement(session):
              lang="ja", topics=[], status="active", status_reason="") for i in range(20_000)
     ])
     issue = make_issue(session)
-    assert outbox.start_sending(session, issue, "example.jp", "ja") == 20_000
+    assert transitions.start_sending(session, issue, "example.jp", "ja") == 20_000
     assert session.scalar(select(func.count(func.distinct(Delivery.message_id)))) == 20_000
 
 
 def test_opt_out_takes_back_a_claimed_delivery(session):
     subs = add_subscribers(session, 2)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
+    transitions.start_sending(session, issue, "example.jp", "ja")
     claimed = outbox.claim(session, "w", 2, utcnow(), 300)
     subscribers.unsubscribe(session, subs[0], Consent("one-click"))
     # The worker's periodic check no longer finds the row among what it holds.
@@ -204,8 +205,8 @@ def test_opt_out_takes_back_a_claimed_delivery(session):
 def test_completion_never_overwrites_a_cancellation(session):
     add_subscribers(session, 1)
     issue = make_issue(session)
-    outbox.start_sending(session, issue, "example.jp", "ja")
-    outbox.cancel_issue(session, issue)
-    assert outbox.complete_issues(session) == []
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    transitions.cancel_issue(session, issue)
+    assert transitions.complete_issues(session) == []
     session.refresh(issue)
     assert issue.status == "cancelled"

@@ -175,7 +175,7 @@ def test_an_integrity_error_that_is_no_race_is_recorded_as_failed_once(services,
 
 @pytest.mark.parametrize("attempts_lost", [1, 3])
 def test_a_timed_send_that_loses_a_race_stays_scheduled_until_it_wins(services, monkeypatch, attempts_lost):
-    from mailmag.delivery import outbox
+    from mailmag.content import transitions
 
     add_subscribers(services, 2)
     approve_news(services, 1)
@@ -184,7 +184,7 @@ def test_a_timed_send_that_loses_a_race_stays_scheduled_until_it_wins(services, 
         issue = issues.compose(session, services.config).issue
         issue_id = issue.id
         jobs.schedule_send(session, issue, at, now=at - dt.timedelta(hours=1), config=services.config)
-    real_start = outbox.start_sending
+    real_start = transitions.start_sending
     calls: list[int] = []
 
     def start_sending(session, issue, domain, language):  # type: ignore[no-untyped-def]
@@ -194,7 +194,7 @@ def test_a_timed_send_that_loses_a_race_stays_scheduled_until_it_wins(services, 
             session.flush()
         return real_start(session, issue, domain, language)
 
-    monkeypatch.setattr(outbox, "start_sending", start_sending)
+    monkeypatch.setattr(transitions, "start_sending", start_sending)
     (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
     if attempts_lost < jobs.ATTEMPTS:
         assert (fired.outcome, fired.detail) == (

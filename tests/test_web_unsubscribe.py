@@ -10,7 +10,7 @@ from web_support import Client, key_of, one_click
 from mailmag import links, tokens
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.delivery import outbox
+from mailmag.content import transitions
 from mailmag.models import ConsentEvent, Delivery, Issue, Rendering, Subscriber
 
 pytest_plugins = ["web_fixtures"]
@@ -28,7 +28,7 @@ def reader(web_services):  # type: ignore[no-untyped-def]
         issue.renderings.append(Rendering(lang="ja", subject="第1号", html="<p>x</p>", text="x"))
         session.add(issue)
         session.flush()
-        outbox.start_sending(session, issue, "example.jp", "ja")
+        transitions.start_sending(session, issue, "example.jp", "ja")
         return subscriber.id
 
 

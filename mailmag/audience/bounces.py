@@ -33,6 +33,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
+from mailmag.delivery.transports import MAILBOX, PermanentFailure
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
 
@@ -109,15 +110,15 @@ def suppress(session: Session, subscriber: Subscriber, reason: str) -> bool:
     return True
 
 
-def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None, failure,
-                          config: Config | None = None) -> None:
+def record_smtp_rejection(session: Session, delivery_id: int, subscriber_id: int | None,
+                          failure: PermanentFailure, config: Config | None = None) -> None:
     """A refusal of the address during dispatch: a hard bounce suppresses it at once; a full
     mailbox (`failure.kind` "mailbox", with `config`) counts as a soft bounce."""
     key = f"smtp:{delivery_id}"
     if _seen(session, key):
         return
     reply = " ".join(str(failure.reply).split())
-    soft = getattr(failure, "kind", "address") == "mailbox" and config is not None
+    soft = failure.kind == MAILBOX and config is not None
     event = BounceEvent(subscriber_id=subscriber_id, delivery_id=delivery_id, kind="soft" if soft else "hard",
                         code=str(failure.code), diagnostic=reply[:1000], source_key=key)
     session.add(event)

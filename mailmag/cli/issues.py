@@ -17,7 +17,7 @@ import click
 from mailmag import topics
 from mailmag.audience import subscribers
 from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
-from mailmag.content import issues
+from mailmag.content import issues, transitions
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.window import waiting_for_window, waiting_note
@@ -295,7 +295,7 @@ def delete(app: AppContext, issue_id: int) -> None:
 def retry(app: AppContext, number: int, dead: bool) -> None:
     """Queue dead messages of an issue again; the worker sends them."""
     with app.ready_services().session() as session:
-        requeued = outbox.retry_dead(session, issues.get(session, number), utcnow())
+        requeued = transitions.retry_dead(session, issues.get(session, number), utcnow())
     click.echo(f"issue {number}: {requeued} dead messages queued again; `mailmag worker` sends them")
 
 

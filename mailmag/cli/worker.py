@@ -14,6 +14,7 @@ from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.models import utcnow
+from mailmag.scheduling.sending import make_dispatcher
 
 
 @click.command()
@@ -25,8 +26,8 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
     """Deliver queued messages; several workers may share one queue."""
     services = app.ready_services(wait_for_database=True)
     with _progress(services, once) as progress:
-        dispatcher = Dispatcher(services, make_transport(services.config),
-                                concurrency=concurrency, progress=progress)
+        dispatcher = make_dispatcher(services, make_transport(services.config),
+                                     concurrency=concurrency, progress=progress)
         with _stop_on_signals(dispatcher):
             stats = dispatcher.run(once=once)
     lost = f", lost lease {stats.lost}" if stats.lost else ""

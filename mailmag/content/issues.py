@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from mailmag import clock, placeholders, text_ja, topics
 from mailmag.config import Config
 from mailmag.content import items as items_mod
-from mailmag.content import markup, render
+from mailmag.content import markup, render, transitions
 from mailmag.delivery import messages, outbox
 from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
 from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
@@ -234,7 +234,7 @@ def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty
     number = _take_number(session, issue)
     if number != issue.rendered_number:
         _render_again(session, config, issue, number, today or clock.today(config.zone))
-    added = outbox.start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
+    added = transitions.start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
     items_mod.mark_published(session, [entry.item for entry in issue.entries])
     return added
 
@@ -265,13 +265,13 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
     """
     issue = get(session, issue_id)
     if issue.status == "scheduled":
-        issue.status, issue.scheduled_at = "draft", None
+        transitions.unschedule(issue)
         return Cancelled(issue, unscheduled=True)
     if issue.status == "draft":
         raise StateError(f"{label(issue)} is a draft: nothing is being sent; to drop it, run "
                          f"mailmag issues delete {issue_id}")
     in_flight = outbox.counts(session, issue.id).sending
-    not_sent = outbox.cancel_issue(session, issue)
+    not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
     went = counts.sent + counts.dead  # dead: may have reached the relay
     if went or in_flight:  # a claimed message may be on the wire: the 第N号 stays

@@ -41,9 +41,9 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mailmag import db, links
-from mailmag.audience import bounces
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import (
@@ -89,6 +89,21 @@ class Stats:
             setattr(self, field, getattr(self, field) + n)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the layers above delivery do when the outbox reports something; whoever builds a
+    Dispatcher wires them (scheduling.sending.hooks), so delivery imports nothing above it.
+    Each runs inside the unit of work that recorded what it reports."""
+
+    # The relay refused a recipient's address or mailbox: (session, delivery id, subscriber id, refusal).
+    rejected: Callable[[Session, int, int | None, PermanentFailure], None]
+    # These issues being sent have no pending delivery left.
+    drained: Callable[[Session, list[int]], object]
+    # The relay cannot be reached since (session, when, why) / answers again.
+    relay_unreachable: Callable[[Session, dt.datetime, str], None]
+    relay_reached: Callable[[Session], None]
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -127,6 +142,7 @@ class Dispatcher:
         services: Services,
         transport: Transport,
         *,
+        hooks: Hooks,
         concurrency: int | None = None,
         owner: str | None = None,
         progress: Callable[[int], None] | None = None,
@@ -135,6 +151,7 @@ class Dispatcher:
         config = services.config
         self.services = services
         self.transport = transport
+        self.hooks = hooks
         self.concurrency = concurrency or config.smtp.max_connections
         self.owner = owner or worker_id()
         self.progress = progress
@@ -265,7 +282,9 @@ class Dispatcher:
                 outbox.expire_leases(session, now, config.max_lease_expiries)
                 claimed = outbox.claim(session, owner, self.batch_size, now, config.lease_seconds)
             with self.services.session() as session:
-                outbox.complete_issues(session)
+                drained = outbox.drained_issues(session)
+                if drained:
+                    self.hooks.drained(session, drained)
             return claimed
 
         batch = self.database.call(work)
@@ -422,15 +441,13 @@ class Dispatcher:
                 f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
                 "[smtp] host, username and the relay's rules for this client, then run the worker again"
             )
-        config = self.services.config
 
         def work() -> bool:
             with self.services.session() as session:
                 if not outbox.mark_failed(session, delivery.id, owner, str(failure)):
                     return False
                 if failure.kind in (ADDRESS, MAILBOX):
-                    bounces.record_smtp_rejection(session, delivery.id, delivery.subscriber_id, failure,
-                                                  config)
+                    self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)
                 return True
 
         if not self.database.call(work):
@@ -490,7 +507,7 @@ class Dispatcher:
 
         def work() -> None:
             with self.services.session() as session:
-                outbox.relay_unreachable(session, self.clock(), str(failure))
+                self.hooks.relay_unreachable(session, self.clock(), str(failure))
 
         self.database.call(work)
 
@@ -502,7 +519,7 @@ class Dispatcher:
 
         def work() -> None:
             with self.services.session() as session:
-                outbox.relay_reached(session)
+                self.hooks.relay_reached(session)
 
         self.database.call(work)
 

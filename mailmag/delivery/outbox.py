@@ -22,7 +22,9 @@ import secrets
 import typing
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    SQLColumnExpression,
     String,
     Table,
     Text,
@@ -183,20 +185,14 @@ def renew_leases(db: Session | Connection, owners: list[str], now: dt.datetime, 
     ))
 
 
-def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
-    """`issues retry N --dead`: dead deliveries go back to the queue, counted afresh.
-
-    A `sent` issue with dead rows opens again so workers take them; returns rows requeued.
-    """
-    requeued = rowcount(session.execute(
+def requeue_dead(session: Session, issue_id: int, now: dt.datetime) -> int:
+    """`issues retry N --dead`: the issue's dead deliveries go back to the queue, counted afresh."""
+    return rowcount(session.execute(
         update(Delivery)
-        .where(Delivery.issue_id == issue.id, Delivery.status == "dead")
+        .where(Delivery.issue_id == issue_id, Delivery.status == "dead")
         .values(status="queued", lease_expiries=0, next_attempt_at=now,
                 last_reply="requeued by an operator after: " + Delivery.last_reply)
     ))
-    if requeued and issue.status == "sent":
-        issue.status = "sending"
-    return requeued
 
 
 def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> int:
@@ -279,7 +275,7 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
 _DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
 _MARK_SENT = (
     update(_DELIVERIES)
-    # `cancelled` too: a message on the wire when its issue was cancelled did go (cancel_issue).
+    # `cancelled` too: a message on the wire when its issue was cancelled did go (outbox.cancel_rows).
     .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(("sending", "cancelled")),
            _DELIVERIES.c.lease_owner == bindparam("owner"))
     .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
@@ -331,52 +327,29 @@ def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
     return rowcount(result)
 
 
-def start_sending(session: Session, issue: Issue, domain: str, default_lang: str) -> int:
-    """Freeze the audience and open the issue for workers (content.issues.start_sending checks
-    the gates, gives the number and publishes the items first)."""
-    if issue.status not in ("draft", "scheduled"):
-        raise StateError(f"issue {issue.id} is {issue.status}; only a draft or scheduled issue can be sent")
-    if issue.number is None:
-        raise StateError(f"issue {issue.id} has no number yet: send it with `mailmag issues send {issue.id}`")
-    if not issue.renderings:
-        raise StateError(f"issue {issue.id} is not rendered: run `mailmag issues render {issue.id}`")
-    added = enqueue(session, issue, domain, default_lang)
-    issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
-    return added
-
-
-def cancel_issue(session: Session, issue: Issue) -> int:
-    """Stop what is queued and what workers have claimed but not sent. Returns rows cancelled.
+def cancel_rows(session: Session, issue_id: int) -> int:
+    """An issue's send stops: its queued and claimed rows are cancelled. Returns rows cancelled.
 
     A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending, so a
     claimed row is dropped too; only a message already being transmitted still goes. Its
     lease owner stays on the row, so that message can still record that it went (mark_sent).
     """
-    if issue.status in ("sent", "cancelled"):
-        raise StateError(f"issue {issue.id} is already {issue.status}")
-    issue.status = "cancelled"
     return rowcount(session.execute(
         update(Delivery)
-        .where(Delivery.issue_id == issue.id, Delivery.status.in_(PENDING))
+        .where(Delivery.issue_id == issue_id, Delivery.status.in_(PENDING))
         .values(status="cancelled", last_reply="issue cancelled")
     ))
 
 
-def complete_issues(session: Session) -> list[int]:
-    """Issues whose every delivery reached a final state become 'sent'; returns their numbers.
+def has_pending(issue_id: SQLColumnExpression[int]) -> ColumnElement[bool]:
+    """SQL: the issue still has rows queued or being sent."""
+    return select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(PENDING)).exists()
 
-    One conditional UPDATE, so an `issues cancel` committed meanwhile is never overwritten.
-    """
-    unfinished = (
-        select(Delivery.id)
-        .where(Delivery.issue_id == Issue.id, Delivery.status.in_(PENDING))
-        .exists()
-    )
-    done = session.execute(
-        update(Issue).where(Issue.status == "sending", ~unfinished).values(status="sent")
-        .returning(Issue.number)
-    ).scalars().all()
-    return sorted(number for number in done if number is not None)
+
+def drained_issues(session: Session) -> list[int]:
+    """Issues being sent with no pending row left: what the dispatcher reports after a claim
+    (the issue's transition to 'sent' is content.transitions.complete)."""
+    return list(session.scalars(select(Issue.id).where(Issue.status == "sending", ~has_pending(Issue.id))))
 
 
 def held(session: Session, ids: list[int], owner: str) -> set[int]:
@@ -437,19 +410,3 @@ def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[st
         .order_by(Delivery.id).limit(limit)
     )
     return [(email, status, reply) for email, status, reply in rows]
-
-
-def relay_unreachable(session: Session, since: dt.datetime, error: str) -> None:
-    """Issues being sent show that they wait for the relay, since the first failed attempt."""
-    session.execute(
-        update(Issue).where(Issue.status == "sending")
-        .values(relay_waiting_since=func.coalesce(Issue.relay_waiting_since, since), relay_error=error[:500])
-    )
-
-
-def relay_reached(session: Session) -> None:
-    """The relay answers again: no issue waits for it any more."""
-    session.execute(
-        update(Issue).where(Issue.relay_waiting_since.is_not(None))
-        .values(relay_waiting_since=None, relay_error=None)
-    )

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailmag import topics
 from mailmag.config import Config
-from mailmag.content import issues
+from mailmag.content import issues, transitions
 from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
 from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
 from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
@@ -85,9 +85,7 @@ def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.dat
     """
     now = now or utcnow()
     reached = issues.check_sendable(session, config, issue, allow_empty=allow_empty)
-    if when <= now:
-        raise StateError(f"issue {issue.id} cannot be scheduled in the past: give a later time")
-    issue.status, issue.scheduled_at = "scheduled", when
+    transitions.schedule(issue, when, now)
     return reached
 
 
@@ -131,7 +129,7 @@ def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetim
         if issue is None or issue.status != "scheduled" or issue.scheduled_at != at:
             return None  # unscheduled or moved since we looked: not a firing
         if (now - at).total_seconds() > grace:
-            issue.status, issue.scheduled_at = "draft", None
+            transitions.unschedule(issue)
             return "missed", (
                 f"issue {issue.id} was due at {shown(at, config.zone)} but mailmag run was not "
                 f"running until {shown(now, config.zone)} (more than grace_seconds = {grace}): "
@@ -149,7 +147,7 @@ def _back_to_draft(issue_id: int) -> Callable[[Session], None]:
     def undo(session: Session) -> None:
         issue = session.get(Issue, issue_id)
         if issue is not None and issue.status == "scheduled":
-            issue.status, issue.scheduled_at = "draft", None
+            transitions.unschedule(issue)
 
     return undo
 

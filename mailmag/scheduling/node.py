@@ -39,6 +39,7 @@ from mailmag.delivery.workstate import DATABASE_AWAY
 from mailmag.errors import ConfigError, DatabaseError, TransportError
 from mailmag.models import AutoSchedule, utcnow
 from mailmag.scheduling import jobs
+from mailmag.scheduling.sending import make_dispatcher
 from mailmag.scheduling.when import cron_trigger
 from mailmag.services import Services
 
@@ -285,7 +286,8 @@ class Node:
         config = self.services.config
         while not self.stop.is_set():
             try:
-                dispatcher = Dispatcher(self.services, make_transport(config), concurrency=self.concurrency)
+                dispatcher = make_dispatcher(self.services, make_transport(config),
+                                             concurrency=self.concurrency)
                 self._dispatcher = dispatcher
                 if self.stop.is_set():  # stopped while this dispatcher was being built
                     return

@@ -1,0 +1,39 @@
+"""The dispatcher as mailmag runs it: delivery's Dispatcher wired to the rules above delivery.
+
+An SMTP refusal of an address goes to the bounce rules (audience.bounces); an issue with no
+pending delivery left becomes sent, and the relay's health shows on the issues being sent
+(content.transitions). Every front that sends (the worker, `mailmag run`'s node, the demo,
+the console) builds its Dispatcher here, so the wiring is written once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+
+from mailmag.audience import bounces
+from mailmag.config import Config
+from mailmag.content import transitions
+from mailmag.delivery.dispatch import Dispatcher, Hooks
+from mailmag.delivery.transports import Transport
+from mailmag.models import utcnow
+from mailmag.services import Services
+
+
+def hooks(config: Config) -> Hooks:
+    """Soft bounces need the configuration's thresholds; the other rules need nothing."""
+    return Hooks(
+        rejected=functools.partial(bounces.record_smtp_rejection, config=config),
+        drained=transitions.complete,
+        relay_unreachable=transitions.relay_unreachable,
+        relay_reached=transitions.relay_reached,
+    )
+
+
+def make_dispatcher(services: Services, transport: Transport, *, concurrency: int | None = None,
+                    owner: str | None = None, progress: Callable[[int], None] | None = None,
+                    clock: Callable[[], dt.datetime] = utcnow) -> Dispatcher:
+    """A Dispatcher over `transport` with mailmag's hooks (the options are Dispatcher's)."""
+    return Dispatcher(services, transport, hooks=hooks(services.config), concurrency=concurrency,
+                      owner=owner, progress=progress, clock=clock)
