@@ -17,9 +17,11 @@ from sqlalchemy import select, update
 from test_schedule import add_subscribers, approve_news, draft_issue
 
 from mailmag import db
+from mailmag.audience import subscribers
+from mailmag.audience.subscribers import Consent
 from mailmag.config import load_config
 from mailmag.content import issues
-from mailmag.models import Issue, JobRun, utcnow
+from mailmag.models import ConsentEvent, Issue, JobRun, Subscriber, utcnow
 from mailmag.scheduling import jobs
 from mailmag.services import Services
 
@@ -220,3 +222,26 @@ def test_the_sqlite_scheduler_lock_file_goes_when_run_stops(tmp_path, smtp_serve
     again.wait_for("scheduler started")
     assert again.stop() == 0 and not lock.exists()
     services.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_scheduler_purges_unconfirmed_subscribers(node, start_run):
+    """Everything periodic runs on `mailmag run`'s scheduler, the hourly purge too (it ran in a
+    thread of `serve` before): it runs once when the scheduler starts, then every hour."""
+    config_file, services = node
+    with services.session() as session:
+        for email, age in (("stale@example.jp", 200), ("recent@example.jp", 2)):
+            _, person = subscribers.add(session, subscribers.parse_address(email), Consent("web-form"))
+            person.status, person.created_at = "pending", utcnow() - dt.timedelta(hours=age)
+            session.execute(update(ConsentEvent).where(ConsentEvent.subscriber_id == person.id)
+                            .values(at=utcnow() - dt.timedelta(hours=age)))
+
+    def emails() -> set[str]:
+        with services.session() as session:
+            return set(session.scalars(select(Subscriber.email)))
+
+    run = start_run(config_file)
+    run.wait_for("scheduler started")
+    wait_until(lambda: emails() == {"recent@example.jp"}, "the stale pending subscriber to be purged")
+    assert run.stop() == 0
+    assert "purged 1 unconfirmed subscribers" in run.text()

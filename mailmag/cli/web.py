@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from mailmag.cli.common import AppContext, pass_app, plural, print_json
-from mailmag.web import create_app, purge
+from mailmag.scheduling import jobs
+from mailmag.web import create_app
 
 
 @click.command()
@@ -29,7 +30,6 @@ def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
         web_app, host=host, port=port, threads=threads or web.threads, ident="mailmag",
         max_request_body_size=web.max_request_body_size, connection_limit=web.connection_limit,
         channel_timeout=web.channel_timeout, **options)
-    stop = purge.start(services)
     click.echo(f"serving on http://{host}:{server.effective_port}/ "
                f"(links in mail use {services.config.mailmag.base_url})", err=True)
     try:
@@ -37,7 +37,6 @@ def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stop.set()
         server.close()
         web_app.extensions["mailmag"].mailer.close()
 
@@ -46,8 +45,9 @@ def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def purge_pending(app: AppContext, as_json: bool) -> None:
-    """Delete subscribers who never confirmed ([web] purge_pending_after_hours)."""
-    purged = purge.purge_once(app.ready_services())
+    """Delete subscribers who never confirmed ([web] purge_pending_after_hours); `mailmag run`
+    does it hourly."""
+    purged = jobs.purge_pending(app.ready_services())
     if as_json:
         print_json({"purged": purged})
     else:

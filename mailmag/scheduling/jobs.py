@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailmag import topics
+from mailmag.audience import consent
 from mailmag.config import Config
 from mailmag.content import issues, transitions
 from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
@@ -32,6 +33,8 @@ from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, sh
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
+# How often `mailmag run`'s scheduler purges unconfirmed subscribers (purge_pending).
+PURGE_SECONDS = 3600
 
 # Moments handled per schedule and call; a longer backlog continues at the next poll.
 _BACKLOG_LIMIT = 500
@@ -71,6 +74,19 @@ def send_job_id(issue_id: int) -> str:
 
 def auto_job_id(schedule_id: int) -> str:
     return f"auto-{schedule_id}"
+
+
+# --- housekeeping -----------------------------------------------------------------------------
+
+
+def purge_pending(services: Services) -> int:
+    """Delete the subscribers who never confirmed (and old subscribe attempts) in one unit of
+    work: hourly on the scheduler of `mailmag run`, and `mailmag purge-pending`. Returns how many."""
+    with services.session() as session:
+        purged = consent.purge_pending(session, services.config.web.purge_pending_after_hours)
+    if purged:
+        log.info("purged %d unconfirmed subscribers", purged)
+    return purged
 
 
 # --- timed sends ------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The scheduler is APScheduler 3 with its jobs in our database (table `apscheduler_jobs`, made
 by APScheduler): one cron job per automatic issue, so its next moment survives restarts,
-plus a poll every `[schedule] poll_seconds` (in memory) that fires due timed sends and
-catches up automatic issues; the main loop keeps the stored jobs in step with `schedule
+plus, in memory, a poll every `[schedule] poll_seconds` that fires due timed sends and
+catches up automatic issues, and an hourly purge of unconfirmed subscribers (everything
+periodic runs here). The main loop keeps the stored jobs in step with `schedule
 add/remove`. The stored jobs name module-level functions and carry only a schedule id;
 they find this process's services through `_node`, set while `run` runs.
 
@@ -55,6 +56,12 @@ def poll_job() -> None:
     now = utcnow()
     jobs.fire_due_sends(services, now)
     jobs.fire_due_autos(services, now)
+
+
+def purge_job() -> None:
+    """Every PURGE_SECONDS: subscribers who never confirmed go (an error is logged by APScheduler,
+    and the next run comes all the same)."""
+    jobs.purge_pending(_current().services)
 
 
 def auto_job(schedule_id: int) -> None:
@@ -253,6 +260,8 @@ class Node:
         scheduler.start()
         self._scheduler = scheduler
         scheduler.add_job(poll_job, "interval", seconds=config.schedule.poll_seconds, id="poll",
+                          jobstore="local", next_run_time=utcnow())
+        scheduler.add_job(purge_job, "interval", seconds=jobs.PURGE_SECONDS, id="purge-pending",
                           jobstore="local", next_run_time=utcnow())
 
     def _stop_scheduler(self) -> None:
