@@ -8,6 +8,10 @@ issued addresses until 2009 whose local part has dots in a row or just before th
 are accepted for the carriers' own domains only, stored as the subscriber typed them, and
 written with the local part quoted (`"taro..yamada."@docomo.ne.jp`, RFC 5321 §4.1.2) in
 the SMTP envelope and the To header, which is how RFC-abiding relays accept them.
+
+mailmag's own addresses live here too: the sender's domain, the bounce address and its VERP
+form, the mailto: unsubscribe address, and the Message-ID format; the message builder
+writes them and the bounce reader reads them back with the same functions.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import secrets
 import unicodedata
 
 import idna
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from mailmag.errors import InvalidEmail
+from mailmag import tokens
+from mailmag.config import Config
+from mailmag.errors import ConfigError, InvalidEmail, InvalidInput
 
 # The plain ASCII addresses that are nearly every row of a list: these skip email-validator,
 # whose IDNA checks cost ~40 µs an address (4 s for 100 000 rows). The pattern accepts only
@@ -142,3 +149,133 @@ def addr_spec(email: str) -> str:
     if is_legacy(email):
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{local}@{domain}"
+
+
+# --- written in headers and envelopes ----------------------------------------------------------
+
+# An address as stored: no spaces, brackets or quotes around it (parse_address decides the rest).
+_STORED = re.compile(r'[^\s<>()\[\],;:"@\\]+@[^\s<>()\[\],;:"@\\]+')
+_UNSAFE = re.compile("[\r\n\0]")
+
+
+def check(value: str, what: str) -> None:
+    """Data may never end a header line early: CR, LF or NUL raise InvalidInput."""
+    if _UNSAFE.search(value):
+        raise InvalidInput(f"{what} contains a line break or NUL character; remove it")
+
+
+def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
+    """The addr-spec to write for a stored address, valid by mailmag.addresses' one rule.
+
+    An internationalized domain becomes A-labels; a legacy carrier local part is quoted
+    ("taro..yamada."@docomo.ne.jp); a non-ASCII local part is refused unless `utf8`.
+    """
+    check(address, what)
+    kind = "valid" if utf8 else "plain ASCII"
+    address = address.strip()
+    try:
+        if not _STORED.fullmatch(address):
+            raise InvalidEmail(address)
+        parsed = parse_address(address)
+        if parsed.needs_smtputf8 and not utf8:
+            raise InvalidEmail(address)
+        return addr_spec(parsed.email)
+    except InvalidEmail as exc:
+        raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address") from exc
+
+
+# --- mailmag's own addresses and Message-IDs: the sender writes them, the bounce reader reads them
+
+MESSAGE_ID_START = "<mm."
+# What a Message-ID may be (RFC 5322 msg-id, dot-atom-text both sides: no '<', '>' or '@').
+MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
+_DELIVERY_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+@[^>\s]+>$")
+
+
+def sender_domain(config: Config) -> str:
+    """The From address's domain: Message-IDs, DKIM d= and the default bounce address use it."""
+    local, _, domain = config.sender.from_.rpartition("@")
+    if not local or not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", domain):
+        raise ConfigError(f"[sender] from {config.sender.from_!r} is not an address like news@example.jp")
+    return domain.lower()
+
+
+def unsubscribe_address(config: Config) -> str:
+    """Where mailto: unsubscribe requests go: [sender] unsubscribe_mailto (a written 'mailto:' and
+    '?subject=…' are dropped), else unsubscribe@<from domain>. Bounce processing reads the same."""
+    value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
+    return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto")
+
+
+def unsubscribe_mailto(address: str, secret: str, subscriber_id: int, link_key: str) -> str:
+    """<mailto:unsubscribe@domain?subject=unsubscribe%20TAG>: the request names its subscriber
+    by the signed tag, never by its From, which an alias changes and anyone can forge.
+
+    The tag is carried once, in the subject, which survives relays that drop '+' parts (an
+    address tag, as in older mail, would also push the line past 78 columns)."""
+    tag = tokens.unsubscribe_tag(secret, subscriber_id, link_key)
+    return f"<mailto:{address}?subject=unsubscribe%20{tag}>"
+
+
+def bounce_address(config: Config) -> str:
+    """The plain envelope sender ([sender] bounce_address, default bounces@<from domain>)."""
+    address = config.sender.bounce_address or f"bounces@{sender_domain(config)}"
+    try:
+        ascii_address(address, "[sender] bounce_address")
+    except InvalidInput as exc:
+        raise ConfigError(f"[sender] bounce_address {address!r} must look like bounces@example.jp") from exc
+    return address
+
+
+def make_message_id(config: Config) -> str:
+    """A one-off mail's '<mm.NONCE@from-domain>' (confirmations, `issues test`)."""
+    return f"{MESSAGE_ID_START}{secrets.token_hex(12)}@{sender_domain(config)}>"
+
+
+def delivery_message_id(issue_number: int, nonce: str, domain: str) -> tuple[str, str]:
+    """A delivery's '<mm.ISSUE.SUBSCRIBER.NONCE@domain>', as the text before and after the
+    subscriber id (the outbox writes the id in SQL); made once, reused on every retry."""
+    return f"{MESSAGE_ID_START}{issue_number}.", f".{nonce}@{domain}>"
+
+
+def read_delivery_message_id(message_id: str) -> tuple[int, int] | None:
+    """(issue number, subscriber id) of a delivery's Message-ID, None if not of that form."""
+    parsed = _DELIVERY_MESSAGE_ID.match(message_id)
+    return (int(parsed.group(1)), int(parsed.group(2))) if parsed else None
+
+
+def is_our_message_id(message_id: str) -> bool:
+    return message_id.startswith(MESSAGE_ID_START)
+
+
+def verp(bounce_local: str, bounce_domain: str, secret: str, delivery_id: int) -> str:
+    """bounces+<id>-<hmac>@domain: a bounce to it names its delivery, unforgeably. The message
+    builder calls this per recipient with the bounce address split once per issue."""
+    return f"{bounce_local}+{tokens.verp_tag(secret, delivery_id)}@{bounce_domain}"
+
+
+def verp_address(config: Config, secret: str, delivery_id: int) -> str:
+    """The envelope sender of one delivery."""
+    local, _, domain = bounce_address(config).rpartition("@")
+    return verp(local, domain, secret, delivery_id)
+
+
+def parse_verp(config: Config, secret: str, address: str) -> int | None:
+    """The delivery id in a bounce's recipient address, or None if foreign or forged."""
+    local, _, domain = bounce_address(config).rpartition("@")
+    got_local, _, got_domain = address.strip().strip("<>").rpartition("@")
+    prefix = f"{local}+".lower()
+    if got_domain.lower() != domain.lower() or not got_local.lower().startswith(prefix):
+        return None
+    return tokens.read_verp_tag(secret, got_local[len(prefix) :].lower())
+
+
+def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:
+    """The delivery a VERP address names; None if the address is not a VERP address of ours;
+    False if it looks like one but its tag is forged (never trusted)."""
+    delivery_id = parse_verp(config, secret, address)
+    if delivery_id is not None:
+        return delivery_id
+    local, _, domain = bounce_address(config).lower().rpartition("@")
+    ours = address.lower().endswith(f"@{domain}") and address.lower().startswith(f"{local}+")
+    return False if ours else None

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
-from mailmag import clock, db, topics
+from mailmag import addresses, clock, db, topics
 from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages, window
@@ -92,8 +92,8 @@ def _configuration(config: Config) -> Finding:
 
 
 def _sender(config: Config) -> list[Finding]:
-    domain = messages.sender_domain(config)
-    messages.bounce_address(config)
+    domain = addresses.sender_domain(config)
+    addresses.bounce_address(config)
     messages.reply_to(config)
     render.check_sender(config)
     render.check_real_sender(config)
@@ -253,8 +253,8 @@ _CHECKS: list[tuple[str, Callable[[Config], list[Finding]]]] = [
 def dns_records(config: Config) -> list[DnsRecord]:
     """SPF, DKIM and DMARC records for the sender's domain, from the configuration alone."""
     try:
-        domain = messages.sender_domain(config)
-        envelope_domain = messages.bounce_address(config).rpartition("@")[2].lower()
+        domain = addresses.sender_domain(config)
+        envelope_domain = addresses.bounce_address(config).rpartition("@")[2].lower()
     except ConfigError:
         return []
     return [_spf(config, envelope_domain), *_dkim_record(config, domain), _dmarc(config, domain)]

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailmag import db
+from mailmag import addresses, db
 from mailmag.cli import cli
 from mailmag.config import load_config
 from mailmag.delivery import messages
@@ -118,7 +118,7 @@ def test_the_printed_dkim_record_verifies_what_mailmag_signs(installation):
     config = load_config(installation.path, env={"MAILMAG_SECRET_KEY": SECRET})
     rendering = types.SimpleNamespace(subject="【第1号】テスト", html="<p>本文</p>", text="本文\n")
     skeleton = messages.prepare(rendering, 1, config, dkim=messages.load_dkim(config))
-    recipient = messages.Recipient(1, 1, "yamada@example.jp", "山田 太郎", messages.make_message_id(config))
+    recipient = messages.Recipient(1, 1, "yamada@example.jp", "山田 太郎", addresses.make_message_id(config))
     _, data = messages.personalize(skeleton, recipient, SECRET)
     def lookup(name: bytes, timeout: int = 5) -> bytes | None:
         return value if name == b"mm2026._domainkey.example.jp." else None

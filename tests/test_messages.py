@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailmag import addresses, tokens
 from mailmag import placeholders as placeholders
-from mailmag import tokens
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig
 from mailmag.delivery import messages
 from mailmag.errors import ConfigError, InvalidInput
@@ -230,9 +230,9 @@ def test_each_recipient_gets_only_their_own_address_links_and_id(rendering):
 
 def test_a_retry_reuses_the_message_id_fixed_at_enqueue(rendering):
     config = _config()
-    message_id = messages.make_message_id(config)
+    message_id = addresses.make_message_id(config)
     assert re.fullmatch(r"<mm\.[0-9a-f]{24}@example\.jp>", message_id)
-    assert messages.make_message_id(config) != message_id
+    assert addresses.make_message_id(config) != message_id
     skeleton = messages.prepare(rendering, 12, config)
     recipient = _recipient(message_id=message_id)
     attempts = [messages.personalize(skeleton, recipient, SECRET)[1] for _ in range(2)]
@@ -243,20 +243,20 @@ def test_envelope_sender_is_verp_and_bounces_to_it_name_the_delivery(sent):
     envelope_from, _, _ = sent
     config = _config()
     assert re.fullmatch(r"bounces\+41-[0-9a-f]{10}@example\.jp", envelope_from)
-    assert messages.verp_address(config, SECRET, 41) == envelope_from
-    assert messages.parse_verp(config, SECRET, envelope_from) == 41
-    assert messages.parse_verp(config, SECRET, f"<{envelope_from.upper()}>") == 41
-    assert messages.parse_verp(config, SECRET, "bounces+42-" + envelope_from[11:]) is None  # forged
-    assert messages.parse_verp(config, SECRET, envelope_from.replace("example.jp", "evil.jp")) is None
-    assert messages.parse_verp(config, "another-secret", envelope_from) is None
-    assert messages.parse_verp(config, SECRET, "someone@example.jp") is None
+    assert addresses.verp_address(config, SECRET, 41) == envelope_from
+    assert addresses.parse_verp(config, SECRET, envelope_from) == 41
+    assert addresses.parse_verp(config, SECRET, f"<{envelope_from.upper()}>") == 41
+    assert addresses.parse_verp(config, SECRET, "bounces+42-" + envelope_from[11:]) is None  # forged
+    assert addresses.parse_verp(config, SECRET, envelope_from.replace("example.jp", "evil.jp")) is None
+    assert addresses.parse_verp(config, "another-secret", envelope_from) is None
+    assert addresses.parse_verp(config, SECRET, "someone@example.jp") is None
 
 
 def test_configured_bounce_address_is_the_verp_base(rendering):
     config = _config(bounce_address="return@bounce.example.jp")
     envelope_from, _ = messages.personalize(messages.prepare(rendering, 1, config), _recipient(), SECRET)
     assert envelope_from.startswith("return+41-") and envelope_from.endswith("@bounce.example.jp")
-    assert messages.parse_verp(config, SECRET, envelope_from) == 41
+    assert addresses.parse_verp(config, SECRET, envelope_from) == 41
 
 
 @pytest.mark.parametrize(
@@ -455,8 +455,8 @@ if __name__ == "__main__":
 
 def test_unsubscribe_mailto_written_as_a_link_is_read_the_same_by_mail_and_bounces():
     """'mailto:u@x?subject=…' in the configuration must neither break sending nor bounce matching."""
+    from mailmag import addresses as m
     from mailmag.config import Config, SenderConfig
-    from mailmag.delivery import messages as m
 
     config = Config(sender=SenderConfig(unsubscribe_mailto="mailto:Stop@Example.JP?subject=unsubscribe"))
     assert m.unsubscribe_address(config) == "Stop@example.jp"  # the one address rule lower-cases domains

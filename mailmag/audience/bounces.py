@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import logging
 import mailbox
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailmag import tokens
+from mailmag import addresses, tokens
 from mailmag.addresses import parse_address
 from mailmag.audience import reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
-from mailmag.delivery import messages
 from mailmag.delivery.outbox import cancel_for_subscriber
 from mailmag.delivery.transports import MAILBOX, PermanentFailure
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound
@@ -40,7 +38,6 @@ from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscribe
 log = logging.getLogger(__name__)
 
 COUNTERS = {"hard": "hard", "soft": "soft", "complaint": "complaints", "unsubscribe": "unsubscribes"}
-_OUR_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+@[^>\s]+>$")
 OUT = ("bounced", "unsubscribed")
 CLOCK_SKEW = dt.timedelta(minutes=10)
 
@@ -193,7 +190,7 @@ def process_mailbox(
     now = now or utcnow()
     try:
         for key in sorted(box.keys()):
-            reading = _read(box, key, name(key), messages.unsubscribe_address(config).lower(), report)
+            reading = _read(box, key, name(key), addresses.unsubscribe_address(config).lower(), report)
             if reading is not None:
                 _process(session, name(key), reading, config, secret, now, report)
     finally:
@@ -264,7 +261,7 @@ def _match(session: Session, reading: reports.Reading, config: Config, secret: s
         return _unsubscriber(session, reading, secret)
     forged = None
     for address in reading.envelope:
-        delivery_id = verp_delivery_id(config, secret, address)
+        delivery_id = addresses.verp_delivery_id(config, secret, address)
         if delivery_id is False:
             forged = address
         elif delivery_id is not None and (delivery := session.get(Delivery, delivery_id)):
@@ -308,12 +305,12 @@ def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | st
 
 
 def _by_message_id(session: Session, message_id: str) -> Delivery | None:
-    """Enqueue makes <mm.ISSUE.SUBSCRIBER.NONCE@domain>: look it up by the indexed parts."""
-    parsed = _OUR_MESSAGE_ID.match(message_id)
+    """A delivery's Message-ID (addresses.delivery_message_id): looked up by its indexed parts."""
+    parsed = addresses.read_delivery_message_id(message_id)
     if parsed is None:  # not the enqueue format: a plain (unindexed) look-up for ours only
         query = select(Delivery).where(Delivery.message_id == message_id)
-        return session.scalar(query.limit(1)) if message_id.startswith("<mm.") else None
-    number, subscriber_id = int(parsed.group(1)), int(parsed.group(2))
+        return session.scalar(query.limit(1)) if addresses.is_our_message_id(message_id) else None
+    number, subscriber_id = parsed
     return session.scalar(
         select(Delivery).join(Issue, Issue.id == Delivery.issue_id)
         .where(Issue.number == number, Delivery.subscriber_id == subscriber_id,
@@ -328,17 +325,6 @@ def _by_address(session: Session, address: str) -> Subscriber | None:
     except InvalidEmail:
         key = address.strip().lower()
     return session.scalar(select(Subscriber).where(Subscriber.email_key == key))
-
-
-def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:
-    """The delivery a VERP address names; None if the address is not a VERP address of ours;
-    False if it looks like one but its tag is forged (never trusted)."""
-    delivery_id = messages.parse_verp(config, secret, address)
-    if delivery_id is not None:
-        return delivery_id
-    local, _, domain = messages.bounce_address(config).lower().rpartition("@")
-    ours = address.lower().endswith(f"@{domain}") and address.lower().startswith(f"{local}+")
-    return False if ours else None
 
 
 def open_mailbox(path: Path) -> tuple[mailbox.Mailbox, Callable[[Any], str]]:

@@ -19,11 +19,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailmag import clock, placeholders, text_ja, topics
+from mailmag import addresses, clock, placeholders, text_ja, topics
 from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render, transitions
-from mailmag.delivery import messages, outbox
+from mailmag.delivery import outbox
 from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
 from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
 
@@ -234,7 +234,8 @@ def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty
     number = _take_number(session, issue)
     if number != issue.rendered_number:
         _render_again(session, config, issue, number, today or clock.today(config.zone))
-    added = transitions.start_sending(session, issue, messages.sender_domain(config), config.mailmag.language)
+    domain = addresses.sender_domain(config)
+    added = transitions.start_sending(session, issue, domain, config.mailmag.language)
     items_mod.mark_published(session, [entry.item for entry in issue.entries])
     return added
 

@@ -44,6 +44,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailmag import db, links
+from mailmag.addresses import make_message_id
 from mailmag.delivery import messages, outbox
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import (
@@ -561,7 +562,7 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     try:
         for address in addresses:
             recipient = messages.Recipient(0, links.TEST_SUBSCRIBER_ID, address, "",
-                                           messages.make_message_id(config))
+                                           make_message_id(config))
             envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
             try:
                 results.append((address, connection.send(envelope_from, address, data).reply))

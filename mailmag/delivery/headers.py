@@ -15,24 +15,15 @@ import re
 import unicodedata
 
 from mailmag.addresses import DOT_ATOM as DOT_ATOM
-from mailmag.addresses import addr_spec, parse_address
-from mailmag.errors import InvalidEmail, InvalidInput
+from mailmag.addresses import ascii_address, check
+from mailmag.errors import InvalidInput
 
 LINE_MAX = 76  # RFC 2045 body lines and RFC 2047 lines holding encoded-words
 WORD_MAX = 75  # RFC 2047 encoded-word
 FOLD = "\r\n "
-_UNSAFE = re.compile("[\r\n\0]")
 _RAW_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOM_PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
-# An address as stored: no spaces, brackets or quotes around it (mailmag.addresses decides the rest).
-_STORED = re.compile(r'[^\s<>()\[\],;:"@\\]+@[^\s<>()\[\],;:"@\\]+')
-
-
-def check(value: str, what: str) -> None:
-    """Data may never end a header line early: CR, LF or NUL raise InvalidInput."""
-    if _UNSAFE.search(value):
-        raise InvalidInput(f"{what} contains a line break or NUL character; remove it")
 
 
 def is_plain(value: str) -> bool:
@@ -79,26 +70,6 @@ def angle(phrase: str, inner: str, header: str) -> str:
     """'phrase <inner>', folded before '<' when the last line would pass 76 columns."""
     last = len(phrase) - phrase.rfind("\n") - 1 if "\n" in phrase else len(header) + 2 + len(phrase)
     return f"{phrase}{' ' if last + len(inner) + 3 <= LINE_MAX else FOLD}<{inner}>"
-
-
-def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
-    """The addr-spec to write for a stored address, valid by mailmag.addresses' one rule.
-
-    An internationalized domain becomes A-labels; a legacy carrier local part is quoted
-    ("taro..yamada."@docomo.ne.jp); a non-ASCII local part is refused unless `utf8`.
-    """
-    check(address, what)
-    kind = "valid" if utf8 else "plain ASCII"
-    address = address.strip()
-    try:
-        if not _STORED.fullmatch(address):
-            raise InvalidEmail(address)
-        parsed = parse_address(address)
-        if parsed.needs_smtputf8 and not utf8:
-            raise InvalidEmail(address)
-        return addr_spec(parsed.email)
-    except InvalidEmail as exc:
-        raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address") from exc
 
 
 def _fold_ascii(text: str, room: int) -> str | None:

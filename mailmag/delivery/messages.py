@@ -23,10 +23,10 @@ from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from mailmag import clock, links, tokens
+from mailmag import addresses, clock, links
 from mailmag.config import Config
 from mailmag.delivery import dkim
-from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
+from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, check, is_plain, phrase
 from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
 from mailmag.delivery.headers import format_address as format_address
 from mailmag.errors import ConfigError, InvalidInput
@@ -43,7 +43,6 @@ SIGNED_HEADERS = (
     "List-Help", "List-Subscribe", "List-Owner", "Archived-At", "Precedence", "Feedback-ID",
 )
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
 _MARKERS = re.compile("(" + "|".join(re.escape(m) for m in PLACEHOLDERS.values()) + ")")
 _KEY_OF = {marker: key for key, marker in PLACEHOLDERS.items()}
 
@@ -156,62 +155,6 @@ def _line(name: str, value: str) -> bytes:
 
 # --- configuration derived once --------------------------------------------------------
 
-def sender_domain(config: Config) -> str:
-    """The From address's domain: Message-IDs, DKIM d= and the default bounce address use it."""
-    local, _, domain = config.sender.from_.rpartition("@")
-    if not local or not re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", domain):
-        raise ConfigError(f"[sender] from {config.sender.from_!r} is not an address like news@example.jp")
-    return domain.lower()
-
-
-def unsubscribe_address(config: Config) -> str:
-    """Where mailto: unsubscribe requests go: [sender] unsubscribe_mailto (a written 'mailto:' and
-    '?subject=…' are dropped), else unsubscribe@<from domain>. Bounce processing reads the same."""
-    value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
-    return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto")
-
-
-def unsubscribe_mailto(address: str, secret: str, recipient: Recipient) -> str:
-    """<mailto:unsubscribe@domain?subject=unsubscribe%20TAG>: the request names its subscriber
-    by the signed tag, never by its From, which an alias changes and anyone can forge.
-
-    The tag is carried once, in the subject, which survives relays that drop '+' parts (an
-    address tag, as in older mail, would also push the line past 78 columns)."""
-    tag = tokens.unsubscribe_tag(secret, recipient.subscriber_id, recipient.link_key)
-    return f"<mailto:{address}?subject=unsubscribe%20{tag}>"
-
-
-def bounce_address(config: Config) -> str:
-    """The plain envelope sender ([sender] bounce_address, default bounces@<from domain>)."""
-    address = config.sender.bounce_address or f"bounces@{sender_domain(config)}"
-    try:
-        ascii_address(address, "[sender] bounce_address")
-    except InvalidInput as exc:
-        raise ConfigError(f"[sender] bounce_address {address!r} must look like bounces@example.jp") from exc
-    return address
-
-
-def make_message_id(config: Config) -> str:
-    """A new '<…@from-domain>', made once per delivery and reused on every retry."""
-    return f"<mm.{secrets.token_hex(12)}@{sender_domain(config)}>"
-
-
-def verp_address(config: Config, secret: str, delivery_id: int) -> str:
-    """bounces+<id>-<hmac>@domain: a bounce to it names its delivery, unforgeably."""
-    local, _, domain = bounce_address(config).rpartition("@")
-    return f"{local}+{tokens.verp_tag(secret, delivery_id)}@{domain}"
-
-
-def parse_verp(config: Config, secret: str, address: str) -> int | None:
-    """The delivery id in a bounce's recipient address, or None if foreign or forged."""
-    local, _, domain = bounce_address(config).rpartition("@")
-    got_local, _, got_domain = address.strip().strip("<>").rpartition("@")
-    prefix = f"{local}+".lower()
-    if got_domain.lower() != domain.lower() or not got_local.lower().startswith(prefix):
-        return None
-    return tokens.read_verp_tag(secret, got_local[len(prefix) :].lower())
-
-
 def load_dkim(config: Config) -> DkimKey | None:
     """The DKIM key, read once; None when [dkim] is empty, ConfigError when it is half set or bad."""
     selector, path = config.dkim.selector, config.dkim.private_key_file
@@ -230,7 +173,7 @@ def load_dkim(config: Config) -> DkimKey | None:
         key = dkim.load_private_key(pem)
     except dkim.InvalidKey as exc:
         raise ConfigError(f"{where} is not a PEM RSA private key (make one with dknewkey)") from exc
-    return DkimKey(selector.encode(), sender_domain(config).encode(), pem, key)
+    return DkimKey(selector.encode(), addresses.sender_domain(config).encode(), pem, key)
 
 
 # --- per issue -------------------------------------------------------------------------
@@ -242,12 +185,12 @@ def prepare(
     base_url = config.mailmag.base_url.rstrip("/")
     if not re.fullmatch(r"https?://[\x21-\x7e]+", base_url):
         raise ConfigError("[mailmag] base_url must be an http(s) URL without spaces or line breaks")
-    mailto = unsubscribe_address(config)
+    mailto = addresses.unsubscribe_address(config)
     boundary = f"=_mailmag_{secrets.token_hex(12)}"
     fixed = _fixed_headers(config, base_url, issue_number, boundary)
     present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed),
                *(("Reply-To",) if config.sender.reply_to else ()))
-    bounce_local, _, bounce_domain = bounce_address(config).rpartition("@")
+    bounce_local, _, bounce_domain = addresses.bounce_address(config).rpartition("@")
     return Skeleton(
         from_line=_from_lines(config),
         subject_line=_line("Subject", encode_header(rendering.subject)),
@@ -335,7 +278,7 @@ def _signed_list(present: tuple[str, ...]) -> tuple[bytes, ...]:
 
 def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[str, bytes]:
     """(envelope sender, message bytes with CRLF line ends), DKIM-signed if a key is set."""
-    if not _MESSAGE_ID.fullmatch(recipient.message_id):
+    if not addresses.MESSAGE_ID.fullmatch(recipient.message_id):
         raise InvalidInput(f"Message-ID {recipient.message_id!r} is not of the form <id@domain>")
     values = {
         "name": recipient.name,
@@ -352,7 +295,8 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         _line("Date", email.utils.format_datetime(clock.local_now(skeleton.zone))),
         _line("Message-ID", recipient.message_id),
         list_unsubscribe(values["unsubscribe_url"],
-                         unsubscribe_mailto(skeleton.mailto, secret, recipient)).encode(),
+                         addresses.unsubscribe_mailto(skeleton.mailto, secret, recipient.subscriber_id,
+                                                    recipient.link_key)).encode(),
         skeleton.fixed_lines,
         skeleton.seams[0],
         *skeleton.text.encode({k: v.encode() for k, v in values.items()}),
@@ -360,8 +304,8 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         *skeleton.html.encode({k: html.escape(v, quote=True).encode() for k, v in values.items()}),
         skeleton.seams[2],
     ))
-    tag = tokens.verp_tag(secret, recipient.delivery_id)
-    envelope_from = f"{skeleton.bounce_local}+{tag}@{skeleton.bounce_domain}"
+    envelope_from = addresses.verp(skeleton.bounce_local, skeleton.bounce_domain, secret,
+                                   recipient.delivery_id)
     return envelope_from, _sign(data, skeleton.dkim, skeleton.signed)
 
 
@@ -423,21 +367,21 @@ def build_simple(
     dkim: DkimKey | None = None,
     message_id: str | None = None,
 ) -> bytes:
-    """A single message with the same encoder and rules; send it from bounce_address(config)."""
+    """A single message with the same encoder and rules; send it from addresses.bounce_address(config)."""
     lines = [
         ("From", format_address(config.sender.name, config.sender.from_, header="From")),
         *([("Reply-To", reply_to(config))] if config.sender.reply_to else []),
         ("To", format_address(to_name, to_email, utf8=True)),
         ("Subject", encode_header(subject)),
         ("Date", email.utils.format_datetime(clock.local_now(config.zone))),
-        ("Message-ID", message_id or make_message_id(config)),
+        ("Message-ID", message_id or addresses.make_message_id(config)),
     ]
     for name, value in (headers or {}).items():
         if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name) or name.lower() in {n.lower() for n, _ in lines}:
             raise ValueError(f"header name {name!r} is not allowed here")
         check(value, name)
         lines.append((name, value if is_plain(value) else encode_header(value, header=name)))
-    if message_id is not None and not _MESSAGE_ID.fullmatch(message_id):
+    if message_id is not None and not addresses.MESSAGE_ID.fullmatch(message_id):
         raise InvalidInput(f"Message-ID {message_id!r} is not of the form <id@domain>")
     text_body = _crlf(text)
     if html is None:

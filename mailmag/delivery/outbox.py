@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from mailmag.addresses import delivery_message_id
 from mailmag.db import rowcount
 from mailmag.errors import DatabaseError, InvalidInput, StateError
 from mailmag.models import (
@@ -98,12 +99,11 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
         raise StateError(
             f"issue {issue.id} has no '{default_lang}' rendering: run `mailmag issues render {issue.id}`"
         )
+    if issue.number is None:
+        raise StateError(f"issue {issue.id} has no number yet: send it with `mailmag issues send {issue.id}`")
     nonce = secrets.token_hex(4)
-    message_id = (
-        literal(f"<mm.{issue.number}.")
-        .concat(cast(Subscriber.id, String))
-        .concat(literal(f".{nonce}@{domain}>"))
-    )
+    before, after = delivery_message_id(issue.number, nonce, domain)
+    message_id = literal(before).concat(cast(Subscriber.id, String)).concat(literal(after))
     lang = case((Subscriber.lang.in_(sorted(langs)), Subscriber.lang), else_=literal(default_lang))
     now = utcnow()
     audience = select(

@@ -14,7 +14,7 @@ import threading
 
 import jinja2
 
-from mailmag import links
+from mailmag import addresses, links
 from mailmag.audience import consent
 from mailmag.delivery import messages, transports
 from mailmag.services import Services
@@ -96,6 +96,6 @@ class Mailer:
                                      dkim=messages.load_dkim(config))
         connection = transports.make_transport(config).connect()
         try:
-            connection.send(messages.bounce_address(config), mail.email, data)
+            connection.send(addresses.bounce_address(config), mail.email, data)
         finally:
             connection.close()
