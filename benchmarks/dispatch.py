@@ -154,13 +154,14 @@ def sample_message(services: Any) -> bytes:
     from sqlalchemy import select
 
     from mailmag.delivery import messages
+    from mailmag.delivery.dkim import load_dkim
     from mailmag.models import Delivery, Issue, Rendering, Subscriber
 
     with services.session() as session:
         rendering = session.scalar(select(Rendering).where(Rendering.lang == "ja"))
         number = session.scalar(select(Issue.number).where(Issue.id == rendering.issue_id))
         skeleton = messages.prepare(rendering, number, services.config,
-                                    dkim=messages.load_dkim(services.config))
+                                    dkim=load_dkim(services.config))
         row = session.execute(select(Delivery.id, Delivery.subscriber_id, Delivery.email, Subscriber.name,
                                      Delivery.message_id).join(Subscriber).limit(1)).one()
     return messages.personalize(skeleton, messages.Recipient(*row), common.SECRET)[1]

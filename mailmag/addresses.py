@@ -254,11 +254,6 @@ def verp(bounce_local: str, bounce_domain: str, secret: str, delivery_id: int) -
     return f"{bounce_local}+{tokens.verp_tag(secret, delivery_id)}@{bounce_domain}"
 
 
-def verp_address(config: Config, secret: str, delivery_id: int) -> str:
-    """The envelope sender of one delivery."""
-    local, _, domain = bounce_address(config).rpartition("@")
-    return verp(local, domain, secret, delivery_id)
-
 
 def parse_verp(config: Config, secret: str, address: str) -> int | None:
     """The delivery id in a bounce's recipient address, or None if foreign or forged."""

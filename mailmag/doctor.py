@@ -22,8 +22,8 @@ from mailmag import addresses, clock, db, topics
 from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages, window
-from mailmag.delivery.smtp import _is_loopback as is_loopback
-from mailmag.delivery.smtp import helo_name
+from mailmag.delivery.dkim import load_dkim
+from mailmag.delivery.smtp import helo_name, is_loopback
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org, utcnow
@@ -220,7 +220,7 @@ def _creatable(folder: Path) -> list[str]:
 
 
 def _dkim(config: Config) -> list[Finding]:
-    key = messages.load_dkim(config)
+    key = load_dkim(config)
     if key is None and config.smtp.transport != "smtp":
         return [Finding("dkim", OK, "not configured (needed once mail goes through a relay)")]
     if key is None:
@@ -280,7 +280,7 @@ def _spf_mechanism(host: str) -> str:
 
 def _dkim_record(config: Config, domain: str) -> list[DnsRecord]:
     try:
-        key = messages.load_dkim(config)
+        key = load_dkim(config)
     except ConfigError:
         return []
     if key is None:

@@ -186,9 +186,6 @@ class Item(Base):
     org: Mapped[Org] = relationship(back_populates="items")
 
 
-ISSUE_STATUSES = ("draft", "scheduled", "sending", "sent", "cancelled")
-
-
 class Issue(Base):
     __tablename__ = "issues"
 
@@ -250,9 +247,6 @@ class Rendering(Base):
 
 
 # --- delivery -------------------------------------------------------------------------------
-
-DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "dead", "cancelled")
-
 
 class Delivery(Base):
     """One recipient of one issue: the outbox row that is the source of truth."""

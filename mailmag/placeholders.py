@@ -1,8 +1,9 @@
 """Per-recipient values in a frozen rendering: placeholders put in once, substituted per mail.
 
 The composer writes these markers where a recipient's value belongs; premailer, lxml and
-the text wrapper leave them alone (ASCII letters and underscores only). The dispatcher
-substitutes them with `substitute`, HTML-escaping in the HTML part. Nothing per recipient
+the text wrapper leave them alone (ASCII letters and underscores only). Pages and previews
+fill them with `substitute` (HTML-escaping in HTML); the message builder `split`s a rendering
+around them once per issue and joins the pieces per recipient. Nothing per recipient
 goes through Jinja2 or premailer.
 """
 
@@ -18,7 +19,7 @@ PLACEHOLDERS = {
     "unsubscribe_url": "__MM_UNSUBSCRIBE_URL__",
     "preferences_url": "__MM_PREFERENCES_URL__",
 }
-_PATTERN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+_PATTERN = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS.values()) + ")")
 # What every marker starts with. In submitted text it becomes "__MM-" (visible, ASCII, kept
 # by every later step), so no item can reach a recipient's address or links (`neutralize`).
 _MARKER_START = "__MM_"
@@ -31,6 +32,13 @@ def substitute(template: str, values: Mapping[str, str], *, escape: bool) -> str
     if escape:
         values = {k: html.escape(v, quote=True) for k, v in values.items()}
     return _PATTERN.sub(lambda m: values.get(_BY_MARKER[m.group(0)], ""), template)
+
+
+def split(template: str) -> tuple[list[str], list[str]]:
+    """The literal stretches of `template` and the keys of the markers between them (one
+    literal more than keys): the message builder encodes the literals once per issue."""
+    pieces = _PATTERN.split(template)
+    return pieces[::2], [_BY_MARKER[marker] for marker in pieces[1::2]]
 
 
 def neutralize(text: str) -> str:

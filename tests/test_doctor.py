@@ -18,6 +18,7 @@ from mailmag import addresses, db
 from mailmag.cli import cli
 from mailmag.config import load_config
 from mailmag.delivery import messages
+from mailmag.delivery.dkim import load_dkim
 from mailmag.services import Services
 
 SECRET = "doctor-test-secret-0123456789-abcdefghij"
@@ -117,7 +118,7 @@ def test_the_printed_dkim_record_verifies_what_mailmag_signs(installation):
 
     config = load_config(installation.path, env={"MAILMAG_SECRET_KEY": SECRET})
     rendering = types.SimpleNamespace(subject="【第1号】テスト", html="<p>本文</p>", text="本文\n")
-    skeleton = messages.prepare(rendering, 1, config, dkim=messages.load_dkim(config))
+    skeleton = messages.prepare(rendering, 1, config, dkim=load_dkim(config))
     recipient = messages.Recipient(1, 1, "yamada@example.jp", "山田 太郎", addresses.make_message_id(config))
     _, data = messages.personalize(skeleton, recipient, SECRET)
     def lookup(name: bytes, timeout: int = 5) -> bytes | None:

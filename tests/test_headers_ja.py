@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailmag.delivery.messages import encode_header, format_address
+from mailmag.delivery.headers import encode_header, format_address
 from mailmag.errors import InvalidInput
 
 SUBJECTS = [

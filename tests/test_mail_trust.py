@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mailmag import links, text_ja, tokens
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig, SmtpConfig
 from mailmag.delivery import messages, smtp
+from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import ConfigError
 from mailmag.models import Rendering, utcnow
@@ -60,7 +61,7 @@ RENDERING = Rendering(lang="ja", subject="【第1号】お知らせ",
 
 
 def _mail(config: Config, email_: str = "taro@example.com") -> bytes:
-    skeleton = messages.prepare(RENDERING, 1, config, dkim=messages.load_dkim(config))
+    skeleton = messages.prepare(RENDERING, 1, config, dkim=load_dkim(config))
     recipient = messages.Recipient(41, 7, email_, "山田 太郎", "<mm.1.7.beef@example.jp>")
     return messages.personalize(skeleton, recipient, SECRET)[1]
 
@@ -150,7 +151,7 @@ BIG_ID = 1234567  # a 7-digit subscriber id: the longest a typical list reaches
 
 def _real_mail(config: Config) -> bytes:
     """A message personalized with the real link maker, for subscriber BIG_ID."""
-    skeleton = messages.prepare(RENDERING, 1, config, dkim=messages.load_dkim(config))
+    skeleton = messages.prepare(RENDERING, 1, config, dkim=load_dkim(config))
     recipient = messages.Recipient(41, BIG_ID, "taro@example.com", "山田 太郎",
                                    "<mm.1.7.beef@example.jp>", link_key="k" * 32)
     return messages.personalize(skeleton, recipient, SECRET)[1]
@@ -199,7 +200,7 @@ def test_reply_to_goes_into_issue_mail_and_one_off_mail(key_file, dns):
     data = _mail(config)
     assert b"\r\nReply-To: office@example.jp\r\n" in data and dkim.verify(data, dnsfunc=dns)
     simple = messages.build_simple(config, "t@example.com", "", "件名", "本文\n",
-                                   dkim=messages.load_dkim(config))
+                                   dkim=load_dkim(config))
     assert b"\r\nReply-To: office@example.jp\r\n" in simple and dkim.verify(simple, dnsfunc=dns)
     assert b"Reply-To" not in _mail(_config())
 

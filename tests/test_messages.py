@@ -28,6 +28,7 @@ from mailmag import addresses, tokens
 from mailmag import placeholders as placeholders
 from mailmag.config import Config, DkimConfig, GeneralConfig, SenderConfig
 from mailmag.delivery import messages
+from mailmag.delivery.dkim import load_dkim
 from mailmag.errors import ConfigError, InvalidInput
 from mailmag.models import Rendering, utcnow
 
@@ -243,7 +244,7 @@ def test_envelope_sender_is_verp_and_bounces_to_it_name_the_delivery(sent):
     envelope_from, _, _ = sent
     config = _config()
     assert re.fullmatch(r"bounces\+41-[0-9a-f]{10}@example\.jp", envelope_from)
-    assert addresses.verp_address(config, SECRET, 41) == envelope_from
+    assert addresses.verp("bounces", "example.jp", SECRET, 41) == envelope_from
     assert addresses.parse_verp(config, SECRET, envelope_from) == 41
     assert addresses.parse_verp(config, SECRET, f"<{envelope_from.upper()}>") == 41
     assert addresses.parse_verp(config, SECRET, "bounces+42-" + envelope_from[11:]) is None  # forged
@@ -334,7 +335,7 @@ def _signature_tags(data: bytes) -> dict[str, str]:
 
 
 def test_dkim_signature_verifies_and_covers_the_one_click_headers(rendering, dkim_config, dns):
-    skeleton = messages.prepare(rendering, 12, dkim_config, dkim=messages.load_dkim(dkim_config))
+    skeleton = messages.prepare(rendering, 12, dkim_config, dkim=load_dkim(dkim_config))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
     assert data.startswith(b"DKIM-Signature: ")
     assert dkim.verify(data, dnsfunc=dns)
@@ -347,7 +348,7 @@ def test_dkim_signature_verifies_and_covers_the_one_click_headers(rendering, dki
 
 
 def test_dkim_fails_once_list_unsubscribe_is_tampered_with(rendering, dkim_config, dns):
-    skeleton = messages.prepare(rendering, 12, dkim_config, dkim=messages.load_dkim(dkim_config))
+    skeleton = messages.prepare(rendering, 12, dkim_config, dkim=load_dkim(dkim_config))
     _, data = messages.personalize(skeleton, _recipient(), SECRET)
     tampered = re.sub(rb"(List-Unsubscribe:\s+<https://)news\.example\.jp", rb"\1evil.example", data)
     assert tampered != data
@@ -359,13 +360,13 @@ def test_dkim_fails_once_list_unsubscribe_is_tampered_with(rendering, dkim_confi
 def test_dkim_also_signs_one_off_mail(dkim_config, dns):
     data = messages.build_simple(
         dkim_config, "taro@example.com", "山田 太郎", "【確認】メールマガジン登録", "本文です。\n",
-        dkim=messages.load_dkim(dkim_config),
+        dkim=load_dkim(dkim_config),
     )
     assert dkim.verify(data, dnsfunc=dns)
 
 
 def test_no_dkim_section_means_unsigned(rendering):
-    assert messages.load_dkim(_config()) is None
+    assert load_dkim(_config()) is None
     _, data = messages.personalize(messages.prepare(rendering, 12, _config()), _recipient(), SECRET)
     assert b"DKIM-Signature" not in data
 
@@ -373,7 +374,7 @@ def test_no_dkim_section_means_unsigned(rendering):
 def test_dkim_key_with_crlf_line_ends_still_loads(dkim_config, dns):
     path = Path(dkim_config.dkim.private_key_file)
     path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
-    key = messages.load_dkim(dkim_config)
+    key = load_dkim(dkim_config)
     data = messages.build_simple(dkim_config, "t@example.com", "", "test", "x", dkim=key)
     assert dkim.verify(data, dnsfunc=dns)
 
@@ -381,14 +382,14 @@ def test_dkim_key_with_crlf_line_ends_still_loads(dkim_config, dns):
 def test_dkim_configuration_errors_name_the_fix(dkim_config, tmp_path):
     half = dkim_config.replace(dkim=DkimConfig(selector="mm2026"))
     with pytest.raises(ConfigError, match=r"^\[dkim\] needs both selector and private_key_file"):
-        messages.load_dkim(half)
+        load_dkim(half)
     missing = dkim_config.replace(dkim=DkimConfig("mm2026", str(tmp_path / "nope.pem")))
     with pytest.raises(ConfigError, match=r"^cannot read \[dkim\] private_key_file .*nope\.pem: No such"):
-        messages.load_dkim(missing)
+        load_dkim(missing)
     (tmp_path / "junk.pem").write_text("not a key")
     junk = dkim_config.replace(dkim=DkimConfig("mm2026", str(tmp_path / "junk.pem")))
     with pytest.raises(ConfigError, match=r"junk\.pem is not a PEM RSA private key \(make one with dkn"):
-        messages.load_dkim(junk)
+        load_dkim(junk)
 
 
 # --- one-off mail ----------------------------------------------------------------------
@@ -438,7 +439,7 @@ def benchmark(count: int = 3000, dkim_key: Path | None = None) -> float:
     config = _config()
     if dkim_key:
         config = config.replace(dkim=DkimConfig("mm2026", str(dkim_key)))
-    skeleton = messages.prepare(rendering, 12, config, dkim=messages.load_dkim(config))
+    skeleton = messages.prepare(rendering, 12, config, dkim=load_dkim(config))
     recipients = [_recipient(i, i, email=f"user{i}@example.com") for i in range(count)]
     start = time.perf_counter()
     for recipient in recipients:

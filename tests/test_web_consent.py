@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
+from mailmag import addresses
 from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.errors import ConfigError, InvalidInput
@@ -59,7 +60,7 @@ def test_a_forgotten_address_stays_suppressed_until_its_owner_confirms(session):
     subscribers.forget(session, s, Consent("cli"))
     mail = ask(session, "f@example.jp")
     assert mail.kind == "confirm"
-    digest = subscribers.email_hash("f@example.jp")
+    digest = addresses.email_hash("f@example.jp")
     assert session.scalar(select(Suppression.reason).where(Suppression.email_hash == digest)) == "forgotten"
     pending = session.get(Subscriber, mail.subscriber_id)
     assert consent.confirm(session, pending, WEB)

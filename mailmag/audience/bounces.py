@@ -169,7 +169,7 @@ def _complaint(session: Session, subscriber: Subscriber, source: str) -> str:
 
 
 def _add_suppression(session: Session, subscriber: Subscriber, reason: str) -> None:
-    digest = subscribers.email_hash(subscriber.email_key)
+    digest = addresses.email_hash(subscriber.email_key)
     if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
         session.add(Suppression(email_hash=digest, reason=reason))
 

@@ -29,7 +29,7 @@ from typing import Literal
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from mailmag import topics
+from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
 from mailmag.errors import InvalidInput
@@ -88,7 +88,7 @@ def request_subscription(
     """
     now = now or utcnow()
     ip = limit_ip(consent.ip or "")
-    key_hash = subscribers.email_hash(limit_key(address))
+    key_hash = addresses.email_hash(limit_key(address))
     if _over_limits(session, key_hash, ip, limits, now):
         return None
     attempt = SubscribeAttempt(email_hash=key_hash, ip=ip, mailed=False, at=now)
@@ -197,7 +197,7 @@ def confirm(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
     if subscriber.status != "pending":  # opting back in: the confirmation mail was the consent
         subscriber.status, subscriber.status_reason = "pending", ""
     subscribers.confirm(session, subscriber, consent)
-    digest = subscribers.email_hash(subscriber.email_key)
+    digest = addresses.email_hash(subscriber.email_key)
     session.execute(delete(Suppression).where(Suppression.email_hash == digest))
     return True
 

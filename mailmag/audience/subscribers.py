@@ -12,8 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailmag import text_ja
-from mailmag.addresses import CONTROL, Address, parse_address
-from mailmag.addresses import email_hash as email_hash
+from mailmag.addresses import CONTROL, Address, email_hash, parse_address
 from mailmag.delivery.outbox import cancel_for_subscriber
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import (

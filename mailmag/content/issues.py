@@ -27,7 +27,7 @@ from mailmag.delivery import outbox
 from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
 from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
 
-RENDERABLE = ("draft", "scheduled")
+RENDERABLE = transitions.SENDABLE  # a draft or scheduled issue can be rendered again, and sent
 FORMATS = ("html", "text")
 # How often starting a send looks again for a free number when another process took it.
 NUMBER_ATTEMPTS = 5

@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from mailmag import db, links
 from mailmag.addresses import make_message_id
 from mailmag.delivery import messages, outbox
+from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import (
     ADDRESS,
@@ -114,7 +115,7 @@ class Skeletons:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.dkim = messages.load_dkim(services.config)
+        self.dkim = load_dkim(services.config)
         self._cache: dict[tuple[int, str], messages.Skeleton] = {}
         self._lock = threading.Lock()
 
@@ -556,7 +557,7 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     if rendering is None:
         raise StateError(f"issue {issue.id} has no '{lang}' edition")
     number = issue.number if issue.number is not None else issue.rendered_number  # a draft's: as shown
-    skeleton = messages.prepare(rendering, number or 0, config, dkim=messages.load_dkim(config))
+    skeleton = messages.prepare(rendering, number or 0, config, dkim=load_dkim(config))
     connection = transport.connect()
     results = []
     try:

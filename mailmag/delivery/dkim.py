@@ -13,15 +13,21 @@ Signing is the last step of building a message: nothing may touch the bytes afte
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from mailmag import clock
+from mailmag.addresses import sender_domain
+from mailmag.config import Config
+from mailmag.errors import ConfigError
 
 _WSP = re.compile(rb"[ \t]+")
 _FOLD_AT = 76  # the signature header is folded so no line passes RFC 5322's 78
@@ -29,6 +35,37 @@ _FOLD_AT = 76  # the signature header is folded so no line passes RFC 5322's 78
 
 class InvalidKey(ValueError):
     """The PEM text is not an unencrypted RSA private key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DkimKey:
+    """[dkim]'s key, read and parsed once (load_dkim), used for every message."""
+
+    selector: bytes
+    domain: bytes
+    private_key: bytes  # the PEM text, as read
+    rsa: RSAPrivateKey = dataclasses.field(compare=False, repr=False)  # parsed once, used for every message
+
+
+def load_dkim(config: Config) -> DkimKey | None:
+    """The DKIM key, read once; None when [dkim] is empty, ConfigError when it is half set or bad."""
+    selector, path = config.dkim.selector, config.dkim.private_key_file
+    where = f"[dkim] private_key_file {path}"
+    if not selector and not path:
+        return None
+    if not selector or not path:
+        raise ConfigError("[dkim] needs both selector and private_key_file (or neither, to not sign)")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
+        raise ConfigError(f"[dkim] selector {selector!r} must be a DNS label such as mailmag2026")
+    try:
+        pem = Path(path).read_bytes().replace(b"\r\n", b"\n")  # a PEM saved on Windows loads too
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
+    try:
+        key = load_private_key(pem)
+    except InvalidKey as exc:
+        raise ConfigError(f"{where} is not a PEM RSA private key (make one with dknewkey)") from exc
+    return DkimKey(selector.encode(), sender_domain(config).encode(), pem, key)
 
 
 def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:

@@ -14,7 +14,6 @@ import binascii
 import re
 import unicodedata
 
-from mailmag.addresses import DOT_ATOM as DOT_ATOM
 from mailmag.addresses import ascii_address, check
 from mailmag.errors import InvalidInput
 

@@ -1,7 +1,7 @@
 """Every message mailmag sends: RFC 2047 headers, base64 MIME parts, VERP envelope, DKIM last.
 
 The work is split in two. `prepare` runs once per issue and language: it encodes the fixed
-headers and splits the frozen rendering around the placeholders.PLACEHOLDERS markers.
+headers and splits the frozen rendering around the markers (placeholders.split).
 `personalize` runs per recipient: it joins the pieces with the recipient's values, base64s
 each part, writes the few per-recipient header lines by hand and signs. No `EmailMessage`
 is built per recipient, and none ever folds a header: CPython's folding mangles Japanese
@@ -16,21 +16,17 @@ import html
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-
-from mailmag import addresses, clock, links
+from mailmag import addresses, clock, links, placeholders
+from mailmag.addresses import DOT_ATOM
 from mailmag.config import Config
 from mailmag.delivery import dkim
-from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, check, is_plain, phrase
-from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
-from mailmag.delivery.headers import format_address as format_address
+from mailmag.delivery.dkim import DkimKey
+from mailmag.delivery.headers import LINE_MAX, angle, check, encode_header, format_address, is_plain, phrase
 from mailmag.errors import ConfigError, InvalidInput
-from mailmag.placeholders import PLACEHOLDERS
 
 CRLF = b"\r\n"
 # RFC 8058 requires List-Unsubscribe-Post signed; dkimpy's default list omits it. Every name
@@ -43,8 +39,6 @@ SIGNED_HEADERS = (
     "List-Help", "List-Subscribe", "List-Owner", "Archived-At", "Precedence", "Feedback-ID",
 )
 ONE_CLICK = ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
-_MARKERS = re.compile("(" + "|".join(re.escape(m) for m in PLACEHOLDERS.values()) + ")")
-_KEY_OF = {marker: key for key, marker in PLACEHOLDERS.items()}
 
 
 class RenderingLike(Protocol):
@@ -63,14 +57,6 @@ class Recipient:
     name: str
     message_id: str
     link_key: str = ""  # the subscriber row's random key (tokens.make_person)
-
-
-@dataclass(frozen=True)
-class DkimKey:
-    selector: bytes
-    domain: bytes
-    private_key: bytes  # the PEM text, as read
-    rsa: RSAPrivateKey = field(compare=False, repr=False)  # parsed once, used for every message
 
 
 @dataclass(frozen=True)
@@ -104,8 +90,8 @@ class _Body:
 
     @classmethod
     def split(cls, template: str) -> _Body:
-        pieces = _MARKERS.split(template)
-        return cls(tuple(_Literal.of(_crlf(p)) for p in pieces[::2]), tuple(_KEY_OF[m] for m in pieces[1::2]))
+        literals, keys = placeholders.split(template)
+        return cls(tuple(_Literal.of(_crlf(p)) for p in literals), tuple(keys))
 
     def encode(self, values: Mapping[str, bytes]) -> list[bytes]:
         """Pieces of base64(literal0 + value1 + literal1 + …), in lines of at most 76 characters."""
@@ -154,27 +140,6 @@ def _line(name: str, value: str) -> bytes:
 
 
 # --- configuration derived once --------------------------------------------------------
-
-def load_dkim(config: Config) -> DkimKey | None:
-    """The DKIM key, read once; None when [dkim] is empty, ConfigError when it is half set or bad."""
-    selector, path = config.dkim.selector, config.dkim.private_key_file
-    where = f"[dkim] private_key_file {path}"
-    if not selector and not path:
-        return None
-    if not selector or not path:
-        raise ConfigError("[dkim] needs both selector and private_key_file (or neither, to not sign)")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", selector):
-        raise ConfigError(f"[dkim] selector {selector!r} must be a DNS label such as mailmag2026")
-    try:
-        pem = Path(path).read_bytes().replace(b"\r\n", b"\n")  # a PEM saved on Windows loads too
-    except OSError as exc:
-        raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
-    try:
-        key = dkim.load_private_key(pem)
-    except dkim.InvalidKey as exc:
-        raise ConfigError(f"{where} is not a PEM RSA private key (make one with dknewkey)") from exc
-    return DkimKey(selector.encode(), addresses.sender_domain(config).encode(), pem, key)
-
 
 # --- per issue -------------------------------------------------------------------------
 

@@ -279,7 +279,7 @@ class SmtpConnection:
 
     def _connect(self) -> smtplib.SMTP:
         config, context = self._config, self._transport.context
-        if config.security == "none" and config.username and not _is_loopback(config.host):
+        if config.security == "none" and config.username and not is_loopback(config.host):
             raise TransportError(
                 f'[smtp] security = "none" would send the password for {config.username} unencrypted '
                 f'to {config.host}; use security = "starttls" (port 587) or "tls" (port 465)'
@@ -377,7 +377,7 @@ class SmtpConnection:
 def check_relay(config: SmtpConfig, password: str, helo: str | None = None) -> list[str]:
     """Connect, EHLO, STARTTLS and AUTH without sending; one line per problem, naming the fix."""
     problems = []
-    if config.security == "none" and not _is_loopback(config.host):
+    if config.security == "none" and not is_loopback(config.host):
         problems.append(
             f'[smtp] security = "none" sends mail unencrypted to {config.host}; '
             'use "starttls" or "tls" unless the relay runs on this machine'
@@ -399,7 +399,7 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -17,6 +17,7 @@ import jinja2
 from mailmag import addresses, links
 from mailmag.audience import consent
 from mailmag.delivery import messages, transports
+from mailmag.delivery.dkim import load_dkim
 from mailmag.services import Services
 
 log = logging.getLogger("mailmag.web")
@@ -93,7 +94,7 @@ class Mailer:
         subject, text = self.render(mail)
         # No name from the form reaches the mail: a stranger typed it (confirmation-mail spam).
         data = messages.build_simple(config, mail.email, "", subject, text,
-                                     dkim=messages.load_dkim(config))
+                                     dkim=load_dkim(config))
         connection = transports.make_transport(config).connect()
         try:
             connection.send(addresses.bounce_address(config), mail.email, data)
