@@ -25,13 +25,11 @@ def preferences_url(base_url: str, secret: str, subscriber_id: int, link_key: st
 def confirm_url(base_url: str, secret: str, subscriber_id: int, link_key: str, opt_outs: int = 0) -> str:
     """`opt_outs`: the subscriber's opt-out count when the mail was made; an opt-out after it
     voids the link (a confirmation mailed before an unsubscribe must not undo it)."""
-    token = tokens.make_person(secret, "confirm", subscriber_id, link_key, o=opt_outs)
-    return _join(base_url, f"/confirm/{token}")
+    return _join(base_url, f"/confirm/{tokens.make_confirm(secret, subscriber_id, link_key, opt_outs)}")
 
 
 def submit_url(base_url: str, secret: str, org_id: int, token_version: int) -> str:
-    token = tokens.make(secret, "org-submit", {"o": org_id, "v": token_version})
-    return _join(base_url, f"/submit/{token}")
+    return _join(base_url, f"/submit/{tokens.make_submit(secret, org_id, token_version)}")
 
 
 def archive_url(base_url: str, number: int | None = None) -> str:

@@ -81,6 +81,11 @@ class PersonLink:
             return hmac.compare_digest(self.key, link_key)
         return self.signed_at > created_at
 
+    @property
+    def opt_outs(self) -> int:
+        """A confirmation link's count of the subscriber's opt-outs when it was mailed (make_confirm)."""
+        return int(self.extra.get("o", 0))
+
 
 def make_person(secret: str, purpose: str, subscriber_id: int, link_key: str, **extra: int) -> str:
     """A signed link token for one subscriber row (its id and key, plus small integers)."""
@@ -88,6 +93,24 @@ def make_person(secret: str, purpose: str, subscriber_id: int, link_key: str, **
         body = f"{subscriber_id}.{_key_digest(link_key)}"
         return f"{body}.{_compact_signature(secret, purpose, body)}"
     return make(secret, purpose, {"s": subscriber_id, "k": link_key, **extra})
+
+
+def make_confirm(secret: str, subscriber_id: int, link_key: str, opt_outs: int) -> str:
+    """A confirmation link's token: it carries the opt-out count, so a later opt-out voids it."""
+    return make_person(secret, "confirm", subscriber_id, link_key, o=opt_outs)
+
+
+def make_submit(secret: str, org_id: int, token_version: int) -> str:
+    """An org's submission link token; rotating the org's token_version voids every older one."""
+    return make(secret, "org-submit", {"o": org_id, "v": token_version})
+
+
+def read_submit(secret: str, token: str) -> tuple[int, int]:
+    """(org id, token version) of a submission link; TokenError if forged, foreign or malformed."""
+    payload = read(secret, "org-submit", token)
+    if not isinstance(payload, dict) or not all(isinstance(payload.get(k), int) for k in ("o", "v")):
+        raise TokenError("this link is not valid")
+    return payload["o"], payload["v"]
 
 
 def _key_digest(link_key: str) -> str:

@@ -86,13 +86,11 @@ def submission_link(base_url: str, secret: str, org: Org) -> str:
 def from_submission_token(session: Session, secret: str, token: str) -> Org:
     """The org a submission link belongs to; NotFound for a wrong, foreign or rotated token."""
     try:
-        payload = tokens.read(secret, "org-submit", token)
+        org_id, version = tokens.read_submit(secret, token)
     except TokenError:
         raise NotFound("this submission link is not valid") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("o"), int):
-        raise NotFound("this submission link is not valid")
-    org = session.get(Org, payload["o"])
-    if org is None or payload.get("v") != org.token_version:
+    org = session.get(Org, org_id)
+    if org is None or version != org.token_version:
         # A rotated link says the same as a forged one: nothing about the org leaks.
         raise NotFound("this submission link is not valid")
     return org

@@ -189,7 +189,7 @@ def _confirmable(session: Session, token: str) -> tuple[Subscriber, bool]:
         tokens.read_person(state().secret, "confirm", token, max_age=_confirm_age())
     except TokenError:
         return subscriber, False
-    return subscriber, consent.confirmation_current(session, subscriber, link.extra.get("o", 0))
+    return subscriber, consent.confirmation_current(session, subscriber, link.opt_outs)
 
 
 @bp.get("/confirm/<token>")
