@@ -211,6 +211,20 @@ def test_an_unapproved_item_cannot_be_published(session):
         items.mark_published(session, [item])
 
 
+def test_only_a_published_item_goes_back_to_approved(session):
+    """The transition `issues cancel` uses for an issue that reached nobody, with its guard."""
+    org = orgs.add(session, "cef", "中国経済連合会")
+    item = items.submit(session, org, "news", {"title": "t", "body": "b"})
+    with pytest.raises(StateError, match="item 1 is submitted, not published"):
+        items.unpublish(item)
+    items.approve(session, [item.id])
+    items.mark_published(session, [item])
+    items.unpublish(item)
+    assert item.status == "approved"
+    with pytest.raises(StateError, match="item 1 is approved, not published"):
+        items.unpublish(item)
+
+
 def test_show_prints_fields_and_a_preview(council):
     council.ok("items", "submit", "--org", "cef", "--kind", "exhibitors", *SUBMISSIONS["exhibitors"],
                "--body", "## 出展のご案内\n\n- 小間料：無料\n- 定員 **30社**<script>x()</script>")

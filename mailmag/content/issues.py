@@ -293,7 +293,7 @@ def _items_back(session: Session, issue: Issue) -> int:
     for entry in issue.entries:
         item = entry.item
         if item.status == "published" and item.id not in kept:
-            item.status = "approved"
+            items_mod.unpublish(item)
             returned += 1
     return returned
 

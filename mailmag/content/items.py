@@ -1,7 +1,8 @@
 """Items that member orgs submit: validation per kind, normalization on the way in, and review.
 
 Status flow: submitted → approved | rejected → published (when an issue holding it is sent).
-Editing an approved or rejected item sends it back to submitted; a published item is frozen.
+Editing an approved or rejected item sends it back to submitted; a published item is frozen,
+unless its issue is cancelled before reaching anyone (unpublish). Every write of Item.status is here.
 Bodies and how_to_apply are Markdown; `markup.to_html` is the only way they become HTML.
 """
 
@@ -321,6 +322,14 @@ def mark_published(session: Session, items: Iterable[Item]) -> None:
             raise StateError(f"item {item.id} is {item.status}, not approved: it cannot be published")
         item.status = "published"
     session.flush()
+
+
+def unpublish(item: Item) -> None:
+    """A published item whose issue was cancelled before it reached anyone is approved again,
+    for the next issue (content.issues.cancel decides that no other issue went out with it)."""
+    if item.status != "published":
+        raise StateError(f"item {item.id} is {item.status}, not published: it cannot be unpublished")
+    item.status = "approved"
 
 
 # --- files: Markdown with TOML front matter between +++ lines ------------------------------

@@ -2,8 +2,9 @@
 
 An SMTP refusal of an address goes to the bounce rules (audience.bounces); an issue with no
 pending delivery left becomes sent, and the relay's health shows on the issues being sent
-(content.transitions). Every front that sends (the worker, `mailmag run`'s node, the demo,
-the console) builds its Dispatcher here, so the wiring is written once.
+(content.transitions). Every front that drains the outbox (the worker, `mailmag run`'s node,
+the demo, the benchmarks) builds its Dispatcher here, so the wiring is written once; the
+console and `issues test` only send test mail (dispatch.send_test), which needs no hooks.
 """
 
 from __future__ import annotations
