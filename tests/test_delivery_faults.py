@@ -128,6 +128,28 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
         services.close()
 
 
+def test_dead_messages_of_a_cancelled_issue_are_not_queued_again(mailmag: Mailmag, config_file):
+    """Workers claim rows only of issues being sent: dead rows queued again under a cancelled
+    issue would be reported as queued and never go. The command refuses; the rows stay dead."""
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        issue = prepare_send(services, 3)
+        with services.session() as session:
+            session.execute(update(Delivery).where(Delivery.id <= 2).values(
+                status="dead", lease_expiries=3, last_reply="lease expired too often"))
+        mailmag.ok("issues", "cancel", str(issue.id))
+        result = mailmag("issues", "retry", str(issue.id), "--dead")
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (f"Error: issue {issue.id} is cancelled: only the dead messages "
+                                         "of an issue being sent or sent can be queued again")
+        c = counts(services, issue)
+        assert (c.dead, c.queued) == (2, 0)
+        with services.session() as session:
+            assert session.get(Issue, issue.id).status == "cancelled"
+    finally:
+        services.close()
+
+
 # -- 2. the database going away pauses sending; nothing lost, nothing doubled -------------------
 
 

@@ -35,12 +35,6 @@ def allows(role: str, permission: str) -> bool:
     return permission in PERMISSIONS.get(role, frozenset())
 
 
-def require(admin: Admin, permission: str) -> None:
-    """Raise AccessDenied unless the admin's role carries `permission`."""
-    if not allows(admin.role, permission):
-        raise AccessDenied(f"the {admin.role} role may not do this (it needs {permission})")
-
-
 def check_role(role: str) -> str:
     if role not in ADMIN_ROLES:
         raise InvalidInput(f"unknown role {role!r}: use {', '.join(ADMIN_ROLES)}")

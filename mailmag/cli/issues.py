@@ -288,15 +288,16 @@ def delete(app: AppContext, issue_id: int) -> None:
 
 
 @group.command()
-@click.argument("number", type=int)
+@click.argument("issue_id", **_ID)
 @click.option("--dead", is_flag=True, required=True,
               help="Queue again the messages that went dead (their worker died while sending them).")
 @pass_app
-def retry(app: AppContext, number: int, dead: bool) -> None:
+def retry(app: AppContext, issue_id: int, dead: bool) -> None:
     """Queue dead messages of an issue again; the worker sends them."""
     with app.ready_services().session() as session:
-        requeued = transitions.retry_dead(session, issues.get(session, number), utcnow())
-    click.echo(f"issue {number}: {requeued} dead messages queued again; `mailmag worker` sends them")
+        requeued = transitions.retry_dead(session, issues.get(session, issue_id), utcnow())
+    queued = plural(requeued, "dead message")
+    click.echo(f"issue {issue_id}: {queued} queued again; `mailmag worker` sends them")
 
 
 commands = [group]

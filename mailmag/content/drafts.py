@@ -101,7 +101,7 @@ def in_review(session: Session) -> list[Item]:
 def approved_free(session: Session) -> list[Item]:
     """Approved items in no live issue: what a new draft is composed from."""
     return list(session.scalars(
-        select(Item).where(Item.status == "approved", Item.id.not_in(issues._items_in_live_issues()))
+        select(Item).where(Item.status == "approved", Item.id.not_in(issues.items_in_live_issues()))
         .order_by(Item.id)
     ))
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import Select, func, select
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -305,7 +305,7 @@ def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item]
     """The named items (approved or published), or every approved item in no live issue."""
     if not item_ids:
         chosen = list(session.scalars(
-            select(Item).where(Item.status == "approved", Item.id.not_in(_items_in_live_issues()))
+            select(Item).where(Item.status == "approved", Item.id.not_in(items_in_live_issues()))
             .order_by(Item.id)
         ))
         if not chosen:
@@ -322,7 +322,8 @@ def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item]
     return chosen, _already_in_issues(session, chosen)
 
 
-def _items_in_live_issues():
+def items_in_live_issues() -> Select[int]:
+    """The ids of items taken by an issue that is not cancelled (a subquery)."""
     return select(IssueItem.item_id).join(Issue).where(Issue.status != "cancelled")
 
 

@@ -88,7 +88,13 @@ def complete_issues(session: Session) -> list[int]:
 
 def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
     """`issues retry N --dead`: dead deliveries go back to the queue; a `sent` issue with dead
-    rows opens again so workers take them. Returns rows requeued."""
+    rows opens again so workers take them. Returns rows requeued.
+
+    Only an issue being sent or sent: the workers claim rows of no other issue, so dead rows of
+    a cancelled issue put back in the queue would wait there forever."""
+    if issue.status not in ("sending", "sent"):
+        raise StateError(f"issue {issue.id} is {issue.status}: only the dead messages of an issue being sent "
+                         "or sent can be queued again")
     requeued = outbox.requeue_dead(session, issue.id, now)
     if requeued and issue.status == "sent":
         issue.status = "sending"
