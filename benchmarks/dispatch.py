@@ -168,7 +168,6 @@ def sample_message(services: Any) -> bytes:
 def prepare(db_url: str, args: argparse.Namespace, dkim_key: str) -> dict[str, Any]:
     """Subscribers, the issue, its composition time, and the timed enqueue (`issues send`)."""
     from mailmag.content import issues
-    from mailmag.delivery import outbox
 
     services = common.open_services(common.make_config(db_url, dkim_key=dkim_key), init=True)
     setup_seconds = common.add_subscribers(services, args.subscribers)
@@ -177,7 +176,7 @@ def prepare(db_url: str, args: argparse.Namespace, dkim_key: str) -> dict[str, A
     with services.session() as session:
         issue = issues.get(session, 1)
         started = time.perf_counter()
-        queued = outbox.send_issue(session, issue, services.config)
+        queued = issues.start_sending(session, services.config, issue)
         session.commit()
         enqueue_seconds = time.perf_counter() - started
     message = sample_message(services)
