@@ -44,7 +44,7 @@ from sqlalchemy import select
 
 from mailmag import db, links, schedule
 from mailmag.audience import bounces
-from mailmag.delivery import messages, outbox
+from mailmag.delivery import messages, outbox, wire
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import (
     ADDRESS,
@@ -331,7 +331,7 @@ class Dispatcher:
             self._release(owner, [delivery])  # stopped, or the lease ran out while waiting: not sent
             return False
         try:
-            reply = connection.send(envelope_from, delivery.email, data)
+            reply = wire.send_prepared(connection, envelope_from, delivery.email, data)
         except TemporaryFailure as failure:
             if failure.no_session:
                 raise

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from mailmag import clock, links
 from mailmag.config import Config
-from mailmag.delivery import dkim, tokens
+from mailmag.delivery import dkim, tokens, wire
 from mailmag.delivery.headers import DOT_ATOM, LINE_MAX, angle, ascii_address, check, is_plain, phrase
 from mailmag.delivery.headers import encode_header as encode_header  # the public encoder, here too
 from mailmag.delivery.headers import format_address as format_address
@@ -248,7 +248,7 @@ def prepare(
     present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed),
                *(("Reply-To",) if config.sender.reply_to else ()))
     bounce_local, _, bounce_domain = bounce_address(config).rpartition("@")
-    return Skeleton(
+    skeleton = Skeleton(
         from_line=_from_lines(config),
         subject_line=_line("Subject", encode_header(rendering.subject)),
         fixed_lines=b"".join(_line(name, value) for name, value in fixed),
@@ -263,6 +263,10 @@ def prepare(
         signed=_signed_list(present),
         dkim=dkim,
     )
+    # Sent as it stands after DATA (wire.send_prepared): the per-recipient lines are header lines
+    # and base64, so these constant pieces are all that could hold a bare line end or a leading dot.
+    wire.check(skeleton.from_line, skeleton.subject_line, skeleton.fixed_lines, *skeleton.seams)
+    return skeleton
 
 
 def _fixed_headers(config: Config, base_url: str, issue_number: int, boundary: str) -> list[tuple[str, str]]:
