@@ -261,7 +261,8 @@ def _load_claimed(session: Session, ids: list[int]) -> list[Claimed]:
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
     )
-    return [Claimed(**row._asdict()) for row in session.execute(query)]
+    # Positional, in Claimed's field order: Row._asdict builds a key view per row (~10 µs each).
+    return [Claimed(*row) for row in session.execute(query)]
 
 
 def _held(delivery_id: int, owner: str):
