@@ -77,7 +77,11 @@ def _relaxed_body(body: bytes) -> bytes:
     """'relaxed' (§3.4.4): whitespace runs as one space, none at line ends, no empty lines at the end."""
     if not body:
         return b""
-    body = _LINE_END_WSP.sub(b"\r\n", _WSP.sub(b" ", body if body.endswith(b"\r\n") else body + b"\r\n"))
+    body = body if body.endswith(b"\r\n") else body + b"\r\n"
+    # Both passes are no-ops without a space or a tab, as in mailmag's base64 bodies, yet they
+    # cost ~1.5 ms on 63 KB (more than the RSA signature); `in` finds none in a few µs.
+    if b" " in body or b"\t" in body:
+        body = _LINE_END_WSP.sub(b"\r\n", _WSP.sub(b" ", body))
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
