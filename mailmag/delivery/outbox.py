@@ -262,7 +262,7 @@ def _load_claimed(session: Session, ids: list[int]) -> list[Claimed]:
         .order_by(Delivery.id)
     )
     # Positional, in Claimed's field order: Row._asdict builds a key view per row (~10 µs each).
-    return [Claimed(*row) for row in session.execute(query)]
+    return [Claimed(*typing.cast(tuple[typing.Any, ...], row)) for row in session.execute(query)]
 
 
 def _held(delivery_id: int, owner: str):
