@@ -118,11 +118,12 @@ def _select(fields: list[tuple[bytes, bytes]], include: Sequence[bytes]) -> list
     """For each listed name, the last occurrence not yet used, searching upwards (§5.4.2)."""
     chosen = []
     below: dict[bytes, int] = {}
+    names = [name.rstrip().lower() for name, _ in fields]  # once, not once per listed name
     for name in include:
         i = below.get(name, len(fields))
         while i > 0:
             i -= 1
-            if fields[i][0].rstrip().lower() == name:
+            if names[i] == name:
                 chosen.append(fields[i])
                 break
         below[name] = i
