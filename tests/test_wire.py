@@ -161,3 +161,39 @@ def test_postfix_gets_pipelined_messages_intact(postfix_sink):  # type: ignore[n
         assert f"X-Rcpt-Args: <r{number}@example.jp>".encode() in dump
         expected = (sent[number] if number < 5 else sent[0]).replace(b"\r\n", b"\n")
         assert expected in dump  # smtp-sink stores LF line ends, the dots unstuffed
+
+
+def test_a_relay_that_says_354_to_a_refused_recipient_gets_no_body():
+    """RFC 2920: after a refused RCPT a broken relay may still answer DATA with 354. A lone dot
+    could then queue an empty message: the client hangs up instead, and the recipient's refusal
+    is reported as it was given."""
+    import threading
+
+    from mailmag.delivery.transports import PermanentFailure
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def relay() -> None:
+        connection, _ = listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 broken ESMTP\r\n")
+            replies = {b"EHLO": b"250-broken\r\n250 PIPELINING\r\n", b"MAIL": b"250 2.1.0 ok\r\n",
+                       b"RCPT": b"550 5.1.1 no such user\r\n", b"DATA": b"354 go ahead\r\n"}
+            for line in lines:
+                received.append(line)
+                verb = line[:4].upper()
+                if verb in replies:
+                    connection.sendall(replies[verb])
+
+    server = threading.Thread(target=relay, daemon=True)
+    server.start()
+    config = SmtpConfig(transport="smtp", host="127.0.0.1", port=listener.getsockname()[1], security="none",
+                        timeout_seconds=5)
+    connection = SmtpTransport(config).connect()
+    with pytest.raises(PermanentFailure, match=r"5\.1\.1 no such user") as failure:
+        connection.send(FROM, "gone@example.jp", b"Subject: x\r\n\r\nbody\r\n")
+    server.join(timeout=5)
+    listener.close()
+    assert failure.value.kind == "address" and not connection.is_open
+    assert [line.split(b" ")[0].strip().upper() for line in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA"]
