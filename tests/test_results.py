@@ -10,7 +10,7 @@ from test_outbox import add_subscribers, make_issue
 
 from mailmag.delivery import outbox
 from mailmag.delivery.results import SentWriter
-from mailmag.models import Delivery, utcnow
+from mailmag.models import Delivery, Issue, utcnow
 
 
 def _claimed(services, owner: str, n: int = 2, lease: int = 300):  # type: ignore[no-untyped-def]
@@ -61,3 +61,13 @@ def test_a_database_error_is_raised_as_sqlalchemys(services):  # type: ignore[no
         write._sql = write._sql.replace("deliveries", "no_such_table")  # the driver's own error
         with pytest.raises(DBAPIError):
             write(1, "a", "250 ok", utcnow())
+
+
+def test_a_message_on_the_wire_when_its_issue_was_cancelled_is_recorded_as_sent(services):  # type: ignore[no-untyped-def]
+    (mine, _), now = _claimed(services, "a")
+    with services.session() as session:
+        outbox.cancel_issue(session, session.get(Issue, mine.issue_id))
+    with services.engine.connect() as connection:
+        assert SentWriter(connection)(mine.id, "a", "250 ok", now) is True
+    with services.session() as session:
+        assert session.get(Delivery, mine.id).status == "sent"

@@ -278,10 +278,12 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
 # The hot path, once per message: one statement built at import, on the table rather than the
 # ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery.
 _DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
+# A result `sent` is written over these statuses (and only by the lease owner): `cancelled`
+# too, since a message on the wire when its issue was cancelled did go (cancel_issue).
+SENT_FROM = ("sending", "cancelled")
 _MARK_SENT = (
     update(_DELIVERIES)
-    # `cancelled` too: a message on the wire when its issue was cancelled did go (cancel_issue).
-    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(("sending", "cancelled")),
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(SENT_FROM),
            _DELIVERIES.c.lease_owner == bindparam("owner"))
     .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
             lease_owner=None, lease_expires_at=None)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Table
 from sqlalchemy.exc import DBAPIError
 
+from mailmag.delivery import outbox
 from mailmag.models import Delivery
 
 _DELIVERIES = typing.cast(Table, Delivery.__table__)
@@ -27,10 +28,10 @@ _DELIVERIES = typing.cast(Table, Delivery.__table__)
 def _sql(paramstyle: str) -> str:
     mark = "?" if paramstyle == "qmark" else "%s"
     c = _DELIVERIES.c
-    # `cancelled` too: a message on the wire when its issue was cancelled did go (outbox.mark_sent).
+    statuses = ", ".join(f"'{status}'" for status in outbox.SENT_FROM)  # the rule of outbox.mark_sent
     return (f"UPDATE {_DELIVERIES.name} SET {c.status.name} = 'sent', {c.last_reply.name} = {mark}, "
             f"{c.sent_at.name} = {mark}, {c.lease_owner.name} = NULL, {c.lease_expires_at.name} = NULL "
-            f"WHERE {c.id.name} = {mark} AND {c.status.name} IN ('sending', 'cancelled') "
+            f"WHERE {c.id.name} = {mark} AND {c.status.name} IN ({statuses}) "
             f"AND {c.lease_owner.name} = {mark}")
 
 
