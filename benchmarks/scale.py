@@ -38,14 +38,13 @@ def set_up(db_url: str, size: int) -> dict[str, Any]:
 def measure(db_url: str, port: int, size: int, send: bool, concurrency: int) -> dict[str, Any]:
     """Everything mailmag does with the list, in this (fresh) process: CPU and peak RSS are its own."""
     from mailmag.content import issues
-    from mailmag.delivery import outbox
 
     services = common.open_services(common.make_config(db_url, port, concurrency=concurrency))
     result: dict[str, Any] = {"compose_seconds": common.compose_time(services, repeat=3)}
     with services.session() as session:
         issue = issues.get(session, 1)
         started = time.perf_counter()
-        result["queued"] = outbox.send_issue(session, issue, services.config)
+        result["queued"] = issues.start_sending(session, services.config, issue)
         session.commit()
         result["enqueue_seconds"] = time.perf_counter() - started
         issue_id = issue.id

@@ -30,13 +30,12 @@ import common
 
 def prepare(db_url: str, size: int) -> None:
     from mailmag.content import issues
-    from mailmag.delivery import outbox
 
     services = common.open_services(common.make_config(db_url), init=True)
     common.add_subscribers(services, size)
     common.compose_issue(services)
     with services.session() as session:
-        outbox.send_issue(session, issues.get(session, 1), services.config)
+        issues.start_sending(session, services.config, issues.get(session, 1))
     services.close()
 
 

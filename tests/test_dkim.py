@@ -94,3 +94,22 @@ def test_pkcs8_and_pkcs1_pem_load_and_other_keys_are_refused(key):
     for bad in (b"not a key", ec_pem, encrypted):
         with pytest.raises(dkim.InvalidKey):
             dkim.load_private_key(bad)
+
+
+def test_a_plain_text_body_with_spaces_survives_what_relays_do_to_whitespace(key, dns):
+    """Relaxed body canonicalization: runs of spaces and tabs, and trailing ones, do not count."""
+    head = MESSAGE.split(b"\r\n\r\n", 1)[0].replace(b"base64", b"8bit")
+    data = signed(head + b"\r\n\r\nfirst  line \t\r\n\tsecond line\r\n\r\n", key)
+    assert dkimpy.verify(data, dnsfunc=dns)
+    relayed = data.replace(b"first  line \t\r\n\tsecond", b"first line\r\n second")
+    assert dkimpy.verify(relayed, dnsfunc=dns)
+    assert not dkimpy.verify(data.replace(b"first  line", b"firstline"), dnsfunc=dns)
+
+
+@pytest.mark.parametrize("body", [b"a b\r\n", b"a  b\r\n", b"a \r\nb\r\n", b"a\tb\r\n", b"a b \r\n",
+                                  b"a b" * 100 + b"\r\n", b"QUJD\r\n\r\n\r\n", b"a b c\r\n \r\n"])
+def test_the_shortcut_for_bodies_without_runs_of_whitespace_changes_nothing(body):
+    from mailmag.delivery.dkim import _LINE_END_WSP, _WSP
+
+    relaxed = _LINE_END_WSP.sub(b"\r\n", _WSP.sub(b" ", body)).rstrip(b"\r\n") + b"\r\n"
+    assert dkim._relaxed_body(body) == relaxed

@@ -45,9 +45,10 @@ from sqlalchemy.orm import Session
 
 from mailmag import db, links
 from mailmag.addresses import make_message_id
-from mailmag.delivery import messages, outbox
+from mailmag.delivery import messages, outbox, wire
 from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.ratelimit import RateLimiter
+from mailmag.delivery.results import SentWriter
 from mailmag.delivery.transports import (
     ADDRESS,
     MAILBOX,
@@ -353,7 +354,7 @@ class Dispatcher:
             self._release(owner, [delivery])  # stopped, or the lease ran out while waiting: not sent
             return False
         try:
-            reply = connection.send(envelope_from, delivery.email, data)
+            reply = wire.send_prepared(connection, envelope_from, delivery.email, data)
         except TemporaryFailure as failure:
             if failure.no_session:
                 raise
@@ -379,13 +380,20 @@ class Dispatcher:
             self.progress(1)
 
     def _record_sent(self, owner: str, delivery_id: int, reply: str) -> bool:
-        results = self._results_connection()
+        writer = self._sent_writer()
         try:
-            with self.write_lock, results.begin():
-                return outbox.mark_sent(results, delivery_id, owner, reply, self.clock())
+            with self.write_lock:
+                return writer(delivery_id, owner, reply, self.clock())
         except DATABASE_AWAY:
             self._close_results()  # a connection the server ended, or mid-transaction: a fresh one next time
             raise
+
+    def _sent_writer(self) -> SentWriter:
+        """This thread's `sent` writer: one prepared UPDATE on its results connection."""
+        writer = getattr(self._results, "writer", None)
+        if writer is None or getattr(self._results, "connection", None) is None:
+            writer = self._results.writer = SentWriter(self._results_connection())
+        return writer
 
     def _results_connection(self) -> DbConnection:
         """This thread's connection for `sent` results: a pool checkout and an ORM session per

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from mailmag import addresses, clock, links, placeholders
 from mailmag.addresses import DOT_ATOM
 from mailmag.config import Config
-from mailmag.delivery import dkim
+from mailmag.delivery import dkim, wire
 from mailmag.delivery.dkim import DkimKey
 from mailmag.delivery.headers import LINE_MAX, angle, check, encode_header, format_address, is_plain, phrase
 from mailmag.errors import ConfigError, InvalidInput
@@ -156,7 +156,7 @@ def prepare(
     present = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", *(n for n, _ in fixed),
                *(("Reply-To",) if config.sender.reply_to else ()))
     bounce_local, _, bounce_domain = addresses.bounce_address(config).rpartition("@")
-    return Skeleton(
+    skeleton = Skeleton(
         from_line=_from_lines(config),
         subject_line=_line("Subject", encode_header(rendering.subject)),
         fixed_lines=b"".join(_line(name, value) for name, value in fixed),
@@ -171,6 +171,10 @@ def prepare(
         signed=_signed_list(present),
         dkim=dkim,
     )
+    # Sent as it stands after DATA (wire.send_prepared): the per-recipient lines are header lines
+    # and base64, so these constant pieces are all that could hold a bare line end or a leading dot.
+    wire.check(skeleton.from_line, skeleton.subject_line, skeleton.fixed_lines, *skeleton.seams)
+    return skeleton
 
 
 def _fixed_headers(config: Config, base_url: str, issue_number: int, boundary: str) -> list[tuple[str, str]]:

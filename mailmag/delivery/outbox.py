@@ -257,7 +257,8 @@ def _load_claimed(session: Session, ids: list[int]) -> list[Claimed]:
         .where(Delivery.id.in_(ids))
         .order_by(Delivery.id)
     )
-    return [Claimed(**row._asdict()) for row in session.execute(query)]
+    # Positional, in Claimed's field order: Row._asdict builds a key view per row (~10 µs each).
+    return [Claimed(*typing.cast(tuple[typing.Any, ...], row)) for row in session.execute(query)]
 
 
 def _held(delivery_id: int, owner: str):
@@ -273,10 +274,12 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
 # The hot path, once per message: one statement built at import, on the table rather than the
 # ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery.
 _DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
+# A result `sent` is written over these statuses (and only by the lease owner): `cancelled`
+# too, since a message on the wire when its issue was cancelled did go (outbox.cancel_rows).
+SENT_FROM = ("sending", "cancelled")
 _MARK_SENT = (
     update(_DELIVERIES)
-    # `cancelled` too: a message on the wire when its issue was cancelled did go (outbox.cancel_rows).
-    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(("sending", "cancelled")),
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(SENT_FROM),
            _DELIVERIES.c.lease_owner == bindparam("owner"))
     .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
             lease_owner=None, lease_expires_at=None)

@@ -88,7 +88,9 @@ class SmtpTransport:
         self.local_hostname = helo or helo_name(config)  # once, not per connection: it may ask DNS
 
     def connect(self) -> SmtpConnection:
-        return SmtpConnection(self)
+        from mailmag.delivery.wire import PipelinedConnection  # it extends SmtpConnection
+
+        return PipelinedConnection(self)
 
 
 class SmtpConnection:
@@ -189,8 +191,13 @@ class SmtpConnection:
         if _LINE_DOT.search(message) or message.startswith(b"."):
             message = re.sub(rb"(?m)^\.", b"..", message)
         end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
+        return self._write_body(message + end)
+
+    def _write_body(self, wire: bytes) -> Sent:
+        """Write the message, stuffed and with its final dot, and read the reply to that dot."""
+        assert self._smtp is not None
         try:
-            self._smtp.send(message + end)
+            self._smtp.send(wire)
         except _DROPPED as exc:
             self._drop()
             raise TemporaryFailure(0, f"the relay {self._where} dropped the connection during DATA ({exc})",
