@@ -159,14 +159,35 @@ def test_drop_after_the_final_dot_is_retried_once(smtp_services, smtp_server):
     assert smtp_server.recipients() == ["user0@example.jp", "user0@example.jp"]
 
 
-def test_second_ambiguous_drop_gives_up(smtp_services, smtp_server):
+def test_a_message_dropped_after_the_final_dot_twice_is_still_sent(smtp_services, smtp_server):
+    """A subscriber missing the issue is worse than a rare duplicate: [retry] applies, no give-up."""
     issue = prepare_send(smtp_services, 1)
     smtp_server.drop("after_data", times=2)
-    run_worker(smtp_services)
+    first = run_worker(smtp_services)
     later = utcnow() + dt.timedelta(minutes=10)
-    run_worker(smtp_services, clock=lambda: later)
+    second = run_worker(smtp_services, clock=lambda: later)
+    c = counts(smtp_services, issue)
+    assert (c.failed, c.pending) == (0, 1)  # deferred again, as any temporary failure
+    with smtp_services.session() as session:
+        assert session.scalar(select(Delivery.next_attempt_at)) > later
+    third = run_worker(smtp_services, clock=lambda: later + dt.timedelta(hours=2))
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.failed, c.pending) == (1, 0, 0)
+    assert (first.stats.ambiguous, second.stats.ambiguous, third.stats.ambiguous) == (1, 1, 0)
+    assert smtp_server.recipients() == ["user0@example.jp"] * 3  # the relay kept the dropped ones
+    with smtp_services.session() as session:  # countable afterwards: it may have arrived more than once
+        assert session.scalar(select(Delivery.last_reply)).startswith("ambiguous before; 250")
+
+
+def test_an_ambiguous_drop_gives_up_only_after_the_lifetime(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.drop("after_data", times=None)
+    lifetime = smtp_services.config.retry.lifetime_seconds
+    run_worker(smtp_services, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
     c = counts(smtp_services, issue)
     assert (c.failed, c.pending) == (1, 0)
+    with smtp_services.session() as session:
+        assert session.scalar(select(Delivery.last_reply)).startswith("gave up: ambiguous: ")
 
 
 @pytest.mark.parametrize("stage", ["mail", "rcpt", "data", "data_end"])
