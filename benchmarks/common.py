@@ -40,6 +40,7 @@ from mailmag.config import (  # noqa: E402
     DispatchConfig,
     DkimConfig,
     GeneralConfig,
+    SenderConfig,
     SmtpConfig,
 )
 from mailmag.content import issues, items, orgs  # noqa: E402
@@ -51,6 +52,9 @@ PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = "benchmark-secret-key-0123456789abcdef"
 DATA = ROOT / "mailmag" / "data"
 SMTP_SINK = "/usr/sbin/smtp-sink"
+# A sender of our own: compose refuses config.example.toml's example values (特定電子メール法).
+SENDER = SenderConfig(from_="magazine@example.jp", postal_address="〒730-0011 広島県広島市中区基町10-52",
+                      contact="jimukyoku@example.jp")
 
 SURNAMES = ("佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤",
             "吉田", "山田", "佐々木", "山口", "松本", "井上", "木村", "林", "清水", "山崎")
@@ -162,6 +166,7 @@ def make_config(db_url: str, port: int = 25, *, concurrency: int = 4, batch_size
     return Config(
         mailmag=GeneralConfig(base_url="https://news.example.jp"),
         database=DatabaseConfig(url=db_url),
+        sender=SENDER,
         smtp=SmtpConfig(transport="smtp", host="127.0.0.1", port=port, security="none",
                         max_connections=concurrency, rate_per_second=0.0, rate_per_hour=0,
                         messages_per_connection=100_000, timeout_seconds=60.0),
@@ -251,7 +256,7 @@ def compose_issue(services: Services, target_html_kb: float = 30.0) -> tuple[int
     today = dt.date(2027, 4, 1)  # the demo items' events lie ahead of this date
     with services.session() as session:
         orgs.add_file(session, DATA / "demo_orgs.toml")
-        demo = items.add_files(session, sorted((DATA / "demo_items").glob("*.md")), today=today)
+        demo = items.add_files(session, sorted((DATA / "demo_items").glob("*.md")), today=today).items
         chosen = list(demo)
         extra = 0
         while _html_size(services, render, chosen, today) < target_html_kb * 1024:
