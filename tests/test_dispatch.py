@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import threading
+import time
 from email.header import decode_header, make_header
 
 import pytest
@@ -188,6 +190,30 @@ def test_an_ambiguous_drop_gives_up_only_after_the_lifetime(smtp_services, smtp_
     assert (c.failed, c.pending) == (1, 0)
     with smtp_services.session() as session:
         assert session.scalar(select(Delivery.last_reply)).startswith("gave up: ambiguous: ")
+
+
+def test_a_running_worker_retries_a_deferral_when_it_comes_due_not_at_the_next_poll(config, smtp_server):
+    from mailmag import db
+    from mailmag.config import RetryConfig
+
+    quick = config.replace(retry=RetryConfig(backoff_seconds=1, max_backoff_seconds=1))
+    services = Services(smtp_server.configure(quick, rate_per_second=0.0))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 1)
+    smtp_server.drop("after_data")  # deferred for 1 s; the worker then polls only every hour
+    dispatcher = Dispatcher(services, make_transport(services.config), concurrency=1)
+    running = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 3600})
+    running.start()
+    try:
+        wait_until = time.monotonic() + 60  # not a timing assertion: a bound on "never"
+        while counts(services, issue).sent == 0 and time.monotonic() < wait_until:
+            time.sleep(0.1)
+        assert counts(services, issue).sent == 1
+        assert dispatcher.stats.ambiguous == 1
+    finally:
+        dispatcher.stop.set()
+        running.join()
+        services.close()
 
 
 @pytest.mark.parametrize("stage", ["mail", "rcpt", "data", "data_end"])

@@ -69,6 +69,8 @@ from mailmag.services import Services
 log = logging.getLogger(__name__)
 # How often a sending thread asks which of its claimed rows it still holds (opt-outs).
 HELD_CHECK_SECONDS = 0.5
+# The shortest wait of an idle thread for a deferred message coming due (never a busy loop).
+MIN_IDLE_SECONDS = 0.2
 
 
 @dataclasses.dataclass
@@ -249,7 +251,7 @@ class Dispatcher:
                 if not batch:
                     if once and not self._anything_due():
                         return
-                    self.stop.wait(poll_seconds if not once else 0.2)
+                    self.stop.wait(self._idle_seconds(poll_seconds) if not once else 0.2)
                     continue
                 try:
                     reachable = self._send_batch(index, connection, owner, batch)
@@ -289,6 +291,18 @@ class Dispatcher:
         if not batch:
             self.leases.drop(owner)
         return owner, batch
+
+    def _idle_seconds(self, poll_seconds: float) -> float:
+        """Until the next poll, or until a deferred message comes due if that is sooner: a
+        retry waits for its backoff, not for the backoff and a poll."""
+        def work() -> dt.datetime | None:
+            with self.services.session() as session:
+                return outbox.next_due(session)
+
+        due = self.database.call(work)
+        if due is None:
+            return poll_seconds
+        return min(poll_seconds, max((due - self.clock()).total_seconds(), MIN_IDLE_SECONDS))
 
     def _anything_due(self) -> bool:
         def work() -> bool:
