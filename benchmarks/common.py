@@ -52,6 +52,9 @@ PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = "benchmark-secret-key-0123456789abcdef"
 DATA = ROOT / "mailmag" / "data"
 SMTP_SINK = "/usr/sbin/smtp-sink"
+# A sender of our own: compose refuses config.example.toml's example values (特定電子メール法).
+SENDER = SenderConfig(from_="magazine@example.jp", postal_address="〒730-0011 広島県広島市中区基町10-52",
+                      contact="jimukyoku@example.jp")
 
 SURNAMES = ("佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤",
             "吉田", "山田", "佐々木", "山口", "松本", "井上", "木村", "林", "清水", "山崎")
@@ -155,11 +158,6 @@ def temp_database(kind: str, directory: Path | None = None) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as connection:
             connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-# Not config.example.toml's placeholders: compose and send refuse those (特定電子メール法).
-SENDER = SenderConfig(from_="magazine@example.jp", postal_address="〒730-0011 広島県広島市中区基町10-52",
-                      contact="jimukyoku@example.jp")
 
 
 def make_config(db_url: str, port: int = 25, *, concurrency: int = 4, batch_size: int = 200,

@@ -301,3 +301,52 @@ def test_configured_language_picks_the_preview_edition(session, config, referenc
     english = config.replace(mailmag=dataclasses.replace(config.mailmag, language="en"))
     assert "In this issue" in issues.preview(session, english, 1, "text")
     assert "今号の目次" in issues.preview(session, config, 1, "text")
+
+
+# --- composing grows with the item, not faster ------------------------------------------------
+
+_GROWING_UNIT = (
+    "## 第{n}回 企画会議\n\n"
+    "5月24日（木），**中国経済連合会**の会議室にて開催した『企画会議』の概要を"
+    "[こちら](https://news.example.jp/reports/{n})でご紹介いたします。\n"
+    "詳しくは *事務局* まで。The symposium will be held in Matsue on September 7.\n\n"
+    "- シンポジウム「地域イノベーション創出2012」の開催について\n"
+    "- 次回：2012年11月22日（木）13:30〜17:00\n\n"
+    "| 項目 | 内容 |\n|---|---|\n| 会場 | 広島市中区基町10-52 |\n\n"
+)
+
+
+def _calls_to_compose(config, units: int) -> int:
+    """Python and builtin calls made composing one item of `units` repetitions (both editions)."""
+    import sys
+
+    body = "".join(_GROWING_UNIT.format(n=n) for n in range(units))
+    item = Item(id=1, kind="news", title="長い記事", body=body, url="", status="approved",
+                org=Org(name="中国経済連合会"))
+    spec = render.IssueSpec(1, None, TODAY, [item])
+    env = render.make_environment(config.templates_path)
+    render.render_issue(env, config, spec)  # templates compiled, BudouX loaded: not what grows
+    calls = 0
+
+    def count(_frame, event: str, _arg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        editions = render.render_issue(env, config, spec)
+        issues.check(config, [item], editions, TODAY)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@one_database  # no database: the work of rendering
+def test_composing_work_grows_linearly_with_the_item(config):
+    # Four times the item must cost at most ~four times the calls (a quadratic step, such as
+    # rescanning the text per line or per element, makes it up to sixteen). Calls, not seconds:
+    # the count is the same on a busy machine. benchmarks/compose.py measures the time.
+    small, large = _calls_to_compose(config, 20), _calls_to_compose(config, 80)  # ~16 and ~64 KB
+    assert small > 50_000  # the item's work dominates the count, not the fixed cost of an issue
+    assert large <= 4.4 * small, (small, large)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import threading
+import time
 from email.header import decode_header, make_header
 
 import pytest
@@ -162,14 +164,59 @@ def test_drop_after_the_final_dot_is_retried_once(smtp_services, smtp_server):
     assert smtp_server.recipients() == ["user0@example.jp", "user0@example.jp"]
 
 
-def test_second_ambiguous_drop_gives_up(smtp_services, smtp_server):
+def test_a_message_dropped_after_the_final_dot_twice_is_still_sent(smtp_services, smtp_server):
+    """A subscriber missing the issue is worse than a rare duplicate: [retry] applies, no give-up."""
     issue = prepare_send(smtp_services, 1)
     smtp_server.drop("after_data", times=2)
-    run_worker(smtp_services)
+    first = run_worker(smtp_services)
     later = utcnow() + dt.timedelta(minutes=10)
-    run_worker(smtp_services, clock=lambda: later)
+    second = run_worker(smtp_services, clock=lambda: later)
+    c = counts(smtp_services, issue)
+    assert (c.failed, c.pending) == (0, 1)  # deferred again, as any temporary failure
+    with smtp_services.session() as session:
+        assert session.scalar(select(Delivery.next_attempt_at)) > later
+    third = run_worker(smtp_services, clock=lambda: later + dt.timedelta(hours=2))
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.failed, c.pending) == (1, 0, 0)
+    assert (first.stats.ambiguous, second.stats.ambiguous, third.stats.ambiguous) == (1, 1, 0)
+    assert smtp_server.recipients() == ["user0@example.jp"] * 3  # the relay kept the dropped ones
+    with smtp_services.session() as session:  # countable afterwards: it may have arrived more than once
+        assert session.scalar(select(Delivery.last_reply)).startswith("ambiguous before; 250")
+
+
+def test_an_ambiguous_drop_gives_up_only_after_the_lifetime(smtp_services, smtp_server):
+    issue = prepare_send(smtp_services, 1)
+    smtp_server.drop("after_data", times=None)
+    lifetime = smtp_services.config.retry.lifetime_seconds
+    run_worker(smtp_services, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
     c = counts(smtp_services, issue)
     assert (c.failed, c.pending) == (1, 0)
+    with smtp_services.session() as session:
+        assert session.scalar(select(Delivery.last_reply)).startswith("gave up: ambiguous: ")
+
+
+def test_a_running_worker_retries_a_deferral_when_it_comes_due_not_at_the_next_poll(config, smtp_server):
+    from mailmag import db
+    from mailmag.config import RetryConfig
+
+    quick = config.replace(retry=RetryConfig(backoff_seconds=1, max_backoff_seconds=1))
+    services = Services(smtp_server.configure(quick, rate_per_second=0.0))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 1)
+    smtp_server.drop("after_data")  # deferred for 1 s; the worker then polls only every hour
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1)
+    running = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 3600})
+    running.start()
+    try:
+        wait_until = time.monotonic() + 60  # not a timing assertion: a bound on "never"
+        while counts(services, issue).sent == 0 and time.monotonic() < wait_until:
+            time.sleep(0.1)
+        assert counts(services, issue).sent == 1
+        assert dispatcher.stats.ambiguous == 1
+    finally:
+        dispatcher.stop.set()
+        running.join()
+        services.close()
 
 
 @pytest.mark.parametrize("stage", ["mail", "rcpt", "data", "data_end"])

@@ -31,7 +31,8 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
         with _stop_on_signals(dispatcher):
             stats = dispatcher.run(once=once)
     lost = f", lost lease {stats.lost}" if stats.lost else ""
-    click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{lost}")
+    ambiguous = f" ({stats.ambiguous} after the final dot: may arrive twice)" if stats.ambiguous else ""
+    click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{ambiguous}{lost}")
     if stats.unreachable:
         click.echo(f"warning: the relay could not be reached: {stats.unreachable}", err=True)
 

@@ -9,6 +9,10 @@ what happens then:
 
     4xx, or a dropped connection    that message is deferred; the connection reopens and
                                     the batch goes on
+    a drop after the final dot      deferred the same way ([retry] until its lifetime), as
+                                    the relay may or may not have it: a second copy is
+                                    better than a subscriber without the issue; the row's
+                                    last_reply says "ambiguous" from then on
     421                             that message is deferred and its connection waits
                                     [smtp] throttle_seconds; each 421 takes one connection
                                     away, and they come back as messages are accepted
@@ -69,6 +73,8 @@ from mailmag.services import Services
 log = logging.getLogger(__name__)
 # How often a sending thread asks which of its claimed rows it still holds (opt-outs).
 HELD_CHECK_SECONDS = 0.5
+# The shortest wait of an idle thread for a deferred message coming due (never a busy loop).
+MIN_IDLE_SECONDS = 0.2
 
 
 @dataclasses.dataclass
@@ -76,14 +82,17 @@ class Stats:
     """What one run did, summed over its threads.
 
     `lost`: messages the relay accepted whose lease another worker had taken meanwhile (the
-    result was refused; the other worker may send it again). `unreachable`: why the relay
-    could not be reached, if it could not.
+    result was refused; the other worker may send it again). `ambiguous`: connections lost
+    after the final dot (also counted in `deferred`, or `failed` past the lifetime): the relay
+    may have kept the message, which is sent again. `unreachable`: why the relay could not be
+    reached, if it could not.
     """
 
     sent: int = 0
     failed: int = 0
     deferred: int = 0
     lost: int = 0
+    ambiguous: int = 0
     unreachable: str = ""
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
@@ -105,6 +114,17 @@ class Hooks:
     # The relay cannot be reached since (session, when, why) / answers again.
     relay_unreachable: Callable[[Session, dt.datetime, str], None]
     relay_reached: Callable[[Session], None]
+
+
+AMBIGUOUS = "ambiguous"  # how a delivery's last_reply starts once it may have reached the relay twice
+
+
+def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> str:
+    """The reply to record: marked while this delivery has had a drop after the final dot, so
+    the rows that may have gone twice stay countable (last_reply LIKE 'ambiguous%')."""
+    if ambiguous:
+        return f"{AMBIGUOUS}: {reply}"
+    return f"{AMBIGUOUS} before; {reply}" if delivery.last_reply.startswith(AMBIGUOUS) else reply
 
 
 def worker_id() -> str:
@@ -252,7 +272,7 @@ class Dispatcher:
                 if not batch:
                     if once and not self._anything_due():
                         return
-                    self.stop.wait(poll_seconds if not once else 0.2)
+                    self.stop.wait(self._idle_seconds(poll_seconds) if not once else 0.2)
                     continue
                 try:
                     reachable = self._send_batch(index, connection, owner, batch)
@@ -294,6 +314,18 @@ class Dispatcher:
         if not batch:
             self.leases.drop(owner)
         return owner, batch
+
+    def _idle_seconds(self, poll_seconds: float) -> float:
+        """Until the next poll, or until a deferred message comes due if that is sooner: a
+        retry waits for its backoff, not for the backoff and a poll."""
+        def work() -> dt.datetime | None:
+            with self.services.session() as session:
+                return outbox.next_due(session)
+
+        due = self.database.call(work)
+        if due is None:
+            return poll_seconds
+        return min(poll_seconds, max((due - self.clock()).total_seconds(), MIN_IDLE_SECONDS))
 
     def _anything_due(self) -> bool:
         def work() -> bool:
@@ -363,7 +395,7 @@ class Dispatcher:
         except PermanentFailure as failure:
             self._fail(owner, delivery, failure)
             return False
-        self._sent(owner, delivery, reply.reply)
+        self._sent(owner, delivery, _marked(delivery, reply.reply))
         return False
 
     def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
@@ -423,14 +455,18 @@ class Dispatcher:
                     "the result was not recorded (it may be sent twice)", delivery.id)
 
     def _defer(self, owner: str, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
+        """A temporary failure, an ambiguous drop included, is retried under [retry] until the
+        lifetime: a subscriber missing the issue is worse than a rare second copy."""
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
-        reply = ("ambiguous: " if failure.ambiguous else "") + str(failure)
-        again = failure.ambiguous and delivery.last_reply.startswith("ambiguous")
-        give_up = age >= retry.lifetime_seconds or again
-        if failure.ambiguous and not give_up:
-            log.warning("delivery %s: connection lost after the final dot; retrying once", delivery.id)
+        reply = _marked(delivery, str(failure), failure.ambiguous)
+        give_up = age >= retry.lifetime_seconds
+        if failure.ambiguous:
+            self.stats.add("ambiguous")
+            then = "past its lifetime: failed" if give_up else "retrying: it may arrive twice"
+            log.warning("delivery %s: connection lost after the final dot (the relay may have it); %s",
+                        delivery.id, then)
 
         def work() -> bool:
             with self.services.session() as session:

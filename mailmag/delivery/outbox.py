@@ -390,6 +390,16 @@ def due_count(session: Session, now: dt.datetime) -> int:
     ) or 0
 
 
+def next_due(session: Session) -> dt.datetime | None:
+    """When the earliest queued delivery comes due (a deferred one may be due before a worker's
+    next poll); None when nothing is queued."""
+    return session.scalar(
+        select(func.min(Delivery.next_attempt_at))
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.status == "sending", Delivery.status == "queued")
+    )
+
+
 def sent_since(session: Session, since: dt.datetime) -> int:
     """Messages sent after `since`, by any worker (the hourly rate limit survives restarts)."""
     return session.scalar(

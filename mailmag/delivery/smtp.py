@@ -17,8 +17,9 @@ are classified (the issue's table):
 
 The ambiguous window: when the connection dies after the final dot was sent but before the
 relay's reply arrived, the relay may have queued the message. The dispatcher retries it
-once, so that recipient may get the issue twice (at-least-once, as Postfix does); at most
-one message per connection can be in this window.
+like any temporary failure (under [retry], until the lifetime), so that recipient may get
+the issue twice, never none (at-least-once, as Postfix does); at most one message per
+connection can be in this window at a time.
 
 A reused session that the relay closed while idle (a drop or a 421 at MAIL FROM) is
 reopened once and the message sent on the new session, so idle pooled connections do not
