@@ -267,14 +267,15 @@ def test_two_processes_starting_sends_at_once_both_get_a_number(pg_url, tmp_path
         done.append(issues.get(second, 2).number)
         second.commit()
 
+    holder = first.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
     thread = threading.Thread(target=start_second)
     thread.start()
-    with services.engine.connect() as watcher:  # wait until the second one is blocked on the number
+    # Wait until the second one is blocked by the first (not by another test's lock: the
+    # database is shared with other test processes).
+    with services.engine.connect() as watcher:
         while not watcher.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"
-            )
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": holder},
         ).scalar():
             watcher.rollback()
     first.commit()
