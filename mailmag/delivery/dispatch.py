@@ -116,7 +116,7 @@ class Hooks:
     relay_reached: Callable[[Session], None]
 
 
-AMBIGUOUS = "ambiguous"  # how a delivery's last_reply starts once it may have reached the relay twice
+AMBIGUOUS = outbox.AMBIGUOUS  # how a delivery's last_reply starts once it may have reached the relay twice
 
 
 def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> str:
@@ -460,8 +460,9 @@ class Dispatcher:
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
-        reply = _marked(delivery, str(failure), failure.ambiguous)
         give_up = age >= retry.lifetime_seconds
+        # the mark goes first even on giving up, or LIKE 'ambiguous%' misses the row
+        reply = _marked(delivery, f"gave up: {failure}" if give_up else str(failure), failure.ambiguous)
         if failure.ambiguous:
             self.stats.add("ambiguous")
             then = "past its lifetime: failed" if give_up else "retrying: it may arrive twice"
@@ -471,7 +472,7 @@ class Dispatcher:
         def work() -> bool:
             with self.services.session() as session:
                 if give_up:
-                    return outbox.mark_failed(session, delivery.id, owner, f"gave up: {reply}")
+                    return outbox.mark_failed(session, delivery.id, owner, reply)
                 at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
                 return outbox.mark_retry(session, delivery.id, owner, reply, at)
 
@@ -490,7 +491,7 @@ class Dispatcher:
 
         def work() -> bool:
             with self.services.session() as session:
-                if not outbox.mark_failed(session, delivery.id, owner, str(failure)):
+                if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
                     return False
                 if failure.kind in (ADDRESS, MAILBOX):
                     self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)

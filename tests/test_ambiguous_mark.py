@@ -1,0 +1,75 @@
+"""A delivery that may have reached the relay twice keeps its mark whatever happens next.
+
+Operators count possible duplicates as last_reply LIKE 'ambiguous%': giving up at the end of
+the lifetime, a later permanent refusal, a dead worker and `issues retry --dead` must not hide it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import time_machine
+from sqlalchemy import select
+
+from mailmag.delivery import outbox
+from mailmag.models import Delivery
+
+
+def _env(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"MAILMAG_SMTP_TRANSPORT": "smtp", "MAILMAG_SMTP_HOST": server.host,
+            "MAILMAG_SMTP_PORT": str(server.port), "MAILMAG_SMTP_SECURITY": "none",
+            "MAILMAG_SMTP_RATE_PER_SECOND": "0", "MAILMAG_SMTP_MAX_CONNECTIONS": "1",
+            "MAILMAG_RETRY_BACKOFF_SECONDS": "60", "MAILMAG_RETRY_LIFETIME_SECONDS": "3600"}
+
+
+def _queued_issue(mailmag) -> int:  # type: ignore[no-untyped-def]
+    mailmag.ok("subscribers", "add", "only@example.jp")
+    mailmag.ok("orgs", "add", "cef", "中経連")
+    item = json.loads(mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ",
+                                 "--body", "本文", "--json").stdout)["id"]
+    mailmag.ok("items", "approve", str(item))
+    issue = json.loads(mailmag.ok("issues", "new", "--json").stdout)["id"]
+    mailmag.ok("issues", "send", str(issue), "--yes")
+    return int(issue)
+
+
+def _last_reply(services) -> str:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        return session.scalars(select(Delivery.last_reply)).one()
+
+
+def _ambiguous_then(mailmag, smtp_server, later) -> None:  # type: ignore[no-untyped-def]
+    _queued_issue(mailmag)
+    smtp_server.drop("after_data")
+    mailmag.ok("worker", "--once", env=_env(smtp_server))
+    later(smtp_server)
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(hours=2), tick=True):
+        mailmag.ok("worker", "--once", env=_env(smtp_server))
+
+
+def test_giving_up_after_an_ambiguous_drop_keeps_the_mark(mailmag, smtp_server, services) -> None:  # type: ignore[no-untyped-def]
+    _ambiguous_then(mailmag, smtp_server, lambda server: server.drop("after_data"))
+    reply = _last_reply(services)
+    assert reply.startswith(outbox.AMBIGUOUS) and "gave up" in reply
+
+
+def test_a_refusal_after_an_ambiguous_drop_keeps_the_mark(mailmag, smtp_server, services) -> None:  # type: ignore[no-untyped-def]
+    _ambiguous_then(mailmag, smtp_server,
+                    lambda server: server.fail_rcpt("only@example.jp", 550, "5.1.1 no such user"))
+    reply = _last_reply(services)
+    assert reply.startswith(outbox.AMBIGUOUS) and "5.1.1" in reply
+
+
+def test_a_dead_delivery_requeued_by_an_operator_stays_marked(mailmag, services) -> None:  # type: ignore[no-untyped-def]
+    issue = _queued_issue(mailmag)
+    now = dt.datetime.now(dt.UTC)
+    with services.session() as session:
+        session.execute(Delivery.__table__.update().values(  # a worker died while sending it, again
+            status="sending", lease_owner="gone", lease_expires_at=now - dt.timedelta(seconds=1),
+            lease_expiries=2))
+        outbox.expire_leases(session, now, max_expiries=3)
+        session.commit()
+    assert _last_reply(services).startswith(outbox.AMBIGUOUS)
+    mailmag.ok("issues", "retry", str(issue), "--dead")
+    assert _last_reply(services).startswith(outbox.AMBIGUOUS)
