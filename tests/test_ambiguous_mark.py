@@ -73,3 +73,14 @@ def test_a_dead_delivery_requeued_by_an_operator_stays_marked(mailmag, services)
     assert _last_reply(services).startswith(outbox.AMBIGUOUS)
     mailmag.ok("issues", "retry", str(issue), "--dead")
     assert _last_reply(services).startswith(outbox.AMBIGUOUS)
+
+
+def test_issues_status_counts_the_deliveries_that_may_have_arrived_twice(mailmag, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    issue = _queued_issue(mailmag)
+    smtp_server.drop("after_data")
+    mailmag.ok("worker", "--once", env=_env(smtp_server))
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5), tick=True):
+        mailmag.ok("worker", "--once", env=_env(smtp_server))  # the second copy is accepted
+        document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
+        assert (document["sent"], document["ambiguous"]) == (1, 1)
+        assert "may have arrived twice: 1" in mailmag.ok("issues", "status", str(issue)).stdout

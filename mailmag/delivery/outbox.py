@@ -375,6 +375,14 @@ def counts(session: Session, issue_id: int) -> Counts:
     return Counts(total=sum(by_status.values()), **by_status)
 
 
+def ambiguous_count(session: Session, issue_id: int) -> int:
+    """Deliveries of the issue that may have reached the relay twice (marked AMBIGUOUS)."""
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.last_reply.startswith(AMBIGUOUS))
+    ) or 0
+
+
 def pending_by_issue(session: Session) -> dict[int, int]:
     """Messages not yet handed to the relay (queued or being sent), per issue id; `issues list`."""
     rows = session.execute(
