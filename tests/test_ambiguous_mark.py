@@ -23,8 +23,10 @@ def _env(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
             "MAILMAG_RETRY_BACKOFF_SECONDS": "60", "MAILMAG_RETRY_LIFETIME_SECONDS": "3600"}
 
 
-def _queued_issue(mailmag) -> int:  # type: ignore[no-untyped-def]
+def _queued_issue(mailmag, others: int = 0) -> int:  # type: ignore[no-untyped-def]
     mailmag.ok("subscribers", "add", "only@example.jp")
+    for n in range(others):
+        mailmag.ok("subscribers", "add", f"other{n}@example.jp")
     mailmag.ok("orgs", "add", "cef", "中経連")
     item = json.loads(mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ",
                                  "--body", "本文", "--json").stdout)["id"]
@@ -84,3 +86,16 @@ def test_issues_status_counts_the_deliveries_that_may_have_arrived_twice(mailmag
         document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
         assert (document["sent"], document["ambiguous"]) == (1, 1)
         assert "may have arrived twice: 1" in mailmag.ok("issues", "status", str(issue)).stdout
+
+
+def test_a_run_stopped_by_content_refusals_says_why_in_issues_status(mailmag, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    # `mailmag run` keeps retrying such a run; before, only its log told why nothing went out
+    issue = _queued_issue(mailmag, others=4)  # [dispatch] refusals_to_stop = 5
+    smtp_server.fail_next("data_end", 554, "5.6.0 content rejected", times=None)
+    assert mailmag("worker", "--once", env=_env(smtp_server)).exit_code != 0
+    document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
+    assert (document["failed"], "5.6.0" in (document["relay_error"] or "")) == (0, True)
+    smtp_server.clear_faults()
+    mailmag.ok("worker", "--once", env=_env(smtp_server))
+    document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
+    assert (document["relay_error"], document["pending"]) == (None, 0)

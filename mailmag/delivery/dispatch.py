@@ -509,17 +509,21 @@ class Dispatcher:
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
         ids = self.refusals.take()
+        reason = (f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
+                  f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem")
 
         def work() -> int:
             with self.services.session() as session:
+                # shown by `issues status` (as a relay outage is) until a message is accepted again:
+                # `mailmag run` retries every retry_relay_seconds, and only its log said why nothing went
+                self.hooks.relay_unreachable(session, self.clock(), reason)
                 return outbox.hand_back_failed(session, ids, self.clock())
 
         handed_back = self.database.call(work)
         self.stats.add("failed", -handed_back)
         raise TransportError(
-            f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
-            f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem; "
-            "those messages are queued again and nobody was marked bounced: fix it, then run the worker again"
+            f"{reason}; those messages are queued again and nobody was marked bounced: fix it, then run "
+            "the worker again"
         )
 
     def _release(self, owner: str, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:
