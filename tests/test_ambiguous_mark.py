@@ -99,3 +99,15 @@ def test_a_run_stopped_by_content_refusals_says_why_in_issues_status(mailmag, sm
     mailmag.ok("worker", "--once", env=_env(smtp_server))
     document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
     assert (document["relay_error"], document["pending"]) == (None, 0)
+
+
+def test_a_relay_that_drops_every_message_after_the_dot_stops_the_run(mailmag, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    # it may keep each one: going on would send the whole list, and again at every retry
+    issue = _queued_issue(mailmag, others=5)  # 6 messages; [dispatch] refusals_to_stop = 5
+    smtp_server.drop("after_data", times=None)
+    result = mailmag("worker", "--once", env=_env(smtp_server))
+    assert result.exit_code != 0 and "final dot 5 times in a row" in result.output + result.stderr
+    assert len(smtp_server.messages) == 5
+    document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
+    assert (document["pending"], document["ambiguous"], document["failed"]) == (6, 5, 0)
+    assert "final dot" in (document["relay_error"] or "")
