@@ -192,7 +192,7 @@ def test_an_ambiguous_drop_gives_up_only_after_the_lifetime(smtp_services, smtp_
     c = counts(smtp_services, issue)
     assert (c.failed, c.pending) == (1, 0)
     with smtp_services.session() as session:
-        assert session.scalar(select(Delivery.last_reply)).startswith("gave up: ambiguous: ")
+        assert session.scalar(select(Delivery.last_reply)).startswith("ambiguous: gave up: ")
 
 
 def test_a_running_worker_retries_a_deferral_when_it_comes_due_not_at_the_next_poll(config, smtp_server):

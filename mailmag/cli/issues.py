@@ -219,6 +219,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     with app.ready_services().session() as session:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
+        ambiguous = outbox.ambiguous_count(session, issue.id)
         missed = jobs.last_send_run(session, issue)
         waiting = waiting_for_window(counts.pending, utcnow(), app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
@@ -227,6 +228,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "audience": reached, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
+            "ambiguous": ambiguous,
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
@@ -245,6 +247,9 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
+    if ambiguous:
+        click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
+                   "died sending it; last_reply starts with 'ambiguous')")
     if waiting is not None:
         click.echo(waiting_note(waiting, app.config))
     if missed is not None and missed.outcome != "sent":

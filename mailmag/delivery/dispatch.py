@@ -65,7 +65,15 @@ from mailmag.delivery.transports import (
     Transport,
 )
 from mailmag.delivery.window import window_open
-from mailmag.delivery.workstate import DATABASE_AWAY, DatabaseGuard, Leases, Refusals, Throttle, reason
+from mailmag.delivery.workstate import (
+    DATABASE_AWAY,
+    DatabaseGuard,
+    DropsInRow,
+    Leases,
+    Refusals,
+    Throttle,
+    reason,
+)
 from mailmag.errors import InvalidInput, MailmagError, StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
@@ -116,7 +124,7 @@ class Hooks:
     relay_reached: Callable[[Session], None]
 
 
-AMBIGUOUS = "ambiguous"  # how a delivery's last_reply starts once it may have reached the relay twice
+AMBIGUOUS = outbox.AMBIGUOUS  # how a delivery's last_reply starts once it may have reached the relay twice
 
 
 def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> str:
@@ -199,6 +207,8 @@ class Dispatcher:
         self.leases = Leases(config.dispatch.lease_seconds)
         self.throttle = Throttle(self.concurrency, config.smtp.throttle_seconds)
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
+        # one relay restart drops every connection's message in flight at once: that alone is no streak
+        self.drops = DropsInRow(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
                                       config.dispatch.database_max_retry_seconds, self.stop)
         self._claims = itertools.count(1)
@@ -406,6 +416,7 @@ class Dispatcher:
         self.stats.add("sent")
         self.throttle.accepted()
         self.refusals.accepted()
+        self.drops.accepted()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
         if self.progress:
@@ -460,8 +471,9 @@ class Dispatcher:
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
-        reply = _marked(delivery, str(failure), failure.ambiguous)
         give_up = age >= retry.lifetime_seconds
+        # the mark goes first even on giving up, or LIKE 'ambiguous%' misses the row
+        reply = _marked(delivery, f"gave up: {failure}" if give_up else str(failure), failure.ambiguous)
         if failure.ambiguous:
             self.stats.add("ambiguous")
             then = "past its lifetime: failed" if give_up else "retrying: it may arrive twice"
@@ -471,7 +483,7 @@ class Dispatcher:
         def work() -> bool:
             with self.services.session() as session:
                 if give_up:
-                    return outbox.mark_failed(session, delivery.id, owner, f"gave up: {reply}")
+                    return outbox.mark_failed(session, delivery.id, owner, reply)
                 at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
                 return outbox.mark_retry(session, delivery.id, owner, reply, at)
 
@@ -479,6 +491,20 @@ class Dispatcher:
             self._lost(delivery)
             return
         self.stats.add("failed" if give_up else "deferred")
+        if failure.ambiguous and self.drops.add():
+            self._dropped_too_often(failure)
+
+    def _dropped_too_often(self, failure: TemporaryFailure) -> None:
+        """Stop: every message may be reaching the relay; retrying them all would send the list twice."""
+        why = (f"the connection was lost after the final dot {self.drops.limit} times in a row (last: "
+                  f"{failure}): the relay may be keeping each message; check its logs and queue")
+
+        def work() -> None:
+            with self.services.session() as session:
+                self.hooks.relay_unreachable(session, self.clock(), why)
+
+        self.database.call(work)
+        raise TransportError(f"{why}; those messages wait for their retry, marked ambiguous")
 
     def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         if failure.kind == RELAY:
@@ -490,7 +516,7 @@ class Dispatcher:
 
         def work() -> bool:
             with self.services.session() as session:
-                if not outbox.mark_failed(session, delivery.id, owner, str(failure)):
+                if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
                     return False
                 if failure.kind in (ADDRESS, MAILBOX):
                     self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)
@@ -508,17 +534,21 @@ class Dispatcher:
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
         ids = self.refusals.take()
+        why = (f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
+                  f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem")
 
         def work() -> int:
             with self.services.session() as session:
+                # shown by `issues status` (as a relay outage is) until a message is accepted again:
+                # `mailmag run` retries every retry_relay_seconds, and only its log said why nothing went
+                self.hooks.relay_unreachable(session, self.clock(), why)
                 return outbox.hand_back_failed(session, ids, self.clock())
 
         handed_back = self.database.call(work)
         self.stats.add("failed", -handed_back)
         raise TransportError(
-            f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
-            f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem; "
-            "those messages are queued again and nobody was marked bounced: fix it, then run the worker again"
+            f"{why}; those messages are queued again and nobody was marked bounced: fix it, then run "
+            "the worker again"
         )
 
     def _release(self, owner: str, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:

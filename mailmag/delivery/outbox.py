@@ -53,6 +53,9 @@ from mailmag.models import (
 )
 
 PENDING = ("queued", "sending")
+# How last_reply starts once a delivery may have reached the relay twice (a drop after the final
+# dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
+AMBIGUOUS = "ambiguous"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +165,7 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
         .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
         .values(status="dead", lease_owner=None, lease_expires_at=None,
                 lease_expiries=Delivery.lease_expiries + 1,
-                last_reply="lease expired too often: a worker died while sending it")
+                last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
     )
     session.execute(
         update(Delivery).where(counted).values(lease_expiries=Delivery.lease_expiries + 1)
@@ -191,7 +194,8 @@ def requeue_dead(session: Session, issue_id: int, now: dt.datetime) -> int:
         update(Delivery)
         .where(Delivery.issue_id == issue_id, Delivery.status == "dead")
         .values(status="queued", lease_expiries=0, next_attempt_at=now,
-                last_reply="requeued by an operator after: " + Delivery.last_reply)
+                last_reply=case((Delivery.last_reply.startswith(AMBIGUOUS), f"{AMBIGUOUS} before; "),
+                                else_="") + "requeued by an operator after: " + Delivery.last_reply)
     ))
 
 
@@ -369,6 +373,14 @@ def counts(session: Session, issue_id: int) -> Counts:
     ).all()
     by_status = {status: n for status, n in rows}
     return Counts(total=sum(by_status.values()), **by_status)
+
+
+def ambiguous_count(session: Session, issue_id: int) -> int:
+    """Deliveries of the issue that may have reached the relay twice (marked AMBIGUOUS)."""
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.last_reply.startswith(AMBIGUOUS))
+    ) or 0
 
 
 def pending_by_issue(session: Session) -> dict[int, int]:

@@ -135,6 +135,27 @@ class Refusals:
             return ids
 
 
+class DropsInRow:
+    """Connections lost after the final dot in a row, with no message accepted in between: the
+    relay may be keeping every one, so going on would send the whole list again and again."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> bool:
+        """Count one; True once the run must stop."""
+        with self._lock:
+            self._count += 1
+            return self._count >= self.limit
+
+    def accepted(self) -> None:
+        if self._count:
+            with self._lock:
+                self._count = 0
+
+
 class DatabaseGuard:
     """Runs database work for the sending threads; while the database is away or locked, waits
     with backoff and tries again. One log line when it goes away, one when it is back."""
