@@ -148,6 +148,10 @@ class RetryConfig:
     backoff_seconds: int = field(default=300, metadata=at_least(1))
     max_backoff_seconds: int = field(default=4000, metadata=at_least(1))
     lifetime_seconds: int = field(default=5 * 24 * 3600, metadata=at_least(60))
+    # Each attempt that ends in a drop after the final dot may have delivered a copy: past this
+    # many attempts such a message is given up, so a relay that keeps dropping one message
+    # cannot send a subscriber a copy at every retry for five days.
+    ambiguous_max_attempts: int = field(default=5, metadata=at_least(1))
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,22 @@ def test_a_relay_that_drops_every_message_after_the_dot_stops_the_run(mailmag, s
     document = json.loads(mailmag.ok("issues", "status", str(issue), "--json").stdout)
     assert (document["pending"], document["ambiguous"], document["failed"]) == (6, 5, 0)
     assert "final dot" in (document["relay_error"] or "")
+
+
+def test_a_message_the_relay_keeps_dropping_after_the_dot_stops_at_the_attempts_cap(
+        mailmag, smtp_server, services) -> None:  # type: ignore[no-untyped-def]
+    """The relay keeps each message it drops after the final dot: every retry is a copy in the
+    subscriber's mailbox. [retry] ambiguous_max_attempts bounds the copies; the row fails, marked."""
+    _queued_issue(mailmag)
+    smtp_server.drop("after_data", times=None)
+    env = {**_env(smtp_server), "MAILMAG_RETRY_LIFETIME_SECONDS": "864000",
+           "MAILMAG_RETRY_AMBIGUOUS_MAX_ATTEMPTS": "3"}
+    start = dt.datetime.now(dt.UTC)
+    for hours in range(0, 12, 2):  # six runs, each past the previous retry's backoff
+        with time_machine.travel(start + dt.timedelta(hours=hours), tick=True):
+            mailmag.ok("worker", "--once", env=env)
+    assert smtp_server.recipients() == ["only@example.jp"] * 3
+    with services.session() as session:
+        row = session.scalars(select(Delivery)).one()
+        assert (row.status, row.attempts) == ("failed", 3)
+        assert row.last_reply.startswith(outbox.AMBIGUOUS) and "gave up" in row.last_reply

@@ -467,16 +467,19 @@ class Dispatcher:
 
     def _defer(self, owner: str, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
         """A temporary failure, an ambiguous drop included, is retried under [retry] until the
-        lifetime: a subscriber missing the issue is worse than a rare second copy."""
+        lifetime: a subscriber missing the issue is worse than a rare second copy. An ambiguous
+        drop also gives up after [retry] ambiguous_max_attempts: each may have been a copy."""
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
-        give_up = age >= retry.lifetime_seconds
+        give_up = age >= retry.lifetime_seconds or (
+            failure.ambiguous and delivery.attempts >= retry.ambiguous_max_attempts)
         # the mark goes first even on giving up, or LIKE 'ambiguous%' misses the row
         reply = _marked(delivery, f"gave up: {failure}" if give_up else str(failure), failure.ambiguous)
         if failure.ambiguous:
             self.stats.add("ambiguous")
-            then = "past its lifetime: failed" if give_up else "retrying: it may arrive twice"
+            then = (f"failed after {delivery.attempts} attempts (each may have been a copy)" if give_up
+                    else "retrying: it may arrive twice")
             log.warning("delivery %s: connection lost after the final dot (the relay may have it); %s",
                         delivery.id, then)
 
