@@ -158,3 +158,21 @@ def test_a_topic_narrows_the_audience_the_confirmation_counts(console, console_s
     assert "2 人" in client.get(f"{issue_path}/send").text  # no-topic readers and events readers
     with console_services.session() as session:
         assert session.scalar(select(Issue.topic)) == "events"
+
+
+def test_the_issue_page_warns_that_an_item_changed_after_rendering(console, console_services):
+    """The preview frame shows the stored rendering: after an edit the page says it is old text."""
+    ids = seed_items(console_services, ["会議の報告"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+    client = logged_in(console.url, console_services, "alice", "editor")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    assert "changed after the issue was rendered" not in client.get(issue_path).text
+    edited = client.post(f"/admin/items/{ids[0]}/edit", {"csrf_token": token, "title": "会議の報告（訂正）",
+                                                        "body": "直した本文"})
+    assert edited.status == 303
+    page = client.get(issue_path).text
+    assert f"item {ids[0]} 「会議の報告（訂正）」 changed after the issue was rendered" in page
+    assert "直した本文" not in client.get(f"{issue_path}/frame/ja").text  # what the warning is about

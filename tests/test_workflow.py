@@ -326,6 +326,24 @@ def test_an_item_edited_after_approval_blocks_the_send_naming_it(council):
     assert "鳥取県米子市" in council.ok("issues", "preview", "1").stdout
 
 
+def test_preview_and_test_mail_warn_that_an_item_changed_after_rendering(council):
+    """They show the stored rendering: after an edit, the secretariat must not proofread old text
+    believing it is the new one (send refuses; these two used to say nothing)."""
+    item = _event(council, "直前に直したお知らせ")
+    council.ok("issues", "new")
+    council.ok("items", "edit", str(item), "--venue", "鳥取県米子市")
+    warning = (f"warning: item {item} 「直前に直したお知らせ」 changed after issue 1 was rendered; this "
+               "shows the old text: run `mailmag issues render 1` to see the new one")
+    preview = council.ok("issues", "preview", "1")
+    assert warning in preview.stderr.splitlines() and "鳥取県米子市" not in preview.stdout
+    tested = council.ok("issues", "test", "1", "--to", "proof@example.jp")
+    assert warning in tested.stderr.splitlines()
+    council.ok("items", "approve", str(item))
+    council.ok("issues", "render", "1")
+    again = council.ok("issues", "preview", "1")
+    assert "warning" not in again.stderr and "鳥取県米子市" in again.stdout
+
+
 def test_the_example_sender_data_is_refused_at_compose_test_and_send(council, config_file):
     _event(council, "お知らせ")
     council.ok("issues", "new")

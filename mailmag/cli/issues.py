@@ -103,6 +103,9 @@ def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None
         shown = issues.preview(session, app.config, issue_id, fmt, lang)
         issue = issues.get(session, issue_id)
         note = _audience_note(issue, issues.audience(session, issue), app)
+        stale = issues.stale_warning(issue)
+    if stale:
+        click.echo(stale, err=True)
     if output is None:
         click.echo(shown, nl=not shown.endswith("\n"))
     else:
@@ -203,6 +206,9 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
     valid = [subscribers.parse_address(a).email for a in addresses]
     with services.session() as session:
         issue = issues.test_ready(session, app.config, issue_id)
+        stale = issues.stale_warning(issue)
+    if stale:
+        click.echo(stale, err=True)
     results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
     for address, outcome in results:
         click.echo(f"{address}: {outcome}")

@@ -81,7 +81,9 @@ def warnings(session: Session, config: Config, issue: Issue, today: dt.date | No
     ordered = [entry.item for entry in issue.entries]
     unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
                   for i in ordered if i.status not in ("approved", "published")]
-    return unapproved + issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
+    stale = [f"item {i.id} 「{i.title}」 changed after the issue was rendered: the preview and test mail "
+             "show its old text; render the issue again" for i in issues.changed_since_rendering(issue)]
+    return unapproved + stale + issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
 
 
 def item_preview(config: Config, item: Item, today: dt.date | None = None) -> str:

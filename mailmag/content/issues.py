@@ -207,11 +207,11 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
                 f"approved?): review it (mailmag items show {item.id}), approve it (mailmag items approve "
                 f"{item.id}) and render the issue again (mailmag issues render {issue.id}); nothing was sent"
             )
-        if issue.rendered_at is not None and item.updated_at > issue.rendered_at:
-            raise StateError(
-                f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered: run "
-                f"`mailmag issues render {issue.id}` and look at the preview again; nothing was sent"
-            )
+    for item in changed_since_rendering(issue)[:1]:
+        raise StateError(
+            f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered: run "
+            f"`mailmag issues render {issue.id}` and look at the preview again; nothing was sent"
+        )
     render.check_real_sender(config)
     reached = audience(session, issue)
     if reached == 0 and not allow_empty:
@@ -221,6 +221,25 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
             "pass --allow-empty to send it to nobody (it still goes to the archive)"
         )
     return reached
+
+
+def changed_since_rendering(issue: Issue) -> list[Item]:
+    """Items of a draft or scheduled issue edited after its rendering: the stored rendering (what
+    preview and test mail show) still has their old text. A sent issue keeps what it sent."""
+    if issue.status not in RENDERABLE or issue.rendered_at is None:
+        return []
+    rendered_at = issue.rendered_at
+    return [entry.item for entry in issue.entries if entry.item.updated_at > rendered_at]
+
+
+def stale_warning(issue: Issue) -> str | None:
+    """One line for preview and test mail when they would show text that has changed since."""
+    changed = changed_since_rendering(issue)
+    if not changed:
+        return None
+    which = ", ".join(f"{item.id} 「{item.title}」" for item in changed)
+    return (f"warning: item {which} changed after {label(issue)} was rendered; this shows the old "
+            f"text: run `mailmag issues render {issue.id}` to see the new one")
 
 
 def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False,
