@@ -122,3 +122,26 @@ def test_doctor_prints_the_next_window(sending, monkeypatch):
     lines = [line for line in sending("doctor").stdout.splitlines() if "send window" in line]
     assert lines == ["ok       send window: closed now; it opens at 2027-01-04 09:00 (月) "
                      "(mon,tue,wed,thu,fri 09:00-18:00, not on 祝日, not 12-29 to 01-03, Asia/Tokyo)"]
+
+
+def _next_saturday_noon_jst() -> dt.datetime:
+    """Closed under the default window (mon–fri) whatever day the test clock says it is."""
+    from mailmag import clock
+
+    today = clock.now().astimezone(JST).date()
+    saturday = today + dt.timedelta(days=(5 - today.weekday()) % 7 or 7)
+    return dt.datetime.combine(saturday, dt.time(12, 0), JST)
+
+
+def test_issues_send_and_worker_once_say_the_closed_window_holds_the_mail(sending):
+    """Both used to print their counts and nothing else: 'queued', then 'sent 0', no reason."""
+    import time_machine
+
+    with time_machine.travel(_next_saturday_noon_jst(), tick=False):
+        queued = sending.ok("issues", "send", "2", "--yes")
+        note = [line for line in queued.stderr.splitlines() if line.startswith("note: 3 messages")]
+        assert len(note) == 1 and "waiting for the send window; it opens at " in note[0]
+        assert "09:00 (" in note[0]  # a weekday morning: the window's start
+        worked = sending.ok("worker", "--once")
+        assert worked.stdout.startswith("sent 0, failed 0, deferred 0")
+        assert "note: 6 messages waiting for the send window; it opens at " in worked.stderr

@@ -17,7 +17,9 @@ import click
 
 from mailmag import db
 from mailmag.config import Config, describe_search, load_config
+from mailmag.delivery.window import waiting_for_window, waiting_note
 from mailmag.delivery.workstate import DatabaseGuard
+from mailmag.models import utcnow
 from mailmag.scheduling.when import shown
 from mailmag.services import Services
 
@@ -95,3 +97,10 @@ def echo_rows(rows: list[list[Any]], noun: str, many: str | None = None) -> None
 def local_time(value: dt.datetime | None, config: Config) -> str:
     """A stored UTC time shown in the configured zone, e.g. '2026-12-01 09:00 JST'."""
     return "-" if value is None else shown(value, config.zone)
+
+
+def window_note(pending: int, config: Config) -> str | None:
+    """For commands that queue or send: say so when the closed send window holds the mail back,
+    rather than leave the secretariat wondering why nothing left."""
+    opens = waiting_for_window(pending, utcnow(), config)
+    return None if opens is None else f"note: {plural(pending, 'message')} {waiting_note(opens, config)}"

@@ -16,7 +16,7 @@ import click
 
 from mailmag import topics
 from mailmag.audience import subscribers
-from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json, window_note
 from mailmag.content import issues, transitions
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
@@ -180,6 +180,9 @@ def send(app: AppContext, issue_id: int, at: str | None, yes: bool, allow_empty:
         number = issue.number
     click.echo(f"issue {issue_id} is 第{number}号: {plural(queued, 'message')} queued; "
                "`mailmag worker` (or `mailmag run`) delivers them")
+    closed = window_note(queued, app.config)
+    if closed:
+        click.echo(closed, err=True)
 
 
 def _interactive() -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import click
 
-from mailmag.cli.common import AppContext, pass_app
+from mailmag.cli.common import AppContext, pass_app, window_note
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
@@ -35,6 +35,11 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
     click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{ambiguous}{lost}")
     if stats.unreachable:
         click.echo(f"warning: the relay could not be reached: {stats.unreachable}", err=True)
+    if once:
+        with services.session() as session:
+            closed = window_note(outbox.due_count(session, utcnow()), services.config)
+        if closed:
+            click.echo(closed, err=True)
 
 
 @contextlib.contextmanager
