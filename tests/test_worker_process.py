@@ -147,8 +147,10 @@ def result_writes_blocked(db_url: str) -> Iterator[Callable[[], bool]]:
 
         yield waiting
         # A killed client's backend would still run its waiting UPDATE once the lock is free
-        # (in autocommit that commits it): end that backend too, as a crashed machine would.
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        # (in autocommit that commits it): end that backend too, as a crashed machine would, and
+        # wait until it has ended (the timeout argument), or a loaded server may let it take
+        # the freed lock and commit before it sees the signal.
+        conn.execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
                      " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))")
         conn.rollback()
 
