@@ -197,12 +197,7 @@ class SmtpConnection:
     def _write_body(self, wire: bytes) -> Sent:
         """Write the message, stuffed and with its final dot, and read the reply to that dot."""
         assert self._smtp is not None
-        try:
-            self._smtp.send(wire)
-        except _DROPPED as exc:
-            self._drop()
-            raise TemporaryFailure(0, f"the relay {self._where} dropped the connection during DATA ({exc})",
-                                   reconnect=True) from exc
+        self._write(wire, "during DATA")
         try:
             code, raw = self._smtp.getreply()
         except _DROPPED as exc:
@@ -217,14 +212,36 @@ class SmtpConnection:
         return Sent(f"{code} {reply}")
 
     def _command(self, verb: str, args: str, name: str) -> tuple[int, str]:
+        """One command and its reply (smtplib's docmd), a drop made a TemporaryFailure."""
         assert self._smtp is not None
         try:
-            code, raw = self._smtp.docmd(verb, args)
+            self._smtp.putcmd(verb, args)
         except _DROPPED as exc:
-            self._drop()
-            raise TemporaryFailure(0, f"the relay {self._where} dropped the connection at {name} ({exc})",
-                                   reconnect=True) from exc
+            raise self._dropped(exc, f"at {name}") from exc
+        return self._reply(name)
+
+    def _reply(self, name: str) -> tuple[int, str]:
+        """The relay's next reply (to `name`); a drop or a timeout is a TemporaryFailure."""
+        assert self._smtp is not None
+        try:
+            code, raw = self._smtp.getreply()
+        except _DROPPED as exc:
+            raise self._dropped(exc, f"at {name}") from exc
         return code, raw.decode("utf-8", "replace")
+
+    def _write(self, data: bytes, stage: str) -> None:
+        """Bytes as they stand (commands, or a message in wire form); a drop is a TemporaryFailure."""
+        assert self._smtp is not None
+        try:
+            self._smtp.send(data)
+        except _DROPPED as exc:
+            raise self._dropped(exc, stage) from exc
+
+    def _dropped(self, exc: Exception, stage: str) -> TemporaryFailure:
+        """The session died mid-transaction: close it; what to raise (the message goes on a new one)."""
+        self._drop()
+        return TemporaryFailure(0, f"the relay {self._where} dropped the connection {stage} ({exc})",
+                                reconnect=True)
 
     def _smtputf8(self, envelope_from: str, recipient: str) -> str:
         assert self._smtp is not None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 
 from mailmag.addresses import addr_spec
-from mailmag.delivery.smtp import _DROPPED, SmtpConnection, SmtpTransport, _Stale
+from mailmag.delivery.smtp import SmtpConnection, SmtpTransport, _Stale
 from mailmag.delivery.transports import Connection, Sent, TemporaryFailure
 
 END = b".\r\n"
@@ -100,7 +100,7 @@ class PipelinedConnection(SmtpConnection):
             raise ValueError("a line break in an envelope address")  # smtplib's putcmd refuses it too
         commands = f"MAIL FROM:<{envelope_from}>{options}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
         try:
-            self._write(commands.encode(self._smtp.command_encoding))
+            self._write(commands.encode(self._smtp.command_encoding), "at MAIL FROM")
             code, reply = self._reply("MAIL FROM")
         except TemporaryFailure:
             if reused:
@@ -124,26 +124,6 @@ class PipelinedConnection(SmtpConnection):
         if data_code != 354:
             self._failed(data_code, data_reply)
         return self._data(message)
-
-    def _write(self, commands: bytes) -> None:
-        assert self._smtp is not None
-        try:
-            self._smtp.send(commands)
-        except _DROPPED as exc:
-            self._drop()
-            raise TemporaryFailure(0, f"the relay {self._where} dropped the connection at MAIL FROM ({exc})",
-                                   reconnect=True) from exc
-
-    def _reply(self, name: str) -> tuple[int, str]:
-        """The next reply of the pipelined group; a drop or timeout is a TemporaryFailure."""
-        assert self._smtp is not None
-        try:
-            code, raw = self._smtp.getreply()
-        except _DROPPED as exc:
-            self._drop()
-            raise TemporaryFailure(0, f"the relay {self._where} dropped the connection at {name} ({exc})",
-                                   reconnect=True) from exc
-        return code, raw.decode("utf-8", "replace")
 
     def _reset(self) -> None:
         if self._smtp is not None:  # dropped after an unexpected 354: the next send opens a new session
