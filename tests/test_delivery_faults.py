@@ -107,13 +107,18 @@ def test_a_worker_killed_three_times_holding_its_batch_leaves_nobody_dead(tmp_pa
         services.close()
 
 
+def _went_dead(session, up_to: int) -> None:  # type: ignore[no-untyped-def]
+    """Deliveries 1..up_to went dead: their worker died while sending them, too often."""
+    session.execute(update(Delivery).where(Delivery.id <= up_to).values(
+        status="dead", lease_expiries=3, last_reply="lease expired too often"))
+
+
 def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_file):
     services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
     try:
         issue = prepare_send(services, 4)
         with services.session() as session:
-            session.execute(update(Delivery).where(Delivery.id <= 3).values(
-                status="dead", lease_expiries=3, last_reply="lease expired too often"))
+            _went_dead(session, up_to=3)
             session.execute(update(Delivery).where(Delivery.id == 4).values(status="sent"))
             assert transitions.complete_issues(session) == [1]
         out = mailmag.ok("issues", "retry", "1", "--dead").output
@@ -135,8 +140,7 @@ def test_dead_messages_of_a_cancelled_issue_are_not_queued_again(mailmag: Mailma
     try:
         issue = prepare_send(services, 3)
         with services.session() as session:
-            session.execute(update(Delivery).where(Delivery.id <= 2).values(
-                status="dead", lease_expiries=3, last_reply="lease expired too often"))
+            _went_dead(session, up_to=2)
         mailmag.ok("issues", "cancel", str(issue.id))
         result = mailmag("issues", "retry", str(issue.id), "--dead")
         assert result.exit_code == 1

@@ -39,7 +39,7 @@ def test_the_reference_article_keeps_everything_else(reference_text):
 
 
 def test_the_packaged_copy_is_byte_exact():
-    # The council's original file is 000_db6e2a05c29aba8f.txt; this is its SHA-256, so an editor
+    # The SHA-256 of the council's original article as it was received, so an editor
     # that "fixes" the Kangxi radicals or the line endings is caught.
     packaged = Path(mailmag.__file__).parent / "data" / "reference_article.txt"
     assert hashlib.sha256(packaged.read_bytes()).hexdigest() == (
