@@ -124,15 +124,13 @@ class Hooks:
     relay_reached: Callable[[Session], None]
 
 
-AMBIGUOUS = outbox.AMBIGUOUS  # how a delivery's last_reply starts once it may have reached the relay twice
-
-
 def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> str:
     """The reply to record: marked while this delivery has had a drop after the final dot, so
     the rows that may have gone twice stay countable (last_reply LIKE 'ambiguous%')."""
+    mark = outbox.AMBIGUOUS
     if ambiguous:
-        return f"{AMBIGUOUS}: {reply}"
-    return f"{AMBIGUOUS} before; {reply}" if delivery.last_reply.startswith(AMBIGUOUS) else reply
+        return f"{mark}: {reply}"
+    return f"{mark} before; {reply}" if delivery.last_reply.startswith(mark) else reply
 
 
 def worker_id() -> str:
