@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import email.utils
 import threading
 import time
 from email.header import decode_header, make_header
@@ -320,6 +321,21 @@ def test_a_batch_never_outlives_its_lease(smtp_services, smtp_server, owned_serv
     assert overlapped
     assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(8)]
     assert counts(services, issue).sent == 8
+
+
+def test_a_message_held_back_carries_the_date_it_is_sent_not_the_one_it_was_built(smtp_services, smtp_server):
+    """Messages are built a few at a time ahead of their turn; one whose turn comes more than
+    Ahead.MAX_AGE later (a rate limit, a slow relay) is built again with the time it goes."""
+    prepare_send(smtp_services, 3)
+    start = dt.datetime(2027, 4, 1, 0, 0, tzinfo=dt.UTC)
+    with time_machine.travel(start, tick=True) as traveller:
+        # each message is sent two minutes after the one before it
+        dispatcher = make_dispatcher(smtp_services, make_transport(smtp_services.config), concurrency=1,
+                                     progress=lambda _n: traveller.shift(dt.timedelta(minutes=2)))
+        dispatcher.run(once=True)
+    dates = [email.utils.parsedate_to_datetime(email.message_from_bytes(m.data)["Date"])
+             for m in smtp_server.messages]
+    assert [round((d - start).total_seconds() / 60) for d in dates] == [0, 2, 4]
 
 
 def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):

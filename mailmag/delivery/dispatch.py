@@ -1,11 +1,11 @@
 """The worker: K threads, each with one persistent connection, draining the outbox.
 
 Each thread claims a batch under an owner of its own (committed before any SMTP I/O), then
-per delivery: waits for the rate limiter, personalizes the frozen rendering, sends, and
-commits the result before the next message. So a crash can leave at most one message per
-connection in the ambiguous window (accepted by the relay, result not yet committed); its
-lease expires and it is sent again — at-least-once, as Postfix does. What goes wrong, and
-what happens then:
+per delivery: takes its message personalized from the frozen rendering (built a few at a
+time, `Ahead`), waits for the rate limiter, sends, and commits the result before the next
+message. So a crash can leave at most one message per connection in the ambiguous window
+(accepted by the relay, result not yet committed); its lease expires and it is sent again —
+at-least-once, as Postfix does. What goes wrong, and what happens then:
 
     4xx, or a dropped connection    that message is deferred; the connection reopens and
                                     the batch goes on
@@ -47,7 +47,7 @@ from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailmag import db, links
+from mailmag import clock, db, links
 from mailmag.addresses import make_message_id
 from mailmag.delivery import messages, outbox, wire
 from mailmag.delivery.dkim import load_dkim
@@ -161,6 +161,41 @@ class Skeletons:
                     raise StateError(f"issue {issue_id} has no {lang} rendering to send")
                 self._cache[key] = messages.prepare(rendering, number, self.services.config, dkim=self.dkim)
             return self._cache[key]
+
+
+# A message as built for one delivery, or what kept it from being built.
+Built = tuple[str, bytes] | MailmagError
+
+
+class Ahead:
+    """The next few messages of a batch, built together just before they are needed.
+
+    Building AHEAD messages in a row costs a third less CPU per message than building each
+    one just before it is sent, between waits for the relay and the database (the code and the
+    issue's pieces stay in the CPU caches; benchmarks/dispatch.py measured 345 → 255 µs a
+    message and +20 % throughput with 16). A message built more than MAX_AGE seconds before
+    its turn (a rate limit held it back) is built again, so its Date stays the time it is sent
+    (the wall clock of mailmag.clock, which writes the Date).
+    """
+
+    SIZE = 16
+    MAX_AGE = dt.timedelta(seconds=30)
+
+    def __init__(self, build: Callable[[outbox.Claimed], Built]) -> None:
+        self.build = build
+        self._built: dict[int, Built] = {}
+        self._at = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def take(self, batch: list[outbox.Claimed], position: int) -> Built:
+        """batch[position]'s message, building it and the next ones if it is not ready."""
+        delivery = batch[position]
+        built = self._built.pop(delivery.id, None)
+        now = clock.now()
+        if built is None or not self._at <= now <= self._at + self.MAX_AGE:
+            self._at = now
+            built = self.build(delivery)
+            self._built = {d.id: self.build(d) for d in batch[position + 1 : position + self.SIZE]}
+        return built
 
 
 class Dispatcher:
@@ -346,6 +381,7 @@ class Dispatcher:
                     batch: list[outbox.Claimed]) -> bool:
         """Send a batch in id order; False when the relay could not be reached (the rest handed back)."""
         held, checked = {d.id for d in batch}, time.monotonic()
+        ahead = Ahead(self._build)
         for position, delivery in enumerate(batch):
             rest = batch[position:]
             if self.stop.is_set() or self.leases.running_out(owner) or not self.throttle.admits(index):
@@ -358,7 +394,7 @@ class Dispatcher:
             if delivery.id not in held:
                 continue
             try:
-                throttled = self._send_one(connection, owner, delivery)
+                throttled = self._send_one(connection, owner, delivery, ahead.take(batch, position))
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
                 if failure.code == 421:
@@ -379,17 +415,26 @@ class Dispatcher:
         with self.services.session() as session:
             return outbox.held(session, [d.id for d in rest], owner)
 
-    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed) -> bool:
+    def _build(self, delivery: outbox.Claimed) -> Built:
+        """The delivery's message (envelope sender, bytes), or why it could not be built."""
+        try:
+            skeleton = self.database.call(lambda: self.skeletons.get(delivery.issue_id, delivery.lang))
+            recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
+                                           delivery.message_id, delivery.link_key)
+            return messages.personalize(skeleton, recipient, self.secret)
+        except MailmagError as exc:  # raised at the delivery's turn, not while an earlier one is sent
+            return exc
+
+    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed, built: Built) -> bool:
         """Send one delivery and record its result; True after a 421. Raises TemporaryFailure
         when no session could be opened (nothing was sent)."""
-        skeleton = self.database.call(lambda: self.skeletons.get(delivery.issue_id, delivery.lang))
-        recipient = messages.Recipient(delivery.id, delivery.subscriber_id, delivery.email, delivery.name,
-                                       delivery.message_id, delivery.link_key)
-        try:
-            envelope_from, data = messages.personalize(skeleton, recipient, self.secret)
-        except InvalidInput as exc:  # e.g. a line break in a name: this recipient only
-            self._fail(owner, delivery, PermanentFailure(0, f"cannot build the message: {exc}", blocked=True))
+        if isinstance(built, InvalidInput):  # e.g. a line break in a name: this recipient only
+            refusal = PermanentFailure(0, f"cannot build the message: {built}", blocked=True)
+            self._fail(owner, delivery, refusal)
             return False
+        if isinstance(built, MailmagError):  # no rendering, the database gone: stop, as before any send
+            raise built
+        envelope_from, data = built
         if not self.limiter.acquire(self.stop) or self.leases.running_out(owner):
             self._release(owner, [delivery])  # stopped, or the lease ran out while waiting: not sent
             return False

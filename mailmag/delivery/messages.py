@@ -11,7 +11,9 @@ is built per recipient, and none ever folds a header: CPython's folding mangles 
 from __future__ import annotations
 
 import binascii
+import datetime as dt
 import email.utils
+import functools
 import html
 import re
 import secrets
@@ -139,6 +141,12 @@ def _line(name: str, value: str) -> bytes:
     return f"{name}: {value}\r\n".encode()
 
 
+@functools.lru_cache(maxsize=4)
+def _date_line(moment: dt.datetime) -> bytes:
+    """The Date line of a whole second: formatted once a second, not once a message."""
+    return _line("Date", email.utils.format_datetime(moment))
+
+
 # --- configuration derived once --------------------------------------------------------
 
 # --- per issue -------------------------------------------------------------------------
@@ -261,7 +269,7 @@ def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[
         skeleton.from_line,
         _line("To", format_address(recipient.name, recipient.email, utf8=True)),
         skeleton.subject_line,
-        _line("Date", email.utils.format_datetime(clock.local_now(skeleton.zone))),
+        _date_line(clock.local_now(skeleton.zone).replace(microsecond=0)),
         _line("Message-ID", recipient.message_id),
         list_unsubscribe(values["unsubscribe_url"],
                          addresses.unsubscribe_mailto(skeleton.mailto, secret, recipient.subscriber_id,
