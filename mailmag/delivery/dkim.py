@@ -182,11 +182,16 @@ def _fold(header: bytes, signature: bytes) -> bytes:
 
     Folding puts CRLF before an existing space, so relaxed canonicalization undoes it exactly.
     """
-    lines = [b""]
+    lines: list[bytes] = []
+    words: list[bytes] = []  # of the line being filled, which is `width` long joined
+    width = 0
     for word in header.split(b" "):
-        if lines[-1] and len(lines[-1]) + 1 + len(word) > _FOLD_AT:
-            lines.append(b"")
-        lines[-1] += (b" " if lines[-1] or len(lines) > 1 else b"") + word
+        if width and width + 1 + len(word) > _FOLD_AT:
+            lines.append(b" ".join(words))
+            words, width = [b""], 0  # a continuation line starts with the space it folds at
+        width += len(word) + (1 if words else 0)
+        words.append(word)
+    lines.append(b" ".join(words))
     room = max(_FOLD_AT - len(lines[-1]), 0)
     lines[-1] += signature[:room]
     lines += [b" " + signature[i : i + _FOLD_AT - 1] for i in range(room, len(signature), _FOLD_AT - 1)]
