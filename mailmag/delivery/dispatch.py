@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 HELD_CHECK_SECONDS = 0.5
 # The shortest wait of an idle thread for a deferred message coming due (never a busy loop).
 MIN_IDLE_SECONDS = 0.2
+# How often claims also expire dead workers' leases and look for issues with nothing pending: a
+# lease is minutes long, and an issue is marked sent within a second of its last result.
+HOUSEKEEPING = dt.timedelta(seconds=1)
 
 
 @dataclasses.dataclass
@@ -245,6 +248,7 @@ class Dispatcher:
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
                                       config.dispatch.database_max_retry_seconds, self.stop)
         self._claims = itertools.count(1)
+        self._housekept_at: dt.datetime | None = None
         self._results = threading.local()
         self._relay_lock = threading.Lock()
         self._relay_down = False
@@ -344,19 +348,32 @@ class Dispatcher:
         def work() -> list[outbox.Claimed]:
             now = self.clock()
             self.leases.hold(owner, time.monotonic())
+            housekeeping = self._housekeeping_due(now)
             with self.services.session() as session:
-                outbox.expire_leases(session, now, config.max_lease_expiries)
+                if housekeeping:
+                    outbox.expire_leases(session, now, config.max_lease_expiries)
                 claimed = outbox.claim(session, owner, self.batch_size, now, config.lease_seconds)
-            with self.services.session() as session:
-                drained = outbox.drained_issues(session)
-                if drained:
-                    self.hooks.drained(session, drained)
+            if housekeeping or not claimed:  # an empty claim may be a run's last: its issues finish now
+                with self.services.session() as session:
+                    drained = outbox.drained_issues(session)
+                    if drained:
+                        self.hooks.drained(session, drained)
             return claimed
 
         batch = self.database.call(work)
         if not batch:
             self.leases.drop(owner)
         return owner, batch
+
+    def _housekeeping_due(self, now: dt.datetime) -> bool:
+        """Whether this claim expires dead workers' leases and finishes drained issues: at most
+        once per HOUSEKEEPING of the dispatcher's clock (each is a query, ~1 ms of a claim), and
+        at once when that clock jumps (tests move it to expire leases)."""
+        last = self._housekept_at
+        if last is not None and last <= now < last + HOUSEKEEPING:
+            return False
+        self._housekept_at = now
+        return True
 
     def _idle_seconds(self, poll_seconds: float) -> float:
         """Until the next poll, or until a deferred message comes due if that is sooner: a
