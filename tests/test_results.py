@@ -72,3 +72,16 @@ def test_a_message_on_the_wire_when_its_issue_was_cancelled_is_recorded_as_sent(
         assert SentWriter(connection)(mine.id, "a", "250 ok", now) is True
     with services.session() as session:
         assert session.get(Delivery, mine.id).status == "sent"
+
+
+def test_a_result_written_on_a_whole_second_counts_toward_the_hourly_limit(services):  # type: ignore[no-untyped-def]
+    """A restarted worker primes its hourly limit with what was sent since an hour ago; a
+    result written at 21:00:00.000000 must compare as that moment, as Core's rows do (on
+    SQLite the text once lacked '.000000' and sorted before it: the message went uncounted)."""
+    (mine, _), _now = _claimed(services, "a")
+    whole_second = dt.datetime(2027, 4, 1, 21, 0, 0, tzinfo=dt.UTC)
+    with services.engine.connect() as connection:
+        assert SentWriter(connection)(mine.id, "a", "250 ok", whole_second) is True
+    with services.session() as session:
+        assert outbox.sent_since(session, whole_second) == 1
+        assert session.get(Delivery, mine.id).sent_at == whole_second

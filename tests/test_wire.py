@@ -198,3 +198,34 @@ def test_a_relay_that_says_354_to_a_refused_recipient_gets_no_body():
     listener.close()
     assert failure.value.kind == "address" and not connection.is_open
     assert [line.split(b" ")[0].strip().upper() for line in received] == [b"EHLO", b"MAIL", b"RCPT", b"DATA"]
+
+
+def test_a_message_larger_than_the_socket_buffer_goes_whole_and_in_order():
+    """The body and its final dot are written without joining them (one sendmsg); a kernel that
+    takes only part of it each time must still get every byte once, in order."""
+    import smtplib
+    import threading
+
+    from mailmag.delivery.smtp import _send_parts
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # partial sends at every call
+    ours.settimeout(10)
+    received = bytearray()
+
+    def read() -> None:
+        while chunk := theirs.recv(1000):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    smtp = smtplib.SMTP()
+    smtp.sock = ours
+    body = bytes(range(256)) * 4000  # 1 MB
+    try:
+        _send_parts(smtp, (body, b"", wire.END))
+    finally:
+        ours.close()
+        reader.join()
+        theirs.close()
+    assert bytes(received) == body + wire.END

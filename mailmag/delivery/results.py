@@ -49,7 +49,11 @@ class SentWriter:
             connection.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite: db.make_engine's connections run with the driver's autocommit (isolation_level None).
         self._sql = _sql(dialect.paramstyle)
-        process = _DELIVERIES.c.sent_at.type.bind_processor(dialect)
+        # The dialect's own processor, as Core's: on SQLite it writes the text Core writes
+        # ('… 21:00:00.000000'); the type's generic one left a datetime to sqlite3's deprecated
+        # adapter, which drops a whole second's '.000000' and so sorts apart from Core's text.
+        sent_at = _DELIVERIES.c.sent_at.type
+        process = sent_at.dialect_impl(dialect).bind_processor(dialect)
         self._time: Callable[[Any], Any] = process or (lambda value: value)
         driver = connection.connection.dbapi_connection
         assert driver is not None

@@ -33,6 +33,7 @@ import re
 import smtplib
 import socket
 import ssl
+import sys
 
 from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
@@ -42,6 +43,26 @@ from mailmag.errors import ConfigError, MailmagError, TransportError
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
 _LINE_DOT = re.compile(rb"\n\.")
 _HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def _send_parts(smtp: smtplib.SMTP, parts: tuple[bytes, ...]) -> None:
+    """smtplib's send of the parts one after the other, in one system call on a plain socket:
+    joining a 63 KB message to its final dot would copy it once more per message (TLS
+    sockets have no sendmsg; there the parts are joined, and encrypting costs more anyway)."""
+    sock = getattr(smtp, "sock", None)
+    if sock is None:
+        raise smtplib.SMTPServerDisconnected("please run connect() first")
+    sys.audit("smtplib.send", smtp, parts)
+    if type(sock) is not socket.socket:
+        sock.sendall(b"".join(parts))
+        return
+    views = [memoryview(part) for part in parts if part]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views.pop(0))
+        if sent:
+            views[0] = views[0][sent:]
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
@@ -192,12 +213,12 @@ class SmtpConnection:
         if _LINE_DOT.search(message) or message.startswith(b"."):
             message = re.sub(rb"(?m)^\.", b"..", message)
         end = b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n"
-        return self._write_body(message + end)
+        return self._write_body(message, end)
 
-    def _write_body(self, wire: bytes) -> Sent:
-        """Write the message, stuffed and with its final dot, and read the reply to that dot."""
+    def _write_body(self, message: bytes, end: bytes) -> Sent:
+        """Write the message, stuffed, and its final dot; read the reply to that dot."""
         assert self._smtp is not None
-        self._write(wire, "during DATA")
+        self._write((message, end), "during DATA")
         try:
             code, raw = self._smtp.getreply()
         except _DROPPED as exc:
@@ -229,11 +250,15 @@ class SmtpConnection:
             raise self._dropped(exc, f"at {name}") from exc
         return code, raw.decode("utf-8", "replace")
 
-    def _write(self, data: bytes, stage: str) -> None:
-        """Bytes as they stand (commands, or a message in wire form); a drop is a TemporaryFailure."""
+    def _write(self, data: bytes | tuple[bytes, ...], stage: str) -> None:
+        """Bytes as they stand (commands, or a message in wire form and its final dot); a drop is
+        a TemporaryFailure."""
         assert self._smtp is not None
         try:
-            self._smtp.send(data)
+            if isinstance(data, bytes):
+                self._smtp.send(data)
+            else:
+                _send_parts(self._smtp, data)
         except _DROPPED as exc:
             raise self._dropped(exc, stage) from exc
 

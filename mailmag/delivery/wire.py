@@ -85,7 +85,7 @@ class PipelinedConnection(SmtpConnection):
     def _data(self, message: bytes) -> Sent:
         if not self._prepared:
             return super()._data(message)
-        return self._write_body(message + END)
+        return self._write_body(message, END)
 
     def _transaction(self, envelope_from: str, recipient: str, message: bytes, reused: bool) -> Sent:
         if not self.pipelining:
