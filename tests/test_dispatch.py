@@ -338,6 +338,63 @@ def test_a_message_held_back_carries_the_date_it_is_sent_not_the_one_it_was_buil
     assert [round((d - start).total_seconds() / 60) for d in dates] == [0, 2, 4]
 
 
+def _rate_limited(smtp_services, owned_services, per_second: float) -> Services:  # type: ignore[no-untyped-def]
+    from mailmag.config import SmtpConfig
+
+    config = smtp_services.config
+    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": per_second})
+    return owned_services(config.replace(smtp=smtp))
+
+
+@pytest.mark.slow  # real waits of the rate limiter: ~4 s
+def test_an_opt_out_while_the_message_waits_for_the_rate_limiter_is_honoured(smtp_services, smtp_server,
+                                                                               owned_services):
+    """At 0.5 msg/s each message waits ~2 s for the limiter; a subscriber who opts out one
+    second into their message's wait must not receive it (found by an outside attack: the
+    held check ran before the wait, and the message went 1 s after the opt-out)."""
+    services = _rate_limited(smtp_services, owned_services, 0.5)
+    issue = prepare_send(services, 3)
+    opted_out = threading.Event()
+
+    def opt_out_during_the_next_wait(_n: int) -> None:
+        if opted_out.is_set():
+            return
+        opted_out.set()
+
+        def opt_out() -> None:
+            with services.session() as session:
+                subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "user1@example.jp"))
+                subscribers.unsubscribe(session, subscriber, Consent("cli"))
+
+        threading.Timer(1.0, opt_out).start()
+
+    make_dispatcher(services, make_transport(services.config), concurrency=1,
+                    progress=opt_out_during_the_next_wait).run(once=True)
+    assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user2@example.jp"]
+    c = counts(services, issue)
+    assert (c.sent, c.cancelled, c.pending) == (2, 1, 0)
+
+
+@pytest.mark.slow  # real waits of the rate limiter: ~8 s
+def test_a_message_held_back_by_the_rate_limiter_is_dated_when_it_goes(smtp_services, smtp_server,
+                                                                        owned_services, monkeypatch):
+    """The age of a message built ahead is judged after the limiter's wait: at 0.25 msg/s each
+    message waits ~4 s after its turn came, and must carry the time it goes, not that of its
+    turn (found by an outside attack: Dates up to 80 s old at a low rate)."""
+    from mailmag.delivery.dispatch import Ahead
+
+    monkeypatch.setattr(Ahead, "MAX_AGE", dt.timedelta(seconds=1))
+    services = _rate_limited(smtp_services, owned_services, 0.25)
+    prepare_send(services, 3)
+    went: list[dt.datetime] = []
+    make_dispatcher(services, make_transport(services.config), concurrency=1,
+                    progress=lambda _n: went.append(dt.datetime.now(dt.UTC))).run(once=True)
+    dates = [email.utils.parsedate_to_datetime(email.message_from_bytes(m.data)["Date"])
+             for m in smtp_server.messages]
+    assert len(dates) == 3
+    assert all(abs((at - date).total_seconds()) < 2.5 for at, date in zip(went, dates, strict=True))
+
+
 def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):
     issue = prepare_send(smtp_services, 3)
     with smtp_services.session() as session:

@@ -313,14 +313,15 @@ def retry_delay(config_retry, age_seconds: float) -> float:
 def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
     """An opt-out takes effect at once: queued and claimed deliveries to them are cancelled.
 
-    A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending, so a
-    claimed row is dropped too; only a message already being transmitted still goes.
+    A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending (and
+    after waiting for the rate limiter), so a claimed row is dropped too; only a message
+    already being transmitted still goes. Its lease owner stays on the row, as in cancel_rows,
+    so that message records that it went (mark_sent) instead of counting as cancelled.
     """
     result = session.execute(
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(PENDING))
-        .values(status="cancelled", last_reply="subscriber opted out", lease_owner=None,
-                lease_expires_at=None)
+        .values(status="cancelled", last_reply="subscriber opted out")
     )
     return rowcount(result)
 
