@@ -327,7 +327,8 @@ def test_a_message_held_back_carries_the_date_it_is_sent_not_the_one_it_was_buil
     """Messages are built a few at a time ahead of their turn; one whose turn comes more than
     Ahead.MAX_AGE later (a rate limit, a slow relay) is built again with the time it goes."""
     prepare_send(smtp_services, 3)
-    start = dt.datetime(2027, 4, 1, 0, 0, tzinfo=dt.UTC)
+    # forward from now (which a moved test clock sets): the queued rows are due by then
+    start = utcnow().replace(microsecond=0) + dt.timedelta(days=1)
     with time_machine.travel(start, tick=True) as traveller:
         # each message is sent two minutes after the one before it
         dispatcher = make_dispatcher(smtp_services, make_transport(smtp_services.config), concurrency=1,
@@ -393,6 +394,39 @@ def test_a_message_held_back_by_the_rate_limiter_is_dated_when_it_goes(smtp_serv
              for m in smtp_server.messages]
     assert len(dates) == 3
     assert all(abs((at - date).total_seconds()) < 2.5 for at, date in zip(went, dates, strict=True))
+
+
+@pytest.mark.slow  # a second of real waiting for the opt-out check
+def test_rows_taken_away_spend_no_turn_of_the_hourly_limit(smtp_services, smtp_server, owned_services):
+    """3 messages an hour; the issue is cancelled after its first message. The rows the worker
+    no longer holds must not spend the hour's other turns (found by an outside attack: the run
+    then waited an hour for a turn, with nothing left to send)."""
+    from mailmag.config import SmtpConfig
+    from mailmag.delivery.dispatch import HELD_CHECK_SECONDS
+
+    config = smtp_services.config
+    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": 0.0, "rate_per_hour": 3})
+    services = owned_services(config.replace(smtp=smtp))
+    issue = prepare_send(services, 6)
+
+    def cancel_after_the_first(_n: int) -> None:
+        with services.session() as session:
+            if session.get(Issue, issue.id).status == "sending":
+                transitions.cancel_issue(session, session.get(Issue, issue.id))
+        time.sleep(HELD_CHECK_SECONDS + 0.1)  # the worker's view of its rows is due for a refresh
+
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1,
+                                 progress=cancel_after_the_first)
+    run = threading.Thread(target=dispatcher.run, kwargs={"once": True})
+    run.start()
+    run.join(timeout=30)  # an hour when the turns are spent
+    waited_for_a_turn = run.is_alive()
+    dispatcher.stop.set()
+    run.join()
+    assert not waited_for_a_turn
+    assert smtp_server.recipients() == ["user0@example.jp"]
+    c = counts(services, issue)
+    assert (c.sent, c.cancelled, c.pending) == (1, 5, 0)
 
 
 def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):

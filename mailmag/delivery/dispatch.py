@@ -399,21 +399,30 @@ class Dispatcher:
                     batch: list[outbox.Claimed]) -> bool:
         """Send a batch in id order; False when the relay could not be reached (the rest handed back)."""
         held, checked = {d.id for d in batch}, time.monotonic()
+
+        def still_mine(position: int) -> bool:
+            """An opt-out, an issue cancel or a lost lease takes a claimed row away: do not send it."""
+            nonlocal held, checked
+            if time.monotonic() - checked > HELD_CHECK_SECONDS:
+                held = self.database.call(functools.partial(self._held, owner, batch[position:]))
+                checked = time.monotonic()
+            return batch[position].id in held
+
         ahead = Ahead(self._build)
         for position, delivery in enumerate(batch):
             rest = batch[position:]
-            # The rate limiter's wait comes before the rest: an opt-out during it, the lease, and
-            # the age of a message built ahead are judged when the message is about to go.
-            ready = (self._may_send(index, owner) and self.limiter.acquire(self.stop)
-                     and self._may_send(index, owner))
-            if not ready:
+            if not self._may_send(index, owner):
                 self._release(owner, rest)
                 return True
-            if time.monotonic() - checked > HELD_CHECK_SECONDS:
-                # An opt-out (or a lost lease) takes a claimed row away: do not send it.
-                held = self.database.call(functools.partial(self._held, owner, rest))
-                checked = time.monotonic()
-            if delivery.id not in held:
+            # Asked before the rate limiter's wait, so a row taken away spends no turn of the
+            # limit, and after it: an opt-out during the wait is honoured, and the lease and the
+            # age of a message built ahead are judged when it is about to go.
+            if not still_mine(position):
+                continue
+            if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
+                self._release(owner, rest)
+                return True
+            if not still_mine(position):
                 continue
             try:
                 throttled = self._send_one(connection, owner, delivery, ahead.take(batch, position))
