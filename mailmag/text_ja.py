@@ -249,8 +249,9 @@ def _fill(chunks: list[_Chunk], width: int, first: str, hanging: str, phrases: s
             queue.extendleft(reversed(_split(chunk)))
             continue
         else:
-            # A URL (with its brackets and punctuation) wider than a line: alone, unbroken.
-            lines.append(prefix + chunk.body)
+            # A URL (with its brackets and punctuation) wider than the room after the indent: alone,
+            # unbroken, and without the indent (with it, a URL that fits the width would pass it).
+            lines.append(chunk.body)
         prefix, line, used = hanging, [], 0
     if line or not lines:
         lines.append(prefix + "".join(c.text for c in line).rstrip(" "))
