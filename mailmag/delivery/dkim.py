@@ -114,13 +114,11 @@ def _relaxed_body(body: bytes) -> bytes:
     """'relaxed' (§3.4.4): whitespace runs as one space, none at line ends, no empty lines at the end."""
     if not body:
         return b""
-    # one CRLF at the end, after a character that rstrip below would keep
-    ends_one_line = len(body) > 2 and body.endswith(b"\r\n") and body[-3] not in b"\r\n"
-    if ends_one_line and not _may_change(body):
-        return body  # mailmag's own bodies: already relaxed, and 63 KB are not copied twice
     body = body if body.endswith(b"\r\n") else body + b"\r\n"
     if _may_change(body):
         body = _LINE_END_WSP.sub(b"\r\n", _WSP.sub(b" ", body))
+    elif len(body) > 2 and body[-3] not in b"\r\n":
+        return body  # one CRLF at the end already (mailmag's own bodies): 63 KB not copied twice more
     body = body.rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
