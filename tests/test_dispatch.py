@@ -60,9 +60,10 @@ def smtp_services(config, smtp_server):  # type: ignore[no-untyped-def]
     services.close()
 
 
-def run_worker(services: Services, *, concurrency: int = 2, clock=utcnow) -> Dispatcher:  # type: ignore[no-untyped-def]
+def run_worker(services: Services, *, concurrency: int = 2, clock=utcnow,  # type: ignore[no-untyped-def]
+               progress=None) -> Dispatcher:
     dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=concurrency,
-                                 clock=clock)
+                                 clock=clock, progress=progress)
     dispatcher.run(once=True)
     return dispatcher
 
@@ -331,19 +332,18 @@ def test_a_message_held_back_carries_the_date_it_is_sent_not_the_one_it_was_buil
     start = utcnow().replace(microsecond=0) + dt.timedelta(days=1)
     with time_machine.travel(start, tick=True) as traveller:
         # each message is sent two minutes after the one before it
-        dispatcher = make_dispatcher(smtp_services, make_transport(smtp_services.config), concurrency=1,
-                                     progress=lambda _n: traveller.shift(dt.timedelta(minutes=2)))
-        dispatcher.run(once=True)
+        run_worker(smtp_services, concurrency=1, progress=lambda _n: traveller.shift(dt.timedelta(minutes=2)))
     dates = [email.utils.parsedate_to_datetime(email.message_from_bytes(m.data)["Date"])
              for m in smtp_server.messages]
     assert [round((d - start).total_seconds() / 60) for d in dates] == [0, 2, 4]
 
 
-def _rate_limited(smtp_services, owned_services, per_second: float) -> Services:  # type: ignore[no-untyped-def]
+def _rate_limited(smtp_services, owned_services, per_second: float,  # type: ignore[no-untyped-def]
+                  per_hour: int = 0) -> Services:
     from mailmag.config import SmtpConfig
 
     config = smtp_services.config
-    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": per_second})
+    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": per_second, "rate_per_hour": per_hour})
     return owned_services(config.replace(smtp=smtp))
 
 
@@ -369,8 +369,7 @@ def test_an_opt_out_while_the_message_waits_for_the_rate_limiter_is_honoured(smt
 
         threading.Timer(1.0, opt_out).start()
 
-    make_dispatcher(services, make_transport(services.config), concurrency=1,
-                    progress=opt_out_during_the_next_wait).run(once=True)
+    run_worker(services, concurrency=1, progress=opt_out_during_the_next_wait)
     assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user2@example.jp"]
     c = counts(services, issue)
     assert (c.sent, c.cancelled, c.pending) == (2, 1, 0)
@@ -388,8 +387,7 @@ def test_a_message_held_back_by_the_rate_limiter_is_dated_when_it_goes(smtp_serv
     services = _rate_limited(smtp_services, owned_services, 0.25)
     prepare_send(services, 3)
     went: list[dt.datetime] = []
-    make_dispatcher(services, make_transport(services.config), concurrency=1,
-                    progress=lambda _n: went.append(dt.datetime.now(dt.UTC))).run(once=True)
+    run_worker(services, concurrency=1, progress=lambda _n: went.append(dt.datetime.now(dt.UTC)))
     dates = [email.utils.parsedate_to_datetime(email.message_from_bytes(m.data)["Date"])
              for m in smtp_server.messages]
     assert len(dates) == 3
@@ -401,12 +399,9 @@ def test_rows_taken_away_spend_no_turn_of_the_hourly_limit(smtp_services, smtp_s
     """3 messages an hour; the issue is cancelled after its first message. The rows the worker
     no longer holds must not spend the hour's other turns (found by an outside attack: the run
     then waited an hour for a turn, with nothing left to send)."""
-    from mailmag.config import SmtpConfig
     from mailmag.delivery.dispatch import HELD_CHECK_SECONDS
 
-    config = smtp_services.config
-    smtp = SmtpConfig(**{**vars(config.smtp), "rate_per_second": 0.0, "rate_per_hour": 3})
-    services = owned_services(config.replace(smtp=smtp))
+    services = _rate_limited(smtp_services, owned_services, 0.0, per_hour=3)
     issue = prepare_send(services, 6)
 
     def cancel_after_the_first(_n: int) -> None:
