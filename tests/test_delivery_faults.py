@@ -207,6 +207,30 @@ def test_the_database_going_away_mid_run_pauses_sending_and_doubles_nothing(
         services.close()
 
 
+def test_each_result_is_committed_before_the_relay_has_the_next_message(config, smtp_server):
+    """The worker commits a message's result while the relay reads the next envelope, never
+    later than the next message's content: when the relay has message k, the k-1 before it
+    are recorded (a crash then can leave at most the one on the wire unrecorded)."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 12)
+    original_store = smtp_server._store
+    recorded_before: list[int] = []
+
+    def store_and_count_the_recorded(*args):  # type: ignore[no-untyped-def]
+        with services.session() as session:
+            recorded_before.append(session.scalar(
+                select(func.count()).select_from(Delivery).where(Delivery.status == "sent")))
+        return original_store(*args)
+
+    smtp_server._store = store_and_count_the_recorded
+    try:
+        run_once(services, concurrency=1)
+        assert recorded_before == list(range(12))
+        assert counts(services, issue).sent == 12
+    finally:
+        services.close()
+
+
 # -- 3. a lease never runs out under a live worker ------------------------------------------
 
 

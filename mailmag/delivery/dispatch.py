@@ -3,7 +3,8 @@
 Each thread claims a batch under an owner of its own (committed before any SMTP I/O), then
 per delivery: takes its message personalized from the frozen rendering (built a few at a
 time, `Ahead`), waits for the rate limiter, sends, and commits the result before the next
-message. So a crash can leave at most one message per connection in the ambiguous window
+message's content goes (while the relay reads that message's envelope, `Unrecorded`). So a
+crash can leave at most one message per connection in the ambiguous window
 (accepted by the relay, result not yet committed); its lease expires and it is sent again —
 at-least-once, as Postfix does. What goes wrong, and what happens then:
 
@@ -41,7 +42,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
@@ -52,7 +53,7 @@ from mailmag.addresses import make_message_id
 from mailmag.delivery import messages, outbox, wire
 from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.ratelimit import RateLimiter
-from mailmag.delivery.results import SentWriter
+from mailmag.delivery.results import SentWriter, sent_writer
 from mailmag.delivery.transports import (
     ADDRESS,
     MAILBOX,
@@ -202,6 +203,31 @@ class Ahead:
         return built
 
 
+class Unrecorded:
+    """A sending thread's accepted message whose `sent` result is not committed yet (at most one).
+
+    It is committed while the relay reads the next message's envelope (the `meanwhile` of
+    SmtpConnection.send), so the database's commit and the relay's round trip overlap; and in
+    any case before that message's content goes, before the thread waits for anything, and
+    at the end of its batch. A crash still leaves at most one message per connection
+    accepted but unrecorded.
+    """
+
+    def __init__(self) -> None:
+        self._held: tuple[str, outbox.Claimed, str] | None = None
+
+    def hold(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
+        assert self._held is None, "a result was left unrecorded"
+        self._held = (owner, delivery, reply)
+
+    def peek(self) -> tuple[str, outbox.Claimed, str] | None:
+        return self._held
+
+    def take(self) -> tuple[str, outbox.Claimed, str] | None:
+        held, self._held = self._held, None
+        return held
+
+
 class Dispatcher:
     """Drains the outbox through `transport` with `concurrency` connections."""
 
@@ -296,7 +322,7 @@ class Dispatcher:
     def _prime_hourly_limit(self) -> None:
         """The hourly limit counts what was sent in the last hour, also before a restart."""
         if self.limiter.per_hour:
-            with self.services.session() as session:
+            with self.services.read_session() as session:
                 self.limiter.prime(outbox.sent_since(session, self.clock() - dt.timedelta(hours=1)))
 
     # -- one sending thread --------------------------------------------------------------------
@@ -341,6 +367,15 @@ class Dispatcher:
             connection.close()
             self._close_results()
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A unit of work that writes. On SQLite it first queues on the worker's own lock: a
+        thread that met another's write lock in SQLite's busy handler would sleep 1, 2, 5 …
+        ms at a time (benchmarks/dispatch.py: 336 result writes over 1 ms, 1.1 s in all of
+        a 6 s run), and the results behind it with it."""
+        with self.write_lock, self.services.session() as session:
+            yield session
+
     def _claim(self) -> tuple[str, list[outbox.Claimed]]:
         """A batch under an owner of its own: no other claim, of this worker or another, shares it."""
         owner = f"{self.owner}:{next(self._claims)}"
@@ -350,12 +385,12 @@ class Dispatcher:
             now = self.clock()
             self.leases.hold(owner, time.monotonic())
             housekeeping = self._housekeeping_due(now)
-            with self.services.session() as session:
+            with self._writing() as session:
                 if housekeeping:
                     outbox.expire_leases(session, now, config.max_lease_expiries)
                 claimed = outbox.claim(session, owner, self.batch_size, now, config.lease_seconds)
             if housekeeping or not claimed:  # an empty claim may be a run's last: its issues finish now
-                with self.services.session() as session:
+                with self._writing() as session:
                     drained = outbox.drained_issues(session)
                     if drained:
                         self.hooks.drained(session, drained)
@@ -380,7 +415,7 @@ class Dispatcher:
         """Until the next poll, or until a deferred message comes due if that is sooner: a
         retry waits for its backoff, not for the backoff and a poll."""
         def work() -> dt.datetime | None:
-            with self.services.session() as session:
+            with self.services.read_session() as session:
                 return outbox.next_due(session)
 
         due = self.database.call(work)
@@ -390,7 +425,7 @@ class Dispatcher:
 
     def _anything_due(self) -> bool:
         def work() -> bool:
-            with self.services.session() as session:
+            with self.services.read_session() as session:
                 return outbox.due_count(session, self.clock()) > 0
 
         return self.database.call(work)
@@ -408,7 +443,14 @@ class Dispatcher:
                 checked = time.monotonic()
             return batch[position].id in held
 
-        ahead = Ahead(self._build)
+        ahead, unrecorded = Ahead(self._build), Unrecorded()
+        try:
+            return self._send_each(index, connection, owner, batch, still_mine, ahead, unrecorded)
+        finally:
+            self._record(unrecorded)
+
+    def _send_each(self, index: int, connection: Connection, owner: str, batch: list[outbox.Claimed],
+                   still_mine: Callable[[int], bool], ahead: Ahead, unrecorded: Unrecorded) -> bool:
         for position, delivery in enumerate(batch):
             rest = batch[position:]
             if not self._may_send(index, owner):
@@ -419,13 +461,16 @@ class Dispatcher:
             # age of a message built ahead are judged when it is about to go.
             if not still_mine(position):
                 continue
-            if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
-                self._release(owner, rest)
-                return True
-            if not still_mine(position):
-                continue
+            if not self.limiter.try_acquire():
+                self._record(unrecorded)  # no result waits while the thread does
+                if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
+                    self._release(owner, rest)
+                    return True
+                if not still_mine(position):
+                    continue
             try:
-                throttled = self._send_one(connection, owner, delivery, ahead.take(batch, position))
+                built = ahead.take(batch, position)
+                throttled = self._send_one(connection, owner, delivery, built, unrecorded)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
                 if failure.code == 421:
@@ -447,7 +492,7 @@ class Dispatcher:
         return not self.stop.is_set() and not self.leases.running_out(owner) and self.throttle.admits(index)
 
     def _held(self, owner: str, rest: list[outbox.Claimed]) -> set[int]:
-        with self.services.session() as session:
+        with self.services.read_session() as session:
             return outbox.held(session, [d.id for d in rest], owner)
 
     def _build(self, delivery: outbox.Claimed) -> Built:
@@ -460,10 +505,13 @@ class Dispatcher:
         except MailmagError as exc:  # raised at the delivery's turn, not while an earlier one is sent
             return exc
 
-    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed, built: Built) -> bool:
-        """Send one delivery and record its result; True after a 421. Raises TemporaryFailure
-        when no session could be opened (nothing was sent)."""
+    def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed, built: Built,
+                  unrecorded: Unrecorded) -> bool:
+        """Send one delivery and record its result (an accepted one is held in `unrecorded`, and
+        committed during the next send or before the thread waits); True after a 421. Raises
+        TemporaryFailure when no session could be opened (nothing was sent)."""
         if isinstance(built, InvalidInput):  # e.g. a line break in a name: this recipient only
+            self._record(unrecorded)
             refusal = PermanentFailure(0, f"cannot build the message: {built}", blocked=True)
             self._fail(owner, delivery, refusal)
             return False
@@ -471,21 +519,48 @@ class Dispatcher:
             raise built
         envelope_from, data = built
         try:
-            reply = wire.send_prepared(connection, envelope_from, delivery.email, data)
+            reply = wire.send_prepared(connection, envelope_from, delivery.email, data,
+                                       meanwhile=functools.partial(self._record_now, unrecorded))
+        except DATABASE_AWAY:  # the previous result was not committed, so this message did not go
+            self._record(unrecorded)  # waits for the database; then the message is dated afresh
+            return self._send_one(connection, owner, delivery, self._build(delivery), unrecorded)
         except TemporaryFailure as failure:
+            self._record(unrecorded)
             if failure.no_session:
                 raise
             self._defer(owner, delivery, failure)
             return failure.code == 421
         except PermanentFailure as failure:
+            self._record(unrecorded)
             self._fail(owner, delivery, failure)
             return False
-        self._sent(owner, delivery, _marked(delivery, reply.reply))
+        unrecorded.hold(owner, delivery, _marked(delivery, reply.reply))
+        self._start_sent(owner, delivery.id, _marked(delivery, reply.reply))
+        if self.progress:  # the relay has it; its result is committed during the next send
+            self.progress(1)
         return False
 
+    def _record_now(self, unrecorded: Unrecorded) -> None:
+        """Commit the held result in one try (the send's `meanwhile`); a database that is away
+        raises, and _send_one waits for it with the guard."""
+        held = unrecorded.peek()
+        if held is not None:
+            owner, delivery, reply = held
+            recorded = self._record_sent(owner, delivery.id, reply)
+            unrecorded.take()
+            self._counted(delivery, recorded)
+
+    def _record(self, unrecorded: Unrecorded) -> None:
+        """Commit the held result now; while the database is away, no next message."""
+        held = unrecorded.take()
+        if held is not None:
+            self._sent(*held)
+
     def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
-        # Committed before this connection's next message; while the database is away, no next message.
-        if not self.database.call(lambda: self._record_sent(owner, delivery.id, reply)):
+        self._counted(delivery, self.database.call(lambda: self._record_sent(owner, delivery.id, reply)))
+
+    def _counted(self, delivery: outbox.Claimed, recorded: bool) -> None:
+        if not recorded:
             self._lost(delivery)
             return
         self.stats.add("sent")
@@ -494,14 +569,22 @@ class Dispatcher:
         self.drops.accepted()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
-        if self.progress:
-            self.progress(1)
+
+    def _start_sent(self, owner: str, delivery_id: int, reply: str) -> None:
+        """Let the database begin the result's write while the next message is prepared (PostgreSQL)."""
+        try:
+            self._sent_writer().start(delivery_id, owner, reply, self.clock())
+        except DATABASE_AWAY:
+            self._close_results()  # _record_sent writes it on a fresh connection, waiting if need be
 
     def _record_sent(self, owner: str, delivery_id: int, reply: str) -> bool:
+        """Commit the result (the write started for it, else a new one); True if the lease was held."""
         writer = self._sent_writer()
         try:
             with self.write_lock:
-                return writer(delivery_id, owner, reply, self.clock())
+                if writer.started != delivery_id:
+                    writer.start(delivery_id, owner, reply, self.clock())
+                return writer.finish()
         except DATABASE_AWAY:
             self._close_results()  # a connection the server ended, or mid-transaction: a fresh one next time
             raise
@@ -510,7 +593,7 @@ class Dispatcher:
         """This thread's `sent` writer: one prepared UPDATE on its results connection."""
         writer = getattr(self._results, "writer", None)
         if writer is None or getattr(self._results, "connection", None) is None:
-            writer = self._results.writer = SentWriter(self._results_connection())
+            writer = self._results.writer = sent_writer(self._results_connection())
         return writer
 
     def _results_connection(self) -> DbConnection:
@@ -521,7 +604,7 @@ class Dispatcher:
             results = self.results_engine.connect()
             if results.dialect.name == "postgresql":
                 # The result is one UPDATE: in autocommit it is its own transaction, durable when
-                # it returns, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
+                # it is finished, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
                 results.execution_options(isolation_level="AUTOCOMMIT")
             self._results.connection = results
         return results
@@ -559,7 +642,7 @@ class Dispatcher:
                         delivery.id, then)
 
         def work() -> bool:
-            with self.services.session() as session:
+            with self._writing() as session:
                 if give_up:
                     return outbox.mark_failed(session, delivery.id, owner, reply)
                 at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
@@ -578,7 +661,7 @@ class Dispatcher:
                   f"{failure}): the relay may be keeping each message; check its logs and queue")
 
         def work() -> None:
-            with self.services.session() as session:
+            with self._writing() as session:
                 self.hooks.relay_unreachable(session, self.clock(), why)
 
         self.database.call(work)
@@ -593,7 +676,7 @@ class Dispatcher:
             )
 
         def work() -> bool:
-            with self.services.session() as session:
+            with self._writing() as session:
                 if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
                     return False
                 if failure.kind in (ADDRESS, MAILBOX):
@@ -616,7 +699,7 @@ class Dispatcher:
                   f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem")
 
         def work() -> int:
-            with self.services.session() as session:
+            with self._writing() as session:
                 # shown by `issues status` (as a relay outage is) until a message is accepted again:
                 # `mailmag run` retries every retry_relay_seconds, and only its log said why nothing went
                 self.hooks.relay_unreachable(session, self.clock(), why)
@@ -635,7 +718,7 @@ class Dispatcher:
         at = self.clock() + dt.timedelta(seconds=delay) if delay else None
 
         def work() -> None:
-            with self.services.session() as session:
+            with self._writing() as session:
                 for delivery in deliveries:
                     outbox.release(session, delivery.id, owner, at)
 
@@ -660,7 +743,7 @@ class Dispatcher:
                       self.services.config.smtp.retry_relay_seconds)
 
         def work() -> None:
-            with self.services.session() as session:
+            with self._writing() as session:
                 self.hooks.relay_unreachable(session, self.clock(), str(failure))
 
         self.database.call(work)
@@ -672,7 +755,7 @@ class Dispatcher:
             log.warning("sending resumed: the relay answers again")
 
         def work() -> None:
-            with self.services.session() as session:
+            with self._writing() as session:
                 self.hooks.relay_reached(session)
 
         self.database.call(work)
@@ -688,7 +771,7 @@ class Dispatcher:
                 continue
             started = time.monotonic()
             try:
-                with self.write_lock, self.services.session() as session:
+                with self._writing() as session:
                     outbox.renew_leases(session, owners, self.clock(), lease)
             except DATABASE_AWAY as exc:  # the sending threads wait for the database; so do we
                 log.debug("leases not renewed: %s", reason(exc))

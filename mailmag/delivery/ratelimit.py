@@ -48,16 +48,27 @@ class RateLimiter:
                 for _ in range(min(sent_in_last_hour, window.limit)):
                     window.times.append(now)
 
+    def try_acquire(self) -> bool:
+        """Take a turn if one is free now, without waiting."""
+        return self._take_turn() <= 0
+
+    def _take_turn(self) -> float:
+        """Take a turn if one is free now (0.0); else the seconds until one may be."""
+        with self.lock:
+            now = self.clock()
+            wait = max((w.wait_time(now) for w in self.windows), default=0.0)
+            if wait <= 0:
+                for window in self.windows:
+                    window.times.append(now)
+                return 0.0
+            return wait
+
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Block until one more message fits every window; False if `stop` was set meanwhile."""
         while True:
-            with self.lock:
-                now = self.clock()
-                wait = max((w.wait_time(now) for w in self.windows), default=0.0)
-                if wait <= 0:
-                    for window in self.windows:
-                        window.times.append(now)
-                    return True
+            wait = self._take_turn()
+            if wait <= 0:
+                return True
             if stop is not None:
                 if stop.wait(wait):
                     return False

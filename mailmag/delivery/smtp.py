@@ -34,6 +34,7 @@ import smtplib
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 
 from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
@@ -125,23 +126,47 @@ class SmtpConnection:
         self._smtp: smtplib.SMTP | None = None
         self._count = 0  # transactions started on the open session
         self._size = False  # the relay announced SIZE
+        self._meanwhile: Callable[[], object] | None = None  # the caller's work for this send
 
     @property
     def is_open(self) -> bool:
         return self._smtp is not None
 
-    def send(self, envelope_from: str, recipient: str, message: bytes) -> Sent:
-        """Send one message to one recipient; raise TemporaryFailure, PermanentFailure or TransportError."""
-        if self._smtp is not None and self._count >= self._config.messages_per_connection:
-            self.close()
-        reused = self._smtp is not None
-        if not reused:
-            self._open_for_send()
+    def send(self, envelope_from: str, recipient: str, message: bytes, *,
+             meanwhile: Callable[[], object] | None = None) -> Sent:
+        """Send one message to one recipient; raise TemporaryFailure, PermanentFailure or TransportError.
+
+        `meanwhile`: the caller's own work, run at most once while the relay reads the envelope
+        (after MAIL FROM is written, before any of the message's content); the dispatcher
+        commits the previous message's result there. If it raises, the session is dropped (a
+        relay discards a transaction without its final dot) and the exception propagates:
+        nothing of this message was accepted. If the send fails before MAIL FROM, it is not run.
+        """
+        self._meanwhile = meanwhile
         try:
-            return self._transaction(envelope_from, recipient, message, reused)
-        except _Stale:
-            self._open_for_send()
-            return self._transaction(envelope_from, recipient, message, False)
+            if self._smtp is not None and self._count >= self._config.messages_per_connection:
+                self.close()
+            reused = self._smtp is not None
+            if not reused:
+                self._open_for_send()
+            try:
+                return self._transaction(envelope_from, recipient, message, reused)
+            except _Stale:
+                self._open_for_send()
+                return self._transaction(envelope_from, recipient, message, False)
+        finally:
+            self._meanwhile = None
+
+    def _overlap(self) -> None:
+        """The caller's `meanwhile`, once; MAIL FROM may be on the wire, so an error drops the session."""
+        work, self._meanwhile = self._meanwhile, None
+        if work is None:
+            return
+        try:
+            work()
+        except BaseException:
+            self._drop()
+            raise
 
     def _open_for_send(self) -> None:
         try:
@@ -187,6 +212,7 @@ class SmtpConnection:
         options = f" SIZE={len(message)}" if self._size else ""
         if not (recipient.isascii() and envelope_from.isascii()):
             options += self._smtputf8(envelope_from, recipient)
+        self._overlap()  # one command at a time: nothing to overlap with, but before MAIL FROM all the same
         try:
             code, reply = self._command("mail", f"FROM:<{envelope_from}>{options}", "MAIL FROM")
         except TemporaryFailure:

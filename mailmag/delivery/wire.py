@@ -18,6 +18,7 @@ transaction it refused gets no body: the connection is dropped, so nothing can b
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from mailmag.addresses import addr_spec
 from mailmag.delivery.smtp import SmtpConnection, SmtpTransport, _Stale
@@ -51,10 +52,17 @@ def to_wire(message: bytes) -> bytes:
     return message if message.endswith(b"\r\n") else message + b"\r\n"
 
 
-def send_prepared(connection: Connection, envelope_from: str, recipient: str, message: bytes) -> Sent:
-    """Send a message that is in wire form (built by messages.personalize) through any connection."""
+def send_prepared(connection: Connection, envelope_from: str, recipient: str, message: bytes, *,
+                  meanwhile: Callable[[], object] | None = None) -> Sent:
+    """Send a message that is in wire form (built by messages.personalize) through any connection.
+
+    `meanwhile` runs before any of the message's content goes (SmtpConnection.send: while the
+    relay reads the envelope); if it raises, nothing of this message was sent.
+    """
     if isinstance(connection, PipelinedConnection):
-        return connection.send(envelope_from, recipient, message, prepared=True)
+        return connection.send(envelope_from, recipient, message, prepared=True, meanwhile=meanwhile)
+    if meanwhile is not None:
+        meanwhile()
     return connection.send(envelope_from, recipient, message)
 
 
@@ -77,10 +85,11 @@ class PipelinedConnection(SmtpConnection):
         smtp = self._smtp
         return smtp is not None and (self.force or smtp.has_extn("pipelining"))
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, *, prepared: bool = False) -> Sent:
+    def send(self, envelope_from: str, recipient: str, message: bytes, *, prepared: bool = False,
+             meanwhile: Callable[[], object] | None = None) -> Sent:
         """As SmtpConnection.send; `prepared`: `message` is in wire form already (nothing is scanned)."""
         self._prepared = prepared
-        return super().send(envelope_from, recipient, message)
+        return super().send(envelope_from, recipient, message, meanwhile=meanwhile)
 
     def _data(self, message: bytes) -> Sent:
         if not self._prepared:
@@ -101,6 +110,7 @@ class PipelinedConnection(SmtpConnection):
         commands = f"MAIL FROM:<{envelope_from}>{options}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
         try:
             self._write(commands.encode(self._smtp.command_encoding), "at MAIL FROM")
+            self._overlap()  # while the relay reads the envelope
             code, reply = self._reply("MAIL FROM")
         except TemporaryFailure:
             if reused:
