@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SECRET, Mailmag
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from test_dispatch import counts, prepare_send
 from test_worker_process import _reap_workers, start_worker, wait_for  # noqa: F401 - the fixture reaps workers
 
@@ -227,6 +227,81 @@ def test_each_result_is_committed_before_the_relay_has_the_next_message(config, 
         run_once(services, concurrency=1)
         assert recorded_before == list(range(12))
         assert counts(services, issue).sent == 12
+    finally:
+        services.close()
+
+
+def _while_the_worker_records_message(services, smtp_server, number: int, work, seconds: float = 1.5):  # type: ignore[no-untyped-def]
+    """When the relay has message `number`, run `work(session)` in a transaction that holds the
+    deliveries locked for `seconds`: the worker's commit of that message's result (made while the
+    relay reads the next envelope) waits for it, or fails if SQLite's busy timeout is shorter."""
+    original_store = smtp_server._store
+    locked = threading.Event()
+
+    def hold() -> None:
+        with services.session() as session:  # SQLite: BEGIN IMMEDIATE takes the write lock
+            if session.bind.dialect.name == "postgresql":
+                session.execute(text("LOCK TABLE deliveries IN EXCLUSIVE MODE"))
+            work(session)
+            locked.set()
+            time.sleep(seconds)
+
+    def store(*args):  # type: ignore[no-untyped-def]
+        stored = original_store(*args)
+        if stored == number:
+            threading.Thread(target=hold).start()
+            locked.wait(10)
+        return stored
+
+    smtp_server._store = store
+
+
+def test_an_opt_out_made_while_the_worker_waits_to_record_a_result_is_honoured(config, smtp_server, db_url):
+    """user2 opts out while the worker waits for the database to record user1's message (found by an
+    outside attack: once the wait was over, user2's message went on a new session without being
+    asked again, and its cancelled row was overwritten with `sent`)."""
+    services = make_services(
+        config, smtp_server, database=DatabaseConfig(url=db_url, busy_timeout_seconds=0.3),
+        dispatch=DispatchConfig(database_retry_seconds=0.2, database_max_retry_seconds=0.5),
+    )
+    issue = prepare_send(services, 6)
+
+    def opt_out(session) -> None:  # type: ignore[no-untyped-def]
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "user2@example.jp"))
+        subscribers.unsubscribe(session, subscriber, Consent("cli"))
+
+    _while_the_worker_records_message(services, smtp_server, 2, opt_out)
+    try:
+        run_once(services, concurrency=1)
+        assert "user2@example.jp" not in smtp_server.recipients()
+        assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in (0, 1, 3, 4, 5)]
+        c = counts(services, issue)
+        assert (c.sent, c.cancelled, c.pending) == (5, 1, 0)
+    finally:
+        services.close()
+
+
+def test_rows_whose_lease_expired_while_a_result_was_recorded_are_not_sent_twice(config, smtp_server):
+    """The worker's commit of user1's result waits longer than its lease, and another worker
+    expires the lease meanwhile (its rows go back to the queue): only the message already on
+    the wire may go twice (found by an outside attack: user2's went as well, and again later)."""
+    services = make_services(config, smtp_server, dispatch=DispatchConfig(lease_seconds=2))
+    issue = prepare_send(services, 6)
+
+    def expire(session) -> None:  # type: ignore[no-untyped-def]
+        now = utcnow()  # the lease has run out, as another worker's claim finds it
+        session.execute(update(Delivery).where(Delivery.status == "sending")
+                        .values(lease_expires_at=now - dt.timedelta(seconds=1)))
+        outbox.expire_leases(session, now, max_expiries=3)
+
+    _while_the_worker_records_message(services, smtp_server, 2, expire, seconds=2.5)
+    try:
+        run_once(services, concurrency=1)
+        copies = {address: smtp_server.recipients().count(address) for address in EVERYONE[:6]}
+        assert copies == {**dict.fromkeys(EVERYONE[:6], 1), "user1@example.jp": copies["user1@example.jp"]}
+        assert copies["user1@example.jp"] <= 2  # the one on the wire when its lease passed
+        c = counts(services, issue)
+        assert (c.sent, c.pending) == (6, 0)
     finally:
         services.close()
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import enum
 import functools
 import itertools
 import logging
@@ -201,6 +202,18 @@ class Ahead:
             built = self.build(delivery)
             self._built = {d.id: self.build(d) for d in batch[position + 1 : position + self.SIZE]}
         return built
+
+
+class _Next(enum.Enum):
+    """What the batch does after one delivery's send."""
+
+    ON = "on"  # the next delivery
+    THROTTLED = "throttled"  # the relay said 421: the rest of the batch goes to the other connections
+    AGAIN = "again"  # nothing of it went: ask again whether it may go, then send it
+
+
+class _Withdrawn(Exception):
+    """The delivery being sent may no longer go (asked again after the previous result was recorded)."""
 
 
 class Unrecorded:
@@ -451,8 +464,9 @@ class Dispatcher:
 
     def _send_each(self, index: int, connection: Connection, owner: str, batch: list[outbox.Claimed],
                    still_mine: Callable[[int], bool], ahead: Ahead, unrecorded: Unrecorded) -> bool:
-        for position, delivery in enumerate(batch):
-            rest = batch[position:]
+        position = 0
+        while position < len(batch):
+            delivery, rest = batch[position], batch[position:]
             if not self._may_send(index, owner):
                 self._release(owner, rest)
                 return True
@@ -460,6 +474,7 @@ class Dispatcher:
             # limit, and after it: an opt-out during the wait is honoured, and the lease and the
             # age of a message built ahead are judged when it is about to go.
             if not still_mine(position):
+                position += 1
                 continue
             if not self.limiter.try_acquire():
                 self._record(unrecorded)  # no result waits while the thread does
@@ -467,10 +482,14 @@ class Dispatcher:
                     self._release(owner, rest)
                     return True
                 if not still_mine(position):
+                    position += 1
                     continue
+            # Asked again once the previous result is recorded (the send's `meanwhile`): that can
+            # take seconds (a locked database), and an opt-out or a lost lease meanwhile must hold.
+            may_go = functools.partial(self._may_go, index, owner, still_mine, position)
             try:
                 built = ahead.take(batch, position)
-                throttled = self._send_one(connection, owner, delivery, built, unrecorded)
+                outcome = self._send_one(connection, owner, delivery, built, unrecorded, may_go)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
                 if failure.code == 421:
@@ -481,11 +500,16 @@ class Dispatcher:
             except MailmagError:
                 self._release(owner, rest)  # the relay or the configuration refuses: stop
                 raise
-            if throttled:  # 421: the rest of the batch goes to the other connections meanwhile
+            if outcome is _Next.THROTTLED:  # 421: the rest of the batch goes to the other connections
                 self._release(owner, batch[position + 1 :])
                 self._throttled()
                 return True
+            if outcome is _Next.ON:
+                position += 1
         return True
+
+    def _may_go(self, index: int, owner: str, still_mine: Callable[[int], bool], position: int) -> bool:
+        return self._may_send(index, owner) and still_mine(position)
 
     def _may_send(self, index: int, owner: str) -> bool:
         """Not stopped, the claim's lease not running out, and the relay not asking for fewer connections."""
@@ -506,49 +530,55 @@ class Dispatcher:
             return exc
 
     def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed, built: Built,
-                  unrecorded: Unrecorded) -> bool:
+                  unrecorded: Unrecorded, may_go: Callable[[], bool]) -> _Next:
         """Send one delivery and record its result (an accepted one is held in `unrecorded`, and
-        committed during the next send or before the thread waits); True after a 421. Raises
-        TemporaryFailure when no session could be opened (nothing was sent)."""
+        committed during the next send or before the thread waits). Raises TemporaryFailure
+        when no session could be opened (nothing was sent)."""
         if isinstance(built, InvalidInput):  # e.g. a line break in a name: this recipient only
             self._record(unrecorded)
             refusal = PermanentFailure(0, f"cannot build the message: {built}", blocked=True)
             self._fail(owner, delivery, refusal)
-            return False
+            return _Next.ON
         if isinstance(built, MailmagError):  # no rendering, the database gone: stop, as before any send
             raise built
         envelope_from, data = built
         try:
             reply = wire.send_prepared(connection, envelope_from, delivery.email, data,
-                                       meanwhile=functools.partial(self._record_now, unrecorded))
+                                       meanwhile=functools.partial(self._record_now, unrecorded, may_go))
+        except _Withdrawn:  # nothing of it went (the session was dropped before its content)
+            return _Next.AGAIN
         except DATABASE_AWAY:  # the previous result was not committed, so this message did not go
-            self._record(unrecorded)  # waits for the database; then the message is dated afresh
-            return self._send_one(connection, owner, delivery, self._build(delivery), unrecorded)
+            self._record(unrecorded)  # waits for the database
+            return _Next.AGAIN
         except TemporaryFailure as failure:
             self._record(unrecorded)
             if failure.no_session:
                 raise
             self._defer(owner, delivery, failure)
-            return failure.code == 421
+            return _Next.THROTTLED if failure.code == 421 else _Next.ON
         except PermanentFailure as failure:
             self._record(unrecorded)
             self._fail(owner, delivery, failure)
-            return False
+            return _Next.ON
         unrecorded.hold(owner, delivery, _marked(delivery, reply.reply))
         self._start_sent(owner, delivery.id, _marked(delivery, reply.reply))
         if self.progress:  # the relay has it; its result is committed during the next send
             self.progress(1)
-        return False
+        return _Next.ON
 
-    def _record_now(self, unrecorded: Unrecorded) -> None:
-        """Commit the held result in one try (the send's `meanwhile`); a database that is away
-        raises, and _send_one waits for it with the guard."""
+    def _record_now(self, unrecorded: Unrecorded, may_go: Callable[[], bool]) -> None:
+        """The send's `meanwhile`: commit the held result in one try (a database that is away
+        raises, and _send_one waits for it with the guard), then ask again whether the message
+        being sent may go: the commit may have waited for a lock (_Withdrawn if not)."""
         held = unrecorded.peek()
-        if held is not None:
-            owner, delivery, reply = held
-            recorded = self._record_sent(owner, delivery.id, reply)
-            unrecorded.take()
-            self._counted(delivery, recorded)
+        if held is None:
+            return  # nothing waited: the delivery was asked just before its send
+        owner, delivery, reply = held
+        recorded = self._record_sent(owner, delivery.id, reply)
+        unrecorded.take()
+        self._counted(delivery, recorded)
+        if not may_go():
+            raise _Withdrawn()
 
     def _record(self, unrecorded: Unrecorded) -> None:
         """Commit the held result now; while the database is away, no next message."""
