@@ -418,10 +418,29 @@ def test_rows_taken_away_spend_no_turn_of_the_hourly_limit(smtp_services, smtp_s
     waited_for_a_turn = run.is_alive()
     dispatcher.stop.set()
     run.join()
-    assert not waited_for_a_turn
+    assert not waited_for_a_turn and not dispatcher.stats.held_back  # no turn of the limit was spent
     assert smtp_server.recipients() == ["user0@example.jp"]
     c = counts(services, issue)
     assert (c.sent, c.cancelled, c.pending) == (1, 5, 0)
+
+
+def test_once_leaves_what_the_hourly_limit_holds_for_a_later_run(smtp_services, smtp_server, owned_services):
+    """`worker --once` with the hour's turns spent ends at once and says when the next may go,
+    instead of waiting up to an hour; nothing is left claimed."""
+    services = _rate_limited(smtp_services, owned_services, 0.0, per_hour=3)
+    issue = prepare_send(services, 6)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=2)
+    run = threading.Thread(target=dispatcher.run, kwargs={"once": True})
+    run.start()
+    run.join(timeout=30)  # an hour before
+    waited = run.is_alive()
+    dispatcher.stop.set()
+    run.join()
+    assert not waited
+    assert len(smtp_server.recipients()) == 3 and dispatcher.stats.sent == 3
+    assert "rate_per_hour = 3" in dispatcher.stats.held_back and "about 60 min" in dispatcher.stats.held_back
+    c = counts(services, issue)
+    assert (c.sent, c.queued, c.sending) == (3, 3, 0)
 
 
 def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, smtp_server):

@@ -121,3 +121,15 @@ def test_send_with_a_malformed_sender_is_refused_before_anything_is_queued(compo
     assert result.exit_code == 1
     assert result.stderr.strip() == ("Error: [sender] from 'news' is not an address like news@example.jp")
     assert status(composed)["total"] == 0 and status(composed)["status"] == "draft"
+
+
+def test_worker_once_with_the_hourly_limit_reached_says_when_to_run_again(composed):
+    """`worker --once` sends what the hour allows, leaves the rest queued and says why, at once."""
+    composed.ok("issues", "send", "1", "--yes")
+    result = composed.ok("worker", "--once", env={"MAILMAG_SMTP_RATE_PER_HOUR": "1",
+                                                  "MAILMAG_SMTP_RATE_PER_SECOND": "0"})
+    assert result.stdout.strip() == "sent 1, failed 0, deferred 0"
+    assert "rate_per_hour = 1 lets the next message go in about 60 min" in result.stderr
+    assert "run the worker again then" in result.stderr
+    after = status(composed)
+    assert (after["status"], after["sent"], after["pending"]) == ("sending", 1, 1)

@@ -18,7 +18,8 @@ from mailmag.scheduling.sending import make_dispatcher
 
 
 @click.command()
-@click.option("--once", is_flag=True, help="Exit when nothing is due instead of waiting for more.")
+@click.option("--once", is_flag=True, help="Exit when nothing is due instead of waiting for more (or when "
+              "[smtp] rate_per_hour is reached: the rest waits for a later run).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="SMTP connections (default: [smtp] max_connections).")
 @pass_app
@@ -35,6 +36,8 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
     click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{ambiguous}{lost}")
     if stats.unreachable:
         click.echo(f"warning: the relay could not be reached: {stats.unreachable}", err=True)
+    if stats.held_back:
+        click.echo(stats.held_back, err=True)
     if once:
         with services.session() as session:
             closed = window_note(outbox.due_count(session, utcnow()), services.config)

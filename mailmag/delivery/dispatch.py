@@ -85,6 +85,9 @@ log = logging.getLogger(__name__)
 HELD_CHECK_SECONDS = 0.5
 # The shortest wait of an idle thread for a deferred message coming due (never a busy loop).
 MIN_IDLE_SECONDS = 0.2
+# `once` leaves the rest for a later run rather than wait longer than this for the rate limit
+# (the hourly limit can mean an hour): `worker --once` sends what may go now.
+ONCE_MAX_WAIT_SECONDS = 60.0
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
@@ -107,6 +110,7 @@ class Stats:
     lost: int = 0
     ambiguous: int = 0
     unreachable: str = ""
+    held_back: str = ""  # `once`: why messages that are due were left for a later run
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def add(self, field: str, n: int = 1) -> None:
@@ -478,6 +482,9 @@ class Dispatcher:
                 continue
             if not self.limiter.try_acquire():
                 self._record(unrecorded)  # no result waits while the thread does
+                if self._once and self.limiter.wait_time() > ONCE_MAX_WAIT_SECONDS:
+                    self._hold_back(owner, rest)
+                    return True
                 if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
                     self._release(owner, rest)
                     return True
@@ -507,6 +514,17 @@ class Dispatcher:
             if outcome is _Next.ON:
                 position += 1
         return True
+
+    def _hold_back(self, owner: str, rest: list[outbox.Claimed]) -> None:
+        """`once`: the rate limit holds the next message too long; the rest goes back to the queue."""
+        self._release(owner, rest)
+        smtp = self.services.config.smtp
+        limit = f"rate_per_hour = {smtp.rate_per_hour}" if smtp.rate_per_hour else \
+            f"rate_per_second = {smtp.rate_per_second}"
+        minutes = max(1, round(self.limiter.wait_time() / 60))
+        self.stats.held_back = (f"[smtp] {limit} lets the next message go in about {minutes} min; the rest "
+                                "waits in the queue: run the worker again then")
+        self.stop.set()  # every thread ends, as when nothing is due
 
     def _may_go(self, index: int, owner: str, still_mine: Callable[[int], bool], position: int) -> bool:
         return self._may_send(index, owner) and still_mine(position)

@@ -48,6 +48,12 @@ class RateLimiter:
                 for _ in range(min(sent_in_last_hour, window.limit)):
                     window.times.append(now)
 
+    def wait_time(self) -> float:
+        """Seconds until a turn may be free (0.0: now), taking none."""
+        with self.lock:
+            now = self.clock()
+            return max((w.wait_time(now) for w in self.windows), default=0.0)
+
     def try_acquire(self) -> bool:
         """Take a turn if one is free now, without waiting."""
         return self._take_turn() <= 0
