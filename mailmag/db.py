@@ -27,7 +27,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0) -> Engine:
-    """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout (seconds).
+    """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout (seconds); on
+    PostgreSQL the same timeout as `lock_timeout`.
 
     `pool_size`: exactly that many pooled connections, no overflow (for a caller whose threads
     each hold one at most); by default SQLAlchemy's pool of 5 plus 10 overflow.
@@ -37,7 +38,19 @@ def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30
         engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pool)
         _configure_sqlite(engine, busy_timeout)
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    engine = create_engine(url, pool_pre_ping=True, **pool)
+    _configure_postgresql(engine, busy_timeout)
+    return engine
+
+
+def _configure_postgresql(engine: Engine, lock_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # A statement waiting for another transaction's lock (a migration, a backup, a LOCK
+        # TABLE) fails after `lock_timeout`, as SQLite's busy timeout does, instead of waiting
+        # for ever: the worker then pauses and tries again, and a SIGTERM meanwhile is obeyed.
+        dbapi_connection.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+        dbapi_connection.commit()
 
 
 

@@ -7,6 +7,8 @@ backends ended with pg_terminate_backend.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -31,7 +33,7 @@ from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import TransportError
+from mailmag.errors import DatabaseError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Subscriber, utcnow
 from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
@@ -231,29 +233,78 @@ def test_each_result_is_committed_before_the_relay_has_the_next_message(config, 
         services.close()
 
 
-def _while_the_worker_records_message(services, smtp_server, number: int, work, seconds: float = 1.5):  # type: ignore[no-untyped-def]
+def _while_the_worker_records_message(services, smtp_server, number: int, work, seconds: float = 1.5,  # type: ignore[no-untyped-def]
+                                      released: threading.Event | None = None) -> _Hold:
     """When the relay has message `number`, run `work(session)` in a transaction that holds the
-    deliveries locked for `seconds`: the worker's commit of that message's result (made while the
-    relay reads the next envelope) waits for it, or fails if SQLite's busy timeout is shorter."""
+    deliveries locked for `seconds` (or until `released` is set): the worker's commit of that
+    message's result (made while the relay reads the next envelope) waits for it, or fails when
+    the busy timeout is shorter. Join the returned holder before closing `services`."""
     original_store = smtp_server._store
-    locked = threading.Event()
+    holder = _Hold()
+    locked = holder.locked
+    released = released or threading.Event()
 
     def hold() -> None:
         with services.session() as session:  # SQLite: BEGIN IMMEDIATE takes the write lock
             if session.bind.dialect.name == "postgresql":
+                session.execute(text("SET LOCAL lock_timeout = 0"))  # this one waits for nothing
                 session.execute(text("LOCK TABLE deliveries IN EXCLUSIVE MODE"))
             work(session)
             locked.set()
-            time.sleep(seconds)
+            released.wait(seconds)
 
     def store(*args):  # type: ignore[no-untyped-def]
         stored = original_store(*args)
         if stored == number:
-            threading.Thread(target=hold).start()
+            holder.thread = threading.Thread(target=hold)
+            holder.thread.start()
             locked.wait(10)
         return stored
 
     smtp_server._store = store
+    return holder
+
+
+@dataclasses.dataclass
+class _Hold:
+    locked: threading.Event = dataclasses.field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def test_a_stop_while_the_database_is_locked_is_obeyed_within_the_busy_timeout(config, smtp_server, db_url):
+    """SIGTERM (the dispatcher's stop) while another transaction holds the deliveries locked for
+    minutes: the worker ends within about its busy timeout, as systemd expects before its SIGKILL
+    (found by an outside attack: on PostgreSQL a statement waited for the lock for ever)."""
+    services = make_services(
+        config, smtp_server, database=DatabaseConfig(url=db_url, busy_timeout_seconds=0.5),
+        dispatch=DispatchConfig(database_retry_seconds=0.2, database_max_retry_seconds=0.5),
+    )
+    prepare_send(services, 6)
+    released = threading.Event()
+    hold = _while_the_worker_records_message(services, smtp_server, 2, lambda _session: None, 120, released)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=2)
+    def send() -> None:
+        with contextlib.suppress(DatabaseError):  # "stopped while the database was unavailable"
+            dispatcher.run(once=True)
+
+    run = threading.Thread(target=send)
+    try:
+        run.start()
+        assert hold.locked.wait(10)
+        time.sleep(0.5)
+        dispatcher.stop.set()
+        run.join(timeout=8)
+        stopped_under_the_lock = not run.is_alive()
+    finally:
+        released.set()
+        run.join()
+        hold.join()
+        services.close()
+    assert stopped_under_the_lock
 
 
 def test_an_opt_out_made_while_the_worker_waits_to_record_a_result_is_honoured(config, smtp_server, db_url):
@@ -270,7 +321,7 @@ def test_an_opt_out_made_while_the_worker_waits_to_record_a_result_is_honoured(c
         subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "user2@example.jp"))
         subscribers.unsubscribe(session, subscriber, Consent("cli"))
 
-    _while_the_worker_records_message(services, smtp_server, 2, opt_out)
+    hold = _while_the_worker_records_message(services, smtp_server, 2, opt_out)
     try:
         run_once(services, concurrency=1)
         assert "user2@example.jp" not in smtp_server.recipients()
@@ -278,6 +329,29 @@ def test_an_opt_out_made_while_the_worker_waits_to_record_a_result_is_honoured(c
         c = counts(services, issue)
         assert (c.sent, c.cancelled, c.pending) == (5, 1, 0)
     finally:
+        hold.join()
+        services.close()
+
+
+def test_an_opt_out_the_result_waited_for_is_honoured_however_recent_the_last_check(config, smtp_server):
+    """The same with a lock of 0.3 s, shorter than the worker's interval between readings of its
+    rows (HELD_CHECK_SECONDS): the commit waited, so the rows are read again (found by a second
+    attack: the message went, its cancelled row overwritten with `sent`)."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 6)
+
+    def opt_out(session) -> None:  # type: ignore[no-untyped-def]
+        subscriber = session.scalar(select(Subscriber).where(Subscriber.email == "user2@example.jp"))
+        subscribers.unsubscribe(session, subscriber, Consent("cli"))
+
+    hold = _while_the_worker_records_message(services, smtp_server, 2, opt_out, seconds=0.3)
+    try:
+        run_once(services, concurrency=1)
+        assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in (0, 1, 3, 4, 5)]
+        c = counts(services, issue)
+        assert (c.sent, c.cancelled, c.pending) == (5, 1, 0)
+    finally:
+        hold.join()
         services.close()
 
 
@@ -294,7 +368,7 @@ def test_rows_whose_lease_expired_while_a_result_was_recorded_are_not_sent_twice
                         .values(lease_expires_at=now - dt.timedelta(seconds=1)))
         outbox.expire_leases(session, now, max_expiries=3)
 
-    _while_the_worker_records_message(services, smtp_server, 2, expire, seconds=2.5)
+    hold = _while_the_worker_records_message(services, smtp_server, 2, expire, seconds=2.5)
     try:
         run_once(services, concurrency=1)
         copies = {address: smtp_server.recipients().count(address) for address in EVERYONE[:6]}
@@ -303,6 +377,7 @@ def test_rows_whose_lease_expired_while_a_result_was_recorded_are_not_sent_twice
         c = counts(services, issue)
         assert (c.sent, c.pending) == (6, 0)
     finally:
+        hold.join()
         services.close()
 
 

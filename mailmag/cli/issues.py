@@ -279,7 +279,8 @@ def cancel(app: AppContext, issue_id: int) -> None:
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
     elif done.sent or done.in_flight:
-        held = (f", {done.in_flight} of them held by a worker (one already on the wire may still go)"
+        held = (f", {done.in_flight} of them held by a worker (what it sends in the next half second "
+                "may still go; `issues status` counts it)"
                 if done.in_flight else "")
         click.echo(f"issue {issue_id} (第{number}号) cancelled: {plural(done.sent, 'message')} went, "
                    f"{plural(done.not_sent, 'queued message')} will not be sent{held}; 第{number}号 stays "

@@ -49,7 +49,7 @@ class Cancelled:
     unscheduled: bool = False
     not_sent: int = 0  # queued or claimed messages that will not go
     sent: int = 0  # messages that went (sent, or dead: they may have reached the relay)
-    in_flight: int = 0  # claimed by a worker when cancelled: at most the one on the wire still goes
+    in_flight: int = 0  # claimed by a worker when cancelled: what it sends before its next check still goes
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
 

@@ -83,6 +83,9 @@ from mailmag.services import Services
 log = logging.getLogger(__name__)
 # How often a sending thread asks which of its claimed rows it still holds (opt-outs).
 HELD_CHECK_SECONDS = 0.5
+# A result's commit that took longer than this waited for another writer's lock (an opt-out's, a
+# cancel's): the rows are then read again before the next message goes (~1 ms without a wait).
+RECORD_WAITED_SECONDS = 0.05
 # The shortest wait of an idle thread for a deferred message coming due (never a busy loop).
 MIN_IDLE_SECONDS = 0.2
 # `once` leaves the rest for a later run rather than wait longer than this for the rate limit
@@ -452,10 +455,10 @@ class Dispatcher:
         """Send a batch in id order; False when the relay could not be reached (the rest handed back)."""
         held, checked = {d.id for d in batch}, time.monotonic()
 
-        def still_mine(position: int) -> bool:
+        def still_mine(position: int, refresh: bool = False) -> bool:
             """An opt-out, an issue cancel or a lost lease takes a claimed row away: do not send it."""
             nonlocal held, checked
-            if time.monotonic() - checked > HELD_CHECK_SECONDS:
+            if refresh or time.monotonic() - checked > HELD_CHECK_SECONDS:
                 held = self.database.call(functools.partial(self._held, owner, batch[position:]))
                 checked = time.monotonic()
             return batch[position].id in held
@@ -467,7 +470,7 @@ class Dispatcher:
             self._record(unrecorded)
 
     def _send_each(self, index: int, connection: Connection, owner: str, batch: list[outbox.Claimed],
-                   still_mine: Callable[[int], bool], ahead: Ahead, unrecorded: Unrecorded) -> bool:
+                   still_mine: Callable[[int, bool], bool], ahead: Ahead, unrecorded: Unrecorded) -> bool:
         position = 0
         while position < len(batch):
             delivery, rest = batch[position], batch[position:]
@@ -477,7 +480,7 @@ class Dispatcher:
             # Asked before the rate limiter's wait, so a row taken away spends no turn of the
             # limit, and after it: an opt-out during the wait is honoured, and the lease and the
             # age of a message built ahead are judged when it is about to go.
-            if not still_mine(position):
+            if not still_mine(position, False):
                 position += 1
                 continue
             if not self.limiter.try_acquire():
@@ -488,7 +491,7 @@ class Dispatcher:
                 if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
                     self._release(owner, rest)
                     return True
-                if not still_mine(position):
+                if not still_mine(position, False):
                     position += 1
                     continue
             # Asked again once the previous result is recorded (the send's `meanwhile`): that can
@@ -526,8 +529,11 @@ class Dispatcher:
                                 "waits in the queue: run the worker again then")
         self.stop.set()  # every thread ends, as when nothing is due
 
-    def _may_go(self, index: int, owner: str, still_mine: Callable[[int], bool], position: int) -> bool:
-        return self._may_send(index, owner) and still_mine(position)
+    def _may_go(self, index: int, owner: str, still_mine: Callable[[int, bool], bool], position: int,
+                waited: bool) -> bool:
+        """`waited`: the previous result's commit waited for a lock, maybe an opt-out's or a
+        cancel's: the rows are read again, however recent the last reading."""
+        return self._may_send(index, owner) and still_mine(position, waited)
 
     def _may_send(self, index: int, owner: str) -> bool:
         """Not stopped, the claim's lease not running out, and the relay not asking for fewer connections."""
@@ -548,7 +554,7 @@ class Dispatcher:
             return exc
 
     def _send_one(self, connection: Connection, owner: str, delivery: outbox.Claimed, built: Built,
-                  unrecorded: Unrecorded, may_go: Callable[[], bool]) -> _Next:
+                  unrecorded: Unrecorded, may_go: Callable[[bool], bool]) -> _Next:
         """Send one delivery and record its result (an accepted one is held in `unrecorded`, and
         committed during the next send or before the thread waits). Raises TemporaryFailure
         when no session could be opened (nothing was sent)."""
@@ -584,7 +590,7 @@ class Dispatcher:
             self.progress(1)
         return _Next.ON
 
-    def _record_now(self, unrecorded: Unrecorded, may_go: Callable[[], bool]) -> None:
+    def _record_now(self, unrecorded: Unrecorded, may_go: Callable[[bool], bool]) -> None:
         """The send's `meanwhile`: commit the held result in one try (a database that is away
         raises, and _send_one waits for it with the guard), then ask again whether the message
         being sent may go: the commit may have waited for a lock (_Withdrawn if not)."""
@@ -592,10 +598,11 @@ class Dispatcher:
         if held is None:
             return  # nothing waited: the delivery was asked just before its send
         owner, delivery, reply = held
+        started = time.monotonic()
         recorded = self._record_sent(owner, delivery.id, reply)
         unrecorded.take()
         self._counted(delivery, recorded)
-        if not may_go():
+        if not may_go(time.monotonic() - started > RECORD_WAITED_SECONDS):
             raise _Withdrawn()
 
     def _record(self, unrecorded: Unrecorded) -> None:
