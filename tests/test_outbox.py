@@ -122,6 +122,25 @@ def test_result_written_only_while_holding_the_lease(session):
     assert (row.status, row.attempts, row.lease_expiries) == ("sent", 2, 1)
 
 
+def test_a_late_result_is_recorded_only_while_no_worker_holds_the_row(session):
+    """A message accepted after its lease passed: sent if the row went back to the queue
+    unclaimed; not if another worker claimed it meanwhile (that one may send it)."""
+    add_subscribers(session, 2)
+    issue = make_issue(session)
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    now = utcnow()
+    claimed = outbox.claim(session, "a", 2, now, 1)
+    later = now + dt.timedelta(seconds=5)
+    outbox.expire_leases(session, later, max_expiries=3)
+    (theirs,) = outbox.claim(session, "b", 1, later, 300)  # takes one of the rows over
+    first, second = sorted(claimed, key=lambda d: d.id != theirs.id)
+    assert outbox.mark_sent_unclaimed(session, first.id, "250 ok", later) is False
+    assert outbox.mark_sent_unclaimed(session, second.id, "250 ok", later) is True
+    rows = [session.get(Delivery, d.id) for d in (first, second)]
+    assert [(r.status, r.lease_owner) for r in rows] == [("sending", "b"), ("sent", None)]
+    assert rows[1].sent_at == later
+
+
 def test_too_many_expired_leases_make_a_row_dead(session):
     add_subscribers(session, 1)
     issue = make_issue(session)

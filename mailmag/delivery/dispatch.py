@@ -601,7 +601,7 @@ class Dispatcher:
         started = time.monotonic()
         recorded = self._record_sent(owner, delivery.id, reply)
         unrecorded.take()
-        self._counted(delivery, recorded)
+        self._counted(delivery, recorded, reply)
         if not may_go(time.monotonic() - started > RECORD_WAITED_SECONDS):
             raise _Withdrawn()
 
@@ -612,10 +612,12 @@ class Dispatcher:
             self._sent(*held)
 
     def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
-        self._counted(delivery, self.database.call(lambda: self._record_sent(owner, delivery.id, reply)))
+        recorded = self.database.call(lambda: self._record_sent(owner, delivery.id, reply))
+        self._counted(delivery, recorded, reply)
 
-    def _counted(self, delivery: outbox.Claimed, recorded: bool) -> None:
-        if not recorded:
+    def _counted(self, delivery: outbox.Claimed, recorded: bool, reply: str) -> None:
+        """A result written (`recorded`), or refused because the lease had passed."""
+        if not recorded and not self.database.call(lambda: self._sent_unclaimed(delivery.id, reply)):
             self._lost(delivery)
             return
         self.stats.add("sent")
@@ -624,6 +626,12 @@ class Dispatcher:
         self.drops.accepted()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
+
+    def _sent_unclaimed(self, delivery_id: int, reply: str) -> bool:
+        """The lease passed while the message went (a slow relay, a locked database): record it
+        sent all the same if no worker has claimed the row since, so none sends it again."""
+        with self._writing() as session:
+            return outbox.mark_sent_unclaimed(session, delivery_id, reply, self.clock())
 
     def _start_sent(self, owner: str, delivery_id: int, reply: str) -> None:
         """Let the database begin the result's write while the next message is prepared (PostgreSQL)."""

@@ -289,6 +289,17 @@ def mark_sent(
     return rowcount(db.execute(_MARK_SENT, params)) == 1
 
 
+def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.datetime) -> bool:
+    """A message the relay accepted after its worker's lease had passed: sent, if no worker has
+    claimed the row since (it went back to the queue, or was cancelled or given up meanwhile);
+    False if one has, which may send it again."""
+    unclaimed = and_(Delivery.id == delivery_id, Delivery.status.in_(("queued", "cancelled", "dead")),
+                     Delivery.lease_owner.is_(None))
+    return rowcount(session.execute(
+        update(Delivery).where(unclaimed).values(status="sent", last_reply=reply[:500], sent_at=now)
+    )) == 1
+
+
 def mark_failed(session: Session, delivery_id: int, owner: str, reply: str) -> bool:
     return _finish(session, delivery_id, owner, status="failed", last_reply=reply[:500])
 
