@@ -142,3 +142,25 @@ def test_list_bounced_shows_why(mailmag, db_url):
 def test_list_json_is_one_document_even_when_empty(mailmag):
     result = mailmag.ok("subscribers", "list", "--json")
     assert json.loads(result.stdout) == []
+
+
+def test_a_command_that_meets_a_locked_database_says_so_in_one_line(mailmag, db_url):
+    """Another process holds the subscribers locked longer than [database] busy_timeout_seconds
+    (SQLite: its write lock; PostgreSQL: LOCK TABLE, met through lock_timeout): one error line,
+    no traceback, and nothing added (found by an outside attack: ~116 lines of SQLAlchemy)."""
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as holder:
+            if holder.dialect.name == "postgresql":
+                holder.execute(text("LOCK TABLE subscribers IN EXCLUSIVE MODE"))
+            else:
+                holder.connection.dbapi_connection.execute("BEGIN IMMEDIATE")
+            result = mailmag("subscribers", "add", "late@example.jp",
+                             env={"MAILMAG_DATABASE_BUSY_TIMEOUT_SECONDS": "0.5"})
+            holder.rollback()
+    finally:
+        engine.dispose()
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "locked" in lines[0]
+    assert "late@example.jp" not in _statuses(mailmag)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from mailmag.cli.common import AppContext
 from mailmag.errors import MailmagError
@@ -16,14 +17,21 @@ COMMAND_MODULES = ("worker", "setup", "subscribers", "orgs", "items", "bounces",
 
 
 class MailmagGroup(click.Group):
-    """Turns MailmagError into click's one-line 'Error: …' and exit 1 (traceback with --debug)."""
+    """Turns MailmagError, and a database that is locked or away, into click's one-line
+    'Error: …' and exit 1 (traceback with --debug)."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except MailmagError as exc:
+        except (MailmagError, OperationalError) as exc:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
+            if isinstance(exc, OperationalError):  # the unit of work in hand was rolled back
+                why = " ".join(str(exc.orig).split())[:200]
+                raise click.ClickException(
+                    f"the database is locked or unavailable ({why}); the command was stopped: run it "
+                    "again when the database is free ([database] busy_timeout_seconds is how long it waits)"
+                ) from exc
             raise click.ClickException(str(exc)) from exc
 
 
