@@ -8,6 +8,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from mailmag.cli.common import AppContext
+from mailmag.delivery.workstate import reason
 from mailmag.errors import MailmagError
 
 # One module per command group; each exposes `commands`, a list of click commands.
@@ -27,9 +28,8 @@ class MailmagGroup(click.Group):
             if ctx.obj is not None and ctx.obj.debug:
                 raise
             if isinstance(exc, OperationalError):  # the unit of work in hand was rolled back
-                why = " ".join(str(exc.orig).split())[:200]
                 raise click.ClickException(
-                    f"the database is locked or unavailable ({why}); the command was stopped: run it "
+                    f"the database is locked or unavailable ({reason(exc)}); the command was stopped: run it "
                     "again when the database is free ([database] busy_timeout_seconds is how long it waits)"
                 ) from exc
             raise click.ClickException(str(exc)) from exc

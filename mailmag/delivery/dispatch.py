@@ -485,8 +485,9 @@ class Dispatcher:
                 continue
             if not self.limiter.try_acquire():
                 self._record(unrecorded)  # no result waits while the thread does
-                if self._once and self.limiter.wait_time() > ONCE_MAX_WAIT_SECONDS:
-                    self._hold_back(owner, rest)
+                wait = self.limiter.wait_time()
+                if self._once and wait > ONCE_MAX_WAIT_SECONDS:
+                    self._hold_back(owner, rest, wait)
                     return True
                 if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
                     self._release(owner, rest)
@@ -518,13 +519,13 @@ class Dispatcher:
                 position += 1
         return True
 
-    def _hold_back(self, owner: str, rest: list[outbox.Claimed]) -> None:
+    def _hold_back(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:
         """`once`: the rate limit holds the next message too long; the rest goes back to the queue."""
         self._release(owner, rest)
         smtp = self.services.config.smtp
         limit = f"rate_per_hour = {smtp.rate_per_hour}" if smtp.rate_per_hour else \
             f"rate_per_second = {smtp.rate_per_second}"
-        minutes = max(1, round(self.limiter.wait_time() / 60))
+        minutes = max(1, round(wait / 60))
         self.stats.held_back = (f"[smtp] {limit} lets the next message go in about {minutes} min; the rest "
                                 "waits in the queue: run the worker again then")
         self.stop.set()  # every thread ends, as when nothing is due
@@ -584,8 +585,9 @@ class Dispatcher:
             self._record(unrecorded)
             self._fail(owner, delivery, failure)
             return _Next.ON
-        unrecorded.hold(owner, delivery, _marked(delivery, reply.reply))
-        self._start_sent(owner, delivery.id, _marked(delivery, reply.reply))
+        result = _marked(delivery, reply.reply)
+        unrecorded.hold(owner, delivery, result)
+        self._start_sent(owner, delivery.id, result)
         if self.progress:  # the relay has it; its result is committed during the next send
             self.progress(1)
         return _Next.ON
@@ -663,12 +665,8 @@ class Dispatcher:
         """This thread's connection for `sent` results: a pool checkout and an ORM session per
         message cost more than building and sending the message."""
         results = getattr(self._results, "connection", None)
-        if results is None:
+        if results is None:  # in autocommit on PostgreSQL: results.PostgresWriter sets it
             results = self.results_engine.connect()
-            if results.dialect.name == "postgresql":
-                # The result is one UPDATE: in autocommit it is its own transaction, durable when
-                # it is finished, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
-                results.execution_options(isolation_level="AUTOCOMMIT")
             self._results.connection = results
         return results
 

@@ -51,8 +51,10 @@ class RateLimiter:
     def wait_time(self) -> float:
         """Seconds until a turn may be free (0.0: now), taking none."""
         with self.lock:
-            now = self.clock()
-            return max((w.wait_time(now) for w in self.windows), default=0.0)
+            return self._wait(self.clock())
+
+    def _wait(self, now: float) -> float:
+        return max((w.wait_time(now) for w in self.windows), default=0.0)
 
     def try_acquire(self) -> bool:
         """Take a turn if one is free now, without waiting."""
@@ -62,7 +64,7 @@ class RateLimiter:
         """Take a turn if one is free now (0.0); else the seconds until one may be."""
         with self.lock:
             now = self.clock()
-            wait = max((w.wait_time(now) for w in self.windows), default=0.0)
+            wait = self._wait(now)
             if wait <= 0:
                 for window in self.windows:
                     window.times.append(now)

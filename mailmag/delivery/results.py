@@ -116,6 +116,8 @@ class PostgresWriter(SentWriter):
     parameters as text; psycopg's own connection stays idle in autocommit around it."""
 
     def __init__(self, connection: Connection) -> None:
+        # The result is one UPDATE: in autocommit it is its own transaction, durable when it is
+        # finished, in one round trip instead of three (BEGIN, UPDATE, COMMIT).
         connection.execution_options(isolation_level="AUTOCOMMIT")
         super().__init__(connection)
         from psycopg import pq
@@ -135,8 +137,7 @@ class PostgresWriter(SentWriter):
 
     def start(self, delivery_id: int, owner: str, reply: str, now: Any) -> None:
         super().start(delivery_id, owner, reply, now)
-        text = (reply[:500].encode(), self._time(now).isoformat().encode(), str(delivery_id).encode(),
-                owner.encode())
+        text = [str(value).encode() for value in self._params]  # libpq's text format, as PostgreSQL reads it
         try:
             self._pgconn.send_query_prepared(self._name, text)
             while self._pgconn.flush():  # the connection is non-blocking (psycopg's own setting)
