@@ -131,3 +131,28 @@ def test_the_shortcut_for_bodies_relaxing_cannot_change_agrees_with_the_rfc_on_e
     pieces = [b"a", b" ", b"\t", b"\r\n", b"\r", b"\n", b"."]
     bodies = [b"".join(p) for k in range(6) for p in itertools.product(pieces, repeat=k)]
     assert [dkim._relaxed_body(b) for b in bodies] == [by_the_rules(b) for b in bodies]
+
+
+def test_a_header_that_occurs_twice_is_signed_from_the_bottom_up(key, dns):
+    """h= names a field once per occurrence, the last first (RFC 6376 §5.4.2): a receiver checks
+    them in that order, so swapping the two, or adding a third, breaks the signature."""
+    message = MESSAGE.replace(b"MIME-Version", b"Comments: first\r\nComments: second\r\nMIME-Version")
+    data = signed(message, key, (b"from", b"comments", b"comments", b"comments"))
+    assert dkimpy.verify(data, dnsfunc=dns)
+    assert not dkimpy.verify(data.replace(b"first", b"FIRST").replace(b"second", b"first")
+                             .replace(b"FIRST", b"second"), dnsfunc=dns)
+    third = data.replace(b"\r\nMIME-Version", b"\r\nComments: third\r\nMIME-Version")
+    assert not dkimpy.verify(third, dnsfunc=dns)
+
+
+def test_the_header_shortcut_agrees_with_the_rule_on_every_short_value():
+    """Relaxed header canonicalization skips its regular expression for values without a tab or
+    a run of spaces; for every value of up to four pieces it must give what §3.4.2's rule gives."""
+    import itertools
+
+    pieces = [b"a", b" ", b"  ", b"\t", b"\r\n ", b"\r\n\t", b" \r\n "]
+    for n in range(5):
+        for parts in itertools.product(pieces, repeat=n):
+            raw = b"".join(parts)
+            rule = dkim._WSP.sub(b" ", raw.replace(b"\r\n", b"")).strip(b" ")
+            assert dkim._relaxed(b"Subject ", raw) == b"subject:" + rule, raw

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from mailmag.errors import ConfigError
 
 _WSP = re.compile(rb"[ \t]+")
 _FOLD_AT = 76  # the signature header is folded so no line passes RFC 5322's 78
+_PKCS1, _PREHASHED = padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())  # stateless: made once
 
 
 class InvalidKey(ValueError):
@@ -103,7 +105,7 @@ def sign(
     for name, raw in _select(_fields(head), include_headers):
         digest.update(_relaxed(name, raw) + b"\r\n")
     digest.update(_relaxed(b"DKIM-Signature", value))  # itself last, b= empty, no CRLF
-    signature = key.sign(digest.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    signature = key.sign(digest.digest(), _PKCS1, _PREHASHED)
     return _fold(b"DKIM-Signature: " + value, base64.b64encode(signature))
 
 
@@ -155,24 +157,27 @@ def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def _select(fields: list[tuple[bytes, bytes]], include: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     """For each listed name, the last occurrence not yet used, searching upwards (§5.4.2)."""
+    unused: dict[bytes, list[int]] = {}  # each name's fields, top to bottom: the last is used first
+    for i, (name, _raw) in enumerate(fields):
+        unused.setdefault(name.rstrip().lower(), []).append(i)
     chosen = []
-    below: dict[bytes, int] = {}
-    names = [name.rstrip().lower() for name, _ in fields]  # once, not once per listed name
-    for name in include:
-        i = below.get(name, len(fields))
-        while i > 0:
-            i -= 1
-            if names[i] == name:
-                chosen.append(fields[i])
-                break
-        below[name] = i
+    for name in include:  # over-signed names (more than occur) find none: a dict miss, not a scan
+        found = unused.get(name)
+        if found:
+            chosen.append(fields[found.pop()])
     return chosen
 
 
+@functools.lru_cache(maxsize=256)
 def _relaxed(name: bytes, raw: bytes) -> bytes:
-    """'relaxed' header canonicalization: name lower-cased, value unfolded, whitespace runs as one space."""
-    value = _WSP.sub(b" ", raw.replace(b"\r\n", b"")).strip(b" ")
-    return name.rstrip(b" \t").lower() + b":" + value
+    """'relaxed' header canonicalization: name lower-cased, value unfolded, whitespace runs as one space.
+
+    Remembered: an issue's constant fields (From, Subject, List-Id …) come back with every message.
+    """
+    value = raw.replace(b"\r\n", b"")
+    if b"\t" in value or b"  " in value:  # else no run to collapse (the usual case): no regex pass
+        value = _WSP.sub(b" ", value)
+    return name.rstrip(b" \t").lower() + b":" + value.strip(b" ")
 
 
 def _fold(header: bytes, signature: bytes) -> bytes:
