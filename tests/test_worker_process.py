@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -233,3 +234,98 @@ def test_sigterm_finishes_the_message_in_flight_and_hands_the_rest_back(setup, s
         # Handed back, not counted as an attempt: the next worker starts them afresh.
         queued = session.scalars(select(Delivery.attempts).where(Delivery.status == "queued")).all()
         assert set(queued) <= {0}
+
+
+# --- `worker --processes N`: several sending processes under one worker --------------------
+
+
+def _boundaries(smtp_server) -> set[bytes]:  # type: ignore[no-untyped-def]
+    """The MIME boundaries of the received mail: each sending process prepares its own skeleton,
+    with a boundary of its own, so their number is the number of processes that sent."""
+    return {re.search(rb'boundary="([^"]+)"', m.data).group(1) for m in smtp_server.messages}  # type: ignore[union-attr]
+
+
+def _children(worker: subprocess.Popen) -> list[int]:
+    """The pids of the worker's sending processes (Linux's /proc/PID/task/TID/children)."""
+    task = Path(f"/proc/{worker.pid}/task")
+    return [int(pid) for tid in task.iterdir() for pid in (tid / "children").read_text().split()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return status == "Z"  # ended, waiting to be reaped
+
+
+def _limited(config: Path, per_second: float) -> None:
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", f"rate_per_second = {per_second}"))
+
+
+def test_two_sending_processes_send_every_message_once(setup, smtp_server):
+    config, services = setup
+    _limited(config, 30.0)  # 15 a second each (the rate is shared out): both are surely at it
+    prepare_send(services, 60)
+    worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    assert out.strip() == "sent 60, failed 0, deferred 0"  # the processes' counts, summed
+    recipients = smtp_server.recipients()
+    assert sorted(recipients) == sorted(f"user{i}@example.jp" for i in range(60))
+    assert states(services)["sent"] == 60
+    assert len(_boundaries(smtp_server)) == 2  # two processes sent, not one
+
+
+def test_sigterm_stops_every_sending_process_and_hands_their_rows_back(setup, smtp_server):
+    config, services = setup
+    _limited(config, 2.0)
+    prepare_send(services, 20)
+    worker = start_worker(config, "--processes", "2", "--concurrency", "2")  # not --once
+    wait_for(lambda: len(smtp_server.messages) >= 2)
+    children = _children(worker)
+    assert len(children) == 2
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert all(_gone(pid) for pid in children)
+    final = states(services)
+    assert final["sending"] == 0  # nothing left leased: the next worker starts at once
+    assert final["sent"] == len(smtp_server.messages) >= 2
+    assert final["sent"] + final["queued"] == 20
+    assert out.strip() == f"sent {final['sent']}, failed 0, deferred 0"
+
+
+def test_a_worker_killed_outright_takes_its_sending_processes_with_it(setup, smtp_server):
+    """kill -9 of the worker: its processes must not go on sending unseen; they stop as on
+    SIGTERM (finishing the message in flight) and hand their rows back."""
+    config, services = setup
+    _limited(config, 2.0)
+    prepare_send(services, 20)
+    worker = start_worker(config, "--processes", "2", "--concurrency", "2")
+    wait_for(lambda: len(smtp_server.messages) >= 2)
+    children = _children(worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    wait_for(lambda: all(_gone(pid) for pid in children), timeout=30)
+    sent_then = len(smtp_server.messages)
+    time.sleep(1.5)  # a process still sending would add to the count at 1 a second
+    assert len(smtp_server.messages) == sent_then
+    final = states(services)
+    assert final["sending"] == 0
+    assert final["sent"] == sent_then and final["sent"] + final["queued"] == 20
+
+
+def test_processes_refuse_an_hourly_limit_they_could_not_keep(setup, smtp_server):
+    config, services = setup
+    hourly = "rate_per_second = 0.0\nrate_per_hour = 100"
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
+    prepare_send(services, 3)
+    worker = start_worker(config, "--once", "--processes", "2")
+    _out, err = worker.communicate(timeout=60)
+    assert worker.returncode != 0
+    assert err.strip().splitlines() == [
+        "Error: [smtp] rate_per_hour is counted by one process: run the worker without --processes, "
+        "or set rate_per_hour = 0"]
+    assert states(services)["queued"] == 3 and not smtp_server.messages

@@ -5,16 +5,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import click
 
 from mailmag.cli.common import AppContext, pass_app, window_note
 from mailmag.delivery import outbox
-from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.dispatch import Stats
 from mailmag.delivery.transports import make_transport
 from mailmag.models import utcnow
+from mailmag.scheduling.processes import run_processes
 from mailmag.scheduling.sending import make_dispatcher
+from mailmag.services import Services
 
 
 @click.command()
@@ -22,15 +25,15 @@ from mailmag.scheduling.sending import make_dispatcher
               "[smtp] rate_per_hour is reached: the rest waits for a later run).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="SMTP connections (default: [smtp] max_connections).")
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Sending processes, sharing the connections out: more than one uses more than one "
+                   "CPU core (not with [smtp] rate_per_hour).")
 @pass_app
-def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
+def worker(app: AppContext, once: bool, concurrency: int | None, processes: int) -> None:
     """Deliver queued messages; several workers may share one queue."""
     services = app.ready_services(wait_for_database=True)
     with _progress(services, once) as progress:
-        dispatcher = make_dispatcher(services, make_transport(services.config),
-                                     concurrency=concurrency, progress=progress)
-        with _stop_on_signals(dispatcher):
-            stats = dispatcher.run(once=once)
+        stats = _deliver(services, once, concurrency, processes, progress)
     lost = f", lost lease {stats.lost}" if stats.lost else ""
     ambiguous = f" ({stats.ambiguous} after the final dot: may arrive twice)" if stats.ambiguous else ""
     click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{ambiguous}{lost}")
@@ -45,20 +48,34 @@ def worker(app: AppContext, once: bool, concurrency: int | None) -> None:
             click.echo(closed, err=True)
 
 
+def _deliver(services: Services, once: bool, concurrency: int | None, processes: int,
+             progress: Callable[[int], None] | None) -> Stats:
+    if processes == 1:
+        dispatcher = make_dispatcher(services, make_transport(services.config),
+                                     concurrency=concurrency, progress=progress)
+        with _stop_on_signals(dispatcher.stop):
+            return dispatcher.run(once=once)
+    services.close()  # the sending processes open their own connections: none is shared by a fork
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return run_processes(services.config, processes, concurrency or services.config.smtp.max_connections,
+                             once=once, stop=stop, progress=progress)
+
+
 @contextlib.contextmanager
-def _stop_on_signals(dispatcher: Dispatcher) -> Iterator[None]:
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM: finish the message in flight, hand the rest of the batch back."""
 
-    def stop(signum: int, _frame: object) -> None:
+    def handler(signum: int, _frame: object) -> None:
         click.echo(f"stopping ({signal.Signals(signum).name}): finishing messages in flight", err=True)
-        dispatcher.stop.set()
+        stop.set()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler_before in previous.items():
+            signal.signal(sig, handler_before)
 
 
 @contextlib.contextmanager
