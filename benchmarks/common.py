@@ -90,15 +90,20 @@ def now_text() -> str:
 
 @dataclass
 class Usage:
-    """CPU seconds and peak RSS of one process (resource.getrusage, so children are not counted)."""
+    """CPU seconds and peak RSS of one process (resource.getrusage): with `children`, plus those
+    of its children that have ended (the sending processes of `worker --processes`)."""
 
     cpu: float
     peak_rss_mb: float
 
     @classmethod
-    def now(cls) -> Usage:
+    def now(cls, children: bool = False) -> Usage:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return cls(usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+        cpu, rss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss
+        if children:
+            ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu, rss = cpu + ended.ru_utime + ended.ru_stime, max(rss, ended.ru_maxrss)
+        return cls(cpu, rss / 1024)
 
 
 def _child(queue: multiprocessing.Queue, function: Callable[..., Any], args: tuple) -> None:

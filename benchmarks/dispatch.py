@@ -35,23 +35,31 @@ import common
 # --- the three measured senders, each run in a fresh process -------------------------------------
 
 
-def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_key: str) -> dict[str, Any]:
-    """mailmag's own worker, as `mailmag worker --once` runs it, timed from first claim to last commit."""
+def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_key: str,
+                processes: int = 1) -> dict[str, Any]:
+    """mailmag's own worker, as `mailmag worker --once [--processes N]` runs it, timed from first
+    claim to last commit (with N > 1: from the first process's start to the last one's end,
+    their CPU and peak RSS included)."""
     from mailmag.delivery.transports import make_transport
+    from mailmag.scheduling.processes import run_processes
     from mailmag.scheduling.sending import make_dispatcher
 
     config = common.make_config(db_url, port, concurrency=concurrency, batch_size=batch_size,
                                 dkim_key=dkim_key)
-    services = common.open_services(config)
-    dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency)
-    before = common.Usage.now()
+    before = common.Usage.now(children=True)
     started = time.perf_counter()
-    stats = dispatcher.run(once=True)
+    if processes > 1:
+        stats = run_processes(config, processes, concurrency, once=True, stop=threading.Event())
+    else:
+        services = common.open_services(config)
+        dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency)
+        started = time.perf_counter()
+        stats = dispatcher.run(once=True)
+        services.close()
     seconds = time.perf_counter() - started
-    after = common.Usage.now()
-    services.close()
+    after = common.Usage.now(children=True)
     return {"sent": stats.sent, "failed": stats.failed, "deferred": stats.deferred, "seconds": seconds,
-            "cpu": after.cpu - before.cpu, "peak_rss_mb": after.peak_rss_mb}
+            "cpu": after.cpu - before.cpu, "peak_rss_mb": after.peak_rss_mb, "processes": processes}
 
 
 def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool = False) -> dict[str, Any]:
@@ -261,6 +269,7 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
            peer: dict[str, Any] | None, header: str) -> dict[str, Any]:
     ceiling, raw_ceiling = max(ceilings, key=rate), max(raw, key=rate)
     k = args.concurrency
+    processes = f" in {args.processes} processes" if args.processes > 1 else ""
     raw_target = "≥ 0.5, DKIM-signed" if args.dkim else "≥ 0.7"
     lines = [
         header,
@@ -270,7 +279,8 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         f"compose (Jinja2 + premailer, ja + en, best of 5)   {prepared['compose_seconds'] * 1000:8.0f} ms",
         f"enqueue {prepared['queued']:,} recipients (INSERT…SELECT)     "
         f"{prepared['enqueue_seconds']:8.2f} s",
-        f"mailmag worker, {k} connections      {rate(mailmag):8.0f} msg/s   {mailmag['seconds']:6.2f} s   "
+        f"mailmag worker, {k} connections{processes}      {rate(mailmag):8.0f} msg/s   "
+        f"{mailmag['seconds']:6.2f} s   "
         f"CPU {cpu_us(mailmag):5.0f} µs/msg   peak RSS {mailmag['peak_rss_mb']:.0f} MB",
         *(f"ceiling, smtplib × {k} threads ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
           f"CPU {cpu_us(c):5.0f} µs/msg   peak RSS {c['peak_rss_mb']:.0f} MB"
@@ -309,6 +319,8 @@ def main() -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("-k", "--concurrency", type=int, default=4, help="SMTP connections (threads)")
     parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="mailmag's sending processes (worker --processes), sharing the K connections")
     parser.add_argument("--naive", type=int, default=300, help="recipients for the naive sender")
     parser.add_argument("--peer", type=int, default=2000,
                         help="subscriptions for the django-newsletter peer (0: leave it out)")
@@ -327,7 +339,8 @@ def main() -> None:
         ceilings = [common.in_fresh_process(run_ceiling, sink.port, message, n, k)]
         raw = [common.in_fresh_process(run_ceiling, sink.port, message, n, k, True)]
         before = sink.messages()
-        mailmag = common.in_fresh_process(run_mailmag, db_url, sink.port, k, args.batch_size, dkim_key)
+        mailmag = common.in_fresh_process(run_mailmag, db_url, sink.port, k, args.batch_size, dkim_key,
+                                          args.processes)
         received = common.wait_for_sink(sink, before + n) - before
         ceilings.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k))
         raw.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k, True))
