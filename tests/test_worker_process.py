@@ -329,3 +329,29 @@ def test_processes_refuse_an_hourly_limit_they_could_not_keep(setup, smtp_server
         "Error: [smtp] rate_per_hour is counted by one process: run the worker without --processes, "
         "or set rate_per_hour = 0"]
     assert states(services)["queued"] == 3 and not smtp_server.messages
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_stopped_worker_waits_for_its_processes_without_spinning(setup, smtp_server):
+    """After SIGTERM the worker waits for its processes to finish their messages in flight (here
+    a relay that takes 4 s to answer the final dot); meanwhile it must sleep, not use a core."""
+    config, services = setup
+    prepare_send(services, 6)
+    smtp_server.delay("data_end", 4.0, times=2)  # each process's first message
+    worker = start_worker(config, "--processes", "2", "--concurrency", "2")
+    wait_for(lambda: states(services)["sending"] >= 2)
+    time.sleep(0.5)  # both are inside the delayed final dot
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    before = _cpu_seconds(worker.pid)
+    time.sleep(2.0)
+    assert _cpu_seconds(worker.pid) - before < 0.5  # a loop that spins takes the whole 2 s
+    out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    final = states(services)
+    assert final["sending"] == 0 and final["sent"] + final["queued"] == 6
+    assert out.strip() == f"sent {final['sent']}, failed 0, deferred 0"

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -77,17 +78,17 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
 def _wait(children: list[Any], stop: threading.Event, sent: Any,
           progress: Callable[[int], None] | None) -> None:
     shown, stopping = 0, False
-    while any(child.is_alive() for child in children):
-        if stop.wait(0.2) and not stopping:
+    while alive := [child for child in children if child.is_alive()]:
+        # wakes when a process ends, else every 0.2 s to look at `stop` and the progress
+        multiprocessing.connection.wait([child.sentinel for child in alive], timeout=0.2)
+        if stop.is_set() and not stopping:
             stopping = True
-            for child in children:
+            for child in alive:
                 with contextlib.suppress(OSError):  # already gone
                     child.terminate()  # SIGTERM: finish the message in flight, hand the rest back
         if progress is not None and sent.value != shown:
             progress(sent.value - shown)
             shown = sent.value
-        for child in children:
-            child.join(0)
     if progress is not None and sent.value != shown:
         progress(sent.value - shown)
 
