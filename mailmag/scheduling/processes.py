@@ -60,24 +60,32 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
     """
     check(config, processes, concurrency)
     context = multiprocessing.get_context("fork")  # no threads or connections here yet: a safe fork
-    sent = context.Value("q", 0)  # accepted messages, for the progress bar
+    sent = context.Value("q", 0) if progress else None  # accepted messages, for the progress bar
     reports: Any = context.Queue()
     rate = config.smtp.rate_per_second / processes
     own = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, rate_per_second=rate))
     children = [
-        context.Process(target=_child, args=(own, n, once, sent if progress else None, reports, os.getpid()),
+        context.Process(target=_child, args=(own, n, once, sent, reports, os.getpid()),
                         name=f"mailmag-send-{i}")
         for i, n in enumerate(shares(concurrency, processes))
     ]
     for child in children:
         child.start()
-    _wait(children, stop, sent if progress else None, progress)
+    _wait(children, stop, sent, progress)
     return _summed(children, reports)
 
 
 def _wait(children: list[Any], stop: threading.Event, sent: Any,
           progress: Callable[[int], None] | None) -> None:
     shown, stopping = 0, False
+
+    def show() -> None:
+        nonlocal shown
+        now = sent.value if progress is not None else shown  # read once: a tick between two reads is lost
+        if progress is not None and now != shown:
+            progress(now - shown)
+            shown = now
+
     while alive := [child for child in children if child.is_alive()]:
         # wakes when a process ends, else every 0.2 s to look at `stop` and the progress
         multiprocessing.connection.wait([child.sentinel for child in alive], timeout=0.2)
@@ -86,11 +94,8 @@ def _wait(children: list[Any], stop: threading.Event, sent: Any,
             for child in alive:
                 with contextlib.suppress(OSError):  # already gone
                     child.terminate()  # SIGTERM: finish the message in flight, hand the rest back
-        if progress is not None and sent.value != shown:
-            progress(sent.value - shown)
-            shown = sent.value
-    if progress is not None and sent.value != shown:
-        progress(sent.value - shown)
+        show()
+    show()
 
 
 def _summed(children: list[Any], reports: Any) -> Stats:
