@@ -6,6 +6,7 @@ import datetime as dt
 import email
 import email.policy
 import email.utils
+import multiprocessing
 import threading
 import time
 from email.header import decode_header, make_header
@@ -270,6 +271,31 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     assert times[:12] == sorted(times[:12]) and times[11] < 3600
     # The thirteenth message waits for the hourly window to move on: an hour after the first.
     assert times[12] == pytest.approx(3600)
+
+
+def _take_turns(limiter: RateLimiter, times: int, taken) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(times):
+        if limiter.try_acquire():
+            with taken.get_lock():
+                taken.value += 1
+
+
+def test_processes_forked_after_a_shared_limiter_share_its_limit():
+    """`worker --processes`: 5 an hour is 5 for all the processes together, not 5 each, and the
+    hour already sent is counted once however many processes start."""
+    context = multiprocessing.get_context("fork")
+    limiter = RateLimiter(0, 5, context=context)
+    limiter.prime(2)
+    limiter.prime(2)  # a second dispatcher starting on the same limiter
+    taken = context.Value("i", 0)
+    processes = [context.Process(target=_take_turns, args=(limiter, 5, taken)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    assert taken.value == 3
+    assert not limiter.try_acquire()  # the parent's view is the same memory
 
 
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):

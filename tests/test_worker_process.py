@@ -7,6 +7,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -278,12 +279,18 @@ def test_two_sending_processes_send_every_message_once(setup, smtp_server):
     assert len(_boundaries(smtp_server)) == 2  # two processes sent, not one
 
 
-def test_sigterm_stops_every_sending_process_and_hands_their_rows_back(setup, smtp_server):
+def _two_sending(setup, smtp_server):  # type: ignore[no-untyped-def]
+    """A worker of two processes (not --once) sending 20 messages at 2 a second, both at it."""
     config, services = setup
     _limited(config, 2.0)
     prepare_send(services, 20)
-    worker = start_worker(config, "--processes", "2", "--concurrency", "2")  # not --once
+    worker = start_worker(config, "--processes", "2", "--concurrency", "2")
     wait_for(lambda: len(smtp_server.messages) >= 2)
+    return config, services, worker
+
+
+def test_sigterm_stops_every_sending_process_and_hands_their_rows_back(setup, smtp_server):
+    _config, services, worker = _two_sending(setup, smtp_server)
     children = _children(worker)
     assert len(children) == 2
     worker.send_signal(signal.SIGTERM)
@@ -300,11 +307,7 @@ def test_sigterm_stops_every_sending_process_and_hands_their_rows_back(setup, sm
 def test_a_worker_killed_outright_takes_its_sending_processes_with_it(setup, smtp_server):
     """kill -9 of the worker: its processes must not go on sending unseen; they stop as on
     SIGTERM (finishing the message in flight) and hand their rows back."""
-    config, services = setup
-    _limited(config, 2.0)
-    prepare_send(services, 20)
-    worker = start_worker(config, "--processes", "2", "--concurrency", "2")
-    wait_for(lambda: len(smtp_server.messages) >= 2)
+    _config, services, worker = _two_sending(setup, smtp_server)
     children = _children(worker)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -315,20 +318,6 @@ def test_a_worker_killed_outright_takes_its_sending_processes_with_it(setup, smt
     final = states(services)
     assert final["sending"] == 0
     assert final["sent"] == sent_then and final["sent"] + final["queued"] == 20
-
-
-def test_processes_refuse_an_hourly_limit_they_could_not_keep(setup, smtp_server):
-    config, services = setup
-    hourly = "rate_per_second = 0.0\nrate_per_hour = 100"
-    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
-    prepare_send(services, 3)
-    worker = start_worker(config, "--once", "--processes", "2")
-    _out, err = worker.communicate(timeout=60)
-    assert worker.returncode != 0
-    assert err.strip().splitlines() == [
-        "Error: [smtp] rate_per_hour is counted by one process: run the worker without --processes, "
-        "or set rate_per_hour = 0"]
-    assert states(services)["queued"] == 3 and not smtp_server.messages
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -355,3 +344,112 @@ def test_a_stopped_worker_waits_for_its_processes_without_spinning(setup, smtp_s
     final = states(services)
     assert final["sending"] == 0 and final["sent"] + final["queued"] == 6
     assert out.strip() == f"sent {final['sent']}, failed 0, deferred 0"
+
+
+# A stop that reaches the worker while it starts its processes: the Python script below is the
+# worker's own sequence (its signal handler installed, then run_processes) with the stop already
+# set, so the processes are told to stop while they are still being started.
+_STOPPED_WHILE_STARTING = """
+import signal, sys, threading
+from mailmag.config import load_config
+from mailmag.scheduling.processes import run_processes
+stop = threading.Event()
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda _signum, _frame: stop.set())  # what the worker installs: a fork inherits it
+stop.set()
+stats = run_processes(load_config(sys.argv[1]), 2, 2, once=False, stop=stop)
+print(stats.sent)
+"""
+
+
+def test_a_stop_while_the_processes_start_reaches_every_one(setup):
+    """An empty queue and no --once: a process that missed the stop would wait for mail forever
+    (and the worker with it)."""
+    config, _services = setup
+    for _ in range(3):  # the window is a few milliseconds after each fork
+        done = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_STARTING, str(config)],
+                              env={**os.environ, "MAILMAG_SECRET_KEY": SECRET},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "0"
+
+
+def test_a_sending_process_killed_outright_stops_the_worker(setup, smtp_server):
+    """kill -9 (the OOM killer) of one sending process: the worker must not go on at half its
+    strength unseen; the others stop, hand their rows back, and the worker says why and fails
+    (so its service manager restarts it)."""
+    config, services, worker = _two_sending(setup, smtp_server)
+    victim, other = _children(worker)
+    os.kill(victim, signal.SIGKILL)
+    _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("Error: a sending process ended without a report")
+    assert _gone(other)
+    time.sleep(1.1)  # the killed process's lease (1 s) passes
+    final = states(services)
+    assert final["sent"] == len(smtp_server.messages)
+    assert final["sent"] + final["queued"] + final["sending"] == 20
+    finish(config, services)
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(20))
+
+
+def test_a_relay_refusal_in_one_process_stops_them_all(setup, smtp_server):
+    """"Relaying denied" stops one dispatcher with an error; with several processes the others
+    must stop as well (as one process's threads all do), not go on sending without the worker
+    saying anything."""
+    _config, services, worker = _two_sending(setup, smtp_server)
+    children = _children(worker)
+    smtp_server.fail_next("rcpt", 554, "5.7.1 Relay access denied", times=1)
+    _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 1
+    assert len(err.strip().splitlines()) == 1 and "the relay refuses to relay our mail" in err
+    assert all(_gone(pid) for pid in children)
+    final = states(services)
+    assert final["sending"] == 0 and final["failed"] == 0  # nobody marked failed for the relay's rule
+    assert final["sent"] == len(smtp_server.messages) and final["sent"] + final["queued"] == 20
+
+
+def test_a_configuration_error_is_the_same_one_line_with_processes(setup, smtp_server):
+    config, services = setup
+    prepare_send(services, 3)
+    env = {**os.environ, "MAILMAG_SECRET_KEY": "too-short"}
+    lines = []
+    for args in ([], ["--processes", "2"]):
+        done = subprocess.run(mailmag_command("--config", str(config), "worker", "--once", *args),
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0
+        lines.append(done.stderr.strip().splitlines())
+    assert len(lines[0]) == 1 and lines[0][0].startswith("Error: MAILMAG_SECRET_KEY has only 9 characters")
+    assert lines[1] == lines[0]
+    assert states(services)["queued"] == 3 and not smtp_server.messages
+
+
+def test_processes_keep_one_hourly_limit_between_them(setup, smtp_server):
+    """[smtp] rate_per_hour is the relay's limit for the whole worker, however many processes
+    send: 5 an hour means 5, and a second run in the same hour sends none."""
+    config, services = setup
+    hourly = "rate_per_second = 0.0\nrate_per_hour = 5"
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
+    prepare_send(services, 12)
+    for sent in (5, 0):
+        worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert out.strip() == f"sent {sent}, failed 0, deferred 0"
+        assert "[smtp] rate_per_hour = 5 lets the next message go in about" in err
+    assert len(smtp_server.messages) == 5
+    assert states(services)["queued"] == 7 and states(services)["sending"] == 0
+
+
+def test_processes_keep_one_per_second_limit_and_quote_it(setup, smtp_server):
+    """One message every 100 s between two processes: the first goes, the next would wait too
+    long for --once, and the worker quotes the limit as configured."""
+    config, services = setup
+    _limited(config, 0.01)
+    prepare_send(services, 4)
+    worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert out.strip() == "sent 1, failed 0, deferred 0"
+    assert "[smtp] rate_per_second = 0.01 lets the next message go in about 2 min" in err
+    assert len(smtp_server.messages) == 1 and states(services)["queued"] == 3

@@ -26,8 +26,8 @@ from mailmag.services import Services
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="SMTP connections (default: [smtp] max_connections).")
 @click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Sending processes, sharing the connections out: more than one uses more than one "
-                   "CPU core (not with [smtp] rate_per_hour).")
+              help="Sending processes, sharing the connections out and keeping one rate limit: more "
+                   "than one uses more than one CPU core.")
 @pass_app
 def worker(app: AppContext, once: bool, concurrency: int | None, processes: int) -> None:
     """Deliver queued messages; several workers may share one queue."""

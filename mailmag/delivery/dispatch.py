@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from mailmag import clock, db, links
 from mailmag.addresses import make_message_id
+from mailmag.config import Config
 from mailmag.delivery import messages, outbox, wire
 from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.ratelimit import RateLimiter
@@ -248,6 +249,16 @@ class Unrecorded:
         return held
 
 
+def batch_size(config: Config, connections: int) -> int:
+    """Claim no more than a thread may send in half its lease when `connections` share the
+    per-second limit: the rest stays in the queue for the others."""
+    size = config.dispatch.batch_size
+    if config.smtp.rate_per_second > 0:
+        share = config.smtp.rate_per_second * config.dispatch.lease_seconds / 2 / connections
+        size = max(1, min(size, int(share)))
+    return size
+
+
 class Dispatcher:
     """Drains the outbox through `transport` with `concurrency` connections."""
 
@@ -261,6 +272,7 @@ class Dispatcher:
         owner: str | None = None,
         progress: Callable[[int], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        limiter: RateLimiter | None = None,
     ) -> None:
         config = services.config
         self.services = services
@@ -272,18 +284,15 @@ class Dispatcher:
         self.clock = clock
         self.secret = services.secret_key
         self.skeletons = Skeletons(services)
-        self.limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour)
+        # given: one the dispatchers of several processes share (scheduling.processes)
+        self.limiter = limiter or RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour)
         # SQLite has one writer at a time and its busy handler sleeps a millisecond or more
         # before trying again; our own threads queue on a lock instead, which wakes at once.
         sqlite = services.engine.dialect.name == "sqlite"
         self.write_lock: contextlib.AbstractContextManager = (
             threading.Lock() if sqlite else contextlib.nullcontext()
         )
-        # Claim no more than a thread may send, at the rate limit, in half its lease.
-        self.batch_size = config.dispatch.batch_size
-        if config.smtp.rate_per_second > 0:
-            share = config.smtp.rate_per_second * config.dispatch.lease_seconds / 2 / self.concurrency
-            self.batch_size = max(1, min(self.batch_size, int(share)))
+        self.batch_size = batch_size(config, self.concurrency)
         self.stop = threading.Event()
         self.stats = Stats()
         self.error: BaseException | None = None

@@ -1,32 +1,57 @@
-"""Relay limits as sliding windows: never more than N messages in any second or any hour."""
+"""Relay limits as sliding windows: never more than N messages in any second or any hour.
+
+A limiter is kept by one process's threads, or (made with a multiprocessing context) by every
+process forked after it: `worker --processes N` sends under the relay's one limit, not N.
+"""
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
+from typing import Any
 
 
 class Window:
-    """At most `limit` events in any `seconds`-long window (a strict sliding window)."""
+    """At most `limit` events in any `seconds`-long window (a strict sliding window).
 
-    def __init__(self, limit: int, seconds: float) -> None:
+    The last `limit` events' times are kept in a ring: `state` holds the oldest one's index and
+    how many the ring holds, so that the same code runs on a list or on shared memory.
+    """
+
+    def __init__(self, limit: int, seconds: float, times: MutableSequence[float],
+                 state: MutableSequence[int]) -> None:
         self.limit = limit
         self.seconds = seconds
-        self.times: collections.deque[float] = collections.deque(maxlen=limit)
+        self.times = times
+        self.state = state
 
     def wait_time(self, now: float) -> float:
-        if len(self.times) < self.limit:
+        oldest, held = self.state[0], self.state[1]
+        if held < self.limit:
             return 0.0
-        return max(0.0, self.times[0] + self.seconds - now)
+        return max(0.0, self.times[oldest] + self.seconds - now)
+
+    def add(self, now: float) -> None:
+        oldest, held = self.state[0], self.state[1]
+        if held < self.limit:
+            self.times[(oldest + held) % self.limit] = now
+            self.state[1] = held + 1
+        else:  # the oldest leaves the ring and its place holds the newest
+            self.times[oldest] = now
+            self.state[0] = (oldest + 1) % self.limit
 
 
 class RateLimiter:
-    """Messages per second and per hour (0 = unlimited), shared by a worker's threads."""
+    """Messages per second and per hour (0 = unlimited), shared by a worker's threads.
+
+    `context` (a multiprocessing context): the windows live in shared memory under a
+    process-shared lock, so the processes forked after the limiter was made share its limits.
+    time.monotonic is one clock for every process of the machine.
+    """
 
     def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep) -> None:
+                 sleep: Callable[[float], object] = time.sleep, *, context: Any = None) -> None:
         # clock and sleep are arguments so tests can run an hour of limits in no time.
         self.per_hour = per_hour
         self.clock = clock
@@ -35,18 +60,24 @@ class RateLimiter:
         if per_second > 0:
             # A fractional rate (0.5/s) becomes one message per 1/rate seconds.
             limit = max(int(per_second), 1)
-            self.windows.append(Window(limit, limit / per_second))
+            self.windows.append(Window(limit, limit / per_second, *_cells(context, limit)))
         if per_hour > 0:
-            self.windows.append(Window(per_hour, 3600.0))
-        self.lock = threading.Lock()
+            self.windows.append(Window(per_hour, 3600.0, *_cells(context, per_hour)))
+        self.lock = threading.Lock() if context is None else context.Lock()
+        self._primed: MutableSequence[int] = [0] if context is None else context.Array("b", 1, lock=False)
 
     def prime(self, sent_in_last_hour: int) -> None:
-        """Count messages sent before this process started against the hourly window."""
-        for window in self.windows:
-            if window.seconds == 3600.0:
-                now = self.clock()
-                for _ in range(min(sent_in_last_hour, window.limit)):
-                    window.times.append(now)
+        """Count messages sent before this process started against the hourly window (once:
+        the dispatchers that share a limiter each call this as they start)."""
+        with self.lock:
+            if self._primed[0]:
+                return
+            self._primed[0] = 1
+            now = self.clock()
+            for window in self.windows:
+                if window.seconds == 3600.0:
+                    for _ in range(min(sent_in_last_hour, window.limit)):
+                        window.add(now)
 
     def wait_time(self) -> float:
         """Seconds until a turn may be free (0.0: now), taking none."""
@@ -67,7 +98,7 @@ class RateLimiter:
             wait = self._wait(now)
             if wait <= 0:
                 for window in self.windows:
-                    window.times.append(now)
+                    window.add(now)
                 return 0.0
             return wait
 
@@ -82,3 +113,11 @@ class RateLimiter:
                     return False
             else:
                 self.sleep(wait)
+
+
+def _cells(context: Any, size: int) -> tuple[MutableSequence[float], MutableSequence[int]]:
+    """`size` times and a ring's two counters: in this process's memory, or shared (unlocked:
+    the limiter's lock guards them)."""
+    if context is None:
+        return [0.0] * size, [0, 0]
+    return context.Array("d", size, lock=False), context.Array("q", 2, lock=False)

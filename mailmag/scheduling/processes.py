@@ -1,14 +1,15 @@
 """Sending from several processes on one machine (`mailmag worker --processes N`).
 
 Each process runs a Dispatcher of its own, exactly as workers on several machines do: leases
-keep them apart, so nothing is sent twice, and a process that dies leaves its rows to the
-others once their leases pass. What this buys is CPU: a dispatcher's threads take turns on one
-interpreter lock, so one process uses barely one core whatever the machine has; two processes
-of two connections sent ~20 % more than one of four on 2 cores (benchmarks/README.md, Round 5).
+keep them apart, so nothing is sent twice. What this buys is CPU: a dispatcher's threads take
+turns on one interpreter lock, so one process uses barely one core whatever the machine has; two
+processes of two connections sent ~20 % more than one of four on 2 cores (benchmarks/README.md,
+Round 5).
 
-The relay's connections are shared out ([smtp] max_connections, or --concurrency, in all), and
-so is [smtp] rate_per_second. [smtp] rate_per_hour is not: each dispatcher counts the whole
-last hour's mail against its own limit, so that limit is kept by one process only.
+The relay's connections are shared out ([smtp] max_connections, or --concurrency, in all); the
+rate limits are one limiter in shared memory, so [smtp] rate_per_second and rate_per_hour hold
+for the worker as a whole. The processes stand and fall together, as one process's threads do:
+a stop reaches all of them, and one that fails or dies stops the others.
 """
 
 from __future__ import annotations
@@ -19,21 +20,23 @@ import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mailmag.config import Config
-from mailmag.delivery.dispatch import Stats
+from mailmag.delivery.dispatch import Stats, batch_size
+from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import ConfigError, MailmagError
 from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
 _COUNTED = ("sent", "failed", "deferred", "lost", "ambiguous")
-_REPORT_SECONDS = 2.0  # a process that has ended flushed its report before it exited
+_NOTES = ("unreachable", "held_back")  # the first process's that has one is the worker's
+_STOPS = {signal.SIGTERM, signal.SIGINT}
+Report = tuple[dict[str, Any], "BaseException | None"]  # a process's counts, and why it failed
 
 
 def shares(total: int, processes: int) -> list[int]:
@@ -42,40 +45,81 @@ def shares(total: int, processes: int) -> list[int]:
 
 
 def check(config: Config, processes: int, concurrency: int) -> None:
-    """ConfigError when `processes` cannot keep the configuration's promises."""
+    """ConfigError when the processes could not start, raised here as one line (as one process
+    raises it), not by each process after the fork."""
     if processes > concurrency:
         raise ConfigError(f"--processes {processes} needs at least as many connections "
                           f"(--concurrency or [smtp] max_connections is {concurrency})")
-    if processes > 1 and config.smtp.rate_per_hour:
-        raise ConfigError("[smtp] rate_per_hour is counted by one process: run the worker without "
-                          "--processes, or set rate_per_hour = 0")
+    services = Services(config)
+    try:  # the secret key, the DKIM key, the transport: what each process is about to read
+        make_dispatcher(services, make_transport(config))
+    finally:
+        services.close()
+
+
+@dataclasses.dataclass
+class _Sender:
+    """A sending process and the pipe its report comes back by."""
+
+    process: Any
+    reports: multiprocessing.connection.Connection
+    report: Report | None = None
+
+    def listen(self) -> None:
+        """Read the report once the process has sent it (it does as it ends)."""
+        with contextlib.suppress(EOFError, OSError):  # died before reporting: no report
+            if self.report is None and self.reports.poll():
+                self.report = self.reports.recv()
+
+    def wrong(self, once: bool) -> bool:
+        """This process failed, died, or (not `once`: a worker sends until stopped) ended."""
+        if self.report is not None and self.report[1] is not None:
+            return True
+        code = self.process.exitcode
+        return code is not None and (code != 0 or self.report is None or not once)
 
 
 def run_processes(config: Config, processes: int, concurrency: int, *, once: bool, stop: threading.Event,
                   progress: Callable[[int], None] | None = None) -> Stats:
     """Run `processes` dispatchers, each in a process of its own, until all have ended.
 
-    `stop` (set by the caller's signal handler) stops them all as SIGTERM stops one. Their
-    counts are summed; the first error any of them raised is raised once all have ended.
+    `stop` (set by the caller's signal handler) stops them all as SIGTERM stops one, and so does
+    one process failing or dying. Their counts are summed; the first error any of them raised
+    is raised once all have ended.
     """
     check(config, processes, concurrency)
     context = multiprocessing.get_context("fork")  # no threads or connections here yet: a safe fork
     sent = context.Value("q", 0) if progress else None  # accepted messages, for the progress bar
-    reports: Any = context.Queue()
-    rate = config.smtp.rate_per_second / processes
-    own = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, rate_per_second=rate))
-    children = [
-        context.Process(target=_child, args=(own, n, once, sent, reports, os.getpid()),
-                        name=f"mailmag-send-{i}")
-        for i, n in enumerate(shares(concurrency, processes))
-    ]
-    for child in children:
-        child.start()
-    _wait(children, stop, sent, progress)
-    return _summed(children, reports)
+    limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour, context=context)
+    # each thread claims its share of the whole worker's rate, not of its process's
+    own = dataclasses.replace(config, dispatch=dataclasses.replace(
+        config.dispatch, batch_size=batch_size(config, concurrency)))
+    senders = []
+    with _stops_held():
+        for i, connections in enumerate(shares(concurrency, processes)):
+            reports, report = context.Pipe(duplex=False)
+            process = context.Process(target=_child, name=f"mailmag-send-{i}",
+                                      args=(own, connections, once, sent, limiter, report, os.getpid()))
+            process.start()
+            report.close()  # the process holds its end
+            senders.append(_Sender(process, reports))
+    _wait(senders, once, stop, sent, progress)
+    return _summed(senders)
 
 
-def _wait(children: list[Any], stop: threading.Event, sent: Any,
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait while processes start: a process forked with them blocked lets
+    them in once its own handlers are set, and the worker's own once all have started (the
+    handler a fork inherits stops nothing of the new process's)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _wait(senders: list[_Sender], once: bool, stop: threading.Event, sent: Any,
           progress: Callable[[int], None] | None) -> None:
     shown, stopping = 0, False
 
@@ -86,70 +130,77 @@ def _wait(children: list[Any], stop: threading.Event, sent: Any,
             progress(now - shown)
             shown = now
 
-    while alive := [child for child in children if child.is_alive()]:
-        # wakes when a process ends, else every 0.2 s to look at `stop` and the progress
-        multiprocessing.connection.wait([child.sentinel for child in alive], timeout=0.2)
-        if stop.is_set() and not stopping:
+    while alive := [s for s in senders if s.process.is_alive()]:
+        if not stopping and (stop.is_set() or any(s.wrong(once) for s in senders)):
             stopping = True
-            for child in alive:
+            for sender in alive:
                 with contextlib.suppress(OSError):  # already gone
-                    child.terminate()  # SIGTERM: finish the message in flight, hand the rest back
+                    sender.process.terminate()  # SIGTERM: finish the message in flight, hand the rest back
+        # wakes when a process ends, else every 0.2 s to look at `stop` and the progress
+        multiprocessing.connection.wait([s.process.sentinel for s in alive], timeout=0.2)
+        for sender in senders:
+            sender.listen()
         show()
     show()
 
 
-def _summed(children: list[Any], reports: Any) -> Stats:
-    total, error, heard = Stats(), None, 0
-    while heard < len(children):
-        try:
-            counts, failure = reports.get(timeout=_REPORT_SECONDS)
-        except queue.Empty:
-            break  # a process killed outright (SIGKILL, the OOM killer) never reports
-        heard += 1
+def _summed(senders: list[_Sender]) -> Stats:
+    total, error, codes = Stats(), None, []
+    for sender in senders:
+        sender.process.join()
+        sender.listen()
+        codes.append(str(sender.process.exitcode))
+        if sender.report is None:
+            continue
+        counts, failure = sender.report
         for field in _COUNTED:
             total.add(field, counts.get(field, 0))
-        for field in ("unreachable", "held_back"):
+        for field in _NOTES:
             setattr(total, field, getattr(total, field) or counts.get(field, ""))
         error = error or failure
-    for child in children:
-        child.join()
-    if heard < len(children):
-        codes = ", ".join(str(child.exitcode) for child in children)
-        error = error or MailmagError(
-            f"a sending process ended without a report (exit codes {codes}); the rows it held "
-            "go back to the queue when their leases pass: run the worker again")
+    if error is None and any(sender.report is None for sender in senders):
+        error = MailmagError(
+            f"a sending process ended without a report (exit codes {', '.join(codes)}); the rows it "
+            "held go back to the queue when their leases pass: run the worker again")
     if error is not None:
         raise error
     return total
 
 
-def _child(config: Config, concurrency: int, once: bool, sent: Any, reports: Any, parent: int) -> None:
+def _child(config: Config, concurrency: int, once: bool, sent: Any, limiter: RateLimiter,
+           report: multiprocessing.connection.Connection, parent: int) -> None:
     """One sending process: a dispatcher that stops on SIGTERM or SIGINT, and when its parent dies."""
     early = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in _STOPS:
         signal.signal(sig, lambda _signum, _frame: early.set())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a stop sent while this process started lands now
     _stop_with(parent)
     services = Services(config)
-    tick = None if sent is None else _counter(sent)
-    dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency, progress=tick)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda _signum, _frame: dispatcher.stop.set())
-    if early.is_set():
-        dispatcher.stop.set()
     counts: dict[str, Any] = {}
     failure: BaseException | None = None
+    dispatcher = None
     try:
-        stats = dispatcher.run(once=once)
-        counts = {field: getattr(stats, field) for field in (*_COUNTED, "unreachable", "held_back")}
+        dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency,
+                                     progress=None if sent is None else _counter(sent), limiter=limiter)
+        for sig in _STOPS:
+            signal.signal(sig, lambda _signum, _frame: dispatcher.stop.set())
+        if early.is_set():
+            dispatcher.stop.set()
+        counts = _counts(dispatcher.run(once=once), (*_COUNTED, *_NOTES))
     except MailmagError as exc:
         failure = exc
     except Exception as exc:  # reported as one line; the process's own traceback is on stderr
         failure = MailmagError(f"a sending process failed: {exc!r}")
         raise
     finally:
-        counts = counts or {field: getattr(dispatcher.stats, field) for field in _COUNTED}
-        reports.put((counts, failure))
+        if not counts and dispatcher is not None:
+            counts = _counts(dispatcher.stats, _COUNTED)
+        report.send((counts, failure))
         services.close()
+
+
+def _counts(stats: Stats, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {field: getattr(stats, field) for field in fields}
 
 
 def _counter(sent: Any) -> Callable[[int], None]:

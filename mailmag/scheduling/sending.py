@@ -17,6 +17,7 @@ from mailmag.audience import bounces
 from mailmag.config import Config
 from mailmag.content import transitions
 from mailmag.delivery.dispatch import Dispatcher, Hooks
+from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import Transport
 from mailmag.models import utcnow
 from mailmag.services import Services
@@ -34,7 +35,8 @@ def hooks(config: Config) -> Hooks:
 
 def make_dispatcher(services: Services, transport: Transport, *, concurrency: int | None = None,
                     owner: str | None = None, progress: Callable[[int], None] | None = None,
-                    clock: Callable[[], dt.datetime] = utcnow) -> Dispatcher:
+                    clock: Callable[[], dt.datetime] = utcnow,
+                    limiter: RateLimiter | None = None) -> Dispatcher:
     """A Dispatcher over `transport` with mailmag's hooks (the options are Dispatcher's)."""
     return Dispatcher(services, transport, hooks=hooks(services.config), concurrency=concurrency,
-                      owner=owner, progress=progress, clock=clock)
+                      owner=owner, progress=progress, clock=clock, limiter=limiter)
