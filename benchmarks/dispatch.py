@@ -47,8 +47,8 @@ def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_
     config = common.make_config(db_url, port, concurrency=concurrency, batch_size=batch_size,
                                 dkim_key=dkim_key)
     before = common.Usage.now(children=True)
-    started = time.perf_counter()
     if processes > 1:
+        started = time.perf_counter()
         stats = run_processes(config, processes, concurrency, once=True, stop=threading.Event())
     else:
         services = common.open_services(config)
