@@ -115,3 +115,19 @@ def test_empty_archive_and_feeds_still_answer(live):
     assert "まだ発行された号はありません" in Client(live.url).get("/archive/").text
     assert ET.fromstring(Client(live.url).get("/feed.atom").body).findall(f"{ATOM}entry") == []
     assert icalendar.Calendar.from_ical(Client(live.url).get("/events.ics").body).walk("VEVENT") == []
+
+
+def test_an_issue_not_yet_sent_says_so_where_the_test_mail_links(live, published):
+    """A test mail's Web版 link names the number the issue will have: until it is sent the page
+    says the issue is not out yet (still a 404, for crawlers), not that the link is broken, and
+    shows nothing of the draft."""
+    page = Client(live.url).get("/archive/3")
+    assert page.status == 404
+    assert "第3号はまだ公開されていません" in page.text
+    assert "リンクが正しくないか" not in page.text
+    assert "下書き" not in page.text and "未発表" not in page.text
+    assert 'href="/archive/"' in page.text
+    english = Client(live.url).get("/archive/3?lang=en")
+    assert english.status == 404 and "Issue 3 has not been published yet" in english.text
+    # a number before the latest one that no issue has is an ordinary broken link
+    assert "ページが見つかりません" in Client(live.url).get("/archive/0").text
