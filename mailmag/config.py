@@ -10,6 +10,7 @@ current directory.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -203,6 +204,72 @@ class ScheduleConfig:
     send_window_end: str = "18:00"
     skip_holidays: bool = True
     year_end_break: list[str] = field(default_factory=lambda: ["12-29", "01-03"])
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class SendWindow:
+    """The [schedule] send-window settings, parsed and checked once."""
+
+    weekdays: frozenset[int]
+    start: dt.time
+    end: dt.time
+    skip_holidays: bool
+    year_end_break: tuple[tuple[int, int], tuple[int, int]] | None
+
+
+def send_window(settings: ScheduleConfig) -> SendWindow:
+    """Parse the window settings; ConfigError naming the key when one is wrong (load_config
+    calls it, so that a mistake stops every command, not the worker at the window's opening)."""
+    days = [day.strip().lower()[:3] for day in settings.send_window_days]
+    if not days or any(day not in DAYS for day in days):
+        raise ConfigError(
+            f"[schedule] send_window_days must list days such as \"mon\", \"tue\" … \"sun\", "
+            f"not {settings.send_window_days!r}"
+        )
+    start = _window_time(settings.send_window_start, "send_window_start")
+    end = _window_time(settings.send_window_end, "send_window_end")
+    if start >= end:
+        raise ConfigError("[schedule] send_window_start must be earlier than send_window_end")
+    return SendWindow(
+        weekdays=frozenset(DAYS.index(day) for day in days),
+        start=start,
+        end=end,
+        skip_holidays=settings.skip_holidays,
+        year_end_break=_year_end_break(settings.year_end_break),
+    )
+
+
+def _window_time(value: str, key: str) -> dt.time:
+    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+    if not match or int(match[1]) > 24 or int(match[2]) > 59 or (int(match[1]) == 24 and int(match[2])):
+        raise ConfigError(f"[schedule] {key} must be a time such as \"09:00\", not {value!r}")
+    hour, minute = int(match[1]), int(match[2])
+    # "24:00" closes the window at midnight.
+    return dt.time.max if hour == 24 else dt.time(hour, minute)
+
+
+def _year_end_break(value: list[str]) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if not value:
+        return None
+    problem = ConfigError(
+        f"[schedule] year_end_break must be two \"MM-DD\" days such as [\"12-29\", \"01-03\"], not {value!r}"
+    )
+    if len(value) != 2:
+        raise problem
+    days = []
+    for text in value:
+        match = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
+        if not match:
+            raise problem
+        try:
+            dt.date(2024, int(match[1]), int(match[2]))  # a leap year: 02-29 is a real day
+        except ValueError as exc:
+            raise problem from exc
+        days.append((int(match[1]), int(match[2])))
+    return days[0], days[1]
 
 
 @dataclass(frozen=True)
@@ -496,6 +563,10 @@ def _check(config: Config, file: Path | None) -> None:
         ) from exc
     try:
         config.topics  # noqa: B018 - validates the topic codes
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    try:
+        send_window(config.schedule)
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):

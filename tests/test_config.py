@@ -63,6 +63,12 @@ def test_relative_paths_follow_the_file(tmp_path):
         ('[smtp\nport = 1\n', r"m\.toml: not valid TOML"),
         ('[smtp]\nsecurity = "ssl"\n', r"security must be one of none, starttls, tls"),
         ('[mailmag]\ntimezone = "Tokyo"\n', r"not a known time zone"),
+        ('[schedule]\nsend_window_enabled = true\nsend_window_start = "25:00"\n',
+         r"m\.toml: \[schedule\] send_window_start must be a time such as \"09:00\", not '25:00'"),
+        ('[schedule]\nsend_window_days = ["mon", "funday"]\n',
+         r"m\.toml: \[schedule\] send_window_days must list"),
+        ('[schedule]\nyear_end_break = ["12-32", "01-03"]\n',
+         r"m\.toml: \[schedule\] year_end_break must be"),
     ],
 )
 def test_each_mistake_is_one_clear_error(tmp_path, text, message):
@@ -160,3 +166,15 @@ def test_a_list_from_the_environment_reads_as_in_the_file_or_comma_separated():
     assert comma.send_window_days == ["mon", "tue"]
     with pytest.raises(ConfigError, match="MAILMAG_SCHEDULE_SEND_WINDOW_DAYS"):
         load_config(None, env={"MAILMAG_SCHEDULE_SEND_WINDOW_DAYS": '["mon", 3]'})
+
+
+def test_a_bad_send_window_stops_every_command_before_it_does_anything(mailmag, config_file):
+    """Not only the worker at the next morning's start: `issues send` must not queue an issue and
+    then fail on the window it would wait for."""
+    text = config_file.read_text() + '\n[schedule]\nsend_window_enabled = true\nsend_window_end = "8:00"\n'
+    config_file.write_text(text, encoding="utf-8")
+    for command in (["issues", "list"], ["issues", "send", "1"]):
+        result = mailmag(*command)
+        assert result.exit_code == 1
+        assert result.stderr.count("\n") == 1
+        assert "[schedule] send_window_start must be earlier than send_window_end" in result.stderr

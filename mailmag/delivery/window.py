@@ -6,84 +6,23 @@ aware datetimes. With `[schedule] send_window_enabled = false` the window is alw
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import re
 
 import jpholiday
 
-from mailmag.config import Config
+from mailmag.config import DAYS, Config, SendWindow, send_window
 from mailmag.errors import ConfigError
 from mailmag.text_ja import WEEKDAYS_JA
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SEARCH_DAYS = 400  # longer than any break: a window that never opens is a configuration error
 
 
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """The [schedule] send-window settings, parsed and checked once."""
-
-    weekdays: frozenset[int]
-    start: dt.time
-    end: dt.time
-    skip_holidays: bool
-    year_end_break: tuple[tuple[int, int], tuple[int, int]] | None
+def window_settings(config: Config) -> SendWindow:
+    """The window settings, parsed (ConfigError naming the key when one is wrong)."""
+    return send_window(config.schedule)
 
 
-def window_settings(config: Config) -> Window:
-    """Parse the window settings; ConfigError naming the key when one is wrong."""
-    settings = config.schedule
-    days = [day.strip().lower()[:3] for day in settings.send_window_days]
-    if not days or any(day not in DAYS for day in days):
-        raise ConfigError(
-            f"[schedule] send_window_days must list days such as \"mon\", \"tue\" … \"sun\", "
-            f"not {settings.send_window_days!r}"
-        )
-    start = _time(settings.send_window_start, "send_window_start")
-    end = _time(settings.send_window_end, "send_window_end")
-    if start >= end:
-        raise ConfigError("[schedule] send_window_start must be earlier than send_window_end")
-    return Window(
-        weekdays=frozenset(DAYS.index(day) for day in days),
-        start=start,
-        end=end,
-        skip_holidays=settings.skip_holidays,
-        year_end_break=_break(settings.year_end_break),
-    )
-
-
-def _time(value: str, key: str) -> dt.time:
-    match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
-    if not match or int(match[1]) > 24 or int(match[2]) > 59 or (int(match[1]) == 24 and int(match[2])):
-        raise ConfigError(f"[schedule] {key} must be a time such as \"09:00\", not {value!r}")
-    hour, minute = int(match[1]), int(match[2])
-    # "24:00" closes the window at midnight.
-    return dt.time.max if hour == 24 else dt.time(hour, minute)
-
-
-def _break(value: list[str]) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    if not value:
-        return None
-    problem = ConfigError(
-        f"[schedule] year_end_break must be two \"MM-DD\" days such as [\"12-29\", \"01-03\"], not {value!r}"
-    )
-    if len(value) != 2:
-        raise problem
-    days = []
-    for text in value:
-        match = re.fullmatch(r"(\d{1,2})-(\d{1,2})", text.strip())
-        if not match:
-            raise problem
-        try:
-            dt.date(2024, int(match[1]), int(match[2]))  # a leap year: 02-29 is a real day
-        except ValueError as exc:
-            raise problem from exc
-        days.append((int(match[1]), int(match[2])))
-    return days[0], days[1]
-
-
-def is_sending_day(day: dt.date, window: Window) -> bool:
+def is_sending_day(day: dt.date, window: SendWindow) -> bool:
     """A listed weekday that is not a public holiday nor inside the year-end break."""
     if day.weekday() not in window.weekdays:
         return False
@@ -156,7 +95,7 @@ def summary(now: dt.datetime, config: Config) -> str:
     return f"{state} ({_rule(window)}, {config.mailmag.timezone})"
 
 
-def _rule(window: Window) -> str:
+def _rule(window: SendWindow) -> str:
     days = ",".join(DAYS[day] for day in sorted(window.weekdays))
     rule = f"{days} {_clock(window.start)}-{_clock(window.end)}"
     if window.skip_holidays:
