@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -58,6 +59,8 @@ def one_of(*allowed: str) -> dict[str, Any]:
 
 def broken_rule(value: Any, rule: Mapping[str, Any]) -> str | None:
     """What `value` fails of its field's rule ("must be at least 1"), or None if it is allowed."""
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+        return "must be a finite number"
     if "choices" in rule and value not in rule["choices"]:
         return f"must be one of {', '.join(rule['choices'])}"
     if "above" in rule and not value > rule["above"]:
@@ -135,8 +138,9 @@ class SmtpConfig:
     username: str = ""
     timeout_seconds: float = field(default=30.0, metadata=more_than(0))
     max_connections: int = field(default=4, metadata=at_least(1))
-    rate_per_second: float = field(default=10.0, metadata=at_least(0))
-    rate_per_hour: int = field(default=0, metadata=at_least(0))
+    # the limiter keeps a timestamp per message a window holds: the ranges bound its memory
+    rate_per_second: float = field(default=10.0, metadata=at_least(0, 10_000))
+    rate_per_hour: int = field(default=0, metadata=at_least(0, 1_000_000))
     messages_per_connection: int = field(default=1000, metadata=at_least(1))
     file_dir: str = "outbox"
     helo_name: str = ""

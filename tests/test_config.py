@@ -117,6 +117,13 @@ def test_every_number_has_a_range_and_every_default_keeps_its_own_rule():
         ("[dispatch]\nbatch_size = -5\n", r"m\.toml:2: \[dispatch\] batch_size must be at least 1, not -5$"),
         ("[mailmag]\nlanguage = \"fr\"\n",
          r"m\.toml:2: \[mailmag\] language must be one of ja, en, not 'fr'$"),
+        # nan passes every comparison unnoticed (the limit was silently off), inf crashed the worker,
+        # and a billion an hour was a billion timestamps held in memory
+        ("[smtp]\nrate_per_second = nan\n", r"m\.toml:2: \[smtp\] rate_per_second must be a finite number"),
+        ("[smtp]\nrate_per_second = inf\n", r"m\.toml:2: \[smtp\] rate_per_second must be a finite number"),
+        ("[smtp]\nrate_per_second = 1e9\n", r"m\.toml:2: \[smtp\] rate_per_second must be from 0 to 10000"),
+        ("[smtp]\nrate_per_hour = 1000000000\n",
+         r"m\.toml:2: \[smtp\] rate_per_hour must be from 0 to 1000000, not 1000000000$"),
     ],
 )
 def test_a_value_out_of_range_is_one_error_naming_file_and_line(tmp_path, text, message):
@@ -124,6 +131,11 @@ def test_a_value_out_of_range_is_one_error_naming_file_and_line(tmp_path, text, 
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(path, env={})
+
+
+def test_a_number_that_is_not_finite_is_refused_from_the_environment_too():
+    with pytest.raises(ConfigError, match=r"MAILMAG_SMTP_RATE_PER_SECOND.*must be a finite number"):
+        load_config(None, env={"MAILMAG_SMTP_RATE_PER_SECOND": "inf"})
 
 
 def test_an_override_out_of_range_is_named():
