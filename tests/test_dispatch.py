@@ -7,6 +7,8 @@ import email
 import email.policy
 import email.utils
 import multiprocessing
+import os
+import signal
 import threading
 import time
 from email.header import decode_header, make_header
@@ -22,7 +24,7 @@ from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import TransportError
+from mailmag.errors import MailmagError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
 from mailmag.placeholders import PLACEHOLDERS
 from mailmag.scheduling.sending import make_dispatcher
@@ -266,8 +268,8 @@ def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     for _ in range(13):
         assert limiter.acquire()
         times.append(now[0])
-    for start in times:
-        assert sum(1 for t in times if start <= t < start + 1.0) <= 5
+    for start in times:  # (spaced 0.2 s apart, the sixth lands on 1.0 give or take a float's last bit)
+        assert sum(1 for t in times if start <= t < start + 1.0 - 1e-9) <= 5
     assert times[:12] == sorted(times[:12]) and times[11] < 3600
     # The thirteenth message waits for the hourly window to move on: an hour after the first.
     assert times[12] == pytest.approx(3600)
@@ -285,8 +287,8 @@ def test_processes_forked_after_a_shared_limiter_share_its_limit():
     hour already sent is counted once however many processes start."""
     context = multiprocessing.get_context("fork")
     limiter = RateLimiter(0, 5, context=context)
-    limiter.prime(2)
-    limiter.prime(2)  # a second dispatcher starting on the same limiter
+    limiter.prime([60.0, 120.0])
+    limiter.prime([60.0, 120.0])  # a second dispatcher starting on the same limiter
     taken = context.Value("i", 0)
     processes = [context.Process(target=_take_turns, args=(limiter, 5, taken)) for _ in range(3)]
     for process in processes:
@@ -296,6 +298,67 @@ def test_processes_forked_after_a_shared_limiter_share_its_limit():
     assert [p.exitcode for p in processes] == [0, 0, 0]
     assert taken.value == 3
     assert not limiter.try_acquire()  # the parent's view is the same memory
+
+
+def _hold_the_lock(limiter: RateLimiter, holding) -> None:  # type: ignore[no-untyped-def]
+    limiter.lock.acquire()
+    holding.set()
+    time.sleep(60)
+
+
+def test_a_sender_killed_holding_the_shared_limiter_stops_the_others_instead_of_hanging_them():
+    """kill -9 (the OOM killer) of a process inside the limiter's lock: that lock is never
+    released; the others must get an error that stops the worker, not wait for ever."""
+    context = multiprocessing.get_context("fork")
+    limiter = RateLimiter(10, 0, context=context, lock_seconds=0.5)
+    holding = context.Event()
+    holder = context.Process(target=_hold_the_lock, args=(limiter, holding))
+    holder.start()
+    assert holding.wait(10)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    outcome: list[BaseException | bool] = []
+
+    def take() -> None:
+        try:
+            outcome.append(limiter.try_acquire())
+        except MailmagError as exc:
+            outcome.append(exc)
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    taker.join(10)
+    assert not taker.is_alive(), "the sender hangs on a lock nobody will release"
+    assert isinstance(outcome[0], MailmagError) and "died holding it" in str(outcome[0])
+
+
+def test_the_per_second_limit_is_spread_over_the_second_not_a_burst():
+    """10 a second is one every 0.1 s: a burst of 10 at the start of each second reaches the relay
+    with the previous second's tail inside the relay's own second (the attack counted 13)."""
+    now = [0.0]
+    limiter = RateLimiter(10, 0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    times = []
+    for _ in range(30):
+        assert limiter.acquire()
+        times.append(now[0])
+    assert times == pytest.approx([i / 10 for i in range(30)])
+    fractional = RateLimiter(2.5, 0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    start, times = now[0], []
+    for _ in range(6):
+        assert fractional.acquire()
+        times.append(now[0] - start)
+    assert times == pytest.approx([0, 0.4, 0.8, 1.2, 1.6, 2.0])  # never 4 inside a second
+
+
+def test_a_restarted_worker_counts_the_last_hour_as_sent_when_it_was_sent():
+    """5 an hour, 5 sent 50 min ago: the next may go in 10 min, not in an hour."""
+    now = [1000.0]
+    limiter = RateLimiter(0, 5, clock=lambda: now[0])
+    limiter.prime([3000.0] * 5)
+    assert not limiter.try_acquire()
+    assert limiter.wait_time() == pytest.approx(600)
+    now[0] += 600
+    assert limiter.try_acquire()
 
 
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
 import signal
 import sqlite3
@@ -389,10 +391,12 @@ def test_a_sending_process_killed_outright_stops_the_worker(setup, smtp_server):
     assert _gone(other)
     time.sleep(1.1)  # the killed process's lease (1 s) passes
     final = states(services)
-    assert final["sent"] == len(smtp_server.messages)
+    # the killed process's one connection may have had its message accepted, unrecorded (README)
+    assert final["sent"] <= len(smtp_server.messages) <= final["sent"] + 1
     assert final["sent"] + final["queued"] + final["sending"] == 20
     finish(config, services)
-    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(20))
+    received = smtp_server.recipients()
+    assert set(received) == {f"user{i}@example.jp" for i in range(20)} and len(received) <= 21
 
 
 def test_a_relay_refusal_in_one_process_stops_them_all(setup, smtp_server):
@@ -455,3 +459,25 @@ def test_processes_keep_one_per_second_limit_and_quote_it(setup, smtp_server):
     assert out.strip() == "sent 1, failed 0, deferred 0"
     assert "[smtp] rate_per_second = 0.01 lets the next message go in about 2 min" in err
     assert len(smtp_server.messages) == 1 and states(services)["queued"] == 3
+
+
+def test_the_progress_bar_of_several_processes_ends_at_every_message(setup, smtp_server):
+    """On a terminal `worker --once` shows a bar; with --processes it adds up the processes' counts."""
+    config, services = setup
+    prepare_send(services, 30)
+    leader, follower = pty.openpty()
+    worker = subprocess.Popen(
+        mailmag_command("--config", str(config), "worker", "--once", "--processes", "2",
+                        "--concurrency", "2"),
+        env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, stdout=subprocess.PIPE, stderr=follower, text=True)
+    _STARTED.append(worker)
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the worker has closed the terminal
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    assert worker.wait(timeout=60) == 0
+    assert worker.stdout is not None and worker.stdout.read().strip() == "sent 30, failed 0, deferred 0"
+    last = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert "sending" in last and "100%" in last

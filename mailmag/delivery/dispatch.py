@@ -352,7 +352,9 @@ class Dispatcher:
         """The hourly limit counts what was sent in the last hour, also before a restart."""
         if self.limiter.per_hour:
             with self.services.read_session() as session:
-                self.limiter.prime(outbox.sent_since(session, self.clock() - dt.timedelta(hours=1)))
+                now = self.clock()
+                sent = outbox.sent_since(session, now - dt.timedelta(hours=1), self.limiter.per_hour)
+                self.limiter.prime((now - at).total_seconds() for at in sent)
 
     # -- one sending thread --------------------------------------------------------------------
 

@@ -415,11 +415,12 @@ def next_due(session: Session) -> dt.datetime | None:
     )
 
 
-def sent_since(session: Session, since: dt.datetime) -> int:
-    """Messages sent after `since`, by any worker (the hourly rate limit survives restarts)."""
-    return session.scalar(
-        select(func.count()).select_from(Delivery).where(Delivery.status == "sent", Delivery.sent_at >= since)
-    ) or 0
+def sent_since(session: Session, since: dt.datetime, limit: int) -> list[dt.datetime]:
+    """When the last `limit` messages sent after `since` were sent, by any worker (the hourly rate
+    limit survives restarts, and frees its turns when they are an hour old)."""
+    return list(session.scalars(
+        select(Delivery.sent_at).where(Delivery.status == "sent", Delivery.sent_at >= since)
+        .order_by(Delivery.sent_at.desc()).limit(limit)))
 
 
 def audience_count(session: Session, issue: Issue) -> int:

@@ -1,15 +1,24 @@
 """Relay limits as sliding windows: never more than N messages in any second or any hour.
 
+The per-second limit is spread over the second (R a second: R/10 every tenth of a second), not
+let go in a burst at its start: a relay counts arrivals, and a burst that reaches it late meets
+the next one inside the relay's second. The hourly limit lets its messages go as they come.
+
 A limiter is kept by one process's threads, or (made with a multiprocessing context) by every
 process forked after it: `worker --processes N` sends under the relay's one limit, not N.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from typing import Any
+
+from mailmag.errors import MailmagError
+
+LOCK_SECONDS = 10.0  # the lock is held for microseconds: this long means its holder died
 
 
 class Window:
@@ -51,37 +60,39 @@ class RateLimiter:
     """
 
     def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep, *, context: Any = None) -> None:
+                 sleep: Callable[[float], object] = time.sleep, *, context: Any = None,
+                 lock_seconds: float = LOCK_SECONDS) -> None:
         # clock and sleep are arguments so tests can run an hour of limits in no time.
         self.per_hour = per_hour
         self.clock = clock
         self.sleep = sleep
+        self.lock_seconds = lock_seconds
         self.windows: list[Window] = []
         if per_second > 0:
-            # A fractional rate (0.5/s) becomes one message per 1/rate seconds.
-            limit = max(int(per_second), 1)
+            # a tenth of the second's messages in each tenth of a second (2.5/s: one per 0.4 s)
+            limit = max(int(per_second / 10), 1)
             self.windows.append(Window(limit, limit / per_second, *_cells(context, limit)))
         if per_hour > 0:
             self.windows.append(Window(per_hour, 3600.0, *_cells(context, per_hour)))
         self.lock = threading.Lock() if context is None else context.Lock()
         self._primed: MutableSequence[int] = [0] if context is None else context.Array("b", 1, lock=False)
 
-    def prime(self, sent_in_last_hour: int) -> None:
-        """Count messages sent before this process started against the hourly window (once:
-        the dispatchers that share a limiter each call this as they start)."""
-        with self.lock:
+    def prime(self, ages: Iterable[float]) -> None:
+        """Count the messages sent before this process started, `ages` seconds ago, against the
+        hourly window (once: the dispatchers that share a limiter each call this as they start)."""
+        with self._locked():
             if self._primed[0]:
                 return
             self._primed[0] = 1
-            now = self.clock()
+            now, oldest_first = self.clock(), sorted(ages, reverse=True)
             for window in self.windows:
                 if window.seconds == 3600.0:
-                    for _ in range(min(sent_in_last_hour, window.limit)):
-                        window.add(now)
+                    for age in oldest_first[-window.limit :]:  # the newest the window holds
+                        window.add(now - age)
 
     def wait_time(self) -> float:
         """Seconds until a turn may be free (0.0: now), taking none."""
-        with self.lock:
+        with self._locked():
             return self._wait(self.clock())
 
     def _wait(self, now: float) -> float:
@@ -93,7 +104,7 @@ class RateLimiter:
 
     def _take_turn(self) -> float:
         """Take a turn if one is free now (0.0); else the seconds until one may be."""
-        with self.lock:
+        with self._locked():
             now = self.clock()
             wait = self._wait(now)
             if wait <= 0:
@@ -113,6 +124,20 @@ class RateLimiter:
                     return False
             else:
                 self.sleep(wait)
+
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock, or an error: a process killed while holding a shared lock never releases it."""
+        if not self.lock.acquire(timeout=self.lock_seconds):
+            raise MailmagError(
+                f"the rate limit's lock was not released in {self.lock_seconds:g} s: a sending process "
+                "died holding it; the rows held come back to the queue when their leases pass: run the "
+                "worker again")
+        try:
+            yield
+        finally:
+            self.lock.release()
 
 
 def _cells(context: Any, size: int) -> tuple[MutableSequence[float], MutableSequence[int]]:

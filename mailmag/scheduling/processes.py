@@ -63,6 +63,7 @@ class _Sender:
 
     process: Any
     reports: multiprocessing.connection.Connection
+    accepted: Any  # its count of accepted messages, for the progress bar (None without one)
     report: Report | None = None
 
     def listen(self) -> None:
@@ -89,7 +90,6 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
     """
     check(config, processes, concurrency)
     context = multiprocessing.get_context("fork")  # no threads or connections here yet: a safe fork
-    sent = context.Value("q", 0) if progress else None  # accepted messages, for the progress bar
     limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour, context=context)
     # each thread claims its share of the whole worker's rate, not of its process's
     own = dataclasses.replace(config, dispatch=dataclasses.replace(
@@ -98,12 +98,14 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
     with _stops_held():
         for i, connections in enumerate(shares(concurrency, processes)):
             reports, report = context.Pipe(duplex=False)
+            # one count per process, written by it alone: no lock a killed process could keep
+            accepted = context.Value("q", 0, lock=False) if progress else None
             process = context.Process(target=_child, name=f"mailmag-send-{i}",
-                                      args=(own, connections, once, sent, limiter, report, os.getpid()))
+                                      args=(own, connections, once, accepted, limiter, report, os.getpid()))
             process.start()
             report.close()  # the process holds its end
-            senders.append(_Sender(process, reports))
-    _wait(senders, once, stop, sent, progress)
+            senders.append(_Sender(process, reports, accepted))
+    _wait(senders, once, stop, progress)
     return _summed(senders)
 
 
@@ -119,13 +121,13 @@ def _stops_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _wait(senders: list[_Sender], once: bool, stop: threading.Event, sent: Any,
+def _wait(senders: list[_Sender], once: bool, stop: threading.Event,
           progress: Callable[[int], None] | None) -> None:
     shown, stopping = 0, False
 
     def show() -> None:
         nonlocal shown
-        now = sent.value if progress is not None else shown  # read once: a tick between two reads is lost
+        now = sum(s.accepted.value for s in senders) if progress is not None else shown  # read once
         if progress is not None and now != shown:
             progress(now - shown)
             shown = now
@@ -167,7 +169,7 @@ def _summed(senders: list[_Sender]) -> Stats:
     return total
 
 
-def _child(config: Config, concurrency: int, once: bool, sent: Any, limiter: RateLimiter,
+def _child(config: Config, concurrency: int, once: bool, accepted: Any, limiter: RateLimiter,
            report: multiprocessing.connection.Connection, parent: int) -> None:
     """One sending process: a dispatcher that stops on SIGTERM or SIGINT, and when its parent dies."""
     early = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
@@ -180,8 +182,9 @@ def _child(config: Config, concurrency: int, once: bool, sent: Any, limiter: Rat
     failure: BaseException | None = None
     dispatcher = None
     try:
+        tick = None if accepted is None else _counter(accepted)
         dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency,
-                                     progress=None if sent is None else _counter(sent), limiter=limiter)
+                                     progress=tick, limiter=limiter)
         for sig in _STOPS:
             signal.signal(sig, lambda _signum, _frame: dispatcher.stop.set())
         if early.is_set():
@@ -203,10 +206,12 @@ def _counts(stats: Stats, fields: tuple[str, ...]) -> dict[str, Any]:
     return {field: getattr(stats, field) for field in fields}
 
 
-def _counter(sent: Any) -> Callable[[int], None]:
+def _counter(accepted: Any) -> Callable[[int], None]:
+    lock = threading.Lock()  # this process's threads: it dies with them
+
     def tick(n: int) -> None:
-        with sent.get_lock():
-            sent.value += n
+        with lock:
+            accepted.value += n
     return tick
 
 
