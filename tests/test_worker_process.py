@@ -119,6 +119,32 @@ def test_worker_killed_after_claim_or_during_data_loses_nobody(setup, smtp_serve
         assert sorted(session.scalars(select(Delivery.lease_expiries))) == [0, 0, 0, 0, 1]
 
 
+def test_a_worker_once_after_a_killed_one_says_what_the_dead_one_holds(tmp_path, db_url, smtp_server):
+    """`worker --once` right after a worker was killed: the dead one's rows are leased until its
+    lease passes; the new run must say so, not just "sent 0" as if the list were done."""
+    config = write_config(tmp_path / "m.toml", db_url, smtp_server.port, lease_seconds=600)
+    services = Services(load_config(config, env={"MAILMAG_SECRET_KEY": SECRET}))
+    db.init_db(services.engine)
+    try:
+        prepare_send(services, 5)
+        smtp_server.stall("ehlo")
+        worker = start_worker(config, "--once", "--concurrency", "1")
+        wait_for(lambda: states(services)["sending"] == 5)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        smtp_server.clear_faults()
+        again = start_worker(config, "--once")
+        out, err = again.communicate(timeout=60)
+        assert again.returncode == 0, err
+        assert out.strip() == "sent 0, failed 0, deferred 0"
+        note = (r"^note: 5 messages are held by another worker, or by one that stopped without handing "
+                r"them back: they return to the queue by \d{4}-\d\d-\d\d \d\d:\d\d")
+        assert re.search(note, err, re.M)
+        assert states(services)["sending"] == 5  # nothing taken from a worker that may be alive
+    finally:
+        services.close()
+
+
 @contextmanager
 def result_writes_blocked(db_url: str) -> Iterator[Callable[[], bool]]:
     """Hold a lock that makes the worker's result commit wait (the window after the 250).

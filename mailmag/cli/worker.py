@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from mailmag.cli.common import AppContext, pass_app, window_note
+from mailmag.cli.common import AppContext, local_time, pass_app, plural, window_note
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Stats
 from mailmag.delivery.transports import make_transport
@@ -42,10 +42,21 @@ def worker(app: AppContext, once: bool, concurrency: int | None, processes: int)
     if stats.held_back:
         click.echo(stats.held_back, err=True)
     if once:
-        with services.session() as session:
-            closed = window_note(outbox.due_count(session, utcnow()), services.config)
-        if closed:
-            click.echo(closed, err=True)
+        _once_notes(services)
+
+
+def _once_notes(services: Services) -> None:
+    """Why mail is still waiting after `--once`: the send window, or rows another worker holds."""
+    now = utcnow()
+    with services.read_session() as session:
+        closed = window_note(outbox.due_count(session, now), services.config)
+        held, until = outbox.leased(session, now)
+    if closed:
+        click.echo(closed, err=True)
+    if held:
+        are, back = "is" if held == 1 else "are", local_time(until, services.config)
+        click.echo(f"note: {plural(held, 'message')} {are} held by another worker, or by one that stopped "
+                   f"without handing them back: they return to the queue by {back}", err=True)
 
 
 def _deliver(services: Services, once: bool, concurrency: int | None, processes: int,

@@ -405,6 +405,15 @@ def due_count(session: Session, now: dt.datetime) -> int:
     ) or 0
 
 
+def leased(session: Session, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """Deliveries under a worker's lease at `now` (another's, alive or dead: no one can tell), and
+    when the last of those leases ends."""
+    count, until = session.execute(
+        select(func.count(), func.max(Delivery.lease_expires_at))
+        .where(Delivery.status == "sending", Delivery.lease_expires_at > now)).one()
+    return count or 0, until
+
+
 def next_due(session: Session) -> dt.datetime | None:
     """When the earliest queued delivery comes due (a deferred one may be due before a worker's
     next poll); None when nothing is queued."""
