@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
@@ -59,3 +61,18 @@ def test_the_installed_wheel_runs_the_demo_from_an_empty_folder(wheel, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "20 sent, 0 failed" in done.stdout
     assert "松江" in next((empty / "mailmag-demo").glob("issue-1.html")).read_text(encoding="utf-8")
+    script = subprocess.run([str(venv / "bin" / "mailmag"), "--help"], cwd=empty, env=env,
+                            capture_output=True, text=True, timeout=120)  # the console script's entry point
+    assert script.returncode == 0 and script.stdout.startswith("Usage: mailmag"), script.stderr
+
+
+def test_ctrl_c_while_the_command_line_loads_prints_no_traceback():
+    """Loading takes a second or two; a Ctrl-C then ends the command as click's own does (one
+    line, exit 1), or, before Python listens for it, kills it quietly."""
+    process = subprocess.Popen([sys.executable, "-m", "mailmag", "--help"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # inside the imports
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode in (1, -signal.SIGINT), out + err
+    assert "Traceback" not in err and err.strip() in ("", "Aborted!")
