@@ -65,6 +65,8 @@ def broken_rule(value: Any, rule: Mapping[str, Any]) -> str | None:
         return f"must be one of {', '.join(rule['choices'])}"
     if "above" in rule and not value > rule["above"]:
         return f"must be more than {rule['above']}"
+    if "or_zero_from" in rule and 0 < value < rule["or_zero_from"]:
+        return f"must be 0 or at least {rule['or_zero_from']}"
     low, high = rule.get("min"), rule.get("max")
     if low is not None and high is not None and not low <= value <= high:
         return f"must be from {low} to {high}"
@@ -139,7 +141,8 @@ class SmtpConfig:
     timeout_seconds: float = field(default=30.0, metadata=more_than(0))
     max_connections: int = field(default=4, metadata=at_least(1))
     # the limiter keeps a timestamp per message a window holds: the ranges bound its memory
-    rate_per_second: float = field(default=10.0, metadata=at_least(0, 10_000))
+    # (below 0.001, a message every 17 min, the hourly limit is the one to set)
+    rate_per_second: float = field(default=10.0, metadata={**at_least(0, 10_000), "or_zero_from": 0.001})
     rate_per_hour: int = field(default=0, metadata=at_least(0, 1_000_000))
     messages_per_connection: int = field(default=1000, metadata=at_least(1))
     file_dir: str = "outbox"

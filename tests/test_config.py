@@ -122,6 +122,9 @@ def test_every_number_has_a_range_and_every_default_keeps_its_own_rule():
         ("[smtp]\nrate_per_second = nan\n", r"m\.toml:2: \[smtp\] rate_per_second must be a finite number"),
         ("[smtp]\nrate_per_second = inf\n", r"m\.toml:2: \[smtp\] rate_per_second must be a finite number"),
         ("[smtp]\nrate_per_second = 1e9\n", r"m\.toml:2: \[smtp\] rate_per_second must be from 0 to 10000"),
+        # a message every 1e300 s overflowed the --once note and the worker's clock
+        ("[smtp]\nrate_per_second = 1e-300\n",
+         r"m\.toml:2: \[smtp\] rate_per_second must be 0 or at least 0\.001, not 1e-300$"),
         ("[smtp]\nrate_per_hour = 1000000000\n",
          r"m\.toml:2: \[smtp\] rate_per_hour must be from 0 to 1000000, not 1000000000$"),
     ],

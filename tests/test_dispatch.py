@@ -359,6 +359,10 @@ def test_a_restarted_worker_counts_the_last_hour_as_sent_when_it_was_sent():
     assert limiter.wait_time() == pytest.approx(600)
     now[0] += 600
     assert limiter.try_acquire()
+    # mail "sent" in the future (a clock stepped back, a node's clock ahead) counts as sent now
+    ahead = RateLimiter(0, 1, clock=lambda: now[0])
+    ahead.prime([-86400.0])
+    assert ahead.wait_time() == pytest.approx(3600)
 
 
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):

@@ -507,3 +507,20 @@ def test_the_progress_bar_of_several_processes_ends_at_every_message(setup, smtp
     assert worker.stdout is not None and worker.stdout.read().strip() == "sent 30, failed 0, deferred 0"
     last = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
     assert "sending" in last and "100%" in last
+
+
+def test_once_holds_back_when_another_process_fills_the_hour_during_the_wait(setup, smtp_server):
+    """One message every 5 s, two an hour: both processes wait on the per-second limit; the one
+    that gets the second turn fills the hour, and the other, already waiting, must then hold
+    back as --once does, not sleep out the hour (the attack's worker hung until killed)."""
+    config, services = setup
+    hourly = "rate_per_second = 0.2\nrate_per_hour = 2"
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
+    prepare_send(services, 6)
+    worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert out.strip() == "sent 2, failed 0, deferred 0"
+    assert "[smtp] rate_per_hour = 2 lets the next message go in about 60 min" in err
+    assert len(smtp_server.messages) == 2
+    assert states(services)["queued"] == 4 and states(services)["sending"] == 0

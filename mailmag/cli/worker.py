@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import signal
 import sys
 import threading
@@ -54,7 +55,9 @@ def _once_notes(services: Services) -> None:
     if closed:
         click.echo(closed, err=True)
     if held:
-        are, back = "is" if held == 1 else "are", local_time(until, services.config)
+        # shown to the minute: "by" the minute after the last lease ends, not the one it ends in
+        by = until + dt.timedelta(seconds=59) if until is not None else None
+        are, back = "is" if held == 1 else "are", local_time(by, services.config)
         click.echo(f"note: {plural(held, 'message')} {are} held by another worker, or by one that stopped "
                    f"without handing them back: they return to the queue by {back}", err=True)
 

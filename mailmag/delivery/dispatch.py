@@ -496,12 +496,7 @@ class Dispatcher:
                 continue
             if not self.limiter.try_acquire():
                 self._record(unrecorded)  # no result waits while the thread does
-                wait = self.limiter.wait_time()
-                if self._once and wait > ONCE_MAX_WAIT_SECONDS:
-                    self._hold_back(owner, rest, wait)
-                    return True
-                if not self.limiter.acquire(self.stop) or not self._may_send(index, owner):
-                    self._release(owner, rest)
+                if not self._wait_for_turn(index, owner, rest):
                     return True
                 if not still_mine(position, False):
                     position += 1
@@ -528,6 +523,24 @@ class Dispatcher:
                 return True
             if outcome is _Next.ON:
                 position += 1
+        return True
+
+    def _wait_for_turn(self, index: int, owner: str, rest: list[outbox.Claimed]) -> bool:
+        """The rate limit's next turn; False when the thread stops instead (the rest handed back).
+
+        The wait is judged again at every wake: a turn that another thread or process took
+        meanwhile may have filled the hour, and `once` must then hold back, not sleep it out."""
+        while not self.limiter.try_acquire():
+            wait = self.limiter.wait_time()
+            if self._once and wait > ONCE_MAX_WAIT_SECONDS:
+                self._hold_back(owner, rest, wait)
+                return False
+            if self.stop.wait(wait) or not self._may_send(index, owner):
+                self._release(owner, rest)
+                return False
+        if not self._may_send(index, owner):  # the lease may have run out while it waited
+            self._release(owner, rest)
+            return False
         return True
 
     def _hold_back(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:

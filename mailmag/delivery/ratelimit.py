@@ -88,7 +88,7 @@ class RateLimiter:
             for window in self.windows:
                 if window.seconds == 3600.0:
                     for age in oldest_first[-window.limit :]:  # the newest the window holds
-                        window.add(now - age)
+                        window.add(now - max(age, 0.0))  # "sent" later than now (a clock stepped back): now
 
     def wait_time(self) -> float:
         """Seconds until a turn may be free (0.0: now), taking none."""
