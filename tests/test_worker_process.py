@@ -473,18 +473,26 @@ def test_processes_keep_one_hourly_limit_between_them(setup, smtp_server):
     assert states(services)["queued"] == 7 and states(services)["sending"] == 0
 
 
-def test_processes_keep_one_per_second_limit_and_quote_it(setup, smtp_server):
-    """One message every 100 s between two processes: the first goes, the next would wait too
-    long for --once, and the worker quotes the limit as configured."""
+def _held_back_once(setup, smtp_server, limits: str, queued: int, sent: int, note: str) -> None:  # type: ignore[no-untyped-def]
+    """`worker --once --processes 2` under `limits`: `sent` go, the rest waits, and it says so."""
     config, services = setup
-    _limited(config, 0.01)
-    prepare_send(services, 4)
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", limits))
+    prepare_send(services, queued)
     worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
     out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert out.strip() == "sent 1, failed 0, deferred 0"
-    assert "[smtp] rate_per_second = 0.01 lets the next message go in about 2 min" in err
-    assert len(smtp_server.messages) == 1 and states(services)["queued"] == 3
+    assert out.strip() == f"sent {sent}, failed 0, deferred 0"
+    assert note in err
+    assert len(smtp_server.messages) == sent
+    final = states(services)
+    assert final["queued"] == queued - sent and final["sending"] == 0
+
+
+def test_processes_keep_one_per_second_limit_and_quote_it(setup, smtp_server):
+    """One message every 100 s between two processes: the first goes, the next would wait too
+    long for --once, and the worker quotes the limit as configured."""
+    _held_back_once(setup, smtp_server, "rate_per_second = 0.01", queued=4, sent=1,
+                    note="[smtp] rate_per_second = 0.01 lets the next message go in about 2 min")
 
 
 def test_the_progress_bar_of_several_processes_ends_at_every_message(setup, smtp_server):
@@ -513,14 +521,5 @@ def test_once_holds_back_when_another_process_fills_the_hour_during_the_wait(set
     """One message every 5 s, two an hour: both processes wait on the per-second limit; the one
     that gets the second turn fills the hour, and the other, already waiting, must then hold
     back as --once does, not sleep out the hour (the attack's worker hung until killed)."""
-    config, services = setup
-    hourly = "rate_per_second = 0.2\nrate_per_hour = 2"
-    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
-    prepare_send(services, 6)
-    worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
-    out, err = worker.communicate(timeout=60)
-    assert worker.returncode == 0, err
-    assert out.strip() == "sent 2, failed 0, deferred 0"
-    assert "[smtp] rate_per_hour = 2 lets the next message go in about 60 min" in err
-    assert len(smtp_server.messages) == 2
-    assert states(services)["queued"] == 4 and states(services)["sending"] == 0
+    _held_back_once(setup, smtp_server, "rate_per_second = 0.2\nrate_per_hour = 2", queued=6, sent=2,
+                    note="[smtp] rate_per_hour = 2 lets the next message go in about 60 min")
