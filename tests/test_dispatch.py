@@ -257,17 +257,23 @@ def test_give_up_after_the_lifetime(smtp_services, smtp_server):
     assert (c.failed, c.pending) == (1, 0)
 
 
+def _turns(limiter: RateLimiter, now: list[float], count: int) -> list[float]:
+    """When `count` turns are taken, a sender waiting as long as the limiter says each time (the
+    clock moved on: an hour of limits in no time, nothing patched globally)."""
+    times: list[float] = []
+    while len(times) < count:
+        wait = limiter.take_turn()
+        if wait > 0:
+            now[0] += wait
+        else:
+            times.append(now[0])
+    return times
+
+
 def test_rate_limiter_never_exceeds_the_limit_in_any_window():
     now = [0.0]
-
-    def sleep(seconds: float) -> None:  # an hour of limits in no time, nothing patched globally
-        now[0] += seconds
-
-    limiter = RateLimiter(5, 12, clock=lambda: now[0], sleep=sleep)
-    times = []
-    for _ in range(13):
-        assert limiter.acquire()
-        times.append(now[0])
+    limiter = RateLimiter(5, 12, clock=lambda: now[0])
+    times = _turns(limiter, now, 13)
     for start in times:  # (spaced 0.2 s apart, the sixth lands on 1.0 give or take a float's last bit)
         assert sum(1 for t in times if start <= t < start + 1.0 - 1e-9) <= 5
     assert times[:12] == sorted(times[:12]) and times[11] < 3600
@@ -336,17 +342,10 @@ def test_the_per_second_limit_is_spread_over_the_second_not_a_burst():
     """10 a second is one every 0.1 s: a burst of 10 at the start of each second reaches the relay
     with the previous second's tail inside the relay's own second (the attack counted 13)."""
     now = [0.0]
-    limiter = RateLimiter(10, 0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
-    times = []
-    for _ in range(30):
-        assert limiter.acquire()
-        times.append(now[0])
+    times = _turns(RateLimiter(10, 0, clock=lambda: now[0]), now, 30)
     assert times == pytest.approx([i / 10 for i in range(30)])
-    fractional = RateLimiter(2.5, 0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
-    start, times = now[0], []
-    for _ in range(6):
-        assert fractional.acquire()
-        times.append(now[0] - start)
+    start = now[0]
+    times = [t - start for t in _turns(RateLimiter(2.5, 0, clock=lambda: now[0]), now, 6)]
     assert times == pytest.approx([0, 0.4, 0.8, 1.2, 1.6, 2.0])  # never 4 inside a second
 
 
@@ -356,13 +355,13 @@ def test_a_restarted_worker_counts_the_last_hour_as_sent_when_it_was_sent():
     limiter = RateLimiter(0, 5, clock=lambda: now[0])
     limiter.prime([3000.0] * 5)
     assert not limiter.try_acquire()
-    assert limiter.wait_time() == pytest.approx(600)
+    assert limiter.take_turn() == pytest.approx(600)  # the wait, no turn taken
     now[0] += 600
     assert limiter.try_acquire()
     # mail "sent" in the future (a clock stepped back, a node's clock ahead) counts as sent now
     ahead = RateLimiter(0, 1, clock=lambda: now[0])
     ahead.prime([-86400.0])
-    assert ahead.wait_time() == pytest.approx(3600)
+    assert ahead.take_turn() == pytest.approx(3600)
 
 
 def test_send_window_holds_the_queue_at_night(smtp_services, smtp_server, owned_services):

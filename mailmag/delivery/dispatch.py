@@ -350,7 +350,7 @@ class Dispatcher:
 
     def _prime_hourly_limit(self) -> None:
         """The hourly limit counts what was sent in the last hour, also before a restart."""
-        if self.limiter.per_hour:
+        if self.limiter.per_hour and not self.limiter.primed:  # shared: the first process reads it
             with self.services.read_session() as session:
                 now = self.clock()
                 sent = outbox.sent_since(session, now - dt.timedelta(hours=1), self.limiter.per_hour)
@@ -530,8 +530,7 @@ class Dispatcher:
 
         The wait is judged again at every wake: a turn that another thread or process took
         meanwhile may have filled the hour, and `once` must then hold back, not sleep it out."""
-        while not self.limiter.try_acquire():
-            wait = self.limiter.wait_time()
+        while (wait := self.limiter.take_turn()) > 0:
             if self._once and wait > ONCE_MAX_WAIT_SECONDS:
                 self._hold_back(owner, rest, wait)
                 return False

@@ -60,12 +60,10 @@ class RateLimiter:
     """
 
     def __init__(self, per_second: float, per_hour: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], object] = time.sleep, *, context: Any = None,
-                 lock_seconds: float = LOCK_SECONDS) -> None:
-        # clock and sleep are arguments so tests can run an hour of limits in no time.
+                 *, context: Any = None, lock_seconds: float = LOCK_SECONDS) -> None:
+        # clock is an argument so tests can run an hour of limits in no time.
         self.per_hour = per_hour
         self.clock = clock
-        self.sleep = sleep
         self.lock_seconds = lock_seconds
         self.windows: list[Window] = []
         if per_second > 0:
@@ -76,6 +74,11 @@ class RateLimiter:
             self.windows.append(Window(per_hour, 3600.0, *_cells(context, per_hour)))
         self.lock = threading.Lock() if context is None else context.Lock()
         self._primed: MutableSequence[int] = [0] if context is None else context.Array("b", 1, lock=False)
+
+    @property
+    def primed(self) -> bool:
+        """The last hour is counted (by this dispatcher, or by another that shares the limiter)."""
+        return bool(self._primed[0])
 
     def prime(self, ages: Iterable[float]) -> None:
         """Count the messages sent before this process started, `ages` seconds ago, against the
@@ -90,41 +93,21 @@ class RateLimiter:
                     for age in oldest_first[-window.limit :]:  # the newest the window holds
                         window.add(now - max(age, 0.0))  # "sent" later than now (a clock stepped back): now
 
-    def wait_time(self) -> float:
-        """Seconds until a turn may be free (0.0: now), taking none."""
-        with self._locked():
-            return self._wait(self.clock())
-
-    def _wait(self, now: float) -> float:
-        return max((w.wait_time(now) for w in self.windows), default=0.0)
-
     def try_acquire(self) -> bool:
         """Take a turn if one is free now, without waiting."""
-        return self._take_turn() <= 0
+        return self.take_turn() <= 0
 
-    def _take_turn(self) -> float:
-        """Take a turn if one is free now (0.0); else the seconds until one may be."""
+    def take_turn(self) -> float:
+        """Take a turn if one is free now (0.0); else the seconds until one may be, taking none
+        (the caller waits that long, or less, and asks again: another may take it meanwhile)."""
         with self._locked():
             now = self.clock()
-            wait = self._wait(now)
+            wait = max((w.wait_time(now) for w in self.windows), default=0.0)
             if wait <= 0:
                 for window in self.windows:
                     window.add(now)
                 return 0.0
             return wait
-
-    def acquire(self, stop: threading.Event | None = None) -> bool:
-        """Block until one more message fits every window; False if `stop` was set meanwhile."""
-        while True:
-            wait = self._take_turn()
-            if wait <= 0:
-                return True
-            if stop is not None:
-                if stop.wait(wait):
-                    return False
-            else:
-                self.sleep(wait)
-
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

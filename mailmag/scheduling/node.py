@@ -33,7 +33,6 @@ from sqlalchemy.exc import DBAPIError
 
 from mailmag import db
 from mailmag.config import Config
-from mailmag.delivery import window
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import DATABASE_AWAY
@@ -175,11 +174,10 @@ def scheduler_lock(engine: Engine) -> SchedulerLock:
 
 def check_settings(config: Config) -> None:
     """[schedule] mistakes fail at start, not at 9:00 on the 1st."""
-    settings = config.schedule  # each value's own range is checked by load_config
+    settings = config.schedule  # each value's own range, and the send window, are checked by load_config
     if settings.grace_seconds < 2 * settings.poll_seconds:
         # A send found by a poll up to poll_seconds late must still be within grace.
         raise ConfigError("[schedule] grace_seconds must be at least twice poll_seconds")
-    window.window_settings(config)
 
 
 class Node:
