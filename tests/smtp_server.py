@@ -7,6 +7,7 @@
     server.drop("after_data")                      # keep the next message, then close without a reply
     server.stall("rcpt")                           # say nothing: the client times out
     server.delay("data_end", 0.3, times=None)      # answer every message 0.3 s after the dot
+    server.most_sessions = 1                       # a second connection open at once gets 421
     server.messages, server.sessions, server.commands, server.port, server.smtp_config()
 
 Stages: "connect" (instead of the 220 banner), "ehlo", "mail", "rcpt", "data" (the DATA
@@ -120,7 +121,7 @@ class _FaultySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         self.session_number = self._server._new_session(self)
-        reply = await self._server._fault(self, "connect")
+        reply = await self._server._fault(self, "connect") or self._server._too_many()
         if reply is not None:
             await self.push(reply)
             if self.transport is not None:
@@ -204,6 +205,8 @@ class SmtpServer:
         self.commands: list[str] = []  # every SMTP verb received, in order ("EHLO", "MAIL", …)
         self.command_lines: list[str] = []  # the same with their arguments as sent ("RCPT TO:<…>")
         self.sessions = 0
+        self.most_sessions: int | None = None  # more open at once: 421 at the banner, as relays limit clients
+        self.refused_sessions = 0  # sessions turned away by most_sessions
         self.stalled = threading.Event()  # set when a stall() fault holds a session: a race test waits on it
         self._faults: list[_Fault] = []
         self._live: set[SMTP] = set()  # open server-side sessions, closed by stop()
@@ -313,6 +316,13 @@ class SmtpServer:
             self._live.add(smtp)
             self.sessions += 1
             return self.sessions
+
+    def _too_many(self) -> str | None:
+        with self._lock:
+            if self.most_sessions is None or len(self._live) <= self.most_sessions:
+                return None
+            self.refused_sessions += 1
+        return "421 4.7.0 too many connections from your address, try again later"
 
     async def _fault(self, smtp: SMTP, stage: str, address: str | None = None) -> str | None:
         """The reply to inject at this stage, or None; a drop or stall never returns."""

@@ -273,6 +273,8 @@ class Dispatcher:
         progress: Callable[[int], None] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         limiter: RateLimiter | None = None,
+        throttle: Throttle | None = None,
+        first_connection: int = 0,
     ) -> None:
         config = services.config
         self.services = services
@@ -297,7 +299,10 @@ class Dispatcher:
         self.stats = Stats()
         self.error: BaseException | None = None
         self.leases = Leases(config.dispatch.lease_seconds)
-        self.throttle = Throttle(self.concurrency, config.smtp.throttle_seconds)
+        # given: one the dispatchers of several processes share, each numbering its connections
+        # from `first_connection` (scheduling.processes)
+        self.throttle = throttle or Throttle(self.concurrency, config.smtp.throttle_seconds)
+        self.first_connection = first_connection
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
         # one relay restart drops every connection's message in flight at once: that alone is no streak
         self.drops = DropsInRow(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
@@ -367,7 +372,7 @@ class Dispatcher:
                         return  # queued deliveries wait for the send window
                     self.stop.wait(poll_seconds)
                     continue
-                if not self.throttle.admits(index):  # the relay wants fewer connections
+                if not self._admitted(index):  # the relay wants fewer connections
                     connection.close()
                     if once and not self._anything_due():
                         return
@@ -561,7 +566,11 @@ class Dispatcher:
 
     def _may_send(self, index: int, owner: str) -> bool:
         """Not stopped, the claim's lease not running out, and the relay not asking for fewer connections."""
-        return not self.stop.is_set() and not self.leases.running_out(owner) and self.throttle.admits(index)
+        return not self.stop.is_set() and not self.leases.running_out(owner) and self._admitted(index)
+
+    def _admitted(self, index: int) -> bool:
+        """The relay does not want this thread's connection gone (each 421 takes one away)."""
+        return self.throttle.admits(self.first_connection + index)
 
     def _held(self, owner: str, rest: list[outbox.Claimed]) -> set[int]:
         with self.services.read_session() as session:

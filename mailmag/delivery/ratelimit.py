@@ -11,14 +11,12 @@ process forked after it: `worker --processes N` sends under the relay's one limi
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from typing import Any
 
-from mailmag.errors import MailmagError
-
-LOCK_SECONDS = 10.0  # the lock is held for microseconds: this long means its holder died
+from mailmag.delivery import shared
+from mailmag.delivery.shared import LOCK_SECONDS
 
 
 class Window:
@@ -72,8 +70,8 @@ class RateLimiter:
             self.windows.append(Window(limit, limit / per_second, *_cells(context, limit)))
         if per_hour > 0:
             self.windows.append(Window(per_hour, 3600.0, *_cells(context, per_hour)))
-        self.lock = threading.Lock() if context is None else context.Lock()
-        self._primed: MutableSequence[int] = [0] if context is None else context.Array("b", 1, lock=False)
+        self.lock = shared.make_lock(context)
+        self._primed: MutableSequence[int] = shared.numbers(context, "q", 1)
 
     @property
     def primed(self) -> bool:
@@ -111,21 +109,10 @@ class RateLimiter:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The lock, or an error: a process killed while holding a shared lock never releases it."""
-        if not self.lock.acquire(timeout=self.lock_seconds):
-            raise MailmagError(
-                f"the rate limit's lock was not released in {self.lock_seconds:g} s: a sending process "
-                "died holding it; the rows held come back to the queue when their leases pass: run the "
-                "worker again")
-        try:
+        with shared.held(self.lock, self.lock_seconds, "the rate limit"):
             yield
-        finally:
-            self.lock.release()
 
 
 def _cells(context: Any, size: int) -> tuple[MutableSequence[float], MutableSequence[int]]:
-    """`size` times and a ring's two counters: in this process's memory, or shared (unlocked:
-    the limiter's lock guards them)."""
-    if context is None:
-        return [0.0] * size, [0, 0]
-    return context.Array("d", size, lock=False), context.Array("q", 2, lock=False)
+    """`size` times and a ring's two counters (the limiter's lock guards them)."""
+    return shared.numbers(context, "d", size), shared.numbers(context, "q", 2)

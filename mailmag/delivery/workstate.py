@@ -6,15 +6,17 @@ common path (a message accepted, the database answering) takes no lock at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from mailmag.delivery import shared
 from mailmag.delivery.transports import POLICY
 from mailmag.errors import DatabaseError
 
@@ -59,44 +61,59 @@ class Throttle:
     """Postfix's destination concurrency feedback: each 421 takes one connection away (never the
     last); after as many accepted messages as connections are open, one comes back. One comes
     back too after `pause` seconds without a 421, so a connection left out never waits for
-    siblings that have nothing more to send."""
+    siblings that have nothing more to send.
 
-    def __init__(self, most: int, pause: float) -> None:
+    Connections are numbered 0 … most - 1 and the first `limit` may send. Made with a
+    multiprocessing context, the processes forked after share it (`worker --processes`): each
+    numbers its connections from its own first one, and the relay's "fewer connections" holds
+    for the worker, not for each process (which would keep at least one each)."""
+
+    def __init__(self, most: int, pause: float, *, context: Any = None,
+                 lock_seconds: float = shared.LOCK_SECONDS) -> None:
         self.most = most
-        self.limit = most
         self.pause = pause
-        self._credit = 0
-        self._changed = 0.0  # monotonic time of the last 421
-        self._lock = threading.Lock()
+        self.lock_seconds = lock_seconds
+        # limit, credit (messages accepted since the last change), monotonic time of the last change
+        self._state = shared.numbers(context, "d", 3)
+        self._state[0] = most
+        self._lock = shared.make_lock(context)
+
+    @property
+    def limit(self) -> int:
+        """How many connections may send now."""
+        return int(self._state[0])
 
     def admits(self, index: int) -> bool:
         if index < self.limit:
             return True
-        if time.monotonic() - self._changed >= self.pause:
+        if time.monotonic() - self._state[2] >= self.pause:
             self._grow("no 421 for a while")
         return index < self.limit
 
     def refused(self) -> None:
-        with self._lock:
-            self._credit, self._changed = 0, time.monotonic()
+        with self._locked():
+            self._state[1], self._state[2] = 0, time.monotonic()
             if self.limit > 1:
-                self.limit -= 1
+                self._state[0] = self.limit - 1
                 log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
 
     def accepted(self) -> None:
         if self.limit >= self.most:  # the common case, without the lock
             return
-        with self._lock:
-            self._credit += 1
-            enough = self._credit >= self.limit
+        with self._locked():
+            self._state[1] += 1
+            enough = self._state[1] >= self.limit
         if enough:
             self._grow("the relay accepts again")
 
     def _grow(self, why: str) -> None:
-        with self._lock:
+        with self._locked():
             if self.limit < self.most:
-                self.limit, self._credit, self._changed = self.limit + 1, 0, time.monotonic()
+                self._state[0], self._state[1], self._state[2] = self.limit + 1, 0, time.monotonic()
                 log.info("%s: sending on %d connection(s)", why, self.limit)
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return shared.held(self._lock, self.lock_seconds, "the connection throttle")
 
 
 class Refusals:

@@ -7,8 +7,9 @@ processes of two connections sent ~20 % more than one of four on 2 cores (benchm
 Round 5).
 
 The relay's connections are shared out ([smtp] max_connections, or --concurrency, in all); the
-rate limits are one limiter in shared memory, so [smtp] rate_per_second and rate_per_hour hold
-for the worker as a whole. The processes stand and fall together, as one process's threads do:
+rate limits and the 421 throttle live in shared memory, so [smtp] rate_per_second and
+rate_per_hour hold for the worker as a whole, and a relay that asks for fewer connections gets
+fewer from the worker, down to one. The processes stand and fall together, as one process's threads do:
 a stop reaches all of them, and one that fails or dies stops the others.
 """
 
@@ -29,6 +30,7 @@ from mailmag.config import Config
 from mailmag.delivery.dispatch import Stats, batch_size
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
+from mailmag.delivery.workstate import Throttle
 from mailmag.errors import ConfigError, MailmagError
 from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
@@ -91,17 +93,19 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
     check(config, processes, concurrency)
     context = multiprocessing.get_context("fork")  # no threads or connections here yet: a safe fork
     limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour, context=context)
+    throttle = Throttle(concurrency, config.smtp.throttle_seconds, context=context)
     # each thread claims its share of the whole worker's rate, not of its process's
     own = dataclasses.replace(config, dispatch=dataclasses.replace(
         config.dispatch, batch_size=batch_size(config, concurrency)))
-    senders = []
+    senders, split = [], shares(concurrency, processes)
     with _stops_held():
-        for i, connections in enumerate(shares(concurrency, processes)):
+        for i, connections in enumerate(split):
             reports, report = context.Pipe(duplex=False)
             # one count per process, written by it alone: no lock a killed process could keep
             accepted = context.Value("q", 0, lock=False) if progress else None
+            relay = Relay(limiter, throttle, first_connection=sum(split[:i]))
             process = context.Process(target=_child, name=f"mailmag-send-{i}",
-                                      args=(own, connections, once, accepted, limiter, report, os.getpid()))
+                                      args=(own, connections, once, accepted, relay, report, os.getpid()))
             process.start()
             report.close()  # the process holds its end
             senders.append(_Sender(process, reports, accepted))
@@ -169,7 +173,17 @@ def _summed(senders: list[_Sender]) -> Stats:
     return total
 
 
-def _child(config: Config, concurrency: int, once: bool, accepted: Any, limiter: RateLimiter,
+@dataclasses.dataclass(frozen=True)
+class Relay:
+    """What a process shares with the others about the relay: its rate limits and its 421s, and
+    where this process's connections start in the worker's numbering."""
+
+    limiter: RateLimiter
+    throttle: Throttle
+    first_connection: int
+
+
+def _child(config: Config, concurrency: int, once: bool, accepted: Any, relay: Relay,
            report: multiprocessing.connection.Connection, parent: int) -> None:
     """One sending process: a dispatcher that stops on SIGTERM or SIGINT, and when its parent dies."""
     early = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
@@ -184,7 +198,8 @@ def _child(config: Config, concurrency: int, once: bool, accepted: Any, limiter:
     try:
         tick = None if accepted is None else _counter(accepted)
         dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency,
-                                     progress=tick, limiter=limiter)
+                                     progress=tick, limiter=relay.limiter, throttle=relay.throttle,
+                                     first_connection=relay.first_connection)
         for sig in _STOPS:
             signal.signal(sig, lambda _signum, _frame: dispatcher.stop.set())
         if early.is_set():

@@ -19,6 +19,7 @@ from mailmag.content import transitions
 from mailmag.delivery.dispatch import Dispatcher, Hooks
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import Transport
+from mailmag.delivery.workstate import Throttle
 from mailmag.models import utcnow
 from mailmag.services import Services
 
@@ -36,7 +37,9 @@ def hooks(config: Config) -> Hooks:
 def make_dispatcher(services: Services, transport: Transport, *, concurrency: int | None = None,
                     owner: str | None = None, progress: Callable[[int], None] | None = None,
                     clock: Callable[[], dt.datetime] = utcnow,
-                    limiter: RateLimiter | None = None) -> Dispatcher:
+                    limiter: RateLimiter | None = None, throttle: Throttle | None = None,
+                    first_connection: int = 0) -> Dispatcher:
     """A Dispatcher over `transport` with mailmag's hooks (the options are Dispatcher's)."""
     return Dispatcher(services, transport, hooks=hooks(services.config), concurrency=concurrency,
-                      owner=owner, progress=progress, clock=clock, limiter=limiter)
+                      owner=owner, progress=progress, clock=clock, limiter=limiter, throttle=throttle,
+                      first_connection=first_connection)
