@@ -81,6 +81,31 @@ def load() -> str:
     return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(total, steal) jiffies of all the machine's CPUs so far, from /proc/stat's `cpu` line.
+
+    On a virtual machine the hypervisor steals CPU time in bursts; no process's own CPU time
+    shows it, so two phases of one run can differ by it alone. None without /proc/stat or
+    without its steal column (the 8th number).
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(field) for field in fields[1:9]]  # guest time (9th, 10th) is already in user and nice
+    return sum(ticks), ticks[7]
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen between two `cpu_jiffies()` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 def now_text() -> str:
     return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 

@@ -46,7 +46,7 @@ def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_
 
     config = common.make_config(db_url, port, concurrency=concurrency, batch_size=batch_size,
                                 dkim_key=dkim_key)
-    before = common.Usage.now(children=True)
+    before, jiffies = common.Usage.now(children=True), common.cpu_jiffies()
     if processes > 1:
         started = time.perf_counter()
         stats = run_processes(config, processes, concurrency, once=True, stop=threading.Event())
@@ -57,9 +57,10 @@ def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_
         stats = dispatcher.run(once=True)
         services.close()
     seconds = time.perf_counter() - started
-    after = common.Usage.now(children=True)
+    after, steal = common.Usage.now(children=True), common.steal_share(jiffies, common.cpu_jiffies())
     return {"sent": stats.sent, "failed": stats.failed, "deferred": stats.deferred, "seconds": seconds,
-            "cpu": after.cpu - before.cpu, "peak_rss_mb": after.peak_rss_mb, "processes": processes}
+            "cpu": after.cpu - before.cpu, "peak_rss_mb": after.peak_rss_mb, "processes": processes,
+            "steal": steal}
 
 
 def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool = False) -> dict[str, Any]:
@@ -97,17 +98,17 @@ def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool =
             errors.append(exc)
 
     workers = [threading.Thread(target=blast, args=(i, n)) for i, n in enumerate(per_thread)]
-    before = common.Usage.now()
+    before, jiffies = common.Usage.now(), common.cpu_jiffies()
     started = time.perf_counter()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     seconds = time.perf_counter() - started
-    after = common.Usage.now()
+    after, steal = common.Usage.now(), common.steal_share(jiffies, common.cpu_jiffies())
     if errors:
         raise errors[0]
-    return measured(count, seconds, before, after)
+    return measured(count, seconds, before, after, steal)
 
 
 def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
         columns = (Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.link_key)
         recipients = session.execute(select(*columns)
                                      .order_by(Subscriber.id).limit(count)).all()
-        before = common.Usage.now()
+        before, jiffies = common.Usage.now(), common.cpu_jiffies()
         started = time.perf_counter()
         for subscriber_id, email, name, key in recipients:
             edition = render.render_edition(env, config, spec, "ja")  # Jinja2 (html + text) + premailer
@@ -151,9 +152,9 @@ def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
             with smtplib.SMTP("127.0.0.1", port) as smtp:
                 smtp.send_message(message, from_addr="bounces@example.jp", to_addrs=[email])
         seconds = time.perf_counter() - started
-        after = common.Usage.now()
+        after, steal = common.Usage.now(), common.steal_share(jiffies, common.cpu_jiffies())
     services.close()
-    return measured(count, seconds, before, after)
+    return measured(count, seconds, before, after, steal)
 
 
 def run_peer(sink: common.Sink, prepared: dict[str, Any], count: int, folder: Path) -> dict[str, Any]:
@@ -241,9 +242,10 @@ def verify(db_url: str, expected: int) -> dict[str, int]:
     return by_status
 
 
-def measured(count: int, seconds: float, before: common.Usage, after: common.Usage) -> dict[str, Any]:
+def measured(count: int, seconds: float, before: common.Usage, after: common.Usage,
+             steal: float | None) -> dict[str, Any]:
     cpu = after.cpu - before.cpu
-    return {"sent": count, "seconds": seconds, "cpu": cpu, "peak_rss_mb": after.peak_rss_mb}
+    return {"sent": count, "seconds": seconds, "cpu": cpu, "peak_rss_mb": after.peak_rss_mb, "steal": steal}
 
 
 def rate(result: dict[str, Any]) -> float:
@@ -252,6 +254,21 @@ def rate(result: dict[str, Any]) -> float:
 
 def cpu_us(result: dict[str, Any]) -> float:
     return result["cpu"] / result["sent"] * 1e6
+
+
+def steal_text(result: dict[str, Any]) -> str:
+    """The phase's stolen share for its line; nothing where /proc/stat could not tell."""
+    return "" if result["steal"] is None else f"   steal {result['steal'] * 100:.0f} %"
+
+
+def steal_warning(mailmag: dict[str, Any], raw_ceiling: dict[str, Any], when: str) -> list[str]:
+    """A line when the hypervisor stole much more in one of the two runs the target ratio divides:
+    the ratio then measures the machine as much as mailmag."""
+    ours, theirs = mailmag["steal"], raw_ceiling["steal"]
+    if ours is None or theirs is None or abs(ours - theirs) <= 0.10:
+        return []
+    return [f"warning: mailmag / raw ceiling compares phases with different stolen time: "
+            f"mailmag steal {ours * 100:.0f} %, raw ceiling ({when}) steal {theirs * 100:.0f} %"]
 
 
 def peer_lines(peer: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[str]:
@@ -268,6 +285,7 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
            ceilings: list[dict[str, Any]], raw: list[dict[str, Any]], naive: dict[str, Any],
            peer: dict[str, Any] | None, header: str) -> dict[str, Any]:
     ceiling, raw_ceiling = max(ceilings, key=rate), max(raw, key=rate)
+    raw_when = ("before", "after")[raw.index(raw_ceiling)]
     k = args.concurrency
     processes = f" in {args.processes} processes" if args.processes > 1 else ""
     raw_target = "≥ 0.5, DKIM-signed" if args.dkim else "≥ 0.7"
@@ -281,15 +299,15 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         f"{prepared['enqueue_seconds']:8.2f} s",
         f"mailmag worker, {k} connections{processes}      {rate(mailmag):8.0f} msg/s   "
         f"{mailmag['seconds']:6.2f} s   "
-        f"CPU {cpu_us(mailmag):5.0f} µs/msg   peak RSS {mailmag['peak_rss_mb']:.0f} MB",
+        f"CPU {cpu_us(mailmag):5.0f} µs/msg   peak RSS {mailmag['peak_rss_mb']:.0f} MB{steal_text(mailmag)}",
         *(f"ceiling, smtplib × {k} threads ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
-          f"CPU {cpu_us(c):5.0f} µs/msg   peak RSS {c['peak_rss_mb']:.0f} MB"
+          f"CPU {cpu_us(c):5.0f} µs/msg   peak RSS {c['peak_rss_mb']:.0f} MB{steal_text(c)}"
           for when, c in zip(("before", "after"), ceilings, strict=False)),
         *(f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
-          f"CPU {cpu_us(c):5.0f} µs/msg"
+          f"CPU {cpu_us(c):5.0f} µs/msg{steal_text(c)}"
           for when, c in zip(("before", "after"), raw, strict=False)),
         f"naive sender, {naive['sent']} recipients       {rate(naive):8.1f} msg/s   "
-        f"{naive['seconds']:6.2f} s   CPU {cpu_us(naive):5.0f} µs/msg",
+        f"{naive['seconds']:6.2f} s   CPU {cpu_us(naive):5.0f} µs/msg{steal_text(naive)}",
         *peer_lines(peer, mailmag),
         f"mailmag / smtplib sendmail ceiling (faster of the two) = {rate(mailmag) / rate(ceiling):.2f}",
         f"mailmag / raw ceiling (faster of the two) = {rate(mailmag) / rate(raw_ceiling):.2f}   "
@@ -297,6 +315,7 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         f"mailmag CPU per message = {cpu_us(mailmag):.0f} µs   "
         f"(target ≤ 300{', unsigned' if args.dkim else ''})",
         f"mailmag / naive = {rate(mailmag) / rate(naive):.0f}×",
+        *steal_warning(mailmag, raw_ceiling, raw_when),
         f"{common.load()} at the end",
     ]
     print("\n".join(lines), flush=True)
