@@ -90,8 +90,10 @@ def _encoded_words(text: str, room: int) -> list[str]:
     """=?UTF-8?B?…?= words: the first fits in `room` columns, later ones after CRLF SP."""
     if room < 20:
         raise ValueError("header name too long for an encoded-word on its first line")
-    words: list[str] = []
     limit = (room - 12) // 4 * 3  # UTF-8 bytes whose base64 fits beside =?UTF-8?B? and ?=
+    if len(text) * 4 <= limit:  # surely one word (most names): no need to count bytes
+        return [_word(text)]
+    words: list[str] = []
     start, size = 0, 0
     for i, ch in enumerate(text):
         n = _utf8_len(ch)
