@@ -81,6 +81,14 @@ def test_drafts_and_unknown_issues_are_404(live, published):
     assert Client(live.url).get("/archive/abc").status == 404
 
 
+def test_an_issue_has_one_address(live, published):
+    """/archive/1 only: not /archive/01, nor with full-width digits (１, as a Japanese IME types it)."""
+    client = Client(live.url)
+    assert client.get("/archive/1").status == 200
+    for other in ("/archive/01", "/archive/%EF%BC%91", "/archive/001?lang=ja"):
+        assert client.get(other).status == 404, other
+
+
 def test_atom_feed_lists_the_public_issues(live, published):
     reply = Client(live.url).get("/feed.atom")
     assert reply.status == 200 and reply.headers["Content-Type"].startswith("application/atom+xml")

@@ -15,6 +15,7 @@ import jinja2
 from flask import Flask, current_app, g, render_template, request
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from mailmag import text_ja
 from mailmag.audience import consent
@@ -90,6 +91,14 @@ def _wording(dirs: list[Path], version: str) -> dict[str, str]:
     return found
 
 
+class CanonicalInt(IntegerConverter):
+    """A number in a URL as it is written once: ASCII digits, no leading zero. Werkzeug's `\\d+`
+    also takes full-width digits and zeros in front, which made /archive/１ and /archive/01
+    second addresses of issue 1 (for caches, search engines and links alike)."""
+
+    regex = r"0|[1-9][0-9]*"
+
+
 def create_app(services: Services | None = None, config: Config | None = None) -> Flask:
     """The Flask app for `services` (or for `config`, or the configuration file)."""
     services = services or Services(config or load_config())
@@ -107,6 +116,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     # without the slash instead, and nothing is redirected.
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
+    app.url_map.converters["int"] = CanonicalInt  # before the routes that use it are added
     app.extensions["mailmag"] = WebState(
         services=services, secret=secret,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
