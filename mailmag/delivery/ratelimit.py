@@ -98,6 +98,8 @@ class RateLimiter:
     def take_turn(self) -> float:
         """Take a turn if one is free now (0.0); else the seconds until one may be, taking none
         (the caller waits that long, or less, and asks again: another may take it meanwhile)."""
+        if not self.windows:  # no limit set (the usual relay): every message, no lock to take
+            return 0.0
         with self._locked():
             now = self.clock()
             wait = max((w.wait_time(now) for w in self.windows), default=0.0)
