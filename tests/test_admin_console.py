@@ -160,8 +160,11 @@ def test_a_topic_narrows_the_audience_the_confirmation_counts(console, console_s
         assert session.scalar(select(Issue.topic)) == "events"
 
 
-def test_the_issue_page_warns_that_an_item_changed_after_rendering(console, console_services):
-    """The preview frame shows the stored rendering: after an edit the page says it is old text."""
+def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_it_again(
+        console, console_services):
+    """The preview frame shows the stored rendering: after an edit the page says it is old text,
+    and renders the issue again from the edited text (before, only `mailmag issues render` on
+    the server could, and sending refused the issue until then)."""
     ids = seed_items(console_services, ["会議の報告"])
     with console_services.session() as session:
         items.approve(session, ids)
@@ -176,3 +179,10 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering(console, cons
     page = client.get(issue_path).text
     assert f"item {ids[0]} 「会議の報告（訂正）」 changed after the issue was rendered" in page
     assert "直した本文" not in client.get(f"{issue_path}/frame/ja").text  # what the warning is about
+    assert "記事の今の内容で作り直す" in page
+    assert client.post(f"{issue_path}/render", {}).status == 400  # no CSRF token: nothing done
+    assert client.post(f"{issue_path}/render", {"csrf_token": token}).status == 303
+    assert "changed after the issue was rendered" not in client.get(issue_path).text
+    assert "直した本文" in client.get(f"{issue_path}/frame/ja").text
+    with console_services.session() as session:
+        assert [e.action for e in audit.listing(session)].count("issue.render") == 1

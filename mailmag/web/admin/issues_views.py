@@ -105,6 +105,17 @@ def title(issue_id: int) -> Any:
     return _back(issue_id)
 
 
+@bp.post("/<int:issue_id>/render")
+@needs("compose")
+def render_again(issue_id: int) -> Any:
+    """The issue rendered again from its items' current text: what the page's warning about an
+    item changed after rendering asks for (as `issues render` does on the command line)."""
+    with state().services.session() as db:
+        composed = issues.rerender(db, state().config, issue_id)
+        act(db, "issue.render", issues.label(composed.issue))
+    return _back(issue_id)
+
+
 @bp.post("/<int:issue_id>/topic")
 @needs("compose")
 def topic(issue_id: int) -> Any:
