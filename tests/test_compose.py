@@ -238,7 +238,8 @@ def test_default_takes_approved_items_not_yet_in_an_issue(session, config, refer
 
 def test_named_items_must_be_approved(session, config, reference_items):
     reference_items[1].status = "submitted"
-    with pytest.raises(StateError, match=rf"^item {reference_items[1].id} is submitted: approve it first"):
+    refused = rf"^item {reference_items[1].id} is submitted; no issue was made: approve it$"
+    with pytest.raises(StateError, match=refused):
         issues.compose(session, config, item_ids=[reference_items[0].id, reference_items[1].id], today=TODAY)
     assert _count(session, Issue) == 0
 
@@ -289,10 +290,10 @@ def test_cli_errors_are_one_line_and_change_nothing(mailmag):
     nothing = mailmag("issues", "new")
     assert nothing.exit_code == 1
     assert nothing.stderr == ("Error: there are no approved items that are not already in an issue: "
-                              "approve some with mailmag items approve ID, or name items with --item\n")
+                              "approve some (`mailmag items approve ID`, or name items with --item)\n")
     missing = mailmag("issues", "preview", "9")
     assert missing.exit_code == 1
-    assert missing.stderr == "Error: no issue with the id 9 (see mailmag issues list)\n"
+    assert missing.stderr == "Error: no issue with the id 9: see which there are (`mailmag issues list`)\n"
     assert json.loads(mailmag.ok("issues", "list", "--json").stdout) == []
 
 

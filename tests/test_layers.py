@@ -8,13 +8,19 @@ contract that checks nothing would fail here.
 
 from __future__ import annotations
 
+import ast
 import os
+import pickle
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mailmag.cli import fixes
+from mailmag.errors import Fix, StateError
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -53,3 +59,35 @@ def test_a_backwards_import_breaks_the_contract(tmp_path, module, backwards):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "BROKEN" in result.stdout
     assert module.removesuffix(".py").replace("/", ".") in result.stdout
+
+
+DOMAIN = ("content", "audience", "delivery", "scheduling", "access")
+COMMAND = re.compile(r"mailmag (issues|items|orgs|subscribers|schedule|admins)\b")
+
+
+def _raised_texts(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string written in a `raise …(…)` of the module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            for part in ast.walk(node.exc):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    found.append((node.lineno, part.value))
+    return found
+
+
+def test_domain_errors_name_steps_not_commands():
+    """The console shows the domain's errors too: a remedy is a Fix the front says in its own
+    terms (errors.py), never a command line written into the sentence."""
+    spelled = [f"{path.relative_to(ROOT)}:{line}: {text}"
+               for package in DOMAIN for path in sorted((ROOT / "mailmag" / package).rglob("*.py"))
+               for line, text in _raised_texts(path) if COMMAND.search(text)]
+    assert spelled == []
+
+
+def test_an_error_keeps_its_fixes_on_the_way_from_a_sending_process():
+    error = StateError("issue 3 is not rendered", fixes=[Fix("render_issue", 3)])
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is StateError and again.fixes == error.fixes
+    assert str(again) == "issue 3 is not rendered: render the issue again"
+    assert fixes.said(again) == "issue 3 is not rendered: render the issue again (`mailmag issues render 3`)"

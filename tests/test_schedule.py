@@ -185,8 +185,9 @@ def test_a_send_that_cannot_go_out_is_recorded_as_failed_and_back_to_draft(servi
     with services.session() as session:
         session.execute(Rendering.__table__.delete())
     (fired,) = jobs.fire_due_sends(services, at)
-    assert (fired.outcome, fired.detail) == ("failed", f"issue {number} is not rendered: run "
-                                                       f"`mailmag issues render {number}`")
+    # the job's record says what to do in words; each front adds how (command, button)
+    assert (fired.outcome, fired.detail) == (
+        "failed", f"issue {number} is not rendered: render the issue again")
     assert state(services, number) == ("draft", 0, [(f"send-issue-{number}", "failed")])
     assert jobs.fire_due_sends(services, at + dt.timedelta(minutes=1)) == []
 
@@ -310,7 +311,7 @@ def test_a_removed_automatic_issue_no_longer_fires(services):
     assert issue_count(services) == 0
     with services.session() as session, pytest.raises(NotFound) as caught:
         jobs.remove_auto(session, schedule_id)
-    assert str(caught.value) == f"no automatic issue with id {schedule_id}: see `mailmag schedule list`"
+    assert str(caught.value) == f"no automatic issue with id {schedule_id}: see which there are"
 
 
 # --- send windows -------------------------------------------------------------------------------
@@ -384,7 +385,7 @@ def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):
     assert bad.stderr == "Error: invalid weekday field '8' in the cron expression: use 0-7 or sun-sat\n"
     missing = mailmag("schedule", "remove", "7")
     assert (missing.exit_code, missing.stderr) == (
-        1, "Error: no automatic issue with id 7: see `mailmag schedule list`\n")
+        1, "Error: no automatic issue with id 7: see which there are (`mailmag schedule list`)\n")
     assert json.loads(mailmag.ok("schedule", "list", "--json").output) == []
     neither = mailmag("run", "--no-scheduler", "--no-worker")
     assert neither.exit_code == 2 and "leave nothing to run" in neither.stderr

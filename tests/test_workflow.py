@@ -169,13 +169,14 @@ def test_deleted_and_cancelled_drafts_use_no_number_and_the_archive_has_no_gap(c
     assert json.loads(council.ok("items", "list", "--json").stdout)[0]["status"] == "approved"
     assert (
         council("issues", "preview", "1").stderr
-        == "Error: no issue with the id 1 (see mailmag issues list)\n"
+        == "Error: no issue with the id 1: see which there are (`mailmag issues list`)\n"
     )
     # The same item again (SQLite may give the new draft the deleted one's id: ids are not numbers).
     a = json.loads(council.ok("issues", "new", "--json").stdout)["id"]
     draft = council("issues", "cancel", str(a))
     assert draft.stderr == (
-        f"Error: issue {a} is a draft: nothing is being sent; to drop it, run mailmag issues delete {a}\n"
+        f"Error: issue {a} is a draft: nothing is being sent: to drop it, delete it "
+        f"(`mailmag issues delete {a}`)\n"
     )
     _event(council, "第二のお知らせ")
     b = json.loads(council.ok("issues", "new", "--item", str(first + 1), "--json").stdout)["id"]
@@ -316,8 +317,9 @@ def test_an_item_edited_after_approval_blocks_the_send_naming_it(council):
     council.ok("items", "approve", str(item))
     stale = council("issues", "send", "1", "--yes")  # approved again, but the issue shows the old text
     assert stale.stderr == (
-        f"Error: item {item} 「直前に直したお知らせ」 changed after issue 1 was rendered: run "
-        "`mailmag issues render 1` and look at the preview again; nothing was sent\n"
+        f"Error: item {item} 「直前に直したお知らせ」 changed after issue 1 was rendered; nothing was sent: "
+        "render the issue again (`mailmag issues render 1`), then look at the preview again "
+        "(`mailmag issues preview 1`)\n"
     )
     assert _status(council, 1)["total"] == 0
     assert json.loads(council.ok("items", "list", "--json").stdout)[0]["status"] == "approved"
@@ -333,7 +335,7 @@ def test_preview_and_test_mail_warn_that_an_item_changed_after_rendering(council
     council.ok("issues", "new")
     council.ok("items", "edit", str(item), "--venue", "鳥取県米子市")
     warning = (f"warning: item {item} 「直前に直したお知らせ」 changed after issue 1 was rendered; this "
-               "shows the old text: run `mailmag issues render 1` to see the new one")
+               "shows the old text: render the issue again (`mailmag issues render 1`)")
     preview = council.ok("issues", "preview", "1")
     assert warning in preview.stderr.splitlines() and "鳥取県米子市" not in preview.stdout
     tested = council.ok("issues", "test", "1", "--to", "proof@example.jp")

@@ -16,7 +16,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from mailmag.errors import AccessDenied, InvalidInput, NotFound, StateError
+from mailmag.errors import AccessDenied, Fix, InvalidInput, NotFound, StateError
 from mailmag.models import ADMIN_ROLES, Admin, AdminSession, utcnow
 
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -62,7 +62,7 @@ def verify_password(admin: Admin | None, password: str) -> bool:
 def get(session: Session, name: str) -> Admin:
     admin = find(session, name)
     if admin is None:
-        raise NotFound(f"there is no console account {name!r} (see mailmag admins list)")
+        raise NotFound(f"there is no console account {name!r}", fixes=[Fix("list_admins")])
     return admin
 
 
@@ -131,7 +131,7 @@ def clear_totp(session: Session, name: str) -> None:
 def totp_uri(admin: Admin, issuer: str) -> str:
     """The otpauth:// link an authenticator app reads (as a QR code or typed in)."""
     if not admin.totp_secret:
-        raise StateError(f"{admin.name} has no one-time code set up: run mailmag admins totp {admin.name}")
+        raise StateError(f"{admin.name} has no one-time code set up", fixes=[Fix("setup_totp", admin.name)])
     return pyotp.TOTP(admin.totp_secret).provisioning_uri(name=admin.name, issuer_name=issuer)
 
 
@@ -157,5 +157,5 @@ def needs_totp(admin: Admin, require_for_senders: bool) -> bool:
 
 def refuse_without_totp(admin: Admin, require_for_senders: bool) -> None:
     if needs_totp(admin, require_for_senders) and not admin.totp_secret:
-        raise AccessDenied(f"{admin.role} accounts need a one-time code: ask an owner to run "
-                           f"`mailmag admins totp {admin.name}`")
+        raise AccessDenied(f"{admin.role} accounts need a one-time code",
+                           fixes=[Fix("setup_totp", admin.name)])

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from mailmag.audience import imports
 from mailmag.audience.subscribers import Consent
-from mailmag.errors import NotFound
+from mailmag.errors import Fix, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Subscriber, Suppression
 
 
@@ -29,7 +29,7 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
 def by_id(session: Session, subscriber_id: int) -> Subscriber:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
-        raise NotFound(f"no subscriber with the id {subscriber_id} (see mailmag subscribers list)")
+        raise NotFound(f"no subscriber with the id {subscriber_id}", fixes=[Fix("list_subscribers")])
     return subscriber
 
 

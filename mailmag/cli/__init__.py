@@ -7,6 +7,7 @@ import importlib
 import click
 from sqlalchemy.exc import OperationalError
 
+from mailmag.cli import fixes
 from mailmag.cli.common import AppContext
 from mailmag.delivery.workstate import reason
 from mailmag.errors import MailmagError
@@ -32,7 +33,7 @@ class MailmagGroup(click.Group):
                     f"the database is locked or unavailable ({reason(exc)}); the command was stopped: run it "
                     "again when the database is free ([database] busy_timeout_seconds is how long it waits)"
                 ) from exc
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(fixes.said(exc)) from exc
 
 
 @click.group(cls=MailmagGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,6 +16,7 @@ import click
 
 from mailmag import topics
 from mailmag.audience import subscribers
+from mailmag.cli import fixes
 from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json, window_note
 from mailmag.content import issues, transitions
 from mailmag.delivery import dispatch, messages, outbox
@@ -105,7 +106,7 @@ def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None
         note = _audience_note(issue, issues.audience(session, issue), app)
         stale = issues.stale_warning(issue)
     if stale:
-        click.echo(stale, err=True)
+        click.echo(fixes.said(stale), err=True)
     if output is None:
         click.echo(shown, nl=not shown.endswith("\n"))
     else:
@@ -211,7 +212,7 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
         issue = issues.test_ready(session, app.config, issue_id)
         stale = issues.stale_warning(issue)
     if stale:
-        click.echo(stale, err=True)
+        click.echo(fixes.said(stale), err=True)
     results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
     for address, outcome in results:
         click.echo(f"{address}: {outcome}")

@@ -24,7 +24,7 @@ from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render, transitions
 from mailmag.delivery import outbox
-from mailmag.errors import ConfigError, InvalidInput, NotFound, StateError
+from mailmag.errors import ConfigError, Fix, InvalidInput, MailmagError, NotFound, StateError
 from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
 
 RENDERABLE = transitions.SENDABLE  # a draft or scheduled issue can be rendered again, and sent
@@ -57,7 +57,7 @@ def get(session: Session, issue_id: int) -> Issue:
     """An issue by its id (what every `issues` command takes; the 第N号 comes at send time)."""
     issue = session.get(Issue, issue_id)
     if issue is None:
-        raise NotFound(f"no issue with the id {issue_id} (see mailmag issues list)")
+        raise NotFound(f"no issue with the id {issue_id}", fixes=[Fix("list_issues")])
     return issue
 
 
@@ -153,8 +153,8 @@ def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
     rendering = renderings.get(wanted)
     if rendering is None:
         raise NotFound(
-            f"issue {issue_id} has no {wanted} edition: add templates/issue.{wanted}.html.j2 and "
-            f"issue.{wanted}.txt.j2, then run mailmag issues render {issue_id}"
+            f"issue {issue_id} has no {wanted} edition; add templates/issue.{wanted}.html.j2 and "
+            f"issue.{wanted}.txt.j2", fixes=[Fix("render_issue", issue_id)]
         )
     values = placeholders.sample_values(config.mailmag.base_url)
     if fmt == "html":
@@ -179,10 +179,11 @@ def audience(session: Session, issue: Issue) -> int:
 def delete(session: Session, issue_id: int) -> Issue:
     """`issues delete`: a draft goes, with its renderings; its items stay approved for the next issue."""
     issue = get(session, issue_id)
+    if issue.status == "scheduled":
+        raise StateError(f"{label(issue)} is scheduled", fixes=[Fix("unschedule_issue", issue_id)])
     if issue.status != "draft":
-        fix = {"scheduled": f"unschedule it first (mailmag issues cancel {issue_id})"}.get(
-            issue.status, "only a draft can be deleted; sent and cancelled issues stay on record")
-        raise StateError(f"{label(issue)} is {issue.status}: {fix}")
+        raise StateError(f"{label(issue)} is {issue.status}: only a draft can be deleted; sent and "
+                         "cancelled issues stay on record")
     # SQLite may give the next issue this id again: it must not inherit a timed send's history.
     session.execute(sa_delete(JobRun).where(JobRun.job_id == timed_send_job_id(issue.id)))
     session.delete(issue)
@@ -198,19 +199,20 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
     if issue.status not in RENDERABLE:
         raise StateError(f"{label(issue)} is {issue.status}; only a draft or scheduled issue can be sent")
     if not issue.renderings:
-        raise StateError(f"{label(issue)} is not rendered: run `mailmag issues render {issue.id}`")
+        raise StateError(f"{label(issue)} is not rendered", fixes=[Fix("render_issue", issue.id)])
     for entry in issue.entries:
         item = entry.item
         if item.status not in ("approved", "published"):
             raise StateError(
                 f"item {item.id} 「{item.title}」 is {item.status}, not approved (edited since it was "
-                f"approved?): review it (mailmag items show {item.id}), approve it (mailmag items approve "
-                f"{item.id}) and render the issue again (mailmag issues render {issue.id}); nothing was sent"
+                "approved?); nothing was sent",
+                fixes=[Fix("review_item", item.id), Fix("approve_item", item.id),
+                       Fix("render_issue", issue.id)],
             )
     for item in changed_since_rendering(issue)[:1]:
         raise StateError(
-            f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered: run "
-            f"`mailmag issues render {issue.id}` and look at the preview again; nothing was sent"
+            f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered; nothing was sent",
+            fixes=[Fix("render_issue", issue.id), Fix("preview_issue", issue.id)],
         )
     render.check_real_sender(config)
     reached = audience(session, issue)
@@ -232,14 +234,15 @@ def changed_since_rendering(issue: Issue) -> list[Item]:
     return [entry.item for entry in issue.entries if entry.item.updated_at > rendered_at]
 
 
-def stale_warning(issue: Issue) -> str | None:
-    """One line for preview and test mail when they would show text that has changed since."""
+def stale_warning(issue: Issue) -> MailmagError | None:
+    """What preview and test mail say when they would show text that has changed since (a
+    warning, not raised: the front shows it with the fix in its own terms)."""
     changed = changed_since_rendering(issue)
     if not changed:
         return None
     which = ", ".join(f"{item.id} 「{item.title}」" for item in changed)
-    return (f"warning: item {which} changed after {label(issue)} was rendered; this shows the old "
-            f"text: run `mailmag issues render {issue.id}` to see the new one")
+    return StateError(f"warning: item {which} changed after {label(issue)} was rendered; this shows the "
+                      "old text", fixes=[Fix("render_issue", issue.id)])
 
 
 def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False,
@@ -288,8 +291,8 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
         transitions.unschedule(issue)
         return Cancelled(issue, unscheduled=True)
     if issue.status == "draft":
-        raise StateError(f"{label(issue)} is a draft: nothing is being sent; to drop it, run "
-                         f"mailmag issues delete {issue_id}")
+        raise StateError(f"{label(issue)} is a draft: nothing is being sent",
+                         fixes=[Fix("delete_issue", issue_id)])
     in_flight = outbox.counts(session, issue.id).sending
     not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
@@ -328,16 +331,14 @@ def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item]
             .order_by(Item.id)
         ))
         if not chosen:
-            raise InvalidInput(
-                "there are no approved items that are not already in an issue: approve some with "
-                "mailmag items approve ID, or name items with --item"
-            )
+            raise InvalidInput("there are no approved items that are not already in an issue",
+                               fixes=[Fix("approve_items")])
         return chosen, []
     chosen = [items_mod.get(session, item_id) for item_id in dict.fromkeys(item_ids)]
     for item in chosen:
         if item.status not in ("approved", "published"):
-            raise StateError(f"item {item.id} is {item.status}: approve it first (mailmag items approve "
-                             f"{item.id}); no issue was made")
+            raise StateError(f"item {item.id} is {item.status}; no issue was made",
+                             fixes=[Fix("approve_item", item.id)])
     return chosen, _already_in_issues(session, chosen)
 
 

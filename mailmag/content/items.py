@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailmag import text_ja
 from mailmag.content import dates, orgs
-from mailmag.errors import InvalidInput, LimitExceeded, MailmagError, NotFound, StateError
+from mailmag.errors import Fix, InvalidInput, LimitExceeded, MailmagError, NotFound, StateError
 from mailmag.models import ITEM_KINDS, ITEM_STATUSES, Item, Org, utcnow
 
 KIND_LABELS = {"meeting": "会議報告", "event": "イベント案内", "exhibitors": "出展者募集", "news": "お知らせ"}
@@ -242,7 +242,7 @@ def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, 
 def get(session: Session, item_id: int) -> Item:
     item = session.get(Item, item_id)
     if item is None:
-        raise NotFound(f"no item with the id {item_id} (see mailmag items list)")
+        raise NotFound(f"no item with the id {item_id}", fixes=[Fix("list_items")])
     return item
 
 
@@ -287,7 +287,8 @@ def _fetch_all(session: Session, ids: Sequence[int]) -> list[Item]:
     found = [session.get(Item, i) for i in dict.fromkeys(ids)]
     missing = [str(i) for i, item in zip(dict.fromkeys(ids), found, strict=True) if item is None]
     if missing:
-        raise NotFound(f"no item with the id {', '.join(missing)} (see mailmag items list); nothing changed")
+        raise NotFound(f"no item with the id {', '.join(missing)}; nothing changed",
+                       fixes=[Fix("list_items")])
     return [item for item in found if item is not None]
 
 

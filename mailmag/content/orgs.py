@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from mailmag import links, text_ja, tokens
 from mailmag.addresses import parse_address
-from mailmag.errors import InvalidInput, NotFound, TokenError
+from mailmag.errors import Fix, InvalidInput, NotFound, TokenError
 from mailmag.models import Item, Org
 
 _CODE = re.compile("[a-z0-9][a-z0-9-]{0,31}")
@@ -56,8 +56,9 @@ def get(session: Session, code: str) -> Org:
     org = session.scalar(select(Org).where(Org.code == wanted))
     if org is None:
         known = session.scalars(select(Org.code).order_by(Org.code)).all()
-        hint = f"known codes: {', '.join(known)}" if known else "no org is registered yet (mailmag orgs add)"
-        raise NotFound(f"no org with the code {code!r}; {hint}")
+        if not known:
+            raise NotFound(f"no org with the code {code!r}; no org is registered yet", fixes=[Fix("add_org")])
+        raise NotFound(f"no org with the code {code!r}; known codes: {', '.join(known)}")
     return org
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from mailmag.delivery import outbox
-from mailmag.errors import StateError
+from mailmag.errors import Fix, StateError
 from mailmag.models import Issue, utcnow
 
 # What the send gates accept (content.issues.check_sendable) and what can be rendered again.
@@ -45,9 +45,9 @@ def start_sending(session: Session, issue: Issue, domain: str, default_lang: str
     if issue.status not in SENDABLE:
         raise StateError(f"issue {issue.id} is {issue.status}; only a draft or scheduled issue can be sent")
     if issue.number is None:
-        raise StateError(f"issue {issue.id} has no number yet: send it with `mailmag issues send {issue.id}`")
+        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)])
     if not issue.renderings:
-        raise StateError(f"issue {issue.id} is not rendered: run `mailmag issues render {issue.id}`")
+        raise StateError(f"issue {issue.id} is not rendered", fixes=[Fix("render_issue", issue.id)])
     added = outbox.enqueue(session, issue, domain, default_lang)
     issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
     return added

@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from mailmag.addresses import delivery_message_id
 from mailmag.db import rowcount
-from mailmag.errors import DatabaseError, InvalidInput, StateError
+from mailmag.errors import DatabaseError, Fix, InvalidInput, StateError
 from mailmag.models import (
     Delivery,
     Issue,
@@ -99,11 +99,10 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     """
     langs = set(session.scalars(select(Rendering.lang).where(Rendering.issue_id == issue.id)))
     if default_lang not in langs:
-        raise StateError(
-            f"issue {issue.id} has no '{default_lang}' rendering: run `mailmag issues render {issue.id}`"
-        )
+        raise StateError(f"issue {issue.id} has no '{default_lang}' rendering",
+                         fixes=[Fix("render_issue", issue.id)])
     if issue.number is None:
-        raise StateError(f"issue {issue.id} has no number yet: send it with `mailmag issues send {issue.id}`")
+        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)])
     nonce = secrets.token_hex(4)
     before, after = delivery_message_id(issue.number, nonce, domain)
     message_id = literal(before).concat(cast(Subscriber.id, String)).concat(literal(after))

@@ -27,7 +27,7 @@ from mailmag import topics
 from mailmag.audience import consent
 from mailmag.config import Config
 from mailmag.content import issues, transitions
-from mailmag.errors import InvalidInput, MailmagError, NotFound, StateError
+from mailmag.errors import Fix, InvalidInput, MailmagError, NotFound, StateError
 from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
 from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
 from mailmag.services import Services
@@ -193,7 +193,7 @@ def remove_auto(session: Session, schedule_id: int) -> str:
         delete(AutoSchedule).where(AutoSchedule.id == schedule_id).returning(AutoSchedule.name)
     )
     if name is None:
-        raise NotFound(f"no automatic issue with id {schedule_id}: see `mailmag schedule list`")
+        raise NotFound(f"no automatic issue with id {schedule_id}", fixes=[Fix("list_schedules")])
     # SQLite may give the next schedule this id again: it must not inherit this history.
     session.execute(delete(JobRun).where(JobRun.job_id == auto_job_id(schedule_id)))
     return name

@@ -23,6 +23,7 @@ from mailmag.access import accounts, audit, logins
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError
 from mailmag.scheduling.when import shown
 from mailmag.web import security, state
+from mailmag.web.admin import fixes
 from mailmag.web.i18n import pick_lang
 
 COOKIE = "mailmag_admin"
@@ -128,7 +129,7 @@ def _no_store(response: Response) -> Response:
 def _mailmag_error(error: MailmagError) -> Any:
     """A domain error on a console page: its one sentence, and nothing changed."""
     status = {AccessDenied: 403, NotFound: 404, StateError: 409}.get(type(error), 400)
-    return render_template("admin/error.html.j2", status=status, message=str(error)), status
+    return render_template("admin/error.html.j2", status=status, message=fixes.said(error)), status
 
 
 def admin_csrf() -> str:

@@ -9,7 +9,7 @@ from flask import g, make_response, redirect, render_template, request, url_for
 from mailmag.access import audit, logins
 from mailmag.errors import AccessDenied
 from mailmag.web import security, state
-from mailmag.web.admin import COOKIE, act, bp
+from mailmag.web.admin import COOKIE, act, bp, fixes
 
 
 def _next_page() -> str:
@@ -46,7 +46,7 @@ def login_post() -> Any:
     except AccessDenied as exc:
         with services.session() as db:  # the failed attempt is kept for the throttles
             logins.record_failure(db, request.form.get("name", ""), ip)
-        return _form(str(exc), 401)
+        return _form(fixes.said(exc), 401)
     response = make_response(redirect(_next_page(), 303))
     response.set_cookie(COOKIE, started.token, path="/admin/", httponly=True, samesite="Strict",
                         secure=config.mailmag.base_url.startswith("https://"))
