@@ -610,19 +610,33 @@ def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
     from mailmag.delivery.workstate import Throttle
 
     throttle = Throttle(3, pause=3600)
-    for _ in range(3):
-        throttle.refused()
+    for index in range(3):
+        throttle.refused(index)
     assert throttle.limit == 1  # never below one
-    assert throttle.admits(0) and not throttle.admits(1)
+    assert throttle.admits(2) and not throttle.admits(0) and not throttle.admits(1)
     throttle.accepted()  # as many accepted as connections open: one more
-    assert throttle.limit == 2
+    assert throttle.limit == 2 and throttle.admits(0)
     throttle.accepted()
     throttle.accepted()
-    assert throttle.limit == 3
+    assert throttle.limit == 3 and throttle.admits(1)
     quiet = Throttle(2, pause=0.0)
-    quiet.refused()
+    quiet.refused(1)
     # No 421 for `pause`: the connection left out comes back, even if its sibling sends nothing more.
     assert quiet.admits(1)
+
+
+def test_the_connection_that_met_the_421_waits_not_one_with_a_working_session():
+    """A relay that takes two connections of four: the two refused wait, and the two sending go
+    on (the throttle kept the lowest-numbered ones, so a refused #0 and #1 closed the working
+    #2 and #3, and nothing was sent for throttle_seconds)."""
+    from mailmag.delivery.workstate import Throttle
+
+    throttle = Throttle(4, pause=3600)
+    throttle.refused(0)
+    throttle.refused(1)
+    assert throttle.limit == 2
+    assert throttle.admits(2) and throttle.admits(3)
+    assert not throttle.admits(0) and not throttle.admits(1)
 
 
 def test_cancel_stops_what_a_running_worker_has_claimed_and_counts_what_went(config, smtp_server):

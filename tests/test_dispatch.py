@@ -315,14 +315,8 @@ def _hold_the_lock(limiter: RateLimiter, holding) -> None:  # type: ignore[no-un
 def test_a_sender_killed_holding_the_shared_limiter_stops_the_others_instead_of_hanging_them():
     """kill -9 (the OOM killer) of a process inside the limiter's lock: that lock is never
     released; the others must get an error that stops the worker, not wait for ever."""
-    context = multiprocessing.get_context("fork")
-    limiter = RateLimiter(10, 0, context=context, lock_seconds=0.5)
-    holding = context.Event()
-    holder = context.Process(target=_hold_the_lock, args=(limiter, holding))
-    holder.start()
-    assert holding.wait(10)
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.join()
+    limiter = RateLimiter(10, 0, context=multiprocessing.get_context("fork"), lock_seconds=0.5)
+    _dead_holder(limiter)
     outcome: list[BaseException | bool] = []
 
     def take() -> None:
@@ -336,6 +330,34 @@ def test_a_sender_killed_holding_the_shared_limiter_stops_the_others_instead_of_
     taker.join(10)
     assert not taker.is_alive(), "the sender hangs on a lock nobody will release"
     assert isinstance(outcome[0], MailmagError) and "died holding it" in str(outcome[0])
+
+
+def _dead_holder(limiter: RateLimiter) -> None:
+    """A process killed with -9 while it holds `limiter`'s shared lock."""
+    context = multiprocessing.get_context("fork")
+    holding = context.Event()
+    holder = context.Process(target=_hold_the_lock, args=(limiter, holding))
+    holder.start()
+    assert holding.wait(10)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+
+
+def test_a_worker_stopped_by_a_dead_process_lock_hands_its_claim_back_at_once(smtp_services, smtp_server):
+    """The lock error stops the worker; the rows it had claimed go back to the queue now, so a
+    `worker --once` right after sends them, not one lease (300 s by default) later."""
+    issue = prepare_send(smtp_services, 6)
+    limiter = RateLimiter(1000, 0, context=multiprocessing.get_context("fork"), lock_seconds=0.3)
+    _dead_holder(limiter)
+    dispatcher = make_dispatcher(smtp_services, make_transport(smtp_services.config), concurrency=2,
+                                 limiter=limiter)
+    with pytest.raises(MailmagError, match="died holding it"):
+        dispatcher.run(once=True)
+    assert not smtp_server.messages
+    left = counts(smtp_services, issue)
+    assert (left.queued, left.sending, left.sent) == (6, 0, 0)
+    run_worker(smtp_services)
+    assert counts(smtp_services, issue).sent == 6 and len(smtp_server.messages) == 6
 
 
 def test_the_per_second_limit_is_spread_over_the_second_not_a_burst():

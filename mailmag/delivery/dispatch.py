@@ -77,7 +77,7 @@ from mailmag.delivery.workstate import (
     Throttle,
     reason,
 )
-from mailmag.errors import InvalidInput, MailmagError, StateError, TransportError
+from mailmag.errors import DatabaseError, InvalidInput, MailmagError, StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
 
@@ -482,6 +482,11 @@ class Dispatcher:
         ahead, unrecorded = Ahead(self._build), Unrecorded()
         try:
             return self._send_each(index, connection, owner, batch, still_mine, ahead, unrecorded)
+        except MailmagError as exc:  # the worker stops (a relay refusal, a dead process's lock)
+            if not isinstance(exc, DatabaseError):  # which could record nor hand back anything
+                self._record(unrecorded)
+                self._release(owner, batch)  # what is unsent goes back now, not when the lease passes
+            raise
         finally:
             self._record(unrecorded)
 
@@ -515,7 +520,7 @@ class Dispatcher:
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
                 if failure.code == 421:
-                    self._throttled()
+                    self._throttled(index)
                     return True
                 self._relay_unreachable(failure)
                 return False
@@ -524,7 +529,7 @@ class Dispatcher:
                 raise
             if outcome is _Next.THROTTLED:  # 421: the rest of the batch goes to the other connections
                 self._release(owner, batch[position + 1 :])
-                self._throttled()
+                self._throttled(index)
                 return True
             if outcome is _Next.ON:
                 position += 1
@@ -819,10 +824,10 @@ class Dispatcher:
 
     # -- the relay's health ----------------------------------------------------------------------
 
-    def _throttled(self) -> None:
+    def _throttled(self, index: int) -> None:
         """The relay said 421: one connection fewer for a while, and this one waits (its batch was
         handed back for the others)."""
-        self.throttle.refused()
+        self.throttle.refused(self.first_connection + index)
         self.stop.wait(self.services.config.smtp.throttle_seconds)
 
     def _relay_unreachable(self, failure: TemporaryFailure) -> None:

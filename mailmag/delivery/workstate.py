@@ -59,14 +59,15 @@ class Leases:
 
 class Throttle:
     """Postfix's destination concurrency feedback: each 421 takes one connection away (never the
-    last); after as many accepted messages as connections are open, one comes back. One comes
-    back too after `pause` seconds without a 421, so a connection left out never waits for
-    siblings that have nothing more to send.
+    last): the one that met it, which waits while the others keep their sessions. After as many
+    accepted messages as connections are open, one more may send again; one more may too after
+    `pause` seconds without a 421, so a connection left out never waits for siblings that have
+    nothing more to send.
 
-    Connections are numbered 0 … most - 1 and the first `limit` may send. Made with a
-    multiprocessing context, the processes forked after share it (`worker --processes`): each
-    numbers its connections from its own first one, and the relay's "fewer connections" holds
-    for the worker, not for each process (which would keep at least one each)."""
+    Connections are numbered 0 … most - 1. Made with a multiprocessing context, the processes
+    forked after share it (`worker --processes`): each numbers its connections from its own
+    first one, and the relay's "fewer connections" holds for the worker, not for each process
+    (which would keep at least one each)."""
 
     def __init__(self, most: int, pause: float, *, context: Any = None,
                  lock_seconds: float = shared.LOCK_SECONDS) -> None:
@@ -76,6 +77,7 @@ class Throttle:
         # limit, credit (messages accepted since the last change), monotonic time of the last change
         self._state = shared.numbers(context, "d", 3)
         self._state[0] = most
+        self._waiting = shared.numbers(context, "q", most)  # 1: this connection met a 421 and waits
         self._lock = shared.make_lock(context)
 
     @property
@@ -84,14 +86,20 @@ class Throttle:
         return int(self._state[0])
 
     def admits(self, index: int) -> bool:
-        if index < self.limit:
+        """Connection `index` may send: it is not waiting after a 421, or there is room for it again."""
+        if not self._waiting[index]:  # the common case, without the lock
             return True
-        if time.monotonic() - self._state[2] >= self.pause:
-            self._grow("no 421 for a while")
-        return index < self.limit
-
-    def refused(self) -> None:
         with self._locked():
+            if self._sending() >= self.limit and time.monotonic() - self._state[2] >= self.pause:
+                self._grow("no 421 for a while")
+            if self._sending() < self.limit:
+                self._waiting[index] = 0
+        return not self._waiting[index]
+
+    def refused(self, index: int) -> None:
+        """Connection `index` met a 421: it waits, and one connection fewer may send."""
+        with self._locked():
+            self._waiting[index] = 1
             self._state[1], self._state[2] = 0, time.monotonic()
             if self.limit > 1:
                 self._state[0] = self.limit - 1
@@ -102,15 +110,17 @@ class Throttle:
             return
         with self._locked():
             self._state[1] += 1
-            enough = self._state[1] >= self.limit
-        if enough:
-            self._grow("the relay accepts again")
+            if self._state[1] >= self.limit:
+                self._grow("the relay accepts again")
+
+    def _sending(self) -> int:
+        return self.most - sum(self._waiting)
 
     def _grow(self, why: str) -> None:
-        with self._locked():
-            if self.limit < self.most:
-                self._state[0], self._state[1], self._state[2] = self.limit + 1, 0, time.monotonic()
-                log.info("%s: sending on %d connection(s)", why, self.limit)
+        """One connection more (the lock is held)."""
+        if self.limit < self.most:
+            self._state[0], self._state[1], self._state[2] = self.limit + 1, 0, time.monotonic()
+            log.info("%s: sending on %d connection(s)", why, self.limit)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         return shared.held(self._lock, self.lock_seconds, "the connection throttle")
