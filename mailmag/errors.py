@@ -60,7 +60,7 @@ def said(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda 
     ('' leaves it out)."""
     if not fixes:
         return message
-    steps = [STEPS[fix.step] + (f" ({how(fix)})" if how(fix) else "") for fix in fixes]
+    steps = [STEPS[fix.step] + (f" ({way})" if (way := how(fix)) else "") for fix in fixes]
     listed = steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + ", then " + steps[-1]
     return f"{message}: {listed}"
 
