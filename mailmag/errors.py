@@ -34,12 +34,13 @@ STEPS = {
     "approve_item": "approve it",
     "approve_items": "approve some",
     "add_org": "register one",
+    "add_subscribers": "add subscribers",
     "list_issues": "see which there are",
     "list_items": "see which there are",
     "list_subscribers": "see which there are",
     "list_schedules": "see which there are",
     "list_admins": "see which there are",
-    "setup_totp": "an owner sets up its one-time code",
+    "setup_totp": "set up its one-time code",
 }
 
 

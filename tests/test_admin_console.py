@@ -139,6 +139,8 @@ def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, consol
     # the console's own way to mend it, not a command for a shell the secretariat does not have
     assert reply.status == 409 and "approve it (「承認する」 on the item&#39;s page)" in reply.text
     assert "mailmag items" not in reply.text
+    for path in ("/admin/issues/99999999999999999999999", "/admin/items/99999999999999999999999"):
+        assert client.get(path).status == 404, path  # an id no database holds: not an OverflowError's 500
     with console_services.session() as session:
         assert session.scalar(select(func.count()).select_from(Issue)) == 0
 
@@ -188,3 +190,32 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_i
     assert "直した本文" in client.get(f"{issue_path}/frame/ja").text
     with console_services.session() as session:
         assert [e.action for e in audit.listing(session)].count("issue.render") == 1
+
+
+def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_services):
+    """Rendering a scheduled issue again changes what goes out at its time: a sender's decision,
+    as scheduling it was (an editor could edit, approve and render it past every sender)."""
+    ids = seed_items(console_services, ["会議の報告"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+    _readers(console_services, 1)
+    sender = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(sender.get("/admin/issues/"))
+    made = sender.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    later = (utcnow() + dt.timedelta(days=2)).astimezone(console_services.config.zone)
+    sender.post(f"{issue_path}/send", {"csrf_token": token, "at": later.strftime("%Y-%m-%d %H:%M")})
+    with console_services.session() as session:
+        assert session.scalar(select(Issue.status)) == "scheduled"
+    editor = logged_in(console.url, console_services, "alice", "editor")
+    editor_token = csrf_of(editor.get("/admin/issues/"))
+    editor.post(f"/admin/items/{ids[0]}/edit", {"csrf_token": editor_token, "title": "差し替え",
+                                                "body": "差し替えた本文"})
+    editor.post(f"/admin/items/{ids[0]}/approve", {"csrf_token": editor_token})
+    assert "記事の今の内容で作り直す" not in editor.get(issue_path).text
+    assert editor.post(f"{issue_path}/render", {"csrf_token": editor_token}).status == 403
+    assert "差し替えた本文" not in editor.get(f"{issue_path}/frame/ja").text
+    assert sender.post(f"{issue_path}/render", {"csrf_token": token}).status == 303
+    assert "差し替えた本文" in sender.get(f"{issue_path}/frame/ja").text
+    with console_services.session() as session:
+        assert session.scalar(select(Issue.status)) == "scheduled"

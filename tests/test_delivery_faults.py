@@ -639,6 +639,22 @@ def test_the_connection_that_met_the_421_waits_not_one_with_a_working_session():
     assert not throttle.admits(0) and not throttle.admits(1)
 
 
+
+def test_connections_left_out_come_back_one_probe_at_a_time():
+    """A relay that takes 4 of 16: while the 12 refused wait, the 4 sending deliver hundreds of
+    messages, and the limit may grow by one only (one probe); it grew back to 16, and the 12
+    all reconnected at once: a burst of 421s every throttle_seconds."""
+    from mailmag.delivery.workstate import Throttle
+
+    throttle = Throttle(16, pause=3600)
+    for index in range(4, 16):
+        throttle.refused(index)
+    for _ in range(500):
+        throttle.accepted()
+    assert throttle.limit == 5
+    assert [i for i in range(16) if throttle.admits(i)] == [0, 1, 2, 3, 4]  # the first to ask probes
+
+
 def test_cancel_stops_what_a_running_worker_has_claimed_and_counts_what_went(config, smtp_server):
     """`issues cancel` while a worker holds the whole batch: only the message on the wire
     goes on; the rest of the batch is dropped at the worker's next check, and what went is

@@ -344,7 +344,7 @@ def test_a_shift_jis_file_from_a_windows_editor_is_read(council, tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["approve", "1", "99"],
      "no item with the id 99; nothing changed: see which there are (`mailmag items list`)"),
-    (["reject", "1", "--reason", " \u3000"], "give a reason for the rejection (--reason): the org sees it"),
+    (["reject", "1", "--reason", " \u3000"], "give a reason for the rejection: the org sees it"),
     (["reject", "99", "--reason", "r"], "no item with the id 99: see which there are (`mailmag items list`)"),
     (["edit", "1", "--date", "13/40"], "date: '13/40' is not a date on the calendar"),
     (["edit", "1", "--title", "a\nb"], "the title must be one line (it becomes the mail subject)"),

@@ -401,9 +401,9 @@ def test_an_empty_audience_is_an_error_unless_allowed(mailmag, tmp_path):
     assert (refused.exit_code, refused.stderr) == (
         1,
         (
-            "Error: no active subscriber matches issue 1 (topic events (イベント案内)): nothing was sent; "
-            "add "
-            "subscribers, or pass --allow-empty to send it to nobody (it still goes to the archive)\n"
+            "Error: no active subscriber matches issue 1 (topic events (イベント案内)); nothing was sent: "
+            "add subscribers (`mailmag subscribers import`; or send it to nobody with --allow-empty: it "
+            "still goes to the archive)\n"
         ),
     )
     assert _status(mailmag, 1)["status"] == "draft"

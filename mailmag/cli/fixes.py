@@ -18,6 +18,8 @@ COMMANDS = {
     "approve_item": "`mailmag items approve {target}`",
     "approve_items": "`mailmag items approve ID`, or name items with --item",
     "add_org": "`mailmag orgs add`",
+    "add_subscribers": "`mailmag subscribers import`; or send it to nobody with --allow-empty: it still goes "
+                       "to the archive",
     "list_issues": "`mailmag issues list`",
     "list_items": "`mailmag items list`",
     "list_subscribers": "`mailmag subscribers list`",

@@ -203,9 +203,9 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
     for entry in issue.entries:
         item = entry.item
         if item.status not in ("approved", "published"):
+            edited = " (edited since it was approved?)" if item.status == "submitted" else ""
             raise StateError(
-                f"item {item.id} 「{item.title}」 is {item.status}, not approved (edited since it was "
-                "approved?); nothing was sent",
+                f"item {item.id} 「{item.title}」 is {item.status}, not approved{edited}; nothing was sent",
                 fixes=[Fix("review_item", item.id), Fix("approve_item", item.id),
                        Fix("render_issue", issue.id)],
             )
@@ -219,8 +219,8 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
     if reached == 0 and not allow_empty:
         raise StateError(
             f"no active subscriber matches {label(issue)} "
-            f"({topics.describe(issue.topic, config.topics)}): nothing was sent; add subscribers, or "
-            "pass --allow-empty to send it to nobody (it still goes to the archive)"
+            f"({topics.describe(issue.topic, config.topics)}); nothing was sent",
+            fixes=[Fix("add_subscribers")],
         )
     return reached
 

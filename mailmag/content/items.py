@@ -308,7 +308,7 @@ def reject(session: Session, item_id: int, reason: str) -> Item:
     """Reject an item with a reason the submitting org will read."""
     reason = text_ja.normalize(reason or "").strip()
     if not reason:
-        raise InvalidInput("give a reason for the rejection (--reason): the org sees it")
+        raise InvalidInput("give a reason for the rejection: the org sees it")
     item = get(session, item_id)
     if item.status == "published":
         raise StateError(f"item {item.id} is already published and cannot be rejected")

@@ -117,8 +117,10 @@ class Throttle:
         return self.most - sum(self._waiting)
 
     def _grow(self, why: str) -> None:
-        """One connection more (the lock is held)."""
-        if self.limit < self.most:
+        """One connection more (the lock is held), if every allowed one is sending: the limit
+        grows one probe at a time, not back to `most` while the connections left out wait (they
+        came back all at once, a burst of 421s every throttle_seconds)."""
+        if self.limit < self.most and self.limit <= self._sending():
             self._state[0], self._state[1], self._state[2] = self.limit + 1, 0, time.monotonic()
             log.info("%s: sending on %d connection(s)", why, self.limit)
 

@@ -15,7 +15,7 @@ import jinja2
 from flask import Flask, current_app, g, render_template, request
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import IntegerConverter
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from mailmag import text_ja
 from mailmag.audience import consent
@@ -97,6 +97,12 @@ class CanonicalInt(IntegerConverter):
     second addresses of issue 1 (for caches, search engines and links alike)."""
 
     regex = r"0|[1-9][0-9]*"
+
+    def to_python(self, value: str) -> int:
+        number = int(super().to_python(value))
+        if number >= 2**63:  # no row has such an id (SQLite raised OverflowError: a 500, not a 404)
+            raise ValidationError()
+        return number
 
 
 def create_app(services: Services | None = None, config: Config | None = None) -> Flask:

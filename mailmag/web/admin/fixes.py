@@ -18,6 +18,7 @@ PLACES = {
     "approve_item": ("承認する", "on the item's page"),
     "approve_items": ("記事の確認", "page"),
     "add_org": ("団体", "page"),
+    "add_subscribers": ("読者", "page"),
     "list_issues": ("号", "page"),
     "list_items": ("記事の確認", "page"),
     "list_subscribers": ("読者", "page"),

@@ -9,7 +9,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from mailmag.content import drafts, issues
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import InvalidInput
+from mailmag.errors import AccessDenied, InvalidInput
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
@@ -111,6 +111,9 @@ def render_again(issue_id: int) -> Any:
     """The issue rendered again from its items' current text: what the page's warning about an
     item changed after rendering asks for (as `issues render` does on the command line)."""
     with state().services.session() as db:
+        if drafts.by_id(db, issue_id).status == "scheduled" and not viewer().can("send"):
+            # what a scheduled issue sends is a sender's decision (its send time was one)
+            raise AccessDenied(f"the {viewer().role} role may not change a scheduled issue")
         composed = issues.rerender(db, state().config, issue_id)
         act(db, "issue.render", issues.label(composed.issue))
     return _back(issue_id)
