@@ -162,7 +162,7 @@ def test_forget_leaves_no_trace_of_the_address_but_keeps_consent_and_suppression
     with services.session() as session:
         address = subscribers.parse_address("TARO.YAMADA@example.jp")
         assert subscribers.add(session, address, CLI) == ("suppressed", None)
-        with pytest.raises(NotFound, match="erased with --forget and stays suppressed"):
+        with pytest.raises(NotFound, match="erased and stays suppressed"):
             subscribers.get(session, "taro.yamada@example.jp")
     assert snapshot(db_url) == before
 

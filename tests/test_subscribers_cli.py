@@ -113,7 +113,7 @@ def test_remove_forget_erases_and_keeps_the_address_suppressed(mailmag, db_url, 
     imported = mailmag.ok("subscribers", "import", str(csv_file))
     assert imported.stdout.splitlines() == [
         "added 0, updated 0, unchanged 0, invalid 0, suppressed 1",
-        "line 2: skipped: TARO.YAMADA@example.jp is erased (remove --forget); left as it is "
+        "line 2: skipped: TARO.YAMADA@example.jp is erased; left as it is "
         "(--resubscribe reactivates)",
     ]
     assert snapshot(db_url) == before

@@ -300,7 +300,7 @@ def _unsubscriber(session: Session, reading: reports.Reading, secret: str) -> _M
 def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | str:
     subscriber = session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
     if subscriber is None:
-        return f"delivery {delivery.id}'s subscriber was erased (remove --forget)"
+        return f"delivery {delivery.id}'s subscriber was erased"
     return _Match(subscriber, delivery.id, by)
 
 

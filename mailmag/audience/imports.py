@@ -271,10 +271,8 @@ def _land_opted_out(
         lang=row.lang, topics=row.topics, resubscribe=resubscribe,
     )
     if outcome == "suppressed":
-        status = subscriber.status if subscriber else "erased (remove --forget)"
-        report.suppressed.append(
-            (row.line, f"{row.address.email} is {status}; left as it is (--resubscribe reactivates)")
-        )
+        status = subscriber.status if subscriber else "erased"
+        report.suppressed.append((row.line, f"{row.address.email} is {status}; left as it is"))
     else:
         setattr(report, outcome, getattr(report, outcome) + 1)
 

@@ -87,7 +87,7 @@ def get(session: Session, raw_email: str) -> Subscriber:
     address = parse_address(raw_email)
     subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
     if subscriber is None:
-        forgotten = " (it was erased with --forget and stays suppressed)" if is_suppressed(
+        forgotten = " (it was erased and stays suppressed)" if is_suppressed(
             session, address) else ""
         raise NotFound(f"no subscriber with the address {address.email}{forgotten}")
     return subscriber

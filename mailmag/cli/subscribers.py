@@ -125,7 +125,7 @@ def _print_report(report: imports.ImportReport) -> None:
     for line, reason in sorted(report.invalid):
         click.echo(f"line {line}: {reason}")
     for line, reason in report.suppressed:
-        click.echo(f"line {line}: skipped: {reason}")
+        click.echo(f"line {line}: skipped: {reason} (--resubscribe reactivates)")
     for line, email in report.needs_smtputf8:
         click.echo(f"note: line {line}: {smtputf8_note(email)}", err=True)  # stdout lines are invalid rows
     if report.ignored_columns:
