@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mailmag.cli import fixes
-from mailmag.errors import Fix, StateError
+from mailmag.errors import STEPS, Fix, StateError
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -91,3 +91,12 @@ def test_an_error_keeps_its_fixes_on_the_way_from_a_sending_process():
     assert type(again) is StateError and again.fixes == error.fixes
     assert str(again) == "issue 3 is not rendered: render the issue again"
     assert fixes.said(again) == "issue 3 is not rendered: render the issue again (`mailmag issues render 3`)"
+
+
+def test_every_fix_has_a_command_and_a_console_way():
+    """A step one front cannot say would be a KeyError in the middle of showing an error."""
+    from mailmag.web.admin import fixes as console
+
+    assert set(fixes.COMMANDS) == set(STEPS)
+    assert set(console.PLACES) | set(console.ON_THE_SERVER) == set(STEPS)
+    assert not set(console.PLACES) & set(console.ON_THE_SERVER)

@@ -16,15 +16,12 @@ from sqlalchemy.orm import Session
 from mailmag import placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import issues, render
-from mailmag.errors import Fix, InvalidInput, NotFound, StateError
+from mailmag.errors import InvalidInput, NotFound, StateError
 from mailmag.models import Issue, Item, utcnow
 
 
 def by_id(session: Session, issue_id: int) -> Issue:
-    issue = session.get(Issue, issue_id)
-    if issue is None:
-        raise NotFound(f"no issue with the id {issue_id}", fixes=[Fix("list_issues")])
-    return issue
+    return issues.get(session, issue_id)
 
 
 def _draft(session: Session, issue_id: int) -> Issue:

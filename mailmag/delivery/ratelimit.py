@@ -102,7 +102,7 @@ class RateLimiter:
             return 0.0
         with self._locked():
             now = self.clock()
-            wait = max((w.wait_time(now) for w in self.windows), default=0.0)
+            wait = max(w.wait_time(now) for w in self.windows)
             if wait <= 0:
                 for window in self.windows:
                     window.add(now)

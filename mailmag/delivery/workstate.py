@@ -57,6 +57,11 @@ class Leases:
         return time.monotonic() > self._set_at.get(owner, 0.0) + self.lease_seconds * 0.8
 
 
+# The throttle's numbers: how many connections may send, messages accepted since the last
+# change, and the monotonic time of that change (a 421 or one connection more).
+_LIMIT, _CREDIT, _CHANGED = 0, 1, 2
+
+
 class Throttle:
     """Postfix's destination concurrency feedback: each 421 takes one connection away (never the
     last): the one that met it, which waits while the others keep their sessions. After as many
@@ -74,23 +79,22 @@ class Throttle:
         self.most = most
         self.pause = pause
         self.lock_seconds = lock_seconds
-        # limit, credit (messages accepted since the last change), monotonic time of the last change
-        self._state = shared.numbers(context, "d", 3)
-        self._state[0] = most
+        self._state = shared.numbers(context, "d", 3)  # at _LIMIT, _CREDIT, _CHANGED
+        self._state[_LIMIT] = most
         self._waiting = shared.numbers(context, "q", most)  # 1: this connection met a 421 and waits
         self._lock = shared.make_lock(context)
 
     @property
     def limit(self) -> int:
         """How many connections may send now."""
-        return int(self._state[0])
+        return int(self._state[_LIMIT])
 
     def admits(self, index: int) -> bool:
         """Connection `index` may send: it is not waiting after a 421, or there is room for it again."""
         if not self._waiting[index]:  # the common case, without the lock
             return True
         with self._locked():
-            if self._sending() >= self.limit and time.monotonic() - self._state[2] >= self.pause:
+            if self._sending() >= self.limit and time.monotonic() - self._state[_CHANGED] >= self.pause:
                 self._grow("no 421 for a while")
             if self._sending() < self.limit:
                 self._waiting[index] = 0
@@ -100,17 +104,17 @@ class Throttle:
         """Connection `index` met a 421: it waits, and one connection fewer may send."""
         with self._locked():
             self._waiting[index] = 1
-            self._state[1], self._state[2] = 0, time.monotonic()
+            self._state[_CREDIT], self._state[_CHANGED] = 0, time.monotonic()
             if self.limit > 1:
-                self._state[0] = self.limit - 1
+                self._state[_LIMIT] = self.limit - 1
                 log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
 
     def accepted(self) -> None:
         if self.limit >= self.most:  # the common case, without the lock
             return
         with self._locked():
-            self._state[1] += 1
-            if self._state[1] >= self.limit:
+            self._state[_CREDIT] += 1
+            if self._state[_CREDIT] >= self.limit:
                 self._grow("the relay accepts again")
 
     def _sending(self) -> int:
@@ -121,7 +125,8 @@ class Throttle:
         grows one probe at a time, not back to `most` while the connections left out wait (they
         came back all at once, a burst of 421s every throttle_seconds)."""
         if self.limit < self.most and self.limit <= self._sending():
-            self._state[0], self._state[1], self._state[2] = self.limit + 1, 0, time.monotonic()
+            self._state[_LIMIT] += 1
+            self._state[_CREDIT], self._state[_CHANGED] = 0, time.monotonic()
             log.info("%s: sending on %d connection(s)", why, self.limit)
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
