@@ -87,6 +87,15 @@ def test_lines_starting_with_a_dot_arrive_intact(smtp_server, connect):
     assert smtp_server.messages[0].data == message + b"\r\n"
 
 
+def test_bare_line_breaks_reach_the_relay_as_crlf(smtp_server, connect):
+    """A relay never sees a lone LF or CR (RFC 5321 2.3.8; a bare LF before a dot is how SMTP
+    smuggling starts), whoever built the message: every line end is repaired, as sendmail would."""
+    message = b"Subject: ends\n\nLF only\n.dot after an LF\rCR only\r\nlast\n"
+    connect(smtp_server).send(FROM, "a@example.jp", message)
+    assert smtp_server.messages[0].data == (b"Subject: ends\r\n\r\nLF only\r\n.dot after an LF\r\n"
+                                            b"CR only\r\nlast\r\n")
+
+
 def test_non_ascii_recipient_is_sent_with_smtputf8(smtp_server, connect):
     connect(smtp_server).send(FROM, "山田@example.jp", MESSAGE)
     assert recipients(smtp_server) == ["山田@example.jp"]

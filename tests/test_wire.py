@@ -1,4 +1,4 @@
-"""The wire form (mailmag.delivery.wire): messages built ready for DATA, and PIPELINING against Postfix.
+"""The wire form (delivery.wireform, .wire): messages built ready for DATA, and PIPELINING against Postfix.
 
 The fault classification of the pipelined session is tested against aiosmtpd in
 test_transports_pipelined.py; here: what makes sending without a pass over the bytes safe,
@@ -26,7 +26,7 @@ from test_messages import _config, _recipient, _rendering
 from test_transports import FROM
 
 from mailmag.config import SmtpConfig
-from mailmag.delivery import messages, wire
+from mailmag.delivery import messages, wire, wireform
 from mailmag.delivery.dkim import load_dkim
 from mailmag.delivery.smtp import SmtpTransport
 from mailmag.errors import InvalidInput
@@ -56,7 +56,7 @@ def test_every_personalized_message_is_in_wire_form(skeleton, name, local):  # t
         _, data = messages.personalize(skeleton, recipient, SECRET)
     except InvalidInput:
         return  # a line break in a name is refused, never sent
-    assert wire.is_wire_form(data)
+    assert wireform.is_wire_form(data)
 
 
 def test_a_signed_message_is_in_wire_form(reference_text, tmp_path):  # type: ignore[no-untyped-def]
@@ -72,7 +72,7 @@ def test_a_signed_message_is_in_wire_form(reference_text, tmp_path):  # type: ig
     config = _config().replace(dkim=DkimConfig(selector="s", private_key_file=str(tmp_path / "k.pem")))
     skeleton = messages.prepare(_rendering(reference_text), 12, config, dkim=load_dkim(config))
     _, data = messages.personalize(skeleton, _recipient(name=".山田"), SECRET)
-    assert data.startswith(b"DKIM-Signature: ") and wire.is_wire_form(data)
+    assert data.startswith(b"DKIM-Signature: ") and wireform.is_wire_form(data)
 
 
 @pytest.mark.parametrize(("raw", "wired"), [
@@ -82,15 +82,15 @@ def test_a_signed_message_is_in_wire_form(reference_text, tmp_path):  # type: ig
     (b"a\r\n", b"a\r\n"),
 ])
 def test_to_wire_repairs_line_ends_and_stuffs_dots(raw, wired):  # type: ignore[no-untyped-def]
-    assert wire.is_wire_form(raw) == (raw == wired)
-    assert wire.to_wire(raw) == wired
+    assert wireform.is_wire_form(raw) == (raw == wired)
+    assert wireform.to_wire(raw) == wired
 
 
 def test_a_skeleton_piece_out_of_wire_form_is_refused_once_per_issue():
-    wire.check(b"List-Id: <news.example.jp>\r\n")
+    wireform.check(b"List-Id: <news.example.jp>\r\n")
     for piece in (b"X: a\r\n.b\r\n", b"X: a\nb\r\n", b"X: a"):
         with pytest.raises(ValueError, match="wire form"):
-            wire.check(piece)
+            wireform.check(piece)
 
 
 def test_a_prepared_message_arrives_byte_for_byte_pipelined(smtp_server, monkeypatch, skeleton):  # type: ignore[no-untyped-def]
@@ -147,7 +147,7 @@ def test_postfix_gets_pipelined_messages_intact(postfix_sink):  # type: ignore[n
     try:
         replies = [connection.send(FROM, f"r{i}@example.jp", data).reply for i, data in enumerate(sent)]
         assert connection.pipelining  # Postfix offered PIPELINING and the session used it
-        prepared = wire.to_wire(sent[0])
+        prepared = wireform.to_wire(sent[0])
         replies.append(wire.send_prepared(connection, FROM, "r5@example.jp", prepared).reply)
     finally:
         connection.close()
@@ -223,9 +223,9 @@ def test_a_message_larger_than_the_socket_buffer_goes_whole_and_in_order():
     smtp.sock = ours
     body = bytes(range(256)) * 4000  # 1 MB
     try:
-        _send_parts(smtp, (body, b"", wire.END))
+        _send_parts(smtp, (body, b"", wireform.END))
     finally:
         ours.close()
         reader.join()
         theirs.close()
-    assert bytes(received) == body + wire.END
+    assert bytes(received) == body + wireform.END

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from mailmag import addresses, clock, links, placeholders
 from mailmag.addresses import DOT_ATOM
 from mailmag.config import Config
-from mailmag.delivery import dkim, wire
+from mailmag.delivery import dkim, wireform
 from mailmag.delivery.dkim import DkimKey
 from mailmag.delivery.headers import LINE_MAX, angle, check, encode_header, format_address, is_plain, phrase
 from mailmag.errors import ConfigError, InvalidInput
@@ -182,7 +182,7 @@ def prepare(
     )
     # Sent as it stands after DATA (wire.send_prepared): the per-recipient lines are header lines
     # and base64, so these constant pieces are all that could hold a bare line end or a leading dot.
-    wire.check(skeleton.from_line, skeleton.subject_line, skeleton.fixed_lines, *skeleton.seams)
+    wireform.check(skeleton.from_line, skeleton.subject_line, skeleton.fixed_lines, *skeleton.seams)
     return skeleton
 
 

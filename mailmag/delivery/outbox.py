@@ -34,6 +34,8 @@ from sqlalchemy import (
     cast,
     func,
     literal,
+    literal_column,
+    null,
     or_,
     select,
     text,
@@ -266,17 +268,21 @@ def _finish(session: Session, delivery_id: int, owner: str, **values: object) ->
 
 
 # The hot path, once per message: one statement built at import, on the table rather than the
-# ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery.
+# ORM entity, so executing it is a compiled-cache hit with no ORM bulk-update machinery. It is
+# the one statement of the rule: the worker's writer (delivery.results) compiles this same
+# statement for its driver, so its four parameters are the only binds (constants are literal).
 _DELIVERIES = typing.cast(Table, Delivery.__table__)  # an ORM class's table is a Table
 # A result `sent` is written over these statuses (and only by the lease owner): `cancelled`
 # too, since a message on the wire when its issue was cancelled did go (outbox.cancel_rows).
 SENT_FROM = ("sending", "cancelled")
-_MARK_SENT = (
+MARK_SENT_PARAMS = ("reply", "now", "delivery_id", "owner")  # in the order the statement binds them
+MARK_SENT = (
     update(_DELIVERIES)
-    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.status.in_(SENT_FROM),
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"),
+           _DELIVERIES.c.status.in_([literal_column(f"'{status}'") for status in SENT_FROM]),
            _DELIVERIES.c.lease_owner == bindparam("owner"))
-    .values(status="sent", last_reply=bindparam("reply"), sent_at=bindparam("now"),
-            lease_owner=None, lease_expires_at=None)
+    .values(status=literal_column("'sent'"), last_reply=bindparam("reply"), sent_at=bindparam("now"),
+            lease_owner=null(), lease_expires_at=null())
 )
 
 
@@ -285,7 +291,7 @@ def mark_sent(
 ) -> bool:
     """Sent, if `owner` still holds the lease; works on a Session or a plain Connection."""
     params = {"delivery_id": delivery_id, "owner": owner, "reply": reply[:500], "now": now}
-    return rowcount(db.execute(_MARK_SENT, params)) == 1
+    return rowcount(db.execute(MARK_SENT, params)) == 1
 
 
 def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.datetime) -> bool:

@@ -2,11 +2,12 @@
 
 Every accepted message costs one result write before its connection's next message, so
 this is the worker's hottest database path. `outbox.mark_sent` through SQLAlchemy Core
-costs more in Python (execution context, the expanding IN, a BEGIN and a COMMIT) than the
-database spends on the row. Here the same statement goes straight to the driver on the
-sending thread's own connection: in autocommit, one statement is one transaction, durable
-when it returns (SQLite: WAL, PostgreSQL: `synchronous_commit` as configured). The
-guarantee is mark_sent's: the row changes only while `owner` holds its lease.
+costs more in Python (execution context, a BEGIN and a COMMIT) than the database spends on
+the row. Here the same statement, outbox.MARK_SENT compiled once for the driver (so the rule
+is written in one place), goes straight to the driver on the sending thread's own
+connection: in autocommit, one statement is one transaction, durable when it returns
+(SQLite: WAL, PostgreSQL: `synchronous_commit` as configured). The guarantee is
+mark_sent's: the row changes only while `owner` holds its lease.
 
 A write is two steps, `start` and `finish`, so the dispatcher can let the database work
 while it goes on with the next message (dispatch.Unrecorded): on PostgreSQL `start` sends
@@ -24,24 +25,19 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from mailmag.delivery import outbox
 from mailmag.models import Delivery
 
-_DELIVERIES = typing.cast(Table, Delivery.__table__)
 
-
-def _sql(marks: tuple[str, str, str, str]) -> str:
-    """The UPDATE with `marks` for (reply, sent_at, id, owner)."""
-    c = _DELIVERIES.c
-    reply, sent_at, delivery_id, owner = marks
-    statuses = ", ".join(f"'{status}'" for status in outbox.SENT_FROM)  # the rule of outbox.mark_sent
-    return (f"UPDATE {_DELIVERIES.name} SET {c.status.name} = 'sent', {c.last_reply.name} = {reply}, "
-            f"{c.sent_at.name} = {sent_at}, {c.lease_owner.name} = NULL, {c.lease_expires_at.name} = NULL "
-            f"WHERE {c.id.name} = {delivery_id} AND {c.status.name} IN ({statuses}) "
-            f"AND {c.lease_owner.name} = {owner}")
+def _sql(dialect: Dialect) -> str:
+    """outbox.MARK_SENT, the rule's one statement, in `dialect`'s SQL with positional parameters."""
+    compiled = outbox.MARK_SENT.compile(dialect=dialect)
+    assert tuple(compiled.positiontup or ()) == outbox.MARK_SENT_PARAMS, compiled.positiontup
+    return str(compiled)
 
 
 def sent_writer(connection: Connection) -> SentWriter:
@@ -64,7 +60,7 @@ class SentWriter:
         # The dialect's own processor, as Core's: on SQLite it writes the text Core writes
         # ('… 21:00:00.000000'); the type's generic one left a datetime to sqlite3's deprecated
         # adapter, which drops a whole second's '.000000' and so sorts apart from Core's text.
-        sent_at = _DELIVERIES.c.sent_at.type
+        sent_at = Delivery.__table__.c.sent_at.type
         process = sent_at.dialect_impl(dialect).bind_processor(dialect)
         self._time: Callable[[Any], Any] = process or (lambda value: value)
         driver = connection.connection.dbapi_connection
@@ -83,7 +79,7 @@ class SentWriter:
     def start(self, delivery_id: int, owner: str, reply: str, now: Any) -> None:
         """Begin the write; `finish` commits it. A write already started is abandoned."""
         self.started = delivery_id
-        self._params = (reply[:500], self._time(now), delivery_id, owner)
+        self._params = (reply[:500], self._time(now), delivery_id, owner)  # outbox.MARK_SENT_PARAMS
 
     def finish(self) -> bool:
         """Wait for the started write; True if the row was written (the lease was held)."""
@@ -98,7 +94,7 @@ class SqliteWriter(SentWriter):
     def __init__(self, connection: Connection) -> None:
         super().__init__(connection)
         # db.make_engine's connections run with the driver's autocommit (isolation_level None).
-        self._sql = _sql(("?", "?", "?", "?"))
+        self._sql = _sql(connection.dialect)  # pysqlite's own paramstyle: ?
         self._cursor: sqlite3.Cursor = self._driver.cursor()
 
     def finish(self) -> bool:
@@ -126,7 +122,8 @@ class PostgresWriter(SentWriter):
         self._pgconn = self._driver.pgconn
         self._readable = select.poll()  # not select.select: a busy process has sockets past 1023
         self._readable.register(self._pgconn.socket, select.POLLIN)
-        self._sql = _sql(("$1", "$2", "$3", "$4"))
+        numbered: Any = type(connection.dialect)  # the same dialect with libpq's $1 … $4
+        self._sql = _sql(numbered(paramstyle="numeric_dollar"))
         # named after its text: a connection that meets a changed statement prepares it anew
         self._name = b"mailmag_sent_" + hashlib.sha1(self._sql.encode()).hexdigest()[:12].encode()
         try:
