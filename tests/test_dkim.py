@@ -52,6 +52,14 @@ def test_a_receiver_verifies_folded_and_oddly_spaced_headers_and_trailing_blank_
     assert all(len(line) <= 78 for line in head.split(b"\r\n"))
 
 
+def test_a_message_in_a_bytearray_or_memoryview_is_signed_as_the_same_bytes(key, dns):
+    """What a caller may hold a message in (a buffer being filled, a view of one)."""
+    made = [dkim.sign(form, b"mm2026", b"example.jp", key, SIGNED, timestamp=1)
+            for form in (MESSAGE, bytearray(MESSAGE), memoryview(MESSAGE))]
+    assert made[1] == made[2] == made[0]  # PKCS#1 v1.5: the same bytes sign the same
+    assert dkimpy.verify(made[1] + MESSAGE, dnsfunc=dns)
+
+
 def test_changing_the_body_or_a_signed_header_breaks_the_signature(key, dns):
     data = signed(MESSAGE, key)
     assert not dkimpy.verify(data.replace(b"5pys5paH44Gn44GZ44CC", b"5pys5paH44Gn44GZ44CD"), dnsfunc=dns)

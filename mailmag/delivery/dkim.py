@@ -82,7 +82,7 @@ def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
 
 
 def sign(
-    message: bytes, selector: bytes, domain: bytes, key: rsa.RSAPrivateKey,
+    message: bytes | bytearray | memoryview, selector: bytes, domain: bytes, key: rsa.RSAPrivateKey,
     include_headers: Sequence[bytes], *, timestamp: int | None = None,
 ) -> bytes:
     """The DKIM-Signature header line (folded, CRLF-terminated) to put in front of `message`.
@@ -91,6 +91,9 @@ def sign(
     signed; a name listed more often than the header occurs is over-signed (RFC 6376 §5.4.2):
     a relay that adds one more such header breaks the signature.
     """
+    # Header fields are remembered by value (_relaxed), so they must be hashable: a bytearray or
+    # a memoryview is copied to bytes once (bytes(b) of a bytes object is that object, no copy).
+    message = bytes(message)
     head, separator, body = message.partition(b"\r\n\r\n")
     if not separator:
         head, body = message.removesuffix(b"\r\n"), b""
