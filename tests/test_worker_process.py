@@ -25,7 +25,7 @@ from test_dispatch import prepare_send
 from mailmag import db
 from mailmag.config import load_config
 from mailmag.delivery import outbox
-from mailmag.models import Delivery
+from mailmag.models import Delivery, utcnow
 from mailmag.services import Services
 
 
@@ -471,6 +471,28 @@ def test_processes_keep_one_hourly_limit_between_them(setup, smtp_server):
         assert "[smtp] rate_per_hour = 5 lets the next message go in about" in err
     assert len(smtp_server.messages) == 5
     assert states(services)["queued"] == 7 and states(services)["sending"] == 0
+
+
+def test_a_worker_killed_while_it_waits_out_the_hourly_limit_is_charged_nothing(setup, smtp_server):
+    """Two an hour: the worker sends two and waits for the hour with the rest handed back, so a
+    kill -9 then leaves no lease to expire. (Each expiry counts toward giving the row up as
+    `dead`, "ambiguous", as if a worker had died with it on the wire: it never went.)"""
+    config, services = setup
+    hourly = "rate_per_second = 0.0\nrate_per_hour = 2"
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", hourly))
+    prepare_send(services, 5)
+    worker = start_worker(config, "--concurrency", "1")  # not --once: it would wait out the hour
+    wait_for(lambda: states(services)["sent"] == 2 and states(services)["queued"] == 3)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    time.sleep(1.1)  # lease_seconds = 1: any lease it held has passed
+    with services.session() as session:
+        assert outbox.expire_leases(session, utcnow(), max_expiries=1) == 0
+        session.commit()
+        assert sorted(session.scalars(select(Delivery.lease_expiries))) == [0] * 5
+    final = states(services)
+    assert (final["sent"], final["queued"], final["sending"], final["dead"]) == (2, 3, 0, 0)
+    assert len(smtp_server.messages) == 2
 
 
 def _held_back_once(setup, smtp_server, limits: str, queued: int, sent: int, note: str) -> None:  # type: ignore[no-untyped-def]

@@ -92,6 +92,11 @@ MIN_IDLE_SECONDS = 0.2
 # `once` leaves the rest for a later run rather than wait longer than this for the rate limit
 # (the hourly limit can mean an hour): `worker --once` sends what may go now.
 ONCE_MAX_WAIT_SECONDS = 60.0
+# A rate-limit wait longer than this is waited with the batch handed back: a worker killed during
+# it (an hour, with the hourly limit full) leaves no lease to expire, and an expired lease counts
+# against the row as if it had been on the wire. Shorter waits (rate_per_second) keep the batch:
+# at most one claim and one hand-back a second per connection.
+HAND_BACK_WAIT_SECONDS = 1.0
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
@@ -536,13 +541,18 @@ class Dispatcher:
         return True
 
     def _wait_for_turn(self, index: int, owner: str, rest: list[outbox.Claimed]) -> bool:
-        """The rate limit's next turn; False when the thread stops instead (the rest handed back).
+        """The rate limit's next turn; False when the batch ends instead, the rest handed back: the
+        thread stops, or it waits a long turn out with nothing claimed (HAND_BACK_WAIT_SECONDS).
 
         The wait is judged again at every wake: a turn that another thread or process took
         meanwhile may have filled the hour, and `once` must then hold back, not sleep it out."""
         while (wait := self.limiter.take_turn()) > 0:
             if self._once and wait > ONCE_MAX_WAIT_SECONDS:
                 self._hold_back(owner, rest, wait)
+                return False
+            if wait > HAND_BACK_WAIT_SECONDS:  # claimed again after the wait, by whichever thread
+                self._release(owner, rest)
+                self.stop.wait(wait)
                 return False
             if self.stop.wait(wait) or not self._may_send(index, owner):
                 self._release(owner, rest)
