@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from clocked import mailmag_command
 from conftest import SENDER_TOML
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from test_schedule import add_subscribers, approve_news, draft_issue
 
 from mailmag import db
@@ -23,6 +23,7 @@ from mailmag.config import load_config
 from mailmag.content import issues
 from mailmag.models import ConsentEvent, Issue, JobRun, Subscriber, utcnow
 from mailmag.scheduling import jobs
+from mailmag.scheduling import node as nodes
 from mailmag.services import Services
 
 pytestmark = pytest.mark.slow  # each test starts one or two `mailmag run` processes
@@ -208,6 +209,36 @@ def test_two_nodes_on_postgresql_fire_once_and_a_standby_takes_over(tmp_path, pg
     assert len(smtp_server.recipients()) == 6
     assert len(set(smtp_server.recipients())) == 3
     services.close()
+
+
+def test_a_node_that_lost_the_lock_fires_nothing_while_a_standby_takes_over(tmp_path, pg_url, smtp_server):
+    """The failover gap: a node's lock goes with its database session (PostgreSQL restarted, the
+    network cut) and its main loop learns it at its next look, up to poll_seconds later, while a
+    standby may take the scheduler over at once. The old node's jobs fire nothing meanwhile."""
+    _config_file, services = configure(tmp_path, pg_url, smtp_server.port)
+    add_subscribers(services, 2)
+    number = draft_issue(services)
+    schedule_in(services, number, 0.5)
+    time.sleep(0.6)  # due now
+    leader = nodes.Node(services, worker=False)
+    assert leader.lock.acquire()
+    nodes._node = leader  # as `run` sets it: the scheduler's jobs find their node there
+    try:
+        pid = leader.lock.connection.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        with services.engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar()
+        standby = nodes.AdvisoryLock(services.engine)
+        assert standby.acquire()  # the server let the lock go with the session
+        nodes.poll_job()  # the old node's scheduler, before its main loop has looked
+        assert status(services, number) == "scheduled" and runs(services) == []
+        standby.release()
+        assert leader.lock.acquire()  # the scheduler again: the same job fires
+        nodes.poll_job()
+        assert runs(services) == [(f"send-issue-{number}", "sent")]
+    finally:
+        nodes._node = None
+        leader.lock.release()
+        services.close()
 
 
 def test_the_sqlite_scheduler_lock_file_goes_when_run_stops(tmp_path, smtp_server, start_run):

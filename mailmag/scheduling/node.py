@@ -51,27 +51,46 @@ _node: Node | None = None
 
 def poll_job() -> None:
     """Every poll: fire due timed sends, catch up automatic issues."""
-    services = _current().services
-    now = utcnow()
-    jobs.fire_due_sends(services, now)
-    jobs.fire_due_autos(services, now)
+    node = _leading()
+    if node is not None:
+        now = utcnow()
+        jobs.fire_due_sends(node.services, now)
+        jobs.fire_due_autos(node.services, now)
 
 
 def purge_job() -> None:
     """Every PURGE_SECONDS: subscribers who never confirmed go (an error is logged by APScheduler,
     and the next run comes all the same)."""
-    jobs.purge_pending(_current().services)
+    node = _leading()
+    if node is not None:
+        jobs.purge_pending(node.services)
 
 
 def auto_job(schedule_id: int) -> None:
     """The stored cron job of one automatic issue; stored as 'mailmag.scheduling.node:auto_job'."""
-    jobs.fire_due_autos(_current().services, utcnow(), schedule_id)
+    node = _leading()
+    if node is not None:
+        jobs.fire_due_autos(node.services, utcnow(), schedule_id)
 
 
 def _current() -> Node:
     if _node is None:
         raise RuntimeError("a scheduler job ran outside `mailmag run`")
     return _node
+
+
+def _leading() -> Node | None:
+    """This node, if it still holds the scheduler lock when a job starts.
+
+    A node whose lock went with its database session learns it at its main loop's next look, up
+    to poll_seconds later, and a standby may have taken the scheduler over meanwhile: two
+    schedulers on one job store. Firing is idempotent (jobs._once), but a node that is no longer
+    the scheduler fires nothing at all."""
+    node = _current()
+    if node.lock.held():
+        return node
+    log.error("scheduler lock lost: this node fires nothing; the node holding the lock does")
+    return None
 
 
 class SchedulerLock(Protocol):
@@ -92,8 +111,14 @@ class AdvisoryLock:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.connection: Connection | None = None
+        # The main loop and the scheduler's job thread both ask held(): one connection, one at a time.
+        self._guard = threading.RLock()
 
     def acquire(self) -> bool:
+        with self._guard:
+            return self._acquire()
+
+    def _acquire(self) -> bool:
         connection = self.engine.connect()
         got = connection.execute(
             text("SELECT pg_try_advisory_lock(hashtext('mailmag-scheduler:' || current_schema()))")
@@ -107,17 +132,22 @@ class AdvisoryLock:
 
     def held(self) -> bool:
         """False when the connection (and with it the lock) was lost."""
-        if self.connection is None:
-            return False
-        try:
-            self.connection.execute(text("SELECT 1"))
-            self.connection.commit()
-            return True
-        except DBAPIError:
-            self.release()
-            return False
+        with self._guard:
+            if self.connection is None:
+                return False
+            try:
+                self.connection.execute(text("SELECT 1"))
+                self.connection.commit()
+                return True
+            except DBAPIError:
+                self.release()
+                return False
 
     def release(self) -> None:
+        with self._guard:
+            self._release()
+
+    def _release(self) -> None:
         if self.connection is not None:
             # Closing the server session is what surely releases the lock.
             with contextlib.suppress(DBAPIError):
