@@ -280,7 +280,8 @@ def _padding_fields(n: int) -> tuple[str, dict[str, Any]]:
 def compose_issue(services: Services, target_html_kb: float = 30.0) -> tuple[int, int]:
     """Load the demo orgs and items, pad with news items to ~target_html_kb of HTML, approve.
 
-    Returns (issue number, HTML bytes). The issue is composed (Jinja2 + premailer), not yet sent.
+    Returns (issue id, HTML bytes). The issue is a composed draft (Jinja2 + premailer): it has no
+    number (第N号) until it is sent.
     Composition is what `compose_time` measures; this only finds how many items make ~30 KB.
     """
     from mailmag.content import render
@@ -299,7 +300,7 @@ def compose_issue(services: Services, target_html_kb: float = 30.0) -> tuple[int
     with services.session() as session:
         composed = issues.compose(session, services.config, today=today)
         html = next(r.html for r in composed.issue.renderings if r.lang == "ja")
-        return composed.issue.number, len(html.encode())
+        return composed.issue.id, len(html.encode())
 
 
 def _html_size(services: Services, render: Any, chosen: list[Item], today: dt.date) -> int:

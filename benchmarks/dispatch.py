@@ -206,7 +206,7 @@ def prepare(db_url: str, args: argparse.Namespace, dkim_key: str) -> dict[str, A
 
     services = common.open_services(common.make_config(db_url, dkim_key=dkim_key), init=True)
     setup_seconds = common.add_subscribers(services, args.subscribers)
-    _number, html_bytes = common.compose_issue(services)
+    _issue_id, html_bytes = common.compose_issue(services)
     compose_seconds = common.compose_time(services)
     with services.session() as session:
         issue = issues.get(session, 1)

@@ -30,7 +30,7 @@ CLAIM_POINTS = (0.0, 0.5, 0.999)  # how much of the list has been sent when a cl
 def set_up(db_url: str, size: int) -> dict[str, Any]:
     services = common.open_services(common.make_config(db_url), init=True)
     seconds = common.add_subscribers(services, size)
-    _number, html_bytes = common.compose_issue(services)
+    _issue_id, html_bytes = common.compose_issue(services)
     services.close()
     return {"subscribers_seconds": seconds, "html_bytes": html_bytes}
 

@@ -42,7 +42,7 @@ def set_up(db_url: str, issue_count: int, event_count: int) -> tuple[int, int]:
     """Sent issues with one real rendering each, and events spread over them; returns
     (HTML bytes of a rendering, the middle issue's number)."""
     services = common.open_services(common.make_config(db_url), init=True)
-    number, html_bytes = common.compose_issue(services)
+    number, html_bytes = common.compose_issue(services)  # the draft's id: the sent issues are 第2号 on
     today = utcnow().date()
     rng = random.Random(1)
     with services.session() as session:
