@@ -32,6 +32,7 @@ STEPS = {
     "delete_issue": "to drop it, delete it",
     "review_item": "review the item",
     "approve_item": "approve it",
+    "approve_these": "approve them",
     "approve_items": "approve some",
     "add_org": "register one",
     "add_subscribers": "add subscribers",

@@ -305,6 +305,28 @@ def services_for():  # type: ignore[no-untyped-def]
 # --- 3. gates ---------------------------------------------------------------------------------
 
 
+def test_every_item_edited_after_approval_is_named_and_approved_in_one_command(council):
+    """Two items edited after the issue was made: the refusal names both (naming the first only
+    sent the secretariat round the loop once per item), and its command approves both."""
+    first, second = _event(council, "講演会のお知らせ"), _event(council, "展示会のお知らせ")
+    council.ok("issues", "new")
+    for item in (first, second):
+        council.ok("items", "edit", str(item), "--venue", "鳥取県米子市")
+    refused = council("issues", "send", "1", "--yes")
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        f"Error: items {first} 「講演会のお知らせ」, {second} 「展示会のお知らせ」 are submitted, "
+        "not approved (edited since it was approved?); nothing was sent: review the item "
+        f"(`mailmag items show {first}`), approve them (`mailmag items approve {first} {second}`), then "
+        "render the issue again (`mailmag issues render 1`)\n"
+    )
+    assert _status(council, 1)["total"] == 0
+    council.ok("items", "approve", str(first), str(second))  # the command as the error gave it
+    council.ok("issues", "render", "1")
+    council.ok("issues", "send", "1", "--yes")
+    assert _status(council, 1)["total"] == 3  # the three subscribers
+
+
 def test_an_item_edited_after_approval_blocks_the_send_naming_it(council):
     item = _event(council, "直前に直したお知らせ")
     council.ok("issues", "new")

@@ -16,6 +16,7 @@ COMMANDS = {
     "delete_issue": "`mailmag issues delete {target}`",
     "review_item": "`mailmag items show {target}`",
     "approve_item": "`mailmag items approve {target}`",
+    "approve_these": "`mailmag items approve {target}`",
     "approve_items": "`mailmag items approve ID`, or name items with --item",
     "add_org": "`mailmag orgs add`",
     "add_subscribers": "`mailmag subscribers import`; or send it to nobody with --allow-empty: it still goes "

@@ -92,7 +92,7 @@ def compose(session: Session, config: Config, *, title: str | None = None,
     number = next_number(session)
     custom = text_ja.normalize_line(title) if title is not None else None
     if custom is not None and not custom:
-        raise InvalidInput("the --title is empty: give a title or leave the option out")
+        raise InvalidInput("the title is empty: give a title, or none for the usual one")
     editions = _render(config, render.IssueSpec(number, custom, today, ordered))
     now = utcnow()
     issue = Issue(number=None, rendered_number=number, title=editions[0].title, topic=topic,
@@ -194,24 +194,36 @@ def delete(session: Session, issue_id: int) -> Issue:
 # --- sending ----------------------------------------------------------------------------------
 
 
+def _named(items: list[Item]) -> str:
+    """'item 3 「題」', or 'items 3 「題」, 5 「題」' (every one: the operator mends them all at once)."""
+    if len(items) == 1:
+        return f"item {items[0].id} 「{items[0].title}」"
+    return "items " + ", ".join(f"{item.id} 「{item.title}」" for item in items)
+
+
+def _not_approved(items: list[Item]) -> str:
+    statuses = sorted({item.status for item in items})
+    edited = " (edited since it was approved?)" if "submitted" in statuses else ""
+    verb = "is" if len(items) == 1 else "are"
+    return f"{_named(items)} {verb} {' or '.join(statuses)}, not approved{edited}"
+
+
 def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False) -> int:
     """The gates before subscribers see anything; returns the audience. Each refusal names the fix."""
     if issue.status not in RENDERABLE:
         raise StateError(f"{label(issue)} is {issue.status}; only a draft or scheduled issue can be sent")
     if not issue.renderings:
         raise StateError(f"{label(issue)} is not rendered", fixes=[Fix("render_issue", issue.id)])
-    for entry in issue.entries:
-        item = entry.item
-        if item.status not in ("approved", "published"):
-            edited = " (edited since it was approved?)" if item.status == "submitted" else ""
-            raise StateError(
-                f"item {item.id} 「{item.title}」 is {item.status}, not approved{edited}; nothing was sent",
-                fixes=[Fix("review_item", item.id), Fix("approve_item", item.id),
-                       Fix("render_issue", issue.id)],
-            )
-    for item in changed_since_rendering(issue)[:1]:
+    unapproved = [entry.item for entry in issue.entries if entry.item.status not in ("approved", "published")]
+    if unapproved:
+        approve = Fix("approve_item", unapproved[0].id) if len(unapproved) == 1 else \
+            Fix("approve_these", " ".join(str(item.id) for item in unapproved))
+        raise StateError(f"{_not_approved(unapproved)}; nothing was sent",
+                         fixes=[Fix("review_item", unapproved[0].id), approve, Fix("render_issue", issue.id)])
+    changed = changed_since_rendering(issue)
+    if changed:
         raise StateError(
-            f"item {item.id} 「{item.title}」 changed after {label(issue)} was rendered; nothing was sent",
+            f"{_named(changed)} changed after {label(issue)} was rendered; nothing was sent",
             fixes=[Fix("render_issue", issue.id), Fix("preview_issue", issue.id)],
         )
     render.check_real_sender(config)

@@ -16,6 +16,7 @@ PLACES = {
     "unschedule_issue": ("取り消す", "on the issue's page"),
     "review_item": ("記事の確認", "page"),
     "approve_item": ("承認する", "on the item's page"),
+    "approve_these": ("承認する", "on each item's page"),
     "approve_items": ("記事の確認", "page"),
     "add_org": ("団体", "page"),
     "add_subscribers": ("読者", "page"),
