@@ -115,8 +115,14 @@ def test_worker_killed_after_claim_or_during_data_loses_nobody(setup, smtp_serve
     assert (final["sent"], final["queued"], final["sending"]) == (5, 0, 0)
     assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(5)]
     with services.session() as session:
-        # Only the row that may have been in flight (the first of the batch) counts toward giving up.
+        # Only the row that may have been in flight (the first of the batch) counts toward giving up,
+        # and its record says it may have gone twice, though its second send was a plain 250.
         assert sorted(session.scalars(select(Delivery.lease_expiries))) == [0, 0, 0, 0, 1]
+        charged = session.scalar(select(Delivery.last_reply).where(Delivery.lease_expiries == 1))
+        assert charged.startswith("ambiguous before; 250 ")
+    status = subprocess.run(mailmag_command("--config", str(config), "issues", "status", "1"),
+                            env={**os.environ, "MAILMAG_SECRET_KEY": SECRET}, capture_output=True, text=True)
+    assert "may have arrived twice: 1 " in status.stdout, status.stdout + status.stderr
 
 
 def test_a_worker_once_after_a_killed_one_says_what_the_dead_one_holds(tmp_path, db_url, smtp_server):
@@ -493,6 +499,29 @@ def test_a_worker_killed_while_it_waits_out_the_hourly_limit_is_charged_nothing(
     final = states(services)
     assert (final["sent"], final["queued"], final["sending"], final["dead"]) == (2, 3, 0, 0)
     assert len(smtp_server.messages) == 2
+
+
+def test_workers_killed_while_they_wait_for_per_second_turns_charge_nothing(setup, smtp_server):
+    """One message a second over four connections: the threads spend the second waiting for a turn,
+    with nothing claimed. Three kill -9s in such waits leave every row to be sent once, none given
+    up (the attack's run: five rows that never went were `dead`, "may have arrived twice")."""
+    config, services = setup
+    config.write_text(config.read_text().replace("rate_per_second = 0.0", "rate_per_second = 1.0"))
+    prepare_send(services, 8)
+    for _ in range(3):
+        before = len(smtp_server.messages)
+        worker = start_worker(config, "--concurrency", "4")
+        wait_for(lambda before=before: len(smtp_server.messages) > before)
+        time.sleep(0.3)  # the next turn is ~0.7 s away: every thread waits for it
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        time.sleep(1.1)  # lease_seconds = 1: whatever it held has expired
+    finish(config, services)
+    final = states(services)
+    assert (final["sent"], final["dead"], final["queued"]) == (8, 0, 0)
+    assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(8)]
+    with services.session() as session:
+        assert list(session.scalars(select(Delivery.lease_expiries))) == [0] * 8
 
 
 def _held_back_once(setup, smtp_server, limits: str, queued: int, sent: int, note: str) -> None:  # type: ignore[no-untyped-def]

@@ -92,11 +92,6 @@ MIN_IDLE_SECONDS = 0.2
 # `once` leaves the rest for a later run rather than wait longer than this for the rate limit
 # (the hourly limit can mean an hour): `worker --once` sends what may go now.
 ONCE_MAX_WAIT_SECONDS = 60.0
-# A rate-limit wait longer than this is waited with the batch handed back: a worker killed during
-# it (an hour, with the hourly limit full) leaves no lease to expire, and an expired lease counts
-# against the row as if it had been on the wire. Shorter waits (rate_per_second) keep the batch:
-# at most one claim and one hand-back a second per connection.
-HAND_BACK_WAIT_SECONDS = 1.0
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
@@ -255,12 +250,14 @@ class Unrecorded:
 
 
 def batch_size(config: Config, connections: int) -> int:
-    """Claim no more than a thread may send in half its lease when `connections` share the
-    per-second limit: the rest stays in the queue for the others."""
+    """Under a per-second limit, claim what a thread may send in one tenth of a second when
+    `connections` share the limit (ratelimit: R/10 each tenth): a thread that must wait for a turn
+    hands its batch back first (_wait_for_turn), so small batches keep that cheap, and the rest
+    stays in the queue for the others."""
     size = config.dispatch.batch_size
     if config.smtp.rate_per_second > 0:
-        share = config.smtp.rate_per_second * config.dispatch.lease_seconds / 2 / connections
-        size = max(1, min(size, int(share)))
+        per_tenth = max(int(config.smtp.rate_per_second / 10), 1)
+        size = max(1, min(size, per_tenth // connections))
     return size
 
 
@@ -503,19 +500,15 @@ class Dispatcher:
             if not self._may_send(index, owner):
                 self._release(owner, rest)
                 return True
-            # Asked before the rate limiter's wait, so a row taken away spends no turn of the
-            # limit, and after it: an opt-out during the wait is honoured, and the lease and the
-            # age of a message built ahead are judged when it is about to go.
+            # Asked before the rate limiter's turn, so a row taken away spends no turn of the limit
+            # (a thread that must wait claims afresh after it: an opt-out meanwhile is honoured).
             if not still_mine(position, False):
                 position += 1
                 continue
-            if not self.limiter.try_acquire():
+            if (wait := self.limiter.take_turn()) > 0:
                 self._record(unrecorded)  # no result waits while the thread does
-                if not self._wait_for_turn(index, owner, rest):
-                    return True
-                if not still_mine(position, False):
-                    position += 1
-                    continue
+                self._wait_for_turn(owner, rest, wait)
+                return True
             # Asked again once the previous result is recorded (the send's `meanwhile`): that can
             # take seconds (a locked database), and an opt-out or a lost lease meanwhile must hold.
             may_go = functools.partial(self._may_go, index, owner, still_mine, position)
@@ -540,27 +533,18 @@ class Dispatcher:
                 position += 1
         return True
 
-    def _wait_for_turn(self, index: int, owner: str, rest: list[outbox.Claimed]) -> bool:
-        """The rate limit's next turn; False when the batch ends instead, the rest handed back: the
-        thread stops, or it waits a long turn out with nothing claimed (HAND_BACK_WAIT_SECONDS).
+    def _wait_for_turn(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:
+        """No turn of the rate limit is free for `wait` seconds: hand the rest of the batch back and
+        wait with nothing claimed; then the thread claims again and asks again (another thread or
+        process may have taken the turn meanwhile, and `once` then holds back: no hour slept out).
 
-        The wait is judged again at every wake: a turn that another thread or process took
-        meanwhile may have filled the hour, and `once` must then hold back, not sleep it out."""
-        while (wait := self.limiter.take_turn()) > 0:
-            if self._once and wait > ONCE_MAX_WAIT_SECONDS:
-                self._hold_back(owner, rest, wait)
-                return False
-            if wait > HAND_BACK_WAIT_SECONDS:  # claimed again after the wait, by whichever thread
-                self._release(owner, rest)
-                self.stop.wait(wait)
-                return False
-            if self.stop.wait(wait) or not self._may_send(index, owner):
-                self._release(owner, rest)
-                return False
-        if not self._may_send(index, owner):  # the lease may have run out while it waited
-            self._release(owner, rest)
-            return False
-        return True
+        A worker killed during the wait leaves no lease to expire: an expiry counts against the
+        row it finds first as if it had been on the wire (outbox.expire_leases), and it was not."""
+        if self._once and wait > ONCE_MAX_WAIT_SECONDS:
+            self._hold_back(owner, rest, wait)
+            return
+        self._release(owner, rest)
+        self.stop.wait(wait)
 
     def _hold_back(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:
         """`once`: the rate limit holds the next message too long; the rest goes back to the queue."""

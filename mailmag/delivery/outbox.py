@@ -153,7 +153,8 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 
     Only the row that may have been in flight (the lowest id still `sending` of each expired
-    claim) counts toward `max_expiries`; after that many it is dead, for an operator to look at.
+    claim) counts toward `max_expiries`, and is marked AMBIGUOUS; after that many it is dead,
+    for an operator to look at.
     """
     expired = and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
     first_of_each = select(func.min(Delivery.id)).where(expired).group_by(Delivery.lease_owner)
@@ -168,8 +169,12 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
                 lease_expiries=Delivery.lease_expiries + 1,
                 last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
     )
+    # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
+    # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
     session.execute(
-        update(Delivery).where(counted).values(lease_expiries=Delivery.lease_expiries + 1)
+        update(Delivery).where(counted).values(
+            lease_expiries=Delivery.lease_expiries + 1,
+            last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
     )
     return rowcount(session.execute(
         update(Delivery)
