@@ -406,7 +406,7 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
         smtp_password=env.get(ENV_SMTP_PASSWORD, ""),
         source=file,
     )
-    _check(config, file)
+    _check(config, file, text, env)
     return config
 
 
@@ -559,22 +559,33 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
-def _check(config: Config, file: Path | None) -> None:
-    where = f"{file}: " if file else ""
+def _check(config: Config, file: Path | None, text: str, env: Mapping[str, str]) -> None:
+    """The rules between keys, checked once every section is built; each error names its line."""
     try:
         config.zone  # noqa: B018 - validates the zone name
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError(
-            f"{where}[mailmag] timezone {config.mailmag.timezone!r} is not a known time zone "
-            "(use a name such as Asia/Tokyo)"
+            f"{_where(file, text, 'mailmag', 'timezone')}[mailmag] timezone {config.mailmag.timezone!r} is "
+            "not a known time zone (use a name such as Asia/Tokyo)"
         ) from exc
     try:
         config.topics  # noqa: B018 - validates the topic codes
-    except ConfigError as exc:
-        raise ConfigError(f"{where}{exc}") from None
-    try:
         send_window(config.schedule)
     except ConfigError as exc:
-        raise ConfigError(f"{where}{exc}") from None
+        raise ConfigError(f"{_where_named(file, text, env, exc.message)}{exc.message}") from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}[mailmag] base_url must start with http:// or https://")
+        raise ConfigError(f"{_where(file, text, 'mailmag', 'base_url')}[mailmag] base_url must start with "
+                          "http:// or https://")
+
+
+def _where_named(file: Path | None, text: str, env: Mapping[str, str], message: str) -> str:
+    """'FILE:LINE: ' of the key a message names first ('[schedule] send_window_end must …'), or
+    'environment variable NAME: ' when that key was set there."""
+    named = re.match(r"\[(\w+)\] (\w+)", message)
+    if named is None:
+        return f"{file}: " if file else ""
+    section, key = named.groups()
+    env_name = f"MAILMAG_{section}_{key}".upper()
+    if env_name in env:
+        return f"environment variable {env_name}: "
+    return _where(file, text, section, key)

@@ -64,11 +64,14 @@ def test_relative_paths_follow_the_file(tmp_path):
         ('[smtp]\nsecurity = "ssl"\n', r"security must be one of none, starttls, tls"),
         ('[mailmag]\ntimezone = "Tokyo"\n', r"not a known time zone"),
         ('[schedule]\nsend_window_enabled = true\nsend_window_start = "25:00"\n',
-         r"m\.toml: \[schedule\] send_window_start must be a time such as \"09:00\", not '25:00'"),
+         r"m\.toml:3: \[schedule\] send_window_start must be a time such as \"09:00\", not '25:00'"),
         ('[schedule]\nsend_window_days = ["mon", "funday"]\n',
-         r"m\.toml: \[schedule\] send_window_days must list"),
+         r"m\.toml:2: \[schedule\] send_window_days must list"),
         ('[schedule]\nyear_end_break = ["12-32", "01-03"]\n',
-         r"m\.toml: \[schedule\] year_end_break must be"),
+         r"m\.toml:2: \[schedule\] year_end_break must be"),
+        ('[mailmag]\nbase_url = "https://x.example.jp"\n\n[schedule]\nsend_window_start = "10:00"\n'
+         'send_window_end = "10:00"\n',
+         r"m\.toml:5: \[schedule\] send_window_start must be earlier than send_window_end$"),
     ],
 )
 def test_each_mistake_is_one_clear_error(tmp_path, text, message):
@@ -76,6 +79,15 @@ def test_each_mistake_is_one_clear_error(tmp_path, text, message):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_config(path, env={})
+
+
+def test_a_send_window_mistake_made_in_the_environment_names_the_variable_not_the_file(tmp_path):
+    """The file's line holds a good value: pointing at it would send the operator to the wrong place."""
+    path = tmp_path / "m.toml"
+    path.write_text('[schedule]\nsend_window_enabled = true\nsend_window_start = "09:00"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^environment variable MAILMAG_SCHEDULE_SEND_WINDOW_START: "
+                                          r"\[schedule\] send_window_start must be a time such as"):
+        load_config(path, env={"MAILMAG_SCHEDULE_SEND_WINDOW_START": "25:00"})
 
 
 def test_bad_env_value_is_named():
