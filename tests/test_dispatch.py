@@ -22,7 +22,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
-from mailmag.delivery.ratelimit import RateLimiter
+from mailmag.delivery.ratelimit import RELAY_LAG_SECONDS, RateLimiter
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import MailmagError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
@@ -365,10 +365,23 @@ def test_the_per_second_limit_is_spread_over_the_second_not_a_burst():
     with the previous second's tail inside the relay's own second (the attack counted 13)."""
     now = [0.0]
     times = _turns(RateLimiter(10, 0, clock=lambda: now[0]), now, 30)
-    assert times == pytest.approx([i / 10 for i in range(30)])
+    # one every 0.1 s, and each second's ten 1.025 s after the last second's: a message reaches the
+    # relay a little after its turn, and the relay's second must not see an eleventh
+    assert times == pytest.approx([i // 10 * (1 + RELAY_LAG_SECONDS) + i % 10 / 10 for i in range(30)])
     start = now[0]
     times = [t - start for t in _turns(RateLimiter(2.5, 0, clock=lambda: now[0]), now, 6)]
     assert times == pytest.approx([0, 0.4, 0.8, 1.2, 1.6, 2.0])  # never 4 inside a second
+
+
+def test_a_per_second_limit_whose_tenths_do_not_divide_the_second_keeps_the_second():
+    """25 a second is 2 every 0.08 s: 12.5 such tenths in a second let 26 in. Never more than 25
+    in any second (with the relay's margin), and still spread: never 3 inside 0.08 s."""
+    now = [0.0]
+    times = _turns(RateLimiter(25, 0, clock=lambda: now[0]), now, 100)
+    window = 1 + RELAY_LAG_SECONDS
+    assert max(sum(1 for t in times if start <= t < start + window) for start in times) == 25
+    assert all(later - earlier >= 0.08 - 1e-9 for earlier, later in zip(times, times[2:], strict=False))
+    assert times[-1] < 4 * window  # and the 100 went in four such seconds: the limit, not less
 
 
 def test_a_restarted_worker_counts_the_last_hour_as_sent_when_it_was_sent():

@@ -122,6 +122,22 @@ def test_result_written_only_while_holding_the_lease(session):
     assert (row.status, row.attempts, row.lease_expiries) == ("sent", 2, 1)
 
 
+def test_an_expired_claim_charges_and_marks_only_the_row_that_may_have_gone(session):
+    """A worker died holding three rows: the first may have been on the wire (an attempt, an
+    expiry, marked ambiguous); the other two never went: queued as they were before the claim,
+    so `attempts` counts sends (ambiguous_max_attempts reads it), not claims."""
+    add_subscribers(session, 3)
+    issue = make_issue(session)
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    now = utcnow()
+    claimed = outbox.claim(session, "a", 3, now, 1)
+    assert outbox.expire_leases(session, now + dt.timedelta(seconds=5), max_expiries=3) == 3
+    rows = [session.get(Delivery, d.id) for d in claimed]
+    assert [(r.status, r.attempts, r.lease_expiries) for r in rows] == [("queued", 1, 1), ("queued", 0, 0),
+                                                                       ("queued", 0, 0)]
+    assert rows[0].last_reply.startswith("ambiguous: ") and rows[1].last_reply == rows[2].last_reply == ""
+
+
 def test_a_late_result_is_recorded_only_while_no_worker_holds_the_row(session):
     """A message accepted after its lease passed: sent if the row went back to the queue
     unclaimed; not if another worker claimed it meanwhile (that one may send it)."""

@@ -92,6 +92,12 @@ MIN_IDLE_SECONDS = 0.2
 # `once` leaves the rest for a later run rather than wait longer than this for the rate limit
 # (the hourly limit can mean an hour): `worker --once` sends what may go now.
 ONCE_MAX_WAIT_SECONDS = 60.0
+# A thread that must wait for a rate-limit turn hands its batch back and waits with nothing
+# claimed, waking this much early to claim again; a wait this short is waited holding the batch.
+# A worker killed while it holds a batch charges its first row as if it had been on the wire
+# (outbox.expire_leases), so waits are spent unclaimed; but a claim made as the turn comes free
+# would leave the turn unused for as long as the claim takes (10–18 % fewer messages at 20/s).
+TURN_AHEAD_SECONDS = 0.05
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
@@ -507,7 +513,8 @@ class Dispatcher:
                 continue
             if (wait := self.limiter.take_turn()) > 0:
                 self._record(unrecorded)  # no result waits while the thread does
-                self._wait_for_turn(owner, rest, wait)
+                if self._wait_for_turn(owner, rest, wait):
+                    continue  # a short wait, the batch held: asked again, from the top
                 return True
             # Asked again once the previous result is recorded (the send's `meanwhile`): that can
             # take seconds (a locked database), and an opt-out or a lost lease meanwhile must hold.
@@ -533,18 +540,20 @@ class Dispatcher:
                 position += 1
         return True
 
-    def _wait_for_turn(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:
-        """No turn of the rate limit is free for `wait` seconds: hand the rest of the batch back and
-        wait with nothing claimed; then the thread claims again and asks again (another thread or
-        process may have taken the turn meanwhile, and `once` then holds back: no hour slept out).
-
-        A worker killed during the wait leaves no lease to expire: an expiry counts against the
-        row it finds first as if it had been on the wire (outbox.expire_leases), and it was not."""
+    def _wait_for_turn(self, owner: str, rest: list[outbox.Claimed], wait: float) -> bool:
+        """No turn of the rate limit is free for `wait` seconds. A short wait (TURN_AHEAD_SECONDS)
+        is waited holding the batch (True). A longer one hands the rest of the batch back and is
+        waited with nothing claimed, up to TURN_AHEAD_SECONDS before the turn; the thread then
+        claims again and asks again (another thread or process may have taken the turn, and `once`
+        then holds back: no hour slept out)."""
         if self._once and wait > ONCE_MAX_WAIT_SECONDS:
             self._hold_back(owner, rest, wait)
-            return
+            return False
+        if wait <= TURN_AHEAD_SECONDS and not self.stop.wait(wait):
+            return True
         self._release(owner, rest)
-        self.stop.wait(wait)
+        self.stop.wait(wait - TURN_AHEAD_SECONDS)
+        return False
 
     def _hold_back(self, owner: str, rest: list[outbox.Claimed], wait: float) -> None:
         """`once`: the rate limit holds the next message too long; the rest goes back to the queue."""

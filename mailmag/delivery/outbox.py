@@ -176,10 +176,12 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
             lease_expiries=Delivery.lease_expiries + 1,
             last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
     )
+    # The rest of each claim never went: its claim's attempt is taken back, as a release does.
     return rowcount(session.execute(
         update(Delivery)
         .where(expired)
-        .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now)
+        .values(status="queued", lease_owner=None, lease_expires_at=None, next_attempt_at=now,
+                attempts=case((Delivery.id.in_(in_flight), Delivery.attempts), else_=Delivery.attempts - 1))
     ))
 
 
