@@ -564,18 +564,21 @@ def _check(config: Config, file: Path | None, text: str, env: Mapping[str, str])
     try:
         config.zone  # noqa: B018 - validates the zone name
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(
-            f"{_where(file, text, 'mailmag', 'timezone')}[mailmag] timezone {config.mailmag.timezone!r} is "
-            "not a known time zone (use a name such as Asia/Tokyo)"
-        ) from exc
+        raise _located(file, text, env, f"[mailmag] timezone {config.mailmag.timezone!r} is not a known "
+                       "time zone (use a name such as Asia/Tokyo)") from exc
     try:
         config.topics  # noqa: B018 - validates the topic codes
         send_window(config.schedule)
     except ConfigError as exc:
-        raise ConfigError(f"{_where_named(file, text, env, exc.message)}{exc.message}") from None
+        raise _located(file, text, env, exc.message) from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{_where(file, text, 'mailmag', 'base_url')}[mailmag] base_url must start with "
-                          "http:// or https://")
+        raise _located(file, text, env, "[mailmag] base_url must start with http:// or https://")
+
+
+def _located(file: Path | None, text: str, env: Mapping[str, str], message: str) -> ConfigError:
+    """The error `message`, led by where its key was set: '[schedule] send_window_end must …'
+    becomes 'FILE:LINE: [schedule] …', or 'environment variable NAME: [schedule] …'."""
+    return ConfigError(f"{_where_named(file, text, env, message)}{message}")
 
 
 def _where_named(file: Path | None, text: str, env: Mapping[str, str], message: str) -> str:
