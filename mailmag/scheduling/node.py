@@ -116,19 +116,16 @@ class AdvisoryLock:
 
     def acquire(self) -> bool:
         with self._guard:
-            return self._acquire()
-
-    def _acquire(self) -> bool:
-        connection = self.engine.connect()
-        got = connection.execute(
-            text("SELECT pg_try_advisory_lock(hashtext('mailmag-scheduler:' || current_schema()))")
-        ).scalar()
-        connection.commit()  # the lock belongs to the session, not to this transaction
-        if got:
-            self.connection = connection
-        else:
-            connection.close()
-        return bool(got)
+            connection = self.engine.connect()
+            got = connection.execute(
+                text("SELECT pg_try_advisory_lock(hashtext('mailmag-scheduler:' || current_schema()))")
+            ).scalar()
+            connection.commit()  # the lock belongs to the session, not to this transaction
+            if got:
+                self.connection = connection
+            else:
+                connection.close()
+            return bool(got)
 
     def held(self) -> bool:
         """False when the connection (and with it the lock) was lost."""
@@ -145,15 +142,12 @@ class AdvisoryLock:
 
     def release(self) -> None:
         with self._guard:
-            self._release()
-
-    def _release(self) -> None:
-        if self.connection is not None:
-            # Closing the server session is what surely releases the lock.
-            with contextlib.suppress(DBAPIError):
-                self.connection.invalidate()
-                self.connection.close()
-            self.connection = None
+            if self.connection is not None:
+                # Closing the server session is what surely releases the lock.
+                with contextlib.suppress(DBAPIError):
+                    self.connection.invalidate()
+                    self.connection.close()
+                self.connection = None
 
 
 class FileLock:
