@@ -102,10 +102,6 @@ class RateLimiter:
                     for age in oldest_first[-window.limit :]:  # the newest the window holds
                         window.add(now - max(age, 0.0))  # "sent" later than now (a clock stepped back): now
 
-    def try_acquire(self) -> bool:
-        """Take a turn if one is free now, without waiting."""
-        return self.take_turn() <= 0
-
     def take_turn(self) -> float:
         """Take a turn if one is free now (0.0); else the seconds until one may be, taking none
         (the caller waits that long, or less, and asks again: another may take it meanwhile)."""
