@@ -98,18 +98,29 @@ def sign(
     if not separator:
         head, body = message.removesuffix(b"\r\n"), b""
     body_hash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
-    tags = [
-        b"v=1", b"a=rsa-sha256", b"c=relaxed/relaxed", b"d=" + domain, b"q=dns/txt", b"s=" + selector,
-        b"t=%d" % (timestamp if timestamp is not None else clock.timestamp()),
-        b"h=" + b" : ".join(include_headers), b"bh=" + body_hash, b"b=",
-    ]
-    value = b"; ".join(tags)
+    include_headers = tuple(include_headers)
+    fixed, folded = _fixed_tags(domain, selector, include_headers)
+    tail = b"t=%d; bh=%s; b=" % (timestamp if timestamp is not None else clock.timestamp(), body_hash)
     digest = hashlib.sha256()
     for name, raw in _select(_fields(head), include_headers):
         digest.update(_relaxed(name, raw) + b"\r\n")
-    digest.update(_relaxed(b"DKIM-Signature", value))  # itself last, b= empty, no CRLF
-    signature = key.sign(digest.digest(), _PKCS1, _PREHASHED)
-    return _fold(b"DKIM-Signature: " + value, base64.b64encode(signature))
+    digest.update(_relaxed(b"DKIM-Signature", fixed + b"; " + tail))  # itself last, b= empty, no CRLF
+    signature = base64.b64encode(key.sign(digest.digest(), _PKCS1, _PREHASHED))
+    # The tail starts a line of its own (CRLF before the space after the fixed tags' ';', which
+    # relaxed canonicalization undoes), so only the signature is folded per message.
+    room = _FOLD_AT - 1 - len(tail)
+    lines = [folded + b";", b" " + tail + signature[:room]]
+    lines += [b" " + signature[i : i + _FOLD_AT - 1] for i in range(room, len(signature), _FOLD_AT - 1)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_tags(domain: bytes, selector: bytes, include_headers: tuple[bytes, ...]) -> tuple[bytes, bytes]:
+    """The tags every message signed with this key and header list shares, as hashed and as folded
+    (with no CRLF at the end): folding them once per issue, not once per message, saves ~40 µs."""
+    value = b"; ".join((b"v=1", b"a=rsa-sha256", b"c=relaxed/relaxed", b"d=" + domain, b"q=dns/txt",
+                        b"s=" + selector, b"h=" + b" : ".join(include_headers)))
+    return value, _fold(b"DKIM-Signature: " + value, b"").removesuffix(b"\r\n")
 
 
 _LINE_END_WSP = re.compile(rb"[ \t]+\r\n")
@@ -158,17 +169,24 @@ def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
     return fields
 
 
-def _select(fields: list[tuple[bytes, bytes]], include: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+def _select(fields: list[tuple[bytes, bytes]], include: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
     """For each listed name, the last occurrence not yet used, searching upwards (§5.4.2)."""
+    return [fields[i] for i in _selection(tuple([name for name, _raw in fields]), include)]
+
+
+@functools.lru_cache(maxsize=64)
+def _selection(names: tuple[bytes, ...], include: tuple[bytes, ...]) -> tuple[int, ...]:
+    """_select's choice as positions in a header of these field names: every message of an issue
+    has the same names in the same order, so the choice is made once, not once a message."""
     unused: dict[bytes, list[int]] = {}  # each name's fields, top to bottom: the last is used first
-    for i, (name, _raw) in enumerate(fields):
+    for i, name in enumerate(names):
         unused.setdefault(name.rstrip().lower(), []).append(i)
     chosen = []
     for name in include:  # over-signed names (more than occur) find none: a dict miss, not a scan
         found = unused.get(name)
         if found:
-            chosen.append(fields[found.pop()])
-    return chosen
+            chosen.append(found.pop())
+    return tuple(chosen)
 
 
 @functools.lru_cache(maxsize=256)
