@@ -27,6 +27,7 @@ import datetime as dt
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ class Received:
     login: str | None  # the AUTH user, if the client logged in
     helo: str = ""  # the name the client gave in EHLO/HELO
     mail_options: tuple[str, ...] = ()  # MAIL FROM parameters (SIZE=…, SMTPUTF8)
+    at: float = 0.0  # time.monotonic() when its final dot had arrived
 
 
 @dataclasses.dataclass
@@ -362,7 +364,8 @@ class SmtpServer:
         with self._lock:
             self.messages.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), data,
                                           getattr(smtp, "session_number", 0), login,
-                                          session.host_name or "", tuple(envelope.mail_options)))
+                                          session.host_name or "", tuple(envelope.mail_options),
+                                          time.monotonic()))
             return len(self.messages)
 
     def _authenticate(self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str,

@@ -366,7 +366,9 @@ class Dispatcher:
         if self.limiter.per_hour and not self.limiter.primed:  # shared: the first process reads it
             with self.services.read_session() as session:
                 now = self.clock()
-                sent = outbox.sent_since(session, now - dt.timedelta(hours=1), self.limiter.per_hour)
+                since = now - dt.timedelta(hours=1)
+                sent = outbox.sent_since(session, since, self.limiter.per_hour)
+                sent += outbox.unrecorded_since(session, since, now)  # a killed worker's, maybe
                 self.limiter.prime((now - at).total_seconds() for at in sent)
 
     # -- one sending thread --------------------------------------------------------------------
@@ -502,7 +504,7 @@ class Dispatcher:
                    still_mine: Callable[[int, bool], bool], ahead: Ahead, unrecorded: Unrecorded) -> bool:
         position = 0
         while position < len(batch):
-            delivery, rest = batch[position], batch[position:]
+            rest = batch[position:]
             if not self._may_send(index, owner):
                 self._release(owner, rest)
                 return True
@@ -520,8 +522,7 @@ class Dispatcher:
             # take seconds (a locked database), and an opt-out or a lost lease meanwhile must hold.
             may_go = functools.partial(self._may_go, index, owner, still_mine, position)
             try:
-                built = ahead.take(batch, position)
-                outcome = self._send_one(connection, owner, delivery, built, unrecorded, may_go)
+                outcome = self._send_in_turn(connection, owner, ahead, batch, position, unrecorded, may_go)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
                 if failure.code == 421:
@@ -539,6 +540,16 @@ class Dispatcher:
             if outcome is _Next.ON:
                 position += 1
         return True
+
+    def _send_in_turn(self, connection: Connection, owner: str, ahead: Ahead, batch: list[outbox.Claimed],
+                      position: int, unrecorded: Unrecorded, may_go: Callable[[bool], bool]) -> _Next:
+        """Build and send batch[position] in the rate limit's turn just taken, which counts from
+        when the send is over (ratelimit: after the relay counted the message), however it ended."""
+        try:
+            built = ahead.take(batch, position)
+            return self._send_one(connection, owner, batch[position], built, unrecorded, may_go)
+        finally:
+            self.limiter.done()
 
     def _wait_for_turn(self, owner: str, rest: list[outbox.Claimed], wait: float) -> bool:
         """No turn of the rate limit is free for `wait` seconds. A short wait (TURN_AHEAD_SECONDS)

@@ -58,6 +58,7 @@ PENDING = ("queued", "sending")
 # How last_reply starts once a delivery may have reached the relay twice (a drop after the final
 # dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
 AMBIGUOUS = "ambiguous"
+DIED_SENDING = f"{AMBIGUOUS}: a worker died while it may have been sending it"  # expire_leases' mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +172,8 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     )
     # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
     # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
-    session.execute(
-        update(Delivery).where(counted).values(
-            lease_expiries=Delivery.lease_expiries + 1,
-            last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
-    )
+    session.execute(update(Delivery).where(counted).values(lease_expiries=Delivery.lease_expiries + 1,
+                                                           last_reply=DIED_SENDING))
     # The rest of each claim never went: its claim's attempt is taken back, as a release does.
     return rowcount(session.execute(
         update(Delivery)
@@ -442,6 +440,19 @@ def sent_since(session: Session, since: dt.datetime, limit: int) -> list[dt.date
     return list(session.scalars(
         select(Delivery.sent_at).where(Delivery.status == "sent", Delivery.sent_at >= since)
         .order_by(Delivery.sent_at.desc()).limit(limit)))
+
+
+def unrecorded_since(session: Session, since: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
+    """When messages may have reached the relay with no `sent` result written (a worker killed
+    between the relay's reply and the result's commit), for the hourly limit: the row each claim
+    may be sending (its lowest id still `sending`), as of `now`; and the rows expire_leases marked
+    so after their worker died, as of when it marked them (after they may have gone)."""
+    claims = Delivery.lease_owner
+    first_of_each = select(func.min(Delivery.id)).where(Delivery.status == "sending").group_by(claims)
+    sending = session.scalar(select(func.count()).where(Delivery.id.in_(first_of_each)))
+    marked = session.scalars(select(Delivery.next_attempt_at).where(
+        Delivery.status == "queued", Delivery.last_reply == DIED_SENDING, Delivery.next_attempt_at >= since))
+    return [now] * (sending or 0) + [min(at, now) for at in marked]
 
 
 def audience_count(session: Session, issue: Issue) -> int:

@@ -4,6 +4,13 @@ The per-second limit is spread over the second (R a second: R/10 every tenth of 
 let go in a burst at its start: a relay counts arrivals, and a burst that reaches it late meets
 the next one inside the relay's second. The hourly limit lets its messages go as they come.
 
+A turn counts from when its message is done, not from when it was taken: a message reaches
+the relay some time after its turn (the previous result's commit, building it, other threads
+holding the interpreter: 40-100 ms with eight connections), so turns spaced a second apart
+reached the relay less than a second apart. A turn in flight (taken, its message not done yet)
+counts as at every moment from now on; `done` then records it at the moment the relay's reply
+was read, which is after the relay counted it, and the next turn goes after that.
+
 A limiter is kept by one process's threads, or (made with a multiprocessing context) by every
 process forked after it: `worker --processes N` sends under the relay's one limit, not N.
 """
@@ -19,9 +26,9 @@ from typing import Any
 from mailmag.delivery import shared
 from mailmag.delivery.shared import LOCK_SECONDS
 
-# How much later than its turn a message may reach the relay, at most, as measured: two turns a
-# second apart arrived 0.985 s apart (one a second, eight connections, a kill -9 storm).
-RELAY_LAG_SECONDS = 0.025
+# How long a sender waits before asking again when every turn of a window is in flight: a
+# message is done in milliseconds, or fails within [smtp] timeout_seconds.
+IN_FLIGHT_WAIT_SECONDS = 0.01
 
 
 class Window:
@@ -38,11 +45,18 @@ class Window:
         self.times = times
         self.state = state
 
-    def wait_time(self, now: float) -> float:
+    def wait_time(self, now: float, in_flight: int) -> float:
+        """Seconds until one more turn fits beside `in_flight` turns whose messages are not done
+        (each may reach the relay at any moment): the window from then back holds at most
+        limit - in_flight - 1 of the done ones."""
+        room = self.limit - in_flight - 1
+        if room < 0:
+            return IN_FLIGHT_WAIT_SECONDS
         oldest, held = self.state[0], self.state[1]
-        if held < self.limit:
+        if held <= room:
             return 0.0
-        return max(0.0, self.times[oldest] + self.seconds - now)
+        # the (room + 1)-th most recent done turn must have left the window
+        return max(0.0, self.times[(oldest + held - 1 - room) % self.limit] + self.seconds - now)
 
     def add(self, now: float) -> None:
         oldest, held = self.state[0], self.state[1]
@@ -74,15 +88,14 @@ class RateLimiter:
             limit = max(int(per_second / 10), 1)
             self.windows.append(Window(limit, limit / per_second, *_cells(context, limit)))
         if per_second >= 1:
-            # and the second itself: 12.5 tenths of 2 (25/s) fit 26 into one second. A message
-            # reaches the relay a little after its turn, by a varying amount (the previous
-            # result's commit, the envelope's round trip): the relay's second is kept with margin.
+            # and the second itself: 12.5 tenths of 2 (25/s) fit 26 into one second
             whole = math.ceil(per_second)  # 2.5/s: one per 0.4 s, so 3 in some seconds, never 4
-            self.windows.append(Window(whole, 1.0 + RELAY_LAG_SECONDS, *_cells(context, whole)))
+            self.windows.append(Window(whole, 1.0, *_cells(context, whole)))
         if per_hour > 0:
             self.windows.append(Window(per_hour, 3600.0, *_cells(context, per_hour)))
         self.lock = shared.make_lock(context)
         self._primed: MutableSequence[int] = shared.numbers(context, "q", 1)
+        self._in_flight: MutableSequence[int] = shared.numbers(context, "q", 1)
 
     @property
     def primed(self) -> bool:
@@ -103,18 +116,29 @@ class RateLimiter:
                         window.add(now - max(age, 0.0))  # "sent" later than now (a clock stepped back): now
 
     def take_turn(self) -> float:
-        """Take a turn if one is free now (0.0); else the seconds until one may be, taking none
-        (the caller waits that long, or less, and asks again: another may take it meanwhile)."""
+        """Take a turn if one is free now (0.0), which the caller gives back with `done` once its
+        message is; else the seconds until one may be, taking none (the caller waits that long,
+        or less, and asks again: another may take it meanwhile)."""
         if not self.windows:  # no limit set (the usual relay): every message, no lock to take
             return 0.0
         with self._locked():
-            now = self.clock()
-            wait = max(w.wait_time(now) for w in self.windows)
+            now, in_flight = self.clock(), self._in_flight[0]
+            wait = max(w.wait_time(now, in_flight) for w in self.windows)
             if wait <= 0:
-                for window in self.windows:
-                    window.add(now)
+                self._in_flight[0] = in_flight + 1
                 return 0.0
             return wait
+
+    def done(self) -> None:
+        """The message of a turn taken is done (accepted, refused, or not sent at all: counted
+        all the same), now: its turn counts from this moment."""
+        if not self.windows:
+            return
+        with self._locked():
+            self._in_flight[0] = max(self._in_flight[0] - 1, 0)
+            now = self.clock()
+            for window in self.windows:
+                window.add(now)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
