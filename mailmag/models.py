@@ -276,6 +276,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_reply: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # when the relay accepted it; on a row marked ambiguous and not sent, when it may have
     sent_at: Mapped[dt.datetime | None]
 
 

@@ -393,13 +393,30 @@ def test_a_turn_counts_from_when_its_message_is_done_not_from_when_it_was_taken(
     limiter = RateLimiter(1, 0, clock=lambda: now[0])
     assert limiter.take_turn() == 0
     now[0] = 0.1
-    assert limiter.take_turn() == pytest.approx(IN_FLIGHT_WAIT_SECONDS)  # the first may arrive any time
+    assert limiter.take_turn() > 0
     now[0] = 0.5
     limiter.done()
     now[0] = 0.6
     assert limiter.take_turn() == pytest.approx(0.9)
     now[0] = 1.5
     assert limiter.take_turn() == 0
+
+
+def test_turns_in_flight_fill_the_second_but_the_tenths_spread_the_turns_as_taken():
+    """2 a second. Two messages in flight may each reach the relay at any moment: a third waits
+    for them, and then for a second after the first was done. The tenths (one per 0.5 s) count
+    turns as taken: behind a relay that answers slowly, connections still overlap."""
+    now = [0.0]
+    limiter = RateLimiter(2, 0, clock=lambda: now[0])
+    assert limiter.take_turn() == 0
+    now[0] = 0.5
+    assert limiter.take_turn() == 0  # half a second after the first turn, though it is not done
+    now[0] = 1.0
+    assert limiter.take_turn() == pytest.approx(IN_FLIGHT_WAIT_SECONDS)
+    now[0] = 1.2
+    limiter.done()  # the first, at last
+    now[0] = 1.3
+    assert limiter.take_turn() == pytest.approx(0.9)  # the second may arrive now: a second after 1.2
 
 
 def test_a_slow_message_does_not_bring_the_relays_next_second_closer(smtp_services, smtp_server,
@@ -621,6 +638,25 @@ def test_a_restart_counts_what_a_killed_worker_may_have_sent_against_the_hour(sm
     again = make_dispatcher(services, make_transport(services.config), concurrency=1)
     again.run(once=True)
     assert again.stats.sent == 0 and len(smtp_server.messages) == 2
+    c = counts(services, issue)
+    assert (c.sent, c.queued) == (2, 6)
+
+
+def test_a_restart_counts_a_message_lost_after_its_final_dot_against_the_hour(smtp_services, smtp_server,
+                                                                               owned_services):
+    """3 an hour; the relay keeps the first message but the connection drops before its reply.
+    That message may have gone, so it spends a turn, and a restarted worker counts it as well
+    (found by an outside attack: three runs in a row sent 52 at 30 an hour)."""
+    services = _rate_limited(smtp_services, owned_services, 0.0, per_hour=3)
+    issue = prepare_send(services, 8)
+    smtp_server.drop("after_data")
+    first = make_dispatcher(services, make_transport(services.config), concurrency=1)
+    first.run(once=True)
+    assert (first.stats.ambiguous, first.stats.sent, len(smtp_server.messages)) == (1, 2, 3)
+    again = make_dispatcher(services, make_transport(services.config), concurrency=1)
+    again.run(once=True)
+    assert again.stats.sent == 0 and "rate_per_hour = 3" in again.stats.held_back
+    assert len(smtp_server.messages) == 3
     c = counts(services, issue)
     assert (c.sent, c.queued) == (2, 6)
 

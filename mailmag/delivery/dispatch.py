@@ -753,12 +753,14 @@ class Dispatcher:
             log.warning("delivery %s: connection lost after the final dot (the relay may have it); %s",
                         delivery.id, then)
 
+        maybe_sent = now if failure.ambiguous else None
+
         def work() -> bool:
             with self._writing() as session:
                 if give_up:
-                    return outbox.mark_failed(session, delivery.id, owner, reply)
+                    return outbox.mark_failed(session, delivery.id, owner, reply, maybe_sent)
                 at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-                return outbox.mark_retry(session, delivery.id, owner, reply, at)
+                return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
 
         if not self.database.call(work):
             self._lost(delivery)

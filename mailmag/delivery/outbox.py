@@ -58,7 +58,6 @@ PENDING = ("queued", "sending")
 # How last_reply starts once a delivery may have reached the relay twice (a drop after the final
 # dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
 AMBIGUOUS = "ambiguous"
-DIED_SENDING = f"{AMBIGUOUS}: a worker died while it may have been sending it"  # expire_leases' mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +166,16 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
         update(Delivery)
         .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
         .values(status="dead", lease_owner=None, lease_expires_at=None,
-                lease_expiries=Delivery.lease_expiries + 1,
+                lease_expiries=Delivery.lease_expiries + 1, **_maybe_sent(now),
                 last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
     )
     # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
     # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
-    session.execute(update(Delivery).where(counted).values(lease_expiries=Delivery.lease_expiries + 1,
-                                                           last_reply=DIED_SENDING))
+    session.execute(
+        update(Delivery).where(counted).values(
+            lease_expiries=Delivery.lease_expiries + 1, **_maybe_sent(now),
+            last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
+    )
     # The rest of each claim never went: its claim's attempt is taken back, as a release does.
     return rowcount(session.execute(
         update(Delivery)
@@ -310,12 +312,23 @@ def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.
     )) == 1
 
 
-def mark_failed(session: Session, delivery_id: int, owner: str, reply: str) -> bool:
-    return _finish(session, delivery_id, owner, status="failed", last_reply=reply[:500])
+def mark_failed(session: Session, delivery_id: int, owner: str, reply: str,
+                ambiguous_at: dt.datetime | None = None) -> bool:
+    """`ambiguous_at`: when the relay may have accepted it all the same (a drop after the final dot)."""
+    return _finish(session, delivery_id, owner, status="failed", last_reply=reply[:500],
+                   **_maybe_sent(ambiguous_at))
 
 
-def mark_retry(session: Session, delivery_id: int, owner: str, reply: str, at: dt.datetime) -> bool:
-    return _finish(session, delivery_id, owner, status="queued", last_reply=reply[:500], next_attempt_at=at)
+def mark_retry(session: Session, delivery_id: int, owner: str, reply: str, at: dt.datetime,
+               ambiguous_at: dt.datetime | None = None) -> bool:
+    return _finish(session, delivery_id, owner, status="queued", last_reply=reply[:500], next_attempt_at=at,
+                   **_maybe_sent(ambiguous_at))
+
+
+def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:
+    """A row marked ambiguous keeps in sent_at when it may have reached the relay: a restarted
+    worker counts it against the hourly limit (unrecorded_since)."""
+    return {} if at is None else {"sent_at": at}
 
 
 def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | None = None) -> bool:
@@ -443,16 +456,17 @@ def sent_since(session: Session, since: dt.datetime, limit: int) -> list[dt.date
 
 
 def unrecorded_since(session: Session, since: dt.datetime, now: dt.datetime) -> list[dt.datetime]:
-    """When messages may have reached the relay with no `sent` result written (a worker killed
-    between the relay's reply and the result's commit), for the hourly limit: the row each claim
-    may be sending (its lowest id still `sending`), as of `now`; and the rows expire_leases marked
-    so after their worker died, as of when it marked them (after they may have gone)."""
+    """When messages that have no `sent` result may have reached the relay, for the hourly limit:
+    the row each claim may be sending (its lowest id still `sending`: its worker may have been
+    killed between the relay's reply and the result's commit), as of `now`; and the rows marked
+    ambiguous since `since` (a drop after the final dot, a worker that died sending them), as of
+    when they were marked (sent_at, after they may have gone)."""
     claims = Delivery.lease_owner
     first_of_each = select(func.min(Delivery.id)).where(Delivery.status == "sending").group_by(claims)
     sending = session.scalar(select(func.count()).where(Delivery.id.in_(first_of_each)))
-    marked = session.scalars(select(Delivery.next_attempt_at).where(
-        Delivery.status == "queued", Delivery.last_reply == DIED_SENDING, Delivery.next_attempt_at >= since))
-    return [now] * (sending or 0) + [min(at, now) for at in marked]
+    marked = session.scalars(select(Delivery.sent_at).where(
+        Delivery.status != "sent", Delivery.last_reply.startswith(AMBIGUOUS), Delivery.sent_at >= since))
+    return [now] * (sending or 0) + [min(at, now) for at in marked if at is not None]
 
 
 def audience_count(session: Session, issue: Issue) -> int:

@@ -4,12 +4,15 @@ The per-second limit is spread over the second (R a second: R/10 every tenth of 
 let go in a burst at its start: a relay counts arrivals, and a burst that reaches it late meets
 the next one inside the relay's second. The hourly limit lets its messages go as they come.
 
-A turn counts from when its message is done, not from when it was taken: a message reaches
-the relay some time after its turn (the previous result's commit, building it, other threads
-holding the interpreter: 40-100 ms with eight connections), so turns spaced a second apart
-reached the relay less than a second apart. A turn in flight (taken, its message not done yet)
-counts as at every moment from now on; `done` then records it at the moment the relay's reply
-was read, which is after the relay counted it, and the next turn goes after that.
+In the limits themselves (the second and the hour) a turn counts from when its message is done,
+not from when it was taken: a message reaches the relay some time after its turn (the previous
+result's commit, building it, other threads holding the interpreter: 40-100 ms with eight
+connections; more behind a slow relay), so turns spaced a second apart reached the relay less
+than a second apart. A turn in flight (taken, its message not done yet) counts as at every
+moment from now on; `done` then records it at the moment the relay's reply was read, which is
+after the relay counted it. The tenths only spread the turns, and count them as they are taken:
+counted as the limits are, they would let no more than R/10 messages be in flight at once,
+and a relay that takes 300 ms a message would get a third of R.
 
 A limiter is kept by one process's threads, or (made with a multiprocessing context) by every
 process forked after it: `worker --processes N` sends under the relay's one limit, not N.
@@ -36,14 +39,16 @@ class Window:
 
     The last `limit` events' times are kept in a ring: `state` holds the oldest one's index and
     how many the ring holds, so that the same code runs on a list or on shared memory.
+    `when_done`: an event is a message done (else a turn taken), and turns in flight count.
     """
 
     def __init__(self, limit: int, seconds: float, times: MutableSequence[float],
-                 state: MutableSequence[int]) -> None:
+                 state: MutableSequence[int], *, when_done: bool = True) -> None:
         self.limit = limit
         self.seconds = seconds
         self.times = times
         self.state = state
+        self.when_done = when_done
 
     def wait_time(self, now: float, in_flight: int) -> float:
         """Seconds until one more turn fits beside `in_flight` turns whose messages are not done
@@ -86,7 +91,7 @@ class RateLimiter:
         if per_second > 0:
             # a tenth of the second's messages in each tenth of a second (2.5/s: one per 0.4 s)
             limit = max(int(per_second / 10), 1)
-            self.windows.append(Window(limit, limit / per_second, *_cells(context, limit)))
+            self.windows.append(Window(limit, limit / per_second, *_cells(context, limit), when_done=False))
         if per_second >= 1:
             # and the second itself: 12.5 tenths of 2 (25/s) fit 26 into one second
             whole = math.ceil(per_second)  # 2.5/s: one per 0.4 s, so 3 in some seconds, never 4
@@ -123,11 +128,14 @@ class RateLimiter:
             return 0.0
         with self._locked():
             now, in_flight = self.clock(), self._in_flight[0]
-            wait = max(w.wait_time(now, in_flight) for w in self.windows)
-            if wait <= 0:
-                self._in_flight[0] = in_flight + 1
-                return 0.0
-            return wait
+            wait = max(w.wait_time(now, in_flight if w.when_done else 0) for w in self.windows)
+            if wait > 0:
+                return wait
+            self._in_flight[0] = in_flight + 1
+            for window in self.windows:
+                if not window.when_done:
+                    window.add(now)
+            return 0.0
 
     def done(self) -> None:
         """The message of a turn taken is done (accepted, refused, or not sent at all: counted
@@ -138,7 +146,8 @@ class RateLimiter:
             self._in_flight[0] = max(self._in_flight[0] - 1, 0)
             now = self.clock()
             for window in self.windows:
-                window.add(now)
+                if window.when_done:
+                    window.add(now)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
