@@ -573,6 +573,23 @@ def _check(config: Config, file: Path | None, text: str, env: Mapping[str, str])
         raise _located(file, text, env, exc.message) from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):
         raise _located(file, text, env, "[mailmag] base_url must start with http:// or https://")
+    _check_header_values(config, file, text, env)
+
+
+# The [sender] keys written into mail headers (From, Reply-To, List-Id, Feedback-ID, the envelope).
+_HEADER_KEYS = ("from", "name", "reply_to", "list_id", "list_name", "feedback_id", "bounce_address",
+                "unsubscribe_mailto")
+
+
+def _check_header_values(config: Config, file: Path | None, text: str, env: Mapping[str, str]) -> None:
+    """A line break in a header value is refused when the configuration is read: found only when
+    a mail is built (addresses.check, the builder's guard), `serve` started and every
+    confirmation mail failed, and a send failed at once."""
+    for key in _HEADER_KEYS:
+        value = getattr(config.sender, "from_" if key == "from" else key)
+        if any(c in value for c in "\r\n\0"):
+            raise _located(file, text, env, f"[sender] {key} goes into a mail header and must be one line: "
+                           "remove its line break (or NUL character)")
 
 
 def _located(file: Path | None, text: str, env: Mapping[str, str], message: str) -> ConfigError:

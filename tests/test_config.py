@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import SECRET
 
 from mailmag.config import Config, broken_rule, load_config, section_keys, sections
 from mailmag.errors import ConfigError
@@ -205,3 +209,28 @@ def test_a_bad_send_window_stops_every_command_before_it_does_anything(mailmag, 
         assert result.exit_code == 1
         assert result.stderr.count("\n") == 1
         assert "[schedule] send_window_start must be earlier than send_window_end" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["name", "list_name", "from", "reply_to", "feedback_id"])
+def test_a_line_break_in_a_sender_header_value_stops_every_command_before_it_starts(mailmag, key):
+    """[sender] values go into mail headers: a CR/LF there was found only when a mail was built, so
+    `serve` started and then every confirmation mail failed (an outside attack). Now every command
+    refuses the configuration with one line naming the variable, before it does anything."""
+    variable = f"MAILMAG_SENDER_{key.upper()}"
+    said = (f"environment variable {variable}: [sender] {key} goes into a mail header and must be one line: "
+            "remove its line break (or NUL character)")
+    result = mailmag("subscribers", "list", env={variable: "事務局\r\nBcc: everyone@example.jp"})
+    assert (result.exit_code, result.stderr.strip().splitlines()) == (1, [f"Error: {said}"])
+    serve = subprocess.run(  # a real process: one that starts serves until it is stopped
+        [sys.executable, "-m", "mailmag", "--config", str(mailmag.config_file), "serve", "--port", "0"],
+        env={**os.environ, "MAILMAG_SECRET_KEY": SECRET, variable: "事務局\nBcc: everyone@example.jp"},
+        capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 1 and said in serve.stderr
+
+
+def test_a_line_break_in_the_sender_name_is_refused_at_its_line(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[mailmag]\nbase_url = "https://x.example.jp"\n\n[sender]\n'
+                    'name = "事務局\\r\\nBcc: x@evil.jp"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"m\.toml:5: \[sender\] name goes into a mail header and must be"):
+        load_config(path, env={})
