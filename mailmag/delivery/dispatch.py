@@ -368,7 +368,7 @@ class Dispatcher:
                 now = self.clock()
                 since = now - dt.timedelta(hours=1)
                 sent = outbox.sent_since(session, since, self.limiter.per_hour)
-                sent += outbox.unrecorded_since(session, since, now)  # a killed worker's, maybe
+                sent += outbox.unrecorded_since(session, since, now)  # may have gone, unrecorded
                 self.limiter.prime((now - at).total_seconds() for at in sent)
 
     # -- one sending thread --------------------------------------------------------------------
