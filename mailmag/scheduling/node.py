@@ -29,7 +29,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailmag import db
 from mailmag.config import Config
@@ -143,6 +143,12 @@ class AdvisoryLock:
     def release(self) -> None:
         with self._guard:
             if self.connection is not None:
+                # Unlocked at once where the session still answers: a closed session's lock goes
+                # only when its server process has ended, after the close returned (a standby,
+                # or this node taking the lock again, could find it still held).
+                with contextlib.suppress(SQLAlchemyError):  # a lost session raises, whichever way
+                    self.connection.execute(text("SELECT pg_advisory_unlock_all()"))
+                    self.connection.commit()
                 # Closing the server session is what surely releases the lock.
                 with contextlib.suppress(DBAPIError):
                     self.connection.invalidate()
