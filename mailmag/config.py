@@ -585,8 +585,9 @@ def _check_header_values(config: Config, file: Path | None, text: str, env: Mapp
     """A line break in a header value is refused when the configuration is read: found only when
     a mail is built (addresses.check, the builder's guard), `serve` started and every
     confirmation mail failed, and a send failed at once."""
+    fields = section_keys(SenderConfig)
     for key in _HEADER_KEYS:
-        value = getattr(config.sender, "from_" if key == "from" else key)
+        value = getattr(config.sender, fields[key].name)
         if any(c in value for c in "\r\n\0"):
             raise _located(file, text, env, f"[sender] {key} goes into a mail header and must be one line: "
                            "remove its line break (or NUL character)")

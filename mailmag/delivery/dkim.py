@@ -117,7 +117,7 @@ def sign(
 @functools.lru_cache(maxsize=16)
 def _fixed_tags(domain: bytes, selector: bytes, include_headers: tuple[bytes, ...]) -> tuple[bytes, bytes]:
     """The tags every message signed with this key and header list shares, as hashed and as folded
-    (with no CRLF at the end): folding them once per issue, not once per message, saves ~40 µs."""
+    (with no CRLF at the end): folded once per issue, not once per message (~20 µs each)."""
     value = b"; ".join((b"v=1", b"a=rsa-sha256", b"c=relaxed/relaxed", b"d=" + domain, b"q=dns/txt",
                         b"s=" + selector, b"h=" + b" : ".join(include_headers)))
     return value, _fold(b"DKIM-Signature: " + value, b"").removesuffix(b"\r\n")

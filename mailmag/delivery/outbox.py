@@ -42,6 +42,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
 from mailmag.addresses import delivery_message_id
 from mailmag.db import rowcount
@@ -149,6 +150,12 @@ def _insert_ignoring_duplicates(session: Session):
     raise DatabaseError(f"mailmag runs on SQLite or PostgreSQL, not {dialect}")
 
 
+def _maybe_in_flight(claimed: ColumnElement[bool]) -> Select[int]:
+    """The row of each claim among `claimed` rows that may be on the wire: its lowest id still
+    `sending` (a claim is sent in id order, one message at a time)."""
+    return select(func.min(Delivery.id)).where(claimed).group_by(Delivery.lease_owner)
+
+
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 
@@ -157,8 +164,8 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     for an operator to look at.
     """
     expired = and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
-    first_of_each = select(func.min(Delivery.id)).where(expired).group_by(Delivery.lease_owner)
-    in_flight = list(session.scalars(first_of_each))
+    # Marked with sent_at (when it may have gone) for the hourly limit after a restart: unrecorded_since.
+    in_flight = list(session.scalars(_maybe_in_flight(expired)))
     if not in_flight:
         return 0
     counted = and_(expired, Delivery.id.in_(in_flight))
@@ -166,14 +173,14 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
         update(Delivery)
         .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
         .values(status="dead", lease_owner=None, lease_expires_at=None,
-                lease_expiries=Delivery.lease_expiries + 1, **_maybe_sent(now),
+                lease_expiries=Delivery.lease_expiries + 1, sent_at=now,
                 last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
     )
     # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
     # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
     session.execute(
         update(Delivery).where(counted).values(
-            lease_expiries=Delivery.lease_expiries + 1, **_maybe_sent(now),
+            lease_expiries=Delivery.lease_expiries + 1, sent_at=now,
             last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
     )
     # The rest of each claim never went: its claim's attempt is taken back, as a release does.
@@ -461,9 +468,8 @@ def unrecorded_since(session: Session, since: dt.datetime, now: dt.datetime) -> 
     killed between the relay's reply and the result's commit), as of `now`; and the rows marked
     ambiguous since `since` (a drop after the final dot, a worker that died sending them), as of
     when they were marked (sent_at, after they may have gone)."""
-    claims = Delivery.lease_owner
-    first_of_each = select(func.min(Delivery.id)).where(Delivery.status == "sending").group_by(claims)
-    sending = session.scalar(select(func.count()).where(Delivery.id.in_(first_of_each)))
+    in_flight = _maybe_in_flight(Delivery.status == "sending")
+    sending = session.scalar(select(func.count()).where(Delivery.id.in_(in_flight)))
     marked = session.scalars(select(Delivery.sent_at).where(
         Delivery.status != "sent", Delivery.last_reply.startswith(AMBIGUOUS), Delivery.sent_at >= since))
     return [now] * (sending or 0) + [min(at, now) for at in marked if at is not None]
