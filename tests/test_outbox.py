@@ -245,3 +245,34 @@ def test_completion_never_overwrites_a_cancellation(session):
     assert transitions.complete_issues(session) == []
     session.refresh(issue)
     assert issue.status == "cancelled"
+
+
+def test_a_claim_reads_its_batch_not_the_whole_list(session):
+    """PostgreSQL planned the claim as a scan and sort of every delivery of the list, for each
+    batch (the `issues` join guessed at a few hundred rows), on lists up to tens of thousands:
+    23 ms a claim at 20 000 subscribers. A claim now reads its batch through the due index."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner and its per-transaction table statistics")
+    from sqlalchemy import insert, text
+
+    session.execute(insert(Subscriber), [
+        dict(email=f"u{i}@example.jp", email_key=f"u{i}@example.jp", name="", organization="",
+             lang="ja", topics=[], status="active", status_reason="") for i in range(3_000)
+    ])
+    issue = make_issue(session)
+    assert transitions.start_sending(session, issue, "example.jp", "ja") == 3_000
+    session.commit()
+    session.execute(text("ANALYZE deliveries"))  # as autovacuum does once the rows are queued
+
+    def rows_read() -> int:  # this transaction's rows of `deliveries` read by sequential scans
+        return session.scalar(text("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_xact_user_tables"
+                                   " WHERE relname = 'deliveries'"))
+
+    before = rows_read()
+    claimed = outbox.claim(session, "w", 50, utcnow(), 300)
+    assert len(claimed) == 50
+    assert [c.id for c in claimed] == sorted(c.id for c in claimed)
+    assert rows_read() - before == 0
+    claimed = outbox.claim(session, "w", 50, utcnow(), 300)  # the next batch, not the same one
+    assert len(claimed) == 50 and rows_read() - before == 0
+    assert outbox.counts(session, issue.id).sending == 100
