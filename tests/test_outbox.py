@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import typing
 
 import pytest
 from sqlalchemy import func, select
@@ -247,21 +249,29 @@ def test_completion_never_overwrites_a_cancellation(session):
     assert issue.status == "cancelled"
 
 
+def _queued_list(session, n: int) -> Issue:  # type: ignore[no-untyped-def]
+    """An issue being sent to `n` active subscribers, inserted in one statement, committed."""
+    from sqlalchemy import insert
+
+    session.execute(insert(Subscriber), [
+        dict(email=f"u{i}@example.jp", email_key=f"u{i}@example.jp", name="", organization="",
+             lang="ja", topics=[], status="active", status_reason="") for i in range(n)
+    ])
+    issue = make_issue(session)
+    assert transitions.start_sending(session, issue, "example.jp", "ja") == n
+    session.commit()
+    return issue
+
+
 def test_a_claim_reads_its_batch_not_the_whole_list(session):
     """PostgreSQL planned the claim as a scan and sort of every delivery of the list, for each
     batch (the `issues` join guessed at a few hundred rows), on lists up to tens of thousands:
     23 ms a claim at 20 000 subscribers. A claim now reads its batch through the due index."""
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("PostgreSQL's planner and its per-transaction table statistics")
-    from sqlalchemy import insert, text
+    from sqlalchemy import text
 
-    session.execute(insert(Subscriber), [
-        dict(email=f"u{i}@example.jp", email_key=f"u{i}@example.jp", name="", organization="",
-             lang="ja", topics=[], status="active", status_reason="") for i in range(3_000)
-    ])
-    issue = make_issue(session)
-    assert transitions.start_sending(session, issue, "example.jp", "ja") == 3_000
-    session.commit()
+    issue = _queued_list(session, 3_000)
     session.execute(text("ANALYZE deliveries"))  # as autovacuum does once the rows are queued
 
     def rows_read() -> int:  # this transaction's rows of `deliveries` read by sequential scans
@@ -276,3 +286,51 @@ def test_a_claim_reads_its_batch_not_the_whole_list(session):
     claimed = outbox.claim(session, "w", 50, utcnow(), 300)  # the next batch, not the same one
     assert len(claimed) == 50 and rows_read() - before == 0
     assert outbox.counts(session, issue.id).sending == 100
+
+
+def _scans(node: dict, table: str, limited: bool = False) -> typing.Iterator[tuple[str, bool]]:
+    """(node type, under a Limit) of each node of an EXPLAIN (FORMAT JSON) plan that reads `table`."""
+    if node.get("Relation Name") == table:
+        yield node["Node Type"], limited
+    for child in node.get("Plans", []):
+        yield from _scans(child, table, limited or node["Node Type"] == "Limit")
+
+
+def test_whether_an_issue_is_drained_is_asked_of_its_pending_rows_only(session):
+    """After each claim the worker asks which issues have nothing pending. PostgreSQL answered by
+    reading every row the index still listed as pending, the ones already sent included until a
+    vacuum (a bitmap scan never marks them dead), or by scanning the list: O(list) per claim,
+    6-17 ms at 100 000 subscribers. The answer now takes the issue's first pending row from an index."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner and its per-transaction table statistics")
+    from sqlalchemy import event, text, update
+
+    issue = _queued_list(session, 3_000)
+    first_pending = session.scalar(select(func.min(Delivery.id))) + 2_900
+    # as a send leaves it: the rows sent first at the front of the table, their old versions not vacuumed
+    session.execute(update(Delivery).where(Delivery.id < first_pending).values(status="sent"))
+    session.commit()
+    session.execute(text("ANALYZE deliveries"))
+
+    statements: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        statements.append((statement, parameters))
+
+    connection = session.connection()
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        assert outbox.drained_issues(session) == []  # 100 still queued
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    [(statement, parameters)] = statements
+    explained = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
+    plan = explained.scalar_one()[0]["Plan"]
+    # How `deliveries` is read, and whether a Limit above it stops at the first pending row. The old
+    # plan: a bitmap scan of every entry listed as pending, under an anti-join (here: all 59 pages
+    # of the table). Pages read are not asserted: dead entries are skipped only once no other
+    # transaction (another test's, here) can still see them.
+    reads = list(_scans(plan, "deliveries"))
+    assert reads == [("Index Scan", True)], json.dumps(plan, indent=1)
+    session.execute(update(Delivery).where(Delivery.id >= first_pending).values(status="sent"))
+    assert outbox.drained_issues(session) == [issue.id]

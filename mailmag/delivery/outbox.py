@@ -402,8 +402,19 @@ def cancel_rows(session: Session, issue_id: int) -> int:
 
 
 def has_pending(issue_id: SQLColumnExpression[int]) -> ColumnElement[bool]:
-    """SQL: the issue still has rows queued or being sent."""
-    return select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(PENDING)).exists()
+    """SQL: the issue still has rows queued or being sent.
+
+    Asked after every claim, late in a send too, when nearly every row is `sent` and sits at the
+    front of the table. As EXISTS, PostgreSQL planned an anti-join reading every row its index still
+    listed as pending (the sent rows' old entries too, until a vacuum: a bitmap scan never marks
+    them dead) or a scan of the table: O(list) per claim, 6-17 ms at 100 000. The first pending row
+    in status order can only come from an index ('sent' sorts after 'queued' and 'sending'), a
+    scalar subquery stays a per-issue lookup instead of a join, and an index scan marks the dead
+    entries it passes, so the next one skips them: 0.04 ms at 100 000.
+    """
+    first = (select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(PENDING))
+             .order_by(Delivery.status).limit(literal_column("1")))  # not a parameter: the plan may be reused
+    return first.scalar_subquery().is_not(None)
 
 
 def drained_issues(session: Session) -> list[int]:
