@@ -281,8 +281,16 @@ def peer_lines(peer: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[str
             f"mailmag / django-newsletter = {rate(mailmag) / rate(peer):.0f}×   (target ≥ 20×)"]
 
 
+def naive_lines(naive: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[str]:
+    if naive is None:
+        return []
+    return [f"naive sender, {naive['sent']} recipients       {rate(naive):8.1f} msg/s   "
+            f"{naive['seconds']:6.2f} s   CPU {cpu_us(naive):5.0f} µs/msg{steal_text(naive)}",
+            f"mailmag / naive = {rate(mailmag) / rate(naive):.0f}×"]
+
+
 def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any], mailmag: dict[str, Any],
-           ceilings: list[dict[str, Any]], raw: list[dict[str, Any]], naive: dict[str, Any],
+           ceilings: list[dict[str, Any]], raw: list[dict[str, Any]], naive: dict[str, Any] | None,
            peer: dict[str, Any] | None, header: str) -> dict[str, Any]:
     ceiling, raw_ceiling = max(ceilings, key=rate), max(raw, key=rate)
     raw_when = ("before", "after")[raw.index(raw_ceiling)]
@@ -306,15 +314,13 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         *(f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
           f"CPU {cpu_us(c):5.0f} µs/msg{steal_text(c)}"
           for when, c in zip(("before", "after"), raw, strict=False)),
-        f"naive sender, {naive['sent']} recipients       {rate(naive):8.1f} msg/s   "
-        f"{naive['seconds']:6.2f} s   CPU {cpu_us(naive):5.0f} µs/msg{steal_text(naive)}",
+        *naive_lines(naive, mailmag),
         *peer_lines(peer, mailmag),
         f"mailmag / smtplib sendmail ceiling (faster of the two) = {rate(mailmag) / rate(ceiling):.2f}",
         f"mailmag / raw ceiling (faster of the two) = {rate(mailmag) / rate(raw_ceiling):.2f}   "
         f"(target {raw_target})",
         f"mailmag CPU per message = {cpu_us(mailmag):.0f} µs   "
         f"(target ≤ 300{', unsigned' if args.dkim else ''})",
-        f"mailmag / naive = {rate(mailmag) / rate(naive):.0f}×",
         *steal_warning(mailmag, raw_ceiling, raw_when),
         f"{common.load()} at the end",
     ]
@@ -326,7 +332,8 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         "compose_seconds": prepared["compose_seconds"], "enqueue_seconds": prepared["enqueue_seconds"],
         "mailmag": mailmag, "ceilings": ceilings, "raw_ceilings": raw, "naive": naive,
         "ratio_ceiling": rate(mailmag) / rate(ceiling),
-        "ratio_raw_ceiling": rate(mailmag) / rate(raw_ceiling), "ratio_naive": rate(mailmag) / rate(naive),
+        "ratio_raw_ceiling": rate(mailmag) / rate(raw_ceiling),
+        "ratio_naive": rate(mailmag) / rate(naive) if naive else None,
         "peer": peer, "ratio_peer": rate(mailmag) / rate(peer) if peer and "skipped" not in peer else None,
         "report": "\n".join(lines),
     }
@@ -340,7 +347,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--processes", type=int, default=1,
                         help="mailmag's sending processes (worker --processes), sharing the K connections")
-    parser.add_argument("--naive", type=int, default=300, help="recipients for the naive sender")
+    parser.add_argument("--naive", type=int, default=300,
+                        help="recipients for the naive sender (0: leave it out)")
     parser.add_argument("--peer", type=int, default=2000,
                         help="subscriptions for the django-newsletter peer (0: leave it out)")
     parser.add_argument("--dkim", action="store_true", help="sign every message (2048-bit RSA)")
@@ -363,7 +371,8 @@ def main() -> None:
         received = common.wait_for_sink(sink, before + n) - before
         ceilings.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k))
         raw.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k, True))
-        naive = common.in_fresh_process(run_naive, db_url, sink.port, min(args.naive, n))
+        naive = (common.in_fresh_process(run_naive, db_url, sink.port, min(args.naive, n))
+                 if args.naive else None)
         peer = run_peer(sink, prepared, args.peer, Path(folder)) if args.peer else None
         verify(db_url, n)
         if received != n:
