@@ -15,6 +15,7 @@ from clocked import mailmag_command
 from conftest import SENDER_TOML
 from sqlalchemy import select, text, update
 from test_schedule import add_subscribers, approve_news, draft_issue
+from test_worker_process import _boundaries, _children, _gone
 
 from mailmag import db
 from mailmag.audience import subscribers
@@ -43,12 +44,12 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = DEAD
 class Run:
     """One `mailmag run` process; its log (stderr) goes to a file the test reads."""
 
-    def __init__(self, config_file: Path, log: Path) -> None:
+    def __init__(self, config_file: Path, log: Path, *args: str) -> None:
         self.log = log
         env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET, "PYTHONFAULTHANDLER": "1"}
         with log.open("wb") as stderr:
             self.process = subprocess.Popen(
-                mailmag_command("--config", str(config_file), "run"),
+                mailmag_command("--config", str(config_file), "run", *args),
                 stdout=subprocess.DEVNULL, stderr=stderr, env=env,
             )
 
@@ -71,11 +72,11 @@ class Run:
 
 
 @pytest.fixture
-def start_run(tmp_path: Path) -> Iterator[Callable[[Path], Run]]:
+def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def start(config_file: Path) -> Run:
-        run = Run(config_file, tmp_path / f"run{len(runs) + 1}.log")
+    def start(config_file: Path, *args: str) -> Run:
+        run = Run(config_file, tmp_path / f"run{len(runs) + 1}.log", *args)
         runs.append(run)
         return run
 
@@ -276,3 +277,82 @@ def test_the_scheduler_purges_unconfirmed_subscribers(node, start_run):
     wait_until(lambda: emails() == {"recent@example.jp"}, "the stale pending subscriber to be purged")
     assert run.stop() == 0
     assert "purged 1 unconfirmed subscribers" in run.text()
+
+
+# `mailmag run --processes N`: the service's delivery in N sending processes (more CPU cores).
+
+def _two_processes(config_file: Path, start_run, retry_seconds: float = 60.0) -> Run:  # type: ignore[no-untyped-def]
+    """`run --processes 2` at 30 messages a second in all (so both processes are surely at it)."""
+    config_file.write_text(config_file.read_text().replace(
+        "timeout_seconds = 5.0\n",
+        f"timeout_seconds = 5.0\nrate_per_second = 30.0\nretry_relay_seconds = {retry_seconds}\n"))
+    run = start_run(config_file, "--processes", "2", "--concurrency", "2")
+    run.wait_for("scheduler started")
+    return run
+
+
+def _expected(n: int) -> list[str]:
+    return sorted(f"member{i}@example.jp" for i in range(n))
+
+
+def test_run_with_two_sending_processes_delivers_each_message_once_and_stops_them_all(
+        node, smtp_server, start_run):
+    config_file, services = node
+    add_subscribers(services, 40)
+    number = draft_issue(services)
+    run = _two_processes(config_file, start_run)
+    children = _children(run.process)
+    assert len(children) == 2
+    schedule_in(services, number, 0.5)  # the scheduler (a thread of run) fires it; the processes send
+    wait_until(lambda: status(services, number) == "sent", "the issue to be sent")
+    assert run.stop() == 0
+    assert all(_gone(pid) for pid in children)
+    assert sorted(smtp_server.recipients()) == _expected(40)  # every subscriber, none twice
+    assert len(_boundaries(smtp_server)) == 2  # both processes sent
+    assert runs(services) == [(f"send-issue-{number}", "sent")]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_run_sending_processes_outlive_a_relay_that_refuses_us_for_a_while(node, smtp_server, start_run):
+    """`worker --processes` stops on "relaying denied" (an operator is at the terminal); the service
+    must not: each process tries again after [smtp] retry_relay_seconds, as a single one does."""
+    config_file, services = node
+    add_subscribers(services, 30)
+    number = draft_issue(services)
+    run = _two_processes(config_file, start_run, retry_seconds=1.0)
+    children = _children(run.process)
+    smtp_server.fail_next("rcpt", 554, "5.7.1 Relay access denied", times=2)
+    schedule_in(services, number, 0.5)
+    wait_until(lambda: status(services, number) == "sent", "the issue to be sent after the refusals")
+    assert run.process.poll() is None and _children(run.process) == children  # nothing restarted
+    assert "delivering again in 1.0 seconds" in run.text()
+    assert run.stop() == 0
+    assert sorted(smtp_server.recipients()) == _expected(30)
+    with services.session() as session:  # nobody marked failed or bounced for the relay's own rule
+        assert session.scalar(text("SELECT count(*) FROM deliveries WHERE status != 'sent'")) == 0
+        assert session.scalar(text("SELECT count(*) FROM subscribers WHERE status != 'active'")) == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_run_stops_with_its_reason_when_a_sending_process_is_killed(node, smtp_server, start_run):
+    """A service delivering with one process fewer, unseen, is worse than one that stops: run
+    exits non-zero (systemd restarts it) and takes the other process with it."""
+    config_file, services = node
+    add_subscribers(services, 2)
+    run = _two_processes(config_file, start_run)
+    first, second = _children(run.process)
+    os.kill(first, signal.SIGKILL)
+    assert run.process.wait(timeout=DEADLINE) == 1
+    assert _gone(second)
+    assert "a sending process ended without a report" in run.text()
+    assert "scheduler stopped" in run.text()  # wound down, not torn down
+
+
+def test_run_no_worker_with_processes_is_a_usage_error(tmp_path, smtp_server):
+    config_file, services = configure(tmp_path, f"sqlite:///{tmp_path / 'mailmag.db'}", smtp_server.port)
+    services.close()
+    command = mailmag_command("--config", str(config_file), "run", "--no-worker", "--processes", "2")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE,
+                          env={**os.environ, "MAILMAG_SECRET_KEY": SECRET})
+    assert done.returncode == 2
+    assert "--processes is for delivering" in done.stderr

@@ -105,14 +105,21 @@ def _as_dict(info: jobs.AutoInfo, config: Config) -> dict[str, Any]:
 @click.option("--no-worker", is_flag=True, help="Only run the scheduler; another process delivers.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="SMTP connections (default: [smtp] max_connections).")
+@click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Sending processes, sharing the connections out and keeping one rate limit: more "
+                   "than one uses more than one CPU core.")
 @pass_app
-def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int | None) -> None:
-    """Scheduler and delivery worker in one process, until SIGINT or SIGTERM."""
+def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int | None,
+        processes: int) -> None:
+    """Scheduler and delivery worker, until SIGINT or SIGTERM."""
     if no_scheduler and no_worker:
         raise click.UsageError("--no-scheduler and --no-worker together leave nothing to run")
+    if no_worker and processes > 1:
+        raise click.UsageError("--processes is for delivering, which --no-worker leaves to another process")
     _log_to_stderr()
     services = app.ready_services(wait_for_database=True)
-    node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency)
+    node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency,
+                processes=processes)
 
     def stop(signum: int, _frame: object) -> None:
         logging.getLogger("mailmag").info("%s: stopping after the jobs and messages in flight",

@@ -36,10 +36,11 @@ from mailmag.config import Config
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import DATABASE_AWAY
-from mailmag.errors import ConfigError, DatabaseError, TransportError
+from mailmag.errors import ConfigError
 from mailmag.models import AutoSchedule, utcnow
-from mailmag.scheduling import jobs
-from mailmag.scheduling.sending import make_dispatcher
+from mailmag.scheduling import jobs, processes
+from mailmag.scheduling.processes import Sender
+from mailmag.scheduling.sending import deliver_until_stopped, make_dispatcher
 from mailmag.scheduling.when import cron_trigger
 from mailmag.services import Services
 
@@ -214,11 +215,12 @@ class Node:
     """One `mailmag run` process: delivers, and runs the scheduler while it holds the lock."""
 
     def __init__(self, services: Services, *, scheduler: bool = True, worker: bool = True,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, processes: int = 1) -> None:
         self.services = services
         self.scheduler_enabled = scheduler
         self.worker_enabled = worker
         self.concurrency = concurrency
+        self.processes = processes
         self.stop = threading.Event()
         self.lock = scheduler_lock(services.engine)
         self.error: BaseException | None = None
@@ -232,8 +234,12 @@ class Node:
         check_settings(self.services.config)
         if self.worker_enabled:
             self.services.secret_key  # noqa: B018 - no key, no links: fail before starting
+        if self.worker_enabled and self.processes > 1:
+            senders = self._start_processes()
+            worker = threading.Thread(target=self._watch, args=(senders,), name="worker")
+        else:
+            worker = threading.Thread(target=self._work, name="worker")
         _node = self
-        worker = threading.Thread(target=self._work, name="worker")
         if self.worker_enabled:
             worker.start()
         try:
@@ -319,22 +325,34 @@ class Node:
                                   args=[schedule_id], id=job_id, name=job_id, jobstore="default")
 
     def _work(self) -> None:
-        """Deliver until stopped; a relay that refuses us or a database away: try again after a pause."""
+        """Deliver until stopped, in this process."""
+        try:
+            deliver_until_stopped(self.services, self.stop, self._new_dispatcher)
+        except BaseException as exc:
+            self.error = exc
+            self.stop.set()
+
+    def _new_dispatcher(self) -> Dispatcher:
+        dispatcher = make_dispatcher(self.services, make_transport(self.services.config),
+                                     concurrency=self.concurrency)
+        self._dispatcher = dispatcher  # for run() to stop it
+        return dispatcher
+
+    def _start_processes(self) -> list[Sender]:
+        """The sending processes, forked before this process starts a thread of its own (a fork
+        copies only the thread that forks: a lock another thread held would stay held)."""
         config = self.services.config
-        while not self.stop.is_set():
-            try:
-                dispatcher = make_dispatcher(self.services, make_transport(config),
-                                             concurrency=self.concurrency)
-                self._dispatcher = dispatcher
-                if self.stop.is_set():  # stopped while this dispatcher was being built
-                    return
-                dispatcher.run(poll_seconds=min(2.0, config.schedule.poll_seconds))
-                return
-            except (TransportError, DatabaseError, *DATABASE_AWAY) as exc:
-                pause = config.smtp.retry_relay_seconds
-                log.error("%s; delivering again in %s seconds", exc, pause)
-                self.stop.wait(pause)
-            except BaseException as exc:
-                self.error = exc
-                self.stop.set()
-                return
+        connections = self.concurrency or config.smtp.max_connections
+        processes.check(config, self.processes, connections)
+        self.services.close()  # each process opens its own database connections: none is shared
+        return processes.start(config, self.processes, connections, service=True)
+
+    def _watch(self, senders: list[Sender]) -> None:
+        """Until the processes end: stopped with the node, or one failed or died (which stops the
+        node, so that systemd restarts it, rather than deliver with fewer processes unseen)."""
+        try:
+            processes.wait(senders, once=False, stop=self.stop)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.stop.set()

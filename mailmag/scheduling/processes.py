@@ -1,4 +1,4 @@
-"""Sending from several processes on one machine (`mailmag worker --processes N`).
+"""Sending from several processes on one machine (`worker --processes N`, `run --processes N`).
 
 Each process runs a Dispatcher of its own, exactly as workers on several machines do: leases
 keep them apart, so nothing is sent twice. What this buys is CPU: a dispatcher's threads take
@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mailmag.config import Config
-from mailmag.delivery.dispatch import Stats, batch_size
+from mailmag.delivery.dispatch import Dispatcher, Stats, batch_size
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import Throttle
 from mailmag.errors import ConfigError, MailmagError
-from mailmag.scheduling.sending import make_dispatcher
+from mailmag.scheduling.sending import deliver_until_stopped, make_dispatcher
 from mailmag.services import Services
 
 _COUNTED = ("sent", "failed", "deferred", "lost", "ambiguous")
@@ -60,7 +60,7 @@ def check(config: Config, processes: int, concurrency: int) -> None:
 
 
 @dataclasses.dataclass
-class _Sender:
+class Sender:
     """A sending process and the pipe its report comes back by."""
 
     process: Any
@@ -84,13 +84,16 @@ class _Sender:
 
 def run_processes(config: Config, processes: int, concurrency: int, *, once: bool, stop: threading.Event,
                   progress: Callable[[int], None] | None = None) -> Stats:
-    """Run `processes` dispatchers, each in a process of its own, until all have ended.
-
-    `stop` (set by the caller's signal handler) stops them all as SIGTERM stops one, and so does
-    one process failing or dying. Their counts are summed; the first error any of them raised
-    is raised once all have ended.
-    """
+    """Run `processes` dispatchers, each in a process of its own, until all have ended (the worker)."""
     check(config, processes, concurrency)
+    return wait(start(config, processes, concurrency, once=once, progress=progress), once, stop, progress)
+
+
+def start(config: Config, processes: int, concurrency: int, *, once: bool = False, service: bool = False,
+          progress: Callable[[int], None] | None = None) -> list[Sender]:
+    """Fork the sending processes. `service` (`mailmag run`): each one outlives a relay that refuses
+    us and a database away, trying again after a pause, as one process's delivery does; otherwise
+    (the worker) such a failure ends it, and the worker with it, with the reason."""
     context = multiprocessing.get_context("fork")  # no threads or connections here yet: a safe fork
     limiter = RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour, context=context)
     throttle = Throttle(concurrency, config.smtp.throttle_seconds, context=context)
@@ -105,10 +108,19 @@ def run_processes(config: Config, processes: int, concurrency: int, *, once: boo
             accepted = context.Value("q", 0, lock=False) if progress else None
             relay = Relay(limiter, throttle, first_connection=sum(split[:i]))
             process = context.Process(target=_child, name=f"mailmag-send-{i}",
-                                      args=(own, connections, once, accepted, relay, report, os.getpid()))
+                                      args=(own, connections, once, service, accepted, relay, report,
+                                            os.getpid()))
             process.start()
             report.close()  # the process holds its end
-            senders.append(_Sender(process, reports, accepted))
+            senders.append(Sender(process, reports, accepted))
+    return senders
+
+
+def wait(senders: list[Sender], once: bool, stop: threading.Event,
+         progress: Callable[[int], None] | None = None) -> Stats:
+    """Until every process has ended. `stop` (set by the caller's signal handler) stops them all
+    as SIGTERM stops one, and so does one process failing or dying. Their counts are summed; the
+    first error any of them raised is raised once all have ended."""
     _wait(senders, once, stop, progress)
     return _summed(senders)
 
@@ -125,7 +137,7 @@ def _stops_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _wait(senders: list[_Sender], once: bool, stop: threading.Event,
+def _wait(senders: list[Sender], once: bool, stop: threading.Event,
           progress: Callable[[int], None] | None) -> None:
     shown, stopping = 0, False
 
@@ -150,7 +162,7 @@ def _wait(senders: list[_Sender], once: bool, stop: threading.Event,
     show()
 
 
-def _summed(senders: list[_Sender]) -> Stats:
+def _summed(senders: list[Sender]) -> Stats:
     total, error, codes = Stats(), None, []
     for sender in senders:
         sender.process.join()
@@ -183,36 +195,47 @@ class Relay:
     first_connection: int
 
 
-def _child(config: Config, concurrency: int, once: bool, accepted: Any, relay: Relay,
+def _child(config: Config, concurrency: int, once: bool, service: bool, accepted: Any, relay: Relay,
            report: multiprocessing.connection.Connection, parent: int) -> None:
     """One sending process: a dispatcher that stops on SIGTERM or SIGINT, and when its parent dies."""
-    early = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
+    stop = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
+    current: list[Dispatcher] = []
+
+    def stopped(_signum: int, _frame: object) -> None:
+        stop.set()
+        for dispatcher in current[-1:]:
+            dispatcher.stop.set()
+
     for sig in _STOPS:
-        signal.signal(sig, lambda _signum, _frame: early.set())
+        signal.signal(sig, stopped)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a stop sent while this process started lands now
     _stop_with(parent)
     services = Services(config)
+    tick = None if accepted is None else _counter(accepted)
+
+    def new_dispatcher() -> Dispatcher:
+        current.append(make_dispatcher(services, make_transport(config), concurrency=concurrency,
+                                       progress=tick, limiter=relay.limiter, throttle=relay.throttle,
+                                       first_connection=relay.first_connection))
+        if stop.is_set():
+            current[-1].stop.set()
+        return current[-1]
+
     counts: dict[str, Any] = {}
     failure: BaseException | None = None
-    dispatcher = None
     try:
-        tick = None if accepted is None else _counter(accepted)
-        dispatcher = make_dispatcher(services, make_transport(config), concurrency=concurrency,
-                                     progress=tick, limiter=relay.limiter, throttle=relay.throttle,
-                                     first_connection=relay.first_connection)
-        for sig in _STOPS:
-            signal.signal(sig, lambda _signum, _frame: dispatcher.stop.set())
-        if early.is_set():
-            dispatcher.stop.set()
-        counts = _counts(dispatcher.run(once=once), (*_COUNTED, *_NOTES))
+        if service:
+            deliver_until_stopped(services, stop, new_dispatcher)
+        else:
+            counts = _counts(new_dispatcher().run(once=once), (*_COUNTED, *_NOTES))
     except MailmagError as exc:
         failure = exc
     except Exception as exc:  # reported as one line; the process's own traceback is on stderr
         failure = MailmagError(f"a sending process failed: {exc!r}")
         raise
     finally:
-        if not counts and dispatcher is not None:
-            counts = _counts(dispatcher.stats, _COUNTED)
+        if not counts and current:
+            counts = _counts(current[-1].stats, _COUNTED)
         report.send((counts, failure))
         services.close()
 

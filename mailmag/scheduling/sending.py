@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
+import threading
 from collections.abc import Callable
 
 from mailmag.audience import bounces
@@ -19,9 +21,12 @@ from mailmag.content import transitions
 from mailmag.delivery.dispatch import Dispatcher, Hooks
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import Transport
-from mailmag.delivery.workstate import Throttle
+from mailmag.delivery.workstate import DATABASE_AWAY, Throttle
+from mailmag.errors import DatabaseError, TransportError
 from mailmag.models import utcnow
 from mailmag.services import Services
+
+log = logging.getLogger(__name__)
 
 
 def hooks(config: Config) -> Hooks:
@@ -43,3 +48,21 @@ def make_dispatcher(services: Services, transport: Transport, *, concurrency: in
     return Dispatcher(services, transport, hooks=hooks(services.config), concurrency=concurrency,
                       owner=owner, progress=progress, clock=clock, limiter=limiter, throttle=throttle,
                       first_connection=first_connection)
+
+
+def deliver_until_stopped(services: Services, stop: threading.Event, make: Callable[[], Dispatcher]) -> None:
+    """The service's delivery (`mailmag run`, in one process or in each sending process): until
+    `stop` is set. A relay that refuses us or a database away ends a dispatcher; another starts
+    after [smtp] retry_relay_seconds, since a service must outlive both."""
+    config = services.config
+    while not stop.is_set():
+        try:
+            dispatcher = make()
+            if stop.is_set():  # stopped while this dispatcher was being built: its stop was not set
+                return
+            dispatcher.run(poll_seconds=min(2.0, config.schedule.poll_seconds))
+            return
+        except (TransportError, DatabaseError, *DATABASE_AWAY) as exc:
+            pause = config.smtp.retry_relay_seconds
+            log.error("%s; delivering again in %s seconds", exc, pause)
+            stop.wait(pause)
