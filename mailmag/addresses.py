@@ -74,16 +74,19 @@ def parse_address(raw: str) -> Address:
     # NFKC turns ＠ and full-width ASCII into their plain forms; 全角 spaces become spaces.
     cleaned = unicodedata.normalize("NFKC", raw or "").strip().strip("<>").strip()
     if not cleaned:
-        raise InvalidEmail("the e-mail address is empty")
+        raise InvalidEmail("the e-mail address is empty",
+                           ja="メールアドレスが空です")
     if CONTROL.search(cleaned):
-        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: it holds a control character; retype it")
+        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: it holds a control character; retype it",
+                           ja=f"メールアドレス「{cleaned}」に制御文字が含まれています。入力し直してください")
     found = _plain_address(cleaned) or _legacy_address(cleaned)
     if found is not None:
         return found
     try:
         result = validate_email(cleaned, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: {exc}") from exc
+        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: {exc}",
+                           ja=f"メールアドレス「{cleaned}」が正しくありません（{exc}）") from exc
     return _stored(result.local_part, result.domain)
 
 
@@ -145,7 +148,8 @@ def addr_spec(email: str) -> str:
         try:
             domain = idna.encode(domain, uts46=True).decode()
         except idna.IDNAError as exc:
-            raise InvalidEmail(f"the address {email!r} has a domain that cannot be encoded") from exc
+            raise InvalidEmail(f"the address {email!r} has a domain that cannot be encoded",
+                               ja=f"メールアドレス「{email}」のドメインを変換できません") from exc
     if is_legacy(email):
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{local}@{domain}"
@@ -161,7 +165,8 @@ _UNSAFE = re.compile("[\r\n\0]")
 def check(value: str, what: str) -> None:
     """Data may never end a header line early: CR, LF or NUL raise InvalidInput."""
     if _UNSAFE.search(value):
-        raise InvalidInput(f"{what} contains a line break or NUL character; remove it")
+        raise InvalidInput(f"{what} contains a line break or NUL character; remove it",
+                           ja=f"{what} に改行または NUL 文字が含まれています。取り除いてください")
 
 
 def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
@@ -175,13 +180,15 @@ def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
     address = address.strip()
     try:
         if not _STORED.fullmatch(address):
-            raise InvalidEmail(address)
+            raise InvalidEmail(address, ja=address)
         parsed = parse_address(address)
         if parsed.needs_smtputf8 and not utf8:
-            raise InvalidEmail(address)
+            raise InvalidEmail(address, ja=address)
         return addr_spec(parsed.email)
     except InvalidEmail as exc:
-        raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address") from exc
+        raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address",
+                           ja=f"{what}「{address}」は{'正しい' if utf8 else '半角英数字（ASCII）の'}"
+                              "メールアドレスではありません") from exc
 
 
 # --- mailmag's own addresses and Message-IDs: the sender writes them, the bounce reader reads them

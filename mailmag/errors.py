@@ -16,6 +16,10 @@
 An error that the user can mend names the steps as `Fix`es, not as commands: the domain says
 what to do ("render the issue again"), each front says how — the command line names the command
 (`mailmag issues render 3`, cli/fixes.py), the console its button (web/admin/fixes.py).
+
+Each error a person at a page can meet carries its sentence in Japanese too (`ja=`): the console
+and the submission form speak Japanese, the command line and the logs English. A page in Japanese
+shows `ja` (with the steps of STEPS_JA); tests/test_errors_ja.py finds every such error without it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,25 @@ STEPS = {
     "list_admins": "see which there are",
     "setup_totp": "set up its one-time code",
 }
+STEPS_JA = {
+    "render_issue": "号を作り直す",
+    "preview_issue": "プレビューをもう一度確かめる",
+    "send_issue": "送信する",
+    "unschedule_issue": "先に予約を取り消す",
+    "delete_issue": "不要なら号を削除する",
+    "review_item": "記事を確認する",
+    "approve_item": "記事を承認する",
+    "approve_these": "これらの記事を承認する",
+    "approve_items": "記事をいくつか承認する",
+    "add_org": "団体を登録する",
+    "add_subscribers": "読者を登録する",
+    "list_issues": "どの号があるか確かめる",
+    "list_items": "どの記事があるか確かめる",
+    "list_subscribers": "どの読者がいるか確かめる",
+    "list_schedules": "どの自動発行があるか確かめる",
+    "list_admins": "どのアカウントがあるか確かめる",
+    "setup_totp": "ワンタイムコードを設定する",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,24 +90,40 @@ def said(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda 
     return f"{message}: {listed}"
 
 
+def said_ja(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda _fix: "") -> str:
+    """'message。対処：step（how） → step（how）', as `said` in Japanese."""
+    if not fixes:
+        return message
+    steps = [STEPS_JA[fix.step] + (f"（{way}）" if (way := how(fix)) else "") for fix in fixes]
+    return f"{message.rstrip('。')}。対処：{' → '.join(steps)}"
+
+
 class MailmagError(Exception):
     """Base class: str(error) is the one sentence shown to the user (with its fixes, in plain
-    words); `message` and `fixes` are for fronts that say how (the command, the button)."""
+    words); `message` and `fixes` are for fronts that say how (the command, the button), `ja` the
+    same sentence for pages in Japanese."""
 
-    def __init__(self, message: str = "", *, fixes: Sequence[Fix] = ()) -> None:
+    def __init__(self, message: str = "", *, fixes: Sequence[Fix] = (), ja: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.fixes = tuple(fixes)
+        self.ja = ja
 
     def __str__(self) -> str:
         return said(self.message, self.fixes)
 
+    def text(self, lang: str, how: Callable[[Fix], str] = lambda _fix: "") -> str:
+        """The sentence with its steps in `lang` (Japanese where the raiser wrote it, else English)."""
+        if lang == "ja" and self.ja:
+            return said_ja(self.ja, self.fixes, how)
+        return said(self.message, self.fixes, how)
+
     def __reduce__(self) -> tuple:  # to another process (worker --processes) with its fixes
-        return _rebuilt, (type(self), self.message, self.fixes)
+        return _rebuilt, (type(self), self.message, self.fixes, self.ja)
 
 
-def _rebuilt(kind: type[MailmagError], message: str, fixes: tuple[Fix, ...]) -> MailmagError:
-    return kind(message, fixes=fixes)
+def _rebuilt(kind: type[MailmagError], message: str, fixes: tuple[Fix, ...], ja: str = "") -> MailmagError:
+    return kind(message, fixes=fixes, ja=ja)
 
 
 class ConfigError(MailmagError):

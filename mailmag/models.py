@@ -158,6 +158,14 @@ class Org(Base):
 
 ITEM_KINDS = ("meeting", "event", "exhibitors", "news")
 ITEM_STATUSES = ("submitted", "approved", "rejected", "published")
+# How Japanese sentences name a subscriber's, an item's or an issue's status (console messages).
+STATUS_JA = {
+    "pending": "登録確認待ち", "active": "配信中", "unsubscribed": "配信停止済み", "bounced": "不達で停止中",
+    "erased": "消去済み",
+    "submitted": "確認待ち", "approved": "承認済み", "rejected": "差し戻し", "published": "掲載済み",
+    "draft": "下書き", "scheduled": "送信予約済み", "sending": "送信中", "sent": "送信済み",
+    "cancelled": "取り消し済み",
+}
 
 
 class Item(Base):

@@ -53,9 +53,9 @@ def read(secret: str, purpose: str, token: str, max_age: int | None = None) -> A
     try:
         return _serializer(secret, purpose).loads(token, max_age=max_age)
     except SignatureExpired as exc:
-        raise TokenError("this link has expired") from exc
+        raise TokenError("this link has expired", ja="このリンクは有効期限が切れています") from exc
     except BadSignature as exc:
-        raise TokenError("this link is not valid") from exc
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,7 @@ def read_submit(secret: str, token: str) -> tuple[int, int]:
     """(org id, token version) of a submission link; TokenError if forged, foreign or malformed."""
     payload = read(secret, "org-submit", token)
     if not isinstance(payload, dict) or not all(isinstance(payload.get(k), int) for k in ("o", "v")):
-        raise TokenError("this link is not valid")
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません")
     return payload["o"], payload["v"]
 
 
@@ -148,7 +148,7 @@ def _read_compact(secret: str, purpose: str, token: str) -> PersonLink | None:
         return None
     body = f"{match.group(1)}.{match.group(2)}"
     if not hmac.compare_digest(match.group(3), _compact_signature(secret, purpose, body)):
-        raise TokenError("this link is not valid")
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません")
     return PersonLink(int(match.group(1)), None, dt.datetime.min.replace(tzinfo=dt.UTC), {},
                       key_digest=match.group(2))
 
@@ -161,14 +161,14 @@ def read_person(secret: str, purpose: str, token: str, max_age: int | None = Non
     try:
         payload, signed = _serializer(secret, purpose).loads(token, max_age=max_age, return_timestamp=True)
     except SignatureExpired as exc:
-        raise TokenError("this link has expired") from exc
+        raise TokenError("this link has expired", ja="このリンクは有効期限が切れています") from exc
     except BadSignature as exc:
-        raise TokenError("this link is not valid") from exc
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません") from exc
     if not isinstance(payload, dict) or type(payload.get("s")) is not int:
-        raise TokenError("this link is not valid")
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません")
     key = payload.get("k")
     if key is not None and not isinstance(key, str):
-        raise TokenError("this link is not valid")
+        raise TokenError("this link is not valid", ja="このリンクは正しくありません")
     extra = {k: v for k, v in payload.items() if k not in ("s", "k")}
     return PersonLink(payload["s"], key, signed, extra)
 

@@ -63,7 +63,8 @@ def check_codes(codes: Iterable[str], offered: Sequence[Topic]) -> list[str]:
     codes_offered = {t.code for t in offered}
     unknown = [code for code in wanted if code not in codes_offered]
     if unknown:
-        raise InvalidInput(f"unknown topic {unknown[0]!r}: the topics are {known(offered)}")
+        raise InvalidInput(f"unknown topic {unknown[0]!r}: the topics are {known(offered)}",
+                           ja=f"テーマ「{unknown[0]}」はありません（設定されているテーマ：{known(offered)}）")
     return sorted(set(wanted))
 
 
@@ -90,6 +91,14 @@ def unknown_in_use(session: Session, offered: Sequence[Topic]) -> dict[str, int]
             if code is not None and code not in codes:
                 found.setdefault(code, 0)
     return found
+
+
+def describe_ja(code: str | None, offered: Sequence[Topic]) -> str:
+    """`describe` in Japanese sentences: 'テーマ events（イベント案内）' or 'すべての読者'."""
+    if code is None:
+        return "すべての読者"
+    label = next((t.label("ja") for t in offered if t.code == code), "")
+    return f"テーマ {code}（{label}）" if label else f"テーマ {code}"
 
 
 def describe(code: str | None, offered: Sequence[Topic], lang: str = "ja") -> str:

@@ -136,9 +136,15 @@ def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, consol
     client = logged_in(console.url, console_services, "sam", "sender")
     token = csrf_of(client.get("/admin/issues/"))
     reply = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
-    # the console's own way to mend it, not a command for a shell the secretariat does not have
-    assert reply.status == 409 and "approve it (「承認する」 on the item&#39;s page)" in reply.text
-    assert "mailmag items" not in reply.text
+    # in the console's language, with its own way to mend it, not a command for a shell the
+    # secretariat does not have
+    assert reply.status == 409
+    assert (f"記事（ID {ids[0]}）は確認待ちです。号は作っていません。"
+            "対処：記事を承認する（記事のページの「承認する」）") in reply.text
+    assert "no issue was made" not in reply.text and "mailmag items" not in reply.text
+    english = client.post("/admin/issues/new?lang=en", {"csrf_token": token, "item": [str(ids[0])]})
+    assert english.status == 409
+    assert "approve it (「Approve」 on the item&#39;s page)" in english.text
     for path in ("/admin/issues/99999999999999999999999", "/admin/items/99999999999999999999999"):
         assert client.get(path).status == 404, path  # an id no database holds: not an OverflowError's 500
     with console_services.session() as session:

@@ -42,13 +42,14 @@ def test_csv_import_previews_rows_and_errors_before_storing_anything(console, co
     preview = _upload(client, token, CSV)
     assert preview.status == 200
     assert "青木" in preview.text and "馬場" in preview.text
-    assert re.search(r"3 行目.*not-an-address|3 行目", preview.text) and "5 行目" in preview.text
-    assert "added 2" in preview.text
+    assert "3 行目: メールアドレス「not-an-address」が正しくありません" in preview.text
+    assert "5 行目: a@example.jp は2行目と重複しています" in preview.text
+    assert "追加 2、更新 0、変更なし 0、取り込めない行 2" in preview.text and "added 2" not in preview.text
     assert _count(console_services, Subscriber) == 0 and _count(console_services, ConsentEvent) == 0
     payload = re.search(r'name="payload" value="([^"]+)"', preview.text).group(1)
     stored = client.post("/admin/subscribers/import", {"csrf_token": token, "payload": payload,
                                                        "encoding": "auto", "confirm": "1"})
-    assert stored.status == 200 and "added 2" in stored.text
+    assert stored.status == 200 and "追加 2" in stored.text
     with console_services.session() as session:
         emails = sorted(session.scalars(select(Subscriber.email)))
         sources = set(session.scalars(select(ConsentEvent.source)))

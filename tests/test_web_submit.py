@@ -66,6 +66,21 @@ def test_missing_fields_show_the_form_again_and_store_nothing(live, web_services
     assert stored(web_services) == []
 
 
+def test_what_was_wrong_is_said_in_japanese_and_nothing_is_stored(live, web_services, org_id):
+    """The form is read by a member organization's staff: the reason a value is refused comes in
+    the form's language, not as the command line's English sentence."""
+    path = link(web_services, org_id)
+    form = path + "?kind=event"
+    bad_url = Client(live.url).submit(path, {**EVENT, "url": "ftp://example.jp/forum"}, page=form)
+    assert bad_url.status == 400
+    assert "URL「ftp://example.jp/forum」は http:// または https:// で始まる" in bad_url.text
+    assert "is not an http" not in bad_url.text
+    bad_date = Client(live.url).submit(path, {**EVENT, "date": "2026-13-40"}, page=form)
+    assert bad_date.status == 400 and "日付：「2026-13-40」" in bad_date.text
+    assert "date:" not in bad_date.text
+    assert stored(web_services) == []
+
+
 def test_input_is_escaped_on_the_pages(live, web_services, org_id):
     path = link(web_services, org_id)
     reply = Client(live.url).submit(path, {**EVENT, "title": "<script>alert(1)</script>"},

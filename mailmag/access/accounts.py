@@ -37,13 +37,15 @@ def allows(role: str, permission: str) -> bool:
 
 def check_role(role: str) -> str:
     if role not in ADMIN_ROLES:
-        raise InvalidInput(f"unknown role {role!r}: use {', '.join(ADMIN_ROLES)}")
+        raise InvalidInput(f"unknown role {role!r}: use {', '.join(ADMIN_ROLES)}",
+                           ja=f"役割「{role}」はありません（{'、'.join(ADMIN_ROLES)} のいずれかです）")
     return role
 
 
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
-        raise InvalidInput(f"the password is too short: use at least {MIN_PASSWORD} characters")
+        raise InvalidInput(f"the password is too short: use at least {MIN_PASSWORD} characters",
+                           ja=f"パスワードが短すぎます。{MIN_PASSWORD}文字以上にしてください")
     return password
 
 
@@ -62,7 +64,8 @@ def verify_password(admin: Admin | None, password: str) -> bool:
 def get(session: Session, name: str) -> Admin:
     admin = find(session, name)
     if admin is None:
-        raise NotFound(f"there is no console account {name!r}", fixes=[Fix("list_admins")])
+        raise NotFound(f"there is no console account {name!r}", fixes=[Fix("list_admins")],
+                       ja=f"アカウント「{name}」はありません")
     return admin
 
 
@@ -77,11 +80,14 @@ def listing(session: Session) -> Sequence[Admin]:
 def add(session: Session, name: str, email: str, role: str, password: str) -> Admin:
     """A new account; the name is what the person types at the login form."""
     if not _NAME.match(name):
-        raise InvalidInput(f"account name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        raise InvalidInput(f"account name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)",
+                           ja=f"アカウント名「{name}」は使えません。英数字と「.」「_」「-」で64文字までにしてください")
     if find(session, name) is not None:
-        raise StateError(f"the account {name!r} exists already: pick another name, or reset its password")
+        raise StateError(f"the account {name!r} exists already: pick another name, or reset its password",
+                         ja=f"アカウント「{name}」はすでにあります。別の名前にするか、そのアカウントのパスワードを設定し直してください")
     if "@" not in email or any(c.isspace() for c in email):
-        raise InvalidInput(f"{email!r} is not an e-mail address: test sends go there")
+        raise InvalidInput(f"{email!r} is not an e-mail address: test sends go there",
+                           ja=f"「{email}」はメールアドレスではありません（テスト送信の宛先になります）")
     admin = Admin(name=name, email=email, role=check_role(role), password_hash=hash_password(password))
     session.add(admin)
     session.flush()
@@ -100,7 +106,8 @@ def remove(session: Session, name: str) -> None:
 def _guard_last_owner(session: Session, admin: Admin) -> None:
     owners = [a for a in listing(session) if a.role == "owner"]
     if admin.role == "owner" and len(owners) == 1:
-        raise StateError(f"{admin.name} is the last owner: add another owner before removing it")
+        raise StateError(f"{admin.name} is the last owner: add another owner before removing it",
+                         ja=f"{admin.name} は最後の owner です。削除する前に別の owner を追加してください")
 
 
 def reset_password(session: Session, name: str, password: str) -> int:
@@ -131,7 +138,8 @@ def clear_totp(session: Session, name: str) -> None:
 def totp_uri(admin: Admin, issuer: str) -> str:
     """The otpauth:// link an authenticator app reads (as a QR code or typed in)."""
     if not admin.totp_secret:
-        raise StateError(f"{admin.name} has no one-time code set up", fixes=[Fix("setup_totp", admin.name)])
+        raise StateError(f"{admin.name} has no one-time code set up", fixes=[Fix("setup_totp", admin.name)],
+                         ja=f"{admin.name} にはワンタイムコードが設定されていません")
     return pyotp.TOTP(admin.totp_secret).provisioning_uri(name=admin.name, issuer_name=issuer)
 
 
@@ -158,4 +166,5 @@ def needs_totp(admin: Admin, require_for_senders: bool) -> bool:
 def refuse_without_totp(admin: Admin, require_for_senders: bool) -> None:
     if needs_totp(admin, require_for_senders) and not admin.totp_secret:
         raise AccessDenied(f"{admin.role} accounts need a one-time code",
-                           fixes=[Fix("setup_totp", admin.name)])
+                           fixes=[Fix("setup_totp", admin.name)],
+                           ja=f"「{admin.role}」のアカウントにはワンタイムコードが必要です")

@@ -28,7 +28,9 @@ from mailmag.errors import AccessDenied
 from mailmag.models import Admin, AdminSession, LoginAttempt, utcnow
 
 REFUSED = "the name, password or one-time code is wrong"
+REFUSED_JA = "名前、パスワード、ワンタイムコードのいずれかが違います"
 LOCKED = "too many failed logins: try again later"
+LOCKED_JA = "ログインの失敗が多すぎます。しばらくしてからもう一度お試しください"
 # Touching last_seen_at on every request would make every page a write; a minute is precise enough.
 _TOUCH_EVERY = dt.timedelta(seconds=60)
 
@@ -72,14 +74,14 @@ def authenticate(session: Session, policy: AdminConfig, name: str, password: str
     now = now or utcnow()
     name = name.strip()[:64]
     if locked_out(session, policy, name, ip, now):
-        raise AccessDenied(LOCKED)
+        raise AccessDenied(LOCKED, ja=LOCKED_JA)
     admin = accounts.find(session, name)
     good = accounts.verify_password(admin, password)
     if good and admin is not None and accounts.needs_totp(admin, policy.require_totp):
         accounts.refuse_without_totp(admin, policy.require_totp)
         good = accounts.verify_totp(admin, code, now.timestamp())
     if not good or admin is None:
-        raise AccessDenied(REFUSED)
+        raise AccessDenied(REFUSED, ja=REFUSED_JA)
     session.add(LoginAttempt(name=name, ip=ip, ok=True, at=now))
     sweep(session, policy, now)
     return admin

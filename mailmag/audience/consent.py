@@ -232,7 +232,8 @@ def purge_pending(session: Session, older_than_hours: int, now: dt.datetime | No
     """Delete subscribers who never confirmed, and subscribe attempts (IP addresses), older than
     `older_than_hours`; the consent log keeps its records. Returns the subscribers deleted."""
     if older_than_hours < 1:
-        raise InvalidInput("purge_pending_after_hours must be at least 1")
+        raise InvalidInput("purge_pending_after_hours must be at least 1",
+                           ja="purge_pending_after_hours は1以上にしてください")
     cutoff = (now or utcnow()) - dt.timedelta(hours=older_than_hours)
     # Attempts are needed for a day at most (the per-address limit); never purge them sooner.
     attempts_cutoff = min(cutoff, (now or utcnow()) - dt.timedelta(days=1))

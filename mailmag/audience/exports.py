@@ -49,7 +49,9 @@ def export_bytes(
     anything is written, naming the subscriber.
     """
     if encoding not in ENCODINGS:
-        raise InvalidInput(f"unknown export encoding {encoding!r} (use {', '.join(ENCODINGS)})")
+        raise InvalidInput(f"unknown export encoding {encoding!r} (use {', '.join(ENCODINGS)})",
+                           ja=f"書き出しの文字コード「{encoding}」には対応していません"
+                              f"（{'、'.join(ENCODINGS)} のいずれかです）")
     lines = [_subscriber_line(r, zone) for r in session.execute(select(*_EXPORTED).order_by(Subscriber.id))]
     text = _csv_line(EXPORT_HEADERS[header]) + "".join(lines)
     if encoding == "utf-8-sig":
@@ -91,9 +93,12 @@ def _unencodable(lines: list[str], codec: str) -> InvalidInput:
             char, email = exc.object[exc.start], next(csv.reader([line]))[0]
             return InvalidInput(
                 f"line {number} ({email}) holds {char!r} (U+{ord(char):04X}), which {codec} cannot "
-                "write: export with --encoding utf-8-sig (Excel opens it too); nothing was written"
+                "write: export with --encoding utf-8-sig (Excel opens it too); nothing was written",
+                ja=f"{number}行目（{email}）の「{char}」（U+{ord(char):04X}）は {codec} で書き出せません。"
+                   "文字コード utf-8-sig で書き出してください（Excel でも開けます）。何も書き出していません",
             )
-    return InvalidInput(f"the list cannot be written in {codec}: export with --encoding utf-8-sig")
+    return InvalidInput(f"the list cannot be written in {codec}: export with --encoding utf-8-sig",
+                        ja=f"一覧を {codec} で書き出せません。文字コード utf-8-sig で書き出してください")
 
 
 def write_export(path: Path, data: bytes) -> None:
@@ -101,11 +106,13 @@ def write_export(path: Path, data: bytes) -> None:
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot write {path}: {exc.strerror}",
+                           ja=f"{path} に書き出せません：{exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         os.replace(temp, path)
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot write {path}: {exc.strerror}",
+                           ja=f"{path} に書き出せません：{exc.strerror}") from exc

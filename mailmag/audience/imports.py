@@ -18,12 +18,13 @@ from mailmag.audience import subscribers
 from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
 from mailmag.errors import InvalidInput, MailmagError
-from mailmag.models import ConsentEvent, Subscriber, Suppression, utcnow
+from mailmag.models import STATUS_JA, ConsentEvent, Subscriber, Suppression, utcnow
 from mailmag.topics import Topic
 
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
 BATCH = 1000
 SAVE_AS_CSV = "save it from Excel as 'CSV UTF-8 (コンマ区切り)' and import that file"
+SAVE_AS_CSV_JA = "Excel で「CSV UTF-8 (コンマ区切り)」として保存し、そのファイルを取り込んでください"
 
 COLUMN_NAMES = {"email": "e-mail address", "name": "name", "organization": "organization",
                 "lang": "language", "topics": "topics"}
@@ -53,13 +54,27 @@ class Row:
     topics: list[str]
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Reason:
+    """Why a row was not imported: English (str(): the command line), `ja` for the console."""
+
+    text: str
+    ja: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def said(self, lang: str) -> str:
+        return self.ja if lang == "ja" else self.text
+
+
 @dataclasses.dataclass
 class ImportReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
-    invalid: list[tuple[int, str]] = dataclasses.field(default_factory=list)
-    suppressed: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    invalid: list[tuple[int, Reason]] = dataclasses.field(default_factory=list)
+    suppressed: list[tuple[int, Reason]] = dataclasses.field(default_factory=list)
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
     needs_smtputf8: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
@@ -69,6 +84,10 @@ class ImportReport:
             f"invalid {len(self.invalid)}, suppressed {len(self.suppressed)}"
         )
 
+    def summary_ja(self) -> str:
+        return (f"追加 {self.added}、更新 {self.updated}、変更なし {self.unchanged}、"
+                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {len(self.suppressed)}")
+
 
 # --- reading --------------------------------------------------------------------------------
 
@@ -76,7 +95,9 @@ class ImportReport:
 def decode(data: bytes, encoding: str = "auto") -> str:
     """Bytes of a CSV file as text; 'auto' tells UTF-8 (with or without BOM) from CP932."""
     if encoding not in ENCODINGS:
-        raise InvalidInput(f"unknown encoding {encoding!r} (use {', '.join(ENCODINGS)})")
+        raise InvalidInput(f"unknown encoding {encoding!r} (use {', '.join(ENCODINGS)})",
+                           ja=f"文字コード「{encoding}」には対応していません"
+                              f"（{'、'.join(ENCODINGS)} のいずれかです）")
     _refuse_other_formats(data)
     if encoding == "auto":
         try:
@@ -88,23 +109,31 @@ def decode(data: bytes, encoding: str = "auto") -> str:
         except UnicodeDecodeError as exc:
             raise InvalidInput(
                 f"the file is neither UTF-8 nor CP932 (Shift_JIS): line {_line_of(data, exc.start)} "
-                f"holds bytes neither can read; {SAVE_AS_CSV}"
+                f"holds bytes neither can read; {SAVE_AS_CSV}",
+                ja="このファイルは UTF-8 でも CP932（Shift_JIS）でもありません"
+                   f"（{_line_of(data, exc.start)}行目）。{SAVE_AS_CSV_JA}",
             ) from exc
     try:
         return data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
     except UnicodeDecodeError as exc:
         raise InvalidInput(
             f"the file is not {encoding}: line {_line_of(data, exc.start)} holds bytes it cannot "
-            "read; try --encoding auto"
+            "read; try --encoding auto",
+            ja=f"このファイルは {encoding} ではありません"
+               f"（{_line_of(data, exc.start)}行目に読めないバイトがあります）。"
+               "文字コードを「自動」にしてお試しください",
         ) from exc
 
 
 def _refuse_other_formats(data: bytes) -> None:
     """What people pick by mistake instead of CSV gets its own message naming the fix."""
     if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
-        raise InvalidInput(f"the file is an Excel workbook, not CSV: {SAVE_AS_CSV}")
+        raise InvalidInput(f"the file is an Excel workbook, not CSV: {SAVE_AS_CSV}",
+                           ja=f"このファイルは CSV ではなく Excel のブックです。{SAVE_AS_CSV_JA}")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data[:4096]):
-        raise InvalidInput(f"the file is UTF-16 (Excel's 'Unicode テキスト'), not CSV: {SAVE_AS_CSV}")
+        raise InvalidInput(f"the file is UTF-16 (Excel's 'Unicode テキスト'), not CSV: {SAVE_AS_CSV}",
+                           ja="このファイルは CSV ではなく UTF-16（Excel の「Unicode テキスト」）です。"
+                              f"{SAVE_AS_CSV_JA}")
 
 
 def _looks_utf16(head: bytes) -> bool:
@@ -130,7 +159,8 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic] | None =
     except csv.Error as exc:
         raise _unreadable(reader.line_num or 1, exc) from exc
     if header is None:
-        raise InvalidInput("the file is empty: the first row must name the columns, e.g. メールアドレス,氏名")
+        raise InvalidInput("the file is empty: the first row must name the columns, e.g. メールアドレス,氏名",
+                           ja="ファイルが空です。1行目に列名（例：メールアドレス,氏名）を書いてください")
     columns = _map_header(header, report)
     seen: dict[str, int] = {}
     while True:
@@ -146,10 +176,12 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic] | None =
         try:
             row = _parse_row(line, columns, values, topics)
         except MailmagError as exc:
-            report.invalid.append((line, str(exc)))
+            report.invalid.append((line, Reason(str(exc), exc.text("ja"))))
             continue
         if row.address.key in seen:
-            report.invalid.append((line, f"{row.address.email} repeats line {seen[row.address.key]}"))
+            first = seen[row.address.key]
+            report.invalid.append((line, Reason(f"{row.address.email} repeats line {first}",
+                                                f"{row.address.email} は{first}行目と重複しています")))
             continue
         seen[row.address.key] = line
         if row.address.needs_smtputf8:
@@ -162,9 +194,12 @@ def _unreadable(line: int, exc: csv.Error) -> InvalidInput:
     if "field larger than field limit" in str(exc):
         return InvalidInput(
             f"line {line}: a cell is longer than {csv.field_size_limit()} characters, so this is not a "
-            f"subscriber list (a missing closing quote \" makes the rest of the file one cell); {SAVE_AS_CSV}"
+            f"subscriber list (a missing closing quote \" makes the rest of the file one cell); "
+            f"{SAVE_AS_CSV}",
+            ja=f"{line}行目：{csv.field_size_limit()}文字を超えるセルがあり、読者の一覧として読めません（閉じる「\"」が抜けていると、残り全体が1つのセルになります）。{SAVE_AS_CSV_JA}",
         )
-    return InvalidInput(f"line {line}: the CSV cannot be read ({exc}); {SAVE_AS_CSV}")
+    return InvalidInput(f"line {line}: the CSV cannot be read ({exc}); {SAVE_AS_CSV}",
+                        ja=f"{line}行目：CSV として読み取れません（{exc}）。{SAVE_AS_CSV_JA}")
 
 
 def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
@@ -181,7 +216,8 @@ def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
         found = ", ".join(repr(h.strip()) for h in header[:6])
         raise InvalidInput(
             f"no email column in the first row ({found}): the first row must name the columns, "
-            "with one called メールアドレス or email"
+            "with one called メールアドレス or email",
+            ja=f"1行目にメールアドレスの列がありません（{found}）。1行目に列名を書き、そのうち1つを「メールアドレス」か「email」にしてください",
         )
     return columns
 
@@ -272,7 +308,9 @@ def _land_opted_out(
     )
     if outcome == "suppressed":
         status = subscriber.status if subscriber else "erased"
-        report.suppressed.append((row.line, f"{row.address.email} is {status}; left as it is"))
+        report.suppressed.append((row.line, Reason(f"{row.address.email} is {status}; left as it is",
+                                                   f"{row.address.email} は{STATUS_JA.get(status, status)}"
+                                                   "のため、そのままにしました")))
     else:
         setattr(report, outcome, getattr(report, outcome) + 1)
 
@@ -325,7 +363,8 @@ def import_file(
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}",
+                           ja=f"{path} を読めません：{exc.strerror}") from exc
     report = ImportReport()
     rows = parse_rows(decode(data, encoding), report, topics)
     return import_rows(session, rows, report, consent, resubscribe=resubscribe, progress=progress)

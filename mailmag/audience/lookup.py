@@ -29,7 +29,8 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
 def by_id(session: Session, subscriber_id: int) -> Subscriber:
     subscriber = session.get(Subscriber, subscriber_id)
     if subscriber is None:
-        raise NotFound(f"no subscriber with the id {subscriber_id}", fixes=[Fix("list_subscribers")])
+        raise NotFound(f"no subscriber with the id {subscriber_id}", fixes=[Fix("list_subscribers")],
+                       ja=f"読者（ID {subscriber_id}）はいません")
     return subscriber
 
 

@@ -49,7 +49,8 @@ def parse_lang(raw: str | None) -> str:
     aliases = {"": "ja", "日本語": "ja", "japanese": "ja", "英語": "en", "english": "en"}
     value = aliases.get(value, value)
     if value not in LANGS:
-        raise InvalidInput(f"unknown language {raw!r} (use ja or en)")
+        raise InvalidInput(f"unknown language {raw!r} (use ja or en)",
+                           ja=f"言語「{raw}」には対応していません（ja か en です）")
     return value
 
 
@@ -66,12 +67,19 @@ def parse_topics(raw: str | Iterable[str] | None) -> list[str]:
     return sorted(topics)
 
 
+# What a subscriber's fields are called in Japanese sentences (imports name them by COLUMN_NAMES).
+_FIELDS_JA = {"name": "氏名", "organization": "所属", "e-mail address": "メールアドレス", "language": "言語",
+              "topics": "テーマ"}
+
+
 def check_text(field: str, value: str) -> str:
     """A name or organization as stored: one line (it goes into mail headers), at most MAX_TEXT."""
     refuse_controls(field, value)
     value = " ".join(text_ja.strip_bidi(value).split())  # an Excel cell with Alt+Enter holds a line break
     if len(value) > MAX_TEXT:
-        raise InvalidInput(f"the {field} is {len(value)} characters long (at most {MAX_TEXT})")
+        raise InvalidInput(f"the {field} is {len(value)} characters long (at most {MAX_TEXT})",
+                           ja=f"{_FIELDS_JA.get(field, field)}が{len(value)}文字あります"
+                              f"（{MAX_TEXT}文字まで）")
     return value
 
 
@@ -79,7 +87,9 @@ def refuse_controls(field: str, value: str) -> None:
     """NUL and other control characters: PostgreSQL refuses NUL, and none belongs in mail."""
     found = CONTROL.search(value)
     if found:
-        raise InvalidInput(f"the {field} holds a control character (U+{ord(found[0]):04X}); remove it")
+        raise InvalidInput(f"the {field} holds a control character (U+{ord(found[0]):04X}); remove it",
+                           ja=f"{_FIELDS_JA.get(field, field)}に制御文字（U+{ord(found[0]):04X}）"
+                              "が含まれています。取り除いてください")
 
 
 def get(session: Session, raw_email: str) -> Subscriber:
@@ -89,7 +99,9 @@ def get(session: Session, raw_email: str) -> Subscriber:
     if subscriber is None:
         forgotten = " (it was erased and stays suppressed)" if is_suppressed(
             session, address) else ""
-        raise NotFound(f"no subscriber with the address {address.email}{forgotten}")
+        raise NotFound(f"no subscriber with the address {address.email}{forgotten}",
+                       ja=f"メールアドレス {address.email} の読者はいません"
+                          + ("（消去済みで、送信しないアドレスに入っています）" if forgotten else ""))
     return subscriber
 
 
@@ -234,7 +246,9 @@ def _scrub_history(session: Session, subscriber_id: int, address: Address) -> No
 
 def listing(session: Session, status: str | None = None) -> list[Subscriber]:
     if status is not None and status not in SUBSCRIBER_STATUSES:
-        raise InvalidInput(f"unknown status {status!r} (use {', '.join(SUBSCRIBER_STATUSES)})")
+        raise InvalidInput(f"unknown status {status!r} (use {', '.join(SUBSCRIBER_STATUSES)})",
+                           ja=f"状態「{status}」はありません"
+                              f"（{'、'.join(SUBSCRIBER_STATUSES)} のいずれかです）")
     query = select(Subscriber).order_by(Subscriber.id)
     if status:
         query = query.where(Subscriber.status == status)

@@ -20,6 +20,7 @@ from mailmag.text_ja import WEEKDAYS_JA
 DEFAULT_ZONE = ZoneInfo("Asia/Tokyo")
 _WEEKDAYS_EN = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FORMS = "2026-12-01, 2026/12/1, 2026年12月1日, 令和8年12月1日, R8.12.1 or 12/1"
+FORMS_JA = "2026-12-01、2026/12/1、2026年12月1日、令和8年12月1日、R8.12.1、12/1"
 
 
 class Era(NamedTuple):
@@ -80,7 +81,8 @@ def _calendar_date(original: str, year: int, month: int, day: int) -> dt.date:
     try:
         return dt.date(year, month, day)
     except ValueError:
-        raise InvalidInput(f"{original!r} is not a date on the calendar") from None
+        raise InvalidInput(f"{original!r} is not a date on the calendar",
+                           ja=f"「{original}」は暦にない日付です") from None
 
 
 def _era_year(original: str, era: Era, eyear: str, month: int, day: int) -> dt.date:
@@ -88,7 +90,10 @@ def _era_year(original: str, era: Era, eyear: str, month: int, day: int) -> dt.d
     date = _calendar_date(original, era.first.year + number - 1, month, day)
     if date < era.first or (era.last is not None and date > era.last):
         span = f"{era.first.isoformat()} to {era.last.isoformat() if era.last else 'today'}"
-        raise InvalidInput(f"{original!r} is not in the {era.name} era ({span}); check the era and year")
+        raise InvalidInput(f"{original!r} is not in the {era.name} era ({span}); check the era and year",
+                           ja=f"「{original}」は{era.name}の期間"
+                              f"（{era.first.isoformat()}〜{era.last.isoformat() if era.last else ''}）"
+                              "にありません。元号と年をご確認ください")
     return date
 
 
@@ -103,7 +108,8 @@ def nearest(month: int, day: int, today: dt.date, original: str) -> dt.date:
     best = min(candidates, key=lambda d: abs((d - today).days), default=None)
     if best is None or abs((best - today).days) > 184:
         # Only 2/29 gets here: the nearest leap day may be years away.
-        raise InvalidInput(f"{original!r} needs a year (the nearest one is not within six months)")
+        raise InvalidInput(f"{original!r} needs a year (the nearest one is not within six months)",
+                           ja=f"「{original}」には年が必要です（前後6か月以内に当たる日がありません）")
     return best
 
 
@@ -122,7 +128,9 @@ def _check_weekday(original: str, date: dt.date, weekday: int | None) -> None:
     if weekday is not None and weekday != date.weekday():
         raise InvalidInput(
             f"{original!r}: {date.isoformat()} is a {WEEKDAYS_JA[date.weekday()]}曜日, "
-            f"not {WEEKDAYS_JA[weekday]}曜日; check the date or the weekday"
+            f"not {WEEKDAYS_JA[weekday]}曜日; check the date or the weekday",
+            ja=f"「{original}」：{date.isoformat()} は{WEEKDAYS_JA[date.weekday()]}曜日で、"
+               f"{WEEKDAYS_JA[weekday]}曜日ではありません。日付か曜日をご確認ください",
         )
 
 
@@ -140,7 +148,8 @@ def parse_date(text: str | dt.date, today: dt.date | None = None) -> dt.date:
             date = _from_match(match, original, today or today_in())
             _check_weekday(original, date, weekday)
             return date
-    raise InvalidInput(f"cannot read the date {original!r}; write it as {FORMS}")
+    raise InvalidInput(f"cannot read the date {original!r}; write it as {FORMS}",
+                       ja=f"日付「{original}」を読み取れません。{FORMS_JA} のように書いてください")
 
 
 def is_range(text: str) -> bool:
@@ -156,11 +165,14 @@ def parse_range(text: str | dt.date, today: dt.date | None = None) -> tuple[dt.d
     if len(parts) == 1:
         return parse_date(text, today), None
     if len(parts) != 2 or not parts[1].strip():
-        raise InvalidInput(f"cannot read the dates {text.strip()!r}; write e.g. 2026/11/22〜23")
+        raise InvalidInput(f"cannot read the dates {text.strip()!r}; write e.g. 2026/11/22〜23",
+                           ja=f"期間「{text.strip()}」を読み取れません。"
+                              "2026/11/22〜23 のように書いてください")
     start = parse_date(parts[0], today)
     end = _range_end(parts[1], start)
     if end < start:
-        raise InvalidInput(f"{text.strip()!r} ends before it starts")
+        raise InvalidInput(f"{text.strip()!r} ends before it starts",
+                           ja=f"期間「{text.strip()}」は終わりが始まりより前です")
     return start, (end if end != start else None)
 
 

@@ -17,7 +17,7 @@ from mailmag import placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import issues, render
 from mailmag.errors import InvalidInput, NotFound, StateError
-from mailmag.models import Issue, Item, utcnow
+from mailmag.models import STATUS_JA, Issue, Item, utcnow
 
 
 def by_id(session: Session, issue_id: int) -> Issue:
@@ -28,7 +28,8 @@ def _draft(session: Session, issue_id: int) -> Issue:
     issue = by_id(session, issue_id)
     if issue.status != "draft":
         raise StateError(f"{issues.label(issue)} is {issue.status}: only a draft can be changed "
-                         "(cancel the schedule first)")
+                         "(cancel the schedule first)",
+                         ja=f"{issues.label_ja(issue)}は{STATUS_JA[issue.status]}です。変更できるのは下書きだけです（予約済みなら先に予約を取り消してください）")
     return issue
 
 
@@ -38,7 +39,8 @@ def move(session: Session, config: Config, issue_id: int, item_id: int, delta: i
     entries = list(issue.entries)
     index = next((i for i, e in enumerate(entries) if e.item_id == item_id), None)
     if index is None:
-        raise NotFound(f"item {item_id} is not in {issues.label(issue)}")
+        raise NotFound(f"item {item_id} is not in {issues.label(issue)}",
+                       ja=f"記事（ID {item_id}）は{issues.label_ja(issue)}に入っていません")
     target = max(0, min(len(entries) - 1, index + delta))
     entries.insert(target, entries.pop(index))
     for position, entry in enumerate(entries):
@@ -53,9 +55,12 @@ def drop(session: Session, config: Config, issue_id: int, item_id: int) -> issue
     issue = _draft(session, issue_id)
     entry = next((e for e in issue.entries if e.item_id == item_id), None)
     if entry is None:
-        raise NotFound(f"item {item_id} is not in {issues.label(issue)}")
+        raise NotFound(f"item {item_id} is not in {issues.label(issue)}",
+                       ja=f"記事（ID {item_id}）は{issues.label_ja(issue)}に入っていません")
     if len(issue.entries) == 1:
-        raise StateError(f"item {item_id} is the last one in {issues.label(issue)}: an issue needs an item")
+        raise StateError(f"item {item_id} is the last one in {issues.label(issue)}: an issue needs an item",
+                         ja=f"記事（ID {item_id}）は{issues.label_ja(issue)}に残る最後の記事です。"
+                            "号には記事が1件以上必要です")
     issue.entries.remove(entry)
     session.flush()
     return issues.rerender(session, config, issue.id)
@@ -66,7 +71,8 @@ def retitle(session: Session, config: Config, issue_id: int, title: str) -> issu
     issue = _draft(session, issue_id)
     cleaned = text_ja.normalize_line(title)
     if not cleaned:
-        raise InvalidInput("the title is empty: type a title")
+        raise InvalidInput("the title is empty: type a title",
+                           ja="タイトルが空です。タイトルを入力してください")
     issue.title = cleaned[:300]
     session.flush()
     return issues.rerender(session, config, issue.id)
@@ -109,7 +115,8 @@ def set_topic(session: Session, issue_id: int, topic: str | None, offered: Seque
     """Send the draft only to subscribers of `topic` (and those who chose no topic); None: everyone."""
     issue = _draft(session, issue_id)
     if topic is not None and topic not in offered:
-        raise InvalidInput(f"unknown topic {topic!r}: use one of {', '.join(offered)} ([web] topics)")
+        raise InvalidInput(f"unknown topic {topic!r}: use one of {', '.join(offered)} ([web] topics)",
+                           ja=f"テーマ「{topic}」はありません（{'、'.join(offered)} のいずれかです）")
     issue.topic = topic
     session.flush()
     return issue

@@ -25,7 +25,17 @@ from mailmag.content import items as items_mod
 from mailmag.content import markup, render, transitions
 from mailmag.delivery import outbox
 from mailmag.errors import ConfigError, Fix, InvalidInput, MailmagError, NotFound, StateError
-from mailmag.models import ITEM_KINDS, Issue, IssueItem, Item, JobRun, Rendering, timed_send_job_id, utcnow
+from mailmag.models import (
+    ITEM_KINDS,
+    STATUS_JA,
+    Issue,
+    IssueItem,
+    Item,
+    JobRun,
+    Rendering,
+    timed_send_job_id,
+    utcnow,
+)
 
 RENDERABLE = transitions.SENDABLE  # a draft or scheduled issue can be rendered again, and sent
 FORMATS = ("html", "text")
@@ -57,7 +67,8 @@ def get(session: Session, issue_id: int) -> Issue:
     """An issue by its id (what every `issues` command takes; the 第N号 comes at send time)."""
     issue = session.get(Issue, issue_id)
     if issue is None:
-        raise NotFound(f"no issue with the id {issue_id}", fixes=[Fix("list_issues")])
+        raise NotFound(f"no issue with the id {issue_id}", fixes=[Fix("list_issues")],
+                       ja=f"号（ID {issue_id}）はありません")
     return issue
 
 
@@ -76,6 +87,11 @@ def label(issue: Issue) -> str:
     return f"issue {issue.id}" + (f" (第{issue.number}号)" if issue.number is not None else "")
 
 
+def label_ja(issue: Issue) -> str:
+    """`label` in Japanese sentences: '第2号（ID 3）', or '号（ID 3）' before it has a number."""
+    return (f"第{issue.number}号" if issue.number is not None else "号") + f"（ID {issue.id}）"
+
+
 def compose(session: Session, config: Config, *, title: str | None = None,
             item_ids: Sequence[int] = (), topic: str | None = None,
             today: dt.date | None = None) -> Composed:
@@ -92,7 +108,8 @@ def compose(session: Session, config: Config, *, title: str | None = None,
     number = next_number(session)
     custom = text_ja.normalize_line(title) if title is not None else None
     if custom is not None and not custom:
-        raise InvalidInput("the title is empty: give a title, or none for the usual one")
+        raise InvalidInput("the title is empty: give a title, or none for the usual one",
+                           ja="タイトルが空です。タイトルを入力するか、いつものタイトルにしてください")
     editions = _render(config, render.IssueSpec(number, custom, today, ordered))
     now = utcnow()
     issue = Issue(number=None, rendered_number=number, title=editions[0].title, topic=topic,
@@ -109,7 +126,8 @@ def rerender(session: Session, config: Config, issue_id: int, *, today: dt.date 
     today = today or clock.today(config.zone)
     issue = get(session, issue_id)
     if issue.status not in RENDERABLE:
-        raise StateError(f"{label(issue)} is {issue.status}: only a draft or scheduled issue can be rendered")
+        raise StateError(f"{label(issue)} is {issue.status}: only a draft or scheduled issue can be rendered",
+                         ja=f"{label_ja(issue)}は{STATUS_JA[issue.status]}です。作り直せるのは下書きか送信予約済みの号だけです")
     render.check_real_sender(config)
     editions = _render_again(session, config, issue, next_number(session), today)
     ordered = [entry.item for entry in issue.entries]
@@ -146,7 +164,8 @@ def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
             lang: str | None = None) -> str:
     """The stored rendering with a sample recipient's values in the placeholders."""
     if fmt not in FORMATS:
-        raise InvalidInput(f"unknown preview format {fmt!r}: use html or text")
+        raise InvalidInput(f"unknown preview format {fmt!r}: use html or text",
+                           ja=f"プレビューの形式「{fmt}」はありません（html か text です）")
     issue = get(session, issue_id)
     renderings = {r.lang: r for r in issue.renderings}
     wanted = lang or (config.mailmag.language if config.mailmag.language in renderings else "ja")
@@ -154,7 +173,9 @@ def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
     if rendering is None:
         raise NotFound(
             f"issue {issue_id} has no {wanted} edition; add templates/issue.{wanted}.html.j2 and "
-            f"issue.{wanted}.txt.j2", fixes=[Fix("render_issue", issue_id)]
+            f"issue.{wanted}.txt.j2", fixes=[Fix("render_issue", issue_id)],
+            ja=f"号（ID {issue_id}）には「{wanted}」の版がありません"
+               f"（templates/issue.{wanted}.html.j2 と issue.{wanted}.txt.j2 を追加してください）",
         )
     values = placeholders.sample_values(config.mailmag.base_url)
     if fmt == "html":
@@ -180,10 +201,12 @@ def delete(session: Session, issue_id: int) -> Issue:
     """`issues delete`: a draft goes, with its renderings; its items stay approved for the next issue."""
     issue = get(session, issue_id)
     if issue.status == "scheduled":
-        raise StateError(f"{label(issue)} is scheduled", fixes=[Fix("unschedule_issue", issue_id)])
+        raise StateError(f"{label(issue)} is scheduled", fixes=[Fix("unschedule_issue", issue_id)],
+                         ja=f"{label_ja(issue)}は送信予約済みです")
     if issue.status != "draft":
         raise StateError(f"{label(issue)} is {issue.status}: only a draft can be deleted; sent and "
-                         "cancelled issues stay on record")
+                         "cancelled issues stay on record",
+                         ja=f"{label_ja(issue)}は{STATUS_JA[issue.status]}です。削除できるのは下書きだけです（送信済み・取り消し済みの号は記録に残ります）")
     # SQLite may give the next issue this id again: it must not inherit a timed send's history.
     session.execute(sa_delete(JobRun).where(JobRun.job_id == timed_send_job_id(issue.id)))
     session.delete(issue)
@@ -201,6 +224,10 @@ def _named(items: list[Item]) -> str:
     return "items " + ", ".join(f"{item.id} 「{item.title}」" for item in items)
 
 
+def _named_ja(items: list[Item]) -> str:
+    return "記事 " + "、".join(f"{item.id}「{item.title}」" for item in items)
+
+
 def _not_approved(items: list[Item]) -> str:
     statuses = sorted({item.status for item in items})
     edited = " (edited since it was approved?)" if "submitted" in statuses else ""
@@ -208,23 +235,33 @@ def _not_approved(items: list[Item]) -> str:
     return f"{_named(items)} {verb} {' or '.join(statuses)}, not approved{edited}"
 
 
+def _not_approved_ja(items: list[Item]) -> str:
+    statuses = "・".join(STATUS_JA[s] for s in sorted({item.status for item in items}))
+    edited = "（承認の後に編集されましたか）" if any(item.status == "submitted" for item in items) else ""
+    return f"{_named_ja(items)} は承認されていません（{statuses}）{edited}"
+
+
 def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False) -> int:
     """The gates before subscribers see anything; returns the audience. Each refusal names the fix."""
     if issue.status not in RENDERABLE:
-        raise StateError(f"{label(issue)} is {issue.status}; only a draft or scheduled issue can be sent")
+        raise StateError(f"{label(issue)} is {issue.status}; only a draft or scheduled issue can be sent",
+                         ja=f"{label_ja(issue)}は{STATUS_JA[issue.status]}です。送信できるのは下書きか送信予約済みの号だけです")
     if not issue.renderings:
-        raise StateError(f"{label(issue)} is not rendered", fixes=[Fix("render_issue", issue.id)])
+        raise StateError(f"{label(issue)} is not rendered", fixes=[Fix("render_issue", issue.id)],
+                         ja=f"{label_ja(issue)}はまだ作られていません")
     unapproved = [entry.item for entry in issue.entries if entry.item.status not in ("approved", "published")]
     if unapproved:
         approve = Fix("approve_item", unapproved[0].id) if len(unapproved) == 1 else \
             Fix("approve_these", " ".join(str(item.id) for item in unapproved))
         raise StateError(f"{_not_approved(unapproved)}; nothing was sent",
-                         fixes=[Fix("review_item", unapproved[0].id), approve, Fix("render_issue", issue.id)])
+                         fixes=[Fix("review_item", unapproved[0].id), approve, Fix("render_issue", issue.id)],
+                         ja=f"{_not_approved_ja(unapproved)}。何も送信していません")
     changed = changed_since_rendering(issue)
     if changed:
         raise StateError(
             f"{_named(changed)} changed after {label(issue)} was rendered; nothing was sent",
             fixes=[Fix("render_issue", issue.id), Fix("preview_issue", issue.id)],
+            ja=f"{_named_ja(changed)} は{label_ja(issue)}を作った後に変更されています。何も送信していません",
         )
     render.check_real_sender(config)
     reached = audience(session, issue)
@@ -233,6 +270,8 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
             f"no active subscriber matches {label(issue)} "
             f"({topics.describe(issue.topic, config.topics)}); nothing was sent",
             fixes=[Fix("add_subscribers")],
+            ja=f"{label_ja(issue)}を受け取る読者がいません"
+               f"（{topics.describe_ja(issue.topic, config.topics)}）。何も送信していません",
         )
     return reached
 
@@ -253,8 +292,11 @@ def stale_warning(issue: Issue) -> MailmagError | None:
     if not changed:
         return None
     which = ", ".join(f"{item.id} 「{item.title}」" for item in changed)
+    which_ja = "、".join(f"{item.id}「{item.title}」" for item in changed)
     return StateError(f"warning: item {which} changed after {label(issue)} was rendered; this shows the "
-                      "old text", fixes=[Fix("render_issue", issue.id)])
+                      "old text", fixes=[Fix("render_issue", issue.id)],
+                      ja=f"注意：記事 {which_ja} は{label_ja(issue)}を作った後に変更されています。"
+                         "ここに表示しているのは古い内容です")
 
 
 def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False,
@@ -289,7 +331,9 @@ def _take_number(session: Session, issue: Issue) -> int:
     # Chained to the collision: an automatic firing (scheduling.jobs) sees it lost a race and
     # tries again later instead of recording a failure for the operator.
     raise StateError(f"{label(issue)}: other issues kept taking the next number; "
-                     "run the command again") from lost
+                     "run the command again",
+                     ja=f"{label_ja(issue)}：ほかの号が続けて次の号数を使いました。"
+                        "もう一度お試しください") from lost
 
 
 def cancel(session: Session, issue_id: int) -> Cancelled:
@@ -304,7 +348,8 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
         return Cancelled(issue, unscheduled=True)
     if issue.status == "draft":
         raise StateError(f"{label(issue)} is a draft: nothing is being sent",
-                         fixes=[Fix("delete_issue", issue_id)])
+                         fixes=[Fix("delete_issue", issue_id)],
+                         ja=f"{label_ja(issue)}は下書きです。送信中のものはありません")
     in_flight = outbox.counts(session, issue.id).sending
     not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
@@ -344,13 +389,15 @@ def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item]
         ))
         if not chosen:
             raise InvalidInput("there are no approved items that are not already in an issue",
-                               fixes=[Fix("approve_items")])
+                               fixes=[Fix("approve_items")],
+                               ja="まだ号に入っていない承認済みの記事がありません")
         return chosen, []
     chosen = [items_mod.get(session, item_id) for item_id in dict.fromkeys(item_ids)]
     for item in chosen:
         if item.status not in ("approved", "published"):
             raise StateError(f"item {item.id} is {item.status}; no issue was made",
-                             fixes=[Fix("approve_item", item.id)])
+                             fixes=[Fix("approve_item", item.id)],
+                             ja=f"記事（ID {item.id}）は{STATUS_JA[item.status]}です。号は作っていません")
     return chosen, _already_in_issues(session, chosen)
 
 

@@ -30,6 +30,12 @@ _KIND_ALIASES = {
     "トピックス": "news", "topics": "news", "イベント": "event", "出展募集": "exhibitors",
 }
 
+# Model attribute → its name in Japanese sentences (as the submission form labels it).
+FIELD_LABELS = {
+    "title": "タイトル", "body": "本文", "date": "日付", "end_date": "終了日", "time_text": "時間",
+    "venue": "会場", "url": "URL", "deadline": "締切日", "fee": "参加費", "event_name": "出展先のイベント名",
+    "how_to_apply": "申込方法",
+}
 # Model attribute → the name people type (CLI option without --, front-matter key).
 FIELD_NAMES = {
     "title": "title", "body": "body", "date": "date", "end_date": "end_date", "time_text": "time",
@@ -69,7 +75,8 @@ def parse_kind(raw: str) -> str:
     value = (raw or "").strip()
     kind = _KIND_ALIASES.get(value, value.lower())
     if kind not in ITEM_KINDS:
-        raise InvalidInput(f"unknown kind {raw!r}: use meeting, event, exhibitors or news")
+        raise InvalidInput(f"unknown kind {raw!r}: use meeting, event, exhibitors or news",
+                           ja=f"種類「{raw}」はありません。会議報告・イベント案内・出展者募集・お知らせのいずれかです")
     return kind
 
 
@@ -87,13 +94,18 @@ def _names(attrs: Iterable[str]) -> str:
     return ", ".join(FIELD_NAMES[a] for a in attrs)
 
 
+def _labels(attrs: Iterable[str]) -> str:
+    return "、".join(FIELD_LABELS[a] for a in attrs)
+
+
 def _resolve(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Typed names and aliases → model attributes; None means not given."""
     resolved: dict[str, Any] = {}
     for key, value in fields.items():
         attr = _ALIASES.get(key)
         if attr is None:
-            raise InvalidInput(f"unknown field {key!r}; the fields are: {', '.join(FIELD_NAMES.values())}")
+            raise InvalidInput(f"unknown field {key!r}; the fields are: {', '.join(FIELD_NAMES.values())}",
+                               ja=f"項目「{key}」はありません。項目は {_labels(FIELD_NAMES)} です")
         if value is not None:
             resolved[attr] = value
     return resolved
@@ -105,17 +117,20 @@ def _is_empty(value: Any) -> bool:
 
 def _text(attr: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InvalidInput(f"{FIELD_NAMES[attr]} must be text, not {type(value).__name__}")
+        raise InvalidInput(f"{FIELD_NAMES[attr]} must be text, not {type(value).__name__}",
+                           ja=f"{FIELD_LABELS[attr]}は文字で入力してください")
     return str(value)
 
 
 def _one_line(attr: str, raw: Any) -> str:
     raw = _text(attr, raw)
     if attr == "title" and any(mark in raw for mark in _LINE_BREAKS):
-        raise InvalidInput("the title must be one line (it becomes the mail subject)")
+        raise InvalidInput("the title must be one line (it becomes the mail subject)",
+                           ja="タイトルは1行で入力してください（メールの件名になります）")
     value = text_ja.normalize_line(raw)
     if len(value) > _ONE_LINE_LIMITS[attr]:
-        raise InvalidInput(f"{FIELD_NAMES[attr]} is longer than {_ONE_LINE_LIMITS[attr]} characters")
+        raise InvalidInput(f"{FIELD_NAMES[attr]} is longer than {_ONE_LINE_LIMITS[attr]} characters",
+                           ja=f"{FIELD_LABELS[attr]}が長すぎます（{_ONE_LINE_LIMITS[attr]}文字まで）")
     return value
 
 
@@ -125,7 +140,9 @@ def _block(attr: str, raw: Any, limit_kb: int) -> str:
     if size > limit_kb * 1024:
         raise InvalidInput(
             f"{FIELD_NAMES[attr]} is {size / 1024:,.0f} KB; an item may hold at most {limit_kb} KB "
-            "([compose] item_size_limit_kb): shorten it, or link to the full text"
+            "([compose] item_size_limit_kb): shorten it, or link to the full text",
+            ja=f"{FIELD_LABELS[attr]}が {size / 1024:,.0f} KB あります。記事1件は {limit_kb} KB までです。"
+               "短くするか、全文を載せたページへのリンクにしてください",
         )
     lines = text_ja.normalize(text).split("\n")
     return "\n".join(line.rstrip() for line in lines).strip("\n")
@@ -136,19 +153,22 @@ def parse_url(raw: Any) -> str:
     value = text_ja.normalize_line(_text("url", raw))
     parts = urlsplit(value)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
-        raise InvalidInput(f"url {value!r} is not an http:// or https:// address")
+        raise InvalidInput(f"url {value!r} is not an http:// or https:// address",
+                           ja=f"URL「{value}」は http:// または https:// で始まるアドレスではありません")
     if len(value) > 2000:
-        raise InvalidInput("url is longer than 2000 characters")
+        raise InvalidInput("url is longer than 2000 characters", ja="URLが長すぎます（2000文字まで）")
     return value
 
 
 def _date(attr: str, raw: Any, today: dt.date | None) -> dt.date:
     if not isinstance(raw, str | dt.date):
-        raise InvalidInput(f"{FIELD_NAMES[attr]} must be a date, not {type(raw).__name__}")
+        raise InvalidInput(f"{FIELD_NAMES[attr]} must be a date, not {type(raw).__name__}",
+                           ja=f"{FIELD_LABELS[attr]}は日付で入力してください")
     try:
         return dates.parse_date(raw, today)
     except InvalidInput as exc:
-        raise InvalidInput(f"{FIELD_NAMES[attr]}: {exc}") from None
+        raise InvalidInput(f"{FIELD_NAMES[attr]}: {exc}",
+                           ja=f"{FIELD_LABELS[attr]}：{exc.ja or exc.message}") from None
 
 
 def _dates(given: dict[str, Any], today: dt.date | None) -> dict[str, dt.date | None]:
@@ -156,26 +176,31 @@ def _dates(given: dict[str, Any], today: dt.date | None) -> dict[str, dt.date | 
     out: dict[str, dt.date | None] = {}
     if "date" in given and isinstance(given["date"], str) and dates.is_range(given["date"]):
         if "end_date" in given:
-            raise InvalidInput("date is a range and end_date is given too: give the end only once")
+            raise InvalidInput("date is a range and end_date is given too: give the end only once",
+                               ja="日付が期間（〜）で、終了日も入力されています。終わりの日はどちらか一方に入力してください")
         try:
             out["date"], out["end_date"] = dates.parse_range(given["date"], today)
         except InvalidInput as exc:
-            raise InvalidInput(f"date: {exc}") from None
+            raise InvalidInput(f"date: {exc}", ja=f"日付：{exc.ja or exc.message}") from None
     for attr in _DATES:
         if attr in given and attr not in out:
             out[attr] = _date(attr, given[attr], today)
     start, end = out.get("date"), out.get("end_date")
     if end is not None and start is not None and end < start:
-        raise InvalidInput(f"end_date {end.isoformat()} is before date {start.isoformat()}")
+        raise InvalidInput(f"end_date {end.isoformat()} is before date {start.isoformat()}",
+                           ja=f"終了日（{end.isoformat()}）が日付（{start.isoformat()}）より前です")
     if end is not None and start is None:
-        raise InvalidInput("end_date is given without date")
+        raise InvalidInput("end_date is given without date", ja="終了日だけが入力されています。"
+                           "日付も入力してください")
     return out
 
 
 def _require(kind: str, missing: list[str]) -> None:
     if missing:
         raise InvalidInput(
-            f"missing {_names(missing)}: {kind} items ({KIND_LABELS[kind]}) need {_names(_REQUIRED[kind])}"
+            f"missing {_names(missing)}: {kind} items ({KIND_LABELS[kind]}) need {_names(_REQUIRED[kind])}",
+            ja=f"{_labels(missing)}を入力してください"
+               f"（{KIND_LABELS[kind]}には {_labels(_REQUIRED[kind])} が必要です）",
         )
 
 
@@ -188,7 +213,8 @@ def clean(kind: str, fields: Mapping[str, Any], today: dt.date | None = None, *,
     if stray:
         raise InvalidInput(
             f"{_names(stray)} does not apply to {kind} items ({KIND_LABELS[kind]}); "
-            f"they take: {_names(allowed_fields(kind))}"
+            f"they take: {_names(allowed_fields(kind))}",
+            ja=f"{_labels(stray)}は{KIND_LABELS[kind]}では使えません（使える項目：{_labels(allowed_fields(kind))}）",
         )
     _require(kind, [a for a in _REQUIRED[kind] if a not in given])
     values: dict[str, Any] = {attr: "" for attr in FIELD_NAMES}
@@ -229,20 +255,27 @@ def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, 
                                .where(*web, Item.created_at > now - dt.timedelta(hours=1))) or 0
     if last_hour >= per_hour:
         raise LimitExceeded(f"this link has sent {last_hour} items in the last hour (at most {per_hour}): "
-                            "please try again later or ask the secretariat")
+                            "please try again later or ask the secretariat",
+                            ja=f"このリンクからの投稿は1時間に {per_hour} 件までです"
+                               f"（直近1時間に {last_hour} 件）。"
+                               "しばらくしてからもう一度お試しいただくか、事務局にご連絡ください")
     columns = [getattr(Item, attr) for attr in FIELD_NAMES if attr not in _DATES]
     today = session.execute(select(*columns).where(*web, Item.created_at > now - dt.timedelta(days=1)))
     used = sum(len((value or "").encode()) for row in today for value in row)
     size = sum(len(str(value).encode()) for value in fields.values())
     if used + size > bytes_per_day:
         raise LimitExceeded(f"this link may send {bytes_per_day} bytes of text a day and has {used} sent: "
-                            "please shorten the text, try again tomorrow or ask the secretariat")
+                            "please shorten the text, try again tomorrow or ask the secretariat",
+                            ja=f"このリンクから送れる文字量は1日 {bytes_per_day} バイトまでで、"
+                               f"今日はすでに {used} "
+                               "バイト送られています。文章を短くするか、明日もう一度お試しいただくか、事務局にご連絡ください")
 
 
 def get(session: Session, item_id: int) -> Item:
     item = session.get(Item, item_id)
     if item is None:
-        raise NotFound(f"no item with the id {item_id}", fixes=[Fix("list_items")])
+        raise NotFound(f"no item with the id {item_id}", fixes=[Fix("list_items")],
+                       ja=f"記事（ID {item_id}）はありません")
     return item
 
 
@@ -252,7 +285,8 @@ def listing(session: Session, status: str | None = None, org: str | None = None,
     query = select(Item).order_by(Item.id)
     if status is not None:
         if status not in ITEM_STATUSES:
-            raise InvalidInput(f"unknown status {status!r}: use {', '.join(ITEM_STATUSES)}")
+            raise InvalidInput(f"unknown status {status!r}: use {', '.join(ITEM_STATUSES)}",
+                               ja=f"状態「{status}」はありません（{'、'.join(ITEM_STATUSES)}のいずれかです）")
         query = query.where(Item.status == status)
     if org is not None:
         query = query.where(Item.org_id == orgs.get(session, org).id)
@@ -269,7 +303,8 @@ def update(session: Session, item: Item, fields: Mapping[str, Any], today: dt.da
            limit_kb: int = ITEM_SIZE_LIMIT_KB) -> Item:
     """Change fields ('' clears one); an approved or rejected item goes back to submitted."""
     if item.status == "published":
-        raise StateError(f"item {item.id} was published in an issue and can no longer be edited")
+        raise StateError(f"item {item.id} was published in an issue and can no longer be edited",
+                         ja=f"記事（ID {item.id}）は号に掲載済みのため、もう編集できません")
     new = _resolve(fields)
     merged = {**_stored(item), **new}
     if isinstance(new.get("date"), str) and dates.is_range(new["date"]) and "end_date" not in new:
@@ -288,7 +323,8 @@ def _fetch_all(session: Session, ids: Sequence[int]) -> list[Item]:
     missing = [str(i) for i, item in zip(dict.fromkeys(ids), found, strict=True) if item is None]
     if missing:
         raise NotFound(f"no item with the id {', '.join(missing)}; nothing changed",
-                       fixes=[Fix("list_items")])
+                       fixes=[Fix("list_items")], ja=f"記事（ID {'、'.join(missing)}）はありません。"
+                                  "何も変更していません")
     return [item for item in found if item is not None]
 
 
@@ -297,7 +333,8 @@ def approve(session: Session, ids: Sequence[int]) -> list[Item]:
     items = _fetch_all(session, ids)
     published = [str(i.id) for i in items if i.status == "published"]
     if published:
-        raise StateError(f"item {', '.join(published)} is already published; nothing changed")
+        raise StateError(f"item {', '.join(published)} is already published; nothing changed",
+                         ja=f"記事（ID {'、'.join(published)}）はすでに掲載済みです。何も変更していません")
     for item in items:
         item.status, item.reject_reason = "approved", ""
     session.flush()
@@ -308,10 +345,12 @@ def reject(session: Session, item_id: int, reason: str) -> Item:
     """Reject an item with a reason the submitting org will read."""
     reason = text_ja.normalize(reason or "").strip()
     if not reason:
-        raise InvalidInput("give a reason for the rejection: the org sees it")
+        raise InvalidInput("give a reason for the rejection: the org sees it",
+                           ja="差し戻しの理由を入力してください（投稿した団体に伝わります）")
     item = get(session, item_id)
     if item.status == "published":
-        raise StateError(f"item {item.id} is already published and cannot be rejected")
+        raise StateError(f"item {item.id} is already published and cannot be rejected",
+                         ja=f"記事（ID {item.id}）はすでに掲載済みのため、差し戻せません")
     item.status, item.reject_reason = "rejected", reason
     session.flush()
     return item
@@ -321,7 +360,9 @@ def mark_published(session: Session, items: Iterable[Item]) -> None:
     """Called when an issue holding these items is sent."""
     for item in items:
         if item.status not in ("approved", "published"):
-            raise StateError(f"item {item.id} is {item.status}, not approved: it cannot be published")
+            raise StateError(f"item {item.id} is {item.status}, not approved: it cannot be published",
+                             ja=f"記事（ID {item.id}）は承認されていない（状態：{item.status}）ため、"
+                                "掲載できません")
         item.status = "published"
     session.flush()
 
@@ -330,7 +371,9 @@ def unpublish(item: Item) -> None:
     """A published item whose issue was cancelled before it reached anyone is approved again,
     for the next issue (content.issues.cancel decides that no other issue went out with it)."""
     if item.status != "published":
-        raise StateError(f"item {item.id} is {item.status}, not published: it cannot be unpublished")
+        raise StateError(f"item {item.id} is {item.status}, not published: it cannot be unpublished",
+                         ja=f"記事（ID {item.id}）は掲載済みではない（状態：{item.status}）ため、"
+                            "掲載を取り消せません")
     item.status = "approved"
 
 
@@ -342,7 +385,8 @@ def read_text(path: str | Path) -> str:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}",
+                           ja=f"{path} を読めません：{exc.strerror or exc}") from None
     for encoding in ("utf-8-sig", "cp932"):
         try:
             text = raw.decode(encoding)
@@ -350,7 +394,8 @@ def read_text(path: str | Path) -> str:
             continue
         if "\x00" not in text:
             return text
-    raise InvalidInput(f"cannot read {path}: it is not UTF-8 or Shift_JIS text")
+    raise InvalidInput(f"cannot read {path}: it is not UTF-8 or Shift_JIS text",
+                       ja=f"{path} を読めません：UTF-8 でも Shift_JIS でもありません")
 
 
 def _split_front_matter(path: str | Path, text: str) -> tuple[str, str]:
@@ -358,11 +403,13 @@ def _split_front_matter(path: str | Path, text: str) -> tuple[str, str]:
     start = next((i for i, line in enumerate(lines) if line.strip()), None)
     if start is None or lines[start].strip() != "+++":
         found = "YAML (---)" if start is not None and lines[start].strip() == "---" else "no front matter"
-        raise InvalidInput(f"{path}: expected TOML front matter between +++ lines at the top, found {found}")
+        raise InvalidInput(f"{path}: expected TOML front matter between +++ lines at the top, found {found}",
+                           ja=f"{path}：先頭に +++ の行で挟んだ TOML の前書きがありません（{found}）")
     for end in range(start + 1, len(lines)):
         if lines[end].strip() == "+++":
             return "\n".join(lines[start + 1:end]), "\n".join(lines[end + 1:])
-    raise InvalidInput(f"{path}: the front matter has no closing +++ line")
+    raise InvalidInput(f"{path}: the front matter has no closing +++ line",
+                       ja=f"{path}：前書きを閉じる +++ の行がありません")
 
 
 def _from_toml(value: Any) -> Any:
@@ -380,9 +427,11 @@ def parse_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(front)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: the front matter is not valid TOML ({exc})") from None
+        raise InvalidInput(f"{path}: the front matter is not valid TOML ({exc})",
+                           ja=f"{path}：前書きが TOML として読めません（{exc}）") from None
     if "body" in data:
-        raise InvalidInput(f"{path}: write the body below the closing +++, not as a body key")
+        raise InvalidInput(f"{path}: write the body below the closing +++, not as a body key",
+                           ja=f"{path}：本文は body の項目ではなく、閉じる +++ の行の下に書いてください")
     fields = {key: _from_toml(value) for key, value in data.items()}
     if isinstance(data.get("date"), dt.datetime) and "time" not in data:
         fields["time"] = data["date"].strftime("%H:%M")
@@ -395,7 +444,9 @@ def _prepare(session: Session, path: str | Path, today: dt.date | None,
     fields = parse_file(path)
     org_code, kind = fields.pop("org", None), fields.pop("kind", None)
     if not isinstance(org_code, str) or not isinstance(kind, str):
-        raise InvalidInput(f"{path}: the front matter needs org = \"CODE\" and kind = \"meeting|event|…\"")
+        raise InvalidInput(f"{path}: the front matter needs org = \"CODE\" and kind = \"meeting|event|…\"",
+                           ja=f"{path}：前書きに org = \"団体コード\" と "
+                              'kind = "meeting|event|…" が必要です')
     kind = parse_kind(kind)
     return orgs.get(session, org_code), kind, clean(kind, fields, today, limit_kb=limit_kb)
 
@@ -421,7 +472,7 @@ def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | No
             prepared.append((str(path), *_prepare(session, path, today, limit_kb)))
         except MailmagError as exc:
             message = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}"
-            raise type(exc)(message) from None
+            raise type(exc)(message, ja=f"{path}：{exc.ja}" if exc.ja else "") from None
     added: list[Item] = []
     already: list[tuple[str, Item]] = []
     for path, org, kind, values in prepared:

@@ -22,7 +22,8 @@ def parse_code(raw: str) -> str:
     code = (raw or "").strip().lower()
     if not _CODE.fullmatch(code):
         raise InvalidInput(
-            f"invalid org code {raw!r}: use up to 32 ASCII letters, digits and hyphens, e.g. hiroshima-u"
+            f"invalid org code {raw!r}: use up to 32 ASCII letters, digits and hyphens, e.g. hiroshima-u",
+            ja=f"団体コード「{raw}」は使えません。半角英数字とハイフンで32文字まで（例：hiroshima-u）にしてください",
         )
     return code
 
@@ -30,7 +31,8 @@ def parse_code(raw: str) -> str:
 def _one_line(label: str, raw: str, limit: int) -> str:
     value = text_ja.normalize_line(raw or "")
     if len(value) > limit:
-        raise InvalidInput(f"the org's {label} is longer than {limit} characters")
+        raise InvalidInput(f"the org's {label} is longer than {limit} characters",
+                           ja=f"団体の{'名称' if label == 'name' else '略称'}が長すぎます（{limit}文字まで）")
     return value
 
 
@@ -39,11 +41,13 @@ def add(session: Session, code: str, name: str, short_name: str = "", contact: s
     code = parse_code(code)
     name = _one_line("name", name, 200)
     if not name:
-        raise InvalidInput("the org's name is empty: give its name, e.g. 広島大学")
+        raise InvalidInput("the org's name is empty: give its name, e.g. 広島大学",
+                           ja="団体の名称が空です。名称を入力してください（例：広島大学）")
     short_name = _one_line("short name", short_name, 100)
     contact = parse_address(contact).email if contact and contact.strip() else ""
     if session.scalar(select(Org.id).where(Org.code == code)) is not None:
-        raise InvalidInput(f"the org code {code} is already taken; choose another or use the existing org")
+        raise InvalidInput(f"the org code {code} is already taken; choose another or use the existing org",
+                           ja=f"団体コード「{code}」はすでに使われています。別のコードにするか、登録済みの団体を使ってください")
     org = Org(code=code, name=name, short_name=short_name, contact=contact)
     session.add(org)
     session.flush()
@@ -57,8 +61,10 @@ def get(session: Session, code: str) -> Org:
     if org is None:
         known = session.scalars(select(Org.code).order_by(Org.code)).all()
         if not known:
-            raise NotFound(f"no org with the code {code!r}; no org is registered yet", fixes=[Fix("add_org")])
-        raise NotFound(f"no org with the code {code!r}; known codes: {', '.join(known)}")
+            raise NotFound(f"no org with the code {code!r}; no org is registered yet", fixes=[Fix("add_org")],
+                           ja=f"団体コード「{code}」の団体はありません（団体はまだ登録されていません）")
+        raise NotFound(f"no org with the code {code!r}; known codes: {', '.join(known)}",
+                       ja=f"団体コード「{code}」の団体はありません（登録済み：{'、'.join(known)}）")
     return org
 
 
@@ -89,11 +95,11 @@ def from_submission_token(session: Session, secret: str, token: str) -> Org:
     try:
         org_id, version = tokens.read_submit(secret, token)
     except TokenError:
-        raise NotFound("this submission link is not valid") from None
+        raise NotFound("this submission link is not valid", ja="この投稿用リンクは正しくありません") from None
     org = session.get(Org, org_id)
     if org is None or version != org.token_version:
         # A rotated link says the same as a forged one: nothing about the org leaks.
-        raise NotFound("this submission link is not valid")
+        raise NotFound("this submission link is not valid", ja="この投稿用リンクは正しくありません")
     return org
 
 
@@ -102,15 +108,18 @@ def add_file(session: Session, path: str | Path) -> list[Org]:
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidInput(f"cannot read the org list {path}: {exc}") from exc
+        raise InvalidInput(f"cannot read the org list {path}: {exc}",
+                           ja=f"団体の一覧 {path} を読めません：{exc}") from exc
     entries = document.get("orgs")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InvalidInput(f"{path}: expected [[orgs]] tables with code, name, short_name, contact")
+        raise InvalidInput(f"{path}: expected [[orgs]] tables with code, name, short_name, contact",
+                           ja=f"{path}：code・name・short_name・contact を持つ [[orgs]] の表がありません")
     added = []
     for entry in entries:
         unknown = set(entry) - {"code", "name", "short_name", "contact"}
         if unknown:
-            raise InvalidInput(f"{path}: unknown key {sorted(unknown)[0]!r} in [[orgs]]")
+            raise InvalidInput(f"{path}: unknown key {sorted(unknown)[0]!r} in [[orgs]]",
+                               ja=f"{path}：[[orgs]] の「{sorted(unknown)[0]}」は使えない項目です")
         added.append(add(session, str(entry.get("code", "")), str(entry.get("name", "")),
                          str(entry.get("short_name", "")), str(entry.get("contact", ""))))
     return added

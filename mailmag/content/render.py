@@ -254,6 +254,7 @@ _SENDER_FIELDS = {
     "postal_address": "the sender's postal address",
     "contact": "a contact for enquiries",
 }
+_SENDER_FIELDS_JA = {"name": "送信者の名称", "postal_address": "送信者の住所", "contact": "問い合わせ先"}
 
 
 def check_sender(config: Config) -> None:
@@ -262,7 +263,9 @@ def check_sender(config: Config) -> None:
         if not getattr(config.sender, key).strip():
             raise ComplianceError(
                 f"[sender] {key} is empty: set {what} in the configuration "
-                "(特定電子メール法 requires it in every issue)"
+                "(特定電子メール法 requires it in every issue)",
+                ja=f"設定の [sender] {key}（{_SENDER_FIELDS_JA[key]}）が空です"
+                   "（特定電子メール法により各号に必要です）",
             )
 
 
@@ -274,22 +277,29 @@ def check_real_sender(config: Config) -> None:
         verb = "holds the example value" if len(keys) == 1 else "hold the example values"
         raise ComplianceError(
             f"[sender] {named} still {verb} of config.example.toml: set the "
-            "secretariat's own in mailmag.toml (特定電子メール法 requires the real sender in every issue)"
+            "secretariat's own in mailmag.toml (特定電子メール法 requires the real sender in every issue)",
+            ja=f"設定の [sender] {named} が config.example.toml の例のままです。"
+               "mailmag.toml に事務局の実際の値を設定してください（特定電子メール法により、"
+               "各号に実際の送信者を表示する必要があります）",
         )
 
 
 def check_compliance(config: Config, template: str, shown: str, source: str) -> None:
     """Refuse a template whose output lacks the sender data or the unsubscribe link."""
     collapsed = " ".join(shown.split())
-    missing = [what for key, what in _SENDER_FIELDS.items()
-               if " ".join(getattr(config.sender, key).split()) not in collapsed]
+    absent = [key for key in _SENDER_FIELDS if " ".join(getattr(config.sender, key).split()) not in collapsed]
+    missing = [_SENDER_FIELDS[key] for key in absent]
+    missing_ja = [_SENDER_FIELDS_JA[key] for key in absent]
     if placeholders.PLACEHOLDERS["unsubscribe_url"] not in source:
         missing.append("the unsubscribe link (recipient.unsubscribe_url)")
+        missing_ja.append("配信停止のリンク（recipient.unsubscribe_url）")
     if missing:
         listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
         raise ComplianceError(
             f"template {template} does not show {listed}, which 特定電子メール法 requires in every "
-            "issue: add them to its footer"
+            "issue: add them to its footer",
+            ja=f"テンプレート {template} に {'・'.join(missing_ja)} が表示されていません。"
+               "特定電子メール法により各号に必要です。フッターに追加してください",
         )
 
 

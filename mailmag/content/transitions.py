@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from mailmag.delivery import outbox
 from mailmag.errors import Fix, StateError
-from mailmag.models import Issue, utcnow
+from mailmag.models import STATUS_JA, Issue, utcnow
 
 # What the send gates accept (content.issues.check_sendable) and what can be rendered again.
 SENDABLE = ("draft", "scheduled")
@@ -28,14 +28,17 @@ SENDABLE = ("draft", "scheduled")
 def schedule(issue: Issue, when: dt.datetime, now: dt.datetime) -> None:
     """`issues send N --at …`: the issue waits as "scheduled" (a scheduled one is moved)."""
     if when <= now:
-        raise StateError(f"issue {issue.id} cannot be scheduled in the past: give a later time")
+        raise StateError(f"issue {issue.id} cannot be scheduled in the past: give a later time",
+                         ja=f"号（ID {issue.id}）を過去の日時に予約することはできません。"
+                            "これより後の日時を指定してください")
     issue.status, issue.scheduled_at = "scheduled", when
 
 
 def unschedule(issue: Issue) -> None:
     """A scheduled issue becomes a draft again (cancelled, or its firing was missed or failed)."""
     if issue.status != "scheduled":
-        raise StateError(f"issue {issue.id} is {issue.status}, not scheduled")
+        raise StateError(f"issue {issue.id} is {issue.status}, not scheduled",
+                         ja=f"号（ID {issue.id}）は{STATUS_JA[issue.status]}で、送信予約されていません")
     issue.status, issue.scheduled_at = "draft", None
 
 
@@ -43,11 +46,15 @@ def start_sending(session: Session, issue: Issue, domain: str, default_lang: str
     """Freeze the audience and open the issue for workers; returns the messages queued
     (content.issues.start_sending checks the gates, gives the number and publishes the items first)."""
     if issue.status not in SENDABLE:
-        raise StateError(f"issue {issue.id} is {issue.status}; only a draft or scheduled issue can be sent")
+        raise StateError(f"issue {issue.id} is {issue.status}; only a draft or scheduled issue can be sent",
+                         ja=f"号（ID {issue.id}）は{STATUS_JA[issue.status]}です。"
+                            "送信できるのは下書きか送信予約済みの号だけです")
     if issue.number is None:
-        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)])
+        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)],
+                         ja=f"号（ID {issue.id}）にはまだ号数がありません")
     if not issue.renderings:
-        raise StateError(f"issue {issue.id} is not rendered", fixes=[Fix("render_issue", issue.id)])
+        raise StateError(f"issue {issue.id} is not rendered", fixes=[Fix("render_issue", issue.id)],
+                         ja=f"号（ID {issue.id}）はまだ作られていません")
     added = outbox.enqueue(session, issue, domain, default_lang)
     issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
     return added
@@ -59,7 +66,8 @@ def cancel_issue(session: Session, issue: Issue) -> int:
     Returns the rows cancelled. A message already on the wire still goes (outbox.cancel_rows).
     """
     if issue.status in ("sent", "cancelled"):
-        raise StateError(f"issue {issue.id} is already {issue.status}")
+        raise StateError(f"issue {issue.id} is already {issue.status}",
+                         ja=f"号（ID {issue.id}）はすでに{STATUS_JA[issue.status]}です")
     issue.status = "cancelled"
     return outbox.cancel_rows(session, issue.id)
 
@@ -94,7 +102,9 @@ def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
     a cancelled issue put back in the queue would wait there forever."""
     if issue.status not in ("sending", "sent"):
         raise StateError(f"issue {issue.id} is {issue.status}: only the dead messages of an issue being sent "
-                         "or sent can be queued again")
+                         "or sent can be queued again",
+                         ja=f"号（ID {issue.id}）は{STATUS_JA[issue.status]}です。"
+                            "届けられなかったメールを送り直せるのは、送信中か送信済みの号だけです")
     requeued = outbox.requeue_dead(session, issue.id, now)
     if requeued and issue.status == "sent":
         issue.status = "sending"

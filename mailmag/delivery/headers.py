@@ -135,5 +135,7 @@ def _word(chunk: str) -> str:
     try:
         data = chunk.encode()
     except UnicodeEncodeError as exc:
-        raise InvalidInput("a header value holds a broken character (a lone surrogate); retype it") from exc
+        raise InvalidInput("a header value holds a broken character (a lone surrogate); retype it",
+                           ja="ヘッダーの値に壊れた文字（対になっていないサロゲート）が含まれています。"
+                              "入力し直してください") from exc
     return "=?UTF-8?B?" + binascii.b2a_base64(data, newline=False).decode() + "?="

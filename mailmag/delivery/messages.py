@@ -257,7 +257,8 @@ def _signed_list(present: tuple[str, ...]) -> tuple[bytes, ...]:
 def personalize(skeleton: Skeleton, recipient: Recipient, secret: str) -> tuple[str, bytes]:
     """(envelope sender, message bytes with CRLF line ends), DKIM-signed if a key is set."""
     if not addresses.MESSAGE_ID.fullmatch(recipient.message_id):
-        raise InvalidInput(f"Message-ID {recipient.message_id!r} is not of the form <id@domain>")
+        raise InvalidInput(f"Message-ID {recipient.message_id!r} is not of the form <id@domain>",
+                           ja=f"Message-ID「{recipient.message_id}」が <id@domain> の形ではありません")
     values = {
         "name": recipient.name,
         "email": recipient.email,
@@ -362,7 +363,8 @@ def build_simple(
         check(value, name)
         lines.append((name, value if is_plain(value) else encode_header(value, header=name)))
     if message_id is not None and not addresses.MESSAGE_ID.fullmatch(message_id):
-        raise InvalidInput(f"Message-ID {message_id!r} is not of the form <id@domain>")
+        raise InvalidInput(f"Message-ID {message_id!r} is not of the form <id@domain>",
+                           ja=f"Message-ID「{message_id}」が <id@domain> の形ではありません")
     text_body = _crlf(text)
     if html is None:
         lines += [("MIME-Version", "1.0"), ("Content-Type", 'text/plain; charset="utf-8"'),

@@ -104,9 +104,11 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     langs = set(session.scalars(select(Rendering.lang).where(Rendering.issue_id == issue.id)))
     if default_lang not in langs:
         raise StateError(f"issue {issue.id} has no '{default_lang}' rendering",
-                         fixes=[Fix("render_issue", issue.id)])
+                         fixes=[Fix("render_issue", issue.id)],
+                         ja=f"号（ID {issue.id}）には「{default_lang}」の版がありません")
     if issue.number is None:
-        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)])
+        raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)],
+                         ja=f"号（ID {issue.id}）にはまだ号数がありません")
     nonce = secrets.token_hex(4)
     before, after = delivery_message_id(issue.number, nonce, domain)
     message_id = literal(before).concat(cast(Subscriber.id, String)).concat(literal(after))
@@ -133,7 +135,8 @@ def _topic_filter(topic: str | None) -> list:
     if topic is None:
         return []
     if not topic.replace("-", "").replace("_", "").isalnum():
-        raise InvalidInput(f"invalid topic {topic!r}: use letters, digits, - and _")
+        raise InvalidInput(f"invalid topic {topic!r}: use letters, digits, - and _",
+                           ja=f"テーマ「{topic}」は使えません（英数字と「-」「_」だけです）")
     topics_text = cast(Subscriber.topics, Text)
     return [or_(topics_text == "[]", topics_text.like(f'%"{topic}"%'))]
 

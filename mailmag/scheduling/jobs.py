@@ -28,7 +28,7 @@ from mailmag.audience import consent
 from mailmag.config import Config
 from mailmag.content import issues, transitions
 from mailmag.errors import Fix, InvalidInput, MailmagError, NotFound, StateError
-from mailmag.models import AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
+from mailmag.models import STATUS_JA, AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
 from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
 from mailmag.services import Services
 
@@ -108,7 +108,8 @@ def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.dat
 def unschedule_send(session: Session, issue: Issue) -> None:
     """`issues cancel N` of a scheduled issue: it becomes a draft again."""
     if issue.status != "scheduled":
-        raise StateError(f"issue {issue.id} is {issue.status}, not scheduled")
+        raise StateError(f"issue {issue.id} is {issue.status}, not scheduled",
+                         ja=f"号（ID {issue.id}）は{STATUS_JA[issue.status]}で、送信予約されていません")
     issues.cancel(session, issue.id)
 
 
@@ -177,7 +178,9 @@ def add_auto(session: Session, cron: str, name: str | None, config: Config, topi
     cron = " ".join(cron.split())
     if next_fire_time(cron_trigger(cron, config.zone), now or utcnow()) is None:
         raise InvalidInput(f"the cron expression {cron!r} never fires (no such date, e.g. 31 February): "
-                           "check the day and month fields")
+                           "check the day and month fields",
+                           ja=f"crontab の行「{cron}」に当たる日時がありません"
+                              "（2月31日のように存在しない日付です）。日と月の欄をご確認ください")
     topic = topics.check_code(topic, config.topics)
     schedule = AutoSchedule(name=(name or "").strip() or cron, cron=cron, topic=topic)
     session.add(schedule)
@@ -193,7 +196,8 @@ def remove_auto(session: Session, schedule_id: int) -> str:
         delete(AutoSchedule).where(AutoSchedule.id == schedule_id).returning(AutoSchedule.name)
     )
     if name is None:
-        raise NotFound(f"no automatic issue with id {schedule_id}", fixes=[Fix("list_schedules")])
+        raise NotFound(f"no automatic issue with id {schedule_id}", fixes=[Fix("list_schedules")],
+                       ja=f"自動発行（ID {schedule_id}）はありません")
     # SQLite may give the next schedule this id again: it must not inherit this history.
     session.execute(delete(JobRun).where(JobRun.job_id == auto_job_id(schedule_id)))
     return name

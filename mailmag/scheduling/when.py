@@ -23,6 +23,8 @@ _DATE_TIME = re.compile(r"(?P<date>.+?)\s*(?P<h>\d{1,2})(?::(?P<mi>\d{2})|時(?:
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _HELP = ("use 'YYYY-MM-DD HH:MM' (seconds and a UTC offset such as +09:00 are optional), or a date "
          "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00")
+_HELP_JA = ("「2030-12-02 09:00」「2030年12月2日 9:00」「R12.12.2 9:00」「12/2 9:00」のように"
+            "日付と時刻を書いてください")
 
 
 def shown(value: dt.datetime, zone: ZoneInfo) -> str:
@@ -43,13 +45,16 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
             value = dt.datetime(parts["y"], parts["mo"], parts["d"], parts["h"], parts["mi"], parts["s"],
                                 tzinfo=_offset(match["tz"]) or zone)
         except ValueError as exc:
-            raise InvalidInput(f"{text!r} is not a real date and time ({exc}): {_HELP}") from exc
+            raise InvalidInput(f"{text!r} is not a real date and time ({exc}): {_HELP}",
+                               ja=f"「{text}」は実在しない日時です（{exc}）。{_HELP_JA}") from exc
     else:
         value = _item_date_and_time(text, cleaned, zone, now)
     value = value.astimezone(dt.UTC)
     if value <= now:
         raise InvalidInput(
-            f"{shown(value, zone)} is in the past (it is now {shown(now, zone)}): give a later time"
+            f"{shown(value, zone)} is in the past (it is now {shown(now, zone)}): give a later time",
+            ja=f"{shown(value, zone)} は過去の日時です（現在 {shown(now, zone)}）。"
+               "これより後の日時を指定してください",
         )
     return value
 
@@ -62,15 +67,18 @@ def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetim
     """
     match = _DATE_TIME.fullmatch(cleaned)
     if match is None:
-        raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}")
+        raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}",
+                           ja=f"「{text}」を日時として読み取れません。{_HELP_JA}")
     ahead = now.astimezone(zone).date() + dt.timedelta(days=182)
     try:
         day = dates.parse_date(match["date"], today=ahead)
         at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0))
     except ValueError as exc:
-        raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}") from exc
+        raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}",
+                           ja=f"「{text}」は実在しない時刻です（{exc}）。{_HELP_JA}") from exc
     except InvalidInput as exc:
-        raise InvalidInput(f"cannot read {text!r} as a date and time ({exc})") from None
+        raise InvalidInput(f"cannot read {text!r} as a date and time ({exc})",
+                           ja=f"「{text}」を日時として読み取れません（{exc}）") from None
     return dt.datetime.combine(day, at, tzinfo=zone)
 
 
@@ -82,7 +90,8 @@ def _offset(text: str | None) -> dt.tzinfo | None:
     digits = text[1:].replace(":", "")
     delta = dt.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     if delta >= dt.timedelta(hours=24):
-        raise InvalidInput(f"UTC offset {text!r} is out of range: {_HELP}")
+        raise InvalidInput(f"UTC offset {text!r} is out of range: {_HELP}",
+                           ja=f"「{text}」の時差（UTC からのずれ）が範囲外です。{_HELP_JA}")
     return dt.timezone(-delta if text[0] == "-" else delta)
 
 
@@ -97,11 +106,15 @@ def cron_trigger(expression: str, zone: ZoneInfo) -> Crontab:
     if len(fields) != 5:
         raise InvalidInput(
             f"invalid cron expression {expression!r}: give five fields, minute hour day month "
-            "weekday, e.g. \"0 9 1,15 * *\" (09:00 on the 1st and 15th)"
+            "weekday, e.g. \"0 9 1,15 * *\" (09:00 on the 1st and 15th)",
+            ja=f"crontab の行「{expression}」が正しくありません。"
+               "分・時・日・月・曜日の5つの欄を書いてください（例：「0 9 1,15 * *」は毎月1日と15日の9:00）",
         )
     if fields[2] != "*" and fields[4] != "*":
         raise InvalidInput(
-            f"invalid cron expression {expression!r}: restrict the day of month or the weekday, not both"
+            f"invalid cron expression {expression!r}: restrict the day of month or the weekday, not both",
+            ja=f"crontab の行「{expression}」が正しくありません。"
+               "日と曜日はどちらか一方だけを指定してください",
         )
     return Crontab(" ".join(fields), zone)
 
@@ -113,7 +126,8 @@ def _calendar(expression: str) -> CronTrigger:
         return CronTrigger(minute=minute, hour=hour, day=day, month=month,
                            day_of_week=_weekdays(weekday), timezone=dt.UTC)
     except ValueError as exc:
-        raise InvalidInput(f"invalid cron expression {expression!r}: {exc}") from exc
+        raise InvalidInput(f"invalid cron expression {expression!r}: {exc}",
+                           ja=f"crontab の行「{expression}」が正しくありません（{exc}）") from exc
 
 
 def _weekdays(field: str) -> str:
@@ -132,7 +146,8 @@ def _weekdays(field: str) -> str:
             if last == 0 and first > 0:
                 last = 7  # "5-0" / "5-7": Friday to Sunday
         if (step and (not step.isdigit() or int(step) == 0)) or last < first:
-            raise InvalidInput(f"invalid weekday field {field!r} in the cron expression: use 0-7 or sun-sat")
+            raise InvalidInput(f"invalid weekday field {field!r} in the cron expression: use 0-7 or sun-sat",
+                           ja=f"crontab の行の曜日「{field}」が正しくありません（0〜7 か sun〜sat）")
         days.update(n % 7 for n in range(first, last + 1, int(step or 1)))
     return ",".join(_CRON_DAYS[n] for n in sorted(days))
 
@@ -142,7 +157,8 @@ def _weekday_number(token: str, field: str) -> int:
         return int(token)
     if token[:3] in _CRON_DAYS:
         return _CRON_DAYS.index(token[:3])
-    raise InvalidInput(f"invalid weekday field {field!r} in the cron expression: use 0-7 or sun-sat")
+    raise InvalidInput(f"invalid weekday field {field!r} in the cron expression: use 0-7 or sun-sat",
+                           ja=f"crontab の行の曜日「{field}」が正しくありません（0〜7 か sun〜sat）")
 
 
 class Crontab(BaseTrigger):

@@ -84,10 +84,10 @@ def submit(token: str) -> Any:
                                     bytes_per_day=web.submit_bytes_per_day)
             item = items.submit(session, org, kind, given, channel="web",
                                 limit_kb=state().services.config.compose.item_size_limit_kb)
-        except LimitExceeded as exc:
-            return _form(org, token, kind, 429, values=given, error=str(exc))
+        except LimitExceeded as exc:  # the form is in Japanese (_form), and so is what was wrong
+            return _form(org, token, kind, 429, values=given, error=exc.text("ja"))
         except InvalidInput as exc:
             session.rollback()
-            return _form(org, token, kind, 400, values=given, error=str(exc))
+            return _form(org, token, kind, 400, values=given, error=exc.text("ja"))
         return render_template("submitted.html.j2", org=org, token=token, item=item,
                                kind_label=items.KIND_LABELS[kind])

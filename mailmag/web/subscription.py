@@ -34,7 +34,8 @@ def _link(purpose: str, token: str, max_age: int | None = None) -> tokens.Person
     try:
         link = tokens.read_person(state().secret, purpose, token, max_age=max_age)
     except TokenError:
-        raise NotFound("this link is not valid") from None
+        raise NotFound("this link is not valid",
+                       ja="このリンクは正しくありません") from None
     if link.subscriber_id == links.TEST_SUBSCRIBER_ID:
         raise _TestLink(purpose)
     return link
@@ -164,7 +165,8 @@ def preferences(token: str) -> Any:
 def _known(session: Session, purpose: str, token: str, max_age: int | None = None) -> Subscriber:
     subscriber = subscribers.by_link(session, _link(purpose, token, max_age))
     if subscriber is None:  # purged or forgotten since the link was made: never another person
-        raise NotFound("this link is no longer valid")
+        raise NotFound("this link is no longer valid",
+                       ja="このリンクはもう使えません")
     return subscriber
 
 

@@ -75,7 +75,8 @@ def needs(permission: str) -> Callable:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if not viewer().can(permission):
-                raise AccessDenied(f"the {viewer().role} role may not do this")
+                raise AccessDenied(f"the {viewer().role} role may not do this",
+                                   ja=f"「{viewer().role}」の権限では、この操作はできません")
             return view(*args, **kwargs)
 
         return wrapped

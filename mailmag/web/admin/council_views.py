@@ -67,7 +67,8 @@ def schedules() -> Any:
 def schedules_add() -> Any:
     cron = request.form.get("cron", "")
     if not cron.strip():
-        raise InvalidInput("give the times as a crontab line, e.g. 0 9 1,15 * *")
+        raise InvalidInput("give the times as a crontab line, e.g. 0 9 1,15 * *",
+                           ja="送信する日時を crontab の行で入力してください（例：0 9 1,15 * *）")
     with state().services.session() as db:
         added = jobs.add_auto(db, cron, request.form.get("name"), state().config)
         act(db, "schedule.add", f"{added.id} {added.cron} {added.name}")

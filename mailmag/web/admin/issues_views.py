@@ -39,9 +39,11 @@ def new() -> Any:
     try:
         ids = [int(v) for v in request.form.getlist("item")]
     except ValueError as exc:
-        raise InvalidInput("an item id is not a number") from exc
+        raise InvalidInput("an item id is not a number",
+                           ja="記事の ID が数字ではありません") from exc
     if not ids:
-        raise InvalidInput("choose at least one approved item for the issue")
+        raise InvalidInput("choose at least one approved item for the issue",
+                           ja="号に入れる承認済みの記事を1件以上選んでください")
     title = request.form.get("title", "").strip() or None
     with state().services.session() as db:
         composed = issues.compose(db, state().config, title=title, item_ids=ids)
@@ -113,7 +115,8 @@ def render_again(issue_id: int) -> Any:
     with state().services.session() as db:
         if drafts.by_id(db, issue_id).status == "scheduled" and not viewer().can("send"):
             # what a scheduled issue sends is a sender's decision (its send time was one)
-            raise AccessDenied(f"the {viewer().role} role may not change a scheduled issue")
+            raise AccessDenied(f"the {viewer().role} role may not change a scheduled issue",
+                               ja=f"「{viewer().role}」の権限では、送信予約済みの号は変更できません")
         composed = issues.rerender(db, state().config, issue_id)
         act(db, "issue.render", issues.label(composed.issue))
     return _back(issue_id)
@@ -188,4 +191,5 @@ def _int(raw: str) -> int:
     try:
         return int(raw)
     except ValueError as exc:
-        raise InvalidInput(f"{raw!r} is not an item id") from exc
+        raise InvalidInput(f"{raw!r} is not an item id",
+                           ja=f"「{raw}」は記事の ID ではありません") from exc

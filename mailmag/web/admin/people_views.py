@@ -81,13 +81,16 @@ def _uploaded() -> tuple[bytes, str]:
     """The CSV of the first step (a file) or of the confirmation (carried back as base64)."""
     encoding = request.form.get("encoding", "auto")
     if encoding not in imports.ENCODINGS:
-        raise InvalidInput(f"unknown encoding {encoding!r}")
+        raise InvalidInput(f"unknown encoding {encoding!r}",
+                           ja=f"文字コード「{encoding}」には対応していません")
     if "file" in request.files and request.files["file"].filename:
         return request.files["file"].read(UPLOAD_LIMIT + 1), encoding
     try:
         return base64.b64decode(request.form.get("payload", ""), validate=True), encoding
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("the file of the preview did not come back whole: choose it again") from exc
+        raise InvalidInput("the file of the preview did not come back whole: choose it again",
+                           ja="確認用に読み込んだファイルが正しく戻ってきませんでした。"
+                              "もう一度ファイルを選んでください") from exc
 
 
 @bp.post("/import")
@@ -96,7 +99,9 @@ def import_csv() -> Any:
     """Step one (preview, nothing kept) and step two (confirm: the same rows are stored)."""
     data, encoding = _uploaded()
     if not data or len(data) > UPLOAD_LIMIT:
-        raise InvalidInput("choose a CSV file (at most 8 MB; larger lists: mailmag subscribers import)")
+        raise InvalidInput("choose a CSV file (at most 8 MB; larger lists: mailmag subscribers import)",
+                           ja="CSV ファイルを選んでください（8 MB まで。"
+                              "それより大きい一覧はサーバーで mailmag subscribers import を使います）")
     store = request.form.get("confirm") == "1"
     session = state().services.sessions()
     try:

@@ -1,0 +1,57 @@
+"""Every error a person can meet on a page carries its sentence in Japanese (`ja=`).
+
+The console and the submission form are read by the secretariat and the member organizations in
+Japanese; an English sentence there (`url 'x' is not an http:// or https:// address`) is one they
+may not read. The command line and the logs keep the English `message`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from mailmag.errors import Fix, InvalidInput, MailmagError, StateError
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mailmag"
+# Errors about what a person did or asked for; ConfigError, DatabaseError and TransportError are
+# about the server's setup and its relay, read by the operator (command line, logs).
+FOR_PEOPLE = {"NotFound", "InvalidInput", "InvalidEmail", "StateError", "LimitExceeded",
+              "ComplianceError", "TokenError", "AccessDenied"}
+
+
+def _raised_without_japanese() -> list[str]:
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "cli" in path.relative_to(PACKAGE).parts:  # the command line speaks English
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in FOR_PEOPLE):
+                continue
+            ja = next((k.value for k in node.keywords if k.arg == "ja"), None)
+            written = isinstance(ja, ast.Constant | ast.JoinedStr)
+            if ja is None or (written and ast.unparse(ja).isascii()):
+                missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.func.id}")
+    return missing
+
+
+def test_every_error_a_page_can_show_has_a_japanese_sentence():
+    assert _raised_without_japanese() == []
+
+
+def test_a_japanese_sentence_names_its_steps_in_japanese_and_english_stays_for_the_command_line():
+    error = StateError("issue 3 has no 'ja' rendering", ja="第3号には日本語の版がありません",
+                       fixes=[Fix("render_issue", 3), Fix("send_issue", 3)])
+    assert error.text("ja") == "第3号には日本語の版がありません。対処：号を作り直す → 送信する"
+    assert error.text("en") == str(error) == (
+        "issue 3 has no 'ja' rendering: render the issue again, then send it")
+
+
+@pytest.mark.parametrize("error", [InvalidInput("bad", ja="不正です"), MailmagError("plain")])
+def test_an_error_keeps_its_japanese_across_processes(error):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), again.message, again.ja) == (type(error), error.message, error.ja)
