@@ -22,7 +22,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.config import ENV_SECRET_KEY, Config, load_config
 from mailmag.content import issues, items, orgs
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import InvalidInput
+from mailmag.errors import InvalidInput, Sentence
 from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
@@ -106,7 +106,7 @@ class DemoResult:
     sent: int
     failed: int
     messages: list[Path]
-    warnings: list[str]
+    warnings: list[Sentence]
 
 
 def run(directory: str | os.PathLike = DEFAULT_DIR) -> DemoResult:

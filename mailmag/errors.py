@@ -98,6 +98,21 @@ def said_ja(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lamb
     return f"{message.rstrip('。')}。対処：{' → '.join(steps)}"
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Sentence:
+    """A note for people that is not an error (a composer's warning, why a CSV row was skipped), in
+    both languages: str() is the English (command line, logs), said(lang) what a page shows."""
+
+    text: str
+    ja: str
+
+    def __str__(self) -> str:
+        return self.text
+
+    def said(self, lang: str) -> str:
+        return self.ja if lang == "ja" and self.ja else self.text
+
+
 class MailmagError(Exception):
     """Base class: str(error) is the one sentence shown to the user (with its fixes, in plain
     words); `message` and `fixes` are for fronts that say how (the command, the button), `ja` the

@@ -182,17 +182,19 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_i
     token = csrf_of(client.get("/admin/issues/"))
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
-    assert "changed after the issue was rendered" not in client.get(issue_path).text
+    assert "号を作った後に変更されています" not in client.get(issue_path).text
     edited = client.post(f"/admin/items/{ids[0]}/edit", {"csrf_token": token, "title": "会議の報告（訂正）",
                                                         "body": "直した本文"})
     assert edited.status == 303
     page = client.get(issue_path).text
-    assert f"item {ids[0]} 「会議の報告（訂正）」 changed after the issue was rendered" in page
+    # the composer's warning, in the console's language
+    assert f"記事（ID {ids[0]}）「会議の報告（訂正）」は号を作った後に変更されています" in page
+    assert "changed after the issue was rendered" not in page
     assert "直した本文" not in client.get(f"{issue_path}/frame/ja").text  # what the warning is about
     assert "記事の今の内容で作り直す" in page
     assert client.post(f"{issue_path}/render", {}).status == 400  # no CSRF token: nothing done
     assert client.post(f"{issue_path}/render", {"csrf_token": token}).status == 303
-    assert "changed after the issue was rendered" not in client.get(issue_path).text
+    assert "号を作った後に変更されています" not in client.get(issue_path).text
     assert "直した本文" in client.get(f"{issue_path}/frame/ja").text
     with console_services.session() as session:
         assert [e.action for e in audit.listing(session)].count("issue.render") == 1

@@ -119,7 +119,7 @@ def test_rendering_is_frozen_until_rendered_again(session, config, reference_ite
     assert issues.preview(session, config, 1, "text") == before
     again = issues.rerender(session, config, 1, today=TODAY)
     assert "本格研究ワークショップ（広島市・11月15日）" in issues.preview(session, config, 1, "text")
-    assert again.warnings == [
+    assert [str(w) for w in again.warnings] == [
         f"item {workshop.id} 「本格研究ワークショップ（広島市・11月15日）」 is submitted, not approved: "
         "approve it again before sending"
     ]
@@ -210,7 +210,8 @@ def test_warnings_name_what_to_check(session, config):
     session.add_all(rows)
     session.flush()
     small = config.replace(compose=ComposeConfig(html_size_limit_kb=10))
-    warnings = issues.compose(session, small, today=today).warnings
+    composed = issues.compose(session, small, today=today).warnings
+    warnings = [str(w) for w in composed]
     first, second = rows[0].id, rows[1].id
     assert warnings[:4] == [  # items in issue order: the dated event first
         f"item {second} 「終わった講演会」 links to http://b.example.jp/apply, which is not https",
@@ -221,6 +222,12 @@ def test_warnings_name_what_to_check(session, config):
     assert len(warnings) == 6
     assert re.fullmatch(r"the ja HTML is \d+ KB, over 10 KB: Gmail clips it .*", warnings[4])
     assert warnings[5].startswith("the en HTML is ")
+    # the console shows the same warnings in Japanese
+    assert composed[0].said("ja") == (f"記事（ID {second}）「終わった講演会」のリンク "
+                                      "http://b.example.jp/apply は https ではありません")
+    no_date = f"記事（ID {first}）「日付のない講演会」（イベント案内）に日付がありません"
+    assert composed[3].said("ja") == no_date and composed[3].said("en") == warnings[3]
+    assert re.fullmatch(r"日本語版の HTML が \d+ KB あり、10 KB を超えています。.*", composed[4].said("ja"))
 
 
 def test_default_takes_approved_items_not_yet_in_an_issue(session, config, reference_items):

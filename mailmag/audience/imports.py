@@ -17,7 +17,7 @@ from mailmag import topics as topics_mod
 from mailmag.audience import subscribers
 from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.errors import InvalidInput, MailmagError
+from mailmag.errors import InvalidInput, MailmagError, Sentence
 from mailmag.models import STATUS_JA, ConsentEvent, Subscriber, Suppression, utcnow
 from mailmag.topics import Topic
 
@@ -54,27 +54,13 @@ class Row:
     topics: list[str]
 
 
-@dataclasses.dataclass(frozen=True, order=True)
-class Reason:
-    """Why a row was not imported: English (str(): the command line), `ja` for the console."""
-
-    text: str
-    ja: str
-
-    def __str__(self) -> str:
-        return self.text
-
-    def said(self, lang: str) -> str:
-        return self.ja if lang == "ja" else self.text
-
-
 @dataclasses.dataclass
 class ImportReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
-    invalid: list[tuple[int, Reason]] = dataclasses.field(default_factory=list)
-    suppressed: list[tuple[int, Reason]] = dataclasses.field(default_factory=list)
+    invalid: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
+    suppressed: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
     needs_smtputf8: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
@@ -176,11 +162,11 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic] | None =
         try:
             row = _parse_row(line, columns, values, topics)
         except MailmagError as exc:
-            report.invalid.append((line, Reason(str(exc), exc.text("ja"))))
+            report.invalid.append((line, Sentence(str(exc), exc.text("ja"))))
             continue
         if row.address.key in seen:
             first = seen[row.address.key]
-            report.invalid.append((line, Reason(f"{row.address.email} repeats line {first}",
+            report.invalid.append((line, Sentence(f"{row.address.email} repeats line {first}",
                                                 f"{row.address.email} は{first}行目と重複しています")))
             continue
         seen[row.address.key] = line
@@ -308,7 +294,7 @@ def _land_opted_out(
     )
     if outcome == "suppressed":
         status = subscriber.status if subscriber else "erased"
-        report.suppressed.append((row.line, Reason(f"{row.address.email} is {status}; left as it is",
+        report.suppressed.append((row.line, Sentence(f"{row.address.email} is {status}; left as it is",
                                                    f"{row.address.email} は{STATUS_JA.get(status, status)}"
                                                    "のため、そのままにしました")))
     else:

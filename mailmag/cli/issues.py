@@ -22,6 +22,7 @@ from mailmag.content import issues, transitions
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.window import waiting_for_window, waiting_note
+from mailmag.errors import Sentence
 from mailmag.models import Issue, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
@@ -34,7 +35,7 @@ def group() -> None:
     """Compose, preview and send issues of the mail magazine (each addressed by its ID)."""
 
 
-def _print_warnings(warnings: list[str]) -> None:
+def _print_warnings(warnings: list[Sentence]) -> None:
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from mailmag import placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import issues, render
-from mailmag.errors import InvalidInput, NotFound, StateError
+from mailmag.errors import InvalidInput, NotFound, Sentence, StateError
 from mailmag.models import STATUS_JA, Issue, Item, utcnow
 
 
@@ -78,15 +78,17 @@ def retitle(session: Session, config: Config, issue_id: int, title: str) -> issu
     return issues.rerender(session, config, issue.id)
 
 
-def warnings(session: Session, config: Config, issue: Issue, today: dt.date | None = None) -> list[str]:
+def warnings(session: Session, config: Config, issue: Issue, today: dt.date | None = None) -> list[Sentence]:
     """The composer's warnings for the issue as stored now (what `issues new` printed)."""
     today = today or utcnow().astimezone(config.zone).date()
     ordered = [entry.item for entry in issue.entries]
-    unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
-                  for i in ordered if i.status not in ("approved", "published")]
-    stale = [f"item {i.id} 「{i.title}」 changed after the issue was rendered: the preview and test mail "
-             "show its old text; render the issue again" for i in issues.changed_since_rendering(issue)]
-    return unapproved + stale + issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
+    stale = [Sentence(f"item {i.id} 「{i.title}」 changed after the issue was rendered: the preview and "
+                      "test mail show its old text; render the issue again",
+                      f"記事（ID {i.id}）「{i.title}」は号を作った後に変更されています。"
+                      "プレビューとテスト送信は古い内容のままです。号を作り直してください")
+             for i in issues.changed_since_rendering(issue)]
+    checked = issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
+    return issues.unapproved_warnings(ordered) + stale + checked
 
 
 def item_preview(config: Config, item: Item, today: dt.date | None = None) -> str:

@@ -24,7 +24,7 @@ from mailmag.config import Config
 from mailmag.content import items as items_mod
 from mailmag.content import markup, render, transitions
 from mailmag.delivery import outbox
-from mailmag.errors import ConfigError, Fix, InvalidInput, MailmagError, NotFound, StateError
+from mailmag.errors import ConfigError, Fix, InvalidInput, MailmagError, NotFound, Sentence, StateError
 from mailmag.models import (
     ITEM_KINDS,
     STATUS_JA,
@@ -48,7 +48,7 @@ class Composed:
     """An issue just composed or rendered again, and what the secretariat should look at."""
 
     issue: Issue
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[Sentence] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,16 @@ def rerender(session: Session, config: Config, issue_id: int, *, today: dt.date 
     render.check_real_sender(config)
     editions = _render_again(session, config, issue, next_number(session), today)
     ordered = [entry.item for entry in issue.entries]
-    unapproved = [f"item {i.id} 「{i.title}」 is {i.status}, not approved: approve it again before sending"
-                  for i in ordered if i.status not in ("approved", "published")]
-    return Composed(issue, unapproved + check(config, ordered, editions, today))
+    return Composed(issue, unapproved_warnings(ordered) + check(config, ordered, editions, today))
+
+
+def unapproved_warnings(ordered: Sequence[Item]) -> list[Sentence]:
+    """An item of the issue that is no longer approved (edited since): sending would refuse it."""
+    return [Sentence(f"item {i.id} 「{i.title}」 is {i.status}, not approved: "
+                     "approve it again before sending",
+                     f"記事（ID {i.id}）「{i.title}」は{STATUS_JA[i.status]}で、承認されていません。"
+                     "送信の前にもう一度承認してください")
+            for i in ordered if i.status not in ("approved", "published")]
 
 
 def _render_again(session: Session, config: Config, issue: Issue, number: int,
@@ -380,7 +387,7 @@ def _items_back(session: Session, issue: Issue) -> int:
 # --- composing --------------------------------------------------------------------------------
 
 
-def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item], list[str]]:
+def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item], list[Sentence]]:
     """The named items (approved or published), or every approved item in no live issue."""
     if not item_ids:
         chosen = list(session.scalars(
@@ -406,13 +413,16 @@ def items_in_live_issues() -> Select[int]:
     return select(IssueItem.item_id).join(Issue).where(Issue.status != "cancelled")
 
 
-def _already_in_issues(session: Session, chosen: list[Item]) -> list[str]:
+def _already_in_issues(session: Session, chosen: list[Item]) -> list[Sentence]:
     rows = session.scalars(
         select(IssueItem).join(Issue)
         .where(Issue.status != "cancelled", IssueItem.item_id.in_([i.id for i in chosen]))
         .order_by(Issue.id)
     )
-    return [f"item {entry.item_id} is also in {label(entry.issue)} ({entry.issue.status})" for entry in rows]
+    return [Sentence(f"item {entry.item_id} is also in {label(entry.issue)} ({entry.issue.status})",
+                     f"記事（ID {entry.item_id}）は{label_ja(entry.issue)}"
+                     f"（{STATUS_JA[entry.issue.status]}）にも入っています")
+            for entry in rows]
 
 
 def order_items(chosen: Sequence[Item], kind_order: Sequence[str], *, keep_given: bool) -> list[Item]:
@@ -447,8 +457,11 @@ _HTTP = re.compile(r"http://[A-Za-z0-9\-._~:/?#\[\]@!$&*+,;=%]+")  # up to a ')'
 _HREF = re.compile(r'href="([^"]+)"')
 
 
+_LANG_JA = {"ja": "日本語", "en": "英語"}
+
+
 def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edition],
-          today: dt.date) -> list[str]:
+          today: dt.date) -> list[Sentence]:
     """What compose lets through but the secretariat should look at before sending."""
     warnings = [w for item in ordered for w in _item_warnings(item, today)]
     warnings += _character_warnings(ordered, editions)
@@ -457,24 +470,35 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
     for edition in editions:
         size = len(placeholders.substitute(edition.html, sample, escape=True).encode("utf-8"))
         if size > limit * 1024:
-            warnings.append(
+            warnings.append(Sentence(
                 f"the {edition.lang} HTML is {size / 1024:.0f} KB, over {limit} KB: Gmail clips it "
-                "(\"[Message clipped]\"); shorten the items or move some to the web"
-            )
+                "(\"[Message clipped]\"); shorten the items or move some to the web",
+                f"{_LANG_JA.get(edition.lang, edition.lang)}版の HTML が {size / 1024:.0f} KB あり、"
+                f"{limit} KB を超えています。Gmail では途中で切られます。"
+                "記事を短くするか、一部をウェブに移してください",
+            ))
     return warnings
 
 
-def _item_warnings(item: Item, today: dt.date) -> list[str]:
-    name = f"item {item.id} 「{item.title}」"
+def _item_warnings(item: Item, today: dt.date) -> list[Sentence]:
+    name, name_ja = f"item {item.id} 「{item.title}」", f"記事（ID {item.id}）「{item.title}」"
     needed = items_mod.required_fields(item.kind)
-    warnings = [f"{name} ({items_mod.KIND_LABELS[item.kind]}) has no {attr}"
+    kind = items_mod.KIND_LABELS[item.kind]
+    warnings = [Sentence(f"{name} ({kind}) has no {attr}",
+                         f"{name_ja}（{kind}）に{items_mod.FIELD_LABELS[attr]}がありません")
                 for attr in ("date", "deadline") if attr in needed and getattr(item, attr) is None]
-    warnings += [f"{name} links to {url}, which is not https" for url in _insecure_links(item)]
+    warnings += [Sentence(f"{name} links to {url}, which is not https",
+                          f"{name_ja}のリンク {url} は https ではありません")
+                 for url in _insecure_links(item)]
     last_day = item.end_date or item.date
     if item.kind == "event" and last_day is not None and last_day < today:
-        warnings.append(f"{name}: the event on {text_ja.format_date_ja(last_day)} is already past")
+        day = text_ja.format_date_ja(last_day)
+        warnings.append(Sentence(f"{name}: the event on {day} is already past",
+                                 f"{name_ja}：{day}のイベントはすでに終わっています"))
     if item.kind in ("event", "exhibitors") and item.deadline is not None and item.deadline < today:
-        warnings.append(f"{name}: the deadline {text_ja.format_date_ja(item.deadline)} has passed")
+        day = text_ja.format_date_ja(item.deadline)
+        warnings.append(Sentence(f"{name}: the deadline {day} has passed",
+                                 f"{name_ja}：締切日 {day} を過ぎています"))
     return warnings
 
 
@@ -483,9 +507,9 @@ _TEXT_FIELDS = {"title": True, "event_name": True, "venue": True, "time_text": T
                 "body": False, "how_to_apply": False}
 
 
-def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Edition]) -> list[str]:
+def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Edition]) -> list[Sentence]:
     """Characters that render poorly (①, ㈱, ㌔, ｶﾅ …), each with the form to use instead."""
-    warnings: list[str] = []
+    warnings: list[Sentence] = []
     seen: set[str] = set()
     for item in ordered:
         for attr, quote in _TEXT_FIELDS.items():
@@ -493,19 +517,26 @@ def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Editi
             pairs = text_ja.poor_characters(value)
             seen.update(chars for chars, _ in pairs)
             if pairs:
-                where = f"item {item.id} 「{item.title}」: the {attr.replace('_', ' ')}"
+                where = (f"item {item.id} 「{item.title}」: the {attr.replace('_', ' ')}",
+                         f"記事（ID {item.id}）「{item.title}」の{items_mod.FIELD_LABELS[attr]}")
                 warnings.append(_poor_warning(where, value, pairs, quote))
     for edition in editions:
         pairs = [p for p in text_ja.poor_characters(edition.subject) if p[0] not in seen]
         if pairs:
-            warnings.append(_poor_warning(f"the {edition.lang} subject", edition.subject, pairs, True))
+            where = (f"the {edition.lang} subject", f"{_LANG_JA.get(edition.lang, edition.lang)}版の件名")
+            warnings.append(_poor_warning(where, edition.subject, pairs, True))
     return warnings
 
 
-def _poor_warning(where: str, value: str, pairs: list[tuple[str, str]], quote: bool) -> str:
+def _poor_warning(where: tuple[str, str], value: str, pairs: list[tuple[str, str]], quote: bool) -> Sentence:
     shown = ", ".join(f"{chars} → {better}" for chars, better in pairs)
-    offer = f"; normalized: 「{text_ja.suggest_display(value)}」" if quote else ""
-    return f"{where} has characters some mail clients show poorly ({shown}){offer}"
+    suggested = text_ja.suggest_display(value) if quote else ""
+    return Sentence(
+        f"{where[0]} has characters some mail clients show poorly ({shown})"
+        + (f"; normalized: 「{suggested}」" if quote else ""),
+        f"{where[1]}に、メールソフトによっては正しく表示されない文字があります（{shown}）"
+        + (f"。直すと「{suggested}」" if quote else ""),
+    )
 
 
 def _insecure_links(item: Item) -> list[str]:

@@ -287,7 +287,7 @@ def _compose_and_send(session: Session, config: Config, topic: str | None) -> tu
     detail = (f"issue {issue.id} (第{issue.number}号) composed from {len(issue.entries)} items: "
               f"{added} recipients queued")
     if composed.warnings:
-        detail += "; to look at: " + "; ".join(composed.warnings)
+        detail += "; to look at: " + "; ".join(map(str, composed.warnings))
     return "sent", detail
 
 
