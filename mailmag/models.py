@@ -164,7 +164,7 @@ STATUS_JA = {
     "erased": "消去済み",
     "submitted": "確認待ち", "approved": "承認済み", "rejected": "差し戻し", "published": "掲載済み",
     "draft": "下書き", "scheduled": "送信予約済み", "sending": "送信中", "sent": "送信済み",
-    "cancelled": "取り消し済み",
+    "cancelled": "取り消し済み", "queued": "送信待ち", "failed": "不達", "dead": "送信を断念",
 }
 
 

@@ -104,19 +104,19 @@ def test_a_secretariats_morning(chromium, console_site, smtp_server, tmp_path): 
     press(page, "予約する…")
     expect(page.locator("#confirm-text")).to_contain_text("2 人")
     press(page, "予約する")
-    expect(page.locator("#issue-status")).to_have_text("scheduled")
+    expect(page.locator("#issue-status")).to_have_text("送信予約済み")
     press(page, "取り消す")
-    expect(page.locator("#issue-status")).to_have_text("draft")
+    expect(page.locator("#issue-status")).to_have_text("下書き")
 
     press(page, "今すぐ送信…")
     expect(page.locator("#confirm-text")).to_contain_text("2 人")
     press(page, "送信する")
-    expect(page.locator("#issue-status")).to_have_text("sending")
+    expect(page.locator("#issue-status")).to_have_text("送信中")
     worker = threading.Thread(target=lambda: make_dispatcher(services, make_transport(services.config),
                                                         concurrency=1).run(once=True))
     worker.start()
     # The page's small script polls the progress: no reload here.
-    expect(page.locator('[data-key="status"]')).to_have_text("sent", timeout=30_000)
+    expect(page.locator('[data-key="status_word"]')).to_have_text("送信済み", timeout=30_000)
     expect(page.locator('[data-key="sent"]')).to_have_text("2")
     worker.join(timeout=30)
     assert _states(services, Issue, [issue_id]) == ["sent"]

@@ -106,7 +106,8 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3
     make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
     progress = json.loads(client.get(f"/admin/issues/{issue_id}/progress.json").text)
-    assert progress == {"status": "sent", "total": 3, "sent": 3, "failed": 0, "pending": 0}
+    assert progress == {"status": "sent", "status_word": "送信済み", "total": 3, "sent": 3, "failed": 0,
+                        "pending": 0}
     assert sorted(r for m in smtp_server.messages[1:] for r in m.recipients) == [
         f"reader{i}@example.jp" for i in range(3)]
     dashboard = client.get("/admin/").text

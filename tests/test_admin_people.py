@@ -68,7 +68,7 @@ def test_unsubscribe_forget_search_and_export(console, console_services):
     token = csrf_of(client.get(f"/admin/subscribers/{ids['keep@example.jp']}"))
     client.post(f"/admin/subscribers/{ids['keep@example.jp']}/unsubscribe", {"csrf_token": token})
     page = client.get(f"/admin/subscribers/{ids['keep@example.jp']}").text
-    assert 'id="subscriber-status">unsubscribed<' in page and "unsubscribed by owner in the console" in page
+    assert 'id="subscriber-status">配信停止済み<' in page and "unsubscribed by owner in the console" in page
     client.post(f"/admin/subscribers/{ids['gone@example.jp']}/forget", {"csrf_token": token})
     exported = client.get("/admin/subscribers/export.csv")
     assert exported.headers["Content-Disposition"].startswith("attachment")

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit, logins
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError
+from mailmag.models import STATUS_JA
 from mailmag.scheduling.when import shown
-from mailmag.web import security, state
+from mailmag.web import page_lang, security, state
 from mailmag.web.admin import fixes
 from mailmag.web.i18n import pick_lang
 
@@ -133,6 +134,11 @@ def _mailmag_error(error: MailmagError) -> Any:
     return render_template("admin/error.html.j2", status=status, message=fixes.said(error)), status
 
 
+def status_word(status: str) -> str:
+    """An issue's, item's or subscriber's status as the page's language says it."""
+    return STATUS_JA.get(status, status) if page_lang() == "ja" else status
+
+
 def admin_csrf() -> str:
     return viewer().csrf if "admin" in g else security.csrf_token()
 
@@ -142,6 +148,7 @@ def init_app(app: Flask) -> None:
     zone = app.extensions["mailmag"].config.zone
     app.register_blueprint(bp)
     app.jinja_env.globals.update(admin_csrf=admin_csrf, viewer=lambda: g.get("admin"),
+                                 status_word=status_word,
                                  local=lambda value: "-" if value is None else shown(value, zone))
 
 

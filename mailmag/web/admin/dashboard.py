@@ -12,7 +12,7 @@ from mailmag.delivery import outbox
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
 from mailmag.web import state
-from mailmag.web.admin import needs
+from mailmag.web.admin import needs, status_word
 
 bp: Blueprint = Blueprint("dashboard", __name__)
 
@@ -38,7 +38,8 @@ def progress(issue_id: int) -> Any:
     with state().services.read_session() as db:
         issue = drafts.by_id(db, issue_id)
         counts = outbox.counts(db, issue.id)
-        return jsonify(status=issue.status, total=counts.total, sent=counts.sent,
+        return jsonify(status=issue.status, status_word=status_word(issue.status), total=counts.total,
+                       sent=counts.sent,
                        failed=counts.failed + counts.dead, pending=counts.pending)
 
 
