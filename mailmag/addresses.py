@@ -86,8 +86,33 @@ def parse_address(raw: str) -> Address:
         result = validate_email(cleaned, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidEmail(f"invalid e-mail address {cleaned!r}: {exc}",
-                           ja=f"メールアドレス「{cleaned}」が正しくありません（{exc}）") from exc
+                           ja=f"メールアドレス「{cleaned}」が正しくありません（{_why_ja(str(exc))}）",
+                           ) from exc
     return _stored(result.local_part, result.domain)
+
+
+# email_validator's reasons (English only) as a Japanese page says them, by how each begins;
+# a reason not listed here is said as "the form is wrong".
+_WHY_JA = (
+    ("An email address must have an @-sign", "「@」がありません"),
+    ("There must be something before the @-sign", "「@」の前が空です"),
+    ("There must be something after the @-sign", "「@」の後が空です"),
+    ("The part after the @-sign is not valid. It should have a period", "「@」の後に「.」がありません"),
+    ("The part after the @-sign is not valid. It is not within a valid top-level domain",
+     "「@」の後のドメインが正しくありません"),
+    ("The part after the @-sign is a special-use or reserved name", "「@」の後が使えないドメインです"),
+    ("The part after the @-sign contains invalid characters", "「@」の後に使えない文字があります"),
+    ("The email address contains invalid characters before the @-sign", "「@」の前に使えない文字があります"),
+    ("Internationalized characters before the @-sign", "「@」の前に全角文字などがあります"),
+    ("An email address cannot have two periods in a row", "「.」が2つ続いています"),
+    ("An email address cannot have a period immediately before the @-sign", "「@」の直前が「.」です"),
+    ("An email address cannot start with a period", "最初が「.」です"),
+    ("The email address is too long", "長すぎます"),
+)
+
+
+def _why_ja(reason: str) -> str:
+    return next((ja for start, ja in _WHY_JA if reason.startswith(start)), "形式が正しくありません")
 
 
 def _stored(local: str, domain: str) -> Address:

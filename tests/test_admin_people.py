@@ -42,7 +42,7 @@ def test_csv_import_previews_rows_and_errors_before_storing_anything(console, co
     preview = _upload(client, token, CSV)
     assert preview.status == 200
     assert "青木" in preview.text and "馬場" in preview.text
-    assert "3 行目: メールアドレス「not-an-address」が正しくありません" in preview.text
+    assert "3 行目: メールアドレス「not-an-address」が正しくありません（「@」がありません）" in preview.text
     assert "5 行目: a@example.jp は2行目と重複しています" in preview.text
     assert "追加 2、更新 0、変更なし 0、取り込めない行 2" in preview.text and "added 2" not in preview.text
     assert _count(console_services, Subscriber) == 0 and _count(console_services, ConsentEvent) == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mailmag.addresses import parse_address
 from mailmag.errors import Fix, InvalidInput, MailmagError, StateError
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mailmag"
@@ -55,3 +56,19 @@ def test_an_error_keeps_its_japanese_across_processes(error):
 
     again = pickle.loads(pickle.dumps(error))
     assert (type(again), again.message, again.ja) == (type(error), error.message, error.ja)
+
+
+@pytest.mark.parametrize(("typed", "why"), [
+    ("hanako.example.jp", "「@」がありません"),
+    ("hanako@", "「@」の後が空です"),
+    ("hanako@localhost", "「@」の後に「.」がありません"),
+    ("hana ko@example.jp", "「@」の前に使えない文字があります"),
+    ("hana..ko@example.jp", "「.」が2つ続いています"),
+    ("hanako@exa mple.jp", "「@」の後に使えない文字があります"),
+])
+def test_why_an_address_is_refused_is_said_in_japanese_too(typed, why):
+    """The address checker's reasons come in English only; a Japanese page names them itself."""
+    with pytest.raises(InvalidInput) as refused:
+        parse_address(typed)
+    assert refused.value.text("ja") == f"メールアドレス「{typed}」が正しくありません（{why}）"
+    assert refused.value.message.startswith(f"invalid e-mail address {typed!r}: ")
