@@ -61,7 +61,7 @@ class _Fault:
     reply: str | None  # None: drop the connection
     times: int | None  # None: forever
     after: int = 0  # let this many matching commands pass first
-    address: str | None = None  # RCPT only: just this recipient
+    address: str | None = None  # just this recipient (RCPT, and a message's first one after it)
     stall: bool = False  # with reply None: say nothing and keep the connection open
     delay: float = 0.0  # with reply None and no stall: wait this long, then answer as usual
 
@@ -96,11 +96,12 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
-        reply = await self.server._fault(smtp, "data_end")
+        first = envelope.rcpt_tos[0] if envelope.rcpt_tos else None
+        reply = await self.server._fault(smtp, "data_end", first)
         if reply is not None:
             return reply
         number = self.server._store(smtp, session, envelope)
-        await self.server._fault(smtp, "after_data")
+        await self.server._fault(smtp, "after_data", first)
         return f"250 2.0.0 OK queued as {number}"
 
 
@@ -267,9 +268,10 @@ class SmtpServer:
         """Answer RCPT TO:<address> with `code text` (`times` None: every time)."""
         self._add(_Fault("rcpt", _reply(code, text), times, 0, address.lower()))
 
-    def drop(self, stage: str, *, times: int | None = 1, after: int = 0) -> None:
-        """Close the connection without replying at `stage` (after "after_data": the message is kept)."""
-        self._add(_Fault(stage, None, times, after))
+    def drop(self, stage: str, *, times: int | None = 1, after: int = 0, address: str | None = None) -> None:
+        """Close the connection without replying at `stage` (after "after_data": the message is kept);
+        with `address`, only for that recipient."""
+        self._add(_Fault(stage, None, times, after, (address or "").lower() or None))
 
     def stall(self, stage: str, *, times: int | None = 1, after: int = 0) -> None:
         """Say nothing at `stage` and keep the connection open, so the client times out."""

@@ -394,6 +394,35 @@ def test_a_slow_message_keeps_its_lease_and_no_sibling_sends_it_again(config, sm
         services.close()
 
 
+def test_a_deferral_whose_lease_is_gone_is_not_logged_as_accepted(config, smtp_server, caplog):
+    """A worker that lost the row while the relay said 451 must not log that the relay accepted
+    it (the operator would look for a second copy that never was)."""
+    services = make_services(config, smtp_server)
+    prepare_send(services, 1)
+    original_fault = smtp_server._fault
+
+    async def take_the_lease_then(smtp, stage, address=None):  # type: ignore[no-untyped-def]
+        if stage == "data_end":  # as if another worker had taken the row over meanwhile
+            engine = db.make_engine(services.config.database.url)
+            with engine.begin() as conn:
+                conn.execute(update(Delivery).values(lease_owner="someone-else"))
+            engine.dispose()
+        return await original_fault(smtp, stage, address)
+
+    smtp_server._fault = take_the_lease_then
+    smtp_server.fail_next("data_end", 451, "4.3.0 try again later")
+    caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
+    try:
+        dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1)
+        dispatcher.run(once=True)
+        assert (dispatcher.stats.deferred, dispatcher.stats.lost) == (0, 1)
+        said = [r.getMessage() for r in caplog.records if "lease had passed" in r.getMessage()]
+        assert len(said) == 1 and "the relay deferred it (" in said[0] and "accepted" not in said[0]
+        assert smtp_server.messages == []
+    finally:
+        services.close()
+
+
 def test_a_result_refused_because_the_lease_is_gone_is_counted_and_logged(config, smtp_server, caplog):
     services = make_services(config, smtp_server)
     issue = prepare_send(services, 3)
@@ -709,3 +738,41 @@ def test_a_worker_started_while_the_database_is_locked_waits_for_it(config_file,
         holder.close()
     assert result.exit_code == 0, result.output + result.stderr
     assert "sent 0, failed 0, deferred 0" in result.stdout
+
+
+# -- the relay dropping the line after the final dot, for a few recipients only -------------------
+
+def test_a_few_recipients_whose_every_copy_is_dropped_do_not_stop_the_run(config, smtp_server):
+    """The run stops when [dispatch] refusals_to_stop messages in a row are dropped after the dot
+    (the relay may be keeping everything). Two recipients dropped at every attempt, retried until
+    ambiguous_max_attempts, were counted once per attempt: the worker stopped with that alarm and
+    everything else waited. Counted by message, they fail on their own and the rest go out."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 8)
+    for poisoned in ("user0@example.jp", "user1@example.jp"):
+        smtp_server.drop("after_data", times=None, address=poisoned)
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=4)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            dispatcher.run(poll_seconds=0.2)
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        wait_for(lambda: counts(services, issue).pending == 0 or failure, timeout=60)
+    finally:
+        dispatcher.stop.set()
+        worker.join(timeout=30)
+    assert failure == []
+    c = counts(services, issue)
+    assert (c.sent, c.failed, c.pending) == (6, 2, 0)  # each of the two gave up after its attempts
+    received = smtp_server.recipients()
+    assert sorted(set(received)) == sorted(f"user{i}@example.jp" for i in range(8))
+    assert received.count("user0@example.jp") == services.config.retry.ambiguous_max_attempts
+    with services.session() as session:
+        assert session.scalar(select(Issue.status).where(Issue.id == issue.id)) == "sent"
+    services.close()

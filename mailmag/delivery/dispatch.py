@@ -731,10 +731,12 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 results.close()
 
-    def _lost(self, delivery: outbox.Claimed) -> None:
+    def _lost(self, delivery: outbox.Claimed, happened: str = "the relay accepted it, but") -> None:
+        """The lease passed to another worker before this result was written: the other one has
+        the row now and sends it (a second copy only if the relay may have the first)."""
         self.stats.add("lost")
-        log.warning("delivery %s: the relay accepted it, but its lease had passed to another worker, "
-                    "which may send it again; the result was not recorded", delivery.id)
+        log.warning("delivery %s: %s its lease had passed to another worker, which may send it again; "
+                    "the result was not recorded", delivery.id, happened)
 
     def _defer(self, owner: str, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
         """A temporary failure, an ambiguous drop included, is retried under [retry] until the
@@ -764,10 +766,11 @@ class Dispatcher:
                 return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
 
         if not self.database.call(work):
-            self._lost(delivery)
+            self._lost(delivery, "the connection was lost after the final dot (the relay may have it), and"
+                       if failure.ambiguous else f"the relay deferred it ({failure}), and")
             return
         self.stats.add("failed" if give_up else "deferred")
-        if failure.ambiguous and self.drops.add():
+        if failure.ambiguous and self.drops.add(delivery.id):
             self._dropped_too_often(failure)
 
     def _dropped_too_often(self, failure: TemporaryFailure) -> None:
@@ -799,7 +802,7 @@ class Dispatcher:
                 return True
 
         if not self.database.call(work):
-            self._lost(delivery)
+            self._lost(delivery, f"the relay refused it ({failure}), and")
             return
         self.stats.add("failed")
         if self.progress:

@@ -170,24 +170,26 @@ class Refusals:
 
 
 class DropsInRow:
-    """Connections lost after the final dot in a row, with no message accepted in between: the
-    relay may be keeping every one, so going on would send the whole list again and again."""
+    """Messages whose connection was lost after the final dot, in a row, with no message accepted
+    in between: the relay may be keeping every one, so going on would send the whole list again
+    and again. Counted by message, not by attempt: one or two recipients whose every attempt is
+    dropped (retried until ambiguous_max_attempts) are no sign that the relay keeps everything."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
-        self._count = 0
+        self._messages: set[int] = set()
         self._lock = threading.Lock()
 
-    def add(self) -> bool:
-        """Count one; True once the run must stop."""
+    def add(self, delivery_id: int) -> bool:
+        """Count this message's drop; True once the run must stop."""
         with self._lock:
-            self._count += 1
-            return self._count >= self.limit
+            self._messages.add(delivery_id)
+            return len(self._messages) >= self.limit
 
     def accepted(self) -> None:
-        if self._count:
+        if self._messages:
             with self._lock:
-                self._count = 0
+                self._messages.clear()
 
 
 class DatabaseGuard:
