@@ -187,20 +187,23 @@ _STORED = re.compile(r'[^\s<>()\[\],;:"@\\]+@[^\s<>()\[\],;:"@\\]+')
 _UNSAFE = re.compile("[\r\n\0]")
 
 
-def check(value: str, what: str) -> None:
-    """Data may never end a header line early: CR, LF or NUL raise InvalidInput."""
+def check(value: str, what: str, what_ja: str = "") -> None:
+    """Data may never end a header line early: CR, LF or NUL raise InvalidInput. `what_ja` names
+    `what` in a Japanese sentence (件名, 宛先の名前)."""
     if _UNSAFE.search(value):
         raise InvalidInput(f"{what} contains a line break or NUL character; remove it",
-                           ja=f"{what} に改行または NUL 文字が含まれています。取り除いてください")
+                           ja=f"{what_ja or f'「{what}」'}に改行または NUL 文字が含まれています。"
+                              "取り除いてください")
 
 
-def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
+def ascii_address(address: str, what: str, *, utf8: bool = False, what_ja: str = "") -> str:
     """The addr-spec to write for a stored address, valid by mailmag.addresses' one rule.
 
     An internationalized domain becomes A-labels; a legacy carrier local part is quoted
     ("taro..yamada."@docomo.ne.jp); a non-ASCII local part is refused unless `utf8`.
     """
-    check(address, what)
+    what_ja = what_ja or f"「{what}」"
+    check(address, what, what_ja)
     kind = "valid" if utf8 else "plain ASCII"
     address = address.strip()
     try:
@@ -212,7 +215,7 @@ def ascii_address(address: str, what: str, *, utf8: bool = False) -> str:
         return addr_spec(parsed.email)
     except InvalidEmail as exc:
         raise InvalidInput(f"{what} {address!r} is not a {kind} e-mail address",
-                           ja=f"{what}「{address}」は{'正しい' if utf8 else '半角英数字（ASCII）の'}"
+                           ja=f"{what_ja}「{address}」は{'正しい' if utf8 else '半角英数字（ASCII）の'}"
                               "メールアドレスではありません") from exc
 
 
@@ -236,7 +239,8 @@ def unsubscribe_address(config: Config) -> str:
     """Where mailto: unsubscribe requests go: [sender] unsubscribe_mailto (a written 'mailto:' and
     '?subject=…' are dropped), else unsubscribe@<from domain>. Bounce processing reads the same."""
     value = config.sender.unsubscribe_mailto.removeprefix("mailto:").partition("?")[0]
-    return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto")
+    return ascii_address(value or f"unsubscribe@{sender_domain(config)}", "[sender] unsubscribe_mailto",
+                         what_ja="設定の [sender] unsubscribe_mailto")
 
 
 def unsubscribe_mailto(address: str, secret: str, subscriber_id: int, link_key: str) -> str:
@@ -253,7 +257,7 @@ def bounce_address(config: Config) -> str:
     """The plain envelope sender ([sender] bounce_address, default bounces@<from domain>)."""
     address = config.sender.bounce_address or f"bounces@{sender_domain(config)}"
     try:
-        ascii_address(address, "[sender] bounce_address")
+        ascii_address(address, "[sender] bounce_address", what_ja="設定の [sender] bounce_address")
     except InvalidInput as exc:
         raise ConfigError(f"[sender] bounce_address {address!r} must look like bounces@example.jp") from exc
     return address

@@ -81,10 +81,12 @@ def add(session: Session, name: str, email: str, role: str, password: str) -> Ad
     """A new account; the name is what the person types at the login form."""
     if not _NAME.match(name):
         raise InvalidInput(f"account name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)",
-                           ja=f"アカウント名「{name}」は使えません。英数字と「.」「_」「-」で64文字までにしてください")
+                           ja=f"アカウント名「{name}」は使えません。"
+                              "英数字と「.」「_」「-」で64文字までにしてください")
     if find(session, name) is not None:
         raise StateError(f"the account {name!r} exists already: pick another name, or reset its password",
-                         ja=f"アカウント「{name}」はすでにあります。別の名前にするか、そのアカウントのパスワードを設定し直してください")
+                         ja=f"アカウント「{name}」はすでにあります。"
+                            "別の名前にするか、そのアカウントのパスワードを設定し直してください")
     if "@" not in email or any(c.isspace() for c in email):
         raise InvalidInput(f"{email!r} is not an e-mail address: test sends go there",
                            ja=f"「{email}」はメールアドレスではありません（テスト送信の宛先になります）")
@@ -107,7 +109,8 @@ def _guard_last_owner(session: Session, admin: Admin) -> None:
     owners = [a for a in listing(session) if a.role == "owner"]
     if admin.role == "owner" and len(owners) == 1:
         raise StateError(f"{admin.name} is the last owner: add another owner before removing it",
-                         ja=f"{admin.name} は最後の owner です。削除する前に別の owner を追加してください")
+                         ja=f"アカウント「{admin.name}」は最後の「owner」です。"
+                            "削除する前に、別の「owner」のアカウントを追加してください")
 
 
 def reset_password(session: Session, name: str, password: str) -> int:
@@ -139,7 +142,7 @@ def totp_uri(admin: Admin, issuer: str) -> str:
     """The otpauth:// link an authenticator app reads (as a QR code or typed in)."""
     if not admin.totp_secret:
         raise StateError(f"{admin.name} has no one-time code set up", fixes=[Fix("setup_totp", admin.name)],
-                         ja=f"{admin.name} にはワンタイムコードが設定されていません")
+                         ja=f"アカウント「{admin.name}」にはワンタイムコードが設定されていません")
     return pyotp.TOTP(admin.totp_secret).provisioning_uri(name=admin.name, issuer_name=issuer)
 
 

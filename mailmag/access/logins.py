@@ -28,7 +28,7 @@ from mailmag.errors import AccessDenied
 from mailmag.models import Admin, AdminSession, LoginAttempt, utcnow
 
 REFUSED = "the name, password or one-time code is wrong"
-REFUSED_JA = "名前、パスワード、ワンタイムコードのいずれかが違います"
+REFUSED_JA = "アカウント名、パスワード、ワンタイムコードのいずれかが違います"
 LOCKED = "too many failed logins: try again later"
 LOCKED_JA = "ログインの失敗が多すぎます。しばらくしてからもう一度お試しください"
 # Touching last_seen_at on every request would make every page a write; a minute is precise enough.

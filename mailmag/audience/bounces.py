@@ -332,17 +332,17 @@ def open_mailbox(path: Path) -> tuple[mailbox.Mailbox, Callable[[Any], str]]:
     if path.is_dir():
         if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
             raise InvalidInput(f"{path} is a folder but not a Maildir (it needs cur, new and tmp)",
-                               ja=f"{path} はフォルダですが Maildir ではありません"
+                               ja=f"「{path}」はフォルダですが Maildir ではありません"
                                   "（cur・new・tmp が必要です）")
         return mailbox.Maildir(path, factory=None, create=False), str
     if not path.exists():
         raise NotFound(f"no mailbox at {path}: give a Maildir folder or an mbox file",
-                       ja=f"{path} にメールボックスがありません。"
+                       ja=f"「{path}」にメールボックスがありません。"
                           "Maildir のフォルダか mbox ファイルを指定してください")
     with path.open("rb") as file:
         start = file.read(5)
     if start and start != b"From ":
         raise InvalidInput(f"{path} is not an mbox file (it must start with a 'From ' line)",
-                           ja=f"{path} は mbox ファイルではありません"
+                           ja=f"「{path}」は mbox ファイルではありません"
                               "（先頭が「From 」の行で始まる必要があります）")
     return mailbox.mbox(path, factory=None, create=False), lambda key: f"#{key + 1}"

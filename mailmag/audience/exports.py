@@ -107,7 +107,7 @@ def write_export(path: Path, data: bytes) -> None:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise InvalidInput(f"cannot write {path}: {exc.strerror}",
-                           ja=f"{path} に書き出せません：{exc.strerror}") from exc
+                           ja=f"「{path}」に書き出せません：{exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -115,4 +115,4 @@ def write_export(path: Path, data: bytes) -> None:
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)
         raise InvalidInput(f"cannot write {path}: {exc.strerror}",
-                           ja=f"{path} に書き出せません：{exc.strerror}") from exc
+                           ja=f"「{path}」に書き出せません：{exc.strerror}") from exc

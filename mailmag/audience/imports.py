@@ -182,7 +182,9 @@ def _unreadable(line: int, exc: csv.Error) -> InvalidInput:
             f"line {line}: a cell is longer than {csv.field_size_limit()} characters, so this is not a "
             f"subscriber list (a missing closing quote \" makes the rest of the file one cell); "
             f"{SAVE_AS_CSV}",
-            ja=f"{line}行目：{csv.field_size_limit()}文字を超えるセルがあり、読者の一覧として読めません（閉じる「\"」が抜けていると、残り全体が1つのセルになります）。{SAVE_AS_CSV_JA}",
+            ja=f"{line}行目：{csv.field_size_limit()}文字を超えるセルがあり、読者の一覧として読めません"
+               "（閉じる「\"」が抜けていると、残り全体が1つのセルになります）。"
+               f"{SAVE_AS_CSV_JA}",
         )
     return InvalidInput(f"line {line}: the CSV cannot be read ({exc}); {SAVE_AS_CSV}",
                         ja=f"{line}行目：CSV として読み取れません（{exc}）。{SAVE_AS_CSV_JA}")
@@ -200,10 +202,12 @@ def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
         columns[field] = index
     if "email" not in columns:
         found = ", ".join(repr(h.strip()) for h in header[:6])
+        found_ja = "".join(f"「{h.strip()}」" for h in header[:6])
         raise InvalidInput(
             f"no email column in the first row ({found}): the first row must name the columns, "
             "with one called メールアドレス or email",
-            ja=f"1行目にメールアドレスの列がありません（{found}）。1行目に列名を書き、そのうち1つを「メールアドレス」か「email」にしてください",
+            ja=f"1行目にメールアドレスの列がありません（{found_ja}）。"
+               "1行目に列名を書き、そのうち1つを「メールアドレス」か「email」にしてください",
         )
     return columns
 
@@ -350,7 +354,7 @@ def import_file(
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}",
-                           ja=f"{path} を読めません：{exc.strerror}") from exc
+                           ja=f"「{path}」を読めません：{exc.strerror}") from exc
     report = ImportReport()
     rows = parse_rows(decode(data, encoding), report, topics)
     return import_rows(session, rows, report, consent, resubscribe=resubscribe, progress=progress)

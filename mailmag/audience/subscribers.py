@@ -100,7 +100,7 @@ def get(session: Session, raw_email: str) -> Subscriber:
         forgotten = " (it was erased and stays suppressed)" if is_suppressed(
             session, address) else ""
         raise NotFound(f"no subscriber with the address {address.email}{forgotten}",
-                       ja=f"メールアドレス {address.email} の読者はいません"
+                       ja=f"メールアドレス「{address.email}」の読者はいません"
                           + ("（消去済みで、送信しないアドレスに入っています）" if forgotten else ""))
     return subscriber
 

@@ -457,9 +457,6 @@ _HTTP = re.compile(r"http://[A-Za-z0-9\-._~:/?#\[\]@!$&*+,;=%]+")  # up to a ')'
 _HREF = re.compile(r'href="([^"]+)"')
 
 
-_LANG_JA = {"ja": "日本語", "en": "英語"}
-
-
 def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edition],
           today: dt.date) -> list[Sentence]:
     """What compose lets through but the secretariat should look at before sending."""
@@ -473,7 +470,7 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
             warnings.append(Sentence(
                 f"the {edition.lang} HTML is {size / 1024:.0f} KB, over {limit} KB: Gmail clips it "
                 "(\"[Message clipped]\"); shorten the items or move some to the web",
-                f"{_LANG_JA.get(edition.lang, edition.lang)}版の HTML が {size / 1024:.0f} KB あり、"
+                f"{outbox.edition_ja(edition.lang)}の HTML が {size / 1024:.0f} KB あり、"
                 f"{limit} KB を超えています。Gmail では途中で切られます。"
                 "記事を短くするか、一部をウェブに移してください",
             ))
@@ -523,7 +520,7 @@ def _character_warnings(ordered: Sequence[Item], editions: Sequence[render.Editi
     for edition in editions:
         pairs = [p for p in text_ja.poor_characters(edition.subject) if p[0] not in seen]
         if pairs:
-            where = (f"the {edition.lang} subject", f"{_LANG_JA.get(edition.lang, edition.lang)}版の件名")
+            where = (f"the {edition.lang} subject", f"{outbox.edition_ja(edition.lang)}の件名")
             warnings.append(_poor_warning(where, edition.subject, pairs, True))
     return warnings
 

@@ -178,7 +178,8 @@ class Skeletons:
                 number = session.scalar(select(Issue.number).where(Issue.id == issue_id))
                 if rendering is None or number is None:
                     raise StateError(f"issue {issue_id} has no {lang} rendering to send",
-                                     ja=f"号（ID {issue_id}）には送信する「{lang}」の版がありません")
+                                     ja=f"号（ID {issue_id}）には送信する{outbox.edition_ja(lang)}"
+                                        "がありません")
                 self._cache[key] = messages.prepare(rendering, number, self.services.config, dkim=self.dkim)
             return self._cache[key]
 
@@ -909,7 +910,7 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
     rendering = next((r for r in issue.renderings if r.lang == lang), None)
     if rendering is None:
         raise StateError(f"issue {issue.id} has no '{lang}' edition",
-                         ja=f"号（ID {issue.id}）には「{lang}」の版がありません")
+                         ja=f"号（ID {issue.id}）には{outbox.edition_ja(lang)}がありません")
     number = issue.number if issue.number is not None else issue.rendered_number  # a draft's: as shown
     skeleton = messages.prepare(rendering, number or 0, config, dkim=load_dkim(config))
     connection = transport.connect()

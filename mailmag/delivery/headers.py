@@ -23,6 +23,12 @@ FOLD = "\r\n "
 _RAW_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOM_PHRASE = re.compile(rf"{_ATEXT}(?: {_ATEXT})*")
+_HEADERS_JA = {"From": "差出人", "To": "宛先", "Reply-To": "返信先", "Subject": "件名"}
+
+
+def header_ja(header: str) -> str:
+    """A header as a Japanese sentence names it (Subject → 件名; others ヘッダー「X-Name」)."""
+    return _HEADERS_JA.get(header, f"ヘッダー「{header}」")
 
 
 def is_plain(value: str) -> bool:
@@ -37,7 +43,7 @@ def encode_header(text: str, *, header: str = "Subject") -> str:
     at most 75, hold whole characters (and whole combining sequences where they fit), and
     are separated by CRLF SP. CR, LF or NUL in `text` raise InvalidInput.
     """
-    check(text, header)
+    check(text, header, header_ja(header))
     if not text:
         return ""
     room = LINE_MAX - len(header) - 2
@@ -50,13 +56,13 @@ def format_address(name: str, address: str, *, header: str = "To", utf8: bool = 
 
     utf8=True lets a non-ASCII local part through as UTF-8 (RFC 6532; sent only with SMTPUTF8).
     """
-    address = ascii_address(address, f"{header} address", utf8=utf8)
+    address = ascii_address(address, f"{header} address", utf8=utf8, what_ja=f"{header_ja(header)}のアドレス")
     return angle(phrase(name, header), address, header) if name else address
 
 
 def phrase(name: str, header: str) -> str:
     """A display name (RFC 5322 phrase) on the first line of `header`, encoded if it must be."""
-    check(name, f"{header} name")
+    check(name, f"{header} name", f"{header_ja(header)}の名前")
     room = LINE_MAX - len(header) - 2
     if is_plain(name) and _ATOM_PHRASE.fullmatch(name) and len(name) <= room:
         return name

@@ -27,7 +27,16 @@ from mailmag.addresses import DOT_ATOM
 from mailmag.config import Config
 from mailmag.delivery import dkim, wireform
 from mailmag.delivery.dkim import DkimKey
-from mailmag.delivery.headers import LINE_MAX, angle, check, encode_header, format_address, is_plain, phrase
+from mailmag.delivery.headers import (
+    LINE_MAX,
+    angle,
+    check,
+    encode_header,
+    format_address,
+    header_ja,
+    is_plain,
+    phrase,
+)
 from mailmag.errors import ConfigError, InvalidInput
 
 CRLF = b"\r\n"
@@ -360,7 +369,7 @@ def build_simple(
     for name, value in (headers or {}).items():
         if not re.fullmatch(r"[\x21-\x39\x3b-\x7e]+", name) or name.lower() in {n.lower() for n, _ in lines}:
             raise ValueError(f"header name {name!r} is not allowed here")
-        check(value, name)
+        check(value, name, header_ja(name))
         lines.append((name, value if is_plain(value) else encode_header(value, header=name)))
     if message_id is not None and not addresses.MESSAGE_ID.fullmatch(message_id):
         raise InvalidInput(f"Message-ID {message_id!r} is not of the form <id@domain>",

@@ -60,6 +60,12 @@ PENDING = ("queued", "sending")
 # How last_reply starts once a delivery may have reached the relay twice (a drop after the final
 # dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
 AMBIGUOUS = "ambiguous"
+_EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
+
+
+def edition_ja(lang: str) -> str:
+    """An issue's rendering in `lang` as a Japanese sentence names it ('ja' → 日本語版)."""
+    return _EDITIONS_JA.get(lang, f"「{lang}」の版")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +111,7 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     if default_lang not in langs:
         raise StateError(f"issue {issue.id} has no '{default_lang}' rendering",
                          fixes=[Fix("render_issue", issue.id)],
-                         ja=f"号（ID {issue.id}）には「{default_lang}」の版がありません")
+                         ja=f"号（ID {issue.id}）には{edition_ja(default_lang)}がありません")
     if issue.number is None:
         raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)],
                          ja=f"号（ID {issue.id}）にはまだ号数がありません")
