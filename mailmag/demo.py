@@ -126,13 +126,13 @@ def _start_over(folder: Path) -> None:
     """Remove what an earlier demo run left in `folder`; refuse a folder that is not a demo's."""
     if folder.exists() and not folder.is_dir():
         raise InvalidInput(f"{folder} is a file, not a folder: choose another --dir",
-                           ja=f"{folder} はフォルダではなくファイルです。別のフォルダを指定してください")
+                           ja=f"「{folder}」はフォルダではなくファイルです。別のフォルダを指定してください")
     config_file = folder / "mailmag.toml"
     if config_file.exists() and not _is_demo_config(config_file):
         raise InvalidInput(
             f"{config_file} is not a demo configuration (no demo = true): the demo would overwrite "
             "a real installation; choose another --dir",
-            ja=f"{config_file} はデモの設定ではありません（demo = true がありません）。"
+            ja=f"「{config_file}」はデモの設定ではありません（demo = true がありません）。"
                "デモが実際の設定を上書きしてしまうため、別のフォルダを指定してください",
         )
     folder.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,13 @@ def known(offered: Sequence[Topic]) -> str:
     return ", ".join(t.code for t in offered) or "none are configured ([web] topics)"
 
 
+def known_ja(offered: Sequence[Topic]) -> str:
+    """known() for Japanese sentences: '設定されているテーマ：イベント案内（events）、news', or that
+    there are none."""
+    named = [t.code if t.ja == t.code else f"{t.ja}（{t.code}）" for t in offered]
+    return f"設定されているテーマ：{'、'.join(named)}" if named else "テーマはまだ設定されていません"
+
+
 def check_codes(codes: Iterable[str], offered: Sequence[Topic]) -> list[str]:
     """The codes, sorted without duplicates; InvalidInput naming an unknown one and the known ones."""
     wanted = list(codes)
@@ -64,7 +71,7 @@ def check_codes(codes: Iterable[str], offered: Sequence[Topic]) -> list[str]:
     unknown = [code for code in wanted if code not in codes_offered]
     if unknown:
         raise InvalidInput(f"unknown topic {unknown[0]!r}: the topics are {known(offered)}",
-                           ja=f"テーマ「{unknown[0]}」はありません（設定されているテーマ：{known(offered)}）")
+                           ja=f"テーマ「{unknown[0]}」はありません（{known_ja(offered)}）")
     return sorted(set(wanted))
 
 

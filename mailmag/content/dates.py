@@ -77,12 +77,17 @@ def _split_weekday(text: str) -> tuple[str, int | None]:
     return text[: match.start()], _WEEKDAYS_EN.index(english)
 
 
+def shown_ja(date: dt.date) -> str:
+    """2026年12月1日: a date in a Japanese sentence (an error's; pages add the weekday themselves)."""
+    return f"{date.year}年{date.month}月{date.day}日"
+
+
 def _calendar_date(original: str, year: int, month: int, day: int) -> dt.date:
     try:
         return dt.date(year, month, day)
     except ValueError:
         raise InvalidInput(f"{original!r} is not a date on the calendar",
-                           ja=f"「{original}」は暦にない日付です") from None
+                           ja=f"「{original}」は存在しない日付です。月と日をご確認ください") from None
 
 
 def _era_year(original: str, era: Era, eyear: str, month: int, day: int) -> dt.date:
@@ -92,8 +97,8 @@ def _era_year(original: str, era: Era, eyear: str, month: int, day: int) -> dt.d
         span = f"{era.first.isoformat()} to {era.last.isoformat() if era.last else 'today'}"
         raise InvalidInput(f"{original!r} is not in the {era.name} era ({span}); check the era and year",
                            ja=f"「{original}」は{era.name}の期間"
-                              f"（{era.first.isoformat()}〜{era.last.isoformat() if era.last else ''}）"
-                              "にありません。元号と年をご確認ください")
+                              f"（{shown_ja(era.first)}〜{shown_ja(era.last) if era.last else ''}）"
+                              "に入っていません。元号と年をご確認ください")
     return date
 
 
@@ -109,7 +114,8 @@ def nearest(month: int, day: int, today: dt.date, original: str) -> dt.date:
     if best is None or abs((best - today).days) > 184:
         # Only 2/29 gets here: the nearest leap day may be years away.
         raise InvalidInput(f"{original!r} needs a year (the nearest one is not within six months)",
-                           ja=f"「{original}」には年が必要です（前後6か月以内に当たる日がありません）")
+                           ja=f"「{original}」には年も入れてください"
+                              "（前後6か月以内に当たる日がないため、どの年のことか決められません）")
     return best
 
 
@@ -129,7 +135,7 @@ def _check_weekday(original: str, date: dt.date, weekday: int | None) -> None:
         raise InvalidInput(
             f"{original!r}: {date.isoformat()} is a {WEEKDAYS_JA[date.weekday()]}曜日, "
             f"not {WEEKDAYS_JA[weekday]}曜日; check the date or the weekday",
-            ja=f"「{original}」：{date.isoformat()} は{WEEKDAYS_JA[date.weekday()]}曜日で、"
+            ja=f"「{original}」は日付と曜日が合いません。{shown_ja(date)}は{WEEKDAYS_JA[date.weekday()]}曜日で、"
                f"{WEEKDAYS_JA[weekday]}曜日ではありません。日付か曜日をご確認ください",
         )
 
@@ -149,7 +155,7 @@ def parse_date(text: str | dt.date, today: dt.date | None = None) -> dt.date:
             _check_weekday(original, date, weekday)
             return date
     raise InvalidInput(f"cannot read the date {original!r}; write it as {FORMS}",
-                       ja=f"日付「{original}」を読み取れません。{FORMS_JA} のように書いてください")
+                       ja=f"「{original}」を日付として読み取れません。{FORMS_JA} のように入力してください")
 
 
 def is_range(text: str) -> bool:
@@ -167,12 +173,12 @@ def parse_range(text: str | dt.date, today: dt.date | None = None) -> tuple[dt.d
     if len(parts) != 2 or not parts[1].strip():
         raise InvalidInput(f"cannot read the dates {text.strip()!r}; write e.g. 2026/11/22〜23",
                            ja=f"期間「{text.strip()}」を読み取れません。"
-                              "2026/11/22〜23 のように書いてください")
+                              "2026/11/22〜23 のように入力してください")
     start = parse_date(parts[0], today)
     end = _range_end(parts[1], start)
     if end < start:
         raise InvalidInput(f"{text.strip()!r} ends before it starts",
-                           ja=f"期間「{text.strip()}」は終わりが始まりより前です")
+                           ja=f"期間「{text.strip()}」は終わりの日が始まりの日より前になっています")
     return start, (end if end != start else None)
 
 

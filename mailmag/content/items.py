@@ -9,6 +9,7 @@ Bodies and how_to_apply are Markdown; `markup.to_html` is the only way they beco
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from mailmag import text_ja
 from mailmag.content import dates, orgs
 from mailmag.errors import Fix, InvalidInput, LimitExceeded, MailmagError, NotFound, StateError
-from mailmag.models import ITEM_KINDS, ITEM_STATUSES, Item, Org, utcnow
+from mailmag.models import ITEM_KINDS, ITEM_STATUSES, STATUS_JA, Item, Org, utcnow
 
 KIND_LABELS = {"meeting": "会議報告", "event": "イベント案内", "exhibitors": "出展者募集", "news": "お知らせ"}
 _KIND_ALIASES = {
@@ -68,6 +69,17 @@ _OPTIONAL = {
 # linearly with the text, benchmarks/compose.py: ~3 s for 400 KB, so it is not the limit).
 ITEM_SIZE_LIMIT_KB = 100
 _LINE_BREAKS = ("\r", "\n", "\v", "\f", "\x85", "\u2028", "\u2029")
+# Why a file cannot be read, for Japanese sentences (the English keeps the system's own words).
+_OS_ERRORS_JA = {errno.ENOENT: "ファイルがありません", errno.EACCES: "読み取る権限がありません",
+                 errno.EISDIR: "ファイルではなくフォルダです"}
+
+
+def _about_characters(size: int) -> str:
+    """A size in bytes as about how many Japanese characters it holds (3 bytes each in UTF-8),
+    rounded to two digits: 102400 → '34,000'; for people who do not count in bytes."""
+    count = size // 3
+    unit = 10 ** max(len(str(count)) - 2, 0)
+    return f"{count // unit * unit:,}"
 
 
 def parse_kind(raw: str) -> str:
@@ -76,7 +88,7 @@ def parse_kind(raw: str) -> str:
     kind = _KIND_ALIASES.get(value, value.lower())
     if kind not in ITEM_KINDS:
         raise InvalidInput(f"unknown kind {raw!r}: use meeting, event, exhibitors or news",
-                           ja=f"種類「{raw}」はありません。会議報告・イベント案内・出展者募集・お知らせのいずれかです")
+                           ja=f"種類「{raw}」はありません。{'・'.join(KIND_LABELS.values())}のいずれかを選んでください")
     return kind
 
 
@@ -105,7 +117,7 @@ def _resolve(fields: Mapping[str, Any]) -> dict[str, Any]:
         attr = _ALIASES.get(key)
         if attr is None:
             raise InvalidInput(f"unknown field {key!r}; the fields are: {', '.join(FIELD_NAMES.values())}",
-                               ja=f"項目「{key}」はありません。項目は {_labels(FIELD_NAMES)} です")
+                               ja=f"項目「{key}」はありません（使える項目：{_labels(FIELD_NAMES)}）")
         if value is not None:
             resolved[attr] = value
     return resolved
@@ -130,7 +142,8 @@ def _one_line(attr: str, raw: Any) -> str:
     value = text_ja.normalize_line(raw)
     if len(value) > _ONE_LINE_LIMITS[attr]:
         raise InvalidInput(f"{FIELD_NAMES[attr]} is longer than {_ONE_LINE_LIMITS[attr]} characters",
-                           ja=f"{FIELD_LABELS[attr]}が長すぎます（{_ONE_LINE_LIMITS[attr]}文字まで）")
+                           ja=f"{FIELD_LABELS[attr]}が長すぎます。{_ONE_LINE_LIMITS[attr]}文字以内で"
+                              f"入力してください（現在{len(value):,}文字）")
     return value
 
 
@@ -141,8 +154,9 @@ def _block(attr: str, raw: Any, limit_kb: int) -> str:
         raise InvalidInput(
             f"{FIELD_NAMES[attr]} is {size / 1024:,.0f} KB; an item may hold at most {limit_kb} KB "
             "([compose] item_size_limit_kb): shorten it, or link to the full text",
-            ja=f"{FIELD_LABELS[attr]}が {size / 1024:,.0f} KB あります。記事1件は {limit_kb} KB までです。"
-               "短くするか、全文を載せたページへのリンクにしてください",
+            ja=f"{FIELD_LABELS[attr]}が長すぎます（{size / 1024:,.1f} KB）。{FIELD_LABELS[attr]}は "
+               f"{limit_kb} KB（日本語でおよそ{_about_characters(limit_kb * 1024)}文字）までです。"
+               "文章を短くするか、全文をウェブページに載せて、そのURLを入れてください",
         )
     lines = text_ja.normalize(text).split("\n")
     return "\n".join(line.rstrip() for line in lines).strip("\n")
@@ -152,11 +166,15 @@ def parse_url(raw: Any) -> str:
     """An http(s) link as pasted; anything else would be a dead or dangerous link in the mail."""
     value = text_ja.normalize_line(_text("url", raw))
     parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
-        raise InvalidInput(f"url {value!r} is not an http:// or https:// address",
-                           ja=f"URL「{value}」は http:// または https:// で始まるアドレスではありません")
+    spaced = any(c.isspace() for c in value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or spaced:
+        why_ja = (f"URL「{value}」の途中に空白が入っています。空白を除いて入力してください" if spaced
+                  else f"URL「{value}」は http:// または https:// で始まるアドレスではありません。"
+                       "ウェブページのアドレスをそのまま貼り付けてください")
+        raise InvalidInput(f"url {value!r} is not an http:// or https:// address", ja=why_ja)
     if len(value) > 2000:
-        raise InvalidInput("url is longer than 2000 characters", ja="URLが長すぎます（2000文字まで）")
+        raise InvalidInput("url is longer than 2000 characters",
+                           ja=f"URLが長すぎます。2000文字以内にしてください（現在{len(value):,}文字）")
     return value
 
 
@@ -177,7 +195,8 @@ def _dates(given: dict[str, Any], today: dt.date | None) -> dict[str, dt.date | 
     if "date" in given and isinstance(given["date"], str) and dates.is_range(given["date"]):
         if "end_date" in given:
             raise InvalidInput("date is a range and end_date is given too: give the end only once",
-                               ja="日付が期間（〜）で、終了日も入力されています。終わりの日はどちらか一方に入力してください")
+                               ja="日付が期間（〜）になっていて、終了日も入力されています。"
+                                  "終わりの日は、どちらか一方にだけ入力してください")
         try:
             out["date"], out["end_date"] = dates.parse_range(given["date"], today)
         except InvalidInput as exc:
@@ -188,7 +207,8 @@ def _dates(given: dict[str, Any], today: dt.date | None) -> dict[str, dt.date | 
     start, end = out.get("date"), out.get("end_date")
     if end is not None and start is not None and end < start:
         raise InvalidInput(f"end_date {end.isoformat()} is before date {start.isoformat()}",
-                           ja=f"終了日（{end.isoformat()}）が日付（{start.isoformat()}）より前です")
+                           ja=f"終了日（{dates.shown_ja(end)}）が日付（{dates.shown_ja(start)}）"
+                              "より前になっています")
     if end is not None and start is None:
         raise InvalidInput("end_date is given without date", ja="終了日だけが入力されています。"
                            "日付も入力してください")
@@ -200,7 +220,7 @@ def _require(kind: str, missing: list[str]) -> None:
         raise InvalidInput(
             f"missing {_names(missing)}: {kind} items ({KIND_LABELS[kind]}) need {_names(_REQUIRED[kind])}",
             ja=f"{_labels(missing)}を入力してください"
-               f"（{KIND_LABELS[kind]}には {_labels(_REQUIRED[kind])} が必要です）",
+               f"（{KIND_LABELS[kind]}には{_labels(_REQUIRED[kind])}が必要です）",
         )
 
 
@@ -257,8 +277,8 @@ def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, 
         raise LimitExceeded(f"this link has sent {last_hour} items in the last hour (at most {per_hour}): "
                             "please try again later or ask the secretariat",
                             ja=f"このリンクからの投稿は1時間に {per_hour} 件までです"
-                               f"（直近1時間に {last_hour} 件）。"
-                               "しばらくしてからもう一度お試しいただくか、事務局にご連絡ください")
+                               f"（この1時間にすでに {last_hour} 件投稿されています）。"
+                               "しばらく時間をおいてからもう一度お試しいただくか、事務局にご連絡ください")
     columns = [getattr(Item, attr) for attr in FIELD_NAMES if attr not in _DATES]
     today = session.execute(select(*columns).where(*web, Item.created_at > now - dt.timedelta(days=1)))
     used = sum(len((value or "").encode()) for row in today for value in row)
@@ -266,9 +286,11 @@ def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, 
     if used + size > bytes_per_day:
         raise LimitExceeded(f"this link may send {bytes_per_day} bytes of text a day and has {used} sent: "
                             "please shorten the text, try again tomorrow or ask the secretariat",
-                            ja=f"このリンクから送れる文字量は1日 {bytes_per_day} バイトまでで、"
-                               f"今日はすでに {used} "
-                               "バイト送られています。文章を短くするか、明日もう一度お試しいただくか、事務局にご連絡ください")
+                            ja=f"このリンクから送れる文章の量は1日 {bytes_per_day:,} バイト"
+                               f"（日本語でおよそ{_about_characters(bytes_per_day)}文字）までです。"
+                               f"この24時間にすでに {used:,} バイト送られていて、今回の {size:,} バイトを"
+                               "加えると上限を超えます。文章を短くするか、明日もう一度お試しいただくか、"
+                               "事務局にご連絡ください")
 
 
 def get(session: Session, item_id: int) -> Item:
@@ -286,7 +308,8 @@ def listing(session: Session, status: str | None = None, org: str | None = None,
     if status is not None:
         if status not in ITEM_STATUSES:
             raise InvalidInput(f"unknown status {status!r}: use {', '.join(ITEM_STATUSES)}",
-                               ja=f"状態「{status}」はありません（{'、'.join(ITEM_STATUSES)}のいずれかです）")
+                               ja=f"状態「{status}」はありません（指定できる状態："
+                                  f"{'、'.join(f'{s}＝{STATUS_JA[s]}' for s in ITEM_STATUSES)}）")
         query = query.where(Item.status == status)
     if org is not None:
         query = query.where(Item.org_id == orgs.get(session, org).id)
@@ -361,8 +384,8 @@ def mark_published(session: Session, items: Iterable[Item]) -> None:
     for item in items:
         if item.status not in ("approved", "published"):
             raise StateError(f"item {item.id} is {item.status}, not approved: it cannot be published",
-                             ja=f"記事（ID {item.id}）は承認されていない（状態：{item.status}）ため、"
-                                "掲載できません")
+                             ja=f"記事（ID {item.id}）は{STATUS_JA.get(item.status, item.status)}で、"
+                                "承認されていないため掲載できません")
         item.status = "published"
     session.flush()
 
@@ -372,8 +395,8 @@ def unpublish(item: Item) -> None:
     for the next issue (content.issues.cancel decides that no other issue went out with it)."""
     if item.status != "published":
         raise StateError(f"item {item.id} is {item.status}, not published: it cannot be unpublished",
-                         ja=f"記事（ID {item.id}）は掲載済みではない（状態：{item.status}）ため、"
-                            "掲載を取り消せません")
+                         ja=f"記事（ID {item.id}）は{STATUS_JA.get(item.status, item.status)}で、"
+                            "掲載済みではないため掲載を取り消せません")
     item.status = "approved"
 
 
@@ -385,8 +408,9 @@ def read_text(path: str | Path) -> str:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
+        why_ja = _OS_ERRORS_JA.get(exc.errno or 0, exc.strerror or str(exc))
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}",
-                           ja=f"{path} を読めません：{exc.strerror or exc}") from None
+                           ja=f"「{path}」を読めません（{why_ja}）") from None
     for encoding in ("utf-8-sig", "cp932"):
         try:
             text = raw.decode(encoding)
@@ -395,21 +419,24 @@ def read_text(path: str | Path) -> str:
         if "\x00" not in text:
             return text
     raise InvalidInput(f"cannot read {path}: it is not UTF-8 or Shift_JIS text",
-                       ja=f"{path} を読めません：UTF-8 でも Shift_JIS でもありません")
+                       ja=f"「{path}」を読めません（文字コードが UTF-8 でも Shift_JIS でもありません）")
 
 
 def _split_front_matter(path: str | Path, text: str) -> tuple[str, str]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     start = next((i for i, line in enumerate(lines) if line.strip()), None)
     if start is None or lines[start].strip() != "+++":
-        found = "YAML (---)" if start is not None and lines[start].strip() == "---" else "no front matter"
+        yaml = start is not None and lines[start].strip() == "---"
+        found = "YAML (---)" if yaml else "no front matter"
+        found_ja = "前書きが --- で挟んだ YAML になっています" if yaml else "前書きがありません"
         raise InvalidInput(f"{path}: expected TOML front matter between +++ lines at the top, found {found}",
-                           ja=f"{path}：先頭に +++ の行で挟んだ TOML の前書きがありません（{found}）")
+                           ja=f"「{path}」：{found_ja}。先頭に +++ の行で挟んだ TOML の前書きを"
+                              "書いてください")
     for end in range(start + 1, len(lines)):
         if lines[end].strip() == "+++":
             return "\n".join(lines[start + 1:end]), "\n".join(lines[end + 1:])
     raise InvalidInput(f"{path}: the front matter has no closing +++ line",
-                       ja=f"{path}：前書きを閉じる +++ の行がありません")
+                       ja=f"「{path}」：前書きを閉じる +++ の行がありません")
 
 
 def _from_toml(value: Any) -> Any:
@@ -428,10 +455,10 @@ def parse_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(front)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: the front matter is not valid TOML ({exc})",
-                           ja=f"{path}：前書きが TOML として読めません（{exc}）") from None
+                           ja=f"「{path}」：前書きを TOML として読めません（{exc}）") from None
     if "body" in data:
         raise InvalidInput(f"{path}: write the body below the closing +++, not as a body key",
-                           ja=f"{path}：本文は body の項目ではなく、閉じる +++ の行の下に書いてください")
+                           ja=f"「{path}」：本文は body の項目ではなく、閉じる +++ の行の下に書いてください")
     fields = {key: _from_toml(value) for key, value in data.items()}
     if isinstance(data.get("date"), dt.datetime) and "time" not in data:
         fields["time"] = data["date"].strftime("%H:%M")
@@ -445,7 +472,7 @@ def _prepare(session: Session, path: str | Path, today: dt.date | None,
     org_code, kind = fields.pop("org", None), fields.pop("kind", None)
     if not isinstance(org_code, str) or not isinstance(kind, str):
         raise InvalidInput(f"{path}: the front matter needs org = \"CODE\" and kind = \"meeting|event|…\"",
-                           ja=f"{path}：前書きに org = \"団体コード\" と "
+                           ja=f"「{path}」：前書きに org = \"団体コード\" と "
                               'kind = "meeting|event|…" が必要です')
     kind = parse_kind(kind)
     return orgs.get(session, org_code), kind, clean(kind, fields, today, limit_kb=limit_kb)
@@ -472,7 +499,8 @@ def add_files(session: Session, paths: Sequence[str | Path], today: dt.date | No
             prepared.append((str(path), *_prepare(session, path, today, limit_kb)))
         except MailmagError as exc:
             message = str(exc) if str(exc).startswith(f"{path}:") else f"{path}: {exc}"
-            raise type(exc)(message, ja=f"{path}：{exc.ja}" if exc.ja else "") from None
+            said_ja = exc.ja if not exc.ja or exc.ja.startswith(f"「{path}」") else f"「{path}」：{exc.ja}"
+            raise type(exc)(message, ja=said_ja) from None
     added: list[Item] = []
     already: list[tuple[str, Item]] = []
     for path, org, kind, values in prepared:

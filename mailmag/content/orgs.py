@@ -23,7 +23,7 @@ def parse_code(raw: str) -> str:
     if not _CODE.fullmatch(code):
         raise InvalidInput(
             f"invalid org code {raw!r}: use up to 32 ASCII letters, digits and hyphens, e.g. hiroshima-u",
-            ja=f"団体コード「{raw}」は使えません。半角英数字とハイフンで32文字まで（例：hiroshima-u）にしてください",
+            ja=f"団体コード「{raw}」は使えません。半角の英数字とハイフンで32文字まで（例：hiroshima-u）にしてください",
         )
     return code
 
@@ -109,17 +109,19 @@ def add_file(session: Session, path: str | Path) -> list[Org]:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InvalidInput(f"cannot read the org list {path}: {exc}",
-                           ja=f"団体の一覧 {path} を読めません：{exc}") from exc
+                           ja=f"団体の一覧「{path}」を読めません（{exc}）") from exc
     entries = document.get("orgs")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InvalidInput(f"{path}: expected [[orgs]] tables with code, name, short_name, contact",
-                           ja=f"{path}：code・name・short_name・contact を持つ [[orgs]] の表がありません")
+                           ja=f"「{path}」：code・name・short_name・contact を書いた "
+                              "[[orgs]] の表がありません")
     added = []
     for entry in entries:
         unknown = set(entry) - {"code", "name", "short_name", "contact"}
         if unknown:
             raise InvalidInput(f"{path}: unknown key {sorted(unknown)[0]!r} in [[orgs]]",
-                               ja=f"{path}：[[orgs]] の「{sorted(unknown)[0]}」は使えない項目です")
+                               ja=f"「{path}」：[[orgs]] の「{sorted(unknown)[0]}」は使えない項目です"
+                                  "（使える項目：code・name・short_name・contact）")
         added.append(add(session, str(entry.get("code", "")), str(entry.get("name", "")),
                          str(entry.get("short_name", "")), str(entry.get("contact", ""))))
     return added

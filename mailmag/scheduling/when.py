@@ -46,7 +46,7 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
                                 tzinfo=_offset(match["tz"]) or zone)
         except ValueError as exc:
             raise InvalidInput(f"{text!r} is not a real date and time ({exc}): {_HELP}",
-                               ja=f"「{text}」は実在しない日時です（{exc}）。{_HELP_JA}") from exc
+                               ja=f"「{text}」は実在しない日時です。{_HELP_JA}") from exc
     else:
         value = _item_date_and_time(text, cleaned, zone, now)
     value = value.astimezone(dt.UTC)
@@ -75,10 +75,10 @@ def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetim
         at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0))
     except ValueError as exc:
         raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}",
-                           ja=f"「{text}」は実在しない時刻です（{exc}）。{_HELP_JA}") from exc
+                           ja=f"「{text}」は実在しない時刻です。{_HELP_JA}") from exc
     except InvalidInput as exc:
         raise InvalidInput(f"cannot read {text!r} as a date and time ({exc})",
-                           ja=f"「{text}」を日時として読み取れません（{exc}）") from None
+                           ja=f"「{text}」を日時として読み取れません（{exc.ja or exc.message}）") from None
     return dt.datetime.combine(day, at, tzinfo=zone)
 
 
