@@ -46,6 +46,7 @@ STEPS = {
     "list_schedules": "see which there are",
     "list_admins": "see which there are",
     "setup_totp": "set up its one-time code",
+    "deliver_again": "start delivering again",
 }
 STEPS_JA = {
     "render_issue": "号を作り直す",
@@ -65,6 +66,7 @@ STEPS_JA = {
     "list_schedules": "どの自動発行があるか確かめる",
     "list_admins": "どのアカウントがあるか確かめる",
     "setup_totp": "ワンタイムコードを設定する",
+    "deliver_again": "配信をもう一度始める",
 }
 
 

@@ -44,13 +44,14 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = DEAD
 class Run:
     """One `mailmag run` process; its log (stderr) goes to a file the test reads."""
 
-    def __init__(self, config_file: Path, log: Path, *args: str) -> None:
+    def __init__(self, config_file: Path, log: Path, *args: str, session: bool = False) -> None:
+        """`session`: in a process group of its own, as systemd starts it (for os.killpg)."""
         self.log = log
         env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET, "PYTHONFAULTHANDLER": "1"}
         with log.open("wb") as stderr:
             self.process = subprocess.Popen(
                 mailmag_command("--config", str(config_file), "run", *args),
-                stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=session,
             )
 
     def text(self) -> str:
@@ -75,8 +76,8 @@ class Run:
 def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def start(config_file: Path, *args: str) -> Run:
-        run = Run(config_file, tmp_path / f"run{len(runs) + 1}.log", *args)
+    def start(config_file: Path, *args: str, session: bool = False) -> Run:
+        run = Run(config_file, tmp_path / f"run{len(runs) + 1}.log", *args, session=session)
         runs.append(run)
         return run
 
@@ -281,12 +282,13 @@ def test_the_scheduler_purges_unconfirmed_subscribers(node, start_run):
 
 # `mailmag run --processes N`: the service's delivery in N sending processes (more CPU cores).
 
-def _two_processes(config_file: Path, start_run, retry_seconds: float = 60.0) -> Run:  # type: ignore[no-untyped-def]
+def _two_processes(config_file: Path, start_run, retry_seconds: float = 60.0,  # type: ignore[no-untyped-def]
+                   session: bool = False) -> Run:
     """`run --processes 2` at 30 messages a second in all (so both processes are surely at it)."""
     config_file.write_text(config_file.read_text().replace(
         "timeout_seconds = 5.0\n",
         f"timeout_seconds = 5.0\nrate_per_second = 30.0\nretry_relay_seconds = {retry_seconds}\n"))
-    run = start_run(config_file, "--processes", "2", "--concurrency", "2")
+    run = start_run(config_file, "--processes", "2", "--concurrency", "2", session=session)
     run.wait_for("scheduler started")
     return run
 
@@ -326,6 +328,7 @@ def test_run_sending_processes_outlive_a_relay_that_refuses_us_for_a_while(node,
     wait_until(lambda: status(services, number) == "sent", "the issue to be sent after the refusals")
     assert run.process.poll() is None and _children(run.process) == children  # nothing restarted
     assert "delivering again in 1.0 seconds" in run.text()
+    assert "worker again" not in run.text()  # run starts again by itself: no advice to do it by hand
     assert run.stop() == 0
     assert sorted(smtp_server.recipients()) == _expected(30)
     with services.session() as session:  # nobody marked failed or bounced for the relay's own rule
@@ -346,6 +349,36 @@ def test_run_stops_with_its_reason_when_a_sending_process_is_killed(node, smtp_s
     assert _gone(second)
     assert "a sending process ended without a report" in run.text()
     assert "scheduler stopped" in run.text()  # wound down, not torn down
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_run_stops_with_its_reason_when_one_sending_process_is_stopped_alone(node, smtp_server, start_run):
+    """SIGTERM to one sending process, not to run: the process stops cleanly, and so must run (the
+    others with it), with exit status 1 and why, so that systemd restarts it. It used to end with
+    0, as if asked to stop, and the issue stayed half-sent until someone looked."""
+    config_file, services = node
+    add_subscribers(services, 2)
+    run = _two_processes(config_file, start_run)
+    first, second = _children(run.process)
+    os.kill(first, signal.SIGTERM)
+    assert run.process.wait(timeout=DEADLINE) == 1
+    assert _gone(second)
+    assert f"(pid {first}) stopped on its own" in run.text()
+    assert f"to stop mailmag, signal pid {run.process.pid}" in run.text()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_run_stopped_as_systemd_stops_it_ends_cleanly(node, smtp_server, start_run):
+    """systemd's stop sends SIGTERM to every process of the service at once (KillMode=control-group):
+    the sending processes stop on their own signal, not run's, and that is a clean stop."""
+    config_file, services = node
+    add_subscribers(services, 2)
+    run = _two_processes(config_file, start_run, session=True)
+    children = _children(run.process)
+    os.killpg(run.process.pid, signal.SIGTERM)
+    assert run.process.wait(timeout=DEADLINE) == 0, run.text()
+    assert all(_gone(pid) for pid in children)
+    assert "stopped on its own" not in run.text()
 
 
 def test_run_no_worker_with_processes_is_a_usage_error(tmp_path, smtp_server):

@@ -431,6 +431,29 @@ def test_a_sending_process_killed_outright_stops_the_worker(setup, smtp_server):
     assert set(received) == {f"user{i}@example.jp" for i in range(20)} and len(received) <= 21
 
 
+def test_a_sending_process_stopped_alone_stops_the_worker_with_its_reason(setup, smtp_server):
+    """SIGTERM to one sending process (the wrong pid; a tool that signals every mailmag process it
+    finds, one by one): it stops cleanly, and the others must stop too. The worker was not asked to
+    stop, though: it says which process stopped and fails, rather than end with 0, half-sent."""
+    _config, services, worker = _two_sending(setup, smtp_server)
+    children = _children(worker)
+    names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in children}
+    assert sorted(names.values()) == ["mailmag-send-1", "mailmag-send-2"]  # as `ps -o pid,comm` shows them
+    victim = children[0]
+    os.kill(victim, signal.SIGTERM)
+    _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 1
+    last = err.strip().splitlines()[-1]
+    number = names[victim].rsplit("-", 1)[1]
+    assert last.startswith(f"Error: sending process {number} of 2 (pid {victim}) stopped on its own"), err
+    assert f"to stop mailmag, signal pid {worker.pid}" in last
+    assert all(_gone(pid) for pid in children)
+    final = states(services)
+    assert final["sending"] == 0  # both stopped cleanly: every row they held is back in the queue
+    assert final["sent"] == len(smtp_server.messages) and final["sent"] + final["queued"] == 20
+    assert final["queued"] > 0  # half-sent: what exit status 0 used to hide
+
+
 def test_a_relay_refusal_in_one_process_stops_them_all(setup, smtp_server):
     """"Relaying denied" stops one dispatcher with an error; with several processes the others
     must stop as well (as one process's threads all do), not go on sending without the worker
@@ -441,6 +464,7 @@ def test_a_relay_refusal_in_one_process_stops_them_all(setup, smtp_server):
     _out, err = worker.communicate(timeout=30)
     assert worker.returncode == 1
     assert len(err.strip().splitlines()) == 1 and "the relay refuses to relay our mail" in err
+    assert err.strip().endswith("start delivering again (`mailmag worker`, or `mailmag run`)")
     assert all(_gone(pid) for pid in children)
     final = states(services)
     assert final["sending"] == 0 and final["failed"] == 0  # nobody marked failed for the relay's rule

@@ -27,6 +27,7 @@ COMMANDS = {
     "list_schedules": "`mailmag schedule list`",
     "list_admins": "`mailmag admins list`",
     "setup_totp": "`mailmag admins totp {target}`",
+    "deliver_again": "`mailmag worker`, or `mailmag run`",
 }
 
 

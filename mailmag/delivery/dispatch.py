@@ -77,7 +77,7 @@ from mailmag.delivery.workstate import (
     Throttle,
     reason,
 )
-from mailmag.errors import DatabaseError, InvalidInput, MailmagError, StateError, TransportError
+from mailmag.errors import DatabaseError, Fix, InvalidInput, MailmagError, StateError, TransportError
 from mailmag.models import Issue, Rendering, utcnow
 from mailmag.services import Services
 
@@ -791,8 +791,7 @@ class Dispatcher:
             self._release(owner, [delivery])
             raise TransportError(
                 f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
-                "[smtp] host, username and the relay's rules for this client, then run the worker again"
-            )
+                "[smtp] host, username and the relay's rules for this client", fixes=[Fix("deliver_again")])
 
         def work() -> bool:
             with self._writing() as session:
@@ -826,10 +825,8 @@ class Dispatcher:
 
         handed_back = self.database.call(work)
         self.stats.add("failed", -handed_back)
-        raise TransportError(
-            f"{why}; those messages are queued again and nobody was marked bounced: fix it, then run "
-            "the worker again"
-        )
+        raise TransportError(f"{why}; those messages are queued again and nobody was marked bounced: fix it",
+                             fixes=[Fix("deliver_again")])
 
     def _release(self, owner: str, deliveries: list[outbox.Claimed], delay: float | None = None) -> None:
         if not deliveries:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, MutableSequence
 from typing import Any
 
-from mailmag.errors import MailmagError
+from mailmag.errors import Fix, MailmagError
 
 LOCK_SECONDS = 10.0  # the lock is held for microseconds: this long means its holder died
 
@@ -39,7 +39,7 @@ def held(lock: Any, seconds: float, what: str) -> Iterator[None]:
     if not lock.acquire(timeout=seconds):
         raise MailmagError(
             f"{what}'s lock was not released in {seconds:g} s: a sending process died holding it; "
-            "the rows held come back to the queue when their leases pass: run the worker again")
+            "the rows held come back to the queue when their leases pass", fixes=[Fix("deliver_again")])
     try:
         yield
     finally:

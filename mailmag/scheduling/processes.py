@@ -31,7 +31,7 @@ from mailmag.delivery.dispatch import Dispatcher, Stats, batch_size
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import Throttle
-from mailmag.errors import ConfigError, MailmagError
+from mailmag.errors import ConfigError, Fix, MailmagError
 from mailmag.scheduling.sending import deliver_until_stopped, make_dispatcher
 from mailmag.services import Services
 
@@ -107,7 +107,7 @@ def start(config: Config, processes: int, concurrency: int, *, once: bool = Fals
             # one count per process, written by it alone: no lock a killed process could keep
             accepted = context.Value("q", 0, lock=False) if progress else None
             relay = Relay(limiter, throttle, first_connection=sum(split[:i]))
-            process = context.Process(target=_child, name=f"mailmag-send-{i}",
+            process = context.Process(target=_child, name=f"mailmag-send-{i + 1}",
                                       args=(own, connections, once, service, accepted, relay, report,
                                             os.getpid()))
             process.start()
@@ -121,8 +121,11 @@ def wait(senders: list[Sender], once: bool, stop: threading.Event,
     """Until every process has ended. `stop` (set by the caller's signal handler) stops them all
     as SIGTERM stops one, and so does one process failing or dying. Their counts are summed; the
     first error any of them raised is raised once all have ended."""
-    _wait(senders, once, stop, progress)
-    return _summed(senders)
+    first = _wait(senders, once, stop, progress)
+    total = _summed(senders)
+    if first is not None and not once and not stop.is_set():
+        raise _ended_alone(senders, first)
+    return total
 
 
 @contextlib.contextmanager
@@ -138,8 +141,10 @@ def _stops_held() -> Iterator[None]:
 
 
 def _wait(senders: list[Sender], once: bool, stop: threading.Event,
-          progress: Callable[[int], None] | None) -> None:
-    shown, stopping = 0, False
+          progress: Callable[[int], None] | None) -> Sender | None:
+    """The processes' end; returns the one that ended (or failed) first, unasked (None when `stop`
+    ended them)."""
+    shown, stopping, first = 0, False, None
 
     def show() -> None:
         nonlocal shown
@@ -151,6 +156,7 @@ def _wait(senders: list[Sender], once: bool, stop: threading.Event,
     while alive := [s for s in senders if s.process.is_alive()]:
         if not stopping and (stop.is_set() or any(s.wrong(once) for s in senders)):
             stopping = True
+            first = None if stop.is_set() else next(s for s in senders if s.wrong(once))
             for sender in alive:
                 with contextlib.suppress(OSError):  # already gone
                     sender.process.terminate()  # SIGTERM: finish the message in flight, hand the rest back
@@ -160,6 +166,7 @@ def _wait(senders: list[Sender], once: bool, stop: threading.Event,
             sender.listen()
         show()
     show()
+    return first
 
 
 def _summed(senders: list[Sender]) -> Stats:
@@ -179,10 +186,23 @@ def _summed(senders: list[Sender]) -> Stats:
     if error is None and any(sender.report is None for sender in senders):
         error = MailmagError(
             f"a sending process ended without a report (exit codes {', '.join(codes)}); the rows it "
-            "held go back to the queue when their leases pass: run the worker again")
+            "held go back to the queue when their leases pass", fixes=[Fix("deliver_again")])
     if error is not None:
         raise error
     return total
+
+
+def _ended_alone(senders: list[Sender], first: Sender) -> MailmagError:
+    """A process that stopped cleanly while the others went on: a SIGTERM or SIGINT sent to it
+    alone (`kill` of the wrong pid, a tool that signals every mailmag process it sees one by one).
+    The worker stopped the others, and must not then end as if asked to (exit 0), which would leave
+    the queue half-sent and a service manager that restarts only failures doing nothing."""
+    number = senders.index(first) + 1
+    return MailmagError(
+        f"sending process {number} of {len(senders)} (pid {first.process.pid}) stopped on its own, "
+        f"although mailmag (pid {os.getpid()}) was not stopping: a SIGTERM or SIGINT sent to that "
+        "process alone? The others stopped with it and what they held is back in the queue; to "
+        f"stop mailmag, signal pid {os.getpid()}", fixes=[Fix("deliver_again")])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +230,7 @@ def _child(config: Config, concurrency: int, once: bool, service: bool, accepted
         signal.signal(sig, stopped)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a stop sent while this process started lands now
     _stop_with(parent)
+    _titled(multiprocessing.current_process().name)
     services = Services(config)
     tick = None if accepted is None else _counter(accepted)
 
@@ -260,3 +281,10 @@ def _stop_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl: nobody would see this process
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _titled(name: str) -> None:
+    """Name this process as `ps -o pid,comm` and `top` show it (mailmag-send-1, ...), so that an
+    operator tells the sending processes from mailmag's own (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15])  # PR_SET_NAME

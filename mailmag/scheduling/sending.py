@@ -64,5 +64,6 @@ def deliver_until_stopped(services: Services, stop: threading.Event, make: Calla
             return
         except (TransportError, DatabaseError, *DATABASE_AWAY) as exc:
             pause = config.smtp.retry_relay_seconds
-            log.error("%s; delivering again in %s seconds", exc, pause)
+            # the message without its steps: "start delivering again" is what happens next
+            log.error("%s; delivering again in %s seconds", getattr(exc, "message", exc), pause)
             stop.wait(pause)

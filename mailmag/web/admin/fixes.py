@@ -28,6 +28,7 @@ ON_THE_SERVER = {  # no console page does these: an operator runs the command
     "delete_issue": "mailmag issues delete {target}",
     "setup_totp": "mailmag admins totp {target}",
     "list_admins": "mailmag admins list",
+    "deliver_again": "mailmag worker",
 }
 
 
