@@ -7,7 +7,7 @@ import json
 import re
 
 from admin_support import csrf_of, logged_in, seed_items
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from web_support import mail_text
 
 from mailmag.access import audit
@@ -130,6 +130,43 @@ def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
     page = client.get(issue_path).text
     assert "reader1@example.jp" in page and "no such user" in page
     assert "reader0@example.jp" not in page
+
+
+def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):
+    """A `sent` issue whose some messages went dead (their worker died sending them, again and
+    again): the console said only 送信済み, and only `issues retry --dead` on the server sent them."""
+    services = mail_console.services
+    ids = seed_items(services, ["記事"])
+    with services.session() as session:
+        items.approve(session, ids)
+    _readers(services, 3)
+    client = logged_in(mail_console.url, services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    issue_id = int(issue_path.rsplit("/", 1)[1])
+    client.post(f"{issue_path}/send", {"csrf_token": token})
+    with services.session() as session:  # two went dead; the worker sends the third, and the issue is sent
+        first_two = session.scalars(select(Delivery.id).order_by(Delivery.id).limit(2)).all()
+        session.execute(update(Delivery).where(Delivery.id.in_(first_two)).values(
+            status="dead", lease_expiries=3, last_reply="lease expired too often"))
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    with services.session() as session:
+        assert session.get(Issue, issue_id).status == "sent"
+    assert "送信済み · <strong>送信を断念 2 通</strong>" in client.get("/admin/issues/").text
+    page = client.get(issue_path).text
+    assert "送信を断念した 2 通を送り直す" in page
+    retried = client.post(f"{issue_path}/retry-dead", {"csrf_token": token})
+    assert retried.status == 303
+    assert "送信を断念した 2 通を送信待ちに戻しました" in client.get(retried.headers["Location"]).text
+    with services.session() as session:
+        assert session.get(Issue, issue_id).status == "sending"
+        assert audit.listing(session)[0].action == "issue.retry_dead"
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
+        f"reader{i}@example.jp" for i in range(3)]  # each once: the two given up on had not gone
+    assert "送信を断念" not in client.get("/admin/issues/").text
+    assert "送り直す" not in client.get(issue_path).text
 
 
 def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, console_services):

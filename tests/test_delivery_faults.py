@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import signal
 import socket
@@ -123,6 +124,9 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
             _went_dead(session, up_to=3)
             session.execute(update(Delivery).where(Delivery.id == 4).values(status="sent"))
             assert transitions.complete_issues(session) == [1]
+        listed = mailmag.ok("issues", "list").output
+        assert "sent, 3 dead" in listed  # not a bare "sent": three subscribers have not had it
+        assert json.loads(mailmag.ok("issues", "list", "--json").output)[0]["dead"] == 3
         out = mailmag.ok("issues", "retry", "1", "--dead").output
         assert out.strip() == "issue 1: 3 dead messages queued again; `mailmag worker` sends them"
         c = counts(services, issue)
@@ -131,6 +135,7 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
         assert counts(services, issue).sent == 4
         with services.session() as session:
             assert session.get(Issue, issue.id).status == "sent"
+        assert "dead" not in mailmag.ok("issues", "list").output
     finally:
         services.close()
 

@@ -128,17 +128,21 @@ def _audience_note(issue: Issue, reached: int, app: AppContext) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
-    """List issues, newest first: ID, 第N号, status, when (sent, scheduled or rendered), items,
-    topic, title, and why its mail waits, when it waits for the send window."""
+    """List issues, newest first: ID, 第N号, status (with its dead messages, if any), when (sent,
+    scheduled or rendered), items, topic, title, and why its mail waits, when it waits for the
+    send window."""
     now = utcnow()
     with app.ready_services().session() as session:
-        pending = outbox.pending_by_issue(session)
+        pending, dead = outbox.pending_by_issue(session), outbox.dead_by_issue(session)
         rows = [as_dict(issue) | {"waiting_for_window": waiting_for_window(
-            pending.get(issue.id, 0), now, app.config)} for issue in issues.listing(session)]
+            pending.get(issue.id, 0), now, app.config), "dead": dead.get(issue.id, 0)}
+            for issue in issues.listing(session)]
     if as_json:
         print_json(rows)
         return
-    echo_rows([[row["id"], f"第{row['number']}号" if row["number"] else "", row["status"],
+    # "sent" alone would hide messages nobody received, which `issues retry N --dead` sends
+    echo_rows([[row["id"], f"第{row['number']}号" if row["number"] else "",
+                row["status"] + (f", {row['dead']} dead" if row["dead"] else ""),
                 local_time(row["sent_at"] or row["scheduled_at"] or row["rendered_at"], app.config),
                 plural(len(row["items"]), "item"), row["topic"] or "all", row["title"],
                 *_waiting_column(row["waiting_for_window"], app)]

@@ -458,10 +458,17 @@ def ambiguous_count(session: Session, issue_id: int) -> int:
 
 def pending_by_issue(session: Session) -> dict[int, int]:
     """Messages not yet handed to the relay (queued or being sent), per issue id; `issues list`."""
-    rows = session.execute(
-        select(Delivery.issue_id, func.count()).where(Delivery.status.in_(("queued", "sending")))
-        .group_by(Delivery.issue_id)
-    )
+    return _by_issue(session, ("queued", "sending"))
+
+
+def dead_by_issue(session: Session) -> dict[int, int]:
+    """Dead messages per issue id: a `sent` issue may hold some, which wait for `issues retry --dead`."""
+    return _by_issue(session, ("dead",))
+
+
+def _by_issue(session: Session, statuses: tuple[str, ...]) -> dict[int, int]:
+    rows = session.execute(select(Delivery.issue_id, func.count())
+                           .where(Delivery.status.in_(statuses)).group_by(Delivery.issue_id))
     return {issue_id: n for issue_id, n in rows}
 
 

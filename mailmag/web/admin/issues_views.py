@@ -6,14 +6,14 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from mailmag.content import drafts, issues
+from mailmag.content import drafts, issues, transitions
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import AccessDenied, InvalidInput
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
-from mailmag.web import state
+from mailmag.web import _, state
 from mailmag.web.admin import FRAME_CSP, act, needs, viewer
 
 bp: Blueprint = Blueprint("issues", __name__, url_prefix="/issues")
@@ -30,7 +30,7 @@ def _back(issue_id: int, notice: str = "") -> Any:
 def index() -> Any:
     with state().services.read_session() as db:
         return render_template("admin/issues.html.j2", issues=issues.listing(db),
-                               approved=drafts.approved_free(db))
+                               dead=outbox.dead_by_issue(db), approved=drafts.approved_free(db))
 
 
 @bp.post("/new")
@@ -185,6 +185,17 @@ def cancel(issue_id: int) -> Any:
             + (": a draft again" if done.unscheduled else
                f": {done.sent} sent, {done.not_sent} queued messages stopped"))
     return _back(issue_id)
+
+
+@bp.post("/<int:issue_id>/retry-dead")
+@needs("send")
+def retry_dead(issue_id: int) -> Any:
+    """`issues retry N --dead`: the messages given up on go back to the queue."""
+    with state().services.session() as db:
+        issue = drafts.by_id(db, issue_id)
+        requeued = transitions.retry_dead(db, issue, utcnow())
+        act(db, "issue.retry_dead", f"{issues.label(issue)}: {requeued} dead messages queued again")
+    return _back(issue_id, notice=_("送信を断念した {n} 通を送信待ちに戻しました", n=requeued))
 
 
 def _int(raw: str) -> int:
