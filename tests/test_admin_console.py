@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 
+import pytest
 from admin_support import csrf_of, logged_in, seed_items
 from sqlalchemy import func, select, update
 from web_support import mail_text
@@ -15,6 +16,7 @@ from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import items, orgs
 from mailmag.delivery.transports import make_transport
+from mailmag.errors import TransportError
 from mailmag.models import Delivery, Issue, Item, utcnow
 from mailmag.scheduling.sending import make_dispatcher
 
@@ -33,6 +35,14 @@ def _readers(services, n: int) -> None:  # type: ignore[no-untyped-def]
         for i in range(n):
             address = subscribers.parse_address(f"reader{i}@example.jp")
             subscribers.add(session, address, Consent("cli", "test"))
+
+
+def _sent(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
+    """An issue of one item, made and sent from the console; its page's path."""
+    issue_path: str = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(item_id)]}
+                                  ).headers["Location"]
+    assert client.post(f"{issue_path}/send", {"csrf_token": token}).status == 303
+    return issue_path
 
 
 def test_review_queue_filters_approves_rejects_and_edits(console, console_services):
@@ -142,10 +152,8 @@ def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(
     _readers(services, 3)
     client = logged_in(mail_console.url, services, "sam", "sender")
     token = csrf_of(client.get("/admin/issues/"))
-    made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
-    issue_path = made.headers["Location"]
+    issue_path = _sent(client, token, ids[0])
     issue_id = int(issue_path.rsplit("/", 1)[1])
-    client.post(f"{issue_path}/send", {"csrf_token": token})
     with services.session() as session:  # two went dead; the worker sends the third, and the issue is sent
         first_two = session.scalars(select(Delivery.id).order_by(Delivery.id).limit(2)).all()
         session.execute(update(Delivery).where(Delivery.id.in_(first_two)).values(
@@ -167,6 +175,28 @@ def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(
         f"reader{i}@example.jp" for i in range(3)]  # each once: the two given up on had not gone
     assert "送信を断念" not in client.get("/admin/issues/").text
     assert "送り直す" not in client.get(issue_path).text
+
+
+def test_a_relay_that_refuses_us_shows_on_the_issue_page_until_it_takes_mail_again(mail_console, smtp_server):
+    """`mailmag run` retries a refusing relay by itself and says so only in its log: the office
+    must see on the issue (and the dashboard) why its mail does not go."""
+    services = mail_console.services
+    ids = seed_items(services, ["記事"])
+    with services.session() as session:
+        items.approve(session, ids)
+    _readers(services, 2)
+    client = logged_in(mail_console.url, services, "sam", "sender")
+    token = csrf_of(client.get("/admin/issues/"))
+    issue_path = _sent(client, token, ids[0])
+    smtp_server.fail_next("rcpt", 554, "5.7.1 Relay access denied", times=None)
+    with pytest.raises(TransportError):
+        make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    for page in (client.get(issue_path).text, client.get("/admin/").text):
+        assert "中継サーバー（SMTP）に送れていません" in page and "5.7.1 Relay access denied" in page
+    smtp_server.clear_faults()
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    page = client.get(issue_path).text
+    assert "送信済み" in page and "中継サーバー" not in page
 
 
 def test_a_domain_refusal_shows_its_sentence_and_changes_nothing(console, console_services):

@@ -495,6 +495,15 @@ def test_a_relay_that_refuses_to_relay_for_us_stops_the_run_and_fails_nobody(con
         c = counts(services, issue)
         assert (c.queued, c.sending, c.failed) == (6, 0, 0)
         assert subscriber_states(services) == {"active"}
+        with services.session() as session:  # `issues status` and the console say why nothing goes
+            refused = session.get(Issue, issue.id)
+            assert refused.relay_waiting_since is not None
+            assert "refuses to relay our mail (554 5.7.1" in refused.relay_error
+        smtp_server.clear_faults()  # the relay's rule is mended
+        run_once(services)
+        assert counts(services, issue).sent == 6
+        with services.session() as session:  # ... and the note goes with the first accepted message
+            assert session.get(Issue, issue.id).relay_error is None
     finally:
         services.close()
 

@@ -80,7 +80,8 @@ def test_every_page_text_has_its_english():
         used |= set(re.findall(r'_\("([^"]+)"', path.read_text(encoding="utf-8")))
     # the views' own sentences (a notice after an action; where a step is done: web/admin/fixes.py)
     for path in Path(fixes.__file__).parents[1].glob("**/*.py"):
-        used |= set(re.findall(r'(?<!`)_\("([^"]+)"', path.read_text(encoding="utf-8")))  # not `_("…")` in prose
+        # (?<!`): not a `_("…")` quoted in a docstring
+        used |= set(re.findall(r'(?<!`)_\("([^"]+)"', path.read_text(encoding="utf-8")))
     used |= {where for _label, where in fixes.PLACES.values() if where}
     assert used - set(catalog.english) == set()
     assert set(catalog.english) - used == set()  # no stale entries either

@@ -778,20 +778,17 @@ class Dispatcher:
         """Stop: every message may be reaching the relay; retrying them all would send the list twice."""
         why = (f"the connection was lost after the final dot {self.drops.limit} times in a row (last: "
                   f"{failure}): the relay may be keeping each message; check its logs and queue")
-
-        def work() -> None:
-            with self._writing() as session:
-                self.hooks.relay_unreachable(session, self.clock(), why)
-
-        self.database.call(work)
+        self._relay_trouble(why)
         raise TransportError(f"{why}; those messages wait for their retry, marked ambiguous")
 
     def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         if failure.kind == RELAY:
             self._release(owner, [delivery])
-            raise TransportError(
-                f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
-                "[smtp] host, username and the relay's rules for this client", fixes=[Fix("deliver_again")])
+            why = (f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
+                   "[smtp] host, username and the relay's rules for this client")
+
+            self._relay_trouble(why)
+            raise TransportError(why, fixes=[Fix("deliver_again")])
 
         def work() -> bool:
             with self._writing() as session:
@@ -857,10 +854,15 @@ class Dispatcher:
         if not self._once:  # with --once the run ends, and says so in one line
             log.error("sending stopped: %s; trying again every %s seconds", failure,
                       self.services.config.smtp.retry_relay_seconds)
+        self._relay_trouble(str(failure))
+
+    def _relay_trouble(self, why: str) -> None:
+        """Issues being sent show `why` (`issues status`, the console) from now until the relay
+        accepts a message again: a service retrying on its own says so only in its log."""
 
         def work() -> None:
             with self._writing() as session:
-                self.hooks.relay_unreachable(session, self.clock(), str(failure))
+                self.hooks.relay_unreachable(session, self.clock(), why)
 
         self.database.call(work)
 
