@@ -7,23 +7,26 @@ one is upgraded to head (GNU Mailman's `database/factory.py` does the same).
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailmag.errors import DatabaseError
 from mailmag.models import Base
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0) -> Engine:
@@ -86,6 +89,20 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
             conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
         except sqlite3.Error as exc:
             raise OperationalError(f"BEGIN {mode}", None, exc) from exc
+
+
+def again_if_dropped(work: Callable[[], T]) -> T:
+    """work(), and once more if the database connection died under it: a restarted server, a
+    failover, a backend an administrator terminated (SQLAlchemy then says connection_invalidated,
+    and the pool replaces its connections). Only for work that may run twice: a commit whose
+    answer was lost may have landed."""
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("the database connection was lost (%s); trying once more", exc.orig)
+    return work()
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+import time
+
 import pytest
 from conftest import SECRET
-from sqlalchemy import select
-from web_support import Client, key_of, one_click
+from sqlalchemy import select, text
+from web_support import Client, LiveServer, key_of, one_click
 
-from mailmag import links, tokens
+from mailmag import db, links, tokens
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import transitions
 from mailmag.models import ConsentEvent, Delivery, Issue, Rendering, Subscriber
+from mailmag.services import Services
+from mailmag.web import create_app
 
 pytest_plugins = ["web_fixtures"]
 BASE = "https://news.example.jp"
@@ -171,3 +177,52 @@ def test_preferences_reject_bad_input_and_missing_csrf(live, web_services, reade
     assert client.submit(path, {"lang": "ja", "topic": "cooking"}).status == 400
     assert Client(live.url).get(f"/p/{_flip(path.rsplit('/', 1)[1], 5)}").status == 404
     assert state(web_services, reader) == before
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_one_click_outlives_its_database_connection_dying_mid_request(live, web_services, reader):
+    """A mail provider sends one-click once and shows nobody an error: a PostgreSQL backend that
+    dies under the request (a restart, a failover, an administrator's pg_terminate_backend) must
+    not lose the opt-out. The request is held on a lock, its backend killed, the lock let go."""
+    path = unsubscribe_path(web_services, reader)
+    elsewhere = db.make_engine(web_services.config.database.url)  # not one of the app's connections
+    with elsewhere.connect() as locker:
+        locker.execute(text("LOCK TABLE subscribers IN ACCESS EXCLUSIVE MODE"))
+        replies: list[int] = []
+        request = threading.Thread(target=lambda: replies.append(one_click(live.url, path).status))
+        request.start()
+        waiting = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query ILIKE '%subscribers%' AND pid <> pg_backend_pid()")
+        end = time.monotonic() + 10
+        # (pg_stat_activity is read once per transaction: the snapshot is cleared for each look)
+        while not (pids := locker.execute(waiting).scalars().all()) and time.monotonic() < end:
+            locker.execute(text("SELECT pg_stat_clear_snapshot()"))
+            time.sleep(0.05)
+        assert len(pids) == 1, pids
+        locker.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+        locker.rollback()  # the lock goes
+    elsewhere.dispose()
+    request.join(timeout=30)
+    assert replies == [200]
+    after = state(web_services, reader)
+    assert after["status"] == "unsubscribed" and after["deliveries"] == ["cancelled"]
+    assert after["events"] == [("opt_in", "cli"), ("opt_out", "one-click")]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_with_the_database_down_a_one_click_is_503_with_retry_after(config, web_services, reader):
+    """Not a 500 ("broken"): 503 and Retry-After, which a provider's one-click or a load balancer
+    may act on, and the page says to try again later."""
+    path = unsubscribe_path(web_services, reader)
+    away = dataclasses.replace(config, database=dataclasses.replace(
+        config.database, url="postgresql+psycopg://postgres@127.0.0.1:9/test"))  # nothing listens there
+    app = create_app(Services(away))
+    server = LiveServer(app)
+    try:
+        reply = one_click(server.url, path)
+        assert reply.status == 503 and reply.headers["Retry-After"] == "60"
+        assert "しばらくしてから、もう一度お試しください" in reply.text
+    finally:
+        server.close()
+        app.extensions["mailmag"].mailer.close()
+    assert state(web_services, reader)["status"] == "active"

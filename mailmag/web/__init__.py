@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 
 import jinja2
 from flask import Flask, current_app, g, render_template, request
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
 
@@ -26,6 +28,8 @@ from mailmag.web import security
 from mailmag.web.cache import PageCache
 from mailmag.web.i18n import Catalog, pick_lang
 from mailmag.web.mailer import Mailer
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -151,6 +155,16 @@ def _register(app: Flask) -> None:
     app.add_url_rule("/", "home", _home)
     app.register_error_handler(NotFound, _not_found)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_away)
+
+
+def _database_away(error: OperationalError):
+    """The database is down, restarting or locked too long: 503 with Retry-After (a mail
+    provider's one-click or a load balancer may try again; a 500 says "broken"), nothing changed
+    (the unit of work was rolled back)."""
+    log.error("database unavailable for %s %s: %s", request.method, request.path, error.orig)
+    g.setdefault("lang", pick_lang(request.args.get("lang"), default=state().config.mailmag.language))
+    return render_template("error.html.j2", status=503, reason=""), 503, {"Retry-After": "60"}
 
 
 def _healthz() -> tuple[str, int, dict[str, str]]:
