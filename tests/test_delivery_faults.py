@@ -754,6 +754,20 @@ def test_a_worker_started_while_the_database_is_locked_waits_for_it(config_file,
     assert "sent 0, failed 0, deferred 0" in result.stdout
 
 
+def test_worker_once_gives_up_on_a_database_that_never_comes(config_file):
+    """A one-shot run (a cron job) waited for ever for a database that does not exist (a wrong name
+    in [database] url): jobs piled up, nothing said why. It waits database_max_retry_seconds."""
+    cli = Mailmag(config_file)
+    result = cli("worker", "--once", env={
+        "MAILMAG_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/no_such_database",
+        "MAILMAG_DISPATCH_DATABASE_RETRY_SECONDS": "0.1",
+        "MAILMAG_DISPATCH_DATABASE_MAX_RETRY_SECONDS": "0.5"})
+    assert result.exit_code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: cannot open the database (") and "no_such_database" in last, last
+    assert last.endswith("s for it")
+
+
 # -- the relay dropping the line after the final dot, for a few recipients only -------------------
 
 def test_a_few_recipients_whose_every_copy_is_dropped_do_not_stop_the_run(config, smtp_server):

@@ -42,16 +42,19 @@ class AppContext:
     def services(self) -> Services:
         return Services(self.config)
 
-    def ready_services(self, *, wait_for_database: bool = False) -> Services:
+    def ready_services(self, *, wait_for_database: bool = False, once: bool = False) -> Services:
         """Services whose database is initialised and current (else a one-line error).
 
         `wait_for_database`: a service (worker, run) that starts while the database is locked
-        (a backup) or away (a restart) waits for it, as it does once it is running.
+        (a backup) or away (a restart) waits for it, as it does once it is running; a one-shot
+        run (`once`: a cron job) waits at most [dispatch] database_max_retry_seconds, then says
+        why, so that a database that will never come (a wrong name) does not hold it for ever.
         """
         if wait_for_database:
             dispatch = self.config.dispatch
             guard = DatabaseGuard(dispatch.database_retry_seconds, dispatch.database_max_retry_seconds,
-                                  threading.Event())
+                                  threading.Event(),
+                                  give_up_after=dispatch.database_max_retry_seconds if once else None)
             guard.call(lambda: db.current_revision(self.services.engine))
         db.check_schema(self.services.engine)
         return self.services

@@ -32,7 +32,7 @@ from mailmag.services import Services
 @pass_app
 def worker(app: AppContext, once: bool, concurrency: int | None, processes: int) -> None:
     """Deliver queued messages; several workers may share one queue."""
-    services = app.ready_services(wait_for_database=True)
+    services = app.ready_services(wait_for_database=True, once=once)
     with _progress(services, once) as progress:
         stats = _deliver(services, once, concurrency, processes, progress)
     lost = f", lost lease {stats.lost}" if stats.lost else ""

@@ -196,18 +196,25 @@ class DatabaseGuard:
     """Runs database work for the sending threads; while the database is away or locked, waits
     with backoff and tries again. One log line when it goes away, one when it is back."""
 
-    def __init__(self, first: float, most: float, stop: threading.Event) -> None:
+    def __init__(self, first: float, most: float, stop: threading.Event, *,
+                 give_up_after: float | None = None) -> None:
+        """`give_up_after` seconds of the database away, a DatabaseError (None: wait until `stop`)."""
         self.first, self.most, self.stop = max(first, 0.01), max(most, first), stop
+        self.give_up_after = give_up_after
         self.away = False
         self._lock = threading.Lock()
 
     def call(self, work: Callable[[], T]) -> T:
-        delay = self.first
+        delay, started = self.first, time.monotonic()
         while True:
             try:
                 result = work()
             except DATABASE_AWAY as exc:
                 self._went_away(exc)
+                waited = time.monotonic() - started
+                if self.give_up_after is not None and waited >= self.give_up_after:
+                    raise DatabaseError(f"cannot open the database ({reason(exc)}); waited {waited:.0f} s "
+                                        "for it") from exc
                 if self.stop.wait(delay):
                     raise DatabaseError(
                         f"stopped while the database was unavailable ({reason(exc)}); a message "
