@@ -82,22 +82,24 @@ class Fix:
             raise ValueError(f"unknown step {self.step!r}")
 
 
-def said(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda _fix: "") -> str:
+def said(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda _fix: "",
+         lang: str = "en") -> str:
     """'message: step (how), step (how), then step (how)', each `how` in the front's own terms
-    ('' leaves it out)."""
+    ('' leaves it out); in Japanese (`lang` "ja", `message` the Japanese sentence)
+    'message。対処：step（how） → step（how）'."""
     if not fixes:
         return message
+    if lang == "ja":
+        steps = [STEPS_JA[fix.step] + (f"（{way}）" if (way := how(fix)) else "") for fix in fixes]
+        return f"{message.rstrip('。')}。対処：{' → '.join(steps)}"
     steps = [STEPS[fix.step] + (f" ({way})" if (way := how(fix)) else "") for fix in fixes]
     listed = steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + ", then " + steps[-1]
     return f"{message}: {listed}"
 
 
-def said_ja(message: str, fixes: Sequence[Fix], how: Callable[[Fix], str] = lambda _fix: "") -> str:
-    """'message。対処：step（how） → step（how）', as `said` in Japanese."""
-    if not fixes:
-        return message
-    steps = [STEPS_JA[fix.step] + (f"（{way}）" if (way := how(fix)) else "") for fix in fixes]
-    return f"{message.rstrip('。')}。対処：{' → '.join(steps)}"
+def in_lang(lang: str, english: str, ja: str) -> str:
+    """What a page in `lang` shows: the Japanese where it was written, else the English."""
+    return ja if lang == "ja" and ja else english
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -112,7 +114,7 @@ class Sentence:
         return self.text
 
     def said(self, lang: str) -> str:
-        return self.ja if lang == "ja" and self.ja else self.text
+        return in_lang(lang, self.text, self.ja)
 
 
 class MailmagError(Exception):
@@ -131,8 +133,8 @@ class MailmagError(Exception):
 
     def text(self, lang: str, how: Callable[[Fix], str] = lambda _fix: "") -> str:
         """The sentence with its steps in `lang` (Japanese where the raiser wrote it, else English)."""
-        if lang == "ja" and self.ja:
-            return said_ja(self.ja, self.fixes, how)
+        if in_lang(lang, "", self.ja):
+            return said(self.ja, self.fixes, how, "ja")
         return said(self.message, self.fixes, how)
 
     def __reduce__(self) -> tuple:  # to another process (worker --processes) with its fixes

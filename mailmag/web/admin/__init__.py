@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, abort, g, redirect, render_templat
 from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit, logins
-from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError
+from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError, in_lang
 from mailmag.models import STATUS_JA
 from mailmag.scheduling.when import shown
 from mailmag.web import page_lang, security, state
@@ -136,7 +136,7 @@ def _mailmag_error(error: MailmagError) -> Any:
 
 def status_word(status: str) -> str:
     """An issue's, item's or subscriber's status as the page's language says it."""
-    return STATUS_JA.get(status, status) if page_lang() == "ja" else status
+    return in_lang(page_lang(), status, STATUS_JA.get(status, ""))
 
 
 def admin_csrf() -> str:
