@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from mailmag.addresses import parse_address
 from mailmag.errors import Fix, InvalidInput, MailmagError, StateError
+from mailmag.scheduling.when import cron_trigger
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mailmag"
 # Errors about what a person did or asked for; ConfigError, DatabaseError and TransportError are
@@ -72,3 +74,15 @@ def test_why_an_address_is_refused_is_said_in_japanese_too(typed, why):
         parse_address(typed)
     assert refused.value.text("ja") == f"メールアドレス「{typed}」が正しくありません（{why}）"
     assert refused.value.message.startswith(f"invalid e-mail address {typed!r}: ")
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    ("61 9 * * *", "分の欄「61」"), ("0 25 * * *", "時の欄「25」"), ("0 9 32 * *", "日の欄「32」"),
+    ("0 9 * 13 *", "月の欄「13」"), ("0 9 * 0 *", "月の欄「0」"),
+])
+def test_which_crontab_field_is_wrong_is_said_in_japanese(line, field):
+    """APScheduler's reason is English ("the last value (25) is higher than the maximum value
+    (23)"): a Japanese page names the field instead of quoting it."""
+    with pytest.raises(InvalidInput) as refused:
+        cron_trigger(line, ZoneInfo("Asia/Tokyo"))
+    assert refused.value.text("ja") == f"crontab の行「{line}」の{field}が正しくありません"

@@ -181,7 +181,7 @@ def preview(session: Session, config: Config, issue_id: int, fmt: str = "html",
         raise NotFound(
             f"issue {issue_id} has no {wanted} edition; add templates/issue.{wanted}.html.j2 and "
             f"issue.{wanted}.txt.j2", fixes=[Fix("render_issue", issue_id)],
-            ja=f"号（ID {issue_id}）には「{wanted}」の版がありません"
+            ja=f"号（ID {issue_id}）には{outbox.edition_ja(wanted)}がありません"
                f"（templates/issue.{wanted}.html.j2 と issue.{wanted}.txt.j2 を追加してください）",
         )
     values = placeholders.sample_values(config.mailmag.base_url)
@@ -245,7 +245,7 @@ def _not_approved(items: list[Item]) -> str:
 def _not_approved_ja(items: list[Item]) -> str:
     statuses = "・".join(STATUS_JA[s] for s in sorted({item.status for item in items}))
     edited = "（承認の後に編集されましたか）" if any(item.status == "submitted" for item in items) else ""
-    return f"{_named_ja(items)} は承認されていません（{statuses}）{edited}"
+    return f"{_named_ja(items)}は承認されていません（{statuses}）{edited}"
 
 
 def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False) -> int:
@@ -255,7 +255,7 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
                          ja=f"{label_ja(issue)}は{STATUS_JA[issue.status]}です。送信できるのは下書きか送信予約済みの号だけです")
     if not issue.renderings:
         raise StateError(f"{label(issue)} is not rendered", fixes=[Fix("render_issue", issue.id)],
-                         ja=f"{label_ja(issue)}はまだ作られていません")
+                         ja=f"{label_ja(issue)}の本文（HTML とテキスト）がまだ作られていません")
     unapproved = [entry.item for entry in issue.entries if entry.item.status not in ("approved", "published")]
     if unapproved:
         approve = Fix("approve_item", unapproved[0].id) if len(unapproved) == 1 else \
@@ -268,7 +268,7 @@ def check_sendable(session: Session, config: Config, issue: Issue, *, allow_empt
         raise StateError(
             f"{_named(changed)} changed after {label(issue)} was rendered; nothing was sent",
             fixes=[Fix("render_issue", issue.id), Fix("preview_issue", issue.id)],
-            ja=f"{_named_ja(changed)} は{label_ja(issue)}を作った後に変更されています。何も送信していません",
+            ja=f"{_named_ja(changed)}は{label_ja(issue)}を作った後に変更されています。何も送信していません",
         )
     render.check_real_sender(config)
     reached = audience(session, issue)

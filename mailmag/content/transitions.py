@@ -54,7 +54,7 @@ def start_sending(session: Session, issue: Issue, domain: str, default_lang: str
                          ja=f"号（ID {issue.id}）にはまだ号数がありません")
     if not issue.renderings:
         raise StateError(f"issue {issue.id} is not rendered", fixes=[Fix("render_issue", issue.id)],
-                         ja=f"号（ID {issue.id}）はまだ作られていません")
+                         ja=f"号（ID {issue.id}）の本文（HTML とテキスト）がまだ作られていません")
     added = outbox.enqueue(session, issue, domain, default_lang)
     issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
     return added

@@ -127,7 +127,23 @@ def _calendar(expression: str) -> CronTrigger:
                            day_of_week=_weekdays(weekday), timezone=dt.UTC)
     except ValueError as exc:
         raise InvalidInput(f"invalid cron expression {expression!r}: {exc}",
-                           ja=f"crontab の行「{expression}」が正しくありません（{exc}）") from exc
+                           ja=f"crontab の行「{expression}」の{_wrong_field_ja(expression)}が正しくありません"
+                           ) from exc
+
+
+_FIELDS_JA = ("分", "時", "日", "月", "曜日")
+
+
+def _wrong_field_ja(expression: str) -> str:
+    """Which field APScheduler refused, as a Japanese page names it (its reason is English)."""
+    names = ("minute", "hour", "day", "month", "day_of_week")
+    for name, field, field_ja in zip(names, expression.split(), _FIELDS_JA, strict=True):
+        value = _weekdays(field) if name == "day_of_week" else field
+        try:
+            CronTrigger(**{name: value}, timezone=dt.UTC)
+        except ValueError:
+            return f"{field_ja}の欄「{field}」"
+    return "欄"  # each field is valid alone (not met so far): say no more than that
 
 
 def _weekdays(field: str) -> str:
