@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import email
 import email.policy
@@ -87,6 +88,18 @@ def test_every_subscriber_gets_the_issue_exactly_once(smtp_services, smtp_server
         assert session.get(Issue, issue.id).status == "sent"
     # Connections are reused: 3 threads, 3 sessions, not 25.
     assert smtp_server.sessions <= 3
+
+
+def test_a_short_list_is_shared_by_every_connection(smtp_services, smtp_server):
+    """[dispatch] batch_size is 200: one thread claimed a 12-subscriber list whole and sent it
+    over one connection at the relay's pace, the other three idle. Claims are sized by what is
+    due, so each connection takes its share."""
+    issue = prepare_send(smtp_services, 12)
+    smtp_server.delay("data_end", 0.2, times=None)  # a relay that takes its time over each message
+    run_worker(smtp_services, concurrency=4)
+    assert counts(smtp_services, issue).sent == 12
+    per_connection = collections.Counter(message.session for message in smtp_server.messages)
+    assert sorted(per_connection.values()) == [3, 3, 3, 3]
 
 
 def test_the_message_is_personal_and_its_subject_japanese(smtp_services, smtp_server):

@@ -320,6 +320,7 @@ class Dispatcher:
                                       config.dispatch.database_max_retry_seconds, self.stop)
         self._claims = itertools.count(1)
         self._housekept_at: dt.datetime | None = None
+        self._claim_size: int | None = None  # set at each housekeeping by _fair_share
         self._results = threading.local()
         self._relay_lock = threading.Lock()
         self._relay_down = False
@@ -436,7 +437,9 @@ class Dispatcher:
             with self._writing() as session:
                 if housekeeping:
                     outbox.expire_leases(session, now, config.max_lease_expiries)
-                claimed = outbox.claim(session, owner, self.batch_size, now, config.lease_seconds)
+                if housekeeping or self._claim_size is None:  # (threads that start together all size)
+                    self._claim_size = self._fair_share(session, now)
+                claimed = outbox.claim(session, owner, self._claim_size, now, config.lease_seconds)
             if housekeeping or not claimed:  # an empty claim may be a run's last: its issues finish now
                 with self._writing() as session:
                     drained = outbox.drained_issues(session)
@@ -448,6 +451,14 @@ class Dispatcher:
         if not batch:
             self.leases.drop(owner)
         return owner, batch
+
+    def _fair_share(self, session: Session, now: dt.datetime) -> int:
+        """A claim's size: [dispatch] batch_size, or less when what is due would not keep every
+        connection busy (the worker's in all, across its processes). 300 due and four connections
+        took 200 and 100, and two connections sent it alone; now each takes 75."""
+        connections = max(1, self.throttle.limit)
+        due = outbox.due_up_to(session, now, self.batch_size * connections)
+        return max(1, min(self.batch_size, -(-due // connections)))
 
     def _housekeeping_due(self, now: dt.datetime) -> bool:
         """Whether this claim expires dead workers' leases and finishes drained issues: at most

@@ -472,6 +472,14 @@ def _by_issue(session: Session, statuses: tuple[str, ...]) -> dict[int, int]:
     return {issue_id: n for issue_id, n in rows}
 
 
+def due_up_to(session: Session, now: dt.datetime, most: int) -> int:
+    """Due deliveries, counted up to `most`: a bounded read of the due index, whatever the
+    list's size (a worker sizes its claims by it)."""
+    due = select(Delivery.id).where(Delivery.status == "queued", Delivery.next_attempt_at <= now,
+                                    Delivery.issue_id.in_(select(Issue.id).where(Issue.status == "sending")))
+    return session.scalar(select(func.count()).select_from(due.limit(most).subquery())) or 0
+
+
 def due_count(session: Session, now: dt.datetime) -> int:
     """Deliveries a worker could claim now (what `worker --once` waits for)."""
     return session.scalar(
