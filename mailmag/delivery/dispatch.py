@@ -797,7 +797,6 @@ class Dispatcher:
             self._release(owner, [delivery])
             why = (f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
                    "[smtp] host, username and the relay's rules for this client")
-
             self._relay_trouble(why)
             raise TransportError(why, fixes=[Fix("deliver_again")])
 

@@ -201,8 +201,8 @@ def _ended_alone(senders: list[Sender], first: Sender) -> MailmagError:
     return MailmagError(
         f"sending process {number} of {len(senders)} (pid {first.process.pid}) stopped on its own, "
         f"although mailmag (pid {os.getpid()}) was not stopping: a SIGTERM or SIGINT sent to that "
-        "process alone? The others stopped with it and what they held is back in the queue; to "
-        f"stop mailmag, signal pid {os.getpid()}", fixes=[Fix("deliver_again")])
+        f"process alone (to stop mailmag, signal pid {os.getpid()})? The others stopped with it, and "
+        "what they held is back in the queue", fixes=[Fix("deliver_again")])
 
 
 @dataclasses.dataclass(frozen=True)
