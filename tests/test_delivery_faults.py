@@ -127,6 +127,9 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
         listed = mailmag.ok("issues", "list").output
         assert "sent, 3 dead" in listed  # not a bare "sent": three subscribers have not had it
         assert json.loads(mailmag.ok("issues", "list", "--json").output)[0]["dead"] == 3
+        status = mailmag.ok("issues", "status", "1").output
+        assert ("dead: 3 messages given up on (a worker died sending each too often); "
+                "`mailmag issues retry 1 --dead` queues them again") in status
         out = mailmag.ok("issues", "retry", "1", "--dead").output
         assert out.strip() == "issue 1: 3 dead messages queued again; `mailmag worker` sends them"
         c = counts(services, issue)

@@ -262,6 +262,9 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
+    if counts.dead and issue.status in ("sending", "sent"):
+        click.echo(f"dead: {plural(counts.dead, 'message')} given up on (a worker died sending each too "
+                   f"often); `mailmag issues retry {issue.id} --dead` queues them again")
     if ambiguous:
         click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
                    "died sending it; last_reply starts with 'ambiguous')")
