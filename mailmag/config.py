@@ -88,6 +88,7 @@ class GeneralConfig:
 class DatabaseConfig:
     url: str = "sqlite:///mailmag.db"
     busy_timeout_seconds: float = field(default=30.0, metadata=more_than(0))
+    connect_timeout_seconds: float = field(default=10.0, metadata=more_than(0))
 
 
 @dataclass(frozen=True)

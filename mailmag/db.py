@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,9 +29,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0) -> Engine:
+def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0,
+                connect_timeout: float = 10.0) -> Engine:
     """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout (seconds); on
-    PostgreSQL the same timeout as `lock_timeout`.
+    PostgreSQL the same timeout as `lock_timeout`, and a server that does not answer is given
+    up on (see _silent_server) rather than waited for by every request and worker thread.
 
     `pool_size`: exactly that many pooled connections, no overflow (for a caller whose threads
     each hold one at most); by default SQLAlchemy's pool of 5 plus 10 overflow.
@@ -41,9 +43,21 @@ def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30
         engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pool)
         _configure_sqlite(engine, busy_timeout)
         return engine
-    engine = create_engine(url, pool_pre_ping=True, **pool)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=_silent_server(url, connect_timeout), **pool)
     _configure_postgresql(engine, busy_timeout)
     return engine
+
+
+def _silent_server(url: str, connect_timeout: float) -> dict[str, int]:
+    """libpq's limits for a server that stops answering (a host powered off, packets dropped): a
+    new connection gives up after `connect_timeout`, an open one when what it sent stays
+    unacknowledged for 30 s or its idle keepalives go unanswered. Without them a request (a
+    one-click unsubscribe) waited for ever, holding one of the web app's threads. What the URL
+    sets itself is kept."""
+    limits = {"connect_timeout": max(2, round(connect_timeout)), "tcp_user_timeout": 30_000,
+              "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+    given = make_url(url).query
+    return {key: value for key, value in limits.items() if key not in given}
 
 
 def _configure_postgresql(engine: Engine, lock_timeout: float) -> None:

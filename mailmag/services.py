@@ -31,7 +31,8 @@ class Services:
     @cached_property
     def engine(self) -> Engine:
         database = self.config.database
-        return db.make_engine(database.url, busy_timeout=database.busy_timeout_seconds)
+        return db.make_engine(database.url, busy_timeout=database.busy_timeout_seconds,
+                              connect_timeout=database.connect_timeout_seconds)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from conftest import SECRET
@@ -209,13 +211,27 @@ def test_one_click_outlives_its_database_connection_dying_mid_request(live, web_
     assert after["events"] == [("opt_in", "cli"), ("opt_out", "one-click")]
 
 
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never says a word: a database host that hangs."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_with_the_database_down_a_one_click_is_503_with_retry_after(config, web_services, reader):
-    """Not a 500 ("broken"): 503 and Retry-After, which a provider's one-click or a load balancer
-    may act on, and the page says to try again later."""
+@pytest.mark.parametrize("database", ["refused", "silent"])
+def test_with_the_database_down_a_one_click_is_503_with_retry_after(config, web_services, reader,
+                                                                    silent_server, database):
+    """Not a 500 ("broken"), and not a request that hangs (it held one of the web app's threads
+    for ever when the server said nothing): 503 and Retry-After, which a provider's one-click or a
+    load balancer may act on, and the page says to try again later. (The client gives up after
+    10 s; [database] connect_timeout_seconds is 2 here.)"""
     path = unsubscribe_path(web_services, reader)
+    port = 9 if database == "refused" else silent_server  # nothing listens on 9
     away = dataclasses.replace(config, database=dataclasses.replace(
-        config.database, url="postgresql+psycopg://postgres@127.0.0.1:9/test"))  # nothing listens there
+        config.database, url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+        connect_timeout_seconds=2))
     app = create_app(Services(away))
     server = LiveServer(app)
     try:

@@ -52,9 +52,10 @@ class AppContext:
         """
         if wait_for_database:
             dispatch = self.config.dispatch
-            guard = DatabaseGuard(dispatch.database_retry_seconds, dispatch.database_max_retry_seconds,
-                                  threading.Event(),
-                                  give_up_after=dispatch.database_max_retry_seconds if once else None)
+            most = dispatch.database_max_retry_seconds
+            guard = DatabaseGuard(dispatch.database_retry_seconds, most, threading.Event(),
+                                  give_up_after=most if once else None,
+                                  waiting=f"waiting up to {most:g} s for it" if once else "waiting for it")
             guard.call(lambda: db.current_revision(self.services.engine))
         db.check_schema(self.services.engine)
         return self.services

@@ -291,7 +291,9 @@ def cancel(app: AppContext, issue_id: int) -> None:
         held = (f", {done.in_flight} of them held by a worker (what it sends in the next half second "
                 "may still go; `issues status` counts it)"
                 if done.in_flight else "")
-        click.echo(f"issue {issue_id} (第{number}号) cancelled: {plural(done.sent, 'message')} went, "
+        went = (f"{plural(done.sent - done.dead, 'message')} went, {done.dead} given up on may have"
+                if done.dead else f"{plural(done.sent, 'message')} went")
+        click.echo(f"issue {issue_id} (第{number}号) cancelled: {went}, "
                    f"{plural(done.not_sent, 'queued message')} will not be sent{held}; 第{number}号 stays "
                    "in the archive")
     else:

@@ -59,6 +59,7 @@ class Cancelled:
     unscheduled: bool = False
     not_sent: int = 0  # queued or claimed messages that will not go
     sent: int = 0  # messages that went (sent, or dead: they may have reached the relay)
+    dead: int = 0  # of `sent`, those given up on: they may or may not have reached the relay
     in_flight: int = 0  # claimed by a worker when cancelled: what it sends before its next check still goes
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
@@ -362,7 +363,7 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
     counts = outbox.counts(session, issue.id)
     went = counts.sent + counts.dead  # dead: may have reached the relay
     if went or in_flight:  # a claimed message may be on the wire: the 第N号 stays
-        return Cancelled(issue, not_sent=not_sent, sent=went, in_flight=in_flight)
+        return Cancelled(issue, not_sent=not_sent, sent=went, dead=counts.dead, in_flight=in_flight)
     issue.number = None
     returned = _items_back(session, issue)
     session.flush()

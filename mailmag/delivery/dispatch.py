@@ -340,7 +340,8 @@ class Dispatcher:
         # own: sharing the services' pool, threads holding one each could wait forever for a
         # second (a deferral's session) once there are more threads than that pool holds.
         self.results_engine = db.make_engine(self.services.config.database.url, pool_size=self.concurrency,
-                                             busy_timeout=self.services.config.database.busy_timeout_seconds)
+                                             busy_timeout=self.services.config.database.busy_timeout_seconds,
+                                             connect_timeout=self.services.config.database.connect_timeout_seconds)
         threads = [
             threading.Thread(target=self._thread_main, args=(index, once, poll_seconds), name=f"send-{index}")
             for index in range(self.concurrency)
@@ -875,6 +876,12 @@ class Dispatcher:
                 self.hooks.relay_unreachable(session, self.clock(), why)
 
         self.database.call(work)
+
+    def relay_was_down(self) -> None:
+        """A dispatcher before this one stopped on the relay (`mailmag run` starts another): the
+        first message accepted logs "sending resumed", as after an outage within one run."""
+        with self._relay_lock:
+            self._relay_down = True
 
     def _relay_reached(self) -> None:
         with self._relay_lock:

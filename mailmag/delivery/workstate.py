@@ -197,10 +197,13 @@ class DatabaseGuard:
     with backoff and tries again. One log line when it goes away, one when it is back."""
 
     def __init__(self, first: float, most: float, stop: threading.Event, *,
-                 give_up_after: float | None = None) -> None:
-        """`give_up_after` seconds of the database away, a DatabaseError (None: wait until `stop`)."""
+                 give_up_after: float | None = None,
+                 waiting: str = "sending paused until results can be recorded") -> None:
+        """`give_up_after` seconds of the database away, a DatabaseError (None: wait until `stop`);
+        `waiting` says in the log what waits for it."""
         self.first, self.most, self.stop = max(first, 0.01), max(most, first), stop
         self.give_up_after = give_up_after
+        self.waiting = waiting
         self.away = False
         self._lock = threading.Lock()
 
@@ -212,9 +215,11 @@ class DatabaseGuard:
             except DATABASE_AWAY as exc:
                 self._went_away(exc)
                 waited = time.monotonic() - started
-                if self.give_up_after is not None and waited >= self.give_up_after:
-                    raise DatabaseError(f"cannot open the database ({reason(exc)}); waited {waited:.0f} s "
-                                        "for it") from exc
+                if self.give_up_after is not None:
+                    if waited >= self.give_up_after:
+                        raise DatabaseError(f"cannot open the database ({reason(exc)}); waited "
+                                            f"{waited:.1f} s for it") from exc
+                    delay = min(delay, self.give_up_after - waited)  # the last try at the limit, not past it
                 if self.stop.wait(delay):
                     raise DatabaseError(
                         f"stopped while the database was unavailable ({reason(exc)}); a message "
@@ -230,8 +235,7 @@ class DatabaseGuard:
         with self._lock:
             if not self.away:
                 self.away = True
-                log.error("database unavailable (%s): sending paused until results can be recorded",
-                          reason(exc))
+                log.error("database unavailable (%s): %s", reason(exc), self.waiting)
 
     def _came_back(self) -> None:
         with self._lock:

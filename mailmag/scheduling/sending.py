@@ -55,14 +55,18 @@ def deliver_until_stopped(services: Services, stop: threading.Event, make: Calla
     `stop` is set. A relay that refuses us or a database away ends a dispatcher; another starts
     after [smtp] retry_relay_seconds, since a service must outlive both."""
     config = services.config
+    refused = False
     while not stop.is_set():
         try:
             dispatcher = make()
             if stop.is_set():  # stopped while this dispatcher was being built: its stop was not set
                 return
+            if refused:  # the log said the relay refused us: it says so when mail goes again
+                dispatcher.relay_was_down()
             dispatcher.run(poll_seconds=min(2.0, config.schedule.poll_seconds))
             return
         except (TransportError, DatabaseError, *DATABASE_AWAY) as exc:
+            refused = refused or isinstance(exc, TransportError)
             pause = config.smtp.retry_relay_seconds
             # the message without its steps: "start delivering again" is what happens next
             log.error("%s; delivering again in %s seconds", getattr(exc, "message", exc), pause)
