@@ -75,6 +75,14 @@ def check_codes(codes: Iterable[str], offered: Sequence[Topic]) -> list[str]:
     return sorted(set(wanted))
 
 
+def codes_of(words: Iterable[str], offered: Sequence[Topic]) -> list[str]:
+    """Each word as a code: a code itself, or a topic's name as the forms show it (イベント案内,
+    Events), which an office's spreadsheet is more likely to hold; then check_codes."""
+    named = {name.casefold(): t.code for t in offered for name in (t.ja, t.en)}
+    return check_codes([word if word in {t.code for t in offered} else named.get(word.casefold(), word)
+                        for word in words], offered)
+
+
 def check_code(code: str | None, offered: Sequence[Topic]) -> str | None:
     """One topic (an issue's), or None for every subscriber."""
     if code is None:

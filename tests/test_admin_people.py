@@ -57,6 +57,23 @@ def test_csv_import_previews_rows_and_errors_before_storing_anything(console, co
     assert sources == {"imported by owner in the console"}
 
 
+def test_csv_import_in_the_console_takes_topics_by_name_and_refuses_unknown_ones(console, console_services):
+    """The console's import did not check the topic column (the command line did): a row naming a
+    topic nobody sends was stored, and its subscriber left out of every issue of that topic. An
+    office's list names topics as the forms do (イベント案内), which is taken for its code."""
+    data = "メールアドレス,氏名,テーマ\nc@example.jp,千田,イベント案内\nd@example.jp,土井,セミナー案内\n".encode()
+    client = logged_in(console.url, console_services, "owner", "owner")
+    token = csrf_of(client.get("/admin/subscribers/import"))
+    preview = _upload(client, token, data)
+    assert "3 行目: テーマ「セミナー案内」はありません" in preview.text
+    payload = re.search(r'name="payload" value="([^"]+)"', preview.text).group(1)
+    client.post("/admin/subscribers/import", {"csrf_token": token, "payload": payload, "encoding": "auto",
+                                              "confirm": "1"})
+    with console_services.session() as session:
+        stored = dict(session.execute(select(Subscriber.email, Subscriber.topics)).all())
+    assert stored == {"c@example.jp": ["events"]}  # d was not stored with a topic nobody sends
+
+
 def test_unsubscribe_forget_search_and_export(console, console_services):
     with console_services.session() as session:
         for address, name in (("keep@example.jp", "残る人"), ("gone@example.jp", "消える人")):

@@ -40,7 +40,7 @@ HEADERS = {
     "機関名": "organization",
     "lang": "lang", "language": "lang", "言語": "lang",
     "topics": "topics", "topic": "topics", "categories": "topics", "配信カテゴリ": "topics",
-    "カテゴリ": "topics", "カテゴリー": "topics",
+    "カテゴリ": "topics", "カテゴリー": "topics", "テーマ": "topics", "配信テーマ": "topics",
 }
 
 
@@ -131,11 +131,11 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic] | None = None) -> Iterator[Row]:
+def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic]) -> Iterator[Row]:
     """Valid rows; invalid ones go to `report.invalid` as (line, reason).
 
-    `topics`: the configured ones, which the topic column must name (None: not checked,
-    for callers that checked already).
+    `topics`: the configured ones, which the topic column must name (by code or by name). Every
+    front passes them: the console's import once did not, and stored topics nobody is sent.
     """
     first_line = text.lstrip("\r\n").split("\n", 1)[0]
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
@@ -212,7 +212,7 @@ def _map_header(header: list[str], report: ImportReport) -> dict[str, int]:
     return columns
 
 
-def _parse_row(line: int, columns: dict[str, int], values: list[str], offered: Sequence[Topic] | None) -> Row:
+def _parse_row(line: int, columns: dict[str, int], values: list[str], offered: Sequence[Topic]) -> Row:
     def cell(field: str) -> str:
         index = columns.get(field)
         value = values[index] if index is not None and index < len(values) else ""
@@ -229,9 +229,8 @@ def _parse_row(line: int, columns: dict[str, int], values: list[str], offered: S
     )
 
 
-def _topics(raw: str, offered: Sequence[Topic] | None) -> list[str]:
-    chosen = subscribers.parse_topics(raw)
-    return chosen if offered is None else topics_mod.check_codes(chosen, offered)
+def _topics(raw: str, offered: Sequence[Topic]) -> list[str]:
+    return topics_mod.codes_of(subscribers.parse_topics(raw), offered)
 
 
 # --- landing --------------------------------------------------------------------------------
@@ -344,7 +343,7 @@ def import_file(
     encoding: str = "auto",
     resubscribe: bool = False,
     progress: Callable[[int], None] | None = None,
-    topics: Sequence[Topic] | None = None,
+    topics: Sequence[Topic],
 ) -> ImportReport:
     """Read and land one CSV file (the caller decides whether to commit: --strict, --dry-run).
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -12,6 +12,7 @@ from mailmag.audience import imports
 from mailmag.audience.subscribers import Consent
 from mailmag.errors import Fix, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Subscriber, Suppression
+from mailmag.topics import Topic
 
 
 def search(session: Session, text: str = "", limit: int = 200) -> list[Subscriber]:
@@ -64,8 +65,8 @@ class ImportPreview:
     report: imports.ImportReport
 
 
-def preview_import(session: Session, data: bytes, consent: Consent, *, encoding: str = "auto",
-                   shown: int = 10) -> ImportPreview:
+def preview_import(session: Session, data: bytes, consent: Consent, *, topics: Sequence[Topic],
+                   encoding: str = "auto", shown: int = 10) -> ImportPreview:
     """Run the import inside `session`; the caller rolls it back (preview) or commits (import)."""
     report = imports.ImportReport()
     first: list[imports.Row] = []
@@ -76,6 +77,6 @@ def preview_import(session: Session, data: bytes, consent: Consent, *, encoding:
                 first.append(row)
             yield row
 
-    imports.import_rows(session, keep_first(imports.parse_rows(imports.decode(data, encoding), report)),
-                        report, consent)
+    rows = imports.parse_rows(imports.decode(data, encoding), report, topics)
+    imports.import_rows(session, keep_first(rows), report, consent)
     return ImportPreview(first, report)

@@ -105,7 +105,8 @@ def import_csv() -> Any:
     store = request.form.get("confirm") == "1"
     session = state().services.sessions()
     try:
-        preview = lookup.preview_import(session, data, _consent("imported"), encoding=encoding)
+        preview = lookup.preview_import(session, data, _consent("imported"), topics=state().topics,
+                                        encoding=encoding)
         if store:
             act(session, "subscribers.import", preview.report.summary())
             session.commit()
