@@ -61,7 +61,8 @@ def test_csv_import_in_the_console_takes_topics_by_name_and_refuses_unknown_ones
     """The console's import did not check the topic column (the command line did): a row naming a
     topic nobody sends was stored, and its subscriber left out of every issue of that topic. An
     office's list names topics as the forms do (イベント案内), which is taken for its code."""
-    data = "メールアドレス,氏名,テーマ\nc@example.jp,千田,イベント案内\nd@example.jp,土井,セミナー案内\n".encode()
+    data = ("メールアドレス,氏名,テーマ\n"
+            "c@example.jp,千田,イベント案内\nd@example.jp,土井,セミナー案内\n").encode()
     client = logged_in(console.url, console_services, "owner", "owner")
     token = csrf_of(client.get("/admin/subscribers/import"))
     preview = _upload(client, token, data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import SECRET
@@ -230,6 +231,13 @@ def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_serv
     action, channel, source = log(web_services, u.id)[-1]
     assert (action, channel) == ("opt_in", "web") and "browser session that unsubscribed" in source
     assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 403  # once
+    # the page after the undo is the preferences form: it posts to the preferences link, not to
+    # /undo (where a change of topic was refused, 403, and lost)
+    action = re.search(r'<form method="post" action="([^"]+)"', reply.text).group(1)
+    assert action == urlsplit(links.preferences_url(BASE, SECRET, u.id, u.link_key)).path
+    saved = browser.post(action, {"csrf_token": reply.csrf(), "topic": "news", "lang": "en",
+                                  "action": "save"})
+    assert saved.status == 200 and row(web_services, "u@example.jp").topics == ["news"]
 
 
 def test_undo_is_refused_after_its_minutes(config, mailmag):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -69,8 +70,10 @@ def _consent(channel: str, source: str = "", wording: str | None = None) -> Cons
 
 def _links(subscriber: Subscriber) -> dict[str, str]:
     base, secret = state().config.mailmag.base_url, state().secret
+    preferences = links.preferences_url(base, secret, subscriber.id, subscriber.link_key)
+    # the preferences form posts here whichever page shows it (the undo page is /u/…/undo)
     return {"unsubscribe_url": links.unsubscribe_url(base, secret, subscriber.id, subscriber.link_key),
-            "preferences_url": links.preferences_url(base, secret, subscriber.id, subscriber.link_key)}
+            "preferences_url": preferences, "preferences_path": urllib.parse.urlsplit(preferences).path}
 
 
 def _page(template: str, subscriber: Subscriber | None, status: int = 200, **context: Any) -> Any:
