@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from web_support import Client, LiveServer, key_of, one_click
 
 from mailmag import db, links, tokens
-from mailmag.audience import subscribers
+from mailmag.audience import imports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import transitions
 from mailmag.models import ConsentEvent, Delivery, Issue, Rendering, Subscriber
@@ -155,6 +155,29 @@ def test_preferences_change_topics_and_language(live, web_services, reader):
     assert (after["lang"], after["topics"], after["status"]) == ("en", ["news"], "active")
     client.submit(path, {"lang": "en", "action": "save"})  # no topic: every issue
     assert state(web_services, reader)["topics"] == []
+
+
+def test_the_office_list_imported_again_keeps_what_a_subscriber_chose(live, web_services, reader, tmp_path):
+    """Re-importing the office's list set 山田's language and topics back to what the list said,
+    undoing what 山田 had chosen on the preferences page (`updated 1`, nothing more said). The
+    subscriber's own choice stands; the office's name and organization still apply."""
+    path = links.preferences_url(BASE, SECRET, reader, key_of(web_services, reader))
+    Client(live.url).submit(path, {"topic": ["news"], "lang": "en", "action": "save"})
+    listed = tmp_path / "list.csv"
+    listed.write_text("メールアドレス,氏名,所属,言語,テーマ\n"
+                      "yamada@example.jp,山田 太郎,広島大学,ja,イベント案内\n"
+                      "sato@example.jp,佐藤,,en,news\n", encoding="cp932")
+    with web_services.session() as session:
+        report = imports.import_file(session, listed, Consent("import"), topics=web_services.config.topics)
+        session.commit()
+    assert report.summary() == "added 0, updated 2, unchanged 0, invalid 0, suppressed 0, kept 1 own choices"
+    assert [line for line, _reason in report.kept_choices] == [2]
+    with web_services.session() as session:
+        yamada, sato = (session.scalar(select(Subscriber).where(Subscriber.email == email))
+                        for email in ("yamada@example.jp", "sato@example.jp"))
+        assert (yamada.lang, yamada.topics, yamada.organization) == ("en", ["news"], "広島大学")
+        assert (sato.lang, sato.topics) == ("en", ["news"])  # chose nothing: the list applies
+    assert state(web_services, reader)["events"][-1] == ("choose", "web")  # in the consent log
 
 
 def test_preferences_resubscribe_after_an_unsubscribe(live, web_services, reader):

@@ -218,13 +218,18 @@ def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent)
     return True
 
 
-def update_preferences(session: Session, subscriber: Subscriber, lang: str, topics: Sequence[str]) -> bool:
-    """Language and topics from the preferences page (no topics: every issue); True if changed."""
+def update_preferences(session: Session, subscriber: Subscriber, lang: str, topics: Sequence[str],
+                       consent: Consent | None = None) -> bool:
+    """Language and topics from the preferences page (no topics: every issue); True if changed.
+    `consent` (the page's request) records the change as the subscriber's own choice ("choose"):
+    an office list imported later keeps it (imports)."""
     lang = subscribers.parse_lang(lang)
     topics = sorted(set(topics))
     if (subscriber.lang, list(subscriber.topics)) == (lang, topics):
         return False
     subscriber.lang, subscriber.topics = lang, topics
+    if consent is not None:
+        subscribers.record(session, subscriber, subscribers.CHOSE, consent)
     return True
 
 

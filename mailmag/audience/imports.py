@@ -63,16 +63,20 @@ class ImportReport:
     suppressed: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
     needs_smtputf8: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    # rows whose language or topics were not applied: the subscriber chose their own
+    kept_choices: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
+        kept = f", kept {len(self.kept_choices)} own choices" if self.kept_choices else ""
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"invalid {len(self.invalid)}, suppressed {len(self.suppressed)}"
+            f"invalid {len(self.invalid)}, suppressed {len(self.suppressed)}{kept}"
         )
 
     def summary_ja(self) -> str:
+        kept = f"、本人の選択を残した読者 {len(self.kept_choices)}" if self.kept_choices else ""
         return (f"追加 {self.added}、更新 {self.updated}、変更なし {self.unchanged}、"
-                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {len(self.suppressed)}")
+                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {len(self.suppressed)}{kept}")
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -254,6 +258,9 @@ def import_rows(
     against one read of the table: no query per row (100 000 rows land in seconds).
     """
     known = {r.email_key: r._mapping for r in session.execute(select(*_KNOWN))}
+    # whoever chose their language or topics on the preferences page keeps that choice
+    chose = set(session.scalars(select(ConsentEvent.subscriber_id).where(
+        ConsentEvent.action == subscribers.CHOSE).distinct()))
     suppressed = set(session.scalars(select(Suppression.email_hash)))
     new: list[Row] = []
     changes: list[dict[str, Any]] = []
@@ -263,7 +270,7 @@ def import_rows(
         if stored is None and row.address.hash not in suppressed:
             new.append(row)
         elif stored is not None and stored["status"] not in subscribers.OPTED_OUT:
-            _compare(row, stored, changes, report)
+            _compare(row, stored, changes, report, own_choice=stored["id"] in chose)
         else:
             _land_opted_out(session, row, report, consent, resubscribe)
         if len(new) >= BATCH or len(changes) >= BATCH:
@@ -276,10 +283,17 @@ def import_rows(
     return report
 
 
-def _compare(row: Row, stored: Any, changes: list[dict[str, Any]], report: ImportReport) -> None:
+def _compare(row: Row, stored: Any, changes: list[dict[str, Any]], report: ImportReport, *,
+             own_choice: bool) -> None:
     changed = subscribers.field_changes(
         stored, name=row.name, organization=row.organization, lang=row.lang, topics=row.topics
     )
+    if own_choice and ("lang" in changed or "topics" in changed):
+        changed.pop("lang", None)
+        changed.pop("topics", None)
+        report.kept_choices.append((row.line, Sentence(
+            f"{row.address.email} chose their language and topics on the preferences page: kept",
+            f"{row.address.email} は配信設定のページで言語とテーマを選んでいるため、その選択を残しました")))
     if changed:
         changes.append({"id": stored["id"], **changed, "updated_at": utcnow()})
         report.updated += 1

@@ -187,6 +187,9 @@ def _update_fields(
     return bool(changes)
 
 
+CHOSE = "choose"  # the consent log's action for a subscriber's own choice of language and topics
+
+
 def record(session: Session, subscriber: Subscriber, action: str, consent: Consent) -> None:
     """Append one line to the consent log."""
     session.add(

@@ -170,7 +170,7 @@ def preferences(token: str) -> Any:
             lang = subscribers.parse_lang(request.form.get("lang"))
         except InvalidInput:
             abort(400)
-        consent.update_preferences(session, subscriber, lang, topics)
+        consent.update_preferences(session, subscriber, lang, topics, _consent("web", "preferences page"))
         asked = request.form.get("action") == "resubscribe" and subscriber.status != "active"
         if asked:  # over a limit no mail goes out, and the page says the same (no enumeration)
             mail = consent.request_resubscription(
