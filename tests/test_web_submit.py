@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from conftest import SECRET
 from sqlalchemy import select
@@ -94,6 +96,30 @@ def test_a_post_without_csrf_token_is_refused(live, web_services, org_id):
     client.get(path)
     assert client.post(path, EVENT).status == 400
     assert stored(web_services) == []
+
+
+def test_a_form_sent_twice_stores_one_item_and_the_received_page_can_be_reloaded(live, web_services, org_id):
+    """A reload of the page after sending, or a double click, sent the same POST again: two items
+    「再送信テスト」 waited for review, and both could land in an issue. The answer is now a redirect
+    (reloading it sends nothing), and the same contents again within minutes are the same item."""
+    path = link(web_services, org_id)
+    client = Client(live.url)
+    token = client.get(path + "?kind=event").csrf()
+    first = client.post(path, {**EVENT, "csrf_token": token})
+    again = client.post(path, {**EVENT, "csrf_token": token})  # the browser sends the form again
+    assert first.status == again.status == 303
+    assert first.headers["Location"] == again.headers["Location"]
+    received = client.get(first.headers["Location"])
+    assert received.status == 200 and "投稿を受け付けました" in received.text
+    assert client.get(first.headers["Location"]).status == 200  # a reload: a page, nothing sent
+    [item] = stored(web_services)
+    assert f"<dd>{item.id}</dd>" in received.text
+    changed = client.post(path, {**EVENT, "title": "別の催し", "csrf_token": token})
+    assert changed.status == 303 and len(stored(web_services)) == 2  # other contents: another item
+    with web_services.session() as session:
+        other = orgs.add(session, "okayama-u", "岡山大学")
+        foreign = orgs.submission_link(BASE, SECRET, other)
+    assert client.get(f"{urlsplit(foreign).path}/done/{item.id}").status == 404  # not that org's item
 
 
 def test_a_rotated_wrong_or_foreign_link_is_404(live, web_services, org_id):

@@ -105,9 +105,11 @@ class Client:
                                                  **headers})
 
     def submit(self, path: str, form: dict[str, str | list[str]], page: str | None = None) -> Reply:
-        """Open the page (for its CSRF token) and send the form, as a browser does."""
+        """Open the page (for its CSRF token) and send the form, as a browser does (following a 303
+        to the page it names)."""
         token = self.get(page or path).csrf()
-        return self.post(path, {**form, "csrf_token": token})
+        reply = self.post(path, {**form, "csrf_token": token})
+        return self.get(reply.headers["Location"]) if reply.status == 303 else reply
 
 
 def one_click(base_url: str, path: str) -> Reply:

@@ -265,6 +265,23 @@ def submit(session: Session, org: Org | str, kind: str, fields: Mapping[str, Any
     return item
 
 
+TWIN_WINDOW = dt.timedelta(minutes=10)
+
+
+def recent_twin(session: Session, org: Org, kind: str, fields: Mapping[str, Any], *, limit_kb: int,
+                now: dt.datetime | None = None) -> Item | None:
+    """The item `org` submitted within TWIN_WINDOW with exactly these contents, still waiting for
+    review: a form sent twice (a reload, a double click) is one submission, not two items that
+    could both land in an issue."""
+    now = now or utcnow()
+    cleaned = clean(parse_kind(kind), fields, None, limit_kb=limit_kb)
+    same = [getattr(Item, attr) == value for attr, value in cleaned.items()]
+    return session.scalars(
+        select(Item).where(Item.org_id == org.id, Item.kind == kind, Item.status == "submitted",
+                           Item.created_at > now - TWIN_WINDOW, *same).order_by(Item.id.desc()).limit(1)
+    ).first()
+
+
 def check_link_limits(session: Session, org: Org, fields: Mapping[str, Any], *, per_hour: int,
                       bytes_per_day: int, now: dt.datetime | None = None) -> None:
     """An org's submission link is a credential anyone holding it can use: at most `per_hour`

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, g, render_template, request
+from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 from sqlalchemy.orm import Session
 
 from mailmag.content import items, orgs
 from mailmag.errors import InvalidInput, LimitExceeded
-from mailmag.models import ITEM_KINDS, Org
+from mailmag.models import ITEM_KINDS, Item, Org
 from mailmag.web import security, state
 
 bp = Blueprint("submit", __name__)
@@ -78,16 +78,29 @@ def submit(token: str) -> Any:
         missing = [f["label"] for f in _fields(kind) if f["required"] and not given[f["name"]].strip()]
         if missing:
             return _form(org, token, kind, 400, values=given, missing=missing)
-        web = state().config.web
+        web, limit_kb = state().config.web, state().services.config.compose.item_size_limit_kb
         try:
-            items.check_link_limits(session, org, given, per_hour=web.submit_items_per_hour,
-                                    bytes_per_day=web.submit_bytes_per_day)
-            item = items.submit(session, org, kind, given, channel="web",
-                                limit_kb=state().services.config.compose.item_size_limit_kb)
+            item = items.recent_twin(session, org, kind, given, limit_kb=limit_kb)
+            if item is None:
+                items.check_link_limits(session, org, given, per_hour=web.submit_items_per_hour,
+                                        bytes_per_day=web.submit_bytes_per_day)
+                item = items.submit(session, org, kind, given, channel="web", limit_kb=limit_kb)
         except LimitExceeded as exc:  # the form is in Japanese (_form), and so is what was wrong
             return _form(org, token, kind, 429, values=given, error=exc.text("ja"))
         except InvalidInput as exc:
             session.rollback()
             return _form(org, token, kind, 400, values=given, error=exc.text("ja"))
+        item_id = item.id
+    # Post/Redirect/Get: reloading the page that says "received" sends nothing again
+    return redirect(url_for(".submitted", token=token, item_id=item_id), 303)
+
+
+@bp.get("/submit/<token>/done/<int:item_id>")
+def submitted(token: str, item_id: int) -> Any:
+    with state().services.read_session() as session:
+        org = _org(session, token)
+        item = session.get(Item, item_id)
+        if item is None or item.org_id != org.id:
+            abort(404)
         return render_template("submitted.html.j2", org=org, token=token, item=item,
-                               kind_label=items.KIND_LABELS[kind])
+                               kind_label=items.KIND_LABELS[item.kind])
