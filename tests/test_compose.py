@@ -55,6 +55,9 @@ def test_the_reference_issue_renders_both_parts_in_both_languages(session, confi
         assert needle in ja.html.replace("「", ""), needle
         assert needle in ja.text.replace("「", ""), needle
     assert "{{" not in ja.html + ja.text and "{%" not in ja.html + ja.text
+    # the footer promises what the preferences page offers (topics, language), not a change of address
+    assert "受信するテーマ・言語" in ja.text and "テーマや言語の変更" in ja.html
+    assert "配信先の変更" not in ja.html
     assert "<h1" in ja.html and re.search(r'<h1 class="issue-number" style="[^"]*font-size:28px', ja.html)
     assert re.search(r"<style[^>]*>.*@media screen and \(max-width: 620px\)", ja.html, re.S)
 

@@ -201,24 +201,25 @@ def _confirm_age() -> int:
     return state().config.web.confirm_hours * 3600
 
 
-def _confirmable(session: Session, token: str) -> tuple[Subscriber, bool]:
-    """The subscriber of a confirmation link and whether the link may still confirm: within
-    its time, and no opt-out since it was mailed (an unsubscribe is never undone by it)."""
+def _confirmable(session: Session, token: str) -> tuple[Subscriber, str]:
+    """The subscriber of a confirmation link and why the link may not confirm ("" if it may):
+    "expired" past its time, "opted_out" after an opt-out since it was mailed (an unsubscribe
+    is never undone by it)."""
     link = _link("confirm", token)
     subscriber = _known(session, "confirm", token)  # NotFound unless authentic and theirs
     try:
         tokens.read_person(state().secret, "confirm", token, max_age=_confirm_age())
     except TokenError:
-        return subscriber, False
-    return subscriber, consent.confirmation_current(session, subscriber, link.opt_outs)
+        return subscriber, "expired"
+    return subscriber, "" if consent.confirmation_current(session, subscriber, link.opt_outs) else "opted_out"
 
 
 @bp.get("/confirm/<token>")
 def confirm_page(token: str) -> Any:
     """A page with one button: only its POST confirms (link scanners fetch the GET)."""
     with state().services.read_session() as session:
-        subscriber, fresh = _confirmable(session, token)
-        return _confirm_answer(subscriber, fresh, "confirm.html.j2")
+        subscriber, refused = _confirmable(session, token)
+        return _confirm_answer(subscriber, refused, "confirm.html.j2")
 
 
 @bp.post("/confirm/<token>")
@@ -226,18 +227,18 @@ def confirm_page(token: str) -> Any:
 def confirm(token: str) -> Any:
     security.check_csrf()
     with state().services.session() as session:
-        subscriber, fresh = _confirmable(session, token)
-        if fresh and subscriber.status != "active":
+        subscriber, refused = _confirmable(session, token)
+        if not refused and subscriber.status != "active":
             wording = state().config.web.consent_wording_version
             consent.confirm(session, subscriber, _consent("web", "confirmation link", wording))
-        return _confirm_answer(subscriber, fresh, "confirmed.html.j2")
+        return _confirm_answer(subscriber, refused, "confirmed.html.j2")
 
 
-def _confirm_answer(subscriber: Subscriber, fresh: bool, template: str) -> Any:
+def _confirm_answer(subscriber: Subscriber, refused: str, template: str) -> Any:
     if subscriber.status == "active":
         return _page("confirmed.html.j2", subscriber, already=template == "confirm.html.j2")
-    if not fresh:
-        return _page("expired.html.j2", subscriber, 410, hours=state().config.web.confirm_hours,
+    if refused:  # the page says which: past its hours, or an opt-out since it was mailed
+        return _page("expired.html.j2", subscriber, 410, hours=state().config.web.confirm_hours, why=refused,
                      subscribe_url=links.subscribe_url(state().config.mailmag.base_url))
     return _page(template, subscriber)
 
