@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from urllib.parse import urlsplit
 
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from web_support import Client
 
 from mailmag import links, tokens
-from mailmag.content import orgs
+from mailmag.content import issues, items, orgs
 from mailmag.models import Item, Org
 
 pytest_plugins = ["web_fixtures"]
@@ -96,6 +97,26 @@ def test_a_post_without_csrf_token_is_refused(live, web_services, org_id):
     client.get(path)
     assert client.post(path, EVENT).status == 400
     assert stored(web_services) == []
+
+
+def test_a_call_for_exhibitors_carries_its_fee_named_as_such(live, web_services, org_id):
+    """A call for exhibitors could not say what a booth costs (`fee does not apply to exhibitors
+    items`, and no field on the form): it is 出展料 on the form and in the mail."""
+    path = link(web_services, org_id)
+    client = Client(live.url)
+    form = client.get(path + "?kind=exhibitors")
+    assert 'name="fee"' in form.text and "出展料" in form.text and "参加費" not in form.text
+    call = {"kind": "exhibitors", "title": "展示会の出展者募集", "event": "ビジネスフェア中国2027",
+            "deadline": "2027-01-15", "how_to_apply": "事務局までメールでお申し込みください。",
+            "fee": "1小間 30,000円"}
+    assert client.submit(path, call, page=path + "?kind=exhibitors").status == 200
+    [item] = stored(web_services)
+    assert (item.kind, item.fee) == ("exhibitors", "1小間 30,000円")
+    with web_services.session() as session:
+        items.approve(session, [item.id])
+        composed = issues.compose(session, web_services.config, today=dt.date(2027, 1, 5))
+        text = next(r.text for r in composed.issue.renderings if r.lang == "ja")
+    assert "出展料：1小間 30,000円" in text
 
 
 def test_a_form_sent_twice_stores_one_item_and_the_received_page_can_be_reloaded(live, web_services, org_id):

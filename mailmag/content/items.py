@@ -61,7 +61,7 @@ _REQUIRED = {
 _OPTIONAL = {
     "meeting": ("end_date", "time_text", "url"),
     "event": ("end_date", "time_text", "url", "deadline", "fee", "body"),
-    "exhibitors": ("date", "end_date", "venue", "url", "body"),
+    "exhibitors": ("date", "end_date", "venue", "fee", "url", "body"),  # fee: 出展料
     "news": ("date", "url"),
 }
 # [compose] item_size_limit_kb's default: a body (or how to apply) larger than this is refused, so

@@ -39,13 +39,18 @@ def _org(session: Session, token: str) -> Org:
     return orgs.from_submission_token(session, state().secret, token)  # NotFound → 404
 
 
+# A field that a kind calls otherwise (a call for exhibitors' fee is the exhibitor's).
+KIND_FIELDS = {("exhibitors", "fee"): ("出展料", "text", "例: 1小間 30,000円（税込）")}
+
+
 def _fields(kind: str) -> list[dict[str, Any]]:
     required = set(items.required_fields(kind))
     allowed = set(items.allowed_fields(kind))
     return [
         {"attr": attr, "name": items.FIELD_NAMES[attr], "label": label, "type": kind_,
          "hint": hint, "required": attr in required}
-        for attr, (label, kind_, hint) in FIELDS.items() if attr in allowed
+        for attr, field in FIELDS.items() if attr in allowed
+        for label, kind_, hint in [KIND_FIELDS.get((kind, attr), field)]
     ]
 
 
