@@ -22,6 +22,7 @@ from mailmag.content import items as items_mod
 from mailmag.errors import ComplianceError, InvalidInput, StateError
 from mailmag.models import Issue, IssueItem, Item, Org, Rendering
 from mailmag.text_ja import display_width
+from mailmag.web import archive
 
 MARKERS = placeholders.PLACEHOLDERS
 
@@ -58,6 +59,10 @@ def test_the_reference_issue_renders_both_parts_in_both_languages(session, confi
     # the footer promises what the preferences page offers (topics, language), not a change of address
     assert "受信するテーマ・言語" in ja.text and "テーマや言語の変更" in ja.html
     assert "配信先の変更" not in ja.html
+    # "not shown well? see the web version" is for the mail: the web version leaves it out
+    assert "正しく表示されない場合は" in ja.html
+    web = archive.web_version(ja.html, config.mailmag.base_url, "ja", config.sender.list_name)
+    assert "正しく表示されない場合は" not in web and "今号の目次" in web
     assert "<h1" in ja.html and re.search(r'<h1 class="issue-number" style="[^"]*font-size:28px', ja.html)
     assert re.search(r"<style[^>]*>.*@media screen and \(max-width: 620px\)", ja.html, re.S)
 

@@ -153,6 +153,8 @@ def issue(number: int) -> Any:
 
 
 _PERSONAL = re.compile(r"<!-- mm:personal -->.*?<!-- /mm:personal -->", re.DOTALL)
+# "Not shown well? Read the web version": the web version itself leaves it out
+_MAIL_ONLY = re.compile(r"<!-- mm:mail-only -->.*?<!-- /mm:mail-only -->", re.DOTALL)
 _ARCHIVE_NOTE = {
     "ja": ('<p class="archive-note">このページは「{list}」のバックナンバーです。'
            '配信停止と配信設定の変更は、お届けしたメールの末尾にあるリンクから行えます。'
@@ -173,7 +175,7 @@ def web_version(html: str, base_url: str, lang: str, list_name: str) -> str:
     subscribe = links.subscribe_url(base_url)
     note = _ARCHIVE_NOTE.get(lang, _ARCHIVE_NOTE["ja"]).format(
         list=escape(list_name), subscribe=escape(subscribe))
-    html = _PERSONAL.sub(lambda _match: note, html)
+    html = _MAIL_ONLY.sub("", _PERSONAL.sub(lambda _match: note, html))
     values = {"name": "", "email": "", "unsubscribe_url": subscribe, "preferences_url": subscribe}
     return placeholders.substitute(html, values, escape=True)
 
