@@ -98,6 +98,9 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     assert "十二月号" in frame
     page = client.get(issue_path).text
     assert 'class="preview phone"' in page and 'class="preview desktop"' in page
+    assert page.index("/frame/ja") < page.index("/frame/en")  # the Japanese edition first
+    statuses = client.get("/admin/items/").text
+    assert ">確認待ち</option>" in statuses and ">submitted</option>" not in statuses
     assert client.post(f"{issue_path}/test", {"csrf_token": token}).status == 303
     assert [m.recipients for m in smtp_server.messages] == [("sam@example.jp",)]
     assert "会議の報告C" in mail_text(smtp_server.messages[0].data)

@@ -10,7 +10,7 @@ from mailmag.content import drafts, issues, transitions
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import AccessDenied, InvalidInput
-from mailmag.models import utcnow
+from mailmag.models import Issue, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
 from mailmag.web import _, state
@@ -60,7 +60,8 @@ def show(issue_id: int) -> Any:
         return render_template(
             "admin/issue.html.j2", issue=issue, warnings=drafts.warnings(db, state().config, issue),
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
-            audience=outbox.audience_count(db, issue), langs=sorted(r.lang for r in issue.renderings),
+            audience=outbox.audience_count(db, issue),
+            langs=_editions(issue, state().config.mailmag.language),
             notice=request.args.get("notice", ""), topics=state().topics,
         )
 
@@ -196,6 +197,11 @@ def retry_dead(issue_id: int) -> Any:
         requeued = transitions.retry_dead(db, issue, utcnow())
         act(db, "issue.retry_dead", f"{issues.label(issue)}: {requeued} dead messages queued again")
     return _back(issue_id, notice=_("送信を断念した {n} 通を送信待ちに戻しました", n=requeued))
+
+
+def _editions(issue: Issue, first: str) -> list[str]:
+    """The issue's editions, the installation's language first (日本語, then English)."""
+    return sorted((r.lang for r in issue.renderings), key=lambda lang: (lang != first, lang))
 
 
 def _int(raw: str) -> int:
