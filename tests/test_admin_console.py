@@ -64,6 +64,13 @@ def test_review_queue_filters_approves_rejects_and_edits(console, console_servic
     assert _item(console_services, ids[1]).status == "submitted"  # no reason, nothing changed
     reason = {"csrf_token": token, "reason": "日付が未定です"}
     assert client.post(f"/admin/items/{ids[1]}/reject", reason).status == 303
+    typed = {"csrf_token": token, "title": "三つ目（長い修正）", "body": "長く書き直した本文",
+             "url": "javascript:x"}
+    refused = client.post(f"/admin/items/{ids[2]}/edit", typed)
+    # refused, and shown again with what was typed (it was a page with the reason only: typing lost)
+    assert refused.status == 400 and 'role="alert"' in refused.text
+    assert 'value="三つ目（長い修正）"' in refused.text and ">長く書き直した本文</textarea>" in refused.text
+    assert _item(console_services, ids[2]).title == "三つ目の記事"  # nothing changed
     edited = client.post(f"/admin/items/{ids[2]}/edit", {"csrf_token": token, "title": "三つ目（修正）",
                                                          "body": "直した本文"})
     assert edited.status == 303

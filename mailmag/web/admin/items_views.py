@@ -7,9 +7,10 @@ from typing import Any
 from flask import Blueprint, redirect, render_template, request, url_for
 
 from mailmag.content import drafts, items, orgs
+from mailmag.errors import InvalidInput
 from mailmag.models import ITEM_KINDS, ITEM_STATUSES
 from mailmag.web import state
-from mailmag.web.admin import act, needs
+from mailmag.web.admin import act, fixes, needs
 from mailmag.web.submit import FIELDS
 
 bp: Blueprint = Blueprint("items", __name__, url_prefix="/items")
@@ -66,7 +67,13 @@ def edit(item_id: int) -> Any:
     with state().services.session() as db:
         item = items.get(db, item_id)
         given = {f["name"]: request.form.get(f["name"], "") for f in _fields(item.kind)}
-        items.update(db, item, given)
+        try:
+            items.update(db, item, given)
+        except InvalidInput as exc:  # the form again, with what was typed and why it was refused
+            db.rollback()
+            return render_template("admin/item.html.j2", item=item, fields=_fields(item.kind),
+                                   kind_label=items.KIND_LABELS[item.kind], typed=given,
+                                   error=fixes.said(exc)), 400
         act(db, "item.edit", f"item {item_id}")
     return redirect(url_for(".show", item_id=item_id), 303)
 
