@@ -196,6 +196,9 @@ class Item(Base):
 
 class Issue(Base):
     __tablename__ = "issues"
+    # Never give a deleted draft's id to the next one (PostgreSQL's sequences don't): the audit
+    # log and links that name issue 5 must not come to mean another issue.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     # `id` addresses an issue in every command; `number` is the public 第N号, given when its
     # sending starts (None for a draft, a scheduled issue, or a cancelled one that sent nothing),
@@ -295,6 +298,7 @@ class AutoSchedule(Base):
     """A recurring automatic issue (`schedule add --cron`); its APScheduler job shares the id."""
 
     __tablename__ = "auto_schedules"
+    __table_args__ = {"sqlite_autoincrement": True}  # as for issues: an id is never given twice
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))

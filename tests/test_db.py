@@ -61,3 +61,44 @@ def test_the_migration_chain_from_empty_yields_exactly_the_models(db_url):
         assert db.current_revision(engine) == db.head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_migration_keeps_every_row_and_no_deleted_id_comes_back(db_url):
+    """0008 rebuilds SQLite's `issues` (AUTOINCREMENT): the rebuild's DROP must not cascade."""
+    from sqlalchemy import text
+
+    engine = db.make_engine(db_url)
+    try:
+        command.upgrade(db.alembic_config(engine), "0007")
+        with engine.begin() as conn:
+            # No ids given: a fresh database numbers them 1 and 2 (PostgreSQL through its sequence).
+            conn.execute(text("INSERT INTO issues (number, title, status, created_at) VALUES "
+                              "(1, 'sent', 'sent', CURRENT_TIMESTAMP), "
+                              "(NULL, 'draft', 'draft', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO renderings (issue_id, lang, subject, html, text, rendered_at) "
+                              "VALUES (1, 'ja', 's', 'h', 't', CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO deliveries (issue_id, email, lang, message_id, status, attempts, "
+                "lease_expiries, next_attempt_at, last_reply, created_at) VALUES "
+                "(1, 'taro@example.jp', 'ja', '<1@x>', 'sent', 1, 0, CURRENT_TIMESTAMP, '250', "
+                "CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO auto_schedules (name, cron, created_at) "
+                              "VALUES ('monthly', '0 9 1 * *', CURRENT_TIMESTAMP)"))
+        command.upgrade(db.alembic_config(engine), "head")
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM issues WHERE id = 2"))
+            conn.execute(text("DELETE FROM auto_schedules WHERE id = 1"))
+            conn.execute(text("INSERT INTO issues (title, status, created_at) "
+                              "VALUES ('next', 'draft', CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO auto_schedules (name, cron, created_at) "
+                              "VALUES ('weekly', '0 9 * * 1', CURRENT_TIMESTAMP)"))
+        with engine.connect() as conn:
+            issues = conn.execute(text("SELECT id, title FROM issues ORDER BY id")).all()
+            schedules = conn.execute(text("SELECT id FROM auto_schedules")).scalars().all()
+            kept = conn.execute(text("SELECT (SELECT count(*) FROM deliveries WHERE issue_id = 1), "
+                                     "(SELECT count(*) FROM renderings WHERE issue_id = 1)")).one()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in issues] == [(1, "sent"), (3, "next")]
+    assert schedules == [2]
+    assert tuple(kept) == (1, 1)  # the sent issue's delivery and rendering survived the rebuild

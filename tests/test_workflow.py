@@ -171,8 +171,9 @@ def test_deleted_and_cancelled_drafts_use_no_number_and_the_archive_has_no_gap(c
         council("issues", "preview", "1").stderr
         == "Error: no issue with the id 1: see which there are (`mailmag issues list`)\n"
     )
-    # The same item again (SQLite may give the new draft the deleted one's id: ids are not numbers).
+    # The same item again, in a draft with an id of its own: issue 1 stays the deleted one.
     a = json.loads(council.ok("issues", "new", "--json").stdout)["id"]
+    assert a == 2
     draft = council("issues", "cancel", str(a))
     assert draft.stderr == (
         f"Error: issue {a} is a draft: nothing is being sent: to drop it, delete it "

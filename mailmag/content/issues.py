@@ -215,7 +215,7 @@ def delete(session: Session, issue_id: int) -> Issue:
         raise StateError(f"{label(issue)} is {issue.status}: only a draft can be deleted; sent and "
                          "cancelled issues stay on record",
                          ja=f"{label_ja(issue)}は{STATUS_JA[issue.status]}です。削除できるのは下書きだけです（送信済み・取り消し済みの号は記録に残ります）")
-    # SQLite may give the next issue this id again: it must not inherit a timed send's history.
+    # A timed send it once had goes from the history with it (its id is never given again).
     session.execute(sa_delete(JobRun).where(JobRun.job_id == timed_send_job_id(issue.id)))
     session.delete(issue)
     session.flush()

@@ -198,7 +198,7 @@ def remove_auto(session: Session, schedule_id: int) -> str:
     if name is None:
         raise NotFound(f"no automatic issue with id {schedule_id}", fixes=[Fix("list_schedules")],
                        ja=f"自動発行（ID {schedule_id}）はありません")
-    # SQLite may give the next schedule this id again: it must not inherit this history.
+    # Its history goes with it (ids are never given twice, so nothing else would ever read it).
     session.execute(delete(JobRun).where(JobRun.job_id == auto_job_id(schedule_id)))
     return name
 
