@@ -37,6 +37,23 @@ def _readers(services, n: int) -> None:  # type: ignore[no-untyped-def]
             subscribers.add(session, address, Consent("cli", "test"))
 
 
+def _sender_with_readers(mail_console, titles: list[str], readers: int, **account):  # type: ignore[no-untyped-def]
+    """Approved items of these titles, `readers` subscribers, and sam, a sender, logged in:
+    (client, csrf token, item ids)."""
+    services = mail_console.services
+    ids = seed_items(services, titles)
+    with services.session() as session:
+        items.approve(session, ids)
+    _readers(services, readers)
+    client = logged_in(mail_console.url, services, "sam", "sender", **account)
+    return client, csrf_of(client.get("/admin/issues/")), ids
+
+
+def _deliver(services) -> None:  # type: ignore[no-untyped-def]
+    """What the worker sends now, over one connection (`worker --once`)."""
+    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+
+
 def _sent(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
     """An issue of one item, made and sent from the console; its page's path."""
     issue_path: str = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(item_id)]}
@@ -87,12 +104,8 @@ def test_review_queue_filters_approves_rejects_and_edits(console, console_servic
 
 def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mail_console, smtp_server):
     services = mail_console.services
-    ids = seed_items(services, ["会議の報告A", "会議の報告B", "会議の報告C"])
-    with services.session() as session:
-        items.approve(session, ids)
-    _readers(services, 3)
-    client = logged_in(mail_console.url, services, "sam", "sender", email="sam@example.jp")
-    token = csrf_of(client.get("/admin/issues/"))
+    client, token, ids = _sender_with_readers(mail_console, ["会議の報告A", "会議の報告B", "会議の報告C"], 3,
+                                              email="sam@example.jp")
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(i) for i in ids]})
     assert made.status == 303
     issue_path = made.headers["Location"]
@@ -124,7 +137,7 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     client.post(f"{issue_path}/send", {"csrf_token": token})
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3
-    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    _deliver(services)
     progress = json.loads(client.get(f"/admin/issues/{issue_id}/progress.json").text)
     assert progress == {"status": "sent", "status_word": "送信済み", "total": 3, "sent": 3, "failed": 0,
                         "pending": 0}
@@ -136,17 +149,12 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
 
 def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
     services = mail_console.services
-    ids = seed_items(services, ["記事"])
-    with services.session() as session:
-        items.approve(session, ids)
-    _readers(services, 2)
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
     smtp_server.fail_rcpt("reader1@example.jp", 550, "5.1.1 no such user")
-    client = logged_in(mail_console.url, services, "sam", "sender")
-    token = csrf_of(client.get("/admin/issues/"))
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
     client.post(f"{issue_path}/send", {"csrf_token": token})
-    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    _deliver(services)
     page = client.get(issue_path).text
     assert "reader1@example.jp" in page and "no such user" in page
     assert "reader0@example.jp" not in page
@@ -156,19 +164,14 @@ def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(
     """A `sent` issue whose some messages went dead (their worker died sending them, again and
     again): the console said only 送信済み, and only `issues retry --dead` on the server sent them."""
     services = mail_console.services
-    ids = seed_items(services, ["記事"])
-    with services.session() as session:
-        items.approve(session, ids)
-    _readers(services, 3)
-    client = logged_in(mail_console.url, services, "sam", "sender")
-    token = csrf_of(client.get("/admin/issues/"))
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 3)
     issue_path = _sent(client, token, ids[0])
     issue_id = int(issue_path.rsplit("/", 1)[1])
     with services.session() as session:  # two went dead; the worker sends the third, and the issue is sent
         first_two = session.scalars(select(Delivery.id).order_by(Delivery.id).limit(2)).all()
         session.execute(update(Delivery).where(Delivery.id.in_(first_two)).values(
             status="dead", lease_expiries=3, last_reply="lease expired too often"))
-    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    _deliver(services)
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "sent"
     assert "送信済み · <strong>送信を断念 2 通</strong>" in client.get("/admin/issues/").text
@@ -180,7 +183,7 @@ def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "sending"
         assert audit.listing(session)[0].action == "issue.retry_dead"
-    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    _deliver(services)
     assert sorted(r for m in smtp_server.messages for r in m.recipients) == [
         f"reader{i}@example.jp" for i in range(3)]  # each once: the two given up on had not gone
     assert "送信を断念" not in client.get("/admin/issues/").text
@@ -191,20 +194,15 @@ def test_a_relay_that_refuses_us_shows_on_the_issue_page_until_it_takes_mail_aga
     """`mailmag run` retries a refusing relay by itself and says so only in its log: the office
     must see on the issue (and the dashboard) why its mail does not go."""
     services = mail_console.services
-    ids = seed_items(services, ["記事"])
-    with services.session() as session:
-        items.approve(session, ids)
-    _readers(services, 2)
-    client = logged_in(mail_console.url, services, "sam", "sender")
-    token = csrf_of(client.get("/admin/issues/"))
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
     issue_path = _sent(client, token, ids[0])
     smtp_server.fail_next("rcpt", 554, "5.7.1 Relay access denied", times=None)
     with pytest.raises(TransportError):
-        make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+        _deliver(services)
     for page in (client.get(issue_path).text, client.get("/admin/").text):
         assert "中継サーバー（SMTP）に送れていません" in page and "5.7.1 Relay access denied" in page
     smtp_server.clear_faults()
-    make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
+    _deliver(services)
     page = client.get(issue_path).text
     assert "送信済み" in page and "中継サーバー" not in page
 
