@@ -18,6 +18,7 @@ from mailmag.content import items, orgs
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import Delivery, Issue, Item, utcnow
+from mailmag.scheduling import jobs
 from mailmag.scheduling.sending import make_dispatcher
 
 pytest_plugins = ["web_fixtures", "admin_fixtures"]
@@ -54,10 +55,16 @@ def _deliver(services) -> None:  # type: ignore[no-untyped-def]
     make_dispatcher(services, make_transport(services.config), concurrency=1).run(once=True)
 
 
-def _sent(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
-    """An issue of one item, made and sent from the console; its page's path."""
+def _draft(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
+    """An issue of one item, made from the console; its page's path."""
     issue_path: str = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(item_id)]}
                                   ).headers["Location"]
+    return issue_path
+
+
+def _sent(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
+    """An issue of one item, made and sent from the console; its page's path."""
+    issue_path = _draft(client, token, item_id)
     assert client.post(f"{issue_path}/send", {"csrf_token": token}).status == 303
     return issue_path
 
@@ -303,3 +310,36 @@ def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_
     assert "差し替えた本文" in sender.get(f"{issue_path}/frame/ja").text
     with console_services.session() as session:
         assert session.scalar(select(Issue.status)) == "scheduled"
+
+
+def test_a_missed_timed_send_says_so_on_the_issue_the_list_and_the_dashboard(mail_console, smtp_server):
+    """`mailmag run` was down at the time an issue was scheduled for: the issue became a draft
+    again, and only `issues status` on the server said why; the office saw a bare 下書き."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
+    issue_path = _draft(client, token, ids[0])
+    issue_id = int(issue_path.rsplit("/", 1)[1])
+    at = utcnow().replace(second=0, microsecond=0) + dt.timedelta(hours=1)
+    client.post(f"{issue_path}/send", {"csrf_token": token,
+                                       "at": at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M")})
+    late = at + dt.timedelta(seconds=services.config.schedule.grace_seconds + 60)
+    [fired] = jobs.fire_due_sends(services, late)  # the scheduler's first poll after a restart
+    assert fired.outcome == "missed"
+    when = at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M JST")
+    said = (f"{when} の予約送信は行われませんでした。"
+            "その時刻に送信サービス（mailmag run）が止まっていたためです。")
+    page = client.get(issue_path).text
+    assert said in page and "下書き" in page
+    assert "予約送信が行われませんでした" in client.get("/admin/issues/").text
+    dashboard = client.get("/admin/").text
+    assert "行われなかった予約送信" in dashboard and said in dashboard
+    assert "did not happen: the sending service (mailmag run) was not running" in client.get(
+        f"{issue_path}?lang=en").text
+    client.post(f"{issue_path}/send", {"csrf_token": token})  # sent now: nothing left to explain
+    _deliver(services)
+    with services.session() as session:
+        assert session.get(Issue, issue_id).status == "sent"
+    assert len(smtp_server.messages) == 2
+    assert said not in client.get(issue_path).text
+    assert "行われなかった予約送信" not in client.get("/admin/").text
+    assert "予約送信が行われませんでした" not in client.get("/admin/issues/").text

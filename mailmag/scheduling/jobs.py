@@ -120,6 +120,20 @@ def last_send_run(session: Session, issue: Issue) -> JobRun | None:
     )
 
 
+def sends_not_made(session: Session) -> dict[int, JobRun]:
+    """Drafts whose latest timed send did not happen (missed: `mailmag run` was not running;
+    failed), by issue id: the console shows why a scheduled issue is a draft again."""
+    drafts = session.scalars(select(Issue.id).where(Issue.status == "draft")).all()
+    if not drafts:
+        return {}
+    by_job = {send_job_id(issue_id): issue_id for issue_id in drafts}
+    latest: dict[int, JobRun] = {}
+    runs = select(JobRun).where(JobRun.job_id.in_(by_job)).order_by(JobRun.scheduled_for)
+    for run in session.scalars(runs):
+        latest[by_job[run.job_id]] = run
+    return {issue_id: run for issue_id, run in latest.items() if run.outcome in ("missed", "failed")}
+
+
 def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
     """Send every scheduled issue whose time has come; one that is too late becomes a draft."""
     with services.session() as session:

@@ -25,8 +25,10 @@ def index() -> Any:
         scheduled = sorted((i for i in listed if i.status == "scheduled" and i.scheduled_at is not None),
                            key=lambda i: i.scheduled_at or utcnow())
         last = next((i for i in listed if i.status in ("sending", "sent")), None)
+        not_made = jobs.sends_not_made(db)
         return render_template(
             "admin/dashboard.html.j2", waiting=len(drafts.in_review(db)), scheduled=scheduled,
+            not_made=[(issue, not_made[issue.id]) for issue in listed if issue.id in not_made],
             autos=jobs.list_auto(db, config, utcnow()), last=last,
             counts=outbox.counts(db, last.id) if last else None,
         )

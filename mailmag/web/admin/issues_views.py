@@ -30,7 +30,8 @@ def _back(issue_id: int, notice: str = "") -> Any:
 def index() -> Any:
     with state().services.read_session() as db:
         return render_template("admin/issues.html.j2", issues=issues.listing(db),
-                               dead=outbox.dead_by_issue(db), approved=drafts.approved_free(db))
+                               dead=outbox.dead_by_issue(db), approved=drafts.approved_free(db),
+                               not_made=jobs.sends_not_made(db))
 
 
 @bp.post("/new")
@@ -63,6 +64,7 @@ def show(issue_id: int) -> Any:
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
             notice=request.args.get("notice", ""), topics=state().topics,
+            not_made=jobs.sends_not_made(db).get(issue.id),
         )
 
 
