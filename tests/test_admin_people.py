@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from urllib.parse import quote
 
@@ -11,7 +12,9 @@ from web_support import Client
 
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.models import AutoSchedule, BounceEvent, ConsentEvent, Org, Subscriber, Suppression
+from mailmag.models import AutoSchedule, BounceEvent, ConsentEvent, Org, Subscriber, Suppression, utcnow
+from mailmag.scheduling import jobs
+from mailmag.scheduling.when import shown
 
 pytest_plugins = ["web_fixtures", "admin_fixtures"]
 
@@ -120,6 +123,14 @@ def test_schedules_list_add_remove_and_an_editor_only_reads_them(console, consol
     assert added.status == 303
     assert sender.post("/admin/schedules/", {"csrf_token": token, "cron": "not a cron"}).status == 400
     assert "定期号" in sender.get("/admin/schedules/").text and _count(console_services, AutoSchedule) == 1
+    with console_services.session() as session:
+        [auto] = jobs.list_auto(session, console_services.config, utcnow())
+    assert auto.next_run is not None
+    [fired] = jobs.fire_due_autos(console_services, auto.next_run + dt.timedelta(minutes=1))
+    assert fired.outcome == "skipped"  # no approved item waits: the office must see why nothing came
+    for page in (sender.get("/admin/schedules/").text, sender.get("/admin/").text):
+        assert f"前回 {shown(auto.next_run, console_services.config.zone)}:" in page
+        assert "見送りました" in page and "fewer than [schedule] min_items" in page
     editor = logged_in(console.url, console_services, "ed", "editor")
     etoken = csrf_of(editor.get("/admin/schedules/"))
     with console_services.session() as session:
