@@ -343,3 +343,24 @@ def test_a_missed_timed_send_says_so_on_the_issue_the_list_and_the_dashboard(mai
     assert said not in client.get(issue_path).text
     assert "行われなかった予約送信" not in client.get("/admin/").text
     assert "予約送信が行われませんでした" not in client.get("/admin/issues/").text
+
+
+def test_an_item_in_a_draft_or_already_published_is_not_composed_again(mail_console, smtp_server):
+    """The form offers only items in no issue; a second tab, a resent form or a crafted POST put
+    one item into two issues, and each sent it."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 1)
+    issue_path = _draft(client, token, ids[0])
+    again = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    assert again.status == 409
+    assert f"記事（ID {ids[0]}）はすでに号（ID 1）（下書き）に入っています。" in again.text
+    assert client.post(f"{issue_path}/send", {"csrf_token": token}).status == 303
+    _deliver(services)
+    published = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    assert published.status == 409
+    assert f"記事（ID {ids[0]}）は掲載済みです。号は作っていません" in published.text
+    huge = client.post("/admin/issues/new", {"csrf_token": token, "item": ["99999999999999999999"]})
+    assert huge.status == 400 and "「99999999999999999999」は記事の ID ではありません" in huge.text
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Issue)) == 1
+    assert len(smtp_server.messages) == 1

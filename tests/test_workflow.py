@@ -13,19 +13,20 @@ import email.policy
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
 from conftest import SECRET, Mailmag
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from mailmag.cli import cli
 from mailmag.config import Config, WebConfig, load_config
-from mailmag.content import issues
-from mailmag.errors import ConfigError
-from mailmag.models import JobRun, utcnow
+from mailmag.content import issues, items, orgs
+from mailmag.errors import ConfigError, StateError
+from mailmag.models import Issue, JobRun, utcnow
 from mailmag.services import Services
 
 EVENT = ("items", "submit", "--org", "cef", "--kind", "event", "--venue", "島根県松江市")
@@ -191,6 +192,48 @@ def test_deleted_and_cancelled_drafts_use_no_number_and_the_archive_has_no_gap(c
         [str(b), "第1号", "sending"],
         [str(a), "第2号", "sending"],
     ]
+
+
+def test_an_item_waits_in_one_issue_at_a_time_and_a_published_one_goes_again_only_when_named(council):
+    item = _event(council, "一度だけのお知らせ")
+    council.ok("issues", "new")
+    twice = council("issues", "new", "--item", str(item))
+    assert twice.exit_code == 1
+    assert twice.stderr == (f"Error: item {item} is already in issue 1 (draft): an item waits in one "
+                            "issue at a time; no issue was made\n")
+    council.ok("issues", "send", "1", "--yes")
+    again = council.ok("issues", "new", "--item", str(item), "--json")  # announced once more, on purpose
+    assert f"item {item} is also in issue 1 (第1号) (sending)" in again.stderr
+    assert [i["id"] for i in json.loads(council.ok("issues", "list", "--json").stdout)] == [2, 1]
+
+
+def test_two_composes_at_once_cannot_both_take_an_item(services, config):
+    """Two editors press 作る at the same moment: the second waits for the first, then finds the
+    item taken (each issue would have sent it)."""
+    with services.session() as session:
+        org = orgs.add(session, "cef", "中国経済連合会")
+        item_id = items.submit(session, org, "news", {"title": "お知らせ", "body": "本文"}).id
+        items.approve(session, [item_id])
+    outcome: list[object] = []
+    first = services.session()
+    with first as session:
+        issues.compose(session, config, item_ids=[item_id])
+
+        def second() -> None:
+            try:
+                with services.session() as other:
+                    outcome.append(issues.compose(other, config, item_ids=[item_id]).issue.id)
+            except StateError as exc:
+                outcome.append(exc.message)
+
+        racer = threading.Thread(target=second)
+        racer.start()
+        time.sleep(0.3)  # the second compose is waiting for the first's lock (or starts after it)
+    racer.join(10)
+    assert outcome == [f"item {item_id} is already in issue 1 (draft): an item waits in one issue at a time; "
+                       "no issue was made"]
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Issue)) == 1
 
 
 def test_cancel_before_anything_went_gives_back_the_number_and_the_items(council, tmp_path):

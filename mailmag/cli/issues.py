@@ -53,7 +53,8 @@ def as_dict(issue: Issue) -> dict:
 @group.command()
 @click.option("--title", default=None, help="Title of the issue (default: [compose] title_template).")
 @click.option("--item", "item_ids", type=int, multiple=True,
-              help="An item to include; repeatable (default: every approved item not yet in an issue).")
+              help="An item to include; repeatable (default: every approved item not yet in an issue). "
+                   "A published item may be named again (an event announced once more).")
 @click.option("--topic", default=None,
               help="Send only to subscribers of this topic ([web] topics) and those who chose none "
                    "(default: every subscriber).")
@@ -63,7 +64,8 @@ def new(app: AppContext, title: str | None, item_ids: tuple[int, ...], topic: st
         as_json: bool) -> None:
     """Compose a draft issue from approved items and render it once (HTML and text)."""
     with app.ready_services().session() as session:
-        composed = issues.compose(session, app.config, title=title, item_ids=item_ids, topic=topic)
+        composed = issues.compose(session, app.config, title=title, item_ids=item_ids, topic=topic,
+                                  rerun_published=True)
         document = as_dict(composed.issue)
         reached = issues.audience(session, composed.issue)
     _print_warnings(composed.warnings)

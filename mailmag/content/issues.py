@@ -95,8 +95,10 @@ def label_ja(issue: Issue) -> str:
 
 def compose(session: Session, config: Config, *, title: str | None = None,
             item_ids: Sequence[int] = (), topic: str | None = None,
-            today: dt.date | None = None) -> Composed:
+            today: dt.date | None = None, rerun_published: bool = False) -> Composed:
     """A new draft issue from the given items, or every approved item not yet in an issue.
+    `rerun_published`: named items may have gone out already (`issues new --item`: an event
+    announced again), with a warning; the console offers only items in no issue.
 
     The draft has no number yet: it is rendered with the number it would get if it were sent
     now, and rendered again at send time only if another issue took that number meanwhile.
@@ -104,7 +106,7 @@ def compose(session: Session, config: Config, *, title: str | None = None,
     today = today or clock.today(config.zone)
     render.check_real_sender(config)
     topic = topics.check_code(topic, config.topics)
-    chosen, warnings = _chosen_items(session, item_ids)
+    chosen, warnings = _chosen_items(session, item_ids, rerun_published)
     ordered = order_items(chosen, config.compose.kind_order, keep_given=bool(item_ids))
     number = next_number(session)
     custom = text_ja.normalize_line(title) if title is not None else None
@@ -388,25 +390,58 @@ def _items_back(session: Session, issue: Issue) -> int:
 # --- composing --------------------------------------------------------------------------------
 
 
-def _chosen_items(session: Session, item_ids: Sequence[int]) -> tuple[list[Item], list[Sentence]]:
-    """The named items (approved or published), or every approved item in no live issue."""
+def _chosen_items(session: Session, item_ids: Sequence[int],
+                  rerun_published: bool) -> tuple[list[Item], list[Sentence]]:
+    """The named items (approved, or published with `rerun_published`), or every approved item
+    in no live issue. An item waits in one unsent issue at a time: two editors composing at
+    once, or a form posted twice, must not put it in two issues (each would send it)."""
     if not item_ids:
-        chosen = list(session.scalars(
-            select(Item).where(Item.status == "approved", Item.id.not_in(items_in_live_issues()))
-            .order_by(Item.id)
-        ))
+        approved = _locked(session, select(Item).where(Item.status == "approved").order_by(Item.id))
+        taken = _waiting_in(session, approved)
+        chosen = [item for item in approved if item.id not in taken]
         if not chosen:
             raise InvalidInput("there are no approved items that are not already in an issue",
                                fixes=[Fix("approve_items")],
                                ja="まだ号に入っていない承認済みの記事がありません")
         return chosen, []
-    chosen = [items_mod.get(session, item_id) for item_id in dict.fromkeys(item_ids)]
+    wanted = list(dict.fromkeys(item_ids))
+    found = {item.id: item for item in _locked(session, select(Item).where(Item.id.in_(wanted)))}
+    chosen = [found.get(item_id) or items_mod.get(session, item_id) for item_id in wanted]
     for item in chosen:
         if item.status not in ("approved", "published"):
             raise StateError(f"item {item.id} is {item.status}; no issue was made",
                              fixes=[Fix("approve_item", item.id)],
                              ja=f"記事（ID {item.id}）は{STATUS_JA[item.status]}です。号は作っていません")
-    return chosen, _already_in_issues(session, chosen)
+    taken = _waiting_in(session, chosen)
+    if taken:
+        item_id, issue = next(iter(taken.items()))
+        raise StateError(
+            f"item {item_id} is already in {label(issue)} ({issue.status}): an item waits in one "
+            "issue at a time; no issue was made",
+            ja=f"記事（ID {item_id}）はすでに{label_ja(issue)}（{STATUS_JA[issue.status]}）に入っています。"
+               "記事が待てる号は一度に一つだけです。号は作っていません")
+    published = [item for item in chosen if item.status == "published"]
+    if published and not rerun_published:
+        raise StateError(f"item {published[0].id} was published already; no issue was made",
+                         ja=f"記事（ID {published[0].id}）は掲載済みです。号は作っていません")
+    return chosen, _already_in_issues(session, published)
+
+
+def _locked(session: Session, query: Select[Item]) -> list[Item]:
+    """Items locked until the transaction ends (PostgreSQL; SQLite's write lock is the whole
+    database), so whether they wait in an issue is read after any concurrent compose committed."""
+    return list(session.scalars(query.with_for_update(of=Item)))
+
+
+def _waiting_in(session: Session, chosen: Sequence[Item]) -> dict[int, Issue]:
+    """The unsent issue (draft or scheduled) each of these items waits in, by item id. Read
+    after _locked: under READ COMMITTED this statement sees what a compose we waited for wrote."""
+    rows = session.execute(
+        select(IssueItem.item_id, Issue).join(Issue)
+        .where(Issue.status.in_(("draft", "scheduled")), IssueItem.item_id.in_([i.id for i in chosen]))
+        .order_by(Issue.id)
+    )
+    return {item_id: issue for item_id, issue in rows}
 
 
 def items_in_live_issues() -> Select[int]:

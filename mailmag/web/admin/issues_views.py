@@ -37,11 +37,7 @@ def index() -> Any:
 @bp.post("/new")
 @needs("compose")
 def new() -> Any:
-    try:
-        ids = [int(v) for v in request.form.getlist("item")]
-    except ValueError as exc:
-        raise InvalidInput("an item id is not a number",
-                           ja="記事の ID が数字ではありません") from exc
+    ids = [_int(v) for v in request.form.getlist("item")]
     if not ids:
         raise InvalidInput("choose at least one approved item for the issue",
                            ja="号に入れる承認済みの記事を1件以上選んでください")
@@ -207,8 +203,11 @@ def _editions(issue: Issue, first: str) -> list[str]:
 
 
 def _int(raw: str) -> int:
+    """An item id from a form; beyond what a row can hold is no id either (not an OverflowError's 500)."""
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidInput(f"{raw!r} is not an item id",
-                           ja=f"「{raw}」は記事の ID ではありません") from exc
+        number = int(raw)
+    except ValueError:
+        number = -1
+    if not 0 < number < 2**63:
+        raise InvalidInput(f"{raw!r} is not an item id", ja=f"「{raw}」は記事の ID ではありません")
+    return number
