@@ -195,7 +195,7 @@ class WebConfig:
     feed_entries: int = field(default=20, metadata=at_least(1, 1000))
     calendar_past_days: int = field(default=90, metadata=at_least(0))
     calendar_max_events: int = field(default=500, metadata=at_least(1, 100_000))
-    max_request_body_size: int = field(default=262_144, metadata=at_least(1024))
+    max_request_body_size: int = field(default=1_048_576, metadata=at_least(1024))
     connection_limit: int = field(default=100, metadata=at_least(1))
     channel_timeout: int = field(default=30, metadata=at_least(1))
     threads: int = field(default=8, metadata=at_least(1, 256))

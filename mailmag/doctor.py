@@ -240,10 +240,22 @@ def _send_window(config: Config) -> list[Finding]:
     return [Finding("send window", OK, window.summary(utcnow(), config))]
 
 
+def _web_limits(config: Config) -> list[Finding]:
+    """A request limit under what an item's form can be: a long item is refused as "too large"."""
+    needed = items.largest_form_bytes(config.compose.item_size_limit_kb)
+    have = config.web.max_request_body_size
+    if have < needed:
+        return [Finding("web", WARNING, f"[web] max_request_body_size = {have} is smaller than an item's "
+                        f"form can be ({needed} bytes: [compose] item_size_limit_kb of Japanese text as "
+                        f"a browser sends it): a long item is refused as too large; set it to at least "
+                        f"{needed}")]
+    return [Finding("web", OK, f"requests up to {have} bytes (an item's form takes up to {needed})")]
+
+
 _CHECKS: list[tuple[str, Callable[[Config], list[Finding]]]] = [
     ("sender", _sender), ("links", _links), ("secret key", _secret_key), ("database", _database),
     ("templates", _templates), ("smtp relay", _relay), ("helo", _helo), ("dkim", _dkim),
-    ("send window", _send_window),
+    ("send window", _send_window), ("web", _web_limits),
 ]
 
 

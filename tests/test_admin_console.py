@@ -364,3 +364,22 @@ def test_an_item_in_a_draft_or_already_published_is_not_composed_again(mail_cons
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Issue)) == 1
     assert len(smtp_server.messages) == 1
+
+
+def test_errors_in_the_console_are_the_consoles_pages_with_the_way_back(console, console_services):
+    """An unknown page, an expired form or a body over the limit showed the subscribers' error
+    page (the magazine's footer, バックナンバー) with no way back into the console."""
+    ids = seed_items(console_services, ["記事"])
+    client = logged_in(console.url, console_services, "alice", "editor")
+    token = csrf_of(client.get("/admin/items/"))
+    unknown = client.get("/admin/nowhere")
+    expired = client.post(f"/admin/items/{ids[0]}/approve", {"csrf_token": "stale"})
+    huge = client.post(f"/admin/items/{ids[0]}/edit",
+                       {"csrf_token": token, "title": "題", "body": "あ" * 200_000})
+    for reply, status, said in ((unknown, 404, "ページが見つかりません。"),
+                                (expired, 400, "フォームの有効期限が切れました。"),
+                                (huge, 413, "送った内容が大きすぎます（1,024 KB まで）。")):
+        assert reply.status == status and said in reply.text, status
+        assert 'href="/admin/"' in reply.text and "バックナンバー" not in reply.text, status
+    assert _item(console_services, ids[0]).status == "submitted"  # nothing changed
+    assert _item(console_services, ids[0]).title == "記事"

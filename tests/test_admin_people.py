@@ -149,3 +149,20 @@ def test_bounces_page_shows_recent_bounces_and_suppressions(console, console_ser
     client = logged_in(console.url, console_services, "owner", "owner")
     page = client.get("/admin/bounces/").text
     assert "x@example.jp" in page and "user unknown" in page and "bounced" in page
+
+
+def test_a_list_of_thousands_is_previewed_and_stored(console, console_services):
+    """The web server refused any body over 256 KB in its own English before the console's own
+    8 MB limit applied: a list of 7 000 (200 KB) previewed, then failed at 「この内容で取り込む」."""
+    rows = "".join(f"reader{i}@example.jp,読者{i},広島大学\n" for i in range(7000))
+    data = ("メールアドレス,氏名,所属\n" + rows).encode()
+    assert len(data) > 256 * 1024
+    client = logged_in(console.url, console_services, "owner", "owner")
+    token = csrf_of(client.get("/admin/subscribers/import"))
+    preview = _upload(client, token, data)
+    assert preview.status == 200 and "追加 7000" in preview.text
+    payload = re.search(r'name="payload" value="([^"]+)"', preview.text).group(1)
+    stored = client.post("/admin/subscribers/import", {"csrf_token": token, "payload": payload,
+                                                       "encoding": "auto", "confirm": "1"})
+    assert stored.status == 200 and "追加 7000" in stored.text
+    assert _count(console_services, Subscriber) == 7000

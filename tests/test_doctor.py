@@ -96,12 +96,13 @@ def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
     assert result.exit_code == 0, result.output
     lines = _lines(result)
     assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "topics", "templates",
-                          "smtp relay", "helo", "dkim", "send window"}
+                          "smtp relay", "helo", "dkim", "send window", "web"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
     assert lines["smtp relay"] == (f"ok 127.0.0.1:{port} answers: EHLO, STARTTLS with a verified "
                                    "certificate, AUTH as news (nothing sent)")
     assert lines["dkim"] == "ok signing as d=example.jp s=mm2026 with a 2048-bit RSA key"
+    assert lines["web"] == "ok requests up to 1048576 bytes (an item's form takes up to 679936)"
     assert installation.server.messages == [] and "MAIL" not in installation.server.commands
     assert 'example.jp. IN TXT "v=spf1 mx -all"' in result.stdout
     assert 'mm2026._domainkey.example.jp. IN TXT "v=DKIM1; k=rsa; p=MII' in result.stdout
@@ -283,3 +284,15 @@ def test_a_bad_reply_to_is_a_sender_problem(installation):
     assert result.exit_code == 1
     assert _lines(result)["sender"] == ("problem [sender] reply_to 'office at example' must be an address "
                                         "like office@example.jp")
+
+
+def test_a_request_limit_under_an_items_form_is_a_warning_naming_the_size(installation):
+    """The example configuration said 262144 for years: a long Japanese item was refused as "too large"."""
+    installation.sections["web"] = {"max_request_body_size": 262144}
+    installation.write()
+    result = installation.doctor()
+    assert result.exit_code == 0, result.output
+    assert _lines(result)["web"] == (
+        "warning [web] max_request_body_size = 262144 is smaller than an item's form can be (679936 bytes: "
+        "[compose] item_size_limit_kb of Japanese text as a browser sends it): a long item is refused as "
+        "too large; set it to at least 679936")

@@ -16,7 +16,6 @@ import re
 import threading
 from urllib.parse import urlencode, urlsplit
 
-import waitress.server
 from flask import Flask
 from sqlalchemy import func, select
 from waitress import wasyncore
@@ -25,15 +24,17 @@ from mailmag import db
 from mailmag.config import Config
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber
 from mailmag.services import Services
+from mailmag.web.server import make_server
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 class LiveServer:
-    """A WSGI app served by waitress on 127.0.0.1 (a free port) in a thread."""
+    """The app served as `mailmag serve` serves it (waitress, the [web] limits) on 127.0.0.1
+    (a free port), in a thread."""
 
     def __init__(self, app: Flask) -> None:
-        self.server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=4)
+        self.server = make_server(app, "127.0.0.1", 0, threads=4)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -7,6 +7,7 @@ import click
 from mailmag.cli.common import AppContext, pass_app, plural, print_json
 from mailmag.scheduling import jobs
 from mailmag.web import create_app
+from mailmag.web.server import make_server
 
 
 @click.command()
@@ -17,19 +18,11 @@ from mailmag.web import create_app
 def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
     """Serve the web app: unsubscribe, preferences, subscribe, archive, org forms.
 
-    waitress runs with the [web] limits: max_request_body_size (a larger body is refused
-    before it is read), connection_limit, channel_timeout and threads."""
-    import waitress.server
-
+    waitress runs with the [web] limits: max_request_body_size (a larger body is refused with
+    413), connection_limit, channel_timeout and threads."""
     services = app.ready_services()
     web_app = create_app(services)  # refuses to start without MAILMAG_SECRET_KEY (unless demo)
-    web = services.config.web
-    options = {"trusted_proxy": web.trusted_proxy, "trusted_proxy_count": 1,
-               "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}} if web.trusted_proxy else {}
-    server = waitress.server.create_server(
-        web_app, host=host, port=port, threads=threads or web.threads, ident="mailmag",
-        max_request_body_size=web.max_request_body_size, connection_limit=web.connection_limit,
-        channel_timeout=web.channel_timeout, **options)
+    server = make_server(web_app, host, port, threads)
     click.echo(f"serving on http://{host}:{server.effective_port}/ "
                f"(links in mail use {services.config.mailmag.base_url})", err=True)
     try:

@@ -74,6 +74,14 @@ _OS_ERRORS_JA = {errno.ENOENT: "ファイルがありません", errno.EACCES: "
                  errno.EISDIR: "ファイルではなくフォルダです"}
 
 
+def largest_form_bytes(limit_kb: int) -> int:
+    """How large an item's form can be as a browser sends it: its text blocks (body, how to
+    apply) at [compose] item_size_limit_kb, each UTF-8 byte percent-encoded as three, and 64 KB
+    for the one-line fields. [web] max_request_body_size below this refuses long items with 413
+    before their own sentence ("本文が長すぎます") can say how long they may be."""
+    return len(_BLOCKS) * limit_kb * 1024 * 3 + 64 * 1024
+
+
 def _about_characters(size: int) -> str:
     """A size in bytes as about how many Japanese characters it holds (3 bytes each in UTF-8),
     rounded to two digits: 102400 → '34,000'; for people who do not count in bytes."""

@@ -163,8 +163,8 @@ def _database_away(error: OperationalError):
     provider's one-click or a load balancer may try again; a 500 says "broken"), nothing changed
     (the unit of work was rolled back)."""
     log.error("database unavailable for %s %s: %s", request.method, request.path, error.orig)
-    g.setdefault("lang", pick_lang(request.args.get("lang"), default=state().config.mailmag.language))
-    return render_template("error.html.j2", status=503, reason=""), 503, {"Retry-After": "60"}
+    page, status = _error_page(503)
+    return page, status, {"Retry-After": "60"}
 
 
 def _healthz() -> tuple[str, int, dict[str, str]]:
@@ -184,11 +184,19 @@ def _home():
 
 
 def _not_found(_error: NotFound):
-    return render_template("error.html.j2", status=404, reason=""), 404
+    return _error_page(404)
 
 
 def _http_error(error: HTTPException):
-    status = error.code or 500
+    return _error_page(error.code or 500, "csrf" if error.description == "csrf" else "")
+
+
+def _error_page(status: int, reason: str = "") -> tuple[str, int]:
+    """The error page in the page's language: the console's own under /admin/ (with its way
+    back), the subscribers' elsewhere."""
     g.setdefault("lang", pick_lang(request.args.get("lang"), default=state().config.mailmag.language))
-    reason = "csrf" if error.description == "csrf" else ""
+    if "admin" in current_app.blueprints and (request.path + "/").startswith("/admin/"):
+        from mailmag.web import admin
+
+        return admin.error_page(status, reason)
     return render_template("error.html.j2", status=status, reason=reason), status

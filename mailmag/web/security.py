@@ -108,7 +108,10 @@ def init_app(app: Flask, secret: str, secure_cookie: bool, max_body: int) -> Non
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure_cookie,
-        MAX_CONTENT_LENGTH=max_body,  # [web] max_request_body_size, as waitress's own limit
+        # [web] max_request_body_size, for the whole body and for a form's fields together
+        # (Werkzeug's own form limit, 500 KB, would refuse a long Japanese item under it)
+        MAX_CONTENT_LENGTH=max_body,
+        MAX_FORM_MEMORY_SIZE=max_body,
     )
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

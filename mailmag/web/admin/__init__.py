@@ -23,7 +23,7 @@ from mailmag.access import accounts, audit, logins
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError, in_lang
 from mailmag.models import STATUS_JA
 from mailmag.scheduling.when import shown
-from mailmag.web import page_lang, security, state
+from mailmag.web import _, page_lang, security, state
 from mailmag.web.admin import fixes
 from mailmag.web.i18n import pick_lang
 
@@ -114,8 +114,8 @@ def _guard() -> Any:
         wanted = request.full_path if request.method == "GET" else url_for("admin.dashboard.index")
         return redirect(url_for("admin.login", next=wanted.rstrip("?")), 303)
     if request.method == "POST":
-        if request.endpoint in LARGE_BODIES:
-            request.max_content_length = LARGE_BODIES[request.endpoint]
+        if request.endpoint in LARGE_BODIES:  # web.server tells waitress the largest of these
+            request.max_content_length = request.max_form_memory_size = LARGE_BODIES[request.endpoint]
         given = request.form.get(FIELD, "")
         if not hmac.compare_digest(viewer().csrf, given):
             abort(400, description="csrf")
@@ -132,6 +132,26 @@ def _mailmag_error(error: MailmagError) -> Any:
     """A domain error on a console page: its one sentence, and nothing changed."""
     status = {AccessDenied: 403, NotFound: 404, StateError: 409}.get(type(error), 400)
     return render_template("admin/error.html.j2", status=status, message=fixes.said(error)), status
+
+
+def error_page(status: int, reason: str = "") -> tuple[str, int]:
+    """An HTTP error under /admin/ (an unknown page, an expired form, a body too large, the
+    database away, a bug): the console's page, with its way back, in the console's language."""
+    if reason == "csrf":
+        message = _("フォームの有効期限が切れました。ページを開き直してから、もう一度送信してください。")
+    elif status == 404:
+        message = _("ページが見つかりません。")
+    elif status == 413:
+        kb = f"{(request.max_content_length or 0) // 1024:,}"
+        shorter = _("文章を短くするか、全文をウェブページに載せて、そのURLを入れてから、もう一度送信してください。")  # noqa: E501
+        message = _("送った内容が大きすぎます（{kb} KB まで）。", kb=kb) + " " + shorter
+    elif status == 503:
+        message = _("データベースに接続できません。しばらくしてから、もう一度お試しください。")
+    elif status >= 500:
+        message = _("エラーが発生しました。しばらくしてから、もう一度お試しください。")
+    else:
+        message = _("リクエストを処理できませんでした。ページを開き直して、もう一度お試しください。")
+    return render_template("admin/error.html.j2", status=status, message=message), status
 
 
 def status_word(status: str) -> str:
