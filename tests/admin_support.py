@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
+from urllib.parse import quote_plus
 
 import pyotp
 from web_support import Client, Reply
@@ -55,3 +57,27 @@ def seed_items(services: Services, titles: list[str], org_name: str = "広島大
         made = [items.submit(session, org, "news", {"title": t, "body": f"{t} の本文です。"}) for t in titles]
         session.flush()
         return [item.id for item in made]
+
+
+FORM = re.compile(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', re.S)
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
+
+
+def hidden_fields(reply: Reply, action: str) -> dict[str, str]:
+    """The hidden fields of the page's form that posts to `action`, as a browser sends them:
+    its CSRF token, and the version of what the page showed."""
+    for target, body in FORM.findall(reply.text):
+        if html.unescape(target) == action:
+            return {name: html.unescape(value) for name, value in HIDDEN.findall(body)}
+    raise AssertionError(f"no form posts to {action}")
+
+
+def post_form(client: Client, page: str, action: str, **typed: str) -> Reply:
+    """Open `page` and send its form for `action`, with `typed` filled in (a browser's submit)."""
+    return client.post(action, {**hidden_fields(client.get(page), action), **typed})
+
+
+def send_from_console(client: Client, issue_path: str, at: str = "") -> Reply:
+    """「今すぐ送信…」 or 「予約する…」, then the confirmation page's button."""
+    page = f"{issue_path}/send" + (f"?at={quote_plus(at)}" if at else "")
+    return post_form(client, page, f"{issue_path}/send")

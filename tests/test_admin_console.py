@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from admin_support import csrf_of, logged_in, seed_items
+from admin_support import csrf_of, hidden_fields, logged_in, post_form, seed_items, send_from_console
 from sqlalchemy import func, select, update
 from web_support import mail_text
 
@@ -65,7 +65,7 @@ def _draft(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-
 def _sent(client, token: str, item_id: int) -> str:  # type: ignore[no-untyped-def]
     """An issue of one item, made and sent from the console; its page's path."""
     issue_path = _draft(client, token, item_id)
-    assert client.post(f"{issue_path}/send", {"csrf_token": token}).status == 303
+    assert send_from_console(client, issue_path).status == 303
     return issue_path
 
 
@@ -82,21 +82,20 @@ def test_review_queue_filters_approves_rejects_and_edits(console, console_servic
     page = client.get(f"/admin/items/{ids[0]}")
     assert f'src="/admin/items/{ids[0]}/frame"' in page.text and 'sandbox=""' in page.text
     assert "一つ目の記事" in client.get(f"/admin/items/{ids[0]}/frame").text
-    token = csrf_of(page)
-    assert client.post(f"/admin/items/{ids[0]}/approve", {"csrf_token": token}).status == 303
-    assert client.post(f"/admin/items/{ids[1]}/reject", {"csrf_token": token, "reason": ""}).status == 400
+    item_page = "/admin/items/{}".format
+    assert post_form(client, item_page(ids[0]), f"/admin/items/{ids[0]}/approve").status == 303
+    assert post_form(client, item_page(ids[1]), f"/admin/items/{ids[1]}/reject", reason="").status == 400
     assert _item(console_services, ids[1]).status == "submitted"  # no reason, nothing changed
-    reason = {"csrf_token": token, "reason": "日付が未定です"}
-    assert client.post(f"/admin/items/{ids[1]}/reject", reason).status == 303
-    typed = {"csrf_token": token, "title": "三つ目（長い修正）", "body": "長く書き直した本文",
-             "url": "javascript:x"}
-    refused = client.post(f"/admin/items/{ids[2]}/edit", typed)
+    reason = post_form(client, item_page(ids[1]), f"/admin/items/{ids[1]}/reject", reason="日付が未定です")
+    assert reason.status == 303
+    typed = {"title": "三つ目（長い修正）", "body": "長く書き直した本文", "url": "javascript:x"}
+    refused = post_form(client, item_page(ids[2]), f"/admin/items/{ids[2]}/edit", **typed)
     # refused, and shown again with what was typed (it was a page with the reason only: typing lost)
     assert refused.status == 400 and 'role="alert"' in refused.text
     assert 'value="三つ目（長い修正）"' in refused.text and ">長く書き直した本文</textarea>" in refused.text
     assert _item(console_services, ids[2]).title == "三つ目の記事"  # nothing changed
-    edited = client.post(f"/admin/items/{ids[2]}/edit", {"csrf_token": token, "title": "三つ目（修正）",
-                                                         "body": "直した本文"})
+    edited = post_form(client, item_page(ids[2]), f"/admin/items/{ids[2]}/edit", title="三つ目（修正）",
+                       body="直した本文")
     assert edited.status == 303
     assert _item(console_services, ids[0]).status == "approved"
     rejected = _item(console_services, ids[1])
@@ -134,14 +133,14 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     later = (utcnow() + dt.timedelta(days=2)).astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M")
     confirm = client.get(f"{issue_path}/send?at={later.replace(' ', '+')}")
     assert "3 人" in confirm.text
-    client.post(f"{issue_path}/send", {"csrf_token": token, "at": later})
+    send_from_console(client, issue_path, at=later)
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "scheduled"
     client.post(f"{issue_path}/cancel", {"csrf_token": token})
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "draft"
     assert "3 人" in client.get(f"{issue_path}/send").text
-    client.post(f"{issue_path}/send", {"csrf_token": token})
+    send_from_console(client, issue_path)
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3
     _deliver(services)
@@ -160,7 +159,7 @@ def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
     smtp_server.fail_rcpt("reader1@example.jp", 550, "5.1.1 no such user")
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
-    client.post(f"{issue_path}/send", {"csrf_token": token})
+    send_from_console(client, issue_path)
     _deliver(services)
     page = client.get(issue_path).text
     assert "reader1@example.jp" in page and "no such user" in page
@@ -266,8 +265,8 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_i
     made = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
     assert "号を作った後に変更されています" not in client.get(issue_path).text
-    edited = client.post(f"/admin/items/{ids[0]}/edit", {"csrf_token": token, "title": "会議の報告（訂正）",
-                                                        "body": "直した本文"})
+    edited = post_form(client, f"/admin/items/{ids[0]}", f"/admin/items/{ids[0]}/edit",
+                       title="会議の報告（訂正）", body="直した本文")
     assert edited.status == 303
     page = client.get(issue_path).text
     # the composer's warning, in the console's language
@@ -295,14 +294,15 @@ def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_
     made = sender.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     issue_path = made.headers["Location"]
     later = (utcnow() + dt.timedelta(days=2)).astimezone(console_services.config.zone)
-    sender.post(f"{issue_path}/send", {"csrf_token": token, "at": later.strftime("%Y-%m-%d %H:%M")})
+    send_from_console(sender, issue_path, at=later.strftime("%Y-%m-%d %H:%M"))
     with console_services.session() as session:
         assert session.scalar(select(Issue.status)) == "scheduled"
     editor = logged_in(console.url, console_services, "alice", "editor")
     editor_token = csrf_of(editor.get("/admin/issues/"))
-    editor.post(f"/admin/items/{ids[0]}/edit", {"csrf_token": editor_token, "title": "差し替え",
-                                                "body": "差し替えた本文"})
-    editor.post(f"/admin/items/{ids[0]}/approve", {"csrf_token": editor_token})
+    item_page = f"/admin/items/{ids[0]}"
+    edited = post_form(editor, item_page, f"{item_page}/edit", title="差し替え", body="差し替えた本文")
+    assert edited.status == 303
+    assert post_form(editor, item_page, f"{item_page}/approve").status == 303
     assert "記事の今の内容で作り直す" not in editor.get(issue_path).text
     assert editor.post(f"{issue_path}/render", {"csrf_token": editor_token}).status == 403
     assert "差し替えた本文" not in editor.get(f"{issue_path}/frame/ja").text
@@ -320,8 +320,7 @@ def test_a_missed_timed_send_says_so_on_the_issue_the_list_and_the_dashboard(mai
     issue_path = _draft(client, token, ids[0])
     issue_id = int(issue_path.rsplit("/", 1)[1])
     at = utcnow().replace(second=0, microsecond=0) + dt.timedelta(hours=1)
-    client.post(f"{issue_path}/send", {"csrf_token": token,
-                                       "at": at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M")})
+    send_from_console(client, issue_path, at=at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M"))
     late = at + dt.timedelta(seconds=services.config.schedule.grace_seconds + 60)
     [fired] = jobs.fire_due_sends(services, late)  # the scheduler's first poll after a restart
     assert fired.outcome == "missed"
@@ -335,7 +334,7 @@ def test_a_missed_timed_send_says_so_on_the_issue_the_list_and_the_dashboard(mai
     assert "行われなかった予約送信" in dashboard and said in dashboard
     assert "did not happen: the sending service (mailmag run) was not running" in client.get(
         f"{issue_path}?lang=en").text
-    client.post(f"{issue_path}/send", {"csrf_token": token})  # sent now: nothing left to explain
+    send_from_console(client, issue_path)  # sent now: nothing left to explain
     _deliver(services)
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "sent"
@@ -354,7 +353,7 @@ def test_an_item_in_a_draft_or_already_published_is_not_composed_again(mail_cons
     again = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     assert again.status == 409
     assert f"記事（ID {ids[0]}）はすでに号（ID 1）（下書き）に入っています。" in again.text
-    assert client.post(f"{issue_path}/send", {"csrf_token": token}).status == 303
+    assert send_from_console(client, issue_path).status == 303
     _deliver(services)
     published = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
     assert published.status == 409
@@ -383,3 +382,40 @@ def test_errors_in_the_console_are_the_consoles_pages_with_the_way_back(console,
         assert 'href="/admin/"' in reply.text and "バックナンバー" not in reply.text, status
     assert _item(console_services, ids[0]).status == "submitted"  # nothing changed
     assert _item(console_services, ids[0]).title == "記事"
+
+
+def test_what_was_confirmed_or_approved_cannot_be_replaced_by_a_change_since(mail_console, smtp_server):
+    """Two people at once: the sender's confirmation said 「…」 to 2 readers while an editor
+    retitled the issue; an approval approved text the approver never saw; an edit overwrote
+    another's. Each now refuses, changes nothing, and shows what is there now."""
+    services = mail_console.services
+    sender, token, ids = _sender_with_readers(mail_console, ["会議の報告A", "会議の報告B"], 2)
+    issue_path = _draft(sender, token, ids[0])
+    confirmation = sender.get(f"{issue_path}/send")
+    editor = logged_in(mail_console.url, services, "alice", "editor")
+    editor_token = csrf_of(editor.get("/admin/issues/"))
+    retitled = editor.post(f"{issue_path}/title", {"csrf_token": editor_token, "title": "差し替えた号"})
+    assert retitled.status == 303
+    stale = sender.post(f"{issue_path}/send", hidden_fields(confirmation, f"{issue_path}/send"))
+    assert stale.status == 409
+    assert "号（ID 1）は確認画面を開いた後に変更されました（タイトル・テーマ・記事のいずれか）" in stale.text
+    with services.session() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+        assert session.get(Issue, 1).status == "draft"
+    assert send_from_console(sender, issue_path).status == 303  # looked again: sent as now shown
+    item_page = f"/admin/items/{ids[1]}"
+    with services.session() as session:
+        session.get(Item, ids[1]).status = "submitted"
+    seen = editor.get(item_page)  # the approver reads it
+    rewritten = post_form(sender, item_page, f"{item_page}/edit", title="会議の報告B", body="書き換えた本文")
+    assert rewritten.status == 303
+    approved = editor.post(f"{item_page}/approve", hidden_fields(seen, f"{item_page}/approve"))
+    assert approved.status == 409 and "このページを開いた後に変更されました" in approved.text
+    assert _item(services, ids[1]).status == "submitted"
+    overwrite = editor.post(f"{item_page}/edit", {**hidden_fields(seen, f"{item_page}/edit"),
+                                                  "title": "会議の報告B", "body": "古い本文を直したもの"})
+    assert overwrite.status == 409 and ">古い本文を直したもの</textarea>" in overwrite.text  # what was typed
+    assert _item(services, ids[1]).body == "書き換えた本文"  # the other's change stands
+    again = editor.post(f"{item_page}/edit", {**hidden_fields(overwrite, f"{item_page}/edit"),
+                                              "title": "会議の報告B", "body": "古い本文を直したもの"})
+    assert again.status == 303 and _item(services, ids[1]).body == "古い本文を直したもの"  # having seen both

@@ -7,7 +7,17 @@ import re
 
 import pyotp
 import pytest
-from admin_support import COOKIE, PASSWORD, add_admin, csrf_of, logged_in, login, seed_items
+from admin_support import (
+    COOKIE,
+    PASSWORD,
+    add_admin,
+    csrf_of,
+    hidden_fields,
+    logged_in,
+    login,
+    post_form,
+    seed_items,
+)
 from sqlalchemy import func, select, update
 from web_support import Client, LiveServer
 
@@ -97,8 +107,8 @@ def test_a_form_without_the_csrf_token_or_with_a_wrong_one_is_refused(console, c
     assert client.post(f"/admin/items/{item_id}/approve", {"csrf_token": foreign}).status == 400
     assert _status(console_services, item_id) == "submitted"
     assert _audit_count(console_services) == before
-    good = csrf_of(client.get(f"/admin/items/{item_id}"))
-    assert client.post(f"/admin/items/{item_id}/approve", {"csrf_token": good}).status == 303
+    good = hidden_fields(client.get(f"/admin/items/{item_id}"), f"/admin/items/{item_id}/approve")
+    assert client.post(f"/admin/items/{item_id}/approve", good).status == 303
     assert _status(console_services, item_id) == "approved"
 
 
@@ -296,8 +306,8 @@ def test_stored_markup_from_orgs_and_subscribers_is_shown_as_text_everywhere(con
                               name=f"名前{XSS}"[:200])
         issue_id, sub_id = issue.id, sub.id
     client = logged_in(console.url, console_services, "alice", "owner")
-    token = csrf_of(client.get("/admin/"))
-    client.post(f"/admin/items/{ids[1]}/reject", {"csrf_token": token, "reason": f"理由{XSS}"})
+    assert post_form(client, f"/admin/items/{ids[1]}", f"/admin/items/{ids[1]}/reject",
+                     reason=f"理由{XSS}").status == 303
     pages = ["/admin/", "/admin/items/?status=approved", "/admin/items/?status=rejected",
              f"/admin/items/{ids[0]}", f"/admin/items/{ids[1]}", "/admin/issues/",
              f"/admin/issues/{issue_id}",

@@ -8,6 +8,7 @@ are addressed by their database id here (the console's URLs), numbers being for 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 
 from sqlalchemy import select
@@ -16,12 +17,31 @@ from sqlalchemy.orm import Session
 from mailmag import placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import issues, render
-from mailmag.errors import InvalidInput, NotFound, Sentence, StateError
+from mailmag.errors import Fix, InvalidInput, NotFound, Sentence, StateError
 from mailmag.models import STATUS_JA, Issue, Item, utcnow
 
 
 def by_id(session: Session, issue_id: int) -> Issue:
     return issues.get(session, issue_id)
+
+
+def version(issue: Issue) -> str:
+    """What a confirmation page showed of an issue (title, topic, items, its rendering, its
+    state), as a token its form carries back."""
+    shown = [issue.title, issue.topic or "", issue.status, str(issue.scheduled_at), str(issue.rendered_at),
+             *(str(entry.item_id) for entry in issue.entries)]
+    return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()[:16]
+
+
+def check_version(issue: Issue, seen: str) -> None:
+    """Send only what the sender confirmed: another's change since (a title, the topic, an item
+    taken out) makes them look again."""
+    if seen != version(issue):
+        raise StateError(f"{issues.label(issue)} changed after its confirmation page was opened (its "
+                         "title, topic or items): look at it again; nothing was sent",
+                         fixes=[Fix("preview_issue", issue.id)],
+                         ja=f"{issues.label_ja(issue)}は確認画面を開いた後に変更されました（タイトル・テーマ・"
+                            "記事のいずれか）。もう一度確かめてください。何も送っていません")
 
 
 def _draft(session: Session, issue_id: int) -> Issue:

@@ -376,6 +376,22 @@ def _fetch_all(session: Session, ids: Sequence[int]) -> list[Item]:
     return [item for item in found if item is not None]
 
 
+def version(item: Item) -> str:
+    """The item as a page showed it, for its forms to carry back: when it last changed."""
+    return item.updated_at.isoformat()
+
+
+def check_version(item: Item, seen: str) -> None:
+    """Refuse to act on an item that changed since the page acting on it was opened: whoever
+    approves must have seen what is approved, and an edit must not overwrite another's."""
+    if seen != version(item):
+        raise StateError(f"item {item.id} 「{item.title}」 changed after this page was opened (someone "
+                         "else's change): look at it again; nothing was changed",
+                         fixes=[Fix("review_item", item.id)],
+                         ja=f"記事（ID {item.id}）「{item.title}」はこのページを開いた後に変更されました"
+                            "（ほかの人の操作）。内容を確かめてから、もう一度操作してください。何も変更していません")
+
+
 def approve(session: Session, ids: Sequence[int]) -> list[Item]:
     """Approve submitted (or earlier rejected) items; all or none. Already approved ones stay so."""
     items = _fetch_all(session, ids)

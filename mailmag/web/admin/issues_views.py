@@ -154,7 +154,7 @@ def confirm(issue_id: int) -> Any:
         issue = drafts.by_id(db, issue_id)
         when = parse_when(at, state().config.zone, utcnow()) if at else None
         return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
-                               audience=issues.audience(db, issue))
+                               audience=issues.audience(db, issue), version=drafts.version(issue))
 
 
 @bp.post("/<int:issue_id>/send")
@@ -164,6 +164,7 @@ def send(issue_id: int) -> Any:
     config = state().config
     with state().services.session() as db:
         issue = drafts.by_id(db, issue_id)
+        drafts.check_version(issue, request.form.get("version", ""))
         if at:
             when = parse_when(at, config.zone, utcnow())
             jobs.schedule_send(db, issue, when, config=config)

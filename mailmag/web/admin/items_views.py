@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, redirect, render_template, request, url_for
 
 from mailmag.content import drafts, items, orgs
-from mailmag.errors import InvalidInput
+from mailmag.errors import InvalidInput, StateError
 from mailmag.models import ITEM_KINDS, ITEM_STATUSES
 from mailmag.web import state
 from mailmag.web.admin import act, fixes, needs
@@ -46,7 +46,7 @@ def show(item_id: int) -> Any:
     with state().services.read_session() as db:
         item = items.get(db, item_id)
         return render_template("admin/item.html.j2", item=item, fields=_fields(item.kind),
-                               kind_label=items.KIND_LABELS[item.kind])
+                               kind_label=items.KIND_LABELS[item.kind], version=items.version(item))
 
 
 @bp.get("/<int:item_id>/frame")
@@ -68,12 +68,16 @@ def edit(item_id: int) -> Any:
         item = items.get(db, item_id)
         given = {f["name"]: request.form.get(f["name"], "") for f in _fields(item.kind)}
         try:
+            items.check_version(item, request.form.get("version", ""))
             items.update(db, item, given)
-        except InvalidInput as exc:  # the form again, with what was typed and why it was refused
+        except (InvalidInput, StateError) as exc:  # the form again, with what was typed and why not
             db.rollback()
+            # (after another's change, the page shows theirs and the form what was typed: sending
+            # it again is then a choice made having seen both)
             return render_template("admin/item.html.j2", item=item, fields=_fields(item.kind),
                                    kind_label=items.KIND_LABELS[item.kind], typed=given,
-                                   error=fixes.said(exc)), 400
+                                   version=items.version(item), error=fixes.said(exc)), (
+                                       409 if isinstance(exc, StateError) else 400)
         act(db, "item.edit", f"item {item_id}")
     return redirect(url_for(".show", item_id=item_id), 303)
 
@@ -82,6 +86,7 @@ def edit(item_id: int) -> Any:
 @needs("review")
 def approve(item_id: int) -> Any:
     with state().services.session() as db:
+        items.check_version(items.get(db, item_id), request.form.get("version", ""))
         items.approve(db, [item_id])
         act(db, "item.approve", f"item {item_id}")
     return redirect(url_for(".index"), 303)
@@ -92,6 +97,7 @@ def approve(item_id: int) -> Any:
 def reject(item_id: int) -> Any:
     reason = request.form.get("reason", "")
     with state().services.session() as db:
+        items.check_version(items.get(db, item_id), request.form.get("version", ""))
         items.reject(db, item_id, reason)
         act(db, "item.reject", f"item {item_id}: {reason}")
     return redirect(url_for(".index"), 303)
