@@ -140,6 +140,8 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     with services.session() as session:
         assert session.get(Issue, issue_id).status == "draft"
     assert "3 人" in client.get(f"{issue_path}/send").text
+    long_ago = client.get(f"{issue_path}/send?at=0001-01-01+00:00")  # a 500 before
+    assert long_ago.status == 400 and "0001-01-01 00:00 は過去の日時です" in long_ago.text
     send_from_console(client, issue_path)
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 3

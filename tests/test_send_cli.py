@@ -112,6 +112,11 @@ def test_send_at_in_the_past_is_refused_and_nothing_changes(composed):
     result = composed("issues", "send", "1", "--at", "2020-01-01 09:00")
     assert result.exit_code == 1
     assert "is in the past" in result.stderr
+    # year 1 in Tokyo lies before any time UTC can hold (an OverflowError's traceback before)
+    first = composed("issues", "send", "1", "--at", "0001-01-01 00:00", "--yes")
+    assert first.exit_code == 1
+    assert first.stderr.startswith("Error: 0001-01-01 00:00 is in the past (it is now ")
+    assert len(first.stderr.splitlines()) == 1
     assert status(composed)["status"] == "draft"
 
 

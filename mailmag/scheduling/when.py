@@ -49,14 +49,18 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
                                ja=f"「{text}」は実在しない日時です。{_HELP_JA}") from exc
     else:
         value = _item_date_and_time(text, cleaned, zone, now)
+    if value.year < 1900:  # zoneinfo's local mean time before zones were set; year 1 overflows UTC
+        raise _past(text.strip(), zone, now)
     value = value.astimezone(dt.UTC)
     if value <= now:
-        raise InvalidInput(
-            f"{shown(value, zone)} is in the past (it is now {shown(now, zone)}): give a later time",
-            ja=f"{shown(value, zone)} は過去の日時です（現在 {shown(now, zone)}）。"
-               "これより後の日時を指定してください",
-        )
+        raise _past(shown(value, zone), zone, now)
     return value
+
+
+def _past(written: str, zone: ZoneInfo, now: dt.datetime) -> InvalidInput:
+    return InvalidInput(f"{written} is in the past (it is now {shown(now, zone)}): give a later time",
+                        ja=f"{written} は過去の日時です（現在 {shown(now, zone)}）。"
+                           "これより後の日時を指定してください")
 
 
 def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
