@@ -249,6 +249,20 @@ def test_a_password_reset_ends_every_session_of_the_account(console, console_ser
     assert login(Client(console.url), "alice", "another long password").status == 303
 
 
+def test_a_replaced_or_removed_one_time_code_ends_every_session_of_the_account(console, console_services):
+    """A code is replaced because a phone was lost or taken: whoever has it may be logged in."""
+    client = logged_in(console.url, console_services, "alice", "owner", totp=True)
+    assert client.get("/admin/").status == 200
+    with console_services.session() as session:
+        new_secret = accounts.set_totp(session, "alice")
+    assert client.get("/admin/").status == 303  # to the login
+    again = Client(console.url)
+    assert login(again, "alice", code=pyotp.TOTP(new_secret).now()).status == 303
+    with console_services.session() as session:
+        accounts.clear_totp(session, "alice")
+    assert again.get("/admin/").status == 303
+
+
 def test_allowed_networks_hide_the_console_from_other_addresses(config):
     services = Services(config.replace(admin=AdminConfig(enabled=True, allowed_networks=["10.0.0.0/8"])))
     from mailmag import db

@@ -127,15 +127,21 @@ def end_sessions(session: Session, admin_id: int) -> int:
 
 
 def set_totp(session: Session, name: str) -> str:
-    """A fresh TOTP secret for the account (the old one stops working); returns it."""
+    """A fresh TOTP secret for the account (the old one stops working); returns it. Every
+    session of the account ends, as with a new password: a code is replaced because a phone
+    was lost or taken, and whoever has it may be logged in."""
     admin = get(session, name)
     admin.totp_secret = pyotp.random_base32()
     admin.totp_last_step = None
+    end_sessions(session, admin.id)
     return admin.totp_secret
 
 
 def clear_totp(session: Session, name: str) -> None:
-    get(session, name).totp_secret = None
+    """No one-time code for the account; its sessions end."""
+    admin = get(session, name)
+    admin.totp_secret = None
+    end_sessions(session, admin.id)
 
 
 def totp_uri(admin: Admin, issuer: str) -> str:

@@ -102,7 +102,8 @@ def reset_password(app: AppContext, name: str, password_stdin: bool) -> None:
 @click.option("--off", is_flag=True, help="Remove the one-time code instead.")
 @pass_app
 def totp(app: AppContext, name: str, off: bool) -> None:
-    """Set up (or replace) the account's one-time code and print the link for an authenticator app."""
+    """Set up (or replace) the account's one-time code and print the link for an authenticator app;
+    every browser logged in as it is logged out."""
     with app.ready_services().session() as session:
         if off:
             accounts.clear_totp(session, name)
@@ -110,8 +111,9 @@ def totp(app: AppContext, name: str, off: bool) -> None:
             accounts.set_totp(session, name)
             uri = accounts.totp_uri(accounts.get(session, name), app.config.sender.list_id)
         _record(session, "admin.totp-off" if off else "admin.totp", name)
-    click.echo(f"one-time code of {name} removed" if off
-               else f"one-time code of {name}: add this to an authenticator app: {uri}")
+    click.echo(f"one-time code of {name} removed; its sessions ended" if off
+               else f"one-time code of {name}: add this to an authenticator app: {uri}\n"
+                    f"its sessions ended: {name} logs in again with the new code")
 
 
 @group.command(name="audit")
