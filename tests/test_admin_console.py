@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from urllib.parse import quote
 
 import pytest
 from admin_support import csrf_of, hidden_fields, logged_in, post_form, seed_items, send_from_console
@@ -129,6 +130,11 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     assert ">確認待ち</option>" in statuses and ">submitted</option>" not in statuses
     assert client.post(f"{issue_path}/test", {"csrf_token": token}).status == 303
     assert [m.recipients for m in smtp_server.messages] == [("sam@example.jp",)]
+    said = "テスト送信しました（sam@example.jp、中継サーバーの応答: 250"
+    assert said in client.get(issue_path).text and said not in client.get(issue_path).text  # said once
+    # a notice is the console's to say: one put in a link (a phishing mail's) shows nothing
+    spoofed = client.get(f"{issue_path}?notice=" + quote("パスワードの有効期限が切れました。https://evil.example/reset"))
+    assert spoofed.status == 200 and "evil.example" not in spoofed.text
     assert "会議の報告C" in mail_text(smtp_server.messages[0].data)
     later = (utcnow() + dt.timedelta(days=2)).astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M")
     confirm = client.get(f"{issue_path}/send?at={later.replace(' ', '+')}")

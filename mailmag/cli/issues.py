@@ -221,9 +221,9 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
     if stale:
         click.echo(fixes.said(stale), err=True)
     results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
-    for address, outcome in results:
-        click.echo(f"{address}: {outcome}")
-    if any(outcome.startswith("not sent") for _, outcome in results):
+    for result in results:
+        click.echo(str(result))
+    if not all(result.sent for result in results):
         raise click.exceptions.Exit(1)
 
 

@@ -914,12 +914,24 @@ class Dispatcher:
             self.leases.renewed(owners, started)
 
 
+@dataclasses.dataclass(frozen=True)
+class TestSent:
+    """What became of one test message: the relay's reply, or why it was not sent."""
+
+    address: str
+    sent: bool
+    reply: str
+
+    def __str__(self) -> str:
+        return f"{self.address}: {self.reply}" if self.sent else f"{self.address}: not sent: {self.reply}"
+
+
 def send_test(services: Services, transport: Transport, issue: Issue, addresses: list[str],
-              lang: str | None = None) -> list[tuple[str, str]]:
+              lang: str | None = None) -> list[TestSent]:
     """`issues test`: the real message of `issue`, sent now to `addresses`, outside the outbox.
 
     The links in it are a recipient's links for subscriber 0, which matches nobody: a test
-    reader clicking "unsubscribe" changes nothing. Returns (address, outcome) pairs.
+    reader clicking "unsubscribe" changes nothing.
     """
     config = services.config
     lang = lang or config.mailmag.language
@@ -937,9 +949,9 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
                                            make_message_id(config))
             envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
             try:
-                results.append((address, connection.send(envelope_from, address, data).reply))
+                results.append(TestSent(address, True, connection.send(envelope_from, address, data).reply))
             except (TemporaryFailure, PermanentFailure) as failure:
-                results.append((address, f"not sent: {failure}"))
+                results.append(TestSent(address, False, str(failure)))
     finally:
         connection.close()
     return results

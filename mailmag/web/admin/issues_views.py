@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, flash, get_flashed_messages, redirect, render_template, request, url_for
 
 from mailmag.content import drafts, issues, transitions
 from mailmag.delivery import dispatch, outbox
@@ -20,8 +20,10 @@ bp: Blueprint = Blueprint("issues", __name__, url_prefix="/issues")
 
 
 def _back(issue_id: int, notice: str = "") -> Any:
+    """To the issue's page, saying `notice` there once (a flashed message in the signed session
+    cookie: a notice in the URL could be any text, put in a link by anyone)."""
     if notice:
-        return redirect(url_for(".show", issue_id=issue_id, notice=notice), 303)
+        flash(notice)
     return redirect(url_for(".show", issue_id=issue_id), 303)
 
 
@@ -59,7 +61,7 @@ def show(issue_id: int) -> Any:
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
-            notice=request.args.get("notice", ""), topics=state().topics,
+            notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
             not_made=jobs.sends_not_made(db).get(issue.id),
         )
 
@@ -142,7 +144,10 @@ def test_send(issue_id: int) -> Any:
         issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
         act(db, "issue.test", f"issue id {issue_id} to {viewer().email}")
     results = dispatch.send_test(services, make_transport(services.config), issue, [viewer().email], lang)
-    return _back(issue_id, notice="; ".join(f"{address}: {outcome}" for address, outcome in results))
+    return _back(issue_id, notice=" ".join(
+        _("テスト送信しました（{address}、中継サーバーの応答: {reply}）。", address=r.address, reply=r.reply)
+        if r.sent else _("テスト送信できませんでした（{address}）: {reply}", address=r.address, reply=r.reply)
+        for r in results))
 
 
 @bp.get("/<int:issue_id>/send")
