@@ -74,3 +74,18 @@ def test_line_breaks_inside_japanese_sentences_do_not_become_spaces():
 def test_preview_text():
     text = to_text("# 協議事項\n\n- 一\n- [二](https://example.jp) &amp; 三\n\n本文<script>x()</script>")
     assert text == "協議事項\n\n・一\n・二 & 三\n\n本文"
+
+
+def test_the_plain_edition_drops_what_the_html_edition_drops_with_its_content():
+    """A script or a stylesheet pasted into an item vanished from the HTML edition, but its code
+    ('alert(2)', 'body{display:none}') was printed in every plain-text mail."""
+    from mailmag.content.render import markdown_to_text
+
+    source = ("前の段落\n\n<script>alert(2)</script>\n<style>body{display:none}</style>\n\n"
+              "本文 <SCRIPT type=\"x\">alert(3)</SCRIPT>の続き<style>p{}</style>。\n\n"
+              "```\n<script>コード例</script>\n```\n")
+    text = markdown_to_text(source)
+    for code in ("alert(2)", "alert(3)", "display:none", "p{}"):
+        assert code not in text and code not in to_html(source), code
+    assert "前の段落" in text and "本文 の続き。" in text
+    assert "<script>コード例</script>" in text  # shown as code, as in the HTML edition

@@ -318,6 +318,10 @@ def _markdown() -> MarkdownIt:
 
 
 _TAG = re.compile(r"<[^>]+>")
+# What the HTML edition drops with its content (markup's nh3 clean_content_tags): a script's
+# code or a stylesheet is not text for the reader of the plain edition either.
+_HIDDEN = re.compile(r"<(script|style)\b[^>]*>.*?(?:</\1\s*>|\Z)", re.IGNORECASE | re.DOTALL)
+_HIDDEN_OPEN = re.compile(r"<(script|style)\b", re.IGNORECASE)
 
 
 def markdown_to_text(source: str | None) -> str:
@@ -369,7 +373,7 @@ class _TextWriter:
         elif kind in ("fence", "code_block"):
             self.lines.extend([*token.content.rstrip("\n").split("\n"), ""])
         elif kind == "html_block":
-            text = html.unescape(_TAG.sub("", token.content)).strip()
+            text = html.unescape(_TAG.sub("", _HIDDEN.sub("", token.content))).strip()
             self.lines.extend([text, ""] if text else [])
         elif kind == "hr":
             self.lines.extend(["", ""])
@@ -401,9 +405,18 @@ class _TextWriter:
 def _inline_text(children: list[Token]) -> str:
     parts: list[str] = []
     hrefs: list[tuple[str, int]] = []
+    hidden = ""  # inside <script> or <style> written in a paragraph: until its closing tag
     for child in children:
         kind = child.type
-        if kind in ("text", "text_special", "code_inline"):
+        if kind == "html_inline":
+            opened = _HIDDEN_OPEN.match(child.content)
+            if opened and not hidden:
+                hidden = opened.group(1).lower()
+            elif hidden and child.content.lower().startswith(f"</{hidden}"):
+                hidden = ""
+        elif hidden:
+            continue
+        elif kind in ("text", "text_special", "code_inline"):
             parts.append(child.content)
         elif kind == "softbreak":
             parts.append("\x00")
