@@ -95,6 +95,10 @@ def test_unsubscribe_forget_search_and_export(console, console_services):
     assert exported.headers["Content-Disposition"].startswith("attachment")
     text = exported.body.decode("utf-8-sig")
     assert "keep@example.jp" in text and "gone@example.jp" not in text
+    assert exported.headers["Content-Type"] == "text/csv; charset=utf-8"
+    for_excel = client.get("/admin/subscribers/export.csv?encoding=cp932")
+    assert for_excel.headers["Content-Type"] == "text/csv; charset=Shift_JIS"  # it said utf-8
+    assert "メールアドレス" in for_excel.body.decode("cp932")
     assert _count(console_services, Suppression) == 1
 
 

@@ -17,6 +17,9 @@ from mailmag.web.admin import act, needs, viewer
 bp: Blueprint = Blueprint("people", __name__, url_prefix="/subscribers")
 # A CSV of this size holds tens of thousands of rows; larger lists go through `subscribers import`.
 UPLOAD_LIMIT = 8 * 1024 * 1024
+# An export's encoding (exports.ENCODINGS) as the Content-Type names it: a browser that shows
+# the file, and a program that reads the header, decode it as written.
+CHARSETS = {"utf-8-sig": "utf-8", "cp932": "Shift_JIS"}
 
 
 def _consent(what: str) -> Consent:
@@ -67,7 +70,7 @@ def export() -> Any:
     with state().services.session() as db:
         data, count = exports.export_bytes(db, encoding=encoding, zone=state().config.zone)
         act(db, "subscribers.export", f"{count} subscribers")
-    return Response(data, mimetype="text/csv", headers={
+    return Response(data, content_type=f"text/csv; charset={CHARSETS[encoding]}", headers={
         "Content-Disposition": 'attachment; filename="subscribers.csv"'})
 
 
