@@ -460,8 +460,13 @@ def _build_section(
         if env_name in env:
             kwargs[f.name] = _coerce_env(env[env_name], hints[f.name], env_name)
             _check_rule(kwargs[f.name], f, f"environment variable {env_name}")
-    if name == "database" and "url" in kwargs and base_dir is not None:
-        kwargs["url"] = _resolve_sqlite(kwargs["url"], base_dir)
+    if base_dir is not None:  # defaults too: "relative to the file's folder", whatever the cwd
+        for key, f in keys.items():
+            default = f.default if isinstance(f.default, str) else ""
+            if (name, key) in _PATH_KEYS and f.name not in kwargs and default:
+                kwargs[f.name] = str((base_dir / default).resolve())
+        if name == "database":
+            kwargs["url"] = _resolve_sqlite(kwargs.get("url", cls().url), base_dir)
     return cls(**kwargs)
 
 

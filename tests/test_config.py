@@ -57,6 +57,18 @@ def test_relative_paths_follow_the_file(tmp_path):
     assert config.smtp.file_dir == str(tmp_path / "conf" / "out")
 
 
+def test_the_default_database_and_outbox_follow_the_file_too(tmp_path, monkeypatch):
+    """A file without [database] url, named by $MAILMAG_CONFIG from another folder, looked for
+    ./mailmag.db where the command ran ("the database mailmag.db does not exist")."""
+    path = tmp_path / "conf" / "m.toml"
+    path.parent.mkdir()
+    path.write_text('[mailmag]\nbase_url = "https://news.example.jp"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, env={"MAILMAG_CONFIG": str(path)})
+    assert config.database.url == f"sqlite:///{tmp_path / 'conf' / 'mailmag.db'}"
+    assert config.smtp.file_dir == str(tmp_path / "conf" / "outbox")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
