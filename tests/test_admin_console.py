@@ -308,6 +308,8 @@ def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_
     editor = logged_in(console.url, console_services, "alice", "editor")
     editor_token = csrf_of(editor.get("/admin/issues/"))
     item_page = f"/admin/items/{ids[0]}"
+    # the editor is told before editing what it does to the scheduled send
+    assert "この記事は送信予約済みの号「" in editor.get(item_page).text
     edited = post_form(editor, item_page, f"{item_page}/edit", title="差し替え", body="差し替えた本文")
     assert edited.status == 303
     assert post_form(editor, item_page, f"{item_page}/approve").status == 303

@@ -444,6 +444,11 @@ def _waiting_in(session: Session, chosen: Sequence[Item]) -> dict[int, Issue]:
     return {item_id: issue for item_id, issue in rows}
 
 
+def waiting_in(session: Session, item: Item) -> Issue | None:
+    """The unsent issue (draft or scheduled) `item` waits in, if any."""
+    return _waiting_in(session, [item]).get(item.id)
+
+
 def items_in_live_issues() -> Select[int]:
     """The ids of items taken by an issue that is not cancelled (a subquery)."""
     return select(IssueItem.item_id).join(Issue).where(Issue.status != "cancelled")

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
-from mailmag.content import drafts, items, orgs
+from mailmag.content import drafts, issues, items, orgs
 from mailmag.errors import InvalidInput, StateError
 from mailmag.models import ITEM_KINDS, ITEM_STATUSES
 from mailmag.web import state
@@ -46,7 +46,8 @@ def show(item_id: int) -> Any:
     with state().services.read_session() as db:
         item = items.get(db, item_id)
         return render_template("admin/item.html.j2", item=item, fields=_fields(item.kind),
-                               kind_label=items.KIND_LABELS[item.kind], version=items.version(item))
+                               kind_label=items.KIND_LABELS[item.kind], version=items.version(item),
+                               waiting_in=issues.waiting_in(db, item))
 
 
 @bp.get("/<int:item_id>/frame")
@@ -76,7 +77,8 @@ def edit(item_id: int) -> Any:
             # it again is then a choice made having seen both)
             return render_template("admin/item.html.j2", item=item, fields=_fields(item.kind),
                                    kind_label=items.KIND_LABELS[item.kind], typed=given,
-                                   version=items.version(item), error=fixes.said(exc)), (
+                                   version=items.version(item), waiting_in=issues.waiting_in(db, item),
+                                   error=fixes.said(exc)), (
                                        409 if isinstance(exc, StateError) else 400)
         act(db, "item.edit", f"item {item_id}")
     return redirect(url_for(".show", item_id=item_id), 303)
