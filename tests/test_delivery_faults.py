@@ -616,6 +616,36 @@ def test_policy_refusals_from_many_domains_stop_the_run(config, smtp_server):
         services.close()
 
 
+def test_a_relay_that_refuses_every_address_from_the_start_bounces_nobody(config, smtp_server):
+    """A smarthost set up wrong (it takes every domain for its own) answers 550 5.1.1 User unknown
+    to every recipient: believed, it bounced the whole list, for good (coming back takes a new
+    opt-in). Refusals before the relay accepted anything in the run are held and stop the run."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 0)
+    with services.session() as session:
+        for i in range(8):
+            subscribers.add(session, subscribers.parse_address(f"reader@d{i}.example.org"), Consent("cli"))
+        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    smtp_server.fail_next("rcpt", 550, "5.1.1 <x>: Recipient address rejected: User unknown in local "
+                                       "recipient table", times=None)
+    try:
+        with pytest.raises(TransportError, match=r"refused the first 5 recipients' addresses and accepted "
+                                                 r"no message .*nobody was marked bounced"):
+            run_once(services)
+        c = counts(services, issue)
+        assert (c.queued, c.failed, c.sent) == (8, 0, 0)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+            assert "User unknown" in (session.get(Issue, issue.id).relay_error or "")  # shown on the issue
+        smtp_server.clear_faults()  # the relay mended: every message goes when its retry comes
+        run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
+        assert counts(services, issue).sent == 8
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
 def test_a_full_mailbox_is_a_soft_bounce_and_an_unknown_user_a_hard_one(config, smtp_server):
     services = make_services(config, smtp_server)
     issue = prepare_send(services, 3)

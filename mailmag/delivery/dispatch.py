@@ -325,6 +325,7 @@ class Dispatcher:
         self._relay_lock = threading.Lock()
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
+        self._unbelieved: list[int] = []  # addresses refused before that (_hold), asked again after
         self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
@@ -794,12 +795,19 @@ class Dispatcher:
         raise TransportError(f"{why}; those messages wait for their retry, marked ambiguous")
 
     def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
+        if failure.kind in (ADDRESS, MAILBOX) and not self._relay_confirmed:
+            self._hold(owner, delivery, failure)
+            return
         if failure.kind == RELAY:
             self._release(owner, [delivery])
             why = (f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
                    "[smtp] host, username and the relay's rules for this client")
             self._relay_trouble(why)
             raise TransportError(why, fixes=[Fix("deliver_again")])
+        self._believe(owner, delivery, failure)
+
+    def _believe(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
+        """The refusal as the relay said it: failed, and a bad address bounced."""
 
         def work() -> bool:
             with self._writing() as session:
@@ -817,6 +825,49 @@ class Dispatcher:
             self.progress(1)
         if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind):
             self._refused_too_often(failure)
+
+    def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
+        """A recipient's address refused before the relay accepted any message in this run. A relay
+        set up wrong (one that takes every domain for its own, or relays for nobody) refuses every
+        recipient so (550 5.1.1 User unknown), and believing it would bounce the whole list off
+        it, for good (coming back takes a new opt-in). The message waits for its retry instead;
+        refusals_to_stop of these stop the run. Once the relay accepts a message, its refusals
+        are believed again; a held one past [retry] lifetime_seconds is believed as it stands."""
+        now = self.clock()
+        age = (now - delivery.created_at).total_seconds()
+        retry = self.services.config.retry
+        if age >= retry.lifetime_seconds:
+            self._believe(owner, delivery, failure)
+            return
+        at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
+        reply = _marked(delivery, f"{failure} (not believed yet: the relay had accepted no message)")
+
+        def work() -> bool:
+            with self._writing() as session:
+                return outbox.mark_retry(session, delivery.id, owner, reply, at)
+
+        if not self.database.call(work):
+            self._lost(delivery, f"the relay refused it ({failure}), and")
+            return
+        self.stats.add("deferred")
+        with self._relay_lock:
+            confirmed = self._relay_confirmed
+            if not confirmed:
+                self._unbelieved.append(delivery.id)
+            held = len(self._unbelieved)
+        if confirmed:  # accepted meanwhile, by another connection: ask this one again too
+            self.database.call(lambda: self._due_again([delivery.id]))
+        elif held >= self.refusals.limit:
+            why = (f"the relay refused the first {self.refusals.limit} recipients' addresses and accepted no "
+                   f"message (last: {failure}): it may not relay for us, or take their domains for its own; "
+                   "nobody was marked bounced, and those messages wait for their retry: check [smtp] host "
+                   "and the relay's settings")
+            self._relay_trouble(why)
+            raise TransportError(why, fixes=[Fix("deliver_again")])
+
+    def _due_again(self, ids: list[int]) -> None:
+        with self._writing() as session:
+            outbox.due_again(session, ids, self.clock())
 
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
@@ -889,9 +940,14 @@ class Dispatcher:
         if was_down:
             log.warning("sending resumed: the relay answers again")
 
+        with self._relay_lock:
+            held, self._unbelieved = self._unbelieved, []
+
         def work() -> None:
             with self._writing() as session:
                 self.hooks.relay_reached(session)
+                # refusals held while the relay was not yet believed: asked again now, and believed
+                outbox.due_again(session, held, self.clock())
 
         self.database.call(work)
 

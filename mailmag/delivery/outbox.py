@@ -235,6 +235,15 @@ def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> int:
     ))
 
 
+def due_again(session: Session, ids: list[int], now: dt.datetime) -> int:
+    """Queued rows that wait for a retry, due now instead (their refusal is to be asked again)."""
+    if not ids:
+        return 0
+    return rowcount(session.execute(
+        update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "queued").values(next_attempt_at=now)
+    ))
+
+
 def _due_batch(postgresql: bool, limit: int, now: dt.datetime) -> ColumnElement[bool]:
     """Which rows a claim takes: up to `limit` due deliveries of issues being sent.
 
