@@ -685,6 +685,34 @@ def test_an_item_over_the_size_limit_is_refused_with_one_line_and_nothing_stored
                "--body-file", str(body))
 
 
+def test_a_relay_that_greets_every_connection_with_421_ends_a_once_run_as_an_outage(config, smtp_server):
+    """`worker --once` from cron never ended: each 421 at the greeting took a connection away, and
+    the last one met 421 after 421, waiting throttle_seconds between them, for ever."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 5)
+    smtp_server.fail_next("connect", 421, "4.3.2 shutting down", times=None)
+    try:
+        done = threading.Event()
+        outcome: list[BaseException] = []
+
+        def once() -> None:
+            try:
+                run_once(services, concurrency=3)
+            except TransportError as exc:
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=once, daemon=True).start()
+        assert done.wait(20), "the run did not end"
+        [error] = outcome
+        assert str(error).startswith("nothing was sent: ") and "421" in str(error)
+        c = counts(services, issue)
+        assert (c.queued, c.failed, c.sent) == (5, 0, 0)  # nothing lost, nothing failed
+    finally:
+        services.close()
+
+
 def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
     from mailmag.delivery.workstate import Throttle
 

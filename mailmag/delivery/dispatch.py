@@ -16,7 +16,8 @@ at-least-once, as Postfix does. What goes wrong, and what happens then:
                                     last_reply says "ambiguous" from then on
     421                             that message is deferred and its connection waits
                                     [smtp] throttle_seconds; each 421 takes one connection
-                                    away, and they come back as messages are accepted
+                                    away, and they come back as messages are accepted;
+                                    421 at every greeting is the relay unreachable
     the relay cannot be reached     the batch goes back untouched; sending pauses for
                                     [smtp] retry_relay_seconds (`--once`: the run ends), and
                                     the issues show "waiting for the relay since …"
@@ -74,6 +75,7 @@ from mailmag.delivery.workstate import (
     DropsInRow,
     Leases,
     Refusals,
+    Streak,
     Throttle,
     reason,
 )
@@ -316,6 +318,7 @@ class Dispatcher:
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
         # one relay restart drops every connection's message in flight at once: that alone is no streak
         self.drops = DropsInRow(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
+        self.closed_doors = Streak(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
                                       config.dispatch.database_max_retry_seconds, self.stop)
         self._claims = itertools.count(1)
@@ -540,7 +543,9 @@ class Dispatcher:
                 outcome = self._send_in_turn(connection, owner, ahead, batch, position, unrecorded, may_go)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
-                if failure.code == 421:
+                # 421 before any session: "not now", one connection fewer; every attempt so, with
+                # nothing accepted between, is an outage (`--once` waited for it for ever)
+                if failure.code == 421 and not self.closed_doors.add():
                     self._throttled(index)
                     return True
                 self._relay_unreachable(failure)
@@ -692,6 +697,7 @@ class Dispatcher:
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
+        self.closed_doors.accepted()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
 

@@ -192,6 +192,27 @@ class DropsInRow:
                 self._messages.clear()
 
 
+class Streak:
+    """Events in a row with no message accepted between: the relay greeting every connection with
+    421, say, which one at a time means "fewer connections" and all the time an outage."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> bool:
+        """Count one; True once there were `limit` in a row."""
+        with self._lock:
+            self._count += 1
+            return self._count >= self.limit
+
+    def accepted(self) -> None:
+        if self._count:
+            with self._lock:
+                self._count = 0
+
+
 class DatabaseGuard:
     """Runs database work for the sending threads; while the database is away or locked, waits
     with backoff and tries again. One log line when it goes away, one when it is back."""
