@@ -196,13 +196,23 @@ def test_original_message_id_maps_a_bounce_without_verp(session, config, tmp_pat
     assert subscriber(session, "user1@example.jp").status == "bounced"
 
 
-def test_final_recipient_is_the_last_resort(session, config, tmp_path):
-    add_subscribers(session, 2)
-    message = samples.postfix_dsn("USER1@example.jp", to="bounces@example.jp")
-    report = process(session, config, write_maildir(tmp_path / "Maildir", [message]))
-    assert [(e.email, e.matched_by) for e in report.events] == [("user1@example.jp", "address")]
-    assert session.scalar(select(BounceEvent.delivery_id)) is None
-    assert subscriber(session, "user1@example.jp").status == "bounced"
+def test_a_report_naming_only_an_address_changes_nothing_and_stays_for_a_person(session, config, tmp_path):
+    """The bare bounce address is in every mail's Return-Path: a "DSN" or an abuse report naming a
+    subscriber, with no signed tag and no Message-ID of ours, bounced or unsubscribed anyone."""
+    add_subscribers(session, 4)
+    send_issue(session, 1)
+    forged_dsn = samples.postfix_dsn("USER1@example.jp", to="bounces@example.jp")
+    forged_complaint = samples.arf_complaint("user3@example.jp", to="bounces@example.jp")
+    report = process(session, config, write_maildir(tmp_path / "Maildir", [forged_dsn, forged_complaint]))
+    assert report.events == [] and (report.hard, report.complaints) == (0, 0)
+    said = ("{kind}: it names {address}, a subscriber, but carries neither our signed VERP tag nor the "
+            "Message-ID of a mail we sent, so anyone could have written it: nothing changed (if it is "
+            "real, remove the address by hand) (")
+    assert [reason[:reason.index(" (from")] + " (" for _, reason in report.unmatched] == [
+        said.format(kind="hard", address="USER1@example.jp"),
+        said.format(kind="complaint", address="user3@example.jp")]
+    assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+    assert {subscriber(session, f"user{i}@example.jp").status for i in range(4)} == {"active"}
 
 
 def test_forged_verp_tag_is_never_trusted(session, config, tmp_path):
@@ -387,7 +397,7 @@ def mixed_mailbox(session) -> tuple[list[bytes], dict[str, int]]:  # type: ignor
         samples.gmail_dsn("user2@example.jp", to=verp(sent["user2@example.jp"]), message_id=None),
         samples.qmail_bounce("user3@example.jp", to=verp(sent["user3@example.jp"])),
         samples.postfix_delayed("user4@example.jp", to=verp(sent["user4@example.jp"])),
-        samples.arf_complaint("user5@example.jp"),
+        samples.arf_complaint("user5@example.jp", original_id=sent["user5@example.jp"].message_id),
         samples.mailto_unsubscribe("user4@example.jp"),
         samples.human_reply("someone@example.com"),
         samples.garbage(),
@@ -441,12 +451,14 @@ def test_a_path_that_is_no_mailbox_is_refused(session, config, tmp_path):
 # --- the command line -----------------------------------------------------------------------
 
 
-def test_cli_processes_and_lists_bounced_and_refuses_to_re_add(mailmag, tmp_path):
+def test_cli_processes_and_lists_bounced_and_refuses_to_re_add(mailmag, session, tmp_path):
     for n in range(3):
         mailmag.ok("subscribers", "add", f"user{n}@example.jp")
+    sent = send_issue(session, 1)
+    session.commit()
     box = write_mbox(tmp_path / "bounces.mbox", [
-        samples.postfix_dsn("user0@example.jp", to="bounces@example.jp"),
-        samples.postfix_delayed("user1@example.jp", to="bounces@example.jp"),
+        samples.postfix_dsn("user0@example.jp", to=verp(sent["user0@example.jp"])),
+        samples.postfix_delayed("user1@example.jp", to=verp(sent["user1@example.jp"])),
         samples.mailto_unsubscribe("user2@example.jp"),
         samples.human_reply("someone@example.com"),
         samples.garbage(),

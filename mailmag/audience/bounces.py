@@ -7,7 +7,8 @@
         unsubscribe → unsubscribed, consent channel mailto
 
 A report maps to its delivery by our VERP envelope address first (a forged tag is refused,
-never trusted), then by the Message-ID of the returned original, then by the address it names.
+never trusted), then by the Message-ID of the returned original. A report that only names an
+address is left for a person: anyone can write to the bare bounce address.
 Mailboxes are only read: each report is recorded once under its source_key, so processing the
 same mailbox again changes nothing.
 """
@@ -256,7 +257,8 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
 
 
 def _match(session: Session, reading: reports.Reading, config: Config, secret: str) -> _Match | str:
-    """VERP, then the original Message-ID, then the named address; a reason string if none."""
+    """VERP, then the original Message-ID; a reason string if neither (a named address alone
+    is said, not acted on)."""
     if reading.kind == "unsubscribe":
         return _unsubscriber(session, reading, secret)
     forged = None
@@ -271,9 +273,13 @@ def _match(session: Session, reading: reports.Reading, config: Config, secret: s
     for message_id in reading.original_ids:
         if delivery := _by_message_id(session, message_id):
             return _from_delivery(session, delivery, "message-id")
+    # The address alone proves nothing: the bare bounce address is in every mail's Return-Path,
+    # and anyone who knows a subscriber's address could write a "report" that bounces them.
     for address in reading.recipients:
-        if subscriber := _by_address(session, address):
-            return _Match(subscriber, None, "address")
+        if _by_address(session, address):
+            return (f"it names {address}, a subscriber, but carries neither our signed VERP tag nor the "
+                    "Message-ID of a mail we sent, so anyone could have written it: nothing changed "
+                    "(if it is real, remove the address by hand)")
     named = ", ".join(reading.recipients) or "no address"
     return f"no delivery or subscriber matches it (it names {named})"
 

@@ -62,7 +62,7 @@ class Reading:
     failures: tuple[Failure, ...] = ()
     envelope: tuple[str, ...] = ()  # addresses that may be our VERP address
     original_ids: tuple[str, ...] = ()  # Message-IDs of the returned original
-    recipients: tuple[str, ...] = ()  # addresses the report names (the last resort)
+    recipients: tuple[str, ...] = ()  # addresses the report names (said, never acted on alone)
     detail: str = ""
     via: str = ""  # which reader recognised it: dsn | flufl.bounce | arf | mailto
     tags: tuple[str, ...] = ()  # mailto unsubscribe: the signed tags it carries (unchecked)
