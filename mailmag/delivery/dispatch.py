@@ -75,7 +75,6 @@ from mailmag.delivery.workstate import (
     DropsInRow,
     Leases,
     Refusals,
-    Streak,
     Throttle,
     reason,
 )
@@ -318,7 +317,6 @@ class Dispatcher:
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
         # one relay restart drops every connection's message in flight at once: that alone is no streak
         self.drops = DropsInRow(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
-        self.closed_doors = Streak(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
                                       config.dispatch.database_max_retry_seconds, self.stop)
         self._claims = itertools.count(1)
@@ -543,9 +541,10 @@ class Dispatcher:
                 outcome = self._send_in_turn(connection, owner, ahead, batch, position, unrecorded, may_go)
             except TemporaryFailure as failure:  # no session could be opened: nothing was sent
                 self._release(owner, rest)
-                # 421 before any session: "not now", one connection fewer; every attempt so, with
-                # nothing accepted between, is an outage (`--once` waited for it for ever)
-                if failure.code == 421 and not self.closed_doors.add():
+                # 421 before any session: "not now", one connection fewer; every attempt so, for as
+                # long as every connection would have tried a few times with nothing accepted, is an
+                # outage (`--once` waited for it for ever)
+                if failure.code == 421 and not self.throttle.shut_out(self._shut_out_seconds()):
                     self._throttled(index)
                     return True
                 self._relay_unreachable(failure)
@@ -697,7 +696,6 @@ class Dispatcher:
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
-        self.closed_doors.accepted()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
 
@@ -906,6 +904,12 @@ class Dispatcher:
         self.database.call(work)
 
     # -- the relay's health ----------------------------------------------------------------------
+
+    def _shut_out_seconds(self) -> float:
+        """How long only 421s before any session, nothing accepted, mean the relay is down."""
+        config = self.services.config
+        tries = config.dispatch.refusals_to_stop + self.throttle.most
+        return max(1.0, tries * config.smtp.throttle_seconds)
 
     def _throttled(self, index: int) -> None:
         """The relay said 421: one connection fewer for a while, and this one waits (its batch was

@@ -58,8 +58,9 @@ class Leases:
 
 
 # The throttle's numbers: how many connections may send, messages accepted since the last
-# change, and the monotonic time of that change (a 421 or one connection more).
-_LIMIT, _CREDIT, _CHANGED = 0, 1, 2
+# change, the monotonic time of that change (a 421 or one connection more), and of the first
+# 421 before any session since a message was last accepted (shut_out; 0: none).
+_LIMIT, _CREDIT, _CHANGED, _SHUT = 0, 1, 2, 3
 
 
 class Throttle:
@@ -79,7 +80,7 @@ class Throttle:
         self.most = most
         self.pause = pause
         self.lock_seconds = lock_seconds
-        self._state = shared.numbers(context, "d", 3)  # at _LIMIT, _CREDIT, _CHANGED
+        self._state = shared.numbers(context, "d", 4)  # at _LIMIT, _CREDIT, _CHANGED, _SHUT
         self._state[_LIMIT] = most
         self._waiting = shared.numbers(context, "q", most)  # 1: this connection met a 421 and waits
         self._lock = shared.make_lock(context)
@@ -109,7 +110,20 @@ class Throttle:
                 self._state[_LIMIT] = self.limit - 1
                 log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
 
+    def shut_out(self, seconds: float) -> bool:
+        """A 421 before any session opened: True once such 421s have come for `seconds` with no
+        message accepted anywhere in the worker. One at a time means "fewer connections"; for
+        that long, that the relay takes no mail now (an outage)."""
+        with self._locked():
+            now = time.monotonic()  # one clock for every process of the machine
+            if not self._state[_SHUT]:
+                self._state[_SHUT] = now
+            return now - self._state[_SHUT] >= seconds
+
     def accepted(self) -> None:
+        if self._state[_SHUT]:
+            with self._locked():
+                self._state[_SHUT] = 0
         if self.limit >= self.most:  # the common case, without the lock
             return
         with self._locked():
@@ -190,27 +204,6 @@ class DropsInRow:
         if self._messages:
             with self._lock:
                 self._messages.clear()
-
-
-class Streak:
-    """Events in a row with no message accepted between: the relay greeting every connection with
-    421, say, which one at a time means "fewer connections" and all the time an outage."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def add(self) -> bool:
-        """Count one; True once there were `limit` in a row."""
-        with self._lock:
-            self._count += 1
-            return self._count >= self.limit
-
-    def accepted(self) -> None:
-        if self._count:
-            with self._lock:
-                self._count = 0
 
 
 class DatabaseGuard:
