@@ -117,6 +117,9 @@ def test_send_at_in_the_past_is_refused_and_nothing_changes(composed):
     assert first.exit_code == 1
     assert first.stderr.startswith("Error: 0001-01-01 00:00 is in the past (it is now ")
     assert len(first.stderr.splitlines()) == 1
+    last = composed("issues", "send", "1", "--at", "9999-12-31 23:59-12:00", "--yes")  # past UTC's end
+    assert last.exit_code == 1
+    assert last.stderr == "Error: 9999-12-31 23:59-12:00 is too far ahead: give a time before 9999\n"
     assert status(composed)["status"] == "draft"
 
 

@@ -51,6 +51,9 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
         value = _item_date_and_time(text, cleaned, zone, now)
     if value.year < 1900:  # zoneinfo's local mean time before zones were set; year 1 overflows UTC
         raise _past(text.strip(), zone, now)
+    if value.year > 9998:  # 9999-12-31 west of UTC is past what a datetime holds once in UTC
+        raise InvalidInput(f"{text.strip()} is too far ahead: give a time before 9999",
+                           ja=f"{text.strip()} は先すぎる日時です。9999年より前の日時を指定してください")
     value = value.astimezone(dt.UTC)
     if value <= now:
         raise _past(shown(value, zone), zone, now)
