@@ -307,6 +307,7 @@ class Dispatcher:
         )
         self.batch_size = batch_size(config, self.concurrency)
         self.stop = threading.Event()
+        self.enough = threading.Event()  # `once`: the rate limit holds the rest back (_hold_back)
         self.stats = Stats()
         self.error: BaseException | None = None
         self.leases = Leases(config.dispatch.lease_seconds)
@@ -326,7 +327,7 @@ class Dispatcher:
         self._relay_lock = threading.Lock()
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
-        self._unbelieved: list[int] = []  # addresses refused before that (_hold), asked again after
+        self._unbelieved: list[int] = []  # addresses refused since a message was accepted (_hold)
         self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
@@ -382,7 +383,7 @@ class Dispatcher:
     def _thread_main(self, index: int, once: bool, poll_seconds: float) -> None:
         connection = self.transport.connect()
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not self.enough.is_set():
                 if not window_open(self.clock(), self.services.config):
                     if once:
                         return  # queued deliveries wait for the send window
@@ -395,6 +396,9 @@ class Dispatcher:
                     self.stop.wait(self.services.config.smtp.throttle_seconds)
                     continue
                 owner, batch = self._claim()
+                if not batch and self._unbelieved and self._relay_confirmed:
+                    self._ask_again()  # the list's last refusals: nothing more to be accepted after them
+                    continue
                 if not batch:
                     if once and not self._anything_due():
                         return
@@ -521,7 +525,7 @@ class Dispatcher:
         position = 0
         while position < len(batch):
             rest = batch[position:]
-            if not self._may_send(index, owner):
+            if not self._may_send(index, owner) or self.enough.is_set():
                 self._release(owner, rest)
                 return True
             # Asked before the rate limiter's turn, so a row taken away spends no turn of the limit
@@ -594,7 +598,9 @@ class Dispatcher:
         minutes = max(1, round(wait / 60))
         self.stats.held_back = (f"[smtp] {limit} lets the next message go in about {minutes} min; the rest "
                                 "waits in the queue: run the worker again then")
-        self.stop.set()  # every thread ends, as when nothing is due
+        # every thread ends, as when nothing is due; one that has taken its turn still sends in it
+        # (stopping it would spend the turn on nothing: 2 sent of 3 an hour)
+        self.enough.set()
 
     def _may_go(self, index: int, owner: str, still_mine: Callable[[int, bool], bool], position: int,
                 waited: bool) -> bool:
@@ -696,6 +702,8 @@ class Dispatcher:
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
+        if self._unbelieved:
+            self._ask_again()
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
 
@@ -799,7 +807,7 @@ class Dispatcher:
         raise TransportError(f"{why}; those messages wait for their retry, marked ambiguous")
 
     def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
-        if failure.kind in (ADDRESS, MAILBOX) and not self._relay_confirmed:
+        if failure.kind in (ADDRESS, MAILBOX) and outbox.REASKED not in delivery.last_reply:
             self._hold(owner, delivery, failure)
             return
         if failure.kind == RELAY:
@@ -831,12 +839,14 @@ class Dispatcher:
             self._refused_too_often(failure)
 
     def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
-        """A recipient's address refused before the relay accepted any message in this run. A relay
-        set up wrong (one that takes every domain for its own, or relays for nobody) refuses every
-        recipient so (550 5.1.1 User unknown), and believing it would bounce the whole list off
-        it, for good (coming back takes a new opt-in). The message waits for its retry instead;
-        refusals_to_stop of these stop the run. Once the relay accepts a message, its refusals
-        are believed again; a held one past [retry] lifetime_seconds is believed as it stands."""
+        """A recipient's address refused: not believed until the relay accepts another message
+        after it. A relay set up wrong (one that takes every domain for its own, and accepts
+        only its own mailbox, or nothing) refuses everyone so (550 5.1.1 User unknown), and
+        believing it would bounce the whole list off it, for good (coming back takes a new
+        opt-in). The message waits; the next accepted message has it asked again, and that
+        answer is believed (_fail), as when nothing else is left to send and the relay accepted
+        mail in this run. refusals_to_stop of them with no message accepted between stop the
+        run. One past [retry] lifetime_seconds is believed as it stands."""
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
@@ -844,7 +854,7 @@ class Dispatcher:
             self._believe(owner, delivery, failure)
             return
         at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-        reply = _marked(delivery, f"{failure} (not believed yet: the relay had accepted no message)")
+        reply = _marked(delivery, f"{failure} (not believed yet: no message accepted since)")
 
         def work() -> bool:
             with self._writing() as session:
@@ -855,23 +865,26 @@ class Dispatcher:
             return
         self.stats.add("deferred")
         with self._relay_lock:
-            confirmed = self._relay_confirmed
-            if not confirmed:
-                self._unbelieved.append(delivery.id)
+            self._unbelieved.append(delivery.id)
             held = len(self._unbelieved)
-        if confirmed:  # accepted meanwhile, by another connection: ask this one again too
-            self.database.call(lambda: self._due_again([delivery.id]))
-        elif held >= self.refusals.limit:
-            why = (f"the relay refused the first {self.refusals.limit} recipients' addresses and accepted no "
-                   f"message (last: {failure}): it may not relay for us, or take their domains for its own; "
-                   "nobody was marked bounced, and those messages wait for their retry: check [smtp] host "
-                   "and the relay's settings")
+        if held >= self.refusals.limit:
+            why = (f"the relay refused {held} recipients' addresses with no message accepted between (last: "
+                   f"{failure}): it may not relay for us, or take their domains for its own; nobody was "
+                   "marked bounced, and those messages wait for their retry: check [smtp] host and the "
+                   "relay's settings")
             self._relay_trouble(why)
             raise TransportError(why, fixes=[Fix("deliver_again")])
 
-    def _due_again(self, ids: list[int]) -> None:
-        with self._writing() as session:
-            outbox.due_again(session, ids, self.clock())
+    def _ask_again(self) -> None:
+        """A message was accepted: the refusals held before it are asked again now, and believed."""
+        with self._relay_lock:
+            held, self._unbelieved = self._unbelieved, []
+        if held:
+            def work() -> None:
+                with self._writing() as session:
+                    outbox.due_again(session, held, self.clock())
+
+            self.database.call(work)
 
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
@@ -950,14 +963,9 @@ class Dispatcher:
         if was_down:
             log.warning("sending resumed: the relay answers again")
 
-        with self._relay_lock:
-            held, self._unbelieved = self._unbelieved, []
-
         def work() -> None:
             with self._writing() as session:
                 self.hooks.relay_reached(session)
-                # refusals held while the relay was not yet believed: asked again now, and believed
-                outbox.due_again(session, held, self.clock())
 
         self.database.call(work)
 

@@ -60,6 +60,9 @@ PENDING = ("queued", "sending")
 # How last_reply starts once a delivery may have reached the relay twice (a drop after the final
 # dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
 AMBIGUOUS = "ambiguous"
+# Ends the reply of a held address refusal asked again after the relay accepted another message
+# (dispatch._hold): the next answer about it is believed.
+REASKED = "asked again: the relay accepts other mail"
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
@@ -236,11 +239,13 @@ def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> int:
 
 
 def due_again(session: Session, ids: list[int], now: dt.datetime) -> int:
-    """Queued rows that wait for a retry, due now instead (their refusal is to be asked again)."""
+    """Rows whose address the relay refused, held until it accepted another message: due now,
+    marked REASKED, so that the relay's next answer about them is believed."""
     if not ids:
         return 0
     return rowcount(session.execute(
-        update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "queued").values(next_attempt_at=now)
+        update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "queued")
+        .values(next_attempt_at=now, last_reply=Delivery.last_reply + literal(f" ({REASKED})"))
     ))
 
 
