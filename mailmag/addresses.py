@@ -224,7 +224,8 @@ def ascii_address(address: str, what: str, *, utf8: bool = False, what_ja: str =
 MESSAGE_ID_START = "<mm."
 # What a Message-ID may be (RFC 5322 msg-id, dot-atom-text both sides: no '<', '>' or '@').
 MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
-_DELIVERY_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+@[^>\s]+>$")
+# (mailmag before 2026-12-04 wrote no KEY: those Message-IDs are read too)
+_DELIVERY_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+(?:\.[A-Za-z0-9_-]+)?@[^>\s]+>$")
 
 
 def sender_domain(config: Config) -> str:
@@ -268,10 +269,13 @@ def make_message_id(config: Config) -> str:
     return f"{MESSAGE_ID_START}{secrets.token_hex(12)}@{sender_domain(config)}>"
 
 
-def delivery_message_id(issue_number: int, nonce: str, domain: str) -> tuple[str, str]:
-    """A delivery's '<mm.ISSUE.SUBSCRIBER.NONCE@domain>', as the text before and after the
-    subscriber id (the outbox writes the id in SQL); made once, reused on every retry."""
-    return f"{MESSAGE_ID_START}{issue_number}.", f".{nonce}@{domain}>"
+def delivery_message_id(issue_number: int, nonce: str, domain: str) -> tuple[str, str, str]:
+    """A delivery's '<mm.ISSUE.SUBSCRIBER.NONCE.KEY@domain>', as the text around the subscriber id
+    and the start of its link key, which the outbox writes in SQL; made once, reused on every
+    retry. KEY (8 characters of the subscriber's random link key, 48 bits) makes the Message-ID
+    of one reader's copy unguessable from another's: a bounce report that returns it proves it
+    saw that mail (the issue's NONCE and the ids alone could be read off any copy)."""
+    return f"{MESSAGE_ID_START}{issue_number}.", f".{nonce}.", f"@{domain}>"
 
 
 def read_delivery_message_id(message_id: str) -> tuple[int, int] | None:

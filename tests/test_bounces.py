@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import mailbox
+import re
 from pathlib import Path
 
 import bounce_samples as samples
@@ -194,6 +195,22 @@ def test_original_message_id_maps_a_bounce_without_verp(session, config, tmp_pat
     assert [(e.email, e.matched_by) for e in report.events] == [("user1@example.jp", "message-id")]
     assert session.scalar(select(BounceEvent.delivery_id)) == delivery.id
     assert subscriber(session, "user1@example.jp").status == "bounced"
+
+
+def test_a_message_id_guessed_from_another_readers_copy_changes_nothing(session, config, tmp_path):
+    """The Message-ID was '<mm.ISSUE.SUBSCRIBER.NONCE@domain>', NONCE one per issue: from their own
+    copy a reader could write every other reader's, and a "bounce" returning it bounced them."""
+    add_subscribers(session, 2)
+    sent = send_issue(session, 1)
+    mine, theirs = sent["user0@example.jp"], sent["user1@example.jp"]
+    guessed = re.sub(r"^(<mm\.\d+\.)\d+\.", rf"\g<1>{theirs.subscriber_id}.", mine.message_id)
+    assert guessed != theirs.message_id  # each carries a part of its reader's random key
+    forged = samples.exchange_ndr("user1@example.jp", to="bounces@example.jp", original_id=guessed)
+    report = process(session, config, write_maildir(tmp_path / "Maildir", [forged]))
+    assert report.events == [] and len(report.unmatched) == 1
+    assert subscriber(session, "user1@example.jp").status == "active"
+    real = samples.exchange_ndr("user1@example.jp", to="bounces@example.jp", original_id=theirs.message_id)
+    assert process(session, config, write_maildir(tmp_path / "Real", [real])).hard == 1
 
 
 def test_a_report_naming_only_an_address_changes_nothing_and_stays_for_a_person(session, config, tmp_path):

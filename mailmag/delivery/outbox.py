@@ -119,8 +119,9 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
         raise StateError(f"issue {issue.id} has no number yet", fixes=[Fix("send_issue", issue.id)],
                          ja=f"号（ID {issue.id}）にはまだ号数がありません")
     nonce = secrets.token_hex(4)
-    before, after = delivery_message_id(issue.number, nonce, domain)
-    message_id = literal(before).concat(cast(Subscriber.id, String)).concat(literal(after))
+    before, between, after = delivery_message_id(issue.number, nonce, domain)
+    message_id = (literal(before).concat(cast(Subscriber.id, String)).concat(literal(between))
+                  .concat(func.substr(Subscriber.link_key, 1, 8)).concat(literal(after)))
     lang = case((Subscriber.lang.in_(sorted(langs)), Subscriber.lang), else_=literal(default_lang))
     now = utcnow()
     audience = select(
