@@ -224,8 +224,9 @@ def ascii_address(address: str, what: str, *, utf8: bool = False, what_ja: str =
 MESSAGE_ID_START = "<mm."
 # What a Message-ID may be (RFC 5322 msg-id, dot-atom-text both sides: no '<', '>' or '@').
 MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+@[\x21-\x3b\x3d\x3f-\x7e]+>")
-# (mailmag before 2026-12-04 wrote no KEY: those Message-IDs are read too)
-_DELIVERY_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+(?:\.[A-Za-z0-9_-]+)?@[^>\s]+>$")
+# (mailmag before 2026-12-04 wrote no KEY: any reader of an issue could write those of the others,
+# so they are not read as a delivery's)
+_DELIVERY_MESSAGE_ID = re.compile(r"^<mm\.(\d+)\.(\d+)\.[0-9a-f]+\.[A-Za-z0-9_-]{8}@[^>\s]+>$")
 
 
 def sender_domain(config: Config) -> str:
@@ -282,10 +283,6 @@ def read_delivery_message_id(message_id: str) -> tuple[int, int] | None:
     """(issue number, subscriber id) of a delivery's Message-ID, None if not of that form."""
     parsed = _DELIVERY_MESSAGE_ID.match(message_id)
     return (int(parsed.group(1)), int(parsed.group(2))) if parsed else None
-
-
-def is_our_message_id(message_id: str) -> bool:
-    return message_id.startswith(MESSAGE_ID_START)
 
 
 def verp(bounce_local: str, bounce_domain: str, secret: str, delivery_id: int) -> str:

@@ -209,7 +209,15 @@ def test_a_message_id_guessed_from_another_readers_copy_changes_nothing(session,
     report = process(session, config, write_maildir(tmp_path / "Maildir", [forged]))
     assert report.events == [] and len(report.unmatched) == 1
     assert subscriber(session, "user1@example.jp").status == "active"
-    real = samples.exchange_ndr("user1@example.jp", to="bounces@example.jp", original_id=theirs.message_id)
+    # an issue sent before the key: its Message-IDs are as guessable, and no longer read
+    theirs_id, their_message_id = theirs.id, theirs.message_id
+    keyless = re.sub(r"\.[A-Za-z0-9_-]{8}@", "@", their_message_id)
+    session.execute(update(Delivery).where(Delivery.id == theirs_id).values(message_id=keyless))
+    old = samples.exchange_ndr("user1@example.jp", to="bounces@example.jp", original_id=keyless)
+    assert process(session, config, write_maildir(tmp_path / "Old", [old])).events == []
+    assert subscriber(session, "user1@example.jp").status == "active"
+    session.execute(update(Delivery).where(Delivery.id == theirs_id).values(message_id=their_message_id))
+    real = samples.exchange_ndr("user1@example.jp", to="bounces@example.jp", original_id=their_message_id)
     assert process(session, config, write_maildir(tmp_path / "Real", [real])).hard == 1
 
 

@@ -669,20 +669,46 @@ def test_a_relay_that_accepts_only_its_own_mailbox_bounces_nobody_else(config, s
         services.close()
 
 
+def test_a_relay_that_accepts_one_mailbox_of_a_small_list_bounces_nobody_run_after_run(config, smtp_server):
+    """Five readers, the relay's own mailbox among them: its one acceptance had the four others
+    asked again and believed (all bounced in one run), and a refusal asked again in one run was
+    believed in the next even when that run accepted nothing."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 0)
+    with services.session() as session:
+        for address in [*(f"reader@d{i}.example.org" for i in range(4)), "office@example.jp"]:
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli"))
+        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    for i in range(4):
+        smtp_server.fail_rcpt(f"reader@d{i}.example.org", 550, "5.1.1 User unknown in local recipient table")
+    try:
+        run_once(services, concurrency=1)
+        later = utcnow() + dt.timedelta(minutes=5)
+        run_once(services, concurrency=1, clock=lambda: later)  # the held ones again, nothing accepted
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (1, 0, 4)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert "refused more recipients' addresses than it accepted" in (
+                session.get(Issue, issue.id).relay_error or "")
+    finally:
+        services.close()
+
+
 def test_a_full_mailbox_is_a_soft_bounce_and_an_unknown_user_a_hard_one(config, smtp_server):
     services = make_services(config, smtp_server)
-    issue = prepare_send(services, 3)
+    issue = prepare_send(services, 4)
     smtp_server.fail_rcpt("user0@example.jp", 550, "5.1.1 no such user")
     smtp_server.fail_rcpt("user1@example.jp", 552, "5.2.2 mailbox full")
     try:
         run_once(services)
         c = counts(services, issue)
-        assert (c.sent, c.failed) == (1, 2)
+        assert (c.sent, c.failed) == (2, 2)  # believed: the relay accepted as many as it refused
         with services.session() as session:
             status = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
             kinds = sorted(session.scalars(select(BounceEvent.kind)))
         assert status == {"user0@example.jp": "bounced", "user1@example.jp": "active",
-                          "user2@example.jp": "active"}
+                          "user2@example.jp": "active", "user3@example.jp": "active"}
         assert kinds == ["hard", "soft"]
     finally:
         services.close()

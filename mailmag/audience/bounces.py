@@ -313,9 +313,8 @@ def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | st
 def _by_message_id(session: Session, message_id: str) -> Delivery | None:
     """A delivery's Message-ID (addresses.delivery_message_id): looked up by its indexed parts."""
     parsed = addresses.read_delivery_message_id(message_id)
-    if parsed is None:  # not the enqueue format: a plain (unindexed) look-up for ours only
-        query = select(Delivery).where(Delivery.message_id == message_id)
-        return session.scalar(query.limit(1)) if addresses.is_our_message_id(message_id) else None
+    if parsed is None:  # not a delivery's, or one from before they carried the reader's key
+        return None
     number, subscriber_id = parsed
     return session.scalar(
         select(Delivery).join(Issue, Issue.id == Delivery.issue_id)

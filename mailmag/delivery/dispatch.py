@@ -328,6 +328,8 @@ class Dispatcher:
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
         self._unbelieved: list[int] = []  # addresses refused since a message was accepted (_hold)
+        self._accepted = 0  # messages the relay accepted in this run, and addresses it refused
+        self._refused_addresses: set[int] = set()
         self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
@@ -396,7 +398,7 @@ class Dispatcher:
                     self.stop.wait(self.services.config.smtp.throttle_seconds)
                     continue
                 owner, batch = self._claim()
-                if not batch and self._unbelieved and self._relay_confirmed:
+                if not batch and self._unbelieved and self._refusals_believable():
                     self._ask_again()  # the list's last refusals: nothing more to be accepted after them
                     continue
                 if not batch:
@@ -702,6 +704,8 @@ class Dispatcher:
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
+        with self._relay_lock:
+            self._accepted += 1
         if self._unbelieved:
             self._ask_again()
         if not self._relay_confirmed or self._relay_down:
@@ -807,9 +811,12 @@ class Dispatcher:
         raise TransportError(f"{why}; those messages wait for their retry, marked ambiguous")
 
     def _fail(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
-        if failure.kind in (ADDRESS, MAILBOX) and outbox.REASKED not in delivery.last_reply:
-            self._hold(owner, delivery, failure)
-            return
+        if failure.kind in (ADDRESS, MAILBOX):
+            with self._relay_lock:
+                self._refused_addresses.add(delivery.id)
+            if outbox.REASKED not in delivery.last_reply or not self._refusals_believable():
+                self._hold(owner, delivery, failure)
+                return
         if failure.kind == RELAY:
             self._release(owner, [delivery])
             why = (f"the relay refuses to relay our mail ({failure}); nobody was marked failed: check "
@@ -864,6 +871,9 @@ class Dispatcher:
             self._lost(delivery, f"the relay refused it ({failure}), and")
             return
         self.stats.add("deferred")
+        if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so
+            self._relay_trouble(f"the relay refused more recipients' addresses than it accepted messages "
+                                f"(last: {failure}); nobody is marked bounced until it accepts more")
         with self._relay_lock:
             self._unbelieved.append(delivery.id)
             held = len(self._unbelieved)
@@ -874,6 +884,15 @@ class Dispatcher:
                    "relay's settings")
             self._relay_trouble(why)
             raise TransportError(why, fixes=[Fix("deliver_again")])
+
+    def _refusals_believable(self) -> bool:
+        """Whether the relay's address refusals may be believed in this run: it has accepted at
+        least as many messages as it refused addresses (each counted once). A smarthost that
+        accepts only its own mailbox refuses far more than it accepts; a list's bad addresses are
+        a few in a hundred. (A run counts afresh: a refusal asked again in an earlier run is not
+        believed on that.)"""
+        with self._relay_lock:
+            return self._accepted > 0 and self._accepted >= len(self._refused_addresses)
 
     def _ask_again(self) -> None:
         """A message was accepted: the refusals held before it are asked again now, and believed."""
