@@ -123,9 +123,15 @@ def wait(senders: list[Sender], once: bool, stop: threading.Event,
     first error any of them raised is raised once all have ended."""
     first = _wait(senders, once, stop, progress)
     total = _summed(senders)
-    if first is not None and not once and not stop.is_set():
+    # A stop of the whole group (systemd's) reaches the processes and this one at once, and a
+    # process may end before this one's handler has run: it is given a moment to.
+    if first is not None and not once and not stop.wait(STOP_GRACE_SECONDS):
         raise _ended_alone(senders, first)
     return total
+
+
+# How long a process that ended alone waits for the group's stop to reach this one (wait()).
+STOP_GRACE_SECONDS = 2.0
 
 
 @contextlib.contextmanager
