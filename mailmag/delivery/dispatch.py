@@ -328,8 +328,7 @@ class Dispatcher:
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
         self._unbelieved: list[int] = []  # addresses refused since a message was accepted (_hold)
-        self._accepted = 0  # messages the relay accepted in this run, and addresses it refused
-        self._refused_addresses: set[int] = set()
+        self._refused_addresses: set[int] = set()  # refused in this run (stats.sent: accepted)
         self._once = False
 
     def run(self, *, once: bool = False, poll_seconds: float = 2.0) -> Stats:
@@ -704,8 +703,6 @@ class Dispatcher:
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
-        with self._relay_lock:
-            self._accepted += 1
         if self._unbelieved:
             self._ask_again()
         if not self._relay_confirmed or self._relay_down:
@@ -892,7 +889,9 @@ class Dispatcher:
         a few in a hundred. (A run counts afresh: a refusal asked again in an earlier run is not
         believed on that.)"""
         with self._relay_lock:
-            return self._accepted > 0 and self._accepted >= len(self._refused_addresses)
+            refused = len(self._refused_addresses)
+        accepted = self.stats.sent
+        return accepted > 0 and accepted >= refused
 
     def _ask_again(self) -> None:
         """A message was accepted: the refusals held before it are asked again now, and believed."""
