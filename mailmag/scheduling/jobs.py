@@ -120,10 +120,14 @@ def last_send_run(session: Session, issue: Issue) -> JobRun | None:
     )
 
 
-def sends_not_made(session: Session) -> dict[int, JobRun]:
-    """Drafts whose latest timed send did not happen (missed: `mailmag run` was not running;
-    failed), by issue id: the console shows why a scheduled issue is a draft again."""
-    drafts = session.scalars(select(Issue.id).where(Issue.status == "draft")).all()
+def sends_not_made(session: Session, issue_id: int | None = None) -> dict[int, JobRun]:
+    """Drafts (or the one draft `issue_id`) whose latest timed send did not happen (missed:
+    `mailmag run` was not running; failed), by issue id: the console shows why a scheduled
+    issue is a draft again."""
+    query = select(Issue.id).where(Issue.status == "draft")
+    if issue_id is not None:
+        query = query.where(Issue.id == issue_id)
+    drafts = session.scalars(query).all()
     if not drafts:
         return {}
     by_job = {send_job_id(issue_id): issue_id for issue_id in drafts}

@@ -62,7 +62,7 @@ def show(issue_id: int) -> Any:
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
             notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
-            not_made=jobs.sends_not_made(db).get(issue.id),
+            not_made=jobs.sends_not_made(db, issue.id).get(issue.id),
         )
 
 
