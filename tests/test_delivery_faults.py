@@ -68,6 +68,16 @@ def subscriber_states(services: Services) -> set[str]:
         return set(session.scalars(select(Subscriber.status)))
 
 
+def sending_to(services: Services, addresses: list[str]) -> Issue:
+    """An issue being sent to exactly these subscribers, in this order (their ids)."""
+    issue = prepare_send(services, 0)
+    with services.session() as session:
+        for address in addresses:
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli"))
+        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    return issue
+
+
 # -- 1. crashes do not turn unsent rows into give-ups ------------------------------------------
 
 
@@ -600,11 +610,7 @@ def test_content_refusals_stop_the_run_and_leave_the_subscribers_alone(config, s
 
 def test_policy_refusals_from_many_domains_stop_the_run(config, smtp_server):
     services = make_services(config, smtp_server)
-    issue = prepare_send(services, 0)
-    with services.session() as session:
-        for i in range(8):
-            subscribers.add(session, subscribers.parse_address(f"reader@d{i}.example.jp"), Consent("cli"))
-        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    issue = sending_to(services, [f"reader@d{i}.example.jp" for i in range(8)])
     smtp_server.fail_next("rcpt", 550, "5.7.1 sender IP on a block list", times=None)
     try:
         with pytest.raises(TransportError, match="not the recipients'"):
@@ -621,11 +627,7 @@ def test_a_relay_that_refuses_every_address_from_the_start_bounces_nobody(config
     to every recipient: believed, it bounced the whole list, for good (coming back takes a new
     opt-in). Refusals before the relay accepted anything in the run are held and stop the run."""
     services = make_services(config, smtp_server)
-    issue = prepare_send(services, 0)
-    with services.session() as session:
-        for i in range(8):
-            subscribers.add(session, subscribers.parse_address(f"reader@d{i}.example.org"), Consent("cli"))
-        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    issue = sending_to(services, [f"reader@d{i}.example.org" for i in range(8)])
     smtp_server.fail_next("rcpt", 550, "5.1.1 <x>: Recipient address rejected: User unknown in local "
                                        "recipient table", times=None)
     try:
@@ -650,11 +652,7 @@ def test_a_relay_that_accepts_only_its_own_mailbox_bounces_nobody_else(config, s
     """The same smarthost takes the secretariat's own address (its one real local mailbox), often
     on the list: that one accepted message made every 5.1.1 after it believable."""
     services = make_services(config, smtp_server)
-    issue = prepare_send(services, 0)
-    with services.session() as session:
-        for address in ["office@example.jp", *(f"reader@d{i}.example.org" for i in range(8))]:
-            subscribers.add(session, subscribers.parse_address(address), Consent("cli"))
-        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    issue = sending_to(services, ["office@example.jp", *(f"reader@d{i}.example.org" for i in range(8))])
     for i in range(8):
         smtp_server.fail_rcpt(f"reader@d{i}.example.org", 550, "5.1.1 User unknown in local recipient table")
     try:
@@ -674,11 +672,7 @@ def test_a_relay_that_accepts_one_mailbox_of_a_small_list_bounces_nobody_run_aft
     asked again and believed (all bounced in one run), and a refusal asked again in one run was
     believed in the next even when that run accepted nothing."""
     services = make_services(config, smtp_server)
-    issue = prepare_send(services, 0)
-    with services.session() as session:
-        for address in [*(f"reader@d{i}.example.org" for i in range(4)), "office@example.jp"]:
-            subscribers.add(session, subscribers.parse_address(address), Consent("cli"))
-        outbox.enqueue(session, session.get(Issue, issue.id), "example.jp", "ja")
+    issue = sending_to(services, [*(f"reader@d{i}.example.org" for i in range(4)), "office@example.jp"])
     for i in range(4):
         smtp_server.fail_rcpt(f"reader@d{i}.example.org", 550, "5.1.1 User unknown in local recipient table")
     try:
