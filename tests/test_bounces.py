@@ -240,6 +240,23 @@ def test_a_report_naming_only_an_address_changes_nothing_and_stays_for_a_person(
     assert {subscriber(session, f"user{i}@example.jp").status for i in range(4)} == {"active"}
 
 
+def test_a_maildir_is_read_in_the_order_its_reports_arrived(session, config, tmp_path):
+    """A Maildir name holds its arrival time with the microseconds unpadded: read as text, a
+    report that came at .099999 s was listed (and took effect) after one that came at .100000 s."""
+    add_subscribers(session, 2)
+    send_issue(session, 1)
+    folder = write_maildir(tmp_path / "Maildir", [])
+    to = "bounces@example.jp"
+    arrived = {"1790000000.M99999P7Q1.mx": samples.postfix_dsn("user1@example.jp", to=to),
+               "1790000000.M100000P7Q2.mx": samples.arf_complaint("user0@example.jp", to=to),
+               "1790000001.M5P7Q3.mx": samples.postfix_dsn("user0@example.jp", to=to)}
+    for name, message in arrived.items():
+        (folder / "new" / name).write_bytes(message)
+    report = process(session, config, folder)
+    assert [where for where, _ in report.unmatched] == list(arrived)
+    assert {subscriber(session, f"user{i}@example.jp").status for i in range(2)} == {"active"}
+
+
 def test_forged_verp_tag_is_never_trusted(session, config, tmp_path):
     add_subscribers(session, 1)
     delivery = send_issue(session, 1)["user0@example.jp"]

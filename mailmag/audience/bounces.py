@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import logging
 import mailbox
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,13 +191,29 @@ def process_mailbox(
     report = Report()
     now = now or utcnow()
     try:
-        for key in sorted(box.keys()):
+        for key in sorted(box.keys(), key=_arrival):
             reading = _read(box, key, name(key), addresses.unsubscribe_address(config).lower(), report)
             if reading is not None:
                 _process(session, name(key), reading, config, secret, now, report)
     finally:
         box.close()
     return report
+
+
+# A Maildir file is named for when it arrived: seconds, then (Python, Postfix, Dovecot) an
+# "M" and the microseconds, written without leading zeros, so "M99999" sorts after "M100000"
+# as text. Reports are read, and listed for the user, in the order they arrived.
+_MAILDIR_NAME = re.compile(r"(\d+)\.(?:[^.]*?M(\d+))?")
+
+
+def _arrival(key: Any) -> tuple[int, int, str]:
+    """Where a mailbox key comes in arrival order: an mbox's number, or a Maildir name's time."""
+    if isinstance(key, int):
+        return key, 0, ""
+    match = _MAILDIR_NAME.match(key)
+    if match is None:
+        return 0, 0, key
+    return int(match[1]), int(match[2] or 0), key
 
 
 def _read(
