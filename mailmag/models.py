@@ -25,6 +25,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from mailmag import clock
 
+# No row's id reaches this (SQLite's INTEGER and PostgreSQL's BIGINT are 64-bit): a number at or
+# past it from a URL or a form names nothing (SQLite raised OverflowError for it: a 500).
+ID_LIMIT = 2**63
+
 
 def utcnow() -> dt.datetime:
     """Now, aware UTC: mailmag.clock's reading, so tests that move the clock move this too."""

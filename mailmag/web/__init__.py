@@ -23,6 +23,7 @@ from mailmag import text_ja
 from mailmag.audience import consent
 from mailmag.config import PACKAGE_TEMPLATES, Config, load_config
 from mailmag.errors import ConfigError, NotFound
+from mailmag.models import ID_LIMIT
 from mailmag.services import Services
 from mailmag.web import security
 from mailmag.web.cache import PageCache
@@ -104,7 +105,7 @@ class CanonicalInt(IntegerConverter):
 
     def to_python(self, value: str) -> int:
         number = int(super().to_python(value))
-        if number >= 2**63:  # no row has such an id (SQLite raised OverflowError: a 500, not a 404)
+        if number >= ID_LIMIT:  # no row has such an id: a 404
             raise ValidationError()
         return number
 

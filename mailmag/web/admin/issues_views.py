@@ -10,7 +10,7 @@ from mailmag.content import drafts, issues, transitions
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import AccessDenied, InvalidInput
-from mailmag.models import Issue, utcnow
+from mailmag.models import ID_LIMIT, Issue, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
 from mailmag.web import _, state
@@ -209,11 +209,11 @@ def _editions(issue: Issue, first: str) -> list[str]:
 
 
 def _int(raw: str) -> int:
-    """An item id from a form; beyond what a row can hold is no id either (not an OverflowError's 500)."""
+    """An item id from a form; beyond what a row can hold is no id either."""
     try:
         number = int(raw)
     except ValueError:
         number = -1
-    if not 0 < number < 2**63:
+    if not 0 < number < ID_LIMIT:
         raise InvalidInput(f"{raw!r} is not an item id", ja=f"「{raw}」は記事の ID ではありません")
     return number
