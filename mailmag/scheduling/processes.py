@@ -76,9 +76,11 @@ class Sender:
 
     def wrong(self, once: bool) -> bool:
         """This process failed, died, or (not `once`: a worker sends until stopped) ended."""
+        code = self.process.exitcode
+        if code is not None:  # it reported before it ended: read that first, or its end looks like a death
+            self.listen()
         if self.report is not None and self.report[1] is not None:
             return True
-        code = self.process.exitcode
         return code is not None and (code != 0 or self.report is None or not once)
 
 
