@@ -63,7 +63,7 @@ class _Fault:
     after: int = 0  # let this many matching commands pass first
     address: str | None = None  # just this recipient (RCPT, and a message's first one after it)
     stall: bool = False  # with reply None: say nothing and keep the connection open
-    delay: float = 0.0  # with reply None and no stall: wait this long, then answer as usual
+    delay: float = 0.0  # wait this long, then answer `reply` (None: as usual)
 
 
 class _Handler:
@@ -264,9 +264,11 @@ class SmtpServer:
         """Answer the next `times` commands of `stage` (after letting `after` pass) with `code text`."""
         self._add(_Fault(stage, _reply(code, text), times, after))
 
-    def fail_rcpt(self, address: str, code: int, text: str = "", *, times: int | None = None) -> None:
-        """Answer RCPT TO:<address> with `code text` (`times` None: every time)."""
-        self._add(_Fault("rcpt", _reply(code, text), times, 0, address.lower()))
+    def fail_rcpt(self, address: str, code: int, text: str = "", *, times: int | None = None,
+                  after: int = 0, delay: float = 0.0) -> None:
+        """Answer RCPT TO:<address> with `code text` (`times` None: every time), after letting
+        `after` of them pass, `delay` seconds late."""
+        self._add(_Fault("rcpt", _reply(code, text), times, after, address.lower(), delay=delay))
 
     def drop(self, stage: str, *, times: int | None = 1, after: int = 0, address: str | None = None) -> None:
         """Close the connection without replying at `stage` (after "after_data": the message is kept);
@@ -333,11 +335,11 @@ class SmtpServer:
         fault = self._take(stage, address)
         if fault is None:
             return None
+        if fault.delay:  # a slow relay: then the fault's reply, or the usual one
+            await asyncio.sleep(fault.delay)
+            return fault.reply
         if fault.reply is not None:
             return fault.reply
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-            return None
         if smtp.transport is not None and not fault.stall:
             smtp.transport.abort()  # no reply, no TLS goodbye: as if the cable were pulled
         if fault.stall:

@@ -632,7 +632,7 @@ def test_a_relay_that_refuses_every_address_from_the_start_bounces_nobody(config
                                        "recipient table", times=None)
     try:
         with pytest.raises(TransportError, match=r"refused [5-8] recipients' addresses with no message "
-                                                 r"accepted between .*nobody was marked bounced"):
+                                                 r"accepted between .*none of them was marked bounced"):
             run_once(services)
         c = counts(services, issue)
         assert (c.queued, c.failed, c.sent) == (8, 0, 0)
@@ -644,6 +644,70 @@ def test_a_relay_that_refuses_every_address_from_the_start_bounces_nobody(config
         run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
         assert counts(services, issue).sent == 8
         assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_relay_that_breaks_at_the_end_of_a_send_bounces_nobody(config, smtp_server, concurrency):
+    """The relay's user lookup breaks for the last messages of a send: 550 5.1.1 for everyone.
+    With nothing left to send, those refusals were asked again at once and believed (the run
+    had accepted more than it refused): real readers bounced, for good, and the stop message
+    said nobody was. The relay is now asked first whether it still takes an address it accepted."""
+    services = make_services(config, smtp_server)
+    readers = [f"reader{i}@d{i}.example.org" for i in range(10)]
+    issue = sending_to(services, readers)
+    smtp_server.fail_next("rcpt", 550, "5.1.1 User unknown in local recipient table", times=None, after=7)
+    try:
+        run_once(services, concurrency=concurrency)
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (7, 0, 3)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+        assert len(smtp_server.messages) == 7  # asking the relay sent nothing
+        smtp_server.clear_faults()  # mended: the three go when their retry comes
+        run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
+        assert counts(services, issue).sent == 10
+        assert sorted(smtp_server.recipients()) == sorted(readers)
+    finally:
+        services.close()
+
+
+def test_a_message_on_the_wire_when_the_relay_broke_does_not_vouch_for_its_refusals(config, smtp_server):
+    """A message whose RCPT the relay took before its lookup broke is accepted a moment later, after
+    another connection's 550 5.1.1: that acceptance had the refusal asked again and believed."""
+    services = make_services(config, smtp_server)
+    first, second = "reader0@d0.example.org", "reader1@d1.example.org"
+    issue = sending_to(services, [first, second])
+    unknown = "5.1.1 User unknown in local recipient table"
+    smtp_server.delay("data_end", 1.0)  # the first message's final dot is answered late
+    smtp_server.fail_rcpt(second, 550, unknown, delay=0.3)  # refused while the first one waits
+    smtp_server.fail_rcpt(first, 550, unknown, after=1)  # and the lookup broken after the first's RCPT
+    try:
+        run_once(services)
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (1, 0, 1)
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_unknown_addresses_at_the_end_of_a_list_are_believed_while_the_relay_works(
+        config, smtp_server, concurrency):
+    services = make_services(config, smtp_server)
+    issue = sending_to(services, [f"reader{i}@d{i}.example.org" for i in range(8)])
+    for i in (6, 7):
+        smtp_server.fail_rcpt(f"reader{i}@d{i}.example.org", 550, "5.1.1 User unknown")
+    try:
+        run_once(services, concurrency=concurrency)
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (6, 2, 0)
+        with services.session() as session:
+            bounced = set(session.scalars(select(Subscriber.email).where(Subscriber.status == "bounced")))
+        assert bounced == {"reader6@d6.example.org", "reader7@d7.example.org"}
+        assert len(smtp_server.messages) == 6
     finally:
         services.close()
 

@@ -45,12 +45,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailmag import clock, db, links
+from mailmag import addresses, clock, db, links
 from mailmag.addresses import make_message_id
 from mailmag.config import Config
 from mailmag.delivery import messages, outbox, wire
@@ -233,6 +234,15 @@ class _Withdrawn(Exception):
     """The delivery being sent may no longer go (asked again after the previous result was recorded)."""
 
 
+class Accepted(NamedTuple):
+    """A message the relay accepted, until its result is committed."""
+
+    owner: str
+    delivery: outbox.Claimed
+    reply: str
+    began: float  # time.monotonic() when its transaction began: what it says of refusals (_counted)
+
+
 class Unrecorded:
     """A sending thread's accepted message whose `sent` result is not committed yet (at most one).
 
@@ -244,16 +254,16 @@ class Unrecorded:
     """
 
     def __init__(self) -> None:
-        self._held: tuple[str, outbox.Claimed, str] | None = None
+        self._held: Accepted | None = None
 
-    def hold(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
+    def hold(self, accepted: Accepted) -> None:
         assert self._held is None, "a result was left unrecorded"
-        self._held = (owner, delivery, reply)
+        self._held = accepted
 
-    def peek(self) -> tuple[str, outbox.Claimed, str] | None:
+    def peek(self) -> Accepted | None:
         return self._held
 
-    def take(self) -> tuple[str, outbox.Claimed, str] | None:
+    def take(self) -> Accepted | None:
         held, self._held = self._held, None
         return held
 
@@ -327,7 +337,10 @@ class Dispatcher:
         self._relay_lock = threading.Lock()
         self._relay_down = False
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
-        self._unbelieved: list[int] = []  # addresses refused since a message was accepted (_hold)
+        # addresses refused and not believed yet, and when (time.monotonic()) each last was (_hold)
+        self._unbelieved: dict[int, float] = {}
+        self._last_accepted = ""  # the recipient of a message the relay accepted in this run
+        self._probed = 0.0  # when the relay was last asked whether it takes that one (_tail_refusals)
         self._refused_addresses: set[int] = set()  # refused in this run (stats.sent: accepted)
         self._once = False
 
@@ -397,8 +410,7 @@ class Dispatcher:
                     self.stop.wait(self.services.config.smtp.throttle_seconds)
                     continue
                 owner, batch = self._claim()
-                if not batch and self._unbelieved and self._refusals_believable():
-                    self._ask_again()  # the list's last refusals: nothing more to be accepted after them
+                if not batch and self._tail_refusals(connection):
                     continue
                 if not batch:
                     if once and not self._anything_due():
@@ -644,6 +656,7 @@ class Dispatcher:
         if isinstance(built, MailmagError):  # no rendering, the database gone: stop, as before any send
             raise built
         envelope_from, data = built
+        began = time.monotonic()
         try:
             reply = wire.send_prepared(connection, envelope_from, delivery.email, data,
                                        meanwhile=functools.partial(self._record_now, unrecorded, may_go))
@@ -663,7 +676,7 @@ class Dispatcher:
             self._fail(owner, delivery, failure)
             return _Next.ON
         result = _marked(delivery, reply.reply)
-        unrecorded.hold(owner, delivery, result)
+        unrecorded.hold(Accepted(owner, delivery, result, began))
         self._start_sent(owner, delivery.id, result)
         if self.progress:  # the relay has it; its result is committed during the next send
             self.progress(1)
@@ -676,11 +689,10 @@ class Dispatcher:
         held = unrecorded.peek()
         if held is None:
             return  # nothing waited: the delivery was asked just before its send
-        owner, delivery, reply = held
         started = time.monotonic()
-        recorded = self._record_sent(owner, delivery.id, reply)
+        recorded = self._record_sent(held.owner, held.delivery.id, held.reply)
         unrecorded.take()
-        self._counted(delivery, recorded, reply)
+        self._counted(held, recorded)
         if not may_go(time.monotonic() - started > RECORD_WAITED_SECONDS):
             raise _Withdrawn()
 
@@ -688,23 +700,26 @@ class Dispatcher:
         """Commit the held result now; while the database is away, no next message."""
         held = unrecorded.take()
         if held is not None:
-            self._sent(*held)
+            self._sent(held)
 
-    def _sent(self, owner: str, delivery: outbox.Claimed, reply: str) -> None:
+    def _sent(self, accepted: Accepted) -> None:
+        owner, delivery, reply, _ = accepted
         recorded = self.database.call(lambda: self._record_sent(owner, delivery.id, reply))
-        self._counted(delivery, recorded, reply)
+        self._counted(accepted, recorded)
 
-    def _counted(self, delivery: outbox.Claimed, recorded: bool, reply: str) -> None:
+    def _counted(self, accepted: Accepted, recorded: bool) -> None:
         """A result written (`recorded`), or refused because the lease had passed."""
+        delivery, reply = accepted.delivery, accepted.reply
         if not recorded and not self.database.call(lambda: self._sent_unclaimed(delivery.id, reply)):
             self._lost(delivery)
             return
         self.stats.add("sent")
+        self._last_accepted = delivery.email
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
         if self._unbelieved:
-            self._ask_again()
+            self._ask_again(accepted.began)
         if not self._relay_confirmed or self._relay_down:
             self._relay_reached()
 
@@ -845,12 +860,14 @@ class Dispatcher:
     def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         """A recipient's address refused: not believed until the relay accepts another message
         after it. A relay set up wrong (one that takes every domain for its own, and accepts
-        only its own mailbox, or nothing) refuses everyone so (550 5.1.1 User unknown), and
-        believing it would bounce the whole list off it, for good (coming back takes a new
-        opt-in). The message waits; the next accepted message has it asked again, and that
-        answer is believed (_fail), as when nothing else is left to send and the relay accepted
-        mail in this run. refusals_to_stop of them with no message accepted between stop the
-        run. One past [retry] lifetime_seconds is believed as it stands."""
+        only its own mailbox, or nothing), or one whose user lookup broke mid-send, refuses
+        everyone so (550 5.1.1 User unknown), and believing it would bounce real readers off
+        the list, for good (coming back takes a new opt-in). The message waits; a message
+        accepted after it (one whose transaction began after the refusal) has it asked again,
+        and that answer is believed (_fail). Refusals after the list's last accepted message
+        wait for their retry and the next acceptance: nothing else says the relay still works.
+        refusals_to_stop of them with no message accepted between stop the run. One past
+        [retry] lifetime_seconds is believed as it stands."""
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
         retry = self.services.config.retry
@@ -872,12 +889,12 @@ class Dispatcher:
             self._relay_trouble(f"the relay refused more recipients' addresses than it accepted messages "
                                 f"(last: {failure}); nobody is marked bounced until it accepts more")
         with self._relay_lock:
-            self._unbelieved.append(delivery.id)
+            self._unbelieved[delivery.id] = time.monotonic()
             held = len(self._unbelieved)
         if held >= self.refusals.limit:
             why = (f"the relay refused {held} recipients' addresses with no message accepted between (last: "
-                   f"{failure}): it may not relay for us, or take their domains for its own; nobody was "
-                   "marked bounced, and those messages wait for their retry: check [smtp] host and the "
+                   f"{failure}): it may not relay for us, or take their domains for its own; none of them "
+                   "was marked bounced, and those messages wait for their retry: check [smtp] host and the "
                    "relay's settings")
             self._relay_trouble(why)
             raise TransportError(why, fixes=[Fix("deliver_again")])
@@ -893,16 +910,37 @@ class Dispatcher:
         accepted = self.stats.sent
         return accepted > 0 and accepted >= refused
 
-    def _ask_again(self) -> None:
-        """A message was accepted: the refusals held before it are asked again now, and believed."""
+    def _ask_again(self, began: float) -> None:
+        """A message whose transaction began at `began` was accepted: the refusals held before
+        then are asked again now, and believed. One held while it was on the wire is not: its
+        RCPT may have been accepted before the relay broke."""
         with self._relay_lock:
-            held, self._unbelieved = self._unbelieved, []
+            held = [delivery_id for delivery_id, at in self._unbelieved.items() if at < began]
+            for delivery_id in held:
+                del self._unbelieved[delivery_id]
         if held:
             def work() -> None:
                 with self._writing() as session:
                     outbox.due_again(session, held, self.clock())
 
             self.database.call(work)
+
+    def _tail_refusals(self, connection: Connection) -> bool:
+        """Refusals after the list's last accepted message have no later message to vouch for the
+        relay, and a relay whose user lookup broke at the end of a send refuses just so. It is
+        asked whether it still takes an address it accepted in this run (MAIL and RCPT, then
+        RSET: nothing is sent); if it does, they are asked again now (True). Asked once for each
+        new refusal, not in a loop while they wait for their retry."""
+        with self._relay_lock:
+            fresh = any(at > self._probed for at in self._unbelieved.values())
+        if not fresh or not self._last_accepted or not self._refusals_believable():
+            return False
+        began = self._probed = time.monotonic()
+        bounces = addresses.bounce_address(self.services.config)
+        if not connection.accepts(bounces, self._last_accepted):
+            return False
+        self._ask_again(began)
+        return True
 
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
