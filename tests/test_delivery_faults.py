@@ -33,7 +33,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.config import DatabaseConfig, DispatchConfig, RetryConfig, load_config
 from mailmag.content import transitions
 from mailmag.delivery import outbox
-from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.dispatch import NOT_BELIEVED, Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import DatabaseError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Subscriber, utcnow
@@ -708,6 +708,32 @@ def test_unknown_addresses_at_the_end_of_a_list_are_believed_while_the_relay_wor
             bounced = set(session.scalars(select(Subscriber.email).where(Subscriber.status == "bounced")))
         assert bounced == {"reader6@d6.example.org", "reader7@d7.example.org"}
         assert len(smtp_server.messages) == 6
+    finally:
+        services.close()
+
+
+def test_refusals_held_before_do_not_stop_a_retry_on_a_working_relay(config, smtp_server):
+    """A retry's due rows start with the addresses held in an earlier try: refused again before
+    any message was accepted, five of them stopped a run on a healthy relay ("it may not relay
+    for us") and showed the issue as waiting for the relay, the readers behind them unsent."""
+    services = make_services(config, smtp_server)
+    dead = [f"gone{i}@d{i}.example.org" for i in range(5)]
+    issue = sending_to(services, [*dead, *(f"reader{i}@d{i}.example.org" for i in range(10))])
+    held = f"550 5.1.1 User unknown ({NOT_BELIEVED})"  # as _hold leaves a refusal it did not believe
+    with services.session() as session:
+        due_first = utcnow() - dt.timedelta(hours=1)
+        session.execute(update(Delivery).where(Delivery.email.in_(dead))
+                        .values(last_reply=held, attempts=1, next_attempt_at=due_first))
+    for address in dead:
+        smtp_server.fail_rcpt(address, 550, "5.1.1 User unknown")
+    try:
+        run_once(services, concurrency=1)
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (10, 5, 0)
+        with services.session() as session:
+            assert session.get(Issue, issue.id).relay_error is None
+            bounced = set(session.scalars(select(Subscriber.email).where(Subscriber.status == "bounced")))
+        assert bounced == set(dead)
     finally:
         services.close()
 

@@ -154,6 +154,10 @@ def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> st
     return f"{mark} before; {reply}" if delivery.last_reply.startswith(mark) else reply
 
 
+# How a held address refusal's last_reply says so (_hold).
+NOT_BELIEVED = "not believed yet: no message accepted since"
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -339,6 +343,7 @@ class Dispatcher:
         self._relay_confirmed = False  # a message went out in this run: no issue waits for the relay
         # addresses refused and not believed yet, and when (time.monotonic()) each last was (_hold)
         self._unbelieved: dict[int, float] = {}
+        self._new_refusals: set[int] = set()  # of those, refused in this run for the first time
         self._last_accepted = ""  # the recipient of a message the relay accepted in this run
         self._probed = 0.0  # when the relay was last asked whether it takes that one (_tail_refusals)
         self._refused_addresses: set[int] = set()  # refused in this run (stats.sent: accepted)
@@ -866,7 +871,7 @@ class Dispatcher:
         accepted after it (one whose transaction began after the refusal) has it asked again,
         and that answer is believed (_fail). Refusals after the list's last accepted message
         wait for their retry and the next acceptance: nothing else says the relay still works.
-        refusals_to_stop of them with no message accepted between stop the run. One past
+        refusals_to_stop of them new in this run with no message accepted between stop the run. One past
         [retry] lifetime_seconds is believed as it stands."""
         now = self.clock()
         age = (now - delivery.created_at).total_seconds()
@@ -875,7 +880,7 @@ class Dispatcher:
             self._believe(owner, delivery, failure)
             return
         at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-        reply = _marked(delivery, f"{failure} (not believed yet: no message accepted since)")
+        reply = _marked(delivery, f"{failure} ({NOT_BELIEVED})")
 
         def work() -> bool:
             with self._writing() as session:
@@ -888,9 +893,15 @@ class Dispatcher:
         if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so
             self._relay_trouble(f"the relay refused more recipients' addresses than it accepted messages "
                                 f"(last: {failure}); nobody is marked bounced until it accepts more")
+        # One held in an earlier try as well (a retry's due rows are such refusals first) says
+        # nothing new about the relay: counted, a healthy relay stopped the run before its first
+        # accepted message, and was shown as "waiting for the relay".
+        held_before = NOT_BELIEVED in delivery.last_reply
         with self._relay_lock:
             self._unbelieved[delivery.id] = time.monotonic()
-            held = len(self._unbelieved)
+            if not held_before:
+                self._new_refusals.add(delivery.id)
+            held = len(self._new_refusals)
         if held >= self.refusals.limit:
             why = (f"the relay refused {held} recipients' addresses with no message accepted between (last: "
                    f"{failure}): it may not relay for us, or take their domains for its own; none of them "
@@ -918,6 +929,7 @@ class Dispatcher:
             held = [delivery_id for delivery_id, at in self._unbelieved.items() if at < began]
             for delivery_id in held:
                 del self._unbelieved[delivery_id]
+            self._new_refusals.difference_update(held)
         if held:
             def work() -> None:
                 with self._writing() as session:
