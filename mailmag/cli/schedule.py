@@ -16,6 +16,7 @@ from mailmag.config import Config
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.node import Node
+from mailmag.scheduling.signals import stop_on_signals
 from mailmag.scheduling.when import cron_trigger, next_fire_time
 
 
@@ -121,17 +122,12 @@ def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int |
     node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency,
                 processes=processes)
 
-    def stop(signum: int, _frame: object) -> None:
-        logging.getLogger("mailmag").info("%s: stopping after the jobs and messages in flight",
-                                          signal.Signals(signum).name)
-        node.stop.set()
+    def stop(sig: signal.Signals) -> None:  # in stop_on_signals' thread, not a signal handler
+        node.stop.set()  # first: nothing that fails after it (stderr gone) may keep us going
+        logging.getLogger("mailmag").info("%s: stopping after the jobs and messages in flight", sig.name)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals(stop):
         node.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     click.echo("stopped", err=True)
 
 

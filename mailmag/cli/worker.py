@@ -7,7 +7,7 @@ import datetime as dt
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import click
 
@@ -18,6 +18,7 @@ from mailmag.delivery.transports import make_transport
 from mailmag.models import utcnow
 from mailmag.scheduling.processes import run_processes
 from mailmag.scheduling.sending import make_dispatcher
+from mailmag.scheduling.signals import stop_on_signals
 from mailmag.services import Services
 
 
@@ -76,20 +77,14 @@ def _deliver(services: Services, once: bool, concurrency: int | None, processes:
                              once=once, stop=stop, progress=progress)
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def _stop_on_signals(stop: threading.Event) -> contextlib.AbstractContextManager[None]:
     """SIGINT/SIGTERM: finish the message in flight, hand the rest of the batch back."""
 
-    def handler(signum: int, _frame: object) -> None:
-        click.echo(f"stopping ({signal.Signals(signum).name}): finishing messages in flight", err=True)
-        stop.set()
+    def stopping(sig: signal.Signals) -> None:  # in stop_on_signals' thread, not a signal handler
+        stop.set()  # first: nothing that fails after it (stderr gone) may keep us going
+        click.echo(f"stopping ({sig.name}): finishing messages in flight", err=True)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler_before in previous.items():
-            signal.signal(sig, handler_before)
+    return stop_on_signals(stopping)
 
 
 @contextlib.contextmanager

@@ -33,11 +33,11 @@ from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import Throttle
 from mailmag.errors import ConfigError, Fix, MailmagError
 from mailmag.scheduling.sending import deliver_until_stopped, make_dispatcher
+from mailmag.scheduling.signals import STOPS, stop_on_signals
 from mailmag.services import Services
 
 _COUNTED = ("sent", "failed", "deferred", "lost", "ambiguous")
 _NOTES = ("unreachable", "held_back")  # the first process's that has one is the worker's
-_STOPS = {signal.SIGTERM, signal.SIGINT}
 Report = tuple[dict[str, Any], "BaseException | None"]  # a process's counts, and why it failed
 
 
@@ -141,7 +141,7 @@ def _stops_held() -> Iterator[None]:
     """SIGTERM and SIGINT wait while processes start: a process forked with them blocked lets
     them in once its own handlers are set, and the worker's own once all have started (the
     handler a fork inherits stops nothing of the new process's)."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
         yield
     finally:
@@ -229,44 +229,43 @@ def _child(config: Config, concurrency: int, once: bool, service: bool, accepted
     stop = threading.Event()  # a signal before the dispatcher exists stops it as soon as it does
     current: list[Dispatcher] = []
 
-    def stopped(_signum: int, _frame: object) -> None:
-        stop.set()
+    def stopped(_sig: signal.Signals) -> None:  # in stop_on_signals' thread, not a signal handler
+        stop.set()  # before current is read, as new_dispatcher appends before it reads stop
         for dispatcher in current[-1:]:
             dispatcher.stop.set()
 
-    for sig in _STOPS:
-        signal.signal(sig, stopped)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a stop sent while this process started lands now
-    _stop_with(parent)
-    _titled(multiprocessing.current_process().name)
-    services = Services(config)
-    tick = None if accepted is None else _counter(accepted)
+    with stop_on_signals(stopped):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a stop sent while this process started lands now
+        _stop_with(parent)
+        _titled(multiprocessing.current_process().name)
+        services = Services(config)
+        tick = None if accepted is None else _counter(accepted)
 
-    def new_dispatcher() -> Dispatcher:
-        current.append(make_dispatcher(services, make_transport(config), concurrency=concurrency,
-                                       progress=tick, limiter=relay.limiter, throttle=relay.throttle,
-                                       first_connection=relay.first_connection))
-        if stop.is_set():
-            current[-1].stop.set()
-        return current[-1]
+        def new_dispatcher() -> Dispatcher:
+            current.append(make_dispatcher(services, make_transport(config), concurrency=concurrency,
+                                           progress=tick, limiter=relay.limiter, throttle=relay.throttle,
+                                           first_connection=relay.first_connection))
+            if stop.is_set():
+                current[-1].stop.set()
+            return current[-1]
 
-    counts: dict[str, Any] = {}
-    failure: BaseException | None = None
-    try:
-        if service:
-            deliver_until_stopped(services, stop, new_dispatcher)
-        else:
-            counts = _counts(new_dispatcher().run(once=once), (*_COUNTED, *_NOTES))
-    except MailmagError as exc:
-        failure = exc
-    except Exception as exc:  # reported as one line; the process's own traceback is on stderr
-        failure = MailmagError(f"a sending process failed: {exc!r}")
-        raise
-    finally:
-        if not counts and current:
-            counts = _counts(current[-1].stats, _COUNTED)
-        report.send((counts, failure))
-        services.close()
+        counts: dict[str, Any] = {}
+        failure: BaseException | None = None
+        try:
+            if service:
+                deliver_until_stopped(services, stop, new_dispatcher)
+            else:
+                counts = _counts(new_dispatcher().run(once=once), (*_COUNTED, *_NOTES))
+        except MailmagError as exc:
+            failure = exc
+        except Exception as exc:  # reported as one line; the process's own traceback is on stderr
+            failure = MailmagError(f"a sending process failed: {exc!r}")
+            raise
+        finally:
+            if not counts and current:
+                counts = _counts(current[-1].stats, _COUNTED)
+            report.send((counts, failure))
+            services.close()
 
 
 def _counts(stats: Stats, fields: tuple[str, ...]) -> dict[str, Any]:
