@@ -51,7 +51,7 @@ from sqlalchemy import Connection as DbConnection
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailmag import addresses, clock, db, links
+from mailmag import clock, db, links
 from mailmag.addresses import make_message_id
 from mailmag.config import Config
 from mailmag.delivery import messages, outbox, wire
@@ -344,8 +344,6 @@ class Dispatcher:
         # addresses refused and not believed yet, and when (time.monotonic()) each last was (_hold)
         self._unbelieved: dict[int, float] = {}
         self._new_refusals: set[int] = set()  # of those, refused in this run for the first time
-        self._last_accepted = ""  # the recipient of a message the relay accepted in this run
-        self._probed = 0.0  # when the relay was last asked whether it takes that one (_tail_refusals)
         self._refused_addresses: set[int] = set()  # refused in this run (stats.sent: accepted)
         self._once = False
 
@@ -415,8 +413,6 @@ class Dispatcher:
                     self.stop.wait(self.services.config.smtp.throttle_seconds)
                     continue
                 owner, batch = self._claim()
-                if not batch and self._tail_refusals(connection):
-                    continue
                 if not batch:
                     if once and not self._anything_due():
                         return
@@ -719,7 +715,6 @@ class Dispatcher:
             self._lost(delivery)
             return
         self.stats.add("sent")
-        self._last_accepted = delivery.email
         self.throttle.accepted()
         self.refusals.accepted()
         self.drops.accepted()
@@ -870,7 +865,10 @@ class Dispatcher:
         the list, for good (coming back takes a new opt-in). The message waits; a message
         accepted after it (one whose transaction began after the refusal) has it asked again,
         and that answer is believed (_fail). Refusals after the list's last accepted message
-        wait for their retry and the next acceptance: nothing else says the relay still works.
+        wait for their retry and the next acceptance (another issue's, or past the lifetime):
+        nothing else says the relay still works. A probe (MAIL, RCPT of an address it took,
+        RSET) was tried and dropped: a relay that caches the addresses it verified, or treats
+        the probe's sender apart, says yes to it and still refuses everyone new.
         refusals_to_stop of them new in this run with no message accepted between stop the run. One past
         [retry] lifetime_seconds is believed as it stands."""
         now = self.clock()
@@ -936,23 +934,6 @@ class Dispatcher:
                     outbox.due_again(session, held, self.clock())
 
             self.database.call(work)
-
-    def _tail_refusals(self, connection: Connection) -> bool:
-        """Refusals after the list's last accepted message have no later message to vouch for the
-        relay, and a relay whose user lookup broke at the end of a send refuses just so. It is
-        asked whether it still takes an address it accepted in this run (MAIL and RCPT, then
-        RSET: nothing is sent); if it does, they are asked again now (True). Asked once for each
-        new refusal, not in a loop while they wait for their retry."""
-        with self._relay_lock:
-            fresh = any(at > self._probed for at in self._unbelieved.values())
-        if not fresh or not self._last_accepted or not self._refusals_believable():
-            return False
-        began = self._probed = time.monotonic()
-        bounces = addresses.bounce_address(self.services.config)
-        if not connection.accepts(bounces, self._last_accepted):
-            return False
-        self._ask_again(began)
-        return True
 
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
 from mailmag.delivery import wireform
-from mailmag.delivery.transports import LOCAL, DeliveryFailure, PermanentFailure, Sent, TemporaryFailure
+from mailmag.delivery.transports import LOCAL, PermanentFailure, Sent, TemporaryFailure
 from mailmag.errors import ConfigError, MailmagError, TransportError
 
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
@@ -156,24 +156,6 @@ class SmtpConnection:
                 return self._transaction(envelope_from, recipient, message, False)
         finally:
             self._meanwhile = None
-
-    def accepts(self, envelope_from: str, recipient: str) -> bool:
-        """Whether the relay takes `recipient` now: MAIL FROM and RCPT TO, then RSET, so no
-        message goes (as a callout verification does). False when it refuses either, or no
-        session opens."""
-        try:
-            if self._smtp is None:
-                self.open()
-            recipient = addr_spec(recipient)
-            options = "" if recipient.isascii() else self._smtputf8(envelope_from, recipient)
-            code, _ = self._command("mail", f"FROM:<{envelope_from}>{options}", "MAIL FROM")
-            if code == 250:
-                code, _ = self._command("rcpt", f"TO:<{recipient}>", "RCPT TO")
-            self._reset()
-        except (MailmagError, DeliveryFailure):  # dropped, timed out, refused: no sign that the relay works
-            self._drop()
-            return False
-        return code in (250, 251)
 
     def _overlap(self) -> None:
         """The caller's `meanwhile`, once; MAIL FROM may be on the wire, so an error drops the session."""

@@ -104,10 +104,6 @@ class Connection(Protocol):
 
     def send(self, envelope_from: str, recipient: str, message: bytes) -> Sent: ...
 
-    def accepts(self, envelope_from: str, recipient: str) -> bool:
-        """Whether the relay takes `recipient` now, asked without sending anything."""
-        ...
-
     def close(self) -> None: ...
 
 
@@ -210,9 +206,6 @@ class FileConnection:
         except OSError as exc:
             raise self._transport._error(exc) from exc
 
-    def accepts(self, envelope_from: str, recipient: str) -> bool:
-        return True  # a folder refuses no address
-
     def close(self) -> None:
         pass
 
@@ -255,10 +248,6 @@ class MemoryTransport:
             self.messages.append(Delivered(envelope_from, recipient, message))
         return Sent()
 
-    def accepts(self, recipient: str) -> bool:
-        with self._lock:
-            return recipient not in self._failures
-
     def to(self, recipient: str) -> list[bytes]:
         """The messages delivered to one recipient, oldest first."""
         with self._lock:
@@ -272,9 +261,6 @@ class MemoryConnection:
 
     def send(self, envelope_from: str, recipient: str, message: bytes) -> Sent:
         return self._transport.deliver(envelope_from, recipient, message)
-
-    def accepts(self, envelope_from: str, recipient: str) -> bool:
-        return self._transport.accepts(recipient)
 
     def close(self) -> None:
         self.closed = True
