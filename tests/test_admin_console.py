@@ -18,7 +18,7 @@ from mailmag.audience.subscribers import Consent
 from mailmag.content import items, orgs
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
-from mailmag.models import Delivery, Issue, Item, utcnow
+from mailmag.models import Delivery, Issue, Item, Subscriber, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.sending import make_dispatcher
 
@@ -173,6 +173,24 @@ def test_failures_and_reasons_show_on_the_issue(mail_console, smtp_server):
     page = client.get(issue_path).text
     assert "reader0@example.jp" in page and "no such user" in page
     assert "reader1@example.jp" not in page
+
+
+def test_a_refusal_not_believed_yet_shows_apart_from_the_failures(mail_console, smtp_server):
+    """The last reader's address refused after every accepted message: held, not failed, until
+    the relay accepts a message after it (dispatch._hold). The page showed "pending 1" only."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
+    smtp_server.fail_rcpt("reader1@example.jp", 550, "5.1.1 no such user")
+    issue_path = _sent(client, token, ids[0])
+    _deliver(services)
+    page = client.get(issue_path).text
+    assert "届かなかった宛先" not in page and "not believed" not in page
+    held = page.split("拒否されたが、まだ配信不能としていない宛先", 1)[1]
+    assert "reader1@example.jp — 550 5.1.1 no such user · 次の確認: 20" in held
+    assert "reader0@example.jp" not in page
+    with services.session() as session:
+        reader1 = select(Subscriber.status).where(Subscriber.email == "reader1@example.jp")
+        assert session.scalar(reader1) == "active"
 
 
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):

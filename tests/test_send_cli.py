@@ -141,3 +141,24 @@ def test_worker_once_with_the_hourly_limit_reached_says_when_to_run_again(compos
     assert "run the worker again then" in result.stderr
     after = status(composed)
     assert (after["status"], after["sent"], after["pending"]) == ("sending", 1, 1)
+
+
+def test_issues_status_lists_refused_addresses_it_does_not_believe_yet(composed, smtp_server, config_file):
+    """The last reader's address refused after every accepted message waits, not bounced
+    (a relay whose lookup broke refuses everyone so). `issues status` said only "pending 1":
+    not whom, nor the relay's words, nor when it is asked again."""
+    text = config_file.read_text().replace('transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                           f'port = {smtp_server.port}\nsecurity = "none"\n'
+                                           'max_connections = 1\nrate_per_second = 0')
+    config_file.write_text(text)
+    smtp_server.fail_rcpt("b@example.jp", 550, "5.1.1 no such user")
+    composed.ok("issues", "send", "1", "--yes")
+    assert composed.ok("worker", "--once").stdout.strip() == "sent 1, failed 0, deferred 1"
+    after = status(composed)
+    assert (after["sent"], after["failed"], after["pending"], after["held_refusals"]) == (1, 0, 1, 1)
+    shown = composed.ok("issues", "status", "1").stdout
+    assert "refused, not believed yet: 1 address" in shown
+    assert "  b@example.jp: 550 5.1.1 no such user; next try 20" in shown
+    assert "not believed yet: no message" not in shown  # the marker is the row's, not the reader's
+    listed = composed.ok("subscribers", "list", "--status", "active").stdout
+    assert "b@example.jp" in listed

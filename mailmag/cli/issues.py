@@ -18,6 +18,7 @@ from mailmag import topics
 from mailmag.audience import subscribers
 from mailmag.cli import fixes
 from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json, window_note
+from mailmag.config import Config
 from mailmag.content import issues, transitions
 from mailmag.delivery import dispatch, messages, outbox
 from mailmag.delivery.transports import make_transport
@@ -28,6 +29,7 @@ from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
 
 _ID: dict[str, Any] = {"metavar": "ID", "type": int}
+HELD_SHOWN = 10  # held address refusals `issues status` lists one by one
 
 
 @click.group(name="issues")
@@ -237,6 +239,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
         ambiguous = outbox.ambiguous_count(session, issue.id)
+        held = outbox.held_refusals(session, issue.id, limit=HELD_SHOWN)
+        held_count = outbox.held_refusal_count(session, issue.id) if len(held) == HELD_SHOWN else len(held)
         missed = jobs.last_send_run(session, issue)
         waiting = waiting_for_window(counts.pending, utcnow(), app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
@@ -245,7 +249,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "audience": reached, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
-            "ambiguous": ambiguous,
+            "ambiguous": ambiguous, "held_refusals": held_count,
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
@@ -270,6 +274,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if ambiguous:
         click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
                    "died sending it; last_reply starts with 'ambiguous')")
+    if held_count:
+        _say_held(held, held_count, app.config)
     if waiting is not None:
         click.echo(waiting_note(waiting, app.config))
     if missed is not None and missed.outcome != "sent":
@@ -277,6 +283,18 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if issue.relay_waiting_since is not None and issue.status == "sending":
         click.echo(f"waiting for the relay since {local_time(issue.relay_waiting_since, app.config)}: "
                    f"{issue.relay_error}")
+
+
+def _say_held(held: list[tuple[str, str, dt.datetime]], count: int, config: Config) -> None:
+    """Address refusals not believed yet (dispatch._hold): pending, not failed, nobody bounced."""
+    click.echo(f"refused, not believed yet: {plural(count, 'address', 'addresses')} (the relay has accepted "
+               "no message begun after their refusal; each is asked again after one is, or believed "
+               "when its retry lifetime ends; nobody is marked bounced before)")
+    for email, reply, at in held:
+        click.echo(f"  {email}: {reply}; next try "
+                   f"{local_time(at, config)}")
+    if count > len(held):
+        click.echo(f"  … and {count - len(held)} more")
 
 
 @group.command()

@@ -154,10 +154,6 @@ def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> st
     return f"{mark} before; {reply}" if delivery.last_reply.startswith(mark) else reply
 
 
-# How a held address refusal's last_reply says so (_hold).
-NOT_BELIEVED = "not believed yet: no message accepted since"
-
-
 def worker_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -878,7 +874,7 @@ class Dispatcher:
             self._believe(owner, delivery, failure)
             return
         at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-        reply = _marked(delivery, f"{failure} ({NOT_BELIEVED})")
+        reply = _marked(delivery, f"{failure} ({outbox.NOT_BELIEVED})")
 
         def work() -> bool:
             with self._writing() as session:
@@ -894,7 +890,7 @@ class Dispatcher:
         # One held in an earlier try as well (a retry's due rows are such refusals first) says
         # nothing new about the relay: counted, a healthy relay stopped the run before its first
         # accepted message, and was shown as "waiting for the relay".
-        held_before = NOT_BELIEVED in delivery.last_reply
+        held_before = outbox.NOT_BELIEVED in delivery.last_reply
         with self._relay_lock:
             self._unbelieved[delivery.id] = time.monotonic()
             if not held_before:

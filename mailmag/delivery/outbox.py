@@ -63,6 +63,9 @@ AMBIGUOUS = "ambiguous"
 # Ends the reply of a held address refusal asked again after the relay accepted another message
 # (dispatch._hold): the next answer about it is believed.
 REASKED = "asked again: the relay accepts other mail"
+# In the reply of an address refusal held, queued, until the relay accepts a message after it
+# (dispatch._hold): nobody is marked bounced on a relay that may be refusing everyone.
+NOT_BELIEVED = "not believed yet: no message accepted since"
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
@@ -551,6 +554,25 @@ def audience_count(session: Session, issue: Issue) -> int:
         select(func.count()).select_from(Subscriber)
         .where(Subscriber.status == "active", *_topic_filter(issue.topic))
     ) or 0
+
+
+def _held_refusal(issue_id: int) -> list[ColumnElement[bool]]:
+    return [Delivery.issue_id == issue_id, Delivery.status.in_(PENDING),
+            Delivery.last_reply.contains(NOT_BELIEVED, autoescape=True)]
+
+
+def held_refusals(session: Session, issue_id: int, limit: int = 200) -> list[tuple[str, str, dt.datetime]]:
+    """(address, the relay's refusal, next try) of an issue's address refusals held, not believed yet:
+    `issues status` and the console list them apart from the failures, which they are not yet."""
+    rows = session.execute(
+        select(Delivery.email, Delivery.last_reply, Delivery.next_attempt_at)
+        .where(*_held_refusal(issue_id)).order_by(Delivery.id).limit(limit)
+    )
+    return [(email, reply.split(f" ({NOT_BELIEVED}", 1)[0], at) for email, reply, at in rows]
+
+
+def held_refusal_count(session: Session, issue_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Delivery).where(*_held_refusal(issue_id))) or 0
 
 
 def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[str, str, str]]:
