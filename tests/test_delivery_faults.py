@@ -737,6 +737,40 @@ def test_unknown_addresses_at_the_end_of_a_list_wait_for_a_later_message_to_vouc
         services.close()
 
 
+def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(config, smtp_server, caplog):
+    """The reader opted out while the relay was answering their RCPT: the row is cancelled under
+    the worker (its lease owner kept), and the refusal's result cannot be written. The worker
+    logged "its lease had passed to another worker, which may send it again" and counted it
+    lost, sending an operator after a second copy that nobody will send."""
+    services = make_services(config, smtp_server)
+    issue = sending_to(services, ["leaving@example.org", "staying@example.org"])
+    smtp_server.fail_rcpt("leaving@example.org", 550, "5.1.1 User unknown", delay=1.5)
+
+    def leave() -> None:
+        wait_for(lambda: "RCPT TO:<leaving@example.org>" in smtp_server.command_lines)
+        with services.session() as session:
+            reader = session.scalars(select(Subscriber).filter_by(email="leaving@example.org")).one()
+            subscribers.unsubscribe(session, reader, Consent("web"))
+
+    leaving = threading.Thread(target=leave)
+    leaving.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="mailmag"):
+            dispatcher = run_once(services, concurrency=1)
+        leaving.join()
+        assert dispatcher.stats.lost == 0
+        assert "lease had passed" not in caplog.text
+        assert "was cancelled while it was being sent (the reader left the list" in caplog.text
+        c = counts(services, issue)
+        assert (c.sent, c.cancelled, c.failed, c.queued) == (1, 1, 0, 0)
+        with services.session() as session:
+            rows = session.execute(select(Subscriber.email, Subscriber.status))
+            states = {email: state for email, state in rows}
+        assert states == {"leaving@example.org": "unsubscribed", "staying@example.org": "active"}
+    finally:
+        services.close()
+
+
 def test_refusals_held_before_do_not_stop_a_retry_on_a_working_relay(config, smtp_server):
     """A retry's due rows start with the addresses held in an earlier try: refused again before
     any message was accepted, five of them stopped a run on a healthy relay ("it may not relay

@@ -769,6 +769,20 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 results.close()
 
+    def _not_recorded(self, owner: str, delivery: outbox.Claimed, happened: str) -> None:
+        """A refusal's or a retry's result could not be written: the row was cancelled under us
+        (it stays so, and nothing goes again), or its lease passed to another worker (_lost)."""
+
+        def work() -> bool:
+            with self._writing() as session:
+                return outbox.cancelled_while_held(session, delivery.id, owner)
+
+        if self.database.call(work):
+            log.info("delivery %s: %s it was cancelled while it was being sent (the reader left the list, "
+                     "or the issue's send was cancelled): it stays cancelled", delivery.id, happened)
+            return
+        self._lost(delivery, happened)
+
     def _lost(self, delivery: outbox.Claimed, happened: str = "the relay accepted it, but") -> None:
         """The lease passed to another worker before this result was written: the other one has
         the row now and sends it (a second copy only if the relay may have the first)."""
@@ -804,8 +818,9 @@ class Dispatcher:
                 return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
 
         if not self.database.call(work):
-            self._lost(delivery, "the connection was lost after the final dot (the relay may have it), and"
-                       if failure.ambiguous else f"the relay deferred it ({failure}), and")
+            happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
+                        else "the connection was lost after the final dot (the relay may have it), and")
+            self._not_recorded(owner, delivery, happened)
             return
         self.stats.add("failed" if give_up else "deferred")
         if failure.ambiguous and self.drops.add(delivery.id):
@@ -845,7 +860,7 @@ class Dispatcher:
                 return True
 
         if not self.database.call(work):
-            self._lost(delivery, f"the relay refused it ({failure}), and")
+            self._not_recorded(owner, delivery, f"the relay refused it ({failure}), and")
             return
         self.stats.add("failed")
         if self.progress:
@@ -881,7 +896,7 @@ class Dispatcher:
                 return outbox.mark_retry(session, delivery.id, owner, reply, at)
 
         if not self.database.call(work):
-            self._lost(delivery, f"the relay refused it ({failure}), and")
+            self._not_recorded(owner, delivery, f"the relay refused it ({failure}), and")
             return
         self.stats.add("deferred")
         if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so

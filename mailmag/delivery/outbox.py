@@ -385,6 +385,14 @@ def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:
     return {} if at is None else {"sent_at": at}
 
 
+def cancelled_while_held(session: Session, delivery_id: int, owner: str) -> bool:
+    """Whether the row was cancelled while `owner` held it (an opt-out, a bounce in another issue,
+    the issue cancelled): a cancelled row keeps its lease owner (cancel_for_subscriber, cancel_rows),
+    so a result that could not be written there was not lost to another worker."""
+    return session.scalar(select(func.count()).select_from(Delivery).where(
+        Delivery.id == delivery_id, Delivery.status == "cancelled", Delivery.lease_owner == owner)) == 1
+
+
 def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | None = None) -> bool:
     """Hand an unsent claim back (clean stop, 421): not counted as an attempt."""
     values: dict[str, object] = {"status": "queued", "attempts": Delivery.attempts - 1}
