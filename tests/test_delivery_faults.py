@@ -68,6 +68,12 @@ def subscriber_states(services: Services) -> set[str]:
         return set(session.scalars(select(Subscriber.status)))
 
 
+def unknown_users(smtp_server, addresses) -> None:  # type: ignore[no-untyped-def]
+    """The relay answers RCPT of each of these `550 5.1.1 User unknown`, every time."""
+    for address in addresses:
+        smtp_server.fail_rcpt(address, 550, "5.1.1 User unknown")
+
+
 def sending_to(services: Services, addresses: list[str]) -> Issue:
     """An issue being sent to exactly these subscribers, in this order (their ids)."""
     issue = prepare_send(services, 0)
@@ -703,8 +709,7 @@ def test_unknown_addresses_at_the_end_of_a_list_wait_for_a_later_message_to_vouc
     services = make_services(config, smtp_server)
     dead = {"reader6@d6.example.org", "reader7@d7.example.org"}
     first = sending_to(services, [f"reader{i}@d{i}.example.org" for i in range(6)] + sorted(dead))
-    for address in dead:
-        smtp_server.fail_rcpt(address, 550, "5.1.1 User unknown")
+    unknown_users(smtp_server, dead)
     try:
         run_once(services, concurrency=1)  # the two refusals come after every accepted message
         c = counts(services, first)
@@ -771,6 +776,53 @@ def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(co
         services.close()
 
 
+def test_a_relay_broken_past_the_retry_lifetime_fails_the_messages_and_bounces_nobody(config, smtp_server):
+    """The relay refuses every address and stays so past [retry] lifetime_seconds (five days by
+    default: 年末年始 is six), or a worker first tries a list older than that. A refusal held past
+    the lifetime was believed as it stood, and the whole list was bounced, for good."""
+    services = make_services(config, smtp_server)
+    readers = [f"reader{i}@d{i}.example.org" for i in range(3)]
+    issue = sending_to(services, readers)
+    unknown_users(smtp_server, readers)
+    try:
+        run_once(services, concurrency=1)
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (0, 0, 3)
+        lifetime = services.config.retry.lifetime_seconds
+        run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (0, 3, 0)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
+            replies = session.scalars(select(Delivery.last_reply)).all()
+            assert outbox.held_refusals(session, issue.id) == []
+        assert all(reply.startswith("gave up: 550 5.1.1") for reply in replies)
+        assert all(outbox.NEVER_BELIEVED in reply for reply in replies)
+    finally:
+        services.close()
+
+
+def test_a_long_refusal_stays_listed_as_held(config, smtp_server):
+    """A relay's 550 with a long text: last_reply is cut at 500 characters, and the mark that the
+    refusal is not believed yet, written after the relay's words, was cut with it. The row was
+    no longer listed as held (`issues status` said only "pending"), and its next refusal counted
+    as new toward stopping the run."""
+    services = make_services(config, smtp_server)
+    issue = sending_to(services, ["reader@example.org", "gone@example.org"])
+    smtp_server.fail_rcpt("gone@example.org", 550, "5.1.1 ユーザー不明です " + "A" * 3000)
+    try:
+        run_once(services, concurrency=1)
+        with services.session() as session:
+            held = outbox.held_refusals(session, issue.id)
+            assert outbox.held_refusal_count(session, issue.id) == 1
+        [(address, reply, _)] = held
+        assert address == "gone@example.org" and reply.startswith("550 5.1.1 ユーザー不明です AAA")
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
 def test_refusals_held_before_do_not_stop_a_retry_on_a_working_relay(config, smtp_server):
     """A retry's due rows start with the addresses held in an earlier try: refused again before
     any message was accepted, five of them stopped a run on a healthy relay ("it may not relay
@@ -783,8 +835,7 @@ def test_refusals_held_before_do_not_stop_a_retry_on_a_working_relay(config, smt
         due_first = utcnow() - dt.timedelta(hours=1)
         session.execute(update(Delivery).where(Delivery.email.in_(dead))
                         .values(last_reply=held, attempts=1, next_attempt_at=due_first))
-    for address in dead:
-        smtp_server.fail_rcpt(address, 550, "5.1.1 User unknown")
+    unknown_users(smtp_server, dead)
     try:
         run_once(services, concurrency=1)
         c = counts(services, issue)

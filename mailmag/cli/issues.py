@@ -288,8 +288,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
 def _say_held(held: list[tuple[str, str, dt.datetime]], count: int, config: Config) -> None:
     """Address refusals not believed yet (dispatch._hold): pending, not failed, nobody bounced."""
     click.echo(f"refused, not believed yet: {plural(count, 'address', 'addresses')} (the relay has accepted "
-               "no message begun after their refusal; each is asked again after one is, or believed "
-               "when its retry lifetime ends; nobody is marked bounced before)")
+               "no message begun after their refusal; each is asked again after one is; past [retry] "
+               "lifetime_seconds the message fails and the reader stays on the list)")
     for email, reply, at in held:
         click.echo(f"  {email}: {reply}; next try "
                    f"{local_time(at, config)}")

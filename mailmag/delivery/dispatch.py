@@ -103,6 +103,9 @@ TURN_AHEAD_SECONDS = 0.05
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
+# How much of a refused address's reply a held row keeps: the marks after it (NOT_BELIEVED,
+# REASKED) must survive last_reply's cut at 500 characters, or the row is no longer seen as held.
+REFUSAL_KEPT = 300
 
 
 @dataclasses.dataclass
@@ -876,32 +879,65 @@ class Dispatcher:
         the list, for good (coming back takes a new opt-in). The message waits; a message
         accepted after it (one whose transaction began after the refusal) has it asked again,
         and that answer is believed (_fail). Refusals after the list's last accepted message
-        wait for their retry and the next acceptance (another issue's, or past the lifetime):
-        nothing else says the relay still works. A probe (MAIL, RCPT of an address it took,
-        RSET) was tried and dropped: a relay that caches the addresses it verified, or treats
-        the probe's sender apart, says yes to it and still refuses everyone new.
-        refusals_to_stop of them new in this run with no message accepted between stop the run. One past
-        [retry] lifetime_seconds is believed as it stands."""
-        now = self.clock()
-        age = (now - delivery.created_at).total_seconds()
-        retry = self.services.config.retry
-        if age >= retry.lifetime_seconds:
-            self._believe(owner, delivery, failure)
+        wait for their retry and the next acceptance (another issue's): nothing else says the
+        relay still works. A probe (MAIL, RCPT of an address it took, RSET) was tried and
+        dropped: a relay that caches the addresses it verified, or treats the probe's sender
+        apart, says yes to it and still refuses everyone new. Past [retry] lifetime_seconds the
+        message fails and the reader stays on the list (_give_up_unbelieved): a relay broken
+        for longer than that (a holiday) refuses everyone so too. refusals_to_stop of them new
+        in this run with no message accepted between stop the run."""
+        age = (self.clock() - delivery.created_at).total_seconds()
+        # the relay's words cut, so that the marks after them survive last_reply's 500 characters
+        words = str(failure)[:REFUSAL_KEPT]
+        if age >= self.services.config.retry.lifetime_seconds:
+            if not self._give_up_unbelieved(owner, delivery, words):
+                return
+        elif not self._wait(owner, delivery, words, age):
             return
-        at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-        reply = _marked(delivery, f"{failure} ({outbox.NOT_BELIEVED})")
+        self._count_refusal(delivery, words)
+
+    def _wait(self, owner: str, delivery: outbox.Claimed, words: str, age: float) -> bool:
+        """The held refusal waits for its retry, queued and marked NOT_BELIEVED; False if its row
+        was taken away meanwhile."""
+        at = self.clock() + dt.timedelta(seconds=outbox.retry_delay(self.services.config.retry, age))
+        reply = _marked(delivery, f"{words} ({outbox.NOT_BELIEVED})")
 
         def work() -> bool:
             with self._writing() as session:
                 return outbox.mark_retry(session, delivery.id, owner, reply, at)
 
         if not self.database.call(work):
-            self._not_recorded(owner, delivery, f"the relay refused it ({failure}), and")
-            return
+            self._not_recorded(owner, delivery, f"the relay refused it ({words}), and")
+            return False
         self.stats.add("deferred")
         if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so
             self._relay_trouble(f"the relay refused more recipients' addresses than it accepted messages "
-                                f"(last: {failure}); nobody is marked bounced until it accepts more")
+                                f"(last: {words}); nobody is marked bounced until it accepts more")
+        return True
+
+    def _give_up_unbelieved(self, owner: str, delivery: outbox.Claimed, words: str) -> bool:
+        """Past the lifetime with no accepted message to vouch for the refusal: the message fails,
+        and nobody is bounced (the reader's next issue asks again). False if its row was taken away."""
+        reply = _marked(delivery, f"gave up: {words} ({outbox.NEVER_BELIEVED})")
+
+        def work() -> bool:
+            with self._writing() as session:
+                return outbox.mark_failed(session, delivery.id, owner, reply)
+
+        if not self.database.call(work):
+            self._not_recorded(owner, delivery, f"the relay refused it ({words}), and")
+            return False
+        self.stats.add("failed")
+        if self.progress:
+            self.progress(1)
+        log.warning("delivery %s: gave up after [retry] lifetime_seconds: the relay refused %s (%s) and has "
+                    "accepted no message since, so the refusal is not believed and the reader stays on the "
+                    "list", delivery.id, delivery.email, words)
+        return True
+
+    def _count_refusal(self, delivery: outbox.Claimed, words: str) -> None:
+        """Remember a refusal not believed until a message begun after it is accepted (_ask_again),
+        and stop the run when refusals_to_stop new ones come with no message accepted between."""
         # One held in an earlier try as well (a retry's due rows are such refusals first) says
         # nothing new about the relay: counted, a healthy relay stopped the run before its first
         # accepted message, and was shown as "waiting for the relay".
@@ -913,7 +949,7 @@ class Dispatcher:
             held = len(self._new_refusals)
         if held >= self.refusals.limit:
             why = (f"the relay refused {held} recipients' addresses with no message accepted between (last: "
-                   f"{failure}): it may not relay for us, or take their domains for its own; none of them "
+                   f"{words}): it may not relay for us, or take their domains for its own; none of them "
                    "was marked bounced, and those messages wait for their retry: check [smtp] host and the "
                    "relay's settings")
             self._relay_trouble(why)

@@ -66,6 +66,8 @@ REASKED = "asked again: the relay accepts other mail"
 # In the reply of an address refusal held, queued, until the relay accepts a message after it
 # (dispatch._hold): nobody is marked bounced on a relay that may be refusing everyone.
 NOT_BELIEVED = "not believed yet: no message accepted since"
+# In the reply of such a refusal given up on past [retry] lifetime_seconds: failed, not bounced.
+NEVER_BELIEVED = "not believed: the relay accepted no message after it; the reader stays on the list"
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
