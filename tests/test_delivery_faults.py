@@ -776,7 +776,9 @@ def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(co
         services.close()
 
 
-def test_a_relay_broken_past_the_retry_lifetime_fails_the_messages_and_bounces_nobody(config, smtp_server):
+@pytest.mark.parametrize("first_try", ["fresh", "past_the_lifetime"])
+def test_a_relay_broken_past_the_retry_lifetime_fails_the_messages_and_bounces_nobody(
+        config, smtp_server, first_try):
     """The relay refuses every address and stays so past [retry] lifetime_seconds (five days by
     default: 年末年始 is six), or a worker first tries a list older than that. A refusal held past
     the lifetime was believed as it stood, and the whole list was bounced, for good."""
@@ -784,12 +786,13 @@ def test_a_relay_broken_past_the_retry_lifetime_fails_the_messages_and_bounces_n
     readers = [f"reader{i}@d{i}.example.org" for i in range(3)]
     issue = sending_to(services, readers)
     unknown_users(smtp_server, readers)
+    lifetime = services.config.retry.lifetime_seconds
+    first = 0 if first_try == "fresh" else lifetime + 60
     try:
-        run_once(services, concurrency=1)
+        run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=first))
         c = counts(services, issue)
-        assert (c.sent, c.failed, c.queued) == (0, 0, 3)
-        lifetime = services.config.retry.lifetime_seconds
-        run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
+        assert (c.sent, c.failed, c.queued) == (0, 0, 3)  # held once, whatever their age
+        run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 3600))
         c = counts(services, issue)
         assert (c.sent, c.failed, c.queued) == (0, 3, 0)
         assert subscriber_states(services) == {"active"}
@@ -799,6 +802,28 @@ def test_a_relay_broken_past_the_retry_lifetime_fails_the_messages_and_bounces_n
             assert outbox.held_refusals(session, issue.id) == []
         assert all(reply.startswith("gave up: 550 5.1.1") for reply in replies)
         assert all(outbox.NEVER_BELIEVED in reply for reply in replies)
+    finally:
+        services.close()
+
+
+def test_a_list_first_tried_past_its_lifetime_still_bounces_its_dead_addresses(config, smtp_server):
+    """After an outage longer than [retry] lifetime_seconds (年末年始), a list's first try: the
+    relay accepts every reader but one dead address. Its refusal was given up on at once, the
+    messages accepted after it not asked, and the dead address stayed on the list."""
+    services = make_services(config, smtp_server)
+    readers = [f"reader{i}@d{i}.example.org" for i in range(5)]
+    issue = sending_to(services, readers)
+    unknown_users(smtp_server, ["reader1@d1.example.org"])
+    lifetime = services.config.retry.lifetime_seconds
+    try:
+        run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.queued) == (4, 1, 0)
+        with services.session() as session:
+            rows = session.execute(select(Subscriber.email, Subscriber.status))
+            states = {email: state for email, state in rows}
+        assert states == {address: "bounced" if address == "reader1@d1.example.org" else "active"
+                          for address in readers}
     finally:
         services.close()
 

@@ -882,19 +882,22 @@ class Dispatcher:
         wait for their retry and the next acceptance (another issue's): nothing else says the
         relay still works. A probe (MAIL, RCPT of an address it took, RSET) was tried and
         dropped: a relay that caches the addresses it verified, or treats the probe's sender
-        apart, says yes to it and still refuses everyone new. Past [retry] lifetime_seconds the
-        message fails and the reader stays on the list (_give_up_unbelieved): a relay broken
-        for longer than that (a holiday) refuses everyone so too. refusals_to_stop of them new
-        in this run with no message accepted between stop the run."""
+        apart, says yes to it and still refuses everyone new. Past [retry] lifetime_seconds, a
+        refusal held once already and still not vouched for fails the message, and the reader
+        stays on the list (_give_up_unbelieved): a relay broken for longer than that (a holiday)
+        refuses everyone so too. (Held once: a list first tried past its lifetime, after an
+        outage, still has its dead addresses vouched for by the messages accepted after them.)
+        refusals_to_stop of them new in this run with no message accepted between stop the run."""
         age = (self.clock() - delivery.created_at).total_seconds()
         # the relay's words cut, so that the marks after them survive last_reply's 500 characters
         words = str(failure)[:REFUSAL_KEPT]
-        if age >= self.services.config.retry.lifetime_seconds:
+        held_before = outbox.NOT_BELIEVED in delivery.last_reply
+        if held_before and age >= self.services.config.retry.lifetime_seconds:
             if not self._give_up_unbelieved(owner, delivery, words):
                 return
         elif not self._wait(owner, delivery, words, age):
             return
-        self._count_refusal(delivery, words)
+        self._count_refusal(delivery, words, held_before)
 
     def _wait(self, owner: str, delivery: outbox.Claimed, words: str, age: float) -> bool:
         """The held refusal waits for its retry, queued and marked NOT_BELIEVED; False if its row
@@ -916,7 +919,7 @@ class Dispatcher:
         return True
 
     def _give_up_unbelieved(self, owner: str, delivery: outbox.Claimed, words: str) -> bool:
-        """Past the lifetime with no accepted message to vouch for the refusal: the message fails,
+        """Past the lifetime with nothing accepted to vouch for the refusal: the message fails,
         and nobody is bounced (the reader's next issue asks again). False if its row was taken away."""
         reply = _marked(delivery, f"gave up: {words} ({outbox.NEVER_BELIEVED})")
 
@@ -930,18 +933,18 @@ class Dispatcher:
         self.stats.add("failed")
         if self.progress:
             self.progress(1)
-        log.warning("delivery %s: gave up after [retry] lifetime_seconds: the relay refused %s (%s) and has "
-                    "accepted no message since, so the refusal is not believed and the reader stays on the "
-                    "list", delivery.id, delivery.email, words)
+        log.warning("delivery %s: gave up after [retry] lifetime_seconds: the relay refused %s (%s) and no "
+                    "message it accepted vouched for that (none after it, or more addresses refused than "
+                    "messages accepted in this run), so the reader stays on the list", delivery.id,
+                    delivery.email, words)
         return True
 
-    def _count_refusal(self, delivery: outbox.Claimed, words: str) -> None:
+    def _count_refusal(self, delivery: outbox.Claimed, words: str, held_before: bool) -> None:
         """Remember a refusal not believed until a message begun after it is accepted (_ask_again),
         and stop the run when refusals_to_stop new ones come with no message accepted between."""
         # One held in an earlier try as well (a retry's due rows are such refusals first) says
         # nothing new about the relay: counted, a healthy relay stopped the run before its first
         # accepted message, and was shown as "waiting for the relay".
-        held_before = outbox.NOT_BELIEVED in delivery.last_reply
         with self._relay_lock:
             self._unbelieved[delivery.id] = time.monotonic()
             if not held_before:

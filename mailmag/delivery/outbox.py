@@ -67,7 +67,7 @@ REASKED = "asked again: the relay accepts other mail"
 # (dispatch._hold): nobody is marked bounced on a relay that may be refusing everyone.
 NOT_BELIEVED = "not believed yet: no message accepted since"
 # In the reply of such a refusal given up on past [retry] lifetime_seconds: failed, not bounced.
-NEVER_BELIEVED = "not believed: the relay accepted no message after it; the reader stays on the list"
+NEVER_BELIEVED = "not believed: no message the relay accepted vouched for it; the reader stays on the list"
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
@@ -408,7 +408,7 @@ def retry_delay(config_retry, age_seconds: float) -> float:
     return min(max(config_retry.backoff_seconds, age_seconds), config_retry.max_backoff_seconds)
 
 
-def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
+def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = "subscriber opted out") -> int:
     """An opt-out takes effect at once: queued and claimed deliveries to them are cancelled.
 
     A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending (and
@@ -419,7 +419,7 @@ def cancel_for_subscriber(session: Session, subscriber_id: int) -> int:
     result = session.execute(
         update(Delivery)
         .where(Delivery.subscriber_id == subscriber_id, Delivery.status.in_(PENDING))
-        .values(status="cancelled", last_reply="subscriber opted out")
+        .values(status="cancelled", last_reply=why)
     )
     return rowcount(result)
 
