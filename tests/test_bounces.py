@@ -175,11 +175,11 @@ def test_hard_bounce_suppresses_the_address_everywhere(session, config, tmp_path
     assert session.scalar(select(Suppression.reason)) == "bounced"
     event = session.scalar(select(BounceEvent))
     assert (event.kind, event.code, event.delivery_id) == ("hard", "5.1.1", first["user0@example.jp"].id)
-    # The queued delivery of issue 2 is cancelled; the others still go.
-    statuses = {d.email: d.status for d in session.scalars(select(Delivery).where(
+    # The queued delivery of issue 2 is cancelled, saying why (not "opted out"); the others still go.
+    statuses = {d.email: (d.status, d.last_reply) for d in session.scalars(select(Delivery).where(
         Delivery.id.in_([d.id for d in queued.values()])))}
-    assert statuses == {"user0@example.jp": "cancelled", "user1@example.jp": "queued",
-                        "user2@example.jp": "queued"}
+    assert statuses == {"user0@example.jp": ("cancelled", "subscriber's address bounced"),
+                        "user1@example.jp": ("queued", ""), "user2@example.jp": ("queued", "")}
     # A later issue is never enqueued for the bounced address.
     assert set(send_issue(session, 3)) == {"user1@example.jp", "user2@example.jp"}
 

@@ -105,7 +105,7 @@ def suppress(session: Session, subscriber: Subscriber, reason: str) -> bool:
     subscriber.status, subscriber.status_reason = "bounced", reason[:500]
     subscribers.record(session, subscriber, "opt_out", Consent("bounce", reason[:200]))
     _add_suppression(session, subscriber, "bounced")
-    cancel_for_subscriber(session, subscriber.id)
+    cancel_for_subscriber(session, subscriber.id, "subscriber's address bounced")
     return True
 
 
