@@ -68,6 +68,11 @@ def subscriber_states(services: Services) -> set[str]:
         return set(session.scalars(select(Subscriber.status)))
 
 
+def status_by_address(services: Services) -> dict[str, str]:
+    with services.session() as session:
+        return dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
+
+
 def unknown_users(smtp_server, addresses) -> None:  # type: ignore[no-untyped-def]
     """The relay answers RCPT of each of these `550 5.1.1 User unknown`, every time."""
     for address in addresses:
@@ -768,10 +773,8 @@ def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(co
         assert "was cancelled while it was being sent (the reader left the list" in caplog.text
         c = counts(services, issue)
         assert (c.sent, c.cancelled, c.failed, c.queued) == (1, 1, 0, 0)
-        with services.session() as session:
-            rows = session.execute(select(Subscriber.email, Subscriber.status))
-            states = {email: state for email, state in rows}
-        assert states == {"leaving@example.org": "unsubscribed", "staying@example.org": "active"}
+        assert status_by_address(services) == {"leaving@example.org": "unsubscribed",
+                                               "staying@example.org": "active"}
     finally:
         services.close()
 
@@ -819,11 +822,8 @@ def test_a_list_first_tried_past_its_lifetime_still_bounces_its_dead_addresses(c
         run_once(services, concurrency=1, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
         c = counts(services, issue)
         assert (c.sent, c.failed, c.queued) == (4, 1, 0)
-        with services.session() as session:
-            rows = session.execute(select(Subscriber.email, Subscriber.status))
-            states = {email: state for email, state in rows}
-        assert states == {address: "bounced" if address == "reader1@d1.example.org" else "active"
-                          for address in readers}
+        assert status_by_address(services) == {
+            address: "bounced" if address == "reader1@d1.example.org" else "active" for address in readers}
     finally:
         services.close()
 
@@ -855,7 +855,7 @@ def test_refusals_held_before_do_not_stop_a_retry_on_a_working_relay(config, smt
     services = make_services(config, smtp_server)
     dead = [f"gone{i}@d{i}.example.org" for i in range(5)]
     issue = sending_to(services, [*dead, *(f"reader{i}@d{i}.example.org" for i in range(10))])
-    held = f"550 5.1.1 User unknown ({outbox.NOT_BELIEVED})"  # as _hold leaves a refusal it did not believe
+    held = outbox.held_reply("550 5.1.1 User unknown")  # as _hold leaves a refusal it did not believe
     with services.session() as session:
         due_first = utcnow() - dt.timedelta(hours=1)
         session.execute(update(Delivery).where(Delivery.email.in_(dead))
@@ -924,9 +924,8 @@ def test_a_full_mailbox_is_a_soft_bounce_and_an_unknown_user_a_hard_one(config, 
         c = counts(services, issue)
         assert (c.sent, c.failed) == (2, 2)  # believed: the relay accepted as many as it refused
         with services.session() as session:
-            status = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
             kinds = sorted(session.scalars(select(BounceEvent.kind)))
-        assert status == {"user0@example.jp": "bounced", "user1@example.jp": "active",
+        assert status_by_address(services) == {"user0@example.jp": "bounced", "user1@example.jp": "active",
                           "user2@example.jp": "active", "user3@example.jp": "active"}
         assert kinds == ["hard", "soft"]
     finally:

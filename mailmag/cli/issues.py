@@ -291,8 +291,7 @@ def _say_held(held: list[tuple[str, str, dt.datetime]], count: int, config: Conf
                "no message begun after their refusal; each is asked again after one is; past [retry] "
                "lifetime_seconds the message fails and the reader stays on the list)")
     for email, reply, at in held:
-        click.echo(f"  {email}: {reply}; next try "
-                   f"{local_time(at, config)}")
+        click.echo(f"  {email}: {reply}; next try {local_time(at, config)}")
     if count > len(held):
         click.echo(f"  … and {count - len(held)} more")
 

@@ -903,7 +903,7 @@ class Dispatcher:
         """The held refusal waits for its retry, queued and marked NOT_BELIEVED; False if its row
         was taken away meanwhile."""
         at = self.clock() + dt.timedelta(seconds=outbox.retry_delay(self.services.config.retry, age))
-        reply = _marked(delivery, f"{words} ({outbox.NOT_BELIEVED})")
+        reply = _marked(delivery, outbox.held_reply(words))
 
         def work() -> bool:
             with self._writing() as session:
@@ -921,7 +921,7 @@ class Dispatcher:
     def _give_up_unbelieved(self, owner: str, delivery: outbox.Claimed, words: str) -> bool:
         """Past the lifetime with nothing accepted to vouch for the refusal: the message fails,
         and nobody is bounced (the reader's next issue asks again). False if its row was taken away."""
-        reply = _marked(delivery, f"gave up: {words} ({outbox.NEVER_BELIEVED})")
+        reply = _marked(delivery, outbox.given_up_reply(words))
 
         def work() -> bool:
             with self._writing() as session:

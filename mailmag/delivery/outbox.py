@@ -68,6 +68,16 @@ REASKED = "asked again: the relay accepts other mail"
 NOT_BELIEVED = "not believed yet: no message accepted since"
 # In the reply of such a refusal given up on past [retry] lifetime_seconds: failed, not bounced.
 NEVER_BELIEVED = "not believed: no message the relay accepted vouched for it; the reader stays on the list"
+
+
+def held_reply(refusal: str) -> str:
+    """The last_reply of an address refusal held, not believed yet (held_refusals reads it back)."""
+    return f"{refusal} ({NOT_BELIEVED})"
+
+
+def given_up_reply(refusal: str) -> str:
+    """The last_reply of such a refusal given up on past the lifetime, with nobody bounced."""
+    return f"gave up: {refusal} ({NEVER_BELIEVED})"
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
@@ -578,7 +588,7 @@ def held_refusals(session: Session, issue_id: int, limit: int = 200) -> list[tup
         select(Delivery.email, Delivery.last_reply, Delivery.next_attempt_at)
         .where(*_held_refusal(issue_id)).order_by(Delivery.id).limit(limit)
     )
-    return [(email, reply.split(f" ({NOT_BELIEVED}", 1)[0], at) for email, reply, at in rows]
+    return [(email, reply.split(held_reply(""), 1)[0], at) for email, reply, at in rows]
 
 
 def held_refusal_count(session: Session, issue_id: int) -> int:
