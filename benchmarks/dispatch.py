@@ -11,9 +11,12 @@ with the state of every message committed as in production. In the same run it m
 
 - the ceiling: plain smtplib, K threads each on one persistent connection, sending a pre-built
   message of the same size to the same sink (the fastest a Python sender goes on this machine);
-- the naive sender: per recipient Jinja2 + premailer + EmailMessage + a new SMTP connection.
+- the naive sender: per recipient Jinja2 + premailer + EmailMessage + a new SMTP connection;
+- the floor (after mailmag's run; `--no-floor` leaves it out): the raw ceiling's sender with
+  each result committed through mailmag's own result write, and nothing else. What it leaves
+  of the raw ceiling is the database's own cost; what mailmag reaches of it is mailmag's.
 
-Each of the three runs in a fresh process, so CPU time and peak RSS are its own.
+Each of them runs in a fresh process, so CPU time and peak RSS are its own.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 
 import common
 
-# --- the three measured senders, each run in a fresh process -------------------------------------
+# --- the measured senders, each run in a fresh process ---------------------------------------------
 
 
 def run_mailmag(db_url: str, port: int, concurrency: int, batch_size: int, dkim_key: str,
@@ -109,6 +112,83 @@ def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool =
     if errors:
         raise errors[0]
     return measured(count, seconds, before, after, steal)
+
+
+def reset_for_floor(db_url: str, issue_id: int = 1) -> list[int]:
+    """Put the sent rows back under a lease, as a claim leaves them, for run_floor (not measured)."""
+    from sqlalchemy import select, text, update
+
+    from mailmag.models import Delivery
+
+    services = common.open_services(common.make_config(db_url))
+    with services.engine.begin() as connection:
+        connection.execute(update(Delivery).where(Delivery.issue_id == issue_id)
+                           .values(status="sending", lease_owner=FLOOR_OWNER))
+        ids = list(connection.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id)
+                                      .order_by(Delivery.id)))
+    if services.engine.dialect.name == "postgresql":  # as fresh as the table mailmag's run began on
+        with services.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE deliveries"))
+    services.close()
+    return ids
+
+
+FLOOR_OWNER = "floor"
+
+
+def run_floor(db_url: str, port: int, message: bytes, ids: list[int], threads: int) -> dict[str, Any]:
+    """The raw ceiling's sender, plus what the contract asks of every sender: each result
+    committed before its connection's next message goes, through mailmag's own result write
+    (results.sent_writer: one prepared UPDATE in autocommit, begun at the 250 and awaited
+    after the next envelope, as the worker does). Nothing else is done: no claim, no
+    personalizing. What the database's own cost leaves of the raw ceiling, on the same wire
+    (one command a round trip: mailmag, which pipelines its envelope, can go past it).
+    """
+    from mailmag.delivery import results
+    from mailmag.models import utcnow
+
+    services = common.open_services(common.make_config(db_url))
+    stuffed = re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+    shares = [ids[i::threads] for i in range(threads)]
+    errors: list[BaseException] = []
+
+    def blast(share: list[int]) -> None:
+        try:
+            with services.engine.connect() as connection, smtplib.SMTP("127.0.0.1", port) as smtp:
+                write = results.sent_writer(connection)
+                smtp.ehlo()
+                for delivery_id in share:
+                    for verb, arg in (("mail", "FROM:<bounces@example.jp>"),
+                                      ("rcpt", f"TO:<r{delivery_id}@example.jp>"), ("data", "")):
+                        code, reply = smtp.docmd(verb, arg)
+                        if code not in (250, 354):
+                            raise smtplib.SMTPResponseException(code, reply)
+                    # the previous result, committed while the relay read this envelope (as mailmag's is)
+                    if write.started is not None and not write.finish():
+                        raise RuntimeError(f"delivery {write.started} was not written")
+                    smtp.send(stuffed)
+                    code, reply = smtp.getreply()
+                    if code != 250:
+                        raise smtplib.SMTPResponseException(code, reply)
+                    write.start(delivery_id, FLOOR_OWNER, f"{code} {reply.decode()}", utcnow())
+                if write.started is not None and not write.finish():
+                    raise RuntimeError("the last delivery was not written")
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=blast, args=(share,)) for share in shares]
+    before, jiffies = common.Usage.now(), common.cpu_jiffies()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    seconds = time.perf_counter() - started
+    after, steal = common.Usage.now(), common.steal_share(jiffies, common.cpu_jiffies())
+    services.close()
+    if errors:
+        raise errors[0]
+    return measured(len(ids), seconds, before, after, steal)
 
 
 def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
@@ -281,6 +361,16 @@ def peer_lines(peer: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[str
             f"mailmag / django-newsletter = {rate(mailmag) / rate(peer):.0f}×   (target ≥ 20×)"]
 
 
+def floor_lines(floor: dict[str, Any] | None, mailmag: dict[str, Any],
+                raw_ceiling: dict[str, Any]) -> list[str]:
+    if floor is None:
+        return []
+    return [f"raw ceiling + each result committed     {rate(floor):8.0f} msg/s   {floor['seconds']:6.2f} s   "
+            f"CPU {cpu_us(floor):5.0f} µs/msg{steal_text(floor)}",
+            f"  its share of the raw ceiling = {rate(floor) / rate(raw_ceiling):.2f}   "
+            f"(the database's cost alone); mailmag / it = {rate(mailmag) / rate(floor):.2f}"]
+
+
 def naive_lines(naive: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[str]:
     if naive is None:
         return []
@@ -291,7 +381,7 @@ def naive_lines(naive: dict[str, Any] | None, mailmag: dict[str, Any]) -> list[s
 
 def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any], mailmag: dict[str, Any],
            ceilings: list[dict[str, Any]], raw: list[dict[str, Any]], naive: dict[str, Any] | None,
-           peer: dict[str, Any] | None, header: str) -> dict[str, Any]:
+           peer: dict[str, Any] | None, header: str, floor: dict[str, Any] | None = None) -> dict[str, Any]:
     ceiling, raw_ceiling = max(ceilings, key=rate), max(raw, key=rate)
     raw_when = ("before", "after")[raw.index(raw_ceiling)]
     k = args.concurrency
@@ -314,6 +404,7 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         *(f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
           f"CPU {cpu_us(c):5.0f} µs/msg{steal_text(c)}"
           for when, c in zip(("before", "after"), raw, strict=False)),
+        *floor_lines(floor, mailmag, raw_ceiling),
         *naive_lines(naive, mailmag),
         *peer_lines(peer, mailmag),
         f"mailmag / smtplib sendmail ceiling (faster of the two) = {rate(mailmag) / rate(ceiling):.2f}",
@@ -334,6 +425,7 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         "ratio_ceiling": rate(mailmag) / rate(ceiling),
         "ratio_raw_ceiling": rate(mailmag) / rate(raw_ceiling),
         "ratio_naive": rate(mailmag) / rate(naive) if naive else None,
+        "floor": floor, "ratio_floor": rate(mailmag) / rate(floor) if floor else None,
         "peer": peer, "ratio_peer": rate(mailmag) / rate(peer) if peer and "skipped" not in peer else None,
         "report": "\n".join(lines),
     }
@@ -353,6 +445,8 @@ def main() -> None:
                         help="subscriptions for the django-newsletter peer (0: leave it out)")
     parser.add_argument("--dkim", action="store_true", help="sign every message (2048-bit RSA)")
     parser.add_argument("--sink", choices=("smtp-sink", "aiosmtpd"), default="smtp-sink")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the raw ceiling with each result committed (after mailmag's run)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -377,7 +471,9 @@ def main() -> None:
         verify(db_url, n)
         if received != n:
             raise SystemExit(f"the sink received {received} messages from mailmag, not {n}")
-        results = report(args, sink, prepared, mailmag, ceilings, raw, naive, peer, header)
+        floor = (common.in_fresh_process(run_floor, db_url, sink.port, message, reset_for_floor(db_url), k)
+                 if args.floor else None)
+        results = report(args, sink, prepared, mailmag, ceilings, raw, naive, peer, header, floor)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
 
