@@ -103,9 +103,6 @@ TURN_AHEAD_SECONDS = 0.05
 # How often claims also expire dead workers' leases and look for issues with nothing pending: a
 # lease is minutes long, and an issue is marked sent within a second of its last result.
 HOUSEKEEPING = dt.timedelta(seconds=1)
-# How much of a refused address's reply a held row keeps: the marks after it (NOT_BELIEVED,
-# REASKED) must survive last_reply's cut at 500 characters, or the row is no longer seen as held.
-REFUSAL_KEPT = 300
 
 
 @dataclasses.dataclass
@@ -772,6 +769,27 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 results.close()
 
+    def _write_result(self, owner: str, delivery: outbox.Claimed, write: Callable[[Session], bool],
+                      happened: str) -> bool:
+        """Write a failure's or a retry's result in a unit of work of its own, waiting for the
+        database if it is away; False if the row was no longer `owner`'s (_not_recorded says
+        why, with `happened`: what the relay did)."""
+
+        def work() -> bool:
+            with self._writing() as session:
+                return write(session)
+
+        if self.database.call(work):
+            return True
+        self._not_recorded(owner, delivery, happened)
+        return False
+
+    def _done_failed(self) -> None:
+        """One message failed for good: counted, and the progress bar moves, as for one sent."""
+        self.stats.add("failed")
+        if self.progress:
+            self.progress(1)
+
     def _not_recorded(self, owner: str, delivery: outbox.Claimed, happened: str) -> None:
         """A refusal's or a retry's result could not be written: the row was cancelled under us
         (it stays so, and nothing goes again), or its lease passed to another worker (_lost)."""
@@ -813,19 +831,20 @@ class Dispatcher:
 
         maybe_sent = now if failure.ambiguous else None
 
-        def work() -> bool:
-            with self._writing() as session:
-                if give_up:
-                    return outbox.mark_failed(session, delivery.id, owner, reply, maybe_sent)
-                at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-                return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
+        def write(session: Session) -> bool:
+            if give_up:
+                return outbox.mark_failed(session, delivery.id, owner, reply, maybe_sent)
+            at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
+            return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
 
-        if not self.database.call(work):
-            happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
-                        else "the connection was lost after the final dot (the relay may have it), and")
-            self._not_recorded(owner, delivery, happened)
+        happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
+                    else "the connection was lost after the final dot (the relay may have it), and")
+        if not self._write_result(owner, delivery, write, happened):
             return
-        self.stats.add("failed" if give_up else "deferred")
+        if give_up:
+            self._done_failed()
+        else:
+            self.stats.add("deferred")
         if failure.ambiguous and self.drops.add(delivery.id):
             self._dropped_too_often(failure)
 
@@ -854,20 +873,16 @@ class Dispatcher:
     def _believe(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         """The refusal as the relay said it: failed, and a bad address bounced."""
 
-        def work() -> bool:
-            with self._writing() as session:
-                if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
-                    return False
-                if failure.kind in (ADDRESS, MAILBOX):
-                    self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)
-                return True
+        def write(session: Session) -> bool:
+            if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
+                return False
+            if failure.kind in (ADDRESS, MAILBOX):
+                self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)
+            return True
 
-        if not self.database.call(work):
-            self._not_recorded(owner, delivery, f"the relay refused it ({failure}), and")
+        if not self._write_result(owner, delivery, write, f"the relay refused it ({failure}), and"):
             return
-        self.stats.add("failed")
-        if self.progress:
-            self.progress(1)
+        self._done_failed()
         if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind):
             self._refused_too_often(failure)
 
@@ -889,8 +904,7 @@ class Dispatcher:
         outage, still has its dead addresses vouched for by the messages accepted after them.)
         refusals_to_stop of them new in this run with no message accepted between stop the run."""
         age = (self.clock() - delivery.created_at).total_seconds()
-        # the relay's words cut, so that the marks after them survive last_reply's 500 characters
-        words = str(failure)[:REFUSAL_KEPT]
+        words = str(failure)
         held_before = outbox.NOT_BELIEVED in delivery.last_reply
         if held_before and age >= self.services.config.retry.lifetime_seconds:
             if not self._give_up_unbelieved(owner, delivery, words):
@@ -905,12 +919,10 @@ class Dispatcher:
         at = self.clock() + dt.timedelta(seconds=outbox.retry_delay(self.services.config.retry, age))
         reply = _marked(delivery, outbox.held_reply(words))
 
-        def work() -> bool:
-            with self._writing() as session:
-                return outbox.mark_retry(session, delivery.id, owner, reply, at)
+        def write(session: Session) -> bool:
+            return outbox.mark_retry(session, delivery.id, owner, reply, at)
 
-        if not self.database.call(work):
-            self._not_recorded(owner, delivery, f"the relay refused it ({words}), and")
+        if not self._write_result(owner, delivery, write, f"the relay refused it ({words}), and"):
             return False
         self.stats.add("deferred")
         if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so
@@ -923,16 +935,12 @@ class Dispatcher:
         and nobody is bounced (the reader's next issue asks again). False if its row was taken away."""
         reply = _marked(delivery, outbox.given_up_reply(words))
 
-        def work() -> bool:
-            with self._writing() as session:
-                return outbox.mark_failed(session, delivery.id, owner, reply)
+        def write(session: Session) -> bool:
+            return outbox.mark_failed(session, delivery.id, owner, reply)
 
-        if not self.database.call(work):
-            self._not_recorded(owner, delivery, f"the relay refused it ({words}), and")
+        if not self._write_result(owner, delivery, write, f"the relay refused it ({words}), and"):
             return False
-        self.stats.add("failed")
-        if self.progress:
-            self.progress(1)
+        self._done_failed()
         log.warning("delivery %s: gave up after [retry] lifetime_seconds: the relay refused %s (%s) and no "
                     "message it accepted vouched for that (none after it, or more addresses refused than "
                     "messages accepted in this run), so the reader stays on the list", delivery.id,

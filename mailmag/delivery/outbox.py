@@ -70,14 +70,23 @@ NOT_BELIEVED = "not believed yet: no message accepted since"
 NEVER_BELIEVED = "not believed: no message the relay accepted vouched for it; the reader stays on the list"
 
 
+# last_reply keeps this much of a result's reply.
+REPLY_KEPT = 500
+# ...and this much of a held refusal's words, so that the marks after them (NOT_BELIEVED, then
+# REASKED) survive that cut: a row that lost them would no longer be seen as held.
+REFUSAL_KEPT = 300
+
+
 def held_reply(refusal: str) -> str:
     """The last_reply of an address refusal held, not believed yet (held_refusals reads it back)."""
-    return f"{refusal} ({NOT_BELIEVED})"
+    return f"{refusal[:REFUSAL_KEPT]} ({NOT_BELIEVED})"
 
 
 def given_up_reply(refusal: str) -> str:
     """The last_reply of such a refusal given up on past the lifetime, with nobody bounced."""
-    return f"gave up: {refusal} ({NEVER_BELIEVED})"
+    return f"gave up: {refusal[:REFUSAL_KEPT]} ({NEVER_BELIEVED})"
+
+
 _EDITIONS_JA = {"ja": "日本語版", "en": "英語版"}
 
 
@@ -363,7 +372,7 @@ def mark_sent(
     db: Session | Connection, delivery_id: int, owner: str, reply: str, now: dt.datetime
 ) -> bool:
     """Sent, if `owner` still holds the lease; works on a Session or a plain Connection."""
-    params = {"delivery_id": delivery_id, "owner": owner, "reply": reply[:500], "now": now}
+    params = {"delivery_id": delivery_id, "owner": owner, "reply": reply[:REPLY_KEPT], "now": now}
     return rowcount(db.execute(MARK_SENT, params)) == 1
 
 
@@ -374,21 +383,21 @@ def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.
     unclaimed = and_(Delivery.id == delivery_id, Delivery.status.in_(("queued", "cancelled", "dead")),
                      Delivery.lease_owner.is_(None))
     return rowcount(session.execute(
-        update(Delivery).where(unclaimed).values(status="sent", last_reply=reply[:500], sent_at=now)
+        update(Delivery).where(unclaimed).values(status="sent", last_reply=reply[:REPLY_KEPT], sent_at=now)
     )) == 1
 
 
 def mark_failed(session: Session, delivery_id: int, owner: str, reply: str,
                 ambiguous_at: dt.datetime | None = None) -> bool:
     """`ambiguous_at`: when the relay may have accepted it all the same (a drop after the final dot)."""
-    return _finish(session, delivery_id, owner, status="failed", last_reply=reply[:500],
+    return _finish(session, delivery_id, owner, status="failed", last_reply=reply[:REPLY_KEPT],
                    **_maybe_sent(ambiguous_at))
 
 
 def mark_retry(session: Session, delivery_id: int, owner: str, reply: str, at: dt.datetime,
                ambiguous_at: dt.datetime | None = None) -> bool:
-    return _finish(session, delivery_id, owner, status="queued", last_reply=reply[:500], next_attempt_at=at,
-                   **_maybe_sent(ambiguous_at))
+    return _finish(session, delivery_id, owner, status="queued", last_reply=reply[:REPLY_KEPT],
+                   next_attempt_at=at, **_maybe_sent(ambiguous_at))
 
 
 def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:

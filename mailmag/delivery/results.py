@@ -79,7 +79,8 @@ class SentWriter:
     def start(self, delivery_id: int, owner: str, reply: str, now: Any) -> None:
         """Begin the write; `finish` commits it. A write already started is abandoned."""
         self.started = delivery_id
-        self._params = (reply[:500], self._time(now), delivery_id, owner)  # outbox.MARK_SENT_PARAMS
+        # in outbox.MARK_SENT_PARAMS's order
+        self._params = (reply[:outbox.REPLY_KEPT], self._time(now), delivery_id, owner)
 
     def finish(self) -> bool:
         """Wait for the started write; True if the row was written (the lease was held)."""
