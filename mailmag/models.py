@@ -216,6 +216,9 @@ class Issue(Base):
     topic: Mapped[str | None] = mapped_column(String(64))  # None: every subscriber
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
     scheduled_at: Mapped[dt.datetime | None]
+    # When `issues send --at` last set or moved the schedule: what a timed send did before then
+    # (missed, failed) is history, not news about the issue (scheduling.jobs.last_send_run).
+    schedule_set_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     rendered_at: Mapped[dt.datetime | None]
     sent_at: Mapped[dt.datetime | None]  # when the send started (audience frozen)

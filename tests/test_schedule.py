@@ -179,6 +179,40 @@ def test_a_send_whose_time_passed_fires_within_the_grace_period_else_is_missed(s
             assert jobs.last_send_run(session, issues.get(session, number)).outcome == "missed"
 
 
+def test_a_missed_send_is_news_until_the_issue_is_scheduled_again(services):
+    """After a miss, the secretariat schedules the issue again: `issues status` said "last timed
+    send: missed" under the new schedule, and once that was cancelled too, the console's
+    dashboard showed the old miss again as the reason the issue is a draft."""
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    missed_at = at + dt.timedelta(hours=2)
+    (fired,) = jobs.fire_due_sends(services, missed_at)
+    assert fired.outcome == "missed"
+
+    def news() -> tuple[str, str | None, list[int]]:
+        with services.session() as session:
+            issue = issues.get(session, number)
+            run = jobs.last_send_run(session, issue)
+            return issue.status, run and run.outcome, list(jobs.sends_not_made(session))
+
+    assert news() == ("draft", "missed", [number])
+    again = jst(2026, 12, 2, 9, 0)
+    with services.session() as session:
+        jobs.schedule_send(session, issues.get(session, number), again,
+                           now=missed_at + dt.timedelta(minutes=5), config=services.config, allow_empty=True)
+    assert news() == ("scheduled", None, [])
+    with services.session() as session:
+        issues.cancel(session, number)
+    assert news() == ("draft", None, [])
+    # scheduled once more and missed once more: that miss is news
+    with services.session() as session:
+        jobs.schedule_send(session, issues.get(session, number), again,
+                           now=missed_at + dt.timedelta(minutes=10), config=services.config, allow_empty=True)
+    (fired,) = jobs.fire_due_sends(services, again + dt.timedelta(hours=2))
+    assert fired.outcome == "missed"
+    assert news() == ("draft", "missed", [number])
+
+
 def test_a_send_that_cannot_go_out_is_recorded_as_failed_and_back_to_draft(services):
     at = jst(2026, 12, 1, 9, 0)
     number = scheduled_issue(services, at)

@@ -31,7 +31,7 @@ def schedule(issue: Issue, when: dt.datetime, now: dt.datetime) -> None:
         raise StateError(f"issue {issue.id} cannot be scheduled in the past: give a later time",
                          ja=f"号（ID {issue.id}）を過去の日時に予約することはできません。"
                             "これより後の日時を指定してください")
-    issue.status, issue.scheduled_at = "scheduled", when
+    issue.status, issue.scheduled_at, issue.schedule_set_at = "scheduled", when, now
 
 
 def unschedule(issue: Issue) -> None:

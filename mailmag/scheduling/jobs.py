@@ -114,20 +114,28 @@ def unschedule_send(session: Session, issue: Issue) -> None:
 
 
 def last_send_run(session: Session, issue: Issue) -> JobRun | None:
-    """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`."""
-    return session.scalar(
+    """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`; None
+    if the issue has been scheduled again since (that send's record is history then)."""
+    run = session.scalar(
         select(JobRun).where(JobRun.job_id == send_job_id(issue.id)).order_by(JobRun.scheduled_for.desc())
     )
+    return run if run is not None and _news(run, issue.schedule_set_at) else None
+
+
+def _news(run: JobRun, schedule_set_at: dt.datetime | None) -> bool:
+    """A timed send's record still says something about its issue: no schedule was set after it.
+    (A schedule is always set before the time it is for, so its own firing's record is later.)"""
+    return schedule_set_at is None or run.scheduled_for > schedule_set_at
 
 
 def sends_not_made(session: Session, issue_id: int | None = None) -> dict[int, JobRun]:
     """Drafts (or the one draft `issue_id`) whose latest timed send did not happen (missed:
     `mailmag run` was not running; failed), by issue id: the console shows why a scheduled
-    issue is a draft again."""
-    query = select(Issue.id).where(Issue.status == "draft")
+    issue is a draft again (not once it has been scheduled again, and cancelled)."""
+    query = select(Issue.id, Issue.schedule_set_at).where(Issue.status == "draft")
     if issue_id is not None:
         query = query.where(Issue.id == issue_id)
-    drafts = session.scalars(query).all()
+    drafts: dict[int, dt.datetime | None] = {id_: at for id_, at in session.execute(query)}
     if not drafts:
         return {}
     by_job = {send_job_id(issue_id): issue_id for issue_id in drafts}
@@ -135,7 +143,8 @@ def sends_not_made(session: Session, issue_id: int | None = None) -> dict[int, J
     runs = select(JobRun).where(JobRun.job_id.in_(by_job)).order_by(JobRun.scheduled_for)
     for run in session.scalars(runs):
         latest[by_job[run.job_id]] = run
-    return {issue_id: run for issue_id, run in latest.items() if run.outcome in ("missed", "failed")}
+    return {issue_id: run for issue_id, run in latest.items()
+            if run.outcome in ("missed", "failed") and _news(run, drafts[issue_id])}
 
 
 def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
