@@ -8,6 +8,7 @@ import re
 from urllib.parse import quote
 
 import pytest
+import time_machine
 from admin_support import csrf_of, hidden_fields, logged_in, post_form, seed_items, send_from_console
 from sqlalchemy import func, select, update
 from web_support import mail_text
@@ -191,6 +192,10 @@ def test_a_refusal_not_believed_yet_shows_apart_from_the_failures(mail_console, 
     with services.session() as session:
         reader1 = select(Subscriber.status).where(Subscriber.email == "reader1@example.jp")
         assert session.scalar(reader1) == "active"
+    # once its time has come (a first retry: 5 minutes) and no worker has run, 次の確認 is not a
+    # time in the past (the console's login lasts 30 idle minutes)
+    with time_machine.travel(utcnow() + dt.timedelta(minutes=10), tick=True):
+        assert "no such user · 次の確認: 送信処理が次に動いたとき" in client.get(issue_path).text
 
 
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email
 import email.policy
 import json
 
 import pytest
+import time_machine
 
 from mailmag.models import utcnow
 
@@ -162,3 +164,7 @@ def test_issues_status_lists_refused_addresses_it_does_not_believe_yet(composed,
     assert "not believed yet: no message" not in shown  # the marker is the row's, not the reader's
     listed = composed.ok("subscribers", "list", "--status", "active").stdout
     assert "b@example.jp" in listed
+    # once its time has come and no worker has run, "next try" is not a time in the past
+    with time_machine.travel(utcnow() + dt.timedelta(days=1), tick=True):
+        assert "  b@example.jp: 550 5.1.1 no such user; next try when a worker next runs" in \
+            composed.ok("issues", "status", "1").stdout

@@ -290,8 +290,10 @@ def _say_held(held: list[tuple[str, str, dt.datetime]], count: int, config: Conf
     click.echo(f"refused, not believed yet: {plural(count, 'address', 'addresses')} (the relay has accepted "
                "no message begun after their refusal; each is asked again after one is; past [retry] "
                "lifetime_seconds the message fails and the reader stays on the list)")
+    now = utcnow()
     for email, reply, at in held:
-        click.echo(f"  {email}: {reply}; next try {local_time(at, config)}")
+        when = "when a worker next runs" if at <= now else local_time(at, config)  # due: not "in the past"
+        click.echo(f"  {email}: {reply}; next try {when}")
     if count > len(held):
         click.echo(f"  … and {count - len(held)} more")
 
