@@ -604,6 +604,16 @@ def held_refusal_count(session: Session, issue_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Delivery).where(*_held_refusal(issue_id))) or 0
 
 
+def unbelieved_failure_count(session: Session, issue_id: int) -> int:
+    """Failed deliveries of the issue whose refusal was never believed (given_up_reply): counted
+    in `failed`, but their readers were not bounced."""
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == "failed",
+               Delivery.last_reply.contains(NEVER_BELIEVED, autoescape=True))
+    ) or 0
+
+
 def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[str, str, str]]:
     """(address, status, last reply) of an issue's failed and dead deliveries, for the console."""
     rows = session.execute(
