@@ -37,6 +37,8 @@ def worker(app: AppContext, once: bool, concurrency: int | None, processes: int)
     with _progress(services, once) as progress:
         stats = _deliver(services, once, concurrency, processes, progress)
     lost = f", lost lease {stats.lost}" if stats.lost else ""
+    if stats.cancelled:  # refused or deferred as the reader left: neither failed nor to be sent again
+        lost += f", cancelled while sending {stats.cancelled}"
     ambiguous = f" ({stats.ambiguous} after the final dot: may arrive twice)" if stats.ambiguous else ""
     click.echo(f"sent {stats.sent}, failed {stats.failed}, deferred {stats.deferred}{ambiguous}{lost}")
     if stats.unreachable:

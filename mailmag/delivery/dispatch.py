@@ -110,7 +110,9 @@ class Stats:
     """What one run did, summed over its threads.
 
     `lost`: messages the relay accepted whose lease another worker had taken meanwhile (the
-    result was refused; the other worker may send it again). `ambiguous`: connections lost
+    result was refused; the other worker may send it again). `cancelled`: messages refused or
+    deferred while their row was cancelled (the reader left, or the issue's send was stopped):
+    they stay cancelled. `ambiguous`: connections lost
     after the final dot (also counted in `deferred`, or `failed` past the lifetime): the relay
     may have kept the message, which is sent again. `unreachable`: why the relay could not be
     reached, if it could not.
@@ -120,6 +122,7 @@ class Stats:
     failed: int = 0
     deferred: int = 0
     lost: int = 0
+    cancelled: int = 0
     ambiguous: int = 0
     unreachable: str = ""
     held_back: str = ""  # `once`: why messages that are due were left for a later run
@@ -799,6 +802,7 @@ class Dispatcher:
                 return outbox.cancelled_while_held(session, delivery.id, owner)
 
         if self.database.call(work):
+            self.stats.add("cancelled")
             log.info("delivery %s: %s it was cancelled while it was being sent (the reader left the list, "
                      "or the issue's send was cancelled): it stays cancelled", delivery.id, happened)
             return

@@ -36,7 +36,7 @@ from mailmag.scheduling.sending import deliver_until_stopped, make_dispatcher
 from mailmag.scheduling.signals import STOPS, stop_on_signals
 from mailmag.services import Services
 
-_COUNTED = ("sent", "failed", "deferred", "lost", "ambiguous")
+_COUNTED = ("sent", "failed", "deferred", "lost", "cancelled", "ambiguous")
 _NOTES = ("unreachable", "held_back")  # the first process's that has one is the worker's
 Report = tuple[dict[str, Any], "BaseException | None"]  # a process's counts, and why it failed
 
