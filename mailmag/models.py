@@ -288,6 +288,10 @@ class Delivery(Base):
     message_id: Mapped[str] = mapped_column(String(255))  # fixed at enqueue, reused on retries
     status: Mapped[str] = mapped_column(String(16), default="queued")
     attempts: Mapped[int] = mapped_column(default=0)
+    # When its first try failed for a reason that is retried (a 4xx, a dropped connection, an
+    # address refusal not believed yet): [retry] lifetime_seconds counts from here, not from
+    # when it was queued, which may be days earlier (a send window over 年末年始, a relay down).
+    retrying_since: Mapped[dt.datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[dt.datetime | None]
     lease_expiries: Mapped[int] = mapped_column(default=0)

@@ -207,6 +207,8 @@ def test_an_ambiguous_drop_gives_up_only_after_the_lifetime(smtp_services, smtp_
     issue = prepare_send(smtp_services, 1)
     smtp_server.drop("after_data", times=None)
     lifetime = smtp_services.config.retry.lifetime_seconds
+    run_worker(smtp_services)
+    assert counts(smtp_services, issue).pending == 1
     run_worker(smtp_services, clock=lambda: utcnow() + dt.timedelta(seconds=lifetime + 60))
     c = counts(smtp_services, issue)
     assert (c.failed, c.pending) == (1, 0)
@@ -265,6 +267,8 @@ def test_give_up_after_the_lifetime(smtp_services, smtp_server):
     issue = prepare_send(smtp_services, 1)
     smtp_server.fail_rcpt("user0@example.jp", 450, "4.2.0 mailbox busy")
     lifetime = smtp_services.config.retry.lifetime_seconds
+    run_worker(smtp_services)
+    assert counts(smtp_services, issue).pending == 1
     later = utcnow() + dt.timedelta(seconds=lifetime + 60)
     done: list[int] = []
     run_worker(smtp_services, clock=lambda: later, progress=done.append)
@@ -272,6 +276,30 @@ def test_give_up_after_the_lifetime(smtp_services, smtp_server):
     assert (c.failed, c.pending) == (1, 0)
     # `worker --once`'s progress bar counts it done, as it does a refusal (it stopped one short)
     assert sum(done) == 1
+
+
+@pytest.mark.parametrize("fault", ["greylisted", "dropped"])
+def test_the_lifetime_counts_from_the_first_failed_try_not_from_the_queue(smtp_services, smtp_server, fault):
+    """Queued before 年末年始 and first tried after it (a send window, a relay down): the first 4xx
+    or drop failed the message at once, with no retry, because the queue time counted against
+    [retry] lifetime_seconds. A greylisting server (common at ISPs and universities) lost the reader
+    the issue."""
+    issue = prepare_send(smtp_services, 1)
+    if fault == "greylisted":
+        smtp_server.fail_rcpt("user0@example.jp", 451, "4.7.1 Greylisted, try again in 60 seconds", times=1)
+    else:
+        smtp_server.drop("rcpt")
+    lifetime = smtp_services.config.retry.lifetime_seconds
+    first_try = utcnow() + dt.timedelta(seconds=lifetime + 3600)
+    run_worker(smtp_services, clock=lambda: first_try)
+    c = counts(smtp_services, issue)
+    assert (c.failed, c.pending) == (0, 1)
+    with smtp_services.session() as session:  # retried soon, as at any first failure
+        assert session.scalar(select(Delivery.next_attempt_at)) <= first_try + dt.timedelta(minutes=5)
+    run_worker(smtp_services, clock=lambda: first_try + dt.timedelta(minutes=10))
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.failed, c.pending) == (1, 0, 0)
+    assert smtp_server.recipients() == ["user0@example.jp"]
 
 
 def _turns(limiter: RateLimiter, now: list[float], count: int) -> list[float]:

@@ -27,6 +27,11 @@ ROWS = [
     "lease_expiries, next_attempt_at, last_reply, created_at) "
     "VALUES (1, 1, 'taro@example.jp', 'ja', '<1.1@example.jp>', 'queued', 0, 0, "
     "CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)",
+    # being retried when the upgrade comes: its lifetime keeps counting from when it was queued
+    "INSERT INTO deliveries (issue_id, subscriber_id, email, lang, message_id, status, attempts, "
+    "lease_expiries, next_attempt_at, last_reply, created_at) "
+    "VALUES (2, 1, 'taro@example.jp', 'ja', '<2.1@example.jp>', 'queued', 1, 0, "
+    "CURRENT_TIMESTAMP, '451 4.3.0 try later', CURRENT_TIMESTAMP)",
     "INSERT INTO consent_events (subscriber_id, email_hash, action, channel, source, at) "
     "VALUES (1, 'h', 'opt_in', 'import', 'test', CURRENT_TIMESTAMP)",
 ]
@@ -44,12 +49,15 @@ def test_upgrading_from_the_first_release_keeps_every_row_and_link(db_url):
         assert db.init_db(engine) == "upgraded"
         with engine.connect() as conn:
             counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in COUNTED}
-            links = conn.execute(text(
-                "SELECT d.subscriber_id, c.subscriber_id FROM deliveries d, consent_events c")).one()
+            links = conn.execute(text("SELECT d.subscriber_id, c.subscriber_id FROM deliveries d, "
+                                      "consent_events c WHERE d.issue_id = 1")).one()
+            retrying = conn.execute(text("SELECT issue_id, retrying_since = created_at FROM deliveries "
+                                         "WHERE retrying_since IS NOT NULL")).all()
             if engine.dialect.name == "sqlite":
                 assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # on again afterwards
     finally:
         engine.dispose()
     assert counts == {"orgs": 1, "items": 1, "issues": 2, "issue_items": 1, "renderings": 1, "subscribers": 1,
-                      "deliveries": 1, "consent_events": 1}
+                      "deliveries": 2, "consent_events": 1}
     assert tuple(links) == (1, 1)
+    assert [tuple(row) for row in retrying] == [(2, True)]

@@ -194,11 +194,13 @@ def test_retry_waits_and_release_does_not_count_an_attempt(session):
     transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     a, b = outbox.claim(session, "w", 2, now, 300)
-    outbox.mark_retry(session, a.id, "w", "451 try later", now + dt.timedelta(minutes=5))
+    outbox.mark_retry(session, a.id, "w", "451 try later", now + dt.timedelta(minutes=5), now)
     outbox.release(session, b.id, "w")
-    assert [c.id for c in outbox.claim(session, "w", 5, now, 300)] == [b.id]
+    [again] = outbox.claim(session, "w", 5, now, 300)
+    assert (again.id, again.retrying_since) == (b.id, None)  # released: not being retried
     assert session.get(Delivery, b.id).attempts == 1
-    assert outbox.claim(session, "w", 5, now + dt.timedelta(minutes=6), 300)[0].id == a.id
+    [retried] = outbox.claim(session, "w", 5, now + dt.timedelta(minutes=6), 300)
+    assert (retried.id, retried.retrying_since) == (a.id, now)  # the lifetime counts from here
 
 
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):

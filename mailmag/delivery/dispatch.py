@@ -820,7 +820,7 @@ class Dispatcher:
         lifetime: a subscriber missing the issue is worse than a rare second copy. An ambiguous
         drop also gives up after [retry] ambiguous_max_attempts: each may have been a copy."""
         now = self.clock()
-        age = (now - delivery.created_at).total_seconds()
+        age = outbox.retrying_for(delivery, now)
         retry = self.services.config.retry
         give_up = age >= retry.lifetime_seconds or (
             failure.ambiguous and delivery.attempts >= retry.ambiguous_max_attempts)
@@ -839,7 +839,8 @@ class Dispatcher:
             if give_up:
                 return outbox.mark_failed(session, delivery.id, owner, reply, maybe_sent)
             at = now + dt.timedelta(seconds=outbox.retry_delay(retry, age))
-            return outbox.mark_retry(session, delivery.id, owner, reply, at, maybe_sent)
+            since = delivery.retrying_since or now
+            return outbox.mark_retry(session, delivery.id, owner, reply, at, since, maybe_sent)
 
         happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
                     else "the connection was lost after the final dot (the relay may have it), and")
@@ -901,13 +902,13 @@ class Dispatcher:
         wait for their retry and the next acceptance (another issue's): nothing else says the
         relay still works. A probe (MAIL, RCPT of an address it took, RSET) was tried and
         dropped: a relay that caches the addresses it verified, or treats the probe's sender
-        apart, says yes to it and still refuses everyone new. Past [retry] lifetime_seconds, a
-        refusal held once already and still not vouched for fails the message, and the reader
-        stays on the list (_give_up_unbelieved): a relay broken for longer than that (a holiday)
-        refuses everyone so too. (Held once: a list first tried past its lifetime, after an
-        outage, still has its dead addresses vouched for by the messages accepted after them.)
+        apart, says yes to it and still refuses everyone new. Past [retry] lifetime_seconds (from
+        the message's first failed try), a refusal held once already and still not vouched for
+        fails the message, and the reader stays on the list (_give_up_unbelieved): a relay
+        broken for longer than that (a holiday) refuses everyone so too. (Held once: a refusal
+        after days of 4xx replies still has a chance to be vouched for.)
         refusals_to_stop of them new in this run with no message accepted between stop the run."""
-        age = (self.clock() - delivery.created_at).total_seconds()
+        age = outbox.retrying_for(delivery, self.clock())
         words = str(failure)
         held_before = outbox.NOT_BELIEVED in delivery.last_reply
         if held_before and age >= self.services.config.retry.lifetime_seconds:
@@ -920,11 +921,12 @@ class Dispatcher:
     def _wait(self, owner: str, delivery: outbox.Claimed, words: str, age: float) -> bool:
         """The held refusal waits for its retry, queued and marked NOT_BELIEVED; False if its row
         was taken away meanwhile."""
-        at = self.clock() + dt.timedelta(seconds=outbox.retry_delay(self.services.config.retry, age))
+        now = self.clock()
+        at = now + dt.timedelta(seconds=outbox.retry_delay(self.services.config.retry, age))
         reply = _marked(delivery, outbox.held_reply(words))
 
         def write(session: Session) -> bool:
-            return outbox.mark_retry(session, delivery.id, owner, reply, at)
+            return outbox.mark_retry(session, delivery.id, owner, reply, at, delivery.retrying_since or now)
 
         if not self._write_result(owner, delivery, write, f"the relay refused it ({words}), and"):
             return False

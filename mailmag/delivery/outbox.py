@@ -107,7 +107,7 @@ class Claimed:
     lang: str
     message_id: str
     attempts: int
-    created_at: dt.datetime
+    retrying_since: dt.datetime | None  # None: not retried yet
     last_reply: str
     link_key: str = ""  # the subscriber row's key, which every link in the mail carries
 
@@ -246,7 +246,7 @@ def requeue_dead(session: Session, issue_id: int, now: dt.datetime) -> int:
     return rowcount(session.execute(
         update(Delivery)
         .where(Delivery.issue_id == issue_id, Delivery.status == "dead")
-        .values(status="queued", lease_expiries=0, next_attempt_at=now,
+        .values(status="queued", lease_expiries=0, next_attempt_at=now, retrying_since=None,
                 last_reply=case((Delivery.last_reply.startswith(AMBIGUOUS), f"{AMBIGUOUS} before; "),
                                 else_="") + "requeued by an operator after: " + Delivery.last_reply)
     ))
@@ -332,7 +332,7 @@ def claim(
         )
         .returning(Delivery.status, Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
                    of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
-                   Delivery.created_at, Delivery.last_reply, of_subscriber(Subscriber.link_key))
+                   Delivery.retrying_since, Delivery.last_reply, of_subscriber(Subscriber.link_key))
     ).all()
     # Sent in id order (outbox's rule above: of a dead claim, only the lowest id may have been in flight).
     claimed = [Claimed(*typing.cast(tuple[typing.Any, ...], row)[1:]) for row in rows if row[0] == "sending"]
@@ -395,9 +395,10 @@ def mark_failed(session: Session, delivery_id: int, owner: str, reply: str,
 
 
 def mark_retry(session: Session, delivery_id: int, owner: str, reply: str, at: dt.datetime,
-               ambiguous_at: dt.datetime | None = None) -> bool:
+               since: dt.datetime, ambiguous_at: dt.datetime | None = None) -> bool:
+    """Queued again for `at`; `since`: when its retries began (the row's retrying_since, or now)."""
     return _finish(session, delivery_id, owner, status="queued", last_reply=reply[:REPLY_KEPT],
-                   next_attempt_at=at, **_maybe_sent(ambiguous_at))
+                   next_attempt_at=at, retrying_since=since, **_maybe_sent(ambiguous_at))
 
 
 def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:
@@ -422,8 +423,14 @@ def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | No
     return _finish(session, delivery_id, owner, **values)
 
 
+def retrying_for(delivery: Claimed, now: dt.datetime) -> float:
+    """Seconds since the delivery's retries began (0 at its first failure): what [retry]
+    lifetime_seconds and the backoff count, not its time in the queue."""
+    return 0.0 if delivery.retrying_since is None else (now - delivery.retrying_since).total_seconds()
+
+
 def retry_delay(config_retry, age_seconds: float) -> float:
-    """Postfix-like: the delay grows with the message's age, between the two bounds."""
+    """Postfix-like: the delay grows with the time the message has been retried, between the two bounds."""
     return min(max(config_retry.backoff_seconds, age_seconds), config_retry.max_backoff_seconds)
 
 
