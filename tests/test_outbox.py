@@ -203,6 +203,23 @@ def test_retry_waits_and_release_does_not_count_an_attempt(session):
     assert (retried.id, retried.retrying_since) == (a.id, now)  # the lifetime counts from here
 
 
+def test_an_opt_out_taken_back_queues_again_only_what_surely_did_not_go(session):
+    """restore_for_subscriber: a row a worker held when the opt-out cancelled it may have been on
+    the wire (its worker records it sent if it went), and a stopped issue stays stopped."""
+    [reader] = add_subscribers(session, 1)
+    held, queued, stopped = (make_issue(session, number) for number in (1, 2, 3))
+    for issue in (held, queued, stopped):
+        transitions.start_sending(session, issue, "example.jp", "ja")
+    [claimed] = outbox.claim(session, "w", 1, utcnow(), 300)
+    assert claimed.issue_id == held.id
+    assert outbox.cancel_for_subscriber(session, reader.id) == 3
+    transitions.cancel_issue(session, stopped)
+    assert outbox.restore_for_subscriber(session, reader.id, utcnow()) == 1
+    rows = session.execute(select(Delivery.issue_id, Delivery.status).order_by(Delivery.issue_id)).all()
+    assert [tuple(r) for r in rows] == [(held.id, "cancelled"), (queued.id, "queued"),
+                                        (stopped.id, "cancelled")]
+
+
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):
     add_subscribers(session, 3)
     issue = make_issue(session)

@@ -243,6 +243,29 @@ def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_serv
     assert saved.status == 200 and row(web_services, "u@example.jp").topics == ["news"]
 
 
+def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_services, mailmag):
+    """helper-55: a reader unsubscribed by accident while an issue was being sent to them, and
+    took it back at once (取り消す). They were active again, but that issue's message stayed
+    cancelled and never went: they silently missed it."""
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    item = mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ", "--body",
+                      "本文です。", "--json")
+    mailmag.ok("items", "approve", re.search(r'"id": (\d+)', item.stdout).group(1))
+    for address in ("u@example.jp", "v@example.jp"):
+        mailmag.ok("subscribers", "add", address)
+    mailmag.ok("issues", "new")
+    mailmag.ok("issues", "send", "1", "--yes")
+    u = row(web_services, "u@example.jp")
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, u.id, u.link_key)
+    browser = Client(live.url)
+    page = browser.submit(unsubscribe, {})
+    assert "配信を停止しました" in page.text
+    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
+    assert mailmag.ok("worker", "--once").stdout.strip() == "sent 2, failed 0, deferred 0"
+    status = mailmag.ok("issues", "status", "1").stdout
+    assert "total 2, sent 2, failed 0, pending 0, dead 0, cancelled 0" in status
+
+
 def test_undo_is_refused_after_its_minutes(config, mailmag):
     from web_support import LiveServer, make_services
 

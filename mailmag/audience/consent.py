@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
+from mailmag.delivery.outbox import restore_for_subscriber
 from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
@@ -210,11 +211,13 @@ def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: obj
 
 def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
     """Take back an unsubscribe just made (the caller checks who and how recently); the
-    consent log gets an opt_in saying so. False unless the subscriber is unsubscribed."""
+    consent log gets an opt_in saying so, and the issue being sent that the unsubscribe stopped
+    goes to them after all. False unless the subscriber is unsubscribed."""
     if subscriber.status != "unsubscribed":
         return False
     subscriber.status, subscriber.status_reason = "active", ""
     subscribers.record(session, subscriber, "opt_in", consent)
+    restore_for_subscriber(session, subscriber.id, utcnow())
     return True
 
 

@@ -434,7 +434,11 @@ def retry_delay(config_retry, age_seconds: float) -> float:
     return min(max(config_retry.backoff_seconds, age_seconds), config_retry.max_backoff_seconds)
 
 
-def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = "subscriber opted out") -> int:
+# The last_reply of a delivery an opt-out cancelled (restore_for_subscriber looks for it).
+OPTED_OUT = "subscriber opted out"
+
+
+def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = OPTED_OUT) -> int:
     """An opt-out takes effect at once: queued and claimed deliveries to them are cancelled.
 
     A worker re-checks what it holds at least every HELD_CHECK_SECONDS before sending (and
@@ -448,6 +452,20 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = "subs
         .values(status="cancelled", last_reply=why)
     )
     return rowcount(result)
+
+
+def restore_for_subscriber(session: Session, subscriber_id: int, now: dt.datetime) -> int:
+    """An opt-out taken back (consent.undo_unsubscribe): the messages it cancelled in issues
+    still being sent are queued again, due now. One that a worker held when it was cancelled
+    stays cancelled: it may have been on the wire, and its worker records it sent if it went."""
+    sending = select(Issue.id).where(Issue.status == "sending")
+    return rowcount(session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
+               Delivery.last_reply == OPTED_OUT, Delivery.lease_owner.is_(None),
+               Delivery.issue_id.in_(sending))
+        .values(status="queued", next_attempt_at=now, last_reply="")
+    ))
 
 
 def cancel_rows(session: Session, issue_id: int) -> int:
