@@ -239,7 +239,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
         ambiguous = outbox.ambiguous_count(session, issue.id)
-        unbelieved = outbox.unbelieved_failure_count(session, issue.id) if counts.failed else 0
+        kept = outbox.failed_readers_kept(session, issue.id) if counts.failed else 0
         held = outbox.held_refusals(session, issue.id, limit=HELD_SHOWN)
         held_count = outbox.held_refusal_count(session, issue.id) if len(held) == HELD_SHOWN else len(held)
         missed = jobs.last_send_run(session, issue)
@@ -250,7 +250,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "audience": reached, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
-            "ambiguous": ambiguous, "held_refusals": held_count, "failed_unbelieved": unbelieved,
+            "ambiguous": ambiguous, "held_refusals": held_count, "failed_reader_kept": kept,
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
@@ -272,10 +272,10 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if counts.dead and issue.status in ("sending", "sent"):
         click.echo(f"dead: {plural(counts.dead, 'message')} given up on (a worker died sending each too "
                    f"often); `mailmag issues retry {issue.id} --dead` queues them again")
-    if unbelieved:
-        click.echo(f"failed, reader kept: {unbelieved} of the failed (the relay refused the address until "
-                   "[retry] lifetime_seconds, and no message it accepted vouched for that; the reader "
-                   "stays on the list and gets the next issue)")
+    if kept:
+        click.echo(f"failed, reader kept: {kept} of the failed (still subscribed: a temporary failure or a "
+                   "refusal not believed until [retry] lifetime_seconds, or the content refused; they "
+                   "get the next issue)")
     if ambiguous:
         click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
                    "died sending it; last_reply starts with 'ambiguous')")

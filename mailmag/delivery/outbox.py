@@ -629,13 +629,13 @@ def held_refusal_count(session: Session, issue_id: int) -> int:
     return session.scalar(select(func.count()).select_from(Delivery).where(*_held_refusal(issue_id))) or 0
 
 
-def unbelieved_failure_count(session: Session, issue_id: int) -> int:
-    """Failed deliveries of the issue whose refusal was never believed (given_up_reply): counted
-    in `failed`, but their readers were not bounced."""
+def failed_readers_kept(session: Session, issue_id: int) -> int:
+    """Failed deliveries of the issue whose reader is still subscribed: not a bad address, but a
+    reader who missed the issue (4xx past the lifetime, a refusal never believed, the content
+    refused). `failed` alone reads as bounces."""
     return session.scalar(
-        select(func.count()).select_from(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.status == "failed",
-               Delivery.last_reply.contains(NEVER_BELIEVED, autoescape=True))
+        select(func.count()).select_from(Delivery).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.issue_id == issue_id, Delivery.status == "failed", Subscriber.status == "active")
     ) or 0
 
 
