@@ -155,7 +155,7 @@ def test_compose_reorder_remove_title_preview_test_send_schedule_cancel_send(mai
     _deliver(services)
     progress = json.loads(client.get(f"/admin/issues/{issue_id}/progress.json").text)
     assert progress == {"status": "sent", "status_word": "送信済み", "total": 3, "sent": 3, "failed": 0,
-                        "pending": 0}
+                        "pending": 0, "cancelled": 0}
     assert sorted(r for m in smtp_server.messages[1:] for r in m.recipients) == [
         f"reader{i}@example.jp" for i in range(3)]
     dashboard = client.get("/admin/").text
@@ -196,6 +196,28 @@ def test_a_refusal_not_believed_yet_shows_apart_from_the_failures(mail_console, 
     # time in the past (the console's login lasts 30 idle minutes)
     with time_machine.travel(utcnow() + dt.timedelta(minutes=10), tick=True):
         assert "no such user · 次の確認: 送信処理が次に動いたとき" in client.get(issue_path).text
+
+
+def test_the_issue_page_adds_up_with_cancelled_and_possibly_doubled_messages(mail_console, smtp_server):
+    """helper-55: the page showed 送信済み 1 失敗 0 未送信 0 合計 3, and nothing of a reader who
+    left during the send, nor of a message that may have arrived twice, which `issues status`
+    showed."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 3)
+    issue_path = _sent(client, token, ids[0])
+    with services.session() as session:
+        leaving = session.scalar(select(Subscriber).where(Subscriber.email == "reader2@example.jp"))
+        subscribers.unsubscribe(session, leaving, Consent("web", "test"))
+    smtp_server.drop("after_data", address="reader0@example.jp")  # kept by the relay, then no reply
+    _deliver(services)
+    with services.session() as session:  # its retry is due now
+        session.execute(update(Delivery).where(Delivery.status == "queued").values(next_attempt_at=utcnow()))
+    _deliver(services)
+    page = client.get(issue_path).text
+    assert '送信済み</dt><dd data-key="sent">2</dd>' in page
+    assert '送信取りやめ</dt><dd data-key="cancelled">1</dd>' in page
+    assert '合計</dt><dd data-key="total">3</dd>' in page
+    assert "二重に届いたおそれのあるメール：1 通" in page
 
 
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):

@@ -42,7 +42,7 @@ def progress(issue_id: int) -> Any:
         counts = outbox.counts(db, issue.id)
         return jsonify(status=issue.status, status_word=status_word(issue.status), total=counts.total,
                        sent=counts.sent,
-                       failed=counts.failed + counts.dead, pending=counts.pending)
+                       failed=counts.failed + counts.dead, pending=counts.pending, cancelled=counts.cancelled)
 
 
 @bp.get("/audit")

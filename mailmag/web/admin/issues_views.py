@@ -60,6 +60,7 @@ def show(issue_id: int) -> Any:
             "admin/issue.html.j2", issue=issue, warnings=drafts.warnings(db, state().config, issue),
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
             held=outbox.held_refusals(db, issue.id), now=utcnow(),
+            ambiguous=outbox.ambiguous_count(db, issue.id),
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
             notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
