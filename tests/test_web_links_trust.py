@@ -266,6 +266,30 @@ def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_ser
     assert "total 2, sent 2, failed 0, pending 0, dead 0, cancelled 0" in status
 
 
+def test_a_bounced_reader_who_unsubscribes_keeps_the_bounce_on_record_and_undo_restores_it(
+        live, web_services, mailmag):
+    """helper-55: a one-click unsubscribe from an old mail turned a hard-bounced reader into
+    'unsubscribed (opted out)': the list no longer showed that the address is dead, and taking
+    the unsubscribe back made a dead address active again."""
+    from mailmag.audience import bounces
+
+    mailmag.ok("subscribers", "add", "u@example.jp")
+    with web_services.session() as session:
+        reader = session.scalar(select(Subscriber).where(Subscriber.email_key == "u@example.jp"))
+        bounces.suppress(session, reader, "rejected when sent: 550 5.1.1 no such user")
+    u = row(web_services, "u@example.jp")
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, u.id, u.link_key)
+    browser = Client(live.url)
+    page = browser.submit(unsubscribe, {})
+    assert "配信を停止しました" in page.text
+    u = row(web_services, "u@example.jp")
+    assert (u.status, u.status_reason) == (
+        "unsubscribed", "opted out (web); bounced before: rejected when sent: 550 5.1.1 no such user")
+    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
+    u = row(web_services, "u@example.jp")
+    assert (u.status, u.status_reason) == ("bounced", "rejected when sent: 550 5.1.1 no such user")
+
+
 def test_undo_is_refused_after_its_minutes(config, mailmag):
     from web_support import LiveServer, make_services
 

@@ -215,9 +215,11 @@ def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent)
     goes to them after all. False unless the subscriber is unsubscribed."""
     if subscriber.status != "unsubscribed":
         return False
-    subscriber.status, subscriber.status_reason = "active", ""
+    _, bounced, reason = subscriber.status_reason.partition(subscribers.BOUNCED_BEFORE)
+    subscriber.status, subscriber.status_reason = ("bounced", reason) if bounced else ("active", "")
     subscribers.record(session, subscriber, "opt_in", consent)
-    restore_for_subscriber(session, subscriber.id, utcnow())
+    if not bounced:  # an address found dead stays so: nothing goes to it
+        restore_for_subscriber(session, subscriber.id, utcnow())
     return True
 
 

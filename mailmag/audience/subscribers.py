@@ -201,12 +201,19 @@ def record(session: Session, subscriber: Subscriber, action: str, consent: Conse
     )
 
 
+# In the status_reason of a bounced address that then opted out: the bounce's reason follows.
+BOUNCED_BEFORE = "; bounced before: "
+
+
 def unsubscribe(session: Session, subscriber: Subscriber, consent: Consent, reason: str = "") -> bool:
-    """Opt out at once, also for deliveries still queued; False if already out (repeatable)."""
+    """Opt out at once, also for deliveries still queued; False if already out (repeatable).
+    An opt-out overrides a bounce (nothing may go to them if the bounce is cleared), and keeps
+    its reason: the address was found dead, which the list of subscribers still shows."""
     if subscriber.status == "unsubscribed":
         return False
+    bounced = BOUNCED_BEFORE + subscriber.status_reason if subscriber.status == "bounced" else ""
     subscriber.status = "unsubscribed"
-    subscriber.status_reason = reason or f"opted out ({consent.channel})"
+    subscriber.status_reason = (reason or f"opted out ({consent.channel})") + bounced
     record(session, subscriber, "opt_out", consent)
     cancel_for_subscriber(session, subscriber.id)
     return True
