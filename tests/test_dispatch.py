@@ -18,7 +18,7 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from mailmag.audience import subscribers
+from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import transitions
 from mailmag.delivery import outbox
@@ -556,6 +556,59 @@ def test_a_message_held_back_carries_the_date_it_is_sent_not_the_one_it_was_buil
     dates = [email.utils.parsedate_to_datetime(email.message_from_bytes(m.data)["Date"])
              for m in smtp_server.messages]
     assert [round((d - start).total_seconds() / 60) for d in dates] == [0, 2, 4]
+
+
+def _leave_and_come_back(services: Services, address: str, *, back: bool = True) -> None:
+    """The reader unsubscribes (the footer link) and, with `back`, takes it back at once (取り消す)."""
+    with services.session() as session:
+        reader = session.scalar(select(Subscriber).where(Subscriber.email == address))
+        subscribers.unsubscribe(session, reader, Consent("web"))
+        if back:
+            consent.undo_unsubscribe(session, reader, Consent("web"))
+
+
+@pytest.mark.parametrize("back", ["before_the_worker_saw_it", "after_the_worker_let_go"])
+def test_a_reader_who_came_back_during_the_send_gets_the_message_held_for_them(
+        smtp_services, smtp_server, back):
+    """helper-56: the reader left while a worker held their message in its claimed batch, and took
+    the unsubscribe back (取り消す) before the worker reached it, or after it had seen the row
+    cancelled and moved on: active again, and the message stayed cancelled, never sent."""
+    issue = prepare_send(smtp_services, 4)
+    smtp_server.delay("rcpt", 0.8, after=1)  # user1's: the worker reads its held rows again after it
+    accepted: list[int] = []
+
+    def meanwhile(_n: int) -> None:
+        accepted.append(1)
+        if len(accepted) == 1:  # user0's accepted: user2's row is in the worker's batch
+            _leave_and_come_back(smtp_services, "user2@example.jp", back=back == "before_the_worker_saw_it")
+        elif len(accepted) == 3 and back == "after_the_worker_let_go":  # user3's: user2's was skipped
+            with smtp_services.session() as session:
+                reader = session.scalar(select(Subscriber).where(Subscriber.email == "user2@example.jp"))
+                assert consent.undo_unsubscribe(session, reader, Consent("web"))
+
+    run_worker(smtp_services, concurrency=1, progress=meanwhile)
+    assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(4)]
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.cancelled, c.pending) == (4, 0, 0)
+
+
+def test_a_deferral_for_a_reader_who_left_and_came_back_meanwhile_is_retried(smtp_services, smtp_server):
+    """helper-56: the reader left and came back while the relay was answering their RCPT with a
+    451: the deferral found the row cancelled, so it stayed cancelled for good ("cancelled while
+    sending"), though the reader was active again."""
+    issue = prepare_send(smtp_services, 2)
+    smtp_server.fail_rcpt("user1@example.jp", 451, "4.3.0 try later", times=1, delay=1.0)
+
+    def meanwhile(_n: int) -> None:  # after user0's: user1's RCPT is on the wire for a second
+        if not hasattr(meanwhile, "timer"):
+            meanwhile.timer = threading.Timer(0.3, _leave_and_come_back, (smtp_services, "user1@example.jp"))
+            meanwhile.timer.start()
+
+    dispatcher = run_worker(smtp_services, concurrency=1, progress=meanwhile)
+    meanwhile.timer.join()
+    assert (dispatcher.stats.deferred, dispatcher.stats.cancelled) == (1, 0)
+    c = counts(smtp_services, issue)
+    assert (c.sent, c.queued, c.cancelled) == (1, 1, 0)
 
 
 def _rate_limited(smtp_services, owned_services, per_second: float,  # type: ignore[no-untyped-def]

@@ -203,21 +203,26 @@ def test_retry_waits_and_release_does_not_count_an_attempt(session):
     assert (retried.id, retried.retrying_since) == (a.id, now)  # the lifetime counts from here
 
 
-def test_an_opt_out_taken_back_queues_again_only_what_surely_did_not_go(session):
-    """restore_for_subscriber: a row a worker held when the opt-out cancelled it may have been on
-    the wire (its worker records it sent if it went), and a stopped issue stays stopped."""
+def test_an_opt_out_taken_back_gives_each_row_back_to_whoever_had_it(session):
+    """restore_for_subscriber: a row a worker still holds goes back to that worker (it may be on
+    the wire: its result is recorded as any; if not, the worker sends it); one the worker let go
+    of, or never claimed, is queued again; a stopped issue stays stopped."""
     [reader] = add_subscribers(session, 1)
-    held, queued, stopped = (make_issue(session, number) for number in (1, 2, 3))
-    for issue in (held, queued, stopped):
+    held, dropped, queued, stopped = (make_issue(session, number) for number in (1, 2, 3, 4))
+    for issue in (held, dropped, queued, stopped):
         transitions.start_sending(session, issue, "example.jp", "ja")
-    [claimed] = outbox.claim(session, "w", 1, utcnow(), 300)
-    assert claimed.issue_id == held.id
-    assert outbox.cancel_for_subscriber(session, reader.id) == 3
+    claimed = outbox.claim(session, "w", 2, utcnow(), 300)
+    assert [c.issue_id for c in claimed] == [held.id, dropped.id]
+    assert outbox.cancel_for_subscriber(session, reader.id) == 4
+    assert outbox.let_go(session, claimed[1].id, "w")  # the worker saw it cancelled, and moved on
+    assert not outbox.let_go(session, claimed[1].id, "w")
     transitions.cancel_issue(session, stopped)
-    assert outbox.restore_for_subscriber(session, reader.id, utcnow()) == 1
-    rows = session.execute(select(Delivery.issue_id, Delivery.status).order_by(Delivery.issue_id)).all()
-    assert [tuple(r) for r in rows] == [(held.id, "cancelled"), (queued.id, "queued"),
-                                        (stopped.id, "cancelled")]
+    assert outbox.restore_for_subscriber(session, reader.id, utcnow()) == 3
+    rows = session.execute(select(Delivery.issue_id, Delivery.status, Delivery.lease_owner)
+                           .order_by(Delivery.issue_id)).all()
+    assert [tuple(r) for r in rows] == [(held.id, "sending", "w"), (dropped.id, "queued", None),
+                                        (queued.id, "queued", None), (stopped.id, "cancelled", None)]
+    assert outbox.held(session, [claimed[0].id], "w") == {claimed[0].id}
 
 
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):

@@ -544,7 +544,9 @@ class Dispatcher:
             # Asked before the rate limiter's turn, so a row taken away spends no turn of the limit
             # (a thread that must wait claims afresh after it: an opt-out meanwhile is honoured).
             if not still_mine(position, False):
-                position += 1
+                # let go of it, unless it has just come back (an opt-out taken back): then it goes
+                if self._let_go(owner, batch[position]) or not still_mine(position, True):
+                    position += 1
                 continue
             if (wait := self.limiter.take_turn()) > 0:
                 self._record(unrecorded)  # no result waits while the thread does
@@ -628,6 +630,13 @@ class Dispatcher:
     def _admitted(self, index: int) -> bool:
         """The relay does not want this thread's connection gone (each 421 takes one away)."""
         return self.throttle.admits(self.first_connection + index)
+
+    def _let_go(self, owner: str, delivery: outbox.Claimed) -> bool:
+        def work() -> bool:
+            with self._writing() as session:
+                return outbox.let_go(session, delivery.id, owner)
+
+        return self.database.call(work)
 
     def _held(self, owner: str, rest: list[outbox.Claimed]) -> set[int]:
         with self.services.read_session() as session:

@@ -456,16 +456,32 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = OPTED
 
 def restore_for_subscriber(session: Session, subscriber_id: int, now: dt.datetime) -> int:
     """An opt-out taken back (consent.undo_unsubscribe): the messages it cancelled in issues
-    still being sent are queued again, due now. One that a worker held when it was cancelled
-    stays cancelled: it may have been on the wire, and its worker records it sent if it went."""
+    still being sent go after all. One that a worker still holds goes back to that worker (it
+    may be on the wire: its result is then recorded as any other; if not, the worker sends it);
+    the rest, let go (let_go) or never claimed, are queued again, due now."""
     sending = select(Issue.id).where(Issue.status == "sending")
-    return rowcount(session.execute(
-        update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
-               Delivery.last_reply == OPTED_OUT, Delivery.lease_owner.is_(None),
-               Delivery.issue_id.in_(sending))
+    stopped = (Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
+               Delivery.last_reply == OPTED_OUT, Delivery.issue_id.in_(sending))
+    held = rowcount(session.execute(
+        update(Delivery).where(*stopped, Delivery.lease_owner.is_not(None))
+        .values(status="sending", last_reply="")
+    ))
+    return held + rowcount(session.execute(
+        update(Delivery).where(*stopped, Delivery.lease_owner.is_(None))
         .values(status="queued", next_attempt_at=now, last_reply="")
     ))
+
+
+def let_go(session: Session, delivery_id: int, owner: str) -> bool:
+    """A worker will not send a row of its claim that was cancelled under it (it asks held()
+    before each message): its lease leaves the row, so that an opt-out taken back queues it
+    again (restore_for_subscriber). False if the row is not such a row any more: it may be the
+    worker's again, an opt-out taken back meanwhile."""
+    return rowcount(session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "cancelled", Delivery.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+    )) == 1
 
 
 def cancel_rows(session: Session, issue_id: int) -> int:
