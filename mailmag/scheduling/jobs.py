@@ -115,11 +115,14 @@ def unschedule_send(session: Session, issue: Issue) -> None:
 
 def last_send_run(session: Session, issue: Issue) -> JobRun | None:
     """What happened to the issue's latest timed send (e.g. "missed"), for `issues status`; None
-    if the issue has been scheduled again since (that send's record is history then)."""
+    once it is history: the issue was scheduled again since, or, for a send that did not
+    happen, the issue is no longer the draft that record explains (it was sent by hand)."""
     run = session.scalar(
         select(JobRun).where(JobRun.job_id == send_job_id(issue.id)).order_by(JobRun.scheduled_for.desc())
     )
-    return run if run is not None and _news(run, issue.schedule_set_at) else None
+    if run is None or not _news(run, issue.schedule_set_at):
+        return None
+    return run if run.outcome == "sent" or issue.status == "draft" else None
 
 
 def _news(run: JobRun, schedule_set_at: dt.datetime | None) -> bool:
