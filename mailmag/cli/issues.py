@@ -314,8 +314,8 @@ def cancel(app: AppContext, issue_id: int) -> None:
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
     elif done.sent or done.in_flight:
-        held = (f", {done.in_flight} of them held by a worker (what it sends in the next half second "
-                "may still go; `issues status` counts it)"
+        held = (f", {done.in_flight} of them held by a worker (a message already on its way to the relay "
+                "still goes, however long the relay takes; `issues status` counts it)"
                 if done.in_flight else "")
         went = (f"{plural(done.sent - done.dead, 'message')} went, {done.dead} given up on may have"
                 if done.dead else f"{plural(done.sent, 'message')} went")
