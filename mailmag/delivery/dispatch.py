@@ -112,9 +112,9 @@ class Stats:
     `lost`: messages the relay accepted whose lease another worker had taken meanwhile (the
     result was refused; the other worker may send it again). `cancelled`: messages refused or
     deferred while their row was cancelled (the reader left, or the issue's send was stopped):
-    they stay cancelled. `ambiguous`: connections lost
-    after the final dot (also counted in `deferred`, or `failed` past the lifetime): the relay
-    may have kept the message, which is sent again. `unreachable`: why the relay could not be
+    they stay cancelled. `ambiguous`: connections lost after the final dot (also counted in
+    `deferred`, or `failed` past the lifetime): the relay may have kept the message, which is
+    sent again. `unreachable`: why the relay could not be
     reached, if it could not.
     """
 
