@@ -243,10 +243,12 @@ def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_serv
     assert saved.status == 200 and row(web_services, "u@example.jp").topics == ["news"]
 
 
-def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_services, mailmag):
+@pytest.mark.parametrize("undo", ["while_it_is_sent", "after_the_rest_was_sent"])
+def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_services, mailmag, undo):
     """helper-55: a reader unsubscribed by accident while an issue was being sent to them, and
     took it back at once (取り消す). They were active again, but that issue's message stayed
-    cancelled and never went: they silently missed it."""
+    cancelled and never went: they silently missed it. helper-57: the same when the rest of the
+    list was sent first (the issue was `sent` when they pressed 取り消す)."""
     mailmag.ok("orgs", "add", "cef", "中国経済連合会")
     item = mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ", "--body",
                       "本文です。", "--json")
@@ -260,9 +262,15 @@ def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_ser
     browser = Client(live.url)
     page = browser.submit(unsubscribe, {})
     assert "配信を停止しました" in page.text
+    sent = 0
+    if undo == "after_the_rest_was_sent":
+        assert mailmag.ok("worker", "--once").stdout.strip() == "sent 1, failed 0, deferred 0"
+        assert mailmag.ok("issues", "status", "1").stdout.startswith("issue 1 (第1号): sent")
+        sent = 1
     assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
-    assert mailmag.ok("worker", "--once").stdout.strip() == "sent 2, failed 0, deferred 0"
+    assert mailmag.ok("worker", "--once").stdout.strip() == f"sent {2 - sent}, failed 0, deferred 0"
     status = mailmag.ok("issues", "status", "1").stdout
+    assert status.startswith("issue 1 (第1号): sent")
     assert "total 2, sent 2, failed 0, pending 0, dead 0, cancelled 0" in status
 
 

@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.delivery.outbox import restore_for_subscriber
 from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
@@ -211,15 +210,14 @@ def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: obj
 
 def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
     """Take back an unsubscribe just made (the caller checks who and how recently); the
-    consent log gets an opt_in saying so, and the issue being sent that the unsubscribe stopped
-    goes to them after all. False unless the subscriber is unsubscribed."""
+    consent log gets an opt_in saying so. A reader whose address had bounced is bounced again.
+    False unless the subscriber is unsubscribed. (scheduling.sending.take_back_unsubscribe also
+    sends them the issue the unsubscribe stopped.)"""
     if subscriber.status != "unsubscribed":
         return False
     _, bounced, reason = subscriber.status_reason.partition(subscribers.BOUNCED_BEFORE)
     subscriber.status, subscriber.status_reason = ("bounced", reason) if bounced else ("active", "")
     subscribers.record(session, subscriber, "opt_in", consent)
-    if not bounced:  # an address found dead stays so: nothing goes to it
-        restore_for_subscriber(session, subscriber.id, utcnow())
     return True
 
 

@@ -94,6 +94,14 @@ def complete_issues(session: Session) -> list[int]:
     return complete(session, outbox.drained_issues(session))
 
 
+def reopen(session: Session, issue_ids: set[int]) -> None:
+    """Issues marked sent that have messages queued again (an unsubscribe taken back) are being
+    sent again, so workers take those messages."""
+    if issue_ids:
+        session.execute(update(Issue).where(Issue.id.in_(issue_ids), Issue.status == "sent")
+                        .values(status="sending"))
+
+
 def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
     """`issues retry N --dead`: dead deliveries go back to the queue; a `sent` issue with dead
     rows opens again so workers take them. Returns rows requeued.

@@ -454,22 +454,25 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = OPTED
     return rowcount(result)
 
 
-def restore_for_subscriber(session: Session, subscriber_id: int, now: dt.datetime) -> int:
-    """An opt-out taken back (consent.undo_unsubscribe): the messages it cancelled in issues
-    still being sent go after all. One that a worker still holds goes back to that worker (it
-    may be on the wire: its result is then recorded as any other; if not, the worker sends it);
-    the rest, let go (let_go) or never claimed, are queued again, due now."""
-    sending = select(Issue.id).where(Issue.status == "sending")
+def restore_for_subscriber(session: Session, subscriber_id: int, now: dt.datetime) -> set[int]:
+    """An opt-out taken back (scheduling.sending.take_back_unsubscribe): the messages it cancelled
+    in issues being sent, or sent meanwhile, go after all; returns those issues' ids (a sent one
+    must open again, transitions.reopen). One that a worker still holds goes back to that worker
+    (it may be on the wire: its result is then recorded as any other; if not, the worker sends
+    it); the rest, let go (let_go) or never claimed, are queued again, due now. A cancelled issue
+    stays stopped."""
+    going = select(Issue.id).where(Issue.status.in_(("sending", "sent")))
     stopped = (Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
-               Delivery.last_reply == OPTED_OUT, Delivery.issue_id.in_(sending))
-    held = rowcount(session.execute(
+               Delivery.last_reply == OPTED_OUT, Delivery.issue_id.in_(going))
+    held = session.scalars(
         update(Delivery).where(*stopped, Delivery.lease_owner.is_not(None))
-        .values(status="sending", last_reply="")
-    ))
-    return held + rowcount(session.execute(
+        .values(status="sending", last_reply="").returning(Delivery.issue_id)
+    ).all()
+    queued = session.scalars(
         update(Delivery).where(*stopped, Delivery.lease_owner.is_(None))
-        .values(status="queued", next_attempt_at=now, last_reply="")
-    ))
+        .values(status="queued", next_attempt_at=now, last_reply="").returning(Delivery.issue_id)
+    ).all()
+    return {*held, *queued}
 
 
 def let_go(session: Session, delivery_id: int, owner: str) -> bool:

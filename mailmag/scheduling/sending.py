@@ -15,15 +15,19 @@ import logging
 import threading
 from collections.abc import Callable
 
-from mailmag.audience import bounces
+from sqlalchemy.orm import Session
+
+from mailmag.audience import bounces, consent
+from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.content import transitions
+from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher, Hooks
 from mailmag.delivery.ratelimit import RateLimiter
 from mailmag.delivery.transports import Transport
 from mailmag.delivery.workstate import DATABASE_AWAY, Throttle
 from mailmag.errors import DatabaseError, TransportError
-from mailmag.models import utcnow
+from mailmag.models import Subscriber, utcnow
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
@@ -71,3 +75,15 @@ def deliver_until_stopped(services: Services, stop: threading.Event, make: Calla
             # the message without its steps: "start delivering again" is what happens next
             log.error("%s; delivering again in %s seconds", getattr(exc, "message", exc), pause)
             stop.wait(pause)
+
+
+def take_back_unsubscribe(session: Session, subscriber: Subscriber, why: Consent) -> bool:
+    """取り消す on the unsubscribe page (the caller checks who and how recently): the reader is
+    back, and the issue the unsubscribe stopped goes to them after all, even if the rest of the
+    list was sent meanwhile; nothing goes to an address that had bounced. False unless they were
+    unsubscribed."""
+    if not consent.undo_unsubscribe(session, subscriber, why):
+        return False
+    if subscriber.status == "active":
+        transitions.reopen(session, outbox.restore_for_subscriber(session, subscriber.id, utcnow()))
+    return True

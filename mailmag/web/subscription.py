@@ -22,6 +22,7 @@ from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.errors import InvalidEmail, InvalidInput, NotFound, TokenError
 from mailmag.models import Subscriber, utcnow
+from mailmag.scheduling import sending
 from mailmag.web import security, state
 from mailmag.web.i18n import pick_lang
 
@@ -136,7 +137,7 @@ def undo(token: str) -> Any:
         if subscriber is None or not _can_undo(subscriber):
             abort(403)
         minutes = state().config.web.undo_minutes
-        consent.undo_unsubscribe(session, subscriber, _consent(
+        sending.take_back_unsubscribe(session, subscriber, _consent(
             "web", f"undo within {minutes} minutes, in the browser session that unsubscribed"))
         security.forget_unsubscribe()
         return _page("preferences.html.j2", subscriber, saved=True, resubscribed=True, mailed=False)
