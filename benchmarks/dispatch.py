@@ -22,6 +22,7 @@ Each of them runs in a fresh process, so CPU time and peak RSS are its own.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import smtplib
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,33 +76,58 @@ def run_ceiling(port: int, message: bytes, count: int, threads: int, raw: bool =
     is done per message at all, so this is the loopback's real ceiling for a Python sender.
     """
     per_thread = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
-    errors: list[BaseException] = []
-    stuffed = re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+    content = stuffed(message)
 
     def send(smtp: smtplib.SMTP, recipient: str) -> None:
         if not raw:
             smtp.sendmail("bounces@example.jp", [recipient], message)
             return
-        for verb, arg, ok in (("mail", "FROM:<bounces@example.jp>", 250), ("rcpt", f"TO:<{recipient}>", 250),
-                              ("data", "", 354)):
-            code, reply = smtp.docmd(verb, arg)
-            if code != ok:
-                raise smtplib.SMTPResponseException(code, reply)
-        smtp.send(stuffed)
-        code, reply = smtp.getreply()
-        if code != 250:
-            raise smtplib.SMTPResponseException(code, reply)
+        envelope(smtp, recipient)
+        content_sent(smtp, content)
 
     def blast(thread: int, n: int) -> None:
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.ehlo()
+            for i in range(n):
+                send(smtp, f"r{thread}.{i}@example.jp")
+
+    return in_threads([functools.partial(blast, i, n) for i, n in enumerate(per_thread)], count)
+
+
+def stuffed(message: bytes) -> bytes:
+    """The message as it goes after DATA: dot-stuffed, with the final dot."""
+    return re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+
+
+def envelope(smtp: smtplib.SMTP, recipient: str) -> None:
+    """MAIL, RCPT and DATA, one command a round trip, each reply checked."""
+    for verb, arg, ok in (("mail", "FROM:<bounces@example.jp>", 250), ("rcpt", f"TO:<{recipient}>", 250),
+                          ("data", "", 354)):
+        code, reply = smtp.docmd(verb, arg)
+        if code != ok:
+            raise smtplib.SMTPResponseException(code, reply)
+
+
+def content_sent(smtp: smtplib.SMTP, content: bytes) -> str:
+    """The stuffed content and the relay's 250, as `code text`."""
+    smtp.send(content)
+    code, reply = smtp.getreply()
+    if code != 250:
+        raise smtplib.SMTPResponseException(code, reply)
+    return f"{code} {reply.decode()}"
+
+
+def in_threads(senders: list[Callable[[], None]], count: int) -> dict[str, Any]:
+    """Run each sender in a thread of its own, timed together; the first error is raised."""
+    errors: list[BaseException] = []
+
+    def run(sender: Callable[[], None]) -> None:
         try:
-            with smtplib.SMTP("127.0.0.1", port) as smtp:
-                smtp.ehlo()
-                for i in range(n):
-                    send(smtp, f"r{thread}.{i}@example.jp")
+            sender()
         except BaseException as exc:
             errors.append(exc)
 
-    workers = [threading.Thread(target=blast, args=(i, n)) for i, n in enumerate(per_thread)]
+    workers = [threading.Thread(target=run, args=(sender,)) for sender in senders]
     before, jiffies = common.Usage.now(), common.cpu_jiffies()
     started = time.perf_counter()
     for worker in workers:
@@ -148,47 +175,25 @@ def run_floor(db_url: str, port: int, message: bytes, ids: list[int], threads: i
     from mailmag.models import utcnow
 
     services = common.open_services(common.make_config(db_url))
-    stuffed = re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
-    shares = [ids[i::threads] for i in range(threads)]
-    errors: list[BaseException] = []
+    content = stuffed(message)
 
     def blast(share: list[int]) -> None:
-        try:
-            with services.engine.connect() as connection, smtplib.SMTP("127.0.0.1", port) as smtp:
-                write = results.sent_writer(connection)
-                smtp.ehlo()
-                for delivery_id in share:
-                    for verb, arg in (("mail", "FROM:<bounces@example.jp>"),
-                                      ("rcpt", f"TO:<r{delivery_id}@example.jp>"), ("data", "")):
-                        code, reply = smtp.docmd(verb, arg)
-                        if code not in (250, 354):
-                            raise smtplib.SMTPResponseException(code, reply)
-                    # the previous result, committed while the relay read this envelope (as mailmag's is)
-                    if write.started is not None and not write.finish():
-                        raise RuntimeError(f"delivery {write.started} was not written")
-                    smtp.send(stuffed)
-                    code, reply = smtp.getreply()
-                    if code != 250:
-                        raise smtplib.SMTPResponseException(code, reply)
-                    write.start(delivery_id, FLOOR_OWNER, f"{code} {reply.decode()}", utcnow())
+        with services.engine.connect() as connection, smtplib.SMTP("127.0.0.1", port) as smtp:
+            write = results.sent_writer(connection)
+            smtp.ehlo()
+            for delivery_id in share:
+                envelope(smtp, f"r{delivery_id}@example.jp")
+                # the previous result, committed while the relay read this envelope (as mailmag's is)
                 if write.started is not None and not write.finish():
-                    raise RuntimeError("the last delivery was not written")
-        except BaseException as exc:
-            errors.append(exc)
+                    raise RuntimeError(f"delivery {write.started} was not written")
+                write.start(delivery_id, FLOOR_OWNER, content_sent(smtp, content), utcnow())
+            if write.started is not None and not write.finish():
+                raise RuntimeError("the last delivery was not written")
 
-    workers = [threading.Thread(target=blast, args=(share,)) for share in shares]
-    before, jiffies = common.Usage.now(), common.cpu_jiffies()
-    started = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    seconds = time.perf_counter() - started
-    after, steal = common.Usage.now(), common.steal_share(jiffies, common.cpu_jiffies())
-    services.close()
-    if errors:
-        raise errors[0]
-    return measured(len(ids), seconds, before, after, steal)
+    try:
+        return in_threads([functools.partial(blast, ids[i::threads]) for i in range(threads)], len(ids))
+    finally:
+        services.close()
 
 
 def run_naive(db_url: str, port: int, count: int) -> dict[str, Any]:
