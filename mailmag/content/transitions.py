@@ -95,8 +95,9 @@ def complete_issues(session: Session) -> list[int]:
 
 
 def reopen(session: Session, issue_ids: set[int]) -> None:
-    """Issues marked sent that have messages queued again (an unsubscribe taken back) are being
-    sent again, so workers take those messages."""
+    """Issues marked sent that have messages queued again (dead ones retried, an unsubscribe
+    taken back) are being sent again, so workers take those messages. Issues loaded in the
+    session are updated too (the ORM's UPDATE evaluates the condition on them)."""
     if issue_ids:
         session.execute(update(Issue).where(Issue.id.in_(issue_ids), Issue.status == "sent")
                         .values(status="sending"))
@@ -114,8 +115,8 @@ def retry_dead(session: Session, issue: Issue, now: dt.datetime) -> int:
                          ja=f"号（ID {issue.id}）は{STATUS_JA[issue.status]}です。"
                             "届けられなかったメールを送り直せるのは、送信中か送信済みの号だけです")
     requeued = outbox.requeue_dead(session, issue.id, now)
-    if requeued and issue.status == "sent":
-        issue.status = "sending"
+    if requeued:
+        reopen(session, {issue.id})
     return requeued
 
 
