@@ -106,6 +106,77 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return (after[1] - before[1]) / (after[0] - before[0])
 
 
+def _ticks(stat: str, children: bool) -> tuple[str, int, int]:
+    """(command, parent pid, CPU ticks) of one /proc/PID/stat line; with `children`, plus those of
+    its children that have ended."""
+    command = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return command, int(fields[1]), ticks
+
+
+@dataclass
+class Machine:
+    """Where the machine's CPU went, read from /proc: the sender's own CPU is only part of what a
+    message costs. The sink, PostgreSQL and the kernel (loopback TCP, the WAL's fsyncs) share the
+    same few CPUs, so on a small machine the rate follows the sum (benchmarks/README.md, Round 17).
+
+    Groups: the process reading it, with its children that have ended (the measured phase,
+    read from inside its own process: `worker --processes N`'s have ended by the second reading);
+    the sink's processes; PostgreSQL's (the postmaster's ended children are its exited
+    backends); and the rest of the busy time: the kernel's own threads and interrupts, and any
+    other process.
+    """
+
+    ticks: dict[str, int]
+    busy: int
+    idle: int
+
+    @classmethod
+    def now(cls, sink_pids: set[int]) -> Machine | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(field) for field in stat.readline().split()[1:9]]
+            own = _ticks(Path("/proc/self/stat").read_text(), children=True)[2]
+        except (OSError, ValueError, IndexError):
+            return None
+        ticks = {"sender": own, "sink": 0, "postgresql": 0}
+        for path in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                command, _parent, spent = _ticks(path.read_text(), children=True)
+            except (OSError, ValueError, IndexError):
+                continue  # it ended meanwhile
+            if int(path.parent.name) in sink_pids:
+                ticks["sink"] += spent
+            elif command.startswith("postgres"):
+                ticks["postgresql"] += spent
+        idle = fields[3] + fields[4]  # idle, iowait
+        return cls(ticks, sum(fields) - idle - fields[7], idle)  # steal is nobody's here
+
+    def since(self, before: Machine | None, count: int) -> dict[str, float] | None:
+        """µs a message of each group between two readings, 'elsewhere', and the busy share."""
+        if before is None or count <= 0:
+            return None
+        tick = 1e6 / os.sysconf("SC_CLK_TCK") / count
+        spent = {name: (self.ticks[name] - before.ticks[name]) * tick for name in self.ticks}
+        busy, idle = (self.busy - before.busy) * tick, (self.idle - before.idle) * tick
+        spent["elsewhere"] = max(busy - sum(spent.values()), 0.0)
+        spent["busy_share"] = busy / (busy + idle) if busy + idle else 0.0
+        return spent
+
+
+def machine_text(spent: dict[str, float] | None, sender: str) -> list[str]:
+    """The line under a phase: where the machine's CPU went, a message at a time."""
+    if spent is None:
+        return []
+    database = f", PostgreSQL {spent['postgresql']:.0f}" if spent["postgresql"] >= 1 else ""
+    return [f"  the machine {spent['busy_share'] * 100:.0f} % busy; CPU µs a message: {sender} "
+            f"{spent['sender']:.0f}, the sink {spent['sink']:.0f}{database}, "
+            f"elsewhere {spent['elsewhere']:.0f} (the kernel's threads and interrupts, other processes)"]
+
+
 def now_text() -> str:
     return dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
@@ -385,6 +456,9 @@ class Sink:
             process.wait() if isinstance(process, subprocess.Popen) else process.join()
         self._log.close()
         os.unlink(self._log.name)
+
+    def pids(self) -> set[int]:
+        return {process.pid for process in self._processes}
 
     def messages(self) -> int:
         """Messages accepted so far (after the final dot)."""

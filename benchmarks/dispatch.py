@@ -327,6 +327,23 @@ def verify(db_url: str, expected: int) -> dict[str, int]:
     return by_status
 
 
+def watched(sink: common.Sink, function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """A phase in a fresh process, with where the whole machine's CPU went meanwhile ("machine")."""
+    return common.in_fresh_process(_watched, sink.pids(), function, args)
+
+
+def _watched(sink_pids: set[int], function: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any]:
+    import mailmag.delivery.transports
+    import mailmag.scheduling.processes
+    import mailmag.scheduling.sending  # noqa: F401 (imported before the first reading: not the phase's)
+
+    before = common.Machine.now(sink_pids)
+    result = function(*args)
+    after = common.Machine.now(sink_pids)
+    result["machine"] = after.since(before, result["sent"]) if after is not None else None
+    return result
+
+
 def measured(count: int, seconds: float, before: common.Usage, after: common.Usage,
              steal: float | None) -> dict[str, Any]:
     cpu = after.cpu - before.cpu
@@ -372,6 +389,7 @@ def floor_lines(floor: dict[str, Any] | None, mailmag: dict[str, Any],
         return []
     return [f"raw ceiling + each result committed     {rate(floor):8.0f} msg/s   {floor['seconds']:6.2f} s   "
             f"CPU {cpu_us(floor):5.0f} µs/msg{steal_text(floor)}",
+            *common.machine_text(floor.get("machine"), "sender"),
             f"  its share of the raw ceiling = {rate(floor) / rate(raw_ceiling):.2f}   "
             f"(the database's cost alone); mailmag / it = {rate(mailmag) / rate(floor):.2f}"]
 
@@ -403,12 +421,13 @@ def report(args: argparse.Namespace, sink: common.Sink, prepared: dict[str, Any]
         f"mailmag worker, {k} connections{processes}      {rate(mailmag):8.0f} msg/s   "
         f"{mailmag['seconds']:6.2f} s   "
         f"CPU {cpu_us(mailmag):5.0f} µs/msg   peak RSS {mailmag['peak_rss_mb']:.0f} MB{steal_text(mailmag)}",
+        *common.machine_text(mailmag.get("machine"), "mailmag"),
         *(f"ceiling, smtplib × {k} threads ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
           f"CPU {cpu_us(c):5.0f} µs/msg   peak RSS {c['peak_rss_mb']:.0f} MB{steal_text(c)}"
           for when, c in zip(("before", "after"), ceilings, strict=False)),
-        *(f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
-          f"CPU {cpu_us(c):5.0f} µs/msg{steal_text(c)}"
-          for when, c in zip(("before", "after"), raw, strict=False)),
+        *(line for when, c in zip(("before", "after"), raw, strict=False) for line in (
+            f"raw ceiling, no per-msg work ({when})  {rate(c):8.0f} msg/s   {c['seconds']:6.2f} s   "
+            f"CPU {cpu_us(c):5.0f} µs/msg{steal_text(c)}", *common.machine_text(c.get("machine"), "sender"))),
         *floor_lines(floor, mailmag, raw_ceiling),
         *naive_lines(naive, mailmag),
         *peer_lines(peer, mailmag),
@@ -463,20 +482,19 @@ def main() -> None:
         prepared = prepare(db_url, args, dkim_key)
         message, k, n = prepared["message"], args.concurrency, prepared["queued"]
         ceilings = [common.in_fresh_process(run_ceiling, sink.port, message, n, k)]
-        raw = [common.in_fresh_process(run_ceiling, sink.port, message, n, k, True)]
+        raw = [watched(sink, run_ceiling, sink.port, message, n, k, True)]
         before = sink.messages()
-        mailmag = common.in_fresh_process(run_mailmag, db_url, sink.port, k, args.batch_size, dkim_key,
-                                          args.processes)
+        mailmag = watched(sink, run_mailmag, db_url, sink.port, k, args.batch_size, dkim_key, args.processes)
         received = common.wait_for_sink(sink, before + n) - before
         ceilings.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k))
-        raw.append(common.in_fresh_process(run_ceiling, sink.port, message, n, k, True))
+        raw.append(watched(sink, run_ceiling, sink.port, message, n, k, True))
         naive = (common.in_fresh_process(run_naive, db_url, sink.port, min(args.naive, n))
                  if args.naive else None)
         peer = run_peer(sink, prepared, args.peer, Path(folder)) if args.peer else None
         verify(db_url, n)
         if received != n:
             raise SystemExit(f"the sink received {received} messages from mailmag, not {n}")
-        floor = (common.in_fresh_process(run_floor, db_url, sink.port, message, reset_for_floor(db_url), k)
+        floor = (watched(sink, run_floor, db_url, sink.port, message, reset_for_floor(db_url), k)
                  if args.floor else None)
         results = report(args, sink, prepared, mailmag, ceilings, raw, naive, peer, header, floor)
     if args.json:
