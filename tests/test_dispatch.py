@@ -565,7 +565,7 @@ def _leave_and_come_back(services: Services, address: str, *, back: bool = True)
         reader = session.scalar(select(Subscriber).where(Subscriber.email == address))
         subscribers.unsubscribe(session, reader, Consent("web"))
         if back:
-            sending.take_back_unsubscribe(session, reader, Consent("web"))
+            sending.take_back_unsubscribe(session, services.config, reader, Consent("web"))
 
 
 @pytest.mark.parametrize("back", ["before_the_worker_saw_it", "after_the_worker_let_go"])
@@ -585,7 +585,7 @@ def test_a_reader_who_came_back_during_the_send_gets_the_message_held_for_them(
         elif len(accepted) == 3 and back == "after_the_worker_let_go":  # user3's: user2's was skipped
             with smtp_services.session() as session:
                 reader = session.scalar(select(Subscriber).where(Subscriber.email == "user2@example.jp"))
-                assert sending.take_back_unsubscribe(session, reader, Consent("web"))
+                assert sending.take_back_unsubscribe(session, smtp_services.config, reader, Consent("web"))
 
     run_worker(smtp_services, concurrency=1, progress=meanwhile)
     assert sorted(smtp_server.recipients()) == [f"user{i}@example.jp" for i in range(4)]

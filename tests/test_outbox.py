@@ -225,6 +225,32 @@ def test_an_opt_out_taken_back_gives_each_row_back_to_whoever_had_it(session):
     assert outbox.held(session, [claimed[0].id], "w") == {claimed[0].id}
 
 
+def test_an_opt_out_taken_back_catches_up_with_issues_started_while_the_reader_was_out(session):
+    """catch_up: an issue whose audience was frozen after the opt-out goes to the reader who came
+    back, being sent or sent meanwhile, if its topic is theirs; not one started before they left
+    (its row, if any, is restore_for_subscriber's), nor a cancelled one; never twice."""
+    [reader] = add_subscribers(session, 1, topics=["news"])
+    add_subscribers(session, 1)
+    left = utcnow()
+    reader.status = "unsubscribed"
+    issues = {name: make_issue(session, number, topic=topic) for number, (name, topic) in enumerate(
+        [("before", None), ("news", "news"), ("events", "events"), ("stopped", None), ("sent", None)], 1)}
+    for issue in issues.values():
+        transitions.start_sending(session, issue, "example.jp", "ja")
+    issues["before"].sent_at = left - dt.timedelta(minutes=1)
+    transitions.cancel_issue(session, issues["stopped"])
+    issues["sent"].status = "sent"
+    reader.status = "active"
+    caught_up = outbox.catch_up(session, reader.id, left, "example.jp", "ja")
+    assert caught_up == {issues["news"].id, issues["sent"].id}
+    assert outbox.catch_up(session, reader.id, left, "example.jp", "ja") == set()
+    rows = session.execute(select(Delivery.issue_id, Delivery.status, Delivery.message_id)
+                           .where(Delivery.subscriber_id == reader.id).order_by(Delivery.issue_id)).all()
+    assert [(issue_id, status) for issue_id, status, _ in rows] == [
+        (issues["news"].id, "queued"), (issues["sent"].id, "queued")]
+    assert all(message_id.endswith("@example.jp>") for _, _, message_id in rows)
+
+
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):
     add_subscribers(session, 3)
     issue = make_issue(session)

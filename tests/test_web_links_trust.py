@@ -19,7 +19,7 @@ from web_support import Client, key_of, link_in, one_click
 from mailmag import links, tokens
 from mailmag.audience import consent
 from mailmag.config import WebConfig
-from mailmag.models import ConsentEvent, Subscriber, utcnow
+from mailmag.models import ConsentEvent, Delivery, Subscriber, utcnow
 from mailmag.web import create_app
 
 pytest_plugins = ["web_fixtures"]
@@ -272,6 +272,38 @@ def test_an_undone_unsubscribe_gets_the_issue_being_sent_after_all(live, web_ser
     status = mailmag.ok("issues", "status", "1").stdout
     assert status.startswith("issue 1 (第1号): sent")
     assert "total 2, sent 2, failed 0, pending 0, dead 0, cancelled 0" in status
+
+
+@pytest.mark.parametrize("undo", ["while_it_is_sent", "after_it_was_sent"])
+def test_an_undone_unsubscribe_gets_an_issue_whose_send_started_meanwhile(live, web_services, mailmag, undo):
+    """helper-58: a reader unsubscribed by accident, the office started an issue's send, and the
+    reader took the unsubscribe back (取り消す) minutes later. The issue's audience was frozen
+    while they were out, so it never went to them, though the page promises that nothing is lost."""
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    item = mailmag.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ", "--body",
+                      "本文です。", "--json")
+    mailmag.ok("items", "approve", re.search(r'"id": (\d+)', item.stdout).group(1))
+    for address in ("u@example.jp", "v@example.jp"):
+        mailmag.ok("subscribers", "add", address)
+    u = row(web_services, "u@example.jp")
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, u.id, u.link_key)
+    browser = Client(live.url)
+    page = browser.submit(unsubscribe, {})
+    assert "配信を停止しました" in page.text
+    mailmag.ok("issues", "new")
+    assert "1 message" in mailmag.ok("issues", "send", "1", "--yes").stdout  # v only: u is out
+    sent = 0
+    if undo == "after_it_was_sent":
+        assert mailmag.ok("worker", "--once").stdout.strip() == "sent 1, failed 0, deferred 0"
+        assert mailmag.ok("issues", "status", "1").stdout.startswith("issue 1 (第1号): sent")
+        sent = 1
+    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
+    assert mailmag.ok("worker", "--once").stdout.strip() == f"sent {2 - sent}, failed 0, deferred 0"
+    status = mailmag.ok("issues", "status", "1").stdout
+    assert status.startswith("issue 1 (第1号): sent")
+    assert "total 2, sent 2, failed 0, pending 0, dead 0, cancelled 0" in status
+    with web_services.session() as session:
+        assert session.scalar(select(Delivery.status).where(Delivery.email == "u@example.jp")) == "sent"
 
 
 def test_a_bounced_reader_who_unsubscribes_keeps_the_bounce_on_record_and_undo_restores_it(

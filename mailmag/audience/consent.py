@@ -208,6 +208,12 @@ def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: obj
     return opt_outs == subscribers.opt_out_count(session, subscriber)
 
 
+def last_opt_out(session: Session, subscriber: Subscriber) -> dt.datetime | None:
+    """When the subscriber last opted out, by the consent log; None if never."""
+    return session.scalar(select(func.max(ConsentEvent.at)).where(
+        ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action == "opt_out"))
+
+
 def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
     """Take back an unsubscribe just made (the caller checks who and how recently); the
     consent log gets an opt_in saying so. A reader whose address had bounced is bounced again.

@@ -134,6 +134,33 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     if there is one, else the default. The unique (issue, subscriber) pair makes a second
     call add nothing. Message-IDs are fixed here and reused on every retry.
     """
+    added = _add_audience(session, issue, domain, default_lang)
+    if added and session.get_bind().dialect.name == "postgresql":
+        # Statistics taken before this bulk insert say the queue is empty; planning with them,
+        # each claim sorts the whole list instead of reading one batch off the due index (0.5 s
+        # a claim at 1M rows). ANALYZE samples ~30 000 rows once per send (a tenth of a second).
+        session.execute(text("ANALYZE deliveries"))
+    return added
+
+
+def catch_up(session: Session, subscriber_id: int, since: dt.datetime, domain: str,
+             default_lang: str) -> set[int]:
+    """An opt-out taken back (scheduling.sending.take_back_unsubscribe): the issues whose audience
+    was frozen after the opt-out (at `since`), and that are being sent or were sent meanwhile, go
+    to the reader too, as if they had not left: a row each, due now, if the issue's topic is
+    theirs (as at enqueue). Returns those issues' ids (a sent one must open again,
+    transitions.reopen). A cancelled issue stays stopped."""
+    session.flush()  # the reader's return counts: Core does not autoflush
+    going = session.scalars(
+        select(Issue).where(Issue.status.in_(("sending", "sent")), Issue.sent_at >= since))
+    return {issue.id for issue in going
+            if _add_audience(session, issue, domain, default_lang, Subscriber.id == subscriber_id)}
+
+
+def _add_audience(session: Session, issue: Issue, domain: str, default_lang: str,
+                  *only: ColumnElement[bool]) -> int:
+    """enqueue's one statement: a row for each active subscriber the issue goes to (and `only`
+    allows) who has none yet. Returns rows added."""
     langs = set(session.scalars(select(Rendering.lang).where(Rendering.issue_id == issue.id)))
     if default_lang not in langs:
         raise StateError(f"issue {issue.id} has no '{default_lang}' rendering",
@@ -151,17 +178,11 @@ def enqueue(session: Session, issue: Issue, domain: str, default_lang: str) -> i
     audience = select(
         literal(issue.id), Subscriber.id, Subscriber.email, lang, message_id,
         literal("queued"), literal(now), literal(now),
-    ).where(Subscriber.status == "active", *_topic_filter(issue.topic))
+    ).where(Subscriber.status == "active", *_topic_filter(issue.topic), *only)
     columns = ["issue_id", "subscriber_id", "email", "lang", "message_id", "status",
                "next_attempt_at", "created_at"]
     statement = _insert_ignoring_duplicates(session).from_select(columns, audience)
-    added = rowcount(session.execute(statement, execution_options={"preserve_rowcount": True}))
-    if added and session.get_bind().dialect.name == "postgresql":
-        # Statistics taken before this bulk insert say the queue is empty; planning with them,
-        # each claim sorts the whole list instead of reading one batch off the due index (0.5 s
-        # a claim at 1M rows). ANALYZE samples ~30 000 rows once per send (a tenth of a second).
-        session.execute(text("ANALYZE deliveries"))
-    return added
+    return rowcount(session.execute(statement, execution_options={"preserve_rowcount": True}))
 
 
 def _topic_filter(topic: str | None) -> list:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session
 
+from mailmag import addresses
 from mailmag.audience import bounces, consent
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
@@ -77,13 +78,18 @@ def deliver_until_stopped(services: Services, stop: threading.Event, make: Calla
             stop.wait(pause)
 
 
-def take_back_unsubscribe(session: Session, subscriber: Subscriber, why: Consent) -> bool:
+def take_back_unsubscribe(session: Session, config: Config, subscriber: Subscriber, why: Consent) -> bool:
     """取り消す on the unsubscribe page (the caller checks who and how recently): the reader is
-    back, and the issue the unsubscribe stopped goes to them after all, even if the rest of the
-    list was sent meanwhile; nothing goes to an address that had bounced. False unless they were
-    unsubscribed."""
+    back, and nothing the unsubscribe kept from them is lost: the issue it stopped, and any issue
+    whose send started meanwhile, go to them after all, even if the rest of the list was sent
+    meanwhile; nothing goes to an address that had bounced. False unless they were unsubscribed."""
+    left_at = consent.last_opt_out(session, subscriber)
     if not consent.undo_unsubscribe(session, subscriber, why):
         return False
     if subscriber.status == "active":
-        transitions.reopen(session, outbox.restore_for_subscriber(session, subscriber.id, utcnow()))
+        issues = outbox.restore_for_subscriber(session, subscriber.id, utcnow())
+        if left_at is not None:
+            issues |= outbox.catch_up(session, subscriber.id, left_at, addresses.sender_domain(config),
+                                      config.mailmag.language)
+        transitions.reopen(session, issues)
     return True

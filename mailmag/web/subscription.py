@@ -137,7 +137,7 @@ def undo(token: str) -> Any:
         if subscriber is None or not _can_undo(subscriber):
             abort(403)
         minutes = state().config.web.undo_minutes
-        sending.take_back_unsubscribe(session, subscriber, _consent(
+        sending.take_back_unsubscribe(session, state().config, subscriber, _consent(
             "web", f"undo within {minutes} minutes, in the browser session that unsubscribed"))
         security.forget_unsubscribe()
         return _page("preferences.html.j2", subscriber, saved=True, resubscribed=True, mailed=False)
