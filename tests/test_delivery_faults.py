@@ -150,10 +150,13 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
         assert "sent, 3 dead" in listed  # not a bare "sent": three subscribers have not had it
         assert json.loads(mailmag.ok("issues", "list", "--json").output)[0]["dead"] == 3
         status = mailmag.ok("issues", "status", "1").output
-        assert ("dead: 3 messages given up on (a worker died sending each too often); "
+        # helper-58: the operator must know a retried message may make a fourth copy, not a second
+        assert ("dead: 3 messages given up on (a worker died sending each 3 times, [dispatch] "
+                "max_lease_expiries: each may have arrived up to 3 times already); "
                 "`mailmag issues retry 1 --dead` queues them again") in status
         out = mailmag.ok("issues", "retry", "1", "--dead").output
-        assert out.strip() == "issue 1: 3 dead messages queued again; `mailmag worker` sends them"
+        assert out.strip() == ("issue 1: 3 dead messages queued again; `mailmag worker` sends them (each "
+                               "may have arrived up to 3 times already: a worker died sending it)")
         c = counts(services, issue)
         assert (c.queued, c.dead, c.sent) == (3, 0, 1)
         mailmag.ok("worker", "--once")
@@ -161,6 +164,29 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
         with services.session() as session:
             assert session.get(Issue, issue.id).status == "sent"
         assert "dead" not in mailmag.ok("issues", "list").output
+    finally:
+        services.close()
+
+
+def test_cancel_says_what_may_still_go_and_what_readers_stopped_before(mailmag: Mailmag, config_file):
+    """helper-58: `issues cancel` said "161 queued messages will not be sent, 161 of them held by
+    a worker", and two of those went (they were on their way); and its numbers did not add up to
+    the total, leaving out the row a reader's unsubscribe had cancelled before."""
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        issue = prepare_send(services, 4)
+        with services.session() as session:
+            assert len(outbox.claim(session, "w", 2, utcnow(), 300)) == 2  # a worker holds two
+            reader = session.scalar(select(Subscriber).where(Subscriber.email == "user3@example.jp"))
+            subscribers.unsubscribe(session, reader, Consent("web"))
+        cancelled = mailmag.ok("issues", "cancel", str(issue.id)).output
+        assert cancelled.strip() == (
+            f"issue {issue.id} (第1号) cancelled: 0 messages went, up to 3 queued messages will not be "
+            "sent (2 of them held by a worker: a message already on its way to the relay still goes, "
+            "however long the relay takes; `issues status` counts it), 1 cancelled earlier (their "
+            "readers unsubscribed); 第1号 stays in the archive")
+        c = counts(services, issue)
+        assert (c.cancelled, c.sending, c.sent, c.total) == (4, 0, 0, 4)  # 3 + 1: all four accounted for
     finally:
         services.close()
 

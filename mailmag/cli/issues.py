@@ -270,8 +270,10 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
     if counts.dead and issue.status in ("sending", "sent"):
-        click.echo(f"dead: {plural(counts.dead, 'message')} given up on (a worker died sending each too "
-                   f"often); `mailmag issues retry {issue.id} --dead` queues them again")
+        times = app.config.dispatch.max_lease_expiries
+        click.echo(f"dead: {plural(counts.dead, 'message')} given up on (a worker died sending each "
+                   f"{plural(times, 'time')}, [dispatch] max_lease_expiries: each may have arrived "
+                   f"{_up_to(times)} already); `mailmag issues retry {issue.id} --dead` queues them again")
     if kept:
         click.echo(f"failed, reader kept: {kept} of the failed (still subscribed: a temporary failure or a "
                    "refusal not believed until [retry] lifetime_seconds, or the content refused; they "
@@ -314,14 +316,18 @@ def cancel(app: AppContext, issue_id: int) -> None:
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
     elif done.sent or done.in_flight:
-        held = (f", {done.in_flight} of them held by a worker (a message already on its way to the relay "
-                "still goes, however long the relay takes; `issues status` counts it)"
-                if done.in_flight else "")
+        # A held message already on its way to the relay still goes (one a connection at most):
+        # how many did is known only once the workers have recorded them (helper-58).
+        stopped = (f"up to {plural(done.not_sent, 'queued message')} will not be sent ({done.in_flight} "
+                   "of them held by a worker: a message already on its way to the relay still goes, however "
+                   "long the relay takes; `issues status` counts it)" if done.in_flight else
+                   f"{plural(done.not_sent, 'queued message')} will not be sent")
         went = (f"{plural(done.sent - done.dead, 'message')} went, {done.dead} given up on may have"
                 if done.dead else f"{plural(done.sent, 'message')} went")
-        click.echo(f"issue {issue_id} (第{number}号) cancelled: {went}, "
-                   f"{plural(done.not_sent, 'queued message')} will not be sent{held}; 第{number}号 stays "
-                   "in the archive")
+        earlier = (f", {done.opted_out} cancelled earlier (their readers unsubscribed)"
+                   if done.opted_out else "")
+        click.echo(f"issue {issue_id} (第{number}号) cancelled: {went}, {stopped}{earlier}; 第{number}号 "
+                   "stays in the archive")
     else:
         click.echo(f"issue {issue_id} cancelled before any message went: {plural(done.not_sent, 'message')} "
                    f"not sent, no number used; {plural(done.items_returned, 'item')} approved again for the "
@@ -349,7 +355,13 @@ def retry(app: AppContext, issue_id: int, dead: bool) -> None:
     with app.ready_services().session() as session:
         requeued = transitions.retry_dead(session, issues.get(session, issue_id), utcnow())
     queued = plural(requeued, "dead message")
-    click.echo(f"issue {issue_id}: {queued} queued again; `mailmag worker` sends them")
+    times = app.config.dispatch.max_lease_expiries
+    click.echo(f"issue {issue_id}: {queued} queued again; `mailmag worker` sends them "
+               f"(each may have arrived {_up_to(times)} already: a worker died sending it)")
+
+
+def _up_to(times: int) -> str:
+    return "once" if times == 1 else f"up to {times} times"
 
 
 commands = [group]

@@ -61,6 +61,7 @@ class Cancelled:
     sent: int = 0  # messages that went (sent, or dead: they may have reached the relay)
     dead: int = 0  # of `sent`, those given up on: they may or may not have reached the relay
     in_flight: int = 0  # claimed by a worker when cancelled: what it sends before its next check still goes
+    opted_out: int = 0  # cancelled earlier, one by one: their readers unsubscribed
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
 
@@ -360,12 +361,13 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
         raise StateError(f"{label(issue)} is a draft: nothing is being sent",
                          fixes=[Fix("delete_issue", issue_id)],
                          ja=f"{label_ja(issue)}は下書きです。送信中のものはありません")
-    in_flight = outbox.counts(session, issue.id).sending
+    before = outbox.counts(session, issue.id)
     not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
     went = counts.sent + counts.dead  # dead: may have reached the relay
-    if went or in_flight:  # a claimed message may be on the wire: the 第N号 stays
-        return Cancelled(issue, not_sent=not_sent, sent=went, dead=counts.dead, in_flight=in_flight)
+    if went or before.sending:  # a claimed message may be on the wire: the 第N号 stays
+        return Cancelled(issue, not_sent=not_sent, sent=went, dead=counts.dead, in_flight=before.sending,
+                         opted_out=before.cancelled)
     issue.number = None
     returned = _items_back(session, issue)
     session.flush()
