@@ -233,7 +233,10 @@ def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_serv
     assert row(web_services, "u@example.jp").status == "active"
     action, channel, source = log(web_services, u.id)[-1]
     assert (action, channel) == ("opt_in", "web") and "browser session that unsubscribed" in source
-    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 403  # once
+    again = browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()})  # once: nothing more is done
+    assert (again.status, again.headers["Location"]) == (303, urlsplit(unsubscribe).path)
+    assert "配信を停止する" in browser.get(unsubscribe).text  # helper-59: not a 403 for a subscribed reader
+    assert [a for a, _, _ in log(web_services, u.id)] == ["opt_in", "opt_out", "opt_in"]  # added, out, back
     # the page after the undo is the preferences form: it posts to the preferences link, not to
     # /undo (where a change of topic was refused, 403, and lost)
     action = re.search(r'<form method="post" action="([^"]+)"', reply.text).group(1)
@@ -241,6 +244,16 @@ def test_undo_works_only_in_the_browser_session_that_unsubscribed(live, web_serv
     saved = browser.post(action, {"csrf_token": reply.csrf(), "topic": "news", "lang": "en",
                                   "action": "save"})
     assert saved.status == 200 and row(web_services, "u@example.jp").topics == ["news"]
+
+
+def _unsubscribed_in_a_browser(live, services, address: str):  # type: ignore[no-untyped-def]
+    """(the reader's unsubscribe link, the browser that used it, the page it got: it offers 取り消す)."""
+    reader = row(services, address)
+    unsubscribe = links.unsubscribe_url(BASE, SECRET, reader.id, reader.link_key)
+    browser = Client(live.url)
+    page = browser.submit(unsubscribe, {})
+    assert "配信を停止しました" in page.text and "取り消す" in page.text
+    return unsubscribe, browser, page
 
 
 @pytest.mark.parametrize("undo", ["while_it_is_sent", "after_the_rest_was_sent"])
@@ -260,11 +273,7 @@ def test_an_undone_unsubscribe_gets_the_issue_after_all(live, web_services, mail
     if started == "before_they_left":
         mailmag.ok("issues", "new")
         mailmag.ok("issues", "send", "1", "--yes")
-    u = row(web_services, "u@example.jp")
-    unsubscribe = links.unsubscribe_url(BASE, SECRET, u.id, u.link_key)
-    browser = Client(live.url)
-    page = browser.submit(unsubscribe, {})
-    assert "配信を停止しました" in page.text
+    unsubscribe, browser, page = _unsubscribed_in_a_browser(live, web_services, "u@example.jp")
     if started == "while_they_were_out":
         mailmag.ok("issues", "new")
         assert "1 message" in mailmag.ok("issues", "send", "1", "--yes").stdout  # v only: u is out
@@ -304,6 +313,29 @@ def test_a_bounced_reader_who_unsubscribes_keeps_the_bounce_on_record_and_undo_r
     assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
     u = row(web_services, "u@example.jp")
     assert (u.status, u.status_reason) == ("bounced", "rejected when sent: 550 5.1.1 no such user")
+
+
+@pytest.mark.parametrize("later", ["the_office_removed_them", "another_browser_unsubscribed"])
+def test_undo_cannot_overturn_a_later_unsubscribe(live, web_services, mailmag, later):
+    """helper-59: a 取り消す page left open (or a session cookie kept from before an undo) took
+    back an unsubscribe made after it, by the office (`subscribers remove`, after a re-add) or
+    in another browser: the reader was active again against their latest wish."""
+    mailmag.ok("subscribers", "add", "u@example.jp")
+    unsubscribe, browser, page = _unsubscribed_in_a_browser(live, web_services, "u@example.jp")
+    u = row(web_services, "u@example.jp")
+    if later == "the_office_removed_them":
+        mailmag.ok("subscribers", "add", "u@example.jp", "--resubscribe")
+        mailmag.ok("subscribers", "remove", "u@example.jp")
+    else:
+        kept = dict(browser.cookies)  # this browser's session as it was before its undo
+        assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200
+        assert "配信を停止しました" in Client(live.url).submit(unsubscribe, {}).text
+        browser.cookies = kept
+    before = log(web_services, u.id)
+    assert "取り消す" not in browser.get(unsubscribe).text
+    assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 403
+    assert row(web_services, "u@example.jp").status == "unsubscribed"
+    assert log(web_services, u.id) == before
 
 
 def test_undo_is_refused_after_its_minutes(config, mailmag):

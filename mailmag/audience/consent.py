@@ -208,10 +208,12 @@ def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: obj
     return opt_outs == subscribers.opt_out_count(session, subscriber)
 
 
-def last_opt_out(session: Session, subscriber: Subscriber) -> dt.datetime | None:
-    """When the subscriber last opted out, by the consent log; None if never."""
+def last_recorded(session: Session, subscriber: Subscriber, action: str | None = None) -> dt.datetime | None:
+    """When the consent log last recorded anything for the subscriber (with `action`: that only,
+    e.g. "opt_out"); None if never."""
+    of = ConsentEvent.subscriber_id == subscriber.id
     return session.scalar(select(func.max(ConsentEvent.at)).where(
-        ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action == "opt_out"))
+        of, ConsentEvent.action == action if action is not None else of))
 
 
 def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:

@@ -83,7 +83,7 @@ def take_back_unsubscribe(session: Session, config: Config, subscriber: Subscrib
     back, and nothing the unsubscribe kept from them is lost: the issue it stopped, and any issue
     whose send started meanwhile, go to them after all, even if the rest of the list was sent
     meanwhile; nothing goes to an address that had bounced. False unless they were unsubscribed."""
-    left_at = consent.last_opt_out(session, subscriber)
+    left_at = consent.last_recorded(session, subscriber, "opt_out")
     if not consent.undo_unsubscribe(session, subscriber, why):
         return False
     if subscriber.status == "active":

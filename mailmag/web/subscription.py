@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, abort, g, render_template, request
+from flask import Blueprint, Response, abort, g, redirect, render_template, request
 from sqlalchemy.orm import Session
 
 from mailmag import db, links, tokens
@@ -93,7 +93,8 @@ def unsubscribe_page(token: str) -> Any:
     with state().services.read_session() as session:
         subscriber = subscribers.by_link(session, link)  # None: forgotten, or the id is someone else's
         if subscriber is None or subscriber.status == "unsubscribed":
-            return _page("unsubscribed.html.j2", subscriber, already=True, undo=_can_undo(subscriber))
+            undo = _can_undo(session, subscriber)
+            return _page("unsubscribed.html.j2", subscriber, already=True, undo=undo)
         return _page("unsubscribe.html.j2", subscriber)
 
 
@@ -114,16 +115,24 @@ def unsubscribe(token: str) -> Any:
         return Response("unsubscribed\n", 200, content_type="text/plain; charset=utf-8")
     if changed and subscriber is not None:
         security.remember_unsubscribe(subscriber.id, utcnow())
-    return _page("unsubscribed.html.j2", subscriber, already=not changed, undo=_can_undo(subscriber))
+    with state().services.read_session() as session:
+        undo = _can_undo(session, subscriber)
+    return _page("unsubscribed.html.j2", subscriber, already=not changed, undo=undo)
 
 
-def _can_undo(subscriber: Subscriber | None) -> bool:
-    """Whether this browser session unsubscribed this person within [web] undo_minutes."""
+def _can_undo(session: Session, subscriber: Subscriber | None) -> bool:
+    """Whether this browser session made this person's latest unsubscribe, within [web]
+    undo_minutes. Latest: the consent log has recorded nothing for them since (helper-59: a page
+    left open, or a session cookie kept from before, overturned an unsubscribe made later by
+    another browser or by the office, or a removal after the office re-added them)."""
     if subscriber is None or subscriber.status != "unsubscribed":
         return False
     at = security.unsubscribed_at(subscriber.id)
     window = dt.timedelta(minutes=state().config.web.undo_minutes)
-    return at is not None and dt.timedelta(0) <= utcnow() - at <= window
+    if at is None or not dt.timedelta(0) <= utcnow() - at <= window:
+        return False
+    last = consent.last_recorded(session, subscriber)
+    return last is not None and last <= at
 
 
 @bp.post("/u/<token>/undo")
@@ -134,7 +143,9 @@ def undo(token: str) -> Any:
     link = _link("unsubscribe", token)
     with state().services.session() as session:
         subscriber = subscribers.by_link(session, link)
-        if subscriber is None or not _can_undo(subscriber):
+        if subscriber is not None and subscriber.status == "active":  # undone already, or re-added
+            return redirect(request.path.removesuffix("/undo"), 303)  # the page says they are subscribed
+        if subscriber is None or not _can_undo(session, subscriber):
             abort(403)
         minutes = state().config.web.undo_minutes
         sending.take_back_unsubscribe(session, state().config, subscriber, _consent(
