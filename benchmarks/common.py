@@ -88,6 +88,13 @@ def cpu_jiffies() -> tuple[int, int] | None:
     shows it, so two phases of one run can differ by it alone. None without /proc/stat or
     without its steal column (the 8th number).
     """
+    ticks = _cpu_ticks()
+    return None if ticks is None else (sum(ticks), ticks[7])
+
+
+def _cpu_ticks() -> list[int] | None:
+    """/proc/stat's `cpu` line: user, nice, system, idle, iowait, irq, softirq, steal (guest
+    time, the 9th and 10th, is already in user and nice); None without it."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
             fields = stat.readline().split()
@@ -95,8 +102,7 @@ def cpu_jiffies() -> tuple[int, int] | None:
         return None
     if len(fields) < 9 or fields[0] != "cpu":
         return None
-    ticks = [int(field) for field in fields[1:9]]  # guest time (9th, 10th) is already in user and nice
-    return sum(ticks), ticks[7]
+    return [int(field) for field in fields[1:9]]
 
 
 def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
@@ -106,15 +112,11 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return (after[1] - before[1]) / (after[0] - before[0])
 
 
-def _ticks(stat: str, children: bool) -> tuple[str, int, int]:
-    """(command, parent pid, CPU ticks) of one /proc/PID/stat line; with `children`, plus those of
-    its children that have ended."""
+def _ticks(stat: str) -> tuple[str, int]:
+    """(command, CPU ticks) of one /proc/PID/stat line, with those of its children that have ended."""
     command = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return command, int(fields[1]), ticks
+    return command, sum(int(field) for field in fields[11:15])  # utime, stime, cutime, cstime
 
 
 @dataclass
@@ -136,16 +138,17 @@ class Machine:
 
     @classmethod
     def now(cls, sink_pids: set[int]) -> Machine | None:
+        fields = _cpu_ticks()
+        if fields is None:
+            return None
         try:
-            with open("/proc/stat", encoding="ascii") as stat:
-                fields = [int(field) for field in stat.readline().split()[1:9]]
-            own = _ticks(Path("/proc/self/stat").read_text(), children=True)[2]
+            own = _ticks(Path("/proc/self/stat").read_text())[1]
         except (OSError, ValueError, IndexError):
             return None
         ticks = {"sender": own, "sink": 0, "postgresql": 0}
         for path in Path("/proc").glob("[0-9]*/stat"):
             try:
-                command, _parent, spent = _ticks(path.read_text(), children=True)
+                command, spent = _ticks(path.read_text())
             except (OSError, ValueError, IndexError):
                 continue  # it ended meanwhile
             if int(path.parent.name) in sink_pids:
