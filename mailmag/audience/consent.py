@@ -211,9 +211,10 @@ def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: obj
 def last_recorded(session: Session, subscriber: Subscriber, action: str | None = None) -> dt.datetime | None:
     """When the consent log last recorded anything for the subscriber (with `action`: that only,
     e.g. "opt_out"); None if never."""
-    of = ConsentEvent.subscriber_id == subscriber.id
-    return session.scalar(select(func.max(ConsentEvent.at)).where(
-        of, ConsentEvent.action == action if action is not None else of))
+    recorded = select(func.max(ConsentEvent.at)).where(ConsentEvent.subscriber_id == subscriber.id)
+    if action is not None:
+        recorded = recorded.where(ConsentEvent.action == action)
+    return session.scalar(recorded)
 
 
 def undo_unsubscribe(session: Session, subscriber: Subscriber, consent: Consent) -> bool:

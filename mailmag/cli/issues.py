@@ -318,10 +318,11 @@ def cancel(app: AppContext, issue_id: int) -> None:
     elif done.sent or done.in_flight:
         # A held message already on its way to the relay still goes (one a connection at most):
         # how many did is known only once the workers have recorded them (helper-58).
-        stopped = (f"up to {plural(done.not_sent, 'queued message')} will not be sent ({done.in_flight} "
-                   "of them held by a worker: a message already on its way to the relay still goes, however "
-                   "long the relay takes; `issues status` counts it)" if done.in_flight else
-                   f"{plural(done.not_sent, 'queued message')} will not be sent")
+        stopped = f"{plural(done.not_sent, 'queued message')} will not be sent"
+        if done.in_flight:
+            stopped = (f"up to {stopped} ({done.in_flight} of them held by a worker: a message already on "
+                       "its way to the relay still goes, however long the relay takes; `issues status` "
+                       "counts it)")
         went = (f"{plural(done.sent - done.dead, 'message')} went, {done.dead} given up on may have"
                 if done.dead else f"{plural(done.sent, 'message')} went")
         earlier = (f", {done.opted_out} cancelled earlier (their readers unsubscribed)"
