@@ -37,6 +37,7 @@ from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import DatabaseError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
+from mailmag.scheduling import sending
 from mailmag.scheduling.sending import make_dispatcher
 from mailmag.services import Services
 
@@ -773,6 +774,20 @@ def test_unknown_addresses_at_the_end_of_a_list_wait_for_a_later_message_to_vouc
         services.close()
 
 
+def _leaves_during_rcpt(services, smtp_server, address: str) -> threading.Thread:  # type: ignore[no-untyped-def]
+    """The reader unsubscribes while the relay is answering their RCPT (started; join it)."""
+
+    def leave() -> None:
+        wait_for(lambda: f"RCPT TO:<{address}>" in smtp_server.command_lines)
+        with services.session() as session:
+            reader = session.scalars(select(Subscriber).filter_by(email=address)).one()
+            subscribers.unsubscribe(session, reader, Consent("web"))
+
+    leaving = threading.Thread(target=leave)
+    leaving.start()
+    return leaving
+
+
 def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(config, smtp_server, caplog):
     """The reader opted out while the relay was answering their RCPT: the row is cancelled under
     the worker (its lease owner kept), and the refusal's result cannot be written. The worker
@@ -781,15 +796,7 @@ def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(co
     services = make_services(config, smtp_server)
     issue = sending_to(services, ["leaving@example.org", "staying@example.org"])
     smtp_server.fail_rcpt("leaving@example.org", 550, "5.1.1 User unknown", delay=1.5)
-
-    def leave() -> None:
-        wait_for(lambda: "RCPT TO:<leaving@example.org>" in smtp_server.command_lines)
-        with services.session() as session:
-            reader = session.scalars(select(Subscriber).filter_by(email="leaving@example.org")).one()
-            subscribers.unsubscribe(session, reader, Consent("web"))
-
-    leaving = threading.Thread(target=leave)
-    leaving.start()
+    leaving = _leaves_during_rcpt(services, smtp_server, "leaving@example.org")
     try:
         with caplog.at_level(logging.INFO, logger="mailmag"):
             dispatcher = run_once(services, concurrency=1)
@@ -801,6 +808,34 @@ def test_a_refusal_for_a_reader_who_left_meanwhile_is_not_called_a_lost_lease(co
         assert (c.sent, c.cancelled, c.failed, c.queued) == (1, 1, 0, 0)
         assert status_by_address(services) == {"leaving@example.org": "unsubscribed",
                                                "staying@example.org": "active"}
+    finally:
+        services.close()
+
+
+@pytest.mark.parametrize("code, words", [(550, "5.1.1 User unknown"), (451, "4.3.0 try later")])
+def test_a_reader_who_comes_back_after_a_refusal_in_flight_gets_a_first_copy(config, smtp_server, code,
+                                                                               words):
+    """helper-59: the reader left while the relay was refusing (or deferring) their message,
+    then took the unsubscribe back. The cancelled row kept the worker's lease, so the undo
+    handed it back to a worker that had long moved on: it waited for the lease to expire, and
+    then went marked "may have arrived twice", though the relay never took it."""
+    services = make_services(config, smtp_server)
+    issue = sending_to(services, ["leaving@example.org", "staying@example.org"])
+    smtp_server.fail_rcpt("leaving@example.org", code, words, times=1, delay=1.5)
+    leaving = _leaves_during_rcpt(services, smtp_server, "leaving@example.org")
+    try:
+        assert run_once(services, concurrency=1).stats.cancelled == 1
+        leaving.join()
+        with services.session() as session:
+            reader = session.scalars(select(Subscriber).filter_by(email="leaving@example.org")).one()
+            assert sending.take_back_unsubscribe(session, services.config, reader, Consent("web"))
+        c = counts(services, issue)
+        assert (c.sent, c.queued, c.sending, c.cancelled) == (1, 1, 0, 0)  # due now, as never sent
+        assert run_once(services, concurrency=1).stats.sent == 1
+        assert smtp_server.recipients().count("leaving@example.org") == 1
+        with services.session() as session:
+            assert outbox.ambiguous_count(session, issue.id) == 0
+        assert counts(services, issue).sent == 2
     finally:
         services.close()
 

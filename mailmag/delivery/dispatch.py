@@ -782,7 +782,7 @@ class Dispatcher:
                 results.close()
 
     def _write_result(self, owner: str, delivery: outbox.Claimed, write: Callable[[Session], bool],
-                      happened: str) -> bool:
+                      happened: str, may_have_arrived: bool = False) -> bool:
         """Write a failure's or a retry's result in a unit of work of its own, waiting for the
         database if it is away; False if the row was no longer `owner`'s (_not_recorded says
         why, with `happened`: what the relay did)."""
@@ -793,7 +793,7 @@ class Dispatcher:
 
         if self.database.call(work):
             return True
-        self._not_recorded(owner, delivery, happened)
+        self._not_recorded(owner, delivery, happened, may_have_arrived)
         return False
 
     def _done_failed(self) -> None:
@@ -802,13 +802,20 @@ class Dispatcher:
         if self.progress:
             self.progress(1)
 
-    def _not_recorded(self, owner: str, delivery: outbox.Claimed, happened: str) -> None:
+    def _not_recorded(self, owner: str, delivery: outbox.Claimed, happened: str,
+                      may_have_arrived: bool) -> None:
         """A refusal's or a retry's result could not be written: the row was cancelled under us
-        (it stays so, and nothing goes again), or its lease passed to another worker (_lost)."""
+        (it stays so, and nothing goes again), or its lease passed to another worker (_lost).
+        A cancelled row is let go, as one skipped before its send: the relay did not take it, so
+        an opt-out taken back queues it again as never sent. One that `may_have_arrived` (a drop
+        after the final dot) keeps its lease: taken back, it goes again only when that lease
+        expires, and is marked as a message that may arrive twice (outbox.expire_leases)."""
 
         def work() -> bool:
             with self._writing() as session:
-                return outbox.cancelled_while_held(session, delivery.id, owner)
+                if may_have_arrived:
+                    return outbox.cancelled_while_held(session, delivery.id, owner)
+                return outbox.let_go(session, delivery.id, owner)
 
         if self.database.call(work):
             self.stats.add("cancelled")
@@ -853,7 +860,7 @@ class Dispatcher:
 
         happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
                     else "the connection was lost after the final dot (the relay may have it), and")
-        if not self._write_result(owner, delivery, write, happened):
+        if not self._write_result(owner, delivery, write, happened, failure.ambiguous):
             return
         if give_up:
             self._done_failed()
