@@ -570,6 +570,22 @@ def test_processes_keep_one_per_second_limit_and_quote_it(setup, smtp_server):
                     note="[smtp] rate_per_second = 0.01 lets the next message go in about 2 min")
 
 
+def test_each_sending_process_names_itself_in_what_it_logs(setup, smtp_server):
+    """`worker --processes 2`: a warning from one of the processes said "delivery 7: connection
+    lost after the final dot", and nobody could tell which process (and so which relay
+    connections) it came from."""
+    config, services = setup
+    prepare_send(services, 6)
+    smtp_server.drop("after_data", address="user3@example.jp")
+    worker = start_worker(config, "--once", "--processes", "2", "--concurrency", "2")
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    assert out.strip() == "sent 5, failed 0, deferred 1 (1 after the final dot: may arrive twice)"
+    lost = [line for line in err.splitlines() if "connection lost after the final dot" in line]
+    assert len(lost) == 1
+    assert re.match(r"mailmag-send-[12]: delivery \d+: connection lost", lost[0]), lost[0]
+
+
 def test_the_progress_bar_of_several_processes_ends_at_every_message(setup, smtp_server):
     """On a terminal `worker --once` shows a bar; with --processes it adds up the processes' counts."""
     config, services = setup

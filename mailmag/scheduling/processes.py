@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -238,6 +239,7 @@ def _child(config: Config, concurrency: int, once: bool, service: bool, accepted
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # a stop sent while this process started lands now
         _stop_with(parent)
         _titled(multiprocessing.current_process().name)
+        _log_as(multiprocessing.current_process().name)
         services = Services(config)
         tick = None if accepted is None else _counter(accepted)
 
@@ -288,6 +290,21 @@ def _stop_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl: nobody would see this process
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _log_as(name: str) -> None:
+    """Begin each of mailmag's log lines in this process with its name ("mailmag-send-2: delivery
+    …"), so an operator reading the worker's stderr or the journal tells which process said it.
+    The record, not a handler's format: `worker` prints through logging's last-resort handler."""
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        if made.name.startswith("mailmag"):
+            made.msg = f"{name}: {made.msg}"
+        return made
+
+    logging.setLogRecordFactory(record)
 
 
 def _titled(name: str) -> None:
