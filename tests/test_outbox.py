@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import typing
 
 import pytest
@@ -15,6 +16,7 @@ from mailmag.content import transitions
 from mailmag.delivery import outbox
 from mailmag.errors import StateError
 from mailmag.models import Delivery, Issue, Rendering, Subscriber, utcnow
+from mailmag.scheduling import sending
 
 CLI = Consent("cli", "test")
 
@@ -249,6 +251,94 @@ def test_an_opt_out_taken_back_catches_up_with_issues_started_while_the_reader_w
     assert [(issue_id, status) for issue_id, status, _ in rows] == [
         (issues["news"].id, "queued"), (issues["sent"].id, "queued")]
     assert all(message_id.endswith("@example.jp>") for _, _, message_id in rows)
+    assert outbox.caught_up_count(session, issues["news"].id) == 1  # `issues status` says so
+    assert outbox.caught_up_count(session, issues["before"].id) == 0
+
+
+def _out(session, reader: Subscriber) -> None:  # type: ignore[no-untyped-def]
+    assert subscribers.unsubscribe(session, reader, Consent("web"))
+
+
+def _replies(session, reader: Subscriber) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untyped-def]
+    return [tuple(r) for r in session.execute(  # type: ignore[misc]
+        select(Delivery.status, Delivery.last_reply, Delivery.lease_owner)
+        .where(Delivery.subscriber_id == reader.id).order_by(Delivery.issue_id))]
+
+
+def test_an_undo_brings_back_only_what_the_latest_opt_out_stopped(session):
+    """helper-60: an issue an earlier opt-out stopped (the reader came back by a new opt-in since)
+    was sent to them when they took back a later opt-out, months after."""
+    [reader] = add_subscribers(session, 1)
+    old = make_issue(session, 1)
+    transitions.start_sending(session, old, "example.jp", "ja")
+    _out(session, reader)
+    old.status = "sent"
+    subscribers.add(session, subscribers.parse_address(reader.email), Consent("cli"), resubscribe=True)
+    _out(session, reader)
+    assert outbox.restore_for_subscriber(session, reader.id, utcnow()) == set()
+    assert _replies(session, reader) == [("cancelled", outbox.OPTED_OUT_BEFORE, None)]
+
+
+def test_rows_an_opt_out_stopped_under_a_worker_are_let_go_so_an_undo_queues_them(session):
+    """helper-60: a worker that stopped cleanly (or hit a refusal) kept the lease of rows cancelled
+    under it, so an undo gave them back to a worker that was gone: they went only when the lease
+    passed, counted as maybe sent twice. A row that may have reached the relay (a drop after the
+    final dot) goes again marked so."""
+    [reader] = add_subscribers(session, 1)
+    for number in (1, 2):
+        transitions.start_sending(session, make_issue(session, number), "example.jp", "ja")
+    stopped, dropped = outbox.claim(session, "w", 2, utcnow(), 300)
+    _out(session, reader)
+    assert outbox.release(session, stopped.id, "w")  # the clean stop's hand-back
+    assert outbox.let_go(session, dropped.id, "w", maybe_sent=utcnow())
+    assert len(outbox.restore_for_subscriber(session, reader.id, utcnow())) == 2
+    [(first, reply1, owner1), (second, reply2, owner2)] = _replies(session, reader)
+    assert (first, reply1, owner1) == ("queued", "", None)
+    assert (second, owner2) == ("queued", None) and reply2.startswith(outbox.AMBIGUOUS)
+
+
+def test_a_row_the_claim_finds_opted_out_is_brought_back_by_the_undo(session):
+    """helper-60 (PostgreSQL): an opt-out while `issues send` was freezing the audience cancelled
+    nothing (the rows were not committed yet); the claim then cancelled the reader's row, but
+    not as an opt-out's, so taking the opt-out back never brought the issue."""
+    [reader] = add_subscribers(session, 1)
+    issue = make_issue(session)
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    reader.status = "unsubscribed"  # as unsubscribe leaves it, its cancel having found no row
+    assert outbox.claim(session, "w", 5, utcnow(), 300) == []
+    assert _replies(session, reader) == [("cancelled", outbox.OPTED_OUT, None)]
+    reader.status = "active"
+    assert outbox.restore_for_subscriber(session, reader.id, utcnow()) == {issue.id}
+
+
+def test_an_undo_while_a_send_freezes_its_audience_catches_up_with_it(services):
+    """helper-60 (PostgreSQL): the reader took back their opt-out while `issues send` was freezing
+    the audience: the send's snapshot saw them out, and the undo's catch-up did not see the send
+    yet, so the issue never went to them. The undo now waits for the send to commit."""
+    with services.session() as session:
+        [reader] = add_subscribers(session, 2)[:1]
+        issue_id = make_issue(session).id
+        reader_id = reader.id
+        _out(session, reader)
+    undone = threading.Event()
+
+    def undo() -> None:
+        with services.session() as session:
+            back = session.get(Subscriber, reader_id)
+            assert sending.take_back_unsubscribe(session, services.config, back, Consent("web"))
+        undone.set()
+
+    with services.session() as session:
+        transitions.start_sending(session, session.get(Issue, issue_id), "example.jp", "ja")
+        taking_back = threading.Thread(target=undo)
+        taking_back.start()
+        assert not undone.wait(1.0)  # it waits for the send
+    taking_back.join(30)
+    assert undone.is_set()
+    with services.session() as session:
+        rows = session.scalars(select(Delivery.status).where(Delivery.issue_id == issue_id,
+                                                             Delivery.subscriber_id == reader_id)).all()
+        assert rows == ["queued"]
 
 
 def test_cancel_stops_what_is_queued_and_what_a_worker_claimed(session):

@@ -105,13 +105,14 @@ def test_unsubscribed_stays_suppressed_until_resubscribe_logs_an_opt_in(session)
     address = subscribers.parse_address("taro@example.jp")
     _, subscriber = subscribers.add(session, address, CLI)
     assert subscribers.unsubscribe(session, subscriber, Consent("one-click", "List-Unsubscribe-Post"))
-    assert not subscribers.unsubscribe(session, subscriber, CLI)  # repeatable, logged once
+    # repeatable; logged again: the latest word, which an undo elsewhere must not overturn
+    assert not subscribers.unsubscribe(session, subscriber, CLI)
     assert subscribers.add(session, address, CLI, name="x") == ("suppressed", subscriber)
     assert (subscriber.status, subscriber.name) == ("unsubscribed", "")
     assert subscribers.add(session, address, CLI, resubscribe=True) == ("updated", subscriber)
     assert (subscriber.status, subscriber.status_reason) == ("active", "")
     log = [(e.action, e.channel) for e in session.scalars(select(ConsentEvent).order_by(ConsentEvent.id))]
-    assert log == [("opt_in", "cli"), ("opt_out", "one-click"), ("opt_in", "cli")]
+    assert log == [("opt_in", "cli"), ("opt_out", "one-click"), ("opt_out", "cli"), ("opt_in", "cli")]
 
 
 def test_confirm_activates_a_pending_subscriber_once(session):

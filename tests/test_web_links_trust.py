@@ -315,17 +315,22 @@ def test_a_bounced_reader_who_unsubscribes_keeps_the_bounce_on_record_and_undo_r
     assert (u.status, u.status_reason) == ("bounced", "rejected when sent: 550 5.1.1 no such user")
 
 
-@pytest.mark.parametrize("later", ["the_office_removed_them", "another_browser_unsubscribed"])
+@pytest.mark.parametrize("later", ["the_office_removed_them", "another_browser_unsubscribed",
+                                   "the_mail_client_said_it_again"])
 def test_undo_cannot_overturn_a_later_unsubscribe(live, web_services, mailmag, later):
     """helper-59: a 取り消す page left open (or a session cookie kept from before an undo) took
     back an unsubscribe made after it, by the office (`subscribers remove`, after a re-add) or
-    in another browser: the reader was active again against their latest wish."""
+    in another browser: the reader was active again against their latest wish. helper-60: also
+    one said again while they were out (the mail client's one-click POST), which changed
+    nothing and so was not logged."""
     mailmag.ok("subscribers", "add", "u@example.jp")
     unsubscribe, browser, page = _unsubscribed_in_a_browser(live, web_services, "u@example.jp")
     u = row(web_services, "u@example.jp")
     if later == "the_office_removed_them":
         mailmag.ok("subscribers", "add", "u@example.jp", "--resubscribe")
         mailmag.ok("subscribers", "remove", "u@example.jp")
+    elif later == "the_mail_client_said_it_again":
+        assert Client(live.url).post(unsubscribe, {"List-Unsubscribe": "One-Click"}).status == 200
     else:
         kept = dict(browser.cookies)  # this browser's session as it was before its undo
         assert browser.post(f"{unsubscribe}/undo", {"csrf_token": page.csrf()}).status == 200

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from mailmag import text_ja
 from mailmag.addresses import CONTROL, Address, email_hash, parse_address
-from mailmag.delivery.outbox import cancel_for_subscriber
+from mailmag.delivery.outbox import cancel_for_subscriber, settle_opt_out
 from mailmag.errors import InvalidInput, NotFound
 from mailmag.models import (
     SUBSCRIBER_STATUSES,
@@ -161,6 +161,7 @@ def add(
         if not resubscribe:
             return "suppressed", existing
         existing.status, existing.status_reason = ("pending" if pending else "active"), ""
+        settle_opt_out(session, existing.id)
         session.execute(delete(Suppression).where(Suppression.email_hash == address.hash))
         record(session, existing, "opt_in", consent)
         _update_fields(existing, name=name, organization=organization, lang=lang, topics=topics)
@@ -208,8 +209,11 @@ BOUNCED_BEFORE = "; bounced before: "
 def unsubscribe(session: Session, subscriber: Subscriber, consent: Consent, reason: str = "") -> bool:
     """Opt out at once, also for deliveries still queued; False if already out (repeatable).
     An opt-out overrides a bounce (nothing may go to them if the bounce is cleared), and keeps
-    its reason: the address was found dead, which the list of subscribers still shows."""
+    its reason: the address was found dead, which the list of subscribers still shows.
+    Said again while out, it is logged all the same: it is the reader's latest word, which an
+    undo in the browser that unsubscribed first must not overturn (helper-60)."""
     if subscriber.status == "unsubscribed":
+        record(session, subscriber, "opt_out", consent)
         return False
     bounced = BOUNCED_BEFORE + subscriber.status_reason if subscriber.status == "bounced" else ""
     subscriber.status = "unsubscribed"

@@ -245,6 +245,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         missed = jobs.last_send_run(session, issue)
         waiting = waiting_for_window(counts.pending, utcnow(), app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
+        caught_up = outbox.caught_up_count(session, issue.id)
         document = {
             "id": issue.id, "number": issue.number, "status": issue.status, "topic": issue.topic,
             "audience": reached, "total": counts.total, "sent": counts.sent,
@@ -266,7 +267,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if issue.status in issues.RENDERABLE:
         click.echo(f"audience: {plural(reached, 'subscriber')} now ({to})")
     else:
-        click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started")
+        since = f", {caught_up} of them added since (they took back an unsubscribe)" if caught_up else ""
+        click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started{since}")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
     if counts.dead and issue.status in ("sending", "sent"):

@@ -55,9 +55,11 @@ def start_sending(session: Session, issue: Issue, domain: str, default_lang: str
     if not issue.renderings:
         raise StateError(f"issue {issue.id} is not rendered", fixes=[Fix("render_issue", issue.id)],
                          ja=f"号（ID {issue.id}）の本文（HTML とテキスト）がまだ作られていません")
-    added = outbox.enqueue(session, issue, domain, default_lang)
+    # The issue is marked first, so an opt-out taken back meanwhile waits for this send to
+    # commit and then catches up with it (outbox.catch_up; PostgreSQL's snapshots, helper-60).
     issue.status, issue.sent_at, issue.scheduled_at = "sending", utcnow(), None
-    return added
+    session.flush()
+    return outbox.enqueue(session, issue, domain, default_lang)
 
 
 def cancel_issue(session: Session, issue: Issue) -> int:

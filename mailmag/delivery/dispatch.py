@@ -806,16 +806,14 @@ class Dispatcher:
                       may_have_arrived: bool) -> None:
         """A refusal's or a retry's result could not be written: the row was cancelled under us
         (it stays so, and nothing goes again), or its lease passed to another worker (_lost).
-        A cancelled row is let go, as one skipped before its send: the relay did not take it, so
-        an opt-out taken back queues it again as never sent. One that `may_have_arrived` (a drop
-        after the final dot) keeps its lease: taken back, it goes again only when that lease
-        expires, and is marked as a message that may arrive twice (outbox.expire_leases)."""
+        A cancelled row is let go, as one skipped before its send, so an opt-out taken back
+        queues it again at once; one that `may_have_arrived` (a drop after the final dot) keeps
+        when, and then goes marked as a message that may arrive twice."""
+        maybe_sent = self.clock() if may_have_arrived else None
 
         def work() -> bool:
             with self._writing() as session:
-                if may_have_arrived:
-                    return outbox.cancelled_while_held(session, delivery.id, owner)
-                return outbox.let_go(session, delivery.id, owner)
+                return outbox.let_go(session, delivery.id, owner, maybe_sent)
 
         if self.database.call(work):
             self.stats.add("cancelled")

@@ -151,6 +151,10 @@ def catch_up(session: Session, subscriber_id: int, since: dt.datetime, domain: s
     theirs (as at enqueue). Returns those issues' ids (a sent one must open again,
     transitions.reopen). A cancelled issue stays stopped."""
     session.flush()  # the reader's return counts: Core does not autoflush
+    # A send starting now froze its audience in a snapshot taken before this reader came back
+    # (PostgreSQL, helper-60): wait for it to commit, then see it (transitions.start_sending
+    # marks its issue first). Locked in one order, as two undos at once may both reopen an issue.
+    session.execute(select(Issue.id).order_by(Issue.id).with_for_update())
     going = session.scalars(
         select(Issue).where(Issue.status.in_(("sending", "sent")), Issue.sent_at >= since))
     return {issue.id for issue in going
@@ -338,7 +342,8 @@ def claim(
     def of_subscriber(column: typing.Any) -> typing.Any:
         return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
 
-    active = of_subscriber(Subscriber.status) == "active"
+    status = of_subscriber(Subscriber.status)
+    active = status == "active"
     # Core on the session's connection (the ORM's bulk-update machinery costs more than the
     # claim), and the claimed rows come back from the UPDATE itself, in Claimed's field order.
     session.flush()  # what the session holds counts (an issue just set sending): Core does not autoflush
@@ -350,6 +355,10 @@ def claim(
             lease_owner=case((active, owner), else_=None),
             lease_expires_at=case((active, now + dt.timedelta(seconds=lease_seconds)), else_=None),
             attempts=case((active, Delivery.attempts + 1), else_=Delivery.attempts),
+            # as cancel_for_subscriber's: an opt-out whose own cancel ran before this row was
+            # committed (PostgreSQL, during an enqueue) is taken back with the row (helper-60)
+            last_reply=case((active, Delivery.last_reply), (status == "unsubscribed", OPTED_OUT),
+                            else_=Delivery.last_reply),
         )
         .returning(Delivery.status, Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
                    of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
@@ -428,20 +437,14 @@ def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:
     return {} if at is None else {"sent_at": at}
 
 
-def cancelled_while_held(session: Session, delivery_id: int, owner: str) -> bool:
-    """Whether the row was cancelled while `owner` held it (an opt-out, a bounce in another issue,
-    the issue cancelled): a cancelled row keeps its lease owner (cancel_for_subscriber, cancel_rows),
-    so a result that could not be written there was not lost to another worker."""
-    return session.scalar(select(func.count()).select_from(Delivery).where(
-        Delivery.id == delivery_id, Delivery.status == "cancelled", Delivery.lease_owner == owner)) == 1
-
-
 def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | None = None) -> bool:
-    """Hand an unsent claim back (clean stop, 421): not counted as an attempt."""
+    """Hand an unsent claim back (clean stop, 421): not counted as an attempt. One cancelled under
+    the worker is let go (helper-60: after a clean stop, an opt-out taken back left it to the
+    stopped worker, and it went only when the lease passed, counted as maybe sent twice)."""
     values: dict[str, object] = {"status": "queued", "attempts": Delivery.attempts - 1}
     if at is not None:
         values["next_attempt_at"] = at
-    return _finish(session, delivery_id, owner, **values)
+    return _finish(session, delivery_id, owner, **values) or let_go(session, delivery_id, owner)
 
 
 def retrying_for(delivery: Claimed, now: dt.datetime) -> float:
@@ -455,8 +458,10 @@ def retry_delay(config_retry, age_seconds: float) -> float:
     return min(max(config_retry.backoff_seconds, age_seconds), config_retry.max_backoff_seconds)
 
 
-# The last_reply of a delivery an opt-out cancelled (restore_for_subscriber looks for it).
+# The last_reply of a delivery an opt-out cancelled (restore_for_subscriber looks for it): only
+# ever on the rows of the reader's latest opt-out (settle_opt_out).
 OPTED_OUT = "subscriber opted out"
+OPTED_OUT_BEFORE = "subscriber opted out (and came back later by a new opt-in)"
 
 
 def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = OPTED_OUT) -> int:
@@ -475,36 +480,52 @@ def cancel_for_subscriber(session: Session, subscriber_id: int, why: str = OPTED
     return rowcount(result)
 
 
+def settle_opt_out(session: Session, subscriber_id: int) -> int:
+    """The reader is back by a new opt-in (a confirmation, the office's re-add): what their
+    opt-out stopped stays stopped, so that taking back a later opt-out brings only what that one
+    stopped (helper-60: it brought an issue months old). Returns the rows settled."""
+    return rowcount(session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
+               Delivery.last_reply == OPTED_OUT)
+        .values(last_reply=OPTED_OUT_BEFORE)
+    ))
+
+
 def restore_for_subscriber(session: Session, subscriber_id: int, now: dt.datetime) -> set[int]:
     """An opt-out taken back (scheduling.sending.take_back_unsubscribe): the messages it cancelled
     in issues being sent, or sent meanwhile, go after all; returns those issues' ids (a sent one
     must open again, transitions.reopen). One that a worker still holds goes back to that worker
     (it may be on the wire: its result is then recorded as any other; if not, the worker sends
     it); the rest, let go (let_go) or never claimed, are queued again, due now. A cancelled issue
-    stays stopped."""
+    stays stopped. One that may have reached the relay before (sent_at kept: a drop after the
+    final dot, a worker that died) goes marked as one that may arrive twice."""
     going = select(Issue.id).where(Issue.status.in_(("sending", "sent")))
     stopped = (Delivery.subscriber_id == subscriber_id, Delivery.status == "cancelled",
                Delivery.last_reply == OPTED_OUT, Delivery.issue_id.in_(going))
+    reply = case((Delivery.sent_at.is_not(None), f"{AMBIGUOUS}: it may have reached the relay before the "
+                                                  "reader unsubscribed"), else_="")
     held = session.scalars(
         update(Delivery).where(*stopped, Delivery.lease_owner.is_not(None))
-        .values(status="sending", last_reply="").returning(Delivery.issue_id)
+        .values(status="sending", last_reply=reply).returning(Delivery.issue_id)
     ).all()
     queued = session.scalars(
         update(Delivery).where(*stopped, Delivery.lease_owner.is_(None))
-        .values(status="queued", next_attempt_at=now, last_reply="").returning(Delivery.issue_id)
+        .values(status="queued", next_attempt_at=now, last_reply=reply).returning(Delivery.issue_id)
     ).all()
     return {*held, *queued}
 
 
-def let_go(session: Session, delivery_id: int, owner: str) -> bool:
-    """A worker will not send a row of its claim that was cancelled under it (it asks held()
-    before each message): its lease leaves the row, so that an opt-out taken back queues it
-    again (restore_for_subscriber). False if the row is not such a row any more: it may be the
-    worker's again, an opt-out taken back meanwhile."""
+def let_go(session: Session, delivery_id: int, owner: str, maybe_sent: dt.datetime | None = None) -> bool:
+    """A worker is done with a row of its claim that was cancelled under it (it asks held()
+    before each message, and a refusal's result finds it so): its lease leaves the row, so that
+    an opt-out taken back queues it again (restore_for_subscriber). `maybe_sent`: when it may
+    have reached the relay all the same (a drop after the final dot). False if the row is not
+    such a row any more: it may be the worker's again, an opt-out taken back meanwhile."""
     return rowcount(session.execute(
         update(Delivery)
         .where(Delivery.id == delivery_id, Delivery.status == "cancelled", Delivery.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
+        .values(lease_owner=None, lease_expires_at=None, **_maybe_sent(maybe_sent))
     )) == 1
 
 
@@ -640,6 +661,14 @@ def unrecorded_since(session: Session, since: dt.datetime, now: dt.datetime) -> 
     marked = session.scalars(select(Delivery.sent_at).where(
         Delivery.status != "sent", Delivery.last_reply.startswith(AMBIGUOUS), Delivery.sent_at >= since))
     return [now] * (sending or 0) + [min(at, now) for at in marked if at is not None]
+
+
+def caught_up_count(session: Session, issue_id: int) -> int:
+    """Rows added to an issue's frozen audience after its send started (catch_up: readers who
+    took back an unsubscribe). enqueue's rows share one created_at, the earliest."""
+    first = select(func.min(Delivery.created_at)).where(Delivery.issue_id == issue_id).scalar_subquery()
+    return session.scalar(select(func.count()).select_from(Delivery).where(
+        Delivery.issue_id == issue_id, Delivery.created_at > first)) or 0
 
 
 def audience_count(session: Session, issue: Issue) -> int:
