@@ -26,6 +26,7 @@ import functools
 import json
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,26 +168,29 @@ def run_floor(db_url: str, port: int, message: bytes, ids: list[int], threads: i
     """The raw ceiling's sender, plus what the contract asks of every sender: each result
     committed before its connection's next message goes, through mailmag's own result write
     (results.sent_writer: one prepared UPDATE in autocommit, begun at the 250 and awaited
-    after the next envelope, as the worker does). Nothing else is done: no claim, no
-    personalizing. What the database's own cost leaves of the raw ceiling, on the same wire
-    (one command a round trip: mailmag, which pipelines its envelope, can go past it).
+    before the next message's final dot, while the relay reads its content, as the worker
+    does). Nothing else is done: no claim, no personalizing. What the database's own cost
+    leaves of the raw ceiling, on the same wire (one command a round trip: mailmag, which
+    pipelines its envelope, can go past it).
     """
     from mailmag.delivery import results
     from mailmag.models import utcnow
 
     services = common.open_services(common.make_config(db_url))
-    content = stuffed(message)
+    body, end = stuffed(message)[:-3], b".\r\n"
 
     def blast(share: list[int]) -> None:
         with services.engine.connect() as connection, smtplib.SMTP("127.0.0.1", port) as smtp:
             write = results.sent_writer(connection)
+            smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the dot goes on its own
             smtp.ehlo()
             for delivery_id in share:
                 envelope(smtp, f"r{delivery_id}@example.jp")
-                # the previous result, committed while the relay read this envelope (as mailmag's is)
+                smtp.send(body)
+                # the previous result, committed while the relay reads this content (as mailmag's is)
                 if write.started is not None and not write.finish():
                     raise RuntimeError(f"delivery {write.started} was not written")
-                write.start(delivery_id, FLOOR_OWNER, content_sent(smtp, content), utcnow())
+                write.start(delivery_id, FLOOR_OWNER, content_sent(smtp, end), utcnow())
             if write.started is not None and not write.finish():
                 raise RuntimeError("the last delivery was not written")
 

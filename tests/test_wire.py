@@ -229,3 +229,95 @@ def test_a_message_larger_than_the_socket_buffer_goes_whole_and_in_order():
         reader.join()
         theirs.close()
     assert bytes(received) == body + wireform.END
+
+
+class _PipeliningRelay:
+    """A relay on a raw socket that offers PIPELINING and records what it read: the body's lines
+    as they come (`body`), whether the final dot came (`dot`), and whether the client hung up."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.body: list[bytes] = []
+        self.dot = threading.Event()
+        self.hung_up = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def config(self) -> SmtpConfig:
+        return SmtpConfig(transport="smtp", host="127.0.0.1", port=self.listener.getsockname()[1],
+                          security="none", timeout_seconds=5)
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 relay ESMTP\r\n")
+            in_data = False
+            for line in lines:
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        self.dot.set()
+                        connection.sendall(b"250 2.0.0 queued\r\n")
+                    else:
+                        self.body.append(line)
+                    continue
+                verb = line[:4].upper()
+                reply = {b"EHLO": b"250-relay\r\n250 PIPELINING\r\n", b"MAIL": b"250 ok\r\n",
+                         b"RCPT": b"250 ok\r\n", b"DATA": b"354 go ahead\r\n", b"QUIT": b"221 bye\r\n"}
+                in_data = verb == b"DATA"
+                connection.sendall(reply.get(verb, b"500 what\r\n"))
+        self.hung_up.set()
+
+    def close(self) -> None:
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+MESSAGE = b"Subject: x\r\n\r\n" + b"line\r\n" * 100
+
+
+def test_the_previous_result_is_committed_while_the_relay_reads_the_content_before_the_dot():
+    """`meanwhile` (the dispatcher commits the previous result there) runs once the content is on
+    the wire, and the final dot waits for it: the relay reads the message while the database
+    commits, and accepts nothing before the commit. The dot goes at once when it may (Nagle's
+    algorithm held it 40 ms for the relay's delayed ACK: 23 messages a second)."""
+    relay = _PipeliningRelay()
+    seen: list[tuple[int, bool]] = []
+
+    def meanwhile() -> None:
+        deadline = time.monotonic() + 5
+        while len(relay.body) < 102 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append((len(relay.body), relay.dot.is_set()))
+
+    connection = SmtpTransport(relay.config()).connect()
+    try:
+        sent = wire.send_prepared(connection, FROM, "r@example.jp", MESSAGE, meanwhile=meanwhile)
+        assert connection._smtp.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        connection.close()
+        relay.close()
+    assert seen == [(102, False)]  # the whole content read, no dot yet
+    assert sent.reply.startswith("250") and relay.dot.is_set()
+
+
+def test_a_message_whose_previous_result_cannot_be_committed_gets_no_final_dot():
+    """If `meanwhile` raises (the database went away, or the row was withdrawn meanwhile), the
+    session is dropped before the dot: the relay discards what it read, nothing is accepted."""
+    relay = _PipeliningRelay()
+
+    def meanwhile() -> None:
+        raise RuntimeError("the database went away")
+
+    connection = SmtpTransport(relay.config()).connect()
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            wire.send_prepared(connection, FROM, "r@example.jp", MESSAGE, meanwhile=meanwhile)
+        assert not connection.is_open
+    finally:
+        connection.close()
+        relay.close()
+    assert relay.hung_up.is_set() and not relay.dot.is_set()
+    assert len(relay.body) == 102  # it had the content, and no dot to accept it with

@@ -669,7 +669,7 @@ class Dispatcher:
         try:
             reply = wire.send_prepared(connection, envelope_from, delivery.email, data,
                                        meanwhile=functools.partial(self._record_now, unrecorded, may_go))
-        except _Withdrawn:  # nothing of it went (the session was dropped before its content)
+        except _Withdrawn:  # nothing of it was accepted (the session was dropped before its final dot)
             return _Next.AGAIN
         except DATABASE_AWAY:  # the previous result was not committed, so this message did not go
             self._record(unrecorded)  # waits for the database

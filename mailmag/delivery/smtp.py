@@ -137,7 +137,8 @@ class SmtpConnection:
         """Send one message to one recipient; raise TemporaryFailure, PermanentFailure or TransportError.
 
         `meanwhile`: the caller's own work, run at most once while the relay reads the envelope
-        (after MAIL FROM is written, before any of the message's content); the dispatcher
+        (after MAIL FROM is written, before any of the message's content; a pipelined send,
+        wire.PipelinedConnection, runs it later, before the final dot); the dispatcher
         commits the previous message's result there. If it raises, the session is dropped (a
         relay discards a transaction without its final dot) and the exception propagates:
         nothing of this message was accepted. If the send fails before MAIL FROM, it is not run.

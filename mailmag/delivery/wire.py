@@ -5,6 +5,12 @@ The dispatcher's messages are built in wire form (mailmag.delivery.wireform), so
 
 PIPELINING (RFC 2920), where the relay offers it: MAIL, RCPT and DATA go in one write and
 their three replies are read after it, so a message costs two round trips instead of four.
+The caller's `meanwhile` (the dispatcher commits the previous message's result there) runs
+once the content is written, before its final dot: the relay reads and checks the 63 KB
+while the database commits, instead of after it (benchmarks/README.md, Round 19). A relay
+accepts nothing before the dot, so the contract holds as before: each result is committed
+before the connection's next message can be accepted, and if `meanwhile` raises the session
+is dropped without the dot (the relay discards what it read).
 Every reply is classified exactly as in the sequential session (mailmag.delivery.smtp),
 in the order of the commands: the first refusal decides. A relay that answers 354 to a
 transaction it refused gets no body: the connection is dropped, so nothing can be queued.
@@ -12,7 +18,10 @@ transaction it refused gets no body: the connection is dropped, so nothing can b
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Callable
+from typing import Any
 
 from mailmag.addresses import addr_spec
 from mailmag.delivery.smtp import SmtpConnection, SmtpTransport, _Stale
@@ -24,8 +33,9 @@ def send_prepared(connection: Connection, envelope_from: str, recipient: str, me
                   meanwhile: Callable[[], object] | None = None) -> Sent:
     """Send a message that is in wire form (built by messages.personalize) through any connection.
 
-    `meanwhile` runs before any of the message's content goes (SmtpConnection.send: while the
-    relay reads the envelope); if it raises, nothing of this message was sent.
+    `meanwhile` runs before the message's final dot goes (PipelinedConnection: while the relay
+    reads its content; SmtpConnection.send: while it reads the envelope); if it raises, the
+    session is dropped before that dot, and nothing of this message was accepted.
     """
     if isinstance(connection, PipelinedConnection):
         return connection.send(envelope_from, recipient, message, prepared=True, meanwhile=meanwhile)
@@ -47,6 +57,14 @@ class PipelinedConnection(SmtpConnection):
         super().__init__(transport)
         self._prepared = False
 
+    def open(self) -> None:
+        super().open()
+        # The final dot goes apart from the content, once the previous result is committed: with
+        # Nagle's algorithm those three bytes would wait for the relay's delayed ACK (40 ms).
+        sock: Any = getattr(self._smtp, "sock", None)
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     @property
     def pipelining(self) -> bool:
         """The open session pipelines its transactions."""
@@ -62,7 +80,9 @@ class PipelinedConnection(SmtpConnection):
     def _data(self, message: bytes) -> Sent:
         if not self._prepared:
             return super()._data(message)
-        return self._write_body(message, END)
+        self._write(message, "during DATA")
+        self._overlap()  # while the relay reads the content; before its final dot
+        return self._write_body(b"", END)
 
     def _transaction(self, envelope_from: str, recipient: str, message: bytes, reused: bool) -> Sent:
         if not self.pipelining:
@@ -78,7 +98,8 @@ class PipelinedConnection(SmtpConnection):
         commands = f"MAIL FROM:<{envelope_from}>{options}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n"
         try:
             self._write(commands.encode(self._smtp.command_encoding), "at MAIL FROM")
-            self._overlap()  # while the relay reads the envelope
+            if not self._prepared:
+                self._overlap()  # while the relay reads the envelope
             code, reply = self._reply("MAIL FROM")
         except TemporaryFailure:
             if reused:
