@@ -242,6 +242,7 @@ class _PipeliningRelay:
         self.body: list[bytes] = []
         self.dot = threading.Event()
         self.hung_up = threading.Event()
+        self.close_before_dot = False  # hang up once the content is read
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -256,6 +257,9 @@ class _PipeliningRelay:
             in_data = False
             for line in lines:
                 if in_data:
+                    if self.close_before_dot and len(self.body) == 101:  # the content's last line
+                        self.body.append(line)
+                        break
                     if line == b".\r\n":
                         in_data = False
                         self.dot.set()
@@ -321,3 +325,25 @@ def test_a_message_whose_previous_result_cannot_be_committed_gets_no_final_dot()
         relay.close()
     assert relay.hung_up.is_set() and not relay.dot.is_set()
     assert len(relay.body) == 102  # it had the content, and no dot to accept it with
+
+
+def test_a_relay_that_hangs_up_before_the_dot_is_a_plain_drop():
+    """helper-62: a relay that closed the session while the content went (here while the previous
+    result was being committed) had no dot, so it cannot have the message; the dot written after
+    it met a closed connection, and the worker reported 'may arrive twice'."""
+    from mailmag.delivery.transports import TemporaryFailure
+
+    relay = _PipeliningRelay()
+    relay.close_before_dot = True
+
+    def meanwhile() -> None:
+        assert relay.hung_up.wait(5)
+
+    connection = SmtpTransport(relay.config()).connect()
+    try:
+        with pytest.raises(TemporaryFailure, match="before the final dot") as failure:
+            wire.send_prepared(connection, FROM, "r@example.jp", MESSAGE, meanwhile=meanwhile)
+    finally:
+        connection.close()
+        relay.close()
+    assert not failure.value.ambiguous and not relay.dot.is_set()

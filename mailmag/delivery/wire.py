@@ -19,6 +19,7 @@ transaction it refused gets no body: the connection is dropped, so nothing can b
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -82,7 +83,24 @@ class PipelinedConnection(SmtpConnection):
             return super()._data(message)
         self._write(message, "during DATA")
         self._overlap()  # while the relay reads the content; before its final dot
+        if self._hung_up():  # it cannot have the message: a plain drop, not "may arrive twice"
+            raise self._dropped(ConnectionResetError("closed by the relay"), "before the final dot")
         return self._write_body(b"", END)
+
+    def _hung_up(self) -> bool:
+        """The relay closed the session while the content went (a proxy's size limit, an idle
+        timeout while the database was slow): written after that, the dot would meet a closed
+        connection, read as a drop after the final dot (helper-62). A plain socket is asked
+        without waiting; a TLS one cannot be peeked at, and is not asked."""
+        sock: Any = getattr(self._smtp, "sock", None)
+        if type(sock) is not socket.socket or not select.select([sock], [], [], 0)[0]:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # reset
+            return True
 
     def _transaction(self, envelope_from: str, recipient: str, message: bytes, reused: bool) -> Sent:
         if not self.pipelining:
