@@ -89,6 +89,7 @@ class DatabaseConfig:
     url: str = "sqlite:///mailmag.db"
     busy_timeout_seconds: float = field(default=30.0, metadata=more_than(0))
     connect_timeout_seconds: float = field(default=10.0, metadata=more_than(0))
+    answer_timeout_seconds: float = field(default=60.0, metadata=more_than(0))
 
 
 @dataclass(frozen=True)
@@ -579,6 +580,11 @@ def _check(config: Config, file: Path | None, text: str, env: Mapping[str, str])
         raise _located(file, text, env, exc.message) from None
     if not config.mailmag.base_url.startswith(("http://", "https://")):
         raise _located(file, text, env, "[mailmag] base_url must start with http:// or https://")
+    answer, busy = config.database.answer_timeout_seconds, config.database.busy_timeout_seconds
+    if config.database.url.startswith("postgresql") and answer <= busy:
+        # a statement may wait busy_timeout_seconds for a lock, and then hears why from the server
+        raise _located(file, text, env, f"[database] answer_timeout_seconds ({answer:g}) must be "
+                       f"longer than busy_timeout_seconds ({busy:g})")
     _check_header_values(config, file, text, env)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspe
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailmag import pg_answers
+from mailmag.config import DatabaseConfig
 from mailmag.errors import DatabaseError
 from mailmag.models import Base
 
@@ -30,10 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30.0,
-                connect_timeout: float = 10.0) -> Engine:
+                connect_timeout: float = 10.0, answer_timeout: float = 60.0) -> Engine:
     """An engine for `url`; on SQLite with WAL, foreign keys and a busy timeout (seconds); on
     PostgreSQL the same timeout as `lock_timeout`, and a server that does not answer is given
-    up on (see _silent_server) rather than waited for by every request and worker thread.
+    up on (see _silent_server, and pg_answers for one that hangs: `answer_timeout` seconds)
+    rather than waited for by every request and worker thread.
 
     `pool_size`: exactly that many pooled connections, no overflow (for a caller whose threads
     each hold one at most); by default SQLAlchemy's pool of 5 plus 10 overflow.
@@ -44,8 +48,15 @@ def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30
         _configure_sqlite(engine, busy_timeout)
         return engine
     engine = create_engine(url, pool_pre_ping=True, connect_args=_silent_server(url, connect_timeout), **pool)
-    _configure_postgresql(engine, busy_timeout)
+    _configure_postgresql(engine, busy_timeout, answer_timeout)
     return engine
+
+
+def engine_for(settings: DatabaseConfig, pool_size: int | None = None) -> Engine:
+    """make_engine with the [database] settings."""
+    return make_engine(settings.url, pool_size, busy_timeout=settings.busy_timeout_seconds,
+                       connect_timeout=settings.connect_timeout_seconds,
+                       answer_timeout=settings.answer_timeout_seconds)
 
 
 def _silent_server(url: str, connect_timeout: float) -> dict[str, int]:
@@ -60,7 +71,11 @@ def _silent_server(url: str, connect_timeout: float) -> dict[str, int]:
     return {key: value for key, value in limits.items() if key not in given}
 
 
-def _configure_postgresql(engine: Engine, lock_timeout: float) -> None:
+def _configure_postgresql(engine: Engine, lock_timeout: float, answer_timeout: float) -> None:
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect, _record, cargs, cparams) -> pg_answers.AnsweringConnection:
+        return pg_answers.connect(cargs, cparams, answer_timeout)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # A statement waiting for another transaction's lock (a migration, a backup, a LOCK
@@ -155,6 +170,11 @@ def head_revision() -> str | None:
 
 def init_db(engine: Engine) -> str:
     """Create or upgrade the schema; idempotent. Returns what was done, for the CLI to say."""
+    with pg_answers.answer_within(math.inf):  # a migration may rewrite a large table for minutes
+        return _init_db(engine)
+
+
+def _init_db(engine: Engine) -> str:
     try:
         tables = set(inspect(engine).get_table_names())
     except OperationalError as exc:

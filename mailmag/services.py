@@ -30,9 +30,7 @@ class Services:
 
     @cached_property
     def engine(self) -> Engine:
-        database = self.config.database
-        return db.make_engine(database.url, busy_timeout=database.busy_timeout_seconds,
-                              connect_timeout=database.connect_timeout_seconds)
+        return db.engine_for(self.config.database)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

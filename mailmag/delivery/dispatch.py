@@ -358,9 +358,7 @@ class Dispatcher:
         # One connection per thread for the `sent` results, held across messages, in a pool of its
         # own: sharing the services' pool, threads holding one each could wait forever for a
         # second (a deferral's session) once there are more threads than that pool holds.
-        self.results_engine = db.make_engine(self.services.config.database.url, pool_size=self.concurrency,
-                                             busy_timeout=self.services.config.database.busy_timeout_seconds,
-                                             connect_timeout=self.services.config.database.connect_timeout_seconds)
+        self.results_engine = db.engine_for(self.services.config.database, pool_size=self.concurrency)
         threads = [
             threading.Thread(target=self._thread_main, args=(index, once, poll_seconds), name=f"send-{index}")
             for index in range(self.concurrency)

@@ -409,12 +409,19 @@ def mark_sent(
 def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.datetime) -> bool:
     """A message the relay accepted after its worker's lease had passed: sent, if no worker has
     claimed the row since (it went back to the queue, or was cancelled or given up meanwhile);
-    False if one has, which may send it again."""
+    False if one has, which may send it again.
+
+    Also True for a row already sent with this very reply: the worker's own write, whose answer
+    was lost (a server that hung, then went on), had landed after all."""
     unclaimed = and_(Delivery.id == delivery_id, Delivery.status.in_(("queued", "cancelled", "dead")),
                      Delivery.lease_owner.is_(None))
-    return rowcount(session.execute(
+    if rowcount(session.execute(
         update(Delivery).where(unclaimed).values(status="sent", last_reply=reply[:REPLY_KEPT], sent_at=now)
-    )) == 1
+    )) == 1:
+        return True
+    landed = and_(Delivery.id == delivery_id, Delivery.status == "sent",
+                  Delivery.last_reply == reply[:REPLY_KEPT])
+    return session.scalar(select(Delivery.id).where(landed)) is not None
 
 
 def mark_failed(session: Session, delivery_id: int, owner: str, reply: str,

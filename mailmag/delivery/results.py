@@ -19,6 +19,7 @@ text); SQLite has no such protocol, so there `finish` does the whole write.
 from __future__ import annotations
 
 import hashlib
+import math
 import select
 import sqlite3
 import typing
@@ -29,6 +30,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
+from mailmag import pg_answers
 from mailmag.delivery import outbox
 from mailmag.models import Delivery
 
@@ -123,6 +125,8 @@ class PostgresWriter(SentWriter):
         self._pgconn = self._driver.pgconn
         self._readable = select.poll()  # not select.select: a busy process has sockets past 1023
         self._readable.register(self._pgconn.socket, select.POLLIN)
+        # A server that stops answering is given up on, as in every other wait (pg_answers).
+        self._answer_timeout: float = getattr(self._driver, "answer_timeout", math.inf)
         numbered: Any = type(connection.dialect)  # the same dialect with libpq's $1 … $4
         self._sql = _sql(numbered(paramstyle="numeric_dollar"))
         # named after its text: a connection that meets a changed statement prepares it anew
@@ -141,7 +145,7 @@ class PostgresWriter(SentWriter):
             while self._pgconn.flush():  # the connection is non-blocking (psycopg's own setting)
                 writable = select.poll()
                 writable.register(self._pgconn.socket, select.POLLOUT)
-                writable.poll()
+                self._await(writable)
         except self._error as exc:
             self._raise(exc)
 
@@ -159,7 +163,7 @@ class PostgresWriter(SentWriter):
         pgconn, pq = self._pgconn, self._pq
         pgconn.consume_input()
         while pgconn.is_busy():
-            self._readable.poll()
+            self._await(self._readable)
             pgconn.consume_input()
         rows, error = 0, None
         result = pgconn.get_result()
@@ -174,6 +178,14 @@ class PostgresWriter(SentWriter):
         if error is not None:
             raise error
         return rows
+
+
+    def _await(self, ready: select.poll) -> None:
+        """Wait until the socket is ready; a server silent past its answer timeout loses the connection."""
+        limit = self._answer_timeout
+        if not ready.poll(None if math.isinf(limit) else limit * 1000):
+            self._pgconn.finish()  # its state is unknown: it cannot be used again
+            raise pg_answers.no_answer(limit)
 
 
 def _error(state: str, message: bytes) -> Exception:

@@ -1,0 +1,137 @@
+"""A PostgreSQL server that hangs (a frozen VM, a stuck disk, a SIGSTOPped postmaster).
+
+Its kernel still acknowledges, so libpq's connect_timeout, tcp_user_timeout and keepalives never
+fire: a worker sat silent and /healthz hung for as long as the server slept. Each wait now gives
+up after [database] answer_timeout_seconds (/healthz after a few seconds); the caller meets a
+database that went away, and nothing is lost or doubled. The server here is the real one behind
+a proxy that freezes (hung_database.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hung_database import FreezingProxy
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from test_delivery_faults import EVERYONE, make_services, run_once
+from test_dispatch import counts, prepare_send
+from test_web_unsubscribe import reader, state, unsubscribe_path  # noqa: F401 - reader is a fixture
+from web_support import Client, LiveServer, one_click
+
+from mailmag import db
+from mailmag.config import DatabaseConfig
+from mailmag.services import Services
+from mailmag.web import create_app
+
+pytest_plugins = ["web_fixtures"]
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+# A lock wait (busy) may last its time; a silence longer than `answer` is given up on.
+QUICK = {"busy_timeout_seconds": 0.5, "answer_timeout_seconds": 1.5, "connect_timeout_seconds": 2}
+
+
+@pytest.fixture
+def proxy() -> Iterator[FreezingProxy]:
+    proxy = FreezingProxy()
+    yield proxy
+    proxy.close()
+
+
+def through(proxy: FreezingProxy, database: DatabaseConfig) -> DatabaseConfig:
+    return dataclasses.replace(database, url=proxy.url(database.url), **QUICK)
+
+
+def in_thread(work) -> list:  # type: ignore[no-untyped-def]
+    """work()'s result or exception, after at most 30 s (a hang is a failure, not a stuck suite)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert outcome, "still waiting for a server that does not answer"
+    return outcome
+
+
+def test_a_statement_on_a_hung_server_gives_up_and_the_next_works_once_it_answers(config, proxy):
+    engine = db.engine_for(through(proxy, config.database))
+
+    def select_one() -> int:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT 1")).scalar_one()
+
+    try:
+        assert select_one() == 1  # a pooled connection, as a worker or a page holds one
+        proxy.freeze()
+        [error] = in_thread(select_one)
+        assert isinstance(error, OperationalError)
+        assert "gave no answer" in str(error.orig), error  # a ping, then a new connection
+        proxy.thaw()
+        assert select_one() == 1  # the dead connection was replaced
+    finally:
+        proxy.thaw()
+        engine.dispose()
+
+
+def test_healthz_and_a_one_click_answer_503_while_the_database_hangs(config, web_services, reader, proxy):  # noqa: F811
+    """/healthz answers a load balancer in seconds; a one-click unsubscribe is 503 with Retry-After
+    (the provider tries again), and it changed nothing."""
+    hung = Services(dataclasses.replace(config, database=through(proxy, config.database)))
+    app = create_app(hung)
+    server = LiveServer(app)
+    try:
+        assert Client(server.url).get("/healthz").status == 200
+        proxy.freeze()
+        [health] = in_thread(lambda: Client(server.url).get("/healthz"))
+        assert (health.status, health.text) == (503, "database unavailable\n")
+        [reply] = in_thread(lambda: one_click(server.url, unsubscribe_path(web_services, reader)))
+        assert reply.status == 503 and reply.headers["Retry-After"] == "60"
+        proxy.thaw()
+        assert Client(server.url).get("/healthz").status == 200
+    finally:
+        proxy.thaw()
+        server.close()
+        app.extensions["mailmag"].mailer.close()
+        hung.close()
+    assert state(web_services, reader)["status"] == "active"
+
+
+def test_a_worker_whose_database_hangs_says_so_once_and_sends_each_message_once(config, smtp_server, proxy,
+                                                                                 caplog):
+    """The database freezes when the relay has message 4, for longer than the answer timeout:
+    one line when it goes, one when it is back, and every reader gets the issue once."""
+    services = make_services(config, smtp_server, database=through(proxy, config.database))
+    issue = prepare_send(services, 12)
+    original_store = smtp_server._store
+
+    def store_then_hang(*args):  # type: ignore[no-untyped-def]
+        number = original_store(*args)
+        if number == 4:
+            proxy.freeze()
+            threading.Timer(4.0, proxy.thaw).start()
+        return number
+
+    smtp_server._store = store_then_hang
+    caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
+    try:
+        [dispatcher] = in_thread(lambda: run_once(services, concurrency=1))
+        assert dispatcher.stats.sent == 12
+        assert sorted(smtp_server.recipients()) == sorted(EVERYONE[:12])  # nobody twice
+        c = counts(services, issue)
+        assert (c.sent, c.pending, c.failed, c.dead) == (12, 0, 0, 0)
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("database unavailable" in line and "gave no answer" in line for line in lines) == 1, lines
+        assert sum("database available again" in line for line in lines) == 1, lines
+    finally:
+        proxy.thaw()
+        services.close()
