@@ -160,6 +160,10 @@ def test_issues_retry_dead_queues_dead_messages_again(mailmag: Mailmag, config_f
                                "may have arrived up to 3 times already: a worker died sending it)")
         c = counts(services, issue)
         assert (c.queued, c.dead, c.sent) == (3, 0, 1)
+        # said again (helper-61): nothing is queued, so no warning about copies
+        again = mailmag.ok("issues", "retry", "1", "--dead").output
+        assert again.strip() == "issue 1: no dead messages to queue again"
+        assert counts(services, issue) == c
         mailmag.ok("worker", "--once")
         assert counts(services, issue).sent == 4
         with services.session() as session:

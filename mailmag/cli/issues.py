@@ -357,6 +357,9 @@ def retry(app: AppContext, issue_id: int, dead: bool) -> None:
     """Queue dead messages of an issue again; the worker sends them."""
     with app.ready_services().session() as session:
         requeued = transitions.retry_dead(session, issues.get(session, issue_id), utcnow())
+    if not requeued:  # none dead (or queued by an earlier retry): no warning about copies
+        click.echo(f"issue {issue_id}: no dead messages to queue again")
+        return
     queued = plural(requeued, "dead message")
     times = app.config.dispatch.max_lease_expiries
     click.echo(f"issue {issue_id}: {queued} queued again; `mailmag worker` sends them "
