@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.delivery import outbox
 from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
@@ -196,8 +195,7 @@ def confirm(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
     if subscriber.status == "active":
         return False
     if subscriber.status != "pending":  # opting back in: the confirmation mail was the consent
-        subscriber.status, subscriber.status_reason = "pending", ""
-        outbox.settle_opt_out(session, subscriber.id)
+        subscribers.come_back(session, subscriber, "pending")
     subscribers.confirm(session, subscriber, consent)
     digest = addresses.email_hash(subscriber.email_key)
     session.execute(delete(Suppression).where(Suppression.email_hash == digest))

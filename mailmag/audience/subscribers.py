@@ -160,14 +160,21 @@ def add(
     if existing.status in OPTED_OUT:
         if not resubscribe:
             return "suppressed", existing
-        existing.status, existing.status_reason = ("pending" if pending else "active"), ""
-        settle_opt_out(session, existing.id)
+        come_back(session, existing, "pending" if pending else "active")
         session.execute(delete(Suppression).where(Suppression.email_hash == address.hash))
         record(session, existing, "opt_in", consent)
         _update_fields(existing, name=name, organization=organization, lang=lang, topics=topics)
         return "updated", existing
     changed = _update_fields(existing, name=name, organization=organization, lang=lang, topics=topics)
     return ("updated" if changed else "unchanged"), existing
+
+
+def come_back(session: Session, subscriber: Subscriber, status: str) -> None:
+    """A reader who had left (unsubscribed, bounced) is back by a new opt-in, as `status` (active,
+    or pending until they confirm). What their earlier opt-out stopped stays stopped: an undo of
+    that opt-out must not send months-old issues (outbox.settle_opt_out)."""
+    subscriber.status, subscriber.status_reason = status, ""
+    settle_opt_out(session, subscriber.id)
 
 
 def field_changes(
