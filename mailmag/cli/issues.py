@@ -245,10 +245,11 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         missed = jobs.last_send_run(session, issue)
         waiting = waiting_for_window(counts.pending, utcnow(), app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
-        caught_up = outbox.caught_up_count(session, issue.id)
+        # readers added to a frozen audience since (they took back an unsubscribe)
+        caught_up = 0 if issue.status in issues.RENDERABLE else outbox.caught_up_count(session, issue.id)
         document = {
             "id": issue.id, "number": issue.number, "status": issue.status, "topic": issue.topic,
-            "audience": reached, "total": counts.total, "sent": counts.sent,
+            "audience": reached, "added_since": caught_up, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
             "ambiguous": ambiguous, "held_refusals": held_count, "failed_reader_kept": kept,
