@@ -46,11 +46,16 @@ _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
 _HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
+def socket_of(smtp: smtplib.SMTP | None) -> socket.socket | None:
+    """The session's socket: a plain socket.socket, an ssl.SSLSocket, or None (not connected)."""
+    return getattr(smtp, "sock", None)
+
+
 def _send_parts(smtp: smtplib.SMTP, parts: tuple[bytes, ...]) -> None:
     """smtplib's send of the parts one after the other, in one system call on a plain socket:
     joining a 63 KB message to its final dot would copy it once more per message (TLS
     sockets have no sendmsg; there the parts are joined, and encrypting costs more anyway)."""
-    sock = getattr(smtp, "sock", None)
+    sock = socket_of(smtp)
     if sock is None:
         raise smtplib.SMTPServerDisconnected("please run connect() first")
     sys.audit("smtplib.send", smtp, parts)

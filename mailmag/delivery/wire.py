@@ -22,10 +22,9 @@ import contextlib
 import select
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from mailmag.addresses import addr_spec
-from mailmag.delivery.smtp import SmtpConnection, SmtpTransport, _Stale
+from mailmag.delivery.smtp import SmtpConnection, SmtpTransport, _Stale, socket_of
 from mailmag.delivery.transports import Connection, Sent, TemporaryFailure
 from mailmag.delivery.wireform import END
 
@@ -62,9 +61,10 @@ class PipelinedConnection(SmtpConnection):
         super().open()
         # The final dot goes apart from the content, once the previous result is committed: with
         # Nagle's algorithm those three bytes would wait for the relay's delayed ACK (40 ms).
-        sock: Any = getattr(self._smtp, "sock", None)
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket_of(self._smtp)
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket): nothing to hold back
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def pipelining(self) -> bool:
@@ -92,7 +92,7 @@ class PipelinedConnection(SmtpConnection):
         timeout while the database was slow): written after that, the dot would meet a closed
         connection, read as a drop after the final dot (helper-62). A plain socket is asked
         without waiting; a TLS one cannot be peeked at, and is not asked."""
-        sock: Any = getattr(self._smtp, "sock", None)
+        sock = socket_of(self._smtp)
         if type(sock) is not socket.socket or not select.select([sock], [], [], 0)[0]:
             return False
         try:
