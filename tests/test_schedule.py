@@ -323,6 +323,21 @@ def test_an_automatic_issue_with_too_few_approved_items_is_skipped_with_the_reas
     assert issue_count(services) == 0
 
 
+def test_a_moment_the_clock_jumped_over_says_so_and_one_before_the_jump_does_not(services):
+    """`run` was running and the clock jumped from 08:50 to 10:30 (node.ClockWatch): the 09:00
+    moment was missed (grace: an hour) because of the jump; the day before's, because run was down."""
+    approve_news(services, 1)
+    add_auto(services, "0 9 * * *", jst(2026, 11, 22, 8, 0))
+    jump = (jst(2026, 11, 23, 8, 50), jst(2026, 11, 23, 10, 30))
+    fired = jobs.fire_due_autos(services, jst(2026, 11, 23, 10, 30), jump=jump)
+    assert [f.outcome for f in fired] == ["missed", "missed"]
+    assert fired[0].detail.startswith("due at 2026-11-22 09:00 JST while mailmag run was not running")
+    assert fired[1].detail == (
+        "due at 2026-11-23 09:00 JST, but the system clock jumped forward from 2026-11-23 08:50 JST to "
+        "2026-11-23 10:30 JST while mailmag run was running (more than grace_seconds = 3600): no issue "
+        "composed; the approved items wait for the next one")
+
+
 def test_moments_passed_while_down_are_each_reported_and_the_latest_fires_within_grace(services):
     add_subscribers(services, 1)
     approve_news(services, 1)

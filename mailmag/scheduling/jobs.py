@@ -43,6 +43,8 @@ ATTEMPTS = 3
 _UNIQUE_VIOLATION, _RETRYABLE_SQLSTATES = "23505", ("40001", "40P01")  # + serialization, deadlock
 
 Action = Callable[[Session], tuple[str, str] | None]
+# The system clock jumped forward while `run` ran: from, to (node.ClockWatch).
+Jump = tuple[dt.datetime, dt.datetime]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +152,9 @@ def sends_not_made(session: Session, issue_id: int | None = None) -> dict[int, J
             if run.outcome in ("missed", "failed") and _news(run, drafts[issue_id])}
 
 
-def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
-    """Send every scheduled issue whose time has come; one that is too late becomes a draft."""
+def fire_due_sends(services: Services, now: dt.datetime, jump: Jump | None = None) -> list[Fired]:
+    """Send every scheduled issue whose time has come; one that is too late becomes a draft
+    (`jump`: the clock's latest jump forward, which may be why)."""
     with services.session() as session:
         due = session.execute(
             select(Issue.id, Issue.scheduled_at)
@@ -161,14 +164,15 @@ def fire_due_sends(services: Services, now: dt.datetime) -> list[Fired]:
     results = []
     for issue_id, at in due:
         assert at is not None  # the WHERE above: scheduled_at <= now
-        action = _send_action(services.config, issue_id, at, now)
+        action = _send_action(services.config, issue_id, at, now, jump)
         fired = _once(services, send_job_id(issue_id), at, action, on_failure=_back_to_draft(issue_id))
         if fired is not None:
             results.append(fired)
     return results
 
 
-def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetime) -> Action:
+def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetime,
+                 jump: Jump | None) -> Action:
     grace = config.schedule.grace_seconds
 
     def action(session: Session) -> tuple[str, str] | None:
@@ -177,10 +181,11 @@ def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetim
             return None  # unscheduled or moved since we looked: not a firing
         if (now - at).total_seconds() > grace:
             transitions.unschedule(issue)
+            late = (_jumped_over(at, jump, config)
+                    or f"mailmag run was not running until {shown(now, config.zone)}")
             return "missed", (
-                f"issue {issue.id} was due at {shown(at, config.zone)} but mailmag run was not "
-                f"running until {shown(now, config.zone)} (more than grace_seconds = {grace}): "
-                f"not sent, it is a draft again; send it with `mailmag issues send {issue.id}`"
+                f"issue {issue.id} was due at {shown(at, config.zone)} but {late} (more than grace_seconds = "
+                f"{grace}): not sent, it is a draft again; send it with `mailmag issues send {issue.id}`"
             )
         # The audience was checked when it was scheduled: an empty one now still goes to the archive.
         added = issues.start_sending(session, config, issue, allow_empty=True)
@@ -188,6 +193,14 @@ def _send_action(config: Config, issue_id: int, at: dt.datetime, now: dt.datetim
                         f"{added} recipients queued")
 
     return action
+
+
+def _jumped_over(at: dt.datetime, jump: Jump | None, config: Config) -> str | None:
+    """Why a moment was found late, if the clock jumped over it while `run` was running."""
+    if jump is None or not jump[0] < at <= jump[1]:
+        return None
+    return (f"the system clock jumped forward from {shown(jump[0], config.zone)} to "
+            f"{shown(jump[1], config.zone)} while mailmag run was running")
 
 
 def _back_to_draft(issue_id: int) -> Callable[[Session], None]:
@@ -245,7 +258,8 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
     return result
 
 
-def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None = None) -> list[Fired]:
+def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None = None, *,
+                   jump: Jump | None = None) -> list[Fired]:
     """Every moment of each automatic issue (or just one) due since it was last handled.
 
     The moments since the last recorded run (or since the schedule was added) are walked
@@ -263,7 +277,7 @@ def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None
         for count, moment in enumerate(fire_times(trigger, cursors[schedule.id], now)):
             if count >= _BACKLOG_LIMIT:
                 break
-            fired = fire_auto(services, schedule.id, moment, now)
+            fired = fire_auto(services, schedule.id, moment, now, jump)
             if fired is not None:
                 results.append(fired)
                 if fired.outcome == "deferred":
@@ -278,7 +292,8 @@ def _cursor(session: Session, schedule: AutoSchedule) -> dt.datetime:
 
 
 def fire_auto(
-    services: Services, schedule_id: int, scheduled_for: dt.datetime, now: dt.datetime
+    services: Services, schedule_id: int, scheduled_for: dt.datetime, now: dt.datetime,
+    jump: Jump | None = None,
 ) -> Fired | None:
     """One moment of an automatic issue: compose from the approved items and send, or say why not."""
     config = services.config
@@ -289,11 +304,12 @@ def fire_auto(
         if auto is None:
             return None  # removed meanwhile
         if (now - scheduled_for).total_seconds() > grace:
-            return "missed", (
-                f"due at {shown(scheduled_for, config.zone)} while mailmag run was not running "
-                f"(more than grace_seconds = {grace} before {shown(now, config.zone)}): "
-                "no issue composed; the approved items wait for the next one"
-            )
+            jumped = _jumped_over(scheduled_for, jump, config)
+            late = f", but {jumped} (more than grace_seconds = {grace})" if jumped else (
+                f" while mailmag run was not running (more than grace_seconds = {grace} before "
+                f"{shown(now, config.zone)})")
+            return "missed", (f"due at {shown(scheduled_for, config.zone)}{late}: no issue composed; "
+                              "the approved items wait for the next one")
         return _compose_and_send(session, config, auto.topic)
 
     return _once(services, auto_job_id(schedule_id), scheduled_for, action)

@@ -17,10 +17,12 @@ to the database (one machine). Every node delivers.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -45,6 +47,8 @@ from mailmag.scheduling.when import cron_trigger
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
+# The wall clock moving this far apart from elapsed time between two polls is a step, not a drift.
+CLOCK_STEP_SECONDS = 2.0
 
 JOB_TABLE = "apscheduler_jobs"
 _node: Node | None = None
@@ -55,8 +59,8 @@ def poll_job() -> None:
     node = _leading()
     if node is not None:
         now = utcnow()
-        jobs.fire_due_sends(node.services, now)
-        jobs.fire_due_autos(node.services, now)
+        jobs.fire_due_sends(node.services, now, node.clock.jump())
+        jobs.fire_due_autos(node.services, now, jump=node.clock.jump())
 
 
 def purge_job() -> None:
@@ -71,7 +75,12 @@ def auto_job(schedule_id: int) -> None:
     """The stored cron job of one automatic issue; stored as 'mailmag.scheduling.node:auto_job'."""
     node = _leading()
     if node is not None:
-        jobs.fire_due_autos(node.services, utcnow(), schedule_id)
+        jobs.fire_due_autos(node.services, utcnow(), schedule_id, jump=node.clock.jump())
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 def _current() -> Node:
@@ -203,6 +212,38 @@ def scheduler_lock(engine: Engine) -> SchedulerLock:
     return FileLock(Path(database + ".scheduler.lock"))
 
 
+class ClockWatch:
+    """The wall clock against elapsed time, looked at by `run`'s main loop at every poll.
+
+    A step back (NTP correcting a clock that was ahead, a hardware clock kept in JST) left
+    APScheduler asleep, by elapsed time, until a poll planned on the old clock: as long as the
+    step, and past a timed send's grace (helper-61). A jump forward makes what came due in
+    between late: it is still recorded missed past grace, but not as "run was not running"."""
+
+    def __init__(self) -> None:
+        self._sample = (utcnow(), time.monotonic())  # one tuple: read whole by the scheduler's thread
+        self._last_jump: jobs.Jump | None = None
+
+    def look(self) -> float:
+        """Seconds the wall clock moved apart from elapsed time since the last look (< 0: set back)."""
+        moved, now = self._moved()
+        self._sample = (now, time.monotonic())
+        if moved >= CLOCK_STEP_SECONDS:
+            self._last_jump = (now - dt.timedelta(seconds=moved), now)
+        return moved
+
+    def jump(self) -> jobs.Jump | None:
+        """The latest jump forward (from, to), whether or not the main loop has looked since."""
+        moved, now = self._moved()
+        if moved >= CLOCK_STEP_SECONDS:
+            return now - dt.timedelta(seconds=moved), now
+        return self._last_jump
+
+    def _moved(self) -> tuple[float, dt.datetime]:
+        (wall, elapsed), now = self._sample, utcnow()
+        return (now - wall).total_seconds() - (time.monotonic() - elapsed), now
+
+
 def check_settings(config: Config) -> None:
     """[schedule] mistakes fail at start, not at 9:00 on the 1st."""
     settings = config.schedule  # each value's own range, and the send window, are checked by load_config
@@ -223,6 +264,7 @@ class Node:
         self.processes = processes
         self.stop = threading.Event()
         self.lock = scheduler_lock(services.engine)
+        self.clock = ClockWatch()
         self.error: BaseException | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._dispatcher: Dispatcher | None = None
@@ -245,6 +287,7 @@ class Node:
         try:
             while not self.stop.is_set():
                 if self.scheduler_enabled:
+                    self._mind_the_clock()
                     try:
                         self._tend_scheduler()
                     except DATABASE_AWAY as exc:  # the database is away or locked: deliveries wait, so do we
@@ -261,6 +304,20 @@ class Node:
             _node = None
         if self.error is not None:
             raise self.error
+
+    def _mind_the_clock(self) -> None:
+        """Say when the system clock moved; after a step back, the scheduler looks again now."""
+        moved = self.clock.look()
+        if moved >= CLOCK_STEP_SECONDS:
+            log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
+                        "between are recorded missed past [schedule] grace_seconds", _duration(moved))
+        elif moved <= -CLOCK_STEP_SECONDS:
+            log.warning("the system clock was set back by %s: the scheduler looks again now",
+                        _duration(-moved))
+            scheduler = self._scheduler
+            if scheduler is not None:  # its interval jobs wait for a moment planned on the old clock
+                for job in scheduler.get_jobs(jobstore="local"):
+                    job.modify(next_run_time=utcnow())  # wakes the scheduler
 
     def _tend_scheduler(self) -> None:
         if self._scheduler is None:
@@ -282,7 +339,7 @@ class Node:
 
     def _start_scheduler(self) -> None:
         config = self.services.config
-        store = SQLAlchemyJobStore(engine=db.make_engine(config.database.url), tablename=JOB_TABLE)
+        store = SQLAlchemyJobStore(engine=db.engine_for(config.database), tablename=JOB_TABLE)
         scheduler = BackgroundScheduler(
             jobstores={"default": store, "local": MemoryJobStore()},
             # One thread: firings run one after another, in order.

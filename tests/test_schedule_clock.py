@@ -1,0 +1,75 @@
+"""`mailmag run` while the system clock steps: set back (NTP correcting a clock that was ahead)
+or jumped forward. The node runs in this process, on a clock the test moves (time-machine);
+APScheduler waits by elapsed time, which no clock step changes, as on a real machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+import time_machine
+from sqlalchemy import select
+from test_run import configure, runs, schedule_in, status, wait_until
+from test_schedule import add_subscribers, draft_issue
+
+from mailmag.models import JobRun
+from mailmag.scheduling import node as nodes
+from mailmag.services import Services
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the clock, not the database
+
+MONDAY_MORNING = dt.datetime(2026, 12, 7, 1, 0, tzinfo=dt.UTC)  # 10:00 in Japan
+
+
+@pytest.fixture
+def running(tmp_path, db_url, smtp_server, caplog) -> Iterator[tuple[Services, time_machine.Coordinates]]:  # type: ignore[no-untyped-def]
+    """A node (scheduler and worker, polls every 0.5 s, grace 90 s) on a clock the test moves."""
+    caplog.set_level(logging.INFO, logger="mailmag.scheduling")
+    _config_file, services = configure(tmp_path, db_url, smtp_server.port, grace_seconds=90)
+    add_subscribers(services, 2)
+    with time_machine.travel(MONDAY_MORNING, tick=True) as clock:
+        node = nodes.Node(services)
+        thread = threading.Thread(target=node.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: "scheduler started" in caplog.text, "the scheduler to start")
+            yield services, clock
+        finally:
+            node.stop.set()
+            thread.join(timeout=30)
+            services.close()
+    assert not thread.is_alive()
+
+
+def test_a_clock_set_back_does_not_put_the_scheduler_to_sleep(running, smtp_server, caplog):
+    """helper-61: after a 31 min step back nothing fired for 20+ min; hours back would have made
+    timed sends missed. The scheduler looks again within a poll of the step."""
+    services, clock = running
+    number = draft_issue(services)
+    threading.Event().wait(1.0)  # the poll job has run on the old clock, twice
+    clock.shift(dt.timedelta(minutes=-31))
+    schedule_in(services, number, 2)  # due two seconds ahead, on the clock as it is now
+    wait_until(lambda: status(services, number) == "sent", "the timed send to go out")
+    assert runs(services) == [(f"send-issue-{number}", "sent")]
+    assert sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"]
+    assert caplog.text.count("the system clock was set back by 31 min") == 1
+
+
+def test_a_send_the_clock_jumped_over_is_missed_and_says_the_clock_jumped(running, smtp_server, caplog):
+    """Past grace it is missed, as ever; but `run` was running: the reason is the clock."""
+    services, clock = running
+    number = draft_issue(services)
+    schedule_in(services, number, 60)
+    clock.shift(dt.timedelta(minutes=10))
+    wait_until(lambda: status(services, number) == "draft", "the send to be recorded missed")
+    assert runs(services) == [(f"send-issue-{number}", "missed")]
+    with services.session() as session:
+        detail = session.scalar(select(JobRun.detail))
+    assert "the system clock jumped forward from 2026-12-07 10:00 JST to 2026-12-07 10:10 JST " \
+           "while mailmag run was running" in detail, detail
+    assert "not running" not in detail
+    assert smtp_server.messages == []
+    wait_until(lambda: "the system clock jumped forward by 10 min" in caplog.text, "the jump to be logged")
