@@ -131,6 +131,26 @@ def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int |
     click.echo("stopped", err=True)
 
 
+class OneLineAPScheduler(logging.Filter):
+    """APScheduler's records in one line each, as mailmag's own: an exception's type and text
+    after the message, not a traceback (a journal reads each line as an event). A job handed
+    to the executor as `run` stopped is no error: its moment is caught up at the next start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("apscheduler"):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RuntimeError) and "after shutdown" in str(error):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "%s came due as mailmag run stopped: caught up at the next start", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "a job",)
+            error = None
+        text = record.getMessage() + (f": {type(error).__name__}: {error}" if error else "")
+        record.msg, record.args = " | ".join(text.splitlines()), None
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 class _RunHandler(logging.StreamHandler):
     """`run`'s own stderr handler: added once however often `run` starts in one process."""
 
@@ -142,6 +162,7 @@ def _log_to_stderr() -> None:
         return
     handler = _RunHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(OneLineAPScheduler())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # APScheduler's INFO is one line per job run; keep its warnings and errors.
