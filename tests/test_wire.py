@@ -22,6 +22,7 @@ import pytest
 from conftest import SECRET
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from smtp_server import TlsFiles
 from test_messages import _config, _recipient, _rendering
 from test_transports import FROM
 
@@ -235,9 +236,11 @@ class _PipeliningRelay:
     """A relay on a raw socket that offers PIPELINING and records what it read: the body's lines
     as they come (`body`), whether the final dot came (`dot`), and whether the client hung up."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        """`tls`: the session is TLS from the start (security = "tls"), with these certificates."""
         import threading
 
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.body: list[bytes] = []
         self.dot = threading.Event()
@@ -247,11 +250,16 @@ class _PipeliningRelay:
         self.thread.start()
 
     def config(self) -> SmtpConfig:
+        if self.tls is not None:  # its certificate names localhost
+            return SmtpConfig(transport="smtp", host="localhost", port=self.listener.getsockname()[1],
+                              security="tls", ca_file=str(self.tls.ca), timeout_seconds=5)
         return SmtpConfig(transport="smtp", host="127.0.0.1", port=self.listener.getsockname()[1],
                           security="none", timeout_seconds=5)
 
     def _serve(self) -> None:
         connection, _ = self.listener.accept()
+        if self.tls is not None:
+            connection = self.tls.server_context().wrap_socket(connection, server_side=True)
         with connection, connection.makefile("rb") as lines:
             connection.sendall(b"220 relay ESMTP\r\n")
             in_data = False
@@ -282,12 +290,14 @@ class _PipeliningRelay:
 MESSAGE = b"Subject: x\r\n\r\n" + b"line\r\n" * 100
 
 
-def test_the_previous_result_is_committed_while_the_relay_reads_the_content_before_the_dot():
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_previous_result_is_committed_while_the_relay_reads_the_content_before_the_dot(tls, tls_files):  # type: ignore[no-untyped-def]
     """`meanwhile` (the dispatcher commits the previous result there) runs once the content is on
     the wire, and the final dot waits for it: the relay reads the message while the database
     commits, and accepts nothing before the commit. The dot goes at once when it may (Nagle's
-    algorithm held it 40 ms for the relay's delayed ACK: 23 messages a second)."""
-    relay = _PipeliningRelay()
+    algorithm held it 40 ms for the relay's delayed ACK: 23 messages a second). Over TLS, where
+    anything from the relay before the dot counts as a hang-up, the message goes all the same."""
+    relay = _PipeliningRelay(tls_files if tls else None)
     seen: list[tuple[int, bool]] = []
 
     def meanwhile() -> None:
@@ -327,13 +337,14 @@ def test_a_message_whose_previous_result_cannot_be_committed_gets_no_final_dot()
     assert len(relay.body) == 102  # it had the content, and no dot to accept it with
 
 
-def test_a_relay_that_hangs_up_before_the_dot_is_a_plain_drop():
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_relay_that_hangs_up_before_the_dot_is_a_plain_drop(tls, tls_files):  # type: ignore[no-untyped-def]
     """helper-62: a relay that closed the session while the content went (here while the previous
     result was being committed) had no dot, so it cannot have the message; the dot written after
-    it met a closed connection, and the worker reported 'may arrive twice'."""
+    it met a closed connection, and the worker reported 'may arrive twice'. Over TLS too."""
     from mailmag.delivery.transports import TemporaryFailure
 
-    relay = _PipeliningRelay()
+    relay = _PipeliningRelay(tls_files if tls else None)
     relay.close_before_dot = True
 
     def meanwhile() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 from collections.abc import Callable
 
 from mailmag.addresses import addr_spec
@@ -90,9 +91,14 @@ class PipelinedConnection(SmtpConnection):
     def _hung_up(self) -> bool:
         """The relay closed the session while the content went (a proxy's size limit, an idle
         timeout while the database was slow): written after that, the dot would meet a closed
-        connection, read as a drop after the final dot (helper-62). A plain socket is asked
-        without waiting; a TLS one cannot be peeked at, and is not asked."""
+        connection, read as a drop after the final dot (helper-62). Asked without waiting.
+
+        A TLS session cannot be peeked at: there, anything at all from the relay before the dot
+        (its close, an alert, a 421) counts, as a relay reading the content says nothing. Taken
+        wrongly, that costs a retry, never a second copy: the dot was not sent."""
         sock = socket_of(self._smtp)
+        if isinstance(sock, ssl.SSLSocket):
+            return bool(sock.pending()) or bool(select.select([sock], [], [], 0)[0])
         if type(sock) is not socket.socket or not select.select([sock], [], [], 0)[0]:
             return False
         try:
