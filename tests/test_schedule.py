@@ -179,6 +179,23 @@ def test_a_send_whose_time_passed_fires_within_the_grace_period_else_is_missed(s
             assert jobs.last_send_run(session, issues.get(session, number)).outcome == "missed"
 
 
+def test_a_send_missed_when_the_clock_jumped_goes_when_scheduled_again_for_that_moment(services):
+    """helper-66: the clock jumped over 09:00 (missed), then was set back; the secretariat scheduled
+    the issue again for 09:00, as the log advises. The old record of that (job, moment) made every
+    poll take it as fired already: it stayed "scheduled" for ever, saying nothing."""
+    add_subscribers(services, 2)
+    at = jst(2026, 12, 1, 9, 0)
+    number = scheduled_issue(services, at)
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(hours=2))  # the jump
+    assert fired.outcome == "missed"
+    with services.session() as session:  # after the step back, before 09:00 again
+        jobs.schedule_send(session, issues.get(session, number), at, now=at - dt.timedelta(minutes=5),
+                           config=services.config, allow_empty=True)
+    (fired,) = jobs.fire_due_sends(services, at + dt.timedelta(seconds=5))
+    assert fired.outcome == "sent"
+    assert state(services, number)[:2] == ("sending", 2)
+
+
 def test_a_missed_send_is_news_until_the_issue_is_scheduled_again(services):
     """After a miss, the secretariat schedules the issue again: `issues status` said "last timed
     send: missed" under the new schedule, and once that was cancelled too, the console's

@@ -11,15 +11,16 @@ from collections.abc import Iterator
 
 import pytest
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import select, update
 from test_run import configure, runs, schedule_in, status, wait_until
 from test_schedule import add_subscribers, draft_issue
 
-from mailmag.models import JobRun
+from mailmag.content import issues
+from mailmag.models import Delivery, JobRun, utcnow
 from mailmag.scheduling import node as nodes
 from mailmag.services import Services
 
-pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the clock, not the database
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the clock, not the database
 
 MONDAY_MORNING = dt.datetime(2026, 12, 7, 1, 0, tzinfo=dt.UTC)  # 10:00 in Japan
 
@@ -44,6 +45,7 @@ def running(tmp_path, db_url, smtp_server, caplog) -> Iterator[tuple[Services, t
     assert not thread.is_alive()
 
 
+@sqlite_only
 def test_a_clock_set_back_does_not_put_the_scheduler_to_sleep(running, smtp_server, caplog):
     """helper-61: after a 31 min step back nothing fired for 20+ min; hours back would have made
     timed sends missed. The scheduler looks again within a poll of the step."""
@@ -58,6 +60,7 @@ def test_a_clock_set_back_does_not_put_the_scheduler_to_sleep(running, smtp_serv
     assert caplog.text.count("the system clock was set back by 31 min") == 1
 
 
+@sqlite_only
 def test_a_send_the_clock_jumped_over_is_missed_and_says_the_clock_jumped(running, smtp_server, caplog):
     """Past grace it is missed, as ever; but `run` was running: the reason is the clock."""
     services, clock = running
@@ -73,3 +76,32 @@ def test_a_send_the_clock_jumped_over_is_missed_and_says_the_clock_jumped(runnin
     assert "not running" not in detail
     assert smtp_server.messages == []
     wait_until(lambda: "the system clock jumped forward by 10 min" in caplog.text, "the jump to be logged")
+
+
+@sqlite_only
+def test_a_clock_set_back_while_an_issue_sends_does_not_hold_the_rest_for_the_step(running, smtp_server,
+                                                                                    caplog):
+    """helper-66: the queued rows' next tries were stamped on the old clock; a 9 h step back (a
+    hardware clock on JST) held the rest of the issue for 9 h. They move back by the step."""
+    services, clock = running
+    number = draft_issue(services)
+    with services.session() as session:
+        issues.start_sending(session, services.config, issues.get(session, number))
+        # not yet due when the clock steps: a relay's 4xx a moment ago, say
+        session.execute(update(Delivery).values(next_attempt_at=utcnow() + dt.timedelta(seconds=3)))
+    clock.shift(dt.timedelta(hours=-9))
+    wait_until(lambda: status(services, number) == "sent", "the rest of the issue to go out")
+    assert sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"]
+    assert caplog.text.count("the system clock was set back by 9 h") == 1
+
+
+def test_a_jump_undone_by_a_step_back_is_not_blamed_for_a_later_miss():
+    """helper-66: after +5 min and then -5 min, a send missed because `run` was frozen was said
+    to have been jumped over."""
+    with time_machine.travel(MONDAY_MORNING, tick=True) as clock:
+        watch = nodes.ClockWatch()
+        clock.shift(dt.timedelta(minutes=5))
+        assert watch.look() > 290 and watch.jump() is not None
+        clock.shift(dt.timedelta(minutes=-5))
+        assert watch.look() < -290
+        assert watch.jump() is None

@@ -219,6 +219,18 @@ def _maybe_in_flight(claimed: ColumnElement[bool]) -> Select[int]:
     return select(func.min(Delivery.id)).where(claimed).group_by(Delivery.lease_owner)
 
 
+def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime) -> int:
+    """The system clock was set back by `step`: the next tries of queued rows, stamped on the old
+    clock, lie that much further ahead than meant (a 9 h step back held the rest of an issue for
+    9 h): each is brought back by the step. Leases are left alone: their holders renew them on
+    the new clock, and one brought back could look expired under a live worker. Rows moved."""
+    ahead = session.execute(select(Delivery.id, Delivery.next_attempt_at)
+                            .where(Delivery.status == "queued", Delivery.next_attempt_at > now)).all()
+    if ahead:
+        session.execute(update(Delivery), [{"id": id_, "next_attempt_at": at - step} for id_, at in ahead])
+    return len(ahead)
+
+
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 

@@ -104,6 +104,10 @@ def schedule_send(session: Session, issue: Issue, when: dt.datetime, now: dt.dat
     now = now or utcnow()
     reached = issues.check_sendable(session, config, issue, allow_empty=allow_empty)
     transitions.schedule(issue, when, now)
+    # A moment recorded as not sent (missed when the clock jumped over it, then set back) is
+    # history now: left, its (job, moment) pair would make every poll take this send as fired.
+    session.execute(delete(JobRun).where(JobRun.job_id == send_job_id(issue.id), JobRun.scheduled_for == when,
+                                         JobRun.outcome != "sent"))
     return reached
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailmag import db
 from mailmag.config import Config
+from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import DATABASE_AWAY
@@ -79,8 +80,12 @@ def auto_job(schedule_id: int) -> None:
 
 
 def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    """9 h, 31 min 5 s, 4 s: whole seconds, none where hours are named."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "",
+             f"{seconds} s" if seconds and not hours else ""]
+    return " ".join(part for part in parts if part) or "0 s"
 
 
 def _current() -> Node:
@@ -99,7 +104,8 @@ def _leading() -> Node | None:
     node = _current()
     if node.lock.held():
         return node
-    log.error("scheduler lock lost: this node fires nothing; the node holding the lock does")
+    log.error("scheduler lock lost: this node fires nothing until it holds the lock again "
+              "(another node running the scheduler may have it)")
     return None
 
 
@@ -230,6 +236,8 @@ class ClockWatch:
         self._sample = (now, time.monotonic())
         if moved >= CLOCK_STEP_SECONDS:
             self._last_jump = (now - dt.timedelta(seconds=moved), now)
+        elif moved <= -CLOCK_STEP_SECONDS:
+            self._last_jump = None  # set back over it: a later miss is not the jump's doing
         return moved
 
     def jump(self) -> jobs.Jump | None:
@@ -312,12 +320,18 @@ class Node:
             log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
                         "between are recorded missed past [schedule] grace_seconds", _duration(moved))
         elif moved <= -CLOCK_STEP_SECONDS:
-            log.warning("the system clock was set back by %s: the scheduler looks again now",
-                        _duration(-moved))
+            log.warning("the system clock was set back by %s: the scheduler looks again now, and queued "
+                        "messages' next tries move back by as much", _duration(-moved))
             scheduler = self._scheduler
             if scheduler is not None:  # its interval jobs wait for a moment planned on the old clock
                 for job in scheduler.get_jobs(jobstore="local"):
                     job.modify(next_run_time=utcnow())  # wakes the scheduler
+            try:
+                with self.services.session() as session:
+                    outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow())
+            except DATABASE_AWAY as exc:
+                log.error("the queue's next tries could not be brought back by the step: %s",
+                          getattr(exc, "orig", exc))
 
     def _tend_scheduler(self) -> None:
         if self._scheduler is None:
