@@ -272,6 +272,39 @@ def test_the_database_going_away_mid_run_pauses_sending_and_doubles_nothing(
         services.close()
 
 
+def test_a_claim_whose_answer_was_lost_after_it_landed_sends_its_rows_now_and_once(
+    config, smtp_server, monkeypatch
+):
+    """helper-65: a claim's commit landed while its answer was lost (a database that hung, then
+    went on); the worker claimed again and the landed rows stayed held by nobody until the lease
+    ran out, then went marked "may have arrived twice". Here the claim commits and the database
+    then goes away at the next step of the same try: the retry takes up the landed rows."""
+    from sqlalchemy.exc import OperationalError
+
+    services = make_services(config, smtp_server, dispatch=DispatchConfig(
+        database_retry_seconds=0.1, database_max_retry_seconds=0.2))
+    issue = prepare_send(services, 6)
+    drained = outbox.drained_issues
+    failures = iter([OperationalError("SELECT …", None, Exception("server closed the connection"))])
+
+    def away_once(session):  # type: ignore[no-untyped-def]
+        for failure in failures:
+            raise failure
+        return drained(session)
+
+    monkeypatch.setattr(outbox, "drained_issues", away_once)
+    try:
+        dispatcher = run_once(services, concurrency=1)
+        assert dispatcher.stats.sent == 6
+        assert sorted(smtp_server.recipients()) == sorted(EVERYONE[:6])  # each once
+        c = counts(services, issue)
+        assert (c.sent, c.pending) == (6, 0)
+        with services.session() as session:
+            assert outbox.ambiguous_count(session, issue.id) == 0
+    finally:
+        services.close()
+
+
 def test_each_result_is_committed_before_the_relay_has_the_next_message(config, smtp_server):
     """The worker commits a message's result while the relay reads the next envelope, never
     later than the next message's content: when the relay has message k, the k-1 before it

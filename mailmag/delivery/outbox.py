@@ -381,6 +381,23 @@ def claim(
     return sorted(claimed, key=lambda delivery: delivery.id)
 
 
+def claimed_by(session: Session, owner: str) -> list[Claimed]:
+    """The rows a claim under `owner` holds: after a claim whose answer was lost (a database that
+    hung, then went on), its commit may have landed; claiming anew under the same owner would
+    leave those rows held by nobody until the lease ran out, then mark them as maybe sent twice."""
+
+    def of_subscriber(column: typing.Any) -> typing.Any:
+        return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
+
+    rows = session.execute(
+        select(Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
+               of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
+               Delivery.retrying_since, Delivery.last_reply, of_subscriber(Subscriber.link_key))
+        .where(Delivery.status == "sending", Delivery.lease_owner == owner).order_by(Delivery.id)
+    ).all()
+    return [Claimed(*typing.cast(tuple[typing.Any, ...], row)) for row in rows]
+
+
 def _held(delivery_id: int, owner: str):
     return and_(Delivery.id == delivery_id, Delivery.status == "sending", Delivery.lease_owner == owner)
 
