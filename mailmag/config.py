@@ -206,7 +206,7 @@ class WebConfig:
 class ScheduleConfig:
     poll_seconds: float = field(default=30.0, metadata=more_than(0))
     grace_seconds: int = field(default=3600, metadata=at_least(0))
-    min_items: int = field(default=1, metadata=at_least(0))
+    min_items: int = field(default=1, metadata=at_least(1))  # an issue of no items is no issue
     send_window_enabled: bool = False
     send_window_days: list[str] = field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
     send_window_start: str = "09:00"

@@ -88,6 +88,8 @@ def test_the_default_database_and_outbox_follow_the_file_too(tmp_path, monkeypat
         ('[mailmag]\nbase_url = "https://x.example.jp"\n\n[schedule]\nsend_window_start = "10:00"\n'
          'send_window_end = "10:00"\n',
          r"m\.toml:5: \[schedule\] send_window_start must be earlier than send_window_end$"),
+        # helper-66: 0 was taken, then treated as 1, and the skip message said "min_items = 1"
+        ('[schedule]\nmin_items = 0\n', r"m\.toml:2: \[schedule\] min_items must be at least 1, not 0$"),
         # a lock wait of busy_timeout_seconds must not count as a server that stopped answering
         ('[database]\nurl = "postgresql+psycopg://m@db.example.jp/m"\nbusy_timeout_seconds = 90\n',
          r"\[database\] answer_timeout_seconds \(60\) must be longer than busy_timeout_seconds \(90\)$"),

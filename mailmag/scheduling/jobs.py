@@ -321,7 +321,7 @@ def fire_auto(
 
 def _compose_and_send(session: Session, config: Config, topic: str | None) -> tuple[str, str]:
     waiting = approved_waiting(session)
-    minimum = max(config.schedule.min_items, 1)
+    minimum = config.schedule.min_items
     if waiting < minimum:
         return "skipped", (
             f"{waiting} approved item(s) not yet in an issue, fewer than [schedule] min_items = "
