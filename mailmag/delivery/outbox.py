@@ -341,6 +341,18 @@ def _due_batch(postgresql: bool, limit: int, now: dt.datetime) -> ColumnElement[
     return Delivery.id == any_(func.array(due.scalar_subquery()))
 
 
+def _of_subscriber(column: typing.Any) -> typing.Any:
+    """`column` of the delivery's subscriber, as a scalar subquery."""
+    return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
+
+
+def _claimed_columns() -> tuple[typing.Any, ...]:
+    """A claimed row as Claimed takes it, field by field."""
+    return (Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
+            _of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
+            Delivery.retrying_since, Delivery.last_reply, _of_subscriber(Subscriber.link_key))
+
+
 def claim(
     session: Session, owner: str, limit: int, now: dt.datetime, lease_seconds: int
 ) -> list[Claimed]:
@@ -350,11 +362,7 @@ def claim(
     opt-out during a send is honoured at once. PostgreSQL skips rows another worker holds.
     """
     chosen = _due_batch(session.get_bind().dialect.name == "postgresql", limit, now)
-
-    def of_subscriber(column: typing.Any) -> typing.Any:
-        return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
-
-    status = of_subscriber(Subscriber.status)
+    status = _of_subscriber(Subscriber.status)
     active = status == "active"
     # Core on the session's connection (the ORM's bulk-update machinery costs more than the
     # claim), and the claimed rows come back from the UPDATE itself, in Claimed's field order.
@@ -372,9 +380,7 @@ def claim(
             last_reply=case((active, Delivery.last_reply), (status == "unsubscribed", OPTED_OUT),
                             else_=Delivery.last_reply),
         )
-        .returning(Delivery.status, Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
-                   of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
-                   Delivery.retrying_since, Delivery.last_reply, of_subscriber(Subscriber.link_key))
+        .returning(Delivery.status, *_claimed_columns())
     ).all()
     # Sent in id order (outbox's rule above: of a dead claim, only the lowest id may have been in flight).
     claimed = [Claimed(*typing.cast(tuple[typing.Any, ...], row)[1:]) for row in rows if row[0] == "sending"]
@@ -385,14 +391,8 @@ def claimed_by(session: Session, owner: str) -> list[Claimed]:
     """The rows a claim under `owner` holds: after a claim whose answer was lost (a database that
     hung, then went on), its commit may have landed; claiming anew under the same owner would
     leave those rows held by nobody until the lease ran out, then mark them as maybe sent twice."""
-
-    def of_subscriber(column: typing.Any) -> typing.Any:
-        return select(column).where(Subscriber.id == Delivery.subscriber_id).scalar_subquery()
-
     rows = session.execute(
-        select(Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
-               of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
-               Delivery.retrying_since, Delivery.last_reply, of_subscriber(Subscriber.link_key))
+        select(*_claimed_columns())
         .where(Delivery.status == "sending", Delivery.lease_owner == owner).order_by(Delivery.id)
     ).all()
     return [Claimed(*typing.cast(tuple[typing.Any, ...], row)) for row in rows]
