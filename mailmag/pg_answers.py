@@ -75,7 +75,7 @@ def connect(cargs: Any, cparams: dict[str, Any], answer_timeout: float) -> Answe
 class AnsweringConnection(psycopg.Connection[Any]):
     """psycopg's connection whose every wait (a statement, a commit, a ping) has a deadline."""
 
-    answer_timeout: float = math.inf  # set by the engine (db.make_engine) after connecting
+    answer_timeout: float = math.inf  # set by connect() above
 
     def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
         limit = limit_for(self.answer_timeout)

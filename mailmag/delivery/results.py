@@ -179,7 +179,6 @@ class PostgresWriter(SentWriter):
             raise error
         return rows
 
-
     def _await(self, ready: select.poll) -> None:
         """Wait until the socket is ready; a server silent past its answer timeout loses the connection."""
         limit = self._answer_timeout

@@ -156,7 +156,7 @@ def sends_not_made(session: Session, issue_id: int | None = None) -> dict[int, J
             if run.outcome in ("missed", "failed") and _news(run, drafts[issue_id])}
 
 
-def fire_due_sends(services: Services, now: dt.datetime, jump: Jump | None = None) -> list[Fired]:
+def fire_due_sends(services: Services, now: dt.datetime, *, jump: Jump | None = None) -> list[Fired]:
     """Send every scheduled issue whose time has come; one that is too late becomes a draft
     (`jump`: the clock's latest jump forward, which may be why)."""
     with services.session() as session:

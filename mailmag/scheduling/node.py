@@ -59,9 +59,9 @@ def poll_job() -> None:
     """Every poll: fire due timed sends, catch up automatic issues."""
     node = _leading()
     if node is not None:
-        now = utcnow()
-        jobs.fire_due_sends(node.services, now, node.clock.jump())
-        jobs.fire_due_autos(node.services, now, jump=node.clock.jump())
+        now, jump = utcnow(), node.clock.jump()
+        jobs.fire_due_sends(node.services, now, jump=jump)
+        jobs.fire_due_autos(node.services, now, jump=jump)
 
 
 def purge_job() -> None:
