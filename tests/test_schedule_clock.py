@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +106,46 @@ def test_a_jump_undone_by_a_step_back_is_not_blamed_for_a_later_miss():
         clock.shift(dt.timedelta(minutes=-5))
         assert watch.look() < -290
         assert watch.jump() is None
+
+
+def test_elapsed_time_counts_a_suspend():
+    """helper-63: time.monotonic() stops while the machine sleeps (a laptop's lid, a paused VM) and
+    the wall clock does not, so a suspend read as a jump forward, and a send missed while asleep
+    was blamed on the jump, not on `run` not running. Linux's boot clock counts the sleep."""
+    if not hasattr(time, "CLOCK_BOOTTIME"):
+        pytest.skip("no CLOCK_BOOTTIME on this system: monotonic it is")
+    assert abs(nodes.elapsed() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1.0
+
+
+@sqlite_only
+def test_a_standby_node_leaves_the_queue_to_the_scheduler_node(tmp_path, db_url, smtp_server, caplog):
+    """helper-63: every `run` moved queued rows back when the clock stepped, so two on one machine
+    moved them twice, and a standby node said "the scheduler looks again now" of a scheduler it
+    does not run. The node holding the scheduler moves them; a standby one only says so."""
+    caplog.set_level(logging.INFO, logger="mailmag.scheduling")
+    _config_file, services = configure(tmp_path, db_url, smtp_server.port, grace_seconds=90)
+    add_subscribers(services, 2)
+    number = draft_issue(services)
+    other = nodes.scheduler_lock(services.engine)
+    assert other.acquire()  # another node runs the scheduler
+    with time_machine.travel(MONDAY_MORNING, tick=True) as clock:
+        with services.session() as session:
+            issues.start_sending(session, services.config, issues.get(session, number))
+            session.execute(update(Delivery).values(next_attempt_at=utcnow() + dt.timedelta(hours=1)))
+            planned = sorted(session.scalars(select(Delivery.next_attempt_at)))
+        node = nodes.Node(services, worker=False)
+        thread = threading.Thread(target=node.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: "scheduler standby" in caplog.text, "the node to stand by")
+            clock.shift(dt.timedelta(hours=-9))
+            wait_until(lambda: "set back by 9 h" in caplog.text, "the step to be seen")
+        finally:
+            node.stop.set()
+            thread.join(timeout=30)
+            other.release()
+    assert "(this node is the scheduler's standby)" in caplog.text
+    assert "looks again now" not in caplog.text
+    with services.session() as session:
+        assert sorted(session.scalars(select(Delivery.next_attempt_at))) == planned
+    services.close()

@@ -227,17 +227,19 @@ class ClockWatch:
     between late: it is still recorded missed past grace, but not as "run was not running"."""
 
     def __init__(self) -> None:
-        self._sample = (utcnow(), time.monotonic())  # one tuple: read whole by the scheduler's thread
+        self._sample = (utcnow(), elapsed())  # one tuple: read whole by the scheduler's thread
         self._last_jump: jobs.Jump | None = None
 
     def look(self) -> float:
         """Seconds the wall clock moved apart from elapsed time since the last look (< 0: set back)."""
         moved, now = self._moved()
-        self._sample = (now, time.monotonic())
+        # The jump is recorded before the new sample is stored: the scheduler's thread asking
+        # jump() in between would otherwise see neither.
         if moved >= CLOCK_STEP_SECONDS:
             self._last_jump = (now - dt.timedelta(seconds=moved), now)
         elif moved <= -CLOCK_STEP_SECONDS:
             self._last_jump = None  # set back over it: a later miss is not the jump's doing
+        self._sample = (now, elapsed())
         return moved
 
     def jump(self) -> jobs.Jump | None:
@@ -248,8 +250,18 @@ class ClockWatch:
         return self._last_jump
 
     def _moved(self) -> tuple[float, dt.datetime]:
-        (wall, elapsed), now = self._sample, utcnow()
-        return (now - wall).total_seconds() - (time.monotonic() - elapsed), now
+        (wall, since), now = self._sample, utcnow()
+        return (now - wall).total_seconds() - (elapsed() - since), now
+
+
+def elapsed() -> float:
+    """Seconds of real time, counting a suspend: time.monotonic() stops while the machine sleeps
+    (a laptop's lid, a paused VM) and the wall clock does not, so a suspend would be taken for a
+    jump forward, and a send missed while asleep recorded as the jump's doing, not as "run was
+    not running", which is what happened. CLOCK_BOOTTIME is Linux's; elsewhere, monotonic."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
 
 
 def check_settings(config: Config) -> None:
@@ -314,24 +326,31 @@ class Node:
             raise self.error
 
     def _mind_the_clock(self) -> None:
-        """Say when the system clock moved; after a step back, the scheduler looks again now."""
+        """Say when the system clock moved. After a step back, the node that runs the scheduler
+        has it look again now and brings the queue's next tries back: one node, so that two `run`
+        processes on one machine do not move the rows twice; a standby node only says so."""
         moved = self.clock.look()
         if moved >= CLOCK_STEP_SECONDS:
             log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
                         "between are recorded missed past [schedule] grace_seconds", _duration(moved))
-        elif moved <= -CLOCK_STEP_SECONDS:
-            log.warning("the system clock was set back by %s: the scheduler looks again now, and queued "
-                        "messages' next tries move back by as much", _duration(-moved))
-            scheduler = self._scheduler
-            if scheduler is not None:  # its interval jobs wait for a moment planned on the old clock
-                for job in scheduler.get_jobs(jobstore="local"):
-                    job.modify(next_run_time=utcnow())  # wakes the scheduler
-            try:
-                with self.services.session() as session:
-                    outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow())
-            except DATABASE_AWAY as exc:
-                log.error("the queue's next tries could not be brought back by the step: %s",
-                          getattr(exc, "orig", exc))
+            return
+        if moved > -CLOCK_STEP_SECONDS:
+            return
+        scheduler = self._scheduler
+        if scheduler is None:
+            log.warning("the system clock was set back by %s (this node is the scheduler's standby)",
+                        _duration(-moved))
+            return
+        log.warning("the system clock was set back by %s: the scheduler looks again now, and queued "
+                    "messages' next tries move back by as much", _duration(-moved))
+        for job in scheduler.get_jobs(jobstore="local"):  # they wait for a moment planned on the old clock
+            job.modify(next_run_time=utcnow())  # wakes the scheduler
+        try:
+            with self.services.session() as session:
+                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow())
+        except DATABASE_AWAY as exc:
+            log.error("the queue's next tries could not be brought back by the step: %s",
+                      getattr(exc, "orig", exc))
 
     def _tend_scheduler(self) -> None:
         if self._scheduler is None:
