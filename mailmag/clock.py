@@ -7,6 +7,11 @@ does. Tests move this clock with time-machine (in-process) and tests/clocked.py 
 from __future__ import annotations
 
 import datetime as dt
+import time
+
+# The wall clock moving this far apart from elapsed time between two looks is a step (NTP, an
+# operator), not the scheduling jitter of a busy machine.
+STEP_SECONDS = 2.0
 
 
 def now() -> dt.datetime:
@@ -27,3 +32,21 @@ def today(zone: dt.tzinfo) -> dt.date:
 def timestamp() -> int:
     """Whole seconds since the Unix epoch (DKIM's t=)."""
     return int(now().timestamp())
+
+
+def elapsed() -> float:
+    """Seconds of real time, counting a suspend, to measure the wall clock against: monotonic()
+    stops while the machine sleeps (a laptop's lid, a paused VM) and the wall clock does not, so a
+    suspend would look like a jump forward. CLOCK_BOOTTIME is Linux's; elsewhere, monotonic."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
+def duration(seconds: float) -> str:
+    """9 h, 31 min 5 s, 4 s: whole seconds, none where hours are named (how a clock step is told)."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "",
+             f"{seconds} s" if seconds and not hours else ""]
+    return " ".join(part for part in parts if part) or "0 s"

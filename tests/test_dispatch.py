@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import email
 import email.policy
@@ -777,3 +778,31 @@ def test_a_recipient_whose_message_cannot_be_built_fails_alone(smtp_services, sm
         # Not the address's fault: it stays subscribed.
         assert session.scalar(select(Subscriber.status).where(Subscriber.id == row.subscriber_id)) == "active"
     assert "user1@example.jp" not in smtp_server.recipients()
+
+
+def test_a_clock_jump_longer_than_a_lease_takes_no_live_lease(config, smtp_server, caplog):
+    """helper-66 F6: every lease was stamped on the old clock, so a jump forward past
+    [dispatch] lease_seconds while sending made the worker's own live leases look expired: the
+    message on the other connection went back to the queue and out again, marked "may have
+    arrived twice". Expiry now waits one lease after a jump, while live leases are renewed."""
+    from mailmag import db
+
+    config = dataclasses.replace(config, dispatch=dataclasses.replace(config.dispatch, lease_seconds=60,
+                                                                      batch_size=1))
+    services = Services(smtp_server.configure(config, rate_per_second=0.0, throttle_seconds=0.1))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 8)
+    smtp_server.delay("data_end", 0.3, times=None)  # each connection holds a lease most of the time
+    ahead = [dt.timedelta(0)]
+
+    def jump(_count: int) -> None:  # the clock jumps 10 min forward once the first message is in
+        ahead[0] = dt.timedelta(minutes=10)
+
+    run_worker(services, clock=lambda: utcnow() + ahead[0], progress=jump)
+    c = counts(services, issue)
+    assert (c.sent, c.queued, c.failed) == (8, 0, 0)
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(8))
+    with services.session() as session:
+        assert session.scalar(select(func.count()).where(Delivery.lease_expiries > 0)) == 0
+    assert "the system clock jumped forward by 10 min" in caplog.text
+    services.close()

@@ -74,6 +74,7 @@ from mailmag.delivery.workstate import (
     DATABASE_AWAY,
     DatabaseGuard,
     DropsInRow,
+    ExpiryHold,
     Leases,
     Refusals,
     Throttle,
@@ -324,6 +325,7 @@ class Dispatcher:
         self.stats = Stats()
         self.error: BaseException | None = None
         self.leases = Leases(config.dispatch.lease_seconds)
+        self.expiry = ExpiryHold(config.dispatch.lease_seconds)
         # given: one the dispatchers of several processes share, each numbering its connections
         # from `first_connection` (scheduling.processes)
         self.throttle = throttle or Throttle(self.concurrency, config.smtp.throttle_seconds)
@@ -453,12 +455,13 @@ class Dispatcher:
             nonlocal tries
             tries += 1
             now = self.clock()
+            self.expiry.see(now)
             self.leases.hold(owner, time.monotonic())
             housekeeping = self._housekeeping_due(now)
             with self._writing() as session:
                 if tries > 1 and (landed := outbox.claimed_by(session, owner)):
                     return landed  # the lost answer's claim had landed: those rows are ours
-                if housekeeping:
+                if housekeeping and self.expiry.may_expire():
                     outbox.expire_leases(session, now, config.max_lease_expiries)
                 if housekeeping or self._claim_size is None:  # (threads that start together all size)
                     self._claim_size = self._fair_share(session, now)

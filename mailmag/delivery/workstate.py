@@ -7,6 +7,7 @@ common path (a message accepted, the database answering) takes no lock at all.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from mailmag import clock
 from mailmag.delivery import shared
 from mailmag.delivery.transports import POLICY
 from mailmag.errors import DatabaseError
@@ -55,6 +57,40 @@ class Leases:
     def running_out(self, owner: str) -> bool:
         """True when the lease may end before the next message is done: stop using it."""
         return time.monotonic() > self._set_at.get(owner, 0.0) + self.lease_seconds * 0.8
+
+
+class ExpiryHold:
+    """Expiring dead workers' leases waits one lease after the wall clock jumps forward.
+
+    Every lease was stamped on the old clock, so a jump longer than [dispatch] lease_seconds made
+    live workers' leases look expired: their rows went back to the queue and were sent again
+    ("may have arrived twice", helper-66). Each process sees the jump on its own clock, and every
+    live holder renews its leases on the new clock within a quarter lease (the keeper): after one
+    lease of elapsed time, what still looks expired is dead."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+        self._sample: tuple[dt.datetime, float] | None = None  # the clock's last reading, and elapsed()'s
+        self._until = 0.0  # elapsed() before which no lease is expired
+        self._lock = threading.Lock()
+
+    def see(self, now: dt.datetime) -> None:
+        """The dispatcher's clock read `now`; a jump forward since the last reading starts a hold."""
+        with self._lock:
+            since, self._sample = self._sample, (now, clock.elapsed())
+            if since is None:
+                return
+            moved = (now - since[0]).total_seconds() - (self._sample[1] - since[1])
+            if moved < clock.STEP_SECONDS:
+                return
+            if self._until <= self._sample[1]:
+                log.warning("the system clock jumped forward by %s: no lease is expired for the next "
+                            "%s, while live workers renew theirs on the new clock",
+                            clock.duration(moved), clock.duration(self.lease_seconds))
+            self._until = self._sample[1] + self.lease_seconds
+
+    def may_expire(self) -> bool:
+        return clock.elapsed() >= self._until
 
 
 # The throttle's numbers: how many connections may send, messages accepted since the last

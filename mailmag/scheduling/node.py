@@ -22,7 +22,6 @@ import fcntl
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -34,6 +33,8 @@ from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailmag import db
+from mailmag.clock import STEP_SECONDS as CLOCK_STEP_SECONDS
+from mailmag.clock import duration, elapsed
 from mailmag.config import Config
 from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
@@ -48,8 +49,6 @@ from mailmag.scheduling.when import cron_trigger
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
-# The wall clock moving this far apart from elapsed time between two polls is a step, not a drift.
-CLOCK_STEP_SECONDS = 2.0
 
 JOB_TABLE = "apscheduler_jobs"
 _node: Node | None = None
@@ -77,15 +76,6 @@ def auto_job(schedule_id: int) -> None:
     node = _leading()
     if node is not None:
         jobs.fire_due_autos(node.services, utcnow(), schedule_id, jump=node.clock.jump())
-
-
-def _duration(seconds: float) -> str:
-    """9 h, 31 min 5 s, 4 s: whole seconds, none where hours are named."""
-    hours, rest = divmod(round(seconds), 3600)
-    minutes, seconds = divmod(rest, 60)
-    parts = [f"{hours} h" if hours else "", f"{minutes} min" if minutes else "",
-             f"{seconds} s" if seconds and not hours else ""]
-    return " ".join(part for part in parts if part) or "0 s"
 
 
 def _current() -> Node:
@@ -254,15 +244,6 @@ class ClockWatch:
         return (now - wall).total_seconds() - (elapsed() - since), now
 
 
-def elapsed() -> float:
-    """Seconds of real time, counting a suspend: time.monotonic() stops while the machine sleeps
-    (a laptop's lid, a paused VM) and the wall clock does not, so a suspend would be taken for a
-    jump forward, and a send missed while asleep recorded as the jump's doing, not as "run was
-    not running", which is what happened. CLOCK_BOOTTIME is Linux's; elsewhere, monotonic."""
-    if hasattr(time, "CLOCK_BOOTTIME"):
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    return time.monotonic()
-
 
 def check_settings(config: Config) -> None:
     """[schedule] mistakes fail at start, not at 9:00 on the 1st."""
@@ -332,17 +313,17 @@ class Node:
         moved = self.clock.look()
         if moved >= CLOCK_STEP_SECONDS:
             log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
-                        "between are recorded missed past [schedule] grace_seconds", _duration(moved))
+                        "between are recorded missed past [schedule] grace_seconds", duration(moved))
             return
         if moved > -CLOCK_STEP_SECONDS:
             return
         scheduler = self._scheduler
         if scheduler is None:
             log.warning("the system clock was set back by %s (this node is the scheduler's standby)",
-                        _duration(-moved))
+                        duration(-moved))
             return
         log.warning("the system clock was set back by %s: the scheduler looks again now, and queued "
-                    "messages' next tries move back by as much", _duration(-moved))
+                    "messages' next tries move back by as much", duration(-moved))
         for job in scheduler.get_jobs(jobstore="local"):  # they wait for a moment planned on the old clock
             job.modify(next_run_time=utcnow())  # wakes the scheduler
         try:
