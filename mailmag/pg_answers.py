@@ -9,9 +9,9 @@ socket down at the deadline: libpq sees the connection end, psycopg raises Opera
 SQLAlchemy invalidates the connection, and the caller meets a database that went away (the
 worker logs it and waits, a page answers 503).
 
-The deadline is the connection's `answer_timeout` (`[database] answer_timeout_seconds`), or
-what `answer_within` sets for the calling thread (a health check: a few seconds; a migration,
-which may rewrite a large table: none).
+The deadline is the connection's `answer_timeout` (`[database] answer_timeout_seconds`) for
+each wait, or the moment `answer_within` sets for all of the calling thread's waits (a health
+check: a few seconds from now; a migration, which may rewrite a large table: never).
 """
 
 from __future__ import annotations
@@ -28,24 +28,26 @@ from typing import Any
 
 import psycopg
 
-_WITHIN: ContextVar[float | None] = ContextVar("mailmag_answer_within", default=None)
+_BY: ContextVar[float | None] = ContextVar("mailmag_answer_by", default=None)  # time.monotonic()
 
 
 @contextlib.contextmanager
 def answer_within(seconds: float) -> Iterator[None]:
-    """In this block, this thread's database waits (and new connections) give up after
-    `seconds`; math.inf: never."""
-    token = _WITHIN.set(seconds)
+    """In this block, this thread's database waits (and new connections) give up `seconds` from
+    now, all of them together: a health check's ping and the new connection the pool makes after
+    a failed one share its few seconds (each had its own: 5 s became 8, helper-65). math.inf:
+    never."""
+    token = _BY.set(time.monotonic() + seconds)
     try:
         yield
     finally:
-        _WITHIN.reset(token)
+        _BY.reset(token)
 
 
 def limit_for(default: float) -> float:
-    """The deadline in force for this thread: answer_within's, else `default`."""
-    within = _WITHIN.get()
-    return default if within is None else within
+    """Seconds the next wait of this thread may last: what answer_within leaves, else `default`."""
+    by = _BY.get()
+    return default if by is None else max(by - time.monotonic(), 0.0)
 
 
 def no_answer(seconds: float) -> psycopg.OperationalError:
@@ -59,6 +61,8 @@ def connect(cargs: Any, cparams: dict[str, Any], answer_timeout: float) -> Answe
     (answer_within: a health check) waits no longer for the connection than for an answer;
     libpq counts whole seconds, 2 at least."""
     limit = limit_for(answer_timeout)
+    if limit <= 0:  # answer_within's time is spent (the ping before this waited for it all)
+        raise psycopg.OperationalError("the database server gave no answer in time; no new connection tried")
     given = float(cparams.get("connect_timeout", 0)) or math.inf  # 0: libpq's "no limit"
     if limit < given:
         cparams["connect_timeout"] = max(2, math.ceil(limit))

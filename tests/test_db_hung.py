@@ -10,6 +10,7 @@ a proxy that freezes (hung_database.py).
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import logging
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from test_dispatch import counts, prepare_send
 from test_web_unsubscribe import reader, state, unsubscribe_path  # noqa: F401 - reader is a fixture
 from web_support import Client, LiveServer, one_click
 
-from mailmag import db
+from mailmag import db, web
 from mailmag.config import DatabaseConfig
 from mailmag.services import Services
 from mailmag.web import create_app
@@ -104,6 +105,38 @@ def test_healthz_and_a_one_click_answer_503_while_the_database_hangs(config, web
         app.extensions["mailmag"].mailer.close()
         hung.close()
     assert state(web_services, reader)["status"] == "active"
+
+
+def test_healthz_answers_within_its_time_when_its_pooled_connection_hangs(config, proxy, monkeypatch):
+    """helper-65: the ping of a pooled connection waited HEALTH_SECONDS, then the pool's new
+    connection had seconds of its own: 5 s became 8, past a load balancer's own timeout. The
+    check's seconds are now one budget for both."""
+    monkeypatch.setattr(web, "HEALTH_SECONDS", 2.0)
+    hung = Services(dataclasses.replace(config, database=through(proxy, config.database)))
+    app = create_app(hung)
+    server = LiveServer(app)
+
+    def balancer_check() -> tuple[int, bytes]:  # a load balancer that waits 3.5 s for an answer
+        connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=3.5)
+        try:
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    try:
+        assert balancer_check()[0] == 200  # the pool now holds a connection
+        proxy.freeze()
+        [health] = in_thread(balancer_check)
+        assert health == (503, b"database unavailable\n"), health
+        proxy.thaw()
+        assert balancer_check()[0] == 200
+    finally:
+        proxy.thaw()
+        server.close()
+        app.extensions["mailmag"].mailer.close()
+        hung.close()
 
 
 def test_a_worker_whose_database_hangs_says_so_once_and_sends_each_message_once(config, smtp_server, proxy,
