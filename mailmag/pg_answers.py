@@ -50,6 +50,12 @@ def limit_for(default: float) -> float:
     return default if by is None else max(by - time.monotonic(), 0.0)
 
 
+def overdue(seconds: float) -> bool:
+    """Whether a wait of this process has gone unanswered for longer than `seconds` (the server
+    may be hung, or a statement is merely long)."""
+    return _WATCHDOG.overdue(seconds)
+
+
 def no_answer(seconds: float) -> psycopg.OperationalError:
     """The error of a server that gave no answer in time (its connection is closed by then)."""
     return psycopg.OperationalError(f"the database server gave no answer in {seconds:g} s; "
@@ -97,6 +103,7 @@ class AnsweringConnection(psycopg.Connection[Any]):
 class _Watch:
     def __init__(self, fd: int, deadline: float) -> None:
         self.fd = fd
+        self.started = time.monotonic()
         self.deadline = deadline
         self.expired = False
 
@@ -131,6 +138,11 @@ class _Watchdog:
         finally:
             with self._changed:
                 self._watches.discard(watch)
+
+    def overdue(self, seconds: float) -> bool:
+        with self._changed:
+            oldest = min((w.started for w in self._watches), default=math.inf)
+        return time.monotonic() - oldest > seconds
 
     def _run(self) -> None:
         with self._changed:

@@ -9,6 +9,7 @@ a proxy that freezes (hung_database.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import logging
@@ -43,8 +44,23 @@ def proxy() -> Iterator[FreezingProxy]:
     proxy.close()
 
 
-def through(proxy: FreezingProxy, database: DatabaseConfig) -> DatabaseConfig:
-    return dataclasses.replace(database, url=proxy.url(database.url), **QUICK)
+def through(proxy: FreezingProxy, database: DatabaseConfig, **settings: float) -> DatabaseConfig:
+    return dataclasses.replace(database, url=proxy.url(database.url), **{**QUICK, **settings})
+
+
+@contextlib.contextmanager
+def web_app_through(proxy: FreezingProxy, config, **database) -> Iterator[tuple[Services, LiveServer]]:  # type: ignore[no-untyped-def]
+    """The web app served over HTTP, its database reached through `proxy` (thawed at the end)."""
+    hung = Services(dataclasses.replace(config, database=through(proxy, config.database, **database)))
+    app = create_app(hung)
+    server = LiveServer(app)
+    try:
+        yield hung, server
+    finally:
+        proxy.thaw()
+        server.close()
+        app.extensions["mailmag"].mailer.close()
+        hung.close()
 
 
 def in_thread(work) -> list:  # type: ignore[no-untyped-def]
@@ -87,10 +103,7 @@ def test_a_statement_on_a_hung_server_gives_up_and_the_next_works_once_it_answer
 def test_healthz_and_a_one_click_answer_503_while_the_database_hangs(config, web_services, reader, proxy):  # noqa: F811
     """/healthz answers a load balancer in seconds; a one-click unsubscribe is 503 with Retry-After
     (the provider tries again), and it changed nothing."""
-    hung = Services(dataclasses.replace(config, database=through(proxy, config.database)))
-    app = create_app(hung)
-    server = LiveServer(app)
-    try:
+    with web_app_through(proxy, config) as (_hung, server):
         assert Client(server.url).get("/healthz").status == 200
         proxy.freeze()
         [health] = in_thread(lambda: Client(server.url).get("/healthz"))
@@ -99,11 +112,6 @@ def test_healthz_and_a_one_click_answer_503_while_the_database_hangs(config, web
         assert reply.status == 503 and reply.headers["Retry-After"] == "60"
         proxy.thaw()
         assert Client(server.url).get("/healthz").status == 200
-    finally:
-        proxy.thaw()
-        server.close()
-        app.extensions["mailmag"].mailer.close()
-        hung.close()
     assert state(web_services, reader)["status"] == "active"
 
 
@@ -112,31 +120,54 @@ def test_healthz_answers_within_its_time_when_its_pooled_connection_hangs(config
     connection had seconds of its own: 5 s became 8, past a load balancer's own timeout. The
     check's seconds are now one budget for both."""
     monkeypatch.setattr(web, "HEALTH_SECONDS", 2.0)
-    hung = Services(dataclasses.replace(config, database=through(proxy, config.database)))
-    app = create_app(hung)
-    server = LiveServer(app)
+    with web_app_through(proxy, config) as (_hung, server):
 
-    def balancer_check() -> tuple[int, bytes]:  # a load balancer that waits 3.5 s for an answer
-        connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=3.5)
-        try:
-            connection.request("GET", "/healthz")
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        def balancer_check() -> tuple[int, bytes]:  # a load balancer that waits 3.5 s for an answer
+            port = int(server.url.rsplit(":", 1)[1])
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=3.5)
+            try:
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
 
-    try:
         assert balancer_check()[0] == 200  # the pool now holds a connection
         proxy.freeze()
         [health] = in_thread(balancer_check)
         assert health == (503, b"database unavailable\n"), health
         proxy.thaw()
         assert balancer_check()[0] == 200
-    finally:
+
+
+def test_while_one_page_hangs_on_the_database_the_next_gives_up_in_health_seconds(config, web_services,
+                                                                                     reader, proxy,  # noqa: F811
+                                                                                     monkeypatch):
+    """helper-65: every page on a frozen server held its thread for answer_timeout_seconds, until
+    /healthz waited behind them. Once one wait is overdue past HEALTH_SECONDS, a new request
+    waits no longer than that: its visitor gets the 503 page, and the thread comes free."""
+    monkeypatch.setattr(web, "HEALTH_SECONDS", 1.0)
+    page = unsubscribe_path(web_services, reader)
+    first: list = []
+    with web_app_through(proxy, config, answer_timeout_seconds=6.0) as (hung, server):
+        assert Client(server.url).get(page).status == 200
+        for engine in {hung.engine, hung.read_engine}:  # two connections in each pool, as on a busy site
+            with engine.connect() as one, engine.connect() as two:
+                one.execute(text("SELECT 1")), two.execute(text("SELECT 1"))
+        proxy.freeze()
+        stuck = threading.Thread(target=lambda: first.append(Client(server.url).get(page)), daemon=True)
+        stuck.start()
+        stuck.join(timeout=2.0)  # overdue past HEALTH_SECONDS, within its own 6 s
+        assert not first, "the first page should still be waiting for the frozen server"
+        [second] = in_thread(lambda: Client(server.url).get(page))
+        assert second.status == 503 and second.headers["Retry-After"] == "60"
+        # its own HEALTH_SECONDS, not 6 s: the first still waits
+        assert not first, "the second page waited as long as the first"
+        stuck.join(timeout=15)
+        assert first and first[0].status == 503
         proxy.thaw()
-        server.close()
-        app.extensions["mailmag"].mailer.close()
-        hung.close()
+        assert Client(server.url).get(page).status == 200  # wary no more
+    assert state(web_services, reader)["status"] == "active"
 
 
 def test_a_worker_whose_database_hangs_says_so_once_and_sends_each_message_once(config, smtp_server, proxy,

@@ -7,6 +7,7 @@ one unit of work, and render a template from templates/web/.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -158,6 +159,8 @@ def _register(app: Flask) -> None:
     app.register_error_handler(NotFound, _not_found)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_away)
+    app.before_request(_wary_of_a_hung_database)
+    app.teardown_request(_end_wariness)
 
 
 def _database_away(error: OperationalError):
@@ -167,6 +170,22 @@ def _database_away(error: OperationalError):
     log.error("database unavailable for %s %s: %s", request.method, request.path, error.orig)
     page, status = _error_page(503)
     return page, status, {"Retry-After": "60"}
+
+
+def _wary_of_a_hung_database() -> None:
+    """While a database wait of this process has gone unanswered past HEALTH_SECONDS, a new
+    request waits no longer than that: each page hung on a frozen server held its thread for
+    [database] answer_timeout_seconds, until /healthz itself waited behind them (helper-65: 23 s).
+    A long statement elsewhere costs only a quick request's patience, which it does not need."""
+    if pg_answers.overdue(HEALTH_SECONDS):
+        g.wary = contextlib.ExitStack()
+        g.wary.enter_context(pg_answers.answer_within(HEALTH_SECONDS))
+
+
+def _end_wariness(_error: BaseException | None) -> None:
+    wary = g.pop("wary", None)
+    if wary is not None:
+        wary.close()
 
 
 def _healthz() -> tuple[str, int, dict[str, str]]:
