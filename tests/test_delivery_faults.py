@@ -305,6 +305,49 @@ def test_a_claim_whose_answer_was_lost_after_it_landed_sends_its_rows_now_and_on
         services.close()
 
 
+def test_a_refusal_whose_answer_was_lost_after_it_landed_is_counted_failed_not_lost(
+    config, smtp_server, monkeypatch, caplog
+):
+    """helper-65 F2: a refusal's result committed while its answer was lost (a database that hung,
+    then went on); the retry found the row no longer the worker's and logged "its lease had passed
+    to another worker, which may send it again", counting it lost. The row was right all along."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    services = make_services(config, smtp_server, dispatch=DispatchConfig(
+        database_retry_seconds=0.1, database_max_retry_seconds=0.2))
+    issue = prepare_send(services, 4)
+    smtp_server.fail_rcpt(EVERYONE[1], 554, "5.7.1 message refused by policy")
+    commit, mark_failed = Session.commit, outbox.mark_failed
+    answers_lost = iter([OperationalError("COMMIT", None, Exception("server closed the connection"))])
+    after_the_refusal: list[bool] = []
+
+    def mark_failed_once_more(*args, **kwargs):  # type: ignore[no-untyped-def]
+        after_the_refusal.append(True)
+        return mark_failed(*args, **kwargs)
+
+    def commit_then_lose_the_answer(session):  # type: ignore[no-untyped-def]
+        commit(session)
+        if after_the_refusal:
+            after_the_refusal.clear()
+            for lost in answers_lost:
+                raise lost
+
+    monkeypatch.setattr(outbox, "mark_failed", mark_failed_once_more)
+    monkeypatch.setattr(Session, "commit", commit_then_lose_the_answer)
+    caplog.set_level(logging.WARNING, logger="mailmag.delivery.dispatch")
+    try:
+        dispatcher = run_once(services, concurrency=1)
+        assert next(answers_lost, None) is None, "the refusal's answer was never lost"
+        assert (dispatcher.stats.sent, dispatcher.stats.failed, dispatcher.stats.lost) == (3, 1, 0)
+        assert "lease had passed" not in caplog.text
+        c = counts(services, issue)
+        assert (c.sent, c.failed, c.pending) == (3, 1, 0)
+        assert sorted(smtp_server.recipients()) == sorted([EVERYONE[0], *EVERYONE[2:4]])
+    finally:
+        services.close()
+
+
 def test_each_result_is_committed_before_the_relay_has_the_next_message(config, smtp_server):
     """The worker commits a message's result while the relay reads the next envelope, never
     later than the next message's content: when the relay has message k, the k-1 before it

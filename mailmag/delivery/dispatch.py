@@ -158,6 +158,11 @@ def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> st
     return f"{mark} before; {reply}" if delivery.last_reply.startswith(mark) else reply
 
 
+def _refused(words: object) -> str:
+    """What the relay did, as _not_recorded tells it of a refusal whose result was not written."""
+    return f"the relay refused it ({words}), and"
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -788,14 +793,19 @@ class Dispatcher:
                 results.close()
 
     def _write_result(self, owner: str, delivery: outbox.Claimed, write: Callable[[Session], bool],
-                      happened: str, may_have_arrived: bool = False) -> bool:
-        """Write a failure's or a retry's result in a unit of work of its own, waiting for the
-        database if it is away; False if the row was no longer `owner`'s (_not_recorded says
-        why, with `happened`: what the relay did)."""
+                      happened: str, may_have_arrived: bool = False, *, reply: str) -> bool:
+        """Write a failure's or a retry's result (`reply`, the row's last_reply) in a unit of work
+        of its own, waiting for the database if it is away; False if the row was no longer
+        `owner`'s (_not_recorded says why, with `happened`: what the relay did)."""
+        tries = 0
 
         def work() -> bool:
+            nonlocal tries
+            tries += 1
             with self._writing() as session:
-                return write(session)
+                # a retry: the try whose answer was lost may have landed (helper-65 F2: it was
+                # logged as a lease passed to another worker, and counted lost)
+                return write(session) or (tries > 1 and outbox.result_landed(session, delivery.id, reply))
 
         if self.database.call(work):
             return True
@@ -864,7 +874,7 @@ class Dispatcher:
 
         happened = (f"the relay deferred it ({failure}), and" if not failure.ambiguous
                     else "the connection was lost after the final dot (the relay may have it), and")
-        if not self._write_result(owner, delivery, write, happened, failure.ambiguous):
+        if not self._write_result(owner, delivery, write, happened, failure.ambiguous, reply=reply):
             return
         if give_up:
             self._done_failed()
@@ -898,14 +908,16 @@ class Dispatcher:
     def _believe(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         """The refusal as the relay said it: failed, and a bad address bounced."""
 
+        reply = _marked(delivery, str(failure))
+
         def write(session: Session) -> bool:
-            if not outbox.mark_failed(session, delivery.id, owner, _marked(delivery, str(failure))):
+            if not outbox.mark_failed(session, delivery.id, owner, reply):
                 return False
             if failure.kind in (ADDRESS, MAILBOX):
                 self.hooks.rejected(session, delivery.id, delivery.subscriber_id, failure)
             return True
 
-        if not self._write_result(owner, delivery, write, f"the relay refused it ({failure}), and"):
+        if not self._write_result(owner, delivery, write, _refused(failure), reply=reply):
             return
         self._done_failed()
         if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind):
@@ -948,7 +960,7 @@ class Dispatcher:
         def write(session: Session) -> bool:
             return outbox.mark_retry(session, delivery.id, owner, reply, at, delivery.retrying_since or now)
 
-        if not self._write_result(owner, delivery, write, f"the relay refused it ({words}), and"):
+        if not self._write_result(owner, delivery, write, _refused(words), reply=reply):
             return False
         self.stats.add("deferred")
         if outbox.REASKED in delivery.last_reply:  # asked again, and still not believable: say so
@@ -964,7 +976,7 @@ class Dispatcher:
         def write(session: Session) -> bool:
             return outbox.mark_failed(session, delivery.id, owner, reply)
 
-        if not self._write_result(owner, delivery, write, f"the relay refused it ({words}), and"):
+        if not self._write_result(owner, delivery, write, _refused(words), reply=reply):
             return False
         self._done_failed()
         log.warning("delivery %s: gave up after [retry] lifetime_seconds: the relay refused %s (%s) and no "

@@ -448,8 +448,17 @@ def mark_sent_unclaimed(session: Session, delivery_id: int, reply: str, now: dt.
         update(Delivery).where(unclaimed).values(status="sent", last_reply=reply[:REPLY_KEPT], sent_at=now)
     )) == 1:
         return True
-    landed = and_(Delivery.id == delivery_id, Delivery.status == "sent",
-                  Delivery.last_reply == reply[:REPLY_KEPT])
+    return result_landed(session, delivery_id, reply, "sent")
+
+
+def result_landed(session: Session, delivery_id: int, reply: str, status: str | None = None) -> bool:
+    """Whether the row holds this very result, under no lease (in `status`, if given): a write
+    whose answer was lost (a server that hung, then went on) had landed, and its retry finds the
+    row no longer its own."""
+    landed = and_(Delivery.id == delivery_id, Delivery.lease_owner.is_(None),
+                  Delivery.status != "sending", Delivery.last_reply == reply[:REPLY_KEPT])
+    if status is not None:
+        landed = and_(landed, Delivery.status == status)
     return session.scalar(select(Delivery.id).where(landed)) is not None
 
 
