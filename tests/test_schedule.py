@@ -372,6 +372,20 @@ def test_moments_passed_while_down_are_each_reported_and_the_latest_fires_within
         assert (info.last_run.outcome, info.last_run.scheduled_for) == ("sent", jst(2026, 11, 23, 9))
 
 
+def test_after_a_clock_step_back_the_next_moment_listed_is_one_that_fires(services):
+    """helper-66 F1: a clock 9 h ahead fired Monday's 09:00; set back to 01:00, `schedule list`
+    said the next was 09:00 that day, which had been handled and does not fire again."""
+    approve_news(services, 1)
+    schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 23, 8, 0))
+    [fired] = jobs.fire_due_autos(services, jst(2026, 11, 23, 10, 0))  # the clock ahead
+    assert fired.scheduled_for == jst(2026, 11, 23, 9)
+    set_back = jst(2026, 11, 23, 1, 0)
+    assert jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 1)) == []  # 09:00 does not come again
+    with services.session() as session:
+        (info,) = jobs.list_auto(session, services.config, set_back)
+    assert (info.id, info.next_run) == (schedule_id, jst(2026, 11, 24, 9))
+
+
 def test_a_removed_automatic_issue_no_longer_fires(services):
     approve_news(services, 1)
     schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))

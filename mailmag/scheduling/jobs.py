@@ -257,7 +257,10 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
             select(JobRun).where(JobRun.job_id == auto_job_id(schedule.id))
             .order_by(JobRun.scheduled_for.desc())
         )
-        upcoming = next_fire_time(cron_trigger(schedule.cron, config.zone), now)
+        trigger, cursor = cron_trigger(schedule.cron, config.zone), _cursor(session, schedule)
+        # After a clock step back, a moment already handled lies ahead of `now`; it does not fire
+        # again, so the next one is after it (helper-66 F1: `schedule list` showed the handled one).
+        upcoming = trigger.next_after(cursor) if cursor >= now else next_fire_time(trigger, now)
         result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic))
     return result
 
