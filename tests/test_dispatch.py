@@ -26,6 +26,7 @@ from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import Dispatcher
 from mailmag.delivery.ratelimit import IN_FLIGHT_WAIT_SECONDS, RateLimiter
 from mailmag.delivery.transports import make_transport
+from mailmag.delivery.workstate import ExpiryHold
 from mailmag.errors import MailmagError, TransportError
 from mailmag.models import BounceEvent, Delivery, Issue, Rendering, Subscriber, utcnow
 from mailmag.placeholders import PLACEHOLDERS
@@ -806,3 +807,16 @@ def test_a_clock_jump_longer_than_a_lease_takes_no_live_lease(config, smtp_serve
         assert session.scalar(select(func.count()).where(Delivery.lease_expiries > 0)) == 0
     assert "the system clock jumped forward by 10 min" in caplog.text
     services.close()
+
+
+def test_small_clock_steps_do_not_hold_a_dead_workers_lease():
+    """A clock stepped forward by a few seconds again and again (a hypervisor's time sync) held
+    lease expiry for good, so a killed worker's rows were never taken over. A live lease keeps
+    three quarters of a lease, so only a jump of half a lease or more holds expiry."""
+    hold = ExpiryHold(60)
+    start = utcnow()
+    for step in range(1, 6):  # +5 s every look, far more often than once a lease
+        hold.see(start + dt.timedelta(seconds=5 * step))
+        assert hold.may_expire()
+    hold.see(start + dt.timedelta(seconds=25 + 40))  # 40 s at once: two thirds of a lease
+    assert not hold.may_expire()

@@ -66,7 +66,12 @@ class ExpiryHold:
     live workers' leases look expired: their rows went back to the queue and were sent again
     ("may have arrived twice", helper-66). Each process sees the jump on its own clock, and every
     live holder renews its leases on the new clock within a quarter lease (the keeper): after one
-    lease of elapsed time, what still looks expired is dead."""
+    lease of elapsed time, what still looks expired is dead.
+
+    A live lease always has three quarters of a lease left (renewed every quarter), so a jump of
+    less than half a lease cannot make one look expired: it holds nothing. A clock stepped every
+    few minutes by a few seconds (a hypervisor's time sync) would otherwise hold expiry for good,
+    and a killed worker's rows would never be taken over."""
 
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
@@ -81,7 +86,7 @@ class ExpiryHold:
             if since is None:
                 return
             moved = (now - since[0]).total_seconds() - (self._sample[1] - since[1])
-            if moved < clock.STEP_SECONDS:
+            if moved < max(clock.STEP_SECONDS, self.lease_seconds / 2):
                 return
             if self._until <= self._sample[1]:
                 log.warning("the system clock jumped forward by %s: no lease is expired for the next "
