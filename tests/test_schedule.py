@@ -386,6 +386,39 @@ def test_after_a_clock_step_back_the_next_moment_listed_is_one_that_fires(servic
     assert (info.id, info.next_run) == (schedule_id, jst(2026, 11, 24, 9))
 
 
+def test_a_moment_the_clock_jumped_over_fires_when_it_comes_after_the_clock_is_set_back(services):
+    """helper-66 F7: the clock jumped from 08:50 to 18:50 and 09:00 was recorded missed; NTP set it
+    back to 08:51, and at 09:00 nothing fired: firing walked on from the missed record. After a
+    step back, misses ahead of now are forgotten (node: on the node that runs the scheduler)."""
+    approve_news(services, 1)
+    add_subscribers(services, 1)
+    schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 23, 8, 0))
+    jump = (jst(2026, 11, 23, 8, 50), jst(2026, 11, 23, 18, 50))
+    [missed] = jobs.fire_due_autos(services, jst(2026, 11, 23, 18, 50), jump=jump)
+    assert (missed.scheduled_for, missed.outcome) == (jst(2026, 11, 23, 9), "missed")
+    with services.session() as session:
+        assert jobs.forget_misses_ahead(session, jst(2026, 11, 23, 8, 51)) == 1
+    [fired] = jobs.fire_due_autos(services, jst(2026, 11, 23, 9, 0, 30))
+    assert (fired.scheduled_for, fired.outcome) == (jst(2026, 11, 23, 9), "sent")
+    with services.session() as session:
+        (info,) = jobs.list_auto(session, services.config, jst(2026, 11, 23, 9, 1))
+    assert (info.id, info.last_run.outcome, info.next_run) == (schedule_id, "sent", jst(2026, 11, 24, 9))
+
+
+def test_a_miss_before_a_later_handled_moment_stays_in_the_history(services):
+    """Forgetting a miss that the last record lies beyond would not fire it, only lose it."""
+    approve_news(services, 2)
+    add_subscribers(services, 1)
+    add_auto(services, "0 9 * * *", jst(2026, 11, 23, 8, 0))
+    jump = (jst(2026, 11, 23, 8, 50), jst(2026, 11, 23, 18, 50))
+    jobs.fire_due_autos(services, jst(2026, 11, 23, 18, 50), jump=jump)  # 23rd 09:00 missed
+    jobs.fire_due_autos(services, jst(2026, 11, 24, 9, 0, 30))  # the next day's fires, on the clock ahead
+    with services.session() as session:
+        assert jobs.forget_misses_ahead(session, jst(2026, 11, 23, 8, 51)) == 0
+        outcomes = session.scalars(select(JobRun.outcome).order_by(JobRun.scheduled_for)).all()
+    assert outcomes == ["missed", "sent"]
+
+
 def test_a_removed_automatic_issue_no_longer_fires(services):
     approve_news(services, 1)
     schedule_id = add_auto(services, "0 9 * * *", jst(2026, 11, 20, 8, 0))

@@ -14,10 +14,11 @@ import pytest
 import time_machine
 from sqlalchemy import select, update
 from test_run import configure, runs, schedule_in, status, wait_until
-from test_schedule import add_subscribers, draft_issue
+from test_schedule import add_subscribers, approve_news, draft_issue
 
 from mailmag.content import issues
 from mailmag.models import Delivery, JobRun, utcnow
+from mailmag.scheduling import jobs
 from mailmag.scheduling import node as nodes
 from mailmag.services import Services
 
@@ -94,6 +95,25 @@ def test_a_clock_set_back_while_an_issue_sends_does_not_hold_the_rest_for_the_st
     wait_until(lambda: status(services, number) == "sent", "the rest of the issue to go out")
     assert sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"]
     assert caplog.text.count("the system clock was set back by 9 h") == 1
+
+
+@sqlite_only
+def test_an_automatic_issue_the_clock_jumped_over_fires_when_its_time_comes_after_the_step_back(
+        running, smtp_server, caplog):
+    """helper-66 F7: 10:01 was missed when the clock jumped to 10:05; NTP set it back, and at 10:01
+    nothing fired. The node that runs the scheduler forgets misses ahead of the clock it steps to."""
+    services, clock = running
+    approve_news(services, 1)
+    with services.session() as session:
+        jobs.add_auto(session, "1 10 * * *", None, services.config)  # 10:01 JST; the node is at 10:00
+    clock.shift(dt.timedelta(minutes=5))
+    wait_until(lambda: runs(services) == [("auto-1", "missed")], "10:01 to be recorded missed")
+    wait_until(lambda: "jumped forward by 5 min: timed sends" in caplog.text, "run to see the jump")
+    clock.shift(dt.timedelta(minutes=-4, seconds=-10))  # ~10:00:55
+    wait_until(lambda: runs(services) == [("auto-1", "sent")], "10:01 to fire when it comes")
+    wait_until(lambda: sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"],
+               "the automatic issue to go out")
+    assert "automatic issues' moments missed ahead of now fire when they come" in caplog.text
 
 
 def test_a_jump_undone_by_a_step_back_is_not_blamed_for_a_later_miss():

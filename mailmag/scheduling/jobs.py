@@ -27,6 +27,7 @@ from mailmag import topics
 from mailmag.audience import consent
 from mailmag.config import Config
 from mailmag.content import issues, transitions
+from mailmag.db import rowcount
 from mailmag.errors import Fix, InvalidInput, MailmagError, NotFound, StateError
 from mailmag.models import STATUS_JA, AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
 from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
@@ -290,6 +291,24 @@ def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None
                 if fired.outcome == "deferred":
                     break  # later moments wait: the cursor must not pass this one
     return results
+
+
+def forget_misses_ahead(session: Session, now: dt.datetime) -> int:
+    """After a clock step back: moments of automatic issues recorded missed that now lie ahead
+    (the clock had jumped past them) are forgotten, so each fires when its time comes (helper-66
+    F7: they stayed missed). Only those after the schedule's last other record: firing walks on
+    from the last record, and an earlier one forgotten would be lost from the history, not fired.
+    A timed send missed so is a draft again, as its record says; scheduling it again is the way."""
+    forgotten = 0
+    for schedule_id in list(session.scalars(select(AutoSchedule.id))):
+        job_id = auto_job_id(schedule_id)
+        handled = session.scalar(select(func.max(JobRun.scheduled_for))
+                                 .where(JobRun.job_id == job_id, JobRun.outcome != "missed"))
+        ahead = [JobRun.job_id == job_id, JobRun.outcome == "missed", JobRun.scheduled_for > now]
+        if handled is not None:
+            ahead.append(JobRun.scheduled_for > handled)
+        forgotten += rowcount(session.execute(delete(JobRun).where(*ahead)))
+    return forgotten
 
 
 def _cursor(session: Session, schedule: AutoSchedule) -> dt.datetime:

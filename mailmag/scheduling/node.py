@@ -322,16 +322,18 @@ class Node:
             log.warning("the system clock was set back by %s (this node is the scheduler's standby)",
                         duration(-moved))
             return
-        log.warning("the system clock was set back by %s: the scheduler looks again now, and queued "
-                    "messages' next tries move back by as much", duration(-moved))
+        log.warning("the system clock was set back by %s: the scheduler looks again now, queued messages' "
+                    "next tries move back by as much, and automatic issues' moments missed ahead of "
+                    "now fire when they come", duration(-moved))
         for job in scheduler.get_jobs(jobstore="local"):  # they wait for a moment planned on the old clock
             job.modify(next_run_time=utcnow())  # wakes the scheduler
         try:
             with self.services.session() as session:
                 outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow())
+                jobs.forget_misses_ahead(session, utcnow())
         except DATABASE_AWAY as exc:
-            log.error("the queue's next tries could not be brought back by the step: %s",
-                      getattr(exc, "orig", exc))
+            log.error("the queue's next tries and the moments missed ahead could not be brought back by "
+                      "the step: %s", getattr(exc, "orig", exc))
 
     def _tend_scheduler(self) -> None:
         if self._scheduler is None:
