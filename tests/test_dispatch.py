@@ -820,3 +820,33 @@ def test_small_clock_steps_do_not_hold_a_dead_workers_lease():
         assert hold.may_expire()
     hold.see(start + dt.timedelta(seconds=25 + 40))  # 40 s at once: two thirds of a lease
     assert not hold.may_expire()
+
+
+def test_a_worker_started_just_after_a_jump_leaves_live_leases_alone(config, smtp_server):
+    """helper-67: a worker started after a jump forward (a cron `worker --once`, a restart) had no
+    reading from before it, and its first claim took the live worker's leases, stamped on the
+    old clock: two messages went twice. The live worker renews at once after a jump, and a new
+    worker's first expiry waits a moment for that."""
+    from mailmag import db
+
+    config = dataclasses.replace(config, dispatch=dataclasses.replace(config.dispatch, lease_seconds=60,
+                                                                      batch_size=4))
+    services = Services(smtp_server.configure(config, rate_per_second=0.0, throttle_seconds=0.1))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 12)
+    smtp_server.delay("data_end", 0.3, times=None)
+    ahead = [dt.timedelta(0)]
+    first_in = threading.Event()
+    live = threading.Thread(target=run_worker, args=(services,), daemon=True, kwargs={
+        "concurrency": 1, "clock": lambda: utcnow() + ahead[0], "progress": lambda _n: first_in.set()})
+    live.start()
+    assert first_in.wait(10)
+    ahead[0] = dt.timedelta(minutes=10)  # the machine's clock jumps; the live worker holds a batch
+    time.sleep(0.1)
+    run_worker(services, concurrency=1, clock=lambda: utcnow() + ahead[0])  # started after the jump
+    live.join(timeout=30)
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(12))
+    assert counts(services, issue).sent == 12
+    with services.session() as session:
+        assert session.scalar(select(func.count()).where(Delivery.lease_expiries > 0)) == 0
+    services.close()

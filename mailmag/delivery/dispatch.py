@@ -72,6 +72,7 @@ from mailmag.delivery.transports import (
 from mailmag.delivery.window import window_open
 from mailmag.delivery.workstate import (
     DATABASE_AWAY,
+    JUMP_LOOK_SECONDS,
     DatabaseGuard,
     DropsInRow,
     ExpiryHold,
@@ -463,6 +464,9 @@ class Dispatcher:
             self.expiry.see(now)
             self.leases.hold(owner, time.monotonic())
             housekeeping = self._housekeeping_due(now)
+            if housekeeping and (young := self.expiry.young_for()) and self._leases_expired(now):
+                self.stop.wait(young)  # live holders renew within a moment of a jump (ExpiryHold)
+                now = self.clock()
             with self._writing() as session:
                 if tries > 1 and (landed := outbox.claimed_by(session, owner)):
                     return landed  # the lost answer's claim had landed: those rows are ours
@@ -482,6 +486,10 @@ class Dispatcher:
         if not batch:
             self.leases.drop(owner)
         return owner, batch
+
+    def _leases_expired(self, now: dt.datetime) -> bool:
+        with self.services.read_session() as session:
+            return outbox.any_lease_expired(session, now)
 
     def _fair_share(self, session: Session, now: dt.datetime) -> int:
         """A claim's size: [dispatch] batch_size, or less when what is due would not keep every
@@ -1117,9 +1125,15 @@ class Dispatcher:
     # -- leases --------------------------------------------------------------------------------
 
     def _keep_leases(self, done: threading.Event) -> None:
-        """Renew every held claim's lease a few times per lease, so a slow message never loses it."""
+        """Renew every held claim's lease a few times per lease, so a slow message never loses it,
+        and at once after a clock jump, before a worker started since takes them for dead."""
         lease = self.services.config.dispatch.lease_seconds
-        while not done.wait(lease / 4):
+        renewed, jumps = time.monotonic(), self.expiry.jumps
+        while not done.wait(min(JUMP_LOOK_SECONDS, lease / 4)):
+            self.expiry.see(self.clock())
+            if self.expiry.jumps == jumps and time.monotonic() - renewed < lease / 4:
+                continue
+            renewed, jumps = time.monotonic(), self.expiry.jumps
             owners = self.leases.owners()
             if not owners:
                 continue

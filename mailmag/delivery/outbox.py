@@ -231,6 +231,15 @@ def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime) -> in
     return len(ahead)
 
 
+def any_lease_expired(session: Session, now: dt.datetime) -> bool:
+    """Whether expire_leases would find a lease to expire."""
+    return session.scalar(select(Delivery.id).where(_lease_expired(now)).limit(1)) is not None
+
+
+def _lease_expired(now: dt.datetime) -> typing.Any:
+    return and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
+
+
 def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 
@@ -238,7 +247,7 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     claim) counts toward `max_expiries`, and is marked AMBIGUOUS; after that many it is dead,
     for an operator to look at.
     """
-    expired = and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
+    expired = _lease_expired(now)
     # Marked with sent_at (when it may have gone) for the hourly limit after a restart: unrecorded_since.
     in_flight = list(session.scalars(_maybe_in_flight(expired)))
     if not in_flight:

@@ -77,6 +77,8 @@ class ExpiryHold:
         self.lease_seconds = lease_seconds
         self._sample: tuple[dt.datetime, float] | None = None  # the clock's last reading, and elapsed()'s
         self._until = 0.0  # elapsed() before which no lease is expired
+        self._born = clock.elapsed()
+        self.jumps = 0  # jumps seen: the lease keeper renews at once after each
         self._lock = threading.Lock()
 
     def see(self, now: dt.datetime) -> None:
@@ -88,6 +90,7 @@ class ExpiryHold:
             moved = (now - since[0]).total_seconds() - (self._sample[1] - since[1])
             if moved < max(clock.STEP_SECONDS, self.lease_seconds / 2):
                 return
+            self.jumps += 1
             if self._until <= self._sample[1]:
                 log.warning("the system clock jumped forward by %s: no lease is expired for the next "
                             "%s, while live workers renew theirs on the new clock",
@@ -96,6 +99,20 @@ class ExpiryHold:
 
     def may_expire(self) -> bool:
         return clock.elapsed() >= self._until
+
+    def young_for(self) -> float:
+        """Seconds until this worker is YOUNG_SECONDS old. A worker started just after a jump has
+        no reading from before it, so it cannot tell a live lease stamped on the old clock from a
+        dead one (helper-67: a `worker --once` started then took a live worker's rows, and two
+        messages went twice). The live holders' keepers look at the clock every JUMP_LOOK_SECONDS
+        and renew at once after a jump: a young worker's first expiry waits for that."""
+        return max(0.0, self._born + YOUNG_SECONDS - clock.elapsed())
+
+
+# How often the lease keeper looks for a clock jump, and how long a new worker waits before it
+# first expires leases (if any look expired): a few times that, for the renewal's write too.
+JUMP_LOOK_SECONDS = 0.5
+YOUNG_SECONDS = 3.0
 
 
 # The throttle's numbers: how many connections may send, messages accepted since the last
