@@ -17,6 +17,7 @@ from test_run import configure, runs, schedule_in, status, wait_until
 from test_schedule import add_subscribers, approve_news, draft_issue
 
 from mailmag.content import issues
+from mailmag.delivery.dispatch import worker_host
 from mailmag.models import Delivery, JobRun, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling import node as nodes
@@ -114,6 +115,29 @@ def test_an_automatic_issue_the_clock_jumped_over_fires_when_its_time_comes_afte
     wait_until(lambda: sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"],
                "the automatic issue to go out")
     assert "automatic issues' moments missed ahead of now fire when they come" in caplog.text
+
+
+@sqlite_only
+def test_a_dead_workers_lease_stamped_on_a_clock_ahead_expires_after_the_step_back(running, smtp_server):
+    """helper-67: a worker on this machine died while the clock was 9 h ahead; after the step back
+    its lease lay 9 h ahead, and its rows stayed held for 9 h. This machine's leases move back by
+    the step; another machine's, on its own clock, stay."""
+    services, clock = running
+    number = draft_issue(services)
+    with services.session() as session:
+        issues.start_sending(session, services.config, issues.get(session, number))
+        first, second = session.scalars(select(Delivery.id).order_by(Delivery.id)).all()
+        held = {"status": "sending", "lease_expires_at": utcnow() + dt.timedelta(seconds=2)}
+        session.execute(update(Delivery).where(Delivery.id == first)
+                        .values(lease_owner=f"{worker_host()}:1:dead00", **held))
+        session.execute(update(Delivery).where(Delivery.id == second)
+                        .values(lease_owner="elsewhere.example.jp:1:live00",
+                                **{**held, "lease_expires_at": utcnow() + dt.timedelta(hours=1)}))
+    clock.shift(dt.timedelta(hours=-9))
+    wait_until(lambda: smtp_server.recipients() == ["member0@example.jp"], "the dead worker's row to go")
+    with services.session() as session:
+        other = session.get(Delivery, second)
+        assert (other.status, other.lease_owner) == ("sending", "elsewhere.example.jp:1:live00")
 
 
 def test_a_jump_undone_by_a_step_back_is_not_blamed_for_a_later_miss():

@@ -164,8 +164,13 @@ def _refused(words: object) -> str:
     return f"the relay refused it ({words}), and"
 
 
+def worker_host() -> str:
+    """This machine, as each of its workers' lease owner begins (its leases are on its clock)."""
+    return socket.gethostname()[:60]
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{worker_host()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Skeletons:

@@ -219,16 +219,25 @@ def _maybe_in_flight(claimed: ColumnElement[bool]) -> Select[int]:
     return select(func.min(Delivery.id)).where(claimed).group_by(Delivery.lease_owner)
 
 
-def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime) -> int:
-    """The system clock was set back by `step`: the next tries of queued rows, stamped on the old
-    clock, lie that much further ahead than meant (a 9 h step back held the rest of an issue for
-    9 h): each is brought back by the step. Leases are left alone: their holders renew them on
-    the new clock, and one brought back could look expired under a live worker. Rows moved."""
+def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host: str) -> int:
+    """The system clock was set back by `step`: what was stamped on the old clock lies that much
+    further ahead than meant, and is brought back by the step. Rows moved.
+
+    - Queued rows' next tries (a 9 h step back held the rest of an issue for 9 h).
+    - The leases of this machine's workers (`host`, as dispatch.worker_id begins): a dead one's
+      rows stayed held for the length of the step (helper-67). A live one's stays as far ahead
+      of the new clock as it was of the old. Other machines' leases are on their own clocks."""
     ahead = session.execute(select(Delivery.id, Delivery.next_attempt_at)
                             .where(Delivery.status == "queued", Delivery.next_attempt_at > now)).all()
     if ahead:
         session.execute(update(Delivery), [{"id": id_, "next_attempt_at": at - step} for id_, at in ahead])
-    return len(ahead)
+    ours = and_(Delivery.status == "sending", Delivery.lease_expires_at > now,
+                Delivery.lease_owner.startswith(f"{host}:", autoescape=True))
+    leased = session.execute(select(Delivery.id, Delivery.lease_expires_at).where(ours)).all()
+    if leased:
+        session.execute(update(Delivery), [{"id": id_, "lease_expires_at": at - step}
+                                           for id_, at in leased if at is not None])
+    return len(ahead) + len(leased)
 
 
 def any_lease_expired(session: Session, now: dt.datetime) -> bool:

@@ -37,7 +37,7 @@ from mailmag.clock import STEP_SECONDS as CLOCK_STEP_SECONDS
 from mailmag.clock import duration, elapsed
 from mailmag.config import Config
 from mailmag.delivery import outbox
-from mailmag.delivery.dispatch import Dispatcher
+from mailmag.delivery.dispatch import Dispatcher, worker_host
 from mailmag.delivery.transports import make_transport
 from mailmag.delivery.workstate import DATABASE_AWAY
 from mailmag.errors import ConfigError
@@ -323,13 +323,13 @@ class Node:
                         duration(-moved))
             return
         log.warning("the system clock was set back by %s: the scheduler looks again now, queued messages' "
-                    "next tries move back by as much, and automatic issues' moments missed ahead of "
-                    "now fire when they come", duration(-moved))
+                    "next tries and this machine's leases move back by as much, and automatic issues' "
+                    "moments missed ahead of now fire when they come", duration(-moved))
         for job in scheduler.get_jobs(jobstore="local"):  # they wait for a moment planned on the old clock
             job.modify(next_run_time=utcnow())  # wakes the scheduler
         try:
             with self.services.session() as session:
-                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow())
+                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow(), worker_host())
                 jobs.forget_misses_ahead(session, utcnow())
         except DATABASE_AWAY as exc:
             log.error("the queue's next tries and the moments missed ahead could not be brought back by "
