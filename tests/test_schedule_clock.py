@@ -17,6 +17,7 @@ from test_run import configure, runs, schedule_in, status, wait_until
 from test_schedule import add_subscribers, approve_news, draft_issue
 
 from mailmag.content import issues
+from mailmag.delivery import outbox
 from mailmag.delivery.dispatch import worker_host
 from mailmag.models import Delivery, JobRun, utcnow
 from mailmag.scheduling import jobs
@@ -193,3 +194,35 @@ def test_a_standby_node_leaves_the_queue_to_the_scheduler_node(tmp_path, db_url,
     with services.session() as session:
         assert sorted(session.scalars(select(Delivery.next_attempt_at))) == planned
     services.close()
+
+
+def test_a_lease_renewed_on_the_new_clock_before_run_looks_is_not_moved_back(tmp_path, db_url, smtp_server):
+    """helper-69: after a 1 h step back, a live worker's keeper renewed its lease on the new clock
+    before `run`'s poll saw the step; the step moved that fresh lease 1 h back, into the past, the
+    same worker expired it, and the message on the wire went twice. Only a lease more than a lease
+    ahead was stamped on the old clock."""
+    _config_file, services = configure(tmp_path, db_url, smtp_server.port)
+    add_subscribers(services, 2)
+    number = draft_issue(services)
+    lease = services.config.dispatch.lease_seconds
+    now = utcnow()
+    with services.session() as session:
+        issues.start_sending(session, services.config, issues.get(session, number))
+        renewed, stale = session.scalars(select(Delivery.id).order_by(Delivery.id)).all()
+        fresh_at = now + dt.timedelta(seconds=lease - 1)
+        session.execute(update(Delivery).where(Delivery.id == renewed).values(
+            status="sending", lease_owner=f"{worker_host()}:1:live00", lease_expires_at=fresh_at))
+        session.execute(update(Delivery).where(Delivery.id == stale).values(
+            status="sending", lease_owner=f"{worker_host()}:1:dead00",
+            lease_expires_at=now + dt.timedelta(hours=1, seconds=2)))
+    with services.session() as session:
+        outbox.clock_set_back(session, dt.timedelta(hours=1), now, worker_host(), lease)
+    with services.session() as session:
+        kept, moved = (session.get(Delivery, id_) for id_ in (renewed, stale))
+        assert (kept.status, _naive(kept.lease_expires_at)) == ("sending", _naive(fresh_at))
+        assert _naive(moved.lease_expires_at) == _naive(now + dt.timedelta(seconds=2))
+    services.close()
+
+
+def _naive(at: dt.datetime) -> dt.datetime:
+    return at.replace(tzinfo=None)

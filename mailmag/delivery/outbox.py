@@ -219,19 +219,23 @@ def _maybe_in_flight(claimed: ColumnElement[bool]) -> Select[int]:
     return select(func.min(Delivery.id)).where(claimed).group_by(Delivery.lease_owner)
 
 
-def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host: str) -> int:
+def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host: str,
+                   lease_seconds: int) -> int:
     """The system clock was set back by `step`: what was stamped on the old clock lies that much
     further ahead than meant, and is brought back by the step. Rows moved.
 
     - Queued rows' next tries (a 9 h step back held the rest of an issue for 9 h).
-    - The leases of this machine's workers (`host`, as dispatch.worker_id begins): a dead one's
-      rows stayed held for the length of the step (helper-67). A live one's stays as far ahead
-      of the new clock as it was of the old. Other machines' leases are on their own clocks."""
+    - The leases of this machine's workers (`host`, as dispatch.worker_id begins) that lie more
+      than a lease ahead: only the old clock stamped those. A dead worker's rows stayed held for
+      the length of the step (helper-67). A live keeper may have renewed on the new clock before
+      `run` looked (helper-69): moved back too, its lease fell into the past and the message on
+      the wire went again. Other machines' leases are on their own clocks."""
     ahead = session.execute(select(Delivery.id, Delivery.next_attempt_at)
                             .where(Delivery.status == "queued", Delivery.next_attempt_at > now)).all()
     if ahead:
         session.execute(update(Delivery), [{"id": id_, "next_attempt_at": at - step} for id_, at in ahead])
-    ours = and_(Delivery.status == "sending", Delivery.lease_expires_at > now,
+    ours = and_(Delivery.status == "sending",
+                Delivery.lease_expires_at > now + dt.timedelta(seconds=lease_seconds),
                 Delivery.lease_owner.startswith(f"{host}:", autoescape=True))
     leased = session.execute(select(Delivery.id, Delivery.lease_expires_at).where(ours)).all()
     if leased:

@@ -329,7 +329,8 @@ class Node:
             job.modify(next_run_time=utcnow())  # wakes the scheduler
         try:
             with self.services.session() as session:
-                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow(), worker_host())
+                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow(), worker_host(),
+                                     self.services.config.dispatch.lease_seconds)
                 jobs.forget_misses_ahead(session, utcnow())
         except DATABASE_AWAY as exc:
             log.error("the queue's next tries and the moments missed ahead could not be brought back by "
