@@ -97,6 +97,26 @@ def test_the_calendar_holds_a_recent_window_at_most_its_count_and_answers_304(bo
     assert again.status == 304 and again.body == b""
 
 
+def test_an_archived_issue_answers_304_while_its_rendering_is_the_same(bounded):
+    """helper-70: the README said the archive answers 304, and an issue's page never did; a
+    reader's browser fetched ~40 KB again for a page that cannot change once sent."""
+    live, services = bounded
+    _publish(services, range(1, 3))
+    client = Client(live.url)
+    reply = client.get("/archive/2")
+    assert reply.status == 200 and "x" in reply.text
+    tag, modified = reply.headers["ETag"], reply.headers["Last-Modified"]
+    again = client.request("GET", "/archive/2", headers={"If-None-Match": tag})
+    assert (again.status, again.body, again.headers["ETag"]) == (304, b"", tag)
+    assert client.request("GET", "/archive/2", headers={"If-Modified-Since": modified}).status == 304
+    assert client.request("GET", "/archive/1", headers={"If-None-Match": tag}).status == 200
+    with services.session() as session:  # rendered again (a cancelled issue, edited and sent on)
+        rendering = session.query(Rendering).join(Issue).filter(Issue.number == 2).one()
+        rendering.html, rendering.rendered_at = "<p>改訂版</p>", utcnow() + dt.timedelta(seconds=5)
+    fresh = client.request("GET", "/archive/2", headers={"If-None-Match": tag})
+    assert fresh.status == 200 and "改訂版" in fresh.text and fresh.headers["ETag"] != tag
+
+
 @pytest.mark.parametrize("path", ["/archive/99999999999999999999999", "/archive/2147483648",
                                   "/archive/9223372036854775808"])
 def test_an_issue_number_out_of_range_is_404(live, path):

@@ -26,7 +26,7 @@ from typing import Any
 import icalendar
 from feedgen.feed import FeedGenerator
 from flask import Blueprint, Response, abort, g, render_template, request
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from mailmag import links, placeholders
@@ -130,26 +130,33 @@ def index() -> Any:
 
 @bp.get("/archive/<int:number>")
 def issue(number: int) -> Any:
-    """The issue as mailed, without anything personal (the page's CSP allows its inline CSS)."""
+    """The issue as mailed, without anything personal (the page's CSP allows its inline CSS).
+    Its rendering is frozen, so a reader's copy is current while the rendering is the same."""
     if number > MAX_NUMBER:
         abort(404)
     lang = pick_lang(request.args.get("lang"), default=state().config.mailmag.language)
+    config = state().config
     with state().services.read_session() as session:
-        found = dict(session.execute(
-            select(Rendering.lang, Rendering.id).join(Issue, Issue.id == Rendering.issue_id)
-            .where(Issue.number == number, Issue.status.in_(PUBLIC), Issue.number.is_not(None))).all())
-        shown = _pick({code: code for code in found}, lang, state().config.mailmag.language)
+        public = and_(Issue.number == number, Issue.status.in_(PUBLIC), Issue.number.is_not(None))
+        found = {code: (id_, at) for code, id_, at in session.execute(
+            select(Rendering.lang, Rendering.id, Rendering.rendered_at)
+            .join(Issue, Issue.id == Rendering.issue_id).where(public))}
+        shown = _pick({code: code for code in found}, lang, config.mailmag.language)
         if shown is None and number > (_public_state(session)[1] or 0):
             # a test mail's Web版 link names the number its issue will have once it is sent
             g.lang = lang
             return render_template("error.html.j2", status=404, reason="not_yet", number=number), 404
         if shown is None:
             abort(404)
-        html = session.scalar(select(Rendering.html).where(Rendering.id == found[shown])) or ""
-        config = state().config
+        rendering_id, rendered_at = found[shown]
+        tag = _tag("issue", rendering_id, rendered_at, config.mailmag.base_url, config.sender.list_name)
+        unchanged = _not_modified(tag, rendered_at)
+        if unchanged is not None:
+            return unchanged
+        html = session.scalar(select(Rendering.html).where(Rendering.id == rendering_id)) or ""
         page = web_version(html, config.mailmag.base_url, shown, config.sender.list_name)
     security.use_issue_csp()
-    return Response(page, content_type="text/html; charset=utf-8")
+    return _validated(Response(page, content_type="text/html; charset=utf-8"), tag, rendered_at)
 
 
 _PERSONAL = re.compile(r"<!-- mm:personal -->.*?<!-- /mm:personal -->", re.DOTALL)
