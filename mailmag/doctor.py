@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from mailmag import addresses, clock, db, topics
+from mailmag.access import accounts
 from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages, window
@@ -146,13 +147,25 @@ def _database(config: Config) -> list[Finding]:
         revision = db.current_revision(services.engine)
         with services.read_session() as session:
             unknown = topics.unknown_in_use(session, config.topics)
+            asks_code = config.admin.enabled and config.admin.require_totp
+            no_code = accounts.without_needed_code(session, asks_code)
     except DatabaseError as exc:
         fix = "" if "mailmag init" in str(exc) else "; check [database] url and that the server runs"
         return [Finding("database", PROBLEM, f"{exc}{fix}")]
     finally:
         services.close()
     return [Finding("database", OK, f"{shown} at revision {revision} (current)"),
-            *_topic_findings(config, unknown)]
+            *_topic_findings(config, unknown), *_console_findings(no_code)]
+
+
+def _console_findings(no_code: list[str]) -> list[Finding]:
+    """Accounts [admin] require_totp keeps out: the login page says only that something is wrong."""
+    if not no_code:
+        return []
+    have = "they have" if len(no_code) > 1 else "it has"
+    return [Finding("console accounts", WARNING, f"{', '.join(no_code)} cannot log in to the console: "
+                    "[admin] require_totp asks owners and senders for a one-time code, and "
+                    f"{have} none yet; run mailmag admins totp NAME")]
 
 
 def _topic_findings(config: Config, unknown: dict[str, int]) -> list[Finding]:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailmag import addresses, db
+from mailmag.access import accounts
 from mailmag.cli import cli
 from mailmag.config import load_config
 from mailmag.delivery import messages
@@ -296,3 +297,23 @@ def test_a_request_limit_under_an_items_form_is_a_warning_naming_the_size(instal
         "warning [web] max_request_body_size = 262144 is smaller than an item's form can be (679936 bytes: "
         "[compose] item_size_limit_kb of Japanese text as a browser sends it): a long item is refused as "
         "too large; set it to at least 679936")
+
+
+def test_an_account_require_totp_keeps_out_is_named(installation):
+    """helper-70: with [admin] require_totp, an owner without a code is refused at login like a
+    wrong password (so that the page tells a guesser nothing); doctor is where it is said."""
+    installation.sections["admin"] = {"enabled": True, "require_totp": True}
+    installation.write()
+    services = Services(load_config(installation.path, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        with services.session() as session:
+            for name, role in [("sato", "owner"), ("suzuki", "editor"), ("tanaka", "sender")]:
+                accounts.add(session, name, f"{name}@example.jp", role, "correct horse battery")
+            accounts.set_totp(session, "tanaka")
+    finally:
+        services.close()
+    result = installation.doctor()
+    assert result.exit_code == 0, result.output
+    assert _lines(result)["console accounts"] == (
+        "warning sato cannot log in to the console: [admin] require_totp asks owners and senders for a "
+        "one-time code, and it has none yet; run mailmag admins totp NAME")

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from mailmag.errors import AccessDenied, Fix, InvalidInput, NotFound, StateError
+from mailmag.errors import Fix, InvalidInput, NotFound, StateError
 from mailmag.models import ADMIN_ROLES, Admin, AdminSession, utcnow
 
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -172,8 +172,10 @@ def needs_totp(admin: Admin, require_for_senders: bool) -> bool:
     return bool(admin.totp_secret) or (require_for_senders and admin.role in ("owner", "sender"))
 
 
-def refuse_without_totp(admin: Admin, require_for_senders: bool) -> None:
-    if needs_totp(admin, require_for_senders) and not admin.totp_secret:
-        raise AccessDenied(f"{admin.role} accounts need a one-time code",
-                           fixes=[Fix("setup_totp", admin.name)],
-                           ja=f"「{admin.role}」のアカウントにはワンタイムコードが必要です")
+def without_needed_code(session: Session, require_for_senders: bool) -> list[str]:
+    """Accounts that cannot log in until they get a one-time code (`mailmag admins totp NAME`)."""
+    if not require_for_senders:
+        return []
+    return list(session.scalars(select(Admin.name).where(
+        Admin.role.in_(("owner", "sender")), or_(Admin.totp_secret.is_(None), Admin.totp_secret == ""))
+        .order_by(Admin.name)))

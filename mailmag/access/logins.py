@@ -29,6 +29,10 @@ from mailmag.models import Admin, AdminSession, LoginAttempt, utcnow
 
 REFUSED = "the name, password or one-time code is wrong"
 REFUSED_JA = "アカウント名、パスワード、ワンタイムコードのいずれかが違います"
+REFUSED_NO_CODE = (f"{REFUSED} (an owner's or sender's account needs a one-time code, set up at the "
+                   "terminal: mailmag admins totp NAME)")
+REFUSED_NO_CODE_JA = (f"{REFUSED_JA}（owner と sender のアカウントにはワンタイムコードが必要です。"
+                      "サーバーで mailmag admins totp アカウント名 を実行して設定します）")
 LOCKED = "too many failed logins: try again later"
 LOCKED_JA = "ログインの失敗が多すぎます。しばらくしてからもう一度お試しください"
 # Touching last_seen_at on every request would make every page a write; a minute is precise enough.
@@ -78,9 +82,12 @@ def authenticate(session: Session, policy: AdminConfig, name: str, password: str
     admin = accounts.find(session, name)
     good = accounts.verify_password(admin, password)
     if good and admin is not None and accounts.needs_totp(admin, policy.require_totp):
-        accounts.refuse_without_totp(admin, policy.require_totp)
+        # An account with no code yet is refused as a wrong code is: a different answer would
+        # tell whoever guesses that the password was right (helper-70). doctor names them.
         good = accounts.verify_totp(admin, code, now.timestamp())
     if not good or admin is None:
+        if policy.require_totp:
+            raise AccessDenied(REFUSED_NO_CODE, ja=REFUSED_NO_CODE_JA)
         raise AccessDenied(REFUSED, ja=REFUSED_JA)
     session.add(LoginAttempt(name=name, ip=ip, ok=True, at=now))
     sweep(session, policy, now)
