@@ -22,7 +22,7 @@ PLACEHOLDERS = {
 _PATTERN = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS.values()) + ")")
 # What every marker starts with. In submitted text it becomes "__MM-" (visible, ASCII, kept
 # by every later step), so no item can reach a recipient's address or links (`neutralize`).
-_MARKER_START = "__MM_"
+MARKER_START = "__MM_"
 NEUTRALIZED_START = "__MM-"
 _BY_MARKER = {marker: key for key, marker in PLACEHOLDERS.items()}
 
@@ -45,8 +45,8 @@ def neutralize(text: str) -> str:
     """Submitted text (an item's fields, its rendered Markdown) with every marker broken:
     only the templates may place per-recipient values. Run on what an item renders to, so
     entities or escapes that decode to a marker are caught too."""
-    while _MARKER_START in text:  # until none is left, also one formed by a replacement
-        text = text.replace(_MARKER_START, NEUTRALIZED_START)
+    while MARKER_START in text:  # until none is left, also one formed by a replacement
+        text = text.replace(MARKER_START, NEUTRALIZED_START)
     return text
 
 

@@ -27,7 +27,8 @@ def _item_file(tmp_path: Path) -> Path:
     path = tmp_path / "news.md"
     path.write_text(
         '+++\norg = "cef"\nkind = "news"\ntitle = "お知らせ __MM_EMAIL__"\n+++\n'
-        f"詳しくは {PAYLOAD} をご覧ください。\n\n<span>&#95;&#95;MM_NAME__</span> 様\n",
+        f"詳しくは {PAYLOAD} をご覧ください。\n\n<span>&#95;&#95;MM_NAME__</span> 様\n\n"
+        "ご担当 __MM_NAME__ さま、`__MM_EMAIL__` 宛\n",
         encoding="utf-8",
     )
     return path
@@ -74,6 +75,12 @@ def test_placeholders_in_an_item_file_stay_inert(mailmag, tmp_path):
     _assert_nothing_personal_leaks(mailmag, sent, tmp_path)
     html = sent["a@example.jp"].get_body(("html",)).get_content()
     assert NEUTRALIZED_START + "NAME__ 様" in html  # entities that decode to a marker too
+    # helper-70: bold, from the marker's "__", showed "MM_NAME" and not what was written
+    text = sent["a@example.jp"].get_body(("plain",)).get_content()
+    for part in (html, text):
+        line = part[part.index("ご担当"):].split("宛")[0]
+        shown = NEUTRALIZED_START
+        assert re.sub("</?code>", "", line) == f"ご担当 {shown}NAME__ さま、{shown}EMAIL__ "
     assert "お知らせ " + NEUTRALIZED_START + "EMAIL__" in str(sent["a@example.jp"]["Subject"])
 
 

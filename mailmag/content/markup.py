@@ -9,7 +9,10 @@ from functools import cache
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
+
+from mailmag import placeholders
 
 ALLOWED_TAGS = frozenset({
     "p", "br", "ul", "ol", "li", "strong", "em", "b", "i", "a", "h3", "h4", "blockquote",
@@ -30,7 +33,29 @@ _HEADING_LEVEL = {"h1": "h3", "h2": "h4", "h3": "h4", "h4": "h4", "h5": "h4", "h
 @cache
 def _markdown() -> MarkdownIt:
     # html=True: pasted HTML fragments go through, and nh3 decides what survives of them.
-    return MarkdownIt("commonmark", {"html": True}).enable("table")
+    return keep_markers(MarkdownIt("commonmark", {"html": True}).enable("table"))
+
+
+_MARKER_STARTS = (placeholders.MARKER_START, placeholders.NEUTRALIZED_START)
+
+
+def keep_markers(md: MarkdownIt) -> MarkdownIt:
+    """A personalization marker's start in an item body is text, shown broken ("__MM-"), and not
+    the `__` of bold: bold would have shown "MM_NAME", which says nothing of what was written.
+    (placeholders.neutralize still breaks whatever else renders to a marker.)"""
+    md.inline.ruler.before("emphasis", "mailmag_marker", _marker_as_text)
+    return md
+
+
+def _marker_as_text(state: StateInline, silent: bool) -> bool:
+    # The templates' item fields are broken already (render._item_view); a raw body is not.
+    start = next((s for s in _MARKER_STARTS if state.src.startswith(s, state.pos)), None)
+    if start is None:
+        return False
+    if not silent:
+        state.push("text", "", 0).content = placeholders.NEUTRALIZED_START
+    state.pos += len(start)
+    return True
 
 
 @cache

@@ -314,7 +314,7 @@ def _visible_text(document: str) -> str:
 
 @functools.cache
 def _markdown() -> MarkdownIt:
-    return MarkdownIt("commonmark").enable("table")
+    return markup.keep_markers(MarkdownIt("commonmark").enable("table"))
 
 
 _TAG = re.compile(r"<[^>]+>")
