@@ -822,6 +822,33 @@ def test_small_clock_steps_do_not_hold_a_dead_workers_lease():
     assert not hold.may_expire()
 
 
+def test_clock_jumps_that_add_up_to_a_lease_take_no_live_lease(config, smtp_server, caplog):
+    """helper-69 F3: each jump was judged alone, so three of 25 s in a moment (each under half of
+    a 60 s lease) made a live lease look expired, and its message went twice. They add up."""
+    from mailmag import db
+
+    config = dataclasses.replace(config, dispatch=dataclasses.replace(config.dispatch, lease_seconds=60,
+                                                                      batch_size=1))
+    services = Services(smtp_server.configure(config, rate_per_second=0.0, throttle_seconds=0.1))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 8)
+    smtp_server.delay("data_end", 4.0)  # the first message is on the wire while the clock jumps
+    smtp_server.delay("data_end", 0.1, times=None)
+    ahead = [dt.timedelta(0)]
+
+    def jump(count: int) -> None:  # +25 s after each of the first three messages
+        if count <= 3:
+            ahead[0] += dt.timedelta(seconds=25)
+
+    run_worker(services, clock=lambda: utcnow() + ahead[0], progress=jump)
+    assert sorted(smtp_server.recipients()) == sorted(f"user{i}@example.jp" for i in range(8))
+    assert counts(services, issue).sent == 8
+    with services.session() as session:
+        assert session.scalar(select(func.count()).where(Delivery.lease_expiries > 0)) == 0
+    assert "the system clock jumped forward by" in caplog.text
+    services.close()
+
+
 def test_a_worker_started_just_after_a_jump_leaves_live_leases_alone(config, smtp_server):
     """helper-67: a worker started after a jump forward (a cron `worker --once`, a restart) had no
     reading from before it, and its first claim took the live worker's leases, stamped on the

@@ -6,6 +6,7 @@ common path (a message accepted, the database answering) takes no lock at all.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -68,34 +69,53 @@ class ExpiryHold:
     live holder renews its leases on the new clock within a quarter lease (the keeper): after one
     lease of elapsed time, what still looks expired is dead.
 
-    A live lease always has three quarters of a lease left (renewed every quarter), so a jump of
-    less than half a lease cannot make one look expired: it holds nothing. A clock stepped every
+    A live lease always has three quarters of a lease left (renewed every quarter), so less than
+    half a lease of jumps cannot make one look expired: that holds nothing. A clock stepped every
     few minutes by a few seconds (a hypervisor's time sync) would otherwise hold expiry for good,
-    and a killed worker's rows would never be taken over."""
+    and a killed worker's rows would never be taken over. Jumps add up: two of a third of a lease
+    each, a moment apart, are one of two thirds for every lease stamped before them (helper-69)."""
 
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self._sample: tuple[dt.datetime, float] | None = None  # the clock's last reading, and elapsed()'s
+        self._steps: collections.deque[tuple[float, float]] = collections.deque()  # (elapsed(), moved)
         self._until = 0.0  # elapsed() before which no lease is expired
         self._born = clock.elapsed()
         self.jumps = 0  # jumps seen: the lease keeper renews at once after each
         self._lock = threading.Lock()
 
     def see(self, now: dt.datetime) -> None:
-        """The dispatcher's clock read `now`; a jump forward since the last reading starts a hold."""
+        """The dispatcher's clock read `now`; jumps forward since any lease still live was stamped
+        (one lease of elapsed time) that add up to half a lease start a hold."""
         with self._lock:
             since, self._sample = self._sample, (now, clock.elapsed())
             if since is None:
                 return
             moved = (now - since[0]).total_seconds() - (self._sample[1] - since[1])
-            if moved < max(clock.STEP_SECONDS, self.lease_seconds / 2):
+            drift = self._drift(moved)
+            if drift < max(clock.STEP_SECONDS, self.lease_seconds / 2):
                 return
+            self._steps.clear()  # the leases stamped before are renewed now: counted once
             self.jumps += 1
             if self._until <= self._sample[1]:
                 log.warning("the system clock jumped forward by %s: no lease is expired for the next "
                             "%s, while live workers renew theirs on the new clock",
-                            clock.duration(moved), clock.duration(self.lease_seconds))
+                            clock.duration(drift), clock.duration(self.lease_seconds))
             self._until = self._sample[1] + self.lease_seconds
+
+    def _drift(self, moved: float) -> float:
+        """The most the clock moved ahead since any moment of the last lease, `moved` included:
+        how much older than it is a lease stamped then now looks."""
+        at = self._sample[1] if self._sample else clock.elapsed()
+        if abs(moved) >= _NOTED_STEP_SECONDS:  # a reading's own jitter is not a step
+            self._steps.append((at, moved))
+        while self._steps and self._steps[0][0] < at - self.lease_seconds:
+            self._steps.popleft()
+        most = total = 0.0
+        for _at, step in reversed(self._steps):
+            total += step
+            most = max(most, total)
+        return max(most, moved)
 
     def may_expire(self) -> bool:
         return clock.elapsed() >= self._until
@@ -109,6 +129,9 @@ class ExpiryHold:
         return max(0.0, self._born + YOUNG_SECONDS - clock.elapsed())
 
 
+# A step of the wall clock against elapsed time smaller than this is a reading's jitter or NTP's
+# slewing, and is not added up.
+_NOTED_STEP_SECONDS = 0.25
 # How often the lease keeper looks for a clock jump, and how long a new worker waits before it
 # first expires leases (if any look expired): a few times that, for the renewal's write too.
 JUMP_LOOK_SECONDS = 0.5
