@@ -12,6 +12,9 @@ import time
 # The wall clock moving this far apart from elapsed time between two looks is a step (NTP, an
 # operator), not the scheduling jitter of a busy machine.
 STEP_SECONDS = 2.0
+# How often `run`'s main loop looks for a step between its polls: after a step back it brings
+# back what was stamped on the old clock within this, and an idle worker looks again after two.
+LOOK_SECONDS = 1.0
 
 
 def now() -> dt.datetime:

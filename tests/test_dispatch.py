@@ -17,7 +17,7 @@ from email.header import decode_header, make_header
 
 import pytest
 import time_machine
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
@@ -846,6 +846,37 @@ def test_clock_jumps_that_add_up_to_a_lease_take_no_live_lease(config, smtp_serv
     with services.session() as session:
         assert session.scalar(select(func.count()).where(Delivery.lease_expiries > 0)) == 0
     assert "the system clock jumped forward by" in caplog.text
+    services.close()
+
+
+def test_an_idle_worker_looks_again_soon_after_a_clock_step_back(config, smtp_server):
+    """helper-69 F2: a worker that found the queue's next tries 9 h ahead (stamped on a clock set
+    back since) slept for its whole poll, though `run` moves them back within a second. After
+    seeing a step back, it looks again within two seconds."""
+    from mailmag import db
+
+    services = Services(smtp_server.configure(config, rate_per_second=0.0))
+    db.init_db(services.engine)
+    issue = prepare_send(services, 2)
+    with services.session() as session:
+        session.execute(update(Delivery).values(next_attempt_at=utcnow() + dt.timedelta(seconds=1)))
+    behind = [dt.timedelta(0)]
+    dispatcher = make_dispatcher(services, make_transport(services.config), concurrency=1,
+                                 clock=lambda: utcnow() - behind[0])
+    worker = threading.Thread(target=dispatcher.run, kwargs={"poll_seconds": 60.0}, daemon=True)
+    worker.start()
+    time.sleep(0.5)  # it found nothing due yet, and waits a second for the rows
+    behind[0] = dt.timedelta(hours=9)  # set back meanwhile
+    time.sleep(1.5)  # it woke at 1 s and found them 9 h ahead
+    with services.session() as session:  # what `run` does within a second of the step
+        outbox.queue_set_back(session, dt.timedelta(hours=9), utcnow() - behind[0])
+    deadline = time.monotonic() + 20  # the old worker slept its 60 s poll
+    while counts(services, issue).sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dispatcher.stop.set()
+    worker.join(timeout=30)
+    assert counts(services, issue).sent == 2
+    assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user1@example.jp"]
     services.close()
 
 

@@ -4,6 +4,7 @@ APScheduler waits by elapsed time, which no clock step changes, as on a real mac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -166,7 +167,8 @@ def test_elapsed_time_counts_a_suspend():
 def test_a_standby_node_leaves_the_queue_to_the_scheduler_node(tmp_path, db_url, smtp_server, caplog):
     """helper-63: every `run` moved queued rows back when the clock stepped, so two on one machine
     moved them twice, and a standby node said "the scheduler looks again now" of a scheduler it
-    does not run. The node holding the scheduler moves them; a standby one only says so."""
+    does not run. The node holding the scheduler moves them. helper-69 F2: a standby node's machine
+    kept a dead worker's lease for the length of the step; each node moves its machine's leases."""
     caplog.set_level(logging.INFO, logger="mailmag.scheduling")
     _config_file, services = configure(tmp_path, db_url, smtp_server.port, grace_seconds=90)
     add_subscribers(services, 2)
@@ -177,7 +179,11 @@ def test_a_standby_node_leaves_the_queue_to_the_scheduler_node(tmp_path, db_url,
         with services.session() as session:
             issues.start_sending(session, services.config, issues.get(session, number))
             session.execute(update(Delivery).values(next_attempt_at=utcnow() + dt.timedelta(hours=1)))
-            planned = sorted(session.scalars(select(Delivery.next_attempt_at)))
+            queued, leased = session.scalars(select(Delivery.id).order_by(Delivery.id)).all()
+            session.execute(update(Delivery).where(Delivery.id == leased).values(
+                status="sending", lease_owner=f"{worker_host()}:1:dead00",
+                lease_expires_at=utcnow() + dt.timedelta(seconds=30)))
+            planned = session.get(Delivery, queued).next_attempt_at
         node = nodes.Node(services, worker=False)
         thread = threading.Thread(target=node.run, daemon=True)
         thread.start()
@@ -185,15 +191,47 @@ def test_a_standby_node_leaves_the_queue_to_the_scheduler_node(tmp_path, db_url,
             wait_until(lambda: "scheduler standby" in caplog.text, "the node to stand by")
             clock.shift(dt.timedelta(hours=-9))
             wait_until(lambda: "set back by 9 h" in caplog.text, "the step to be seen")
+            time.sleep(0.5)
         finally:
             node.stop.set()
             thread.join(timeout=30)
             other.release()
-    assert "(this node is the scheduler's standby)" in caplog.text
+        with services.session() as session:
+            assert session.get(Delivery, queued).next_attempt_at == planned
+            lease = session.get(Delivery, leased).lease_expires_at
+            assert lease.replace(tzinfo=None) < (utcnow() + dt.timedelta(seconds=31)).replace(tzinfo=None)
+    assert "this machine's leases move back by as much (the scheduler's node moves the queue)" in caplog.text
     assert "looks again now" not in caplog.text
-    with services.session() as session:
-        assert sorted(session.scalars(select(Delivery.next_attempt_at))) == planned
     services.close()
+
+
+@sqlite_only
+def test_sending_goes_on_soon_after_a_step_back_not_at_the_next_poll(tmp_path, db_url, smtp_server, caplog):
+    """helper-69 F2: after a step back, the rest of an issue waited for `run`'s next poll (here a
+    minute) to have its next tries moved back, and the idle worker for its own. `run` looks at
+    the clock every second, and an idle worker looks again soon after a step back."""
+    _config_file, configured = configure(tmp_path, db_url, smtp_server.port, grace_seconds=120)
+    services = Services(configured.config.replace(schedule=dataclasses.replace(
+        configured.config.schedule, poll_seconds=60.0)))
+    configured.close()
+    add_subscribers(services, 2)
+    number = draft_issue(services)
+    with time_machine.travel(MONDAY_MORNING, tick=True) as clock:
+        with services.session() as session:
+            issues.start_sending(session, services.config, issues.get(session, number))
+            session.execute(update(Delivery).values(next_attempt_at=utcnow() + dt.timedelta(seconds=2)))
+        node = nodes.Node(services)
+        thread = threading.Thread(target=node.run, daemon=True)
+        thread.start()
+        try:
+            clock.shift(dt.timedelta(hours=-9))
+            wait_until(lambda: status(services, number) == "sent", "the rest of the issue to go out",
+                       timeout=20)  # the old code waited for the poll a minute later
+        finally:
+            node.stop.set()
+            thread.join(timeout=30)
+            services.close()
+    assert sorted(smtp_server.recipients()) == ["member0@example.jp", "member1@example.jp"]
 
 
 def test_a_lease_renewed_on_the_new_clock_before_run_looks_is_not_moved_back(tmp_path, db_url, smtp_server):
@@ -216,7 +254,7 @@ def test_a_lease_renewed_on_the_new_clock_before_run_looks_is_not_moved_back(tmp
             status="sending", lease_owner=f"{worker_host()}:1:dead00",
             lease_expires_at=now + dt.timedelta(hours=1, seconds=2)))
     with services.session() as session:
-        outbox.clock_set_back(session, dt.timedelta(hours=1), now, worker_host(), lease)
+        outbox.leases_set_back(session, dt.timedelta(hours=1), now, worker_host(), lease)
     with services.session() as session:
         kept, moved = (session.get(Delivery, id_) for id_ in (renewed, stale))
         assert (kept.status, _naive(kept.lease_expires_at)) == ("sending", _naive(fresh_at))

@@ -219,21 +219,27 @@ def _maybe_in_flight(claimed: ColumnElement[bool]) -> Select[int]:
     return select(func.min(Delivery.id)).where(claimed).group_by(Delivery.lease_owner)
 
 
-def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host: str,
-                   lease_seconds: int) -> int:
-    """The system clock was set back by `step`: what was stamped on the old clock lies that much
-    further ahead than meant, and is brought back by the step. Rows moved.
+# The system clock was set back by `step`: what was stamped on the old clock lies that much
+# further ahead than meant, and is brought back by the step (scheduling.node, on each step).
 
-    - Queued rows' next tries (a 9 h step back held the rest of an issue for 9 h).
-    - The leases of this machine's workers (`host`, as dispatch.worker_id begins) that lie more
-      than a lease ahead: only the old clock stamped those. A dead worker's rows stayed held for
-      the length of the step (helper-67). A live keeper may have renewed on the new clock before
-      `run` looked (helper-69): moved back too, its lease fell into the past and the message on
-      the wire went again. Other machines' leases are on their own clocks."""
+
+def queue_set_back(session: Session, step: dt.timedelta, now: dt.datetime) -> int:
+    """Queued rows' next tries (a 9 h step back held the rest of an issue for 9 h). One node
+    moves them: they are the whole queue's. Rows moved."""
     ahead = session.execute(select(Delivery.id, Delivery.next_attempt_at)
                             .where(Delivery.status == "queued", Delivery.next_attempt_at > now)).all()
     if ahead:
         session.execute(update(Delivery), [{"id": id_, "next_attempt_at": at - step} for id_, at in ahead])
+    return len(ahead)
+
+
+def leases_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host: str,
+                    lease_seconds: int) -> int:
+    """The leases of this machine's workers (`host`, as dispatch.worker_id begins) that lie more
+    than a lease ahead: only the old clock stamped those. A dead worker's rows stayed held for
+    the length of the step (helper-67). A live keeper may have renewed on the new clock before
+    `run` looked (helper-69): moved back too, its lease fell into the past and the message on the
+    wire went again. Other machines' leases are on their own clocks. Rows moved."""
     ours = and_(Delivery.status == "sending",
                 Delivery.lease_expires_at > now + dt.timedelta(seconds=lease_seconds),
                 Delivery.lease_owner.startswith(f"{host}:", autoescape=True))
@@ -241,7 +247,7 @@ def clock_set_back(session: Session, step: dt.timedelta, now: dt.datetime, host:
     if leased:
         session.execute(update(Delivery), [{"id": id_, "lease_expires_at": at - step}
                                            for id_, at in leased if at is not None])
-    return len(ahead) + len(leased)
+    return len(leased)
 
 
 def any_lease_expired(session: Session, now: dt.datetime) -> bool:

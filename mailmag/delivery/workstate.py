@@ -80,6 +80,7 @@ class ExpiryHold:
         self._sample: tuple[dt.datetime, float] | None = None  # the clock's last reading, and elapsed()'s
         self._steps: collections.deque[tuple[float, float]] = collections.deque()  # (elapsed(), moved)
         self._until = 0.0  # elapsed() before which no lease is expired
+        self._set_back_at = float("-inf")  # elapsed() of the last reading that saw a step back
         self._born = clock.elapsed()
         self.jumps = 0  # jumps seen: the lease keeper renews at once after each
         self._lock = threading.Lock()
@@ -92,6 +93,8 @@ class ExpiryHold:
             if since is None:
                 return
             moved = (now - since[0]).total_seconds() - (self._sample[1] - since[1])
+            if moved <= -clock.STEP_SECONDS:
+                self._set_back_at = self._sample[1]
             drift = self._drift(moved)
             if drift < max(clock.STEP_SECONDS, self.lease_seconds / 2):
                 return
@@ -116,6 +119,10 @@ class ExpiryHold:
             total += step
             most = max(most, total)
         return max(most, moved)
+
+    def since_set_back(self) -> float:
+        """Seconds since a reading last saw the clock set back (inf: never)."""
+        return clock.elapsed() - self._set_back_at
 
     def may_expire(self) -> bool:
         return clock.elapsed() >= self._until

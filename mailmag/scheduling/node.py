@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mailmag import db
+from mailmag.clock import LOOK_SECONDS as CLOCK_LOOK_SECONDS
 from mailmag.clock import STEP_SECONDS as CLOCK_STEP_SECONDS
 from mailmag.clock import duration, elapsed
 from mailmag.config import Config
@@ -286,15 +287,19 @@ class Node:
         if self.worker_enabled:
             worker.start()
         try:
+            tend_at = 0.0  # elapsed() of the next poll
             while not self.stop.is_set():
-                if self.scheduler_enabled:
-                    self._mind_the_clock()
+                if self.scheduler_enabled and elapsed() >= tend_at:
+                    tend_at = elapsed() + self.services.config.schedule.poll_seconds
                     try:
                         self._tend_scheduler()
                     except DATABASE_AWAY as exc:  # the database is away or locked: deliveries wait, so do we
                         log.error("database error, trying again at the next poll: %s",
                                   getattr(exc, "orig", exc))
-                self.stop.wait(self.services.config.schedule.poll_seconds)
+                self._mind_the_clock()  # after the scheduler is taken: a new node's look moves the queue
+                # The clock is looked at more often than the poll: after a step back, sending waited
+                # for the next poll to move the queue's next tries back (helper-69 F2).
+                self.stop.wait(min(CLOCK_LOOK_SECONDS, self.services.config.schedule.poll_seconds))
         finally:
             self.stop.set()
             if self._dispatcher is not None:  # both wind down at once: messages, then jobs in flight
@@ -307,9 +312,9 @@ class Node:
             raise self.error
 
     def _mind_the_clock(self) -> None:
-        """Say when the system clock moved. After a step back, the node that runs the scheduler
-        has it look again now and brings the queue's next tries back: one node, so that two `run`
-        processes on one machine do not move the rows twice; a standby node only says so."""
+        """Say when the system clock moved. After a step back, every node brings its machine's
+        leases back, and the node that runs the scheduler has it look again now and brings the
+        queue's next tries back: one node, so that two `run` processes do not move the rows twice."""
         moved = self.clock.look()
         if moved >= CLOCK_STEP_SECONDS:
             log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
@@ -317,24 +322,26 @@ class Node:
             return
         if moved > -CLOCK_STEP_SECONDS:
             return
-        scheduler = self._scheduler
+        step, scheduler = dt.timedelta(seconds=-moved), self._scheduler
         if scheduler is None:
-            log.warning("the system clock was set back by %s (this node is the scheduler's standby)",
-                        duration(-moved))
-            return
-        log.warning("the system clock was set back by %s: the scheduler looks again now, queued messages' "
-                    "next tries and this machine's leases move back by as much, and automatic issues' "
-                    "moments missed ahead of now fire when they come", duration(-moved))
-        for job in scheduler.get_jobs(jobstore="local"):  # they wait for a moment planned on the old clock
-            job.modify(next_run_time=utcnow())  # wakes the scheduler
+            log.warning("the system clock was set back by %s: this machine's leases move back by as much "
+                        "(the scheduler's node moves the queue)", duration(-moved))
+        else:
+            log.warning("the system clock was set back by %s: the scheduler looks again now, queued "
+                        "messages' next tries and this machine's leases move back by as much, and "
+                        "automatic issues' moments missed ahead of now fire when they come", duration(-moved))
+            for job in scheduler.get_jobs(jobstore="local"):  # waiting for a moment of the old clock
+                job.modify(next_run_time=utcnow())  # wakes the scheduler
         try:
             with self.services.session() as session:
-                outbox.clock_set_back(session, dt.timedelta(seconds=-moved), utcnow(), worker_host(),
-                                     self.services.config.dispatch.lease_seconds)
-                jobs.forget_misses_ahead(session, utcnow())
+                outbox.leases_set_back(session, step, utcnow(), worker_host(),
+                                       self.services.config.dispatch.lease_seconds)
+                if scheduler is not None:
+                    outbox.queue_set_back(session, step, utcnow())
+                    jobs.forget_misses_ahead(session, utcnow())
         except DATABASE_AWAY as exc:
-            log.error("the queue's next tries and the moments missed ahead could not be brought back by "
-                      "the step: %s", getattr(exc, "orig", exc))
+            log.error("what was stamped on the clock before the step could not be brought back: %s",
+                      getattr(exc, "orig", exc))
 
     def _tend_scheduler(self) -> None:
         if self._scheduler is None:
