@@ -189,5 +189,10 @@ def test_issues_status_says_which_failures_kept_their_readers(composed, smtp_ser
         shown = composed.ok("issues", "status", "1").stdout
     assert (after["sent"], after["failed"], after["failed_reader_kept"], after["pending"]) == (1, 2, 1, 0)
     assert "failed, reader kept: 1 of the failed" in shown
+    # helper-70: which readers did not get it, and why (the console's issue page said; the CLI did not)
+    assert "\n  a@example.jp (failed): 550 5.1.1 no such user" in shown
+    assert "\n  c@example.jp (failed): gave up: 451 4.3.0 try later" in shown
+    assert [(f["email"], f["status"]) for f in after["failures"]] == [("a@example.jp", "failed"),
+                                                                      ("c@example.jp", "failed")]
     assert "c@example.jp" in composed.ok("subscribers", "list", "--status", "active").stdout
     assert "a@example.jp" in composed.ok("subscribers", "list", "--status", "bounced").stdout

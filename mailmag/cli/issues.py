@@ -29,7 +29,8 @@ from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
 
 _ID: dict[str, Any] = {"metavar": "ID", "type": int}
-HELD_SHOWN = 10  # held address refusals `issues status` lists one by one
+HELD_SHOWN = 10  # held address refusals and failures `issues status` lists one by one
+FAILURES_LISTED = 200  # failures its --json lists, as the console's issue page does
 
 
 @click.group(name="issues")
@@ -240,6 +241,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         counts = outbox.counts(session, issue.id)
         ambiguous = outbox.ambiguous_count(session, issue.id)
         kept = outbox.failed_readers_kept(session, issue.id) if counts.failed else 0
+        failed = outbox.failures(session, issue.id, FAILURES_LISTED) if counts.failed + counts.dead else []
         held = outbox.held_refusals(session, issue.id, limit=HELD_SHOWN)
         held_count = outbox.held_refusal_count(session, issue.id) if len(held) == HELD_SHOWN else len(held)
         missed = jobs.last_send_run(session, issue)
@@ -253,6 +255,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
             "ambiguous": ambiguous, "held_refusals": held_count, "failed_reader_kept": kept,
+            "failures": [{"email": email, "status": state, "reply": reply} for email, state, reply in failed],
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
@@ -272,6 +275,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         click.echo(f"audience: {plural(reached, 'subscriber')} ({to}), frozen when sending started{since}")
     click.echo(f"total {counts.total}, sent {counts.sent}, failed {counts.failed}, pending {counts.pending}"
                f", dead {counts.dead}, cancelled {counts.cancelled}")
+    if failed:
+        _say_failed(failed, counts.failed + counts.dead, issue.id)
     if counts.dead and issue.status in ("sending", "sent"):
         times = app.config.dispatch.max_lease_expiries
         click.echo(f"dead: {plural(counts.dead, 'message')} given up on (a worker died sending each "
@@ -293,6 +298,15 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if issue.relay_waiting_since is not None and issue.status == "sending":
         click.echo(f"waiting for the relay since {local_time(issue.relay_waiting_since, app.config)}: "
                    f"{issue.relay_error}")
+
+
+def _say_failed(failed: list[tuple[str, str, str]], count: int, issue_id: int) -> None:
+    """Who did not get the issue, and the relay's last word on each (the console lists them too)."""
+    for email, state, reply in failed[:HELD_SHOWN]:
+        click.echo(f"  {email} ({state}): {reply}")
+    if count > HELD_SHOWN:
+        click.echo(f"  … and {count - HELD_SHOWN} more (`mailmag issues status {issue_id} --json` lists "
+                   f"up to {FAILURES_LISTED})")
 
 
 def _say_held(held: list[tuple[str, str, dt.datetime]], count: int, config: Config) -> None:
