@@ -45,6 +45,8 @@ _SPECIAL_USE = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 _SPECIAL_USE_DEEP = any("." in name for name in _SPECIAL_USE)  # none today: the TLD test suffices
 # C0 and C1 controls and DEL: never part of an address, a name or any other stored cell.
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# "山田 太郎 <yamada@example.jp>", as a mail program copies an address: the address is the bracketed part.
+_NAMED = re.compile(r"^[^<>]*<([^<>]*)>$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,7 +74,9 @@ def email_hash(key: str) -> str:
 def parse_address(raw: str) -> Address:
     """Validate an address; repair full-width ＠, letters and surrounding spaces first."""
     # NFKC turns ＠ and full-width ASCII into their plain forms; 全角 spaces become spaces.
-    cleaned = unicodedata.normalize("NFKC", raw or "").strip().strip("<>").strip()
+    cleaned = unicodedata.normalize("NFKC", raw or "").strip()
+    named = _NAMED.match(cleaned)
+    cleaned = (named.group(1) if named else cleaned.strip("<>")).strip()
     if not cleaned:
         raise InvalidEmail("the e-mail address is empty",
                            ja="メールアドレスが空です")

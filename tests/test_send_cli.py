@@ -79,6 +79,20 @@ def test_test_send_reaches_only_the_test_addresses(composed, smtp_server, config
     assert status(composed)["total"] == 0 and status(composed)["status"] == "draft"
 
 
+def test_test_send_takes_an_address_as_a_mail_program_copies_it(composed, smtp_server, config_file):
+    """helper-70: `--to '山田 太郎 <yamada@example.jp>'` was refused, and the error showed the
+    address without its closing bracket. The bracketed address is the recipient."""
+    text = config_file.read_text().replace('transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                           f'port = {smtp_server.port}\nsecurity = "none"')
+    config_file.write_text(text)
+    result = composed.ok("issues", "test", "1", "--to", "山田 太郎 <yamada@example.jp>")
+    assert result.stdout.startswith("yamada@example.jp: 250")
+    assert smtp_server.recipients() == ["yamada@example.jp"]
+    refused = composed("issues", "test", "1", "--to", "Yamada <yamada@example>")
+    assert refused.exit_code == 1 and "'yamada@example'" in refused.stderr
+    assert smtp_server.recipients() == ["yamada@example.jp"]
+
+
 def test_cancel_stops_the_queue(composed):
     composed.ok("issues", "send", "1", "--yes")
     assert composed.ok("issues", "cancel", "1").stdout == (
