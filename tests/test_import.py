@@ -73,6 +73,18 @@ def test_auto_detects_each_encoding(mailmag, tmp_path, encoding):
     assert _listed(mailmag)["taro@example.jp"]["organization"] == "広島大学"
 
 
+@one_database
+@pytest.mark.parametrize("encoding", ["auto", "utf-8"])
+def test_a_file_saved_twice_with_a_bom_each_time_imports(mailmag, tmp_path, encoding):
+    """helper-70: a second program's BOM before the first made the email column '\\ufeffemail',
+    and the import said there was no email column."""
+    path = _csv(tmp_path, f"\ufeff{JA_HEADER}\ntaro@example.jp,山田 太郎,広島大学,ja,\n")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf\xef\xbb\xbf")
+    result = mailmag.ok("subscribers", "import", str(path), "--encoding", encoding)
+    assert result.stdout.startswith("added 1,")
+    assert _listed(mailmag)["taro@example.jp"]["name"] == "山田 太郎"
+
+
 def test_tab_separated_and_odd_header_spellings(mailmag, tmp_path):
     path = _csv(tmp_path, "E-Mail Address\tお名前\t会社名\tLanguage\n"
                 " taro＠example.jp \t山田\t広島大学\tEN\n")

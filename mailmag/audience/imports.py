@@ -84,6 +84,12 @@ class ImportReport:
 
 def decode(data: bytes, encoding: str = "auto") -> str:
     """Bytes of a CSV file as text; 'auto' tells UTF-8 (with or without BOM) from CP932."""
+    # A file saved again by a second program can carry a second BOM: the first column's name
+    # then began with it, and "no email column" named '\ufeffemail' (helper-70).
+    return _decode(data, encoding).lstrip("\ufeff")
+
+
+def _decode(data: bytes, encoding: str) -> str:
     if encoding not in ENCODINGS:
         raise InvalidInput(f"unknown encoding {encoding!r} (use {', '.join(ENCODINGS)})",
                            ja=f"文字コード「{encoding}」には対応していません"
