@@ -260,6 +260,7 @@ def test_what_renders_well_is_left_alone():
 
 
 def test_compose_warns_about_them_and_offers_the_normalized_form(mailmag):
+    """helper-70: the warning said "normalized: 「…」", and the mail went with the text as written."""
     mailmag.ok("orgs", "add", "cef", "中国経済連合会")
     mailmag.ok("items", "submit", "--org", "cef", "--kind", "event", "--title", "①㈱テスト説明会",
                "--date", "2030-09-10", "--venue", "ｶﾝﾌｧﾚﾝｽﾙｰﾑ", "--body", "広さは100㎡、会場まで1㌔です。")
@@ -268,9 +269,10 @@ def test_compose_warns_about_them_and_offers_the_normalized_form(mailmag):
     warnings = [line for line in result.stderr.splitlines() if "show poorly" in line]
     assert warnings == [
         "warning: item 1 「①㈱テスト説明会」: the title has characters some mail clients show poorly "
-        "(① → 1, ㈱ → (株)); normalized: 「1(株)テスト説明会」",
+        "(① → 1, ㈱ → (株)); suggested: 「1(株)テスト説明会」 (it goes as written until the item is edited)",
         "warning: item 1 「①㈱テスト説明会」: the venue has characters some mail clients show poorly "
-        "(ｶﾝﾌｧﾚﾝｽﾙｰﾑ → カンファレンスルーム); normalized: 「カンファレンスルーム」",
+        "(ｶﾝﾌｧﾚﾝｽﾙｰﾑ → カンファレンスルーム); suggested: 「カンファレンスルーム」 "
+        "(it goes as written until the item is edited)",
         "warning: item 1 「①㈱テスト説明会」: the body has characters some mail clients show poorly "
         "(㎡ → m², ㌔ → キロ)",
     ]

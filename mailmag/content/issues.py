@@ -542,7 +542,7 @@ def _item_warnings(item: Item, today: dt.date) -> list[Sentence]:
     return warnings
 
 
-# Item fields that reach the mail, and whether a warning quotes the whole normalized value.
+# Item fields that reach the mail, and whether a warning quotes the whole value as suggested.
 _TEXT_FIELDS = {"title": True, "event_name": True, "venue": True, "time_text": True, "fee": True,
                 "body": False, "how_to_apply": False}
 
@@ -573,7 +573,7 @@ def _poor_warning(where: tuple[str, str], value: str, pairs: list[tuple[str, str
     suggested = text_ja.suggest_display(value) if quote else ""
     return Sentence(
         f"{where[0]} has characters some mail clients show poorly ({shown})"
-        + (f"; normalized: 「{suggested}」" if quote else ""),
+        + (f"; suggested: 「{suggested}」 (it goes as written until the item is edited)" if quote else ""),
         f"{where[1]}に、メールソフトによっては正しく表示されない文字があります（{shown}）"
         + (f"。直すと「{suggested}」" if quote else ""),
     )
