@@ -93,6 +93,25 @@ def test_test_send_takes_an_address_as_a_mail_program_copies_it(composed, smtp_s
     assert smtp_server.recipients() == ["yamada@example.jp"]
 
 
+def test_a_waiting_issue_whose_number_another_took_says_so(composed):
+    """helper-70: issue 1 was rendered as 第1号; issue 2 started sending first and took 第1号, and
+    issue 1's preview and test mail still said 第1号 without a word."""
+    item = json.loads(composed.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ",
+                                  "--body", "本文", "--json").stdout)
+    composed.ok("items", "approve", str(item["id"]))
+    composed.ok("issues", "new", "--item", str(item["id"]))
+    before = composed.ok("issues", "preview", "1")
+    assert "第1号" in before.stdout and "another issue has taken" not in before.stderr
+    composed.ok("issues", "send", "2", "--yes")
+    after = composed.ok("issues", "preview", "1")
+    assert "第1号" in after.stdout  # the rendering as it stands
+    assert ("warning: issue 1 shows 第1号, which another issue has taken since: sent now, it would be "
+            "第2号 (it is rendered again with its number when sending starts)") in after.stderr
+    composed.ok("issues", "send", "1", "--yes")
+    composed.ok("worker", "--once")
+    assert status(composed)["number"] == 2
+
+
 def test_cancel_stops_the_queue(composed):
     composed.ok("issues", "send", "1", "--yes")
     assert composed.ok("issues", "cancel", "1").stdout == (

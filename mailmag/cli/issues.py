@@ -111,8 +111,10 @@ def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None
         issue = issues.get(session, issue_id)
         note = _audience_note(issue, issues.audience(session, issue), app)
         stale = issues.stale_warning(issue)
+        number = issues.number_warning(session, issue)
     if stale:
         click.echo(fixes.said(stale), err=True)
+    _print_warnings([number] if number else [])
     if output is None:
         click.echo(shown, nl=not shown.endswith("\n"))
     else:
@@ -221,8 +223,10 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
     with services.session() as session:
         issue = issues.test_ready(session, app.config, issue_id)
         stale = issues.stale_warning(issue)
+        number = issues.number_warning(session, issue)
     if stale:
         click.echo(fixes.said(stale), err=True)
+    _print_warnings([number] if number else [])
     results = dispatch.send_test(services, make_transport(app.config), issue, valid, lang)
     for result in results:
         click.echo(str(result))

@@ -108,7 +108,8 @@ def warnings(session: Session, config: Config, issue: Issue, today: dt.date | No
                       "プレビューとテスト送信は古い内容のままです。号を作り直してください")
              for i in issues.changed_since_rendering(issue)]
     checked = issues.check(config, ordered, issue.renderings, today)  # type: ignore[arg-type]
-    return issues.unapproved_warnings(ordered) + stale + checked
+    number = issues.number_warning(session, issue)
+    return issues.unapproved_warnings(ordered) + stale + ([number] if number else []) + checked
 
 
 def item_preview(config: Config, item: Item, today: dt.date | None = None) -> str:

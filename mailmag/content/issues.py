@@ -296,6 +296,19 @@ def changed_since_rendering(issue: Issue) -> list[Item]:
     return [entry.item for entry in issue.entries if entry.item.updated_at > rendered_at]
 
 
+def number_warning(session: Session, issue: Issue) -> Sentence | None:
+    """A waiting issue's rendering shows the 第N号 that was next when it was rendered; another
+    issue (an automatic one, say) may have started sending with it since (helper-70: the preview
+    showed a number already taken). Sending renders it again with its own."""
+    shown = issue.rendered_number
+    if issue.status not in RENDERABLE or shown is None or (coming := next_number(session)) <= shown:
+        return None
+    return Sentence(f"{label(issue)} shows 第{shown}号, which another issue has taken since: sent now, it "
+                    f"would be 第{coming}号 (it is rendered again with its number when sending starts)",
+                    f"{label_ja(issue)}は第{shown}号と表示していますが、この号数は別の号が使いました。"
+                    f"今送ると第{coming}号になります（送信開始のときに号数を入れて作り直します）")
+
+
 def stale_warning(issue: Issue) -> MailmagError | None:
     """What preview and test mail say when they would show text that has changed since (a
     warning, not raised: the front shows it with the fix in its own terms)."""
