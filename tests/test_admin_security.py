@@ -119,6 +119,19 @@ def test_the_login_form_itself_needs_its_csrf_token(console, console_services):
     assert reply.status == 400 and COOKIE not in client.cookies
 
 
+def test_a_role_changed_at_the_terminal_holds_from_the_next_page(console, console_services):
+    [item_id] = seed_items(console_services, ["記事"])
+    with console_services.session() as session:
+        session.get(Item, item_id).status = "approved"
+        issue_id = issues.compose(session, console_services.config, item_ids=[item_id]).issue.id
+    sender = logged_in(console.url, console_services, "sato", "sender")
+    assert sender.get(f"/admin/issues/{issue_id}/send").status == 200
+    with console_services.session() as session:
+        accounts.set_role(session, "sato", "editor")
+    assert sender.get(f"/admin/issues/{issue_id}/send").status == 403
+    assert sender.get("/admin/").status == 200  # still logged in, as an editor
+
+
 def test_a_next_page_with_a_line_break_falls_back_to_the_dashboard(console, console_services):
     add_admin(console_services, "alice", "owner")
     client = Client(console.url)

@@ -58,6 +58,32 @@ def test_bad_input_is_one_line_and_changes_nothing(mailmag):
     assert missing.exit_code == 1 and "no console account" in missing.stderr
 
 
+def test_a_role_changes_at_the_terminal_and_the_last_owner_stays_one(mailmag, config_file):
+    """helper-70: a role could only be changed by removing the account and adding it again (its
+    audit entries then named someone gone, and its password had to be handed out again)."""
+    for name, role in [("alice", "owner"), ("bob", "editor")]:
+        mailmag.ok("admins", "add", name, "--email", f"{name}@example.jp", "--role", role,
+                   "--password-stdin", input=PASSWORD + "\n")
+    bob_hash = _hash_of(config_file, "bob")
+    assert mailmag.ok("admins", "role", "bob", "owner").stdout == "bob is now owner (was editor)\n"
+    assert mailmag.ok("admins", "role", "alice", "sender").stdout == "alice is now sender (was owner)\n"
+    last = mailmag("admins", "role", "bob", "editor")
+    assert last.exit_code == 1 and "bob is the last owner: add another owner before changing its role" in \
+        last.stderr
+    unknown = mailmag("admins", "role", "bob", "admin")
+    assert unknown.exit_code == 2 and "'admin' is not one of" in unknown.stderr
+    listed = json.loads(mailmag.ok("admins", "list", "--json").stdout)
+    assert [(a["name"], a["role"]) for a in listed] == [("alice", "sender"), ("bob", "owner")]
+    assert _hash_of(config_file, "bob") == bob_hash  # the same account: its password stays
+    log = json.loads(mailmag.ok("admins", "audit", "--json").stdout)
+    assert [e["detail"] for e in log if e["action"] == "admin.role"] == ["alice: owner → sender",
+                                                                         "bob: editor → owner"]
+    config_file.write_text(config_file.read_text() + "\n[admin]\nrequire_totp = true\n")
+    warned = mailmag.ok("admins", "role", "alice", "owner")
+    assert ("warning: [admin] require_totp asks owners and senders for a one-time code, and alice has "
+            "none: it cannot log in until `mailmag admins totp alice`") in warned.stderr
+
+
 def test_passwords_are_argon2_and_checked(session):
     admin = accounts.add(session, "carol", "c@example.jp", "sender", PASSWORD)
     assert accounts.verify_password(admin, PASSWORD)

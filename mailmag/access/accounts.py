@@ -105,12 +105,24 @@ def remove(session: Session, name: str) -> None:
     session.flush()
 
 
-def _guard_last_owner(session: Session, admin: Admin) -> None:
+def set_role(session: Session, name: str, role: str) -> str:
+    """The account's new role, from its next page on (its sessions stay); returns the old one."""
+    admin = get(session, name)
+    old = admin.role
+    if check_role(role) != "owner":
+        _guard_last_owner(session, admin, ("changing its role", "役割を変える"))
+    admin.role = role
+    session.flush()
+    return old
+
+
+def _guard_last_owner(session: Session, admin: Admin,
+                      doing: tuple[str, str] = ("removing it", "削除する")) -> None:
     owners = [a for a in listing(session) if a.role == "owner"]
     if admin.role == "owner" and len(owners) == 1:
-        raise StateError(f"{admin.name} is the last owner: add another owner before removing it",
+        raise StateError(f"{admin.name} is the last owner: add another owner before {doing[0]}",
                          ja=f"アカウント「{admin.name}」は最後の「owner」です。"
-                            "削除する前に、別の「owner」のアカウントを追加してください")
+                            f"{doing[1]}前に、別の「owner」のアカウントを追加してください")
 
 
 def reset_password(session: Session, name: str, password: str) -> int:

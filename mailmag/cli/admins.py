@@ -20,7 +20,7 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 @click.group(name="admins")
 def group() -> None:
-    """Accounts of the web console (/admin/): add, list, remove, reset passwords, audit log."""
+    """Accounts of the web console (/admin/): add, list, change roles, remove, reset passwords, audit log."""
 
 
 def _password(from_stdin: bool) -> str:
@@ -82,6 +82,22 @@ def remove(app: AppContext, name: str) -> None:
         accounts.remove(session, name)
         _record(session, "admin.remove", name)
     click.echo(f"account {name} removed")
+
+
+@group.command()
+@click.argument("name")
+@click.argument("role", type=click.Choice(ADMIN_ROLES))
+@pass_app
+def role(app: AppContext, name: str, role: str) -> None:
+    """Change an account's role; it holds from the account's next page (no one is logged out)."""
+    with app.ready_services().session() as session:
+        old = accounts.set_role(session, name, role)
+        _record(session, "admin.role", f"{name}: {old} → {role}")
+        locked_out = name in accounts.without_needed_code(session, app.config.admin.require_totp)
+    click.echo(f"{name} is now {role} (was {old})")
+    if locked_out:
+        click.echo(f"warning: [admin] require_totp asks owners and senders for a one-time code, and {name} "
+                   f"has none: it cannot log in until `mailmag admins totp {name}`", err=True)
 
 
 @group.command(name="reset-password")
