@@ -102,6 +102,27 @@ def test_unsubscribe_forget_search_and_export(console, console_services):
     assert _count(console_services, Suppression) == 1
 
 
+def test_the_search_folds_what_an_ime_in_full_width_mode_types(console, console_services):
+    """helper-70: ｙａｍａｄａ (an IME left in full-width mode) found nobody, nor did ABC for an
+    organization stored as ＡＢＣ, nor 山田 太郎 for 山田　太郎."""
+    with console_services.session() as session:
+        for address, name, org in (("yamada@example.jp", "山田　太郎", "ＡＢＣ商事"),
+                                   ("sato@example.jp", "Sato Hanako", "広島大学")):
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli", "test"), name=name,
+                            organization=org)
+    client = logged_in(console.url, console_services, "owner", "owner")
+
+    def found(text: str) -> set[str]:
+        page = client.get("/admin/subscribers/?q=" + quote(text)).text
+        return {a for a in ("yamada@example.jp", "sato@example.jp") if a in page}
+
+    assert found("ｙａｍａｄａ") == {"yamada@example.jp"}
+    assert found("abc") == {"yamada@example.jp"}
+    assert found("山田 太郎") == {"yamada@example.jp"}
+    assert found("ｓａｔｏ ｈａｎａｋｏ") == {"sato@example.jp"}
+    assert found("100%") == set()  # wildcards stay literal
+
+
 def test_orgs_add_show_and_rotate_the_submission_link(console, console_services):
     client = logged_in(console.url, console_services, "owner", "owner")
     token = csrf_of(client.get("/admin/orgs/"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import or_, select
@@ -16,15 +17,31 @@ from mailmag.topics import Topic
 
 
 def search(session: Session, text: str = "", limit: int = 200) -> list[Subscriber]:
-    """Subscribers whose address, name or organization contains `text` (newest first)."""
+    """Subscribers whose address, name or organization contains `text` (newest first).
+
+    An IME left in full-width mode types ｙａｍａｄａ: addresses are stored NFKC-folded, so the
+    text is folded too; names and organizations are stored as written, so each is matched as
+    typed, folded, and with its ASCII made full-width (helper-70)."""
     query = select(Subscriber).order_by(Subscriber.id.desc()).limit(limit)
     text = text.strip()
     if text:
-        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(or_(Subscriber.email_key.like(pattern.lower(), escape="\\"),
-                                Subscriber.name.like(pattern, escape="\\"),
-                                Subscriber.organization.like(pattern, escape="\\")))
+        folded = unicodedata.normalize("NFKC", text)
+        # (SQLite's ILIKE folds ASCII letters only: full-width ones are tried in both cases)
+        forms = {text, folded, *(f.translate(_FULL_WIDTH) for f in (folded, folded.upper(), folded.lower()))}
+        written = (Subscriber.name, Subscriber.organization)
+        query = query.where(or_(Subscriber.email_key.like(_containing(folded.lower()), escape="\\"),
+                                *(column.ilike(_containing(form), escape="\\")
+                                  for column in written for form in forms)))
     return list(session.scalars(query))
+
+
+# Printable ASCII to its full-width form (！ to ～), and the space to the ideographic space.
+_FULL_WIDTH = {code: code + 0xFEE0 for code in range(0x21, 0x7F)} | {0x20: 0x3000}
+
+
+def _containing(text: str) -> str:
+    """A LIKE pattern for `text` anywhere, its wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def by_id(session: Session, subscriber_id: int) -> Subscriber:
