@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import idna
+
 from mailmag import tokens
 
 # The subscriber id in the links of an `issues test` mail: no subscriber has it, and the web
@@ -38,3 +42,31 @@ def archive_url(base_url: str, number: int | None = None) -> str:
 
 def subscribe_url(base_url: str) -> str:
     return _join(base_url, "/subscribe")
+
+
+# What RFC 3986 allows as it stands in each part (and "%", for escapes already made).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+def as_uri(url: str) -> str:
+    """An item's link as every mail client links it. Pasted from a browser's address bar it can
+    hold Japanese (https://例え.jp/イベント/申込): a text mail program links such a URL up to its
+    first non-ASCII character, and an .ics URL must be a URI. The host goes to IDNA, anything
+    else outside ASCII (or not allowed where it stands) to UTF-8 %-escapes; escapes stay."""
+    parts = urlsplit(url)
+    netloc = parts.netloc if parts.netloc.isascii() else _ascii_netloc(parts.netloc)
+    return urlunsplit((parts.scheme, netloc, quote(parts.path, safe=_PATH_SAFE),
+                       quote(parts.query, safe=_QUERY_SAFE), quote(parts.fragment, safe=_QUERY_SAFE)))
+
+
+def _ascii_netloc(netloc: str) -> str:
+    user, at, host_port = netloc.rpartition("@")
+    host, colon, port = host_port.rpartition(":")
+    if not (colon and port.isdigit()):
+        host, colon, port = host_port, "", ""
+    try:
+        host = idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError:  # not a name IDNA takes: escaped, as the rest
+        host = quote(host, safe="")
+    return quote(user, safe=":%!$&'()*+,;=-._~") + at + host + colon + port

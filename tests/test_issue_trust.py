@@ -5,6 +5,7 @@ and the org's web form, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email
 import email.policy
 import json
@@ -13,8 +14,11 @@ import re
 from pathlib import Path
 
 import bounce_samples as samples
+import icalendar
 import pytest
 from web_support import Client
+
+from mailmag.models import utcnow
 
 NEUTRALIZED_START = "__MM-"  # how a marker in submitted text is shown
 
@@ -94,6 +98,29 @@ def test_placeholders_in_the_org_web_form_stay_inert(mailmag, live, tmp_path):
     [item] = json.loads(mailmag.ok("items", "list", "--json").stdout)
     mailmag.ok("items", "approve", str(item["id"]))
     _assert_nothing_personal_leaks(mailmag, _send(mailmag, tmp_path), tmp_path)
+
+
+def test_a_link_pasted_with_japanese_is_a_uri_in_the_mail_and_the_calendar(mailmag, live, tmp_path):
+    """helper-70: an item's link went verbatim into the text edition and the .ics: a text mail
+    program links https://例え.jp/イベント only up to its first Japanese character, and an .ics
+    URL must be a URI. Both now carry its IDNA and %-escaped form, and so does the button."""
+    iri = "https://例え.jp/イベント/申込?名前=山田"
+    uri = ("https://xn--r8jz45g.jp/%E3%82%A4%E3%83%99%E3%83%B3%E3%83%88/%E7%94%B3%E8%BE%BC"
+           "?%E5%90%8D%E5%89%8D=%E5%B1%B1%E7%94%B0")
+    day = (utcnow() + dt.timedelta(days=30)).date().isoformat()
+    mailmag.ok("orgs", "add", "cef", "中国経済連合会")
+    mailmag.ok("items", "submit", "--org", "cef", "--kind", "event", "--title", "説明会", "--date", day,
+               "--venue", "広島", "--url", iri)
+    mailmag.ok("items", "approve", "1")
+    assert json.loads(mailmag.ok("items", "list", "--json").stdout)[0]["url"] == iri  # kept as pasted
+    message = _send(mailmag, tmp_path)[READERS[0]]
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert uri in text.splitlines() and iri not in text
+    assert f'href="{uri.replace("&", "&amp;")}"' in html
+    calendar = icalendar.Calendar.from_ical(Client(live.url).get("/events.ics").body)
+    [event] = calendar.walk("VEVENT")
+    assert str(event["URL"]) == uri and uri in str(event["DESCRIPTION"])
 
 
 # --- 4. the mailto unsubscribe ---------------------------------------------------------------

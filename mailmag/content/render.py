@@ -214,8 +214,10 @@ def _item_view(item: Item, position: int, labels: dict[str, str]) -> types.Simpl
     fields = ("id", "kind", "title", "body", "date", "end_date", "time_text", "venue", "url",
               "deadline", "fee", "event_name", "how_to_apply")
     safe = placeholders.neutralize
+    values = {name: (safe(v) if isinstance(v := getattr(item, name), str) else v) for name in fields}
+    values["url"] = links.as_uri(values["url"]) if values["url"] else values["url"]  # clickable as text too
     return types.SimpleNamespace(
-        **{name: (safe(v) if isinstance(v := getattr(item, name), str) else v) for name in fields},
+        **values,
         number=position, label=labels.get(item.kind, item.kind), anchor=f"item-{item.id}",
         org=safe(item.org.name), org_short=safe(item.org.short_name or item.org.name),
     )

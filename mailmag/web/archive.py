@@ -289,9 +289,10 @@ def _vevent(item: Item, number: int) -> icalendar.Event:
         event.add("dtend", end)
     if item.venue:
         event.add("location", item.venue)
-    if item.url:
-        event.add("url", item.url)
-    lines = [item.org.name, item.time_text, item.fee, item.url, archive]
+    url = links.as_uri(item.url) if item.url else ""  # a URI, as RFC 5545 wants, and clickable
+    if url:
+        event.add("url", url)
+    lines = [item.org.name, item.time_text, item.fee, url, archive]
     event.add("description", "\n".join(line for line in lines if line))
     return event
 
