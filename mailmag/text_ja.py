@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
+import itertools
 import re
 import unicodedata
+from collections.abc import Sequence
 
 # Vertical presentation forms that PDF copy-paste produces, mapped to the full-width
 # punctuation they stand for (NFKC would turn ︓ into an ASCII ':', which is wrong here).
@@ -108,6 +110,34 @@ def char_width(char: str) -> int:
 def display_width(text: str) -> int:
     """Columns a string takes (全角 = 2)."""
     return sum(char_width(char) for char in text)
+
+
+# --- line breaks the writer meant ------------------------------------------------------------
+
+# Markdown joins the lines of a paragraph, and a Japanese text pasted from a PDF or a word
+# processor is wrapped mid-sentence, so lines are joined; but a notice typed line by line
+# (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
+_SENTENCE_END = ("。", "！", "？")
+_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、]")
+_LABEL = re.compile(r"[^\s：:、。]{1,10}[：:]")  # 日時：, 会場：, TEL:
+_WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
+
+
+def meant_breaks(lines: Sequence[str]) -> list[bool]:
+    """For each break between the lines of a paragraph, whether the writer meant it (a line of
+    its own) rather than a program's wrap: after a sentence's end (。), before a list mark or a
+    label (日時：); and, next to Japanese, in a paragraph of short lines only (an address, a name
+    and title). A short line among long ones is not enough: a PDF's first line is often short.
+    Between English words a break stays Markdown's, a space."""
+    widest = max((display_width(line.strip()) for line in lines), default=0)
+    return [_meant(before.strip(), after.strip(), widest) for before, after in itertools.pairwise(lines)]
+
+
+def _meant(before: str, after: str, widest: int) -> bool:
+    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LABEL.match(after):
+        return True
+    japanese = bool(before and after) and (char_width(before[-1]) == 2 or char_width(after[0]) == 2)
+    return japanese and widest < _WRAPPED_WIDTH
 
 
 def strip_zero_width(text: str) -> str:

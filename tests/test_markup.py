@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailmag.content.markup import to_html, to_text
+from mailmag.content.render import markdown_to_text
 
 
 @pytest.mark.parametrize("hostile", [
@@ -69,6 +70,29 @@ def test_line_breaks_inside_japanese_sentences_do_not_become_spaces():
                    "English words\nstay apart.")
     assert "取り組みを支援する。" in html
     assert "English words\nstay apart." in html
+
+
+NOTICE = ("日時：2026年12月10日（木）13:30〜\n場所：広島国際会議場\n参加費：無料\n\n"
+          "本シンポジウムは、産学官の連携を一層深めるため、毎年各県持ち回りで開催してい\n"
+          "るものです。\n申込は下記のとおりです。\n・会員　無料\n・一般　1,000円\n\n"
+          "広島大学 産学連携推進部\n山田 太郎\n\nSee you\nthere.")
+
+
+def test_lines_typed_one_by_one_stay_lines_in_both_editions():
+    """helper-70: a notice typed line by line (日時：… / 場所：…) was joined into one run-on line,
+    日時：2026年12月10日（木）13:30〜場所：広島国際会議場参加費：無料, in the mail and its text
+    edition alike. A line ending a sentence, one before a list mark or a label, and the lines
+    of a paragraph of short lines stay lines; a PDF's wrap mid-word is still joined."""
+    html = to_html(NOTICE)
+    assert "13:30〜<br>\n場所：広島国際会議場<br>\n参加費：無料</p>" in html
+    assert "開催しているものです。<br>\n申込は下記のとおりです。<br>\n・会員　無料<br>\n・一般　1,000円" \
+        in html
+    assert "産学連携推進部<br>\n山田 太郎" in html and "See you\nthere." in html
+    text = markdown_to_text(NOTICE)
+    assert text.splitlines()[:3] == ["日時：2026年12月10日（木）13:30〜", "場所：広島国際会議場",
+                                     "参加費：無料"]
+    assert "開催しているものです。\n申込は下記のとおりです。\n・会員　無料\n・一般　1,000円" in text
+    assert "広島大学 産学連携推進部\n山田 太郎" in text and "See you there." in text
 
 
 def test_preview_text():

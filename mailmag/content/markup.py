@@ -12,7 +12,7 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
-from mailmag import placeholders
+from mailmag import placeholders, text_ja
 
 ALLOWED_TAGS = frozenset({
     "p", "br", "ul", "ol", "li", "strong", "em", "b", "i", "a", "h3", "h4", "blockquote",
@@ -76,16 +76,26 @@ def _is_wide(char: str) -> bool:
     return unicodedata.east_asian_width(char) in ("W", "F")
 
 
-def _join_japanese_lines(children: list[Token]) -> None:
-    """Drop a soft break between two Japanese characters: a browser would show it as a stray space."""
-    for index, token in enumerate(children):
-        if token.type != "softbreak" or index == 0 or index + 1 == len(children):
+def _line_breaks(token: Token) -> None:
+    """A paragraph's soft breaks: a line break where the writer meant one (text_ja.meant_breaks),
+    else nothing between two Japanese characters (a browser would show a stray space)."""
+    children = token.children or []
+    breaks = [child for child in children if child.type in ("softbreak", "hardbreak")]
+    meant = text_ja.meant_breaks(token.content.split("\n"))
+    if len(meant) != len(breaks):  # a break inside a code span or an HTML tag: no line is sure
+        meant = [False] * len(breaks)
+    for index, token_ in enumerate(children):
+        if token_.type != "softbreak":
             continue
-        before, after = children[index - 1], children[index + 1]
-        if (before.type == after.type == "text" and before.content and after.content
-                and _is_wide(before.content[-1]) and _is_wide(after.content[0])):
-            token.type, token.tag = "text", ""
-            token.content = ""
+        if meant[breaks.index(token_)]:
+            token_.type, token_.tag = "hardbreak", "br"
+        elif 0 < index < len(children) - 1 and _between_wide(children[index - 1], children[index + 1]):
+            token_.type, token_.tag, token_.content = "text", "", ""
+
+
+def _between_wide(before: Token, after: Token) -> bool:
+    return (before.type == after.type == "text" and bool(before.content) and bool(after.content)
+            and _is_wide(before.content[-1]) and _is_wide(after.content[0]))
 
 
 def _tokens(markdown: str) -> list[Token]:
@@ -94,7 +104,7 @@ def _tokens(markdown: str) -> list[Token]:
         if token.type in ("heading_open", "heading_close"):
             token.tag = _HEADING_LEVEL[token.tag]
         elif token.type == "inline" and token.children:
-            _join_japanese_lines(token.children)
+            _line_breaks(token)
     return tokens
 
 

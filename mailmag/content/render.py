@@ -359,7 +359,7 @@ class _TextWriter:
             if counter[0] is not None:
                 counter[0] += 1
         elif kind == "inline":
-            self._inline(_inline_text(token.children or []))
+            self._inline(_inline_text(token.children or [], text_ja.meant_breaks(token.content.split("\n"))))
         elif kind in ("paragraph_close", "heading_close") and not token.hidden:
             self.heading = False
             self.lines.append("")
@@ -404,7 +404,11 @@ class _TextWriter:
         self.lines.extend("> " * self.quote + part for part in parts)
 
 
-def _inline_text(children: list[Token]) -> str:
+def _inline_text(children: list[Token], meant: list[bool]) -> str:
+    """A paragraph's text; `meant`: for each of its breaks, whether it stays a line break."""
+    breaks = sum(child.type in ("softbreak", "hardbreak") for child in children)
+    meant = meant if len(meant) == breaks else [False] * breaks  # (as markup._line_breaks)
+    seen = 0
     parts: list[str] = []
     hrefs: list[tuple[str, int]] = []
     hidden = ""  # inside <script> or <style> written in a paragraph: until its closing tag
@@ -421,9 +425,11 @@ def _inline_text(children: list[Token]) -> str:
         elif kind in ("text", "text_special", "code_inline"):
             parts.append(child.content)
         elif kind == "softbreak":
-            parts.append("\x00")
+            parts.append("\n" if meant[seen] else "\x00")
+            seen += 1
         elif kind == "hardbreak":
             parts.append("\n")
+            seen += 1
         elif kind == "image":
             parts.append(child.content)
         elif kind == "link_open":
