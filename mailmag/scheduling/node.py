@@ -317,6 +317,8 @@ class Node:
         queue's next tries back: one node, so that two `run` processes do not move the rows twice."""
         moved = self.clock.look()
         if moved >= CLOCK_STEP_SECONDS:
+            if not self.scheduler_enabled:  # the worker's dispatcher says what it means for leases
+                return
             log.warning("the system clock jumped forward by %s: timed sends and automatic issues due in "
                         "between are recorded missed past [schedule] grace_seconds", duration(moved))
             return
