@@ -80,17 +80,18 @@ def _line_breaks(token: Token) -> None:
     """A paragraph's soft breaks: a line break where the writer meant one (text_ja.meant_breaks),
     else nothing between two Japanese characters (a browser would show a stray space)."""
     children = token.children or []
-    breaks = [child for child in children if child.type in ("softbreak", "hardbreak")]
+    breaks = [i for i, child in enumerate(children) if child.type in ("softbreak", "hardbreak")]
     meant = text_ja.meant_breaks(token.content.split("\n"))
     if len(meant) != len(breaks):  # a break inside a code span or an HTML tag: no line is sure
         meant = [False] * len(breaks)
-    for index, token_ in enumerate(children):
-        if token_.type != "softbreak":
+    for index, kept in zip(breaks, meant, strict=True):
+        child = children[index]
+        if child.type != "softbreak":
             continue
-        if meant[breaks.index(token_)]:
-            token_.type, token_.tag = "hardbreak", "br"
+        if kept:
+            child.type, child.tag = "hardbreak", "br"
         elif 0 < index < len(children) - 1 and _between_wide(children[index - 1], children[index + 1]):
-            token_.type, token_.tag, token_.content = "text", "", ""
+            child.type, child.tag, child.content = "text", "", ""
 
 
 def _between_wide(before: Token, after: Token) -> bool:
