@@ -126,15 +126,16 @@ _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (displa
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
     """For each break between the lines of a paragraph, whether the writer meant it (a line of
     its own) rather than a program's wrap: after a sentence's end (。), before a list mark or a
-    label (日時：); and, next to Japanese, in a paragraph of short lines only (an address, a name
-    and title). A short line among long ones is not enough: a PDF's first line is often short.
-    Between English words a break stays Markdown's, a space."""
+    label (日時：), after a labelled line; and, next to Japanese, in a paragraph of short lines
+    only (an address, a name and title). A short line among long ones is not enough: a PDF's
+    first line is often short. Between English words a break stays Markdown's, a space."""
     widest = max((display_width(line.strip()) for line in lines), default=0)
     return [_meant(before.strip(), after.strip(), widest) for before, after in itertools.pairwise(lines)]
 
 
 def _meant(before: str, after: str, widest: int) -> bool:
-    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LABEL.match(after):
+    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LABEL.match(after) \
+            or _LABEL.match(before):  # 日時：12月10日 is a line of its own, whatever follows
         return True
     japanese = bool(before and after) and (char_width(before[-1]) == 2 or char_width(after[0]) == 2)
     return japanese and widest < _WRAPPED_WIDTH

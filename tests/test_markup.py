@@ -72,7 +72,8 @@ def test_line_breaks_inside_japanese_sentences_do_not_become_spaces():
     assert "English words\nstay apart." in html
 
 
-NOTICE = ("日時：2026年12月10日（木）13:30〜\n場所：広島国際会議場\n参加費：無料\n\n"
+NOTICE = ("日時：2026年12月10日（木）13:30〜\n場所：広島国際会議場\n参加費：無料\n"
+          "申込方法：下記のフォームから、所属、氏名、連絡先を添えてお申し込みください\n\n"
           "本シンポジウムは、産学官の連携を一層深めるため、毎年各県持ち回りで開催してい\n"
           "るものです。\n申込は下記のとおりです。\n・会員　無料\n・一般　1,000円\n\n"
           "広島大学 産学連携推進部\n山田 太郎\n\nSee you\nthere.")
@@ -84,7 +85,7 @@ def test_lines_typed_one_by_one_stay_lines_in_both_editions():
     edition alike. A line ending a sentence, one before a list mark or a label, and the lines
     of a paragraph of short lines stay lines; a PDF's wrap mid-word is still joined."""
     html = to_html(NOTICE)
-    assert "13:30〜<br>\n場所：広島国際会議場<br>\n参加費：無料</p>" in html
+    assert "13:30〜<br>\n場所：広島国際会議場<br>\n参加費：無料<br>\n申込方法：" in html
     assert "開催しているものです。<br>\n申込は下記のとおりです。<br>\n・会員　無料<br>\n・一般　1,000円" \
         in html
     assert "産学連携推進部<br>\n山田 太郎" in html and "See you\nthere." in html
