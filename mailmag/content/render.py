@@ -408,12 +408,13 @@ def _inline_text(children: list[Token], meant: list[bool]) -> str:
     """A paragraph's text; `meant`: for each of its breaks, whether it stays a line break."""
     breaks = sum(child.type in ("softbreak", "hardbreak") for child in children)
     meant = meant if len(meant) == breaks else [False] * breaks  # (as markup._line_breaks)
-    seen = 0
+    kept = iter(meant)
     parts: list[str] = []
     hrefs: list[tuple[str, int]] = []
     hidden = ""  # inside <script> or <style> written in a paragraph: until its closing tag
     for child in children:
         kind = child.type
+        line_break = next(kept) if kind in ("softbreak", "hardbreak") else False  # hidden ones too
         if kind == "html_inline":
             opened = _HIDDEN_OPEN.match(child.content)
             if opened and not hidden:
@@ -425,11 +426,9 @@ def _inline_text(children: list[Token], meant: list[bool]) -> str:
         elif kind in ("text", "text_special", "code_inline"):
             parts.append(child.content)
         elif kind == "softbreak":
-            parts.append("\n" if meant[seen] else "\x00")
-            seen += 1
+            parts.append("\n" if line_break else "\x00")
         elif kind == "hardbreak":
             parts.append("\n")
-            seen += 1
         elif kind == "image":
             parts.append(child.content)
         elif kind == "link_open":
