@@ -93,6 +93,21 @@ def test_test_send_takes_an_address_as_a_mail_program_copies_it(composed, smtp_s
     assert smtp_server.recipients() == ["yamada@example.jp"]
 
 
+def test_a_relays_reply_cannot_write_to_the_operators_terminal(composed, smtp_server, config_file):
+    """`issues status` prints each failed reader's last reply: an escape sequence in one would have
+    recoloured or rewritten the operator's terminal. Control characters are kept as '?'."""
+    text = config_file.read_text().replace('transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                           f'port = {smtp_server.port}\nsecurity = "none"')
+    config_file.write_text(text)
+    smtp_server.fail_rcpt("a@example.jp", 550, "5.1.1 \x1b[2J\x1b[31mno such user\x07")
+    composed.ok("issues", "send", "1", "--yes")
+    composed.ok("worker", "--once")
+    shown = composed.ok("issues", "status", "1").stdout
+    # failed, or held as not believed yet (no message was accepted before it): listed either way
+    assert "  a@example.jp" in shown and "550 5.1.1 ?[2J?[31mno such user?" in shown
+    assert not any(ch in shown for ch in "\x1b\x07")
+
+
 def test_a_waiting_issue_whose_number_another_took_says_so(composed):
     """helper-70: issue 1 was rendered as 第1号; issue 2 started sending first and took 第1号, and
     issue 1's preview and test mail still said 第1号 without a word."""

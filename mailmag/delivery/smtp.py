@@ -43,6 +43,7 @@ from mailmag.delivery.transports import LOCAL, PermanentFailure, Sent, Temporary
 from mailmag.errors import ConfigError, MailmagError, TransportError
 
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # (smtplib joins a reply's lines with \n)
 _HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
@@ -255,7 +256,7 @@ class SmtpConnection:
                 0, f"the connection to {self._where} dropped after the final dot ({exc}); "
                 "the relay may have accepted the message", ambiguous=True, reconnect=True,
             ) from exc
-        reply = raw.decode("utf-8", "replace")
+        reply = _text(raw)
         if not 200 <= code < 300:
             self._failed(code, reply)
         return Sent(f"{code} {reply}")
@@ -276,7 +277,7 @@ class SmtpConnection:
             code, raw = self._smtp.getreply()
         except _DROPPED as exc:
             raise self._dropped(exc, f"at {name}") from exc
-        return code, raw.decode("utf-8", "replace")
+        return code, _text(raw)
 
     def _write(self, data: bytes | tuple[bytes, ...], stage: str) -> None:
         """Bytes as they stand (commands, or a message in wire form and its final dot); a drop is
@@ -474,7 +475,10 @@ def check_relay(config: SmtpConfig, password: str, helo: str | None = None) -> l
 
 
 def _text(reply: bytes | str) -> str:
-    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    """A relay's reply as text to keep and show: a control character in it (an escape sequence
+    that would recolour or rewrite the operator's terminal in `issues status`) becomes '?'."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return _UNPRINTABLE.sub("?", text)
 
 
 def is_loopback(host: str) -> bool:
