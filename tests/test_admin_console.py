@@ -16,7 +16,7 @@ from web_support import mail_text
 from mailmag.access import audit
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
-from mailmag.content import items, orgs
+from mailmag.content import issues, items, orgs
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import Delivery, Issue, Item, Subscriber, utcnow
@@ -305,6 +305,24 @@ def test_a_topic_narrows_the_audience_the_confirmation_counts(console, console_s
     assert "2 人" in client.get(f"{issue_path}/send").text  # no-topic readers and events readers
     with console_services.session() as session:
         assert session.scalar(select(Issue.topic)) == "events"
+
+
+def test_the_issue_page_says_when_another_issue_took_its_number(console, console_services):
+    """helper-70: a waiting issue kept showing the 第N号 another issue had started sending with."""
+    ids = seed_items(console_services, ["会議の報告", "お知らせ"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+    client = logged_in(console.url, console_services, "alice", "editor")
+    token = csrf_of(client.get("/admin/issues/"))
+    first = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]}).headers["Location"]
+    client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[1])]})
+    assert "別の号が使いました" not in client.get(first).text
+    with console_services.session() as session:  # the other one starts sending first: it is 第1号
+        second = session.scalars(select(Issue).order_by(Issue.id.desc())).first()
+        subscribers.add(session, subscribers.parse_address("a@example.jp"), Consent("cli", "t"))
+        issues.start_sending(session, console_services.config, second)
+    said = "は第1号と表示していますが、この号数は別の号が使いました。今送ると第2号になります"
+    assert said in client.get(first).text
 
 
 def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_it_again(
