@@ -78,7 +78,8 @@ class ExpiryHold:
     def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self._sample: tuple[dt.datetime, float] | None = None  # the clock's last reading, and elapsed()'s
-        self._steps: collections.deque[tuple[float, float]] = collections.deque()  # (elapsed(), moved)
+        # (elapsed(), moved) of the last lease's steps; bounded, for a clock that jitters at every read
+        self._steps: collections.deque[tuple[float, float]] = collections.deque(maxlen=_STEPS_KEPT)
         self._until = 0.0  # elapsed() before which no lease is expired
         self._set_back_at = float("-inf")  # elapsed() of the last reading that saw a step back
         self._born = clock.elapsed()
@@ -139,6 +140,7 @@ class ExpiryHold:
 # A step of the wall clock against elapsed time smaller than this is a reading's jitter or NTP's
 # slewing, and is not added up.
 _NOTED_STEP_SECONDS = 0.25
+_STEPS_KEPT = 256
 # How often the lease keeper looks for a clock jump, and how long a new worker waits before it
 # first expires leases (if any look expired): a few times that, for the renewal's write too.
 JUMP_LOOK_SECONDS = 0.5
