@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 import xml.etree.ElementTree as ET
 from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
+from sqlalchemy import text
 from web_support import Client
 
+from mailmag import db
 from mailmag.content import items, orgs
 from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
 from mailmag.placeholders import PLACEHOLDERS
@@ -139,3 +143,33 @@ def test_an_issue_not_yet_sent_says_so_where_the_test_mail_links(live, published
     assert english.status == 404 and "Issue 3 has not been published yet" in english.text
     # a number before the latest one that no issue has is an ordinary broken link
     assert "ページが見つかりません" in Client(live.url).get("/archive/0").text
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_page_outlives_its_database_connection_dying_mid_request(live, published, web_services):
+    """A visitor reading the archive during a failover got a 503: a GET whose connection dies
+    under it (here an administrator's pg_terminate_backend) is read once more on a new one."""
+    elsewhere = db.make_engine(web_services.config.database.url)  # not one of the app's connections
+    with elsewhere.connect() as locker:
+        locker.execute(text("LOCK TABLE renderings IN ACCESS EXCLUSIVE MODE"))
+        replies: list[tuple[int, str]] = []
+
+        def read() -> None:
+            reply = Client(live.url).get("/archive/1")
+            replies.append((reply.status, reply.text))
+
+        request = threading.Thread(target=read)
+        request.start()
+        waiting = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query ILIKE '%renderings%' AND pid <> pg_backend_pid()")
+        end = time.monotonic() + 10
+        while not (pids := locker.execute(waiting).scalars().all()) and time.monotonic() < end:
+            locker.execute(text("SELECT pg_stat_clear_snapshot()"))
+            time.sleep(0.05)
+        assert len(pids) == 1, pids
+        locker.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+        locker.rollback()  # the lock goes
+    elsewhere.dispose()
+    request.join(timeout=30)
+    [(status, page)] = replies
+    assert status == 200 and "【第1号】産学連携フォーラムのご案内" in page

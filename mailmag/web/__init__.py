@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from flask import Flask, current_app, g, render_template, request
@@ -20,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, ValidationError
 
-from mailmag import pg_answers, text_ja
+from mailmag import db, pg_answers, text_ja
 from mailmag.audience import consent
 from mailmag.config import PACKAGE_TEMPLATES, Config, load_config
 from mailmag.errors import ConfigError, NotFound
@@ -146,7 +149,23 @@ def create_app(services: Services | None = None, config: Config | None = None) -
         from mailmag.web import admin
 
         admin.init_app(app)
+    for endpoint, view in list(app.view_functions.items()):
+        app.view_functions[endpoint] = _read_again_if_dropped(view)
     return app
+
+
+def _read_again_if_dropped(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A GET or HEAD whose database connection died under it (a restart, a failover, an
+    administrator's pg_terminate_backend) runs once more on a new connection: reading twice is
+    harmless, and the visitor gets the page, not a 503. Other methods: subscription._repeatable
+    for the consent POSTs that are safe twice, the 503 for the rest."""
+
+    @functools.wraps(view)
+    def read(*args: Any, **kwargs: Any) -> Any:
+        if request.method not in ("GET", "HEAD"):
+            return view(*args, **kwargs)
+        return db.again_if_dropped(lambda: view(*args, **kwargs))
+    return read
 
 
 def _register(app: Flask) -> None:
