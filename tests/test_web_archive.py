@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 import xml.etree.ElementTree as ET
 from zoneinfo import ZoneInfo
 
 import icalendar
 import pytest
-from sqlalchemy import text
-from web_support import Client
+from web_support import Client, with_backend_killed_mid_request
 
-from mailmag import db
 from mailmag.content import items, orgs
 from mailmag.models import Issue, IssueItem, Item, Rendering, utcnow
 from mailmag.placeholders import PLACEHOLDERS
@@ -149,27 +145,9 @@ def test_an_issue_not_yet_sent_says_so_where_the_test_mail_links(live, published
 def test_a_page_outlives_its_database_connection_dying_mid_request(live, published, web_services):
     """A visitor reading the archive during a failover got a 503: a GET whose connection dies
     under it (here an administrator's pg_terminate_backend) is read once more on a new one."""
-    elsewhere = db.make_engine(web_services.config.database.url)  # not one of the app's connections
-    with elsewhere.connect() as locker:
-        locker.execute(text("LOCK TABLE renderings IN ACCESS EXCLUSIVE MODE"))
-        replies: list[tuple[int, str]] = []
+    def read() -> tuple[int, str]:
+        reply = Client(live.url).get("/archive/1")
+        return reply.status, reply.text
 
-        def read() -> None:
-            reply = Client(live.url).get("/archive/1")
-            replies.append((reply.status, reply.text))
-
-        request = threading.Thread(target=read)
-        request.start()
-        waiting = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                       "AND query ILIKE '%renderings%' AND pid <> pg_backend_pid()")
-        end = time.monotonic() + 10
-        while not (pids := locker.execute(waiting).scalars().all()) and time.monotonic() < end:
-            locker.execute(text("SELECT pg_stat_clear_snapshot()"))
-            time.sleep(0.05)
-        assert len(pids) == 1, pids
-        locker.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
-        locker.rollback()  # the lock goes
-    elsewhere.dispose()
-    request.join(timeout=30)
-    [(status, page)] = replies
+    status, page = with_backend_killed_mid_request(web_services.config.database.url, "renderings", read)
     assert status == 200 and "【第1号】産学連携フォーラムのご案内" in page

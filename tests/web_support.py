@@ -14,6 +14,9 @@ import email.policy
 import http.client
 import re
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from flask import Flask
@@ -25,6 +28,8 @@ from mailmag.config import Config
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber
 from mailmag.services import Services
 from mailmag.web.server import make_server
+
+T = TypeVar("T")
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -154,3 +159,31 @@ def make_services(config: Config) -> Services:
     services = Services(config)
     db.init_db(services.engine)
     return services
+
+
+def with_backend_killed_mid_request(database_url: str, table: str, request: Callable[[], T]) -> T:
+    """request()'s result, run while `table` is locked, after its PostgreSQL backend, waiting
+    on the lock, was ended by pg_terminate_backend (a restart, a failover, an administrator);
+    then the lock goes. The request runs in a thread, as a visitor's would."""
+    from sqlalchemy import text
+
+    replies: list[T] = []
+    elsewhere = db.make_engine(database_url)  # not one of the app's connections
+    with elsewhere.connect() as locker:
+        locker.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        thread = threading.Thread(target=lambda: replies.append(request()))
+        thread.start()
+        waiting = text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       f"AND query ILIKE '%{table}%' AND pid <> pg_backend_pid()")
+        end = time.monotonic() + 10
+        # (pg_stat_activity is read once per transaction: the snapshot is cleared for each look)
+        while not (pids := locker.execute(waiting).scalars().all()) and time.monotonic() < end:
+            locker.execute(text("SELECT pg_stat_clear_snapshot()"))
+            time.sleep(0.05)
+        assert len(pids) == 1, pids
+        locker.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pids[0]})
+        locker.rollback()  # the lock goes
+    elsewhere.dispose()
+    thread.join(timeout=30)
+    [reply] = replies
+    return reply
