@@ -119,7 +119,8 @@ def display_width(text: str) -> int:
 # (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
 _SENTENCE_END = ("。", "！", "？")
 _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、]")
-_LABEL = re.compile(r"[^\s：:、。]{1,10}[：:]")  # 日時：, 会場：, TEL:
+# 日時：, 会場：, TEL: (not a time's 13:30, nor a URL's ttps:// cut off by a wrap: helper-73)
+_LINE_LABEL = re.compile(r"(?![0-9０-９])[^\s：:、。/]{1,10}[：:](?!//)")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
 
 
@@ -134,8 +135,8 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
 
 
 def _meant(before: str, after: str, widest: int) -> bool:
-    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LABEL.match(after) \
-            or _LABEL.match(before):  # 日時：12月10日 is a line of its own, whatever follows
+    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LINE_LABEL.match(after) \
+            or _LINE_LABEL.match(before):  # 日時：12月10日 is a line of its own, whatever follows
         return True
     japanese = bool(before and after) and (char_width(before[-1]) == 2 or char_width(after[0]) == 2)
     return japanese and widest < _WRAPPED_WIDTH

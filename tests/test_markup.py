@@ -96,6 +96,18 @@ def test_lines_typed_one_by_one_stay_lines_in_both_editions():
     assert "広島大学 産学連携推進部\n山田 太郎" in text and "See you there." in text
 
 
+def test_a_time_or_a_cut_url_at_a_wrap_is_not_a_label():
+    """helper-73: a second _LABEL in text_ja took the place of the line-break rule's, and a time
+    (13:30) or a URL cut by a wrap (ttps://) read as a label, so a PDF's wrap was kept mid-word."""
+    wide = "参加をご希望の方はお早めにお申し込みください。受付は正午より開"
+    assert "開始し" in to_html(f"{wide}\n始し、13:00から開会、閉会は17:00を予定しております")
+    assert "<br>" not in to_html("当日は混雑が予想されますので、時間に余裕をもって会場までお越しください\n"
+                                 "13:30までにお越しください")
+    assert "<br>" not in to_html("総会の資料と当日の議事次第につきましては、詳細はh\n"
+                                                "ttps://example.jp/をご覧ください")
+    assert "<br>" in to_html(f"{wide}\n申込締切日（必着）：12月1日")
+
+
 def test_preview_text():
     text = to_text("# 協議事項\n\n- 一\n- [二](https://example.jp) &amp; 三\n\n本文<script>x()</script>")
     assert text == "協議事項\n\n・一\n・二 & 三\n\n本文"
