@@ -89,3 +89,34 @@ def test_passwords_are_argon2_and_checked(session):
     assert accounts.verify_password(admin, PASSWORD)
     assert not accounts.verify_password(admin, PASSWORD + "x")
     assert not accounts.verify_password(None, PASSWORD)
+
+
+def test_two_owners_demoted_at_once_leave_one_owner(services):
+    """helper-72: two `admins role … editor` at the same moment on PostgreSQL each saw the other
+    still an owner, and both went through: no owner was left to manage the console."""
+    import threading
+
+    with services.session() as session:
+        for name in ("alice", "bob"):
+            accounts.add(session, name, f"{name}@example.jp", "owner", PASSWORD)
+    outcome: list[str] = []
+
+    def demote_bob() -> None:
+        try:
+            with services.session() as session:
+                accounts.set_role(session, "bob", "editor")
+            outcome.append("bob demoted")
+        except Exception as exc:  # the test reads what it was
+            outcome.append(str(exc))
+
+    with services.session() as first:
+        accounts.set_role(first, "alice", "editor")
+        second = threading.Thread(target=demote_bob)
+        second.start()
+        second.join(timeout=1)  # it must wait for this transaction, not read around it
+        assert second.is_alive()
+    second.join(timeout=30)
+    assert outcome == ["bob is the last owner: add another owner before changing its role"]
+    with services.session() as session:
+        roles = [(a.name, a.role) for a in accounts.listing(session)]
+    assert roles == [("alice", "editor"), ("bob", "owner")]

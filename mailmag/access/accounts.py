@@ -118,8 +118,12 @@ def set_role(session: Session, name: str, role: str) -> str:
 
 def _guard_last_owner(session: Session, admin: Admin,
                       doing: tuple[str, str] = ("removing it", "削除する")) -> None:
-    owners = [a for a in listing(session) if a.role == "owner"]
-    if admin.role == "owner" and len(owners) == 1:
+    # The owners are locked (FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE write lock already
+    # serializes), so two owners demoted at once cannot each see the other still an owner
+    # and leave none. Read under the lock, not from `admin`: its role may be stale.
+    owners = session.scalars(select(Admin.id).where(Admin.role == "owner")
+                             .order_by(Admin.id).with_for_update()).all()
+    if list(owners) == [admin.id]:
         raise StateError(f"{admin.name} is the last owner: add another owner before {doing[0]}",
                          ja=f"アカウント「{admin.name}」は最後の「owner」です。"
                             f"{doing[1]}前に、別の「owner」のアカウントを追加してください")
