@@ -54,7 +54,10 @@ def as_uri(url: str) -> str:
     hold Japanese (https://例え.jp/イベント/申込): a text mail program links such a URL up to its
     first non-ASCII character, and an .ics URL must be a URI. The host goes to IDNA, anything
     else outside ASCII (or not allowed where it stands) to UTF-8 %-escapes; escapes stay."""
-    parts = urlsplit(url)
+    # Browsers read a backslash in an http(s) URL as '/'; urlsplit does not, and would take
+    # 'https://a.jp' + backslash + '@b.com/' to b.com. items.parse_url refuses such a link now;
+    # an item stored before may hold one.
+    parts = urlsplit(url.replace("\\", "/"))
     netloc = parts.netloc if parts.netloc.isascii() else _ascii_netloc(parts.netloc)
     return urlunsplit((parts.scheme, netloc, quote(parts.path, safe=_PATH_SAFE),
                        quote(parts.query, safe=_QUERY_SAFE), quote(parts.fragment, safe=_QUERY_SAFE)))

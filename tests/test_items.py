@@ -12,7 +12,7 @@ import pytest
 from conftest import REFERENCE, one_database
 
 import mailmag
-from mailmag import clock
+from mailmag import clock, links
 from mailmag.content import items, orgs
 from mailmag.errors import InvalidInput, StateError
 from mailmag.services import Services
@@ -277,6 +277,43 @@ def test_show_prints_fields_and_a_preview(council):
 @one_database  # a rule of the input, not of the database
 def test_bad_submissions(council, args, message):
     assert refused(council, "items", "submit", *args) == message
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    # helper-72 F1: the reviewer saw 例え.jp, the mail linked evil.com (urlsplit splits at the
+    # last '@'; a browser reads the backslash as '/' and opens 例え.jp).
+    ("https://例え.jp\\@evil.com/",
+     "url 'https://例え.jp\\\\@evil.com/' holds a backslash: type '/' instead"),
+    ("https://www.meti.go.jp@evil.com/",
+     "url 'https://www.meti.go.jp@evil.com/' has a name before '@': the link would open evil.com"),
+    ("https://例え.jp:abc/", "url 'https://例え.jp:abc/': '例え.jp:abc' is not a site name "
+                            "(a host, then ':port' if any)"),
+    ("https://例え.jp%2F/x", "url 'https://例え.jp%2F/x': '例え.jp%2F' is not a site name "
+                            "(a host, then ':port' if any)"),
+    ("https://a.jp:99999/", "url 'https://a.jp:99999/': 'a.jp:99999' is not a site name "
+                           "(a host, then ':port' if any)"),
+    ("https://☃.jp/", "url 'https://☃.jp/': '☃.jp' is not a site name (a host, then ':port' if any)"),
+    # was a 500 in the console: urlsplit raises on a full-width ／ in the site name
+    ("https://例え.jp／申込", "url 'https://例え.jp／申込' has a full-width sign in its site name: "
+                            "type it half-width"),
+])
+@one_database
+def test_a_link_whose_site_a_browser_reads_otherwise_is_refused(council, url, message):
+    assert refused(council, "items", "submit", "--org", "cef", "--kind", "news", "--title", "t",
+                   "--body", "b", "--url", url) == message
+
+
+@one_database
+def test_site_names_browsers_open_are_taken_as_pasted(council):
+    pasted = ["https://例え.jp:8443/申込", "http://192.168.0.1:8080/", "https://[::1]/x",
+              "https://ｅｘａｍｐｌｅ.jp/", "https://a.jp:/x", "https://a.jp/%2Fx?q=@b#c"]
+    for url in pasted:
+        council.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "t", "--body", "b",
+                   "--url", url)
+    assert [i["url"] for i in listed(council)] == pasted
+    # and the mail links the site the pasted text names (IDNA maps full-width letters as browsers do)
+    assert links.as_uri(pasted[3]) == "https://example.jp/"
+    assert links.as_uri("https://例え.jp\\@evil.com/") == "https://xn--r8jz45g.jp/@evil.com/"  # stored before
 
 
 FILE_CASES = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -173,17 +175,58 @@ def _block(attr: str, raw: Any, limit_kb: int) -> str:
 def parse_url(raw: Any) -> str:
     """An http(s) link as pasted; anything else would be a dead or dangerous link in the mail."""
     value = text_ja.normalize_line(_text("url", raw))
-    parts = urlsplit(value)
     spaced = any(c.isspace() for c in value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # a full-width ／ or ＠ in the site name: no browser opens it either
+        raise InvalidInput(f"url {value!r} has a full-width sign in its site name: type it half-width",
+                           ja=f"URL「{value}」のサイト名に全角の記号（／や＠など）が入っています。"
+                              "半角に直してください") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or spaced:
         why_ja = (f"URL「{value}」の途中に空白が入っています。空白を除いて入力してください" if spaced
                   else f"URL「{value}」は http:// または https:// で始まるアドレスではありません。"
                        "ウェブページのアドレスをそのまま貼り付けてください")
         raise InvalidInput(f"url {value!r} is not an http:// or https:// address", ja=why_ja)
+    _check_site(value, parts.netloc)
     if len(value) > 2000:
         raise InvalidInput("url is longer than 2000 characters",
                            ja=f"URLが長すぎます。2000文字以内にしてください（現在{len(value):,}文字）")
     return value
+
+
+# A site name as browsers and mailmag's links.as_uri read it alike: letters (any script, IDNA
+# takes it), digits, '-', '_' and dots, or an IPv6 literal; then an optional port.
+_SITE = re.compile(r"(?:[\w.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{0,5})?")
+
+
+def _check_site(value: str, netloc: str) -> None:
+    """helper-72: the reviewer reads a link's site from its text, the reader's browser opens
+    the site it parses. Where the two could differ, the link is refused, not guessed at."""
+    if "\\" in value:  # browsers read it as '/': 'https://a.jp\\@b.com/' opens a.jp, urlsplit b.com
+        raise InvalidInput(f"url {value!r} holds a backslash: type '/' instead",
+                           ja=f"URL「{value}」に「\\」が入っています。ブラウザは「/」として読むため、"
+                              "見えているのと違うページが開きます。「/」に直してください")
+    if "@" in netloc:  # 'https://www.meti.go.jp@evil.com/' opens evil.com
+        site = netloc.rpartition("@")[2]
+        raise InvalidInput(f"url {value!r} has a name before '@': the link would open {site}",
+                           ja=f"URL「{value}」の「@」より前は、開くサイトの名前ではありません"
+                              f"（開くのは {site}）。サイトのアドレスをそのまま貼り付けてください")
+    if not _SITE.fullmatch(netloc) or not _opens(netloc):
+        raise InvalidInput(f"url {value!r}: {netloc!r} is not a site name (a host, then ':port' if any)",
+                           ja=f"URL「{value}」のサイト名「{netloc}」が正しくありません。"
+                              "ウェブページのアドレスをそのまま貼り付けてください")
+
+
+def _opens(netloc: str) -> bool:
+    """A port browsers accept, and a non-ASCII host that IDNA takes (as links.as_uri sends it)."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host = parts.hostname or ""
+        if parts.port == 0 or not host:
+            return False
+        return host.isascii() or bool(idna.encode(host, uts46=True))
+    except (ValueError, idna.IDNAError):  # a port beyond 65535; a name no browser resolves
+        return False
 
 
 def _date(attr: str, raw: Any, today: dt.date | None) -> dt.date:
