@@ -52,6 +52,24 @@ def strip_bidi(text: str) -> str:
     return _BIDI_CONTROLS.sub("", text)
 
 
+def foreign_line(text: str) -> str:
+    """Text from outside that mailmag shows an operator as one line (a relay's reply in `issues
+    status` and the console): its lines joined with " / ", so no line it holds reads as one of
+    mailmag's; control, format (bidi overrides, zero-width) and other invisible characters made
+    '?', so it cannot recolour a terminal or reorder what is read; odd spaces made plain ones."""
+    if text.isprintable():  # the usual one-line reply (isprintable: no C*, Z* but ' ')
+        return text
+    joined = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    return "".join(_shown_char(c) for c in joined)
+
+
+def _shown_char(char: str) -> str:
+    category = unicodedata.category(char)
+    if category == "Zs":
+        return " "
+    return "?" if category[0] == "C" else char  # Cc, Cf, Cs, Co, Cn
+
+
 def normalize_line(text: str) -> str:
     """normalize() for one-line fields (titles, venues): no line breaks, trimmed."""
     return " ".join(normalize(text).split("\n")).strip()

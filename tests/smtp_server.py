@@ -380,7 +380,9 @@ class SmtpServer:
 
 
 def _reply(code: int, text: str) -> str:
-    return f"{code} {text or DEFAULT_TEXT.get(code // 100, 'injected reply')}"
+    """`code text`; a text of several lines is a multi-line reply (`code-` on all but the last)."""
+    *first, last = (text or DEFAULT_TEXT.get(code // 100, "injected reply")).split("\n")
+    return "".join(f"{code}-{line}\r\n" for line in first) + f"{code} {last}"
 
 
 def _certificate(name: str, issuer: tuple[Any, Any] | None, leaf: bool | None = None) -> tuple[Any, Any]:

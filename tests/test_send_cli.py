@@ -108,6 +108,24 @@ def test_a_relays_reply_cannot_write_to_the_operators_terminal(composed, smtp_se
     assert not any(ch in shown for ch in "\x1b\x07")
 
 
+def test_a_relays_reply_of_several_lines_shows_as_one(composed, smtp_server, config_file):
+    """helper-72 F3: smtplib joins a multi-line reply's lines with '\\n', and `issues status` printed
+    them as they came: a relay could add lines that read as mailmag's own counts. A bidi override
+    or a line separator in the reply reordered or broke what the operator read."""
+    text = config_file.read_text().replace('transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                           f'port = {smtp_server.port}\nsecurity = "none"')
+    config_file.write_text(text)
+    smtp_server.fail_rcpt("a@example.jp", 550, "5.1.1 no such user\ntotal 2, sent 2, failed 0, pending 0\n"
+                          "5.1.1 \u202egnp.live\u2028end")
+    composed.ok("issues", "send", "1", "--yes")
+    composed.ok("worker", "--once")
+    shown = composed.ok("issues", "status", "1").stdout
+    # failed, or held as not believed yet (no message was accepted before it): listed either way
+    assert "550 5.1.1 no such user / total 2, sent 2, failed 0, pending 0 / 5.1.1 ?gnp.live / end" in shown
+    assert [line[:15] for line in shown.splitlines() if line.startswith("total")] == ["total 2, sent 1"]
+    assert not any(ch in shown for ch in "\u202e\u2028")
+
+
 def test_a_waiting_issue_whose_number_another_took_says_so(composed):
     """helper-70: issue 1 was rendered as 第1号; issue 2 started sending first and took 第1号, and
     issue 1's preview and test mail still said 第1号 without a word."""

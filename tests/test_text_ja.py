@@ -151,3 +151,15 @@ def test_dates_print_the_japanese_and_the_english_way(start, end, ja, en):
 
 def test_normalize_still_maps_pdf_lookalikes():
     assert text_ja.normalize("5\u2f4924\u2f47") == "5月24日"
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("250 2.0.0 Ok: queued as 4Xb", "250 2.0.0 Ok: queued as 4Xb"),
+    ("5.1.1 no such user\ntotal 9, sent 9", "5.1.1 no such user / total 9, sent 9"),
+    ("\x1b[2Jcleared\r\n\n  indented  ", "?[2Jcleared / indented"),
+    ("user\u202egnp.live\u200b\u2066", "user?gnp.live??"),
+    ("宛先\u3000不明\u00a0です\u2029次", "宛先 不明 です / 次"),
+])
+def test_a_foreign_line_is_one_line_that_cannot_rewrite_what_is_read(raw, shown):
+    """A relay's reply shown in `issues status` and the console (helper-72 F3)."""
+    assert text_ja.foreign_line(raw) == shown

@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
+from mailmag import text_ja
 from mailmag.addresses import delivery_message_id
 from mailmag.db import rowcount
 from mailmag.errors import DatabaseError, Fix, InvalidInput, StateError
@@ -764,7 +765,7 @@ def held_refusals(session: Session, issue_id: int, limit: int = 200) -> list[tup
         select(Delivery.email, Delivery.last_reply, Delivery.next_attempt_at)
         .where(*_held_refusal(issue_id)).order_by(Delivery.id).limit(limit)
     )
-    return [(email, reply.split(held_reply(""), 1)[0], at) for email, reply, at in rows]
+    return [(email, text_ja.foreign_line(reply.split(held_reply(""), 1)[0]), at) for email, reply, at in rows]
 
 
 def held_refusal_count(session: Session, issue_id: int) -> int:
@@ -788,4 +789,6 @@ def failures(session: Session, issue_id: int, limit: int = 200) -> list[tuple[st
         .where(Delivery.issue_id == issue_id, Delivery.status.in_(("failed", "dead")))
         .order_by(Delivery.id).limit(limit)
     )
-    return [(email, status, reply) for email, status, reply in rows]
+    # foreign_line again: a row written before smtp._text made replies one line keeps its own
+    return [(email, status, text_ja.foreign_line(reply) or "(no reply recorded)")
+            for email, status, reply in rows]

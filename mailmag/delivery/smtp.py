@@ -36,6 +36,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
+from mailmag import text_ja
 from mailmag.addresses import addr_spec
 from mailmag.config import ENV_SMTP_PASSWORD, SmtpConfig
 from mailmag.delivery import wireform
@@ -43,7 +44,6 @@ from mailmag.delivery.transports import LOCAL, PermanentFailure, Sent, Temporary
 from mailmag.errors import ConfigError, MailmagError, TransportError
 
 _DROPPED = (smtplib.SMTPServerDisconnected, OSError)
-_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")  # (smtplib joins a reply's lines with \n)
 _HELO = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
 
@@ -475,10 +475,9 @@ def check_relay(config: SmtpConfig, password: str, helo: str | None = None) -> l
 
 
 def _text(reply: bytes | str) -> str:
-    """A relay's reply as text to keep and show: a control character in it (an escape sequence
-    that would recolour or rewrite the operator's terminal in `issues status`) becomes '?'."""
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return _UNPRINTABLE.sub("?", text)
+    """A relay's reply as text to keep and show (smtplib joins a multi-line reply's lines with
+    '\\n'): one line, nothing in it that could rewrite a terminal (text_ja.foreign_line)."""
+    return text_ja.foreign_line(reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply)
 
 
 def is_loopback(host: str) -> bool:
