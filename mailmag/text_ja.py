@@ -136,7 +136,8 @@ def display_width(text: str) -> int:
 # processor is wrapped mid-sentence, so lines are joined; but a notice typed line by line
 # (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
 _SENTENCE_END = ("。", "！", "？")
-_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、]")
+# (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
+_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、](?![0-9０-９])")
 # 日時：, 会場：, TEL: (not a time's 13:30, nor a URL's ttps:// cut off by a wrap: helper-73)
 _LINE_LABEL = re.compile(r"(?![0-9０-９])[^\s：:、。/]{1,10}[：:](?!//)")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
@@ -153,11 +154,25 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
 
 
 def _meant(before: str, after: str, widest: int) -> bool:
-    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LINE_LABEL.match(after) \
-            or _LINE_LABEL.match(before):  # 日時：12月10日 is a line of its own, whatever follows
+    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LINE_LABEL.match(after):
         return True
-    japanese = bool(before and after) and (char_width(before[-1]) == 2 or char_width(after[0]) == 2)
+    if _LINE_LABEL.match(before) and not _wrapped(before, widest):
+        return True  # 日時：12月10日 is a line of its own, whatever follows; 概要：… wrapped is not
+    japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))
     return japanese and widest < _WRAPPED_WIDTH
+
+
+def _wrapped(line: str, widest: int) -> bool:
+    """A line as wide as the paragraph's widest, and wide enough to have been wrapped (a PDF's
+    justified lines differ by a character or two)."""
+    width = display_width(line)
+    return width >= _WRAPPED_WIDTH and width >= widest - 4
+
+
+def is_wide(char: str) -> bool:
+    """A Japanese (CJK) character where lines join: wide or full-width only. “ ” — … are
+    ambiguous, and English uses them between words (CSS Text's segment-break rule reads it so)."""
+    return unicodedata.east_asian_width(char) in ("W", "F")
 
 
 def strip_zero_width(text: str) -> str:

@@ -108,6 +108,47 @@ def test_a_time_or_a_cut_url_at_a_wrap_is_not_a_label():
     assert "<br>" in to_html(f"{wide}\n申込締切日（必着）：12月1日")
 
 
+def test_a_wrapped_paragraph_that_opens_with_a_label_is_joined():
+    """helper-72 F5: a PDF paragraph whose first line began 概要： kept every later wrap (the line
+    after a labelled line stayed a line, and the one after that ...); 3.5倍 at a wrap read as a
+    list's number 3."""
+    paragraph = ("概要：本会議では、中国地域における産学官連携の現状と課題について報告が\n"
+                 "あり、参加機関の間で今後の取り組みの方向性について活発な意見交換が行わ\n"
+                 "れました。なお、昨年度と比べて参加者数は大きく増え、申込はおよそ前年の\n"
+                 "3.5倍となりました。")
+    html, text = to_html(paragraph), markdown_to_text(paragraph)
+    for edition in (html, text):
+        assert "報告があり、参加機関" in edition and "行われました。なお" in edition
+    assert "<br>" not in html and "前年の\n3.5倍" in html  # a wrap, shown as a space
+    assert text.splitlines() == [paragraph.replace("\n", "").replace("の3.5", "の 3.5")]
+    typed = "講師：山田 太郎\n中国経済連合会 会長\n\n1.はじめに\n2.報告"
+    assert "講師：山田 太郎<br>\n中国経済連合会 会長" in to_html(typed)
+    assert "1.はじめに<br>\n2.報告" in to_html(typed)
+
+
+def test_a_code_span_across_lines_keeps_the_breaks_around_it():
+    """helper-73 F3: the lines were read from the source, and a code span (or a link title)
+    holding a newline made one line more than the breaks: every kept break was then dropped."""
+    source = "日時：12月10日\n会場：`広島\n国際会議場`\n参加費：無料"
+    html = to_html(source)
+    assert "日時：12月10日<br>\n会場：" in html and "</code><br>\n参加費：無料" in html
+    assert markdown_to_text(source).splitlines() == ["日時：12月10日", "会場：広島 国際会議場",
+                                                     "参加費：無料"]
+
+
+def test_a_pasted_br_at_a_lines_end_is_one_break():
+    """helper-73 F4: '<br>' then a newline, as pasted from a web page, became two breaks."""
+    html = to_html("日時：12月10日<br>\n会場：広島")
+    assert "12月10日<br>\n会場：広島" in html and "<br><br>" not in html
+
+
+def test_quotes_and_dashes_between_english_words_are_not_japanese():
+    """helper-73 F5: “ ” — … are ambiguous-width; in a paragraph of short English lines they
+    made the break between two words a kept line."""
+    assert "<br>" not in to_html("He said “yes”\nand left…\nfor good")
+    assert "中国地域<br>\n産業振興会議" in to_html("中国地域\n産業振興会議")
+
+
 def test_preview_text():
     text = to_text("# 協議事項\n\n- 一\n- [二](https://example.jp) &amp; 三\n\n本文<script>x()</script>")
     assert text == "協議事項\n\n・一\n・二 & 三\n\n本文"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
+from collections.abc import Sequence
 from functools import cache
 
 import nh3
@@ -72,31 +72,41 @@ def _cleaner() -> nh3.Cleaner:
     )
 
 
-def _is_wide(char: str) -> bool:
-    return unicodedata.east_asian_width(char) in ("W", "F")
+def kept_breaks(children: Sequence[Token]) -> list[bool]:
+    """For each break (soft or hard) among an inline token's children, whether the writer meant
+    it (text_ja.meant_breaks). The lines are read from the children, not the source: a code span
+    or a link title may hold a newline that is no break (helper-73)."""
+    lines = [""]
+    for child in children:
+        if child.type in ("softbreak", "hardbreak"):
+            lines.append("")
+        elif child.type in ("text", "text_special", "code_inline"):
+            lines[-1] += child.content
+    return text_ja.meant_breaks(lines)
 
 
 def _line_breaks(token: Token) -> None:
-    """A paragraph's soft breaks: a line break where the writer meant one (text_ja.meant_breaks),
-    else nothing between two Japanese characters (a browser would show a stray space)."""
+    """A paragraph's soft breaks: a line break where the writer meant one (kept_breaks), else
+    nothing between two Japanese characters (a browser would show a stray space)."""
     children = token.children or []
     breaks = [i for i, child in enumerate(children) if child.type in ("softbreak", "hardbreak")]
-    meant = text_ja.meant_breaks(token.content.split("\n"))
-    if len(meant) != len(breaks):  # a break inside a code span or an HTML tag: no line is sure
-        meant = [False] * len(breaks)
-    for index, kept in zip(breaks, meant, strict=True):
+    for index, kept in zip(breaks, kept_breaks(children), strict=True):
         child = children[index]
-        if child.type != "softbreak":
-            continue
+        if child.type != "softbreak" or (index and _is_br(children[index - 1])):
+            continue  # a hard break, or a pasted <br> at the line's end: it breaks already
         if kept:
             child.type, child.tag = "hardbreak", "br"
         elif 0 < index < len(children) - 1 and _between_wide(children[index - 1], children[index + 1]):
             child.type, child.tag, child.content = "text", "", ""
 
 
+def _is_br(token: Token) -> bool:
+    return token.type == "html_inline" and bool(_BR.fullmatch(token.content.strip()))
+
+
 def _between_wide(before: Token, after: Token) -> bool:
     return (before.type == after.type == "text" and bool(before.content) and bool(after.content)
-            and _is_wide(before.content[-1]) and _is_wide(after.content[0]))
+            and text_ja.is_wide(before.content[-1]) and text_ja.is_wide(after.content[0]))
 
 
 def _tokens(markdown: str) -> list[Token]:
@@ -120,6 +130,7 @@ def to_html(markdown: str) -> str:
     return sanitize(md.renderer.render(_tokens(markdown), md.options, {}))
 
 
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _PARAGRAPH_END = re.compile(r"</(p|h3|h4|blockquote|pre|table|ul|ol)>|<hr\s*/?>")
 _LINE_END = re.compile(r"</(li|tr)>|<br\s*/?>")
 _TAG = re.compile(r"<[^>]+>")

@@ -359,7 +359,7 @@ class _TextWriter:
             if counter[0] is not None:
                 counter[0] += 1
         elif kind == "inline":
-            self._inline(_inline_text(token.children or [], text_ja.meant_breaks(token.content.split("\n"))))
+            self._inline(_inline_text(token.children or []))
         elif kind in ("paragraph_close", "heading_close") and not token.hidden:
             self.heading = False
             self.lines.append("")
@@ -404,11 +404,9 @@ class _TextWriter:
         self.lines.extend("> " * self.quote + part for part in parts)
 
 
-def _inline_text(children: list[Token], meant: list[bool]) -> str:
-    """A paragraph's text; `meant`: for each of its breaks, whether it stays a line break."""
-    breaks = sum(child.type in ("softbreak", "hardbreak") for child in children)
-    meant = meant if len(meant) == breaks else [False] * breaks  # (as markup._line_breaks)
-    kept = iter(meant)
+def _inline_text(children: list[Token]) -> str:
+    """A paragraph's text, its line breaks where the writer meant them (markup.kept_breaks)."""
+    kept = iter(markup.kept_breaks(children))
     parts: list[str] = []
     hrefs: list[tuple[str, int]] = []
     hidden = ""  # inside <script> or <style> written in a paragraph: until its closing tag
@@ -446,7 +444,7 @@ def _soft_breaks(text: str) -> str:
     """A Markdown soft break: nothing between two Japanese characters, else a space."""
     def join(match: re.Match[str]) -> str:
         before, after = match.group(1), match.group(2)
-        wide = text_ja.char_width(before) == 2 and text_ja.char_width(after) == 2
+        wide = text_ja.is_wide(before) and text_ja.is_wide(after)  # as markup's HTML edition
         return before + ("" if wide else " ") + after
 
     text = re.sub("(.)\x00(.)", join, text)
