@@ -123,6 +123,25 @@ def test_the_search_folds_what_an_ime_in_full_width_mode_types(console, console_
     assert found("100%") == set()  # wildcards stay literal
 
 
+def test_the_search_finds_a_name_written_in_full_width_capitals_and_takes_a_nul(console, console_services):
+    """helper-72: Ｔａｎａｋａ (full-width, capital first) was not found by tanaka on SQLite, whose
+    ILIKE folds only ASCII; a NUL in the search box was a 500 on PostgreSQL."""
+    with console_services.session() as session:
+        for address, name in (("tanaka@example.jp", "Ｔａｎａｋａ Ｉｃｈｉｒｏ"),
+                              ("sato@example.jp", "佐藤")):
+            subscribers.add(session, subscribers.parse_address(address), Consent("cli", "test"), name=name)
+    client = logged_in(console.url, console_services, "owner", "owner")
+
+    def found(text: str) -> set[str]:
+        page = client.get("/admin/subscribers/?q=" + quote(text))
+        assert page.status == 200
+        return {a for a in ("tanaka@example.jp", "sato@example.jp") if a in page.text}
+
+    assert found("tanaka ichiro") == {"tanaka@example.jp"}
+    assert found("ICHIRO") == {"tanaka@example.jp"}
+    assert found("佐藤\x00") == {"sato@example.jp"}
+
+
 def test_orgs_add_show_and_rotate_the_submission_link(console, console_services):
     client = logged_in(console.url, console_services, "owner", "owner")
     token = csrf_of(client.get("/admin/orgs/"))

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from mailmag import text_ja
 from mailmag.audience import imports
 from mailmag.audience.subscribers import Consent
 from mailmag.errors import Fix, NotFound
@@ -23,11 +24,13 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
     text is folded too; names and organizations are stored as written, so each is matched as
     typed, folded, and with its ASCII made full-width (helper-70)."""
     query = select(Subscriber).order_by(Subscriber.id.desc()).limit(limit)
-    text = text.strip()
+    text = text_ja.normalize_line(text)  # a NUL reached PostgreSQL as an error (helper-72)
     if text:
         folded = unicodedata.normalize("NFKC", text)
-        # (SQLite's ILIKE folds ASCII letters only: full-width ones are tried in both cases)
-        forms = {text, folded, *(f.translate(_FULL_WIDTH) for f in (folded, folded.upper(), folded.lower()))}
+        # (SQLite's ILIKE folds ASCII letters only: full-width ones are tried in three cases,
+        # Ｙａｍａｄａ as a name is written among them)
+        cases = (folded, folded.upper(), folded.lower(), folded.title())
+        forms = {text, folded, *(f.translate(table) for f in cases for table in _FULL_WIDTH)}
         written = (Subscriber.name, Subscriber.organization)
         query = query.where(or_(Subscriber.email_key.like(_containing(folded.lower()), escape="\\"),
                                 *(column.ilike(_containing(form), escape="\\")
@@ -35,8 +38,10 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
     return list(session.scalars(query))
 
 
-# Printable ASCII to its full-width form (！ to ～), and the space to the ideographic space.
-_FULL_WIDTH = {code: code + 0xFEE0 for code in range(0x21, 0x7F)} | {0x20: 0x3000}
+# Printable ASCII to its full-width form (！ to ～), the space kept or made the ideographic one
+# (Ｔａｎａｋａ Ｉｃｈｉｒｏ is typed both ways).
+_FULL_WIDTH_KEEPING_SPACE = {code: code + 0xFEE0 for code in range(0x21, 0x7F)}
+_FULL_WIDTH = (_FULL_WIDTH_KEEPING_SPACE, _FULL_WIDTH_KEEPING_SPACE | {0x20: 0x3000})
 
 
 def _containing(text: str) -> str:
