@@ -67,6 +67,7 @@ def test_a_role_changes_at_the_terminal_and_the_last_owner_stays_one(mailmag, co
     bob_hash = _hash_of(config_file, "bob")
     assert mailmag.ok("admins", "role", "bob", "owner").stdout == "bob is now owner (was editor)\n"
     assert mailmag.ok("admins", "role", "alice", "sender").stdout == "alice is now sender (was owner)\n"
+    assert mailmag.ok("admins", "role", "alice", "sender").stdout == "alice is sender already\n"
     last = mailmag("admins", "role", "bob", "editor")
     assert last.exit_code == 1 and "bob is the last owner: add another owner before changing its role" in \
         last.stderr

@@ -92,9 +92,10 @@ def role(app: AppContext, name: str, role: str) -> None:
     """Change an account's role; it holds from the account's next page (no one is logged out)."""
     with app.ready_services().session() as session:
         old = accounts.set_role(session, name, role)
-        _record(session, "admin.role", f"{name}: {old} → {role}")
+        if old != role:  # the audit log records changes, not commands that changed nothing
+            _record(session, "admin.role", f"{name}: {old} → {role}")
         locked_out = name in accounts.without_needed_code(session, app.config.admin.require_totp)
-    click.echo(f"{name} is now {role} (was {old})")
+    click.echo(f"{name} is now {role} (was {old})" if old != role else f"{name} is {role} already")
     if locked_out:
         click.echo(f"warning: [admin] require_totp asks owners and senders for a one-time code, and {name} "
                    f"has none: it cannot log in until `mailmag admins totp {name}`", err=True)
