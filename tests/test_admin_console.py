@@ -323,6 +323,8 @@ def test_the_issue_page_says_when_another_issue_took_its_number(console, console
         issues.start_sending(session, console_services.config, second)
     said = "は第1号と表示していますが、この号数は別の号が使いました。今送ると第2号になります"
     assert said in client.get(first).text
+    sender = logged_in(console.url, console_services, "bob", "sender")
+    assert said in sender.get(f"{first}/send").text  # and on the confirmation, the last page before it
 
 
 def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_it_again(

@@ -161,8 +161,11 @@ def confirm(issue_id: int) -> Any:
     with state().services.read_session() as db:
         issue = drafts.by_id(db, issue_id)
         when = parse_when(at, state().config.zone, utcnow()) if at else None
+        # the issue page's warnings again: the last page before sending (helper-72: it named
+        # a 第N号 another issue had taken)
         return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
-                               audience=issues.audience(db, issue), version=drafts.version(issue))
+                               audience=issues.audience(db, issue), version=drafts.version(issue),
+                               warnings=drafts.warnings(db, state().config, issue))
 
 
 @bp.post("/<int:issue_id>/send")
