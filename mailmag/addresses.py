@@ -46,7 +46,7 @@ _SPECIAL_USE_DEEP = any("." in name for name in _SPECIAL_USE)  # none today: the
 # C0 and C1 controls and DEL: never part of an address, a name or any other stored cell.
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # "山田 太郎 <yamada@example.jp>", as a mail program copies an address: the address is the bracketed part.
-_NAMED = re.compile(r"^[^<>]*<([^<>]*)>$")
+_NAMED = re.compile(r"^([^<>]*)<([^<>]*)>$")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,18 +71,31 @@ def email_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _bracketed(text: str) -> str:
+    """The address of "山田 太郎 <yamada@example.jp>". A name that is itself another address
+    ("a@example.jp <b@example.jp>") leaves the address meant unknown: refused, not guessed."""
+    named = _NAMED.match(text)
+    if not named:
+        return text.strip("<>").strip()
+    name, address = named.group(1).strip().strip("\"'"), named.group(2).strip()
+    if "@" in name and name.lower() != address.lower():
+        raise InvalidEmail(f"invalid e-mail address {text!r}: it names two addresses; give the one meant",
+                           ja=f"メールアドレス「{text}」には二つのアドレスがあります。"
+                              "送り先のアドレスだけを入力してください")
+    return address
+
+
 def parse_address(raw: str) -> Address:
     """Validate an address; repair full-width ＠, letters and surrounding spaces first."""
     # NFKC turns ＠ and full-width ASCII into their plain forms; 全角 spaces become spaces.
     cleaned = unicodedata.normalize("NFKC", raw or "").strip()
-    named = _NAMED.match(cleaned)
-    cleaned = (named.group(1) if named else cleaned.strip("<>")).strip()
+    if CONTROL.search(cleaned):  # in the name too: a paste gone wrong
+        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: it holds a control character; retype it",
+                           ja=f"メールアドレス「{cleaned}」に制御文字が含まれています。入力し直してください")
+    cleaned = _bracketed(cleaned)
     if not cleaned:
         raise InvalidEmail("the e-mail address is empty",
                            ja="メールアドレスが空です")
-    if CONTROL.search(cleaned):
-        raise InvalidEmail(f"invalid e-mail address {cleaned!r}: it holds a control character; retype it",
-                           ja=f"メールアドレス「{cleaned}」に制御文字が含まれています。入力し直してください")
     found = _plain_address(cleaned) or _legacy_address(cleaned)
     if found is not None:
         return found

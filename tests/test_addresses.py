@@ -60,6 +60,17 @@ def test_the_subscriber_store_and_the_message_builder_give_one_verdict(address):
 def test_control_characters_never_make_an_address():
     with pytest.raises(InvalidEmail, match="control character"):
         parse_address("taro\x00@example.jp")
+    with pytest.raises(InvalidEmail, match="control character"):  # in the name that is dropped too
+        parse_address("山田\x1b[2J <yamada@example.jp>")
+
+
+def test_an_address_with_a_name_is_its_bracketed_part_unless_the_name_is_another_address():
+    """helper-72: 'a@example.jp <b@example.jp>' was taken as b silently; which one was meant is
+    not known. A mail program's own copy, the address as its name, is one address."""
+    assert parse_address("山田 太郎 <Yamada@Example.JP>").email == "Yamada@example.jp"
+    assert parse_address("'yamada@example.jp' <yamada@example.jp>").email == "yamada@example.jp"
+    with pytest.raises(InvalidEmail, match="it names two addresses; give the one meant"):
+        parse_address("sato@example.jp <yamada@example.jp>")
 
 
 # --- through the CLI and a real relay --------------------------------------------------------
