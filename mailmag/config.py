@@ -332,6 +332,13 @@ class Config:
     def templates_path(self) -> Path:
         return Path(self.mailmag.templates_dir or PACKAGE_TEMPLATES)
 
+    @property
+    def web_template_dirs(self) -> list[Path]:
+        """The web app's and its mails' templates: the operator's templates_dir/web first (if
+        set), then the shipped templates/web."""
+        dirs = [self.templates_path / "web", PACKAGE_TEMPLATES / "web"]
+        return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or secrets replaced (tests and `demo` use it)."""
         return dataclasses.replace(self, **sections)

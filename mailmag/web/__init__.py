@@ -73,12 +73,6 @@ def _(text_: str, **values: object) -> str:
     return state().catalog.translate(page_lang(), text_, **values)
 
 
-def template_dirs(config: Config) -> list[Path]:
-    """The operator's templates_dir/web first (if set), then the shipped templates/web."""
-    dirs = [config.templates_path / "web", PACKAGE_TEMPLATES / "web"]
-    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
-
-
 def _first(dirs: list[Path], name: str) -> Path:
     """The operator's version of a file or folder if they made one, else the shipped one."""
     return next((d / name for d in dirs if (d / name).exists()), PACKAGE_TEMPLATES / "web" / name)
@@ -120,7 +114,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     services = services or Services(config or load_config())
     config = services.config
     secret = services.secret_key  # refuses to serve without MAILMAG_SECRET_KEY outside demo mode
-    dirs = template_dirs(config)
+    dirs = config.web_template_dirs
     loader = jinja2.FileSystemLoader([str(d) for d in dirs])
     app = Flask(__name__, static_folder=str(_first(dirs, "static")), template_folder=None)
     # Flask escapes only *.html; our page templates are *.html.j2.
@@ -138,7 +132,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
         topics=config.topics,
         wording=_wording(dirs, config.web.consent_wording_version),
-        mailer=Mailer(services, secret, loader),
+        mailer=Mailer(services, secret),
     )
     security.init_app(app, secret, secure_cookie=config.mailmag.base_url.startswith("https://"),
                       max_body=config.web.max_request_body_size)

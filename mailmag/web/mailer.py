@@ -12,12 +12,8 @@ import logging
 import queue
 import threading
 
-import jinja2
-
-from mailmag import addresses, links
-from mailmag.audience import consent
-from mailmag.delivery import messages, transports
-from mailmag.delivery.dkim import load_dkim
+from mailmag import links
+from mailmag.audience import consent, notices
 from mailmag.services import Services
 
 log = logging.getLogger("mailmag.web")
@@ -26,11 +22,10 @@ log = logging.getLogger("mailmag.web")
 class Mailer:
     """A queue of consent.Mail and the thread that renders, builds and sends them."""
 
-    def __init__(self, services: Services, secret: str, templates: jinja2.BaseLoader) -> None:
+    def __init__(self, services: Services, secret: str) -> None:
         self.services = services
         self.secret = secret
-        self.env = jinja2.Environment(loader=templates, undefined=jinja2.StrictUndefined,
-                                      keep_trailing_newline=True, autoescape=False)
+        self.env = notices.environment(services.config)
         self.queue: queue.Queue[consent.Mail | None] = queue.Queue()  # None: stop
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -82,21 +77,9 @@ class Mailer:
             link = links.confirm_url(base_url, self.secret, mail.subscriber_id, mail.link_key, mail.opt_outs)
         else:
             link = links.preferences_url(base_url, self.secret, mail.subscriber_id, mail.link_key)
-        text = self.env.get_template(f"mail/{mail.kind}.{mail.lang}.txt.j2").render(
-            link=link, email=mail.email, hours=config.web.confirm_hours,
-            sender=config.sender, subscribe_url=links.subscribe_url(base_url),
-        )
-        subject, _, body = text.partition("\n")
-        return subject.strip(), body.lstrip("\n")
+        return notices.render(self.env, config, mail.kind, mail.lang, link=link, email=mail.email,
+                              hours=config.web.confirm_hours, subscribe_url=links.subscribe_url(base_url))
 
     def send(self, mail: consent.Mail) -> None:
-        config = self.services.config
-        subject, text = self.render(mail)
         # No name from the form reaches the mail: a stranger typed it (confirmation-mail spam).
-        data = messages.build_simple(config, mail.email, "", subject, text,
-                                     dkim=load_dkim(config))
-        connection = transports.make_transport(config).connect()
-        try:
-            connection.send(addresses.bounce_address(config), mail.email, data)
-        finally:
-            connection.close()
+        notices.send(self.services.config, mail.email, *self.render(mail))
