@@ -367,20 +367,28 @@ def test_complaint_unsubscribes_and_suppresses(session, config, tmp_path):
     assert session.scalar(select(func.count()).select_from(Suppression)) == 0
 
 
-def test_mailto_request_unsubscribes_the_sender(session, config, tmp_path):
+def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config, tmp_path):
+    """Anyone can write a From: a request without our signed tag changes nothing; the subscriber
+    its exact From names is to be sent their own unsubscribe link (send_unsubscribe_links)."""
     add_subscribers(session, 2)
     box = write_maildir(tmp_path / "Maildir", [
         samples.mailto_unsubscribe("User0@Example.JP"),
         samples.mailto_unsubscribe("stranger@example.com"),
+        samples.mailto_unsubscribe("user1@example.jp",
+                                   subject=f"unsubscribe {_tag(session, 'user1@example.jp')}"),
     ])
     report = process(session, config, box)
-    assert report.unsubscribes == 1
+    assert (report.unsubscribes, report.asked) == (1, 1)
+    assert [(a.email, a.subscriber_id) for a in report.asks] == [
+        ("user0@example.jp", subscriber(session, "user0@example.jp").id)]
     assert [r for _, r in report.unmatched] == [
         "unsubscribe: stranger@example.com is not a subscriber (a request without a tag must come "
         "from the exact address) (from 山田 太郎 <stranger@example.com>, subject 'unsubscribe')"]
-    assert subscriber(session, "user0@example.jp").status == "unsubscribed"
+    assert subscriber(session, "user0@example.jp").status == "active"
+    assert subscriber(session, "user1@example.jp").status == "unsubscribed"
     channels = session.scalars(select(ConsentEvent.channel).where(ConsentEvent.action == "opt_out")).all()
     assert channels == ["mailto"]
+    assert "link_key" not in json.dumps(report.as_dict())  # the asks stay out of --json
 
 
 def _old_tag(row: Subscriber) -> str:
@@ -428,6 +436,12 @@ def test_the_short_tag_carries_the_old_tags_bits_and_fits_only_its_row(session):
 # --- whole mailboxes: both formats, idempotence, unreadable messages ------------------------
 
 
+def _tag(session, email: str) -> str:  # type: ignore[no-untyped-def]
+    """The signed tag of the subscriber's List-Unsubscribe mailto."""
+    row = subscriber(session, email)
+    return tokens.unsubscribe_tag(SECRET, row.id, row.link_key)
+
+
 def mixed_mailbox(session) -> tuple[list[bytes], dict[str, int]]:  # type: ignore[no-untyped-def]
     """One of everything; returns the messages and the counts a first run must report."""
     add_subscribers(session, 6)
@@ -440,7 +454,8 @@ def mixed_mailbox(session) -> tuple[list[bytes], dict[str, int]]:  # type: ignor
         samples.qmail_bounce("user3@example.jp", to=verp(sent["user3@example.jp"])),
         samples.postfix_delayed("user4@example.jp", to=verp(sent["user4@example.jp"])),
         samples.arf_complaint("user5@example.jp", original_id=sent["user5@example.jp"].message_id),
-        samples.mailto_unsubscribe("user4@example.jp"),
+        samples.mailto_unsubscribe("user4@example.jp",
+                                   subject=f"unsubscribe {_tag(session, 'user4@example.jp')}"),
         samples.human_reply("someone@example.com"),
         samples.garbage(),
         samples.truncated("user5@example.jp", to=verp(sent["user5@example.jp"])),
@@ -496,18 +511,20 @@ def test_a_path_that_is_no_mailbox_is_refused(session, config, tmp_path):
 def test_cli_processes_and_lists_bounced_and_refuses_to_re_add(mailmag, session, tmp_path):
     for n in range(3):
         mailmag.ok("subscribers", "add", f"user{n}@example.jp")
+    tag = _tag(session, "user2@example.jp")  # (before: it expires what send_issue loads)
     sent = send_issue(session, 1)
     session.commit()
     box = write_mbox(tmp_path / "bounces.mbox", [
         samples.postfix_dsn("user0@example.jp", to=verp(sent["user0@example.jp"])),
         samples.postfix_delayed("user1@example.jp", to=verp(sent["user1@example.jp"])),
-        samples.mailto_unsubscribe("user2@example.jp"),
+        samples.mailto_unsubscribe("user2@example.jp", subject=f"unsubscribe {tag}"),
         samples.human_reply("someone@example.com"),
         samples.garbage(),
     ])
 
     out = mailmag.ok("bounces", "process", str(box)).output.splitlines()
-    assert out[0] == "hard 1, soft 1, complaints 0, unsubscribes 1, duplicates 0, unmatched 1, unreadable 1"
+    assert out[0] == ("hard 1, soft 1, complaints 0, unsubscribes 1, asked to confirm 0, duplicates 0, "
+                      "unmatched 1, unreadable 1")
     assert out[1].startswith("unmatched #4: not a bounce report, complaint or unsubscribe request "
                              "(from someone@example.com")
     assert out[2] == "unreadable #5: no mail headers: not an e-mail message"
@@ -567,6 +584,6 @@ def test_resubscribed_address_starts_counting_afresh(session, config, tmp_path):
 def test_report_as_dict_names_every_count():
     report = bounces.Report(hard=1, duplicates=2, unmatched=[("k", "why")])
     assert report.as_dict() == {
-        "hard": 1, "soft": 0, "complaints": 0, "unsubscribes": 0, "duplicates": 2, "events": [],
+        "hard": 1, "soft": 0, "complaints": 0, "unsubscribes": 0, "asked": 0, "duplicates": 2, "events": [],
         "unmatched": [{"message": "k", "reason": "why"}], "unreadable": [],
     }

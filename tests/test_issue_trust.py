@@ -132,13 +132,17 @@ def _mailto(message) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return match.group(1), match.group(2).replace("%20", " ")
 
 
-def _process(mailmag, tmp_path: Path, *messages: bytes) -> str:  # type: ignore[no-untyped-def]
+def _mbox(tmp_path: Path, *messages: bytes) -> Path:
     path = tmp_path / f"box{len(list(tmp_path.glob('box*')))}.mbox"
     box = mailbox.mbox(path)
     for message in messages:
         box.add(message)
     box.close()
-    return mailmag.ok("bounces", "process", str(path), "-v").stdout
+    return path
+
+
+def _process(mailmag, tmp_path: Path, *messages: bytes) -> str:  # type: ignore[no-untyped-def]
+    return mailmag.ok("bounces", "process", str(_mbox(tmp_path, *messages)), "-v").stdout
 
 
 def _statuses(mailmag) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -198,10 +202,41 @@ def test_the_subject_tag_names_its_recipient_from_any_address(mailmag, issued, t
     assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "unsubscribed"}
 
 
-def test_without_a_tag_only_the_exact_from_unsubscribes_and_is_logged_so(mailmag, issued, tmp_path):
-    out = _process(mailmag, tmp_path,
-                   samples.mailto_unsubscribe("a+alias@example.jp", message_id="<n1@x>"),
-                   samples.mailto_unsubscribe("B@example.jp", message_id="<n2@x>"))
+def test_without_a_tag_the_exact_from_is_sent_its_own_link_and_nothing_changes(
+        mailmag, issued, live, tmp_path):
+    """helper-72: a request without a tag unsubscribed whoever its From named, and anyone can
+    write a From. It is now answered, as Mailman answers a `leave` by mail, with that
+    subscriber's own unsubscribe link, sent to their address: only its owner can follow it."""
+    for sent in (tmp_path / "outbox").glob("*.eml"):
+        sent.unlink()
+    requests = (samples.mailto_unsubscribe("a+alias@example.jp", message_id="<n1@x>"),
+                samples.mailto_unsubscribe("B@example.jp", message_id="<n2@x>"))
+    out = _process(mailmag, tmp_path, *requests)
     assert "unmatched" in out and "a+alias@example.jp is not a subscriber" in out
-    assert "b@example.jp (matched by sender): unsubscribed" in out
+    assert "unsubscribes 0, asked to confirm 1," in out
+    assert "b@example.jp (matched by sender): asked to confirm" in out
+    assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "active"}
+    [answer] = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+                for p in (tmp_path / "outbox").glob("*.eml")]
+    assert str(answer["To"]) == "b@example.jp" and "配信停止のご確認" in str(answer["Subject"])
+    path = re.search(r"https://news\.example\.jp(/u/\S+)", answer.get_body(("plain",)).get_content()).group(1)
+    assert "配信を停止する" in Client(live.url).get(path).text
+    assert Client(live.url).submit(path, {}).status == 200
     assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "unsubscribed"}
+    again = _process(mailmag, tmp_path, *requests)  # the same requests read again: no second answer
+    assert "asked to confirm 0, duplicates 1" in again and len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+
+
+def test_an_answer_the_relay_refuses_leaves_the_request_to_be_read_again(mailmag, issued, config_file,
+                                                                         tmp_path):
+    """The link could not be sent (the relay is down): the request is not marked read, so the
+    next run answers it; nothing else of that run is lost."""
+    text = config_file.read_text()
+    config_file.write_text(text.replace('transport = "file"', 'transport = "smtp"\nhost = "127.0.0.1"\n'
+                                                         'port = 9\nsecurity = "none"'))
+    request = samples.mailto_unsubscribe("b@example.jp", message_id="<n3@x>")
+    failed = mailmag("bounces", "process", str(_mbox(tmp_path, request)))
+    assert failed.exit_code == 0 and "could not send the unsubscribe link to b@example.jp" in failed.stderr
+    config_file.write_text(text)
+    assert "asked to confirm 1, duplicates 0" in _process(mailmag, tmp_path, request)
+    assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "active"}

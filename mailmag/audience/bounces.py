@@ -4,7 +4,9 @@
         hard        → suppress(): status bounced, consent opt-out (bounce), suppression, queued cancelled
         soft        → counted; soft_threshold deliveries within soft_window_days → suppress()
         complaint   → unsubscribed (reason complaint) + suppression, consent channel complaint
-        unsubscribe → unsubscribed, consent channel mailto
+        unsubscribe → with its signed tag: unsubscribed, consent channel mailto
+                      without (typed by hand): answered with the subscriber's own unsubscribe
+                      link (send_unsubscribe_links); its From may be forged, so nothing changes
 
 A report maps to its delivery by our VERP envelope address first (a forged tag is refused,
 never trusted), then by the Message-ID of the returned original. A report that only names an
@@ -20,22 +22,23 @@ import datetime as dt
 import logging
 import mailbox
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from mailmag import addresses, tokens
+from mailmag import addresses, links, tokens
 from mailmag.addresses import parse_address
-from mailmag.audience import reports, subscribers
+from mailmag.audience import notices, reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.delivery.transports import MAILBOX, PermanentFailure
-from mailmag.errors import InvalidEmail, InvalidInput, NotFound
+from mailmag.delivery.transports import MAILBOX, DeliveryFailure, PermanentFailure
+from mailmag.errors import InvalidEmail, InvalidInput, MailmagError, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
+from mailmag.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,18 @@ class Event:
     action: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Ask:
+    """A mailto request without a tag, from a subscriber's exact address: it is answered with
+    that subscriber's unsubscribe link, which only the mailbox's owner can follow."""
+
+    source_key: str
+    subscriber_id: int
+    email: str
+    link_key: str
+    lang: str
+
+
 @dataclasses.dataclass
 class Report:
     """What one `process_mailbox` run did; unmatched and unreadable messages stay for a person."""
@@ -64,20 +79,22 @@ class Report:
     soft: int = 0
     complaints: int = 0
     unsubscribes: int = 0
+    asked: int = 0  # requests without a tag, answered with the subscriber's unsubscribe link
     duplicates: int = 0
     events: list[Event] = dataclasses.field(default_factory=list)
+    asks: list[Ask] = dataclasses.field(default_factory=list)
     unmatched: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"hard {self.hard}, soft {self.soft}, complaints {self.complaints}, "
-            f"unsubscribes {self.unsubscribes}, duplicates {self.duplicates}, "
+            f"unsubscribes {self.unsubscribes}, asked to confirm {self.asked}, duplicates {self.duplicates}, "
             f"unmatched {len(self.unmatched)}, unreadable {len(self.unreadable)}"
         )
 
     def as_dict(self) -> dict[str, Any]:
-        counts = {name: getattr(self, name) for name in (*COUNTERS.values(), "duplicates")}
+        counts = {name: getattr(self, name) for name in (*COUNTERS.values(), "asked", "duplicates")}
         return {
             **counts,
             "events": [dataclasses.asdict(e) for e in self.events],
@@ -250,9 +267,23 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
     )
     session.add(event)
     session.flush()
-    action = _apply(session, found.subscriber, event, reading, config)
-    setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
+    if found.by == "sender":
+        action = _ask(found.subscriber, reading, report)
+    else:
+        action = _apply(session, found.subscriber, event, reading, config)
+        setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
     report.events.append(Event(where, reading.kind, found.subscriber.email, event.code, found.by, action))
+
+
+def _ask(subscriber: Subscriber, reading: reports.Reading, report: Report) -> str:
+    """A request without a tag: anyone can write a From, so the subscriber is sent their own
+    unsubscribe link (as Mailman asks to confirm a `leave` by mail) and nothing changes here."""
+    if subscriber.status in OUT:
+        return f"already {subscriber.status}"
+    report.asked += 1
+    report.asks.append(Ask(reading.source_key, subscriber.id, subscriber.email, subscriber.link_key,
+                           subscriber.lang if subscriber.lang in ("ja", "en") else "ja"))
+    return "asked to confirm: their unsubscribe link is sent to the address (a From can be forged)"
 
 
 def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
@@ -264,10 +295,30 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
         return _soft(session, subscriber, event, config)
     if reading.kind == "complaint":
         return _complaint(session, subscriber, reading.detail)
-    how = "by its signed tag" if reading.tags else "without a tag, by its exact From"
-    consent = Consent("mailto", f"{reading.detail}, {how} ({reading.source_key})"[:200])
+    consent = Consent("mailto", f"{reading.detail}, by its signed tag ({reading.source_key})"[:200])
     changed = subscribers.unsubscribe(session, subscriber, consent)
     return "unsubscribed" if changed else "already unsubscribed"
+
+
+def send_unsubscribe_links(services: Services, asks: Sequence[Ask]) -> list[tuple[Ask, str]]:
+    """Answer each request without a tag with the subscriber's unsubscribe link, after the
+    mailbox's results are committed (no database lock is held over SMTP). A request whose mail
+    could not be sent is forgotten, so the next run reads it again; returns those, and why."""
+    config, failed = services.config, []
+    env = notices.environment(config)
+    for ask in asks:
+        link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
+                                     ask.link_key)
+        try:
+            notices.send(config, ask.email, *notices.render(env, config, "unsubscribe", ask.lang,
+                                                             link=link, email=ask.email))
+        except (MailmagError, DeliveryFailure) as exc:
+            failed.append((ask, str(exc)))
+    if failed:
+        with services.session() as session:
+            unread = [ask.source_key for ask, _ in failed]
+            session.execute(delete(BounceEvent).where(BounceEvent.source_key.in_(unread)))
+    return failed
 
 
 # --- matching a report to a delivery and subscriber -----------------------------------------

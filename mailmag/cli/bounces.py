@@ -24,12 +24,16 @@ def process(app: AppContext, path: Path, as_json: bool, verbose: bool) -> None:
     """Read a Maildir or an mbox of bounce reports; the mailbox is never changed.
 
     Hard bounces stop mail to the address at once, soft ones count ([bounces] in the
-    configuration), complaints and mailto requests unsubscribe. Processing the same mailbox
-    again changes nothing.
+    configuration), complaints and mailto requests with their signed tag unsubscribe. A request
+    written by hand (no tag) is answered with the subscriber's own unsubscribe link: its From
+    may be forged. Processing the same mailbox again changes nothing.
     """
     services = app.ready_services()
     with services.session() as session:
         report = bounces.process_mailbox(session, path, services.config, services.secret_key)
+    for ask, why in bounces.send_unsubscribe_links(services, report.asks):
+        click.echo(f"could not send the unsubscribe link to {ask.email} ({why}); its request is read "
+                   "again on the next run", err=True)
     if as_json:
         print_json(report.as_dict())
         return
