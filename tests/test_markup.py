@@ -149,6 +149,16 @@ def test_quotes_and_dashes_between_english_words_are_not_japanese():
     assert "中国地域<br>\n産業振興会議" in to_html("中国地域\n産業振興会議")
 
 
+def test_a_wrap_after_bold_or_a_link_between_japanese_leaves_no_space():
+    """helper-73 F7: the HTML edition kept a space where a wrap followed **bold** or a link (it
+    looked only at the tokens right beside the break), while the text edition joined them."""
+    wrapped = ("参加申込の締切は、例年より早く**十二月一日（火）正午**\nとなっておりますので、"
+               "お早めにお申し込みください。詳しくは事務局のウェブサイトの[開催案内](https://a.jp)\n"
+               "をご覧ください。")
+    html = to_html(wrapped)
+    assert "正午</strong>となって" in html and "開催案内</a>をご覧" in html
+
+
 def test_preview_text():
     text = to_text("# 協議事項\n\n- 一\n- [二](https://example.jp) &amp; 三\n\n本文<script>x()</script>")
     assert text == "協議事項\n\n・一\n・二 & 三\n\n本文"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 
 import nh3
@@ -96,7 +96,7 @@ def _line_breaks(token: Token) -> None:
             continue  # a hard break, or a pasted <br> at the line's end: it breaks already
         if kept:
             child.type, child.tag = "hardbreak", "br"
-        elif 0 < index < len(children) - 1 and _between_wide(children[index - 1], children[index + 1]):
+        elif _between_wide(children[:index], children[index + 1:]):
             child.type, child.tag, child.content = "text", "", ""
 
 
@@ -104,9 +104,26 @@ def _is_br(token: Token) -> bool:
     return token.type == "html_inline" and bool(_BR.fullmatch(token.content.strip()))
 
 
-def _between_wide(before: Token, after: Token) -> bool:
-    return (before.type == after.type == "text" and bool(before.content) and bool(after.content)
-            and text_ja.is_wide(before.content[-1]) and text_ja.is_wide(after.content[0]))
+def _between_wide(before: Sequence[Token], after: Sequence[Token]) -> bool:
+    """Whether the characters either side of a break are both Japanese: the nearest text, across
+    emphasis and links (**重要**\nです), as the text edition joins them."""
+    last, first = _nearest_text(reversed(before)), _nearest_text(after)
+    return bool(last and first) and text_ja.is_wide(last[-1]) and text_ja.is_wide(first[0])
+
+
+def _nearest_text(tokens: Iterable[Token]) -> str:
+    for token in tokens:
+        if token.type in ("text", "text_special", "code_inline"):
+            if token.content:  # (markdown-it leaves an empty text token after emphasis)
+                return token.content
+        elif token.type not in _MARKUP:  # a break, an image, an inline tag: not text to join
+            return ""
+    return ""
+
+
+# Inline tokens that only open or close markup around text.
+_MARKUP = frozenset({"strong_open", "strong_close", "em_open", "em_close", "s_open", "s_close",
+                     "link_open", "link_close"})
 
 
 def _tokens(markdown: str) -> list[Token]:
