@@ -373,6 +373,7 @@ def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config
     add_subscribers(session, 2)
     box = write_maildir(tmp_path / "Maildir", [
         samples.mailto_unsubscribe("User0@Example.JP"),
+        samples.mailto_unsubscribe("user0@example.jp", message_id="<again@example.jp>"),  # one link, not two
         samples.mailto_unsubscribe("stranger@example.com"),
         samples.mailto_unsubscribe("user1@example.jp",
                                    subject=f"unsubscribe {_tag(session, 'user1@example.jp')}"),

@@ -280,6 +280,8 @@ def _ask(subscriber: Subscriber, reading: reports.Reading, report: Report) -> st
     unsubscribe link (as Mailman asks to confirm a `leave` by mail) and nothing changes here."""
     if subscriber.status in OUT:
         return f"already {subscriber.status}"
+    if any(ask.subscriber_id == subscriber.id for ask in report.asks):
+        return "asked to confirm by an earlier request of this run: one link is sent"
     report.asked += 1
     report.asks.append(Ask(reading.source_key, subscriber.id, subscriber.email, subscriber.link_key,
                            subscriber.lang if subscriber.lang in ("ja", "en") else "ja"))
