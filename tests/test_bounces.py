@@ -379,9 +379,10 @@ def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config
                                    subject=f"unsubscribe {_tag(session, 'user1@example.jp')}"),
     ])
     report = process(session, config, box)
-    assert (report.unsubscribes, report.asked) == (1, 1)
+    assert (report.unsubscribes, report.asked) == (1, 0)  # asked: counted once the link is sent
     assert [(a.email, a.subscriber_id) for a in report.asks] == [
         ("user0@example.jp", subscriber(session, "user0@example.jp").id)]
+    assert report.events[0].action == "not answered: an earlier request of this run is, with one link"
     assert [r for _, r in report.unmatched] == [
         "unsubscribe: stranger@example.com is not a subscriber (a request without a tag must come "
         "from the exact address) (from 山田 太郎 <stranger@example.com>, subject 'unsubscribe')"]
@@ -390,6 +391,15 @@ def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config
     channels = session.scalars(select(ConsentEvent.channel).where(ConsentEvent.action == "opt_out")).all()
     assert channels == ["mailto"]
     assert "link_key" not in json.dumps(report.as_dict())  # the asks stay out of --json
+
+
+def test_a_request_without_a_tag_from_a_pending_address_is_not_answered(session, config, tmp_path):
+    """helper-75: a stranger could have a never-confirmed address mailed on every run."""
+    subscribers.add(session, subscribers.parse_address("pending@example.jp"), Consent("web"), pending=True)
+    report = process(session, config, write_maildir(tmp_path / "Maildir", [
+        samples.mailto_unsubscribe("pending@example.jp")]))
+    assert report.asks == [] and report.unmatched == []
+    assert report.events[0].action == "not answered: the address is pending, nothing is sent to it"
 
 
 def _old_tag(row: Subscriber) -> str:
@@ -586,5 +596,5 @@ def test_report_as_dict_names_every_count():
     report = bounces.Report(hard=1, duplicates=2, unmatched=[("k", "why")])
     assert report.as_dict() == {
         "hard": 1, "soft": 0, "complaints": 0, "unsubscribes": 0, "asked": 0, "duplicates": 2, "events": [],
-        "unmatched": [{"message": "k", "reason": "why"}], "unreadable": [],
+        "unmatched": [{"message": "k", "reason": "why"}], "unreadable": [], "unanswered": [],
     }

@@ -22,11 +22,12 @@ import datetime as dt
 import logging
 import mailbox
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from mailmag import addresses, links, tokens
@@ -64,7 +65,9 @@ class Ask:
     """A mailto request without a tag, from a subscriber's exact address: it is answered with
     that subscriber's unsubscribe link, which only the mailbox's owner can follow."""
 
+    where: str  # the message in the mailbox
     source_key: str
+    detail: str
     subscriber_id: int
     email: str
     link_key: str
@@ -79,18 +82,20 @@ class Report:
     soft: int = 0
     complaints: int = 0
     unsubscribes: int = 0
-    asked: int = 0  # requests without a tag, answered with the subscriber's unsubscribe link
+    asked: int = 0  # requests without a tag answered with the subscriber's unsubscribe link
     duplicates: int = 0
     events: list[Event] = dataclasses.field(default_factory=list)
-    asks: list[Ask] = dataclasses.field(default_factory=list)
+    asks: list[Ask] = dataclasses.field(default_factory=list)  # to answer (send_unsubscribe_links)
     unmatched: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     unreadable: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    unanswered: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # read again next run
 
     def summary(self) -> str:
         return (
             f"hard {self.hard}, soft {self.soft}, complaints {self.complaints}, "
             f"unsubscribes {self.unsubscribes}, asked to confirm {self.asked}, duplicates {self.duplicates}, "
             f"unmatched {len(self.unmatched)}, unreadable {len(self.unreadable)}"
+            + (f", unanswered {len(self.unanswered)}" if self.unanswered else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,6 +105,7 @@ class Report:
             "events": [dataclasses.asdict(e) for e in self.events],
             "unmatched": [{"message": k, "reason": r} for k, r in self.unmatched],
             "unreadable": [{"message": k, "reason": r} for k, r in self.unreadable],
+            "unanswered": [{"message": k, "reason": r} for k, r in self.unanswered],
         }
 
 
@@ -210,8 +216,13 @@ def process_mailbox(
     try:
         for key in sorted(box.keys(), key=_arrival):
             reading = _read(box, key, name(key), addresses.unsubscribe_address(config).lower(), report)
-            if reading is not None:
-                _process(session, name(key), reading, config, secret, now, report)
+            if reading is None:
+                continue
+            try:
+                with session.begin_nested():  # one message's bad data must not undo the run's others
+                    _process(session, name(key), reading, config, secret, now, report)
+            except DataError as exc:
+                report.unreadable.append((name(key), f"could not be recorded: {exc.orig}".strip()))
     finally:
         box.close()
     return report
@@ -259,6 +270,9 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
     if isinstance(found, str):
         report.unmatched.append((where, f"{reading.kind}: {found} ({reading.label})"))
         return
+    if found.by == "sender":
+        _ask(session, where, found.subscriber, reading, now, report)
+        return
     at = min(reading.at or now, now)
     event = BounceEvent(
         subscriber_id=found.subscriber.id, delivery_id=found.delivery_id, kind=reading.kind,
@@ -267,25 +281,40 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
     )
     session.add(event)
     session.flush()
-    if found.by == "sender":
-        action = _ask(found.subscriber, reading, report)
-    else:
-        action = _apply(session, found.subscriber, event, reading, config)
-        setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
+    action = _apply(session, found.subscriber, event, reading, config)
+    setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
     report.events.append(Event(where, reading.kind, found.subscriber.email, event.code, found.by, action))
 
 
-def _ask(subscriber: Subscriber, reading: reports.Reading, report: Report) -> str:
-    """A request without a tag: anyone can write a From, so the subscriber is sent their own
-    unsubscribe link (as Mailman asks to confirm a `leave` by mail) and nothing changes here."""
-    if subscriber.status in OUT:
-        return f"already {subscriber.status}"
-    if any(ask.subscriber_id == subscriber.id for ask in report.asks):
-        return "asked to confirm by an earlier request of this run: one link is sent"
-    report.asked += 1
-    report.asks.append(Ask(reading.source_key, subscriber.id, subscriber.email, subscriber.link_key,
-                           subscriber.lang if subscriber.lang in ("ja", "en") else "ja"))
-    return "asked to confirm: their unsubscribe link is sent to the address (a From can be forged)"
+# A reader is sent at most one unsubscribe link in answer to requests without a tag in this
+# long: anyone can write such a request, once a minute if they like.
+ASK_INTERVAL = dt.timedelta(hours=24)
+ASKED = "asked"  # BounceEvent.kind of a request without a tag, once answered or set aside
+_LINK_SENT = "their unsubscribe link was sent to the address (a From can be forged)"
+
+
+def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.Reading,
+         now: dt.datetime, report: Report) -> None:
+    """A request without a tag: anyone can write a From, so nothing changes here. An active
+    subscriber is sent their own unsubscribe link (as Mailman asks to confirm a `leave` by mail),
+    once a day at most; it is recorded when sent (send_unsubscribe_links), so a run that stops
+    before answers it on the next."""
+    if subscriber.status != "active":  # out already, or pending: never confirmed, sent nothing
+        why = f"not answered: the address is {subscriber.status}, nothing is sent to it"
+    elif any(ask.subscriber_id == subscriber.id for ask in report.asks):
+        why = "not answered: an earlier request of this run is, with one link"
+    elif session.scalar(select(BounceEvent.id).where(
+            BounceEvent.subscriber_id == subscriber.id, BounceEvent.kind == ASKED,
+            BounceEvent.diagnostic.endswith(_LINK_SENT), BounceEvent.at > now - ASK_INTERVAL).limit(1)):
+        why = "not answered: the address was sent its link within the last 24 hours"
+    else:
+        lang = subscriber.lang if subscriber.lang in ("ja", "en") else "ja"
+        report.asks.append(Ask(where, reading.source_key, reading.detail, subscriber.id, subscriber.email,
+                               subscriber.link_key, lang))
+        return
+    session.add(BounceEvent(subscriber_id=subscriber.id, kind=ASKED, diagnostic=f"{reading.detail}; {why}",
+                            source_key=reading.source_key, at=now))
+    report.events.append(Event(where, reading.kind, subscriber.email, "", "sender", why))
 
 
 def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
@@ -302,25 +331,31 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
     return "unsubscribed" if changed else "already unsubscribed"
 
 
-def send_unsubscribe_links(services: Services, asks: Sequence[Ask]) -> list[tuple[Ask, str]]:
-    """Answer each request without a tag with the subscriber's unsubscribe link, after the
-    mailbox's results are committed (no database lock is held over SMTP). A request whose mail
-    could not be sent is forgotten, so the next run reads it again; returns those, and why."""
-    config, failed = services.config, []
+def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime | None = None) -> None:
+    """Answer the report's requests without a tag, each with its subscriber's unsubscribe link,
+    after the mailbox's results are committed: no database lock is held over SMTP. Each is
+    recorded once its mail is sent or refused for good; one the relay could not take now is
+    left unrecorded (`report.unanswered`), and the next run reads it again."""
+    config = services.config
     env = notices.environment(config)
-    for ask in asks:
+    for ask in report.asks:
         link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
                                      ask.link_key)
         try:
             notices.send(config, ask.email, *notices.render(env, config, "unsubscribe", ask.lang,
                                                              link=link, email=ask.email))
+            outcome = _LINK_SENT
+            report.asked += 1
+        except PermanentFailure as exc:
+            outcome = f"not answered: the relay refused the mail with its link ({exc})"
         except (MailmagError, DeliveryFailure) as exc:
-            failed.append((ask, str(exc)))
-    if failed:
+            report.unanswered.append((ask.where, f"could not send the unsubscribe link to {ask.email} "
+                                                 f"({exc}); the request is read again on the next run"))
+            continue
         with services.session() as session:
-            unread = [ask.source_key for ask, _ in failed]
-            session.execute(delete(BounceEvent).where(BounceEvent.source_key.in_(unread)))
-    return failed
+            session.add(BounceEvent(subscriber_id=ask.subscriber_id, kind=ASKED, source_key=ask.source_key,
+                                    diagnostic=f"{ask.detail}; {outcome}", at=now or utcnow()))
+        report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
 
 
 # --- matching a report to a delivery and subscriber -----------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 
 from flufl.bounce import all_failures
 
+from mailmag import tokens
+
 # Where the report was delivered to: one of them is our VERP address if the bounce is ours.
 ENVELOPE_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To")
 UNSUBSCRIBE_SUBJECTS = ("unsubscribe", "配信停止")
@@ -70,6 +72,9 @@ class Reading:
 
 def read(data: bytes, unsubscribe_address: str) -> Reading:
     """Classify one message; raise Unreadable if it is not mail or its MIME is broken."""
+    # No NUL belongs in mail (RFC 5322); one in an address or a Message-ID reached PostgreSQL,
+    # which refuses it, and failed the whole run on every run after (helper-75).
+    data = data.replace(b"\x00", b"")
     msg = email.message_from_bytes(data)
     _check_structure(msg)
     base: dict[str, Any] = {
@@ -254,7 +259,9 @@ def _unsubscribe_request(msg: Message, unsubscribe_address: str) -> tuple[str, t
         tags += words[1:2]
     if not (to_us or (asked and len(words) <= 2)):
         return "", ()
-    return sender, tuple(dict.fromkeys(tags))
+    # Only a word shaped as a tag is one: 'unsubscribe me' or '配信停止 お願いします' typed by hand
+    # is a request without a tag, not one with a forged tag (helper-75).
+    return sender, tuple(dict.fromkeys(t for t in tags if tokens.unsubscribe_tag_id(t) is not None))
 
 
 # --- identifiers ----------------------------------------------------------------------------

@@ -31,9 +31,7 @@ def process(app: AppContext, path: Path, as_json: bool, verbose: bool) -> None:
     services = app.ready_services()
     with services.session() as session:
         report = bounces.process_mailbox(session, path, services.config, services.secret_key)
-    for ask, why in bounces.send_unsubscribe_links(services, report.asks):
-        click.echo(f"could not send the unsubscribe link to {ask.email} ({why}); its request is read "
-                   "again on the next run", err=True)
+    bounces.send_unsubscribe_links(services, report)
     if as_json:
         print_json(report.as_dict())
         return
@@ -46,6 +44,8 @@ def process(app: AppContext, path: Path, as_json: bool, verbose: bool) -> None:
         click.echo(f"unmatched {key}: {reason}")
     for key, reason in report.unreadable:
         click.echo(f"unreadable {key}: {reason}")
+    for key, reason in report.unanswered:
+        click.echo(f"unanswered {key}: {reason}")
 
 
 commands = [group]
