@@ -317,14 +317,20 @@ def test_the_issue_page_says_when_another_issue_took_its_number(console, console
     first = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]}).headers["Location"]
     client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[1])]})
     assert "別の号が使いました" not in client.get(first).text
+    sender = logged_in(console.url, console_services, "bob", "sender")
+    opened = sender.get(f"{first}/send")  # a confirmation opened before: it showed 第1号, no warning
     with console_services.session() as session:  # the other one starts sending first: it is 第1号
         second = session.scalars(select(Issue).order_by(Issue.id.desc())).first()
         subscribers.add(session, subscribers.parse_address("a@example.jp"), Consent("cli", "t"))
         issues.start_sending(session, console_services.config, second)
     said = "は第1号と表示していますが、この号数は別の号が使いました。今送ると第2号になります"
     assert said in client.get(first).text
-    sender = logged_in(console.url, console_services, "bob", "sender")
     assert said in sender.get(f"{first}/send").text  # and on the confirmation, the last page before it
+    # helper-75: the form of the page opened before sent it as 第2号 after a page that said 第1号
+    stale = sender.post(f"{first}/send", hidden_fields(opened, f"{first}/send"))
+    assert stale.status == 409 and "号数" in stale.text
+    with console_services.session() as session:
+        assert session.scalars(select(Issue.status).order_by(Issue.id)).all() == ["draft", "sending"]
 
 
 def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_it_again(
@@ -475,7 +481,8 @@ def test_what_was_confirmed_or_approved_cannot_be_replaced_by_a_change_since(mai
     assert retitled.status == 303
     stale = sender.post(f"{issue_path}/send", hidden_fields(confirmation, f"{issue_path}/send"))
     assert stale.status == 409
-    assert "号（ID 1）は確認画面を開いた後に変更されました（タイトル・テーマ・記事のいずれか）" in stale.text
+    assert "号（ID 1）は確認画面を開いた後に変更されました（タイトル・テーマ・記事・号数のいずれか）" \
+        in stale.text
     with services.session() as session:
         assert session.scalar(select(func.count()).select_from(Delivery)) == 0
         assert session.get(Issue, 1).status == "draft"

@@ -25,23 +25,24 @@ def by_id(session: Session, issue_id: int) -> Issue:
     return issues.get(session, issue_id)
 
 
-def version(issue: Issue) -> str:
+def version(session: Session, issue: Issue) -> str:
     """What a confirmation page showed of an issue (title, topic, items, its rendering, its
-    state), as a token its form carries back."""
+    state, and the 第N号 it would be sent as), as a token its form carries back."""
     shown = [issue.title, issue.topic or "", issue.status, str(issue.scheduled_at), str(issue.rendered_at),
-             *(str(entry.item_id) for entry in issue.entries)]
+             str(issues.next_number(session)), *(str(entry.item_id) for entry in issue.entries)]
     return hashlib.sha256("\x1f".join(shown).encode()).hexdigest()[:16]
 
 
-def check_version(issue: Issue, seen: str) -> None:
+def check_version(session: Session, issue: Issue, seen: str) -> None:
     """Send only what the sender confirmed: another's change since (a title, the topic, an item
-    taken out) makes them look again."""
-    if seen != version(issue):
+    taken out, another issue sent with the number it showed: helper-75) makes them look again."""
+    if seen != version(session, issue):
         raise StateError(f"{issues.label(issue)} changed after its confirmation page was opened (its "
-                         "title, topic or items): look at it again; nothing was sent",
+                         "title, topic or items, or the number it would be sent as): look at it again; "
+                         "nothing was sent",
                          fixes=[Fix("preview_issue", issue.id)],
                          ja=f"{issues.label_ja(issue)}は確認画面を開いた後に変更されました（タイトル・テーマ・"
-                            "記事のいずれか）。もう一度確かめてください。何も送っていません")
+                            "記事・号数のいずれか）。もう一度確かめてください。何も送っていません")
 
 
 def _draft(session: Session, issue_id: int) -> Issue:

@@ -164,7 +164,7 @@ def confirm(issue_id: int) -> Any:
         # the issue page's warnings again: the last page before sending (helper-72: it named
         # a 第N号 another issue had taken)
         return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
-                               audience=issues.audience(db, issue), version=drafts.version(issue),
+                               audience=issues.audience(db, issue), version=drafts.version(db, issue),
                                warnings=drafts.warnings(db, state().config, issue))
 
 
@@ -175,7 +175,7 @@ def send(issue_id: int) -> Any:
     config = state().config
     with state().services.session() as db:
         issue = drafts.by_id(db, issue_id)
-        drafts.check_version(issue, request.form.get("version", ""))
+        drafts.check_version(db, issue, request.form.get("version", ""))
         if at:
             when = parse_when(at, config.zone, utcnow())
             jobs.schedule_send(db, issue, when, config=config)
