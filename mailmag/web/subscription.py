@@ -291,11 +291,13 @@ def _subscribe() -> Any:
     security.check_csrf()
     form = request.form
     lang = _form_lang()
+    # (cut to 200 for the page shown again; the address is read whole: cut, "a@x <b@y>" with
+    # spaces between would have been a@x, where the CLI refuses it, helper-75)
     values: dict[str, Any] = {
         key: form.get(key, "").strip()[:200] for key in ("email", "name", "organization")}
     values["topics"] = form.getlist("topic")
     try:
-        address = subscribers.parse_address(values["email"])
+        address = subscribers.parse_address(form.get("email", ""))
         topics = consent.choose_topics(values["topics"], state().topics)
     except InvalidEmail:
         return _form(400, "email", **values)
