@@ -73,16 +73,30 @@ def email_hash(key: str) -> str:
 
 def _bracketed(text: str) -> str:
     """The address of "山田 太郎 <yamada@example.jp>". A name that is itself another address
-    ("a@example.jp <b@example.jp>") leaves the address meant unknown: refused, not guessed."""
+    ("a@example.jp <b@example.jp>", "a@example.jp, <b@example.jp>") leaves the address meant
+    unknown: refused, not guessed."""
     named = _NAMED.match(text)
     if not named:
         return text.strip("<>").strip()
-    name, address = named.group(1).strip().strip("\"'"), named.group(2).strip()
-    if "@" in name and name.lower() != address.lower():
+    name, address = named.group(1), named.group(2).strip()
+    words = (word.strip("\"'()") for word in re.split(r"[\s,;]+", name))
+    others = {word.lower() for word in words if _is_address(word)}
+    if others - {address.lower()}:
         raise InvalidEmail(f"invalid e-mail address {text!r}: it names two addresses; give the one meant",
                            ja=f"メールアドレス「{text}」には二つのアドレスがあります。"
                               "送り先のアドレスだけを入力してください")
     return address
+
+
+def _is_address(text: str) -> bool:
+    """Whether a word of a name is itself an address (田中@営業 or @yamada is not)."""
+    if "@" not in text:
+        return False
+    try:
+        return bool(_plain_address(text) or _legacy_address(text) or validate_email(
+            text, check_deliverability=False))
+    except EmailNotValidError:
+        return False
 
 
 def parse_address(raw: str) -> Address:

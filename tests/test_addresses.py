@@ -71,6 +71,11 @@ def test_an_address_with_a_name_is_its_bracketed_part_unless_the_name_is_another
     assert parse_address("'yamada@example.jp' <yamada@example.jp>").email == "yamada@example.jp"
     with pytest.raises(InvalidEmail, match="it names two addresses; give the one meant"):
         parse_address("sato@example.jp <yamada@example.jp>")
+    with pytest.raises(InvalidEmail, match="it names two addresses; give the one meant"):
+        parse_address("sato@example.jp, <yamada@example.jp>")
+    # an @ in a name that is no address (helper-75: these were refused)
+    assert parse_address("田中@営業 <tanaka@example.jp>").email == "tanaka@example.jp"
+    assert parse_address("山田 (@yamada) <yamada@example.jp>").email == "yamada@example.jp"
 
 
 # --- through the CLI and a real relay --------------------------------------------------------
