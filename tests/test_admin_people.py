@@ -128,18 +128,19 @@ def test_the_search_finds_a_name_written_in_full_width_capitals_and_takes_a_nul(
     ILIKE folds only ASCII; a NUL in the search box was a 500 on PostgreSQL."""
     with console_services.session() as session:
         for address, name in (("tanaka@example.jp", "Ｔａｎａｋａ Ｉｃｈｉｒｏ"),
-                              ("sato@example.jp", "佐藤")):
+                              ("sato@example.jp", "佐藤"), ("yamada@example.jp", "ﾔﾏﾀﾞ ﾀﾛｳ")):
             subscribers.add(session, subscribers.parse_address(address), Consent("cli", "test"), name=name)
     client = logged_in(console.url, console_services, "owner", "owner")
 
     def found(text: str) -> set[str]:
         page = client.get("/admin/subscribers/?q=" + quote(text))
         assert page.status == 200
-        return {a for a in ("tanaka@example.jp", "sato@example.jp") if a in page.text}
+        return {a for a in ("tanaka@example.jp", "sato@example.jp", "yamada@example.jp") if a in page.text}
 
     assert found("tanaka ichiro") == {"tanaka@example.jp"}
     assert found("ICHIRO") == {"tanaka@example.jp"}
     assert found("佐藤\x00") == {"sato@example.jp"}
+    assert found("ヤマダ") == {"yamada@example.jp"}  # stored in half-width katakana (helper-75)
 
 
 def test_orgs_add_show_and_rotate_the_submission_link(console, console_services):

@@ -30,7 +30,8 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
         # (SQLite's ILIKE folds ASCII letters only: full-width ones are tried in three cases,
         # Ｙａｍａｄａ as a name is written among them)
         cases = (folded, folded.upper(), folded.lower(), folded.title())
-        forms = {text, folded, *(f.translate(table) for f in cases for table in _FULL_WIDTH)}
+        forms = {text, folded, folded.translate(_HALF_WIDTH_KANA),
+                 *(f.translate(table) for f in cases for table in _FULL_WIDTH)}
         written = (Subscriber.name, Subscriber.organization)
         query = query.where(or_(Subscriber.email_key.like(_containing(folded.lower()), escape="\\"),
                                 *(column.ilike(_containing(form), escape="\\")
@@ -42,6 +43,21 @@ def search(session: Session, text: str = "", limit: int = 200) -> list[Subscribe
 # (Ｔａｎａｋａ Ｉｃｈｉｒｏ is typed both ways).
 _FULL_WIDTH_KEEPING_SPACE = {code: code + 0xFEE0 for code in range(0x21, 0x7F)}
 _FULL_WIDTH = (_FULL_WIDTH_KEEPING_SPACE, _FULL_WIDTH_KEEPING_SPACE | {0x20: 0x3000})
+
+
+def _half_width_kana() -> dict[int, str]:
+    """Katakana to its half-width form (タナカ → ﾀﾅｶ, ダ → ﾀﾞ): names copied from old systems
+    are stored so (helper-75), and NFKC folds only the other way."""
+    table: dict[int, str] = {}
+    for code in range(0xFF66, 0xFF9E):
+        for half in (chr(code), chr(code) + "\uff9e", chr(code) + "\uff9f"):
+            full = unicodedata.normalize("NFKC", half)
+            if len(full) == 1 and ord(full) not in table:
+                table[ord(full)] = half
+    return table | {ord("ー"): "ｰ", ord("・"): "･"}
+
+
+_HALF_WIDTH_KANA = _half_width_kana()
 
 
 def _containing(text: str) -> str:
