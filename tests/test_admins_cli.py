@@ -121,3 +121,38 @@ def test_two_owners_demoted_at_once_leave_one_owner(services):
     with services.session() as session:
         roles = [(a.name, a.role) for a in accounts.listing(session)]
     assert roles == [("alice", "editor"), ("bob", "owner")]
+
+
+def test_an_account_removed_while_another_command_waits_is_gone_for_it(services):
+    """helper-74: `admins role bob editor` waiting on `admins remove bob` died with a traceback
+    (StaleDataError), and two `admins remove bob` at once both said removed, audited twice."""
+    import threading
+
+    with services.session() as session:
+        for name in ("alice", "bob", "carol"):
+            accounts.add(session, name, f"{name}@example.jp", "owner", PASSWORD)
+    outcome: list[str] = []
+
+    def then(change) -> threading.Thread:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                with services.session() as session:
+                    change(session)
+                outcome.append("done")
+            except Exception as exc:  # the test reads what it was
+                outcome.append(str(exc))
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with services.session() as first:
+        accounts.remove(first, "bob")
+        waiting = [then(lambda s: accounts.set_role(s, "bob", "editor")),
+                   then(lambda s: accounts.remove(s, "bob"))]
+        for thread in waiting:
+            thread.join(timeout=1)
+    for thread in waiting:
+        thread.join(timeout=30)
+    assert outcome == ["there is no console account 'bob': see which there are"] * 2
+    with services.session() as session:
+        assert [a.name for a in accounts.listing(session)] == ["alice", "carol"]

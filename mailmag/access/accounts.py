@@ -98,7 +98,7 @@ def add(session: Session, name: str, email: str, role: str, password: str) -> Ad
 
 def remove(session: Session, name: str) -> None:
     """Delete the account and end its sessions (its audit entries keep its name)."""
-    admin = get(session, name)
+    admin = _locked(session, name)
     _guard_last_owner(session, admin)
     end_sessions(session, admin.id)  # explicit: not every SQLite connection enforces foreign keys
     session.delete(admin)
@@ -107,7 +107,7 @@ def remove(session: Session, name: str) -> None:
 
 def set_role(session: Session, name: str, role: str) -> str:
     """The account's new role, from its next page on (its sessions stay); returns the old one."""
-    admin = get(session, name)
+    admin = _locked(session, name)
     old = admin.role
     if check_role(role) != "owner":
         _guard_last_owner(session, admin, ("changing its role", "役割を変える"))
@@ -116,13 +116,20 @@ def set_role(session: Session, name: str, role: str) -> str:
     return old
 
 
+def _locked(session: Session, name: str) -> Admin:
+    """The account, every account locked first, in one order (FOR UPDATE on PostgreSQL; SQLite's
+    IMMEDIATE write lock serializes already), and read as the last commit left it: two owners
+    demoted at once cannot each see the other still an owner, and a role change or a removal
+    waiting on another's removal finds the account gone (helper-72, helper-74)."""
+    session.scalars(select(Admin).order_by(Admin.id).with_for_update()
+                    .execution_options(populate_existing=True)).all()
+    return get(session, name)
+
+
 def _guard_last_owner(session: Session, admin: Admin,
                       doing: tuple[str, str] = ("removing it", "削除する")) -> None:
-    # The owners are locked (FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE write lock already
-    # serializes), so two owners demoted at once cannot each see the other still an owner
-    # and leave none. Read under the lock, not from `admin`: its role may be stale.
-    owners = session.scalars(select(Admin.id).where(Admin.role == "owner")
-                             .order_by(Admin.id).with_for_update()).all()
+    """(under _locked)"""
+    owners = session.scalars(select(Admin.id).where(Admin.role == "owner").order_by(Admin.id)).all()
     if list(owners) == [admin.id]:
         raise StateError(f"{admin.name} is the last owner: add another owner before {doing[0]}",
                          ja=f"アカウント「{admin.name}」は最後の「owner」です。"
