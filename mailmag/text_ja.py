@@ -55,24 +55,28 @@ def strip_bidi(text: str) -> str:
 def foreign_line(text: str) -> str:
     """Text from outside that mailmag shows an operator as one line (a relay's reply in `issues
     status` and the console): its lines joined with " / ", so no line it holds reads as one of
-    mailmag's; control, format (bidi overrides, zero-width) and other invisible characters made
-    '?', so it cannot recolour a terminal or reorder what is read; odd spaces made plain ones."""
-    if text.isprintable():  # the usual one-line reply (isprintable: no C*, Z* but ' ')
+    mailmag's; control, format (bidi overrides, zero-width) and blank-looking characters made
+    '?', and runs of spaces and of combining marks made one, so it can neither recolour a
+    terminal, reorder what is read, nor pad itself to the terminal's edge so that its rest
+    reads as a line of its own (helper-74)."""
+    if text.isascii() and text.isprintable() and "  " not in text:  # the usual one-line reply
         return text
     joined = " / ".join(line.strip() for line in text.splitlines() if line.strip())
-    return "".join(_shown_char(c) for c in joined)
+    shown = "".join(_shown_char(c) for c in joined)
+    return _COMBINING_RUN.sub(lambda run: run.group(0)[:1], _SPACE_RUN.sub(" ", shown))
+
+
+# Hangul fillers and the braille blank: printable, and drawn as nothing.
+_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_SPACE_RUN = re.compile(" {2,}")
+_COMBINING_RUN = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]{2,}")
 
 
 def _shown_char(char: str) -> str:
     category = unicodedata.category(char)
     if category == "Zs":
         return " "
-    return "?" if category[0] == "C" else char  # Cc, Cf, Cs, Co, Cn
-
-
-def normalize_line(text: str) -> str:
-    """normalize() for one-line fields (titles, venues): no line breaks, trimmed."""
-    return " ".join(normalize(text).split("\n")).strip()
+    return "?" if category[0] == "C" or char in _BLANK_LOOKING else char  # Cc, Cf, Cs, Co, Cn
 
 
 # --- characters that render poorly -----------------------------------------------------------

@@ -159,6 +159,9 @@ def test_normalize_still_maps_pdf_lookalikes():
     ("\x1b[2Jcleared\r\n\n  indented  ", "?[2Jcleared / indented"),
     ("user\u202egnp.live\u200b\u2066", "user?gnp.live??"),
     ("宛先\u3000不明\u00a0です\u2029次", "宛先 不明 です / 次"),
+    # helper-74: padded to the terminal's edge, its rest read as a line of mailmag's own
+    ("550 rejected" + " " * 70 + "  b@example.jp (sent): 250 ok", "550 rejected b@example.jp (sent): 250 ok"),
+    ("550 x\u3164\u3164\u2800y e\u0301\u0301\u0301", "550 x???y e\u0301"),
 ])
 def test_a_foreign_line_is_one_line_that_cannot_rewrite_what_is_read(raw, shown):
     """A relay's reply shown in `issues status` and the console (helper-72 F3)."""
