@@ -79,6 +79,11 @@ def _shown_char(char: str) -> str:
     return "?" if category[0] == "C" or char in _BLANK_LOOKING else char  # Cc, Cf, Cs, Co, Cn
 
 
+def normalize_line(text: str) -> str:
+    """normalize() for one-line fields (titles, venues): no line breaks, trimmed."""
+    return " ".join(normalize(text).split("\n")).strip()
+
+
 # --- characters that render poorly -----------------------------------------------------------
 
 # Compatibility characters that old phones, some webmail fonts and screen readers show as
