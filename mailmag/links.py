@@ -66,7 +66,7 @@ def as_uri(url: str) -> str:
 def _ascii_netloc(netloc: str) -> str:
     user, at, host_port = netloc.rpartition("@")
     host, colon, port = host_port.rpartition(":")
-    if not (colon and port.isdigit()):
+    if not (colon and (port.isdigit() or not port)):  # (an empty port is the scheme's own)
         host, colon, port = host_port, "", ""
     try:
         host = idna.encode(host, uts46=True).decode("ascii")

@@ -294,8 +294,12 @@ def test_bad_submissions(council, args, message):
                            "(a host, then ':port' if any)"),
     ("https://☃.jp/", "url 'https://☃.jp/': '☃.jp' is not a site name (a host, then ':port' if any)"),
     # was a 500 in the console: urlsplit raises on a full-width ／ in the site name
-    ("https://例え.jp／申込", "url 'https://例え.jp／申込' has a full-width sign in its site name: "
-                            "type it half-width"),
+    ("https://例え.jp／申込", "url 'https://例え.jp／申込': its site name cannot be read (a full-width "
+                            "sign such as ／ or ＠, or a broken [ ]): type it as the browser's address bar "
+                            "shows it"),
+    # helper-74: invalid punycode is a dead link
+    ("https://xn--a.jp/",
+     "url 'https://xn--a.jp/': 'xn--a.jp' is not a site name (a host, then ':port' if any)"),
 ])
 @one_database
 def test_a_link_whose_site_a_browser_reads_otherwise_is_refused(council, url, message):
@@ -306,13 +310,17 @@ def test_a_link_whose_site_a_browser_reads_otherwise_is_refused(council, url, me
 @one_database
 def test_site_names_browsers_open_are_taken_as_pasted(council):
     pasted = ["https://例え.jp:8443/申込", "http://192.168.0.1:8080/", "https://[::1]/x",
-              "https://ｅｘａｍｐｌｅ.jp/", "https://a.jp:/x", "https://a.jp/%2Fx?q=@b#c"]
+              "https://ｅｘａｍｐｌｅ.jp/", "https://a.jp:/x", "https://a.jp/%2Fx?q=@b#c",
+              # helper-74: JPRS's own example of a name with ・, and 。 as an IME types the dot
+              "https://ザ・セール.jp/", "https://例え。jp/", "https://例え.jp:/sympo"]
     for url in pasted:
         council.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "t", "--body", "b",
                    "--url", url)
     assert [i["url"] for i in listed(council)] == pasted
     # and the mail links the site the pasted text names (IDNA maps full-width letters as browsers do)
     assert links.as_uri(pasted[3]) == "https://example.jp/"
+    assert [links.as_uri(url) for url in pasted[-3:]] == [
+        "https://xn--wckk8lmcg.jp/", "https://xn--r8jz45g.jp/", "https://xn--r8jz45g.jp:/sympo"]
     assert links.as_uri("https://例え.jp\\@evil.com/") == "https://xn--r8jz45g.jp/@evil.com/"  # stored before
 
 

@@ -178,10 +178,11 @@ def parse_url(raw: Any) -> str:
     spaced = any(c.isspace() for c in value)
     try:
         parts = urlsplit(value)
-    except ValueError:  # a full-width ／ or ＠ in the site name: no browser opens it either
-        raise InvalidInput(f"url {value!r} has a full-width sign in its site name: type it half-width",
-                           ja=f"URL「{value}」のサイト名に全角の記号（／や＠など）が入っています。"
-                              "半角に直してください") from None
+    except ValueError:  # a full-width ／ or ＠ in the site name, a broken [ ]: no browser opens it
+        raise InvalidInput(f"url {value!r}: its site name cannot be read (a full-width sign such as ／ or "
+                           "＠, or a broken [ ]): type it as the browser's address bar shows it",
+                           ja=f"URL「{value}」のサイト名が読めません（全角の「／」「＠」や、閉じていない"
+                              "「[ ]」など）。ブラウザのアドレス欄のとおりに入力してください") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc or spaced:
         why_ja = (f"URL「{value}」の途中に空白が入っています。空白を除いて入力してください" if spaced
                   else f"URL「{value}」は http:// または https:// で始まるアドレスではありません。"
@@ -194,9 +195,11 @@ def parse_url(raw: Any) -> str:
     return value
 
 
-# A site name as browsers and mailmag's links.as_uri read it alike: letters (any script, IDNA
-# takes it), digits, '-', '_' and dots, or an IPv6 literal; then an optional port.
-_SITE = re.compile(r"(?:[\w.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{0,5})?")
+# A site name as browsers and mailmag's links.as_uri read it alike: a name (checked by _opens),
+# or an IPv6 literal; then an optional port.
+_SITE = re.compile(r"(?:[^\x00-\x20/?#@:\[\]\\%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+# An ASCII name: letters, digits, '-', '_' and dots (no other sign a browser would refuse).
+_ASCII_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # (urlsplit's hostname drops [ ])
 
 
 def _check_site(value: str, netloc: str) -> None:
@@ -218,14 +221,19 @@ def _check_site(value: str, netloc: str) -> None:
 
 
 def _opens(netloc: str) -> bool:
-    """A port browsers accept, and a non-ASCII host that IDNA takes (as links.as_uri sends it)."""
+    """A port browsers accept, and a name they resolve: a non-ASCII one that IDNA takes (as
+    links.as_uri sends it: ザ・セール.jp, 例え。jp), an ASCII one whose xn-- labels decode."""
     try:
         parts = urlsplit(f"//{netloc}")
         host = parts.hostname or ""
         if parts.port == 0 or not host:
             return False
-        return host.isascii() or bool(idna.encode(host, uts46=True))
-    except (ValueError, idna.IDNAError):  # a port beyond 65535; a name no browser resolves
+        if not host.isascii():
+            return bool(idna.encode(host, uts46=True))
+        if "xn--" in host:
+            idna.decode(host)
+        return bool(_ASCII_HOST.fullmatch(host))
+    except (ValueError, idna.IDNAError, UnicodeError):  # a port beyond 65535; a name no browser resolves
         return False
 
 
