@@ -144,11 +144,14 @@ def display_width(text: str) -> int:
 # Markdown joins the lines of a paragraph, and a Japanese text pasted from a PDF or a word
 # processor is wrapped mid-sentence, so lines are joined; but a notice typed line by line
 # (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
-_SENTENCE_END = ("。", "！", "？")
+_SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of academic writing)
+_CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
 # (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
 _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、](?![0-9０-９])")
-# 日時：, 会場：, TEL: (not a time's 13:30, nor a URL's ttps:// cut off by a wrap: helper-73)
-_LINE_LABEL = re.compile(r"(?![0-9０-９])[^\s：:、。/]{1,10}[：:](?!//)")
+# 日時：, 日　時：, お問い合わせ・お申し込み先：, TEL:, and 日時　… with a 全角 space instead of a
+# colon (helper-74); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
+_LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９])[：:](?!//)"
+                         "|[^\\s：:、。]{1,6}\u3000+(?=\\S)")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
 
 
@@ -163,7 +166,8 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
 
 
 def _meant(before: str, after: str, widest: int) -> bool:
-    if before.endswith(_SENTENCE_END) or _LIST_START.match(after) or _LINE_LABEL.match(after):
+    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or _LIST_START.match(after) \
+            or _LINE_LABEL.match(after):
         return True
     if _LINE_LABEL.match(before) and not _wrapped(before, widest):
         return True  # 日時：12月10日 is a line of its own, whatever follows; 概要：… wrapped is not
@@ -176,6 +180,12 @@ def _wrapped(line: str, widest: int) -> bool:
     justified lines differ by a character or two)."""
     width = display_width(line)
     return width >= _WRAPPED_WIDTH and width >= widest - 4
+
+
+def joins_tight(before: str, after: str) -> bool:
+    """Whether a wrap between these two characters is joined with nothing rather than a space:
+    next to Japanese (対象とした / DX推進 is 対象としたDX推進: helper-74), in both editions."""
+    return is_wide(before) or is_wide(after)
 
 
 def is_wide(char: str) -> bool:

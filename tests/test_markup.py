@@ -119,8 +119,8 @@ def test_a_wrapped_paragraph_that_opens_with_a_label_is_joined():
     html, text = to_html(paragraph), markdown_to_text(paragraph)
     for edition in (html, text):
         assert "報告があり、参加機関" in edition and "行われました。なお" in edition
-    assert "<br>" not in html and "前年の\n3.5倍" in html  # a wrap, shown as a space
-    assert text.splitlines() == [paragraph.replace("\n", "").replace("の3.5", "の 3.5")]
+    assert "<br>" not in html and "前年の3.5倍" in html  # a wrap, joined
+    assert text.splitlines() == [paragraph.replace("\n", "")]
     typed = "講師：山田 太郎\n中国経済連合会 会長\n\n1.はじめに\n2.報告"
     assert "講師：山田 太郎<br>\n中国経済連合会 会長" in to_html(typed)
     assert "1.はじめに<br>\n2.報告" in to_html(typed)
@@ -157,6 +157,46 @@ def test_a_wrap_after_bold_or_a_link_between_japanese_leaves_no_space():
                "をご覧ください。")
     html = to_html(wrapped)
     assert "正午</strong>となって" in html and "開催案内</a>をご覧" in html
+
+
+def test_notice_labels_as_secretariats_write_them_keep_their_lines():
+    """helper-74: 日　時： (a 全角 space inside), a long label, and 日時　… (a 全角 space for the
+    colon) were not labels, so a notice with one wide line became one run-on line; 午後1:30 in a
+    PDF's wrapped line read as a label and kept the wrap; （…のとおり。） and ．did not end a sentence."""
+    spaced = ("日　時：2027年9月9日（木）13:00〜17:30（受付開始 12:30）\n会　場：くにびきメッセ 国際会議場\n"
+              "参加費：無料")
+    long_label = ("日時：2027年9月9日（木）13:00〜17:30\n"
+                  "会場：くにびきメッセ 国際会議場（島根県松江市学園南1-2-1）\n"
+                  "お問い合わせ・お申し込み先：中国経済連合会 産業振興部")
+    no_colon = "日時　2027年9月9日（木）13:00〜17:30（受付開始 12:30）\n会場　くにびきメッセ\n定員　先着100名"
+    for source in (spaced, long_label, no_colon):
+        lines = source.split("\n")
+        assert markdown_to_text(source).splitlines() == lines
+        assert "<br>\n".join(lines) in to_html(source)
+    wrapped = ("本研究会は、中国地域の企業と大学が共同で運営しており、本年度の活動についてご報告いたしま\n"
+               "す。本年度は午後1:30から広島国際会議場にて成果報告会を開催いたしますので、ご参加くださ\n"
+               "い。")
+    assert "<br>" not in to_html(wrapped) and len(markdown_to_text(wrapped).splitlines()) == 1
+    ends = "詳細は別紙のとおりです（資料1を参照のこと。）\n次に，今後の予定を示す．\n以上．"
+    assert markdown_to_text(ends).splitlines() == ends.split("\n")
+
+
+def test_a_pasted_br_breaks_the_line_in_the_text_edition_too():
+    """helper-74: the HTML kept the pasted <br>, the text edition joined the two lines."""
+    source = ("〒730-0000 広島県広島市中区サンプル町1-2-3 サンプルビル5階<br>\n"
+              "中国地域産学官コラボレーション会議 事務局（産業振興部）")
+    assert markdown_to_text(source).splitlines() == [
+        "〒730-0000 広島県広島市中区サンプル町1-2-3 サンプルビル5階",
+        "中国地域産学官コラボレーション会議 事務局（産業振興部）"]
+
+
+def test_a_wrap_next_to_japanese_is_joined_without_a_space_in_both_editions():
+    """helper-74: 対象とした / DX推進 became 対象とした DX推進: only a wrap between two Japanese
+    characters was joined tight."""
+    source = ("中国地域の中堅・中小企業を対象とした\nDX推進のための支援事業を実施しており、これまでに延べ\n"
+              "120社から相談を受けています。")
+    assert "対象としたDX推進" in to_html(source) and "延べ120社" in to_html(source)
+    assert markdown_to_text(source).startswith("中国地域の中堅・中小企業を対象としたDX推進のための")
 
 
 def test_preview_text():

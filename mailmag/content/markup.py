@@ -92,7 +92,7 @@ def _line_breaks(token: Token) -> None:
     breaks = [i for i, child in enumerate(children) if child.type in ("softbreak", "hardbreak")]
     for index, kept in zip(breaks, kept_breaks(children), strict=True):
         child = children[index]
-        if child.type != "softbreak" or (index and _is_br(children[index - 1])):
+        if child.type != "softbreak" or (index and is_br(children[index - 1])):
             continue  # a hard break, or a pasted <br> at the line's end: it breaks already
         if kept:
             child.type, child.tag = "hardbreak", "br"
@@ -100,15 +100,16 @@ def _line_breaks(token: Token) -> None:
             child.type, child.tag, child.content = "text", "", ""
 
 
-def _is_br(token: Token) -> bool:
+def is_br(token: Token) -> bool:
+    """A <br> written in the Markdown (pasted from a web page)."""
     return token.type == "html_inline" and bool(_BR.fullmatch(token.content.strip()))
 
 
 def _between_wide(before: Sequence[Token], after: Sequence[Token]) -> bool:
-    """Whether the characters either side of a break are both Japanese: the nearest text, across
-    emphasis and links (**重要**\nです), as the text edition joins them."""
+    """Whether the break is next to Japanese (text_ja.joins_tight): the nearest text either side,
+    across emphasis and links (**重要**\nです), as the text edition joins them."""
     last, first = _nearest_text(reversed(before)), _nearest_text(after)
-    return bool(last and first) and text_ja.is_wide(last[-1]) and text_ja.is_wide(first[0])
+    return bool(last and first) and text_ja.joins_tight(last[-1], first[0])
 
 
 def _nearest_text(tokens: Iterable[Token]) -> str:

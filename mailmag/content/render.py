@@ -410,7 +410,7 @@ def _inline_text(children: list[Token]) -> str:
     parts: list[str] = []
     hrefs: list[tuple[str, int]] = []
     hidden = ""  # inside <script> or <style> written in a paragraph: until its closing tag
-    for child in children:
+    for index, child in enumerate(children):
         kind = child.type
         line_break = next(kept) if kind in ("softbreak", "hardbreak") else False  # hidden ones too
         if kind == "html_inline":
@@ -419,10 +419,14 @@ def _inline_text(children: list[Token]) -> str:
                 hidden = opened.group(1).lower()
             elif hidden and child.content.lower().startswith(f"</{hidden}"):
                 hidden = ""
+            elif not hidden and markup.is_br(child):  # a pasted <br>: a line break, as in the HTML
+                parts.append("\n")
         elif hidden:
             continue
         elif kind in ("text", "text_special", "code_inline"):
             parts.append(child.content)
+        elif kind == "softbreak" and index and markup.is_br(children[index - 1]):
+            continue  # the <br> before it broke the line already
         elif kind == "softbreak":
             parts.append("\n" if line_break else "\x00")
         elif kind == "hardbreak":
@@ -441,11 +445,10 @@ def _inline_text(children: list[Token]) -> str:
 
 
 def _soft_breaks(text: str) -> str:
-    """A Markdown soft break: nothing between two Japanese characters, else a space."""
+    """A Markdown soft break: nothing next to Japanese (text_ja.joins_tight), else a space."""
     def join(match: re.Match[str]) -> str:
         before, after = match.group(1), match.group(2)
-        wide = text_ja.is_wide(before) and text_ja.is_wide(after)  # as markup's HTML edition
-        return before + ("" if wide else " ") + after
+        return before + ("" if text_ja.joins_tight(before, after) else " ") + after  # as in the HTML
 
     text = re.sub("(.)\x00(.)", join, text)
     return text.replace("\x00", "")
