@@ -382,7 +382,8 @@ def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config
     assert (report.unsubscribes, report.asked) == (1, 0)  # asked: counted once the link is sent
     assert [(a.email, a.subscriber_id) for a in report.asks] == [
         ("user0@example.jp", subscriber(session, "user0@example.jp").id)]
-    assert report.events[0].action == "not answered: an earlier request of this run is, with one link"
+    assert report.events[0].action == ("not answered: a link went, or is going, to the address within "
+                                       "the last 24 hours")
     assert [r for _, r in report.unmatched] == [
         "unsubscribe: stranger@example.com is not a subscriber (a request without a tag must come "
         "from the exact address) (from 山田 太郎 <stranger@example.com>, subject 'unsubscribe')"]
@@ -391,6 +392,17 @@ def test_a_mailto_request_without_a_tag_is_answered_not_acted_on(session, config
     channels = session.scalars(select(ConsentEvent.channel).where(ConsentEvent.action == "opt_out")).all()
     assert channels == ["mailto"]
     assert "link_key" not in json.dumps(report.as_dict())  # the asks stay out of --json
+
+
+def test_a_claim_left_by_a_run_that_died_before_the_relay_is_answered_later(session, config, tmp_path):
+    """A request is claimed ("being sent") in the run's transaction; a run killed after its
+    commit and before the relay left it so. An hour on, the request is read again."""
+    add_subscribers(session, 1)
+    box = write_maildir(tmp_path / "Maildir", [samples.mailto_unsubscribe("user0@example.jp")])
+    now = utcnow()
+    assert len(process(session, config, box, now=now).asks) == 1  # ... and nothing sent: it died
+    assert process(session, config, box, now=now + dt.timedelta(minutes=30)).duplicates == 1
+    assert len(process(session, config, box, now=now + dt.timedelta(hours=2)).asks) == 1
 
 
 def test_a_request_without_a_tag_from_a_pending_address_is_not_answered(session, config, tmp_path):

@@ -10,6 +10,7 @@ import email
 import email.policy
 import json
 import mailbox
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import bounce_samples as samples
 import icalendar
 import pytest
 import time_machine
+from conftest import SECRET
 from web_support import Client
 
 from mailmag.models import utcnow
@@ -259,11 +261,45 @@ def test_hand_typed_requests_get_one_link_a_day(mailmag, issued, tmp_path):
 
     assert "asked to confirm 1" in ask(1) and _answers(tmp_path) == ["b@example.jp"]
     again = ask(2)
-    assert "asked to confirm 0" in again and "sent its link within the last 24 hours" in again
+    assert "asked to confirm 0" in again and "to the address within the last 24 hours" in again
     with time_machine.travel(utcnow() + dt.timedelta(hours=25), tick=True):
         assert "asked to confirm 1" in ask(3)
     assert _answers(tmp_path) == ["b@example.jp", "b@example.jp"]
     assert _statuses(mailmag) == {"a@example.jp": "active", "b@example.jp": "active"}
+
+
+def test_requests_sharing_a_message_id_send_one_link_and_no_traceback(mailmag, issued, tmp_path):
+    """helper-76: two requests with one Message-ID, from b and from a reader who left: the second
+    was recorded first, b's link went, then its record collided (a traceback), so nothing said
+    b had had a link, and every round of two such requests mailed b again."""
+    mailmag.ok("subscribers", "remove", "a@example.jp")
+    for n in range(3):
+        _process(mailmag, tmp_path, samples.mailto_unsubscribe("b@example.jp", message_id=f"<r{n}@evil>"),
+                 samples.mailto_unsubscribe("a@example.jp", message_id=f"<r{n}@evil>"))
+    assert _answers(tmp_path) == ["b@example.jp"]
+
+
+def test_two_runs_at_once_send_one_link(mailmag, issued, config_file, smtp_server, tmp_path):
+    """helper-76: the 24-hour check was made in one transaction and its record written after the
+    relay took the mail, so two `bounces process` at once (two mailboxes, or the same one) both
+    answered, and the second died on the first's record."""
+    import subprocess
+
+    from clocked import mailmag_command
+
+    text = config_file.read_text()
+    relay = f'transport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"'
+    config_file.write_text(text.replace('transport = "file"', relay))
+    smtp_server.delay("data_end", 2.0, times=None)  # a slow relay: both runs are past their check
+    boxes = [_mbox(tmp_path, samples.mailto_unsubscribe("b@example.jp", message_id=f"<c{n}@x>"))
+             for n in (1, 2)]
+    boxes.append(boxes[0])  # and the same mailbox twice
+    env = {**os.environ, "MAILMAG_CONFIG": str(config_file), "MAILMAG_SECRET_KEY": SECRET}
+    runs = [subprocess.Popen(mailmag_command("bounces", "process", str(box)), env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for box in boxes]
+    results = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], results
+    assert smtp_server.recipients() == ["b@example.jp"]
 
 
 def test_a_nul_in_one_request_does_not_stop_the_others(mailmag, issued, tmp_path):

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import DataError
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from mailmag import addresses, links, tokens
@@ -66,7 +66,7 @@ class Ask:
     that subscriber's unsubscribe link, which only the mailbox's owner can follow."""
 
     where: str  # the message in the mailbox
-    source_key: str
+    event_id: int  # its claim: the BounceEvent written as it was read ("being sent")
     detail: str
     subscriber_id: int
     email: str
@@ -223,6 +223,8 @@ def process_mailbox(
                     _process(session, name(key), reading, config, secret, now, report)
             except DataError as exc:
                 report.unreadable.append((name(key), f"could not be recorded: {exc.orig}".strip()))
+            except IntegrityError:  # another run, at the same time, recorded this very message
+                report.duplicates += 1
     finally:
         box.close()
     return report
@@ -263,7 +265,7 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
         why = reading.detail or "not a bounce report, complaint or unsubscribe request"
         report.unmatched.append((where, f"{why} ({reading.label})"))
         return
-    if _seen(session, reading.source_key):
+    if _seen(session, reading.source_key) and not _dropped_stale_claim(session, reading.source_key, now):
         report.duplicates += 1
         return
     found = _match(session, reading, config, secret)
@@ -289,32 +291,53 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
 # A reader is sent at most one unsubscribe link in answer to requests without a tag in this
 # long: anyone can write such a request, once a minute if they like.
 ASK_INTERVAL = dt.timedelta(hours=24)
-ASKED = "asked"  # BounceEvent.kind of a request without a tag, once answered or set aside
+ASKED = "asked"  # BounceEvent.kind of a request without a tag
+_LINK_SENDING = "their unsubscribe link is being sent"
 _LINK_SENT = "their unsubscribe link was sent to the address (a From can be forged)"
+# A claim still "being sent" this long after: its run died between its commit and the relay;
+# the request is read again (answered, if the reader had no link since).
+STALE_SENDING = dt.timedelta(hours=1)
 
 
 def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.Reading,
          now: dt.datetime, report: Report) -> None:
     """A request without a tag: anyone can write a From, so nothing changes here. An active
     subscriber is sent their own unsubscribe link (as Mailman asks to confirm a `leave` by mail),
-    once a day at most; it is recorded when sent (send_unsubscribe_links), so a run that stops
-    before answers it on the next."""
+    once a day at most. The request is claimed here, in the run's transaction, with the reader's
+    row locked: another run at the same time waits, then sees the claim (helper-76). The link
+    goes after the commit (send_unsubscribe_links), which settles the claim."""
+    session.execute(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
+    why = ""
     if subscriber.status != "active":  # out already, or pending: never confirmed, sent nothing
         why = f"not answered: the address is {subscriber.status}, nothing is sent to it"
-    elif any(ask.subscriber_id == subscriber.id for ask in report.asks):
-        why = "not answered: an earlier request of this run is, with one link"
     elif session.scalar(select(BounceEvent.id).where(
             BounceEvent.subscriber_id == subscriber.id, BounceEvent.kind == ASKED,
-            BounceEvent.diagnostic.endswith(_LINK_SENT), BounceEvent.at > now - ASK_INTERVAL).limit(1)):
-        why = "not answered: the address was sent its link within the last 24 hours"
-    else:
-        lang = subscriber.lang if subscriber.lang in ("ja", "en") else "ja"
-        report.asks.append(Ask(where, reading.source_key, reading.detail, subscriber.id, subscriber.email,
-                               subscriber.link_key, lang))
+            or_(BounceEvent.diagnostic.endswith(_LINK_SENT), BounceEvent.diagnostic.endswith(_LINK_SENDING)),
+            BounceEvent.at > now - ASK_INTERVAL).limit(1)):
+        why = "not answered: a link went, or is going, to the address within the last 24 hours"
+    claim = BounceEvent(subscriber_id=subscriber.id, kind=ASKED, source_key=reading.source_key, at=now,
+                        diagnostic=f"{reading.detail}; {why or _LINK_SENDING}")
+    session.add(claim)
+    session.flush()
+    if why:
+        report.events.append(Event(where, reading.kind, subscriber.email, "", "sender", why))
         return
-    session.add(BounceEvent(subscriber_id=subscriber.id, kind=ASKED, diagnostic=f"{reading.detail}; {why}",
-                            source_key=reading.source_key, at=now))
-    report.events.append(Event(where, reading.kind, subscriber.email, "", "sender", why))
+    lang = subscriber.lang if subscriber.lang in ("ja", "en") else "ja"
+    report.asks.append(Ask(where, claim.id, reading.detail, subscriber.id, subscriber.email,
+                           subscriber.link_key, lang))
+
+
+def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
+    """Whether the request's record was a claim left "being sent" by a run that died before the
+    relay (STALE_SENDING): it is dropped, and the request read as new."""
+    stale = session.scalar(select(BounceEvent).where(
+        BounceEvent.source_key == key, BounceEvent.kind == ASKED,
+        BounceEvent.diagnostic.endswith(_LINK_SENDING), BounceEvent.at < now - STALE_SENDING))
+    if stale is None:
+        return False
+    session.delete(stale)
+    session.flush()
+    return True
 
 
 def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
@@ -333,9 +356,9 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
 
 def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime | None = None) -> None:
     """Answer the report's requests without a tag, each with its subscriber's unsubscribe link,
-    after the mailbox's results are committed: no database lock is held over SMTP. Each is
-    recorded once its mail is sent or refused for good; one the relay could not take now is
-    left unrecorded (`report.unanswered`), and the next run reads it again."""
+    after the mailbox's results are committed: no database lock is held over SMTP. Each claim
+    is settled as its mail goes: sent, or refused for good (a 5xx is not asked again); one the
+    relay could not take now is dropped (`report.unanswered`), and the next run reads it again."""
     config = services.config
     env = notices.environment(config)
     for ask in report.asks:
@@ -349,13 +372,17 @@ def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime 
         except PermanentFailure as exc:
             outcome = f"not answered: the relay refused the mail with its link ({exc})"
         except (MailmagError, DeliveryFailure) as exc:
+            outcome = ""
             report.unanswered.append((ask.where, f"could not send the unsubscribe link to {ask.email} "
                                                  f"({exc}); the request is read again on the next run"))
-            continue
         with services.session() as session:
-            session.add(BounceEvent(subscriber_id=ask.subscriber_id, kind=ASKED, source_key=ask.source_key,
-                                    diagnostic=f"{ask.detail}; {outcome}", at=now or utcnow()))
-        report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
+            claim = session.get(BounceEvent, ask.event_id)
+            if claim is not None and not outcome:
+                session.delete(claim)
+            elif claim is not None:
+                claim.diagnostic, claim.at = f"{ask.detail}; {outcome}", now or utcnow()
+        if outcome:
+            report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
 
 
 # --- matching a report to a delivery and subscriber -----------------------------------------
