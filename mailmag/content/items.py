@@ -188,6 +188,9 @@ def parse_url(raw: Any) -> str:
                   else f"URL「{value}」は http:// または https:// で始まるアドレスではありません。"
                        "ウェブページのアドレスをそのまま貼り付けてください")
         raise InvalidInput(f"url {value!r} is not an http:// or https:// address", ja=why_ja)
+    if parts.netloc != parts.netloc.translate(_IDEOGRAPHIC_DOTS):  # as browsers read them, shown so
+        value = parts._replace(netloc=parts.netloc.translate(_IDEOGRAPHIC_DOTS)).geturl()
+        parts = urlsplit(value)
     _check_site(value, parts.netloc)
     if len(value) > 2000:
         raise InvalidInput("url is longer than 2000 characters",
@@ -195,6 +198,9 @@ def parse_url(raw: Any) -> str:
     return value
 
 
+# 。．｡ in a site name are dots to a browser (例え。jp as an IME types it); kept, the reviewer
+# would read www.meti.go.jp。evil.com as a sentence ending at meti.go.jp (helper-76).
+_IDEOGRAPHIC_DOTS = str.maketrans(dict.fromkeys("。．｡", "."))
 # A site name as browsers and mailmag's links.as_uri read it alike: a name (checked by _opens),
 # or an IPv6 literal; then an optional port.
 _SITE = re.compile(r"(?:[^\x00-\x20/?#@:\[\]\\%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
