@@ -181,6 +181,28 @@ def test_notice_labels_as_secretariats_write_them_keep_their_lines():
     assert markdown_to_text(ends).splitlines() == ends.split("\n")
 
 
+def test_labels_spaced_before_the_colon_and_contact_lines_keep_their_lines():
+    """helper-76: 日時 : … (a space before the colon) and TEL 082-… lines were run together."""
+    notice = ("下記のとおりセミナーを開催します。\n日時 : 2026年12月10日（木）13:30～16:00\n"
+              "場所 : 広島県立産業会館 西展示館2階 第1会議室（広島市南区比治山本町12-18）\n参加費 : 無料\n\n"
+              "お問い合わせ先：中国経済連合会 産業振興部 山田\nTEL 082-000-0000\nFAX 082-000-0001")
+    assert markdown_to_text(notice).split("\n") == [line for line in notice.split("\n")]
+    assert to_html(notice).count("<br>") == 5
+
+
+def test_br_in_any_form_and_inline_tags_agree_in_both_editions():
+    """helper-76: <br clear="all"> and </br> (a <br> to the sanitizer) broke the HTML line only;
+    an inline tag beside a wrap left a space in the HTML; a space after a <br> began the text line."""
+    for source, lines in (("日時：12月10日<br clear=\"all\">場所：広島", ["日時：12月10日", "場所：広島"]),
+                          ("一行目です</br>二行目です", ["一行目です", "二行目です"]),
+                          ("あいう<br/> えお", ["あいう", "えお"])):
+        assert markdown_to_text(source).splitlines() == lines
+        assert to_html(source).count("<br>") == 1
+    wrapped = ("皆様におかれましては、ますますご清栄のこととお喜び申し上げます。皆様には\n"
+               "<span>事前</span>の登録をお願いいたします。")
+    assert "皆様には事前の登録" in to_html(wrapped) and "皆様には事前の登録" in markdown_to_text(wrapped)
+
+
 def test_a_pasted_br_breaks_the_line_in_the_text_edition_too():
     """helper-74: the HTML kept the pasted <br>, the text edition joined the two lines."""
     source = ("〒730-0000 広島県広島市中区サンプル町1-2-3 サンプルビル5階<br>\n"

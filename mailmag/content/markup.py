@@ -117,8 +117,8 @@ def _nearest_text(tokens: Iterable[Token]) -> str:
         if token.type in ("text", "text_special", "code_inline"):
             if token.content:  # (markdown-it leaves an empty text token after emphasis)
                 return token.content
-        elif token.type not in _MARKUP:  # a break, an image, an inline tag: not text to join
-            return ""
+        elif token.type not in _MARKUP and not (token.type == "html_inline" and not is_br(token)):
+            return ""  # a break, an image: not text to join (an inline tag such as <u> is skipped)
     return ""
 
 
@@ -148,7 +148,7 @@ def to_html(markdown: str) -> str:
     return sanitize(md.renderer.render(_tokens(markdown), md.options, {}))
 
 
-_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_BR = re.compile(r"<br\b[^>]*>|</br\s*>", re.IGNORECASE)  # (<br clear="all">, </br>: a <br> to nh3 too)
 _PARAGRAPH_END = re.compile(r"</(p|h3|h4|blockquote|pre|table|ul|ol)>|<hr\s*/?>")
 _LINE_END = re.compile(r"</(li|tr)>|<br\s*/?>")
 _TAG = re.compile(r"<[^>]+>")

@@ -441,7 +441,10 @@ def _inline_text(children: list[Token]) -> str:
             shown = href.removeprefix("mailto:")
             if href and label.strip() not in (href, shown):
                 parts.append(f" ({shown})")
-    return _soft_breaks("".join(parts))
+    return _soft_breaks(_AFTER_BREAK.sub("\n", "".join(parts)))  # (a browser drops spaces after a <br>)
+
+
+_AFTER_BREAK = re.compile("\n +")
 
 
 def _soft_breaks(text: str) -> str:
