@@ -302,6 +302,18 @@ def test_two_runs_at_once_send_one_link(mailmag, issued, config_file, smtp_serve
     assert smtp_server.recipients() == ["b@example.jp"]
 
 
+def test_a_link_the_relay_may_have_taken_counts_as_sent(mailmag, issued, config_file, smtp_server, tmp_path):
+    """helper-77: the relay took the message and dropped the line before its answer to the dot;
+    the request was read again on every run, and every run mailed the reader again."""
+    relay = f'transport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"'
+    config_file.write_text(config_file.read_text().replace('transport = "file"', relay))
+    smtp_server.drop("after_data", times=None)
+    box = _mbox(tmp_path, samples.mailto_unsubscribe("b@example.jp", message_id="<m1@x>"))
+    runs = [mailmag.ok("bounces", "process", str(box)).stdout for _ in range(3)]
+    assert "asked to confirm 1" in runs[0] and all("duplicates 1" in run for run in runs[1:])
+    assert smtp_server.recipients() == ["b@example.jp"]
+
+
 def test_a_nul_in_one_request_does_not_stop_the_others(mailmag, issued, tmp_path):
     """helper-75: PostgreSQL refuses a NUL; a request whose From or Message-ID held one failed the
     whole run with a traceback, and every run after it, since the mailbox is never changed."""

@@ -36,7 +36,7 @@ from mailmag.audience import notices, reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import Config
 from mailmag.delivery.outbox import cancel_for_subscriber
-from mailmag.delivery.transports import MAILBOX, DeliveryFailure, PermanentFailure
+from mailmag.delivery.transports import MAILBOX, PermanentFailure, TemporaryFailure
 from mailmag.errors import InvalidEmail, InvalidInput, MailmagError, NotFound
 from mailmag.models import BounceEvent, ConsentEvent, Delivery, Issue, Subscriber, Suppression, utcnow
 from mailmag.services import Services
@@ -292,31 +292,30 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
 # long: anyone can write such a request, once a minute if they like.
 ASK_INTERVAL = dt.timedelta(hours=24)
 ASKED = "asked"  # BounceEvent.kind of a request without a tag
-_LINK_SENDING = "their unsubscribe link is being sent"
+# How such a request's record ends while it is answered (the diagnostic's last words):
+_LINK_QUEUED = "their unsubscribe link is to be sent"  # read; the link goes after the commit
+_LINK_SENDING = "their unsubscribe link is being sent"  # handed to the relay: counts as sent
 _LINK_SENT = "their unsubscribe link was sent to the address (a From can be forged)"
-# A claim still "being sent" this long after: its run died between its commit and the relay;
-# the request is read again (answered, if the reader had no link since).
-STALE_SENDING = dt.timedelta(hours=1)
+# A request still "to be sent" this long after: its run died before its send step; it is read
+# again. One "being sent" is never: the relay may have taken it, and a second link in a day
+# is what the limit is for (helper-77).
+STALE_QUEUED = dt.timedelta(hours=1)
 
 
 def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.Reading,
          now: dt.datetime, report: Report) -> None:
     """A request without a tag: anyone can write a From, so nothing changes here. An active
-    subscriber is sent their own unsubscribe link (as Mailman asks to confirm a `leave` by mail),
-    once a day at most. The request is claimed here, in the run's transaction, with the reader's
-    row locked: another run at the same time waits, then sees the claim (helper-76). The link
-    goes after the commit (send_unsubscribe_links), which settles the claim."""
-    session.execute(select(Subscriber.id).where(Subscriber.id == subscriber.id).with_for_update())
+    subscriber is to be sent their own unsubscribe link (as Mailman asks to confirm a `leave`
+    by mail), once a day at most: the request is recorded "to be sent", and
+    send_unsubscribe_links decides for good, with the reader's row locked for a moment only (a
+    lock held to the end of a long run made another run wait or deadlock: helper-77)."""
     why = ""
     if subscriber.status != "active":  # out already, or pending: never confirmed, sent nothing
         why = f"not answered: the address is {subscriber.status}, nothing is sent to it"
-    elif session.scalar(select(BounceEvent.id).where(
-            BounceEvent.subscriber_id == subscriber.id, BounceEvent.kind == ASKED,
-            or_(BounceEvent.diagnostic.endswith(_LINK_SENT), BounceEvent.diagnostic.endswith(_LINK_SENDING)),
-            BounceEvent.at > now - ASK_INTERVAL).limit(1)):
+    elif _answered_lately(session, subscriber.id, now, (_LINK_QUEUED, _LINK_SENDING, _LINK_SENT)):
         why = "not answered: a link went, or is going, to the address within the last 24 hours"
     claim = BounceEvent(subscriber_id=subscriber.id, kind=ASKED, source_key=reading.source_key, at=now,
-                        diagnostic=f"{reading.detail}; {why or _LINK_SENDING}")
+                        diagnostic=f"{reading.detail}; {why or _LINK_QUEUED}")
     session.add(claim)
     session.flush()
     if why:
@@ -327,12 +326,22 @@ def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.
                            subscriber.link_key, lang))
 
 
+def _answered_lately(session: Session, subscriber_id: int, now: dt.datetime, states: tuple[str, ...],
+                     besides: int | None = None) -> bool:
+    """Whether a request of the reader's in the last ASK_INTERVAL ends in one of `states`."""
+    return session.scalar(select(BounceEvent.id).where(
+        BounceEvent.subscriber_id == subscriber_id, BounceEvent.kind == ASKED,
+        BounceEvent.id != (besides or 0),
+        or_(*(BounceEvent.diagnostic.endswith(state) for state in states)),
+        BounceEvent.at > now - ASK_INTERVAL).limit(1)) is not None
+
+
 def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
-    """Whether the request's record was a claim left "being sent" by a run that died before the
-    relay (STALE_SENDING): it is dropped, and the request read as new."""
+    """Whether the request's record was left "to be sent" by a run that died before its send
+    step (STALE_QUEUED): it is dropped, and the request read as new."""
     stale = session.scalar(select(BounceEvent).where(
         BounceEvent.source_key == key, BounceEvent.kind == ASKED,
-        BounceEvent.diagnostic.endswith(_LINK_SENDING), BounceEvent.at < now - STALE_SENDING))
+        BounceEvent.diagnostic.endswith(_LINK_QUEUED), BounceEvent.at < now - STALE_QUEUED))
     if stale is None:
         return False
     session.delete(stale)
@@ -356,33 +365,67 @@ def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading
 
 def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime | None = None) -> None:
     """Answer the report's requests without a tag, each with its subscriber's unsubscribe link,
-    after the mailbox's results are committed: no database lock is held over SMTP. Each claim
-    is settled as its mail goes: sent, or refused for good (a 5xx is not asked again); one the
-    relay could not take now is dropped (`report.unanswered`), and the next run reads it again."""
+    after the mailbox's results are committed: no lock is held over SMTP. Each request is first
+    taken for sending in a short transaction with the reader's row locked, so of two runs at once
+    only one sends (helper-76); then settled: sent, refused for good (a 5xx is not asked again),
+    or, if the relay could not take it now, dropped (`report.unanswered`) to be read again."""
     config = services.config
     env = notices.environment(config)
     for ask in report.asks:
+        if not _take(services, ask, now or utcnow(), report):
+            continue
         link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
                                      ask.link_key)
         try:
             notices.send(config, ask.email, *notices.render(env, config, "unsubscribe", ask.lang,
                                                              link=link, email=ask.email))
             outcome = _LINK_SENT
-            report.asked += 1
         except PermanentFailure as exc:
             outcome = f"not answered: the relay refused the mail with its link ({exc})"
-        except (MailmagError, DeliveryFailure) as exc:
+        except TemporaryFailure as exc:
+            # after the final dot the relay may have it: counted as sent (helper-77: a relay that
+            # dropped the line there was sent a link on every run)
+            outcome = f"the relay may have it ({exc}); {_LINK_SENT}" if exc.ambiguous else ""
+            if not outcome:
+                _unanswered(report, ask, exc)
+        except MailmagError as exc:
             outcome = ""
-            report.unanswered.append((ask.where, f"could not send the unsubscribe link to {ask.email} "
-                                                 f"({exc}); the request is read again on the next run"))
-        with services.session() as session:
-            claim = session.get(BounceEvent, ask.event_id)
-            if claim is not None and not outcome:
-                session.delete(claim)
-            elif claim is not None:
-                claim.diagnostic, claim.at = f"{ask.detail}; {outcome}", now or utcnow()
+            _unanswered(report, ask, exc)
+        report.asked += outcome.endswith(_LINK_SENT)
+        _settle(services, ask, outcome, now or utcnow())
         if outcome:
             report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
+
+
+def _take(services: Services, ask: Ask, now: dt.datetime, report: Report) -> bool:
+    """Mark the request "being sent" unless another of the reader's was sent, or is being sent,
+    within the day (another run's, at the same time), or another run took this one over."""
+    with services.session() as session:
+        session.execute(select(Subscriber.id).where(Subscriber.id == ask.subscriber_id).with_for_update())
+        claim = session.get(BounceEvent, ask.event_id)
+        if claim is None or not claim.diagnostic.endswith(_LINK_QUEUED):
+            return False
+        if _answered_lately(session, ask.subscriber_id, now, (_LINK_SENDING, _LINK_SENT), besides=claim.id):
+            why = "not answered: a link went, or is going, to the address within the last 24 hours"
+            claim.diagnostic = f"{ask.detail}; {why}"
+            report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", why))
+            return False
+        claim.diagnostic, claim.at = f"{ask.detail}; {_LINK_SENDING}", now
+        return True
+
+
+def _settle(services: Services, ask: Ask, outcome: str, now: dt.datetime) -> None:
+    with services.session() as session:
+        claim = session.get(BounceEvent, ask.event_id)
+        if claim is not None and not outcome:
+            session.delete(claim)
+        elif claim is not None:
+            claim.diagnostic, claim.at = f"{ask.detail}; {outcome}", now
+
+
+def _unanswered(report: Report, ask: Ask, exc: Exception) -> None:
+    report.unanswered.append((ask.where, f"could not send the unsubscribe link to {ask.email} ({exc}); "
+                                         "the request is read again on the next run"))
 
 
 # --- matching a report to a delivery and subscriber -----------------------------------------
