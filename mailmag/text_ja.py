@@ -148,12 +148,13 @@ _SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of 
 _CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
 # (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
 _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、](?![0-9０-９])")
-# 日時：, 日 : (helper-76), 日　時：, お問い合わせ・お申し込み先：, TEL:, 日時　… with a 全角 space for
-# the colon (helper-74), TEL 082-… (helper-76); not a time's 13:30 or 午後1:30, nor a URL's
-# ttps:// cut by a wrap (helper-73)
-_LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９]) ?[：:](?!//)"
+# 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
+# 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
+# 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
+_LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９])[：:](?!//)"
+                         "|[^\\s：:、。/ぁ-ゖ]{1,4} [：:](?!//)"
                          "|[^\\s：:、。]{1,6}\u3000+(?=\\S)"
-                         "|(?:TEL|FAX|Tel|Fax|E-?mail|URL|電話|携帯) ?(?=[0-9０-９(（+]|[A-Za-z0-9._-]+@)")
+                         "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
 
 

@@ -190,6 +190,20 @@ def test_labels_spaced_before_the_colon_and_contact_lines_keep_their_lines():
     assert to_html(notice).count("<br>") == 5
 
 
+def test_a_wrapped_line_that_starts_like_a_label_stays_joined():
+    """helper-77: a3de4a7 broke 携帯 / 電話 3台 (a word split by the wrap), は次のとおり : … and
+    Email … at the start of a PDF's wrapped line."""
+    first = "中国地域の産学官連携を推進するために設立された協議会の事務局として、参加機関を支援しており、"
+    for wrapped in ("…通信機器と、携帯\n電話 3台を用いた実証実験を行い、その結果について報告がありました",
+                    "本会議における主な論点\nは次のとおり : 第一に、産学連携の推進体制の強化が挙げられます。",
+                    "…担当者まで電子メール\nEmail info@example.jp にてお申し込みください。締切は一日です",
+                    "…スマートフォンやタブレット、\n携帯 (ガラケー) を対象とした調査を実施しました。結果は"):
+        source = f"{first}\n{wrapped}"
+        assert "<br>" not in to_html(source), wrapped
+        assert len(markdown_to_text(source).splitlines()) == 1, wrapped
+    assert to_html("お問い合わせ先\nFAX (082) 000-0001").count("<br>") == 1
+
+
 def test_br_in_any_form_and_inline_tags_agree_in_both_editions():
     """helper-76: <br clear="all"> and </br> (a <br> to the sanitizer) broke the HTML line only;
     an inline tag beside a wrap left a space in the HTML; a space after a <br> began the text line."""
