@@ -298,6 +298,7 @@ def test_bad_submissions(council, args, message):
                             "sign such as ／ or ＠, or a broken [ ]): type it as the browser's address bar "
                             "shows it"),
     # helper-74: invalid punycode is a dead link
+    ("https://a。。jp/", "url 'https://a..jp/': 'a..jp' is not a site name (a host, then ':port' if any)"),
     ("https://xn--a.jp/",
      "url 'https://xn--a.jp/': 'xn--a.jp' is not a site name (a host, then ':port' if any)"),
 ])
@@ -324,6 +325,9 @@ def test_site_names_browsers_open_are_taken_as_pasted(council):
     council.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "t", "--body", "b",
                "--url", "https://www.meti.go.jp。evil.com/資料。pdf")
     assert listed(council)[-1]["url"] == "https://www.meti.go.jp.evil.com/資料。pdf"
+    council.ok("items", "submit", "--org", "cef", "--kind", "news", "--title", "t", "--body", "b",
+               "--url", "https://例え。jp/x?")  # helper-77: only the site changes, the empty ? stays
+    assert listed(council)[-1]["url"] == "https://例え.jp/x?"
     assert [links.as_uri(url) for url in pasted[-3:]] == [
         "https://xn--wckk8lmcg.jp/", "https://xn--r8jz45g.jp/", "https://xn--r8jz45g.jp:/sympo"]
     assert links.as_uri("https://例え.jp\\@evil.com/") == "https://xn--r8jz45g.jp/@evil.com/"  # stored before

@@ -189,7 +189,7 @@ def parse_url(raw: Any) -> str:
                        "ウェブページのアドレスをそのまま貼り付けてください")
         raise InvalidInput(f"url {value!r} is not an http:// or https:// address", ja=why_ja)
     if parts.netloc != parts.netloc.translate(_IDEOGRAPHIC_DOTS):  # as browsers read them, shown so
-        value = parts._replace(netloc=parts.netloc.translate(_IDEOGRAPHIC_DOTS)).geturl()
+        value = value.replace(parts.netloc, parts.netloc.translate(_IDEOGRAPHIC_DOTS), 1)  # the rest as typed
         parts = urlsplit(value)
     _check_site(value, parts.netloc)
     if len(value) > 2000:
@@ -232,7 +232,7 @@ def _opens(netloc: str) -> bool:
     try:
         parts = urlsplit(f"//{netloc}")
         host = parts.hostname or ""
-        if parts.port == 0 or not host:
+        if parts.port == 0 or not all(host.removesuffix(".").split(".")):  # no empty label: a..jp
             return False
         if not host.isascii():
             return bool(idna.encode(host, uts46=True))
