@@ -91,6 +91,12 @@ def rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+def waited_on_another(exc: OperationalError) -> bool:
+    """Whether a statement failed waiting for another transaction's lock: PostgreSQL's deadlock
+    (40P01) or lock timeout (55P03). Only that statement is lost; a savepoint undoes it."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "55P03")
+
+
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

@@ -5,6 +5,7 @@ and the org's web form, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -12,6 +13,8 @@ import json
 import mailbox
 import os
 import re
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import bounce_samples as samples
@@ -19,6 +22,7 @@ import icalendar
 import pytest
 import time_machine
 from conftest import SECRET
+from sqlalchemy import create_engine, text
 from web_support import Client
 
 from mailmag.models import utcnow
@@ -312,6 +316,49 @@ def test_a_link_the_relay_may_have_taken_counts_as_sent(mailmag, issued, config_
     runs = [mailmag.ok("bounces", "process", str(box)).stdout for _ in range(3)]
     assert "asked to confirm 1" in runs[0] and all("duplicates 1" in run for run in runs[1:])
     assert smtp_server.recipients() == ["b@example.jp"]
+
+
+def test_a_reader_who_left_later_in_the_same_mailbox_gets_no_link(mailmag, issued, tmp_path):
+    """helper-78: b's hand-typed request, then b's tagged one: the second unsubscribed b, and the
+    first still mailed b a link, its status read only when the mailbox was."""
+    _, subject = _mailto(issued["b@example.jp"])
+    out = _process(mailmag, tmp_path, samples.mailto_unsubscribe("b@example.jp", message_id="<s1@x>"),
+                   samples.mailto_unsubscribe("b@example.jp", subject=subject, message_id="<s2@x>"))
+    assert "unsubscribes 1, asked to confirm 0" in out and "the address is unsubscribed now" in out
+    assert _answers(tmp_path) == [] and _statuses(mailmag)["b@example.jp"] == "unsubscribed"
+
+
+@contextlib.contextmanager
+def _row_held(config_file: Path, lock: str) -> Iterator[None]:
+    """b's subscriber row locked `FOR <lock>` by another transaction (another run's, say)."""
+    engine = create_engine(tomllib.loads(config_file.read_text())["database"]["url"])
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"SELECT id FROM subscribers WHERE email = 'b@example.jp' FOR {lock}"))
+            yield
+            connection.rollback()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_run_that_meets_another_runs_locks_keeps_its_other_reports(mailmag, issued, config_file, tmp_path):
+    """helper-77, -78: on PostgreSQL, a run whose record of a reader waited on another run's open
+    transaction (a deadlock, or its lock timeout) died and lost every report of its mailbox; one
+    whose send step waited so died before printing them. Each such request is now read again
+    on the next run, and the rest of the run stands."""
+    fast = {"MAILMAG_DATABASE_BUSY_TIMEOUT_SECONDS": "2"}
+    request = samples.mailto_unsubscribe("b@example.jp", message_id="<l1@x>")
+    box = _mbox(tmp_path, request, samples.mailto_unsubscribe("zz@example.com", message_id="<l2@x>"))
+    with _row_held(config_file, "UPDATE"):  # the record's key check waits: its statement only fails
+        held = mailmag.ok("bounces", "process", str(box), env=fast).stdout
+    assert "unmatched 1" in held and "unanswered 1" in held and "another run was recording" in held
+    with _row_held(config_file, "NO KEY UPDATE"):  # the record goes in; the send step cannot wait
+        sending = mailmag.ok("bounces", "process", str(box), env=fast).stdout
+    assert "asked to confirm 0" in sending and "another run is answering this reader now" in sending
+    assert _answers(tmp_path) == []
+    assert "asked to confirm 1" in mailmag.ok("bounces", "process", str(box)).stdout
+    assert _answers(tmp_path) == ["b@example.jp"]
 
 
 def test_a_nul_in_one_request_does_not_stop_the_others(mailmag, issued, tmp_path):

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy import delete, func, or_, select
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from mailmag import addresses, links, tokens
+from mailmag import addresses, db, links, tokens
 from mailmag.addresses import parse_address
 from mailmag.audience import notices, reports, subscribers
 from mailmag.audience.subscribers import Consent
@@ -225,6 +225,11 @@ def process_mailbox(
                 report.unreadable.append((name(key), f"could not be recorded: {exc.orig}".strip()))
             except IntegrityError:  # another run, at the same time, recorded this very message
                 report.duplicates += 1
+            except OperationalError as exc:  # ... or is recording it: its insert waits for ours
+                if not db.waited_on_another(exc):
+                    raise
+                report.unanswered.append((name(key), "another run was recording this message at the same "
+                                                     "time; it is read again on the next run"))
     finally:
         box.close()
     return report
@@ -339,14 +344,10 @@ def _answered_lately(session: Session, subscriber_id: int, now: dt.datetime, sta
 def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
     """Whether the request's record was left "to be sent" by a run that died before its send
     step (STALE_QUEUED): it is dropped, and the request read as new."""
-    stale = session.scalar(select(BounceEvent).where(
+    gone = session.execute(delete(BounceEvent).where(  # one statement: a _take meanwhile wins
         BounceEvent.source_key == key, BounceEvent.kind == ASKED,
         BounceEvent.diagnostic.endswith(_LINK_QUEUED), BounceEvent.at < now - STALE_QUEUED))
-    if stale is None:
-        return False
-    session.delete(stale)
-    session.flush()
-    return True
+    return db.rowcount(gone) > 0
 
 
 def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
@@ -372,7 +373,15 @@ def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime 
     config = services.config
     env = notices.environment(config)
     for ask in report.asks:
-        if not _take(services, ask, now or utcnow(), report):
+        try:
+            taken = _take(services, ask, now or utcnow(), report)
+        except OperationalError as exc:  # another run's open transaction holds the reader's row
+            if not db.waited_on_another(exc):
+                raise
+            _settle(services, ask, "", now or utcnow())  # dropped: read again on the next run
+            _unanswered(report, ask, "another run is answering this reader now")
+            continue
+        if not taken:
             continue
         link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
                                      ask.link_key)
@@ -401,12 +410,18 @@ def _take(services: Services, ask: Ask, now: dt.datetime, report: Report) -> boo
     """Mark the request "being sent" unless another of the reader's was sent, or is being sent,
     within the day (another run's, at the same time), or another run took this one over."""
     with services.session() as session:
-        session.execute(select(Subscriber.id).where(Subscriber.id == ask.subscriber_id).with_for_update())
+        # NOWAIT: a long run's uncommitted record of this reader holds the row (helper-78)
+        status = session.scalar(select(Subscriber.status).where(Subscriber.id == ask.subscriber_id)
+                                .with_for_update(nowait=True))
         claim = session.get(BounceEvent, ask.event_id)
         if claim is None or not claim.diagnostic.endswith(_LINK_QUEUED):
             return False
-        if _answered_lately(session, ask.subscriber_id, now, (_LINK_SENDING, _LINK_SENT), besides=claim.id):
+        why = ""
+        if status != "active":  # out since it was read: by a tag later in the mailbox, say (helper-78)
+            why = f"not answered: the address is {status or 'erased'} now, nothing is sent to it"
+        elif _answered_lately(session, ask.subscriber_id, now, (_LINK_SENDING, _LINK_SENT), besides=claim.id):
             why = "not answered: a link went, or is going, to the address within the last 24 hours"
+        if why:
             claim.diagnostic = f"{ask.detail}; {why}"
             report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", why))
             return False
@@ -423,7 +438,7 @@ def _settle(services: Services, ask: Ask, outcome: str, now: dt.datetime) -> Non
             claim.diagnostic, claim.at = f"{ask.detail}; {outcome}", now
 
 
-def _unanswered(report: Report, ask: Ask, exc: Exception) -> None:
+def _unanswered(report: Report, ask: Ask, exc: Exception | str) -> None:
     report.unanswered.append((ask.where, f"could not send the unsubscribe link to {ask.email} ({exc}); "
                                          "the request is read again on the next run"))
 
