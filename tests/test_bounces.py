@@ -12,11 +12,11 @@ from pathlib import Path
 
 import bounce_samples as samples
 import pytest
-from conftest import SECRET
+from conftest import SECRET, one_database
 from sqlalchemy import func, select, update
 from test_outbox import add_subscribers, make_issue
 
-from mailmag import tokens
+from mailmag import db, tokens
 from mailmag.audience import bounces, reports, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import BouncesConfig
@@ -610,3 +610,56 @@ def test_report_as_dict_names_every_count():
         "hard": 1, "soft": 0, "complaints": 0, "unsubscribes": 0, "asked": 0, "duplicates": 2, "events": [],
         "unmatched": [{"message": "k", "reason": "why"}], "unreadable": [], "unanswered": [],
     }
+
+
+@one_database
+def test_the_send_step_meets_a_locked_database_and_keeps_the_report(config, tmp_path):
+    """helper-79: a second run held SQLite's write lock past the busy timeout while the first was
+    answering: the first died with one line, its report lost, a request stuck "being sent"."""
+    import sqlite3
+
+    from mailmag.config import DatabaseConfig
+    from mailmag.services import Services
+
+    quick = DatabaseConfig(url=config.database.url, busy_timeout_seconds=0.5)
+    services = Services(config.replace(database=quick))
+    db.init_db(services.engine)
+    try:
+        with services.session() as session:
+            add_subscribers(session, 2)
+        box = write_maildir(tmp_path / "Maildir", [
+            samples.mailto_unsubscribe("user0@example.jp"),
+            samples.mailto_unsubscribe("user1@example.jp", message_id="<b@x>")])
+        with services.session() as session:
+            report = bounces.process_mailbox(session, box, services.config, SECRET)
+        other = sqlite3.connect(config.database.url.removeprefix("sqlite:///"))
+        other.execute("BEGIN IMMEDIATE")  # another run, writing
+        bounces.send_unsubscribe_links(services, report)
+        other.rollback()
+        other.close()
+        assert report.asked == 0 and [why for _, why in report.unanswered] == [
+            f"could not send the unsubscribe link to user{n}@example.jp (the database did not answer: "
+            "database is locked); the request is read again on the next run" for n in (0, 1)]
+        with services.session() as session:  # nothing was taken: both are read again (after an hour)
+            again = bounces.process_mailbox(session, box, services.config, SECRET,
+                                            now=utcnow() + dt.timedelta(hours=2))
+        assert len(again.asks) == 2
+    finally:
+        services.close()
+
+
+def test_a_request_left_being_sent_is_read_again_after_a_day(services, tmp_path):
+    """helper-79: a request taken for sending whose run then died, or could not settle it (a
+    locked database after a 4xx), stayed "being sent" for good: never answered."""
+    with services.session() as session:
+        add_subscribers(session, 1)
+    box = write_maildir(tmp_path / "Maildir", [samples.mailto_unsubscribe("user0@example.jp")])
+    now = utcnow()
+    with services.session() as session:
+        report = bounces.process_mailbox(session, box, services.config, SECRET, now=now)
+    assert bounces._take(services, report.asks[0], now, report)  # taken; the run dies here
+    for hours, asks in ((2, 0), (23, 0), (25, 1)):
+        with services.session() as session:
+            later = bounces.process_mailbox(session, box, services.config, SECRET,
+                                            now=now + dt.timedelta(hours=hours))
+        assert len(later.asks) == asks, hours

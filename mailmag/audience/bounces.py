@@ -17,6 +17,7 @@ same mailbox again changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -26,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+import jinja2
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -302,8 +304,8 @@ _LINK_QUEUED = "their unsubscribe link is to be sent"  # read; the link goes aft
 _LINK_SENDING = "their unsubscribe link is being sent"  # handed to the relay: counts as sent
 _LINK_SENT = "their unsubscribe link was sent to the address (a From can be forged)"
 # A request still "to be sent" this long after: its run died before its send step; it is read
-# again. One "being sent" is never: the relay may have taken it, and a second link in a day
-# is what the limit is for (helper-77).
+# again. One "being sent" only after a day (its run died, or could not settle it: helper-79):
+# the relay may have taken it, and a second link in a day is what the limit is for (helper-77).
 STALE_QUEUED = dt.timedelta(hours=1)
 
 
@@ -343,10 +345,11 @@ def _answered_lately(session: Session, subscriber_id: int, now: dt.datetime, sta
 
 def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
     """Whether the request's record was left "to be sent" by a run that died before its send
-    step (STALE_QUEUED): it is dropped, and the request read as new."""
+    step (STALE_QUEUED), or "being sent" a day ago: it is dropped, and the request read as new."""
     gone = session.execute(delete(BounceEvent).where(  # one statement: a _take meanwhile wins
-        BounceEvent.source_key == key, BounceEvent.kind == ASKED,
-        BounceEvent.diagnostic.endswith(_LINK_QUEUED), BounceEvent.at < now - STALE_QUEUED))
+        BounceEvent.source_key == key, BounceEvent.kind == ASKED, or_(
+            and_(BounceEvent.diagnostic.endswith(_LINK_QUEUED), BounceEvent.at < now - STALE_QUEUED),
+            and_(BounceEvent.diagnostic.endswith(_LINK_SENDING), BounceEvent.at < now - ASK_INTERVAL))))
     return db.rowcount(gone) > 0
 
 
@@ -374,36 +377,43 @@ def send_unsubscribe_links(services: Services, report: Report, now: dt.datetime 
     env = notices.environment(config)
     for ask in report.asks:
         try:
-            taken = _take(services, ask, now or utcnow(), report)
-        except OperationalError as exc:  # another run's open transaction holds the reader's row
-            if not db.waited_on_another(exc):
-                raise
-            _settle(services, ask, "", now or utcnow())  # dropped: read again on the next run
-            _unanswered(report, ask, "another run is answering this reader now")
-            continue
-        if not taken:
-            continue
-        link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
-                                     ask.link_key)
-        try:
-            notices.send(config, ask.email, *notices.render(env, config, "unsubscribe", ask.lang,
-                                                             link=link, email=ask.email))
-            outcome = _LINK_SENT
-        except PermanentFailure as exc:
-            outcome = f"not answered: the relay refused the mail with its link ({exc})"
-        except TemporaryFailure as exc:
-            # after the final dot the relay may have it: counted as sent (helper-77: a relay that
-            # dropped the line there was sent a link on every run)
-            outcome = f"the relay may have it ({exc}); {_LINK_SENT}" if exc.ambiguous else ""
-            if not outcome:
-                _unanswered(report, ask, exc)
-        except MailmagError as exc:
-            outcome = ""
+            _answer(services, env, ask, now or utcnow(), report)
+        except OperationalError as exc:  # another run's open transaction holds the row, or the
+            # database is locked or away: this request waits ("to be sent" for STALE_QUEUED,
+            # "being sent" for a day); the others, and the report, go on (helper-79)
+            why = ("another run is answering this reader now" if db.waited_on_another(exc)
+                   else f"the database did not answer: {exc.orig}")
+            _unanswered(report, ask, why)
+            with contextlib.suppress(OperationalError):  # not taken yet: read again on the next run
+                _drop_if_queued(services, ask)
+
+
+def _answer(services: Services, env: jinja2.Environment, ask: Ask, now: dt.datetime, report: Report) -> None:
+    """Take the request, mail the link, settle the request by what the relay said."""
+    if not _take(services, ask, now, report):
+        return
+    config = services.config
+    link = links.unsubscribe_url(config.mailmag.base_url, services.secret_key, ask.subscriber_id,
+                                 ask.link_key)
+    outcome = ""
+    try:
+        notices.send(config, ask.email, *notices.render(env, config, "unsubscribe", ask.lang,
+                                                         link=link, email=ask.email))
+        outcome = _LINK_SENT
+    except PermanentFailure as exc:
+        outcome = f"not answered: the relay refused the mail with its link ({exc})"
+    except TemporaryFailure as exc:
+        # after the final dot the relay may have it: counted as sent (helper-77: a relay that
+        # dropped the line there was sent a link on every run)
+        outcome = f"the relay may have it ({exc}); {_LINK_SENT}" if exc.ambiguous else ""
+        if not outcome:
             _unanswered(report, ask, exc)
-        report.asked += outcome.endswith(_LINK_SENT)
-        _settle(services, ask, outcome, now or utcnow())
-        if outcome:
-            report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
+    except MailmagError as exc:
+        _unanswered(report, ask, exc)
+    report.asked += outcome.endswith(_LINK_SENT)
+    _settle(services, ask, outcome, now)
+    if outcome:
+        report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
 
 
 def _take(services: Services, ask: Ask, now: dt.datetime, report: Report) -> bool:
@@ -431,11 +441,18 @@ def _take(services: Services, ask: Ask, now: dt.datetime, report: Report) -> boo
 
 def _settle(services: Services, ask: Ask, outcome: str, now: dt.datetime) -> None:
     with services.session() as session:
+        if not outcome:  # dropped: the next run reads the request again
+            session.execute(delete(BounceEvent).where(BounceEvent.id == ask.event_id))
+            return
         claim = session.get(BounceEvent, ask.event_id)
-        if claim is not None and not outcome:
-            session.delete(claim)
-        elif claim is not None:
+        if claim is not None:
             claim.diagnostic, claim.at = f"{ask.detail}; {outcome}", now
+
+
+def _drop_if_queued(services: Services, ask: Ask) -> None:
+    with services.session() as session:
+        session.execute(delete(BounceEvent).where(BounceEvent.id == ask.event_id,
+                                                  BounceEvent.diagnostic.endswith(_LINK_QUEUED)))
 
 
 def _unanswered(report: Report, ask: Ask, exc: Exception | str) -> None:
