@@ -663,3 +663,45 @@ def test_a_request_left_being_sent_is_read_again_after_a_day(services, tmp_path)
             later = bounces.process_mailbox(session, box, services.config, SECRET,
                                             now=now + dt.timedelta(hours=hours))
         assert len(later.asks) == asks, hours
+
+
+@one_database
+def test_a_link_sent_whose_record_cannot_be_written_is_reported_sent(config, smtp_server, tmp_path):
+    """helper-80: the relay took the link, then the database was locked as its record was written:
+    the report said the link could not be sent, and the sent event was missing."""
+    import sqlite3
+    import threading
+    import time
+
+    from mailmag.config import DatabaseConfig
+    from mailmag.services import Services
+
+    quick = DatabaseConfig(url=config.database.url, busy_timeout_seconds=0.5)
+    services = Services(smtp_server.configure(config.replace(database=quick)))
+    db.init_db(services.engine)
+    smtp_server.delay("data_end", 2.0)  # the lock below is taken while the relay holds its answer
+    try:
+        with services.session() as session:
+            add_subscribers(session, 1)
+        box = write_maildir(tmp_path / "Maildir", [samples.mailto_unsubscribe("user0@example.jp")])
+        with services.session() as session:
+            report = bounces.process_mailbox(session, box, services.config, SECRET)
+        other = sqlite3.connect(config.database.url.removeprefix("sqlite:///"), check_same_thread=False)
+
+        def lock_once_it_arrives() -> None:  # once taken: while the relay holds its answer
+            taken = "SELECT count(*) FROM bounce_events WHERE diagnostic LIKE '%being sent'"
+            while not other.execute(taken).fetchone()[0]:
+                time.sleep(0.02)
+            other.execute("BEGIN IMMEDIATE")  # another run, writing
+
+        locker = threading.Thread(target=lock_once_it_arrives)
+        locker.start()
+        bounces.send_unsubscribe_links(services, report)
+        locker.join()
+        other.rollback()
+        other.close()
+        assert smtp_server.recipients() == ["user0@example.jp"]
+        assert report.asked == 1 and report.unanswered == []
+        assert "its record could not be written" in report.events[-1].action
+    finally:
+        services.close()

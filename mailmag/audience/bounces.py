@@ -411,7 +411,12 @@ def _answer(services: Services, env: jinja2.Environment, ask: Ask, now: dt.datet
     except MailmagError as exc:
         _unanswered(report, ask, exc)
     report.asked += outcome.endswith(_LINK_SENT)
-    _settle(services, ask, outcome, now)
+    try:
+        _settle(services, ask, outcome, now)
+    except OperationalError as exc:  # the mail went, its record did not (helper-80); a request
+        if not outcome:              # the relay could not take is listed unanswered already
+            return
+        outcome += f"; its record could not be written ({exc.orig}): it stays 'being sent' for a day"
     if outcome:
         report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", outcome))
 
