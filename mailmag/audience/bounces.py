@@ -303,6 +303,7 @@ ASKED = "asked"  # BounceEvent.kind of a request without a tag
 _LINK_QUEUED = "their unsubscribe link is to be sent"  # read; the link goes after the commit
 _LINK_SENDING = "their unsubscribe link is being sent"  # handed to the relay: counts as sent
 _LINK_SENT = "their unsubscribe link was sent to the address (a From can be forged)"
+_LINK_RECENT = "not answered: a link went, or is going, to the address within the last 24 hours"
 # A request still "to be sent" this long after: its run died before its send step; it is read
 # again. One "being sent" only after a day (its run died, or could not settle it: helper-79):
 # the relay may have taken it, and a second link in a day is what the limit is for (helper-77).
@@ -320,7 +321,7 @@ def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.
     if subscriber.status != "active":  # out already, or pending: never confirmed, sent nothing
         why = f"not answered: the address is {subscriber.status}, nothing is sent to it"
     elif _answered_lately(session, subscriber.id, now, (_LINK_QUEUED, _LINK_SENDING, _LINK_SENT)):
-        why = "not answered: a link went, or is going, to the address within the last 24 hours"
+        why = _LINK_RECENT
     claim = BounceEvent(subscriber_id=subscriber.id, kind=ASKED, source_key=reading.source_key, at=now,
                         diagnostic=f"{reading.detail}; {why or _LINK_QUEUED}")
     session.add(claim)
@@ -435,7 +436,7 @@ def _take(services: Services, ask: Ask, now: dt.datetime, report: Report) -> boo
         if status != "active":  # out since it was read: by a tag later in the mailbox, say (helper-78)
             why = f"not answered: the address is {status or 'erased'} now, nothing is sent to it"
         elif _answered_lately(session, ask.subscriber_id, now, (_LINK_SENDING, _LINK_SENT), besides=claim.id):
-            why = "not answered: a link went, or is going, to the address within the last 24 hours"
+            why = _LINK_RECENT
         if why:
             claim.diagnostic = f"{ask.detail}; {why}"
             report.events.append(Event(ask.where, "unsubscribe", ask.email, "", "sender", why))
