@@ -80,7 +80,7 @@ def kept_breaks(children: Sequence[Token]) -> list[bool]:
     for child in children:
         if child.type in ("softbreak", "hardbreak"):
             lines.append("")
-        elif child.type in ("text", "text_special", "code_inline"):
+        elif child.type in TEXT_TOKENS:
             lines[-1] += child.content
     return text_ja.meant_breaks(lines)
 
@@ -114,7 +114,7 @@ def _between_wide(before: Sequence[Token], after: Sequence[Token]) -> bool:
 
 def _nearest_text(tokens: Iterable[Token]) -> str:
     for token in tokens:
-        if token.type in ("text", "text_special", "code_inline"):
+        if token.type in TEXT_TOKENS:
             if token.content:  # (markdown-it leaves an empty text token after emphasis)
                 return token.content
         elif token.type not in _MARKUP and not (token.type == "html_inline" and not is_br(token)):
@@ -122,7 +122,8 @@ def _nearest_text(tokens: Iterable[Token]) -> str:
     return ""
 
 
-# Inline tokens that only open or close markup around text.
+# Inline tokens that hold text a reader sees; and those that only open or close markup around it.
+TEXT_TOKENS = frozenset({"text", "text_special", "code_inline"})
 _MARKUP = frozenset({"strong_open", "strong_close", "em_open", "em_close", "s_open", "s_close",
                      "link_open", "link_close"})
 

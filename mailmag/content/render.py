@@ -423,7 +423,7 @@ def _inline_text(children: list[Token]) -> str:
                 parts.append("\n")
         elif hidden:
             continue
-        elif kind in ("text", "text_special", "code_inline"):
+        elif kind in markup.TEXT_TOKENS:
             parts.append(child.content)
         elif kind == "softbreak" and index and markup.is_br(children[index - 1]):
             continue  # the <br> before it broke the line already
