@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import idna
 from sqlalchemy import func, select
@@ -188,10 +188,11 @@ def parse_url(raw: Any) -> str:
                   else f"URL「{value}」は http:// または https:// で始まるアドレスではありません。"
                        "ウェブページのアドレスをそのまま貼り付けてください")
         raise InvalidInput(f"url {value!r} is not an http:// or https:// address", ja=why_ja)
-    if parts.netloc != parts.netloc.translate(_IDEOGRAPHIC_DOTS):  # as browsers read them, shown so
-        value = value.replace(parts.netloc, parts.netloc.translate(_IDEOGRAPHIC_DOTS), 1)  # the rest as typed
+    site = parts.netloc.translate(_IDEOGRAPHIC_DOTS)  # as browsers read them, shown so
+    if site != parts.netloc:
+        value = value.replace(parts.netloc, site, 1)  # the rest as typed
         parts = urlsplit(value)
-    _check_site(value, parts.netloc)
+    _check_site(value, parts)
     if len(value) > 2000:
         raise InvalidInput("url is longer than 2000 characters",
                            ja=f"URLが長すぎます。2000文字以内にしてください（現在{len(value):,}文字）")
@@ -208,29 +209,29 @@ _SITE = re.compile(r"(?:[^\x00-\x20/?#@:\[\]\\%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0
 _ASCII_HOST = re.compile(r"[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+")  # (urlsplit's hostname drops [ ])
 
 
-def _check_site(value: str, netloc: str) -> None:
+def _check_site(value: str, parts: SplitResult) -> None:
     """helper-72: the reviewer reads a link's site from its text, the reader's browser opens
     the site it parses. Where the two could differ, the link is refused, not guessed at."""
     if "\\" in value:  # browsers read it as '/': 'https://a.jp\\@b.com/' opens a.jp, urlsplit b.com
         raise InvalidInput(f"url {value!r} holds a backslash: type '/' instead",
                            ja=f"URL「{value}」に「\\」が入っています。ブラウザは「/」として読むため、"
                               "見えているのと違うページが開きます。「/」に直してください")
+    netloc = parts.netloc
     if "@" in netloc:  # 'https://www.meti.go.jp@evil.com/' opens evil.com
         site = netloc.rpartition("@")[2]
         raise InvalidInput(f"url {value!r} has a name before '@': the link would open {site}",
                            ja=f"URL「{value}」の「@」より前は、開くサイトの名前ではありません"
                               f"（開くのは {site}）。サイトのアドレスをそのまま貼り付けてください")
-    if not _SITE.fullmatch(netloc) or not _opens(netloc):
+    if not _SITE.fullmatch(netloc) or not _opens(parts):
         raise InvalidInput(f"url {value!r}: {netloc!r} is not a site name (a host, then ':port' if any)",
                            ja=f"URL「{value}」のサイト名「{netloc}」が正しくありません。"
                               "ウェブページのアドレスをそのまま貼り付けてください")
 
 
-def _opens(netloc: str) -> bool:
+def _opens(parts: SplitResult) -> bool:
     """A port browsers accept, and a name they resolve: a non-ASCII one that IDNA takes (as
-    links.as_uri sends it: ザ・セール.jp, 例え。jp), an ASCII one whose xn-- labels decode."""
+    links.as_uri sends it: ザ・セール.jp), an ASCII one whose xn-- labels decode."""
     try:
-        parts = urlsplit(f"//{netloc}")
         host = parts.hostname or ""
         if parts.port == 0 or not all(host.removesuffix(".").split(".")):  # no empty label: a..jp
             return False
