@@ -705,3 +705,35 @@ def test_a_link_sent_whose_record_cannot_be_written_is_reported_sent(config, smt
         assert "its record could not be written" in report.events[-1].action
     finally:
         services.close()
+
+
+def test_records_stamped_by_a_fast_clock_hold_nothing_back(config, smtp_server, tmp_path):
+    """helper-80: a run whose clock was a year fast stamped its link a year ahead. Once the clock
+    was put right, the reader's next request was refused as 'within the last 24 hours' for a year,
+    and a request it had left "being sent" was never read again."""
+    from mailmag.services import Services
+
+    services = Services(smtp_server.configure(config))
+    db.init_db(services.engine)
+    now, fast = utcnow(), utcnow() + dt.timedelta(days=365)
+    try:
+        with services.session() as session:
+            add_subscribers(session, 2)
+        ask = samples.mailto_unsubscribe
+        first = write_maildir(tmp_path / "first", [ask("user0@example.jp"),
+                                                   ask("user1@example.jp", message_id="<b@x>")])
+        with services.session() as session:
+            report = bounces.process_mailbox(session, first, services.config, SECRET, now=fast)
+        bounces.send_unsubscribe_links(services, bounces.Report(asks=report.asks[:1]), now=fast)
+        assert bounces._take(services, report.asks[1], fast, report)  # user1's: taken; the run dies
+        second = write_maildir(tmp_path / "second", [ask("user0@example.jp", message_id="<c@x>")])
+        with services.session() as session:  # the clock put right
+            again = bounces.process_mailbox(session, second, services.config, SECRET, now=now)
+            stuck = bounces.process_mailbox(session, first, services.config, SECRET, now=now)
+        assert [a.email for a in again.asks] == ["user0@example.jp"]
+        assert [a.email for a in stuck.asks] == ["user1@example.jp"]
+        bounces.send_unsubscribe_links(services, again, now=now)
+        bounces.send_unsubscribe_links(services, stuck, now=now)
+        assert sorted(smtp_server.recipients()) == ["user0@example.jp"] * 2 + ["user1@example.jp"]
+    finally:
+        services.close()

@@ -336,22 +336,28 @@ def _ask(session: Session, where: str, subscriber: Subscriber, reading: reports.
 
 def _answered_lately(session: Session, subscriber_id: int, now: dt.datetime, states: tuple[str, ...],
                      besides: int | None = None) -> bool:
-    """Whether a request of the reader's in the last ASK_INTERVAL ends in one of `states`."""
+    """Whether a request of the reader's in the last ASK_INTERVAL ends in one of `states`. A
+    record stamped later than now (by a clock that ran fast, since put right) does not count: it
+    would have kept the reader from their link until the clock caught up, a year if need be."""
     return session.scalar(select(BounceEvent.id).where(
         BounceEvent.subscriber_id == subscriber_id, BounceEvent.kind == ASKED,
         BounceEvent.id != (besides or 0),
         or_(*(BounceEvent.diagnostic.endswith(state) for state in states)),
-        BounceEvent.at > now - ASK_INTERVAL).limit(1)) is not None
+        BounceEvent.at > now - ASK_INTERVAL, BounceEvent.at <= now + CLOCK_SKEW).limit(1)) is not None
 
 
 def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
     """Whether the request's record was left "to be sent" by a run that died before its send
-    step (STALE_QUEUED), or "being sent" a day ago: it is dropped, and the request read as new."""
+    step (STALE_QUEUED), or "being sent" a day ago: it is dropped, and the request read as new.
+    So is one stamped later than now: the run that wrote it had a clock running fast."""
     gone = session.execute(delete(BounceEvent).where(  # one statement: a _take meanwhile wins
         BounceEvent.source_key == key, BounceEvent.kind == ASKED, or_(
-            and_(BounceEvent.diagnostic.endswith(_LINK_QUEUED), BounceEvent.at < now - STALE_QUEUED),
-            and_(BounceEvent.diagnostic.endswith(_LINK_SENDING), BounceEvent.at < now - ASK_INTERVAL))))
+            and_(BounceEvent.diagnostic.endswith(_LINK_QUEUED),
+                 or_(BounceEvent.at < now - STALE_QUEUED, BounceEvent.at > now + CLOCK_SKEW)),
+            and_(BounceEvent.diagnostic.endswith(_LINK_SENDING),
+                 or_(BounceEvent.at < now - ASK_INTERVAL, BounceEvent.at > now + CLOCK_SKEW)))))
     return db.rowcount(gone) > 0
+
 
 
 def _apply(session: Session, subscriber: Subscriber, event: BounceEvent, reading: reports.Reading,
