@@ -170,6 +170,13 @@ STATUS_JA = {
     "draft": "下書き", "scheduled": "送信予約済み", "sending": "送信中", "sent": "送信済み",
     "cancelled": "取り消し済み", "queued": "送信待ち", "failed": "不達", "dead": "送信を断念",
 }
+# A BounceEvent's kind as the console's pages say it (English, Japanese).
+EVENT_KIND_WORDS = {
+    "hard": ("hard bounce", "不達（恒久的）"), "soft": ("soft bounce", "不達（一時的）"),
+    "complaint": ("complaint", "迷惑メールの報告"),
+    "unsubscribe": ("unsubscribed by mail", "メールで配信停止"),
+    "asked": ("asked by mail, without our tag", "メールでの配信停止依頼（タグなし）"),
+}
 
 
 class Item(Base):

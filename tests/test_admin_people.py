@@ -190,10 +190,14 @@ def test_bounces_page_shows_recent_bounces_and_suppressions(console, console_ser
         _, sub = subscribers.add(session, subscribers.parse_address("x@example.jp"), Consent("cli", "t"))
         session.add(BounceEvent(subscriber_id=sub.id, kind="hard", code="5.1.1",
                                 diagnostic="user unknown", source_key="k1"))
+        session.add(BounceEvent(subscriber_id=sub.id, kind="asked", diagnostic="a request", source_key="k2"))
         session.add(Suppression(email_hash="ab" * 32, reason="bounced"))
     client = logged_in(console.url, console_services, "owner", "owner")
     page = client.get("/admin/bounces/").text
     assert "x@example.jp" in page and "user unknown" in page and "bounced" in page
+    # each kind in the page's words, not the database's (the office read 'asked' and 'hard')
+    assert "<td>不達（恒久的）</td>" in page and "<td>メールでの配信停止依頼（タグなし）</td>" in page
+    assert "<td>hard</td>" not in page and "<td>asked</td>" not in page
 
 
 def test_a_list_of_thousands_is_previewed_and_stored(console, console_services):

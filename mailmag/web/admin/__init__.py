@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit, logins
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError, in_lang
-from mailmag.models import STATUS_JA
+from mailmag.models import EVENT_KIND_WORDS, STATUS_JA
 from mailmag.scheduling.when import shown
 from mailmag.web import _, page_lang, security, state
 from mailmag.web.admin import fixes
@@ -159,6 +159,12 @@ def status_word(status: str) -> str:
     return in_lang(page_lang(), status, STATUS_JA.get(status, ""))
 
 
+def event_kind_word(kind: str) -> str:
+    """A bounce or unsubscribe event's kind as the page's language says it."""
+    english, ja = EVENT_KIND_WORDS.get(kind, (kind, ""))
+    return in_lang(page_lang(), english, ja)
+
+
 def admin_csrf() -> str:
     return viewer().csrf if "admin" in g else security.csrf_token()
 
@@ -168,7 +174,7 @@ def init_app(app: Flask) -> None:
     zone = app.extensions["mailmag"].config.zone
     app.register_blueprint(bp)
     app.jinja_env.globals.update(admin_csrf=admin_csrf, viewer=lambda: g.get("admin"),
-                                 status_word=status_word,
+                                 status_word=status_word, event_kind_word=event_kind_word,
                                  local=lambda value: "-" if value is None else shown(value, zone))
 
 
