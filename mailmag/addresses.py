@@ -46,7 +46,7 @@ _SPECIAL_USE_DEEP = any("." in name for name in _SPECIAL_USE)  # none today: the
 # C0 and C1 controls and DEL: never part of an address, a name or any other stored cell.
 CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # "山田 太郎 <yamada@example.jp>", as a mail program copies an address: the address is the bracketed part.
-_NAMED = re.compile(r"^([^<>]*)<([^<>]*)>$")
+_NAMED = re.compile(r"^(.*)<([^<>]*)>$", re.DOTALL)  # the last <…>: a name may hold < or >
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ def _bracketed(text: str) -> str:
     if not named:
         return text.strip("<>").strip()
     name, address = named.group(1), named.group(2).strip()
-    words = (word.strip("\"'()") for word in re.split(r"[\s,;]+", name))
+    words = (word.strip("\"'()<>") for word in re.split(r"[\s,;]+", name))
     others = {word.lower() for word in words if _is_address(word)}
     if others - {address.lower()}:
         raise InvalidEmail(f"invalid e-mail address {text!r}: it names two addresses; give the one meant",

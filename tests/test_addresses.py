@@ -76,6 +76,12 @@ def test_an_address_with_a_name_is_its_bracketed_part_unless_the_name_is_another
     # an @ in a name that is no address (helper-75: these were refused)
     assert parse_address("田中@営業 <tanaka@example.jp>").email == "tanaka@example.jp"
     assert parse_address("山田 (@yamada) <yamada@example.jp>").email == "yamada@example.jp"
+    # a quoted name holding < or > (a mail program's copy of 'Yamada <Sales>'): was refused
+    assert parse_address('"Yamada <Sales>" <yamada@example.jp>').email == "yamada@example.jp"
+    assert parse_address("営業部>山田 <yamada@example.jp>").email == "yamada@example.jp"
+    for two in ("<sato@example.jp> <yamada@example.jp>", '"Sato <sato@example.jp>" <yamada@example.jp>'):
+        with pytest.raises(InvalidEmail, match="it names two addresses; give the one meant"):
+            parse_address(two)
 
 
 # --- through the CLI and a real relay --------------------------------------------------------
