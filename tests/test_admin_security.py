@@ -192,6 +192,26 @@ def test_ten_wrong_passwords_lock_the_account_for_a_while(console, console_servi
     assert login(client, "alice").status == 303 and COOKIE in client.cookies
 
 
+def _age_attempts(services, minutes: int) -> None:  # type: ignore[no-untyped-def]
+    with services.session() as session:
+        for attempt in session.scalars(select(LoginAttempt)):
+            attempt.at -= dt.timedelta(minutes=minutes)
+
+
+def test_a_locked_account_opens_when_its_window_passes_however_often_it_was_tried(console, console_services):
+    """helper-82: each attempt refused by the lock was recorded as a failure, so someone who
+    tried the right password every minute or so kept the lock for good."""
+    add_admin(console_services, "alice", "owner")
+    client = Client(console.url)
+    for _ in range(10):
+        assert login(client, "alice", "wrong password!").status == 401
+    _age_attempts(console_services, 10)
+    for _ in range(10):  # the right password, again and again within the lock
+        assert "ログインの失敗が多すぎます" in login(client, "alice").text
+    _age_attempts(console_services, 6)  # 16 minutes since the ten failures
+    assert login(client, "alice").status == 303 and COOKIE in client.cookies
+
+
 def test_many_failures_from_one_address_block_it(console, console_services, monkeypatch):
     add_admin(console_services, "alice", "owner")
     for n in range(30):

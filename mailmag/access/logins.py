@@ -39,6 +39,11 @@ LOCKED_JA = "ログインの失敗が多すぎます。しばらくしてから�
 _TOUCH_EVERY = dt.timedelta(seconds=60)
 
 
+class LockedOut(AccessDenied):
+    """Refused by the lockout, the credentials not looked at: not another failure, or trying
+    again within the window would keep the lock for good (helper-82)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Started:
     token: str  # for the cookie; never stored
@@ -73,12 +78,13 @@ def authenticate(session: Session, policy: AdminConfig, name: str, password: str
     """The admin these credentials are (the success is recorded), or AccessDenied.
 
     AccessDenied rolls the unit of work back: the caller records the failure with
-    `record_failure` in a unit of its own, so that it is kept for the throttles.
+    `record_failure` in a unit of its own, so that it is kept for the throttles (but not a
+    LockedOut: no credentials were tried).
     """
     now = now or utcnow()
     name = name.strip()[:64]
     if locked_out(session, policy, name, ip, now):
-        raise AccessDenied(LOCKED, ja=LOCKED_JA)
+        raise LockedOut(LOCKED, ja=LOCKED_JA)
     admin = accounts.find(session, name)
     good = accounts.verify_password(admin, password)
     if good and admin is not None and accounts.needs_totp(admin, policy.require_totp):

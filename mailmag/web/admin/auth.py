@@ -44,8 +44,9 @@ def login_post() -> Any:
             started = logins.start(db, admin, ip, security.user_agent(), request.cookies.get(COOKIE))
             audit.record(db, admin.name, "login", "", ip)
     except AccessDenied as exc:
-        with services.session() as db:  # the failed attempt is kept for the throttles
-            logins.record_failure(db, request.form.get("name", ""), ip)
+        if not isinstance(exc, logins.LockedOut):
+            with services.session() as db:  # the failed attempt is kept for the throttles
+                logins.record_failure(db, request.form.get("name", ""), ip)
         return _form(fixes.said(exc), 401)
     response = make_response(redirect(_next_page(), 303))
     response.set_cookie(COOKIE, started.token, path="/admin/", httponly=True, samesite="Strict",
