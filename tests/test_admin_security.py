@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from urllib.parse import urlsplit
 
 import pyotp
 import pytest
@@ -110,6 +111,31 @@ def test_a_form_without_the_csrf_token_or_with_a_wrong_one_is_refused(console, c
     good = hidden_fields(client.get(f"/admin/items/{item_id}"), f"/admin/items/{item_id}/approve")
     assert client.post(f"/admin/items/{item_id}/approve", good).status == 303
     assert _status(console_services, item_id) == "approved"
+
+
+def test_a_form_posted_from_another_sites_page_is_refused_with_its_token(console, console_services):
+    """helper-82: the token and the SameSite cookie were the only guards; a POST that says it
+    comes from another site (Origin, else Referer) is refused before it is looked at."""
+    item_id, other_id = seed_items(console_services, ["記事", "別の記事"])
+    client = logged_in(console.url, console_services, "owner1", "owner")
+    good = hidden_fields(client.get(f"/admin/items/{item_id}"), f"/admin/items/{item_id}/approve")
+    approve = f"/admin/items/{item_id}/approve"
+    for header, value in (("Origin", "https://evil.example"), ("Origin", "null"),
+                          ("Referer", "https://evil.example/news.example.jp/admin/")):
+        assert client.post(approve, good, **{header: value}).status == 403, (header, value)
+    assert _status(console_services, item_id) == "submitted"
+    stranger = Client(console.url)
+    token = stranger.get("/admin/login").csrf()
+    add_admin(console_services, "alice", "owner")
+    refused = stranger.post("/admin/login", {"csrf_token": token, "name": "alice", "password": PASSWORD},
+                            Origin="https://evil.example")
+    assert refused.status == 403 and COOKIE not in stranger.cookies
+    # the site's own pages: the host asked for, or base_url's (behind nginx)
+    assert client.post(approve, good, Origin="https://news.example.jp").status == 303
+    other = hidden_fields(client.get(f"/admin/items/{other_id}"), f"/admin/items/{other_id}/approve")
+    here = f"http://127.0.0.1:{urlsplit(console.url).port}/admin/items/{other_id}"
+    assert client.post(f"/admin/items/{other_id}/approve", other, Referer=here).status == 303
+    assert (_status(console_services, item_id), _status(console_services, other_id)) == ("approved",) * 2
 
 
 def test_the_login_form_itself_needs_its_csrf_token(console, console_services):

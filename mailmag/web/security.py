@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, g, request, session
 
@@ -51,6 +52,19 @@ def check_csrf() -> None:
     given = request.form.get(FIELD, "")
     if not expected or not hmac.compare_digest(str(expected), given):
         abort(400, description="csrf")
+
+
+def from_another_site(base_url: str) -> bool:
+    """Whether the browser says this request comes from another site's page: its Origin (or,
+    without one, its Referer) names a host that is neither the one it asked for nor base_url's.
+    Beside the form's token, not instead of it: a browser that sends neither header passes."""
+    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
+    if not source:
+        return False
+    if source == "null":  # a sandboxed frame, a data: page, a redirect from another origin
+        return True
+    ours = {request.host.lower(), urlsplit(base_url).netloc.lower()}
+    return urlsplit(source).netloc.lower() not in ours
 
 
 UNDO_KEY = "unsubscribed"

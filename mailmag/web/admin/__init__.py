@@ -104,6 +104,8 @@ def _guard() -> Any:
     if request.args.get("lang") in ("ja", "en"):
         session["admin_lang"] = g.lang
     g.csp = ADMIN_CSP
+    if request.method == "POST" and security.from_another_site(config.mailmag.base_url):
+        abort(403)  # a form posted from another site's page (helper-82), the login's included
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     with state().services.session() as db:
@@ -125,6 +127,10 @@ def _guard() -> Any:
 @bp.after_request
 def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
+    # Not the public pages' no-referrer: under it a browser posts the console's own forms with
+    # "Origin: null", which _guard refuses as it does another site's; the console's addresses
+    # hold no secrets, and other sites still get no Referer.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
