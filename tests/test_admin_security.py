@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pyotp
 import pytest
@@ -136,6 +136,18 @@ def test_a_form_posted_from_another_sites_page_is_refused_with_its_token(console
     here = f"http://127.0.0.1:{urlsplit(console.url).port}/admin/items/{other_id}"
     assert client.post(f"/admin/items/{other_id}/approve", other, Referer=here).status == 303
     assert (_status(console_services, item_id), _status(console_services, other_id)) == ("approved",) * 2
+
+
+def test_a_console_form_whose_bytes_are_no_utf8_is_refused_in_the_consoles_words(console, console_services):
+    [item_id] = seed_items(console_services, ["記事"])
+    client = logged_in(console.url, console_services, "owner1", "owner")
+    good = hidden_fields(client.get(f"/admin/items/{item_id}"), f"/admin/items/{item_id}/approve")
+    body = (urlencode(good) + "&note=%93%FA%96%7B").encode()  # 日本 in Shift_JIS
+    reply = client.request("POST", f"/admin/items/{item_id}/approve", body,
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 400 and "文字コードが UTF-8 ではありません" in reply.text
+    assert "ログアウト" in reply.text  # the console's page, with its way back
+    assert _status(console_services, item_id) == "submitted"
 
 
 def test_the_login_form_itself_needs_its_csrf_token(console, console_services):

@@ -6,6 +6,7 @@ import email
 import email.policy
 import http.client
 import json
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -138,6 +139,31 @@ def test_a_submission_link_has_a_daily_byte_limit(serve, mailmag):
                                              page=f"{path}?kind=news") for title in ("一", "二"))
     assert (first.status, second.status) == (200, 429)
     assert _items(services) == 1
+
+
+def test_a_form_whose_bytes_are_no_utf8_is_refused_and_stores_nothing(serve, mailmag):
+    """helper-82: a title sent as %FF%FE, or in Shift_JIS, was stored as the text '%FF%FE' or
+    '%93%FA%96{…' in the review queue and the subscriber list; raw bytes of it emptied the form."""
+    live, services, _ = serve()
+    path = _submission_path(mailmag)
+    sjis = quote("日本語タイトル".encode("cp932"))
+    for field in ("title=%FF%FEabc", f"title={sjis}", "title=\xff\xfe"):
+        client = Client(live.url)
+        token = client.get(f"{path}?kind=news").csrf()
+        body = f"csrf_token={token}&kind=news&body=%E6%9C%AC%E6%96%87&".encode() + field.encode("latin-1")
+        reply = client.request("POST", path, body, {"Content-Type": "application/x-www-form-urlencoded"})
+        assert reply.status == 400 and "送信された文字を読み取れませんでした" in reply.text, field
+    client = Client(live.url)
+    token = client.get("/subscribe").csrf()
+    before = counts(services)
+    body = f"csrf_token={token}&agree=yes&lang=ja&email=s%40example.jp&name={sjis}".encode()
+    reply = client.request("POST", "/subscribe", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 400 and "UTF-8" in reply.text
+    assert _items(services) == 0 and counts(services) == before
+    # the same form in UTF-8 is taken
+    client.post("/subscribe", {"csrf_token": token, **FORM, "email": "s@example.jp", "name": "日本語"})
+    with services.session() as session:
+        assert subscribers.get(session, "s@example.jp").name == "日本語"
 
 
 # --- what readers are shown ----------------------------------------------------------------

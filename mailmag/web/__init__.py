@@ -223,7 +223,8 @@ def _not_found(_error: NotFound):
 
 
 def _http_error(error: HTTPException):
-    return _error_page(error.code or 500, "csrf" if error.description == "csrf" else "")
+    reason = error.description if error.description in ("csrf", "encoding") else ""
+    return _error_page(error.code or 500, reason)
 
 
 def _error_page(status: int, reason: str = "") -> tuple[str, int]:

@@ -145,6 +145,8 @@ def error_page(status: int, reason: str = "") -> tuple[str, int]:
     database away, a bug): the console's page, with its way back, in the console's language."""
     if reason == "csrf":
         message = _("フォームの有効期限が切れました。ページを開き直してから、もう一度送信してください。")
+    elif reason == "encoding":
+        message = _("送信された文字を読み取れませんでした（文字コードが UTF-8 ではありません）。何も保存していません。")  # noqa: E501
     elif status == 404:
         message = _("ページが見つかりません。")
     elif status == 413:
