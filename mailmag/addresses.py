@@ -101,6 +101,7 @@ def _is_address(text: str) -> bool:
 
 def parse_address(raw: str) -> Address:
     """Validate an address; repair full-width ＠, letters and surrounding spaces first."""
+    _refuse_other_readings(raw or "")
     # NFKC turns ＠ and full-width ASCII into their plain forms; 全角 spaces become spaces.
     cleaned = unicodedata.normalize("NFKC", raw or "").strip()
     if CONTROL.search(cleaned):  # in the name too: a paste gone wrong
@@ -120,6 +121,27 @@ def parse_address(raw: str) -> Address:
                            ja=f"メールアドレス「{cleaned}」が正しくありません（{_why_ja(str(exc))}）",
                            ) from exc
     return _stored(result.local_part, result.domain)
+
+
+# The address of "name <address>" as typed, its brackets full-width or not.
+_TYPED_ADDRESS = re.compile(r"^.*[<＜]([^<>＜＞]*)[>＞]\s*$", re.DOTALL)
+
+
+def _refuse_other_readings(raw: str) -> None:
+    """NFKC reads ＡＢＣ＠ as ABC@ (the same keys in full-width mode) and that is all it should do
+    to an address: ① → 1, ﬁ → fi or ² → 2 make another address, another person's mail
+    (helper-81: ①@example.jp was stored as 1@example.jp without a word). Those are refused."""
+    match = _TYPED_ADDRESS.match(raw)
+    typed = match[1] if match else raw
+    other = sorted({c for c in typed if unicodedata.normalize("NFKC", c) != c
+                    and not (0xFF00 <= ord(c) <= 0xFFEF or c.isspace())})  # full- and half-width forms
+    if other:
+        shown = ", ".join(f"{c} (read as {unicodedata.normalize('NFKC', c)})" for c in other)
+        shown_ja = "、".join(f"「{c}」" for c in other)
+        raise InvalidEmail(f"invalid e-mail address {raw.strip()!r}: {shown} would make another address; "
+                           "type the address as it is written",
+                           ja=f"メールアドレス「{raw.strip()}」の{shown_ja}はアドレスに使えない文字です"
+                              "（別のアドレスになるため読み替えません）。正しいアドレスを入力してください")
 
 
 # email_validator's reasons (English only) as a Japanese page says them, by how each begins;

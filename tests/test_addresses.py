@@ -184,3 +184,16 @@ def test_a_mailto_unsubscribe_from_the_quoted_form_finds_the_legacy_subscriber(s
     report = process(session, config, box)
     assert report.unmatched == []  # matched; without a tag it is answered with the reader's own link
     assert [a.email for a in report.asks] == ["taro..yamada.@docomo.ne.jp"]
+
+
+def test_characters_that_would_make_another_address_are_refused_not_read_otherwise():
+    """helper-81: ①@example.jp was stored as 1@example.jp, another person's address, silently.
+    Full-width letters, ＠ and spaces are still the same keys typed in full-width mode."""
+    for typed, shown in (("①@example.jp", "①"), ("ﬁle@example.jp", "ﬁ"), ("a²@example.jp", "²"),
+                         ("山田 <yamada@exa㎜ple.jp>", "㎜")):
+        with pytest.raises(InvalidEmail, match="would make another address") as refused:
+            parse_address(typed)
+        assert f"「{shown}」はアドレスに使えない文字です" in refused.value.ja
+    assert parse_address("ｙａｍａｄａ＠ｅｘａｍｐｌｅ．ｊｐ").email == "yamada@example.jp"
+    assert parse_address("㈱山田　＜yamada@example.jp＞").email == "yamada@example.jp"  # in the name: dropped
+    assert parse_address("　yamada@example.jp\u00a0").email == "yamada@example.jp"
