@@ -19,12 +19,14 @@ _MOMENT = re.compile(
     r"(?::(?P<s>\d{2}))?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?"
 )
 # A date as items take it, then a time: 2030年12月2日 9:00, R12.12.2 9時, 12/2 9:30.
-_DATE_TIME = re.compile(r"(?P<date>.+?)\s*(?P<h>\d{1,2})(?::(?P<mi>\d{2})|時(?:(?P<mi_ja>\d{1,2})分)?)")
+_TIME = r"(?P<h>\d{1,2})(?::(?P<mi>\d{2})|時(?:(?P<mi_ja>\d{1,2})分)?)"
+_DATE_TIME = re.compile(r"(?P<date>.+?)\s*" + _TIME)
+_TIME_ONLY = re.compile(_TIME)  # today: '04:56' was read as the date '0' and 4:56 (helper-81)
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _HELP = ("use 'YYYY-MM-DD HH:MM' (seconds and a UTC offset such as +09:00 are optional), or a date "
-         "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00")
+         "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00; a time alone is today's")
 _HELP_JA = ("「2030-12-02 09:00」「2030年12月2日 9:00」「R12.12.2 9:00」「12/2 9:00」のように"
-            "日付と時刻を書いてください")
+            "日付と時刻を書いてください（時刻だけなら今日の時刻です）")
 
 
 def shown(value: dt.datetime, zone: ZoneInfo) -> str:
@@ -67,18 +69,20 @@ def _past(written: str, zone: ZoneInfo, now: dt.datetime) -> InvalidInput:
 
 
 def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
-    """A date in the forms items take (content.dates), then H:MM or H時M分, local to `zone`.
+    """A date in the forms items take (content.dates), then H:MM or H時M分, local to `zone`;
+    H:MM alone is today's.
 
     A date without a year is the next one to come: read from half a year ahead, the nearest
     such date lies between yesterday and a year from now.
     """
-    match = _DATE_TIME.fullmatch(cleaned)
+    match = _TIME_ONLY.fullmatch(cleaned) or _DATE_TIME.fullmatch(cleaned)
     if match is None:
         raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}",
                            ja=f"「{text}」を日時として読み取れません。{_HELP_JA}")
-    ahead = now.astimezone(zone).date() + dt.timedelta(days=182)
+    today = now.astimezone(zone).date()
+    ahead = today + dt.timedelta(days=182)
     try:
-        day = dates.parse_date(match["date"], today=ahead)
+        day = dates.parse_date(match["date"], today=ahead) if "date" in match.re.groupindex else today
         at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0))
     except ValueError as exc:
         raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}",
