@@ -1144,6 +1144,44 @@ def test_the_throttle_takes_connections_away_on_421_and_gives_them_back():
     assert quiet.admits(1)
 
 
+def test_a_relay_that_says_421_again_and_again_is_warned_of_once_per_new_low(caplog):
+    """helper-81: a relay that said 421 to every fifth message printed the same warning 69 times
+    on the terminal; each time the limit falls lower it is a warning, the rest a note in the log."""
+    from mailmag.delivery.workstate import Throttle
+
+    throttle = Throttle(3, pause=3600)
+    with caplog.at_level(logging.INFO, logger="mailmag.delivery.dispatch"):
+        for _ in range(10):
+            throttle.refused(0)
+            throttle.refused(1)
+            for _ in range(3):
+                throttle.accepted()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "421" in r.getMessage()]
+    assert [m for level, m in said if level == logging.WARNING] == [
+        "the relay said 421: sending on 2 connection(s) for now",
+        "the relay said 421: sending on 1 connection(s) for now"]
+    assert len(said) > 10  # the rest are still in the log
+
+
+def test_worker_once_says_when_the_messages_deferred_come_due(mailmag: Mailmag, config_file, smtp_server):
+    """helper-81: `worker --once` ended on 'deferred 69' and did not say that 11 messages wait,
+    nor until when."""
+    text = config_file.read_text().replace(
+        'transport = "file"', f'transport = "smtp"\nhost = "127.0.0.1"\nport = {smtp_server.port}\n'
+                              'security = "none"')
+    config_file.write_text(text)
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": SECRET}))
+    try:
+        prepare_send(services, 3)
+        smtp_server.fail_rcpt("user1@example.jp", 451, "4.3.0 try again later")
+        result = mailmag("worker", "--once")
+        assert result.exit_code == 0 and "sent 2, failed 0, deferred 1" in result.output
+        assert re.search(r"note: 1 message waits for a retry, the first at \d{4}-\d\d-\d\d \d\d:\d\d JST: "
+                         r"run the worker again then", result.stderr), result.stderr
+    finally:
+        services.close()
+
+
 def test_the_connection_that_met_the_421_waits_not_one_with_a_working_session():
     """A relay that takes two connections of four: the two refused wait, and the two sending go
     on (the throttle kept the lowest-numbered ones, so a refused #0 and #1 closed the working

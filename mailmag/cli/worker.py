@@ -50,13 +50,20 @@ def worker(app: AppContext, once: bool, concurrency: int | None, processes: int)
 
 
 def _once_notes(services: Services) -> None:
-    """Why mail is still waiting after `--once`: the send window, or rows another worker holds."""
+    """Why mail is still waiting after `--once`: the send window, retries not due yet, or rows
+    another worker holds."""
     now = utcnow()
     with services.read_session() as session:
         closed = window_note(outbox.due_count(session, now), services.config)
+        later, first = outbox.waiting(session, now)
         held, until = outbox.leased(session, now)
     if closed:
         click.echo(closed, err=True)
+    if later:  # helper-81: the run ended on "deferred 69" and said nothing of the 11 still to go
+        wait = "waits" if later == 1 else "wait"
+        click.echo(f"note: {plural(later, 'message')} {wait} for a retry, the first at "
+                   f"{local_time(first, services.config)}: run the worker again then (`mailmag run` "
+                   "sends each when it is due)", err=True)
     if held:
         # shown to the minute: "by" the minute after the last lease ends, not the one it ends in
         by = until + dt.timedelta(seconds=59) if until is not None else None

@@ -697,6 +697,15 @@ def due_count(session: Session, now: dt.datetime) -> int:
     ) or 0
 
 
+def waiting(session: Session, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """Deliveries queued for later (a retry's backoff), and when the first of them comes due."""
+    count, first = session.execute(
+        select(func.count(), func.min(Delivery.next_attempt_at))
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.status == "sending", Delivery.status == "queued", Delivery.next_attempt_at > now)).one()
+    return count or 0, first
+
+
 def leased(session: Session, now: dt.datetime) -> tuple[int, dt.datetime | None]:
     """Deliveries under a worker's lease at `now` (another's, alive or dead: no one can tell), and
     when the last of those leases ends."""

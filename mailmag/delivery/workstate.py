@@ -174,6 +174,7 @@ class Throttle:
         self._state[_LIMIT] = most
         self._waiting = shared.numbers(context, "q", most)  # 1: this connection met a 421 and waits
         self._lock = shared.make_lock(context)
+        self._lowest_warned = most  # this process's own: each says once how low the relay took it
 
     @property
     def limit(self) -> int:
@@ -198,7 +199,12 @@ class Throttle:
             self._state[_CREDIT], self._state[_CHANGED] = 0, time.monotonic()
             if self.limit > 1:
                 self._state[_LIMIT] = self.limit - 1
-                log.warning("the relay said 421: sending on %d connection(s) for now", self.limit)
+                # a warning the first time the limit falls this low in the process, then a note in
+                # the log: a relay that says 421 to every fifth message printed 69 warnings (helper-81)
+                lower = self.limit < self._lowest_warned
+                self._lowest_warned = min(self._lowest_warned, self.limit)
+                log.log(logging.WARNING if lower else logging.INFO,
+                        "the relay said 421: sending on %d connection(s) for now", self.limit)
 
     def shut_out(self, seconds: float) -> bool:
         """A 421 before any session opened: True once such 421s have come for `seconds` with no
