@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import time
@@ -139,6 +140,9 @@ def test_a_timed_send_a_few_seconds_ahead_fires_once_and_delivers(node, smtp_ser
     assert sorted(smtp_server.recipients()) == [f"member{i}@example.jp" for i in range(3)]
     assert runs(services) == [(f"send-issue-{number}", "sent")]
     assert "scheduler stopped" in run.text()
+    # each line's time in [mailmag] timezone, as its 'due at … JST' (helper-81: the machine's UTC)
+    [started] = [line for line in run.text().splitlines() if "scheduler started" in line]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} JST INFO ", started), started
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL: the two-node test

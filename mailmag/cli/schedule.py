@@ -117,7 +117,7 @@ def run(app: AppContext, no_scheduler: bool, no_worker: bool, concurrency: int |
         raise click.UsageError("--no-scheduler and --no-worker together leave nothing to run")
     if no_worker and processes > 1:
         raise click.UsageError("--processes is for delivering, which --no-worker leaves to another process")
-    _log_to_stderr()
+    _log_to_stderr(app.config.zone)
     services = app.ready_services(wait_for_database=True)
     node = Node(services, scheduler=not no_scheduler, worker=not no_worker, concurrency=concurrency,
                 processes=processes)
@@ -155,13 +155,26 @@ class _RunHandler(logging.StreamHandler):
     """`run`'s own stderr handler: added once however often `run` starts in one process."""
 
 
-def _log_to_stderr() -> None:
+class _ZonedFormatter(logging.Formatter):
+    """Each line's time in [mailmag] timezone, named: the machine's own zone (UTC on most servers)
+    put '19:56' beside 'due at 04:56 JST' in the same line (helper-81)."""
+
+    def __init__(self, zone: dt.tzinfo) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.zone = zone
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = dt.datetime.fromtimestamp(record.created, self.zone)
+        return f"{moment:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d} {moment:%Z}"
+
+
+def _log_to_stderr(zone: dt.tzinfo) -> None:
     """`run` is a service: what it does goes to stderr (journald), one line per event."""
     root = logging.getLogger("mailmag")
     if any(isinstance(h, _RunHandler) for h in root.handlers):
         return
     handler = _RunHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ZonedFormatter(zone))
     handler.addFilter(OneLineAPScheduler())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
