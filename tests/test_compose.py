@@ -366,3 +366,22 @@ def test_composing_work_grows_linearly_with_the_item(config):
     small, large = _calls_to_compose(config, 20), _calls_to_compose(config, 80)  # ~16 and ~64 KB
     assert small > 50_000  # the item's work dominates the count, not the fixed cost of an issue
     assert large <= 4.4 * small, (small, large)
+
+
+def test_a_title_that_takes_many_lines_is_warned_of(session, config):
+    """helper-81: a 297-character title went in without a word and took ten lines of the plain-text
+    table of contents."""
+    org = Org(code="meti", name="中国経済産業局")
+    long_title = "中国地域における産学官連携の推進に関する" * 15  # 300 characters
+    rows = [Item(org=org, kind="news", title=long_title, body="本文"),
+            Item(org=org, kind="news", title="あ" * issues.TITLE_LONG, body="本文")]  # at the limit: none
+    for row in rows:
+        row.status = "approved"
+    session.add_all(rows)
+    session.flush()
+    composed = issues.compose(session, config, today=dt.date(2026, 12, 1)).warnings
+    long = [w for w in composed if "title is" in str(w)]
+    assert [str(w) for w in long] == [
+        f"item {rows[0].id} 「{long_title[:30]}…」: its title is 300 characters long, and takes several "
+        "lines in the table of contents and the mail; keep it under 80 (the details go in the body)"]
+    assert long[0].said("ja").endswith("80 文字以内にして、詳しいことは本文に書いてください")

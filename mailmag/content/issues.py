@@ -533,6 +533,11 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
     return warnings
 
 
+# A title longer than this takes three lines or more of the plain-text table of contents
+# (helper-81: one of 297 characters took ten, without a word).
+TITLE_LONG = 80
+
+
 def _item_warnings(item: Item, today: dt.date) -> list[Sentence]:
     name, name_ja = f"item {item.id} 「{item.title}」", f"記事（ID {item.id}）「{item.title}」"
     needed = items_mod.required_fields(item.kind)
@@ -543,6 +548,13 @@ def _item_warnings(item: Item, today: dt.date) -> list[Sentence]:
     warnings += [Sentence(f"{name} links to {url}, which is not https",
                           f"{name_ja}のリンク {url} は https ではありません")
                  for url in _insecure_links(item)]
+    if len(item.title) > TITLE_LONG:
+        short = f"item {item.id} 「{item.title[:30]}…」", f"記事（ID {item.id}）「{item.title[:30]}…」"
+        warnings.append(Sentence(
+            f"{short[0]}: its title is {len(item.title)} characters long, and takes several lines in the "
+            f"table of contents and the mail; keep it under {TITLE_LONG} (the details go in the body)",
+            f"{short[1]}のタイトルが {len(item.title)} 文字あり、目次とメールで何行にもなります。"
+            f"{TITLE_LONG} 文字以内にして、詳しいことは本文に書いてください"))
     last_day = item.end_date or item.date
     if item.kind == "event" and last_day is not None and last_day < today:
         day = text_ja.format_date_ja(last_day)
