@@ -737,3 +737,18 @@ def test_records_stamped_by_a_fast_clock_hold_nothing_back(config, smtp_server, 
         assert sorted(smtp_server.recipients()) == ["user0@example.jp"] * 2 + ["user1@example.jp"]
     finally:
         services.close()
+
+
+
+def test_a_request_from_an_smtputf8_address_is_answered_and_reported_readably(session, config, tmp_path):
+    """helper-84: From: nm4@例え.jp in raw UTF-8 (RFC 6532) was read as nm4@������.jp: no one was
+    matched, and a refused address was reported as mojibake."""
+    subscribers.add(session, subscribers.parse_address("nm4@例え.jp"), Consent("cli", "test"))
+    session.flush()
+    raw = samples.mailto_unsubscribe("nm4@xn--r8jz45g.jp").replace(b"xn--r8jz45g.jp", "例え.jp".encode())
+    other = samples.mailto_unsubscribe("x@example.jp", message_id="<u8@x>").replace(
+        b"x@example.jp", "ﬁle@例え.jp".encode())
+    report = process(session, config, write_maildir(tmp_path / "Maildir", [raw, other]))
+    assert [a.email for a in report.asks] == ["nm4@例え.jp"]
+    [(_, why)] = report.unmatched
+    assert "ﬁle@例え.jp" in why and "\ufffd" not in why

@@ -238,7 +238,7 @@ def _unsubscribe_request(msg: Message, unsubscribe_address: str) -> tuple[str, t
     """
     if str(msg.get("Auto-Submitted", "no")).strip().lower().startswith("auto-replied"):
         return "", ()  # an out-of-office reply to the unsubscribe address is not a request
-    sender = email.utils.parseaddr(str(msg.get("From", "")))[1]
+    sender = email.utils.parseaddr(_utf8_header(msg, "From"))[1]
     if not sender or sender.lower().startswith(("mailer-daemon@", "postmaster@")):
         return "", ()
     local, _, domain = unsubscribe_address.lower().rpartition("@")
@@ -314,6 +314,17 @@ def _date(msg: Message) -> dt.datetime | None:
     except (TypeError, ValueError, IndexError):
         return None
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def _utf8_header(msg: Message, name: str) -> str:
+    """The header as it came, raw 8-bit read as UTF-8 (RFC 6532: an SMTPUTF8 client writes
+    `From: nm4@例え.jp` so), encoded-words left alone: no address hides in one. The parser's
+    own value showed such an address as U+FFFD and matched no one (helper-84)."""
+    for key, value in msg.raw_items():
+        if key.lower() == name.lower():
+            text = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+            return " ".join(text.split())
+    return ""
 
 
 def _decoded(value: object) -> str:
