@@ -160,6 +160,16 @@ def test_a_form_whose_bytes_are_no_utf8_is_refused_and_stores_nothing(serve, mai
     reply = client.request("POST", "/subscribe", body, {"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.status == 400 and "UTF-8" in reply.text
     assert _items(services) == 0 and counts(services) == before
+    # multipart/form-data, which Werkzeug decoded with U+FFFD for each bad byte (helper-84)
+    token = client.get(f"{path}?kind=news").csrf()
+    fields = {"csrf_token": token.encode(), "kind": b"news", "body": "本文".encode(),
+              "title": "松江のお知らせ".encode("cp932")}
+    for name in ("title", "x"):  # a field of the form, or one more besides it
+        parts = dict(fields) if name == "title" else {**fields, "title": "題".encode(), "x": b"\xff"}
+        body = b"".join(b"--b\r\nContent-Disposition: form-data; name=\"" + key.encode() + b"\"\r\n\r\n"
+                        + value + b"\r\n" for key, value in parts.items()) + b"--b--\r\n"
+        reply = client.request("POST", path, body, {"Content-Type": "multipart/form-data; boundary=b"})
+        assert reply.status == 400 and "送信された文字を読み取れませんでした" in reply.text, name
     # the same form in UTF-8 is taken
     client.post("/subscribe", {"csrf_token": token, **FORM, "email": "s@example.jp", "name": "日本語"})
     with services.session() as session:

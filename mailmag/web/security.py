@@ -119,14 +119,20 @@ def _headers(response: Response) -> Response:
 
 class _Utf8FormParser(FormDataParser):
     """Werkzeug keeps a form's %-escaped bytes that are no UTF-8 as the text "%FF%FE" (and drops
-    a whole form of raw ones without a word): Shift_JIS or broken bytes landed in the review queue
-    and the subscriber list as %93%FA%96… (helper-82). Such a form is refused with a 400 that
-    says so; a browser sends UTF-8 from a UTF-8 page, so only a broken client meets it."""
+    a whole form of raw ones without a word), and a multipart field's as U+FFFD: Shift_JIS or
+    broken bytes landed in the review queue and the subscriber list as %93%FA%96… (helper-82,
+    helper-84). Such a form is refused with a 400 that says so; a browser sends UTF-8 from a
+    UTF-8 page, so only a broken client meets it. Uploaded files are bytes, read by their views."""
 
     def parse(self, stream: Any, mimetype: str, content_length: int | None,
               options: dict[str, str] | None = None) -> Any:
         if mimetype != "application/x-www-form-urlencoded":
-            return super().parse(stream, mimetype, content_length, options)
+            parsed = super().parse(stream, mimetype, content_length, options)
+            # multipart: Werkzeug decodes each text field with errors="replace"; a U+FFFD there is
+            # a byte that was no UTF-8 (helper-84: Shift_JIS stored as ���]�̂�), never typed
+            if any("\ufffd" in value for _, value in parsed[1].items(multi=True)):
+                abort(400, description="encoding")
+            return parsed
         try:  # the stream is limited to max_content_length already, as for Werkzeug's own parse
             items = parse_qsl(stream.read().decode("utf-8"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
