@@ -121,7 +121,9 @@ def test_a_form_posted_from_another_sites_page_is_refused_with_its_token(console
     good = hidden_fields(client.get(f"/admin/items/{item_id}"), f"/admin/items/{item_id}/approve")
     approve = f"/admin/items/{item_id}/approve"
     for header, value in (("Origin", "https://evil.example"), ("Origin", "null"),
-                          ("Referer", "https://evil.example/news.example.jp/admin/")):
+                          ("Referer", "https://evil.example/news.example.jp/admin/"),
+                          ("Origin", "http://news.example.jp"),  # base_url's host, but not https
+                          ("Origin", f"ws://127.0.0.1:{urlsplit(console.url).port}")):
         assert client.post(approve, good, **{header: value}).status == 403, (header, value)
     assert _status(console_services, item_id) == "submitted"
     stranger = Client(console.url)

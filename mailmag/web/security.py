@@ -58,15 +58,19 @@ def check_csrf() -> None:
 
 def from_another_site(base_url: str) -> bool:
     """Whether the browser says this request comes from another site's page: its Origin (or,
-    without one, its Referer) names a host that is neither the one it asked for nor base_url's.
-    Beside the form's token, not instead of it: a browser that sends neither header passes."""
-    source = request.headers.get("Origin") or request.headers.get("Referer") or ""
+    without one, its Referer) is neither base_url's origin nor the host asked for (by http or
+    https: behind a proxy that ends TLS without [web] trusted_proxy, an https page's request
+    reaches us as http). Beside the form's token, not instead of it: a browser that sends
+    neither header passes. An http page of base_url's own host is another site (helper-84)."""
+    source = (request.headers.get("Origin") or request.headers.get("Referer") or "").strip()
     if not source:
         return False
-    if source == "null":  # a sandboxed frame, a data: page, a redirect from another origin
-        return True
-    ours = {request.host.lower(), urlsplit(base_url).netloc.lower()}
-    return urlsplit(source).netloc.lower() not in ours
+    parts = urlsplit(source)  # "null" (a sandboxed frame, a data: page) has neither part
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    base = urlsplit(base_url)
+    host = request.host.lower()
+    return origin not in {f"{base.scheme}://{base.netloc}".lower(), f"{request.scheme}://{host}",
+                          f"https://{host}"}
 
 
 UNDO_KEY = "unsubscribed"
