@@ -252,6 +252,21 @@ def test_a_locked_account_opens_when_its_window_passes_however_often_it_was_trie
     assert login(client, "alice").status == 303 and COOKIE in client.cookies
 
 
+def test_a_lock_lasts_lockout_minutes_from_when_it_began(console, console_services):
+    """helper-84: the window counted from the first failure, so a lock begun late in it (one
+    failure, then nine ten minutes later) lasted five minutes of the fifteen."""
+    add_admin(console_services, "alice", "owner")
+    client = Client(console.url)
+    assert login(client, "alice", "wrong password!").status == 401
+    _age_attempts(console_services, 10)
+    for _ in range(9):
+        assert login(client, "alice", "wrong password!").status == 401
+    _age_attempts(console_services, 6)  # the first is 16 minutes old, the lock 6 minutes
+    assert "ログインの失敗が多すぎます" in login(client, "alice").text
+    _age_attempts(console_services, 10)  # 16 minutes since the lock began
+    assert login(client, "alice").status == 303 and COOKIE in client.cookies
+
+
 def test_many_failures_from_one_address_block_it(console, console_services, monkeypatch):
     add_admin(console_services, "alice", "owner")
     for n in range(30):
