@@ -174,6 +174,18 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def _newer_than_us(revision: str) -> DatabaseError | None:
+    """The error for a database stamped with a revision this mailmag does not know: a newer
+    mailmag migrated it (code rolled back, a backup restored onto an older install). It was
+    called "older" and `init` then failed with Alembic's traceback (helper-85)."""
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    if revision in known:
+        return None
+    return DatabaseError(f"the database schema ({revision}) is newer than this mailmag (which knows up to "
+                         f"{head_revision()}): install the mailmag that last ran `mailmag init` on it, or "
+                         "a later one; nothing was changed")
+
+
 def init_db(engine: Engine) -> str:
     """Create or upgrade the schema; idempotent. Returns what was done, for the CLI to say."""
     with pg_answers.answer_within(math.inf):  # a migration may rewrite a large table for minutes
@@ -196,6 +208,8 @@ def _init_db(engine: Engine) -> str:
         command.stamp(cfg, "head")
         return "created"
     before = current_revision(engine)
+    if before is not None and (newer := _newer_than_us(before)) is not None:
+        raise newer
     command.upgrade(cfg, "head")
     return "upgraded" if current_revision(engine) != before else "up to date"
 
@@ -224,4 +238,5 @@ def check_schema(engine: Engine) -> None:
     if revision is None:
         raise DatabaseError("the database is not initialised: run `mailmag init`")
     if revision != head_revision():
-        raise DatabaseError("the database schema is older than this mailmag: run `mailmag init`")
+        raise _newer_than_us(revision) or DatabaseError(
+            "the database schema is older than this mailmag: run `mailmag init`")

@@ -32,6 +32,26 @@ def test_init_twice_says_up_to_date_and_keeps_the_data(mailmag):
     assert "taro@example.jp" in mailmag.ok("subscribers", "list").stdout
 
 
+def test_a_database_from_a_newer_mailmag_is_called_newer_and_left_alone(mailmag, config_file, db_url):
+    """helper-85: a database a later mailmag had migrated (code rolled back, a backup restored
+    onto an older install) was called older, and `init` then failed with Alembic's traceback."""
+    mailmag.ok("subscribers", "add", "taro@example.jp")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+        newer = (f"Error: the database schema (0099) is newer than this mailmag (which knows up to "
+                 f"{db.head_revision()}): install the mailmag that last ran `mailmag init` on it, or a "
+                 "later one; nothing was changed\n")
+        for args in (["init"], ["subscribers", "list"]):
+            result = Mailmag(config_file)(*args)
+            assert (result.exit_code, result.stderr) == (1, newer), result.stderr
+        assert "newer than this mailmag" in Mailmag(config_file)("doctor").stdout
+        assert db.current_revision(engine) == "0099"
+    finally:
+        engine.dispose()
+
+
 def test_a_command_on_an_uninitialised_database_says_run_init(config_file, db_url):
     cli = Mailmag(config_file)
     file = Path(db_url.removeprefix("sqlite:///")) if db_url.startswith("sqlite") else None
