@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
+from conftest import Mailmag, one_database
 from dbstate import snapshot
 
 SAMPLES = Path(__file__).resolve().parents[1] / "subscribers"
@@ -85,10 +87,36 @@ def test_an_export_imports_back_unchanged(mailmag, tmp_path, db_url):
     result = mailmag.ok("subscribers", "import", str(out))
     assert result.stdout.splitlines() == [
         "added 0, updated 0, unchanged 8, invalid 0, suppressed 1",
-        "line 6: skipped: john.smith@example.com is unsubscribed; left as it is (--resubscribe reactivates)",
+        "line 6: skipped: john.smith@example.com is unsubscribed; left as it is",
     ]
-    assert result.stderr == "ignored columns: 状態, 登録日時\n"
+    assert result.stderr == "ignored columns: 登録日時\n"
     assert snapshot(db_url) == before
+
+
+@one_database  # the move's other end is a second SQLite file here
+def test_an_export_imported_into_a_new_database_keeps_every_opt_out(mailmag, tmp_path, config_file):
+    """helper-85: moving to a new database (SQLite to PostgreSQL) by export and import made the
+    unsubscribed and bounced readers active again: the 状態 column was ignored."""
+    _fill(mailmag)  # gone@example.jp unsubscribed
+    mailmag.ok("subscribers", "add", "pending@example.jp", "--pending")
+    out = tmp_path / "export.csv"
+    mailmag.ok("subscribers", "export", "-o", str(out))
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = config_file.read_text().replace(str(config_file.parent), str(other))
+    new_config = other / "mailmag.toml"
+    new_config.write_text(moved)
+    fresh = Mailmag(new_config)
+    fresh.ok("init")
+    result = fresh.ok("subscribers", "import", str(out))
+    assert result.stdout.splitlines()[0] == "added 2, updated 0, unchanged 0, invalid 0, suppressed 2"
+    listed = {s["email"]: s["status"] for s in json.loads(fresh.ok("subscribers", "list", "--json").stdout)}
+    assert listed == {"taro@example.jp": "active", "john@example.com": "active"}
+    again = fresh("subscribers", "add", "gone@example.jp")  # as before the move: needs --resubscribe
+    assert "gone@example.jp" not in {s["email"] for s in json.loads(
+        fresh.ok("subscribers", "list", "--json").stdout) if s["status"] == "active"}, again.output
+    assert fresh.ok("subscribers", "import", str(out)).stdout.splitlines()[0] == (
+        "added 0, updated 0, unchanged 2, invalid 0, suppressed 2")  # and again: nothing changes
 
 
 def test_an_empty_list_exports_the_header_only(mailmag):

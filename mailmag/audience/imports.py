@@ -18,7 +18,7 @@ from mailmag.audience import subscribers
 from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
 from mailmag.errors import InvalidInput, MailmagError, Sentence
-from mailmag.models import STATUS_JA, ConsentEvent, Subscriber, Suppression, utcnow
+from mailmag.models import STATUS_JA, SUBSCRIBER_STATUSES, ConsentEvent, Subscriber, Suppression, utcnow
 from mailmag.topics import Topic
 
 ENCODINGS = ("auto", "utf-8", "utf-8-sig", "cp932", "shift_jis")
@@ -27,7 +27,7 @@ SAVE_AS_CSV = "save it from Excel as 'CSV UTF-8 (コンマ区切り)' and import
 SAVE_AS_CSV_JA = "Excel で「CSV UTF-8 (コンマ区切り)」として保存し、そのファイルを取り込んでください"
 
 COLUMN_NAMES = {"email": "e-mail address", "name": "name", "organization": "organization",
-                "lang": "language", "topics": "topics"}
+                "lang": "language", "topics": "topics", "status": "status"}
 # Column name (NFKC, case-insensitive, spaces and underscores ignored) → field.
 HEADERS = {
     "email": "email", "e-mail": "email", "mail": "email", "emailaddress": "email",
@@ -41,7 +41,14 @@ HEADERS = {
     "lang": "lang", "language": "lang", "言語": "lang",
     "topics": "topics", "topic": "topics", "categories": "topics", "配信カテゴリ": "topics",
     "カテゴリ": "topics", "カテゴリー": "topics", "テーマ": "topics", "配信テーマ": "topics",
+    "status": "status", "状態": "status", "ステータス": "status",
 }
+# The status column, as `subscribers export` writes it (English) or as the console shows it.
+_ALL_STATUSES = (*SUBSCRIBER_STATUSES, "erased")
+STATUSES = {**{status: status for status in _ALL_STATUSES}, **{STATUS_JA[s]: s for s in _ALL_STATUSES}}
+# A row whose status says the person is not (or not yet) a reader: never added as one (helper-85:
+# an export imported into a new database made its unsubscribed and bounced readers active again).
+NOT_READERS = ("pending", "unsubscribed", "bounced", "erased")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Row:
     organization: str
     lang: str  # "" when the cell is empty: keep what is stored, "ja" for a new subscriber
     topics: list[str]
+    status: str = ""  # from a status column: "" or "active" add a reader; NOT_READERS do not
 
 
 @dataclasses.dataclass
@@ -61,6 +69,8 @@ class ImportReport:
     unchanged: int = 0
     invalid: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
     suppressed: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
+    # rows whose status column says they are no reader (_land_not_reader): counted as suppressed
+    left_out: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
     ignored_columns: list[str] = dataclasses.field(default_factory=list)
     needs_smtputf8: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     # rows whose language or topics were not applied: the subscriber chose their own
@@ -70,13 +80,14 @@ class ImportReport:
         kept = f", kept {len(self.kept_choices)} own choices" if self.kept_choices else ""
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"invalid {len(self.invalid)}, suppressed {len(self.suppressed)}{kept}"
+            f"invalid {len(self.invalid)}, suppressed {len(self.suppressed) + len(self.left_out)}{kept}"
         )
 
     def summary_ja(self) -> str:
         kept = f"、本人の選択を残した読者 {len(self.kept_choices)}" if self.kept_choices else ""
+        left = len(self.suppressed) + len(self.left_out)
         return (f"追加 {self.added}、更新 {self.updated}、変更なし {self.unchanged}、"
-                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {len(self.suppressed)}{kept}")
+                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {left}{kept}")
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -236,7 +247,17 @@ def _parse_row(line: int, columns: dict[str, int], values: list[str], offered: S
         organization=subscribers.check_text("organization", cell("organization")),
         lang=subscribers.parse_lang(cell("lang")) if cell("lang") else "",
         topics=_topics(cell("topics"), offered),
+        status=_status(cell("status")),
     )
+
+
+def _status(raw: str) -> str:
+    status = STATUSES.get(raw.strip().lower(), STATUSES.get(raw.strip()))
+    if raw.strip() and status is None:
+        shown, shown_ja = ", ".join(_ALL_STATUSES), "、".join(STATUS_JA[s] for s in _ALL_STATUSES)
+        raise InvalidInput(f"unknown status {raw.strip()!r} (one of {shown}, or empty for active)",
+                           ja=f"状態「{raw.strip()}」が分かりません（{shown_ja}のいずれか。空欄は配信中）")
+    return status or ""
 
 
 def _topics(raw: str, offered: Sequence[Topic]) -> list[str]:
@@ -273,7 +294,9 @@ def import_rows(
     count = 0
     for count, row in enumerate(rows, 1):
         stored = known.get(row.address.key)
-        if stored is None and row.address.hash not in suppressed:
+        if row.status in NOT_READERS:
+            _land_not_reader(session, row, stored, suppressed, report)
+        elif stored is None and row.address.hash not in suppressed:
             new.append(row)
         elif stored is not None and stored["status"] not in subscribers.OPTED_OUT:
             _compare(row, stored, changes, report, own_choice=stored["id"] in chose)
@@ -322,6 +345,32 @@ def _land_opted_out(
                                                    "のため、そのままにしました")))
     else:
         setattr(report, outcome, getattr(report, outcome) + 1)
+
+
+def _land_not_reader(session: Session, row: Row, stored: Any, suppressed: set[str],
+                     report: ImportReport) -> None:
+    """A row the file says is no reader. Out (unsubscribed, bounced, erased) and unknown here: its
+    address is suppressed, so no later import or command adds it without a new opt-in. Pending
+    (never confirmed) is not imported: only the person's own confirmation makes a reader. A stored
+    subscriber is left as the list has it: which word is newer, the file cannot say."""
+    status, email = row.status, row.address.email
+    if stored is not None and stored["status"] == status:
+        said = (f"{email} is {status}; left as it is",
+                f"{email} は{STATUS_JA[status]}のため、そのままにしました")
+    elif stored is not None:
+        said = (f"{email} is {status} in the file and {stored['status']} in the list; left as it is",
+                f"{email} はファイルでは{STATUS_JA[status]}、名簿では{STATUS_JA[stored['status']]}"
+                "のため、名簿のままにしました")
+    elif status == "pending":
+        said = (f"{email} never confirmed its subscription (pending): not imported; it may subscribe again",
+                f"{email} は登録確認待ち（未確認）のため取り込みませんでした。本人が改めて申し込めます")
+    else:
+        if row.address.hash not in suppressed:
+            session.add(Suppression(email_hash=row.address.hash, reason=f"imported as {status}"))
+            suppressed.add(row.address.hash)
+        said = (f"{email} is {status} in the file: recorded as an address nothing is sent to",
+                f"{email} はファイルで{STATUS_JA[status]}のため、送信しないアドレスとして記録しました")
+    report.left_out.append((row.line, Sentence(*said)))
 
 
 def _flush(

@@ -126,6 +126,8 @@ def _print_report(report: imports.ImportReport) -> None:
         click.echo(f"line {line}: {reason}")
     for line, reason in report.suppressed:
         click.echo(f"line {line}: skipped: {reason} (--resubscribe reactivates)")
+    for line, reason in report.left_out:
+        click.echo(f"line {line}: skipped: {reason}")
     for line, reason in report.kept_choices:
         click.echo(f"line {line}: {reason}")
     for line, email in report.needs_smtputf8:
