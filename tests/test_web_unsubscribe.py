@@ -142,6 +142,10 @@ def test_one_click_for_a_forgotten_subscriber_still_answers_200(live, web_servic
     assert one_click(live.url, path).status == 200
     page = Client(live.url).get(path)
     assert page.status == 200 and "お送りしません" in page.text
+    # helper-85: the page said 配信は停止されています, also to a reader the link no longer finds
+    # (the list moved to another database) who was still sent every issue
+    assert "このリンクの方は読者名簿にありません" in page.text and "配信は停止されています" not in page.text
+    assert "いちばん新しいメールにある配信停止のリンク" in page.text
 
 
 def test_preferences_change_topics_and_language(live, web_services, reader):
