@@ -214,9 +214,10 @@ def _init_db(engine: Engine) -> str:
     return "upgraded" if current_revision(engine) != before else "up to date"
 
 
-def sqlite_file(engine: Engine) -> Path | None:
-    """The file of a SQLite database (None for PostgreSQL or an in-memory database)."""
-    url = engine.url
+def sqlite_file(engine: Engine | str) -> Path | None:
+    """The file of a SQLite database, by its engine or its URL (None for PostgreSQL or an
+    in-memory database)."""
+    url = make_url(engine) if isinstance(engine, str) else engine.url
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
     return Path(url.database)

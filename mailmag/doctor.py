@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import ipaddress
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -265,8 +266,31 @@ def _web_limits(config: Config) -> list[Finding]:
     return [Finding("web", OK, f"requests up to {have} bytes (an item's form takes up to {needed})")]
 
 
+# Free space under these, on the disk of a SQLite database: a problem, a warning. SQLite cannot
+# write a result on a full disk, so sending pauses; doctor said "no problems" (helper-85).
+DISK_PROBLEM_BYTES, DISK_WARNING_BYTES = 64 * 2**20, 512 * 2**20
+
+
+def _disk(config: Config) -> list[Finding]:
+    """The free space beside a SQLite database (PostgreSQL's disk is its server's to watch)."""
+    file = db.sqlite_file(config.database.url)
+    if file is None or not file.parent.exists():
+        return []
+    free = shutil.disk_usage(file.parent).free
+    used = sum(f.stat().st_size for f in file.parent.glob(file.name + "*") if f.is_file())
+    shown = f"{free / 2**20:,.0f} MB free on the disk of {file}"
+    if free < max(DISK_PROBLEM_BYTES, used):  # a checkpoint or an upgrade may need as much again
+        return [Finding("disk", PROBLEM, f"{shown}: sending pauses when the database cannot write; "
+                        "free some space (old backups, logs)")]
+    if free < DISK_WARNING_BYTES:
+        return [Finding("disk", WARNING, f"{shown}: under {DISK_WARNING_BYTES // 2**20} MB, the database "
+                        "soon cannot write; free some space (old backups, logs)")]
+    return [Finding("disk", OK, shown)]
+
+
 _CHECKS: list[tuple[str, Callable[[Config], list[Finding]]]] = [
     ("sender", _sender), ("links", _links), ("secret key", _secret_key), ("database", _database),
+    ("disk", _disk),
     ("templates", _templates), ("smtp relay", _relay), ("helo", _helo), ("dkim", _dkim),
     ("send window", _send_window), ("web", _web_limits),
 ]

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailmag import addresses, db
+from mailmag import addresses, db, doctor
 from mailmag.access import accounts
 from mailmag.cli import cli
 from mailmag.config import load_config
@@ -92,12 +92,13 @@ def _problems(result: Result) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.startswith("problem")]
 
 
-def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation):
+def test_a_good_installation_has_no_problems_and_nothing_is_sent(installation, monkeypatch):
+    monkeypatch.setattr(doctor, "DISK_WARNING_BYTES", 0)  # whatever this machine's disk holds
     result = installation.doctor()
     assert result.exit_code == 0, result.output
     lines = _lines(result)
-    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "topics", "templates",
-                          "smtp relay", "helo", "dkim", "send window", "web"}
+    assert set(lines) == {"configuration", "sender", "links", "secret key", "database", "disk", "topics",
+                          "templates", "smtp relay", "helo", "dkim", "send window", "web"}
     assert all(v.startswith("ok ") for v in lines.values()), lines
     port = installation.server.port
     assert lines["smtp relay"] == (f"ok 127.0.0.1:{port} answers: EHLO, STARTTLS with a verified "
@@ -234,6 +235,20 @@ def test_an_uninitialised_database_is_named_and_left_alone(tmp_path, make_smtp_s
             assert db.current_revision(services.engine) is None
         finally:
             services.close()
+
+
+def test_a_disk_too_full_for_the_database_to_write_is_named(installation, monkeypatch):
+    """helper-85: on a full disk sending paused ('database or disk is full') and doctor said
+    'no problems'. The limits are raised past this machine's free space, as a full disk would."""
+    monkeypatch.setattr(doctor, "DISK_PROBLEM_BYTES", 2**62)
+    result = installation.doctor()
+    assert result.exit_code == 1
+    said = _lines(result)["disk"]
+    assert re.fullmatch(r"problem [\d,]+ MB free on the disk of .*mailmag\.db: sending pauses when the "
+                        r"database cannot write; free some space \(old backups, logs\)", said), said
+    monkeypatch.setattr(doctor, "DISK_PROBLEM_BYTES", 0)
+    monkeypatch.setattr(doctor, "DISK_WARNING_BYTES", 2**62)
+    assert _lines(installation.doctor())["disk"].startswith("warning ")
 
 
 def test_an_unreadable_configuration_is_one_problem(tmp_path):
