@@ -94,6 +94,7 @@ def state(services: Services, number: int) -> tuple[str, int, list[tuple[str, st
         ("15:30", jst(2026, 11, 20, 15, 30)),  # a time alone is today's (helper-81: 'the date 0')
         ("１５：３０", jst(2026, 11, 20, 15, 30)),
         ("15時5分", jst(2026, 11, 20, 15, 5)),
+        ("15:30:20", jst(2026, 11, 20, 15, 30, 20)),  # helper-84: 'cannot read the date 15:
     ],
 )
 def test_a_typed_moment_is_read_in_the_configured_zone(text, expected):
@@ -108,7 +109,8 @@ def test_a_typed_moment_is_read_in_the_configured_zone(text, expected):
         ("2026-12-01", "cannot read '2026-12-01' as a date and time: use 'YYYY-MM-DD HH:MM'"),
         ("2026-02-30 09:00", "'2026-02-30 09:00' is not a real date and time"),
         ("next friday", "cannot read 'next friday' as a date and time"),
-        ("04:56", "2026-11-20 04:56 JST is in the past (it is now 2026-11-20 10:00 JST)"),
+        ("04:56", "2026-11-20 04:56 JST is in the past (it is now 2026-11-20 10:00 JST): give a later time "
+                  "(for tomorrow, give its date: 2026-11-21 04:56)"),
         ("25:00", "'25:00' is not a real time"),
     ],
 )

@@ -129,6 +129,9 @@ def test_missing_or_foreign_csrf_token_is_refused_and_nothing_is_stored(mail_liv
     ({"email": "ok@example.jp", "agree": ""}, "同意が必要です"),
     # helper-75: cut to 200 characters first, this was taken as a@example.jp (the CLI refuses it)
     ({"email": "a@example.jp" + " " * 195 + "<b@example.jp>"}, "メールアドレスの形式が正しくありません"),
+    # helper-84: the form said only that; the CLI and the console name what is wrong
+    ({"email": "sf①@example.jp"}, "「①」はアドレスに使えない文字です"),
+    ({"email": "yamada.example.jp"}, "（「@」がありません）"),
 ])
 def test_bad_input_shows_the_form_again_and_stores_nothing(mail_live, mail_app, mail_services, smtp_server,
                                                            form, message):

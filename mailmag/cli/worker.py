@@ -61,8 +61,10 @@ def _once_notes(services: Services) -> None:
         click.echo(closed, err=True)
     if later:  # helper-81: the run ended on "deferred 69" and said nothing of the 11 still to go
         wait = "waits" if later == 1 else "wait"
-        click.echo(f"note: {plural(later, 'message')} {wait} for a retry, the first at "
-                   f"{local_time(first, services.config)}: run the worker again then (`mailmag run` "
+        # to the minute after: "at 05:34" read at 05:34:10 sent the operator back too soon (helper-84)
+        due = first + dt.timedelta(seconds=59) if first is not None else None
+        click.echo(f"note: {plural(later, 'message')} {wait} for a retry, the first due by "
+                   f"{local_time(due, services.config)}: run the worker again then (`mailmag run` "
                    "sends each when it is due)", err=True)
     if held:
         # shown to the minute: "by" the minute after the last lease ends, not the one it ends in

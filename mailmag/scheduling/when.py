@@ -19,7 +19,7 @@ _MOMENT = re.compile(
     r"(?::(?P<s>\d{2}))?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?"
 )
 # A date as items take it, then a time: 2030年12月2日 9:00, R12.12.2 9時, 12/2 9:30.
-_TIME = r"(?P<h>\d{1,2})(?::(?P<mi>\d{2})|時(?:(?P<mi_ja>\d{1,2})分)?)"
+_TIME = r"(?P<h>\d{1,2})(?::(?P<mi>\d{2})(?::(?P<s>\d{2}))?|時(?:(?P<mi_ja>\d{1,2})分)?)"
 _DATE_TIME = re.compile(r"(?P<date>.+?)\s*" + _TIME)
 _TIME_ONLY = re.compile(_TIME)  # today: '04:56' was read as the date '0' and 4:56 (helper-81)
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -58,14 +58,18 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
                            ja=f"{text.strip()} は先すぎる日時です。9999年より前の日時を指定してください")
     value = value.astimezone(dt.UTC)
     if value <= now:
-        raise _past(shown(value, zone), zone, now)
+        raise _past(shown(value, zone), zone, now, time_only=bool(_TIME_ONLY.fullmatch(cleaned)))
     return value
 
 
-def _past(written: str, zone: ZoneInfo, now: dt.datetime) -> InvalidInput:
-    return InvalidInput(f"{written} is in the past (it is now {shown(now, zone)}): give a later time",
+def _past(written: str, zone: ZoneInfo, now: dt.datetime, time_only: bool = False) -> InvalidInput:
+    # a time alone is today's: 0:10 typed at 23:30 meant tomorrow, which needs its date (helper-84)
+    tomorrow = (now.astimezone(zone) + dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    hint = f" (for tomorrow, give its date: {tomorrow} {written[11:16]})" if time_only else ""
+    hint_ja = f"（明日なら日付も: {tomorrow} {written[11:16]}）" if time_only else ""
+    return InvalidInput(f"{written} is in the past (it is now {shown(now, zone)}): give a later time{hint}",
                         ja=f"{written} は過去の日時です（現在 {shown(now, zone)}）。"
-                           "これより後の日時を指定してください")
+                           f"これより後の日時を指定してください{hint_ja}")
 
 
 def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
@@ -83,7 +87,7 @@ def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetim
     ahead = today + dt.timedelta(days=182)
     try:
         day = dates.parse_date(match["date"], today=ahead) if "date" in match.re.groupindex else today
-        at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0))
+        at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0), int(match["s"] or 0))
     except ValueError as exc:
         raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}",
                            ja=f"「{text}」は実在しない時刻です。{_HELP_JA}") from exc

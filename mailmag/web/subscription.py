@@ -262,10 +262,10 @@ def _form_lang() -> str:
     return pick_lang(request.values.get("lang"), default=state().config.mailmag.language)
 
 
-def _form(status: int = 200, error: str = "", **values: Any) -> Any:
+def _form(status: int = 200, error: str = "", why: str = "", **values: Any) -> Any:
     g.lang = lang = _form_lang()
     return render_template(
-        "subscribe.html.j2", topics=state().topics, wording=state().wording[lang], error=error,
+        "subscribe.html.j2", topics=state().topics, wording=state().wording[lang], error=error, why=why,
         values={"email": "", "name": "", "organization": "", "topics": [], **values},
     ), status
 
@@ -299,8 +299,8 @@ def _subscribe() -> Any:
     try:
         address = subscribers.parse_address(form.get("email", ""))
         topics = consent.choose_topics(values["topics"], state().topics)
-    except InvalidEmail:
-        return _form(400, "email", **values)
+    except InvalidEmail as exc:  # what is wrong with it, as the CLI and the console say it (helper-84)
+        return _form(400, "email", why=exc.text(lang), **values)
     except InvalidInput:  # only a hand-made form sends a topic not offered: say which there are
         return _form(400, "topic", **{**values, "topics": []})
     if form.get("agree") != "yes":
