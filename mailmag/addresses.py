@@ -345,7 +345,7 @@ def verp(bounce_local: str, bounce_domain: str, secret: str, delivery_id: int) -
 
 
 
-def parse_verp(config: Config, secret: str, address: str) -> int | None:
+def parse_verp(config: Config, secret: tokens.Keys, address: str) -> int | None:
     """The delivery id in a bounce's recipient address, or None if foreign or forged."""
     local, _, domain = bounce_address(config).rpartition("@")
     got_local, _, got_domain = address.strip().strip("<>").rpartition("@")
@@ -355,7 +355,7 @@ def parse_verp(config: Config, secret: str, address: str) -> int | None:
     return tokens.read_verp_tag(secret, got_local[len(prefix) :].lower())
 
 
-def verp_delivery_id(config: Config, secret: str, address: str) -> int | bool | None:
+def verp_delivery_id(config: Config, secret: tokens.Keys, address: str) -> int | bool | None:
     """The delivery a VERP address names; None if the address is not a VERP address of ours;
     False if it looks like one but its tag is forged (never trusted)."""
     delivery_id = parse_verp(config, secret, address)

@@ -30,6 +30,9 @@ from mailmag.errors import ConfigError
 ENV_CONFIG = "MAILMAG_CONFIG"
 ENV_SECRET_KEY = "MAILMAG_SECRET_KEY"
 ENV_SMTP_PASSWORD = "MAILMAG_SMTP_PASSWORD"
+# Keys MAILMAG_SECRET_KEY replaced, separated by spaces or commas: links, tags and VERP addresses
+# they signed are still read; nothing new is signed with them (README, "Changing the secret key").
+ENV_PREVIOUS_SECRET_KEYS = "MAILMAG_PREVIOUS_SECRET_KEYS"
 DEFAULT_FILE = "mailmag.toml"
 # The templates shipped with mailmag: inside an installed package (the build copies them there),
 # else the repository's templates/ folder beside it (a clone, an editable install).
@@ -317,6 +320,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     secret_key: str = field(default="", repr=False, metadata={"secret": True})
     smtp_password: str = field(default="", repr=False, metadata={"secret": True})
+    previous_secret_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"secret": True})
     source: Path | None = field(default=None, metadata={"secret": True})
 
     @property
@@ -413,6 +417,7 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
         **built,
         secret_key=env.get(ENV_SECRET_KEY, ""),
         smtp_password=env.get(ENV_SMTP_PASSWORD, ""),
+        previous_secret_keys=tuple(env.get(ENV_PREVIOUS_SECRET_KEYS, "").replace(",", " ").split()),
         source=file,
     )
     _check(config, file, text, env)
@@ -421,7 +426,7 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
 
 def _check_env_names(env: Mapping[str, str]) -> None:
     """A misspelled override (MAILMAG_SMTP_PROT) is an error, not a setting silently left alone."""
-    known = {ENV_CONFIG, ENV_SECRET_KEY, ENV_SMTP_PASSWORD} | {
+    known = {ENV_CONFIG, ENV_SECRET_KEY, ENV_SMTP_PASSWORD, ENV_PREVIOUS_SECRET_KEYS} | {
         f"MAILMAG_{name}_{key}".upper() for name, cls in sections().items() for key in section_keys(cls)
     }
     for name in sorted(env):

@@ -132,7 +132,10 @@ def _secret_key(config: Config) -> list[Finding]:
     if len(key) < MIN_SECRET_LENGTH:
         return [Finding("secret key", PROBLEM, f"{ENV_SECRET_KEY} has only {len(key)} characters, so links "
                         f"could be forged: use {MIN_SECRET_LENGTH} or more, e.g. {MAKE_SECRET}")]
-    return [Finding("secret key", OK, f"{ENV_SECRET_KEY} is set ({len(key)} characters)")]
+    previous = len(Services(config).verify_keys) - 1  # ConfigError for a short one
+    keys = "1 previous key" if previous == 1 else f"{previous} previous keys"
+    also = f"; links signed with {keys} are still read" if previous else ""
+    return [Finding("secret key", OK, f"{ENV_SECRET_KEY} is set ({len(key)} characters){also}")]
 
 
 def _database(config: Config) -> list[Finding]:

@@ -68,6 +68,16 @@ class Services:
                               f"use {MIN_SECRET_LENGTH} or more, e.g. `{MAKE_SECRET}`")
         return key
 
+    @property
+    def verify_keys(self) -> tuple[str, ...]:
+        """The keys a token is read with: secret_key, then the keys it replaced (links in mail sent
+        before the key was changed). Everything that reads a link or a tag reads them here."""
+        for previous in self.config.previous_secret_keys:
+            if len(previous) < MIN_SECRET_LENGTH:
+                raise ConfigError(f"a key in MAILMAG_PREVIOUS_SECRET_KEYS has only {len(previous)} "
+                                  "characters: a link signed with it could be forged; drop it")
+        return (self.secret_key, *self.config.previous_secret_keys)
+
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()

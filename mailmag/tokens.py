@@ -24,11 +24,17 @@ import functools
 import hashlib
 import hmac
 import re
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from mailmag.errors import TokenError
+
+# Where a token is read: the signing key, or it and the keys it replaced (MAILMAG_PREVIOUS_SECRET_KEYS),
+# so that links mailed before the key was changed keep working. Tokens are only ever made with one.
+Keys = str | Sequence[str]
+_T = TypeVar("_T")
 
 PURPOSES = ("unsubscribe", "preferences", "confirm", "org-submit")
 COMPACT = ("unsubscribe", "preferences")  # never expire, so they carry no timestamp
@@ -48,12 +54,37 @@ def make(secret: str, purpose: str, payload: Any) -> str:
     return _serializer(secret, purpose).dumps(payload)
 
 
-def read(secret: str, purpose: str, token: str, max_age: int | None = None) -> Any:
+class _Expired(TokenError):
+    """Signed with this key, but too old: no other key is tried."""
+
+
+def _keys(keys: Keys) -> tuple[str, ...]:
+    return (keys,) if isinstance(keys, str) else tuple(keys)
+
+
+def _with_any_key(keys: Keys, read_one: Callable[[str], _T]) -> _T:
+    """`read_one` under each key in turn, the current one first: what the first that fits reads."""
+    error: TokenError | None = None
+    for key in _keys(keys):
+        try:
+            return read_one(key)
+        except _Expired:
+            raise
+        except TokenError as exc:
+            error = error or exc
+    raise error or TokenError("this link is not valid", ja="このリンクは正しくありません")
+
+
+def read(secret: Keys, purpose: str, token: str, max_age: int | None = None) -> Any:
     """The payload of a token made for `purpose`; TokenError if tampered, foreign or expired."""
+    return _with_any_key(secret, lambda key: _read(key, purpose, token, max_age))
+
+
+def _read(secret: str, purpose: str, token: str, max_age: int | None) -> Any:
     try:
         return _serializer(secret, purpose).loads(token, max_age=max_age)
     except SignatureExpired as exc:
-        raise TokenError("this link has expired", ja="このリンクは有効期限が切れています") from exc
+        raise _Expired("this link has expired", ja="このリンクは有効期限が切れています") from exc
     except BadSignature as exc:
         raise TokenError("this link is not valid", ja="このリンクは正しくありません") from exc
 
@@ -106,7 +137,7 @@ def make_submit(secret: str, org_id: int, token_version: int) -> str:
     return make(secret, "org-submit", {"o": org_id, "v": token_version})
 
 
-def read_submit(secret: str, token: str) -> tuple[int, int]:
+def read_submit(secret: Keys, token: str) -> tuple[int, int]:
     """(org id, token version) of a submission link; TokenError if forged, foreign or malformed."""
     payload = read(secret, "org-submit", token)
     if not isinstance(payload, dict) or not all(isinstance(payload.get(k), int) for k in ("o", "v")):
@@ -153,15 +184,19 @@ def _read_compact(secret: str, purpose: str, token: str) -> PersonLink | None:
                       key_digest=match.group(2))
 
 
-def read_person(secret: str, purpose: str, token: str, max_age: int | None = None) -> PersonLink:
+def read_person(secret: Keys, purpose: str, token: str, max_age: int | None = None) -> PersonLink:
     """The subscriber a link names; TokenError if tampered, foreign, expired or malformed."""
+    return _with_any_key(secret, lambda key: _read_person(key, purpose, token, max_age))
+
+
+def _read_person(secret: str, purpose: str, token: str, max_age: int | None) -> PersonLink:
     compact = _read_compact(secret, purpose, token)
     if compact is not None:
         return compact
     try:
         payload, signed = _serializer(secret, purpose).loads(token, max_age=max_age, return_timestamp=True)
     except SignatureExpired as exc:
-        raise TokenError("this link has expired", ja="このリンクは有効期限が切れています") from exc
+        raise _Expired("this link has expired", ja="このリンクは有効期限が切れています") from exc
     except BadSignature as exc:
         raise TokenError("this link is not valid", ja="このリンクは正しくありません") from exc
     if not isinstance(payload, dict) or type(payload.get("s")) is not int:
@@ -194,13 +229,13 @@ def unsubscribe_tag_id(tag: str) -> int | None:
     return int(head) if ok else None
 
 
-def unsubscribe_tag_fits(secret: str, tag: str, subscriber_id: int, link_key: str) -> bool:
+def unsubscribe_tag_fits(secret: Keys, tag: str, subscriber_id: int, link_key: str) -> bool:
     """Whether a mailto tag was signed for this row: the current form, or '<id>-<16 hex>' in
     mail sent before it (the same 64 bits, in hex)."""
     head, _, rest = tag.partition("-")
     bits = _tag_bits(rest)
-    return head == str(subscriber_id) and bits is not None and hmac.compare_digest(
-        bits, _tag_mac(secret, subscriber_id, link_key))
+    return head == str(subscriber_id) and bits is not None and any(
+        hmac.compare_digest(bits, _tag_mac(key, subscriber_id, link_key)) for key in _keys(secret))
 
 
 def _tag_bits(mac: str) -> bytes | None:
@@ -218,9 +253,10 @@ def verp_tag(secret: str, delivery_id: int) -> str:
     return f"{delivery_id}-{_hmac(secret, f'verp:{delivery_id}').hexdigest()[:10]}"
 
 
-def read_verp_tag(secret: str, tag: str) -> int | None:
+def read_verp_tag(secret: Keys, tag: str) -> int | None:
     """The delivery id in a VERP tag, or None if it is malformed or forged."""
     head, _, _ = tag.partition("-")
     if not head.isdigit():
         return None
-    return int(head) if hmac.compare_digest(verp_tag(secret, int(head)), tag) else None
+    fits = any(hmac.compare_digest(verp_tag(key, int(head)), tag) for key in _keys(secret))
+    return int(head) if fits else None

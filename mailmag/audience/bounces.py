@@ -209,7 +209,7 @@ def _seen(session: Session, key: str) -> bool:
 
 
 def process_mailbox(
-    session: Session, path: str | Path, config: Config, secret: str, now: dt.datetime | None = None
+    session: Session, path: str | Path, config: Config, secret: tokens.Keys, now: dt.datetime | None = None
 ) -> Report:
     """Read every message of a Maildir or mbox, record what it reports; never change the mailbox."""
     box, name = open_mailbox(Path(path))
@@ -266,7 +266,7 @@ def _read(
     return None
 
 
-def _process(session: Session, where: str, reading: reports.Reading, config: Config, secret: str,
+def _process(session: Session, where: str, reading: reports.Reading, config: Config, secret: tokens.Keys,
              now: dt.datetime, report: Report) -> None:
     if reading.kind == "other":
         why = reading.detail or "not a bounce report, complaint or unsubscribe request"
@@ -475,7 +475,7 @@ def _unanswered(report: Report, ask: Ask, exc: Exception | str) -> None:
 # --- matching a report to a delivery and subscriber -----------------------------------------
 
 
-def _match(session: Session, reading: reports.Reading, config: Config, secret: str) -> _Match | str:
+def _match(session: Session, reading: reports.Reading, config: Config, secret: tokens.Keys) -> _Match | str:
     """VERP, then the original Message-ID; a reason string if neither (a named address alone
     is said, not acted on)."""
     if reading.kind == "unsubscribe":
@@ -503,7 +503,7 @@ def _match(session: Session, reading: reports.Reading, config: Config, secret: s
     return f"no delivery or subscriber matches it (it names {named})"
 
 
-def _unsubscriber(session: Session, reading: reports.Reading, secret: str) -> _Match | str:
+def _unsubscriber(session: Session, reading: reports.Reading, secret: tokens.Keys) -> _Match | str:
     """Who a mailto unsubscribe is for: the subscriber its signed tag names, whatever its From
     says (an alias, or a forgery). A request without a tag (a mail sent before tags, or typed
     by hand) only for a From that is exactly a subscriber's address, matched as 'sender'."""

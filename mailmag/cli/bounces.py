@@ -30,7 +30,7 @@ def process(app: AppContext, path: Path, as_json: bool, verbose: bool) -> None:
     """
     services = app.ready_services()
     with services.session() as session:
-        report = bounces.process_mailbox(session, path, services.config, services.secret_key)
+        report = bounces.process_mailbox(session, path, services.config, services.verify_keys)
     bounces.send_unsubscribe_links(services, report)
     if as_json:
         print_json(report.as_dict())

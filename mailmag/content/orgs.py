@@ -90,7 +90,7 @@ def submission_link(base_url: str, secret: str, org: Org) -> str:
     return links.submit_url(base_url, secret, org.id, org.token_version)
 
 
-def from_submission_token(session: Session, secret: str, token: str) -> Org:
+def from_submission_token(session: Session, secret: tokens.Keys, token: str) -> Org:
     """The org a submission link belongs to; NotFound for a wrong, foreign or rotated token."""
     try:
         org_id, version = tokens.read_submit(secret, token)

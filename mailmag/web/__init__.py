@@ -43,7 +43,8 @@ class WebState:
     """What the views share, built once by create_app (app.extensions["mailmag"])."""
 
     services: Services
-    secret: str
+    secret: str  # signs
+    keys: tuple[str, ...]  # read links: secret, then the keys it replaced
     catalog: Catalog
     topics: list[consent.Topic]
     wording: dict[str, str]  # lang → the consent wording of the configured version
@@ -128,7 +129,7 @@ def create_app(services: Services | None = None, config: Config | None = None) -
     app.url_map.merge_slashes = False
     app.url_map.converters["int"] = CanonicalInt  # before the routes that use it are added
     app.extensions["mailmag"] = WebState(
-        services=services, secret=secret,
+        services=services, secret=secret, keys=services.verify_keys,
         catalog=Catalog.load(_first(dirs, "messages.en.toml")),
         topics=config.topics,
         wording=_wording(dirs, config.web.consent_wording_version),

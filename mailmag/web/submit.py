@@ -36,7 +36,7 @@ FIELDS = {
 
 def _org(session: Session, token: str) -> Org:
     g.lang = "ja"
-    return orgs.from_submission_token(session, state().secret, token)  # NotFound → 404
+    return orgs.from_submission_token(session, state().keys, token)  # NotFound → 404
 
 
 # A field that a kind calls otherwise (a call for exhibitors' fee is the exhibitor's).

@@ -48,7 +48,7 @@ class _TestLink(Exception):
 def _link(purpose: str, token: str, max_age: int | None = None) -> tokens.PersonLink:
     """The subscriber row a link names; NotFound for a tampered, foreign or expired token."""
     try:
-        link = tokens.read_person(state().secret, purpose, token, max_age=max_age)
+        link = tokens.read_person(state().keys, purpose, token, max_age=max_age)
     except TokenError:
         raise NotFound("this link is not valid",
                        ja="このリンクは正しくありません") from None
@@ -220,7 +220,7 @@ def _confirmable(session: Session, token: str) -> tuple[Subscriber, str]:
     link = _link("confirm", token)
     subscriber = _known(session, "confirm", token)  # NotFound unless authentic and theirs
     try:
-        tokens.read_person(state().secret, "confirm", token, max_age=_confirm_age())
+        tokens.read_person(state().keys, "confirm", token, max_age=_confirm_age())
     except TokenError:
         return subscriber, "expired"
     return subscriber, "" if consent.confirmation_current(session, subscriber, link.opt_outs) else "opted_out"
