@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from mailmag import addresses, clock, db, topics
 from mailmag.access import accounts
-from mailmag.config import ENV_SECRET_KEY, Config, describe_search, load_config
+from mailmag.config import ENV_PREVIOUS_SECRET_KEYS, ENV_SECRET_KEY, Config, describe_search, load_config
 from mailmag.content import items, render
 from mailmag.delivery import messages, window
 from mailmag.delivery.dkim import load_dkim
@@ -132,6 +132,9 @@ def _secret_key(config: Config) -> list[Finding]:
     if len(key) < MIN_SECRET_LENGTH:
         return [Finding("secret key", PROBLEM, f"{ENV_SECRET_KEY} has only {len(key)} characters, so links "
                         f"could be forged: use {MIN_SECRET_LENGTH} or more, e.g. {MAKE_SECRET}")]
+    if key in config.previous_secret_keys:  # helper-86: counted as a previous key, changing nothing
+        return [Finding("secret key", WARNING, f"{ENV_PREVIOUS_SECRET_KEYS} holds {ENV_SECRET_KEY} itself: "
+                        "the key was not changed; put the new key in MAILMAG_SECRET_KEY")]
     previous = len(Services(config).verify_keys) - 1  # ConfigError for a short one
     keys = "1 previous key" if previous == 1 else f"{previous} previous keys"
     also = f"; links signed with {keys} are still read" if previous else ""

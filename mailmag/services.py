@@ -76,7 +76,8 @@ class Services:
             if len(previous) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"a key in MAILMAG_PREVIOUS_SECRET_KEYS has only {len(previous)} "
                                   "characters: a link signed with it could be forged; drop it")
-        return (self.secret_key, *self.config.previous_secret_keys)
+        current = self.secret_key
+        return (current, *dict.fromkeys(k for k in self.config.previous_secret_keys if k != current))
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -115,3 +115,18 @@ def test_the_previous_keys_come_from_the_environment_and_doctor_counts_them(conf
     assert config.previous_secret_keys == (SECRET, "z" * 40)
     [said] = [f.message for f in check(config).findings if f.check == "secret key"]
     assert said.endswith("; links signed with 2 previous keys are still read")
+
+
+
+def test_a_previous_key_that_is_the_current_one_is_named_and_counted_once(config_file):
+    """helper-86: the current key listed as previous was 'ok … 1 previous key'; one listed twice, 2."""
+    from mailmag.config import load_config
+    from mailmag.doctor import check
+    from mailmag.services import Services
+
+    same = load_config(config_file, env={"MAILMAG_SECRET_KEY": NEW, "MAILMAG_PREVIOUS_SECRET_KEYS": NEW})
+    [finding] = [f for f in check(same).findings if f.check == "secret key"]
+    assert finding.status == "warning" and "the key was not changed" in finding.message
+    twice = load_config(config_file, env={"MAILMAG_SECRET_KEY": NEW,
+                                          "MAILMAG_PREVIOUS_SECRET_KEYS": f"{SECRET},{SECRET} {NEW}"})
+    assert Services(twice).verify_keys == (NEW, SECRET)

@@ -108,7 +108,7 @@ def test_remove_forget_erases_and_keeps_the_address_suppressed(mailmag, db_url, 
     before = snapshot(db_url)
     again = mailmag("subscribers", "add", "taro.yamada@example.jp")
     assert again.exit_code == 1
-    assert again.stderr.startswith("Error: taro.yamada@example.jp is erased (remove --forget) and suppressed")
+    assert again.stderr.startswith("Error: taro.yamada@example.jp is suppressed (erased with remove --forget")
     csv_file = tmp_path / "list.csv"
     csv_file.write_text("email\nTARO.YAMADA@example.jp\n", encoding="utf-8")
     imported = mailmag.ok("subscribers", "import", str(csv_file))

@@ -368,8 +368,8 @@ def _land_not_reader(session: Session, row: Row, stored: Any, suppressed: set[st
         if row.address.hash not in suppressed:
             session.add(Suppression(email_hash=row.address.hash, reason=f"imported as {status}"))
             suppressed.add(row.address.hash)
-        said = (f"{email} is {status} in the file: recorded as an address nothing is sent to",
-                f"{email} はファイルで{STATUS_JA[status]}のため、送信しないアドレスとして記録しました")
+        said = (f"{email} is {status} in the file: kept as an address nothing is sent to",
+                f"{email} はファイルで{STATUS_JA[status]}のため、送信しないアドレスとして扱います")
     report.left_out.append((row.line, Sentence(*said)))
 
 

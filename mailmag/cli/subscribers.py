@@ -50,8 +50,8 @@ def add(app: AppContext, email: str, name: str, organization: str, lang: str | N
         )
         if subscriber is None:
             raise StateError(
-                f"{address.email} is erased (remove --forget) and suppressed: nothing changed; "
-                "pass --resubscribe only if they asked to be added again"
+                f"{address.email} is suppressed (erased with remove --forget, or imported as unsubscribed, "
+                "bounced or erased): nothing changed; pass --resubscribe only if they asked to be added again"
             )
         if outcome == "suppressed":
             raise StateError(
