@@ -195,7 +195,7 @@ def init_db(engine: Engine) -> str:
 def _init_db(engine: Engine) -> str:
     try:
         tables = set(inspect(engine).get_table_names())
-    except OperationalError as exc:
+    except DBAPIError as exc:  # not only "unable to open": a damaged file is "not a database"
         raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
     cfg = alembic_config(engine)
     if "alembic_version" not in tables:
@@ -234,7 +234,7 @@ def check_schema(engine: Engine) -> None:
                             "--config (or [database] url) at the installation")
     try:
         revision = current_revision(engine)
-    except OperationalError as exc:
+    except DBAPIError as exc:  # a damaged SQLite file is "not a database" (helper-86: a traceback)
         raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
     if revision is None:
         raise DatabaseError("the database is not initialised: run `mailmag init`")

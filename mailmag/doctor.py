@@ -157,7 +157,9 @@ def _database(config: Config) -> list[Finding]:
             asks_code = config.admin.enabled and config.admin.require_totp
             no_code = accounts.without_needed_code(session, asks_code)
     except DatabaseError as exc:
-        fix = "" if "mailmag init" in str(exc) else "; check [database] url and that the server runs"
+        # a SQLite file has no server: on a full disk it says "disk I/O error" (helper-86)
+        where = "the disk it is on" if url.get_backend_name() == "sqlite" else "that the server runs"
+        fix = "" if "mailmag init" in str(exc) else f"; check [database] url and {where}"
         return [Finding("database", PROBLEM, f"{exc}{fix}")]
     finally:
         services.close()

@@ -251,6 +251,16 @@ def test_a_disk_too_full_for_the_database_to_write_is_named(installation, monkey
     assert _lines(installation.doctor())["disk"].startswith("warning ")
 
 
+def test_a_sqlite_file_that_cannot_be_read_points_at_its_disk_not_a_server(installation, monkeypatch):
+    """helper-86: on a full disk SQLite said 'disk I/O error', and doctor added 'check that the
+    server runs': SQLite has none."""
+    monkeypatch.setattr(doctor, "DISK_WARNING_BYTES", 0)
+    (installation.folder / "mailmag.db").write_bytes(b"not a database, a damaged file" * 100)
+    said = _lines(installation.doctor())["database"]
+    assert said.startswith("problem cannot open the database") and said.endswith(
+        "; check [database] url and the disk it is on"), said
+
+
 def test_an_unreadable_configuration_is_one_problem(tmp_path):
     path = tmp_path / "mailmag.toml"
     path.write_text('[smtp]\nhots = "relay"\n', encoding="utf-8")
