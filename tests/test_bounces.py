@@ -434,14 +434,19 @@ def test_mailto_tags_old_and_new_name_their_row_and_a_forged_one_changes_nothing
                                    message_id="<o2@x>"),
         samples.mailto_unsubscribe("user3@example.jp", subject=f"unsubscribe {forged}", message_id="<f@x>"),
     ])
+    box2 = write_maildir(tmp_path / "Maildir2", [  # the same forged tag from a stranger
+        samples.mailto_unsubscribe("alias@example.com", subject=f"unsubscribe {forged}", message_id="<s@x>")])
     report = process(session, config, box)
     assert report.unsubscribes == 3
-    assert [r for _, r in report.unmatched] == [
-        f"unsubscribe: its tag {forged} is not signed for any subscriber (forged, made with another key, "
-        "or its subscriber was erased): nothing changed (from 山田 太郎 <user3@example.jp>, subject "
-        f"'unsubscribe {forged}')"]
+    # a tag that fits no row, from a reader's own address (helper-87: mail from before the list
+    # moved was dropped), changes nothing and is answered as a request without a tag
+    assert report.unmatched == [] and [a.email for a in report.asks] == ["user3@example.jp"]
     assert [subscriber(session, f"user{i}@example.jp").status for i in range(4)] == [
         "unsubscribed", "unsubscribed", "unsubscribed", "active"]
+    assert [r for _, r in process(session, config, box2).unmatched] == [
+        f"unsubscribe: its tag {forged} is not signed for any subscriber (forged, made with another key, "
+        "or its subscriber was erased): nothing changed (from 山田 太郎 <alias@example.com>, subject "
+        f"'unsubscribe {forged}')"]
 
 
 def test_the_short_tag_carries_the_old_tags_bits_and_fits_only_its_row(session):

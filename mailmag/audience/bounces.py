@@ -513,13 +513,14 @@ def _unsubscriber(session: Session, reading: reports.Reading, secret: tokens.Key
         if subscriber is not None and tokens.unsubscribe_tag_fits(
                 secret, tag, subscriber.id, subscriber.link_key):
             return _Match(subscriber, None, "tag")
+    subscriber = _by_address(session, reading.recipients[0])
+    if subscriber is not None:  # a tag that fits no row (mail from before the list moved, or a
+        return _Match(subscriber, None, "sender")  # forgery) from a reader: asked as without one
     if reading.tags:
         return (f"its tag {reading.tags[0]} is not signed for any subscriber (forged, made with "
                 "another key, or its subscriber was erased): nothing changed")
-    subscriber = _by_address(session, reading.recipients[0])
-    return _Match(subscriber, None, "sender") if subscriber else (
-        f"{reading.recipients[0]} is not a subscriber (a request without a tag must come from the "
-        "exact address)")
+    return (f"{reading.recipients[0]} is not a subscriber (a request without a tag must come from the "
+            "exact address)")
 
 
 def _from_delivery(session: Session, delivery: Delivery, by: str) -> _Match | str:
