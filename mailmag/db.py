@@ -18,7 +18,19 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, inspect, make_url
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Result,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -212,6 +224,41 @@ def _init_db(engine: Engine) -> str:
         raise newer
     command.upgrade(cfg, "head")
     return "upgraded" if current_revision(engine) != before else "up to date"
+
+
+COPY_BATCH = 1000
+
+
+def copy_database(source: Engine, target: Engine) -> dict[str, int]:
+    """Every row of one mailmag database into another, empty, at the same revision (a move from
+    SQLite to PostgreSQL, or back): ids, link keys and history kept, so links and tags in mail
+    already sent keep working (helper-85, helper-87: an export and import gave every reader a new
+    id and key). One transaction on the target: a failure leaves it empty. Rows by table."""
+    for engine in (source, target):
+        check_schema(engine)
+    tables = Base.metadata.sorted_tables  # parents before children: foreign keys hold row by row
+    with target.connect() as connection:
+        filled = [t.name for t in tables if connection.scalar(select(func.count()).select_from(t))]
+    if filled:
+        shown = target.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"the database {shown} already holds rows ({', '.join(filled[:3])}): copy "
+                            "into a new, empty one (after `mailmag init`); nothing was copied")
+    copied: dict[str, int] = {}
+    with source.connect() as reading, target.begin() as writing:
+        for table in tables:
+            rows = reading.execution_options(stream_results=True).execute(
+                select(table).order_by(*table.primary_key.columns))
+            copied[table.name] = 0
+            for part in rows.partitions(COPY_BATCH):
+                writing.execute(insert(table), [dict(row._mapping) for row in part])
+                copied[table.name] += len(part)
+        if target.dialect.name == "postgresql":  # the next id after the copied ones, as on the source
+            for table in tables:
+                for column in table.primary_key.columns:
+                    writing.execute(text(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                        f"COALESCE(MAX({column.name}), 0) + 1, false) FROM {table.name}"))
+    return copied
 
 
 def sqlite_file(engine: Engine | str) -> Path | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import Mailmag
-from sqlalchemy import inspect
+from conftest import SECRET, Mailmag
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session
 
 from mailmag import db
 from mailmag.models import Base
@@ -122,3 +124,49 @@ def test_the_migration_keeps_every_row_and_no_deleted_id_comes_back(db_url):
     assert [tuple(row) for row in issues] == [(1, "sent"), (3, "next")]
     assert schedules == [2]
     assert tuple(kept) == (1, 1)  # the sent issue's delivery and rendering survived the rebuild
+
+
+def test_init_copy_from_moves_every_row_and_links_mailed_before_keep_working(config_file, db_url, tmp_path):
+    """helper-85, helper-87: the move to PostgreSQL by export and import gave every reader a new id
+    and link key; one-click unsubscribes from older mail answered 200 and changed nothing, and
+    erased addresses came back. `init --copy-from` copies every row as it is."""
+    from mailmag import links, tokens
+    from mailmag.audience import subscribers
+    from mailmag.models import Subscriber
+
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old_url = f"sqlite:///{old_dir / 'mailmag.db'}"
+    old_config = old_dir / "mailmag.toml"
+    old_config.write_text(config_file.read_text().replace(db_url, old_url), encoding="utf-8")
+    old = Mailmag(old_config)
+    old.ok("init")
+    for address in ("taro@example.jp", "gone@example.jp", "out@example.jp"):
+        old.ok("subscribers", "add", address)
+    old.ok("subscribers", "remove", "gone@example.jp", "--forget")
+    old.ok("subscribers", "remove", "out@example.jp")
+    source = db.make_engine(old_url)
+    with source.connect() as connection:
+        taro = connection.execute(select(Subscriber.id, Subscriber.link_key).where(
+            Subscriber.email == "taro@example.jp")).one()
+    source.dispose()
+    link = links.unsubscribe_url("https://news.example.jp", SECRET, taro.id, taro.link_key)
+
+    new = Mailmag(config_file)
+    result = new.ok("init", "--copy-from", old_url)
+    assert "copied" in result.stdout and "2 subscribers" in result.stdout  # the erased one is a hash
+    target = db.make_engine(db_url)
+    try:
+        with Session(target) as session:
+            person = tokens.read_person(SECRET, "unsubscribe", link.rsplit("/", 1)[1])
+            found = subscribers.by_link(session, person)
+            assert found is not None and found.email == "taro@example.jp"  # the link mailed before
+        listed = json.loads(new.ok("subscribers", "list", "--json").stdout)
+        statuses = {s["email"]: s["status"] for s in listed}
+        assert statuses == {"taro@example.jp": "active", "out@example.jp": "unsubscribed"}
+        assert new("subscribers", "add", "gone@example.jp").exit_code == 1  # still suppressed
+        new.ok("subscribers", "add", "hanako@example.jp")  # the next id is past the copied ones
+        again = new("init", "--copy-from", old_url)
+        assert again.exit_code == 1 and "already holds rows" in again.stderr
+    finally:
+        target.dispose()
