@@ -19,6 +19,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    Connection,
     CursorResult,
     Engine,
     Result,
@@ -31,7 +32,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailmag import pg_answers
@@ -227,6 +228,18 @@ def _init_db(engine: Engine) -> str:
 
 
 COPY_BATCH = 1000
+# SQLite's counters of ids handed out (its AUTOINCREMENT tables: issues, auto_schedules)
+_SQLITE_SEQUENCE = text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")
+
+
+def source_engine(url: str) -> Engine:
+    """An engine for the database `init --copy-from` reads; DatabaseError for a URL that names
+    none (a plain file path was a traceback: helper-88)."""
+    try:
+        return make_engine(url)
+    except ArgumentError as exc:  # NoSuchModuleError too: an unknown dialect
+        raise DatabaseError(f"cannot read {url!r} as a database URL ({exc}): write it as [database] url is "
+                            "written, e.g. sqlite:////srv/mailmag/data/mailmag.db") from exc
 
 
 def copy_database(source: Engine, target: Engine) -> dict[str, int]:
@@ -234,8 +247,13 @@ def copy_database(source: Engine, target: Engine) -> dict[str, int]:
     SQLite to PostgreSQL, or back): ids, link keys and history kept, so links and tags in mail
     already sent keep working (helper-85, helper-87: an export and import gave every reader a new
     id and key). One transaction on the target: a failure leaves it empty. Rows by table."""
-    for engine in (source, target):
-        check_schema(engine)
+    try:
+        check_schema(source)
+    except DatabaseError as exc:  # init acts on the target: say which database, and how to fix it
+        shown = source.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"the database to copy from, {shown}: {exc} (a fix it names is for the "
+                            "installation that uses it, with its own configuration)") from exc
+    check_schema(target)
     tables = Base.metadata.sorted_tables  # parents before children: foreign keys hold row by row
     with target.connect() as connection:
         filled = [t.name for t in tables if connection.scalar(select(func.count()).select_from(t))]
@@ -252,13 +270,41 @@ def copy_database(source: Engine, target: Engine) -> dict[str, int]:
             for part in rows.partitions(COPY_BATCH):
                 writing.execute(insert(table), [dict(row._mapping) for row in part])
                 copied[table.name] += len(part)
-        if target.dialect.name == "postgresql":  # the next id after the copied ones, as on the source
-            for table in tables:
-                for column in table.primary_key.columns:
-                    writing.execute(text(
-                        f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
-                        f"COALESCE(MAX({column.name}), 0) + 1, false) FROM {table.name}"))
+        _set_ids_given(writing, _ids_given(reading, [t.name for t in tables]))
     return copied
+
+
+def _ids_given(connection: Connection, tables: list[str]) -> dict[str, int]:
+    """The highest id each table has handed out, deleted rows' included: an issue's id is never
+    given twice (migration 0008), and a copy must not give it again (helper-88)."""
+    given: dict[str, int] = {}
+    for table in tables:
+        if connection.dialect.name == "postgresql":
+            sequence = connection.scalar(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table})
+            used = connection.execute(text(f"SELECT last_value, is_called FROM {sequence}")).one() \
+                if sequence else None
+            given[table] = (used.last_value if used.is_called else used.last_value - 1) if used else 0
+        else:
+            given[table] = 0
+        highest = connection.scalar(text(f"SELECT MAX(id) FROM {table}"))
+        given[table] = max(given[table], highest or 0)
+    if connection.dialect.name == "sqlite" and connection.scalar(_SQLITE_SEQUENCE):
+        for name, seq in connection.execute(text("SELECT name, seq FROM sqlite_sequence")):
+            if name in given:
+                given[name] = max(given[name], seq or 0)
+    return given
+
+
+def _set_ids_given(connection: Connection, given: dict[str, int]) -> None:
+    """The next id of each table after `given`, on PostgreSQL's sequences or SQLite's counters."""
+    for table, highest in given.items():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), :next, false)"),
+                               {"next": highest + 1})
+        elif highest and Base.metadata.tables[table].kwargs.get("sqlite_autoincrement"):
+            connection.execute(text("DELETE FROM sqlite_sequence WHERE name = :t"), {"t": table})
+            connection.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :seq)"),
+                               {"t": table, "seq": highest})
 
 
 def sqlite_file(engine: Engine | str) -> Path | None:

@@ -145,6 +145,9 @@ def test_init_copy_from_moves_every_row_and_links_mailed_before_keep_working(con
         old.ok("subscribers", "add", address)
     old.ok("subscribers", "remove", "gone@example.jp", "--forget")
     old.ok("subscribers", "remove", "out@example.jp")
+    for day in (1, 15):  # automatic issues 1 and 2; 2 removed: its id is never given again
+        old.ok("schedule", "add", "--cron", f"0 9 {day} * *", "--name", f"day {day}")
+    old.ok("schedule", "remove", "2")
     source = db.make_engine(old_url)
     with source.connect() as connection:
         taro = connection.execute(select(Subscriber.id, Subscriber.link_key).where(
@@ -166,7 +169,11 @@ def test_init_copy_from_moves_every_row_and_links_mailed_before_keep_working(con
         assert statuses == {"taro@example.jp": "active", "out@example.jp": "unsubscribed"}
         assert new("subscribers", "add", "gone@example.jp").exit_code == 1  # still suppressed
         new.ok("subscribers", "add", "hanako@example.jp")  # the next id is past the copied ones
+        # helper-88: the copy gave the removed schedule's id 2 again
+        assert "automatic issue 3 " in new.ok("schedule", "add", "--cron", "0 9 20 * *", "--name", "s").stdout
         again = new("init", "--copy-from", old_url)
         assert again.exit_code == 1 and "already holds rows" in again.stderr
+        path = new("init", "--copy-from", str(old_dir / "mailmag.db"))  # a path, not a URL: one line
+        assert (path.exit_code, path.stderr[:19]) == (1, "Error: cannot read "), path.output
     finally:
         target.dispose()

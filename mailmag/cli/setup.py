@@ -15,10 +15,10 @@ from mailmag.cli.common import AppContext, pass_app
 @pass_app
 def init(app: AppContext, source: str | None) -> None:
     """Create or upgrade the database (safe to run again)."""
+    old = db.source_engine(source) if source else None  # a malformed URL stops before anything is made
     outcome = db.init_db(app.services.engine)
     click.echo(f"database {outcome}: {app.services.engine.url.render_as_string(hide_password=True)}")
-    if source:
-        old = db.make_engine(source)
+    if old is not None:
         try:
             copied = db.copy_database(old, app.services.engine)
         finally:
