@@ -161,9 +161,10 @@ _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (displa
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
     """For each break between the lines of a paragraph, whether the writer meant it (a line of
     its own) rather than a program's wrap: after a sentence's end (。), before a list mark or a
-    label (日時：), after a labelled line; and, next to Japanese, in a paragraph of short lines
-    only (an address, a name and title). A short line among long ones is not enough: a PDF's
-    first line is often short. Between English words a break stays Markdown's, a space."""
+    label (日時：), after a labelled or listed line narrower than a wrap; and, next to Japanese,
+    in a paragraph of short lines only (an address, a name and title). A short line among long
+    ones is not enough: a PDF's first line is often short. Between English words a break stays
+    Markdown's, a space."""
     widest = max((display_width(line.strip()) for line in lines), default=0)
     return [_meant(before.strip(), after.strip(), widest) for before, after in itertools.pairwise(lines)]
 
@@ -172,8 +173,10 @@ def _meant(before: str, after: str, widest: int) -> bool:
     if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or _LIST_START.match(after) \
             or _LINE_LABEL.match(after):
         return True
-    if _LINE_LABEL.match(before) and not _wrapped(before, widest):
-        return True  # 日時：12月10日 is a line of its own, whatever follows; 概要：… wrapped is not
+    if (_LINE_LABEL.match(before) or _LIST_START.match(before)) and not _wrapped(before, widest):
+        # 日時：12月10日 and ・展示B are lines of their own, whatever follows (helper-87: the
+        # line after a short item was joined into it); 概要：… or ・… wrapped by a PDF is not.
+        return True
     japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))
     return japanese and widest < _WRAPPED_WIDTH
 

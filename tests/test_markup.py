@@ -96,6 +96,32 @@ def test_lines_typed_one_by_one_stay_lines_in_both_editions():
     assert "広島大学 産学連携推進部\n山田 太郎" in text and "See you there." in text
 
 
+def test_the_line_after_a_short_item_stays_a_line_of_its_own_in_both_editions():
+    """helper-87: the line after a ・ or ※ item was joined into it (・展示B詳しくは事務局まで。) in a
+    paragraph with a long line, in the mail and its text edition alike. An item wrapped by a PDF
+    (as wide as the paragraph's widest line) still takes its next line as its own continuation."""
+    source = ("出展者を募集します。募集する区分は次のとおりで、いずれも先着順に受け付けます。\n"
+              "・展示A\n・展示B\n詳しくは事務局までお問い合わせください。\n"
+              "※先着順\n申込は事務局へ。\n"
+              "・出展料は一区画につき三万円とし、請求書は会期の終了後に事務局から各出展者へ送\n"
+              "付します。")
+    html = to_html(source)
+    assert "・展示B<br>\n詳しくは事務局まで" in html and "※先着順<br>\n申込は事務局へ。" in html
+    assert "各出展者へ送付します。" in html
+    text = markdown_to_text(source)
+    assert "・展示B\n詳しくは事務局までお問い合わせください。\n※先着順\n申込は事務局へ。" in text
+    assert "各出展者へ送付" in text.replace("\n", "")
+    assert "送\n付" not in text
+
+
+def test_the_reference_articles_headings_stay_above_their_paragraphs(reference_text):
+    """The same rule on the council's real article: （1）… and ＜報告・情報提供＞ head the paragraph
+    under them, and ran into its first sentence."""
+    text = markdown_to_text(reference_text)
+    assert "（1）シンポジウム「地域イノベーション創出2012」の開催について\n" in text
+    assert "＜報告・情報提供＞\n" in text
+
+
 def test_a_time_or_a_cut_url_at_a_wrap_is_not_a_label():
     """helper-73: a second _LABEL in text_ja took the place of the line-break rule's, and a time
     (13:30) or a URL cut by a wrap (ttps://) read as a label, so a PDF's wrap was kept mid-word."""
