@@ -29,6 +29,7 @@ from mailmag.delivery.smtp import helo_name, is_loopback
 from mailmag.delivery.transports import check_relay
 from mailmag.errors import ConfigError, DatabaseError, MailmagError
 from mailmag.models import Item, Org, utcnow
+from mailmag.scheduling import jobs
 from mailmag.services import MAKE_SECRET, MIN_SECRET_LENGTH, Services
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -156,6 +157,7 @@ def _database(config: Config) -> list[Finding]:
             unknown = topics.unknown_in_use(session, config.topics)
             asks_code = config.admin.enabled and config.admin.require_totp
             no_code = accounts.without_needed_code(session, asks_code)
+            late = jobs.overdue_work(session, config, utcnow())
     except DatabaseError as exc:
         # a SQLite file has no server: on a full disk it says "disk I/O error" (helper-86)
         where = "the disk it is on" if url.get_backend_name() == "sqlite" else "that the server runs"
@@ -164,7 +166,15 @@ def _database(config: Config) -> list[Finding]:
     finally:
         services.close()
     return [Finding("database", OK, f"{shown} at revision {revision} (current)"),
-            *_topic_findings(config, unknown), *_console_findings(no_code)]
+            *_topic_findings(config, unknown), *_console_findings(no_code), *_schedule_findings(config, late)]
+
+
+def _schedule_findings(config: Config, late: list[tuple[str, jobs.Overdue]]) -> list[Finding]:
+    if not late:
+        return []
+    (first, overdue), more = late[0], len(late) - 1
+    also = f" (and {more} more: `mailmag issues list`, `mailmag schedule list`)" if more else ""
+    return [Finding("schedule", PROBLEM, f"{first} is {overdue.describe(utcnow(), config)}{also}")]
 
 
 def _console_findings(no_code: list[str]) -> list[Finding]:

@@ -427,6 +427,33 @@ def test_a_missed_timed_send_says_so_on_the_issue_the_list_and_the_dashboard(mai
     assert "予約送信が行われませんでした" not in client.get("/admin/issues/").text
 
 
+def test_a_timed_send_past_its_time_says_run_seems_stopped_on_the_issue_and_the_dashboard(mail_console):
+    """helper-87: with `mailmag run` down, the console went on showing the issue as scheduled for a
+    time already past, and nothing told the office why nothing went out (nor until when starting
+    `run` would still send it)."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
+    issue_path = _draft(client, token, ids[0])
+    at = utcnow().replace(second=0, microsecond=0) + dt.timedelta(minutes=3)
+    send_from_console(client, issue_path, at=at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M"))
+    assert "予約がまだ実行されていません" not in client.get("/admin/").text
+    when = at.astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M JST")
+    until = (at + dt.timedelta(hours=1)).astimezone(services.config.zone).strftime("%Y-%m-%d %H:%M JST")
+    said = (f"{when} の予約がまだ実行されていません。送信サービス（mailmag run）が止まっているようです。"
+            f"{until} までに起動すれば実行されます。")
+    with services.session() as session:
+        jobs.add_auto(session, "*/5 * * * *", "五分ごと", services.config)
+    with time_machine.travel(at + dt.timedelta(minutes=5), tick=True):  # no `run`: nothing fired
+        assert said in client.get(issue_path).text
+        dashboard = client.get("/admin/").text
+        assert said in dashboard
+        assert dashboard.count("の予約がまだ実行されていません") == 2  # and the automatic issue's
+        assert "の予約がまだ実行されていません" in client.get("/admin/schedules/").text
+        assert "Started by" in client.get(f"{issue_path}?lang=en").text
+    with services.session() as session:
+        assert session.scalar(select(Issue.status)) == "scheduled"
+
+
 def test_an_item_in_a_draft_or_already_published_is_not_composed_again(mail_console, smtp_server):
     """The form offers only items in no issue; a second tab, a resent form or a crafted POST put
     one item into two issues, and each sent it."""

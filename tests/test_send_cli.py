@@ -176,6 +176,49 @@ def test_send_at_schedules_and_cancel_unschedules(composed):
     assert (after["status"], after["scheduled_at"], after["total"]) == ("draft", None, 0)
 
 
+def test_a_scheduled_issue_past_its_time_says_run_is_not_running(composed):
+    """helper-87: with `mailmag run` down, `issues status` went on saying "scheduled for" a time in
+    the past, and nothing told the staff why nothing went, nor that after grace_seconds starting
+    `run` would no longer send it."""
+    from zoneinfo import ZoneInfo
+
+    due = (utcnow() + dt.timedelta(hours=1)).astimezone(ZoneInfo("Asia/Tokyo"))
+    due = due.replace(second=0, microsecond=0)
+    composed.ok("issues", "send", "1", "--at", due.strftime("%Y-%m-%d %H:%M"))
+    assert "overdue" not in composed.ok("issues", "status", "1").stdout  # not yet due
+    with time_machine.travel(due + dt.timedelta(seconds=59), tick=True):  # within two polls (30 s)
+        assert "overdue" not in composed.ok("issues", "status", "1").stdout
+    with time_machine.travel(due + dt.timedelta(minutes=5), tick=True):
+        shown = composed.ok("issues", "status", "1").stdout
+        listed = composed.ok("issues", "list").stdout
+        doctor = composed("doctor").output
+        document = status(composed)
+    last_chance = (due + dt.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M JST")  # grace_seconds = 3600
+    assert (f"overdue: due at {due:%Y-%m-%d %H:%M} JST and not done: is `mailmag run` running on this "
+            f"database? Started by {last_chance} ([schedule] grace_seconds after) it still does it\n"
+            ) in shown
+    assert "scheduled, OVERDUE (is `mailmag run` running?)" in listed
+    assert "schedule" in doctor and f"issue 1 is due at {due:%Y-%m-%d %H:%M} JST and not done" in doctor
+    assert document["status"] == "scheduled" and document["overdue"]["due_at"].startswith(
+        due.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M"))
+    with time_machine.travel(due + dt.timedelta(hours=2), tick=True):
+        late = composed.ok("issues", "status", "1").stdout
+        assert "records this as missed instead of doing it; `mailmag issues send 1` sends it now" in late
+        assert "2 messages queued" in composed.ok("issues", "send", "1", "--yes").stdout
+        assert "overdue" not in composed.ok("issues", "status", "1").stdout
+
+
+def test_an_automatic_issue_past_its_moment_says_run_is_not_running(composed):
+    composed.ok("schedule", "add", "--cron", "0 9 * * *")
+    assert "overdue" not in composed.ok("schedule", "list").output
+    with time_machine.travel(utcnow() + dt.timedelta(days=1, minutes=5), tick=True):
+        listed = composed.ok("schedule", "list")
+        (document,) = json.loads(composed.ok("schedule", "list", "--json").stdout)
+    assert "\noverdue: automatic issue 1: due at " in listed.stderr
+    assert " 09:00 JST and not done" in listed.stderr
+    assert document["overdue_since"].endswith("T00:00:00Z")
+
+
 def test_send_at_in_the_past_is_refused_and_nothing_changes(composed):
     result = composed("issues", "send", "1", "--at", "2020-01-01 09:00")
     assert result.exit_code == 1

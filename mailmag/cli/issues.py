@@ -142,14 +142,16 @@ def list_(app: AppContext, as_json: bool) -> None:
     with app.ready_services().session() as session:
         pending, dead = outbox.pending_by_issue(session), outbox.dead_by_issue(session)
         rows = [as_dict(issue) | {"waiting_for_window": waiting_for_window(
-            pending.get(issue.id, 0), now, app.config), "dead": dead.get(issue.id, 0)}
+            pending.get(issue.id, 0), now, app.config), "dead": dead.get(issue.id, 0),
+            "overdue": jobs.overdue_send(issue, now, app.config) is not None}
             for issue in issues.listing(session)]
     if as_json:
         print_json(rows)
         return
     # "sent" alone would hide messages nobody received, which `issues retry N --dead` sends
     echo_rows([[row["id"], f"第{row['number']}号" if row["number"] else "",
-                row["status"] + (f", {row['dead']} dead" if row["dead"] else ""),
+                row["status"] + (f", {row['dead']} dead" if row["dead"] else "")
+                + (", OVERDUE (is `mailmag run` running?)" if row["overdue"] else ""),
                 local_time(row["sent_at"] or row["scheduled_at"] or row["rendered_at"], app.config),
                 plural(len(row["items"]), "item"), row["topic"] or "all", row["title"],
                 *_waiting_column(row["waiting_for_window"], app)]
@@ -240,6 +242,7 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
 @pass_app
 def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     """Show an issue's audience and how far its sending has come (counted from delivery states)."""
+    now = utcnow()
     with app.ready_services().session() as session:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
@@ -249,7 +252,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         held = outbox.held_refusals(session, issue.id, limit=HELD_SHOWN)
         held_count = outbox.held_refusal_count(session, issue.id) if len(held) == HELD_SHOWN else len(held)
         missed = jobs.last_send_run(session, issue)
-        waiting = waiting_for_window(counts.pending, utcnow(), app.config)
+        late = jobs.overdue_send(issue, now, app.config)
+        waiting = waiting_for_window(counts.pending, now, app.config)
         reached = issues.audience(session, issue) if issue.status in issues.RENDERABLE else counts.total
         # readers added to a frozen audience since (they took back an unsubscribe)
         caught_up = 0 if issue.status in issues.RENDERABLE else outbox.caught_up_count(session, issue.id)
@@ -265,12 +269,16 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
                 None if missed is None else {"outcome": missed.outcome, "detail": missed.detail}
             ),
             "relay_waiting_since": issue.relay_waiting_since, "relay_error": issue.relay_error,
+            "overdue": None if late is None else {"due_at": late.due_at, "last_chance": late.last_chance},
         }
     if as_json:
         print_json(document)
         return
     when = f", scheduled for {local_time(issue.scheduled_at, app.config)}" if issue.scheduled_at else ""
     click.echo(f"{issues.label(issue)}: {issue.status}{when}")
+    if late is not None:
+        send_now = f"; `mailmag issues send {issue.id}` sends it now" if late.too_late(now) else ""
+        click.echo(f"overdue: {late.describe(now, app.config)}{send_now}")
     to = topics.describe(issue.topic, app.config.topics)
     if issue.status in issues.RENDERABLE:
         click.echo(f"audience: {plural(reached, 'subscriber')} now ({to})")

@@ -70,6 +70,10 @@ def list_(app: AppContext, as_json: bool) -> None:
         rows.append([info.id, info.name, info.cron, info.topic or "all",
                      f"next {local_time(info.next_run, config)}", f"last {done}"])
     echo_rows(rows, "automatic issue")
+    now = utcnow()
+    for info in infos:
+        if info.overdue is not None:
+            click.echo(f"overdue: automatic issue {info.id}: {info.overdue.describe(now, config)}", err=True)
     if not infos:
         click.echo('add one with `mailmag schedule add --cron "0 9 1,15 * *"`', err=True)
 
@@ -98,6 +102,7 @@ def _as_dict(info: jobs.AutoInfo, config: Config) -> dict[str, Any]:
             "scheduled_for": last.scheduled_for, "outcome": last.outcome, "detail": last.detail,
             "at": last.at,
         },
+        "overdue_since": None if info.overdue is None else info.overdue.due_at,
     }
 
 

@@ -69,6 +69,44 @@ class AutoInfo:
     next_run: dt.datetime | None
     last_run: JobRun | None
     topic: str | None = None
+    overdue: Overdue | None = None  # a moment passed and not handled: `run` is down
+
+
+@dataclasses.dataclass(frozen=True)
+class Overdue:
+    """Timed work whose time passed longer ago than two polls of `mailmag run`, still not done:
+    most likely `run` is not running (on this database). Started before `last_chance` (grace_seconds after
+    the time) it still does it; later, the moment is recorded as missed (helper-87: a staff member
+    saw only "scheduled for" a past time)."""
+
+    due_at: dt.datetime
+    last_chance: dt.datetime
+
+    def too_late(self, now: dt.datetime) -> bool:
+        return now > self.last_chance
+
+    def describe(self, now: dt.datetime, config: Config) -> str:
+        """One line for `issues status`, `schedule list` and doctor."""
+        due = f"due at {shown(self.due_at, config.zone)} and not done"
+        if self.too_late(now):
+            return (f"{due}: `mailmag run` was not running on this database; [schedule] grace_seconds have "
+                    "passed, so when it starts it records this as missed instead of doing it")
+        return (f"{due}: is `mailmag run` running on this database? Started by "
+                f"{shown(self.last_chance, config.zone)} "
+                "([schedule] grace_seconds after) it still does it")
+
+
+def overdue(due_at: dt.datetime | None, now: dt.datetime, config: Config) -> Overdue | None:
+    """Whether work due at `due_at` (None: none is due) should have been done by `run` by now."""
+    settings = config.schedule
+    if due_at is None or now - due_at <= dt.timedelta(seconds=2 * settings.poll_seconds):
+        return None
+    return Overdue(due_at, due_at + dt.timedelta(seconds=settings.grace_seconds))
+
+
+def overdue_send(issue: Issue, now: dt.datetime, config: Config) -> Overdue | None:
+    """A scheduled issue's send that `run` has not made in time."""
+    return overdue(issue.scheduled_at if issue.status == "scheduled" else None, now, config)
 
 
 def send_job_id(issue_id: int) -> str:
@@ -262,8 +300,21 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
         # After a clock step back, a moment already handled lies ahead of `now`; it does not fire
         # again, so the next one is after it (helper-66 F1: `schedule list` showed the handled one).
         upcoming = trigger.next_after(cursor) if cursor >= now else next_fire_time(trigger, now)
-        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic))
+        late = overdue(trigger.next_after(cursor), now, config)
+        result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic,
+                               late))
     return result
+
+
+def overdue_work(session: Session, config: Config, now: dt.datetime) -> list[tuple[str, Overdue]]:
+    """Every timed send and automatic issue whose moment `run` should have handled by now, named
+    as doctor says them ("issue 3", "automatic issue 1"), oldest first."""
+    found = [(f"issue {issue.id}", late) for issue in session.scalars(
+        select(Issue).where(Issue.status == "scheduled").order_by(Issue.scheduled_at))
+        if (late := overdue_send(issue, now, config)) is not None]
+    found += [(f"automatic issue {info.id}", info.overdue) for info in list_auto(session, config, now)
+              if info.overdue is not None]
+    return sorted(found, key=lambda pair: pair[1].due_at)
 
 
 def fire_due_autos(services: Services, now: dt.datetime, schedule_id: int | None = None, *,

@@ -57,9 +57,10 @@ def org_rotate(code: str) -> Any:
 @bp.get("/schedules/")
 @needs("compose")
 def schedules() -> Any:
+    now = utcnow()
     with state().services.read_session() as db:
-        return render_template("admin/schedules.html.j2",
-                               autos=jobs.list_auto(db, state().config, utcnow()))
+        return render_template("admin/schedules.html.j2", now=now,
+                               autos=jobs.list_auto(db, state().config, now))
 
 
 @bp.post("/schedules/")

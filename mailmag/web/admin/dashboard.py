@@ -20,6 +20,7 @@ bp: Blueprint = Blueprint("dashboard", __name__)
 @bp.get("/")
 def index() -> Any:
     config = state().config
+    now = utcnow()
     with state().services.read_session() as db:
         listed = issues.listing(db)
         scheduled = sorted((i for i in listed if i.status == "scheduled" and i.scheduled_at is not None),
@@ -29,7 +30,8 @@ def index() -> Any:
         return render_template(
             "admin/dashboard.html.j2", waiting=len(drafts.in_review(db)), scheduled=scheduled,
             not_made=[(issue, not_made[issue.id]) for issue in listed if issue.id in not_made],
-            autos=jobs.list_auto(db, config, utcnow()), last=last,
+            autos=jobs.list_auto(db, config, now), last=last, now=now,
+            overdue={i.id: late for i in scheduled if (late := jobs.overdue_send(i, now, config))},
             counts=outbox.counts(db, last.id) if last else None,
         )
 

@@ -65,6 +65,7 @@ def show(issue_id: int) -> Any:
             langs=_editions(issue, state().config.mailmag.language),
             notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
             not_made=jobs.sends_not_made(db, issue.id).get(issue.id),
+            overdue=jobs.overdue_send(issue, utcnow(), state().config),
             lease_expiries=state().config.dispatch.max_lease_expiries,
         )
 
