@@ -95,6 +95,13 @@ def state(services: Services, number: int) -> tuple[str, int, list[tuple[str, st
         ("１５：３０", jst(2026, 11, 20, 15, 30)),
         ("15時5分", jst(2026, 11, 20, 15, 5)),
         ("15:30:20", jst(2026, 11, 20, 15, 30, 20)),  # helper-84: 'cannot read the date 15:
+        # helper-87: days named from today, and 午前/午後 and 半, were refused
+        ("明日 9:00", jst(2026, 11, 21, 9, 0)),
+        ("あさって午前10時", jst(2026, 11, 22, 10, 0)),
+        ("午後3時半", jst(2026, 11, 20, 15, 30)),
+        ("本日 午後0時5分", jst(2026, 11, 20, 12, 5)),
+        ("tomorrow 08:15", jst(2026, 11, 21, 8, 15)),
+        ("12/2 午後1時", jst(2026, 12, 2, 13, 0)),
     ],
 )
 def test_a_typed_moment_is_read_in_the_configured_zone(text, expected):
@@ -112,6 +119,10 @@ def test_a_typed_moment_is_read_in_the_configured_zone(text, expected):
         ("04:56", "2026-11-20 04:56 JST is in the past (it is now 2026-11-20 10:00 JST): give a later time "
                   "(for tomorrow, give its date: 2026-11-21 04:56)"),
         ("25:00", "'25:00' is not a real time"),
+        ("明日 午後12時",
+         "'明日 午後12時': 午後 goes with an hour from 0 to 11 (for noon or midnight write 12:00 or 0:00)"),
+        ("午前9時", "2026-11-20 09:00 JST is in the past"),
+        ("明日", "cannot read '明日' as a date and time"),
     ],
 )
 def test_a_moment_in_the_past_or_unreadable_is_refused(text, message):

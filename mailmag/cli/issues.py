@@ -166,7 +166,7 @@ def _waiting_column(waiting: dt.datetime | None, app: AppContext) -> list[str]:
 @click.argument("issue_id", **_ID)
 @click.option("--at", "at", default=None, metavar='"YYYY-MM-DD HH:MM"',
               help="Send later, at this time in [mailmag] timezone: 2030-12-02 09:00, "
-                   "2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00 (a UTC offset is optional).")
+                   "2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00, 明日 午後3時 (a UTC offset is optional).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--allow-empty", is_flag=True,
               help="Send even when no active subscriber matches (the issue still goes to the archive).")

@@ -18,14 +18,19 @@ _MOMENT = re.compile(
     r"(?P<y>\d{4})[-/](?P<mo>\d{1,2})[-/](?P<d>\d{1,2})[T ]+(?P<h>\d{1,2}):(?P<mi>\d{2})"
     r"(?::(?P<s>\d{2}))?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?"
 )
-# A date as items take it, then a time: 2030年12月2日 9:00, R12.12.2 9時, 12/2 9:30.
-_TIME = r"(?P<h>\d{1,2})(?::(?P<mi>\d{2})(?::(?P<s>\d{2}))?|時(?:(?P<mi_ja>\d{1,2})分)?)"
+# A date as items take it, then a time: 2030年12月2日 9:00, R12.12.2 9時, 12/2 9:30, 明日 午後3時半.
+_TIME = (r"(?:(?P<half>午前|午後)\s*)?(?P<h>\d{1,2})"
+         r"(?::(?P<mi>\d{2})(?::(?P<s>\d{2}))?|時(?:(?P<half_hour>半)|(?P<mi_ja>\d{1,2})分)?)")
 _DATE_TIME = re.compile(r"(?P<date>.+?)\s*" + _TIME)
 _TIME_ONLY = re.compile(_TIME)  # today: '04:56' was read as the date '0' and 4:56 (helper-81)
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# Days named relative to today (helper-87: `--at 明日 9:00` was refused).
+_DAY_WORDS = {"今日": 0, "本日": 0, "today": 0, "明日": 1, "あす": 1, "あした": 1, "tomorrow": 1,
+              "明後日": 2, "あさって": 2}
 _HELP = ("use 'YYYY-MM-DD HH:MM' (seconds and a UTC offset such as +09:00 are optional), or a date "
-         "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00; a time alone is today's")
-_HELP_JA = ("「2030-12-02 09:00」「2030年12月2日 9:00」「R12.12.2 9:00」「12/2 9:00」のように"
+         "as items take it and a time: 2030年12月2日 9:00, R12.12.2 9:00, 12/2 9:00, 明日 午後3時; "
+         "a time alone is today's")
+_HELP_JA = ("「2030-12-02 09:00」「2030年12月2日 9:00」「R12.12.2 9:00」「12/2 9:00」「明日 午後3時」のように"
             "日付と時刻を書いてください（時刻だけなら今日の時刻です）")
 
 
@@ -73,21 +78,17 @@ def _past(written: str, zone: ZoneInfo, now: dt.datetime, time_only: bool = Fals
 
 
 def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
-    """A date in the forms items take (content.dates), then H:MM or H時M分, local to `zone`;
-    H:MM alone is today's.
-
-    A date without a year is the next one to come: read from half a year ahead, the nearest
-    such date lies between yesterday and a year from now.
-    """
+    """A date in the forms items take (content.dates) or 明日, then H:MM or (午後)H時(M分|半), local
+    to `zone`; a time alone is today's."""
     match = _TIME_ONLY.fullmatch(cleaned) or _DATE_TIME.fullmatch(cleaned)
     if match is None:
         raise InvalidInput(f"cannot read {text!r} as a date and time: {_HELP}",
                            ja=f"「{text}」を日時として読み取れません。{_HELP_JA}")
-    today = now.astimezone(zone).date()
-    ahead = today + dt.timedelta(days=182)
+    today, hour = now.astimezone(zone).date(), _hour(match, text)
+    minute = 30 if match["half_hour"] else int(match["mi"] or match["mi_ja"] or 0)
     try:
-        day = dates.parse_date(match["date"], today=ahead) if "date" in match.re.groupindex else today
-        at = dt.time(int(match["h"]), int(match["mi"] or match["mi_ja"] or 0), int(match["s"] or 0))
+        day = _day(match["date"], today) if "date" in match.re.groupindex else today
+        at = dt.time(hour, minute, int(match["s"] or 0))
     except ValueError as exc:
         raise InvalidInput(f"{text!r} is not a real time ({exc}): {_HELP}",
                            ja=f"「{text}」は実在しない時刻です。{_HELP_JA}") from exc
@@ -95,6 +96,29 @@ def _item_date_and_time(text: str, cleaned: str, zone: ZoneInfo, now: dt.datetim
         raise InvalidInput(f"cannot read {text!r} as a date and time ({exc})",
                            ja=f"「{text}」を日時として読み取れません（{exc.ja or exc.message}）") from None
     return dt.datetime.combine(day, at, tzinfo=zone)
+
+
+def _day(written: str, today: dt.date) -> dt.date:
+    """明日, or a date as items take it; one without a year is the next one to come: read from half
+    a year ahead, the nearest such date lies between yesterday and a year from now."""
+    days = _DAY_WORDS.get(written.strip().lower())
+    if days is not None:
+        return today + dt.timedelta(days=days)
+    return dates.parse_date(written, today=today + dt.timedelta(days=182))
+
+
+def _hour(match: re.Match[str], text: str) -> int:
+    """The hour on the 24-hour clock; 午後3時 is 15. 午前12時 means midnight to some and noon to
+    others, so 12 is refused with 午前 or 午後 rather than guessed."""
+    hour = int(match["h"])
+    if match["half"] is None:
+        return hour
+    if hour >= 12:
+        raise InvalidInput(f"{text!r}: {match['half']} goes with an hour from 0 to 11 (for noon or midnight "
+                           "write 12:00 or 0:00)",
+                           ja=f"「{text}」: {match['half']}の時刻は0時から11時で書いてください"
+                              "（正午・深夜0時は 12:00・0:00 と書いてください）")
+    return hour + 12 if match["half"] == "午後" else hour
 
 
 def _offset(text: str | None) -> dt.tzinfo | None:
