@@ -277,22 +277,21 @@ def copy_database(source: Engine, target: Engine) -> dict[str, int]:
 def _ids_given(connection: Connection, tables: list[str]) -> dict[str, int]:
     """The highest id each table has handed out, deleted rows' included: an issue's id is never
     given twice (migration 0008), and a copy must not give it again (helper-88)."""
-    given: dict[str, int] = {}
-    for table in tables:
-        if connection.dialect.name == "postgresql":
-            sequence = connection.scalar(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": table})
-            used = connection.execute(text(f"SELECT last_value, is_called FROM {sequence}")).one() \
-                if sequence else None
-            given[table] = (used.last_value if used.is_called else used.last_value - 1) if used else 0
-        else:
-            given[table] = 0
-        highest = connection.scalar(text(f"SELECT MAX(id) FROM {table}"))
-        given[table] = max(given[table], highest or 0)
-    if connection.dialect.name == "sqlite" and connection.scalar(_SQLITE_SEQUENCE):
-        for name, seq in connection.execute(text("SELECT name, seq FROM sqlite_sequence")):
-            if name in given:
-                given[name] = max(given[name], seq or 0)
-    return given
+    return {table: max(_id_counter(connection, table),
+                       connection.scalar(text(f"SELECT MAX(id) FROM {table}")) or 0) for table in tables}
+
+
+def _id_counter(connection: Connection, table: str) -> int:
+    """The last id the table's counter gave (0: none): its PostgreSQL sequence (last_value is NULL
+    until first used), or its row in SQLite's sqlite_sequence (tables with AUTOINCREMENT only)."""
+    if connection.dialect.name == "postgresql":
+        last = text("SELECT last_value FROM pg_sequences "
+                    "WHERE format('%I.%I', schemaname, sequencename) = pg_get_serial_sequence(:t, 'id')")
+    elif connection.scalar(_SQLITE_SEQUENCE):
+        last = text("SELECT seq FROM sqlite_sequence WHERE name = :t")
+    else:
+        return 0
+    return connection.scalar(last, {"t": table}) or 0
 
 
 def _set_ids_given(connection: Connection, given: dict[str, int]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import SECRET, Mailmag
+from conftest import SECRET, SENDER_TOML, Mailmag
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
@@ -177,3 +177,23 @@ def test_init_copy_from_moves_every_row_and_links_mailed_before_keep_working(con
         assert (path.exit_code, path.stderr[:19]) == (1, "Error: cannot read "), path.output
     finally:
         target.dispose()
+
+
+def test_init_copy_from_postgresql_keeps_the_ids_its_sequences_gave(pg_url, tmp_path):
+    """The other way (helper-88): PostgreSQL's sequences, not only MAX(id), say which ids were given."""
+    def cli_on(url: str, name: str) -> Mailmag:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'[mailmag]\nbase_url = "https://news.example.jp"\n\n[database]\nurl = "{url}"\n\n'
+                        f'{SENDER_TOML}\n[smtp]\ntransport = "file"\nfile_dir = "{tmp_path / "outbox"}"\n',
+                        encoding="utf-8")
+        return Mailmag(path)
+
+    old = cli_on(pg_url, "old")
+    old.ok("init")
+    for day in (1, 15):  # automatic issues 1 and 2; 2 removed: its id is never given again
+        old.ok("schedule", "add", "--cron", f"0 9 {day} * *")
+    old.ok("schedule", "remove", "2")
+    new = cli_on(f"sqlite:///{tmp_path / 'new.db'}", "new")
+    new.ok("init", "--copy-from", pg_url)
+    assert "automatic issue 3 " in new.ok("schedule", "add", "--cron", "0 9 20 * *").stdout
+    assert [s["id"] for s in json.loads(new.ok("schedule", "list", "--json").stdout)] == [1, 3]
