@@ -127,7 +127,8 @@ def _reach(config: Config) -> list[Finding]:
 
 
 def _secret_key(config: Config) -> list[Finding]:
-    key = Services(config).secret_key  # ConfigError naming the fix when it is missing outside demo mode
+    services = Services(config)  # builds no engine: only the keys are read here
+    key = services.secret_key  # ConfigError naming the fix when it is missing outside demo mode
     if not config.secret_key:
         return [Finding("secret key", WARNING, f"{ENV_SECRET_KEY} is not set; demo mode uses a public key")]
     if len(key) < MIN_SECRET_LENGTH:
@@ -136,7 +137,7 @@ def _secret_key(config: Config) -> list[Finding]:
     if key in config.previous_secret_keys:  # helper-86: counted as a previous key, changing nothing
         return [Finding("secret key", WARNING, f"{ENV_PREVIOUS_SECRET_KEYS} holds {ENV_SECRET_KEY} itself: "
                         "the key was not changed; put the new key in MAILMAG_SECRET_KEY")]
-    previous = len(Services(config).verify_keys) - 1  # ConfigError for a short one
+    previous = len(services.verify_keys) - 1  # ConfigError for a short one
     keys = "1 previous key" if previous == 1 else f"{previous} previous keys"
     also = f"; links signed with {keys} are still read" if previous else ""
     return [Finding("secret key", OK, f"{ENV_SECRET_KEY} is set ({len(key)} characters){also}")]

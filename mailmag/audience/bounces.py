@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -352,11 +352,14 @@ def _dropped_stale_claim(session: Session, key: str, now: dt.datetime) -> bool:
     So is one stamped later than now: the run that wrote it had a clock running fast."""
     gone = session.execute(delete(BounceEvent).where(  # one statement: a _take meanwhile wins
         BounceEvent.source_key == key, BounceEvent.kind == ASKED, or_(
-            and_(BounceEvent.diagnostic.endswith(_LINK_QUEUED),
-                 or_(BounceEvent.at < now - STALE_QUEUED, BounceEvent.at > now + CLOCK_SKEW)),
-            and_(BounceEvent.diagnostic.endswith(_LINK_SENDING),
-                 or_(BounceEvent.at < now - ASK_INTERVAL, BounceEvent.at > now + CLOCK_SKEW)))))
+            and_(BounceEvent.diagnostic.endswith(_LINK_QUEUED), _stale(now, STALE_QUEUED)),
+            and_(BounceEvent.diagnostic.endswith(_LINK_SENDING), _stale(now, ASK_INTERVAL)))))
     return db.rowcount(gone) > 0
+
+
+def _stale(now: dt.datetime, age: dt.timedelta) -> ColumnElement[bool]:
+    """A record older than `age`, or stamped by a clock that ran fast (later than now allows)."""
+    return or_(BounceEvent.at < now - age, BounceEvent.at > now + CLOCK_SKEW)
 
 
 

@@ -76,18 +76,22 @@ class ImportReport:
     # rows whose language or topics were not applied: the subscriber chose their own
     kept_choices: list[tuple[int, Sentence]] = dataclasses.field(default_factory=list)
 
+    @property
+    def skipped(self) -> list[tuple[int, Sentence]]:
+        """Every row that made no reader, in file order: the summary counts them as suppressed."""
+        return sorted(self.suppressed + self.left_out, key=lambda pair: pair[0])
+
     def summary(self) -> str:
         kept = f", kept {len(self.kept_choices)} own choices" if self.kept_choices else ""
         return (
             f"added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
-            f"invalid {len(self.invalid)}, suppressed {len(self.suppressed) + len(self.left_out)}{kept}"
+            f"invalid {len(self.invalid)}, suppressed {len(self.skipped)}{kept}"
         )
 
     def summary_ja(self) -> str:
         kept = f"、本人の選択を残した読者 {len(self.kept_choices)}" if self.kept_choices else ""
-        left = len(self.suppressed) + len(self.left_out)
         return (f"追加 {self.added}、更新 {self.updated}、変更なし {self.unchanged}、"
-                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {left}{kept}")
+                f"取り込めない行 {len(self.invalid)}、送信しないアドレス {len(self.skipped)}{kept}")
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -340,9 +344,7 @@ def _land_opted_out(
     )
     if outcome == "suppressed":
         status = subscriber.status if subscriber else "erased"
-        report.suppressed.append((row.line, Sentence(f"{row.address.email} is {status}; left as it is",
-                                                   f"{row.address.email} は{STATUS_JA.get(status, status)}"
-                                                   "のため、そのままにしました")))
+        report.suppressed.append((row.line, _left_as_it_is(row.address.email, status)))
     else:
         setattr(report, outcome, getattr(report, outcome) + 1)
 
@@ -355,9 +357,9 @@ def _land_not_reader(session: Session, row: Row, stored: Any, suppressed: set[st
     subscriber is left as the list has it: which word is newer, the file cannot say."""
     status, email = row.status, row.address.email
     if stored is not None and stored["status"] == status:
-        said = (f"{email} is {status}; left as it is",
-                f"{email} は{STATUS_JA[status]}のため、そのままにしました")
-    elif stored is not None:
+        report.left_out.append((row.line, _left_as_it_is(email, status)))
+        return
+    if stored is not None:
         said = (f"{email} is {status} in the file and {stored['status']} in the list; left as it is",
                 f"{email} はファイルでは{STATUS_JA[status]}、名簿では{STATUS_JA[stored['status']]}"
                 "のため、名簿のままにしました")
@@ -371,6 +373,11 @@ def _land_not_reader(session: Session, row: Row, stored: Any, suppressed: set[st
         said = (f"{email} is {status} in the file: kept as an address nothing is sent to",
                 f"{email} はファイルで{STATUS_JA[status]}のため、送信しないアドレスとして扱います")
     report.left_out.append((row.line, Sentence(*said)))
+
+
+def _left_as_it_is(email: str, status: str) -> Sentence:
+    return Sentence(f"{email} is {status}; left as it is",
+                    f"{email} は{STATUS_JA.get(status, status)}のため、そのままにしました")
 
 
 def _flush(
