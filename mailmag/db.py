@@ -199,6 +199,13 @@ def _newer_than_us(revision: str) -> DatabaseError | None:
                          "a later one; nothing was changed")
 
 
+def _unstamped(engine: Engine) -> DatabaseError:
+    """mailmag's tables without a migration stamp (none, or an empty alembic_version: helper-86
+    saw "table … already exists" from init and "run init" from every other command)."""
+    return DatabaseError(f"the database {engine.url!r} holds mailmag tables but no migration stamp, so "
+                         "which schema they have is unknown; restore a backup or use an empty database")
+
+
 def init_db(engine: Engine) -> str:
     """Create or upgrade the schema; idempotent. Returns what was done, for the CLI to say."""
     with pg_answers.answer_within(math.inf):  # a migration may rewrite a large table for minutes
@@ -211,17 +218,14 @@ def _init_db(engine: Engine) -> str:
     except DBAPIError as exc:  # not only "unable to open": a damaged file is "not a database"
         raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
     cfg = alembic_config(engine)
-    if "alembic_version" not in tables:
+    before = current_revision(engine) if "alembic_version" in tables else None
+    if before is None:
         if tables & set(Base.metadata.tables):
-            raise DatabaseError(
-                f"the database {engine.url!r} holds mailmag tables but no migration stamp; "
-                "restore a backup or use an empty database"
-            )
+            raise _unstamped(engine)
         Base.metadata.create_all(engine)
         command.stamp(cfg, "head")
         return "created"
-    before = current_revision(engine)
-    if before is not None and (newer := _newer_than_us(before)) is not None:
+    if (newer := _newer_than_us(before)) is not None:
         raise newer
     command.upgrade(cfg, "head")
     return "upgraded" if current_revision(engine) != before else "up to date"
@@ -329,6 +333,8 @@ def check_schema(engine: Engine) -> None:
     except DBAPIError as exc:  # a damaged SQLite file is "not a database" (helper-86: a traceback)
         raise DatabaseError(f"cannot open the database {engine.url!r}: {exc.orig}") from exc
     if revision is None:
+        if set(inspect(engine).get_table_names()) & set(Base.metadata.tables):
+            raise _unstamped(engine)
         raise DatabaseError("the database is not initialised: run `mailmag init`")
     if revision != head_revision():
         raise _newer_than_us(revision) or DatabaseError(

@@ -197,3 +197,24 @@ def test_init_copy_from_postgresql_keeps_the_ids_its_sequences_gave(pg_url, tmp_
     new.ok("init", "--copy-from", pg_url)
     assert "automatic issue 3 " in new.ok("schedule", "add", "--cron", "0 9 20 * *").stdout
     assert [s["id"] for s in json.loads(new.ok("schedule", "list", "--json").stdout)] == [1, 3]
+
+
+def test_mailmag_tables_with_an_empty_stamp_are_named_by_init_and_every_command(mailmag, db_url):
+    """helper-86: an emptied alembic_version made init say "the database is locked or unavailable
+    (table … already exists)" and every other command "run `mailmag init`": a loop. Both now say
+    what is wrong, and the rows stay."""
+    from sqlalchemy import text
+
+    mailmag.ok("subscribers", "add", "taro@example.jp")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM alembic_version"))
+        for command_ in (("init",), ("subscribers", "list")):
+            result = mailmag(*command_)
+            assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+            assert "holds mailmag tables but no migration stamp" in result.stderr
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT email FROM subscribers")) == "taro@example.jp"
+    finally:
+        engine.dispose()
