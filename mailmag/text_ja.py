@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
-import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -156,36 +155,67 @@ _LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<!
                          "|[^\\s：:、。]{1,6}\u3000+(?=\\S)"
                          "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
+# A wrapped line is within this share of the paragraph's widest (and at least 4 columns): a PDF
+# indents a list by a character or two, and kinsoku moves a character to the next line.
+_WRAP_BAND = 0.9
+# An English sentence's end (helper-89: "…the website below.\n詳細は…" ran together) and a URL
+# that ends a line: the line that follows is a line of its own when it is Japanese.
+_ENGLISH_END = re.compile("[A-Za-z][.!?][\"')\\]]*$|https?://\\S+$")
+_HIRAGANA = re.compile("[ぁ-ゖ]")
 
 
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
     """For each break between the lines of a paragraph, whether the writer meant it (a line of
-    its own) rather than a program's wrap: after a sentence's end (。), before a list mark or a
-    label (日時：), after a labelled or listed line narrower than a wrap; and, next to Japanese,
-    in a paragraph of short lines only (an address, a name and title). A short line among long
-    ones is not enough: a PDF's first line is often short. Between English words a break stays
+    its own) rather than a program's wrap. A wrap fills its line, so the paragraph's widest lines
+    show the width it was wrapped at, when two of them reach it; two narrower lines in a row, past
+    the first (a copy often starts mid-line), end where their writer ended them.
+
+    Meant: after a sentence's end (。, or an English one before Japanese) or a URL; before a
+    list mark, a label (日時：) or an indented line (字下げ, a line aligned under a label); after a
+    listed or labelled line, unless it is as wide as the width the paragraph shows, or wide and
+    cut before the rest of its word (会員企業|は); and, next to Japanese, in a
+    paragraph of short lines (an address, a name and title). Between English words a break stays
     Markdown's, a space."""
-    widest = max((display_width(line.strip()) for line in lines), default=0)
-    return [_meant(before.strip(), after.strip(), widest) for before, after in itertools.pairwise(lines)]
+    stripped = [line.strip() for line in lines]
+    widest = max((display_width(line) for line in stripped), default=0)
+    shown_width = sum(_wrapped(line, widest) for line in stripped[:-1]) >= 2
+    return [_meant(stripped[i], stripped[i + 1], widest,
+                   first=i == 0, indented=lines[i + 1].startswith("\u3000"), shown_width=shown_width)
+            for i in range(len(lines) - 1)]
 
 
-def _meant(before: str, after: str, widest: int) -> bool:
+def _meant(before: str, after: str, widest: int, *, first: bool, indented: bool, shown_width: bool) -> bool:
     if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or _LIST_START.match(after) \
-            or _LINE_LABEL.match(after):
-        return True
-    if (_LINE_LABEL.match(before) or _LIST_START.match(before)) and not _wrapped(before, widest):
-        # 日時：12月10日 and ・展示B are lines of their own, whatever follows (helper-87: the
-        # line after a short item was joined into it); 概要：… or ・… wrapped by a PDF is not.
+            or _LINE_LABEL.match(after) or indented:
         return True
     japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))
-    return japanese and widest < _WRAPPED_WIDTH
+    if japanese and is_wide(after[0]) and _ENGLISH_END.search(before):
+        return True
+    if _LINE_LABEL.match(before) or _LIST_START.match(before):
+        # 日時：12月10日, ・展示B, 〒… 1-2-1 / くにびきメッセ are lines of their own (helper-87,
+        # -89); ・… wrapped by a PDF among lines as wide, or cut before its particle, is not.
+        wide = display_width(before) >= _WRAPPED_WIDTH
+        return not ((shown_width and _wrapped(before, widest)) or (wide and _goes_on(before, after)))
+    if not japanese:
+        return False
+    if widest < _WRAPPED_WIDTH:
+        return True
+    # two short lines in a row, past the first: a wrap fills its line, so they are an address's
+    # or a name's lines among wider ones (helper-89)
+    return not first and not _wrapped(before, widest) and not _wrapped(after, widest) and is_wide(after[0])
 
 
 def _wrapped(line: str, widest: int) -> bool:
     """A line as wide as the paragraph's widest, and wide enough to have been wrapped (a PDF's
-    justified lines differ by a character or two)."""
+    justified lines differ by a character or two, more where a list is indented)."""
     width = display_width(line)
-    return width >= _WRAPPED_WIDTH and width >= widest - 4
+    return width >= _WRAPPED_WIDTH and width >= min(widest - 4, widest * _WRAP_BAND)
+
+
+def _goes_on(before: str, after: str) -> bool:
+    """Whether the next line carries on the last word: it starts with hiragana (a particle, an
+    inflection: 会員企業|は, 開催してい|る) after kanji or kana."""
+    return bool(_HIRAGANA.match(after)) and is_wide(before[-1]) and before[-1] not in _CLOSING
 
 
 def joins_tight(before: str, after: str) -> bool:

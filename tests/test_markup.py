@@ -114,6 +114,52 @@ def test_the_line_after_a_short_item_stays_a_line_of_its_own_in_both_editions():
     assert "送\n付" not in text
 
 
+@pytest.mark.parametrize(("source", "lines"), [
+    # a short block opening with a mark, its first line the widest: nothing shows a wrap width
+    ("〒690-0826 島根県松江市学園南1-2-1\nくにびきメッセ",
+     ["〒690-0826 島根県松江市学園南1-2-1", "くにびきメッセ"]),
+    ("（1）開会挨拶\u3000中国経済連合会 会長\n山田 太郎",
+     ["（1）開会挨拶\u3000中国経済連合会 会長", "山田 太郎"]),
+    ("【講演1】「地域イノベーションの現在」\n広島大学 教授 山田太郎 氏\n【講演2】「産学連携の実践」\n"
+     "島根大学 准教授 佐藤花子 氏",
+     ["【講演1】「地域イノベーションの現在」", "広島大学 教授 山田太郎 氏", "【講演2】「産学連携の実践」",
+      "島根大学 准教授 佐藤花子 氏"]),
+    # short lines in a row under a wide one: an address's
+    ("〒730-0011 広島県広島市中区基町10-52\n広島県商工労働局\nイノベーション推進チーム\n担当：山田",
+     ["〒730-0011 広島県広島市中区基町10-52", "広島県商工労働局", "イノベーション推進チーム", "担当：山田"]),
+    # a list indented by the PDF, its lines narrower than the body's: still wraps, joined
+    ("本会議では、参加機関の皆様から提出いただいた提案をもとに、次\n年度の重点テーマについて検討を行いました。"
+     "主な意見は次のとお\nりです。\n・地域企業の技術ニーズを把握するための調査を継続し、大\n"
+     "学の研究シーズとのマッチングを強化すべきである。",
+     ["本会議では、参加機関の皆様から提出いただいた提案をもとに、次年度の重点テーマについて検討を行いました。"
+      "主な意見は次のとおりです。",
+      "・地域企業の技術ニーズを把握するための調査を継続し、大学の研究シーズとのマッチングを強化すべきである。"]),
+    # an item cut before its particle is a wrap, however wide the paragraph's other lines
+    ("出展の申込みは、所定の申込書に必要事項をご記入の上、事務局まで提出してください。\n"
+     "・出展料：1小間につき30,000円（税込）。ただし、会員企業\nは20,000円となります。",
+     ["出展の申込みは、所定の申込書に必要事項をご記入の上、事務局まで提出してください。",
+      "・出展料：1小間につき30,000円（税込）。ただし、会員企業は20,000円となります。"]),
+    # an indented line is the writer's: aligned under a label, or a hanging indent
+    ("場所：くにびきメッセ（島根県立産業交流会館）\n\u3000\u3000\u3000島根県松江市学園南1-2-1",
+     ["場所：くにびきメッセ（島根県立産業交流会館）", "\u3000\u3000\u3000島根県松江市学園南1-2-1"]),
+    # an English sentence's end, or a URL, then Japanese
+    ("Please register at the website below.\n詳細はWebサイトをご覧ください。",
+     ["Please register at the website below.", "詳細はWebサイトをご覧ください。"]),
+    ("申込みは以下のURLからお願いします。\nhttps://example.jp/events/symposium-2027/registration?lang=ja\n"
+     "締切は８月３１日です。",
+     ["申込みは以下のURLからお願いします。", "https://example.jp/events/symposium-2027/registration?lang=ja",
+      "締切は８月３１日です。"]),
+])
+def test_lines_of_their_own_and_wraps_come_out_as_a_reader_expects(source, lines):
+    """helper-89: short blocks opening with 〒, （1）, 【…】 or ▼ ran together when their marked line
+    was the widest; an address's lines under a wide one too; a PDF list indented by a character
+    was cut mid-word (大 / 学); an aligned continuation's 全角 spaces landed mid-sentence; a line
+    after an English sentence or a URL was joined to it. Both editions."""
+    assert markdown_to_text(source).split("\n") == lines
+    html = to_html(source)
+    assert html.count("<br>") == len(lines) - 1, html
+
+
 def test_the_reference_articles_headings_stay_above_their_paragraphs(reference_text):
     """The same rule on the council's real article: （1）… and ＜報告・情報提供＞ head the paragraph
     under them, and ran into its first sentence."""
@@ -224,7 +270,8 @@ def test_a_wrapped_line_that_starts_like_a_label_stays_joined():
                     "本会議における主な論点\nは次のとおり : 第一に、産学連携の推進体制の強化が挙げられます。",
                     "…担当者まで電子メール\nEmail info@example.jp にてお申し込みください。締切は一日です",
                     "…スマートフォンやタブレット、\n携帯 (ガラケー) を対象とした調査を実施しました。結果は"):
-        source = f"{first}\n{wrapped}"
+        # (the wrapped line as wide as a wrap: two short lines in a row are a writer's, helper-89)
+        source = f"{first}\n{first}{wrapped.lstrip('…')}"
         assert "<br>" not in to_html(source), wrapped
         assert len(markdown_to_text(source).splitlines()) == 1, wrapped
     assert to_html("お問い合わせ先\nFAX (082) 000-0001").count("<br>") == 1
