@@ -160,6 +160,22 @@ def test_lines_of_their_own_and_wraps_come_out_as_a_reader_expects(source, lines
     assert html.count("<br>") == len(lines) - 1, html
 
 
+def test_a_written_out_url_is_a_link_in_the_html_edition_without_the_japanese_around_it():
+    """helper-89: a URL in an item's body was no link in the HTML edition; a mail program that
+    links it itself may take 「をご覧ください。」 into it."""
+    html = to_html("詳細はhttps://example.jp/sympo?a=1&b=2をご覧ください。\n\n"
+                   "（https://example.jp/x）と (see https://example.jp/y). `https://example.jp/code`\n\n"
+                   "[案内](https://example.jp/z) <a href=\"https://example.jp/w\">https://example.jp/w</a>")
+    assert ('詳細は<a href="https://example.jp/sympo?a=1&amp;b=2" rel="noopener noreferrer">'
+            "https://example.jp/sympo?a=1&amp;b=2</a>をご覧ください。") in html
+    assert '（<a href="https://example.jp/x" rel="noopener noreferrer">https://example.jp/x</a>）' in html
+    assert '(see <a href="https://example.jp/y" rel="noopener noreferrer">https://example.jp/y</a>).' in html
+    assert "<code>https://example.jp/code</code>" in html  # code is shown as written
+    assert html.count("<a ") == 5 and "<a href=\"https://example.jp/z\"" in html  # no link inside a link
+    assert markdown_to_text("詳細はhttps://example.jp/sympoをご覧ください。") == \
+        "詳細はhttps://example.jp/sympoをご覧ください。"
+
+
 def test_the_reference_articles_headings_stay_above_their_paragraphs(reference_text):
     """The same rule on the council's real article: （1）… and ＜報告・情報提供＞ head the paragraph
     under them, and ran into its first sentence."""

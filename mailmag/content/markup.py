@@ -135,7 +135,52 @@ def _tokens(markdown: str) -> list[Token]:
             token.tag = _HEADING_LEVEL[token.tag]
         elif token.type == "inline" and token.children:
             _line_breaks(token)
+            token.children = _bare_urls(token.children)
     return tokens
+
+
+# A URL written out in the text: ASCII only, so that the Japanese around it (詳細はhttps://…を
+# ご覧ください) stays out of it, and without the punctuation that ends its sentence.
+_BARE_URL = re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
+_A_TAG = re.compile(r"<(/?)a\b", re.IGNORECASE)  # a link pasted as HTML
+
+
+def _bare_urls(children: list[Token]) -> list[Token]:
+    """A written-out URL becomes a link in the HTML edition (helper-89: a mail program that links
+    it itself may take the Japanese after it into the link). Not inside a link or code."""
+    out: list[Token] = []
+    depth = 0
+    for child in children:
+        depth += {"link_open": 1, "link_close": -1}.get(child.type, 0)
+        if child.type == "html_inline" and (tag := _A_TAG.match(child.content)):
+            depth += -1 if tag.group(1) else 1
+        if child.type != "text" or depth or not _BARE_URL.search(child.content):
+            out.append(child)
+            continue
+        at = 0
+        for match in _BARE_URL.finditer(child.content):
+            url = _balanced(match.group())
+            out.append(_text(child.content[at:match.start()]))
+            opening = Token("link_open", "a", 1)
+            opening.attrs = {"href": url}
+            out.extend([opening, _text(url), Token("link_close", "a", -1)])
+            at = match.start() + len(url)
+        out.append(_text(child.content[at:]))
+    return [token for token in out if token.type != "text" or token.content]
+
+
+def _balanced(url: str) -> str:
+    """Without the punctuation that ends its sentence, nor a closing bracket that closes the text
+    around it: (see https://example.jp/a).'"""
+    while url[-1] in ".,;:!?'" or (url[-1] in ")]" and url.count(url[-1]) > url.count("([" [url[-1] == "]"])):
+        url = url[:-1]
+    return url
+
+
+def _text(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
 
 
 def sanitize(fragment: str) -> str:
