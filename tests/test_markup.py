@@ -176,6 +176,15 @@ def test_a_written_out_url_is_a_link_in_the_html_edition_without_the_japanese_ar
         "詳細はhttps://example.jp/sympoをご覧ください。"
 
 
+def test_an_indented_list_keeps_the_indent_of_its_first_line_too():
+    """helper-89: Markdown strips a paragraph's leading 全角 spaces on its first line only, so an
+    indented list came out uneven in both editions (and a 字下げ stayed on later lines only)."""
+    source = "\u3000・出展料：1小間30,000円\n\u3000・申込締切：8月31日\n\u3000※会員企業は20,000円"
+    assert markdown_to_text(source).split("\n") == source.split("\n")
+    assert to_html(source).startswith("<p>\u3000・出展料：1小間30,000円<br>\n\u3000・申込締切")
+    assert markdown_to_text("> \u3000引用\n\n- 項目") == "> 引用\n\n・項目"  # a quote's and a list's own
+
+
 def test_the_reference_articles_headings_stay_above_their_paragraphs(reference_text):
     """The same rule on the council's real article: （1）… and ＜報告・情報提供＞ head the paragraph
     under them, and ran into its first sentence."""

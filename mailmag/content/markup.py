@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -128,8 +129,24 @@ _MARKUP = frozenset({"strong_open", "strong_close", "em_open", "em_close", "s_op
                      "link_open", "link_close"})
 
 
+def keep_first_indent(tokens: list[Token], markdown: str) -> list[Token]:
+    """Give a paragraph back the 全角 spaces its first line starts with: Markdown strips them
+    there, and only there, so an indented list (　・… / 　・…) lost the first line's indent and
+    a 字下げ stayed on a paragraph's later lines only (helper-89). Both editions call this."""
+    lines = markdown.split("\n")
+    for opening, inline in itertools.pairwise(tokens):
+        if opening.type != "paragraph_open" or not inline.map or not inline.children:
+            continue
+        written = lines[inline.map[0]].lstrip(" ")  # (up to three spaces: a quote's > or a list's - is not)
+        indent = written[: len(written) - len(written.lstrip("\u3000"))]
+        first = inline.children[0]
+        if indent and written.strip() and first.type == "text" and not first.content.startswith("\u3000"):
+            first.content = indent + first.content
+    return tokens
+
+
 def _tokens(markdown: str) -> list[Token]:
-    tokens = _markdown().parse(markdown)
+    tokens = keep_first_indent(_markdown().parse(markdown), markdown)
     for token in tokens:
         if token.type in ("heading_open", "heading_close"):
             token.tag = _HEADING_LEVEL[token.tag]

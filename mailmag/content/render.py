@@ -329,7 +329,7 @@ _HIDDEN_OPEN = re.compile(r"<(script|style)\b", re.IGNORECASE)
 def markdown_to_text(source: str | None) -> str:
     """An item's Markdown body as plain text: paragraphs, ・ bullets, links as 'text (URL)'."""
     writer = _TextWriter()
-    for token in _markdown().parse(source or ""):
+    for token in markup.keep_first_indent(_markdown().parse(source or ""), source or ""):
         writer.feed(token)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(writer.lines)).strip("\n")
 
