@@ -130,3 +130,19 @@ def test_a_previous_key_that_is_the_current_one_is_named_and_counted_once(config
     twice = load_config(config_file, env={"MAILMAG_SECRET_KEY": NEW,
                                           "MAILMAG_PREVIOUS_SECRET_KEYS": f"{SECRET},{SECRET} {NEW}"})
     assert Services(twice).verify_keys == (NEW, SECRET)
+
+
+def test_run_refuses_a_short_previous_key_before_it_starts(mailmag, config_file):
+    """helper-87: `run` started with a short key in MAILMAG_PREVIOUS_SECRET_KEYS, which serve,
+    doctor and `bounces process` refuse: the mistake surfaced only when one of them started."""
+    import os
+    import subprocess
+
+    from clocked import mailmag_command
+
+    env = {**os.environ, "MAILMAG_SECRET_KEY": SECRET, "MAILMAG_PREVIOUS_SECRET_KEYS": "short"}
+    done = subprocess.run(mailmag_command("--config", str(config_file), "run"), env=env, timeout=60,
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("Error: a key in MAILMAG_PREVIOUS_SECRET_KEYS has only 5 characters: "
+                                        "a link signed with it could be forged; drop it")

@@ -277,7 +277,9 @@ class Node:
         global _node
         check_settings(self.services.config)
         if self.worker_enabled:
-            self.services.secret_key  # noqa: B018 - no key, no links: fail before starting
+            # No key, no links: fail before starting. A short previous key too, as serve, doctor and
+            # `bounces process` refuse it (helper-87: run started, and the error came days later).
+            self.services.verify_keys  # noqa: B018
         if self.worker_enabled and self.processes > 1:
             senders = self._start_processes()
             worker = threading.Thread(target=self._watch, args=(senders,), name="worker")
