@@ -339,7 +339,7 @@ class JobRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(String(191), index=True)
     scheduled_for: Mapped[dt.datetime]
-    outcome: Mapped[str] = mapped_column(String(16))  # sent | skipped | missed | failed
+    outcome: Mapped[str] = mapped_column(String(16))  # sent | skipped | held | missed | failed
     detail: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("job_id", "scheduled_for"),)

@@ -454,6 +454,21 @@ def test_a_timed_send_past_its_time_says_run_seems_stopped_on_the_issue_and_the_
         assert session.scalar(select(Issue.status)) == "scheduled"
 
 
+def test_automatic_moments_not_sent_this_week_are_named_on_the_dashboard(mail_console):
+    """helper-90: after `run` came back, the dashboard showed only the last moment (sent); the
+    ones missed while it was down were in the log alone."""
+    services = mail_console.services
+    client, _token, _ids = _sender_with_readers(mail_console, ["記事"], 1)
+    with services.session() as session:
+        added = jobs.add_auto(session, "0 9 * * *", "毎朝", services.config)
+        added.created_at = utcnow() - dt.timedelta(days=3)
+    assert "この1週間に送信されなかった回" not in client.get("/admin/").text
+    jobs.fire_due_autos(services, utcnow())
+    assert "この1週間に送信されなかった回: " in client.get("/admin/").text
+    assert "この1週間に送信されなかった回: " in client.get("/admin/schedules/").text
+    assert "Moments not sent in the last 7 days: " in client.get("/admin/?lang=en").text
+
+
 def test_an_item_in_a_draft_or_already_published_is_not_composed_again(mail_console, smtp_server):
     """The form offers only items in no issue; a second tab, a resent form or a crafted POST put
     one item into two issues, and each sent it."""

@@ -342,6 +342,47 @@ def test_an_automatic_issue_is_composed_from_the_approved_items_and_sent(service
     assert issue_count(services) == 1
 
 
+def test_an_automatic_issue_gmail_would_clip_is_kept_as_a_draft_for_a_person(services):
+    """helper-90: an automatic issue of 114 KB went to 308 readers; Gmail clips HTML over 102 KB,
+    and the footer's unsubscribe link with it. It is now composed and held as a draft."""
+    compose = dataclasses.replace(services.config.compose, html_size_limit_kb=1)
+    small = services.config.replace(compose=compose)
+    clipping = Services(small)
+    clipping.__dict__["engine"] = services.engine
+    add_subscribers(services, 2)
+    approve_news(services, 2)
+    add_auto(services, "0 9 1,15 * *", jst(2026, 11, 20, 8, 0))
+    (fired,) = jobs.fire_due_autos(clipping, jst(2026, 12, 1, 9, 0, 5))
+    assert fired.outcome == "held"
+    assert fired.detail.startswith(
+        "issue 1 composed from 2 items and kept as a draft, not sent: the ja HTML is ")
+    assert "over 1 KB: Gmail clips it" in fired.detail and fired.detail.endswith("`mailmag issues send 1`")
+    assert state(services, 1)[:2] == ("draft", 0)  # no delivery queued
+    # the next moment composes nothing again: the items wait in the draft
+    (later,) = jobs.fire_due_autos(clipping, jst(2026, 12, 15, 9, 0, 5))
+    assert later.outcome == "skipped" and issue_count(services) == 1
+
+
+def test_a_missed_moment_stays_listed_after_a_later_one_is_sent(services):
+    """helper-90: `run` was down at 08:00 and sent 08:02: `schedule list` and the console showed
+    only "last sent 08:02"; the miss was in the log alone. Moments of the last week that were
+    missed, failed or held are listed beside the last one."""
+    add_subscribers(services, 1)
+    approve_news(services, 1)
+    add_auto(services, "0 9 * * *", jst(2026, 11, 21, 8, 0))
+    (missed,) = jobs.fire_due_autos(services, jst(2026, 11, 21, 11, 0))  # run down past grace
+    approve_news(services, 1)
+    (sent,) = jobs.fire_due_autos(services, jst(2026, 11, 22, 9, 0, 5))
+    assert (missed.outcome, sent.outcome) == ("missed", "sent")
+    with services.session() as session:
+        (info,) = jobs.list_auto(session, services.config, jst(2026, 11, 22, 9, 1))
+        assert info.last_run is not None and info.last_run.outcome == "sent"
+        troubles = [(run.outcome, run.scheduled_for) for run in info.troubles]
+        assert troubles == [("missed", jst(2026, 11, 21, 9))]
+        (a_week_on,) = jobs.list_auto(session, services.config, jst(2026, 11, 28, 9, 1))
+        assert a_week_on.troubles == []
+
+
 @pytest.mark.parametrize(("approved", "min_items"), [(0, 1), (2, 3)])
 def test_an_automatic_issue_with_too_few_approved_items_is_skipped_with_the_reason(
     services, approved, min_items
@@ -512,6 +553,26 @@ def test_schedule_add_list_remove(mailmag):
     empty = mailmag.ok("schedule", "list")
     assert (empty.stdout, empty.stderr) == (
         "", "0 automatic issues\nadd one with `mailmag schedule add --cron \"0 9 1,15 * *\"`\n")
+
+
+def test_schedule_list_names_an_earlier_moment_not_sent(mailmag, config_file):
+    from mailmag.config import load_config
+    from mailmag.models import utcnow
+
+    mailmag.ok("schedule", "add", "--cron", "0 9 * * *")
+    services = Services(load_config(config_file, env={"MAILMAG_SECRET_KEY": "x" * 40}))
+    try:
+        with services.session() as session:
+            session.get(AutoSchedule, 1).created_at = utcnow() - dt.timedelta(days=3)
+        fired = jobs.fire_due_autos(services, utcnow())  # run was down for three days
+    finally:
+        services.close()
+    assert len(fired) >= 3 and fired[0].outcome == "missed"
+    listed = mailmag.ok("schedule", "list")
+    assert "\nautomatic issue 1: " in listed.stderr and " earlier moments of the last 7 days not sent; " \
+        "latest missed " in listed.stderr
+    (document,) = json.loads(mailmag.ok("schedule", "list", "--json").stdout)
+    assert len(document["earlier_troubles"]) >= 2
 
 
 def test_schedule_mistakes_are_one_line_and_change_nothing(mailmag):

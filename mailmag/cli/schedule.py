@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from mailmag import topics
-from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, print_json
+from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, plural, print_json
 from mailmag.config import Config
 from mailmag.models import utcnow
 from mailmag.scheduling import jobs
@@ -74,6 +74,12 @@ def list_(app: AppContext, as_json: bool) -> None:
     for info in infos:
         if info.overdue is not None:
             click.echo(f"overdue: automatic issue {info.id}: {info.overdue.describe(now, config)}", err=True)
+        if info.troubles:
+            latest = info.troubles[0]
+            earlier = plural(len(info.troubles), "earlier moment")
+            click.echo(f"automatic issue {info.id}: {earlier} of the last {jobs.TROUBLE_DAYS} days not sent; "
+                       f"latest {latest.outcome} "
+                       f"{local_time(latest.scheduled_for, config)}: {latest.detail}", err=True)
     if not infos:
         click.echo('add one with `mailmag schedule add --cron "0 9 1,15 * *"`', err=True)
 
@@ -103,6 +109,9 @@ def _as_dict(info: jobs.AutoInfo, config: Config) -> dict[str, Any]:
             "at": last.at,
         },
         "overdue_since": None if info.overdue is None else info.overdue.due_at,
+        "earlier_troubles": [
+            {"scheduled_for": run.scheduled_for, "outcome": run.outcome, "detail": run.detail}
+            for run in info.troubles],
     }
 
 

@@ -50,6 +50,16 @@ class Composed:
     issue: Issue
     warnings: list[Sentence] = field(default_factory=list)
 
+    @property
+    def clipped(self) -> list[Sentence]:
+        """The warnings that an edition is over the size Gmail clips at, footer and unsubscribe
+        link with it: an automatic issue is not sent with one (helper-90)."""
+        return [warning for warning in self.warnings if isinstance(warning, Clipped)]
+
+
+class Clipped(Sentence):
+    """An edition's HTML over [compose] html_size_limit_kb."""
+
 
 @dataclass(frozen=True)
 class Cancelled:
@@ -523,7 +533,7 @@ def check(config: Config, ordered: Sequence[Item], editions: Sequence[render.Edi
     for edition in editions:
         size = len(placeholders.substitute(edition.html, sample, escape=True).encode("utf-8"))
         if size > limit * 1024:
-            warnings.append(Sentence(
+            warnings.append(Clipped(
                 f"the {edition.lang} HTML is {size / 1024:.0f} KB, over {limit} KB: Gmail clips it "
                 "(\"[Message clipped]\"); shorten the items or move some to the web",
                 f"{outbox.edition_ja(edition.lang)}の HTML が {size / 1024:.0f} KB あり、"

@@ -50,8 +50,9 @@ Jump = tuple[dt.datetime, dt.datetime]
 
 @dataclasses.dataclass(frozen=True)
 class Fired:
-    """What one firing did: outcome is sent | skipped | missed | failed, or deferred (lost a race
-    every time: not recorded, the next poll fires the moment again)."""
+    """What one firing did: outcome is sent | skipped | held (composed, kept as a draft for a
+    person) | missed | failed, or deferred (lost a race every time: not recorded, the next poll
+    fires the moment again)."""
 
     job_id: str
     scheduled_for: dt.datetime
@@ -70,6 +71,7 @@ class AutoInfo:
     last_run: JobRun | None
     topic: str | None = None
     overdue: Overdue | None = None  # a moment passed and not handled: `run` is down
+    troubles: list[JobRun] = dataclasses.field(default_factory=list)  # _troubles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,8 +304,24 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
         upcoming = trigger.next_after(cursor) if cursor >= now else next_fire_time(trigger, now)
         late = overdue(trigger.next_after(cursor), now, config)
         result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic,
-                               late))
+                               late, _troubles(session, schedule.id, last, now)))
     return result
+
+
+# How far back `schedule list` and the console look for moments that went wrong (the console
+# says "この1週間").
+TROUBLE_DAYS = 7
+
+
+def _troubles(session: Session, schedule_id: int, last: JobRun | None, now: dt.datetime) -> list[JobRun]:
+    """The moments of the last TROUBLE_DAYS that were missed, failed or held, newest first, other
+    than the last one (shown as such): a miss followed by a sent moment was seen in the log only
+    (helper-90)."""
+    query = (select(JobRun).where(JobRun.job_id == auto_job_id(schedule_id),
+                                  JobRun.outcome.in_(("missed", "failed", "held")),
+                                  JobRun.scheduled_for >= now - dt.timedelta(days=TROUBLE_DAYS))
+             .order_by(JobRun.scheduled_for.desc()))
+    return [run for run in session.scalars(query) if last is None or run.id != last.id]
 
 
 def overdue_work(session: Session, config: Config, now: dt.datetime) -> list[tuple[str, Overdue]]:
@@ -406,6 +424,10 @@ def _compose_and_send(session: Session, config: Config, topic: str | None) -> tu
         session.delete(issue)
         return "skipped", (f"no active subscriber matches {topics.describe(topic, config.topics)}: "
                            "no issue composed; the approved items wait for the next one")
+    if composed.clipped:  # the footer's unsubscribe link would be clipped off: a person decides
+        return "held", (f"issue {issue.id} composed from {len(issue.entries)} items and kept as a draft, "
+                        f"not sent: {'; '.join(map(str, composed.clipped))}; then send it with "
+                        f"`mailmag issues send {issue.id}`")
     added = issues.start_sending(session, config, issue)
     detail = (f"issue {issue.id} (第{issue.number}号) composed from {len(issue.entries)} items: "
               f"{added} recipients queued")
