@@ -185,6 +185,14 @@ def test_an_indented_list_keeps_the_indent_of_its_first_line_too():
     assert markdown_to_text("> \u3000引用\n\n- 項目") == "> 引用\n\n・項目"  # a quote's and a list's own
 
 
+def test_a_link_pasted_as_html_shows_where_it_points_in_the_plain_edition():
+    """helper-90: <a href="https://evil.example/">公式</a> from an organization showed 公式 alone in
+    text/plain (a Markdown link shows its address); the HTML edition kept the link."""
+    source = '詳細は<a href="https://evil.example/">公式</a>、<a href=\'javascript:alert(1)\'>x</a>まで。'
+    assert markdown_to_text(source) == "詳細は公式 (https://evil.example/)、xまで。"  # as the HTML keeps it
+    assert '<a href="https://evil.example/"' in to_html(source) and "javascript" not in to_html(source)
+
+
 def test_the_reference_articles_headings_stay_above_their_paragraphs(reference_text):
     """The same rule on the council's real article: （1）… and ＜報告・情報提供＞ head the paragraph
     under them, and ran into its first sentence."""

@@ -421,6 +421,10 @@ def _inline_text(children: list[Token]) -> str:
                 hidden = ""
             elif not hidden and markup.is_br(child):  # a pasted <br>: a line break, as in the HTML
                 parts.append("\n")
+            elif not hidden and (anchor := _PASTED_LINK.match(child.content)):
+                hrefs.append((_pasted_href(anchor), len(parts)))
+            elif not hidden and hrefs and child.content.lower().startswith("</a"):
+                _close_link(parts, hrefs)
         elif hidden:
             continue
         elif kind in markup.TEXT_TOKENS:
@@ -436,12 +440,27 @@ def _inline_text(children: list[Token]) -> str:
         elif kind == "link_open":
             hrefs.append((str(child.attrGet("href") or ""), len(parts)))
         elif kind == "link_close" and hrefs:
-            href, start = hrefs.pop()
-            label = "".join(parts[start:])
-            shown = href.removeprefix("mailto:")
-            if href and label.strip() not in (href, shown):
-                parts.append(f" ({shown})")
+            _close_link(parts, hrefs)
     return _soft_breaks(_AFTER_BREAK.sub("\n", "".join(parts)))  # (a browser drops spaces after a <br>)
+
+
+def _close_link(parts: list[str], hrefs: list[tuple[str, int]]) -> None:
+    """After a link's text, its address in brackets, unless the text is the address."""
+    href, start = hrefs.pop()
+    label = "".join(parts[start:])
+    shown = href.removeprefix("mailto:")
+    if href and label.strip() not in (href, shown):
+        parts.append(f" ({shown})")
+
+
+# A link pasted as HTML: <a href="…">公式</a> showed only 公式 in the plain edition, wherever it
+# pointed (helper-90). Its address is shown as a Markdown link's is, if the HTML edition keeps it.
+_PASTED_LINK = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+
+
+def _pasted_href(anchor: re.Match[str]) -> str:
+    href = html.unescape(next(group for group in anchor.groups() if group is not None)).strip()
+    return href if href.split(":", 1)[0].lower() in markup.URL_SCHEMES and ":" in href else ""
 
 
 _AFTER_BREAK = re.compile("\n +")
