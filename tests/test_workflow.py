@@ -279,6 +279,8 @@ def test_cancel_of_a_scheduled_issue_makes_it_a_draft_again(council):
     listed = council.ok("issues", "list").stdout.split("\t")
     assert listed[1:4] == ["-", "scheduled", f"{_future_date(30)} 09:00 JST"]  # the send time, no number yet
     assert council.ok("issues", "cancel", "1").stdout == "issue 1 unscheduled; it is a draft again\n"
+    # helper-90: a draft's time was read as one it was scheduled for
+    assert council.ok("issues", "list").stdout.split("\t")[3].startswith("rendered ")
     status = _status(council, 1)
     assert (status["status"], status["number"], status["scheduled_at"]) == ("draft", None, None)
 

@@ -152,10 +152,18 @@ def list_(app: AppContext, as_json: bool) -> None:
     echo_rows([[row["id"], f"第{row['number']}号" if row["number"] else "",
                 row["status"] + (f", {row['dead']} dead" if row["dead"] else "")
                 + (", OVERDUE (is `mailmag run` running?)" if row["overdue"] else ""),
-                local_time(row["sent_at"] or row["scheduled_at"] or row["rendered_at"], app.config),
+                _when_column(row, app.config),
                 plural(len(row["items"]), "item"), row["topic"] or "all", row["title"],
                 *_waiting_column(row["waiting_for_window"], app)]
                for row in rows], "issue")
+
+
+def _when_column(row: dict, config: Config) -> str:
+    """When it was sent or is to be sent; a draft's time is when it was rendered, and says so
+    (helper-90: read as a time it was scheduled for)."""
+    if row["sent_at"] or row["scheduled_at"]:
+        return local_time(row["sent_at"] or row["scheduled_at"], config)
+    return f"rendered {local_time(row['rendered_at'], config)}"
 
 
 def _waiting_column(waiting: dt.datetime | None, app: AppContext) -> list[str]:
