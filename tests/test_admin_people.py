@@ -168,6 +168,15 @@ def test_schedules_list_add_remove_and_an_editor_only_reads_them(console, consol
     assert added.status == 303
     assert sender.post("/admin/schedules/", {"csrf_token": token, "cron": "not a cron"}).status == 400
     assert "定期号" in sender.get("/admin/schedules/").text and _count(console_services, AutoSchedule) == 1
+    # helper-90: the console could not give an automatic issue a topic, as `--topic` does
+    assert '<option value="events">' in sender.get("/admin/schedules/").text
+    for topic, answer in (("nope", 400), ("events", 303)):
+        form = {"csrf_token": token, "cron": "0 9 2 * *", "topic": topic}
+        assert sender.post("/admin/schedules/", form).status == answer
+    with console_services.session() as session:
+        events = session.scalar(select(AutoSchedule).where(AutoSchedule.topic == "events"))
+        assert events is not None
+        session.delete(events)
     with console_services.session() as session:
         [auto] = jobs.list_auto(session, console_services.config, utcnow())
     assert auto.next_run is not None

@@ -59,7 +59,7 @@ def org_rotate(code: str) -> Any:
 def schedules() -> Any:
     now = utcnow()
     with state().services.read_session() as db:
-        return render_template("admin/schedules.html.j2", now=now,
+        return render_template("admin/schedules.html.j2", now=now, topics=state().topics,
                                autos=jobs.list_auto(db, state().config, now))
 
 
@@ -71,8 +71,9 @@ def schedules_add() -> Any:
         raise InvalidInput("give the times as a crontab line, e.g. 0 9 1,15 * *",
                            ja="送信する日時を crontab の行で入力してください（例：0 9 1,15 * *）")
     with state().services.session() as db:
-        added = jobs.add_auto(db, cron, request.form.get("name"), state().config)
-        act(db, "schedule.add", f"{added.id} {added.cron} {added.name}")
+        added = jobs.add_auto(db, cron, request.form.get("name"), state().config,
+                              topic=request.form.get("topic") or None)  # (checked there, as the CLI's)
+        act(db, "schedule.add", f"{added.id} {added.cron} {added.name} {added.topic or ''}".rstrip())
     return redirect(url_for(".schedules"), 303)
 
 
