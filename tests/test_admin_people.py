@@ -173,6 +173,7 @@ def test_schedules_list_add_remove_and_an_editor_only_reads_them(console, consol
     for topic, answer in (("nope", 400), ("events", 303)):
         form = {"csrf_token": token, "cron": "0 9 2 * *", "topic": topic}
         assert sender.post("/admin/schedules/", form).status == answer
+    assert "<code>0 9 2 * *</code> · イベント案内)" in sender.get("/admin/schedules/").text
     with console_services.session() as session:
         events = session.scalar(select(AutoSchedule).where(AutoSchedule.topic == "events"))
         assert events is not None
