@@ -341,8 +341,13 @@ class JobRun(Base):
     scheduled_for: Mapped[dt.datetime]
     outcome: Mapped[str] = mapped_column(String(16))  # sent | skipped | held | missed | failed
     detail: Mapped[str] = mapped_column(Text, default="")
+    detail_ja: Mapped[str] = mapped_column(Text, default="", server_default="")  # (a failure: the console)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("job_id", "scheduled_for"),)
+
+    def said(self, lang: str) -> str:
+        """The detail as a page in `lang` shows it: Japanese where it was recorded."""
+        return self.detail_ja if lang == "ja" and self.detail_ja else self.detail
 
 
 # --- web ------------------------------------------------------------------------------------

@@ -363,6 +363,30 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_i
         assert [e.action for e in audit.listing(session)].count("issue.render") == 1
 
 
+def test_why_a_timed_send_failed_is_said_in_the_pages_language(console, console_services):
+    """helper-90: an item edited after its issue was scheduled made the timed send fail, and the
+    Japanese console gave the reason in English ("item 2 … is submitted, not approved")."""
+    ids = seed_items(console_services, ["会議の報告"])
+    with console_services.session() as session:
+        items.approve(session, ids)
+    _readers(console_services, 1)
+    sender = logged_in(console.url, console_services, "sam", "sender")
+    token = csrf_of(sender.get("/admin/issues/"))
+    made = sender.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
+    issue_path = made.headers["Location"]
+    at = (utcnow() + dt.timedelta(days=2)).replace(second=0, microsecond=0)
+    local = at.astimezone(console_services.config.zone)
+    send_from_console(sender, issue_path, at=local.strftime("%Y-%m-%d %H:%M"))
+    item_page = f"/admin/items/{ids[0]}"
+    edited = post_form(sender, item_page, f"{item_page}/edit", title="差し替え", body="差し替えた本文")
+    assert edited.status == 303
+    [fired] = jobs.fire_due_sends(console_services, at + dt.timedelta(minutes=1))
+    assert fired.outcome == "failed" and "not approved" in fired.detail  # the log's and the CLI's
+    page = sender.get(issue_path).text
+    assert "承認されていません" in page and "not approved" not in page
+    assert "not approved" in sender.get(f"{issue_path}?lang=en").text
+
+
 def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_services):
     """Rendering a scheduled issue again changes what goes out at its time: a sender's decision,
     as scheduling it was (an editor could edit, approve and render it past every sender)."""

@@ -512,9 +512,10 @@ def _attempt(
         if isinstance(exc, OperationalError):
             raise
         detail = str(exc) if isinstance(exc, MailmagError) else f"{type(exc).__name__}: {exc}"
+        detail_ja = exc.text("ja") if isinstance(exc, MailmagError) and exc.ja else ""
         if not isinstance(exc, MailmagError):
             log.exception("%s for %s crashed", job_id, scheduled_for)
-        return _record_failure(services.sessions, job_id, scheduled_for, detail, on_failure)
+        return _record_failure(services.sessions, job_id, scheduled_for, (detail, detail_ja), on_failure)
     finally:
         session.close()
     return _logged(Fired(job_id, scheduled_for, run.outcome, run.detail))
@@ -544,12 +545,14 @@ def _record_failure(
     sessions: sessionmaker[Session],
     job_id: str,
     scheduled_for: dt.datetime,
-    detail: str,
+    details: tuple[str, str],
     on_failure: Callable[[Session], None] | None,
 ) -> Fired | None:
+    detail, detail_ja = details  # (English, Japanese or "")
     try:
         with sessions.begin() as session:
-            session.add(JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail=detail))
+            session.add(JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail=detail,
+                               detail_ja=detail_ja))
             session.flush()
             if on_failure is not None:
                 on_failure(session)
