@@ -18,6 +18,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import (
     Connection,
     CursorResult,
@@ -180,7 +181,12 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        try:
+            return MigrationContext.configure(conn).get_current_revision()
+        except CommandError as exc:  # more than one stamp: a traceback in every command (helper-91)
+            heads = ", ".join(MigrationContext.configure(conn).get_current_heads())
+            raise DatabaseError(f"the database {engine.url!r} holds more than one migration stamp ({heads}), "
+                                "so which schema it has is unknown; restore a backup") from exc
 
 
 def head_revision() -> str | None:

@@ -214,6 +214,12 @@ def test_mailmag_tables_with_an_empty_stamp_are_named_by_init_and_every_command(
             result = mailmag(*command_)
             assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
             assert "holds mailmag tables but no migration stamp" in result.stderr
+        with engine.begin() as connection:  # helper-91: two stamps were a traceback everywhere
+            connection.execute(text("INSERT INTO alembic_version VALUES ('0011'), ('0010')"))
+        for command_ in (("init",), ("subscribers", "list")):
+            result = mailmag(*command_)
+            assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+            assert "holds more than one migration stamp (0011, 0010)" in result.stderr
         with engine.connect() as connection:
             assert connection.scalar(text("SELECT email FROM subscribers")) == "taro@example.jp"
     finally:

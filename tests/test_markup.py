@@ -174,6 +174,9 @@ def test_a_written_out_url_is_a_link_in_the_html_edition_without_the_japanese_ar
     assert html.count("<a ") == 5 and "<a href=\"https://example.jp/z\"" in html  # no link inside a link
     assert markdown_to_text("詳細はhttps://example.jp/sympoをご覧ください。") == \
         "詳細はhttps://example.jp/sympoをご覧ください。"
+    # helper-91: a run of ')' after a URL was trimmed one count at a time (100 000: 5 s a render)
+    assert to_html("http://a" + ")" * 100_000).startswith('<p><a href="http://a" rel="noopener noreferrer">'
+                                                        "http://a</a>)))")
 
 
 def test_an_indented_list_keeps_the_indent_of_its_first_line_too():
