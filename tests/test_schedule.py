@@ -363,6 +363,28 @@ def test_an_automatic_issue_gmail_would_clip_is_kept_as_a_draft_for_a_person(ser
     assert later.outcome == "skipped" and issue_count(services) == 1
 
 
+def test_an_automatic_issues_overdue_hint_names_the_moment_run_would_still_handle(services):
+    """helper-91: with moments every 20 minutes and run down, the hint named the first one, past
+    grace ("records this as missed instead of doing it"), and run then composed and sent a later
+    one. It names the latest still within grace_seconds, and when starting run still sends."""
+    add_subscribers(services, 1)
+    approve_news(services, 1)
+    add_auto(services, "*/20 * * * *", jst(2026, 11, 20, 9, 0))
+    now = jst(2026, 11, 20, 10, 35)
+    with services.session() as session:
+        (info,) = jobs.list_auto(session, services.config, now)
+    assert info.overdue is not None and info.overdue.due_at == jst(2026, 11, 20, 10, 20)
+    said = info.overdue.describe(now, services.config)
+    assert said == ("due at 2026-11-20 10:20 JST and not done: is `mailmag run` running on this database? "
+                    "Started by 2026-11-20 11:20 JST ([schedule] grace_seconds after) it still does it "
+                    "(moments older than grace_seconds are recorded as missed)")
+    fired = jobs.fire_due_autos(services, now)  # run started now: what the hint promised
+    assert [f.outcome for f in fired] == ["missed", "sent", "skipped", "skipped"]
+    with services.session() as session:
+        (done,) = jobs.list_auto(session, services.config, now)
+    assert done.overdue is None
+
+
 def test_a_missed_moment_stays_listed_after_a_later_one_is_sent(services):
     """helper-90: `run` was down at 08:00 and sent 08:02: `schedule list` and the console showed
     only "last sent 08:02"; the miss was in the log alone. Moments of the last week that were

@@ -30,7 +30,7 @@ from mailmag.content import issues, transitions
 from mailmag.db import rowcount
 from mailmag.errors import Fix, InvalidInput, MailmagError, NotFound, StateError
 from mailmag.models import STATUS_JA, AutoSchedule, Issue, IssueItem, Item, JobRun, timed_send_job_id, utcnow
-from mailmag.scheduling.when import cron_trigger, fire_times, next_fire_time, shown
+from mailmag.scheduling.when import Crontab, cron_trigger, fire_times, next_fire_time, shown
 from mailmag.services import Services
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Overdue:
 
     due_at: dt.datetime
     last_chance: dt.datetime
+    earlier_missed: bool = False  # an automatic issue's earlier moments, past grace already
 
     def too_late(self, now: dt.datetime) -> bool:
         return now > self.last_chance
@@ -93,9 +94,10 @@ class Overdue:
         if self.too_late(now):
             return (f"{due}: `mailmag run` was not running on this database; [schedule] grace_seconds have "
                     "passed, so when it starts it records this as missed instead of doing it")
+        earlier = " (moments older than grace_seconds are recorded as missed)" if self.earlier_missed else ""
         return (f"{due}: is `mailmag run` running on this database? Started by "
                 f"{shown(self.last_chance, config.zone)} "
-                "([schedule] grace_seconds after) it still does it")
+                f"([schedule] grace_seconds after) it still does it{earlier}")
 
 
 def overdue(due_at: dt.datetime | None, now: dt.datetime, config: Config) -> Overdue | None:
@@ -104,6 +106,21 @@ def overdue(due_at: dt.datetime | None, now: dt.datetime, config: Config) -> Ove
     if due_at is None or now - due_at <= dt.timedelta(seconds=2 * settings.poll_seconds):
         return None
     return Overdue(due_at, due_at + dt.timedelta(seconds=settings.grace_seconds))
+
+
+def _auto_overdue(trigger: Crontab, cursor: dt.datetime, now: dt.datetime, config: Config) -> Overdue | None:
+    """An automatic issue's moments not handled: the latest one `run` would still compose, if one
+    lies within grace_seconds (helper-91: the hint named an older moment, past grace, as "not
+    done", and `run` then sent the next one), else the first one, missed."""
+    first = trigger.next_after(cursor)
+    grace_start = max(cursor, now - dt.timedelta(seconds=config.schedule.grace_seconds))
+    latest = None
+    for latest in fire_times(trigger, grace_start, now):  # noqa: B007 - the last one is wanted
+        pass
+    late = (overdue(latest, now, config) if latest else None) or overdue(first, now, config)
+    if late is None or first is None or first > grace_start or late.due_at == first:
+        return late
+    return dataclasses.replace(late, earlier_missed=True)
 
 
 def overdue_send(issue: Issue, now: dt.datetime, config: Config) -> Overdue | None:
@@ -302,7 +319,7 @@ def list_auto(session: Session, config: Config, now: dt.datetime) -> list[AutoIn
         # After a clock step back, a moment already handled lies ahead of `now`; it does not fire
         # again, so the next one is after it (helper-66 F1: `schedule list` showed the handled one).
         upcoming = trigger.next_after(cursor) if cursor >= now else next_fire_time(trigger, now)
-        late = overdue(trigger.next_after(cursor), now, config)
+        late = _auto_overdue(trigger, cursor, now, config)
         result.append(AutoInfo(schedule.id, schedule.name, schedule.cron, upcoming, last, schedule.topic,
                                late, _troubles(session, schedule.id, last, now)))
     return result
