@@ -154,6 +154,9 @@ _LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<!
                          "|[^\\s：:、。/ぁ-ゖ]{1,4} [：:](?!//)"
                          "|[^\\s：:、。]{1,6}\u3000+(?=\\S)"
                          "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
+# 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
+# (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
+_SPACE_LABEL = re.compile("[^\\s：:、。]{1,6}\u3000+")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
 # A wrapped line is within this share of the paragraph's widest (and at least 4 columns): a PDF
 # indents a list by a character or two, and kinsoku moves a character to the next line.
@@ -179,19 +182,28 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
     stripped = [line.strip() for line in lines]
     widest = max((display_width(line) for line in stripped), default=0)
     shown_width = sum(_wrapped(line, widest) for line in stripped[:-1]) >= 2
-    return [_meant(stripped[i], stripped[i + 1], widest,
-                   first=i == 0, indented=lines[i + 1].startswith("\u3000"), shown_width=shown_width)
+    return [_meant(stripped[i], stripped[i + 1], widest, first=i == 0, shown_width=shown_width,
+                   indent=lines[i + 1][: len(lines[i + 1]) - len(lines[i + 1].lstrip("\u3000"))])
             for i in range(len(lines) - 1)]
 
 
-def _meant(before: str, after: str, widest: int, *, first: bool, indented: bool, shown_width: bool) -> bool:
-    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or _LIST_START.match(after) \
-            or _LINE_LABEL.match(after) or indented:
+def _meant(before: str, after: str, widest: int, *, first: bool, indent: str, shown_width: bool) -> bool:
+    # As wide as the paragraph's wraps: a PDF's wrap may put （1）, 【別紙】, a name (佐藤　次郎)
+    # or the 全角 space between two words at a line's start, mid-sentence (helper-91).
+    full = shown_width and _wrapped(before, widest) and not before.endswith(("：", ":"))
+    marked = bool(_label(before, full) or _LIST_START.match(before))
+    if _label(after, full):
         return True
+    if before.rstrip(_CLOSING).endswith(_SENTENCE_END):
+        return True
+    if _LIST_START.match(after):
+        return marked or not full  # a list's items are lines of their own, however wide
+    if indent:  # 字下げ, a line aligned under a label or a list's; or a space that fell at a wrap
+        return not (full and not marked and indent == "\u3000")
     japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))
-    if japanese and is_wide(after[0]) and _ENGLISH_END.search(before):
-        return True
-    if _LINE_LABEL.match(before) or _LIST_START.match(before):
+    if japanese and is_wide(after[0]) and not _HIRAGANA.match(after) and _ENGLISH_END.search(before):
+        return True  # (…"Open Innovation." / です。 goes on)
+    if marked:
         # 日時：12月10日, ・展示B, 〒… 1-2-1 / くにびきメッセ are lines of their own (helper-87,
         # -89); ・… wrapped by a PDF among lines as wide, or cut before its particle, is not.
         wide = display_width(before) >= _WRAPPED_WIDTH
@@ -203,6 +215,12 @@ def _meant(before: str, after: str, widest: int, *, first: bool, indented: bool,
     # two short lines in a row, past the first: a wrap fills its line, so they are an address's
     # or a name's lines among wider ones (helper-89)
     return not first and not _wrapped(before, widest) and not _wrapped(after, widest) and is_wide(after[0])
+
+
+def _label(line: str, full: bool) -> re.Match[str] | None:
+    """The line's label (日時：), unless it is a word and a 全角 space in a paragraph's wrapped text."""
+    label = _LINE_LABEL.match(line)
+    return None if label and full and _SPACE_LABEL.fullmatch(label.group()) else label
 
 
 def _wrapped(line: str, widest: int) -> bool:

@@ -160,6 +160,30 @@ def test_lines_of_their_own_and_wraps_come_out_as_a_reader_expects(source, lines
     assert html.count("<br>") == len(lines) - 1, html
 
 
+@pytest.mark.parametrize("lines", [
+    # a wrap that puts 【別紙】 or （1） at a line's start, mid-sentence
+    ["本会議では、参加機関の皆様から提出いただいた提案について協議を行",
+     "いました。主な論点と今後の進め方についての検討結果については、",
+     "【別紙】の方針案が示され、参加機関の間で意見交換を行いました。次", "回は来年一月に開催する予定です。"],
+    ["本会議では、参加機関の皆様から提出いただいた提案について協議を行",
+     "いました。その際に事務局から示された資料として、次年度の計画案と",
+     "（1）から（3）の様式が挙げられました。"],
+    # names (佐藤　次郎) and the 全角 space between them, at a wrap
+    ["本会議に出席したのは、中国経済連合会の山田　太郎、広島大学の理事",
+     "佐藤　次郎、産業技術総合研究所の所長　鈴木　花子、経済産業局の局長", "　高橋　一郎の各氏です。"],
+    # a URL or an English sentence's end, then the particle that goes on with it
+    ["本会議の資料は、事務局のウェブサイト https://example.jp/",
+     "に掲載しておりますので、ご確認いただきますようお願いいたします。"],
+    ['本シンポジウムの基調講演の演題は"Open Innovation."', "です。多くの皆様のご参加をお待ちしております。"],
+])
+def test_a_pdfs_wrap_mid_sentence_is_joined_whatever_starts_the_next_line(lines):
+    """helper-91: breaks kept mid-sentence where a PDF's wrap put a list mark, a name with its
+    全角 space, or a particle after a URL or an English sentence at a line's start."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source) == "".join(lines)
+    assert "<br>" not in to_html(source)
+
+
 def test_a_written_out_url_is_a_link_in_the_html_edition_without_the_japanese_around_it():
     """helper-89: a URL in an item's body was no link in the HTML edition; a mail program that
     links it itself may take 「をご覧ください。」 into it."""
