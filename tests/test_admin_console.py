@@ -473,6 +473,7 @@ def test_a_timed_send_past_its_time_says_run_seems_stopped_on_the_issue_and_the_
         assert said in dashboard
         assert dashboard.count("の予約がまだ実行されていません") == 2  # and the automatic issue's
         assert "の予約がまだ実行されていません" in client.get("/admin/schedules/").text
+        assert "予約時刻を過ぎても送信されていません" in client.get("/admin/issues/").text  # helper-91
         assert "Started by" in client.get(f"{issue_path}?lang=en").text
     with services.session() as session:
         assert session.scalar(select(Issue.status)) == "scheduled"

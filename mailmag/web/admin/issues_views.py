@@ -30,10 +30,13 @@ def _back(issue_id: int, notice: str = "") -> Any:
 @bp.get("/")
 @needs("compose")
 def index() -> Any:
+    now, config = utcnow(), state().config
     with state().services.read_session() as db:
-        return render_template("admin/issues.html.j2", issues=issues.listing(db),
+        listed = issues.listing(db)
+        return render_template("admin/issues.html.j2", issues=listed,
                                dead=outbox.dead_by_issue(db), approved=drafts.approved_free(db),
-                               not_made=jobs.sends_not_made(db))
+                               not_made=jobs.sends_not_made(db),
+                               overdue={i.id for i in listed if jobs.overdue_send(i, now, config)})
 
 
 @bp.post("/new")
