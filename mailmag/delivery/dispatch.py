@@ -320,7 +320,9 @@ class Dispatcher:
         self.owner = owner or worker_id()
         self.progress = progress
         self.clock = clock
-        self.secret = services.secret_key
+        # (the signing key, checked with the previous keys: a short one is refused when sending
+        # starts, as serve refuses it, not days later: helper-91)
+        self.secret = services.verify_keys[0]
         self.skeletons = Skeletons(services)
         # given: one the dispatchers of several processes share (scheduling.processes)
         self.limiter = limiter or RateLimiter(config.smtp.rate_per_second, config.smtp.rate_per_hour)
@@ -1198,7 +1200,7 @@ def send_test(services: Services, transport: Transport, issue: Issue, addresses:
         for address in addresses:
             recipient = messages.Recipient(0, links.TEST_SUBSCRIBER_ID, address, "",
                                            make_message_id(config))
-            envelope_from, data = messages.personalize(skeleton, recipient, services.secret_key)
+            envelope_from, data = messages.personalize(skeleton, recipient, services.verify_keys[0])
             try:
                 results.append(TestSent(address, True, connection.send(envelope_from, address, data).reply))
             except (TemporaryFailure, PermanentFailure) as failure:
