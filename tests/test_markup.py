@@ -184,6 +184,56 @@ def test_a_pdfs_wrap_mid_sentence_is_joined_whatever_starts_the_next_line(lines)
     assert "<br>" not in to_html(source)
 
 
+@pytest.mark.parametrize("lines", [
+    # lists of full-width items: a 全角 space after ア, 一, 第１; ①; （ア）; after an intro line without 。
+    ["本日の企画会議では、次の事項について協議を行いました。主な議題は以下のとおり",
+     "ア　地域イノベーション創出に向けた産学官連携の推進体制の強化について",
+     "イ　中国地域における研究開発拠点の整備と人材育成プログラムの展開について",
+     "ウ　次年度の重点テーマと予算配分に関する検討及び意見交換の実施について"],
+    ["一　地域イノベーション創出に向けた産学官連携の推進体制の強化について",
+     "二　中国地域における研究開発拠点の整備と人材育成プログラムの展開について",
+     "三　次年度の重点テーマと予算配分に関する検討及び意見交換の実施について"],
+    ["①地域イノベーション創出に向けた産学官連携の推進体制の強化について",
+     "②中国地域における研究開発拠点の整備と人材育成プログラムの展開", "③次年度の重点テーマ"],
+    ["（ア）地域イノベーション創出に向けた産学官連携の推進体制の強化について",
+     "（イ）中国地域における研究開発拠点の整備と人材育成プログラムの展開", "（ウ）次年度の重点テーマ"],
+    ["本会議では以下の事項について協議を行い、いずれも原案のとおり承認されました",
+     "・令和8年度事業計画案及び中国地域産学官連携推進ビジョンの改定について",
+     "・令和8年度収支予算案及び会費の改定に関する事務局案の取扱いについて",
+     "・次期シンポジウムの開催地及び開催時期並びに重点テーマの選定について"],
+    # labels with a 全角 space for the colon, after intro lines without 。
+    ["中国地域産学官コラボレーション会議の第３回企画会議を下記のとおり開催します",
+     "なお、今回は会場とオンラインを併用したハイブリッド形式での開催となります",
+     "日時　令和8年12月10日（木）14:00～16:00", "場所　中国経済連合会 会議室"],
+    # a URL, then a sentence that begins in hiragana
+    ["本シンポジウムの申込フォームは次のURLです https://example.jp/events/symposium-2027",
+     "なお、定員に達し次第締め切りますので、お早めにお申し込みください。"],
+])
+def test_lists_and_labels_after_a_wide_line_stay_lines_of_their_own(lines):
+    """helper-92: 0cd061c read ア　/ イ　/ ウ　 items and 日時　 labels after a wide line as names
+    and ran them together; ①, Ⅰ． and （ア） were no list marks; a list's first ・ item and a
+    なお、 sentence after a URL were joined to the line before."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source).split("\n") == lines
+    assert to_html(source).count("<br>") == len(lines) - 1
+
+
+def test_a_long_url_line_does_not_set_the_width_the_wraps_below_it_are_read_at():
+    """helper-92: a line holding a long URL was the widest, so the PDF's wraps under it looked
+    short and were kept (取り / 組んできた)."""
+    source = ("プログラムの詳細は https://www.example.jp/events/2027/symposium/program-detail.html "
+              "をご覧ください。\n"
+              "本シンポジウムでは、中国地域の大学、高等専門学校、公設試験研究機関が連携して取り\n"
+              "組んできた共同研究の成果を紹介するとともに、企業の皆さまとの意見交換の場を設けま\n"
+              "す。多くの皆さまのご参加をお待ちしております。")
+    text = markdown_to_text(source)
+    assert text.split("\n")[1] == (
+        "本シンポジウムでは、中国地域の大学、高等専門学校、公設試験研究機関が連携して取り組んできた"
+        "共同研究の成果を紹介するとともに、企業の皆さまとの意見交換の場を設けます。"
+        "多くの皆さまのご参加をお待ちしております。")
+    assert to_html(source).count("<br>") == 1
+
+
 def test_a_written_out_url_is_a_link_in_the_html_edition_without_the_japanese_around_it():
     """helper-89: a URL in an item's body was no link in the HTML edition; a mail program that
     links it itself may take 「をご覧ください。」 into it."""
