@@ -96,7 +96,7 @@ def _configuration(config: Config) -> Finding:
 
 def _sender(config: Config) -> list[Finding]:
     domain = addresses.sender_domain(config)
-    addresses.bounce_address(config)
+    addresses.check_sender_addresses(config)
     messages.reply_to(config)
     render.check_sender(config)
     render.check_real_sender(config)

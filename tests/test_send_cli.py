@@ -305,3 +305,18 @@ def test_issues_status_says_which_failures_kept_their_readers(composed, smtp_ser
                                                                       ("c@example.jp", "failed")]
     assert "c@example.jp" in composed.ok("subscribers", "list", "--status", "active").stdout
     assert "a@example.jp" in composed.ok("subscribers", "list", "--status", "bounced").stdout
+
+
+def test_a_sender_address_no_message_could_go_from_is_refused_at_compose(composed, config_file):
+    """helper-92: with from = news@council.test (a reserved domain) an issue was composed, and
+    every message then failed, "unsubscribe_mailto 'unsubscribe@council.test' is not a plain ASCII
+    e-mail address"."""
+    config_file.write_text(config_file.read_text().replace("magazine@example.jp", "news@council.test"))
+    item = ("items", "submit", "--org", "cef", "--kind", "news", "--title", "お知らせ", "--body", "本文。")
+    composed.ok(*item)
+    refused = composed("issues", "new")
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("Error: [sender] from: invalid e-mail address 'news@council.test': "
+                                     "The part after the @-sign is a special-use or reserved name")
+    assert len(json.loads(composed.ok("issues", "list", "--json").stdout)) == 1  # issue 1 alone
+    assert "problem  sender: [sender] from: invalid e-mail address" in composed("doctor").output

@@ -27,7 +27,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
-from mailmag import links, placeholders, text_ja
+from mailmag import addresses, links, placeholders, text_ja
 from mailmag.config import Config
 from mailmag.content import markup
 from mailmag.content.items import KIND_LABELS
@@ -272,7 +272,9 @@ def check_sender(config: Config) -> None:
 
 
 def check_real_sender(config: Config) -> None:
-    """Refuse the example [sender] values config.example.toml ships: no issue goes out with them."""
+    """Refuse the example [sender] values config.example.toml ships: no issue goes out with them.
+    And addresses no message could be sent from."""
+    addresses.check_sender_addresses(config)
     keys = config.sender.placeholders()
     if keys:
         named = ", ".join(keys)
