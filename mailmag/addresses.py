@@ -267,7 +267,7 @@ def ascii_address(address: str, what: str, *, utf8: bool = False, what_ja: str =
     try:
         parsed = parse_address(address)
     except InvalidEmail as exc:  # the rule's own reason: a reserved .test domain read "not plain ASCII"
-        raise InvalidInput(f"{what}: {exc}", ja=f"{what_ja}: {exc.ja}") from exc
+        raise InvalidInput(f"{what}: {exc}", ja=f"{what_ja}：{exc.ja}") from exc
     if parsed.needs_smtputf8 and not utf8:
         raise not_one
     return addr_spec(parsed.email)
