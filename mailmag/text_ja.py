@@ -148,15 +148,17 @@ _SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of 
 _CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
 # (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
 # Ⅰ．, （ア）, ア．, ア　, 一　, 第１　, ①: the marks of an official document's lists too (helper-92)
-_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［①-⑳㉑-㉟]"
+_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［①-⑳㉑-㉟〇◯＊⑴-⒇]"
                          r"|[(（]?[0-9０-９]{1,3}[.)）．、](?![0-9０-９])"
-                         r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十][)）]|[ア-ン][.．)）]"
+                         r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
                          "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
 _BRACKET_START = re.compile(r"[〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、]")
 # A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
 _CONJUNCTION = re.compile("[ぁ-ゖ]{1,4}、")
+# A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
+_POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
 # 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
 # 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
 # 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
@@ -196,7 +198,7 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
     width = shown or max((display_width(line) for line in stripped), default=0)
     return [_meant(stripped[i], stripped[i + 1], width, first=i == 0, shown_width=shown is not None,
                    indent=lines[i + 1][: len(lines[i + 1]) - len(lines[i + 1].lstrip("\u3000"))],
-                   next_listed=i + 2 < len(lines) and _listed(lines[i + 2]))
+                   listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])))
             for i in range(len(lines) - 1)]
 
 
@@ -216,18 +218,19 @@ def _listed(line: str) -> bool:
 
 
 def _meant(before: str, after: str, width: int, *, first: bool, indent: str, shown_width: bool,
-           next_listed: bool) -> bool:
+           listed: bool) -> bool:
     # As wide as the paragraph's wraps: a PDF's wrap may put （1）, 【別紙】, a name (佐藤　次郎)
     # or the 全角 space between two words at a line's start, mid-sentence (helper-91).
     full = shown_width and _wrapped(before, width) and not before.endswith(("：", ":"))
     marked = bool(_label(before, full) or _LIST_START.match(before))
-    if _label(after, full and not next_listed):
+    # (`listed`: the line before or after this pair is a list's item or a label too)
+    if not indent and _label(after, full and not listed and not before.endswith(_POLITE_END)):
         return True
-    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or (
-            before.endswith(("ます", "です")) and _CONJUNCTION.match(after)):  # (…開催します / なお、…)
+    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or after.startswith(("http://", "https://")) or (
+            before.endswith(_POLITE_END) and _CONJUNCTION.match(after)):
         return True
     if _LIST_START.match(after):
-        return marked or not full or next_listed or not _BRACKET_START.match(after)
+        return marked or not full or listed or not _BRACKET_START.match(after)
     if indent:  # 字下げ, a line aligned under a label or a list's; or a space that fell at a wrap
         return not (full and not marked and indent == "\u3000")
     japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))

@@ -208,6 +208,22 @@ def test_a_pdfs_wrap_mid_sentence_is_joined_whatever_starts_the_next_line(lines)
     # a URL, then a sentence that begins in hiragana
     ["本シンポジウムの申込フォームは次のURLです https://example.jp/events/symposium-2027",
      "なお、定員に達し次第締め切りますので、お早めにお申し込みください。"],
+    # helper-93: the last of a two-item list or label block (no next line to show it), 〇 and ⑴
+    # items, a URL on a line of its own after a short intro, a signature's name under its 〒 line
+    ["総会の議事は次のとおり進行し、いずれの議案も原案のとおり承認可決されました。",
+     "第１号議案\u3000令和５年度事業報告及び収支決算承認の件について、監事の監査報告を受けて",
+     "第２号議案\u3000令和６年度事業計画及び収支予算決定の件について、原案どおり承認された"],
+    ["募集する出展者は、次のいずれにも該当する者とし、１社につき１小間までとします。",
+     "１\u3000県内に本社又は主たる事業所を有する中小企業者で、自社製品を出展できるもの",
+     "２\u3000県税等の滞納がなく、暴力団等の反社会的勢力と関係を有しないもの"],
+    ["募集する出展者は、次のいずれにも該当する者とし、１社につき１小間までとします",
+     "〇県内に本社又は主たる事業所を有する中小企業者で、自社製品を出展できるもの",
+     "〇県税等の滞納がなく、暴力団等の反社会的勢力と関係を有しないもの"],
+    ["⑴県内に本社又は主たる事業所を有する中小企業者で、自社製品を出展できるもの",
+     "⑵県税等の滞納がなく、暴力団等の反社会的勢力と関係を有しないもの"],
+    ["お申込みはこちら", "https://forms.example.jp/seminar/2024/entry?id=12345"],
+    ["株式会社山陰テクノロジーソリューションズ\u3000経営企画部",
+     "〒690-0887\u3000島根県松江市殿町8番地3\u3000島根県産業会館4階", "山田\u3000太郎"],
 ])
 def test_lists_and_labels_after_a_wide_line_stay_lines_of_their_own(lines):
     """helper-92: 0cd061c read ア　/ イ　/ ウ　 items and 日時　 labels after a wide line as names
