@@ -259,17 +259,19 @@ def ascii_address(address: str, what: str, *, utf8: bool = False, what_ja: str =
     check(address, what, what_ja)
     kind = "valid" if utf8 else "plain ASCII"
     address = address.strip()
-    not_one = InvalidInput(f"{what} {address!r} is not a {kind} e-mail address",
-                           ja=f"{what_ja}「{address}」は{'正しい' if utf8 else '半角英数字（ASCII）の'}"
-                              "メールアドレスではありません")
+    def not_one() -> InvalidInput:  # (made only when refusing: this runs for every message's To)
+        return InvalidInput(f"{what} {address!r} is not a {kind} e-mail address",
+                            ja=f"{what_ja}「{address}」は{'正しい' if utf8 else '半角英数字（ASCII）の'}"
+                               "メールアドレスではありません")
+
     if not _STORED.fullmatch(address):
-        raise not_one
+        raise not_one()
     try:
         parsed = parse_address(address)
     except InvalidEmail as exc:  # the rule's own reason: a reserved .test domain read "not plain ASCII"
         raise InvalidInput(f"{what}: {exc}", ja=f"{what_ja}：{exc.ja}") from exc
     if parsed.needs_smtputf8 and not utf8:
-        raise not_one
+        raise not_one()
     return addr_spec(parsed.email)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import ipaddress
 import os
 import shutil
@@ -96,7 +97,6 @@ def _configuration(config: Config) -> Finding:
 
 def _sender(config: Config) -> list[Finding]:
     domain = addresses.sender_domain(config)
-    addresses.check_sender_addresses(config)
     messages.reply_to(config)
     render.check_sender(config)
     render.check_real_sender(config)
@@ -158,7 +158,8 @@ def _database(config: Config) -> list[Finding]:
             unknown = topics.unknown_in_use(session, config.topics)
             asks_code = config.admin.enabled and config.admin.require_totp
             no_code = accounts.without_needed_code(session, asks_code)
-            late = jobs.overdue_work(session, config, utcnow())
+            now = utcnow()
+            late = jobs.overdue_work(session, config, now)
     except DatabaseError as exc:
         # a SQLite file has no server: on a full disk it says "disk I/O error" (helper-86)
         where = "the disk it is on" if url.get_backend_name() == "sqlite" else "that the server runs"
@@ -167,15 +168,17 @@ def _database(config: Config) -> list[Finding]:
     finally:
         services.close()
     return [Finding("database", OK, f"{shown} at revision {revision} (current)"),
-            *_topic_findings(config, unknown), *_console_findings(no_code), *_schedule_findings(config, late)]
+            *_topic_findings(config, unknown), *_console_findings(no_code),
+            *_schedule_findings(config, late, now)]
 
 
-def _schedule_findings(config: Config, late: list[tuple[str, jobs.Overdue]]) -> list[Finding]:
+def _schedule_findings(config: Config, late: list[tuple[str, jobs.Overdue]],
+                       now: dt.datetime) -> list[Finding]:
     if not late:
         return []
     (first, overdue), more = late[0], len(late) - 1
     also = f" (and {more} more: `mailmag issues list`, `mailmag schedule list`)" if more else ""
-    return [Finding("schedule", PROBLEM, f"{first} is {overdue.describe(utcnow(), config)}{also}")]
+    return [Finding("schedule", PROBLEM, f"{first} is {overdue.describe(now, config)}{also}")]
 
 
 def _console_findings(no_code: list[str]) -> list[Finding]:

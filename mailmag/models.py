@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from mailmag import clock
+from mailmag.errors import in_lang
 
 # No row's id reaches this (SQLite's INTEGER and PostgreSQL's BIGINT are 64-bit): a number at or
 # past it from a URL or a form names nothing (SQLite raised OverflowError for it: a 500).
@@ -347,7 +348,7 @@ class JobRun(Base):
 
     def said(self, lang: str) -> str:
         """The detail as a page in `lang` shows it: Japanese where it was recorded."""
-        return self.detail_ja if lang == "ja" and self.detail_ja else self.detail
+        return in_lang(lang, self.detail, self.detail_ja)
 
 
 # --- web ------------------------------------------------------------------------------------

@@ -146,29 +146,31 @@ def display_width(text: str) -> int:
 # (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
 _SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of academic writing)
 _CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
+_NUMBERED = r"[(（]?[0-9０-９]{1,3}[.)）．、]"  # 1. 1) （1） 1、
 # (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
 # Ⅰ．, （ア）, ア．, ア　, 一　, 第１　, ①: the marks of an official document's lists too (helper-92)
 _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［①-⑳㉑-㉟〇◯＊⑴-⒇]"
-                         r"|[(（]?[0-9０-９]{1,3}[.)）．、](?![0-9０-９])"
+                         rf"|{_NUMBERED}(?![0-9０-９])"
                          r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
                          "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
-_BRACKET_START = re.compile(r"[〒＜〈《【［]|[(（]?[0-9０-９]{1,3}[.)）．、]")
+_BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
 # A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
 _CONJUNCTION = re.compile("[ぁ-ゖ]{1,4}、")
 # A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
 _POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
+# 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
+# (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
+_SPACE_LABEL_TEXT = "[^\\s：:、。]{1,6}\u3000+"
+_SPACE_LABEL = re.compile(_SPACE_LABEL_TEXT)
 # 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
 # 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
 # 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
 _LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９])[：:](?!//)"
                          "|[^\\s：:、。/ぁ-ゖ]{1,4} [：:](?!//)"
-                         "|[^\\s：:、。]{1,6}\u3000+(?=\\S)"
+                         f"|{_SPACE_LABEL_TEXT}(?=\\S)"
                          "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
-# 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
-# (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
-_SPACE_LABEL = re.compile("[^\\s：:、。]{1,6}\u3000+")
 _WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
 # A wrapped line is within this share of the paragraph's widest (and at least 4 columns): a PDF
 # indents a list by a character or two, and kinsoku moves a character to the next line.

@@ -363,9 +363,9 @@ def test_the_issue_page_warns_that_an_item_changed_after_rendering_and_renders_i
         assert [e.action for e in audit.listing(session)].count("issue.render") == 1
 
 
-def test_why_a_timed_send_failed_is_said_in_the_pages_language(console, console_services):
-    """helper-90: an item edited after its issue was scheduled made the timed send fail, and the
-    Japanese console gave the reason in English ("item 2 … is submitted, not approved")."""
+def _scheduled_in_two_days(console, console_services):  # type: ignore[no-untyped-def]
+    """A sender's issue of one approved item, scheduled from the console two days ahead (to the
+    minute): the sender's client and form token, the item's id, the issue's page, the time."""
     ids = seed_items(console_services, ["会議の報告"])
     with console_services.session() as session:
         items.approve(session, ids)
@@ -377,7 +377,14 @@ def test_why_a_timed_send_failed_is_said_in_the_pages_language(console, console_
     at = (utcnow() + dt.timedelta(days=2)).replace(second=0, microsecond=0)
     local = at.astimezone(console_services.config.zone)
     send_from_console(sender, issue_path, at=local.strftime("%Y-%m-%d %H:%M"))
-    item_page = f"/admin/items/{ids[0]}"
+    return sender, token, ids[0], issue_path, at
+
+
+def test_why_a_timed_send_failed_is_said_in_the_pages_language(console, console_services):
+    """helper-90: an item edited after its issue was scheduled made the timed send fail, and the
+    Japanese console gave the reason in English ("item 2 … is submitted, not approved")."""
+    sender, _token, item_id, issue_path, at = _scheduled_in_two_days(console, console_services)
+    item_page = f"/admin/items/{item_id}"
     edited = post_form(sender, item_page, f"{item_page}/edit", title="差し替え", body="差し替えた本文")
     assert edited.status == 303
     [fired] = jobs.fire_due_sends(console_services, at + dt.timedelta(minutes=1))
@@ -390,21 +397,12 @@ def test_why_a_timed_send_failed_is_said_in_the_pages_language(console, console_
 def test_an_editor_may_not_change_what_a_scheduled_issue_sends(console, console_services):
     """Rendering a scheduled issue again changes what goes out at its time: a sender's decision,
     as scheduling it was (an editor could edit, approve and render it past every sender)."""
-    ids = seed_items(console_services, ["会議の報告"])
-    with console_services.session() as session:
-        items.approve(session, ids)
-    _readers(console_services, 1)
-    sender = logged_in(console.url, console_services, "sam", "sender")
-    token = csrf_of(sender.get("/admin/issues/"))
-    made = sender.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]})
-    issue_path = made.headers["Location"]
-    later = (utcnow() + dt.timedelta(days=2)).astimezone(console_services.config.zone)
-    send_from_console(sender, issue_path, at=later.strftime("%Y-%m-%d %H:%M"))
+    sender, token, item_id, issue_path, _at = _scheduled_in_two_days(console, console_services)
     with console_services.session() as session:
         assert session.scalar(select(Issue.status)) == "scheduled"
     editor = logged_in(console.url, console_services, "alice", "editor")
     editor_token = csrf_of(editor.get("/admin/issues/"))
-    item_page = f"/admin/items/{ids[0]}"
+    item_page = f"/admin/items/{item_id}"
     # the editor is told before editing what it does to the scheduled send
     assert "この記事は送信予約済みの号「" in editor.get(item_page).text
     edited = post_form(editor, item_page, f"{item_page}/edit", title="差し替え", body="差し替えた本文")

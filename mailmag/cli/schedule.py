@@ -57,8 +57,9 @@ def list_(app: AppContext, as_json: bool) -> None:
     """Automatic issues with their next moment and what their last one did."""
     services = app.ready_services()
     config = services.config
+    now = utcnow()
     with services.session() as session:
-        infos = jobs.list_auto(session, config, utcnow())
+        infos = jobs.list_auto(session, config, now)
     if as_json:
         print_json([_as_dict(info, config) for info in infos])
         return
@@ -70,7 +71,6 @@ def list_(app: AppContext, as_json: bool) -> None:
         rows.append([info.id, info.name, info.cron, info.topic or "all",
                      f"next {local_time(info.next_run, config)}", f"last {done}"])
     echo_rows(rows, "automatic issue")
-    now = utcnow()
     for info in infos:
         if info.overdue is not None:
             click.echo(f"overdue: automatic issue {info.id}: {info.overdue.describe(now, config)}", err=True)

@@ -532,7 +532,7 @@ def _attempt(
         detail_ja = exc.text("ja") if isinstance(exc, MailmagError) and exc.ja else ""
         if not isinstance(exc, MailmagError):
             log.exception("%s for %s crashed", job_id, scheduled_for)
-        return _record_failure(services.sessions, job_id, scheduled_for, (detail, detail_ja), on_failure)
+        return _record_failure(services.sessions, job_id, scheduled_for, detail, on_failure, detail_ja)
     finally:
         session.close()
     return _logged(Fired(job_id, scheduled_for, run.outcome, run.detail))
@@ -562,10 +562,10 @@ def _record_failure(
     sessions: sessionmaker[Session],
     job_id: str,
     scheduled_for: dt.datetime,
-    details: tuple[str, str],
+    detail: str,
     on_failure: Callable[[Session], None] | None,
+    detail_ja: str = "",
 ) -> Fired | None:
-    detail, detail_ja = details  # (English, Japanese or "")
     try:
         with sessions.begin() as session:
             session.add(JobRun(job_id=job_id, scheduled_for=scheduled_for, outcome="failed", detail=detail,

@@ -57,18 +57,19 @@ def new() -> Any:
 @bp.get("/<int:issue_id>")
 @needs("compose")
 def show(issue_id: int) -> Any:
+    now = utcnow()
     with state().services.read_session() as db:
         issue = drafts.by_id(db, issue_id)
         return render_template(
             "admin/issue.html.j2", issue=issue, warnings=drafts.warnings(db, state().config, issue),
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
-            held=outbox.held_refusals(db, issue.id), now=utcnow(),
+            held=outbox.held_refusals(db, issue.id), now=now,
             ambiguous=outbox.ambiguous_count(db, issue.id),
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
             notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
             not_made=jobs.sends_not_made(db, issue.id).get(issue.id),
-            overdue=jobs.overdue_send(issue, utcnow(), state().config),
+            overdue=jobs.overdue_send(issue, now, state().config),
             lease_expiries=state().config.dispatch.max_lease_expiries,
         )
 
