@@ -5,10 +5,8 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import functools
-import itertools
 import re
 import unicodedata
-from collections.abc import Sequence
 
 # Vertical presentation forms that PDF copy-paste produces, mapped to the full-width
 # punctuation they stand for (NFKC would turn ︓ into an ASCII ':', which is wrong here).
@@ -137,139 +135,6 @@ def char_width(char: str) -> int:
 def display_width(text: str) -> int:
     """Columns a string takes (全角 = 2)."""
     return sum(char_width(char) for char in text)
-
-
-# --- line breaks the writer meant ------------------------------------------------------------
-
-# Markdown joins the lines of a paragraph, and a Japanese text pasted from a PDF or a word
-# processor is wrapped mid-sentence, so lines are joined; but a notice typed line by line
-# (日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70).
-_SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of academic writing)
-_CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
-_NUMBERED = r"[(（]?[0-9０-９]{1,3}[.)）．、]"  # 1. 1) （1） 1、
-# (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
-# Ⅰ．, （ア）, ア．, ア　, 一　, 第１　, ①: the marks of an official document's lists too (helper-92)
-_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［①-⑳㉑-㉟〇◯＊⑴-⒇]"
-                         rf"|{_NUMBERED}(?![0-9０-９])"
-                         r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
-                         "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
-# What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
-# …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
-_BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
-# A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
-_CONJUNCTION = re.compile("[ぁ-ゖ]{1,4}、")
-# A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
-_POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
-# 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
-# (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
-_SPACE_LABEL_TEXT = "[^\\s：:、。]{1,6}\u3000+"
-_SPACE_LABEL = re.compile(_SPACE_LABEL_TEXT)
-# 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
-# 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
-# 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
-_LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９])[：:](?!//)"
-                         "|[^\\s：:、。/ぁ-ゖ]{1,4} [：:](?!//)"
-                         f"|{_SPACE_LABEL_TEXT}(?=\\S)"
-                         "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
-_WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
-# A wrapped line is within this share of the paragraph's widest (and at least 4 columns): a PDF
-# indents a list by a character or two, and kinsoku moves a character to the next line.
-_WRAP_BAND = 0.9
-# An English sentence's end (helper-89: "…the website below.\n詳細は…" ran together) and a URL
-# that ends a line: the line that follows is a line of its own when it is Japanese.
-_ENGLISH_END = re.compile("[A-Za-z][.!?][\"')\\]]*$|https?://\\S+$")
-_HIRAGANA = re.compile("[ぁ-ゖ]")
-
-
-def meant_breaks(lines: Sequence[str]) -> list[bool]:
-    """For each break between the lines of a paragraph, whether the writer meant it (a line of
-    its own) rather than a program's wrap. A wrap fills its line, so a paragraph shows the width
-    it was wrapped at where two of its lines (the last aside) reach it; a longer line (a URL)
-    does not set it. Two narrower lines in a row, past the first (a copy often starts mid-line),
-    end where their writer ended them.
-
-    Meant: after a sentence's end (。, or an English one before Japanese, unless a particle goes
-    on) or a URL; before a list mark, a label (日時：) or an indented line (字下げ, a line aligned
-    under a label); after a listed or labelled line, unless it is as wide as the wraps, or wide
-    and cut before the rest of its word (会員企業|は); and, next to Japanese, in a paragraph of
-    short lines (an address, a name and title). After a line as wide as the wraps, what a wrap
-    can put at a line's start mid-sentence ((1) or 【別紙】, a name 佐藤　次郎, a 全角 space) is
-    text unless the next line is listed too. Between English words a break stays Markdown's."""
-    stripped = [line.strip() for line in lines]
-    shown = _wrap_width([display_width(line) for line in stripped])
-    width = shown or max((display_width(line) for line in stripped), default=0)
-    return [_meant(stripped[i], stripped[i + 1], width, first=i == 0, shown_width=shown is not None,
-                   indent=lines[i + 1][: len(lines[i + 1]) - len(lines[i + 1].lstrip("\u3000"))],
-                   listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])))
-            for i in range(len(lines) - 1)]
-
-
-def _wrap_width(widths: list[int]) -> int | None:
-    """The width a paragraph was wrapped at: the widest that two of its lines (the last aside)
-    reach; None if no two do (helper-92: a long URL's line made the real wraps look short)."""
-    body = sorted(widths[:-1], reverse=True)
-    for wider, next_wide in itertools.pairwise(body):
-        if wider >= _WRAPPED_WIDTH and next_wide >= min(wider - 4, wider * _WRAP_BAND):
-            return wider
-    return None
-
-
-def _listed(line: str) -> bool:
-    """A line that starts a list's item or a label, as written (an indented 　高橋 is no label)."""
-    return bool(_LIST_START.match(line.strip()) or _LINE_LABEL.match(line))
-
-
-def _meant(before: str, after: str, width: int, *, first: bool, indent: str, shown_width: bool,
-           listed: bool) -> bool:
-    # As wide as the paragraph's wraps: a PDF's wrap may put （1）, 【別紙】, a name (佐藤　次郎)
-    # or the 全角 space between two words at a line's start, mid-sentence (helper-91).
-    full = shown_width and _wrapped(before, width) and not before.endswith(("：", ":"))
-    marked = bool(_label(before, full) or _LIST_START.match(before))
-    # (`listed`: the line before or after this pair is a list's item or a label too)
-    if not indent and _label(after, full and not listed and not before.endswith(_POLITE_END)):
-        return True
-    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or after.startswith(("http://", "https://")) or (
-            before.endswith(_POLITE_END) and _CONJUNCTION.match(after)):
-        return True
-    if _LIST_START.match(after):
-        return marked or not full or listed or not _BRACKET_START.match(after)
-    if indent:  # 字下げ, a line aligned under a label or a list's; or a space that fell at a wrap
-        return not (full and not marked and indent == "\u3000")
-    japanese = bool(before and after) and (is_wide(before[-1]) or is_wide(after[0]))
-    goes_on = bool(_HIRAGANA.match(after)) and not _CONJUNCTION.match(after)
-    if japanese and is_wide(after[0]) and not goes_on and _ENGLISH_END.search(before):
-        return True  # (…"Open Innovation." / です。 goes on; なお、 begins a sentence)
-    if marked:
-        # 日時：12月10日, ・展示B, 〒… 1-2-1 / くにびきメッセ are lines of their own (helper-87,
-        # -89); ・… wrapped by a PDF among lines as wide, or cut before its particle, is not.
-        wide = display_width(before) >= _WRAPPED_WIDTH
-        return not ((shown_width and _wrapped(before, width)) or (wide and _goes_on(before, after)))
-    if not japanese:
-        return False
-    if width < _WRAPPED_WIDTH:
-        return True
-    # two short lines in a row, past the first: a wrap fills its line, so they are an address's
-    # or a name's lines among wider ones (helper-89)
-    return not first and not _wrapped(before, width) and not _wrapped(after, width) and is_wide(after[0])
-
-
-def _label(line: str, full: bool) -> re.Match[str] | None:
-    """The line's label (日時：), unless it is a word and a 全角 space in a paragraph's wrapped text."""
-    label = _LINE_LABEL.match(line)
-    return None if label and full and _SPACE_LABEL.fullmatch(label.group()) else label
-
-
-def _wrapped(line: str, widest: int) -> bool:
-    """A line as wide as the paragraph's widest, and wide enough to have been wrapped (a PDF's
-    justified lines differ by a character or two, more where a list is indented)."""
-    width = display_width(line)
-    return width >= _WRAPPED_WIDTH and width >= min(widest - 4, widest * _WRAP_BAND)
-
-
-def _goes_on(before: str, after: str) -> bool:
-    """Whether the next line carries on the last word: it starts with hiragana (a particle, an
-    inflection: 会員企業|は, 開催してい|る) after kanji or kana."""
-    return bool(_HIRAGANA.match(after)) and is_wide(before[-1]) and before[-1] not in _CLOSING
 
 
 def joins_tight(before: str, after: str) -> bool:

@@ -14,6 +14,7 @@ from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from mailmag import placeholders, text_ja
+from mailmag.content import breaks
 
 ALLOWED_TAGS = frozenset({
     "p", "br", "ul", "ol", "li", "strong", "em", "b", "i", "a", "h3", "h4", "blockquote",
@@ -75,7 +76,7 @@ def _cleaner() -> nh3.Cleaner:
 
 def kept_breaks(children: Sequence[Token]) -> list[bool]:
     """For each break (soft or hard) among an inline token's children, whether the writer meant
-    it (text_ja.meant_breaks). The lines are read from the children, not the source: a code span
+    it (breaks.meant_breaks). The lines are read from the children, not the source: a code span
     or a link title may hold a newline that is no break (helper-73)."""
     lines = [""]
     for child in children:
@@ -83,7 +84,7 @@ def kept_breaks(children: Sequence[Token]) -> list[bool]:
             lines.append("")
         elif child.type in TEXT_TOKENS:
             lines[-1] += child.content
-    return text_ja.meant_breaks(lines)
+    return breaks.meant_breaks(lines)
 
 
 def _line_breaks(token: Token) -> None:

@@ -1,0 +1,245 @@
+"""Which line breaks in an item's body the writer meant, and which a program's wrap made.
+
+Markdown joins the lines of a paragraph, and a Japanese text pasted from a PDF or a word
+processor is wrapped mid-sentence, so lines are joined; but a notice typed line by line
+(日時：… / 場所：… / 参加費：…) read as one run-on line (helper-70). The text does not say which
+it is, so each break between two lines is read by a few named rules, in order (`_RULES`); the
+first that has an opinion decides. What the rules know of the whole paragraph (the width it
+was wrapped at, whether it is a signature) is read once, in `_Block`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from mailmag.text_ja import display_width, is_wide
+
+_SENTENCE_END = ("。", "！", "？", "．")  # (．: the 「，．」 style of academic writing)
+_CLOSING = "）)」』】〕〉》］”’"  # after a sentence's end: （詳細は別紙のとおり。）
+_NUMBERED = r"[(（]?[0-9０-９]{1,3}[.)）．、]"  # 1. 1) （1） 1、
+# (1. and 1、 but not 3.5倍 nor 12.10: a digit after the point is a number, not a list)
+# Ⅰ．, （ア）, ア．, ア　, 一　, 第１　, ①: the marks of an official document's lists too (helper-92)
+_LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜〈《【［①-⑳㉑-㉟〇◯＊⑴-⒇]"
+                         rf"|{_NUMBERED}(?![0-9０-９])"
+                         r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
+                         "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
+# What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
+# …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
+_BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
+# A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
+_CONJUNCTION = re.compile("[ぁ-ゖ]{1,4}、")
+# A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
+_POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
+# 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
+# (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
+_SPACE_LABEL_TEXT = "[^\\s：:、。]{1,6}\u3000+"
+_SPACE_LABEL = re.compile(_SPACE_LABEL_TEXT)
+# 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
+# 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
+# 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
+_LINE_LABEL = re.compile("(?![0-9０-９])(?:[^\\s：:、。/]|\u3000){1,16}(?<![0-9０-９])[：:](?!//)"
+                         "|[^\\s：:、。/ぁ-ゖ]{1,4} [：:](?!//)"
+                         f"|{_SPACE_LABEL_TEXT}(?=\\S)"
+                         "|(?:TEL|FAX|Tel|Fax|電話|携帯) ?[(（]?[0-9０-９]{2,5}[)）\\-－ー‐] ?[0-9０-９]")
+_WRAPPED_WIDTH = 30  # a line wrapped by a program is at least this wide (display columns)
+# A wrapped line is within this share of the paragraph's widest (and at least 4 columns): a PDF
+# indents a list by a character or two, and kinsoku moves a character to the next line.
+_WRAP_BAND = 0.9
+# An English sentence's end (helper-89: "…the website below.\n詳細は…" ran together) and a URL
+# that ends a line: the line that follows is a line of its own when it is Japanese.
+_ENGLISH_END = re.compile("[A-Za-z][.!?][\"')\\]]*$|https?://\\S+$")
+_HIRAGANA = re.compile("[ぁ-ゖ]")
+
+
+def meant_breaks(lines: Sequence[str]) -> list[bool]:
+    """For each break between the lines of a paragraph, whether the writer meant it (a line of
+    its own) rather than a program's wrap. A wrap fills its line, so a paragraph shows the width
+    it was wrapped at where two of its lines (the last aside) reach it; a longer line (a URL)
+    does not set it. Two narrower lines in a row, past the first (a copy often starts mid-line),
+    end where their writer ended them.
+
+    Meant: after a sentence's end (。, or an English one before Japanese, unless a particle goes
+    on) or a URL; before a list mark, a label (日時：) or an indented line (字下げ, a line aligned
+    under a label); after a listed or labelled line, unless it is as wide as the wraps, or wide
+    and cut before the rest of its word (会員企業|は); and, next to Japanese, in a paragraph of
+    short lines (an address, a name and title). After a line as wide as the wraps, what a wrap
+    can put at a line's start mid-sentence ((1) or 【別紙】, a name 佐藤　次郎, a 全角 space) is
+    text unless the next line is listed too. Between English words a break stays Markdown's."""
+    block = _Block.read(lines)
+    return [_decide(_Pair.at(lines, i, block)) for i in range(len(lines) - 1)]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """What the rules know of the paragraph as a whole."""
+
+    width: int  # the width it was wrapped at, else its widest line's
+    shown_width: bool  # whether two of its lines show that width
+
+    @classmethod
+    def read(cls, lines: Sequence[str]) -> _Block:
+        widths = [display_width(line.strip()) for line in lines]
+        shown = _wrap_width(widths)
+        return cls(width=shown or max(widths, default=0), shown_width=shown is not None)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """Two lines with a break between them, and what the rules read of them."""
+
+    before: str
+    after: str
+    indent: str  # the 全角 spaces `after` starts with, as written
+    first: bool  # the paragraph's first break
+    listed: bool  # the line before `before`, or the one after `after`, is a list item or a label
+    block: _Block
+
+    @classmethod
+    def at(cls, lines: Sequence[str], i: int, block: _Block) -> _Pair:
+        after = lines[i + 1]
+        return cls(before=lines[i].strip(), after=after.strip(), block=block, first=i == 0,
+                   indent=after[: len(after) - len(after.lstrip("\u3000"))],
+                   listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])))
+
+    @cached_property
+    def full(self) -> bool:
+        """`before` is as wide as the paragraph's wraps: a PDF's wrap may put （1）, 【別紙】, a name
+        (佐藤　次郎) or the 全角 space between two words at the next line's start (helper-91)."""
+        return (self.block.shown_width and _wrapped(self.before, self.block.width)
+                and not self.before.endswith(("：", ":")))
+
+    @cached_property
+    def marked(self) -> bool:
+        """`before` starts with a list's mark or a label."""
+        return bool(_label(self.before, self.full) or _LIST_START.match(self.before))
+
+    @cached_property
+    def japanese(self) -> bool:
+        return bool(self.before and self.after) and (is_wide(self.before[-1]) or is_wide(self.after[0]))
+
+
+# --- the rules: each says True (meant), False (a wrap) or None (no opinion) --------------------
+
+def _a_label_follows(pair: _Pair) -> bool | None:
+    """日時：…, 場所　…: a label starts a line of its own, unless it is a name in wrapped text."""
+    if pair.indent:
+        return None
+    as_text = pair.full and not pair.listed and not pair.before.endswith(_POLITE_END)
+    return True if _label(pair.after, as_text) else None
+
+
+def _a_sentence_ended(pair: _Pair) -> bool | None:
+    """After 。, before a URL, and after a polite end whose 。 was left off (…します / なお、…)."""
+    before, after = pair.before, pair.after
+    if before.rstrip(_CLOSING).endswith(_SENTENCE_END) or after.startswith(("http://", "https://")):
+        return True
+    return True if before.endswith(_POLITE_END) and _CONJUNCTION.match(after) else None
+
+
+def _a_list_mark_follows(pair: _Pair) -> bool | None:
+    """A list's mark starts a line of its own, except a bracketed one that a PDF's wrap put at
+    the start of a line as wide as the rest, mid-sentence (…計画案と / （1）から（3）の様式が)."""
+    if not _LIST_START.match(pair.after):
+        return None
+    return pair.marked or not pair.full or pair.listed or not _BRACKET_START.match(pair.after)
+
+
+def _an_indent_follows(pair: _Pair) -> bool | None:
+    """字下げ, a line aligned under a label or a list's: the writer's; but one 全角 space at the
+    start of a line as wide as the rest may be the space between two words, fallen at a wrap."""
+    if not pair.indent:
+        return None
+    return not (pair.full and not pair.marked and pair.indent == "\u3000")
+
+
+def _english_then_japanese(pair: _Pair) -> bool | None:
+    """An English sentence's end or a URL, then Japanese: a line of its own, unless a particle
+    goes on with it (…"Open Innovation." / です。, https://example.jp/ / に掲載…)."""
+    after = pair.after
+    goes_on = bool(_HIRAGANA.match(after)) and not _CONJUNCTION.match(after)
+    if pair.japanese and is_wide(after[0]) and not goes_on and _ENGLISH_END.search(pair.before):
+        return True
+    return None
+
+
+def _after_a_marked_line(pair: _Pair) -> bool | None:
+    """日時：12月10日, ・展示B, 〒… 1-2-1 / くにびきメッセ are lines of their own (helper-87, -89);
+    ・… wrapped by a PDF among lines as wide, or cut before its particle, is not."""
+    if not pair.marked:
+        return None
+    wide = display_width(pair.before) >= _WRAPPED_WIDTH
+    wrapped = pair.block.shown_width and _wrapped(pair.before, pair.block.width)
+    return not (wrapped or (wide and _goes_on(pair.before, pair.after)))
+
+
+def _between_english_words(pair: _Pair) -> bool | None:
+    """Between English words a break is Markdown's: a space."""
+    return None if pair.japanese else False
+
+
+def _a_narrow_paragraph(pair: _Pair) -> bool | None:
+    """A paragraph narrower than any program's wrap is lines as written (a name and title)."""
+    return True if pair.block.width < _WRAPPED_WIDTH else None
+
+
+def _short_lines(pair: _Pair) -> bool:
+    """Two short lines in a row, past the first: a wrap fills its line, so they are an
+    address's or a name's lines among wider ones (helper-89). The last rule: it always decides."""
+    width = pair.block.width
+    return (not pair.first and not _wrapped(pair.before, width) and not _wrapped(pair.after, width)
+            and is_wide(pair.after[0]))
+
+
+_RULES: tuple[Callable[[_Pair], bool | None], ...] = (
+    _a_label_follows, _a_sentence_ended, _a_list_mark_follows, _an_indent_follows,
+    _english_then_japanese, _after_a_marked_line, _between_english_words, _a_narrow_paragraph,
+    _short_lines,
+)
+
+
+def _decide(pair: _Pair) -> bool:
+    for rule in _RULES:
+        meant = rule(pair)
+        if meant is not None:
+            return meant
+    raise AssertionError("the last rule always decides")
+
+
+# --- what the rules read of a line --------------------------------------------------------------
+
+def _wrap_width(widths: list[int]) -> int | None:
+    """The width a paragraph was wrapped at: the widest that two of its lines (the last aside)
+    reach; None if no two do (helper-92: a long URL's line made the real wraps look short)."""
+    body = sorted(widths[:-1], reverse=True)
+    for wider, next_wide in itertools.pairwise(body):
+        if wider >= _WRAPPED_WIDTH and next_wide >= min(wider - 4, wider * _WRAP_BAND):
+            return wider
+    return None
+
+
+def _listed(line: str) -> bool:
+    """A line that starts a list's item or a label, as written (an indented 　高橋 is no label)."""
+    return bool(_LIST_START.match(line.strip()) or _LINE_LABEL.match(line))
+
+
+def _label(line: str, full: bool) -> re.Match[str] | None:
+    """The line's label (日時：), unless it is a word and a 全角 space in a paragraph's wrapped text."""
+    label = _LINE_LABEL.match(line)
+    return None if label and full and _SPACE_LABEL.fullmatch(label.group()) else label
+
+
+def _wrapped(line: str, widest: int) -> bool:
+    """A line as wide as the paragraph's widest, and wide enough to have been wrapped (a PDF's
+    justified lines differ by a character or two, more where a list is indented)."""
+    width = display_width(line)
+    return width >= _WRAPPED_WIDTH and width >= min(widest - 4, widest * _WRAP_BAND)
+
+
+def _goes_on(before: str, after: str) -> bool:
+    """Whether the next line carries on the last word: it starts with hiragana (a particle, an
+    inflection: 会員企業|は, 開催してい|る) after kanji or kana."""
+    return bool(_HIRAGANA.match(after)) and is_wide(before[-1]) and before[-1] not in _CLOSING
