@@ -234,6 +234,47 @@ def test_lists_and_labels_after_a_wide_line_stay_lines_of_their_own(lines):
     assert to_html(source).count("<br>") == len(lines) - 1
 
 
+@pytest.mark.parametrize("lines", [
+    # a label longer than six characters after a sentence whose 。 was left off
+    ["会場には駐車場がありませんので、公共交通機関をご利用いただきますようご注意ください",
+     "お問い合わせ先\u3000中国地域産学官コラボレーション会議事務局"],
+    # a schedule's lines, led by a date or a time and a space
+    ["今後の開催予定は次のとおりです", "7月24日（水）\u3000第２回企画会議（広島市）",
+     "9月11日（水）\u3000第３回企画会議（松江市）", "11月20日（水）\u3000産学官連携シンポジウム（岡山市）"],
+    ["本年度の企画会議は、各県持ち回りで次の日程により開催することとなりました",
+     "７月２４日（水）\u3000第２回企画会議", "９月１１日（水）\u3000第３回企画会議"],
+    ["当日のプログラムは以下のとおりです。", "13:30～13:40\u3000開会挨拶",
+     "13:40～14:40\u3000基調講演「地域イノベーションの現在」", "14:50～16:00\u3000パネルディスカッション"],
+    # a signature: its first line the widest, or two of its lines as wide as a wrap
+    ["中国地域産学官コラボレーション会議事務局", "島根県松江市殿町１番地\u3000島根県商工労働部内",
+     "担当\u3000山田"],
+    ["中国地域産学官コラボレーション会議事務局（中国経済連合会内）", "島根県松江市殿町１番地",
+     "担当\u3000山田"],
+    ["島根県商工労働部産業振興課（産学官連携推進室内）", "島根県松江市殿町１番地", "TEL 0852-22-0000"],
+])
+def test_a_signature_a_schedule_and_a_long_label_keep_their_lines(lines):
+    """helper-93: each of these ran into the line before it, in both editions."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source).split("\n") == lines
+    assert to_html(source).count("<br>") == len(lines) - 1
+
+
+@pytest.mark.parametrize("lines", [
+    ["本会議で示された資料は、次年度の事業計画案のうち（1）から",
+     "（3）までの様式であり、各機関で確認することとされた。"],
+    ["会議の終了後、事務局から", "【別紙】のとおり今後の日程が示された。"],
+    ["７月２４日（水）に開催された企画会議では、次年度の計画について", "13:30 から協議を行いました。"],
+    # prose that mentions a phone number is no signature
+    ["お問い合わせは中国地域産学官コラボレーション会議事務局（電話 082-000-0000）ま", "でお願いいたします。"],
+])
+def test_a_reference_to_an_item_or_a_time_at_a_wrap_is_joined(lines):
+    """helper-93: a two-line paragraph shows no wrap width, and its break before （3）までの… was
+    kept as if a list began there."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source) == "".join(lines)
+    assert "<br>" not in to_html(source)
+
+
 def test_a_long_url_line_does_not_set_the_width_the_wraps_below_it_are_read_at():
     """helper-92: a line holding a long URL was the widest, so the PDF's wraps under it looked
     short and were kept (取り / 組んできた)."""

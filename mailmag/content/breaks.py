@@ -27,6 +27,17 @@ _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜�
                          rf"|{_NUMBERED}(?![0-9０-９])"
                          r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
                          "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
+# A schedule's lines: 7月24日（水）　第２回企画会議, 13:30～13:40　開会挨拶 (helper-93), a date or a
+# time and a space; not 7月24日（水）に開催 nor 13:30 から, which a wrap may put at a line's start.
+_DATE = ("(?:(?:令和|平成)?[0-9０-９元]{1,4}年)?[0-9０-９]{1,2}月[0-9０-９]{1,2}日"
+         "(?:[（(][月火水木金土日祝・]{1,5}[)）])?")
+_TIME = "[0-9０-９]{1,2}[:：][0-9０-９]{2}"
+_SCHEDULE_START = re.compile(f"(?:{_DATE}|{_TIME})(?:\\s*[～〜~\\-－―]\\s*(?:{_TIME})?)?"
+                             "(?:\u3000| +(?=[^\\sぁ-ゖ]))")
+# （3）までの様式, 【別紙】のとおり: a mark followed by a particle is a reference to an item, not an
+# item; a wrap may put it at a line's start (helper-93: …（1）から / （3）までの…).
+_REFERENCE = re.compile(rf"(?:{_NUMBERED}|【[^】]{{1,12}}】)"
+                        "(?:まで|から|など|の|と|を|に|が|や|で|へ|より|は(?!じめ))")
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
 _BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
@@ -38,6 +49,9 @@ _POLITE_END = ("ます", "です", "ください", "ません", "ました", "�
 # (佐藤　次郎); after a line as wide as a wrap, it is the name (helper-91).
 _SPACE_LABEL_TEXT = "[^\\s：:、。]{1,6}\u3000+"
 _SPACE_LABEL = re.compile(_SPACE_LABEL_TEXT)
+# After a sentence whose 。 was left off, a longer word before a 全角 space is a label too
+# (helper-93: …ご注意ください / お問い合わせ先　事務局)
+_LONG_SPACE_LABEL = re.compile("[^\\s：:、。]{1,12}\u3000+(?=\\S)")
 # 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
 # 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
 # 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
@@ -53,6 +67,11 @@ _WRAP_BAND = 0.9
 # that ends a line: the line that follows is a line of its own when it is Japanese.
 _ENGLISH_END = re.compile("[A-Za-z][.!?][\"')\\]]*$|https?://\\S+$")
 _HIRAGANA = re.compile("[ぁ-ゖ]")
+# A contact line: 〒, a phone or fax, an e-mail address, the person in charge. A paragraph that
+# holds one and no sentence is a signature, its lines as written (helper-93).
+_CONTACT = re.compile("^(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|担当)[：:\u3000]"
+                      "|(?:TEL|FAX|Tel|Fax|電話|携帯)\\s*[：:]?\\s*[(（]?[0-9０-９]{2,5}[)）\\-－ー‐])"
+                      "|[\\w.+-]+@[\\w-]+\\.[\\w.-]+")
 
 
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
@@ -79,12 +98,18 @@ class _Block:
 
     width: int  # the width it was wrapped at, else its widest line's
     shown_width: bool  # whether two of its lines show that width
+    signature: bool  # a sender's name, address and contact lines
 
     @classmethod
     def read(cls, lines: Sequence[str]) -> _Block:
-        widths = [display_width(line.strip()) for line in lines]
+        stripped = [line.strip() for line in lines]
+        widths = [display_width(line) for line in stripped]
         shown = _wrap_width(widths)
-        return cls(width=shown or max(widths, default=0), shown_width=shown is not None)
+        # (a sentence anywhere, 。 or ！ or ？, makes it prose that mentions an address)
+        signature = (any(_CONTACT.search(line) for line in stripped)
+                     and not any(mark in line for line in stripped for mark in "。！？"))
+        return cls(width=shown or max(widths, default=0), shown_width=shown is not None,
+                   signature=signature)
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,7 @@ class _Pair:
     @cached_property
     def marked(self) -> bool:
         """`before` starts with a list's mark or a label."""
-        return bool(_label(self.before, self.full) or _LIST_START.match(self.before))
+        return bool(_label(self.before, self.full) or _list_mark(self.before))
 
     @cached_property
     def japanese(self) -> bool:
@@ -128,8 +153,10 @@ def _a_label_follows(pair: _Pair) -> bool | None:
     """日時：…, 場所　…: a label starts a line of its own, unless it is a name in wrapped text."""
     if pair.indent:
         return None
-    as_text = pair.full and not pair.listed and not pair.before.endswith(_POLITE_END)
-    return True if _label(pair.after, as_text) else None
+    polite_end = pair.before.endswith(_POLITE_END)
+    if polite_end and _LONG_SPACE_LABEL.match(pair.after):
+        return True
+    return True if _label(pair.after, pair.full and not pair.listed and not polite_end) else None
 
 
 def _a_sentence_ended(pair: _Pair) -> bool | None:
@@ -143,9 +170,17 @@ def _a_sentence_ended(pair: _Pair) -> bool | None:
 def _a_list_mark_follows(pair: _Pair) -> bool | None:
     """A list's mark starts a line of its own, except a bracketed one that a PDF's wrap put at
     the start of a line as wide as the rest, mid-sentence (…計画案と / （1）から（3）の様式が)."""
-    if not _LIST_START.match(pair.after):
+    if not _list_mark(pair.after):
         return None
     return pair.marked or not pair.full or pair.listed or not _BRACKET_START.match(pair.after)
+
+
+def _a_signatures_lines(pair: _Pair) -> bool | None:
+    """A signature's lines are as written (事務局 / 島根県松江市… / 担当　山田), even where two of
+    them are as wide as a wrap, unless the next line carries on the last word."""
+    if not (pair.block.signature and pair.japanese):
+        return None
+    return not (_goes_on(pair.before, pair.after) or pair.before.endswith(("、", "，")))
 
 
 def _an_indent_follows(pair: _Pair) -> bool | None:
@@ -195,7 +230,7 @@ def _short_lines(pair: _Pair) -> bool:
 
 
 _RULES: tuple[Callable[[_Pair], bool | None], ...] = (
-    _a_label_follows, _a_sentence_ended, _a_list_mark_follows, _an_indent_follows,
+    _a_label_follows, _a_sentence_ended, _a_signatures_lines, _a_list_mark_follows, _an_indent_follows,
     _english_then_japanese, _after_a_marked_line, _between_english_words, _a_narrow_paragraph,
     _short_lines,
 )
@@ -221,9 +256,15 @@ def _wrap_width(widths: list[int]) -> int | None:
     return None
 
 
+def _list_mark(line: str) -> bool:
+    """A line that starts with a list's mark or a schedule's date or time, not a reference to an
+    item (（3）までの)."""
+    return bool(_LIST_START.match(line) or _SCHEDULE_START.match(line)) and not _REFERENCE.match(line)
+
+
 def _listed(line: str) -> bool:
     """A line that starts a list's item or a label, as written (an indented 　高橋 is no label)."""
-    return bool(_LIST_START.match(line.strip()) or _LINE_LABEL.match(line))
+    return _list_mark(line.strip()) or bool(_LINE_LABEL.match(line))
 
 
 def _label(line: str, full: bool) -> re.Match[str] | None:
