@@ -72,6 +72,20 @@ def test_line_breaks_inside_japanese_sentences_do_not_become_spaces():
     assert "English words\nstay apart." in html
 
 
+def assert_kept_as_written(lines: list[str]) -> None:
+    """Every break between these lines is a line break in both editions."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source).split("\n") == lines
+    assert to_html(source).count("<br>") == len(lines) - 1
+
+
+def assert_joined(lines: list[str]) -> None:
+    """These lines are one line in both editions, joined with nothing between them."""
+    source = "\n".join(lines)
+    assert markdown_to_text(source) == "".join(lines)
+    assert "<br>" not in to_html(source)
+
+
 NOTICE = ("日時：2026年12月10日（木）13:30〜\n場所：広島国際会議場\n参加費：無料\n"
           "申込方法：下記のフォームから、所属、氏名、連絡先を添えてお申し込みください\n\n"
           "本シンポジウムは、産学官の連携を一層深めるため、毎年各県持ち回りで開催してい\n"
@@ -179,9 +193,7 @@ def test_lines_of_their_own_and_wraps_come_out_as_a_reader_expects(source, lines
 def test_a_pdfs_wrap_mid_sentence_is_joined_whatever_starts_the_next_line(lines):
     """helper-91: breaks kept mid-sentence where a PDF's wrap put a list mark, a name with its
     全角 space, or a particle after a URL or an English sentence at a line's start."""
-    source = "\n".join(lines)
-    assert markdown_to_text(source) == "".join(lines)
-    assert "<br>" not in to_html(source)
+    assert_joined(lines)
 
 
 @pytest.mark.parametrize("lines", [
@@ -229,9 +241,7 @@ def test_lists_and_labels_after_a_wide_line_stay_lines_of_their_own(lines):
     """helper-92: 0cd061c read ア　/ イ　/ ウ　 items and 日時　 labels after a wide line as names
     and ran them together; ①, Ⅰ． and （ア） were no list marks; a list's first ・ item and a
     なお、 sentence after a URL were joined to the line before."""
-    source = "\n".join(lines)
-    assert markdown_to_text(source).split("\n") == lines
-    assert to_html(source).count("<br>") == len(lines) - 1
+    assert_kept_as_written(lines)
 
 
 @pytest.mark.parametrize("lines", [
@@ -254,9 +264,7 @@ def test_lists_and_labels_after_a_wide_line_stay_lines_of_their_own(lines):
 ])
 def test_a_signature_a_schedule_and_a_long_label_keep_their_lines(lines):
     """helper-93: each of these ran into the line before it, in both editions."""
-    source = "\n".join(lines)
-    assert markdown_to_text(source).split("\n") == lines
-    assert to_html(source).count("<br>") == len(lines) - 1
+    assert_kept_as_written(lines)
 
 
 @pytest.mark.parametrize("lines", [
@@ -270,9 +278,7 @@ def test_a_signature_a_schedule_and_a_long_label_keep_their_lines(lines):
 def test_a_reference_to_an_item_or_a_time_at_a_wrap_is_joined(lines):
     """helper-93: a two-line paragraph shows no wrap width, and its break before （3）までの… was
     kept as if a list began there."""
-    source = "\n".join(lines)
-    assert markdown_to_text(source) == "".join(lines)
-    assert "<br>" not in to_html(source)
+    assert_joined(lines)
 
 
 def test_a_long_url_line_does_not_set_the_width_the_wraps_below_it_are_read_at():
