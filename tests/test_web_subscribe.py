@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import SECRET
 from itsdangerous import TimestampSigner
@@ -73,6 +75,25 @@ def test_the_answer_is_the_same_for_new_and_known_addresses(mail_live, mail_app,
     link_in(by_rcpt["fresh1@example.jp"], "confirm")
     link_in(by_rcpt["known1@example.jp"], "p")  # the owner gets their preferences link instead
     assert subscriber(mail_services, "known1@example.jp").status == "active"  # unchanged
+
+
+def test_a_control_character_in_the_name_is_refused_alike_for_new_and_known_addresses(
+        mail_live, mail_app, mail_services, smtp_server):
+    """helper-94: a new address answered 500 (a traceback), a known one 200, so the form told a
+    stranger which addresses were on the list; the 500 stored no attempt, so probing was free."""
+    with mail_services.session() as session:
+        subscribers.add(session, subscribers.parse_address("known2@example.jp"), Consent("cli"))
+    _, new = subscribe(mail_live, "fresh2@example.jp", name="\x07")
+    _, known = subscribe(mail_live, "known2@example.jp", name="\x07")
+    _, org = subscribe(mail_live, "fresh3@example.jp", organization="広島\x00大学")
+    assert new.status == known.status == org.status == 400
+    def shown(reply: Reply, email: str) -> str:  # (each client has its own CSRF token)
+        return re.sub(r'name="csrf_token" value="[^"]*"', "", reply.text.replace(email, "X"))
+    assert shown(new, "fresh2@example.jp") == shown(known, "known2@example.jp")
+    assert "制御文字（U+0007）" in new.text and "制御文字（U+0000）" in org.text
+    assert sent(mail_app, smtp_server) == [] and attempts(mail_services) == []
+    assert subscriber(mail_services, "fresh2@example.jp") is None
+    assert subscriber(mail_services, "known2@example.jp").status == "active"
 
 
 def test_one_confirmation_mail_per_address_per_day(mail_live, mail_app, mail_services, smtp_server):

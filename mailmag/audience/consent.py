@@ -79,13 +79,18 @@ def request_subscription(
     bot: bool = False,
     now: dt.datetime | None = None,
 ) -> Mail | None:
-    """Handle one subscribe form submission; returns the mail to send, or None.
+    """Handle one subscribe form submission; returns the mail to send, or None. A name or an
+    organization that cannot be stored is refused (InvalidInput) whatever the address.
 
     Every request within the limits is recorded (SubscribeAttempt) so the limits hold across
     processes; one over a limit stores nothing. A new address becomes pending; an address
     already on the list is not changed (the form proves nothing): an active one's owner gets
     their preferences link, an opted-out one a confirmation link.
     """
+    # Checked before anything is looked up: refused for a known address and a new one alike, or
+    # the answer would tell a stranger which addresses are on the list (helper-94).
+    name = subscribers.check_text("name", name)
+    organization = subscribers.check_text("organization", organization)
     now = now or utcnow()
     ip = limit_ip(consent.ip or "")
     key_hash = addresses.email_hash(limit_key(address))
@@ -164,8 +169,7 @@ def _pending(
 ) -> Subscriber:
     """A new pending subscriber, or the pending one updated; each request is an opt_in record."""
     if existing is not None:
-        existing.name = subscribers.check_text("name", name)
-        existing.organization = subscribers.check_text("organization", organization)
+        existing.name, existing.organization = name, organization
         existing.lang, existing.topics = lang, list(topics)
         subscribers.record(session, existing, "opt_in", consent)
         return existing

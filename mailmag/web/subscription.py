@@ -306,13 +306,16 @@ def _subscribe() -> Any:
     if form.get("agree") != "yes":
         return _form(400, "agree", **values)
     web = state().config.web
-    with state().services.session() as session:
-        mail = consent.request_subscription(
-            session, address, _consent("web", state().wording_source(lang), web.consent_wording_version),
-            limits=_limits(),
-            name=values["name"], organization=values["organization"], lang=lang, topics=topics,
-            bot=bool(form.get("website")),  # the honeypot field people never see
-        )
+    try:
+        with state().services.session() as session:
+            mail = consent.request_subscription(
+                session, address, _consent("web", state().wording_source(lang), web.consent_wording_version),
+                limits=_limits(),
+                name=values["name"], organization=values["organization"], lang=lang, topics=topics,
+                bot=bool(form.get("website")),  # the honeypot field people never see
+            )
+    except InvalidInput as exc:  # a control character in the name: the same answer for every address
+        return _form(400, "text", why=exc.text(lang), **values)
     if mail is not None:
         state().mailer.submit(mail)  # after the commit: the mail's link must find the subscriber
     g.lang = lang
