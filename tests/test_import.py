@@ -309,3 +309,21 @@ def test_progress_bar_on_a_terminal(mailmag, config_file):
             os.close(terminal)
     assert result.stdout == b"added 3, updated 0, unchanged 0, invalid 0, suppressed 0\n"
     assert b"importing" in shown and b"100%" in shown
+
+
+def test_a_repeated_address_that_one_row_opts_out_is_not_made_a_reader(mailmag, tmp_path, db_url):
+    """helper-94: a list merged from two exports, an address active in one and unsubscribed (or
+    bounced) in the other: the first row won and the address was made active, the opt-out
+    thrown away as a repeat. The opt-out row now speaks for the address, wherever it stands."""
+    path = _csv(tmp_path, "email,status\nx@example.jp,active\nX@example.jp,unsubscribed\n"
+                          "y@example.jp,bounced\nY@example.jp,\nz@example.jp,\nz@example.jp,active\n")
+    result = mailmag.ok("subscribers", "import", str(path))
+    assert result.stdout.splitlines()[:4] == [
+        "added 1, updated 0, unchanged 0, invalid 3, suppressed 2",
+        "line 2: x@example.jp repeats line 3, which says unsubscribed: line 3 is kept",
+        "line 5: Y@example.jp repeats line 4, which says bounced: line 4 is kept",
+        "line 7: z@example.jp repeats line 6",
+    ]
+    assert list(_listed(mailmag)) == ["z@example.jp"]
+    assert sorted(r["email_hash"] for r in rows(db_url, "suppressions")) == sorted(
+        email_hash(e) for e in ("x@example.jp", "y@example.jp"))

@@ -49,6 +49,7 @@ STATUSES = {**{status: status for status in _ALL_STATUSES}, **{STATUS_JA[s]: s f
 # A row whose status says the person is not (or not yet) a reader: never added as one (helper-85:
 # an export imported into a new database made its unsubscribed and bounced readers active again).
 NOT_READERS = ("pending", "unsubscribed", "bounced", "erased")
+_OUT = ("unsubscribed", "bounced", "erased")  # the person's word (or the mailbox's) against mail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,13 +174,15 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic]) -> Iter
         raise InvalidInput("the file is empty: the first row must name the columns, e.g. メールアドレス,氏名",
                            ja="ファイルが空です。1行目に列名（例：メールアドレス,氏名）を書いてください")
     columns = _map_header(header, report)
-    seen: dict[str, int] = {}
+    # One row speaks for an address: the first, unless a later one opts it out (helper-94: a list
+    # merged from two exports, active in one and unsubscribed in the other, made it active).
+    speaking: dict[str, Row] = {}
     while True:
         line = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
-            return
+            break
         except csv.Error as exc:
             raise _unreadable(line, exc) from exc
         if not any(v.strip() for v in values):
@@ -189,15 +192,27 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic]) -> Iter
         except MailmagError as exc:
             report.invalid.append((line, Sentence(str(exc), exc.text("ja"))))
             continue
-        if row.address.key in seen:
-            first = seen[row.address.key]
-            report.invalid.append((line, Sentence(f"{row.address.email} repeats line {first}",
-                                                f"{row.address.email} は{first}行目と重複しています")))
-            continue
-        seen[row.address.key] = line
+        kept = speaking.setdefault(row.address.key, row)
+        if kept is not row:
+            if row.status in _OUT and kept.status not in _OUT:
+                kept, row = row, kept
+                speaking[row.address.key] = kept
+            report.invalid.append((row.line, _repeated(row, kept)))
+    report.invalid.sort(key=lambda pair: pair[0])
+    for row in speaking.values():
         if row.address.needs_smtputf8:
-            report.needs_smtputf8.append((line, row.address.email))
+            report.needs_smtputf8.append((row.line, row.address.email))
         yield row
+
+
+def _repeated(row: Row, kept: Row) -> Sentence:
+    email, line = row.address.email, kept.line
+    if kept.status in _OUT and row.status not in _OUT:
+        status = kept.status
+        return Sentence(f"{email} repeats line {line}, which says {status}: line {line} is kept",
+                        f"{email} は{line}行目と重複しています。"
+                        f"{line}行目の「{STATUS_JA[status]}」を採用しました")
+    return Sentence(f"{email} repeats line {line}", f"{email} は{line}行目と重複しています")
 
 
 def _unreadable(line: int, exc: csv.Error) -> InvalidInput:
