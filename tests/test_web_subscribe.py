@@ -194,6 +194,25 @@ def test_confirm_get_changes_nothing_and_only_the_button_confirms(mail_live, mai
     assert "すでに完了" in visitor.get(link).text
 
 
+def test_the_confirm_page_shows_what_the_form_said_and_can_leave_out_the_name(
+        mail_live, mail_app, mail_services, smtp_server):
+    """helper-94: a stranger typed the address with a name of their own (a URL, say), the owner
+    confirmed a page that showed only the address, and every issue then went to
+    "<their text>" <address>. The page shows the name, organization and topics the form was
+    sent with, and the owner can complete without the name and organization."""
+    subscribe(mail_live, "owner@example.jp", name="当選 https://evil.example/", organization="詐欺",
+              topic=["events"])
+    link = link_in(sent(mail_app, smtp_server)[0].data, "confirm")
+    visitor = Client(mail_live.url)
+    page = visitor.get(link)
+    assert "当選 https://evil.example/" in page.text and "詐欺" in page.text
+    assert "宛名と所属を登録せずに完了する" in page.text
+    reply = visitor.post(link, {"csrf_token": page.csrf(), "details": "drop"})
+    assert reply.status == 200 and "登録が完了しました" in reply.text
+    stored = subscriber(mail_services, "owner@example.jp")
+    assert (stored.status, stored.name, stored.organization, stored.topics) == ("active", "", "", ["events"])
+
+
 def test_confirm_without_csrf_token_is_refused(mail_live, mail_app, mail_services, smtp_server):
     subscribe(mail_live, "nocsrf@example.jp")
     link = link_in(sent(mail_app, smtp_server)[0].data, "confirm")

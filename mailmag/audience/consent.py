@@ -193,11 +193,16 @@ def mail_failed(session: Session, attempt_id: int) -> None:
         attempt.mailed = False
 
 
-def confirm(session: Session, subscriber: Subscriber, consent: Consent) -> bool:
+def confirm(session: Session, subscriber: Subscriber, consent: Consent, *,
+            without_details: bool = False) -> bool:
     """Double opt-in completed: pending, unsubscribed or bounced → active, any suppression
-    lifted, a `confirm` line in the consent log. False if it was active already."""
+    lifted, a `confirm` line in the consent log. False if it was active already.
+    `without_details`: the person did not give the name and organization the form was sent
+    with (anyone can type an address into it), so they are not kept."""
     if subscriber.status == "active":
         return False
+    if without_details:
+        subscriber.name = subscriber.organization = ""
     if subscriber.status != "pending":  # opting back in: the confirmation mail was the consent
         subscribers.come_back(session, subscriber, "pending")
     subscribers.confirm(session, subscriber, consent)

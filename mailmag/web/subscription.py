@@ -242,7 +242,8 @@ def confirm(token: str) -> Any:
         subscriber, refused = _confirmable(session, token)
         if not refused and subscriber.status != "active":
             wording = state().config.web.consent_wording_version
-            consent.confirm(session, subscriber, _consent("web", "confirmation link", wording))
+            consent.confirm(session, subscriber, _consent("web", "confirmation link", wording),
+                            without_details=request.form.get("details") == "drop")
         return _confirm_answer(subscriber, refused, "confirmed.html.j2")
 
 
