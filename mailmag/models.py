@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -362,7 +363,9 @@ class SubscribeAttempt(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
     ip: Mapped[str] = mapped_column(String(64), index=True)
-    mailed: Mapped[bool] = mapped_column(default=False)
+    mailed: Mapped[bool] = mapped_column(default=False)  # counts against the address's limit
+    # whether the mail left: one still waiting in a web process that stopped never will
+    sent: Mapped[bool] = mapped_column(default=False, server_default=false())
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from clocked import mailmag_command
 from conftest import SECRET
+from sqlalchemy import select
 from web_support import Client, key_of, one_click
 
 from mailmag import links
@@ -16,6 +19,7 @@ from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import PACKAGE_TEMPLATES, GeneralConfig, WebConfig, load_config
 from mailmag.errors import ConfigError
+from mailmag.models import SubscribeAttempt
 from mailmag.services import Services
 from mailmag.web import create_app
 from mailmag.web.admin import fixes
@@ -129,19 +133,28 @@ def test_serve_refuses_without_a_secret_key(mailmag):
     assert "MAILMAG_SECRET_KEY is not set" in result.stderr
 
 
-@pytest.mark.slow  # a real `mailmag serve` process
-def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_path):
-    mailmag.ok("subscribers", "add", "serve@example.jp")
+def _serve(config_file: Path) -> tuple[subprocess.Popen, str, str]:
+    """A real `mailmag serve` process, its URL once it says it is serving, and what it said before."""
     process = subprocess.Popen(
         mailmag_command("--config", str(config_file), "serve", "--port", "0"),
         stderr=subprocess.PIPE, text=True, env={"MAILMAG_SECRET_KEY": SECRET, "PATH": "/usr/bin:/bin"},
         cwd=Path(__file__).resolve().parents[1],
     )
-    try:
-        line = process.stderr.readline()
+    said = ""
+    for line in process.stderr:
         match = re.search(r"serving on (http://127\.0\.0\.1:\d+)/", line)
-        assert match, line
-        url = match.group(1)
+        if match:
+            return process, match.group(1), said
+        said += line
+    process.kill()
+    raise AssertionError(said)
+
+
+@pytest.mark.slow  # a real `mailmag serve` process
+def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_path):
+    mailmag.ok("subscribers", "add", "serve@example.jp")
+    process, url, _ = _serve(config_file)
+    try:
         assert Client(url).get("/healthz").status == 200
         reply = one_click(url, links.unsubscribe_url("https://news.example.jp", SECRET, 1, _key(config_file)))
     finally:
@@ -152,6 +165,54 @@ def test_mailmag_serve_answers_one_click_over_http(mailmag, config_file, tmp_pat
     assert reply.status == 200, log
     listed = mailmag.ok("subscribers", "list", "--json").output
     assert '"status": "unsubscribed"' in listed
+
+
+@pytest.mark.slow  # two real `mailmag serve` processes, one killed
+def test_a_confirmation_mail_lost_with_a_killed_server_can_be_asked_for_again(
+        mailmag, config_file, db_url, smtp_server):
+    """helper-94: the form's mails wait in the server's memory; killed while the relay was slow,
+    the server lost them, and their attempts went on counting against the address's daily
+    limit, so the person asking again the same day got nothing."""
+    base = config_file.read_text(encoding="utf-8").split("[smtp]")[0]
+
+    def relay(port: int) -> None:
+        config_file.write_text(base + f'[smtp]\ntransport = "smtp"\nport = {port}\nsecurity = "none"\n'
+                               "timeout_seconds = 20\n", encoding="utf-8")
+
+    mailmag.ok("subscribers", "list")  # (the database, made)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never greets
+        relay(silent.getsockname()[1])
+        process, url, _ = _serve(config_file)
+        try:
+            asked = Client(url).submit("/subscribe", {"email": "waiting@example.jp", "agree": "yes"})
+            assert asked.status == 200
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+            process.stderr.close()
+    relay(smtp_server.port)
+    process, url, started = _serve(config_file)
+    try:
+        again = Client(url).submit("/subscribe", {"email": "waiting@example.jp", "agree": "yes"})
+        assert again.status == 200
+        deadline = time.monotonic() + 10
+        while not smtp_server.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log = process.stderr.read()
+        process.stderr.close()
+    assert smtp_server.recipients() == ["waiting@example.jp"], log
+    assert "1 confirmation mail(s) asked for before this start were never sent" in started
+    services = Services(load_config(config_file))
+    try:
+        with services.session() as session:
+            attempts = session.execute(select(SubscribeAttempt.mailed, SubscribeAttempt.sent)
+                                       .order_by(SubscribeAttempt.id)).all()
+    finally:
+        services.close()
+    assert [tuple(a) for a in attempts] == [(False, False), (True, True)]
 
 
 def _key(config_file: Path) -> str:

@@ -26,12 +26,13 @@ import ipaddress
 from collections.abc import Sequence
 from typing import Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
+from mailmag.db import rowcount
 from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
@@ -191,6 +192,20 @@ def mail_failed(session: Session, attempt_id: int) -> None:
     attempt = session.get(SubscribeAttempt, attempt_id)
     if attempt is not None:
         attempt.mailed = False
+
+
+def mail_sent(session: Session, attempt_id: int) -> None:
+    """The mail an attempt asked for left."""
+    session.execute(update(SubscribeAttempt).where(SubscribeAttempt.id == attempt_id).values(sent=True))
+
+
+def release_unsent(session: Session, before: dt.datetime) -> int:
+    """Mails asked for before `before` and never sent waited in a web process that has stopped
+    and will not be sent: their attempts stop counting against the address, so the person can
+    ask again (helper-94). How many were freed."""
+    return rowcount(session.execute(update(SubscribeAttempt).where(
+        SubscribeAttempt.mailed.is_(True), SubscribeAttempt.sent.is_(False), SubscribeAttempt.at < before,
+    ).values(mailed=False)))
 
 
 def confirm(session: Session, subscriber: Subscriber, consent: Consent, *,

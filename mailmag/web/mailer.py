@@ -3,7 +3,8 @@
 The form's answer must not reveal whether an address was already on the list, also not by
 its timing: the request only decides which mail to send (consent.request_subscription) and
 hands it over here. A mail that cannot be sent is logged and its attempt stops counting
-against the address's daily limit, so the person can simply try again.
+against the address's daily limit, so the person can simply try again; so do the mails that
+were still waiting when an earlier web process stopped (`release_unsent`, as `serve` starts).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from mailmag import links
 from mailmag.audience import consent, notices
+from mailmag.models import utcnow
 from mailmag.services import Services
 
 log = logging.getLogger("mailmag.web")
@@ -29,6 +34,15 @@ class Mailer:
         self.queue: queue.Queue[consent.Mail | None] = queue.Queue()  # None: stop
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    def release_unsent(self) -> None:
+        """Free the attempts whose mails waited in a web process that stopped (kill -TERM or -9
+        while the relay was slow): this process's queue is empty yet, so none of them is here."""
+        with self.services.session() as session:
+            freed = consent.release_unsent(session, before=utcnow())
+        if freed:
+            log.warning("%d confirmation mail(s) asked for before this start were never sent; "
+                        "those addresses may ask again", freed)
 
     def submit(self, mail: consent.Mail) -> None:
         with self._lock:
@@ -63,11 +77,16 @@ class Mailer:
             self.send(mail)
         except Exception:  # the thread must survive a relay or template failure
             log.exception("could not send the %s mail of subscribe attempt %s", mail.kind, mail.attempt_id)
-            try:
-                with self.services.session() as session:
-                    consent.mail_failed(session, mail.attempt_id)
-            except Exception:
-                log.exception("could not release subscribe attempt %s", mail.attempt_id)
+            self._record(consent.mail_failed, mail)
+        else:
+            self._record(consent.mail_sent, mail)
+
+    def _record(self, outcome: Callable[[Session, int], None], mail: consent.Mail) -> None:
+        try:
+            with self.services.session() as session:
+                outcome(session, mail.attempt_id)
+        except Exception:  # the database gone for a moment: the thread goes on with the next mail
+            log.exception("could not record subscribe attempt %s", mail.attempt_id)
 
     def render(self, mail: consent.Mail) -> tuple[str, str]:
         """(subject, text): templates/web/mail/<kind>.<lang>.txt.j2, first line the subject."""
