@@ -306,6 +306,20 @@ def test_soft_bounces_suppress_at_the_threshold_within_the_window(session, confi
     assert user.status_reason.startswith("3 soft bounces within 30 days (last 4.2.2): smtp; 452 4.2.2")
 
 
+@pytest.mark.parametrize("status", ["xyz", "9.9.9.9.9", "5.x.y"])
+def test_a_failure_whose_status_cannot_be_read_is_counted_not_suppressed(session, config, tmp_path, status):
+    """helper-95: Action: failed with a garbled Status (and no code in the diagnostic either)
+    suppressed the reader at once, as a hard bounce would."""
+    old_subscribers(session, 1)
+    delivery = send_issue(session, 1)["user0@example.jp"]
+    report_bytes = samples.postfix_dsn("user0@example.jp", to=verp(delivery), status=status)
+    report_bytes = report_bytes.replace(f"550 {status} ".encode(), b"")  # no code in the diagnostic
+    report = process(session, config, write_maildir(tmp_path / "garbled", [report_bytes]))
+    assert (report.hard, report.soft) == (0, 1)
+    assert report.events[0].action == "counted (1 of 3 within 30 days)"
+    assert subscriber(session, "user0@example.jp").status == "active"
+
+
 def test_soft_bounces_count_once_per_delivery(session, config, tmp_path):
     add_subscribers(session, 1)
     delivery = send_issue(session, 1)["user0@example.jp"]

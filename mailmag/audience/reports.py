@@ -142,7 +142,9 @@ def dsn_failures(msg: Message) -> list[Failure]:
             kind = classify(action, code)
             if kind is not None:
                 recipient = _dsn_address(block.get("Final-Recipient") or block.get("Original-Recipient"))
-                failures.append(Failure(recipient, kind, code, diagnostic or f"Status: {code}"))
+                status = str(block.get("Status", "")).strip()
+                failures.append(Failure(recipient, kind, code, diagnostic or (
+                    f"Status: {code}" if code else f"unreadable Status: {status[:40]!r}")))
     return failures
 
 
@@ -156,7 +158,10 @@ def status_code(text: str) -> str:
 
 def classify(action: str, code: str) -> str | None:
     """hard, soft, or None for a report of success. 5.x.x is hard except the persistent-transient
-    ones: X.2.2 (mailbox full) and X.7.x (policy: often our reputation, not a dead address)."""
+    ones: X.2.2 (mailbox full) and X.7.x (policy: often our reputation, not a dead address). A
+    failure with no status code to read (Status: xyz, 5.x.y) is soft: counted, so that a few of
+    them suppress the address, but no garbled report takes a reader off the list at once
+    (helper-95)."""
     if action.startswith(("delivered", "relayed", "expanded")):
         return None
     if action.startswith("delayed") or code.startswith("4"):
@@ -164,7 +169,7 @@ def classify(action: str, code: str) -> str | None:
     if code.startswith("5"):
         transient = code == "552" or ("." in code and (code.split(".")[1] == "7" or code[2:5] == "2.2"))
         return "soft" if transient else "hard"
-    return "hard" if action.startswith(("fail", "error")) else None
+    return "soft" if action.startswith(("fail", "error")) else None
 
 
 def _blocks(part: Message) -> list[Message]:
