@@ -196,6 +196,29 @@ def test_cancel_says_what_may_still_go_and_what_readers_stopped_before(mailmag: 
         services.close()
 
 
+def test_a_message_that_may_have_gone_still_says_so_after_its_issue_is_cancelled(
+        mailmag: Mailmag, config, smtp_server):
+    """helper-95: a message whose connection was lost after the final dot waits for its retry,
+    marked "ambiguous"; a cancel then made it plain "issue cancelled", counted as not sent, and
+    with nothing else sent the issue gave its 第N号 back, though the relay had the message."""
+    services = make_services(config, smtp_server)
+    try:
+        issue = prepare_send(services, 1)
+        smtp_server.drop("after_data", address="user0@example.jp")  # kept by the relay, no reply
+        run_once(services)
+        assert counts(services, issue).queued == 1  # waiting for its retry
+    finally:
+        services.close()
+    cancelled = mailmag.ok("issues", "cancel", str(issue.id)).output
+    assert ("1 queued message will not be sent, though 1 of them may have reached the relay already"
+            in cancelled) and "第1号 stays in the archive" in cancelled
+    status = json.loads(mailmag.ok("issues", "status", str(issue.id), "--json").output)
+    assert (status["number"], status["cancelled"], status["cancelled_maybe_sent"], status["ambiguous"]) == (
+        1, 1, 1, 0)
+    assert "cancelled, but may have arrived: 1" in mailmag.ok("issues", "status", str(issue.id)).output
+    assert smtp_server.recipients() == ["user0@example.jp"]
+
+
 def test_dead_messages_of_a_cancelled_issue_are_not_queued_again(mailmag: Mailmag, config_file):
     """Workers claim rows only of issues being sent: dead rows queued again under a cancelled
     issue would be reported as queued and never go. The command refuses; the rows stay dead."""

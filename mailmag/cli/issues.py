@@ -255,6 +255,7 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
         ambiguous = outbox.ambiguous_count(session, issue.id)
+        maybe_sent = outbox.cancelled_maybe_sent(session, issue.id) if counts.cancelled else 0
         kept = outbox.failed_readers_kept(session, issue.id) if counts.failed else 0
         failed = outbox.failures(session, issue.id, FAILURES_LISTED) if counts.failed + counts.dead else []
         held = outbox.held_refusals(session, issue.id, limit=HELD_SHOWN)
@@ -270,7 +271,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
             "audience": reached, "added_since": caught_up, "total": counts.total, "sent": counts.sent,
             "failed": counts.failed, "pending": counts.pending, "queued": counts.queued,
             "sending": counts.sending, "dead": counts.dead, "cancelled": counts.cancelled,
-            "ambiguous": ambiguous, "held_refusals": held_count, "failed_reader_kept": kept,
+            "cancelled_maybe_sent": maybe_sent, "ambiguous": ambiguous, "held_refusals": held_count,
+            "failed_reader_kept": kept,
             "failures": [{"email": email, "status": state, "reply": reply} for email, state, reply in failed],
             "scheduled_at": issue.scheduled_at, "sent_at": issue.sent_at, "waiting_for_window": waiting,
             "last_timed_send": (
@@ -309,6 +311,9 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     if ambiguous:
         click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
                    "died sending it; last_reply starts with 'ambiguous')")
+    if maybe_sent:
+        click.echo(f"cancelled, but may have arrived: {maybe_sent} (connection lost after the final dot, or "
+                   "a worker died sending it, before the cancel: their readers may have this issue)")
     if held_count:
         _say_held(held, held_count, app.config)
     if waiting is not None:
@@ -352,10 +357,13 @@ def cancel(app: AppContext, issue_id: int) -> None:
         number = done.issue.number
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
-    elif done.sent or done.in_flight:
+    elif done.sent or done.maybe_sent or done.in_flight:
         # A held message already on its way to the relay still goes (one a connection at most):
         # how many did is known only once the workers have recorded them (helper-58).
         stopped = f"{plural(done.not_sent, 'queued message')} will not be sent"
+        if done.maybe_sent:
+            stopped += (f", though {done.maybe_sent} of them may have reached the relay already (the "
+                        "connection was lost after the final dot, or a worker died sending it)")
         if done.in_flight:
             stopped = (f"up to {stopped} ({done.in_flight} of them held by a worker: a message already on "
                        "its way to the relay still goes, however long the relay takes; `issues status` "

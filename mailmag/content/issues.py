@@ -71,6 +71,7 @@ class Cancelled:
     sent: int = 0  # messages that went (sent, or dead: they may have reached the relay)
     dead: int = 0  # of `sent`, those given up on: they may or may not have reached the relay
     in_flight: int = 0  # claimed by a worker when cancelled: what it sends before its next check still goes
+    maybe_sent: int = 0  # of `not_sent`, those that may have reached the relay before (marked ambiguous)
     opted_out: int = 0  # cancelled earlier, one by one: their readers unsubscribed
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
@@ -388,9 +389,10 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
     not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
     went = counts.sent + counts.dead  # dead: may have reached the relay
-    if went or before.sending:  # a claimed message may be on the wire: the 第N号 stays
+    maybe = outbox.cancelled_maybe_sent(session, issue.id)
+    if went or maybe or before.sending:  # a message may have reached a reader: the 第N号 stays
         return Cancelled(issue, not_sent=not_sent, sent=went, dead=counts.dead, in_flight=before.sending,
-                         opted_out=before.cancelled)
+                         opted_out=before.cancelled, maybe_sent=maybe)
     issue.number = None
     returned = _items_back(session, issue)
     session.flush()

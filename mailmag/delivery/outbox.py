@@ -61,6 +61,7 @@ PENDING = ("queued", "sending")
 # How last_reply starts once a delivery may have reached the relay twice (a drop after the final
 # dot, a worker dying while sending it): those rows stay countable as LIKE 'ambiguous%'.
 AMBIGUOUS = "ambiguous"
+MAYBE_BEFORE_CANCEL = f"{AMBIGUOUS}: it may have reached the relay before the issue was cancelled"
 # Ends the reply of a held address refusal asked again after the relay accepted another message
 # (dispatch._hold): the next answer about it is believed.
 REASKED = "asked again: the relay accepts other mail"
@@ -610,10 +611,13 @@ def cancel_rows(session: Session, issue_id: int) -> int:
     claimed row is dropped too; only a message already being transmitted still goes. Its
     lease owner stays on the row, so that message can still record that it went (mark_sent).
     """
+    # A row marked ambiguous (a drop after the final dot, a worker that died sending it) may have
+    # reached its reader: it keeps the mark, so that it is counted as such (helper-95).
+    reply = case((Delivery.last_reply.startswith(AMBIGUOUS), MAYBE_BEFORE_CANCEL), else_="issue cancelled")
     return rowcount(session.execute(
         update(Delivery)
         .where(Delivery.issue_id == issue_id, Delivery.status.in_(PENDING))
-        .values(status="cancelled", last_reply="issue cancelled")
+        .values(status="cancelled", last_reply=reply)
     ))
 
 
@@ -656,10 +660,22 @@ def counts(session: Session, issue_id: int) -> Counts:
 
 
 def ambiguous_count(session: Session, issue_id: int) -> int:
-    """Deliveries of the issue that may have reached the relay twice (marked AMBIGUOUS)."""
+    """Deliveries of the issue that may have reached the relay twice (marked AMBIGUOUS, and not
+    stopped by a cancel since: those went once at most, cancelled_maybe_sent)."""
     return session.scalar(
         select(func.count()).select_from(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.last_reply.startswith(AMBIGUOUS))
+        .where(Delivery.issue_id == issue_id, Delivery.last_reply.startswith(AMBIGUOUS),
+               Delivery.status != "cancelled")
+    ) or 0
+
+
+def cancelled_maybe_sent(session: Session, issue_id: int) -> int:
+    """Deliveries the issue's cancel stopped that may have reached the relay before it (a drop
+    after the final dot, a worker that died sending it): its reader may have the issue."""
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == "cancelled",
+               Delivery.last_reply == MAYBE_BEFORE_CANCEL)
     ) or 0
 
 

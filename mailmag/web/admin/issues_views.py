@@ -65,6 +65,7 @@ def show(issue_id: int) -> Any:
             counts=outbox.counts(db, issue.id), failures=outbox.failures(db, issue.id),
             held=outbox.held_refusals(db, issue.id), now=now,
             ambiguous=outbox.ambiguous_count(db, issue.id),
+            maybe_sent=outbox.cancelled_maybe_sent(db, issue.id),
             audience=outbox.audience_count(db, issue),
             langs=_editions(issue, state().config.mailmag.language),
             notice=" ".join(str(m) for m in get_flashed_messages()), topics=state().topics,
