@@ -310,6 +310,8 @@ class Delivery(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # when the relay accepted it; on a row marked ambiguous and not sent, when it may have
     sent_at: Mapped[dt.datetime | None]
+    # attempts that may have delivered it (a drop after the final dot): [retry] ambiguous_max_attempts
+    maybe_copies: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 # --- scheduling -----------------------------------------------------------------------------

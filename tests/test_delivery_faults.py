@@ -1307,6 +1307,29 @@ def test_worker_once_gives_up_on_a_database_that_never_comes(config_file):
 
 # -- the relay dropping the line after the final dot, for a few recipients only -------------------
 
+def test_refusals_that_delivered_nothing_do_not_count_toward_the_copies_cap(config, smtp_server):
+    """helper-95: [retry] ambiguous_max_attempts was read against every attempt, so a reader
+    greylisted four times (450) and then dropped once after the final dot was given up on after
+    one possible copy, days inside [retry] lifetime_seconds."""
+    services = make_services(config, smtp_server)
+    try:
+        issue = prepare_send(services, 1)
+        smtp_server.fail_rcpt("user0@example.jp", 450, "4.2.0 Greylisted, try again later", times=4)
+        smtp_server.drop("after_data", address="user0@example.jp")
+        for _ in range(6):  # each retry made due at once
+            run_once(services)
+            with services.session() as session:
+                session.execute(update(Delivery).where(Delivery.status == "queued")
+                                .values(next_attempt_at=utcnow()))
+        with services.session() as session:
+            row = session.scalars(select(Delivery).where(Delivery.issue_id == issue.id)).one()
+            assert (row.status, row.attempts) == ("sent", 6)
+            assert row.maybe_copies == 1
+        assert smtp_server.recipients() == ["user0@example.jp"] * 2  # the dropped copy, then the sent one
+    finally:
+        services.close()
+
+
 def test_a_few_recipients_whose_every_copy_is_dropped_do_not_stop_the_run(config, smtp_server):
     """The run stops when [dispatch] refusals_to_stop messages in a row are dropped after the dot
     (the relay may be keeping everything). Two recipients dropped at every attempt, retried until

@@ -876,17 +876,19 @@ class Dispatcher:
     def _defer(self, owner: str, delivery: outbox.Claimed, failure: TemporaryFailure) -> None:
         """A temporary failure, an ambiguous drop included, is retried under [retry] until the
         lifetime: a subscriber missing the issue is worse than a rare second copy. An ambiguous
-        drop also gives up after [retry] ambiguous_max_attempts: each may have been a copy."""
+        drop also gives up once it is the [retry] ambiguous_max_attempts-th: each may have been a
+        copy (a 4xx refusal was none, helper-95)."""
         now = self.clock()
         age = outbox.retrying_for(delivery, now)
         retry = self.services.config.retry
+        copies = delivery.maybe_copies + 1  # with this one, if it is a drop after the final dot
         give_up = age >= retry.lifetime_seconds or (
-            failure.ambiguous and delivery.attempts >= retry.ambiguous_max_attempts)
+            failure.ambiguous and copies >= retry.ambiguous_max_attempts)
         # the mark goes first even on giving up, or LIKE 'ambiguous%' misses the row
         reply = _marked(delivery, f"gave up: {failure}" if give_up else str(failure), failure.ambiguous)
         if failure.ambiguous:
             self.stats.add("ambiguous")
-            then = (f"failed after {delivery.attempts} attempts (each may have been a copy)" if give_up
+            then = (f"failed after {copies} attempts that may each have been a copy" if give_up
                     else "retrying: it may arrive twice")
             log.warning("delivery %s: connection lost after the final dot (the relay may have it); %s",
                         delivery.id, then)

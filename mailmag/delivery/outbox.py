@@ -112,6 +112,7 @@ class Claimed:
     retrying_since: dt.datetime | None  # None: not retried yet
     last_reply: str
     link_key: str = ""  # the subscriber row's key, which every link in the mail carries
+    maybe_copies: int = 0  # attempts that may have delivered it ([retry] ambiguous_max_attempts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,7 +381,8 @@ def _claimed_columns() -> tuple[typing.Any, ...]:
     """A claimed row as Claimed takes it, field by field."""
     return (Delivery.id, Delivery.issue_id, Delivery.subscriber_id, Delivery.email,
             _of_subscriber(Subscriber.name), Delivery.lang, Delivery.message_id, Delivery.attempts,
-            Delivery.retrying_since, Delivery.last_reply, _of_subscriber(Subscriber.link_key))
+            Delivery.retrying_since, Delivery.last_reply, _of_subscriber(Subscriber.link_key),
+            Delivery.maybe_copies)
 
 
 def claim(
@@ -506,10 +508,11 @@ def mark_retry(session: Session, delivery_id: int, owner: str, reply: str, at: d
                    next_attempt_at=at, retrying_since=since, **_maybe_sent(ambiguous_at))
 
 
-def _maybe_sent(at: dt.datetime | None) -> dict[str, dt.datetime]:
+def _maybe_sent(at: dt.datetime | None) -> dict[str, object]:
     """A row marked ambiguous keeps in sent_at when it may have reached the relay: a restarted
-    worker counts it against the hourly limit (unrecorded_since)."""
-    return {} if at is None else {"sent_at": at}
+    worker counts it against the hourly limit (unrecorded_since); and it counts one possible
+    copy more ([retry] ambiguous_max_attempts)."""
+    return {} if at is None else {"sent_at": at, "maybe_copies": Delivery.maybe_copies + 1}
 
 
 def release(session: Session, delivery_id: int, owner: str, at: dt.datetime | None = None) -> bool:
