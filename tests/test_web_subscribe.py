@@ -10,7 +10,7 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from web_support import Client, LiveServer, Reply, counts, link_in, mail_text, make_services
 
-from mailmag import clock, tokens
+from mailmag import clock, links, tokens
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import WebConfig
@@ -211,6 +211,32 @@ def test_the_confirm_page_shows_what_the_form_said_and_can_leave_out_the_name(
     assert reply.status == 200 and "登録が完了しました" in reply.text
     stored = subscriber(mail_services, "owner@example.jp")
     assert (stored.status, stored.name, stored.organization, stored.topics) == ("active", "", "", ["events"])
+
+
+def test_the_consent_log_names_the_wording_a_confirmation_was_asked_under(
+        mail_live, mail_app, mail_services, smtp_server):
+    """helper-94: a reader who asked on their preferences page to receive again (a page that
+    shows no consent wording) was logged as confirming wording 1, and the request itself was
+    not logged. The form's request and its confirmation name the wording the form showed."""
+    with mail_services.session() as session:
+        _, back = subscribers.add(session, subscribers.parse_address("back@example.jp"), Consent("cli"))
+        subscribers.unsubscribe(session, back, Consent("web"))
+        path = links.preferences_url("https://news.example.jp", SECRET, back.id, back.link_key)
+    client = Client(mail_live.url)
+    client.submit(path, {"lang": "ja", "action": "resubscribe"})
+    subscribe(mail_live, "new@example.jp")
+    for message in sent(mail_app, smtp_server):
+        link = link_in(message.data, "confirm")
+        page = client.get(link)
+        client.post(link, {"csrf_token": page.csrf()})
+    with mail_services.session() as session:
+        logged = session.execute(select(Subscriber.email, ConsentEvent.action, ConsentEvent.wording_version)
+                                 .join(Subscriber).where(ConsentEvent.action.in_(("opt_in", "confirm")))
+                                 .order_by(ConsentEvent.id)).all()
+    assert [tuple(row) for row in logged] == [
+        ("back@example.jp", "opt_in", None), ("back@example.jp", "opt_in", None),  # added, then asked
+        ("new@example.jp", "opt_in", "1"),
+        ("back@example.jp", "confirm", None), ("new@example.jp", "confirm", "1")]
 
 
 def test_confirm_without_csrf_token_is_refused(mail_live, mail_app, mail_services, smtp_server):

@@ -241,7 +241,8 @@ def confirm(token: str) -> Any:
     with state().services.session() as session:
         subscriber, refused = _confirmable(session, token)
         if not refused and subscriber.status != "active":
-            wording = state().config.web.consent_wording_version
+            # what they were shown when they asked, not what the form shows today
+            wording = consent.wording_agreed(session, subscriber)
             consent.confirm(session, subscriber, _consent("web", "confirmation link", wording),
                             without_details=request.form.get("details") == "drop")
         return _confirm_answer(subscriber, refused, "confirmed.html.j2")
