@@ -32,8 +32,9 @@ bp = Blueprint("subscription", __name__)
 def _repeatable(view: Callable[..., Any]) -> Callable[..., Any]:
     """A consent change that survives the database connection dying under it (run once more on
     a new one): an RFC 8058 one-click is sent once by the mail provider, and nobody sees a 500.
-    Each is safe to run twice: a second unsubscribe or confirmation records nothing new, and mail
-    goes out only after the commit."""
+    Each is safe to run again: the run whose connection died committed nothing, so the change is
+    recorded once, and mail goes out only after the commit. (A reader who presses one-click a
+    second time is another request, and the log records it again: the latest word, helper-60.)"""
 
     @functools.wraps(view)
     def again(*args: Any, **kwargs: Any) -> Any:
