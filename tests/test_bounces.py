@@ -193,6 +193,8 @@ def test_original_message_id_maps_a_bounce_without_verp(session, config, tmp_pat
     message = builder("forwarded@elsewhere.example", to="bounces@example.jp", original_id=delivery.message_id)
     report = process(session, config, write_maildir(tmp_path / "Maildir", [message]))
     assert [(e.email, e.matched_by) for e in report.events] == [("user1@example.jp", "message-id")]
+    # said beside the match (helper-95: nothing showed the report was about another address)
+    assert report.events[0].names_instead == ("forwarded@elsewhere.example",)
     assert session.scalar(select(BounceEvent.delivery_id)) == delivery.id
     assert subscriber(session, "user1@example.jp").status == "bounced"
 

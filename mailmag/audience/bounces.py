@@ -60,6 +60,9 @@ class Event:
     code: str
     matched_by: str  # verp | message-id | address | tag | sender (a mailto request without a tag)
     action: str
+    # the addresses a report matched by its tag or Message-ID names, when none is the reader's
+    # (a forwarding mailbox, or a report about someone else: the match stands, helper-95)
+    names_instead: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +295,14 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
     session.flush()
     action = _apply(session, found.subscriber, event, reading, config)
     setattr(report, COUNTERS[reading.kind], getattr(report, COUNTERS[reading.kind]) + 1)
-    report.events.append(Event(where, reading.kind, found.subscriber.email, event.code, found.by, action))
+    report.events.append(Event(where, reading.kind, found.subscriber.email, event.code, found.by, action,
+                               _named_instead(found.subscriber, reading)))
+
+
+def _named_instead(subscriber: Subscriber, reading: reports.Reading) -> tuple[str, ...]:
+    """The addresses the report names, if none is the subscriber's it was matched to."""
+    keys = {_key(address) for address in reading.recipients}
+    return () if not keys or subscriber.email_key in keys else tuple(reading.recipients)
 
 
 # A reader is sent at most one unsubscribe link in answer to requests without a tag in this
@@ -548,11 +558,14 @@ def _by_message_id(session: Session, message_id: str) -> Delivery | None:
 
 def _by_address(session: Session, address: str) -> Subscriber | None:
     """By the one address rule, so '"taro..yamada."@docomo.ne.jp' finds taro..yamada.@docomo.ne.jp."""
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == _key(address)))
+
+
+def _key(address: str) -> str:
     try:
-        key = parse_address(address).key
+        return parse_address(address).key
     except InvalidEmail:
-        key = address.strip().lower()
-    return session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+        return address.strip().lower()
 
 
 def open_mailbox(path: Path) -> tuple[mailbox.Mailbox, Callable[[Any], str]]:

@@ -39,7 +39,8 @@ def process(app: AppContext, path: Path, as_json: bool, verbose: bool) -> None:
     if verbose:
         for e in report.events:
             code = f" {e.code}" if e.code else ""
-            click.echo(f"{e.key}: {e.kind}{code} {e.email} (matched by {e.matched_by}): {e.action}")
+            named = f"; the report names {', '.join(e.names_instead)}" if e.names_instead else ""
+            click.echo(f"{e.key}: {e.kind}{code} {e.email} (matched by {e.matched_by}{named}): {e.action}")
     for key, reason in report.unmatched:
         click.echo(f"unmatched {key}: {reason}")
     for key, reason in report.unreadable:
