@@ -281,6 +281,74 @@ def test_a_reference_to_an_item_or_a_time_at_a_wrap_is_joined(lines):
     assert_joined(lines)
 
 
+@pytest.mark.parametrize("lines", [
+    # an address, a date, a time or a polite end inside a wrapped sentence (today's rules read them
+    # as a signature, a schedule, a label)
+    ["参加を希望される方は7月10日（水）までに所定の申込書に必要事",
+     "項を記入のうえ事務局（kikaku@example.jp）あて電子メールにて", "お申し込みください"],
+    ["本研究会では地域経済の現状について報告を行った．詳細は報告書を参照され",
+     "たい．問合せ先は研究会事務局（ken@example.ac.jp）までとする．次回の研", "究会は秋に開催予定である"],
+    ["本年度の総会につきましては、下記のとおり開催いたしますので、会員の皆様には",
+     "7月24日（水） 午後1時30分から市民会館大ホールにお集まりいただきますようお願い", "申し上げます。"],
+    ["当日の受付は正面玄関横の総合案内にて行いますので、開演の三十分前となる午後",
+     "13:30 頃までにお越しいただき、受付にて参加証をお受け取りくださいますようお願", "いいたします。"],
+    ["当日は会長が所用により欠席となり、開会の挨拶は副会長が代理で行う予定です",
+     "ので当日は副会長\u3000佐藤次郎よりご挨拶申し上げます。"],
+    ["本研修会は会員団体の職員を対象としておりますが、会員以外の方でも参加できます",
+     "ので、関心のある方はぜひお誘い合わせの上ご参加ください。"],
+    ["本年度の事業計画については、理事会において審議した結果、重点事業である",
+     "①から③までの事業を中心に予算を配分することとし、総会に諮ることとした。"],
+    ["本年度の事業計画については、理事会において審議した結果、重点事業である",
+     "（1）及び（2）の事業を中心に予算を配分することとし、総会に諮ることとした。"],
+])
+def test_an_address_a_date_or_a_polite_end_inside_a_wrapped_sentence_is_joined(lines):
+    """helper-96: 0467ebf's rules kept these breaks (必要事 / 項を記入…), and ので、 after a
+    polite end was read as a new sentence's conjunction."""
+    assert_joined(lines)
+
+
+@pytest.mark.parametrize("lines", [
+    ["（1）地域づくり活動の担い手の育成に関する事業として研修会を年三回開催する",
+     "（2）にぎわい創出のための商店街連携イベントを各地域において年二回開催する",
+     "（3）情報発信のためのメールマガジンを毎月発行し、会員団体の活動を紹介する"],
+    ["7/24（水）\u3000第2回企画会議（市役所本庁舎3階第1会議室にて午後開催予定）",
+     "8/21（水）\u3000第3回企画会議（市役所本庁舎3階第1会議室にて午後開催予定）",
+     "9/18（水）\u3000第4回企画会議（市役所本庁舎3階第1会議室にて午後開催予定）"],
+    ["7月24日（水）～26日（金）\u3000夏季研修会（県立青少年の家にて二泊三日で実施）",
+     "8月21日（水）～23日（金）\u3000秋季研修会（県立青少年の家にて二泊三日で実施）"],
+    ["午前10時～\u3000受付開始（市民会館1階ロビーにて参加証をお渡しします）",
+     "午前10時30分～\u3000開会式（市民会館大ホールにて会長挨拶、来賓祝辞）",
+     "午後1時～\u3000分科会（市民会館各会議室にてテーマ別に意見交換を行います）"],
+    ["8月3日（土） ふるさと夏祭り（松江市総合運動公園多目的広場ほか市内三会場）",
+     "8月4日（日） ふれあいコンサート（松江市総合文化センター大ホールにて開催）",
+     "8月5日（月） まちあるきツアー（松江城周辺の城下町を地元ガイドと歩きます）"],
+    ["13:30 あいさつ（島根県地域づくり推進協議会会長\u3000佐藤次郎、島根県知事）",
+     "13:40 基調講演「人口減少時代の地域づくり」島根大学教授\u3000山田太郎氏",
+     "15:00 おわりに（島根県地域づくり推進協議会副会長\u3000鈴木一郎より閉会挨拶）"],
+    # a contact block after the paragraph's sentence; a signature line that starts in hiragana
+    ["本件に関する詳細につきましては、下記の担当までお気軽にお問い合わせください。",
+     "島根県地域振興部地域振興課\u3000地域づくり推進スタッフ\u3000担当\u3000山田太郎",
+     "島根県松江市殿町1番地\u3000島根県庁南庁舎3階\u3000電話番号0852-22-1234",
+     "電子メール\u3000chiiki@pref.shimane.example.jp"],
+    ["お問い合わせ先", "しまね地域づくり推進協議会事務局", "〒690-0826\u3000松江市学園南1丁目2-1",
+     "くにびきメッセ3階", "TEL：0852-22-1234", "E-mail：info@example.jp"],
+])
+def test_items_schedules_and_contact_blocks_as_members_write_them_keep_their_lines(lines):
+    """helper-96: an item starting in hiragana (（2）にぎわい…) was read as a reference and the list
+    ran together; slash dates, date ranges, 午前/午後 times and a half-width space before a word in
+    hiragana were no schedule; a contact block after a sentence, and a signature line in hiragana
+    under a short one, were joined."""
+    assert_kept_as_written(lines)
+
+
+def test_english_wrapped_before_a_time_is_joined_with_a_space():
+    """helper-96: "…starting at" / "10:00 AM on…" kept its break as if a program's line began."""
+    lines = ["The general assembly of the council will be held at the city hall, starting at",
+             "10:00 AM on Wednesday, July 24, and all members are welcome to attend."]
+    assert markdown_to_text("\n".join(lines)) == " ".join(lines)
+    assert "<br>" not in to_html("\n".join(lines))
+
+
 def test_a_long_url_line_does_not_set_the_width_the_wraps_below_it_are_read_at():
     """helper-92: a line holding a long URL was the widest, so the PDF's wraps under it looked
     short and were kept (取り / 組んできた)."""

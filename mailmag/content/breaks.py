@@ -27,22 +27,28 @@ _LIST_START = re.compile(r"[・●○◎■□◆◇※★☆▼▽→⇒〒＜�
                          rf"|{_NUMBERED}(?![0-9０-９])"
                          r"|[Ⅰ-Ⅻⅰ-ⅻ][.．、)）\s]|[(（][ア-ン一二三四五六七八九十a-zａ-ｚ][)）]|[ア-ン][.．)）]"
                          "|(?:[ア-ン一二三四五六七八九十]|第[0-9０-９一二三四五六七八九十]{1,2})\u3000")
-# A schedule's lines: 7月24日（水）　第２回企画会議, 13:30～13:40　開会挨拶 (helper-93), a date or a
-# time and a space; not 7月24日（水）に開催 nor 13:30 から, which a wrap may put at a line's start.
-_DATE = ("(?:(?:令和|平成)?[0-9０-９元]{1,4}年)?[0-9０-９]{1,2}月[0-9０-９]{1,2}日"
-         "(?:[（(][月火水木金土日祝・]{1,5}[)）])?")
-_TIME = "[0-9０-９]{1,2}[:：][0-9０-９]{2}"
-_SCHEDULE_START = re.compile(f"(?:{_DATE}|{_TIME})(?:\\s*[～〜~\\-－―]\\s*(?:{_TIME})?)?"
-                             "(?:\u3000| +(?=[^\\sぁ-ゖ]))")
-# （3）までの様式, 【別紙】のとおり: a mark followed by a particle is a reference to an item, not an
-# item; a wrap may put it at a line's start (helper-93: …（1）から / （3）までの…).
-_REFERENCE = re.compile(rf"(?:{_NUMBERED}|【[^】]{{1,12}}】)"
-                        "(?:まで|から|など|の|と|を|に|が|や|で|へ|より|は(?!じめ))")
+# A schedule's lines: 7月24日（水）　第２回企画会議, 7/24（水）, 7月24日（水）～26日（金）, 13:30～13:40
+# 開会挨拶, 午前10時30分～ (helper-93, -96), a date or a time and a space; not 7月24日（水）に開催, 13:30
+# から, 13:30 頃まで nor 10:00 AM, which a wrap may put at a line's start.
+_DAY = "[0-9０-９]{1,2}日(?:[（(][月火水木金土日祝・]{1,5}[)）])?"
+_DATE = ("(?:(?:令和|平成)?[0-9０-９元]{1,4}年)?"
+         f"(?:[0-9０-９]{{1,2}}月{_DAY}|[0-9０-９]{{1,2}}[/／][0-9０-９]{{1,2}}(?:[（(][月火水木金土日祝・]{{1,5}}[)）])?)")
+_TIME = "(?:[0-9０-９]{1,2}[:：][0-9０-９]{2}|(?:午前|午後)[0-9０-９]{1,2}時(?:[0-9０-９]{1,2}分|半)?)"
+_PARTICLE_AFTER = "(?:頃|ごろ|(?:から|まで|より|に|の|を|は|と|が|で|へ|や)(?![ぁ-ゖ]))"
+_SCHEDULE_START = re.compile(f"(?:{_DATE}|{_TIME})(?:\\s*[～〜~\\-－―]\\s*(?:{_DATE}|{_DAY}|{_TIME})?)?"
+                             f"(?:\u3000+| +(?![\\sA-Za-z]|{_PARTICLE_AFTER}))")
+# （3）までの様式, 【別紙】のとおり, ①から③: a mark followed by a particle is a reference to an
+# item, not an item; a wrap may put it at a line's start (helper-93: …（1）から / （3）までの…). Not
+# （2）にぎわい創出, （1）からだの: an item may start with a word in hiragana (helper-96).
+_REFERENCE = re.compile(rf"(?:{_NUMBERED}|[①-⑳]|【[^】]{{1,12}}】)"
+                        "(?:まで|から|など|の|と|を|に|が|や|で|へ|より|は|及び|並びに|又は)"
+                        "(?=$|[^ぁ-ゖ]|[のにはをでと])")
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
 _BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
 # A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
-_CONJUNCTION = re.compile("[ぁ-ゖ]{1,4}、")
+# (…できます / ので、… and …開催します / が、… go on: helper-96)
+_CONJUNCTION = re.compile("(?!(?:ので|のに|が|から|けど|けれど|けれども|し|ため|ものの)、)[ぁ-ゖ]{1,4}、")
 # A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
 _POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
 # 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
@@ -51,7 +57,8 @@ _SPACE_LABEL_TEXT = "[^\\s：:、。]{1,6}\u3000+"
 _SPACE_LABEL = re.compile(_SPACE_LABEL_TEXT)
 # After a sentence whose 。 was left off, a longer word before a 全角 space is a label too
 # (helper-93: …ご注意ください / お問い合わせ先　事務局)
-_LONG_SPACE_LABEL = re.compile("[^\\s：:、。]{1,12}\u3000+(?=\\S)")
+# (not a sentence going on: …予定です / ので当日は副会長　佐藤…, helper-96)
+_LONG_SPACE_LABEL = re.compile("(?:[おご](?![ぁ-ゖ])|[^\\sぁ-ゖ：:、。])[^\\s：:、。]{0,11}\u3000+(?=\\S)")
 # 日時：, 日時 : (short, no kana: は次のとおり : is text, helper-77), 日　時：, お問い合わせ・お申し込み
 # 先：, TEL:, 日時　… with a 全角 space for the colon (helper-74), TEL 082-… as a phone number, not
 # 電話 3台 (helper-76, -77); not a time's 13:30 or 午後1:30, nor a URL's ttps:// cut by a wrap (helper-73)
@@ -67,11 +74,13 @@ _WRAP_BAND = 0.9
 # that ends a line: the line that follows is a line of its own when it is Japanese.
 _ENGLISH_END = re.compile("[A-Za-z][.!?][\"')\\]]*$|https?://\\S+$")
 _HIRAGANA = re.compile("[ぁ-ゖ]")
-# A contact line: 〒, a phone or fax, an e-mail address, the person in charge. A paragraph that
-# holds one and no sentence is a signature, its lines as written (helper-93).
-_CONTACT = re.compile("^(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|担当)[：:\u3000]"
-                      "|(?:TEL|FAX|Tel|Fax|電話|携帯)\\s*[：:]?\\s*[(（]?[0-9０-９]{2,5}[)）\\-－ー‐])"
-                      "|[\\w.+-]+@[\\w-]+\\.[\\w.-]+")
+# A contact line, as it starts: 〒, a phone or fax, an e-mail address, the person in charge. The
+# lines after a paragraph's last sentence that hold one and no sentence are a signature, its lines
+# as written (helper-93); an address inside a sentence is no sign of one (helper-96).
+_CONTACT = re.compile("(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|電子メール|担当)\\s*[：:\u3000]"
+                      "|(?:TEL|FAX|Tel|Fax|電話|携帯)\\s*[：:]?\\s*[(（]?[0-9０-９]{2,5}[)）\\-－ー‐]"
+                      "|[\\w.+-]+@[\\w-]+\\.[\\w.-]+$)")
+_SENTENCE_MARKS = "。！？．"
 
 
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
@@ -98,18 +107,15 @@ class _Block:
 
     width: int  # the width it was wrapped at, else its widest line's
     shown_width: bool  # whether two of its lines show that width
-    signature: bool  # a sender's name, address and contact lines
+    signature: int  # the first line of a signature after the paragraph's text (len(lines): none)
 
     @classmethod
     def read(cls, lines: Sequence[str]) -> _Block:
         stripped = [line.strip() for line in lines]
         widths = [display_width(line) for line in stripped]
         shown = _wrap_width(widths)
-        # (a sentence anywhere, 。 or ！ or ？, makes it prose that mentions an address)
-        signature = (any(_CONTACT.search(line) for line in stripped)
-                     and not any(mark in line for line in stripped for mark in "。！？"))
         return cls(width=shown or max(widths, default=0), shown_width=shown is not None,
-                   signature=signature)
+                   signature=_signature(stripped))
 
 
 @dataclass(frozen=True)
@@ -120,15 +126,18 @@ class _Pair:
     after: str
     indent: str  # the 全角 spaces `after` starts with, as written
     first: bool  # the paragraph's first break
-    listed: bool  # the line before `before`, or the one after `after`, is a list item or a label
+    listed: bool  # `before`, or the line after `after`, is a list item or a label
     block: _Block
+
+    signed: bool  # both lines are a signature's
 
     @classmethod
     def at(cls, lines: Sequence[str], i: int, block: _Block) -> _Pair:
         after = lines[i + 1]
         return cls(before=lines[i].strip(), after=after.strip(), block=block, first=i == 0,
                    indent=after[: len(after) - len(after.lstrip("\u3000"))],
-                   listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])))
+                   listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])),
+                   signed=i >= block.signature)
 
     @cached_property
     def full(self) -> bool:
@@ -168,19 +177,23 @@ def _a_sentence_ended(pair: _Pair) -> bool | None:
 
 
 def _a_list_mark_follows(pair: _Pair) -> bool | None:
-    """A list's mark starts a line of its own, except a bracketed one that a PDF's wrap put at
-    the start of a line as wide as the rest, mid-sentence (…計画案と / （1）から（3）の様式が)."""
+    """A list's mark starts a line of its own, except a bracketed one or a date or time that a
+    PDF's wrap put at the start of a line as wide as the rest, mid-sentence (…計画案と / （1）
+    から（3）の様式が, …会員の皆様には / 7月24日（水） 午後1時30分から: helper-96)."""
     if not _list_mark(pair.after):
         return None
-    return pair.marked or not pair.full or pair.listed or not _BRACKET_START.match(pair.after)
+    text_like = _BRACKET_START.match(pair.after) or _SCHEDULE_START.match(pair.after)
+    return pair.marked or not pair.full or pair.listed or not text_like
 
 
 def _a_signatures_lines(pair: _Pair) -> bool | None:
     """A signature's lines are as written (事務局 / 島根県松江市… / 担当　山田), even where two of
-    them are as wide as a wrap, unless the next line carries on the last word."""
-    if not (pair.block.signature and pair.japanese):
+    them are as wide as a wrap, unless a wide line's last word goes on in the next (a short
+    お問い合わせ先 / しまね地域… does not: helper-96)."""
+    if not (pair.signed and pair.japanese):
         return None
-    return not (_goes_on(pair.before, pair.after) or pair.before.endswith(("、", "，")))
+    wide = display_width(pair.before) >= _WRAPPED_WIDTH
+    return not ((wide and _goes_on(pair.before, pair.after)) or pair.before.endswith(("、", "，")))
 
 
 def _an_indent_follows(pair: _Pair) -> bool | None:
@@ -245,6 +258,18 @@ def _decide(pair: _Pair) -> bool:
 
 
 # --- what the rules read of a line --------------------------------------------------------------
+
+def _signature(lines: list[str]) -> int:
+    """Where the signature begins: the lines after the paragraph's last sentence, if one of them
+    starts as a contact line does and none holds a sentence; else len(lines)."""
+    start = next((i + 1 for i in range(len(lines) - 1, -1, -1)
+                  if lines[i].rstrip(_CLOSING).endswith(_SENTENCE_END)), 0)
+    tail = lines[start:]
+    if any(_CONTACT.match(line) for line in tail) and not any(
+            mark in line for line in tail for mark in _SENTENCE_MARKS):
+        return start
+    return len(lines)
+
 
 def _wrap_width(widths: list[int]) -> int | None:
     """The width a paragraph was wrapped at: the widest that two of its lines (the last aside)
