@@ -200,7 +200,7 @@ def test_a_refusal_not_believed_yet_shows_apart_from_the_failures(mail_console, 
 
 def test_the_issue_page_adds_up_with_cancelled_and_possibly_doubled_messages(mail_console, smtp_server):
     """helper-55: the page showed 送信済み 1 失敗 0 未送信 0 合計 3, and nothing of a reader who
-    left during the send, nor of a message that may have arrived twice, which `issues status`
+    left during the send, nor of a message that may have arrived more than once, which `issues status`
     showed."""
     services = mail_console.services
     client, token, ids = _sender_with_readers(mail_console, ["記事"], 3)
@@ -217,7 +217,7 @@ def test_the_issue_page_adds_up_with_cancelled_and_possibly_doubled_messages(mai
     assert '送信済み</dt><dd data-key="sent">2</dd>' in page
     assert '送信取りやめ</dt><dd data-key="cancelled">1</dd>' in page
     assert '合計</dt><dd data-key="total">3</dd>' in page
-    assert "二重に届いたおそれのあるメール：1 通" in page
+    assert "複数回届いたおそれのあるメール：1 通" in page
 
 
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):

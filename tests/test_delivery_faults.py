@@ -300,7 +300,7 @@ def test_a_claim_whose_answer_was_lost_after_it_landed_sends_its_rows_now_and_on
 ):
     """helper-65: a claim's commit landed while its answer was lost (a database that hung, then
     went on); the worker claimed again and the landed rows stayed held by nobody until the lease
-    ran out, then went marked "may have arrived twice". Here the claim commits and the database
+    ran out, then went marked "may have arrived more than once". Here the claim commits and the database
     then goes away at the next step of the same try: the retry takes up the landed rows."""
     from sqlalchemy.exc import OperationalError
 
@@ -921,7 +921,7 @@ def test_a_reader_who_comes_back_after_a_refusal_in_flight_gets_a_first_copy(con
     """helper-59: the reader left while the relay was refusing (or deferring) their message,
     then took the unsubscribe back. The cancelled row kept the worker's lease, so the undo
     handed it back to a worker that had long moved on: it waited for the lease to expire, and
-    then went marked "may have arrived twice", though the relay never took it."""
+    then went marked "may have arrived more than once", though the relay never took it."""
     services = make_services(config, smtp_server)
     issue = sending_to(services, ["leaving@example.org", "staying@example.org"])
     smtp_server.fail_rcpt("leaving@example.org", code, words, times=1, delay=1.5)

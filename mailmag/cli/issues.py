@@ -309,8 +309,8 @@ def status(app: AppContext, issue_id: int, as_json: bool) -> None:
                    "refusal not believed until [retry] lifetime_seconds, or the content refused; they "
                    "get the next issue)")
     if ambiguous:
-        click.echo(f"may have arrived twice: {ambiguous} (connection lost after the final dot, or a worker "
-                   "died sending it; last_reply starts with 'ambiguous')")
+        click.echo(f"may have arrived more than once: {ambiguous} (connection lost after the final dot, or "
+                   "a worker died sending it; last_reply starts with 'ambiguous')")
     if maybe_sent:
         click.echo(f"cancelled, but may have arrived: {maybe_sent} (connection lost after the final dot, or "
                    "a worker died sending it, before the cancel: their readers may have this issue)")

@@ -65,7 +65,7 @@ class ExpiryHold:
 
     Every lease was stamped on the old clock, so a jump longer than [dispatch] lease_seconds made
     live workers' leases look expired: their rows went back to the queue and were sent again
-    ("may have arrived twice", helper-66). Each process sees the jump on its own clock, and every
+    ("may have arrived more than once", helper-66). Each process sees the jump on its own clock, and every
     live holder renews its leases on the new clock within a quarter lease (the keeper): after one
     lease of elapsed time, what still looks expired is dead.
 
