@@ -144,8 +144,14 @@ def test_bad_rows_are_reported_and_skipped_the_rest_lands(mailmag, tmp_path, db_
          "with one called メールアドレス or email"),
         (b"", EMPTY),
         (b"\xef\xbb\xbf\r\n\r\n", EMPTY),
+        # helper-94: read as CP932, the UTF-8 row's 山田 was stored as 螻ｱ逕ｰ
+        ("email,name\nm1@example.jp,山田\nm2@example.jp,x\n".encode()
+         + "m3@example.jp,佐藤\n".encode("cp932"),
+         "the file mixes encodings: line 2 is UTF-8 and line 4 is not (CP932?); save it from Excel as "
+         "'CSV UTF-8 (コンマ区切り)' and import that file (if every line is CP932, choose that encoding)"),
     ],
-    ids=["latin1", "utf16", "xlsx", "no-email-column", "no-header", "empty", "bom-and-blank-lines"],
+    ids=["latin1", "utf16", "xlsx", "no-email-column", "no-header", "empty", "bom-and-blank-lines",
+         "utf8-and-cp932"],
 )
 @one_database  # a rule of the input, not of the database
 def test_unreadable_files_are_one_line_errors(mailmag, tmp_path, db_url, content, message):

@@ -114,8 +114,8 @@ def _decode(data: bytes, encoding: str) -> str:
     if encoding == "auto":
         try:
             return data.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            pass
+        except UnicodeDecodeError as exc:
+            _refuse_mixed(data, _line_of(data, exc.start))
         try:
             return data.decode("cp932")
         except UnicodeDecodeError as exc:
@@ -135,6 +135,26 @@ def _decode(data: bytes, encoding: str) -> str:
                f"（{_line_of(data, exc.start)}行目に読めないバイトがあります）。"
                "文字コードを「自動」にしてお試しください",
         ) from exc
+
+
+def _refuse_mixed(data: bytes, not_utf8: int) -> None:
+    """Rows pasted together from a UTF-8 file and a CP932 one: read as CP932, the UTF-8 rows'
+    Japanese would be stored as mojibake (山田 as 螻ｱ逕ｰ, helper-94), so the file is refused."""
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if number != not_utf8 and not line.isascii() and _utf8(line.lstrip(b"\xef\xbb\xbf")):
+            raise InvalidInput(
+                f"the file mixes encodings: line {number} is UTF-8 and line {not_utf8} is not (CP932?); "
+                f"{SAVE_AS_CSV} (if every line is CP932, choose that encoding)",
+                ja=f"このファイルには文字コードが混在しています（{number}行目は UTF-8、{not_utf8}行目は"
+                   f"それ以外）。{SAVE_AS_CSV_JA}（すべての行が CP932 なら、その文字コードを選んでください）")
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _refuse_other_formats(data: bytes) -> None:
