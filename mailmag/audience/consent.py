@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 from mailmag import addresses, topics
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.db import rowcount
 from mailmag.errors import InvalidInput
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber, Suppression, utcnow
 
@@ -152,11 +151,19 @@ def limit_ip(ip: str) -> str:
     return str(parsed)
 
 
+# A confirmation mail not sent this long after it was asked for is taken as lost (it waited in
+# a web process that stopped: kill -TERM or -9 while the relay was slow, helper-94): it stops
+# counting against its address until it is sent after all. Longer than a queue of mails takes
+# behind a relay that answers nothing ([smtp] timeout_seconds each).
+MAIL_LOST_AFTER = dt.timedelta(minutes=15)
+
+
 def _over_limits(session: Session, key_hash: str, ip: str, limits: Limits, now: dt.datetime) -> bool:
     mailed_today = session.scalar(
         select(func.count()).select_from(SubscribeAttempt).where(
             SubscribeAttempt.email_hash == key_hash, SubscribeAttempt.mailed.is_(True),
             SubscribeAttempt.at > now - dt.timedelta(days=1),
+            SubscribeAttempt.sent.is_(True) | (SubscribeAttempt.at > now - MAIL_LOST_AFTER),
         )
     ) or 0
     from_ip = session.scalar(
@@ -198,17 +205,8 @@ def mail_failed(session: Session, attempt_id: int) -> None:
 
 
 def mail_sent(session: Session, attempt_id: int) -> None:
-    """The mail an attempt asked for left."""
+    """The mail an attempt asked for left: it counts against the address however late it went."""
     session.execute(update(SubscribeAttempt).where(SubscribeAttempt.id == attempt_id).values(sent=True))
-
-
-def release_unsent(session: Session, before: dt.datetime) -> int:
-    """Mails asked for before `before` and never sent waited in a web process that has stopped
-    and will not be sent: their attempts stop counting against the address, so the person can
-    ask again (helper-94). How many were freed."""
-    return rowcount(session.execute(update(SubscribeAttempt).where(
-        SubscribeAttempt.mailed.is_(True), SubscribeAttempt.sent.is_(False), SubscribeAttempt.at < before,
-    ).values(mailed=False)))
 
 
 def confirm(session: Session, subscriber: Subscriber, consent: Consent, *,

@@ -22,7 +22,6 @@ def serve(app: AppContext, host: str, port: int, threads: int | None) -> None:
     413), connection_limit, channel_timeout and threads."""
     services = app.ready_services()
     web_app = create_app(services)  # refuses to start without MAILMAG_SECRET_KEY (unless demo)
-    web_app.extensions["mailmag"].mailer.release_unsent()  # what a stopped server left unsent
     server = make_server(web_app, host, port, threads)
     click.echo(f"serving on http://{host}:{server.effective_port}/ "
                f"(links in mail use {services.config.mailmag.base_url})", err=True)

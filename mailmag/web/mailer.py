@@ -3,8 +3,9 @@
 The form's answer must not reveal whether an address was already on the list, also not by
 its timing: the request only decides which mail to send (consent.request_subscription) and
 hands it over here. A mail that cannot be sent is logged and its attempt stops counting
-against the address's daily limit, so the person can simply try again; so do the mails that
-were still waiting when an earlier web process stopped (`release_unsent`, as `serve` starts).
+against the address's daily limit, so the person can simply try again; so does one still
+unsent a while after it was asked for (consent.MAIL_LOST_AFTER: it waited in a web process that
+stopped), until it is sent after all.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from mailmag import links
 from mailmag.audience import consent, notices
-from mailmag.models import utcnow
 from mailmag.services import Services
 
 log = logging.getLogger("mailmag.web")
@@ -34,15 +34,6 @@ class Mailer:
         self.queue: queue.Queue[consent.Mail | None] = queue.Queue()  # None: stop
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    def release_unsent(self) -> None:
-        """Free the attempts whose mails waited in a web process that stopped (kill -TERM or -9
-        while the relay was slow): this process's queue is empty yet, so none of them is here."""
-        with self.services.session() as session:
-            freed = consent.release_unsent(session, before=utcnow())
-        if freed:
-            log.warning("%d confirmation mail(s) asked for before this start were never sent; "
-                        "those addresses may ask again", freed)
 
     def submit(self, mail: consent.Mail) -> None:
         with self._lock:
