@@ -103,7 +103,7 @@ class ConsentEvent(Base):
         ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
     )
     email_hash: Mapped[str] = mapped_column(String(64), index=True)
-    action: Mapped[str] = mapped_column(String(16))  # opt_in | confirm | opt_out | forget | choose
+    action: Mapped[str] = mapped_column(String(16))  # opt_in | ask | confirm | opt_out | forget | choose
     # cli | import | web | one-click | mailto | bounce | complaint
     channel: Mapped[str] = mapped_column(String(16))
     source: Mapped[str] = mapped_column(Text, default="")

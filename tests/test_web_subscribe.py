@@ -230,11 +230,11 @@ def test_the_consent_log_names_the_wording_a_confirmation_was_asked_under(
         page = client.get(link)
         client.post(link, {"csrf_token": page.csrf()})
     with mail_services.session() as session:
-        logged = session.execute(select(Subscriber.email, ConsentEvent.action, ConsentEvent.wording_version)
-                                 .join(Subscriber).where(ConsentEvent.action.in_(("opt_in", "confirm")))
-                                 .order_by(ConsentEvent.id)).all()
+        logged = session.execute(
+            select(Subscriber.email, ConsentEvent.action, ConsentEvent.wording_version).join(Subscriber)
+            .where(ConsentEvent.action.in_(("opt_in", "ask", "confirm"))).order_by(ConsentEvent.id)).all()
     assert [tuple(row) for row in logged] == [
-        ("back@example.jp", "opt_in", None), ("back@example.jp", "opt_in", None),  # added, then asked
+        ("back@example.jp", "opt_in", None), ("back@example.jp", "ask", None),  # added, then asked
         ("new@example.jp", "opt_in", "1"),
         ("back@example.jp", "confirm", None), ("new@example.jp", "confirm", "1")]
 

@@ -198,7 +198,7 @@ def test_preferences_resubscribe_after_an_unsubscribe(live, web_services, reader
                                "action": "resubscribe"})
     assert "確認のメールをお送りします" in reply.text and "配信を再開しました" not in reply.text
     # the request is logged (helper-94: it was not); only the mailed confirmation link re-activates
-    assert state(web_services, reader) == {**before, "events": [*before["events"], ("opt_in", "web")]}
+    assert state(web_services, reader) == {**before, "events": [*before["events"], ("ask", "web")]}
 
 
 def test_preferences_reject_bad_input_and_missing_csrf(live, web_services, reader):

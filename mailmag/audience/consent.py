@@ -85,8 +85,8 @@ def request_subscription(
     Every request within the limits is recorded (SubscribeAttempt) so the limits hold across
     processes; one over a limit stores nothing. A new address becomes pending; an address
     already on the list is not changed (the form proves nothing): an active one's owner gets
-    their preferences link, an opted-out one a confirmation link (the request an opt_in line
-    in the consent log, as a pending one's is).
+    their preferences link, an opted-out one a confirmation link (the request an `ask` line in
+    the consent log).
     """
     # Checked before anything is looked up: refused for a known address and a new one alike, or
     # the answer would tell a stranger which addresses are on the list (helper-94).
@@ -109,8 +109,8 @@ def request_subscription(
     else:
         subscriber = existing
         kind = "known" if existing.status == "active" else "confirm"
-        if kind == "confirm":  # the request is in the log, with the wording it was made under
-            subscribers.record(session, existing, "opt_in", consent)
+        if kind == "confirm":  # asking is no opt-in, but the log keeps it and its wording (helper-94)
+            subscribers.record(session, existing, ASK, consent)
     attempt.mailed = True
     session.flush()
     return Mail(kind, attempt.id, subscriber.id, subscriber.email, subscriber.lang, subscriber.link_key,
@@ -151,6 +151,9 @@ def limit_ip(ip: str) -> str:
     return str(parsed)
 
 
+# The consent log's line for a confirmation mail asked for by an opted-out address (on the form,
+# or on the preferences page): a request, no opt-in, until its link is pressed.
+ASK = "ask"
 # A confirmation mail not sent this long after it was asked for is taken as lost (it waited in
 # a web process that stopped: kill -TERM or -9 while the relay was slow, helper-94): it stops
 # counting against its address until it is sent after all. Longer than a queue of mails takes
@@ -229,14 +232,14 @@ def confirm(session: Session, subscriber: Subscriber, consent: Consent, *,
 
 def wording_agreed(session: Session, subscriber: Subscriber) -> str | None:
     """The consent wording the person was shown when they asked for the mail they now confirm:
-    their last opt_in's (the form's, when they filled it), unless they opted out after it (a
-    confirmation asked for on the preferences page, which shows none): None (helper-94)."""
+    that of their last request (the form's; none on the preferences page: helper-94)."""
     last = session.execute(
         select(ConsentEvent.action, ConsentEvent.wording_version)
-        .where(ConsentEvent.subscriber_id == subscriber.id, ConsentEvent.action.in_(("opt_in", "opt_out")))
+        .where(ConsentEvent.subscriber_id == subscriber.id,
+               ConsentEvent.action.in_(("opt_in", ASK, "opt_out")))
         .order_by(ConsentEvent.at.desc(), ConsentEvent.id.desc()).limit(1)
     ).first()
-    return last.wording_version if last is not None and last.action == "opt_in" else None
+    return last.wording_version if last is not None and last.action != "opt_out" else None
 
 
 def confirmation_current(session: Session, subscriber: Subscriber, opt_outs: object) -> bool:
