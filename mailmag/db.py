@@ -105,6 +105,15 @@ def rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
+def one_at_a_time(session: Session, name: str) -> None:
+    """Transactions that call this with the same `name` run one after another, each holding the
+    turn until it ends: a PostgreSQL advisory transaction lock. SQLite's write transactions are
+    one at a time already (BEGIN IMMEDIATE)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name || current_schema()))"),
+                        {"name": f"mailmag-{name}:"})
+
+
 def waited_on_another(exc: OperationalError) -> bool:
     """Whether a statement failed waiting for another transaction's lock: PostgreSQL's deadlock
     (40P01) or lock timeout (55P03). Only that statement is lost; a savepoint undoes it."""

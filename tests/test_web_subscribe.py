@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+import threading
 
 import pytest
 from conftest import SECRET
@@ -119,6 +121,45 @@ def test_the_per_ip_limit_stops_subscription_bombing(config, smtp_server):
         live.close()
         app.extensions["mailmag"].mailer.close()
         services.close()
+
+
+def test_a_burst_for_one_address_answers_alike_and_mails_once_new_or_known(config, smtp_server):
+    """helper-97: on PostgreSQL, 40 requests at once for a new address answered 500 to some (the
+    second insert of the address collided: only a new address does that) and mailed it 2-3 times;
+    a known one got 4 mails. The per-address limit is one mail a day."""
+    limited = smtp_server.configure(config).replace(
+        web=WebConfig(subscribe_per_ip_per_hour=1000, subscribe_min_answer_ms=0))
+    services = make_services(limited)
+    with services.session() as session:
+        subscribers.add(session, subscribers.parse_address("known3@example.jp"), Consent("cli"))
+    app = create_app(services)
+    live = LiveServer(app, threads=16)
+    try:
+        for email in ("burst@example.jp", "known3@example.jp"):
+            assert _burst(live, email, 24) == [200] * 24, email
+        assert sorted(m.recipients[0] for m in sent(app, smtp_server)) == ["burst@example.jp",
+                                                                           "known3@example.jp"]
+        assert subscriber(services, "burst@example.jp").status == "pending"
+    finally:
+        live.close()
+        app.extensions["mailmag"].mailer.close()
+        services.close()
+
+
+def _burst(live: LiveServer, email: str, n: int) -> list[int]:
+    """`n` browsers that opened the form send it for `email` at the same moment; their statuses."""
+    forms = []
+    for _ in range(n):
+        client = Client(live.url)
+        forms.append((client, {**FORM, "email": email, "csrf_token": client.get("/subscribe").csrf()}))
+    start = threading.Barrier(n)
+
+    def post(form: tuple[Client, dict]) -> int:
+        start.wait()
+        return form[0].post("/subscribe", form[1]).status
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(post, forms))
 
 
 def test_a_filled_honeypot_gets_the_same_answer_and_no_mail(mail_live, mail_app, mail_services, smtp_server):

@@ -38,8 +38,8 @@ class LiveServer:
     """The app served as `mailmag serve` serves it (waitress, the [web] limits) on 127.0.0.1
     (a free port), in a thread."""
 
-    def __init__(self, app: Flask) -> None:
-        self.server = make_server(app, "127.0.0.1", 0, threads=4)
+    def __init__(self, app: Flask, threads: int = 4) -> None:
+        self.server = make_server(app, "127.0.0.1", 0, threads=threads)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
