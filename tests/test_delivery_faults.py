@@ -45,12 +45,14 @@ EVERYONE = [f"user{i}@example.jp" for i in range(40)]
 
 
 def make_services(config, smtp_server, *, dispatch: DispatchConfig | None = None,  # type: ignore[no-untyped-def]
-                  database: DatabaseConfig | None = None, **smtp) -> Services:
+                  database: DatabaseConfig | None = None, ambiguous_max_attempts: int = 5,
+                  **smtp) -> Services:
     settings = {"rate_per_second": 0.0, "throttle_seconds": 0.1, "retry_relay_seconds": 0.2, **smtp}
     config = smtp_server.configure(config, **settings).replace(
         dispatch=dispatch or DispatchConfig(),
         database=database or config.database,
-        retry=RetryConfig(backoff_seconds=1, max_backoff_seconds=2),
+        retry=RetryConfig(backoff_seconds=1, max_backoff_seconds=2,
+                          ambiguous_max_attempts=ambiguous_max_attempts),
     )
     services = Services(config)
     db.init_db(services.engine)
@@ -1306,6 +1308,43 @@ def test_worker_once_gives_up_on_a_database_that_never_comes(config_file):
 
 
 # -- the relay dropping the line after the final dot, for a few recipients only -------------------
+
+def test_a_cancel_keeps_the_number_of_an_issue_whose_only_copies_failed_after_a_drop(
+        mailmag: Mailmag, config, smtp_server):
+    """helper-97: a message given up on after drops after the final dot (the relay had every
+    copy) counted as not sent: cancelling the rest said "cancelled before any message went", gave
+    第1号 back and approved its items again for the next issue."""
+    services = make_services(config, smtp_server, ambiguous_max_attempts=1)
+    try:
+        issue = prepare_send(services, 2)
+        smtp_server.drop("after_data", address="user0@example.jp")
+        smtp_server.fail_rcpt("user1@example.jp", 451, "4.3.0 Try again later")
+        run_once(services)
+        assert (counts(services, issue).failed, counts(services, issue).queued) == (1, 1)
+    finally:
+        services.close()
+    cancelled = mailmag.ok("issues", "cancel", str(issue.id)).output
+    assert cancelled.strip() == (
+        f"issue {issue.id} (第1号) cancelled: 0 messages went, 1 failed after the relay may have taken it, "
+        "1 queued message will not be sent; 第1号 stays in the archive")
+    assert json.loads(mailmag.ok("issues", "status", str(issue.id), "--json").output)["number"] == 1
+
+
+def test_a_message_on_the_wire_when_its_issue_is_cancelled_counts_as_maybe_arrived(session):
+    """helper-97: the relay dropped the line after the final dot of a message whose issue was
+    cancelled meanwhile; it was let go as cancelled, counted as not sent."""
+    subscribers.add(session, subscribers.parse_address("wire@example.jp"), Consent("cli"))
+    issue = Issue(number=1, title="第1号")
+    session.add(issue)
+    session.flush()
+    session.add(Rendering(issue_id=issue.id, lang="ja", subject="s", html=HTML, text=TEXT))
+    session.flush()
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    [held] = outbox.claim(session, "w", 1, utcnow(), 300)
+    outbox.cancel_rows(session, issue.id)
+    assert outbox.let_go(session, held.id, "w", maybe_sent=utcnow())
+    assert outbox.cancelled_maybe_sent(session, issue.id) == 1
+
 
 def test_refusals_that_delivered_nothing_do_not_count_toward_the_copies_cap(config, smtp_server):
     """helper-95: [retry] ambiguous_max_attempts was read against every attempt, so a reader

@@ -139,6 +139,8 @@ def test_an_expired_claim_charges_and_marks_only_the_row_that_may_have_gone(sess
     rows = [session.get(Delivery, d.id) for d in claimed]
     assert [(r.status, r.attempts, r.lease_expiries) for r in rows] == [("queued", 1, 1), ("queued", 0, 0),
                                                                        ("queued", 0, 0)]
+    # helper-97: the possible copy counts toward [retry] ambiguous_max_attempts too
+    assert [r.maybe_copies for r in rows] == [1, 0, 0]
     assert rows[0].last_reply.startswith("ambiguous: ") and rows[1].last_reply == rows[2].last_reply == ""
 
 

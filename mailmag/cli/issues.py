@@ -357,7 +357,7 @@ def cancel(app: AppContext, issue_id: int) -> None:
         number = done.issue.number
     if done.unscheduled:
         click.echo(f"issue {issue_id} unscheduled; it is a draft again")
-    elif done.sent or done.maybe_sent or done.in_flight:
+    elif done.issue.number is not None:  # something went, may have, or is on its way
         # A held message already on its way to the relay still goes (one a connection at most):
         # how many did is known only once the workers have recorded them (helper-58).
         stopped = f"{plural(done.not_sent, 'queued message')} will not be sent"
@@ -370,6 +370,8 @@ def cancel(app: AppContext, issue_id: int) -> None:
                        "counts it)")
         went = (f"{plural(done.sent - done.dead, 'message')} went, {done.dead} given up on may have"
                 if done.dead else f"{plural(done.sent, 'message')} went")
+        if done.maybe_failed:
+            went += f", {done.maybe_failed} failed after the relay may have taken it"
         earlier = (f", {done.opted_out} cancelled earlier (their readers unsubscribed)"
                    if done.opted_out else "")
         click.echo(f"issue {issue_id} (第{number}号) cancelled: {went}, {stopped}{earlier}; 第{number}号 "

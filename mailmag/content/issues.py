@@ -72,6 +72,7 @@ class Cancelled:
     dead: int = 0  # of `sent`, those given up on: they may or may not have reached the relay
     in_flight: int = 0  # claimed by a worker when cancelled: what it sends before its next check still goes
     maybe_sent: int = 0  # of `not_sent`, those that may have reached the relay before (marked ambiguous)
+    maybe_failed: int = 0  # failed, after the relay may have taken them (a drop after the final dot)
     opted_out: int = 0  # cancelled earlier, one by one: their readers unsubscribed
     items_returned: int = 0  # items approved again (the issue sent nothing)
 
@@ -389,10 +390,13 @@ def cancel(session: Session, issue_id: int) -> Cancelled:
     not_sent = transitions.cancel_issue(session, issue)
     counts = outbox.counts(session, issue.id)
     went = counts.sent + counts.dead  # dead: may have reached the relay
-    maybe = outbox.cancelled_maybe_sent(session, issue.id)
-    if went or maybe or before.sending:  # a message may have reached a reader: the 第N号 stays
+    reached = outbox.maybe_reached(session, issue.id)
+    # a message that may have reached a reader (a failed one too, given up after drops after the
+    # final dot: helper-97), or one on its way: the 第N号 stays
+    if went or reached or before.sending:
         return Cancelled(issue, not_sent=not_sent, sent=went, dead=counts.dead, in_flight=before.sending,
-                         opted_out=before.cancelled, maybe_sent=maybe)
+                         opted_out=before.cancelled, maybe_sent=reached.get("cancelled", 0),
+                         maybe_failed=reached.get("failed", 0))
     issue.number = None
     returned = _items_back(session, issue)
     session.flush()

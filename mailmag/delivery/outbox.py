@@ -275,19 +275,20 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     if not in_flight:
         return 0
     counted = and_(expired, Delivery.id.in_(in_flight))
+    # a possible copy: toward [retry] ambiguous_max_attempts too (helper-97)
+    expiry = {"lease_expiries": Delivery.lease_expiries + 1, "sent_at": now,
+              "maybe_copies": Delivery.maybe_copies + 1}
     session.execute(
         update(Delivery)
         .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
-        .values(status="dead", lease_owner=None, lease_expires_at=None,
-                lease_expiries=Delivery.lease_expiries + 1, sent_at=now,
+        .values(status="dead", lease_owner=None, lease_expires_at=None, **expiry,
                 last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
     )
     # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
     # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
     session.execute(
         update(Delivery).where(counted).values(
-            lease_expiries=Delivery.lease_expiries + 1, sent_at=now,
-            last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
+            **expiry, last_reply=f"{AMBIGUOUS}: a worker died while it may have been sending it")
     )
     # The rest of each claim never went: its claim's attempt is taken back, as a release does.
     return rowcount(session.execute(
@@ -673,13 +674,20 @@ def ambiguous_count(session: Session, issue_id: int) -> int:
 
 
 def cancelled_maybe_sent(session: Session, issue_id: int) -> int:
-    """Deliveries the issue's cancel stopped that may have reached the relay before it (a drop
-    after the final dot, a worker that died sending it): its reader may have the issue."""
-    return session.scalar(
-        select(func.count()).select_from(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.status == "cancelled",
-               Delivery.last_reply == MAYBE_BEFORE_CANCEL)
-    ) or 0
+    """Deliveries cancelled that may have reached the relay before (a drop after the final dot,
+    a worker that died sending it, also one on the wire as the cancel came: helper-97): their
+    readers may have the issue."""
+    return maybe_reached(session, issue_id).get("cancelled", 0)
+
+
+def maybe_reached(session: Session, issue_id: int) -> dict[str, int]:
+    """Deliveries of the issue that reached the relay or may have (sent_at says when), by what
+    became of them: sent; dead, failed, cancelled or queued again after a drop after the final
+    dot or a worker's death."""
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id, Delivery.sent_at.is_not(None)).group_by(Delivery.status))
+    return {status: n for status, n in rows}
 
 
 def pending_by_issue(session: Session) -> dict[int, int]:
