@@ -333,3 +333,20 @@ def test_a_repeated_address_that_one_row_opts_out_is_not_made_a_reader(mailmag, 
     assert list(_listed(mailmag)) == ["z@example.jp"]
     assert sorted(r["email_hash"] for r in rows(db_url, "suppressions")) == sorted(
         email_hash(e) for e in ("x@example.jp", "y@example.jp"))
+
+
+def test_an_address_whose_other_row_cannot_be_read_waits_for_it(mailmag, tmp_path, db_url):
+    """helper-97: a row saying unsubscribed but with a topic not offered (or a status word the
+    list did not know, 退会 or 配信停止) was invalid, and the address's other row made it active.
+    Such an address now waits until the unread row is mended; the office's words are known."""
+    path = _csv(tmp_path, "email,status,topics\na@example.jp,active,\nA@example.jp,unsubscribed,nosuch\n"
+                          "c@example.jp,,\nc@example.jp,退会,\nh@example.jp,,\n H@EXAMPLE.JP ,配信停止,\n")
+    result = mailmag.ok("subscribers", "import", str(path))
+    lines = result.stdout.splitlines()
+    assert lines[0] == "added 0, updated 0, unchanged 0, invalid 4, suppressed 2"
+    assert lines[1] == ("line 2: a@example.jp is not imported: line 3, the same address, could not be "
+                        "read; mend it and import the file again")
+    assert lines[2].startswith("line 3: ")
+    assert _listed(mailmag) == {}
+    assert sorted(r["email_hash"] for r in rows(db_url, "suppressions")) == sorted(
+        email_hash(e) for e in ("c@example.jp", "h@example.jp"))

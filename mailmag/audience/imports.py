@@ -45,7 +45,12 @@ HEADERS = {
 }
 # The status column, as `subscribers export` writes it (English) or as the console shows it.
 _ALL_STATUSES = (*SUBSCRIBER_STATUSES, "erased")
-STATUSES = {**{status: status for status in _ALL_STATUSES}, **{STATUS_JA[s]: s for s in _ALL_STATUSES}}
+STATUSES = {**{status: status for status in _ALL_STATUSES}, **{STATUS_JA[s]: s for s in _ALL_STATUSES},
+            # the words an office's own list uses (helper-97: 配信停止 and 退会 were refused)
+            **dict.fromkeys(("配信停止", "停止", "配信解除", "登録解除", "解除", "退会", "opted out",
+                             "opt-out", "optout"), "unsubscribed"),
+            **dict.fromkeys(("不達", "配信不能", "bounce"), "bounced"),
+            **dict.fromkeys(("配信", "有効", "購読中"), "active")}
 # A row whose status says the person is not (or not yet) a reader: never added as one (helper-85:
 # an export imported into a new database made its unsubscribed and bounced readers active again).
 NOT_READERS = ("pending", "unsubscribed", "bounced", "erased")
@@ -197,20 +202,16 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic]) -> Iter
     # One row speaks for an address: the first, unless a later one opts it out (helper-94: a list
     # merged from two exports, active in one and unsubscribed in the other, made it active).
     speaking: dict[str, Row] = {}
-    while True:
-        line = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise _unreadable(line, exc) from exc
-        if not any(v.strip() for v in values):
-            continue
+    # An address one of whose rows could not be read: that row may have opted it out, so its
+    # other rows wait until it is mended (helper-97: 退会, a status word not known, made it active).
+    unread: dict[str, int] = {}
+    for line, values in _records(reader):
         try:
             row = _parse_row(line, columns, values, topics)
         except MailmagError as exc:
             report.invalid.append((line, Sentence(str(exc), exc.text("ja"))))
+            if key := _key_of(columns, values):
+                unread.setdefault(key, line)
             continue
         kept = speaking.setdefault(row.address.key, row)
         if kept is not row:
@@ -218,11 +219,45 @@ def parse_rows(text: str, report: ImportReport, topics: Sequence[Topic]) -> Iter
                 kept, row = row, kept
                 speaking[row.address.key] = kept
             report.invalid.append((row.line, _repeated(row, kept)))
+    for key, line in unread.items():
+        if (held := speaking.pop(key, None)) is not None:
+            report.invalid.append((held.line, _held_back(held, line)))
     report.invalid.sort(key=lambda pair: pair[0])
     for row in speaking.values():
         if row.address.needs_smtputf8:
             report.needs_smtputf8.append((row.line, row.address.email))
         yield row
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """The CSV's non-blank records with the line each starts on; a broken file is one error."""
+    while True:
+        line = reader.line_num + 1  # type: ignore[attr-defined]
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _unreadable(line, exc) from exc
+        if any(v.strip() for v in values):
+            yield line, values
+
+
+def _key_of(columns: dict[str, int], values: list[str]) -> str | None:
+    """The address of a row that could not be read, if its address can be."""
+    index = columns["email"]
+    try:
+        return subscribers.parse_address(unguard(values[index]).strip()).key if index < len(values) else None
+    except MailmagError:
+        return None
+
+
+def _held_back(row: Row, unread: int) -> Sentence:
+    email = row.address.email
+    return Sentence(f"{email} is not imported: line {unread}, the same address, could not be read; "
+                    "mend it and import the file again",
+                    f"{email} は取り込みませんでした。同じアドレスの{unread}行目が読み取れないためです。"
+                    "その行を直して、もう一度取り込んでください")
 
 
 def _repeated(row: Row, kept: Row) -> Sentence:
