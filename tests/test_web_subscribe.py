@@ -252,6 +252,9 @@ def test_the_confirm_page_shows_what_the_form_said_and_can_leave_out_the_name(
     assert reply.status == 200 and "登録が完了しました" in reply.text
     stored = subscriber(mail_services, "owner@example.jp")
     assert (stored.status, stored.name, stored.organization, stored.topics) == ("active", "", "", ["events"])
+    with mail_services.session() as session:
+        assert session.scalar(select(ConsentEvent.source).where(ConsentEvent.action == "confirm")) == (
+            "confirmation link, without the name and organization")
 
 
 def test_the_consent_log_names_the_wording_a_confirmation_was_asked_under(

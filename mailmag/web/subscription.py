@@ -244,8 +244,9 @@ def confirm(token: str) -> Any:
         if not refused and subscriber.status != "active":
             # what they were shown when they asked, not what the form shows today
             wording = consent.wording_agreed(session, subscriber)
-            consent.confirm(session, subscriber, _consent("web", "confirmation link", wording),
-                            without_details=request.form.get("details") == "drop")
+            bare = request.form.get("details") == "drop"  # the log says which button (helper-97)
+            source = "confirmation link, without the name and organization" if bare else "confirmation link"
+            consent.confirm(session, subscriber, _consent("web", source, wording), without_details=bare)
         return _confirm_answer(subscriber, refused, "confirmed.html.j2")
 
 
