@@ -94,9 +94,12 @@ def meant_breaks(lines: Sequence[str]) -> list[bool]:
     on) or a URL; before a list mark, a label (日時：) or an indented line (字下げ, a line aligned
     under a label); after a listed or labelled line, unless it is as wide as the wraps, or wide
     and cut before the rest of its word (会員企業|は); and, next to Japanese, in a paragraph of
-    short lines (an address, a name and title). After a line as wide as the wraps, what a wrap
-    can put at a line's start mid-sentence ((1) or 【別紙】, a name 佐藤　次郎, a 全角 space) is
-    text unless the next line is listed too. Between English words a break stays Markdown's."""
+    short lines (an address, a name and title) and between a signature's lines (事務局 / 〒… /
+    TEL …, after the text's last sentence). A schedule's date or time (7月24日（水）　…) starts
+    a line as a list's mark does. After a line as wide as the wraps, what a wrap can put at a
+    line's start mid-sentence ((1) or 【別紙】, a date, a name 佐藤　次郎, a 全角 space) is text
+    unless the next line is listed too; so is a reference to an item anywhere ((3)までの).
+    Between English words a break stays Markdown's."""
     block = _Block.read(lines)
     return [_decide(_Pair.at(lines, i, block)) for i in range(len(lines) - 1)]
 
@@ -127,9 +130,8 @@ class _Pair:
     indent: str  # the 全角 spaces `after` starts with, as written
     first: bool  # the paragraph's first break
     listed: bool  # `before`, or the line after `after`, is a list item or a label
-    block: _Block
-
     signed: bool  # both lines are a signature's
+    block: _Block
 
     @classmethod
     def at(cls, lines: Sequence[str], i: int, block: _Block) -> _Pair:
