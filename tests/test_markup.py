@@ -341,6 +341,49 @@ def test_items_schedules_and_contact_blocks_as_members_write_them_keep_their_lin
     assert_kept_as_written(lines)
 
 
+@pytest.mark.parametrize(("lines", "pattern"), [
+    # a date or a time alone in a paragraph is a sentence's, not a schedule's (K: kept, J: joined)
+    (["7月24日（水）\u3000第２回企画委員会を開催し、次年度の事業計画（案）について協",
+      "議しました。"], "J"),
+    (["13:30～\u3000受付開始（会場１階ロビーにて、参加者名簿の確認と資料の配", "布を行います）"], "J"),
+    (["第２回企画委員会は、次のとおり開催いたします。会議は", "7月24日（水） 13時30分から松江市内で開催の予定です。"],
+     "J"),
+    (["今後の開催予定は次のとおりです", "7月24日（水）\u3000第２回企画会議（広島市）"], "K"),
+    # prose without 。 before a signature, and a signature line in hiragana after a polite end
+    (["当日の資料につきましては、協議会ホームページに掲載しておりますので、各自",
+      "印刷の上ご持参くださいますよう、よろしくお願いいたします", "事務局\u3000担当：山田",
+      "TEL：0852-22-1234"],
+     "JKK"),
+    (["参加を希望される方は、所定の申込書に必要事項をご記入のうえ、7月10日",
+      "（水）までに、下記の事務局あてに電子メールまたはＦＡＸでお申し込み", "ください",
+      "しまね地域づくり協議会事務局", "担当：山田", "E-mail：info@shimane-chiiki.jp"], "JJKKK"),
+    (["出欠については、同封の返信用はがき又は電子メールにより、7月10日（水）",
+      "までに事務局あてにご回答いただきますよう、よろしくお願いいたします",
+      "（担当：地域づくり推進課\u3000山田）", "E-mail：info@shimane-chiiki.jp"], "JKK"),
+    (["ご不明な点がございましたら、お気軽にお問い合わせください", "しまね地域づくり協議会事務局",
+      "担当：山田、佐藤", "TEL：0852-22-1234"], "KKK"),
+    # lines of minutes that each open with a reference to an item are a list
+    (["（1）地域資源を生かした交流人口の拡大に向けた取組の在り方について",
+      "（2）より一層の連携強化に向けた会員相互の情報共有の在り方について",
+      "（3）次年度の事業計画（案）及び予算（案）の策定スケジュールについて"], "KK"),
+    (["①の事業については、事務局から説明があり、原案どおり承認された",
+      "②の事業については、委員から修正意見が出され、再度検討することとした",
+      "③の事業については、次回の委員会で改めて協議することとした"], "KK"),
+    (["【Ａ委員】から、空き店舗の活用について具体的な事例を示してほしいとの意見があった",
+      "【事務局】から、次回の委員会で県内外の事例を紹介する旨の回答があった",
+      "【Ｂ委員】より、若者の参画を促す仕組みが必要ではないかとの意見があった"], "KK"),
+])
+def test_dates_references_and_signatures_are_read_with_the_rest_of_their_paragraph(lines, pattern):
+    """helper-98: 8e78dfc's date and reference rules read a two-line paragraph's date as a
+    schedule (…協 / 議しました。 kept its break) and a list of ①の事業… lines as references run
+    together; a signature after prose without 。 took the prose with it (各自 / 印刷の上…)."""
+    expected = lines[0]
+    for sep, line in zip(pattern, lines[1:], strict=True):
+        expected += ("\n" if sep == "K" else "") + line
+    assert markdown_to_text("\n".join(lines)) == expected
+    assert to_html("\n".join(lines)).count("<br>") == pattern.count("K")
+
+
 def test_english_wrapped_before_a_time_is_joined_with_a_space():
     """helper-96: "…starting at" / "10:00 AM on…" kept its break as if a program's line began."""
     lines = ["The general assembly of the council will be held at the city hall, starting at",

@@ -77,10 +77,11 @@ _HIRAGANA = re.compile("[ぁ-ゖ]")
 # A contact line, as it starts: 〒, a phone or fax, an e-mail address, the person in charge. The
 # lines after a paragraph's last sentence that hold one and no sentence are a signature, its lines
 # as written (helper-93); an address inside a sentence is no sign of one (helper-96).
-_CONTACT = re.compile("(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|電子メール|担当)\\s*[：:\u3000]"
+_CONTACT = re.compile("[（(]?(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|電子メール|担当)\\s*[：:\u3000]"
                       "|(?:TEL|FAX|Tel|Fax|電話|携帯)\\s*[：:]?\\s*[(（]?[0-9０-９]{2,5}[)）\\-－ー‐]"
                       "|[\\w.+-]+@[\\w-]+\\.[\\w.-]+$)")
 _SENTENCE_MARKS = "。！？．"
+_PROSE_WORDS = re.compile("を|ます|です|ので|ため|について|により|られ|される|ました")
 
 
 def meant_breaks(lines: Sequence[str]) -> list[bool]:
@@ -111,6 +112,7 @@ class _Block:
     width: int  # the width it was wrapped at, else its widest line's
     shown_width: bool  # whether two of its lines show that width
     signature: int  # the first line of a signature after the paragraph's text (len(lines): none)
+    marks: int  # lines that start with a list's mark, a date or a time
 
     @classmethod
     def read(cls, lines: Sequence[str]) -> _Block:
@@ -118,7 +120,13 @@ class _Block:
         widths = [display_width(line) for line in stripped]
         shown = _wrap_width(widths)
         return cls(width=shown or max(widths, default=0), shown_width=shown is not None,
-                   signature=_signature(stripped))
+                   signature=_signature(stripped), marks=sum(map(_list_mark, stripped)))
+
+    def mark(self, line: str) -> bool:
+        """A line that starts a list's item or a schedule's entry. A date or a time, or a mark
+        followed by a particle (（3）までの), is one only among others: alone, it is where a wrap
+        put a sentence's date or reference (helper-98: 7月24日（水）　…協 / 議しました。)."""
+        return _list_mark(line) and (self.marks >= 2 or not _weak_mark(line))
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ class _Pair:
     first: bool  # the paragraph's first break
     listed: bool  # `before`, or the line after `after`, is a list item or a label
     signed: bool  # both lines are a signature's
+    signs: bool  # `after` is a signature's first line
     block: _Block
 
     @classmethod
@@ -139,7 +148,7 @@ class _Pair:
         return cls(before=lines[i].strip(), after=after.strip(), block=block, first=i == 0,
                    indent=after[: len(after) - len(after.lstrip("\u3000"))],
                    listed=_listed(lines[i]) or (i + 2 < len(lines) and _listed(lines[i + 2])),
-                   signed=i >= block.signature)
+                   signed=i >= block.signature, signs=i + 1 == block.signature)
 
     @cached_property
     def full(self) -> bool:
@@ -151,7 +160,7 @@ class _Pair:
     @cached_property
     def marked(self) -> bool:
         """`before` starts with a list's mark or a label."""
-        return bool(_label(self.before, self.full) or _list_mark(self.before))
+        return bool(_label(self.before, self.full) or self.block.mark(self.before))
 
     @cached_property
     def japanese(self) -> bool:
@@ -184,6 +193,8 @@ def _a_list_mark_follows(pair: _Pair) -> bool | None:
     から（3）の様式が, …会員の皆様には / 7月24日（水） 午後1時30分から: helper-96)."""
     if not _list_mark(pair.after):
         return None
+    if not pair.block.mark(pair.after) and not _complete(pair.before):
+        return None  # …会議は / 7月24日（水） 13時30分から…, …のうち（1）から / （3）までの…
     text_like = _BRACKET_START.match(pair.after) or _SCHEDULE_START.match(pair.after)
     return pair.marked or not pair.full or pair.listed or not text_like
 
@@ -192,6 +203,8 @@ def _a_signatures_lines(pair: _Pair) -> bool | None:
     """A signature's lines are as written (事務局 / 島根県松江市… / 担当　山田), even where two of
     them are as wide as a wrap, unless a wide line's last word goes on in the next (a short
     お問い合わせ先 / しまね地域… does not: helper-96)."""
+    if pair.signs and pair.before.endswith(_POLITE_END):  # …お問い合わせください / しまね…事務局
+        return True
     if not (pair.signed and pair.japanese):
         return None
     wide = display_width(pair.before) >= _WRAPPED_WIDTH
@@ -262,15 +275,33 @@ def _decide(pair: _Pair) -> bool:
 # --- what the rules read of a line --------------------------------------------------------------
 
 def _signature(lines: list[str]) -> int:
-    """Where the signature begins: the lines after the paragraph's last sentence, if one of them
-    starts as a contact line does and none holds a sentence; else len(lines)."""
-    start = next((i + 1 for i in range(len(lines) - 1, -1, -1)
-                  if lines[i].rstrip(_CLOSING).endswith(_SENTENCE_END)), 0)
+    """Where the signature begins: the lines at the paragraph's end after its last line of
+    prose, if one of them starts as a contact line does and none holds a sentence; else
+    len(lines). (The prose's sentences may have no 。: helper-98.)"""
+    start = len(lines)
+    while start and not _prose(lines[start - 1]):
+        start -= 1
     tail = lines[start:]
     if any(_CONTACT.match(line) for line in tail) and not any(
             mark in line for line in tail for mark in _SENTENCE_MARKS):
         return start
     return len(lines)
+
+
+def _prose(line: str) -> bool:
+    """A line of text rather than of a signature: a sentence's end (its 。 left off too), a 、,
+    or a wide line with what only sentences hold (を, ます…). A signature's lines are names,
+    addresses and numbers, in hiragana too (しまね地域づくり推進協議会事務局)."""
+    if _CONTACT.match(line):
+        return False
+    if line.rstrip(_CLOSING).endswith((*_SENTENCE_END, *_POLITE_END)) or "、" in line or "，" in line:
+        return True
+    return display_width(line) >= _WRAPPED_WIDTH and bool(_PROSE_WORDS.search(line))
+
+
+def _complete(line: str) -> bool:
+    """A line that ends a sentence (its 。 left off too) or a label: what follows starts anew."""
+    return line.rstrip(_CLOSING).endswith((*_SENTENCE_END, *_POLITE_END, "：", ":"))
 
 
 def _wrap_width(widths: list[int]) -> int | None:
@@ -284,9 +315,13 @@ def _wrap_width(widths: list[int]) -> int | None:
 
 
 def _list_mark(line: str) -> bool:
-    """A line that starts with a list's mark or a schedule's date or time, not a reference to an
-    item (（3）までの)."""
-    return bool(_LIST_START.match(line) or _SCHEDULE_START.match(line)) and not _REFERENCE.match(line)
+    """A line that starts with a list's mark or a schedule's date or time."""
+    return bool(_LIST_START.match(line) or _SCHEDULE_START.match(line))
+
+
+def _weak_mark(line: str) -> bool:
+    """A mark that a sentence may hold too: a date or a time, or a mark followed by a particle."""
+    return bool(_REFERENCE.match(line) or (_SCHEDULE_START.match(line) and not _LIST_START.match(line)))
 
 
 def _listed(line: str) -> bool:
