@@ -79,6 +79,14 @@ def assert_kept_as_written(lines: list[str]) -> None:
     assert to_html(source).count("<br>") == len(lines) - 1
 
 
+def broken_as(lines: list[str], pattern: str) -> str:
+    """The lines with each break kept (K) or joined (J), as `pattern` says, one letter a break."""
+    expected = lines[0]
+    for sep, line in zip(pattern, lines[1:], strict=True):
+        expected += ("\n" if sep == "K" else "") + line
+    return expected
+
+
 def assert_joined(lines: list[str]) -> None:
     """These lines are one line in both editions, joined with nothing between them."""
     source = "\n".join(lines)
@@ -378,11 +386,29 @@ def test_dates_references_and_signatures_are_read_with_the_rest_of_their_paragra
     """helper-98: 8e78dfc's date and reference rules read a two-line paragraph's date as a
     schedule (…協 / 議しました。 kept its break) and a list of ①の事業… lines as references run
     together; a signature after prose without 。 took the prose with it (各自 / 印刷の上…)."""
-    expected = lines[0]
-    for sep, line in zip(pattern, lines[1:], strict=True):
-        expected += ("\n" if sep == "K" else "") + line
+    expected = broken_as(lines, pattern)
     assert markdown_to_text("\n".join(lines)) == expected
     assert to_html("\n".join(lines)).count("<br>") == pattern.count("K")
+
+
+@pytest.mark.parametrize(("lines", "pattern"), [
+    (["会員の皆様におかれましては、本総会の趣旨をご理解のうえ、ご協力ください",
+      "ますよう、お願い申し上げます。なお、当日は駐車場に限りがありますので",
+      "、公共交通機関をご利用いただきますようお願いいたします。"], "JJ"),
+    (["先般、会員の皆様に本年度の研修会について参加希望調査を行いました",
+      "ところ、多数のお申し込みをいただき、誠にありがとうございました。つきま",
+      "しては、下記のとおり開催いたしますのでお知らせします。"], "JJ"),
+    (["本年度の総会は、会員の皆様のご協力により無事に終えることができました",
+      "つきましては、総会の議事録を別添のとおり送付いたしますので、ご確認の",
+      "ほどよろしくお願いいたします。"], "KJ"),
+    (["当日は、地域の特産品を使った軽食コーナーも設ける予定です",
+      "ぜひ多くの皆様のご参加をお待ちしております。"], "K"),
+])
+def test_a_polite_end_goes_on_in_hiragana_or_a_new_sentence_begins(lines, pattern):
+    """helper-98: any four hiragana and a 、 after a polite end were read as a sentence's opening
+    conjunction (…ください / ますよう、 kept its break), and つきましては or ぜひ were not."""
+    expected = broken_as(lines, pattern)
+    assert markdown_to_text("\n".join(lines)) == expected
 
 
 def test_english_wrapped_before_a_time_is_joined_with_a_space():

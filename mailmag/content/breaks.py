@@ -46,9 +46,12 @@ _REFERENCE = re.compile(rf"(?:{_NUMBERED}|[①-⑳]|【[^】]{{1,12}}】)"
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
 _BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
-# A sentence that begins in hiragana: なお、 また、 ただし、 (not a particle going on: に掲載…)
-# (…できます / ので、… and …開催します / が、… go on: helper-96)
-_CONJUNCTION = re.compile("(?!(?:ので|のに|が|から|けど|けれど|けれども|し|ため|ものの)、)[ぁ-ゖ]{1,4}、")
+# A sentence that begins in hiragana: なお、 また、 ただし、 つきましては ぜひ, named one by one,
+# for a particle or an inflection goes on in hiragana too (に掲載…; …できます / ので、…: helper-96;
+# …ください / ますよう、…, …行いました / ところ、…: helper-98)
+_CONJUNCTION = re.compile("(?:なお|また|ただし|さらに|まず|つぎに|しかし|しかしながら|そして|あわせて|おって|"
+                          "ちなみに|このため|そのため|ところで|では)、"
+                          "|つきましては|ついては|したがって|ぜひ|どうぞ|お気軽に")
 # A sentence's polite end, its 。 left off (…開催します / なお、…; …ご注意ください / お問い合わせ先　…)
 _POLITE_END = ("ます", "です", "ください", "ません", "ました", "でした")
 # 日時　12月10日: a label with a 全角 space for its colon, which is also how a name is written
