@@ -411,6 +411,22 @@ def test_a_polite_end_goes_on_in_hiragana_or_a_new_sentence_begins(lines, patter
     assert markdown_to_text("\n".join(lines)) == expected
 
 
+@pytest.mark.parametrize("lines", [
+    ["13時30分～13時40分\u3000開会挨拶（しまね地域づくり協議会会長）",
+     "13時40分～14時40分\u3000基調講演「地域とともに歩む協議会の未来」", "16時00分\u3000閉会"],
+    ["7月24日（水）13:30～\u3000第２回企画委員会（くにびきメッセ3階小会議室）",
+     "8月 7日（水）10:00～\u3000現地視察研修会（雲南市木次町周辺を予定）"],
+    ["7月24日（水）第２回企画委員会（くにびきメッセ3階小会議室にて開催）",
+     "8月7日（水）現地視察研修会（雲南市木次町周辺を予定しています）"],
+    ["午前10時～正午\u3000分科会（第１分科会から第３分科会まで同時に開催します）",
+     "正午～午後1時\u3000昼食・休憩（会場内のレストランをご利用いただけます）"],
+])
+def test_programs_and_schedules_in_the_other_ways_they_are_written_keep_their_lines(lines):
+    """helper-98: 13時30分～, a date and a time together, a date and its text with no space, 8月 7日
+    aligned with a space, and 正午 were no schedule, and their lines ran together."""
+    assert_kept_as_written(lines)
+
+
 def test_english_wrapped_before_a_time_is_joined_with_a_space():
     """helper-96: "…starting at" / "10:00 AM on…" kept its break as if a program's line began."""
     lines = ["The general assembly of the council will be held at the city hall, starting at",
