@@ -39,7 +39,8 @@ _TIME = "(?:[0-9０-９]{1,2}[:：][0-9０-９]{2}|(?:午前|午後)?[0-9０-９
 _PARTICLE_AFTER = "(?:頃|ごろ|(?:から|まで|より|に|の|を|は|と|が|で|へ|や)(?![ぁ-ゖ]))"
 _SCHEDULE_START = re.compile(f"(?:{_DATE} ?(?:{_TIME})?|{_TIME})"
                              f"(?:\\s*[～〜~\\-－―]\\s*(?:{_DATE}|{_DAY}|{_TIME})?)?"
-                             f"(?:\u3000+| +(?![\\sA-Za-z]|{_PARTICLE_AFTER})|(?<=[)）])(?=[^\\sぁ-ゖ、。，．]))")
+                             f"(?:\u3000+| +(?![\\sA-Za-z]|{_PARTICLE_AFTER})"
+                             "|(?<=[)）])(?=[^\\sぁ-ゖ、。，．]))")
 # （3）までの様式, 【別紙】のとおり, ①から③: a mark followed by a particle is a reference to an
 # item, not an item; a wrap may put it at a line's start (helper-93: …（1）から / （3）までの…). Not
 # （2）にぎわい創出, （1）からだの: an item may start with a word in hiragana (helper-96).
