@@ -45,8 +45,9 @@ _SCHEDULE_START = re.compile(f"(?:{_DATE} ?(?:{_TIME})?|{_TIME})"
 # item, not an item; a wrap may put it at a line's start (helper-93: …（1）から / （3）までの…). Not
 # （2）にぎわい創出, （1）からだの: an item may start with a word in hiragana (helper-96).
 _REFERENCE = re.compile(rf"(?:{_NUMBERED}|[①-⑳]|【[^】]{{1,12}}】)"
-                        "(?:まで|から|など|の|と|を|に|が|や|で|へ|より|は|及び|並びに|又は)"
-                        "(?=$|[^ぁ-ゖ]|[のにはをでと])")
+                        "(?:(?:について|において|により|によって|をご覧|を参照)"
+                        "|(?:まで|から|など|の|と|を|に|が|や|で|へ|より|は|及び|並びに|又は)"
+                        "(?=$|[^ぁ-ゖ]|[のにはをでと]))")
 # What a PDF's wrap may put at a line's start mid-sentence (…計画案と / （1）から（3）の様式が…,
 # …については、 / 【別紙】の方針案が…): a list's mark only where the next line is listed too.
 _BRACKET_START = re.compile(rf"[〒＜〈《【［]|{_NUMBERED}")
