@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import threading
+import time
 
 import pytest
 from conftest import SECRET
@@ -12,8 +13,8 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from web_support import Client, LiveServer, Reply, counts, link_in, mail_text, make_services
 
-from mailmag import clock, links, tokens
-from mailmag.audience import subscribers
+from mailmag import addresses, clock, db, links, tokens
+from mailmag.audience import consent, subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.config import WebConfig
 from mailmag.models import ConsentEvent, SubscribeAttempt, Subscriber
@@ -326,3 +327,35 @@ def test_a_failed_mail_does_not_count_against_the_address(mail_live, mail_app, m
     subscribe(mail_live, "retry@example.jp")  # the person tries again: this time it arrives
     assert [m.recipients for m in sent(mail_app, smtp_server)] == [("retry@example.jp",)]
 
+
+
+def test_a_mail_the_relay_may_have_kept_counts_against_the_address(mail_live, mail_app, mail_services,
+                                                                    smtp_server):
+    """helper-99: a relay that drops the line after the final dot (or answers it past the timeout)
+    may have the mail; it was freed as failed, so asking again mailed the address again and again."""
+    smtp_server.drop("after_data")  # the relay keeps the message and says nothing
+    subscribe(mail_live, "victim@example.jp")
+    assert [m.recipients for m in sent(mail_app, smtp_server)] == [("victim@example.jp",)]
+    subscribe(mail_live, "victim@example.jp")
+    assert [m.recipients for m in sent(mail_app, smtp_server)] == [("victim@example.jp",)]  # no second
+    with mail_services.session() as session:
+        rows = session.execute(select(SubscribeAttempt.mailed, SubscribeAttempt.sent)).all()
+    assert [tuple(r) for r in rows] == [(True, True)]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_request_held_up_for_one_address_holds_up_no_other(mail_live, mail_app, mail_services, smtp_server):
+    """helper-99: one lock for every request, so a transaction holding it (a slow database) made
+    the whole form answer 503, whatever the address. The turn is per address."""
+    slow = consent.limit_key(subscribers.parse_address("slow@example.jp"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with mail_services.session() as held:
+            db.one_at_a_time(held, f"subscribe:{addresses.email_hash(slow)}")
+            waiting = pool.submit(subscribe, mail_live, "slow@example.jp")
+            _, reply = subscribe(mail_live, "other@example.jp")
+            assert reply.status == 200
+            time.sleep(0.5)
+            assert not waiting.done()  # slow@'s own request waits for its turn
+        assert waiting.result(timeout=10)[1].status == 200
+    assert sorted(m.recipients for m in sent(mail_app, smtp_server)) == [("other@example.jp",),
+                                                                        ("slow@example.jp",)]

@@ -92,13 +92,14 @@ def request_subscription(
     # the answer would tell a stranger which addresses are on the list (helper-94).
     name = subscribers.check_text("name", name)
     organization = subscribers.check_text("organization", organization)
-    # One request at a time: side by side on PostgreSQL, two for one new address both found none
-    # and both inserted (the second a 500, which told a stranger the address was new), and a
-    # burst counted the daily limit before any of its attempts was written (helper-97).
-    db.one_at_a_time(session, "subscribe")
     now = now or utcnow()
     ip = limit_ip(consent.ip or "")
     key_hash = addresses.email_hash(limit_key(address))
+    # One request for an address at a time: side by side on PostgreSQL, two for one new address
+    # both found none and both inserted (the second a 500, which told a stranger the address was
+    # new), and a burst counted the daily limit before any of its attempts was written
+    # (helper-97). Per address, so one slow request holds up no other address (helper-99).
+    db.one_at_a_time(session, f"subscribe:{key_hash}")
     if _over_limits(session, key_hash, ip, limits, now):
         return None
     attempt = SubscribeAttempt(email_hash=key_hash, ip=ip, mailed=False, at=now)
@@ -160,8 +161,9 @@ def limit_ip(ip: str) -> str:
 ASK = "ask"
 # A confirmation mail not sent this long after it was asked for is taken as lost (it waited in
 # a web process that stopped: kill -TERM or -9 while the relay was slow, helper-94): it stops
-# counting against its address until it is sent after all. Longer than a queue of mails takes
-# behind a relay that answers nothing ([smtp] timeout_seconds each).
+# counting against its address until it is sent after all. A queue longer than this behind a
+# relay that answers nothing ([smtp] timeout_seconds a mail: 30 mails at 30 s) may send one more
+# mail to an address asked for again meanwhile (helper-99); a lost one is worse.
 MAIL_LOST_AFTER = dt.timedelta(minutes=15)
 
 
