@@ -300,7 +300,10 @@ def _process(session: Session, where: str, reading: reports.Reading, config: Con
 
 
 def _named_instead(subscriber: Subscriber, reading: reports.Reading) -> tuple[str, ...]:
-    """The addresses the report names, if none is the subscriber's it was matched to."""
+    """The addresses a bounce report names, if none is the subscriber's it was matched to. (A
+    mailto request's address is its sender's: a reader's alias, and its tag is the proof.)"""
+    if reading.kind == "unsubscribe":
+        return ()
     keys = {_key(address) for address in reading.recipients}
     return () if not keys or subscriber.email_key in keys else tuple(reading.recipients)
 
