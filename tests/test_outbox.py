@@ -144,6 +144,23 @@ def test_an_expired_claim_charges_and_marks_only_the_row_that_may_have_gone(sess
     assert rows[0].last_reply.startswith("ambiguous: ") and rows[1].last_reply == rows[2].last_reply == ""
 
 
+def test_a_row_whose_worker_died_as_often_as_the_copies_cap_allows_is_given_up(session):
+    """helper-99: with ambiguous_max_attempts 2, a row whose workers were killed sending it went a
+    third time: only max_lease_expiries stopped it."""
+    add_subscribers(session, 1)
+    issue = make_issue(session)
+    transitions.start_sending(session, issue, "example.jp", "ja")
+    now = utcnow()
+    for n in range(2):
+        at = now + dt.timedelta(minutes=n)
+        [claimed] = outbox.claim(session, "a", 1, at, 1)
+        outbox.expire_leases(session, at + dt.timedelta(seconds=5), max_expiries=5, max_copies=2)
+    row = session.get(Delivery, claimed.id)
+    assert (row.status, row.maybe_copies, row.lease_expiries) == ("dead", 2, 2)
+    assert "ambiguous_max_attempts" in row.last_reply
+    assert outbox.claim(session, "a", 1, now + dt.timedelta(minutes=5), 1) == []
+
+
 def test_a_late_result_is_recorded_only_while_no_worker_holds_the_row(session):
     """A message accepted after its lease passed: sent if the row went back to the queue
     unclaimed; not if another worker claimed it meanwhile (that one may send it)."""

@@ -262,12 +262,13 @@ def _lease_expired(now: dt.datetime) -> typing.Any:
     return and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
 
 
-def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
+def expire_leases(session: Session, now: dt.datetime, max_expiries: int,
+                  max_copies: int | None = None) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 
     Only the row that may have been in flight (the lowest id still `sending` of each expired
     claim) counts toward `max_expiries`, and is marked AMBIGUOUS; after that many it is dead,
-    for an operator to look at.
+    for an operator to look at; so it is once it may have reached the relay `max_copies` times.
     """
     expired = _lease_expired(now)
     # Marked with sent_at (when it may have gone) for the hourly limit after a restart: unrecorded_since.
@@ -275,14 +276,20 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int) -> int:
     if not in_flight:
         return 0
     counted = and_(expired, Delivery.id.in_(in_flight))
-    # a possible copy: toward [retry] ambiguous_max_attempts too (helper-97)
+    # a possible copy: toward [retry] ambiguous_max_attempts too (helper-97), which stops it as
+    # `max_expiries` does (helper-99: killed again and again, a row went a third time past 2)
     expiry = {"lease_expiries": Delivery.lease_expiries + 1, "sent_at": now,
               "maybe_copies": Delivery.maybe_copies + 1}
+    expired_too_often = Delivery.lease_expiries + 1 >= max_expiries
+    too_many_copies = Delivery.maybe_copies + 1 >= (max_copies or max_expiries)
     session.execute(
         update(Delivery)
-        .where(counted, Delivery.lease_expiries + 1 >= max_expiries)
+        .where(counted, or_(expired_too_often, too_many_copies))
         .values(status="dead", lease_owner=None, lease_expires_at=None, **expiry,
-                last_reply=f"{AMBIGUOUS}: lease expired too often: a worker died while sending it")
+                last_reply=case((expired_too_often,
+                                 f"{AMBIGUOUS}: lease expired too often: a worker died while sending it"),
+                                else_=f"{AMBIGUOUS}: a worker died while sending it, and it may have reached "
+                                      "the relay as often as [retry] ambiguous_max_attempts allows"))
     )
     # Marked even when it goes on: if it was on the wire, its next send may be its second copy,
     # and the result written then keeps the mark (dispatch._marked: "ambiguous before; 250 …").
