@@ -350,3 +350,22 @@ def test_an_address_whose_other_row_cannot_be_read_waits_for_it(mailmag, tmp_pat
     assert _listed(mailmag) == {}
     assert sorted(r["email_hash"] for r in rows(db_url, "suppressions")) == sorted(
         email_hash(e) for e in ("c@example.jp", "h@example.jp"))
+
+
+def test_an_address_an_office_annotated_in_its_cell_still_holds_back_its_twin(mailmag, tmp_path):
+    """helper-99: x@example.jp（退会） or x@example.jp 退会 could not be read as an address, so the
+    row was reported as a bad address only and the address's active twin was imported."""
+    path = _csv(tmp_path, "email,status\na1@example.jp,\na1@example.jp（退会）,退会\n"
+                          "a4@example.jp,\na4@example.jp 退会,退会\nok@example.jp,\n")
+    result = mailmag.ok("subscribers", "import", str(path))
+    assert result.stdout.splitlines()[0] == "added 1, updated 0, unchanged 0, invalid 4, suppressed 0"
+    assert list(_listed(mailmag)) == ["ok@example.jp"]
+
+
+def test_a_cp932_list_with_half_width_katakana_is_read_as_cp932(mailmag, tmp_path):
+    """helper-99: the CP932 bytes of ﾕｳ read as a UTF-8 character, and the file was refused as
+    one mixing encodings."""
+    path = tmp_path / "list.csv"
+    path.write_bytes("email,氏名\nk1@example.jp,山田\nk2@example.jp,ﾕｳ\n".encode("cp932"))
+    mailmag.ok("subscribers", "import", str(path))
+    assert _listed(mailmag)["k2@example.jp"]["name"] == "ﾕｳ"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -155,11 +156,13 @@ def _refuse_mixed(data: bytes, not_utf8: int) -> None:
 
 
 def _utf8(line: bytes) -> bool:
+    """Japanese written in UTF-8: its kana and kanji take three bytes each. (Two CP932 bytes of
+    half-width katakana may read as one two-byte UTF-8 character: ﾕｳ as Õ³, helper-99.)"""
     try:
-        line.decode("utf-8")
+        text = line.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
+    return any(ord(char) >= 0x800 for char in text)
 
 
 def _refuse_other_formats(data: bytes) -> None:
@@ -244,12 +247,19 @@ def _records(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
 
 
 def _key_of(columns: dict[str, int], values: list[str]) -> str | None:
-    """The address of a row that could not be read, if its address can be."""
+    """The address of a row that could not be read, if an address can be read in its cell (an
+    office writes x@example.jp（退会）, x@example.jp 退会, mailto:x@…: helper-99)."""
     index = columns["email"]
-    try:
-        return subscribers.parse_address(unguard(values[index]).strip()).key if index < len(values) else None
-    except MailmagError:
-        return None
+    cell = unguard(values[index]).strip() if index < len(values) else ""
+    for candidate in (cell, *_ADDRESS_IN_CELL.findall(cell)):
+        try:
+            return subscribers.parse_address(candidate).key
+        except MailmagError:
+            continue
+    return None
+
+
+_ADDRESS_IN_CELL = re.compile(r"[\w.+\-]+[@＠][\w\-]+(?:[.．][\w\-]+)+")
 
 
 def _held_back(row: Row, unread: int) -> Sentence:
