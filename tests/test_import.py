@@ -12,6 +12,7 @@ import pytest
 from clocked import mailmag_command
 from conftest import one_database
 from dbstate import count, rows, snapshot
+from sqlalchemy import select
 
 from mailmag.audience.subscribers import email_hash
 
@@ -369,3 +370,26 @@ def test_a_cp932_list_with_half_width_katakana_is_read_as_cp932(mailmag, tmp_pat
     path.write_bytes("email,氏名\nk1@example.jp,山田\nk2@example.jp,ﾕｳ\n".encode("cp932"))
     mailmag.ok("subscribers", "import", str(path))
     assert _listed(mailmag)["k2@example.jp"]["name"] == "ﾕｳ"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # (SQLite's import holds the write lock)
+def test_an_address_added_while_the_import_runs_is_one_line_and_nothing_is_imported(services):
+    """helper-99: the subscribe form added an address of the file while a PostgreSQL import ran,
+    and the import ended in a psycopg traceback. Nothing landing, one sentence saying why."""
+    from mailmag.audience import imports, subscribers
+    from mailmag.audience.subscribers import Consent
+    from mailmag.errors import StateError
+    from mailmag.models import Subscriber
+
+    report = imports.ImportReport()
+
+    def racing():  # type: ignore[no-untyped-def]
+        with services.session() as form:  # the subscribe form, meanwhile
+            subscribers.add(form, subscribers.parse_address("race@example.jp"), Consent("web"), pending=True)
+        yield from imports.parse_rows("email\nfine@example.jp\nrace@example.jp\n", report, [])
+
+    with pytest.raises(StateError, match="added to the list while the import ran"), \
+            services.session() as session:
+        imports.import_rows(session, racing(), report, Consent("import"))
+    with services.session() as session:
+        assert sorted(session.scalars(select(Subscriber.email_key))) == ["race@example.jp"]

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailmag import topics as topics_mod
 from mailmag.audience import subscribers
 from mailmag.audience.exports import unguard
 from mailmag.audience.subscribers import Address, Consent
-from mailmag.errors import InvalidInput, MailmagError, Sentence
+from mailmag.errors import InvalidInput, MailmagError, Sentence, StateError
 from mailmag.models import STATUS_JA, SUBSCRIBER_STATUSES, ConsentEvent, Subscriber, Suppression, utcnow
 from mailmag.topics import Topic
 
@@ -475,12 +476,19 @@ def _flush(
 def _insert(session: Session, batch: list[Row], consent: Consent) -> None:
     """New subscribers, then their opt-in records: two executemany statements and one read."""
     now = utcnow()
-    session.execute(insert(cast(Table, Subscriber.__table__)), [
-        dict(email=r.address.email, email_key=r.address.key, name=r.name, organization=r.organization,
-             lang=r.lang or "ja", topics=r.topics, status="active", status_reason="",
-             created_at=now, updated_at=now, confirmed_at=now)
-        for r in batch
-    ])
+    try:
+        session.execute(insert(cast(Table, Subscriber.__table__)), [
+            dict(email=r.address.email, email_key=r.address.key, name=r.name, organization=r.organization,
+                 lang=r.lang or "ja", topics=r.topics, status="active", status_reason="",
+                 created_at=now, updated_at=now, confirmed_at=now)
+            for r in batch
+        ])
+    except IntegrityError as exc:  # the list was read when the import began (helper-99: PostgreSQL)
+        raise StateError(
+            "an address in the file was added to the list while the import ran (by the subscribe form, "
+            "or another command): nothing was imported; import the file again",
+            ja="取り込みの間に、ファイルにあるアドレスが名簿に加わりました（申し込みフォームや別の操作による）。"
+               "何も取り込んでいません。もう一度取り込んでください") from exc
     keys = [r.address.key for r in batch]
     query = select(Subscriber.email_key, Subscriber.id).where(Subscriber.email_key.in_(keys))
     ids = {key: id_ for key, id_ in session.execute(query)}
