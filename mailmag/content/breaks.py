@@ -88,7 +88,6 @@ _HIRAGANA = re.compile("[ぁ-ゖ]")
 _CONTACT = re.compile("[（(]?(?:〒|(?:E-?[Mm]ail|[Mm]ail|メール|電子メール|担当)\\s*[：:\u3000]"
                       "|(?:TEL|FAX|Tel|Fax|電話|携帯)\\s*[：:]?\\s*[(（]?[0-9０-９]{2,5}[)）\\-－ー‐]"
                       "|[\\w.+-]+@[\\w-]+\\.[\\w.-]+$)")
-_SENTENCE_MARKS = "。！？．"
 _PROSE_WORDS = re.compile("を|ます|です|ので|ため|について|により|られ|される|ました")
 
 
@@ -291,7 +290,7 @@ def _signature(lines: list[str]) -> int:
         start -= 1
     tail = lines[start:]
     if any(_CONTACT.match(line) for line in tail) and not any(
-            mark in line for line in tail for mark in _SENTENCE_MARKS):
+            mark in line for line in tail for mark in _SENTENCE_END):
         return start
     return len(lines)
 
@@ -302,14 +301,19 @@ def _prose(line: str) -> bool:
     addresses and numbers, in hiragana too (しまね地域づくり推進協議会事務局)."""
     if _CONTACT.match(line):
         return False
-    if line.rstrip(_CLOSING).endswith((*_SENTENCE_END, *_POLITE_END)) or "、" in line or "，" in line:
+    if _ends_sentence(line) or "、" in line or "，" in line:
         return True
     return display_width(line) >= _WRAPPED_WIDTH and bool(_PROSE_WORDS.search(line))
 
 
 def _complete(line: str) -> bool:
     """A line that ends a sentence (its 。 left off too) or a label: what follows starts anew."""
-    return line.rstrip(_CLOSING).endswith((*_SENTENCE_END, *_POLITE_END, "：", ":"))
+    return _ends_sentence(line) or line.rstrip(_CLOSING).endswith(("：", ":"))
+
+
+def _ends_sentence(line: str) -> bool:
+    """It ends a sentence: 。 (before a closing bracket too), or a polite end whose 。 was left off."""
+    return line.rstrip(_CLOSING).endswith((*_SENTENCE_END, *_POLITE_END))
 
 
 def _wrap_width(widths: list[int]) -> int | None:
