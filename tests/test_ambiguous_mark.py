@@ -70,7 +70,7 @@ def test_a_dead_delivery_requeued_by_an_operator_stays_marked(mailmag, services)
         session.execute(Delivery.__table__.update().values(  # a worker died while sending it, again
             status="sending", lease_owner="gone", lease_expires_at=now - dt.timedelta(seconds=1),
             lease_expiries=2))
-        outbox.expire_leases(session, now, max_expiries=3)
+        outbox.expire_leases(session, now, max_expiries=3, max_copies=3)
         session.commit()
     assert _last_reply(services).startswith(outbox.AMBIGUOUS)
     mailmag.ok("issues", "retry", str(issue), "--dead")

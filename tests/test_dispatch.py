@@ -733,7 +733,7 @@ def test_a_restart_counts_what_a_killed_worker_may_have_sent_against_the_hour(sm
     dispatcher.run(once=True)
     assert dispatcher.stats.sent == 2 and "rate_per_hour = 3" in dispatcher.stats.held_back
     with services.session() as session:  # its lease has passed: the row is queued, marked
-        outbox.expire_leases(session, utcnow() + dt.timedelta(seconds=301), 5)
+        outbox.expire_leases(session, utcnow() + dt.timedelta(seconds=301), 5, max_copies=5)
         session.commit()
         assert len(outbox.unrecorded_since(session, utcnow() - dt.timedelta(hours=1), utcnow())) == 1
     again = make_dispatcher(services, make_transport(services.config), concurrency=1)

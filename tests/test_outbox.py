@@ -117,7 +117,7 @@ def test_result_written_only_while_holding_the_lease(session):
     (mine,) = outbox.claim(session, "a", 1, now, 1)
     # The lease expires; another worker takes the row over.
     later = now + dt.timedelta(seconds=5)
-    outbox.expire_leases(session, later, max_expiries=3)
+    outbox.expire_leases(session, later, max_expiries=3, max_copies=3)
     (theirs,) = outbox.claim(session, "b", 1, later, 300)
     assert theirs.id == mine.id
     assert outbox.mark_sent(session, mine.id, "a", "250 ok", later) is False
@@ -135,7 +135,7 @@ def test_an_expired_claim_charges_and_marks_only_the_row_that_may_have_gone(sess
     transitions.start_sending(session, issue, "example.jp", "ja")
     now = utcnow()
     claimed = outbox.claim(session, "a", 3, now, 1)
-    assert outbox.expire_leases(session, now + dt.timedelta(seconds=5), max_expiries=3) == 3
+    assert outbox.expire_leases(session, now + dt.timedelta(seconds=5), max_expiries=3, max_copies=3) == 3
     rows = [session.get(Delivery, d.id) for d in claimed]
     assert [(r.status, r.attempts, r.lease_expiries) for r in rows] == [("queued", 1, 1), ("queued", 0, 0),
                                                                        ("queued", 0, 0)]
@@ -170,7 +170,7 @@ def test_a_late_result_is_recorded_only_while_no_worker_holds_the_row(session):
     now = utcnow()
     claimed = outbox.claim(session, "a", 2, now, 1)
     later = now + dt.timedelta(seconds=5)
-    outbox.expire_leases(session, later, max_expiries=3)
+    outbox.expire_leases(session, later, max_expiries=3, max_copies=3)
     (theirs,) = outbox.claim(session, "b", 1, later, 300)  # takes one of the rows over
     first, second = sorted(claimed, key=lambda d: d.id != theirs.id)
     assert outbox.mark_sent_unclaimed(session, first.id, "250 ok", later) is False
@@ -188,7 +188,7 @@ def test_too_many_expired_leases_make_a_row_dead(session):
     for i in range(3):
         assert len(outbox.claim(session, f"w{i}", 1, now, 1)) == 1
         now += dt.timedelta(seconds=2)
-        outbox.expire_leases(session, now, max_expiries=3)
+        outbox.expire_leases(session, now, max_expiries=3, max_copies=3)
     counts = outbox.counts(session, issue.id)
     assert (counts.dead, counts.queued, counts.sending) == (1, 0, 0)
     assert "worker died" in session.scalar(select(Delivery.last_reply))

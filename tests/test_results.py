@@ -47,7 +47,7 @@ def test_a_row_taken_over_by_another_worker_is_not_written(services):  # type: i
     ((mine,), now) = _claimed(services, "a", n=1, lease=1)
     later = now + dt.timedelta(seconds=5)
     with services.session() as session:
-        outbox.expire_leases(session, later, max_expiries=3)
+        outbox.expire_leases(session, later, max_expiries=3, max_copies=3)
         outbox.claim(session, "b", 1, later, 300)
     with services.engine.connect() as connection:
         write = sent_writer(connection)

@@ -479,7 +479,7 @@ class Dispatcher:
                     return landed  # the lost answer's claim had landed: those rows are ours
                 if housekeeping and self.expiry.may_expire():
                     outbox.expire_leases(session, now, config.max_lease_expiries,
-                                         self.services.config.retry.ambiguous_max_attempts)
+                                         max_copies=self.services.config.retry.ambiguous_max_attempts)
                 if housekeeping or self._claim_size is None:  # (threads that start together all size)
                     self._claim_size = self._fair_share(session, now)
                 claimed = outbox.claim(session, owner, self._claim_size, now, config.lease_seconds)

@@ -262,8 +262,7 @@ def _lease_expired(now: dt.datetime) -> typing.Any:
     return and_(Delivery.status == "sending", Delivery.lease_expires_at < now)
 
 
-def expire_leases(session: Session, now: dt.datetime, max_expiries: int,
-                  max_copies: int | None = None) -> int:
+def expire_leases(session: Session, now: dt.datetime, max_expiries: int, *, max_copies: int) -> int:
     """Leases of dead workers expire and their rows are queued again; returns rows requeued.
 
     Only the row that may have been in flight (the lowest id still `sending` of each expired
@@ -281,7 +280,7 @@ def expire_leases(session: Session, now: dt.datetime, max_expiries: int,
     expiry = {"lease_expiries": Delivery.lease_expiries + 1, "sent_at": now,
               "maybe_copies": Delivery.maybe_copies + 1}
     expired_too_often = Delivery.lease_expiries + 1 >= max_expiries
-    too_many_copies = Delivery.maybe_copies + 1 >= (max_copies or max_expiries)
+    too_many_copies = Delivery.maybe_copies + 1 >= max_copies
     session.execute(
         update(Delivery)
         .where(counted, or_(expired_too_often, too_many_copies))
