@@ -131,6 +131,8 @@ def _refuse_other_readings(raw: str) -> None:
     """NFKC reads ＡＢＣ＠ as ABC@ (the same keys in full-width mode) and that is all it should do
     to an address: ① → 1, ﬁ → fi or ² → 2 make another address, another person's mail
     (helper-81: ①@example.jp was stored as 1@example.jp without a word). Those are refused."""
+    if raw.isascii():  # NFKC leaves ASCII as it is: the usual address, checked for every message's To
+        return
     match = _TYPED_ADDRESS.match(raw)
     typed = match[1] if match else raw
     other = sorted({c for c in typed if unicodedata.normalize("NFKC", c) != c
