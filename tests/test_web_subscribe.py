@@ -24,8 +24,9 @@ pytest_plugins = ["web_fixtures"]
 FORM = {"agree": "yes", "lang": "ja"}
 
 
-def subscribe(live: LiveServer, email: str, **form: str | list[str]) -> tuple[Client, Reply]:
-    client = Client(live.url)
+def subscribe(live: LiveServer, email: str, *, source: str = "",
+              **form: str | list[str]) -> tuple[Client, Reply]:
+    client = Client(live.url, source=source)
     reply = client.submit("/subscribe", {**FORM, "email": email, **form})
     return client, reply
 
@@ -147,12 +148,33 @@ def test_a_burst_for_one_address_answers_alike_and_mails_once_new_or_known(confi
         services.close()
 
 
-def _burst(live: LiveServer, email: str, n: int) -> list[int]:
-    """`n` browsers that opened the form send it for `email` at the same moment; their statuses."""
+def test_a_burst_from_one_client_keeps_the_per_ip_limit(config, smtp_server):
+    """On PostgreSQL, 16 requests at once from one address for 16 new addresses all counted the
+    hour's attempts before any was written: 16 mails against a limit of 3 (subscription bombing)."""
+    limited = smtp_server.configure(config).replace(
+        web=WebConfig(subscribe_per_ip_per_hour=3, subscribe_min_answer_ms=0))
+    services = make_services(limited)
+    app = create_app(services)
+    live = LiveServer(app, threads=16)
+    try:
+        emails = [f"target{n}@example.jp" for n in range(16)]
+        assert _burst(live, emails, 16) == [200] * 16
+        assert len(sent(app, smtp_server)) == 3
+        assert len(attempts(services)) == 3  # those over the limit stored nothing
+    finally:
+        live.close()
+        app.extensions["mailmag"].mailer.close()
+        services.close()
+
+
+def _burst(live: LiveServer, email: str | list[str], n: int) -> list[int]:
+    """`n` browsers that opened the form send it for `email` (or each its own of a list) at the
+    same moment; their statuses."""
     forms = []
-    for _ in range(n):
+    for i in range(n):
         client = Client(live.url)
-        forms.append((client, {**FORM, "email": email, "csrf_token": client.get("/subscribe").csrf()}))
+        to = email[i] if isinstance(email, list) else email
+        forms.append((client, {**FORM, "email": to, "csrf_token": client.get("/subscribe").csrf()}))
     start = threading.Barrier(n)
 
     def post(form: tuple[Client, dict]) -> int:
@@ -344,15 +366,17 @@ def test_a_mail_the_relay_may_have_kept_counts_against_the_address(mail_live, ma
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_a_request_held_up_for_one_address_holds_up_no_other(mail_live, mail_app, mail_services, smtp_server):
+def test_a_request_held_up_for_one_address_holds_up_no_other_client(mail_live, mail_app, mail_services,
+                                                                   smtp_server):
     """helper-99: one lock for every request, so a transaction holding it (a slow database) made
-    the whole form answer 503, whatever the address. The turn is per address."""
+    the whole form answer 503, whatever the address. The turn is per address, and per client
+    before that (the per-IP limit): a client's request that waits holds up only that client."""
     slow = consent.limit_key(subscribers.parse_address("slow@example.jp"))
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         with mail_services.session() as held:
             db.one_at_a_time(held, f"subscribe:{addresses.email_hash(slow)}")
             waiting = pool.submit(subscribe, mail_live, "slow@example.jp")
-            _, reply = subscribe(mail_live, "other@example.jp")
+            _, reply = subscribe(mail_live, "other@example.jp", source="127.0.0.2")
             assert reply.status == 200
             time.sleep(0.5)
             assert not waiting.done()  # slow@'s own request waits for its turn

@@ -73,8 +73,11 @@ class Reply:
 class Client:
     """One visitor: keeps its cookies (or none, like a mail provider's one-click POST)."""
 
-    def __init__(self, base_url: str, *, cookies: bool = True, user_agent: str = "test-browser/1.0") -> None:
+    def __init__(self, base_url: str, *, cookies: bool = True, user_agent: str = "test-browser/1.0",
+                 source: str = "") -> None:
+        """`source`: the loopback address this visitor connects from (127.0.0.2: another client)."""
         parts = urlsplit(base_url)
+        self.source = (source, 0) if source else None
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.keep_cookies = cookies
         self.cookies: dict[str, str] = {}
@@ -86,7 +89,7 @@ class Client:
         all_headers = {"User-Agent": self.user_agent, **(headers or {})}
         if self.cookies:
             all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10, source_address=self.source)
         try:
             connection.request(method, path, body=body, headers=all_headers)
             response = connection.getresponse()

@@ -98,7 +98,10 @@ def request_subscription(
     # One request for an address at a time: side by side on PostgreSQL, two for one new address
     # both found none and both inserted (the second a 500, which told a stranger the address was
     # new), and a burst counted the daily limit before any of its attempts was written
-    # (helper-97). Per address, so one slow request holds up no other address (helper-99).
+    # (helper-97). Per address, so one slow request holds up no other address (helper-99); and
+    # per client before that, or a burst from one client for many addresses counted the hour's
+    # attempts before any was written (15 mails against a limit of 3). Always in this order.
+    db.one_at_a_time(session, f"subscribe-ip:{ip}")
     db.one_at_a_time(session, f"subscribe:{key_hash}")
     if _over_limits(session, key_hash, ip, limits, now):
         return None
