@@ -328,6 +328,26 @@ def test_sessions_end_after_idle_and_absolute_timeouts(console, console_services
     assert client.get("/admin/").status == 303
 
 
+def test_someone_at_work_stays_logged_in_under_a_one_minute_idle_limit(console_services):
+    """helper-100: the session was touched once a minute, so with session_idle_minutes = 1 a page
+    opened every 20 s was logged out at the 60th second (and what was typed in a form was lost)."""
+    import dataclasses
+
+    from mailmag.access import logins
+
+    add_admin(console_services, "alice", "owner")
+    policy = dataclasses.replace(console_services.config.admin, session_idle_minutes=1)
+    start = utcnow()
+    with console_services.session() as session:
+        token = logins.start(session, accounts.get(session, "alice"), "127.0.0.1", "test", now=start).token
+    for seconds in range(20, 201, 20):  # a page every 20 s for over three minutes
+        with console_services.session() as session:
+            at = start + dt.timedelta(seconds=seconds)
+            assert logins.resume(session, policy, token, now=at) is not None, seconds
+    with console_services.session() as session:  # and away for more than the minute: logged out
+        assert logins.resume(session, policy, token, now=start + dt.timedelta(seconds=262)) is None
+
+
 def test_a_password_reset_ends_every_session_of_the_account(console, console_services):
     client = logged_in(console.url, console_services, "alice", "owner")
     with console_services.session() as session:

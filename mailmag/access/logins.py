@@ -35,7 +35,9 @@ REFUSED_NO_CODE_JA = (f"{REFUSED_JA}（owner と sender のアカウントには
                       "サーバーで mailmag admins totp アカウント名 を実行して設定します）")
 LOCKED = "too many failed logins: try again later"
 LOCKED_JA = "ログインの失敗が多すぎます。しばらくしてからもう一度お試しください"
-# Touching last_seen_at on every request would make every page a write; a minute is precise enough.
+# Touching last_seen_at on every request would make every page a write; a minute is precise
+# enough, and a quarter of the idle limit where that is shorter (helper-100: with an idle limit of
+# one minute, touched once a minute, someone at work was logged out at the 60th second).
 _TOUCH_EVERY = dt.timedelta(seconds=60)
 
 
@@ -128,20 +130,34 @@ def start(session: Session, admin: Admin, ip: str, user_agent: str, previous_tok
 def resume(session: Session, policy: AdminConfig, token: str | None,
            now: dt.datetime | None = None) -> AdminSession | None:
     """The live session of this cookie, or None (an expired one is deleted on the way)."""
-    if not token:
+    row, due = look(session, policy, token, now)
+    if row is None or not due:
+        return row
+    if _expired(policy, row, now or utcnow()):
+        session.delete(row)
         return None
+    row.last_seen_at = now or utcnow()
+    return row
+
+
+def look(session: Session, policy: AdminConfig, token: str | None,
+         now: dt.datetime | None = None) -> tuple[AdminSession | None, bool]:
+    """The cookie's session as stored, and whether `resume` has a write to make for it (delete it
+    as expired, or touch it). Only reads: a console page that finds nothing due takes no write lock,
+    so on SQLite it waits for no import or worker commit (helper-100)."""
+    if not token:
+        return None, False
     now = now or utcnow()
     row = session.scalar(select(AdminSession).where(AdminSession.token_hash == _digest(token)))
     if row is None:
-        return None
+        return None, False
+    touch_every = min(_TOUCH_EVERY, dt.timedelta(minutes=policy.session_idle_minutes) / 4)
+    return row, _expired(policy, row, now) or now - row.last_seen_at > touch_every
+
+
+def _expired(policy: AdminConfig, row: AdminSession, now: dt.datetime) -> bool:
     idle = now - row.last_seen_at > dt.timedelta(minutes=policy.session_idle_minutes)
-    old = now - row.created_at > dt.timedelta(hours=policy.session_max_hours)
-    if idle or old:
-        session.delete(row)
-        return None
-    if now - row.last_seen_at > _TOUCH_EVERY:
-        row.last_seen_at = now
-    return row
+    return idle or now - row.created_at > dt.timedelta(hours=policy.session_max_hours)
 
 
 def end(session: Session, token: str) -> bool:

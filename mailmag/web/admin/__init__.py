@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit, logins
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError, in_lang
-from mailmag.models import EVENT_KIND_WORDS, STATUS_JA
+from mailmag.models import EVENT_KIND_WORDS, STATUS_JA, AdminSession
 from mailmag.scheduling.when import shown
 from mailmag.web import _, page_lang, security, state
 from mailmag.web.admin import fixes
@@ -108,10 +108,16 @@ def _guard() -> Any:
         abort(403)  # a form posted from another site's page (helper-82), the login's included
     if request.endpoint in OPEN_ENDPOINTS:
         return None
-    with state().services.session() as db:
-        row = logins.resume(db, config.admin, request.cookies.get(COOKIE))
-        if row is not None:
-            g.admin = Viewer(row.admin.id, row.admin.name, row.admin.email, row.admin.role, row.csrf)
+    cookie = request.cookies.get(COOKIE)
+    with state().services.read_session() as db:  # most pages: nothing to write, no lock to wait for
+        row, due = logins.look(db, config.admin, cookie)
+        if row is not None and not due:
+            g.admin = _viewer_of(row)
+    if due:  # a minute since it was last touched, or expired
+        with state().services.session() as db:
+            row = logins.resume(db, config.admin, cookie)
+            if row is not None:
+                g.admin = _viewer_of(row)
     if row is None:
         wanted = request.full_path if request.method == "GET" else url_for("admin.dashboard.index")
         return redirect(url_for("admin.login", next=wanted.rstrip("?")), 303)
@@ -122,6 +128,10 @@ def _guard() -> Any:
         if not hmac.compare_digest(viewer().csrf, given):
             abort(400, description="csrf")
     return None
+
+
+def _viewer_of(row: AdminSession) -> Viewer:
+    return Viewer(row.admin.id, row.admin.name, row.admin.email, row.admin.role, row.csrf)
 
 
 @bp.after_request
