@@ -47,10 +47,14 @@ class Services:
         """The engine for work that only reads: on SQLite it begins DEFERRED, taking no write lock."""
         return self.engine.execution_options(sqlite_begin="DEFERRED")
 
+    @cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        return db.make_session_factory(self.read_engine)
+
     @contextlib.contextmanager
     def read_session(self) -> Iterator[Session]:
         """A unit of work that only reads (pages, listings): in WAL mode it never waits for writers."""
-        with db.unit_of_work(db.make_session_factory(self.read_engine)) as session:
+        with db.unit_of_work(self.read_sessions) as session:
             yield session
 
     @property

@@ -7,6 +7,7 @@ import re
 from urllib.parse import quote
 
 from admin_support import csrf_of, logged_in
+from conftest import one_database
 from sqlalchemy import func, select
 from web_support import Client
 
@@ -208,6 +209,27 @@ def test_bounces_page_shows_recent_bounces_and_suppressions(console, console_ser
     # each kind in the page's words, not the database's (the office read 'asked' and 'hard')
     assert "<td>不達（恒久的）</td>" in page and "<td>メールでの配信停止依頼（タグなし）</td>" in page
     assert "<td>hard</td>" not in page and "<td>asked</td>" not in page
+
+
+@one_database  # (PostgreSQL: readers and writers never wait for each other)
+def test_a_preview_waits_for_no_writer_and_holds_none_up(console, console_services):
+    """helper-100: the preview landed the rows and rolled them back, holding SQLite's write lock:
+    a 200 000-row file stopped every worker's results and every console save for 20 s. It only
+    reads now; here it answers while another connection holds the write lock."""
+    import sqlite3
+
+    url = console_services.config.database.url
+    client = logged_in(console.url, console_services, "owner", "owner")
+    token = csrf_of(client.get("/admin/subscribers/import"))
+    writer = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=0)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        preview = _upload(client, token, CSV)
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+    assert preview.status == 200 and "追加 2、更新 0、変更なし 0、取り込めない行 2" in preview.text
+    assert _count(console_services, Subscriber) == 0 and _count(console_services, ConsentEvent) == 0
 
 
 def test_a_list_of_thousands_is_previewed_and_stored(console, console_services):

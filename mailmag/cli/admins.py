@@ -62,7 +62,7 @@ def add(app: AppContext, name: str, email: str, role: str, with_totp: bool, pass
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
     """List the console accounts."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         rows = [{"name": a.name, "email": a.email, "role": a.role, "totp": bool(a.totp_secret),
                  "created_at": a.created_at} for a in accounts.listing(session)]
     if as_json:
@@ -141,7 +141,7 @@ def totp(app: AppContext, name: str, off: bool) -> None:
 def audit_(app: AppContext, since: str | None, limit: int | None, as_json: bool) -> None:
     """Export the audit log: who did what in the console (or to accounts), when, from where."""
     start = parse_when(since, app.config.zone, _EPOCH) if since else None
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         rows: list[dict[str, Any]] = [
             {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail, "ip": e.ip}
             for e in audit.listing(session, since=start, limit=limit)]

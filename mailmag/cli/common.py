@@ -57,7 +57,9 @@ class AppContext:
                                   give_up_after=most if once else None,
                                   waiting=f"waiting up to {most:g} s for it" if once else "waiting for it")
             guard.call(lambda: db.current_revision(self.services.engine))
-        db.check_schema(self.services.engine)
+        # read only: on SQLite every command, `issues status` too, waited for the write lock here
+        # while an import or an enqueue held it (up to busy_timeout_seconds, then "locked")
+        db.check_schema(self.services.read_engine)
         return self.services
 
     def close(self) -> None:

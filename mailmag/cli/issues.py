@@ -106,7 +106,7 @@ def preview(app: AppContext, issue_id: int, fmt: str | None, output: Path | None
     """Show an issue as subscribers get it, with a sample recipient's links filled in."""
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "text"
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         shown = issues.preview(session, app.config, issue_id, fmt, lang)
         issue = issues.get(session, issue_id)
         note = _audience_note(issue, issues.audience(session, issue), app)
@@ -139,7 +139,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     scheduled or rendered), items, topic, title, and why its mail waits, when it waits for the
     send window."""
     now = utcnow()
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         pending, dead = outbox.pending_by_issue(session), outbox.dead_by_issue(session)
         rows = [as_dict(issue) | {"waiting_for_window": waiting_for_window(
             pending.get(issue.id, 0), now, app.config), "dead": dead.get(issue.id, 0),
@@ -251,7 +251,7 @@ def test_(app: AppContext, issue_id: int, addresses: tuple[str, ...], lang: str 
 def status(app: AppContext, issue_id: int, as_json: bool) -> None:
     """Show an issue's audience and how far its sending has come (counted from delivery states)."""
     now = utcnow()
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         issue = issues.get(session, issue_id)
         counts = outbox.counts(session, issue.id)
         ambiguous = outbox.ambiguous_count(session, issue.id)

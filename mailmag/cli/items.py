@@ -115,7 +115,7 @@ def add(app: AppContext, files: tuple[str, ...], as_json: bool) -> None:
 def list_(app: AppContext, status: str | None, org_code: str | None, kind: str | None,
           as_json: bool) -> None:
     """List items, oldest first."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         rows = items.listing(session, status=status, org=org_code, kind=kind)
         if as_json:
             print_json([as_dict(item) for item in rows])
@@ -128,7 +128,7 @@ def list_(app: AppContext, status: str | None, org_code: str | None, kind: str |
 @pass_app
 def show(app: AppContext, item_id: int) -> None:
     """Show one item: its fields and the body as the issue will show it."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         item = items.get(session, item_id)
         click.echo(_describe(item, app))
 

@@ -31,7 +31,7 @@ def add(app: AppContext, code: str, name: str, short_name: str, contact: str) ->
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
     """List the member organizations."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         rows = orgs.listing(session)
         counts = orgs.item_counts(session)
         if as_json:

@@ -58,7 +58,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     services = app.ready_services()
     config = services.config
     now = utcnow()
-    with services.session() as session:
+    with services.read_session() as session:
         infos = jobs.list_auto(session, config, now)
     if as_json:
         print_json([_as_dict(info, config) for info in infos])

@@ -82,11 +82,11 @@ def import_(app: AppContext, file: Path, encoding: str, source: str | None, stri
     """
     consent = Consent("import", source or f"imported from {file.name}")
     services = app.ready_services()
-    session = services.sessions()
+    session = services.read_sessions() if dry_run else services.sessions()  # a dry run only reads
     try:
         with _progress(file) as progress:
             report = imports.import_file(session, file, consent, encoding=encoding, resubscribe=resubscribe,
-                                         progress=progress, topics=app.config.topics)
+                                         progress=progress, topics=app.config.topics, write=not dry_run)
         refused = strict and bool(report.invalid)
         if dry_run or refused:
             session.rollback()
@@ -142,7 +142,7 @@ def _print_report(report: imports.ImportReport) -> None:
 @pass_app
 def list_(app: AppContext, status: str | None, as_json: bool) -> None:
     """List subscribers: address, name, language, status (with its reason), added."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         rows = subscribers.listing(session, status)
     if as_json:
         print_json([_as_dict(s) for s in rows])
@@ -170,7 +170,7 @@ def _as_dict(s: Subscriber) -> dict[str, Any]:
 @pass_app
 def export(app: AppContext, output: Path | None, encoding: str, header: str) -> None:
     """Export every subscriber as CSV that Excel opens correctly."""
-    with app.ready_services().session() as session:
+    with app.ready_services().read_session() as session:
         data, count = exports.export_bytes(session, encoding=encoding, header=header,
                                            zone=app.config.zone)
     if output is None:

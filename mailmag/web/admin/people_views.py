@@ -106,16 +106,12 @@ def import_csv() -> Any:
                            ja="CSV ファイルを選んでください（8 MB まで。"
                               "それより大きい一覧はサーバーで mailmag subscribers import を使います）")
     store = request.form.get("confirm") == "1"
-    session = state().services.sessions()
-    try:
+    services = state().services
+    # The preview writes nothing, so it reads in a read session: it holds up no worker or save.
+    with services.session() if store else services.read_session() as session:
         preview = lookup.preview_import(session, data, _consent("imported"), topics=state().topics,
-                                        encoding=encoding)
+                                        encoding=encoding, write=store)
         if store:
             act(session, "subscribers.import", preview.report.summary())
-            session.commit()
-        else:
-            session.rollback()
-    finally:
-        session.close()
     return render_template("admin/import.html.j2", preview=preview, stored=store, encoding=encoding,
                            payload="" if store else base64.b64encode(data).decode("ascii"))
