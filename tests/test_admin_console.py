@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import json
 import re
+import time
 from urllib.parse import quote
 
 import pytest
 import time_machine
 from admin_support import csrf_of, hidden_fields, logged_in, post_form, seed_items, send_from_console
 from sqlalchemy import func, select, update
-from web_support import mail_text
+from web_support import Client, mail_text
 
 from mailmag.access import audit
 from mailmag.audience import subscribers
@@ -50,6 +52,27 @@ def _sender_with_readers(mail_console, titles: list[str], readers: int, **accoun
     _readers(services, readers)
     client = logged_in(mail_console.url, services, "sam", "sender", **account)
     return client, csrf_of(client.get("/admin/issues/")), ids
+
+
+def test_test_sends_to_a_slow_relay_take_one_web_thread_not_all(mail_console, smtp_server):
+    """helper-100: each test send waits in a web thread for the relay's answer; nine at once to a
+    relay that answered nothing held all eight threads, so the public pages and /healthz stopped
+    answering for a minute. One waits at a time; the others are told so at once, nothing sent."""
+    client, token, ids = _sender_with_readers(mail_console, ["会議の報告"], 1, email="sam@example.jp")
+    issue_path = client.post("/admin/issues/new", {"csrf_token": token, "item": [str(ids[0])]}
+                             ).headers["Location"]
+    smtp_server.delay("data_end", 3.0, times=None)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        posts = [pool.submit(client.post, f"{issue_path}/test", {"csrf_token": token}) for _ in range(6)]
+        time.sleep(1.0)
+        assert Client(mail_console.url).get("/healthz").status == 200  # while the one waits
+        replies = [post.result() for post in posts]
+    assert sorted(r.status for r in replies) == [303] + [409] * 5
+    refused = next(r for r in replies if r.status == 409)
+    assert "別のテスト送信が中継サーバーの応答を待っています" in refused.text
+    assert [m.recipients for m in smtp_server.messages] == [("sam@example.jp",)]
+    with mail_console.services.session() as session:
+        assert [e.action for e in audit.listing(session)].count("issue.test") == 1
 
 
 def _deliver(services) -> None:  # type: ignore[no-untyped-def]

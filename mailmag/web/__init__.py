@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ class WebState:
     wording: dict[str, str]  # lang → the consent wording of the configured version
     mailer: Mailer
     pages: PageCache = dataclasses.field(default_factory=PageCache)  # the listings' bodies, by tag
+    # One console test send at a time in a process: each waits in a web thread for the relay's
+    # answer (up to [smtp] timeout_seconds), and nine at once to a relay that answered nothing held
+    # every thread, the public pages and /healthz with them, for a minute (helper-100).
+    test_sends: threading.Semaphore = dataclasses.field(default_factory=lambda: threading.BoundedSemaphore(1))
 
     @property
     def config(self) -> Config:

@@ -9,7 +9,7 @@ from flask import Blueprint, flash, get_flashed_messages, redirect, render_templ
 from mailmag.content import drafts, issues, transitions
 from mailmag.delivery import dispatch, outbox
 from mailmag.delivery.transports import make_transport
-from mailmag.errors import AccessDenied, InvalidInput
+from mailmag.errors import AccessDenied, InvalidInput, StateError
 from mailmag.models import ID_LIMIT, Issue, utcnow
 from mailmag.scheduling import jobs
 from mailmag.scheduling.when import parse_when
@@ -148,11 +148,17 @@ def test_send(issue_id: int) -> Any:
     """The real message, now, to the logged-in admin's own address (not through the outbox)."""
     services = state().services
     lang = request.form.get("lang") if request.form.get("lang") in ("ja", "en") else None
-    with services.session() as db:
-        issue = drafts.by_id(db, issue_id)
-        issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
-        act(db, "issue.test", f"issue id {issue_id} to {viewer().email}")
-    results = dispatch.send_test(services, make_transport(services.config), issue, [viewer().email], lang)
+    if not state().test_sends.acquire(blocking=False):
+        raise StateError("another test send is waiting for the relay's answer: try again in a moment",
+                         ja="別のテスト送信が中継サーバーの応答を待っています。少し待ってからもう一度お試しください")
+    try:
+        with services.session() as db:
+            issue = drafts.by_id(db, issue_id)
+            issue.renderings  # noqa: B018 - loaded now: no transaction stays open during SMTP
+            act(db, "issue.test", f"issue id {issue_id} to {viewer().email}")
+        results = dispatch.send_test(services, make_transport(services.config), issue, [viewer().email], lang)
+    finally:
+        state().test_sends.release()
     return _back(issue_id, notice=" ".join(
         _("テスト送信しました（{address}、中継サーバーの応答: {reply}）。", address=r.address, reply=r.reply)
         if r.sent else _("テスト送信できませんでした（{address}）: {reply}", address=r.address, reply=r.reply)
