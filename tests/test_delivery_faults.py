@@ -765,6 +765,43 @@ def test_policy_refusals_from_many_domains_stop_the_run(config, smtp_server):
         services.close()
 
 
+def test_a_content_filter_refusing_every_message_of_a_one_domain_list_stops_the_run(config, smtp_server):
+    """helper-101: the relay's content filter answered 554 5.7.1 after the final dot; counted once
+    per recipient domain, a list at one domain never reached [dispatch] refusals_to_stop, so every
+    message failed for good, the issue read "sent", and `run` logged nothing. After the dot the
+    relay had taken the recipient: it refused the message, and that counts per message."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 30)  # every reader @example.jp
+    smtp_server.fail_next("data_end", 554, "5.7.1 message content rejected", times=None)
+    try:
+        with pytest.raises(TransportError, match="not the recipients'"):
+            run_once(services)
+        c = counts(services, issue)
+        assert (c.queued, c.failed, c.sent) == (30, 0, 0)
+        assert subscriber_states(services) == {"active"}
+        with services.session() as session:
+            assert "5.7.1 message content rejected" in (session.get(Issue, issue.id).relay_error or "")
+    finally:
+        services.close()
+
+
+def test_a_domain_refusing_its_recipients_for_policy_does_not_stop_the_run(config, smtp_server):
+    """At RCPT a 5.7.1 is about the recipient's domain (its policy about us): six of one domain
+    fail, and the rest of the list is sent."""
+    services = make_services(config, smtp_server)
+    issue = sending_to(services, [f"r{i}@strict.example.jp" for i in range(6)]
+                       + [f"r{i}@open.example.jp" for i in range(4)])
+    for i in range(6):
+        smtp_server.fail_rcpt(f"r{i}@strict.example.jp", 550, "5.7.1 not accepted by this domain's policy")
+    try:
+        run_once(services, concurrency=1)
+        c = counts(services, issue)
+        assert (c.failed, c.sent, c.queued) == (6, 4, 0)
+        assert subscriber_states(services) == {"active"}
+    finally:
+        services.close()
+
+
 def test_a_relay_that_refuses_every_address_from_the_start_bounces_nobody(config, smtp_server):
     """A smarthost set up wrong (it takes every domain for its own) answers 550 5.1.1 User unknown
     to every recipient: believed, it bounced the whole list, for good (coming back takes a new

@@ -951,7 +951,8 @@ class Dispatcher:
         if not self._write_result(owner, delivery, write, _refused(failure), reply=reply):
             return
         self._done_failed()
-        if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind):
+        if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind,
+                                                                   content=failure.content):
             self._refused_too_often(failure)
 
     def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:

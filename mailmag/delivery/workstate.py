@@ -245,7 +245,10 @@ class Throttle:
 
 class Refusals:
     """Refusals in a row that are not the recipients' fault; too many mean the content or the
-    relay is the problem. Policy refusals (5.7.x) count once per recipient domain."""
+    relay is the problem. Policy refusals (5.7.x) of a recipient count once per recipient domain
+    (a domain's own policy about us); one after the final dot counts per message: the relay had
+    taken the recipient and refused the message (helper-101: a content filter's 554 5.7.1 failed a
+    whole issue for good, and quietly, where the list held fewer than five domains)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
@@ -255,11 +258,12 @@ class Refusals:
         self._domains: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, delivery_id: int, email: str, kind: str) -> bool:
-        """Count one; True once the run must stop (and for every refusal after that)."""
+    def add(self, delivery_id: int, email: str, kind: str, *, content: bool = False) -> bool:
+        """Count one (`content`: refused after the final dot); True once the run must stop (and
+        for every refusal after that)."""
         with self._lock:
             self._ids.append(delivery_id)
-            if kind == POLICY:
+            if kind == POLICY and not content:
                 self._domains.add(email.rpartition("@")[2].lower())
             else:
                 self._messages += 1
