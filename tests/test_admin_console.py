@@ -19,6 +19,7 @@ from mailmag.access import audit
 from mailmag.audience import subscribers
 from mailmag.audience.subscribers import Consent
 from mailmag.content import issues, items, orgs
+from mailmag.delivery import outbox
 from mailmag.delivery.transports import make_transport
 from mailmag.errors import TransportError
 from mailmag.models import Delivery, Issue, Item, Subscriber, utcnow
@@ -241,6 +242,23 @@ def test_the_issue_page_adds_up_with_cancelled_and_possibly_doubled_messages(mai
     assert '送信取りやめ</dt><dd data-key="cancelled">1</dd>' in page
     assert '合計</dt><dd data-key="total">3</dd>' in page
     assert "複数回届いたおそれのあるメール：1 通" in page
+
+
+def test_a_cancel_while_a_worker_holds_messages_says_up_to_as_the_cli_does(mail_console, smtp_server):
+    """helper-100: the page and the audit log said "532 queued messages stopped" where a worker
+    held some and sent those on their way: 530 were. `issues cancel` said "up to", and why."""
+    services = mail_console.services
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 4)
+    issue_path = _sent(client, token, ids[0])
+    with services.session() as session:
+        assert len(outbox.claim(session, "w", 2, utcnow(), 300)) == 2  # a worker holds two
+    page = client.post(f"{issue_path}/cancel", {"csrf_token": token})
+    page = client.get(page.headers["Location"]).text
+    assert "送信待ちの最大 4 通を止めました（うち 2 通は処理中で、送信中のものは届きます）" in page
+    with services.session() as session:
+        [entry] = [e for e in audit.listing(session) if e.action == "issue.cancel"]
+    assert entry.detail.endswith(": 0 sent, up to 4 queued messages stopped (2 held by a worker: one on "
+                                 "its way to the relay still goes)")
 
 
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):

@@ -204,10 +204,19 @@ def cancel(issue_id: int) -> Any:
     with state().services.session() as db:
         issue = drafts.by_id(db, issue_id)
         done = issues.cancel(db, issue.id)
+        # as `issues cancel` says it: a message a worker holds still goes (helper-100: the page and
+        # the audit log said "532 stopped" where 530 were; the CLI said "up to", and why)
+        up_to = "up to " if done.in_flight else ""
         act(db, "issue.cancel", f"{issues.label(issue)}"
             + (": a draft again" if done.unscheduled else
-               f": {done.sent} sent, {done.not_sent} queued messages stopped"))
-    return _back(issue_id)
+               f": {done.sent} sent, {up_to}{done.not_sent} queued messages stopped"
+               + (f" ({done.in_flight} held by a worker: one on its way to the relay still goes)"
+                  if done.in_flight else "")))
+    if done.unscheduled or not done.in_flight:
+        return _back(issue_id)
+    said = _("送信待ちの最大 {n} 通を止めました（うち {held} 通は処理中で、送信中のものは届きます）",
+             n=done.not_sent, held=done.in_flight)
+    return _back(issue_id, notice=said)
 
 
 @bp.post("/<int:issue_id>/retry-dead")
