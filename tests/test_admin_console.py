@@ -261,6 +261,35 @@ def test_a_cancel_while_a_worker_holds_messages_says_up_to_as_the_cli_does(mail_
                                  "its way to the relay still goes)")
 
 
+def test_a_relative_time_is_scheduled_for_the_moment_the_confirmation_showed(mail_console, smtp_server):
+    """helper-100: the confirmation page sent back the words typed, read again at the button: "明日
+    9:00" shown at 23:59:50 and confirmed after midnight was scheduled a day later than shown."""
+    services = mail_console.services
+    zone = services.config.zone
+    today = utcnow().astimezone(zone).date()
+    midnight = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(0), zone)
+    with time_machine.travel(midnight - dt.timedelta(seconds=10), tick=True) as traveller:
+        client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
+        issue_path = _draft(client, token, ids[0])
+        page = client.get(f"{issue_path}/send?at={quote('明日 9:00')}")
+        traveller.shift(30)  # the button is pressed after midnight
+        assert client.post(f"{issue_path}/send", hidden_fields(page, f"{issue_path}/send")).status == 303
+    with services.session() as session:
+        issue = session.get(Issue, int(issue_path.rsplit("/", 1)[1]))
+        assert issue.status == "scheduled"
+        assert issue.scheduled_at.astimezone(zone) == midnight + dt.timedelta(hours=9)
+
+
+def test_the_send_page_of_a_sent_issue_offers_no_button(mail_console, smtp_server):
+    """helper-100: it offered 「送信する」 to 630 readers for an issue sent already (the button was
+    refused with a 409, and nothing was sent)."""
+    client, token, ids = _sender_with_readers(mail_console, ["記事"], 2)
+    issue_path = _sent(client, token, ids[0])
+    page = client.get(f"{issue_path}/send").text
+    assert "この号はすでに送信したか送信中、または取りやめたため、送信できません。" in page
+    assert "送信する</button>" not in page and f'action="{issue_path}/send"' not in page
+
+
 def test_messages_given_up_on_show_in_the_list_and_go_again_from_the_issue_page(mail_console, smtp_server):
     """A `sent` issue whose some messages went dead (their worker died sending them, again and
     again): the console said only 送信済み, and only `issues retry --dead` on the server sent them."""

@@ -175,7 +175,8 @@ def confirm(issue_id: int) -> Any:
         when = parse_when(at, state().config.zone, utcnow()) if at else None
         # the issue page's warnings again: the last page before sending (helper-72: it named
         # a 第N号 another issue had taken)
-        return render_template("admin/confirm.html.j2", issue=issue, at=at, when=when,
+        return render_template("admin/confirm.html.j2", issue=issue, when=when,
+                               sendable=issue.status in transitions.SENDABLE,
                                audience=issues.audience(db, issue), version=drafts.version(db, issue),
                                warnings=drafts.warnings(db, state().config, issue))
 
