@@ -107,7 +107,7 @@ def test_a_firing_that_races_issues_send_for_the_number_takes_the_next_and_sends
                 firing.kill()
                 firing.communicate()
         assert firing.returncode == 0, err
-        detail = "issue 2 (第2号) composed from 1 items: 2 recipients queued"
+        detail = "issue 2 (第2号) composed from 1 item: 2 recipients queued"
         assert json.loads(out) == [["sent", detail]]
         assert recorded(services) == [(moment, "sent", detail)]
         assert issues_and_items(services) == [(1, 1, "sending", [first]), (2, 2, "sending", [second])]
@@ -151,7 +151,7 @@ def test_a_firing_that_keeps_losing_is_left_unrecorded_for_the_next_poll(service
     (again,) = jobs.fire_due_autos(services, at + dt.timedelta(seconds=40))
     assert (again.scheduled_for, again.outcome) == (at, "sent")
     # (Its id depends on the backend: PostgreSQL does not give back the ids of the rolled-back tries.)
-    assert again.detail.endswith(" (第2号) composed from 1 items: 2 recipients queued")
+    assert again.detail.endswith(" (第2号) composed from 1 item: 2 recipients queued")
     assert [outcome for _, outcome, _ in recorded(services)] == ["missed", "missed", "sent"]
 
 
@@ -228,5 +228,5 @@ def test_a_firing_whose_every_try_at_a_number_collides_waits_for_the_next_poll(s
     monkeypatch.undo()
     (again,) = jobs.fire_due_autos(services, at + dt.timedelta(seconds=40))
     assert again.outcome == "sent"
-    assert again.detail.endswith(" (第2号) composed from 1 items: 2 recipients queued")
+    assert again.detail.endswith(" (第2号) composed from 1 item: 2 recipients queued")
     assert [outcome for _, outcome, _ in recorded(services)] == ["sent"]

@@ -176,6 +176,26 @@ def test_send_at_schedules_and_cancel_unschedules(composed):
     assert (after["status"], after["scheduled_at"], after["total"]) == ("draft", None, 0)
 
 
+def test_editing_an_item_of_a_scheduled_issue_says_what_its_send_now_needs(composed):
+    """helper-101: the edit said only "status: submitted"; at its time the send refused (the item
+    was no longer approved) and the issue went back to being a draft."""
+    year = utcnow().year + 1
+    composed.ok("issues", "send", "1", "--at", f"{year}-12-02 09:00")
+    edited = composed.ok("items", "edit", "1", "--title", "産学官連携シンポジウム（会場変更）")
+    assert edited.stdout == "edited item 1; status: submitted\n"
+    assert edited.stderr == (f"warning: item 1 is in issue 1, scheduled for {year}-12-02 09:00 JST: it "
+                             "does not go out until the item is approved again and the issue rendered again "
+                             "(`mailmag items approve 1`, then `mailmag issues render 1`)\n")
+    composed.ok("items", "approve", "1")
+    composed.ok("issues", "render", "1")
+    assert status(composed)["status"] == "scheduled"
+    shown = composed.ok("issues", "preview", "1")
+    assert "会場変更" in shown.stdout and "warning" not in shown.stderr
+    assert composed.ok("items", "edit", "1", "--venue", "松江市").stderr.startswith("warning: item 1 is in")
+    composed.ok("issues", "cancel", "1")  # a draft again: no warning
+    assert composed.ok("items", "edit", "1", "--venue", "出雲市").stderr == ""
+
+
 def test_a_scheduled_issue_past_its_time_says_run_is_not_running(composed):
     """helper-87: with `mailmag run` down, `issues status` went on saying "scheduled for" a time in
     the past, and nothing told the staff why nothing went, nor that after grace_seconds starting

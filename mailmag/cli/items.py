@@ -10,7 +10,7 @@ import click
 
 from mailmag import text_ja
 from mailmag.cli.common import AppContext, echo_rows, local_time, pass_app, print_json
-from mailmag.content import dates, items, markup
+from mailmag.content import dates, issues, items, markup
 from mailmag.errors import InvalidInput
 from mailmag.models import ITEM_STATUSES, Item
 
@@ -166,10 +166,16 @@ def edit(app: AppContext, item_id: int, body_file: str | None, as_json: bool, **
     with app.ready_services().session() as session:
         item = items.update(session, items.get(session, item_id), fields, today=today,
                             limit_kb=app.config.compose.item_size_limit_kb)
+        doomed = issues.scheduled_with(session, item.id)
         if as_json:
             print_json(as_dict(item))
         else:
             click.echo(f"edited item {item.id}; status: {item.status}")
+        for issue in doomed:
+            click.echo(f"warning: item {item.id} is in issue {issue.id}, scheduled for "
+                       f"{local_time(issue.scheduled_at, app.config)}: it does not go out until the item "
+                       f"is approved again and the issue rendered again (`mailmag items approve "
+                       f"{item.id}`, then `mailmag issues render {issue.id}`)", err=True)
 
 
 @group.command()

@@ -427,6 +427,11 @@ def fire_auto(
     return _once(services, auto_job_id(schedule_id), scheduled_for, action)
 
 
+def _items(issue: Issue) -> str:
+    count = len(issue.entries)
+    return "1 item" if count == 1 else f"{count} items"
+
+
 def _compose_and_send(session: Session, config: Config, topic: str | None) -> tuple[str, str]:
     waiting = approved_waiting(session)
     minimum = config.schedule.min_items
@@ -442,11 +447,11 @@ def _compose_and_send(session: Session, config: Config, topic: str | None) -> tu
         return "skipped", (f"no active subscriber matches {topics.describe(topic, config.topics)}: "
                            "no issue composed; the approved items wait for the next one")
     if composed.clipped:  # the footer's unsubscribe link would be clipped off: a person decides
-        return "held", (f"issue {issue.id} composed from {len(issue.entries)} items and kept as a draft, "
+        return "held", (f"issue {issue.id} composed from {_items(issue)} and kept as a draft, "
                         f"not sent: {'; '.join(map(str, composed.clipped))}; then send it with "
                         f"`mailmag issues send {issue.id}`")
     added = issues.start_sending(session, config, issue)
-    detail = (f"issue {issue.id} (第{issue.number}号) composed from {len(issue.entries)} items: "
+    detail = (f"issue {issue.id} (第{issue.number}号) composed from {_items(issue)}: "
               f"{added} recipients queued")
     if composed.warnings:
         detail += "; to look at: " + "; ".join(map(str, composed.warnings))
