@@ -293,3 +293,21 @@ def test_a_daily_issue_in_the_skipped_hour_is_sent_once_when_the_clocks_jump(
     assert jobs.fire_due_autos(services, jump + dt.timedelta(minutes=45)) == []
     assert issue_count(services) == 1
     assert recorded(services) == [(jump, "sent")]
+
+
+def test_a_time_the_clocks_skip_is_refused_not_moved_an_hour():
+    """helper-101: `issues send --at "2027-03-14 02:30"` in New York was scheduled for 03:30 EDT,
+    an hour after the time typed, without a word. A moment written with its offset still stands."""
+    from mailmag.errors import InvalidInput
+    from mailmag.scheduling.when import parse_when
+
+    before = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
+    with pytest.raises(InvalidInput, match="2027-03-14 02:30 does not exist in America/New_York") as refused:
+        parse_when("2027-03-14 02:30", NEW_YORK, before)
+    assert "存在しない時刻" in refused.value.ja
+    assert parse_when("2027-03-14 03:30", NEW_YORK, before) == ny(2027, 3, 14, 3, 30)
+    with_offset = parse_when("2027-03-14 02:30-05:00", NEW_YORK, before)
+    assert with_offset == dt.datetime(2027, 3, 14, 7, 30, tzinfo=dt.UTC)
+    assert parse_when("2027-11-07 01:30", NEW_YORK, before) == ny(2027, 11, 7, 1, 30)  # the first of two
+    assert parse_when("2027-03-28 02:30", ZoneInfo("Asia/Tokyo"), before) == dt.datetime(
+        2027, 3, 27, 17, 30, tzinfo=dt.UTC)  # Japan keeps no daylight saving time
