@@ -183,9 +183,10 @@ def test_editing_an_item_of_a_scheduled_issue_says_what_its_send_now_needs(compo
     composed.ok("issues", "send", "1", "--at", f"{year}-12-02 09:00")
     edited = composed.ok("items", "edit", "1", "--title", "産学官連携シンポジウム（会場変更）")
     assert edited.stdout == "edited item 1; status: submitted\n"
-    assert edited.stderr == (f"warning: item 1 is in issue 1, scheduled for {year}-12-02 09:00 JST: it "
-                             "does not go out until the item is approved again and the issue rendered again "
-                             "(`mailmag items approve 1`, then `mailmag issues render 1`)\n")
+    assert edited.stderr == (f"warning: item 1 is in issue 1, scheduled for {year}-12-02 09:00 JST: approve "
+                             "it again and render the issue again before then (`mailmag items approve 1`, "
+                             "then `mailmag issues render 1`), or at that time the send is refused and the "
+                             "issue becomes a draft again\n")
     composed.ok("items", "approve", "1")
     composed.ok("issues", "render", "1")
     assert status(composed)["status"] == "scheduled"

@@ -166,16 +166,17 @@ def edit(app: AppContext, item_id: int, body_file: str | None, as_json: bool, **
     with app.ready_services().session() as session:
         item = items.update(session, items.get(session, item_id), fields, today=today,
                             limit_kb=app.config.compose.item_size_limit_kb)
-        doomed = issues.scheduled_with(session, item.id)
+        waiting = issues.waiting_in(session, item)
         if as_json:
             print_json(as_dict(item))
         else:
             click.echo(f"edited item {item.id}; status: {item.status}")
-        for issue in doomed:
-            click.echo(f"warning: item {item.id} is in issue {issue.id}, scheduled for "
-                       f"{local_time(issue.scheduled_at, app.config)}: it does not go out until the item "
-                       f"is approved again and the issue rendered again (`mailmag items approve "
-                       f"{item.id}`, then `mailmag issues render {issue.id}`)", err=True)
+        if waiting is not None and waiting.status == "scheduled":  # (helper-101: said nothing)
+            click.echo(f"warning: item {item.id} is in issue {waiting.id}, scheduled for "
+                       f"{local_time(waiting.scheduled_at, app.config)}: approve it again and render the "
+                       f"issue again before then (`mailmag items approve {item.id}`, then `mailmag issues "
+                       f"render {waiting.id}`), or at that time the send is refused and the issue becomes "
+                       "a draft again", err=True)
 
 
 @group.command()

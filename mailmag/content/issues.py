@@ -335,13 +335,6 @@ def stale_warning(issue: Issue) -> MailmagError | None:
                          "ここに表示しているのは古い内容です")
 
 
-def scheduled_with(session: Session, item_id: int) -> list[Issue]:
-    """The scheduled issues that hold the item: an edit sends it back to review, and such an
-    issue's timed send then refuses (helper-101: `items edit` said nothing of it)."""
-    return list(session.scalars(select(Issue).join(IssueItem).where(
-        IssueItem.item_id == item_id, Issue.status == "scheduled").order_by(Issue.id)))
-
-
 def start_sending(session: Session, config: Config, issue: Issue, *, allow_empty: bool = False,
                   today: dt.date | None = None) -> int:
     """Sending starts: gates, the next 第N号, the audience frozen into the outbox, items published.
