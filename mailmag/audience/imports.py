@@ -437,15 +437,13 @@ def _land_opted_out(
 
 
 def _opted_out_unwritten(row: Row, stored: Any, report: ImportReport, resubscribe: bool) -> None:
-    """What `_land_opted_out` reports for the row, without its writes (subscribers.add's answer for
-    an address that is out or suppressed: left as it is, or back with --resubscribe)."""
-    if not resubscribe:
+    """What `_land_opted_out` reports for the row, from subscribers.add's own rule, without its writes."""
+    outcome = subscribers.answer_for_out(known=stored is not None, resubscribe=resubscribe)
+    if outcome == "suppressed":
         status = stored["status"] if stored is not None else "erased"
         report.suppressed.append((row.line, _left_as_it_is(row.address.email, status)))
-    elif stored is None:
-        report.added += 1
     else:
-        report.updated += 1
+        setattr(report, outcome, getattr(report, outcome) + 1)
 
 
 def _land_not_reader(session: Session, row: Row, stored: Any, suppressed: set[str],

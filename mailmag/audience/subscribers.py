@@ -143,10 +143,11 @@ def add(
     """
     name, organization = check_text("name", name), check_text("organization", organization)
     existing = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
+    out = existing.status in OPTED_OUT if existing is not None else is_suppressed(session, address)
+    if out and answer_for_out(known=existing is not None, resubscribe=resubscribe) == "suppressed":
+        return "suppressed", existing
     if existing is None:
-        if is_suppressed(session, address):
-            if not resubscribe:
-                return "suppressed", None
+        if out:
             session.execute(delete(Suppression).where(Suppression.email_hash == address.hash))
         subscriber = Subscriber(
             email=address.email, email_key=address.key, name=name, organization=organization,
@@ -157,9 +158,7 @@ def add(
         session.flush()
         record(session, subscriber, "opt_in", consent)
         return "added", subscriber
-    if existing.status in OPTED_OUT:
-        if not resubscribe:
-            return "suppressed", existing
+    if out:
         come_back(session, existing, "pending" if pending else "active")
         session.execute(delete(Suppression).where(Suppression.email_hash == address.hash))
         record(session, existing, "opt_in", consent)
@@ -167,6 +166,15 @@ def add(
         return "updated", existing
     changed = _update_fields(existing, name=name, organization=organization, lang=lang, topics=topics)
     return ("updated" if changed else "unchanged"), existing
+
+
+def answer_for_out(*, known: bool, resubscribe: bool) -> Outcome:
+    """What `add` answers for an address that is out (a subscriber who opted out, or an unknown
+    address kept suppressed): left out unless `resubscribe`, then back as 'updated' (a known row)
+    or 'added'. The import's dry run reports it from here, without add's writes."""
+    if not resubscribe:
+        return "suppressed"
+    return "updated" if known else "added"
 
 
 def come_back(session: Session, subscriber: Subscriber, status: str) -> None:
