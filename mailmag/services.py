@@ -49,6 +49,8 @@ class Services:
 
     @cached_property
     def read_sessions(self) -> sessionmaker[Session]:
+        """Sessions for work that only reads (on SQLite: no write lock taken, none waited for);
+        for a caller that decides itself when the session ends, as `sessions`."""
         return db.make_session_factory(self.read_engine)
 
     @contextlib.contextmanager

@@ -254,8 +254,8 @@ def test_a_cancel_while_a_worker_holds_messages_says_up_to_as_the_cli_does(mail_
     assert "送信待ちの最大 4 通を止めました（うち 2 通は処理中で、送信中のものは届きます）" in page
     with services.session() as session:
         [entry] = [e for e in audit.listing(session) if e.action == "issue.cancel"]
-    assert entry.detail.endswith(": 0 sent, up to 4 queued messages stopped (2 held by a worker: one on "
-                                 "its way to the relay still goes)")
+    assert entry.detail.endswith(": 0 sent, up to 4 queued messages stopped (2 of them held by a worker: "
+                                 "those already on their way to the relay still go)")
 
 
 def test_a_relative_time_is_scheduled_for_the_moment_the_confirmation_showed(mail_console, smtp_server):

@@ -143,8 +143,7 @@ def resume(session: Session, policy: AdminConfig, token: str | None,
 def look(session: Session, policy: AdminConfig, token: str | None,
          now: dt.datetime | None = None) -> tuple[AdminSession | None, bool]:
     """The cookie's session as stored, and whether `resume` has a write to make for it (delete it
-    as expired, or touch it). Only reads: a console page that finds nothing due takes no write lock,
-    so on SQLite it waits for no import or worker commit (helper-100)."""
+    as expired, or touch it). Only reads."""
     if not token:
         return None, False
     now = now or utcnow()

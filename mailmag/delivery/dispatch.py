@@ -952,7 +952,7 @@ class Dispatcher:
             return
         self._done_failed()
         if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind,
-                                                                   content=failure.content):
+                                                                   after_dot=failure.after_dot):
             self._refused_too_often(failure)
 
     def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:

@@ -258,7 +258,7 @@ class SmtpConnection:
             ) from exc
         reply = _text(raw)
         if not 200 <= code < 300:
-            self._failed(code, reply, content=True)
+            self._failed(code, reply, after_dot=True)
         return Sent(f"{code} {reply}")
 
     def _command(self, verb: str, args: str, name: str) -> tuple[int, str]:
@@ -310,15 +310,15 @@ class SmtpConnection:
         self._smtp.command_encoding = "utf-8"
         return " SMTPUTF8"
 
-    def _failed(self, code: int, reply: str, *, content: bool = False) -> None:
-        """A refusal of this message or recipient (RCPT, DATA, or `content`: after the final dot)."""
+    def _failed(self, code: int, reply: str, *, after_dot: bool = False) -> None:
+        """A refusal of this message or recipient (RCPT, DATA, or `after_dot`: after the final dot)."""
         if code == 421 or not 400 <= code < 600:
             self._drop()
             raise TemporaryFailure(code, reply, reconnect=True)
         self._reset()
         if code < 500:
             raise TemporaryFailure(code, reply)
-        raise PermanentFailure(code, reply, content=content)
+        raise PermanentFailure(code, reply, after_dot=after_dot)
 
     def _refused_sender(self, envelope_from: str, code: int, reply: str, size: int) -> None:
         if code == 421 or not 400 <= code < 600:

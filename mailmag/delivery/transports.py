@@ -88,14 +88,14 @@ def classify_refusal(code: int, reply: str) -> str:
 
 class PermanentFailure(DeliveryFailure):
     """Do not retry this message. `kind` says whose fault it is (see `classify_refusal`);
-    `blocked` is true when it is not the subscriber's; `content`: the refusal came after the final
+    `blocked` is true when it is not the subscriber's; `after_dot`: the refusal came after the final
     dot, when the relay had accepted the recipient and judged the message (or its sender)."""
 
     def __init__(self, code: int, reply: str, *, blocked: bool = False, kind: str | None = None,
-                 content: bool = False) -> None:
+                 after_dot: bool = False) -> None:
         super().__init__(code, reply)
         self.kind = kind or (LOCAL if blocked else classify_refusal(code, reply))
-        self.content = content
+        self.after_dot = after_dot
 
     @property
     def blocked(self) -> bool:

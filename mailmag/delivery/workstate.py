@@ -258,12 +258,12 @@ class Refusals:
         self._domains: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, delivery_id: int, email: str, kind: str, *, content: bool = False) -> bool:
-        """Count one (`content`: refused after the final dot); True once the run must stop (and
+    def add(self, delivery_id: int, email: str, kind: str, *, after_dot: bool = False) -> bool:
+        """Count one (`after_dot`: refused after the final dot); True once the run must stop (and
         for every refusal after that)."""
         with self._lock:
             self._ids.append(delivery_id)
-            if kind == POLICY and not content:
+            if kind == POLICY and not after_dot:
                 self._domains.add(email.rpartition("@")[2].lower())
             else:
                 self._messages += 1

@@ -62,10 +62,10 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
         raise InvalidInput(f"{text.strip()} is too far ahead: give a time before 9999",
                            ja=f"{text.strip()} は先すぎる日時です。9999年より前の日時を指定してください")
     if _skipped(value, zone):
-        raise InvalidInput(f"{text.strip()} does not exist in {zone.key}: the clocks skip it that night "
-                           "(daylight saving time begins); give a time before or after the skipped hour",
-                           ja=f"{text.strip()} は {zone.key} では存在しない時刻です（夏時間の始まりで時計が"
-                              "その時間を飛ばします）。その前後の時刻を指定してください")
+        raise InvalidInput(f"{text.strip()} does not exist in {zone.key}: the clocks skip it (the zone's "
+                           "offset from UTC changes then); give a time before or after the skipped one",
+                           ja=f"{text.strip()} は {zone.key} では存在しない時刻です（時差の切り替えで時計が"
+                              "その時刻を飛ばします）。その前後の時刻を指定してください")
     value = value.astimezone(dt.UTC)
     if value <= now:
         raise _past(shown(value, zone), zone, now, time_only=bool(_TIME_ONLY.fullmatch(cleaned)))
@@ -74,7 +74,7 @@ def parse_when(text: str, zone: ZoneInfo, now: dt.datetime) -> dt.datetime:
 
 def _skipped(value: dt.datetime, zone: ZoneInfo) -> bool:
     """A wall-clock reading in `zone` that the clocks jump over (02:30 as daylight saving time
-    begins): zoneinfo reads it as an instant an hour later, which was sent then without a word
+    begins in New York): zoneinfo reads it as an instant later, which was sent then without a word
     (helper-101). A reading with its own offset is an instant already."""
     if value.tzinfo is not zone:
         return False

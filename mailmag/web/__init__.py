@@ -52,7 +52,7 @@ class WebState:
     mailer: Mailer
     pages: PageCache = dataclasses.field(default_factory=PageCache)  # the listings' bodies, by tag
     # One console test send at a time in a process: each waits in a web thread for the relay's
-    # answer (up to [smtp] timeout_seconds), and nine at once to a relay that answered nothing held
+    # answer ([smtp] timeout_seconds for each command), and nine at once to a relay that answered nothing held
     # every thread, the public pages and /healthz with them, for a minute (helper-100).
     test_sends: threading.Semaphore = dataclasses.field(default_factory=lambda: threading.BoundedSemaphore(1))
 

@@ -109,7 +109,9 @@ def _guard() -> Any:
     if request.endpoint in OPEN_ENDPOINTS:
         return None
     cookie = request.cookies.get(COOKIE)
-    with state().services.read_session() as db:  # most pages: nothing to write, no lock to wait for
+    # Most pages have nothing to write here: read so, they take no write lock and on SQLite wait for
+    # no import or worker commit (helper-100: every page took it); a touch or an expiry writes.
+    with state().services.read_session() as db:
         row, due = logins.look(db, config.admin, cookie)
         if row is not None and not due:
             g.admin = _viewer_of(row)

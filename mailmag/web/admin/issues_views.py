@@ -172,11 +172,12 @@ def confirm(issue_id: int) -> Any:
     at = request.args.get("at", "").strip()
     with state().services.read_session() as db:
         issue = drafts.by_id(db, issue_id)
-        when = parse_when(at, state().config.zone, utcnow()) if at else None
+        sendable = issue.status in transitions.SENDABLE  # (else its old `at` would read "in the past")
+        when = parse_when(at, state().config.zone, utcnow()) if at and sendable else None
         # the issue page's warnings again: the last page before sending (helper-72: it named
         # a 第N号 another issue had taken)
         return render_template("admin/confirm.html.j2", issue=issue, when=when,
-                               sendable=issue.status in transitions.SENDABLE,
+                               sendable=sendable,
                                audience=issues.audience(db, issue), version=drafts.version(db, issue),
                                warnings=drafts.warnings(db, state().config, issue))
 
@@ -211,7 +212,8 @@ def cancel(issue_id: int) -> Any:
         act(db, "issue.cancel", f"{issues.label(issue)}"
             + (": a draft again" if done.unscheduled else
                f": {done.sent} sent, {up_to}{done.not_sent} queued messages stopped"
-               + (f" ({done.in_flight} held by a worker: one on its way to the relay still goes)"
+               + (f" ({done.in_flight} of them held by a worker: those already on their way to the relay "
+                  "still go)"
                   if done.in_flight else "")))
     if done.unscheduled or not done.in_flight:
         return _back(issue_id)
