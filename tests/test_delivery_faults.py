@@ -785,6 +785,44 @@ def test_a_content_filter_refusing_every_message_of_a_one_domain_list_stops_the_
         services.close()
 
 
+@pytest.mark.parametrize("stage", ["data_end", "rcpt"])
+def test_an_issue_to_a_few_readers_refused_whole_stops_the_run(config, smtp_server, stage):
+    """helper-102: four readers, a content filter's 554 5.7.1 (or a policy refusal at RCPT at one
+    domain) for each: fewer than [dispatch] refusals_to_stop, so all four failed for good, the issue
+    read "sent", and `run` logged nothing. Every message of an issue refused, none accepted
+    between, is the relay or the content too."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 4)
+    smtp_server.fail_next(stage, 554, "5.7.1 message rejected as spam by content filter", times=None)
+    try:
+        with pytest.raises(TransportError, match=r"refused 4 messages in a row .* not the recipients'"):
+            run_once(services, concurrency=1)
+        c = counts(services, issue)
+        assert (c.queued, c.failed, c.sent) == (4, 0, 0)
+        assert subscriber_states(services) == {"active"}
+        smtp_server.clear_faults()  # the relay mended: all four go when their retry comes
+        run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
+        assert counts(services, issue).sent == 4
+    finally:
+        services.close()
+
+
+def test_one_message_refused_among_accepted_ones_fails_alone_and_says_so(config, smtp_server, caplog):
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 4)
+    smtp_server.fail_next("data_end", 554, "5.7.1 message rejected by content filter", after=2)
+    try:
+        with caplog.at_level("WARNING"):
+            run_once(services, concurrency=1)
+        c = counts(services, issue)
+        assert (c.failed, c.sent, c.queued) == (1, 3, 0)
+        assert [r.getMessage() for r in caplog.records if "not the address" in r.getMessage()] == [
+            f"delivery 3: the relay refused the message, not the address (554 5.7.1 message rejected by "
+            f"content filter): failed; `mailmag issues status {issue.id}` lists it"]
+    finally:
+        services.close()
+
+
 def test_a_domain_refusing_its_recipients_for_policy_does_not_stop_the_run(config, smtp_server):
     """At RCPT a 5.7.1 is about the recipient's domain (its policy about us): six of one domain
     fail, and the rest of the list is sent."""

@@ -344,6 +344,7 @@ class Dispatcher:
         self.throttle = throttle or Throttle(self.concurrency, config.smtp.throttle_seconds)
         self.first_connection = first_connection
         self.refusals = Refusals(config.dispatch.refusals_to_stop)
+        self._sizes: dict[int, int] = {}  # issue id → its messages (Refusals: an issue refused whole)
         # one relay restart drops every connection's message in flight at once: that alone is no streak
         self.drops = DropsInRow(max(config.dispatch.refusals_to_stop, self.concurrency + 1))
         self.database = DatabaseGuard(config.dispatch.database_retry_seconds,
@@ -951,9 +952,23 @@ class Dispatcher:
         if not self._write_result(owner, delivery, write, _refused(failure), reply=reply):
             return
         self._done_failed()
-        if failure.kind in (MESSAGE, POLICY) and self.refusals.add(delivery.id, delivery.email, failure.kind,
-                                                                   after_dot=failure.after_dot):
+        if failure.kind not in (MESSAGE, POLICY):
+            return
+        issue = (delivery.issue_id, self._issue_size(delivery.issue_id))
+        if self.refusals.add(delivery.id, delivery.email, failure.kind, after_dot=failure.after_dot,
+                             issue=issue):
             self._refused_too_often(failure)
+        # (a `run` said nothing of these: an issue to a few readers failed whole without a line)
+        log.warning("delivery %s: the relay refused the message, not the address (%s): failed; `mailmag "
+                    "issues status %s` lists it", delivery.id, failure, delivery.issue_id)
+
+    def _issue_size(self, issue_id: int) -> int:
+        """How many messages the issue has (read once a run, on its first refusal that is not the
+        recipient's fault)."""
+        if issue_id not in self._sizes:
+            with self.services.read_session() as session:
+                self._sizes[issue_id] = outbox.counts(session, issue_id).total
+        return self._sizes[issue_id]
 
     def _hold(self, owner: str, delivery: outbox.Claimed, failure: PermanentFailure) -> None:
         """A recipient's address refused: not believed until the relay accepts another message
@@ -1066,7 +1081,8 @@ class Dispatcher:
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
         ids = self.refusals.take()
-        why = (f"the relay refused {self.refusals.limit} messages in a row for reasons that are not the "
+        messages = f"{len(ids)} message" + ("s" if len(ids) != 1 else "")
+        why = (f"the relay refused {messages} in a row for reasons that are not the "
                   f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem")
 
         def work() -> int:

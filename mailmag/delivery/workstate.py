@@ -248,7 +248,9 @@ class Refusals:
     relay is the problem. Policy refusals (5.7.x) of a recipient count once per recipient domain
     (a domain's own policy about us); one after the final dot counts per message: the relay had
     taken the recipient and refused the message (helper-101: a content filter's 554 5.7.1 failed a
-    whole issue for good, and quietly, where the list held fewer than five domains)."""
+    whole issue for good, and quietly, where the list held fewer than five domains). Every message
+    of an issue refused so, with none accepted between, stops it too, however few they are
+    (helper-102: an issue to four readers failed whole and quietly)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
@@ -256,18 +258,22 @@ class Refusals:
         self._ids: list[int] = []
         self._messages = 0
         self._domains: set[str] = set()
+        self._by_issue: collections.Counter[int] = collections.Counter()
         self._lock = threading.Lock()
 
-    def add(self, delivery_id: int, email: str, kind: str, *, after_dot: bool = False) -> bool:
-        """Count one (`after_dot`: refused after the final dot); True once the run must stop (and
-        for every refusal after that)."""
+    def add(self, delivery_id: int, email: str, kind: str, *, after_dot: bool = False,
+            issue: tuple[int, int] = (0, 0)) -> bool:
+        """Count one (`after_dot`: refused after the final dot; `issue`: its id and how many
+        messages it has); True once the run must stop (and for every refusal after that)."""
         with self._lock:
             self._ids.append(delivery_id)
             if kind == POLICY and not after_dot:
                 self._domains.add(email.rpartition("@")[2].lower())
             else:
                 self._messages += 1
-            if self._messages + len(self._domains) >= self.limit:
+            issue_id, size = issue
+            self._by_issue[issue_id] += 1
+            if self._messages + len(self._domains) >= self.limit or 0 < size <= self._by_issue[issue_id]:
                 self.tripped = True
             return self.tripped
 
@@ -275,6 +281,7 @@ class Refusals:
         if self._ids and not self.tripped:
             with self._lock:
                 self._ids, self._messages, self._domains = [], 0, set()
+                self._by_issue.clear()
 
     def take(self) -> list[int]:
         """The rows refused in this streak, to hand back (each is taken once)."""
