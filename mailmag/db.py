@@ -114,6 +114,11 @@ def one_at_a_time(session: Session, name: str) -> None:
                         {"name": f"mailmag-{name}:"})
 
 
+def locked(exc: OperationalError) -> bool:
+    """Whether SQLite refused a write because another connection holds its write lock."""
+    return isinstance(exc.orig, sqlite3.OperationalError) and "locked" in str(exc.orig)
+
+
 def waited_on_another(exc: OperationalError) -> bool:
     """Whether a statement failed waiting for another transaction's lock: PostgreSQL's deadlock
     (40P01) or lock timeout (55P03). Only that statement is lost; a savepoint undoes it."""
@@ -138,15 +143,23 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
         # then writes fails at once with SQLITE_BUSY when another connection wrote in
         # between (WAL cannot upgrade a stale snapshot, and busy_timeout does not help).
         # Work that only reads uses Services.read_session (DEFERRED): in WAL it never waits.
-        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        options = conn.get_execution_options()
+        mode = options.get("sqlite_begin", "IMMEDIATE")
         # Straight to the driver: a worker begins one transaction per message it sends, and
         # exec_driver_sql's execution context costs more than the UPDATE that follows. An error
         # raised here bypasses SQLAlchemy's wrapping ("database is locked" after busy_timeout
         # would escape every `except OperationalError`): wrap it as SQLAlchemy would.
+        dbapi = conn.connection.dbapi_connection
+        wait = options.get("sqlite_wait_ms")  # (Services.session(wait=False): a write that can wait)
         try:
-            conn.connection.dbapi_connection.execute(f"BEGIN {mode}")
+            if wait is not None:
+                dbapi.execute(f"PRAGMA busy_timeout={int(wait)}")
+            dbapi.execute(f"BEGIN {mode}")
         except sqlite3.Error as exc:
             raise OperationalError(f"BEGIN {mode}", None, exc) from exc
+        finally:
+            if wait is not None:  # the lock is held, or not, from BEGIN IMMEDIATE on: back to the usual wait
+                dbapi.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
 
 
 def again_if_dropped(work: Callable[[], T]) -> T:

@@ -37,10 +37,16 @@ class Services:
         return db.make_session_factory(self.engine)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """One unit of work, committed in one place."""
-        with db.unit_of_work(self.sessions) as session:
+    def session(self, *, wait: bool = True) -> Iterator[Session]:
+        """One unit of work, committed in one place. `wait=False`: for a write that can be put off,
+        on SQLite an OperationalError (db.locked) at once while another holds the write lock,
+        instead of waiting busy_timeout_seconds for it."""
+        with db.unit_of_work(self.sessions if wait else self._unwaiting_sessions) as session:
             yield session
+
+    @cached_property
+    def _unwaiting_sessions(self) -> sessionmaker[Session]:
+        return db.make_session_factory(self.engine.execution_options(sqlite_wait_ms=0))
 
     @cached_property
     def read_engine(self) -> Engine:

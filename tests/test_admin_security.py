@@ -19,6 +19,7 @@ from admin_support import (
     post_form,
     seed_items,
 )
+from conftest import one_database
 from sqlalchemy import func, select, update
 from web_support import Client, LiveServer
 
@@ -346,6 +347,38 @@ def test_someone_at_work_stays_logged_in_under_a_one_minute_idle_limit(console_s
             assert logins.resume(session, policy, token, now=at) is not None, seconds
     with console_services.session() as session:  # and away for more than the minute: logged out
         assert logins.resume(session, policy, token, now=start + dt.timedelta(seconds=262)) is None
+
+
+@one_database  # (PostgreSQL: a touch waits for no import)
+def test_a_page_whose_session_is_due_a_touch_waits_for_no_import(console, console_services):
+    """helper-102: a page whose session was due its minute's touch waited for SQLite's write lock
+    while an import held it, and answered 503 after busy_timeout_seconds. It is served as read,
+    and a later page touches the session; an expired one is refused all the same."""
+    import sqlite3
+
+    client = logged_in(console.url, console_services, "alice", "owner")
+    gone = logged_in(console.url, console_services, "bob", "owner")
+    a_while_ago = utcnow() - dt.timedelta(minutes=2)
+    with console_services.session() as session:
+        session.execute(update(AdminSession).values(last_seen_at=a_while_ago))
+        session.execute(update(AdminSession).where(AdminSession.admin.has(name="bob")).values(
+            last_seen_at=utcnow() - dt.timedelta(minutes=31)))
+    path = console_services.config.database.url.removeprefix("sqlite:///")
+    importer = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        importer.execute("BEGIN IMMEDIATE")
+        assert client.get("/admin/").status == 200
+        assert gone.get("/admin/").status == 303  # to the login
+        importer.execute("ROLLBACK")
+    finally:
+        importer.close()
+    with console_services.session() as session:
+        assert session.scalar(select(AdminSession.last_seen_at).where(AdminSession.admin.has(name="alice"))
+                              ) == a_while_ago  # not touched while the lock was held
+    assert client.get("/admin/").status == 200
+    with console_services.session() as session:
+        assert session.scalar(select(AdminSession.last_seen_at).where(AdminSession.admin.has(name="alice"))
+                              ) > a_while_ago
 
 
 def test_a_password_reset_ends_every_session_of_the_account(console, console_services):

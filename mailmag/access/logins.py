@@ -133,7 +133,7 @@ def resume(session: Session, policy: AdminConfig, token: str | None,
     row, due = look(session, policy, token, now)
     if row is None or not due:
         return row
-    if _expired(policy, row, now or utcnow()):
+    if expired(policy, row, now or utcnow()):
         session.delete(row)
         return None
     row.last_seen_at = now or utcnow()
@@ -151,10 +151,11 @@ def look(session: Session, policy: AdminConfig, token: str | None,
     if row is None:
         return None, False
     touch_every = min(_TOUCH_EVERY, dt.timedelta(minutes=policy.session_idle_minutes) / 4)
-    return row, _expired(policy, row, now) or now - row.last_seen_at > touch_every
+    return row, expired(policy, row, now) or now - row.last_seen_at > touch_every
 
 
-def _expired(policy: AdminConfig, row: AdminSession, now: dt.datetime) -> bool:
+def expired(policy: AdminConfig, row: AdminSession, now: dt.datetime) -> bool:
+    """Past the idle limit or the absolute one: the cookie logs in no more."""
     idle = now - row.last_seen_at > dt.timedelta(minutes=policy.session_idle_minutes)
     return idle or now - row.created_at > dt.timedelta(hours=policy.session_max_hours)
 

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, abort, g, redirect, render_template, request, session, url_for
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from mailmag.access import accounts, audit, logins
+from mailmag.db import locked
 from mailmag.errors import AccessDenied, MailmagError, NotFound, StateError, in_lang
-from mailmag.models import EVENT_KIND_WORDS, STATUS_JA, AdminSession
+from mailmag.models import EVENT_KIND_WORDS, STATUS_JA, AdminSession, utcnow
 from mailmag.scheduling.when import shown
 from mailmag.web import _, page_lang, security, state
 from mailmag.web.admin import fixes
@@ -111,18 +113,16 @@ def _guard() -> Any:
     cookie = request.cookies.get(COOKIE)
     # Most pages have nothing to write here: read so, they take no write lock and on SQLite wait for
     # no import or worker commit (helper-100: every page took it); a touch or an expiry writes.
+    now = utcnow()
     with state().services.read_session() as db:
-        row, due = logins.look(db, config.admin, cookie)
-        if row is not None and not due:
-            g.admin = _viewer_of(row)
+        row, due = logins.look(db, config.admin, cookie, now)
+        seen = _viewer_of(row) if row is not None and not logins.expired(config.admin, row, now) else None
     if due:  # a minute since it was last touched, or expired
-        with state().services.session() as db:
-            row = logins.resume(db, config.admin, cookie)
-            if row is not None:
-                g.admin = _viewer_of(row)
-    if row is None:
+        seen = _resumed(cookie, seen)
+    if seen is None:
         wanted = request.full_path if request.method == "GET" else url_for("admin.dashboard.index")
         return redirect(url_for("admin.login", next=wanted.rstrip("?")), 303)
+    g.admin = seen
     if request.method == "POST":
         if request.endpoint in LARGE_BODIES:  # web.server tells waitress the largest of these
             request.max_content_length = request.max_form_memory_size = LARGE_BODIES[request.endpoint]
@@ -130,6 +130,20 @@ def _guard() -> Any:
         if not hmac.compare_digest(viewer().csrf, given):
             abort(400, description="csrf")
     return None
+
+
+def _resumed(cookie: str | None, seen: Viewer | None) -> Viewer | None:
+    """The touch or the expiry `logins.look` found due, written if no other writer holds the
+    database: while an import or a send holds SQLite's write lock, the page is served as read
+    (helper-102: it waited for the lock, up to a 503) and a later page touches the session."""
+    try:
+        with state().services.session(wait=False) as db:
+            row = logins.resume(db, state().config.admin, cookie)
+            return _viewer_of(row) if row is not None else None
+    except OperationalError as exc:
+        if not locked(exc):
+            raise
+        return seen  # (an expired session is refused all the same: `seen` is None then)
 
 
 def _viewer_of(row: AdminSession) -> Viewer:
