@@ -366,6 +366,25 @@ def test_a_mail_the_relay_may_have_kept_counts_against_the_address(mail_live, ma
     assert [tuple(r) for r in rows] == [(True, True)]
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_an_address_an_import_adds_meanwhile_gets_the_usual_answer(mail_live, mail_app, mail_services,
+                                                                   smtp_server):
+    """helper-102: on PostgreSQL, asking for an address a running import had added (not yet
+    committed) waited for the import and then answered 500: the insert collided. The usual answer
+    now, and the owner of a known address gets their preferences link."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with mail_services.session() as importing:
+            subscribers.add(importing, subscribers.parse_address("bulk@example.jp"), Consent("import"))
+            importing.flush()
+            asked = pool.submit(subscribe, mail_live, "bulk@example.jp")
+            time.sleep(0.5)  # its insert waits for the import's
+        _, reply = asked.result(timeout=10)
+    assert reply.status == 200 and "お申し込みを受け付けました" in reply.text
+    [mail] = sent(mail_app, smtp_server)
+    link_in(mail.data, "p")  # known: the preferences link, no confirmation
+    assert subscriber(mail_services, "bulk@example.jp").status == "active"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="another client from 127.0.0.2: all of 127/8 is Linux's")
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_request_held_up_for_one_address_holds_up_no_other_client(mail_live, mail_app, mail_services,

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailmag import addresses, db, topics
@@ -110,19 +111,31 @@ def request_subscription(
     if bot:
         session.flush()
         return None
-    existing = session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
+    existing = _stored(session, address)
+    subscriber = None
+    if existing is None:
+        try:
+            with session.begin_nested():
+                subscriber = _pending(session, address, consent, None, name, organization, lang, topics)
+        except IntegrityError:  # added meanwhile: a PostgreSQL import of a file holding it was a 500
+            existing = _stored(session, address)  # (helper-102); the answer is the form's usual one
     kind: Literal["confirm", "known"] = "confirm"
-    if existing is None or existing.status == "pending":
+    if existing is not None and existing.status == "pending":
         subscriber = _pending(session, address, consent, existing, name, organization, lang, topics)
-    else:
+    elif existing is not None:
         subscriber = existing
         kind = "known" if existing.status == "active" else "confirm"
         if kind == "confirm":  # asking is no opt-in, but the log keeps it and its wording (helper-94)
             subscribers.record(session, existing, ASK, consent)
+    assert subscriber is not None
     attempt.mailed = True
     session.flush()
     return Mail(kind, attempt.id, subscriber.id, subscriber.email, subscriber.lang, subscriber.link_key,
                 subscribers.opt_out_count(session, subscriber))
+
+
+def _stored(session: Session, address: Address) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.email_key == address.key))
 
 
 def request_resubscription(session: Session, subscriber: Subscriber, consent: Consent, *, limits: Limits,
