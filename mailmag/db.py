@@ -58,12 +58,24 @@ def make_engine(url: str, pool_size: int | None = None, busy_timeout: float = 30
     """
     pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": 0}
     if url.startswith("sqlite"):
+        _require_sqlite_returning()
         engine = create_engine(url, connect_args={"timeout": busy_timeout}, **pool)
         _configure_sqlite(engine, busy_timeout)
         return engine
     engine = create_engine(url, pool_pre_ping=True, connect_args=_silent_server(url, connect_timeout), **pool)
     _configure_postgresql(engine, busy_timeout, answer_timeout)
     return engine
+
+
+SQLITE_NEEDED = (3, 35)  # UPDATE/INSERT … RETURNING: the claims, the results, the import
+
+
+def _require_sqlite_returning() -> None:
+    """One line up front, not a syntax error in the middle of a send (helper-103: RHEL 9's is 3.34)."""
+    if sqlite3.sqlite_version_info < SQLITE_NEEDED:
+        needed, have = ".".join(map(str, SQLITE_NEEDED)), sqlite3.sqlite_version
+        raise DatabaseError(f"mailmag needs SQLite {needed} or newer; this Python's is {have}: use a "
+                            "Python built with a newer SQLite, or PostgreSQL")
 
 
 def engine_for(settings: DatabaseConfig, pool_size: int | None = None) -> Engine:

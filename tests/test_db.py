@@ -224,3 +224,19 @@ def test_mailmag_tables_with_an_empty_stamp_are_named_by_init_and_every_command(
             assert connection.scalar(text("SELECT email FROM subscribers")) == "taro@example.jp"
     finally:
         engine.dispose()
+
+
+def test_a_sqlite_too_old_for_returning_is_one_line_before_anything_runs(mailmag, monkeypatch, db_url):
+    """SQLite before 3.35 has no RETURNING, which the claims, results and import use: a command
+    would have failed with a syntax error in the middle of its work (RHEL 9 ships 3.34)."""
+    import sqlite3
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    result = mailmag("issues", "list")
+    if db_url.startswith("sqlite"):
+        assert result.exit_code == 1
+        assert result.stderr == ("Error: mailmag needs SQLite 3.35 or newer; this Python's is 3.34.1: use a "
+                                 "Python built with a newer SQLite, or PostgreSQL\n")
+    else:  # PostgreSQL needs no SQLite
+        assert result.exit_code == 0, result.stderr
