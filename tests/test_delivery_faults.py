@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SECRET, Mailmag
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from test_dispatch import HTML, TEXT, counts, prepare_send
 from test_worker_process import _reap_workers, start_worker, wait_for  # noqa: F401 - the fixture reaps workers
 
@@ -795,14 +795,82 @@ def test_an_issue_to_a_few_readers_refused_whole_stops_the_run(config, smtp_serv
     issue = prepare_send(services, 4)
     smtp_server.fail_next(stage, 554, "5.7.1 message rejected as spam by content filter", times=None)
     try:
-        with pytest.raises(TransportError, match=r"refused 4 messages in a row .* not the recipients'"):
+        with pytest.raises(TransportError, match=r"refused every message of issue \d+ \(4\), none accepted "
+                                                 r"between, for reasons that are not the recipients'"):
             run_once(services, concurrency=1)
         c = counts(services, issue)
         assert (c.queued, c.failed, c.sent) == (4, 0, 0)
         assert subscriber_states(services) == {"active"}
+        with services.session() as session:  # (helper-104: completed as "sent", its rows taken by no one)
+            assert session.get(Issue, issue.id).status == "sending"
         smtp_server.clear_faults()  # the relay mended: all four go when their retry comes
         run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
         assert counts(services, issue).sent == 4
+    finally:
+        services.close()
+
+
+def test_an_issue_completed_before_its_refused_messages_go_back_is_sent_again(config, smtp_server,
+                                                                              monkeypatch):
+    """helper-104: under `run`, another sending thread's empty claim completed the issue (its last
+    message had just failed) before the stop put its messages back: "sent", with its messages
+    queued under it, which no worker takes. Here that thread's completion comes at that moment."""
+    services = make_services(config, smtp_server)
+    issue = prepare_send(services, 2)
+    smtp_server.fail_next("data_end", 554, "5.7.1 message rejected by content filter", times=None)
+    hand_back = outbox.hand_back_failed
+
+    def completed_first(session, ids, now):  # type: ignore[no-untyped-def]
+        assert transitions.complete_issues(session) == [1]  # as an idle thread's empty claim does
+        return hand_back(session, ids, now)
+
+    monkeypatch.setattr(outbox, "hand_back_failed", completed_first)
+    try:
+        with pytest.raises(TransportError, match="not the recipients'"):
+            run_once(services, concurrency=1)
+        with services.session() as session:
+            assert session.get(Issue, issue.id).status == "sending"
+        monkeypatch.setattr(outbox, "hand_back_failed", hand_back)
+        smtp_server.clear_faults()
+        run_once(services, clock=lambda: utcnow() + dt.timedelta(minutes=5))
+        assert counts(services, issue).sent == 2
+        assert sorted(smtp_server.recipients()) == ["user0@example.jp", "user1@example.jp"]
+    finally:
+        services.close()
+
+
+def test_an_issue_refused_whole_among_another_issues_accepted_messages_stops_the_run(config, smtp_server):
+    """helper-104: an issue's streak of refusals ended whenever any message was accepted, another
+    issue's too: sent side by side with a fine issue, an issue refused whole failed for good."""
+    services = make_services(config, smtp_server, dispatch=DispatchConfig(batch_size=1))  # in due order
+    refused = prepare_send(services, 4)  # user0..3
+    with services.session() as session:
+        for i in range(10, 14):
+            subscribers.add(session, subscribers.parse_address(f"user{i}@example.jp"), Consent("cli"))
+        fine = Issue(number=2, title="第2号")
+        session.add(fine)
+        session.flush()
+        session.add(Rendering(issue_id=fine.id, lang="ja", subject="【第2号】", html=HTML, text=TEXT))
+        session.flush()
+        session.refresh(fine)
+        transitions.start_sending(session, fine, "example.jp", "ja")
+        session.execute(delete(Delivery).where(Delivery.issue_id == fine.id, Delivery.subscriber_id <= 4))
+        start = utcnow() - dt.timedelta(minutes=1)  # due in turns: one of each issue, and again
+        for issue_id, offset in ((refused.id, 0), (fine.id, 1)):
+            ids = session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id)
+                                  .order_by(Delivery.id)).all()
+            for n, delivery_id in enumerate(ids):
+                session.execute(update(Delivery).where(Delivery.id == delivery_id).values(
+                    next_attempt_at=start + dt.timedelta(seconds=2 * n + offset)))
+    for i in range(4):
+        smtp_server.fail_rcpt(f"user{i}@example.jp", 554, "5.7.1 message rejected by policy")
+    try:
+        with pytest.raises(TransportError, match=rf"refused every message of issue {refused.id} \(4\)"):
+            run_once(services, concurrency=1)
+        assert (counts(services, refused).queued, counts(services, refused).failed) == (4, 0)
+        assert counts(services, fine).sent >= 3
+        with services.session() as session:
+            assert session.get(Issue, refused.id).status == "sending"
     finally:
         services.close()
 

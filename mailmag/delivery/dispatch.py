@@ -148,6 +148,8 @@ class Hooks:
     # The relay cannot be reached since (session, when, why) / answers again.
     relay_unreachable: Callable[[Session, dt.datetime, str], None]
     relay_reached: Callable[[Session], None]
+    # Deliveries of these issues were queued again: a "sent" one is being sent again.
+    requeued: Callable[[Session, set[int]], None]
 
 
 def _marked(delivery: outbox.Claimed, reply: str, ambiguous: bool = False) -> str:
@@ -765,7 +767,7 @@ class Dispatcher:
             return
         self.stats.add("sent")
         self.throttle.accepted()
-        self.refusals.accepted()
+        self.refusals.accepted(delivery.issue_id)
         self.drops.accepted()
         if self._unbelieved:
             self._ask_again(accepted.began)
@@ -954,13 +956,13 @@ class Dispatcher:
         self._done_failed()
         if failure.kind not in (MESSAGE, POLICY):
             return
+        # (a `run` said nothing of these: an issue to a few readers failed whole without a line)
+        log.warning("delivery %s: the relay refused the message, not the address (%s): failed; `mailmag "
+                    "issues status %s` lists it", delivery.id, failure, delivery.issue_id)
         issue = (delivery.issue_id, self._issue_size(delivery.issue_id))
         if self.refusals.add(delivery.id, delivery.email, failure.kind, after_dot=failure.after_dot,
                              issue=issue):
             self._refused_too_often(failure)
-        # (a `run` said nothing of these: an issue to a few readers failed whole without a line)
-        log.warning("delivery %s: the relay refused the message, not the address (%s): failed; `mailmag "
-                    "issues status %s` lists it", delivery.id, failure, delivery.issue_id)
 
     def _issue_size(self, issue_id: int) -> int:
         """How many messages the issue has (read once a run, on its first refusal that is not the
@@ -1080,9 +1082,11 @@ class Dispatcher:
 
     def _refused_too_often(self, failure: PermanentFailure) -> None:
         """Stop: the content or the relay is the problem, not the subscribers; their rows go back."""
+        count, whole = self.refusals.count, sorted(self.refusals.tripped_issues)
         ids = self.refusals.take()
-        messages = f"{len(ids)} message" + ("s" if len(ids) != 1 else "")
-        why = (f"the relay refused {messages} in a row for reasons that are not the "
+        refused = (f"every message of issue {', '.join(map(str, whole))} ({len(ids)}), none accepted between,"
+                   if whole else f"{count} message{'s' if count != 1 else ''} in a row")
+        why = (f"the relay refused {refused} for reasons that are not the "
                   f"recipients' (last: {failure}): the issue's content or the relay's policy is the problem")
 
         def work() -> int:
@@ -1090,7 +1094,11 @@ class Dispatcher:
                 # shown by `issues status` (as a relay outage is) until a message is accepted again:
                 # `mailmag run` retries every retry_relay_seconds, and only its log said why nothing went
                 self.hooks.relay_unreachable(session, self.clock(), why)
-                return outbox.hand_back_failed(session, ids, self.clock())
+                issues = outbox.hand_back_failed(session, ids, self.clock())
+                # an issue whose last message this was may have been completed meanwhile: its
+                # rows, queued again, were taken by no worker under a "sent" issue (helper-104)
+                self.hooks.requeued(session, set(issues))
+                return len(issues)
 
         handed_back = self.database.call(work)
         self.stats.add("failed", -handed_back)

@@ -327,14 +327,16 @@ def requeue_dead(session: Session, issue_id: int, now: dt.datetime) -> int:
     ))
 
 
-def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> int:
-    """Rows failed by a refusal that turned out to be the relay's or the content's: queued again."""
+def hand_back_failed(session: Session, ids: list[int], now: dt.datetime) -> list[int]:
+    """Rows failed by a refusal that turned out to be the relay's or the content's: queued again.
+    Returns the issue of each row queued again."""
     if not ids:
-        return 0
-    return rowcount(session.execute(
+        return []
+    return list(session.scalars(
         update(Delivery)
         .where(Delivery.id.in_(ids), Delivery.status == "failed")
         .values(status="queued", next_attempt_at=now, attempts=Delivery.attempts - 1)
+        .returning(Delivery.issue_id)
     ))
 
 

@@ -255,10 +255,14 @@ class Refusals:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.tripped = False
+        self.count = 0  # refused in this streak, handed back or not (what the stop's line says)
         self._ids: list[int] = []
         self._messages = 0
         self._domains: set[str] = set()
-        self._by_issue: collections.Counter[int] = collections.Counter()
+        # Each issue's own streak: only a message of that issue accepted ends it (helper-104: another
+        # issue's accepted messages, between them, hid an issue refused whole)
+        self._by_issue: dict[int, list[int]] = {}
+        self.tripped_issues: set[int] = set()  # refused whole
         self._lock = threading.Lock()
 
     def add(self, delivery_id: int, email: str, kind: str, *, after_dot: bool = False,
@@ -266,28 +270,35 @@ class Refusals:
         """Count one (`after_dot`: refused after the final dot; `issue`: its id and how many
         messages it has); True once the run must stop (and for every refusal after that)."""
         with self._lock:
+            self.count += 1
             self._ids.append(delivery_id)
             if kind == POLICY and not after_dot:
                 self._domains.add(email.rpartition("@")[2].lower())
             else:
                 self._messages += 1
             issue_id, size = issue
-            self._by_issue[issue_id] += 1
-            if self._messages + len(self._domains) >= self.limit or 0 < size <= self._by_issue[issue_id]:
+            refused = self._by_issue.setdefault(issue_id, [])
+            refused.append(delivery_id)
+            if 0 < size <= len(refused):
+                self.tripped_issues.add(issue_id)
+            if self._messages + len(self._domains) >= self.limit or self.tripped_issues:
                 self.tripped = True
             return self.tripped
 
-    def accepted(self) -> None:
-        if self._ids and not self.tripped:
+    def accepted(self, issue_id: int) -> None:
+        """A message of `issue_id` accepted: the streaks end, that issue's own too."""
+        if (self._ids or self._by_issue) and not self.tripped:
             with self._lock:
-                self._ids, self._messages, self._domains = [], 0, set()
-                self._by_issue.clear()
+                self._ids, self._messages, self._domains, self.count = [], 0, set(), 0
+                self._by_issue.pop(issue_id, None)
 
     def take(self) -> list[int]:
-        """The rows refused in this streak, to hand back (each is taken once)."""
+        """The rows refused in this streak (and in the streak of each issue refused whole), to hand
+        back; each is taken once."""
         with self._lock:
-            ids, self._ids = self._ids, []
-            return ids
+            ids = set(self._ids).union(*(self._by_issue.pop(i, []) for i in self.tripped_issues))
+            self._ids = []
+            return sorted(ids)
 
 
 class DropsInRow:

@@ -41,6 +41,7 @@ def hooks(config: Config) -> Hooks:
         drained=transitions.complete,
         relay_unreachable=transitions.relay_unreachable,
         relay_reached=transitions.relay_reached,
+        requeued=transitions.reopen,
     )
 
 
