@@ -810,6 +810,18 @@ def test_an_issue_to_a_few_readers_refused_whole_stops_the_run(config, smtp_serv
         services.close()
 
 
+def _second_issue(session):  # type: ignore[no-untyped-def]
+    """Issue 2 (第2号), being sent to every active subscriber."""
+    second = Issue(number=2, title="第2号")
+    session.add(second)
+    session.flush()
+    session.add(Rendering(issue_id=second.id, lang="ja", subject="【第2号】", html=HTML, text=TEXT))
+    session.flush()
+    session.refresh(second)
+    transitions.start_sending(session, second, "example.jp", "ja")
+    return second
+
+
 def test_an_issue_completed_before_its_refused_messages_go_back_is_sent_again(config, smtp_server,
                                                                               monkeypatch):
     """helper-104: under `run`, another sending thread's empty claim completed the issue (its last
@@ -847,13 +859,7 @@ def test_an_issue_refused_whole_among_another_issues_accepted_messages_stops_the
     with services.session() as session:
         for i in range(10, 14):
             subscribers.add(session, subscribers.parse_address(f"user{i}@example.jp"), Consent("cli"))
-        fine = Issue(number=2, title="第2号")
-        session.add(fine)
-        session.flush()
-        session.add(Rendering(issue_id=fine.id, lang="ja", subject="【第2号】", html=HTML, text=TEXT))
-        session.flush()
-        session.refresh(fine)
-        transitions.start_sending(session, fine, "example.jp", "ja")
+        fine = _second_issue(session)
         session.execute(delete(Delivery).where(Delivery.issue_id == fine.id, Delivery.subscriber_id <= 4))
         start = utcnow() - dt.timedelta(minutes=1)  # due in turns: one of each issue, and again
         for issue_id, offset in ((refused.id, 0), (fine.id, 1)):
@@ -1002,13 +1008,7 @@ def test_unknown_addresses_at_the_end_of_a_list_wait_for_a_later_message_to_vouc
             for i in range(10):  # the retries' claim holds messages after them (a claim of only the
                 # two, on one of four connections, could end after every other message had begun)
                 subscribers.add(session, subscribers.parse_address(f"later{i}@example.org"), Consent("cli"))
-            second = Issue(number=2, title="第2号")
-            session.add(second)
-            session.flush()
-            session.add(Rendering(issue_id=second.id, lang="ja", subject="【第2号】", html=HTML, text=TEXT))
-            session.flush()
-            session.refresh(second)
-            transitions.start_sending(session, second, "example.jp", "ja")
+            second = _second_issue(session)
         run_once(services, concurrency=concurrency)
         c = counts(services, first)
         # failed, or cancelled when the same reader's refusal in the other issue was believed first
