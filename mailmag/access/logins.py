@@ -130,13 +130,14 @@ def start(session: Session, admin: Admin, ip: str, user_agent: str, previous_tok
 def resume(session: Session, policy: AdminConfig, token: str | None,
            now: dt.datetime | None = None) -> AdminSession | None:
     """The live session of this cookie, or None (an expired one is deleted on the way)."""
+    now = now or utcnow()
     row, due = look(session, policy, token, now)
     if row is None or not due:
         return row
-    if expired(policy, row, now or utcnow()):
+    if expired(policy, row, now):
         session.delete(row)
         return None
-    row.last_seen_at = now or utcnow()
+    row.last_seen_at = now
     return row
 
 

@@ -429,18 +429,18 @@ def _land_opted_out(
         session, row.address, consent, name=row.name, organization=row.organization,
         lang=row.lang, topics=row.topics, resubscribe=resubscribe,
     )
-    if outcome == "suppressed":
-        status = subscriber.status if subscriber else "erased"
-        report.suppressed.append((row.line, _left_as_it_is(row.address.email, status)))
-    else:
-        setattr(report, outcome, getattr(report, outcome) + 1)
+    _report_out(report, row, outcome, subscriber.status if subscriber else "erased")
 
 
 def _opted_out_unwritten(row: Row, stored: Any, report: ImportReport, resubscribe: bool) -> None:
     """What `_land_opted_out` reports for the row, from subscribers.add's own rule, without its writes."""
     outcome = subscribers.answer_for_out(known=stored is not None, resubscribe=resubscribe)
+    _report_out(report, row, outcome, stored["status"] if stored is not None else "erased")
+
+
+def _report_out(report: ImportReport, row: Row, outcome: str, status: str) -> None:
+    """An out row's outcome counted: left as it is (`status`), or back (added, updated)."""
     if outcome == "suppressed":
-        status = stored["status"] if stored is not None else "erased"
         report.suppressed.append((row.line, _left_as_it_is(row.address.email, status)))
     else:
         setattr(report, outcome, getattr(report, outcome) + 1)

@@ -286,8 +286,9 @@ class Refusals:
             return self.tripped
 
     def accepted(self, issue_id: int) -> None:
-        """A message of `issue_id` accepted: the streaks end, that issue's own too."""
-        if (self._ids or self._by_issue) and not self.tripped:
+        """A message of `issue_id` accepted: the streaks end, that issue's own too. (Every message
+        sent comes here: another issue's streak left standing takes no lock.)"""
+        if (self._ids or issue_id in self._by_issue) and not self.tripped:
             with self._lock:
                 self._ids, self._messages, self._domains, self.count = [], 0, set(), 0
                 self._by_issue.pop(issue_id, None)
